@@ -1,0 +1,200 @@
+//! Bittensor hotkeys: SS58 addresses and sr25519 signature verification.
+//!
+//! A hotkey is an sr25519 public key written as an SS58 address with network prefix 42 (the
+//! generic Substrate prefix Bittensor uses). Signatures are schnorrkel's with the `substrate`
+//! signing context, as `bittensor-wallet` and polkadot.js produce them; browser wallets sign the
+//! message wrapped in `<Bytes>…</Bytes>`, which is accepted too.
+
+use std::fmt;
+use std::str::FromStr;
+
+use blake2::{Blake2b512, Digest};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// SS58 network prefix of Bittensor (and generic Substrate) addresses.
+pub const SS58_PREFIX: u8 = 42;
+
+const SIGNING_CONTEXT: &[u8] = b"substrate";
+
+/// Why a string is not a hotkey address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("`{0}` is not base58")]
+    NotBase58(String),
+    #[error("`{address}` decodes to {len} bytes, an SS58 address of a 32-byte key has 35")]
+    Length { address: String, len: usize },
+    #[error("`{address}` has network prefix {prefix}, expected {SS58_PREFIX} (Bittensor)")]
+    Prefix { address: String, prefix: u8 },
+    #[error("`{0}` fails its SS58 checksum (mistyped?)")]
+    Checksum(String),
+    #[error("`{0}` is not an sr25519 public key")]
+    NotAKey(String),
+}
+
+/// Why a signature does not verify.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("signature must be 64 bytes, got {0}")]
+    Length(usize),
+    #[error("signature is not an sr25519 signature")]
+    Malformed,
+    #[error("signature does not match the message and hotkey")]
+    Mismatch,
+}
+
+/// A validated hotkey: its public key and canonical address.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Hotkey {
+    public: [u8; 32],
+    address: String,
+}
+
+impl Hotkey {
+    /// The hotkey of a raw 32-byte sr25519 public key.
+    pub fn from_public(public: [u8; 32]) -> Self {
+        let mut data = Vec::with_capacity(35);
+        data.push(SS58_PREFIX);
+        data.extend_from_slice(&public);
+        let checksum = ss58_checksum(&data);
+        data.extend_from_slice(&checksum);
+        Self { public, address: bs58::encode(data).into_string() }
+    }
+
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// The SS58 address.
+    pub fn as_str(&self) -> &str {
+        &self.address
+    }
+
+    /// Checks an sr25519 signature by this hotkey over `message`, raw or `<Bytes>`-wrapped.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+        let bytes: [u8; 64] = signature.try_into().map_err(|_| SignatureError::Length(signature.len()))?;
+        let signature = schnorrkel::Signature::from_bytes(&bytes).map_err(|_| SignatureError::Malformed)?;
+        // The address was checked to be a valid point when parsed.
+        let key = schnorrkel::PublicKey::from_bytes(&self.public).map_err(|_| SignatureError::Mismatch)?;
+        if key.verify_simple(SIGNING_CONTEXT, message, &signature).is_ok() {
+            return Ok(());
+        }
+        let mut wrapped = Vec::with_capacity(message.len() + 15);
+        wrapped.extend_from_slice(b"<Bytes>");
+        wrapped.extend_from_slice(message);
+        wrapped.extend_from_slice(b"</Bytes>");
+        key.verify_simple(SIGNING_CONTEXT, &wrapped, &signature).map_err(|_| SignatureError::Mismatch)
+    }
+}
+
+fn ss58_checksum(data: &[u8]) -> [u8; 2] {
+    let mut hasher = Blake2b512::new();
+    hasher.update(b"SS58PRE");
+    hasher.update(data);
+    let hash = hasher.finalize();
+    [hash[0], hash[1]]
+}
+
+impl FromStr for Hotkey {
+    type Err = AddressError;
+
+    fn from_str(address: &str) -> Result<Self, Self::Err> {
+        let data = bs58::decode(address).into_vec().map_err(|_| AddressError::NotBase58(address.to_owned()))?;
+        if data.len() != 35 {
+            return Err(AddressError::Length { address: address.to_owned(), len: data.len() });
+        }
+        if data[0] != SS58_PREFIX {
+            return Err(AddressError::Prefix { address: address.to_owned(), prefix: data[0] });
+        }
+        if ss58_checksum(&data[..33]) != data[33..] {
+            return Err(AddressError::Checksum(address.to_owned()));
+        }
+        let mut public = [0u8; 32];
+        public.copy_from_slice(&data[1..33]);
+        if schnorrkel::PublicKey::from_bytes(&public).is_err() {
+            return Err(AddressError::NotAKey(address.to_owned()));
+        }
+        Ok(Self { public, address: address.to_owned() })
+    }
+}
+
+impl fmt::Display for Hotkey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.address)
+    }
+}
+
+impl fmt::Debug for Hotkey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hotkey({})", self.address)
+    }
+}
+
+impl Serialize for Hotkey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.address)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hotkey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `//Alice`, the well-known Substrate development key.
+    const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+    const ALICE_PUBLIC: &str = "d43593c715fdd31c61141abd04a99fd6822c8558854ccde39a5684e7a56da27d";
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn decodes_and_reencodes_alice() {
+        let key: Hotkey = ALICE.parse().unwrap();
+        assert_eq!(hex(key.public_key()), ALICE_PUBLIC);
+        assert_eq!(Hotkey::from_public(*key.public_key()).as_str(), ALICE);
+    }
+
+    #[test]
+    fn rejects_bad_addresses() {
+        fn check(input: &str, expected: &str) {
+            let err = input.parse::<Hotkey>().unwrap_err().to_string();
+            assert!(err.contains(expected), "{input}: {err}");
+        }
+        check("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQZ", "checksum");
+        check("0OIl", "not base58");
+        check("5Grwva", "decodes to");
+        check("", "decodes to 0 bytes");
+        // Alice's key with Polkadot's prefix 0.
+        check("15oF4uVJwmo4TdGW7VfQxNLavjCXviqxT9S1MgbjMNHr6Sp5", "network prefix 0");
+    }
+
+    /// Signatures made by the `bittensor-wallet` Python package with `Keypair.create_from_uri("//Alice")`
+    /// (see tests/python for the live cross-check).
+    #[test]
+    fn verifies_bittensor_wallet_signatures() {
+        let key: Hotkey = ALICE.parse().unwrap();
+        let sig = unhex(
+            "48be0d0ac730eac3162af1332e9fcfcbee398a2fb32c52aeae5afdbe11e4ce5ec6a5f6b54127ff642421311048ede20686f386a24240fc1ab1e654afc2fc0785",
+        );
+        key.verify(b"hello", &sig).unwrap();
+        assert_eq!(key.verify(b"hellp", &sig), Err(SignatureError::Mismatch));
+        assert_eq!(key.verify(b"hello", &sig[..63]), Err(SignatureError::Length(63)));
+        let wrapped = unhex(
+            "f85a95edbafb4d15893f7d273e47eea1877dbc8eddf7cefb851b04146586aa022b2ec6819e66650f78ab502ffc84be702ff7ac077ab364898160941c78e5a18d",
+        );
+        key.verify(b"executor wrapped", &wrapped).unwrap();
+        let other: Hotkey = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty".parse().unwrap();
+        assert_eq!(other.verify(b"hello", &sig), Err(SignatureError::Mismatch));
+    }
+}

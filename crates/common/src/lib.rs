@@ -1,0 +1,60 @@
+//! Pieces every executor process shares and no service logic: the configuration, generated
+//! protobuf types, the executor identity, hotkey verification, logging, metrics, Unix-socket
+//! gRPC helpers, process spawning, time, and the host that runs a service binary.
+
+pub mod check;
+pub mod clock;
+pub mod config;
+pub mod grpc;
+pub mod hotkey;
+pub mod identity;
+pub mod metrics;
+pub mod process;
+pub mod proto;
+pub mod service;
+pub mod telemetry;
+
+use std::path::{Path, PathBuf};
+
+/// Version of every binary in this workspace.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The processes of an executor node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceName {
+    ExecutorApi,
+    ContainerRuntime,
+    GpuMonitor,
+    ValidatorAccess,
+    Launcher,
+}
+
+impl ServiceName {
+    /// The services the launcher supervises, in start order: executor-api fronts the others,
+    /// so it starts last.
+    pub const SUPERVISED: [ServiceName; 4] =
+        [ServiceName::ContainerRuntime, ServiceName::GpuMonitor, ServiceName::ValidatorAccess, ServiceName::ExecutorApi];
+
+    /// Binary name, also used in logs, metrics labels and socket names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::ExecutorApi => "executor-api",
+            ServiceName::ContainerRuntime => "container-runtime",
+            ServiceName::GpuMonitor => "gpu-monitor",
+            ServiceName::ValidatorAccess => "validator-access",
+            ServiceName::Launcher => "executor",
+        }
+    }
+
+    /// `<runtime_dir>/<name>.sock`, where the process serves its internal gRPC.
+    pub fn socket(self, runtime_dir: &Path) -> PathBuf {
+        let name = if self == ServiceName::Launcher { "launcher" } else { self.as_str() };
+        runtime_dir.join(format!("{name}.sock"))
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
