@@ -199,11 +199,7 @@ pub struct RegistryConfig {
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self {
-            url: "docker.io".to_owned(),
-            verify_signatures: false,
-            allowed_registries: vec!["docker.io".to_owned()],
-        }
+        Self { url: "docker.io".to_owned(), verify_signatures: false, allowed_registries: vec!["docker.io".to_owned()] }
     }
 }
 
@@ -222,11 +218,7 @@ pub struct SystemConfig {
 
 impl Default for SystemConfig {
     fn default() -> Self {
-        Self {
-            enable_gpu_monitoring: true,
-            max_gpu_memory_usage: 90.0,
-            update_interval: Duration::from_secs(5),
-        }
+        Self { enable_gpu_monitoring: true, max_gpu_memory_usage: 90.0, update_interval: Duration::from_secs(5) }
     }
 }
 
@@ -245,12 +237,7 @@ pub struct ValidatorConfig {
 
 impl Default for ValidatorConfig {
     fn default() -> Self {
-        Self {
-            enabled: true,
-            strict_ssh_restrictions: true,
-            ssh_port: 22,
-            access_config: AccessConfig::default(),
-        }
+        Self { enabled: true, strict_ssh_restrictions: true, ssh_port: 22, access_config: AccessConfig::default() }
     }
 }
 
@@ -525,14 +512,30 @@ impl LoadedConfig {
             .collect()
     }
 
+    /// Creates `data_dir` (mode 0700) and `runtime_dir` (mode 0750) if needed and checks that
+    /// both are writable directories; a failure names the key and where its value came from.
+    pub fn prepare_dirs(&self) -> Result<(), ConfigError> {
+        let issues: Vec<ConfigIssue> =
+            [("data_dir", &self.config.data_dir, 0o700), ("runtime_dir", &self.config.runtime_dir, 0o750)]
+                .into_iter()
+                .filter_map(|(key, dir, mode)| {
+                    check_writable_dir(dir, mode).err().map(|message| ConfigIssue {
+                        key: key.to_owned(),
+                        origin: self.origin(key),
+                        message,
+                    })
+                })
+                .collect();
+        if issues.is_empty() { Ok(()) } else { Err(ConfigError { issues }) }
+    }
+
     /// `--server` mode needs a managing miner hotkey; there is no default.
     pub fn require_miner_hotkey(&self) -> Result<&Hotkey, ConfigError> {
         self.config.managing_miner_hotkey.as_ref().ok_or_else(|| ConfigError {
             issues: vec![ConfigIssue {
                 key: "managing_miner_hotkey".to_owned(),
                 origin: self.path.display().to_string(),
-                message: "missing: set the SS58 address of the miner hotkey that manages this executor"
-                    .to_owned(),
+                message: "missing: set the SS58 address of the miner hotkey that manages this executor".to_owned(),
             }],
         })
     }
@@ -554,8 +557,7 @@ impl Config {
         if let Err(e) = std::fs::File::open(&path) {
             return Err(file_issue(format!("cannot read config file: {e}")));
         }
-        let figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(&path));
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(&path));
         let figment = if with_env { figment.merge(Env::prefixed(ENV_PREFIX).split("__")) } else { figment };
         let mut config: Config = figment.extract().map_err(|e| from_figment(e, &path))?;
         let cwd = std::env::current_dir().map_err(|e| file_issue(format!("no working directory: {e}")))?;
@@ -580,10 +582,10 @@ impl Config {
                 *path = cwd.join(&*path);
             }
         }
-        if let Some(file) = &mut self.logging.file {
-            if file.is_relative() {
-                *file = cwd.join(&*file);
-            }
+        if let Some(file) = &mut self.logging.file
+            && file.is_relative()
+        {
+            *file = cwd.join(&*file);
         }
     }
 
@@ -622,9 +624,9 @@ impl Config {
                 continue;
             }
             // Two listeners on one port collide if either is a wildcard or they share a host.
-            let clash = ports.iter().find(|((h, p), _)| {
-                *p == port && (h == &host || h.is_unspecified() || host.is_unspecified())
-            });
+            let clash = ports
+                .iter()
+                .find(|((h, p), _)| *p == port && (h == &host || h.is_unspecified() || host.is_unspecified()));
             if let Some((_, other)) = clash {
                 v.fail(key, format!("port {port} is already used by `{other}`"));
             }
@@ -633,10 +635,11 @@ impl Config {
         if s.advertised_port == Some(0) {
             v.fail("server.advertised_port", "must be between 1 and 65535, not 0");
         }
-        if let Some(host) = &s.advertised_host {
-            if !is_host_name(host) && host.parse::<IpAddr>().is_err() {
-                v.fail("server.advertised_host", format!("`{host}` is not a host name or IP address"));
-            }
+        if let Some(host) = &s.advertised_host
+            && !is_host_name(host)
+            && host.parse::<IpAddr>().is_err()
+        {
+            v.fail("server.advertised_host", format!("`{host}` is not a host name or IP address"));
         }
         v.range("server.max_connections", s.max_connections as f64, 1.0, 1_000_000.0);
 
@@ -693,10 +696,10 @@ impl Config {
             ("advertised_endpoint.ssh_endpoint", &e.ssh_endpoint, &["ssh"][..]),
             ("advertised_endpoint.health_endpoint", &e.health_endpoint, http),
         ] {
-            if let Some(url) = value {
-                if let Err(msg) = check_endpoint(url, schemes) {
-                    v.fail(key, msg);
-                }
+            if let Some(url) = value
+                && let Err(msg) = check_endpoint(url, schemes)
+            {
+                v.fail(key, msg);
             }
         }
 
@@ -741,6 +744,20 @@ impl Config {
             Launcher => m.launcher_port,
         }
     }
+}
+
+/// Creates `dir` with `mode` if missing, then proves it writable by creating a file in it.
+pub fn check_writable_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 #[derive(Default)]
@@ -852,10 +869,9 @@ fn from_figment(error: figment::Error, file: &Path) -> ConfigError {
             };
             let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
                 Some(figment::Source::File(path)) => path.display().to_string(),
-                _ if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) => format!(
-                    "environment variable {ENV_PREFIX}{}",
-                    key.replace('.', "__").to_uppercase()
-                ),
+                _ if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) => {
+                    format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+                }
                 _ => file.display().to_string(),
             };
             ConfigIssue { key, origin, message }
@@ -874,9 +890,8 @@ mod human_duration {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"500ms\": {e}"))
-        })
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"500ms\": {e}")))
     }
 }
 
@@ -920,27 +935,50 @@ mod tests {
         check_err("[system]\nupdate_interval = \"soon\"", &["key `system.update_interval`", "not a duration"]);
         check_err("[docker.gpu_config]\nmemory_fraction = 0.0", &["key `docker.gpu_config.memory_fraction`"]);
         check_err("[docker.gpu_config]\nmemory_fraction = 1.5", &["(0, 1]"]);
-        check_err("[docker.gpu_config]\nvisible_devices = \"0,x\"", &["key `docker.gpu_config.visible_devices`", "`x`"]);
+        check_err(
+            "[docker.gpu_config]\nvisible_devices = \"0,x\"",
+            &["key `docker.gpu_config.visible_devices`", "`x`"],
+        );
         check_err(
             "[docker.registry]\nallowed_registries = [\"https://docker.io\"]",
             &["key `docker.registry.allowed_registries`", "not a registry host"],
         );
         check_err("[docker.registry]\nallowed_registries = [\"docker.io/library\"]", &["not a registry host"]);
         check_err("[docker.registry]\nallowed_registries = []", &["at least one"]);
-        check_err("[docker.network_config]\ndns_servers = [\"8.8.8\"]", &["key `docker.network_config.dns_servers.0`", "invalid IP"]);
+        check_err(
+            "[docker.network_config]\ndns_servers = [\"8.8.8\"]",
+            &["key `docker.network_config.dns_servers.0`", "invalid IP"],
+        );
         check_err("[docker.resource_limits]\ncpu_cores = -1.0", &["key `docker.resource_limits.cpu_cores`"]);
         check_err("[docker.resource_limits]\nmemory_bytes = 1", &["key `docker.resource_limits.memory_bytes`"]);
         check_err("[docker]\nmax_concurrent_containers = 0", &["key `docker.max_concurrent_containers`"]);
-        check_err("[advertised_endpoint]\ngrpc_endpoint = \"ftp://x:1\"", &["key `advertised_endpoint.grpc_endpoint`", "http://"]);
+        check_err(
+            "[advertised_endpoint]\ngrpc_endpoint = \"ftp://x:1\"",
+            &["key `advertised_endpoint.grpc_endpoint`", "http://"],
+        );
         check_err("[advertised_endpoint]\nssh_endpoint = \"http://x:22\"", &["ssh://"]);
         check_err("[advertised_endpoint]\nhealth_endpoint = \"http://bad_host:1/health\"", &["not a host name"]);
         check_err("[logging]\nformat = \"xml\"", &["key `logging.format`", "xml"]);
         check_err("[logging]\nlevel = \"info,=[\"", &["key `logging.level`"]);
-        check_err("[metrics]\nlauncher_port = 9090", &["key `metrics.launcher_port`", "already used by `metrics.executor_api_port`"]);
+        check_err(
+            "[metrics]\nlauncher_port = 9090",
+            &["key `metrics.launcher_port`", "already used by `metrics.executor_api_port`"],
+        );
         check_err("[server]\nhealth_port = 50051", &["key `server.health_port`", "`server.port`"]);
         check_err("[validator.access_config.rate_limits]\nssh_requests_per_minute = 0", &["ssh_requests_per_minute"]);
         check_err("[launcher]\nrestart_backoff_max = \"1ms\"", &["key `launcher.restart_backoff_max`"]);
         check_err("not toml [", &["executor.toml"]);
+    }
+
+    #[test]
+    fn unusable_data_dir_names_the_key() {
+        let (dir, loaded) = load("");
+        let _ = loaded;
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let (_dir2, loaded) = load(&format!("data_dir = \"{}/sub\"", blocker.display()));
+        let err = loaded.unwrap().prepare_dirs().unwrap_err().to_string();
+        assert!(err.contains("key `data_dir`: cannot create"), "{err}");
     }
 
     #[test]
@@ -961,7 +999,9 @@ mod tests {
         let loaded = loaded.unwrap();
         let c = &loaded.config;
         assert!(c.managing_miner_hotkey.is_none());
-        assert!(loaded.require_miner_hotkey().unwrap_err().to_string().contains("key `managing_miner_hotkey`: missing"));
+        assert!(
+            loaded.require_miner_hotkey().unwrap_err().to_string().contains("key `managing_miner_hotkey`: missing")
+        );
         assert!(c.validator.strict_ssh_restrictions && !c.docker.enable_gpu_passthrough);
         assert!(!c.docker.network_config.allow_internet && c.docker.network_config.enable_isolation);
         assert!(c.metrics.host.is_loopback());

@@ -54,12 +54,12 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, GrpcError> {
 pub fn unix_channel(path: &Path) -> Channel {
     let path = path.to_owned();
     // The URI is required by the API but unused: the connector decides where to go.
-    Endpoint::from_static("http://localhost")
-        .connect_timeout(Duration::from_secs(2))
-        .connect_with_connector_lazy(tower::service_fn(move |_| {
+    Endpoint::from_static("http://localhost").connect_timeout(Duration::from_secs(2)).connect_with_connector_lazy(
+        tower::service_fn(move |_| {
             let path = path.clone();
             async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        }))
+        }),
+    )
 }
 
 /// Asks a server for the health of `service` ("" for the server as a whole).

@@ -85,8 +85,10 @@ impl ExecutorIdentity {
         }
         let mut bytes = Vec::with_capacity(33);
         Read::by_ref(&mut file).take(33).read_to_end(&mut bytes).map_err(io_err)?;
-        let seed: [u8; 32] =
-            bytes.as_slice().try_into().map_err(|_| IdentityError::Corrupt { path: path.to_owned(), len: bytes.len() })?;
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| IdentityError::Corrupt { path: path.to_owned(), len: bytes.len() })?;
         Ok(Self { key: SigningKey::from_bytes(&seed) })
     }
 
@@ -158,8 +160,9 @@ mod tests {
     fn concurrent_first_starts_agree() {
         let dir = tempfile::tempdir().unwrap();
         let keys: Vec<[u8; 32]> = std::thread::scope(|s| {
-            let handles: Vec<_> =
-                (0..8).map(|_| s.spawn(|| ExecutorIdentity::load_or_create(dir.path()).unwrap().public_key())).collect();
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| ExecutorIdentity::load_or_create(dir.path()).unwrap().public_key()))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(keys.windows(2).all(|w| w[0] == w[1]));

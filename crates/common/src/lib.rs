@@ -32,8 +32,12 @@ pub enum ServiceName {
 impl ServiceName {
     /// The services the launcher supervises, in start order: executor-api fronts the others,
     /// so it starts last.
-    pub const SUPERVISED: [ServiceName; 4] =
-        [ServiceName::ContainerRuntime, ServiceName::GpuMonitor, ServiceName::ValidatorAccess, ServiceName::ExecutorApi];
+    pub const SUPERVISED: [ServiceName; 4] = [
+        ServiceName::ContainerRuntime,
+        ServiceName::GpuMonitor,
+        ServiceName::ValidatorAccess,
+        ServiceName::ExecutorApi,
+    ];
 
     /// Binary name, also used in logs, metrics labels and socket names.
     pub fn as_str(self) -> &'static str {

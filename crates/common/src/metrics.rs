@@ -31,7 +31,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
 
 /// Serves `GET /metrics` until `shutdown`; runs the recorder's upkeep in the background so
 /// rendering stays cheap.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let upkeep = {
         let handle = handle.clone();
         let shutdown = shutdown.clone();

@@ -127,7 +127,9 @@ pub fn main<S: Service>() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = crate::telemetry::init(S::NAME.as_str(), &loaded.config.logging, args.log_level.as_deref(), !args.supervised) {
+    if let Err(e) =
+        crate::telemetry::init(S::NAME.as_str(), &loaded.config.logging, args.log_level.as_deref(), !args.supervised)
+    {
         eprintln!("{}: {e}", S::NAME);
         return ExitCode::from(CONFIG_ERROR_EXIT_CODE as u8);
     }

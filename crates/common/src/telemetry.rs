@@ -47,7 +47,11 @@ pub fn init(
     let ansi = config.format == LogFormat::Pretty && io::stdout().is_terminal();
     let mut layers = vec![layer(config.format, ansi, Tagged { service, format: config.format, inner: Stdout })];
     if let Some(file) = &file {
-        layers.push(layer(config.format, false, Tagged { service, format: config.format, inner: SharedFile(file.clone()) }));
+        layers.push(layer(
+            config.format,
+            false,
+            Tagged { service, format: config.format, inner: SharedFile(file.clone()) },
+        ));
     }
     tracing_subscriber::registry()
         .with(layers)

@@ -1,0 +1,116 @@
+//! container-runtime: tenant containers on the Docker engine. The only crate that links
+//! `bollard`.
+//!
+//! This build serves health, reflection and metrics on its socket and port, watches whether
+//! the engine answers (`executor_container_runtime_docker_up`), and checks the engine for
+//! `executor validate`. The container API of `proto/executor/container_runtime.proto` is not
+//! served yet.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use common::ServiceName;
+use common::check::Check;
+use common::config::{DockerConfig, LoadedConfig};
+use common::service::{BoxError, Service, ServiceContext};
+
+/// How often the engine is pinged for the `docker_up` gauge.
+const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Errors reaching the Docker engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("docker.socket `{0}` is not a unix:/// URL")]
+    Socket(String),
+    #[error("Docker engine at {socket}: {source}")]
+    Engine { socket: String, source: bollard::errors::Error },
+}
+
+/// A client for the engine named by `[docker] socket`, speaking the engine's API version
+/// (engines as old as API 1.41 are supported).
+pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
+    let path = config.socket.strip_prefix("unix://").ok_or_else(|| DockerError::Socket(config.socket.clone()))?;
+    let engine = |source| DockerError::Engine { socket: config.socket.clone(), source };
+    let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION).map_err(engine)?;
+    docker.negotiate_version().await.map_err(engine)
+}
+
+/// The Docker checks of `executor validate`: engine reachable, its cgroup driver, and the
+/// NVIDIA runtime when GPU passthrough is on.
+pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
+    let docker = match connect(config).await {
+        Ok(docker) => docker,
+        Err(e) => return vec![Check::fail("docker", e.to_string())],
+    };
+    let info = match docker.info().await {
+        Ok(info) => info,
+        Err(e) => return vec![Check::fail("docker", format!("Docker engine at {}: {e}", config.socket))],
+    };
+    let mut checks = vec![Check::pass(
+        "docker",
+        format!(
+            "engine {} at {}, API {}",
+            info.server_version.as_deref().unwrap_or("?"),
+            config.socket,
+            docker.client_version()
+        ),
+    )];
+    let driver = info.cgroup_driver.map(|d| d.to_string()).unwrap_or_else(|| "unknown".to_owned());
+    let version = info.cgroup_version.map(|v| v.to_string()).unwrap_or_else(|| "unknown".to_owned());
+    checks.push(Check::pass("docker cgroups", format!("driver {driver}, cgroup v{version}")));
+    let nvidia = info.runtimes.as_ref().is_some_and(|r| r.contains_key("nvidia"));
+    checks.push(match (config.enable_gpu_passthrough, nvidia) {
+        (_, true) => Check::pass("nvidia runtime", "registered with Docker"),
+        (true, false) => Check::fail(
+            "nvidia runtime",
+            "docker.enable_gpu_passthrough = true but Docker has no `nvidia` runtime (install nvidia-container-toolkit, run `nvidia-ctk runtime configure --runtime=docker`)",
+        ),
+        (false, false) => Check::skip("nvidia runtime", "not registered; docker.enable_gpu_passthrough = false"),
+    });
+    checks
+}
+
+/// The container-runtime service.
+#[derive(Debug)]
+pub struct ContainerRuntime {
+    docker: Docker,
+}
+
+impl Service for ContainerRuntime {
+    const NAME: ServiceName = ServiceName::ContainerRuntime;
+
+    async fn check(loaded: &LoadedConfig) -> Vec<Check> {
+        docker_checks(&loaded.config.docker).await
+    }
+
+    async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
+        let config = &ctx.config().docker;
+        let path = config.socket.strip_prefix("unix://").ok_or_else(|| DockerError::Socket(config.socket.clone()))?;
+        // Connect lazily: the engine may come up after us; the gauge says when it is down.
+        let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION)
+            .map_err(|source| DockerError::Engine { socket: config.socket.clone(), source })?;
+        Ok(Self { docker })
+    }
+
+    async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
+        metrics::describe_gauge!("executor_container_runtime_docker_up", "1 when the Docker engine answers a ping.");
+        let mut tick = tokio::time::interval(DOCKER_PING_INTERVAL);
+        let mut was_up = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let up = self.docker.ping().await;
+                    if was_up != Some(up.is_ok()) {
+                        match &up {
+                            Ok(_) => tracing::info!(socket = %ctx.config().docker.socket, "Docker engine is up"),
+                            Err(e) => tracing::warn!(socket = %ctx.config().docker.socket, error = %e, "Docker engine is down"),
+                        }
+                    }
+                    was_up = Some(up.is_ok());
+                    metrics::gauge!("executor_container_runtime_docker_up").set(if up.is_ok() { 1.0 } else { 0.0 });
+                }
+                () = ctx.shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! `gpu-monitor --config FILE`: runs the service alone, or `check` for `executor validate`.
+
+fn main() -> std::process::ExitCode {
+    common::service::main::<gpu_monitor::GpuMonitor>()
+}

@@ -1,0 +1,269 @@
+//! Harness for the cross-service tests: builds a config in a temporary directory with free
+//! ports, starts the real `executor` launcher from `target/<profile>/`, and talks to it the way
+//! operators do (control socket, HTTP health, metrics, signals).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use common::ServiceName;
+use common::process::{CapturedOutput, ProcessSpec, send_signal};
+use common::proto::launcher::v1::{ServiceState, StatusResponse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `target/<profile>`, where cargo put the binaries of the workspace.
+pub fn bin_dir() -> PathBuf {
+    // This test binary is target/<profile>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().expect("test binary path");
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned()
+}
+
+/// Path of a workspace binary, which must have been built (`cargo build --workspace`).
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// The ports one node listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub grpc: u16,
+    pub health: u16,
+    pub ssh: u16,
+    pub metrics: [u16; 5],
+}
+
+impl Ports {
+    pub fn free() -> Self {
+        Self {
+            grpc: free_port(),
+            health: free_port(),
+            ssh: free_port(),
+            metrics: [free_port(), free_port(), free_port(), free_port(), free_port()],
+        }
+    }
+
+    pub fn launcher_metrics(&self) -> u16 {
+        self.metrics[4]
+    }
+}
+
+/// A config file in a fresh directory: loopback, free ports, no GPU, fast restarts. `extra`
+/// is appended (later tables and keys override nothing: add only keys not written here).
+#[derive(Debug)]
+pub struct TestConfig {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub ports: Ports,
+}
+
+pub const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+impl TestConfig {
+    pub fn new(launcher_extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = Ports::free();
+        let p = ports;
+        let text = format!(
+            r#"managing_miner_hotkey = "{ALICE}"
+data_dir = "{data}"
+runtime_dir = "{run}"
+
+[server]
+host = "127.0.0.1"
+port = {grpc}
+health_port = {health}
+
+[system]
+enable_gpu_monitoring = false
+
+[validator]
+ssh_port = {ssh}
+
+[metrics]
+host = "127.0.0.1"
+executor_api_port = {m0}
+container_runtime_port = {m1}
+gpu_monitor_port = {m2}
+validator_access_port = {m3}
+launcher_port = {m4}
+
+[launcher]
+restart_backoff_initial = "100ms"
+restart_backoff_max = "1s"
+health_check_interval = "500ms"
+shutdown_timeout = "5s"
+{launcher_extra}
+"#,
+            data = dir.path().join("data").display(),
+            run = dir.path().join("run").display(),
+            grpc = p.grpc,
+            health = p.health,
+            ssh = p.ssh,
+            m0 = p.metrics[0],
+            m1 = p.metrics[1],
+            m2 = p.metrics[2],
+            m3 = p.metrics[3],
+            m4 = p.metrics[4],
+        );
+        let path = dir.path().join("executor.toml");
+        std::fs::write(&path, text).expect("write config");
+        Self { dir, path, ports }
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+}
+
+/// A running `executor --server`.
+#[derive(Debug)]
+pub struct Node {
+    pub config: TestConfig,
+    pub child: tokio::process::Child,
+    output: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl Node {
+    /// Starts the launcher and waits until it and every service report SERVING.
+    pub async fn start(config: TestConfig) -> Self {
+        let spec = ProcessSpec::new(binary("executor")).arg("--server").arg("--config").arg(&config.path);
+        let mut child = spec.spawn_supervised().expect("start executor");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let output = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut err = Vec::new();
+            let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            out.extend_from_slice(&err);
+            out
+        });
+        let node = Self { config, child, output };
+        // The launcher itself reports SERVING only once every service does.
+        let launcher = common::grpc::unix_channel(&ServiceName::Launcher.socket(&node.config.runtime_dir()));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while common::grpc::check_health(launcher.clone(), "", Duration::from_secs(1)).await.ok()
+            != Some(tonic_health::ServingStatus::Serving)
+        {
+            assert!(Instant::now() < deadline, "executor not SERVING within 30s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node
+    }
+
+    /// The launcher's status, or why there is none.
+    pub async fn status(&self) -> Result<StatusResponse, String> {
+        executor_status(&self.config.runtime_dir()).await
+    }
+
+    /// Polls the status until `pred` holds; panics with the last status after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&StatusResponse) -> bool) -> StatusResponse {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status().await;
+            if let Ok(s) = &status
+                && pred(s)
+            {
+                return s.clone();
+            }
+            assert!(Instant::now() < deadline, "condition not reached within {timeout:?}; last status: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("launcher running")
+    }
+
+    /// Sends `signal` to the launcher and returns its exit status and everything it printed.
+    pub async fn stop_with(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> (ExitStatus, String) {
+        send_signal(self.pid(), signal).expect("signal launcher");
+        self.wait(timeout).await
+    }
+
+    /// Waits for the launcher to exit on its own.
+    pub async fn wait(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("launcher did not exit within {timeout:?}"))
+            .expect("wait launcher");
+        let output = (&mut self.output).await.expect("output");
+        (status, String::from_utf8_lossy(&output).into_owned())
+    }
+}
+
+pub fn all_serving(status: &StatusResponse) -> bool {
+    !status.services.is_empty() && status.services.iter().all(|s| s.state() == ServiceState::Serving)
+}
+
+/// The launcher's status over its control socket.
+pub async fn executor_status(runtime_dir: &Path) -> Result<StatusResponse, String> {
+    use common::proto::launcher::v1::StatusRequest;
+    use common::proto::launcher::v1::launcher_client::LauncherClient;
+    let channel = common::grpc::unix_channel(&ServiceName::Launcher.socket(runtime_dir));
+    let mut client = LauncherClient::new(channel);
+    let call = client.status(StatusRequest {});
+    match tokio::time::timeout(Duration::from_secs(2), call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status.message().to_owned()),
+        Err(_) => Err("timeout".to_owned()),
+    }
+}
+
+/// Runs a workspace binary to completion.
+pub async fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> CapturedOutput {
+    let mut spec = ProcessSpec::new(binary(name)).args(args.iter().copied());
+    for (k, v) in env {
+        spec = spec.env(k, v);
+    }
+    spec.output(Duration::from_secs(60), 1 << 20).await.expect("run binary")
+}
+
+/// A minimal HTTP/1.1 GET: status code and body.
+pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other("HTTP timeout"))??;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Skips a test that needs `tool` when it is missing, unless `REQUIRE_TEST_TOOLS` (set by
+/// `make test`) says everything must be there; then a missing tool fails the test.
+pub fn require_tool(tool: &str, available: bool) -> bool {
+    if available {
+        return true;
+    }
+    if std::env::var_os("REQUIRE_TEST_TOOLS").is_some() {
+        panic!("{tool} is required (REQUIRE_TEST_TOOLS is set) but not available");
+    }
+    eprintln!("SKIPPED: {tool} is not available on this machine; `make test` installs it");
+    false
+}
+
+/// The Docker engine answers on its default socket.
+pub fn docker_available() -> bool {
+    std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok()
+}

@@ -1,0 +1,150 @@
+//! The launcher end to end: real service processes, real signals, real sockets.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::time::Duration;
+
+use common::proto::launcher::v1::ServiceState;
+use e2e::{Node, TestConfig, http_get, process_alive};
+use nix::sys::signal::Signal;
+
+#[tokio::test]
+async fn supervises_restarts_a_killed_service_and_stops_cleanly() {
+    let mut node = Node::start(TestConfig::new("")).await;
+    let ports = node.config.ports;
+    let status = node.status().await.unwrap();
+    let names: Vec<&str> = status.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["container-runtime", "gpu-monitor", "validator-access", "executor-api"]);
+
+    let (code, body) = http_get(ports.health, "/health").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""status":"serving""#), "{body}");
+
+    // kill -9 one service: the launcher restarts it and it serves again.
+    let victim = status.services.iter().find(|s| s.name == "gpu-monitor").unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let after = node
+        .wait_until(Duration::from_secs(10), |s| {
+            let gm = s.services.iter().find(|x| x.name == "gpu-monitor").unwrap();
+            gm.restarts == 1 && gm.pid != victim && gm.state() == ServiceState::Serving
+        })
+        .await;
+    let gm = after.services.iter().find(|x| x.name == "gpu-monitor").unwrap();
+    assert_eq!(gm.last_exit, "signal 9 (SIGKILL)");
+    let (code, _) = http_get(ports.health, "/health").await.unwrap();
+    assert_eq!(code, 200);
+    let (_, metrics) = http_get(ports.launcher_metrics(), "/metrics").await.unwrap();
+    assert!(metrics.contains(r#"executor_launcher_restarts_total{service="gpu-monitor"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"executor_launcher_service_up{service="gpu-monitor"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"executor_build_info{service="executor",version="#), "{metrics}");
+    // Every service exports its build on its own port.
+    for port in &ports.metrics[..4] {
+        let (code, text) = http_get(*port, "/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        assert!(text.contains("executor_build_info{service="), "{text}");
+    }
+
+    // SIGTERM: every service stops, nothing is left running, sockets are gone.
+    let pids: Vec<u32> = after.services.iter().map(|s| s.pid).collect();
+    let runtime_dir = node.config.runtime_dir();
+    let (exit, output) = node.stop_with(Signal::SIGTERM, Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit:?}\n{output}");
+    for pid in pids {
+        assert!(!process_alive(pid), "service pid {pid} outlived the launcher");
+    }
+    let left: Vec<_> = std::fs::read_dir(&runtime_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "sockets left behind: {left:?}");
+    assert!(output.contains("all services SERVING"), "{output}");
+    assert!(output.contains("[gpu-monitor]"), "service output is forwarded: {output}");
+}
+
+#[tokio::test]
+async fn health_endpoint_reports_a_service_that_is_down() {
+    // Long backoff so the killed service stays down while we look.
+    let mut node = Node::start(TestConfig::new("crash_loop_max_restarts = 3")).await;
+    let config = std::fs::read_to_string(&node.config.path).unwrap();
+    assert!(config.contains("restart_backoff_initial"));
+    let status = node.status().await.unwrap();
+    let victim = status.services.iter().find(|s| s.name == "validator-access").unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
+    // A stopped (not dead) service fails its health checks: 503 from /health, then the
+    // launcher kills it after `unhealthy_threshold` failures and starts a new one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = http_get(node.config.ports.health, "/health").await.unwrap();
+        if code == 503 {
+            assert!(body.contains(r#""validator-access":"UNREACHABLE"#) || body.contains("validator-access"), "{body}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "health never went 503: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = node
+        .wait_until(Duration::from_secs(20), |s| {
+            let va = s.services.iter().find(|x| x.name == "validator-access").unwrap();
+            va.restarts == 1 && va.state() == ServiceState::Serving
+        })
+        .await;
+    let va = after.services.iter().find(|x| x.name == "validator-access").unwrap();
+    assert!(va.last_exit.contains("failed health checks"), "{va:?}");
+    assert!(!process_alive(victim));
+    let (code, _) = http_get(node.config.ports.health, "/health").await.unwrap();
+    assert_eq!(code, 200);
+    let (exit, output) = node.stop_with(Signal::SIGINT, Duration::from_secs(10)).await;
+    assert!(exit.success(), "{output}");
+}
+
+#[tokio::test]
+async fn a_crash_loop_stops_the_node() {
+    let mut node = Node::start(TestConfig::new("crash_loop_max_restarts = 2")).await;
+    let mut last_pid = 0;
+    for restarts in 0..3u64 {
+        let status = node
+            .wait_until(Duration::from_secs(10), |s| {
+                let cr = s.services.iter().find(|x| x.name == "container-runtime").unwrap();
+                cr.restarts == restarts && cr.state() == ServiceState::Serving && cr.pid != last_pid
+            })
+            .await;
+        last_pid = status.services.iter().find(|x| x.name == "container-runtime").unwrap().pid;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(last_pid as i32), Signal::SIGKILL).unwrap();
+    }
+    let pids: Vec<u32> = vec![node.pid()];
+    let (exit, output) = node.wait(Duration::from_secs(15)).await;
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(output.contains("crash-looping"), "{output}");
+    assert!(!process_alive(pids[0]));
+}
+
+#[tokio::test]
+async fn status_and_sighup() {
+    let mut node = Node::start(TestConfig::new("")).await;
+    let config = node.config.path.to_str().unwrap().to_owned();
+    let out = e2e::run("executor", &["status", "--config", &config], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SERVICE") && text.lines().filter(|l| l.contains(" serving ")).count() == 4, "{text}");
+    // SIGHUP must neither kill the node nor pass silently.
+    common::process::send_signal(node.pid(), Signal::SIGHUP).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(e2e::all_serving(&node.status().await.unwrap()));
+    let (exit, output) = node.stop_with(Signal::SIGTERM, Duration::from_secs(10)).await;
+    assert!(exit.success());
+    assert!(output.contains("SIGHUP: this build does not reload"), "{output}");
+
+    let out = e2e::run("executor", &["status", "--config", &config], &[]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("executor is not running"));
+}
+
+#[tokio::test]
+async fn a_missing_service_binary_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("executor");
+    std::fs::copy(e2e::binary("executor"), &lone).unwrap();
+    let config = TestConfig::new("");
+    let spec = common::process::ProcessSpec::new(&lone).args(["--server", "--config"]).arg(&config.path);
+    let out = spec.output(Duration::from_secs(30), 1 << 20).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("service binary `container-runtime` not found"), "{stderr}");
+}

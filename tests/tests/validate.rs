@@ -1,0 +1,73 @@
+//! `executor validate` against the real machine: ports, directories, Docker, NVML.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use e2e::{TestConfig, docker_available, require_tool, run};
+
+#[tokio::test]
+async fn validate_prints_a_checklist_and_fails_on_a_busy_port() {
+    let config = TestConfig::new("");
+    let path = config.path.to_str().unwrap();
+    let out = run("executor", &["validate", "--config", path], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PASS  config"), "{text}");
+    assert!(text.contains("PASS  miner hotkey     5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"), "{text}");
+    assert!(text.contains("PASS  data_dir"), "{text}");
+    assert!(text.contains("will be created on first start"), "{text}");
+    assert!(text.contains("SKIP  nvml             system.enable_gpu_monitoring = false"), "{text}");
+    assert_eq!(text.matches("PASS  binaries").count(), 4, "{text}");
+    if require_tool("Docker engine", docker_available()) {
+        assert!(text.contains("PASS  docker ") && text.contains("PASS  docker cgroups"), "{text}");
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("summary: ") && text.contains(" 0 fail"), "{text}");
+    }
+
+    // A busy port fails the check and the exit code.
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", config.ports.grpc)).unwrap();
+    let out = run("executor", &["validate", "--config", path], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains(&format!("FAIL  port             server.port 127.0.0.1:{}", config.ports.grpc)), "{text}");
+}
+
+#[tokio::test]
+async fn validate_fails_without_nvml_when_gpu_monitoring_is_on() {
+    let config = TestConfig::new("");
+    let text = std::fs::read_to_string(&config.path)
+        .unwrap()
+        .replace("enable_gpu_monitoring = false", "enable_gpu_monitoring = true");
+    std::fs::write(&config.path, text).unwrap();
+    let out = run("executor", &["validate", "--config", config.path.to_str().unwrap()], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        assert!(text.contains("PASS  nvml"), "{text}");
+    } else {
+        assert!(text.contains("FAIL  nvml             NVML unavailable"), "{text}");
+        assert_eq!(out.status.code(), Some(1));
+    }
+}
+
+#[tokio::test]
+async fn validate_reports_an_invalid_config_with_exit_2() {
+    let config = TestConfig::new("");
+    std::fs::write(&config.path, "[server]\nport = 0\n").unwrap();
+    let out = run("executor", &["validate", "--config", config.path.to_str().unwrap()], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("FAIL  config") && text.contains("key `server.port`"), "{text}");
+}
+
+#[tokio::test]
+async fn validate_warns_about_keys_this_build_does_not_enforce() {
+    let config = TestConfig::new("");
+    let mut text = std::fs::read_to_string(&config.path).unwrap();
+    text.push_str("\n[docker.registry]\nverify_signatures = true\n");
+    std::fs::write(&config.path, text).unwrap();
+    let out = run("executor", &["validate", "--config", config.path.to_str().unwrap()], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("WARN  config")
+            && text.contains("key `docker.registry.verify_signatures`: set, but not enforced"),
+        "{text}"
+    );
+}
