@@ -41,13 +41,11 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Eight distinct free ports: all are held until all are chosen, so none repeats.
     pub fn free() -> Self {
-        Self {
-            grpc: free_port(),
-            health: free_port(),
-            ssh: free_port(),
-            metrics: [free_port(), free_port(), free_port(), free_port(), free_port()],
-        }
+        let held: Vec<TcpListener> = (0..8).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let p: Vec<u16> = held.iter().map(|l| l.local_addr().expect("addr").port()).collect();
+        Self { grpc: p[0], health: p[1], ssh: p[2], metrics: [p[3], p[4], p[5], p[6], p[7]] }
     }
 
     pub fn launcher_metrics(&self) -> u16 {

@@ -1,1 +1,210 @@
-fn main() {}
+//! `cargo xtask <task>`: project automation that is Rust, not shell.
+//!
+//! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
+//!   is SERVING, beside a baseline that starts the same four services directly and in parallel
+//!   (no supervision); then the resident memory of the five idle processes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use common::ServiceName;
+use common::process::{ProcessSpec, send_signal};
+use nix::sys::signal::Signal;
+use tonic_health::ServingStatus;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match args.first().map(String::as_str) {
+        Some("bench-startup") => {
+            let runs = match args.get(1).map(String::as_str) {
+                Some("--runs") => args.get(2).context("--runs N")?.parse()?,
+                _ => 10,
+            };
+            runtime.block_on(bench_startup(runs))
+        }
+        _ => bail!("usage: cargo xtask bench-startup [--runs N]"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+async fn run_checked(spec: ProcessSpec, timeout: Duration) -> anyhow::Result<()> {
+    let out = spec.output(timeout, 1 << 20).await?;
+    if !out.status.success() {
+        bail!("{} failed:\n{}", spec.program().display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// `n` distinct free ports: all are held until all are chosen, so none repeats.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
+    Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
+}
+
+fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("executor.toml");
+    let p = free_ports(8)?;
+    let text = format!(
+        r#"managing_miner_hotkey = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+data_dir = "{data}"
+runtime_dir = "{run}"
+[server]
+host = "127.0.0.1"
+port = {p0}
+health_port = {p1}
+[system]
+enable_gpu_monitoring = false
+[validator]
+ssh_port = {p2}
+[metrics]
+host = "127.0.0.1"
+executor_api_port = {p3}
+container_runtime_port = {p4}
+gpu_monitor_port = {p5}
+validator_access_port = {p6}
+launcher_port = {p7}
+[logging]
+level = "warn"
+"#,
+        data = dir.join("data").display(),
+        run = dir.join("run").display(),
+        p0 = p[0],
+        p1 = p[1],
+        p2 = p[2],
+        p3 = p[3],
+        p4 = p[4],
+        p5 = p[5],
+        p6 = p[6],
+        p7 = p[7],
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Polls `socket` until its server reports SERVING.
+async fn wait_serving(socket: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let channel = common::grpc::unix_channel(socket);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(ServingStatus::Serving) =
+            common::grpc::check_health(channel.clone(), "", Duration::from_secs(1)).await
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{} not SERVING within {timeout:?}", socket.display());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+/// Child processes of `pid`, whichever of its threads started them.
+fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
+    let mut kids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let text = std::fs::read_to_string(task?.path().join("children")).unwrap_or_default();
+        kids.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+    }
+    Ok(kids)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn bench_startup(runs: usize) -> anyhow::Result<()> {
+    let root = workspace_root();
+    println!("building release binaries ...");
+    run_checked(
+        ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--workspace", "--bins", "--quiet"])
+            .arg("--manifest-path")
+            .arg(root.join("Cargo.toml")),
+        Duration::from_secs(1800),
+    )
+    .await?;
+    let bin = root.join("target/release");
+    let (mut launcher_ms, mut baseline_ms, mut rss_mb) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        // Launcher: sequential, health-gated start of the four services.
+        let dir = tempfile::tempdir()?;
+        let config = write_config(dir.path())?;
+        let start = Instant::now();
+        let mut child =
+            ProcessSpec::new(bin.join("executor")).arg("--server").arg("--config").arg(&config).spawn_supervised()?;
+        if let Err(e) =
+            wait_serving(&ServiceName::Launcher.socket(&dir.path().join("run")), Duration::from_secs(30)).await
+        {
+            let _ = child.start_kill();
+            let out = child.wait_with_output().await?;
+            bail!("{e}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+        launcher_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(500)).await; // settle to idle
+        let pid = child.id().context("launcher pid")?;
+        let mut total = rss_kib(pid)?;
+        let kids = children(pid)?;
+        anyhow::ensure!(kids.len() == 4, "expected 4 services, found {kids:?}");
+        for kid in kids {
+            total += rss_kib(kid)?;
+        }
+        rss_mb.push(total as f64 / 1024.0);
+        send_signal(pid, Signal::SIGTERM)?;
+        child.wait().await?;
+
+        // Baseline: the same services started directly, all at once, no supervision.
+        let dir = tempfile::tempdir()?;
+        let config = write_config(dir.path())?;
+        let start = Instant::now();
+        let mut kids = Vec::new();
+        for service in ServiceName::SUPERVISED {
+            kids.push(
+                ProcessSpec::new(bin.join(service.as_str()))
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("--supervised")
+                    .spawn_supervised()?,
+            );
+        }
+        for service in ServiceName::SUPERVISED {
+            wait_serving(&service.socket(&dir.path().join("run")), Duration::from_secs(30)).await?;
+        }
+        baseline_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        for kid in &mut kids {
+            send_signal(kid.id().context("pid")?, Signal::SIGTERM)?;
+            kid.wait().await?;
+        }
+    }
+    let (l, b, r) = (median(&mut launcher_ms), median(&mut baseline_ms), median(&mut rss_mb));
+    println!("runs: {runs}");
+    println!(
+        "cold start to all SERVING, launcher (sequential, health-gated): median {l:.1} ms (min {:.1}, max {:.1})",
+        launcher_ms[0],
+        launcher_ms[runs - 1]
+    );
+    println!(
+        "baseline, 4 services started directly in parallel:              median {b:.1} ms (min {:.1}, max {:.1})",
+        baseline_ms[0],
+        baseline_ms[runs - 1]
+    );
+    println!("ratio launcher / baseline: {:.2}", l / b);
+    println!(
+        "resident memory of the 5 idle processes: median {r:.1} MiB (min {:.1}, max {:.1})",
+        rss_mb[0],
+        rss_mb[runs - 1]
+    );
+    Ok(())
+}

@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use crate::restart::{RestartDecision, RestartPolicy};
 
 /// How often a starting service is asked whether it is SERVING yet.
-const STARTUP_POLL: Duration = Duration::from_millis(25);
+const STARTUP_POLL: Duration = Duration::from_millis(5);
 /// How long one health check may take.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 

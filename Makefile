@@ -1,0 +1,62 @@
+# The two commands of the README: `make run` and `make test`.
+# `make test` sets up everything a fresh Debian machine needs (as root): the Docker engine and a
+# Python virtualenv with the independent test clients, then runs fmt, clippy and every test.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export REQUIRE_TEST_TOOLS := 1
+export TEST_PYTHON := $(abspath $(PYTHON))
+
+.PHONY: run test setup docker venv lint build unit-tests python-tests bench-startup clean
+
+## Build everything and start the executor on the embedded dev config (no GPU needed).
+run:
+	$(CARGO) build --workspace --bins
+	mkdir -p var
+	exec ./target/debug/executor --server --config config/executor.dev.toml
+
+## Everything CI runs.
+test: setup lint build unit-tests python-tests
+
+setup: docker venv
+
+## Start the Docker engine, installing it from the distribution if it is missing.
+docker:
+	@scripts/ensure-docker.sh
+
+## Python virtualenv with grpcio, reflection, health checking and bittensor-wallet.
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r tests/python/requirements.txt
+	touch $@
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+unit-tests: build
+	if command -v cargo-nextest >/dev/null; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+python-tests: build venv
+	$(PYTHON) -m pytest -q tests/python
+
+## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
+bench-startup:
+	$(CARGO) xtask bench-startup
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV) var
