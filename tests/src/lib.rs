@@ -53,8 +53,9 @@ impl Ports {
     }
 }
 
-/// A config file in a fresh directory: loopback, free ports, no GPU, fast restarts. `extra`
-/// is appended (later tables and keys override nothing: add only keys not written here).
+/// A config file in a fresh directory: loopback, free ports, no GPU, fast restarts.
+/// `launcher_extra` is appended after the `[launcher]` keys (`{dir}` stands for the directory);
+/// it may add `[launcher]` keys not written here, or new tables.
 #[derive(Debug)]
 pub struct TestConfig {
     pub dir: tempfile::TempDir,
@@ -110,6 +111,7 @@ shutdown_timeout = "5s"
             m2 = p.metrics[2],
             m3 = p.metrics[3],
             m4 = p.metrics[4],
+            launcher_extra = launcher_extra.replace("{dir}", &dir.path().display().to_string()),
         );
         let path = dir.path().join("executor.toml");
         std::fs::write(&path, text).expect("write config");
@@ -132,7 +134,12 @@ pub struct Node {
 impl Node {
     /// Starts the launcher and waits until it and every service report SERVING.
     pub async fn start(config: TestConfig) -> Self {
-        let spec = ProcessSpec::new(binary("executor")).arg("--server").arg("--config").arg(&config.path);
+        Self::start_from(&bin_dir(), config).await
+    }
+
+    /// As [`Node::start`], with the binaries in `bin` (e.g. `target/release`).
+    pub async fn start_from(bin: &Path, config: TestConfig) -> Self {
+        let spec = ProcessSpec::new(bin.join("executor")).arg("--server").arg("--config").arg(&config.path);
         let mut child = spec.spawn_supervised().expect("start executor");
         let mut stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
@@ -143,15 +150,13 @@ impl Node {
             out.extend_from_slice(&err);
             out
         });
-        let node = Self { config, child, output };
+        let mut node = Self { config, child, output };
         // The launcher itself reports SERVING only once every service does.
-        let launcher = common::grpc::unix_channel(&ServiceName::Launcher.socket(&node.config.runtime_dir()));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while common::grpc::check_health(launcher.clone(), "", Duration::from_secs(1)).await.ok()
-            != Some(tonic_health::ServingStatus::Serving)
-        {
-            assert!(Instant::now() < deadline, "executor not SERVING within 30s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let socket = ServiceName::Launcher.socket(&node.config.runtime_dir());
+        if let Err(e) = wait_serving(&socket, Duration::from_secs(30)).await {
+            let _ = node.child.start_kill();
+            let (_, output) = node.wait(Duration::from_secs(10)).await;
+            panic!("{e}\n{output}");
         }
         node
     }
@@ -194,6 +199,22 @@ impl Node {
             .expect("wait launcher");
         let output = (&mut self.output).await.expect("output");
         (status, String::from_utf8_lossy(&output).into_owned())
+    }
+}
+
+/// Polls the server on `socket` every 2 ms until it reports SERVING.
+pub async fn wait_serving(socket: &Path, timeout: Duration) -> Result<(), String> {
+    let channel = common::grpc::unix_channel(socket);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = common::grpc::check_health(channel.clone(), "", Duration::from_secs(1)).await;
+        if let Ok(tonic_health::ServingStatus::Serving) = status {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} not SERVING within {timeout:?}: {status:?}", socket.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

@@ -10,7 +10,9 @@ use nix::sys::signal::Signal;
 
 #[tokio::test]
 async fn supervises_restarts_a_killed_service_and_stops_cleanly() {
-    let mut node = Node::start(TestConfig::new("")).await;
+    let config = TestConfig::new("[logging]\nformat = \"json\"\nfile = \"{dir}/logs/executor.log\"\n");
+    let log_file = config.dir.path().join("logs/executor.log");
+    let mut node = Node::start(config).await;
     let ports = node.config.ports;
     let status = node.status().await.unwrap();
     let names: Vec<&str> = status.services.iter().map(|s| s.name.as_str()).collect();
@@ -55,7 +57,15 @@ async fn supervises_restarts_a_killed_service_and_stops_cleanly() {
     let left: Vec<_> = std::fs::read_dir(&runtime_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "sockets left behind: {left:?}");
     assert!(output.contains("all services SERVING"), "{output}");
-    assert!(output.contains("[gpu-monitor]"), "service output is forwarded: {output}");
+    assert!(output.contains(r#"{"service":"gpu-monitor","#), "service output is forwarded: {output}");
+    // The launcher wrote its own and every service's lines to the log file, as JSON.
+    let logged = std::fs::read_to_string(&log_file).unwrap();
+    for service in ["executor", "container-runtime", "gpu-monitor", "validator-access", "executor-api"] {
+        assert!(logged.contains(&format!(r#"{{"service":"{service}","#)), "{service} missing from the log file");
+    }
+    for line in logged.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
 }
 
 #[tokio::test]

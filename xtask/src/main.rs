@@ -4,15 +4,14 @@
 //!   is SERVING, beside a baseline that starts the same four services directly and in parallel
 //!   (no supervision); then the resident memory of the five idle processes.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use common::ServiceName;
 use common::process::{ProcessSpec, send_signal};
+use e2e::{Node, TestConfig, wait_serving};
 use nix::sys::signal::Signal;
-use tonic_health::ServingStatus;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,69 +38,6 @@ async fn run_checked(spec: ProcessSpec, timeout: Duration) -> anyhow::Result<()>
         bail!("{} failed:\n{}", spec.program().display(), String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
-}
-
-/// `n` distinct free ports: all are held until all are chosen, so none repeats.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
-    Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
-}
-
-fn write_config(dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = dir.join("executor.toml");
-    let p = free_ports(8)?;
-    let text = format!(
-        r#"managing_miner_hotkey = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
-data_dir = "{data}"
-runtime_dir = "{run}"
-[server]
-host = "127.0.0.1"
-port = {p0}
-health_port = {p1}
-[system]
-enable_gpu_monitoring = false
-[validator]
-ssh_port = {p2}
-[metrics]
-host = "127.0.0.1"
-executor_api_port = {p3}
-container_runtime_port = {p4}
-gpu_monitor_port = {p5}
-validator_access_port = {p6}
-launcher_port = {p7}
-[logging]
-level = "warn"
-"#,
-        data = dir.join("data").display(),
-        run = dir.join("run").display(),
-        p0 = p[0],
-        p1 = p[1],
-        p2 = p[2],
-        p3 = p[3],
-        p4 = p[4],
-        p5 = p[5],
-        p6 = p[6],
-        p7 = p[7],
-    );
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
-
-/// Polls `socket` until its server reports SERVING.
-async fn wait_serving(socket: &Path, timeout: Duration) -> anyhow::Result<()> {
-    let channel = common::grpc::unix_channel(socket);
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(ServingStatus::Serving) =
-            common::grpc::check_health(channel.clone(), "", Duration::from_secs(1)).await
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{} not SERVING within {timeout:?}", socket.display());
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -138,23 +74,14 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
     .await?;
     let bin = root.join("target/release");
     let (mut launcher_ms, mut baseline_ms, mut rss_mb) = (Vec::new(), Vec::new(), Vec::new());
+    let quiet = "\n[logging]\nlevel = \"warn\"\n";
     for _ in 0..runs {
         // Launcher: sequential, health-gated start of the four services.
-        let dir = tempfile::tempdir()?;
-        let config = write_config(dir.path())?;
         let start = Instant::now();
-        let mut child =
-            ProcessSpec::new(bin.join("executor")).arg("--server").arg("--config").arg(&config).spawn_supervised()?;
-        if let Err(e) =
-            wait_serving(&ServiceName::Launcher.socket(&dir.path().join("run")), Duration::from_secs(30)).await
-        {
-            let _ = child.start_kill();
-            let out = child.wait_with_output().await?;
-            bail!("{e}\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        }
+        let mut node = Node::start_from(&bin, TestConfig::new(quiet)).await;
         launcher_ms.push(start.elapsed().as_secs_f64() * 1e3);
         tokio::time::sleep(Duration::from_millis(500)).await; // settle to idle
-        let pid = child.id().context("launcher pid")?;
+        let pid = node.pid();
         let mut total = rss_kib(pid)?;
         let kids = children(pid)?;
         anyhow::ensure!(kids.len() == 4, "expected 4 services, found {kids:?}");
@@ -162,25 +89,26 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
             total += rss_kib(kid)?;
         }
         rss_mb.push(total as f64 / 1024.0);
-        send_signal(pid, Signal::SIGTERM)?;
-        child.wait().await?;
+        let (status, output) = node.stop_with(Signal::SIGTERM, Duration::from_secs(15)).await;
+        anyhow::ensure!(status.success(), "launcher failed: {output}");
 
         // Baseline: the same services started directly, all at once, no supervision.
-        let dir = tempfile::tempdir()?;
-        let config = write_config(dir.path())?;
+        let config = TestConfig::new(quiet);
         let start = Instant::now();
         let mut kids = Vec::new();
         for service in ServiceName::SUPERVISED {
             kids.push(
                 ProcessSpec::new(bin.join(service.as_str()))
                     .arg("--config")
-                    .arg(&config)
+                    .arg(&config.path)
                     .arg("--supervised")
                     .spawn_supervised()?,
             );
         }
         for service in ServiceName::SUPERVISED {
-            wait_serving(&service.socket(&dir.path().join("run")), Duration::from_secs(30)).await?;
+            wait_serving(&service.socket(&config.runtime_dir()), Duration::from_secs(30))
+                .await
+                .map_err(anyhow::Error::msg)?;
         }
         baseline_ms.push(start.elapsed().as_secs_f64() * 1e3);
         for kid in &mut kids {

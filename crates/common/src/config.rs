@@ -605,20 +605,7 @@ impl Config {
 
         let s = &self.server;
         let mut ports: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
-        let m = &self.metrics;
-        let mut listeners = vec![
-            ("server.port", s.host, s.port),
-            ("server.health_port", s.host, s.health_port),
-            ("metrics.executor_api_port", m.host, m.executor_api_port),
-            ("metrics.container_runtime_port", m.host, m.container_runtime_port),
-            ("metrics.gpu_monitor_port", m.host, m.gpu_monitor_port),
-            ("metrics.validator_access_port", m.host, m.validator_access_port),
-            ("metrics.launcher_port", m.host, m.launcher_port),
-        ];
-        if self.validator.enabled {
-            listeners.push(("validator.ssh_port", s.host, self.validator.ssh_port));
-        }
-        for (key, host, port) in listeners {
+        for (key, host, port) in self.listeners() {
             if port == 0 {
                 v.fail(key, "must be between 1 and 65535, not 0");
                 continue;
@@ -730,6 +717,25 @@ impl Config {
         v.range("launcher.crash_loop_max_restarts", la.crash_loop_max_restarts as f64, 1.0, 1000.0);
         v.range("launcher.unhealthy_threshold", la.unhealthy_threshold as f64, 1.0, 1000.0);
         v.issues
+    }
+
+    /// Every TCP port the node listens on, with its key: the public ports, the metrics port of
+    /// each process that runs, and the validator SSH port when validator access is enabled.
+    pub fn listeners(&self) -> Vec<(&'static str, IpAddr, u16)> {
+        let (s, m) = (&self.server, &self.metrics);
+        let mut listeners = vec![
+            ("server.port", s.host, s.port),
+            ("server.health_port", s.host, s.health_port),
+            ("metrics.executor_api_port", m.host, m.executor_api_port),
+            ("metrics.container_runtime_port", m.host, m.container_runtime_port),
+            ("metrics.gpu_monitor_port", m.host, m.gpu_monitor_port),
+            ("metrics.launcher_port", m.host, m.launcher_port),
+        ];
+        if self.validator.enabled {
+            listeners.push(("metrics.validator_access_port", m.host, m.validator_access_port));
+            listeners.push(("validator.ssh_port", s.host, self.validator.ssh_port));
+        }
+        listeners
     }
 
     /// The metrics port of a process, by service name.

@@ -58,6 +58,17 @@ pub fn service_binaries(dir: &Path, services: &[ServiceName]) -> anyhow::Result<
         .collect()
 }
 
+/// Runs `future` on a single-threaded runtime, for the short-lived commands.
+pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, ExitCode> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => Ok(runtime.block_on(future)),
+        Err(e) => {
+            eprintln!("executor: cannot start the async runtime: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// `executor --server`: returns when the node has stopped.
 pub fn run_server(config_path: &Path, log_level: Option<&str>) -> ExitCode {
     let loaded = match Config::load(config_path) {

@@ -110,14 +110,11 @@ pub fn status_command(config_path: &Path) -> ExitCode {
             return ExitCode::from(CONFIG_ERROR_EXIT_CODE as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("executor: {e}");
-            return ExitCode::FAILURE;
-        }
+    let fetched = match crate::block_on(fetch(&loaded.config.runtime_dir, Duration::from_secs(5))) {
+        Ok(fetched) => fetched,
+        Err(code) => return code,
     };
-    match runtime.block_on(fetch(&loaded.config.runtime_dir, Duration::from_secs(5))) {
+    match fetched {
         Ok(status) => {
             print!("{}", render(&status));
             let all_serving =

@@ -26,14 +26,10 @@ pub fn validate_command(config_path: &Path) -> ExitCode {
             return ExitCode::from(CONFIG_ERROR_EXIT_CODE as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("executor: {e}");
-            return ExitCode::FAILURE;
-        }
+    let checks = match crate::block_on(checks(&loaded)) {
+        Ok(checks) => checks,
+        Err(code) => return code,
     };
-    let checks = runtime.block_on(checks(&loaded));
     print!("{}", render(&loaded.path, &checks));
     if checks.iter().any(|c| c.status == CheckStatus::Fail) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
@@ -90,21 +86,8 @@ pub async fn checks(loaded: &LoadedConfig) -> Vec<Check> {
 
 /// Every configured listener's port can be bound now.
 fn port_checks(config: &Config) -> Vec<Check> {
-    let s = &config.server;
-    let m = &config.metrics;
-    let mut ports = vec![
-        ("server.port", s.host, s.port),
-        ("server.health_port", s.host, s.health_port),
-        ("metrics.launcher_port", m.host, m.launcher_port),
-        ("metrics.executor_api_port", m.host, m.executor_api_port),
-        ("metrics.container_runtime_port", m.host, m.container_runtime_port),
-        ("metrics.gpu_monitor_port", m.host, m.gpu_monitor_port),
-    ];
-    if config.validator.enabled {
-        ports.push(("metrics.validator_access_port", m.host, m.validator_access_port));
-        ports.push(("validator.ssh_port", s.host, config.validator.ssh_port));
-    }
-    ports
+    config
+        .listeners()
         .into_iter()
         .map(|(key, host, port)| {
             let addr = SocketAddr::new(host, port);
