@@ -1,0 +1,106 @@
+//! Facts about the machine a report claims: the GPUs (NVML, loaded at run time) and the host.
+
+use serde::{Deserialize, Serialize};
+
+/// One GPU as NVML describes it. Claims: they choose the expected time limits; the proof and the
+/// validator's clock decide.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFacts {
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+    pub pci_bus_id: String,
+    pub memory_bytes: u64,
+    pub compute_capability: String,
+    /// CUDA cores as NVML counts them (the SM count comes from the CUDA backend).
+    pub cuda_cores: u32,
+    pub max_sm_clock_mhz: u32,
+    pub max_memory_clock_mhz: u32,
+    pub power_limit_mw: u32,
+    pub driver_version: String,
+    pub cuda_version: String,
+    /// "enabled", "disabled", or "unknown" where NVML does not say.
+    pub mig_mode: String,
+}
+
+/// The host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpu_cores: u32,
+    pub memory_bytes: u64,
+}
+
+/// GPUs through NVML, or why there are none.
+pub fn gpus() -> Result<Vec<GpuFacts>, String> {
+    let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
+    let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+    let driver_version = nvml.sys_driver_version().unwrap_or_default();
+    let cuda_version =
+        nvml.sys_cuda_driver_version().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10)).unwrap_or_default();
+    (0..count)
+        .map(|index| {
+            let d = nvml.device_by_index(index).map_err(|e| format!("GPU {index}: {e}"))?;
+            let cc = d.cuda_compute_capability().map(|c| format!("{}.{}", c.major, c.minor)).unwrap_or_default();
+            use nvml_wrapper::enum_wrappers::device::Clock;
+            Ok(GpuFacts {
+                index,
+                uuid: d.uuid().unwrap_or_default(),
+                name: d.name().unwrap_or_default(),
+                pci_bus_id: d.pci_info().map(|p| p.bus_id).unwrap_or_default(),
+                memory_bytes: d.memory_info().map(|m| m.total).unwrap_or_default(),
+                compute_capability: cc,
+                cuda_cores: d.num_cores().unwrap_or_default(),
+                max_sm_clock_mhz: d.max_clock_info(Clock::SM).unwrap_or_default(),
+                max_memory_clock_mhz: d.max_clock_info(Clock::Memory).unwrap_or_default(),
+                power_limit_mw: d.enforced_power_limit().unwrap_or_default(),
+                driver_version: driver_version.clone(),
+                cuda_version: cuda_version.clone(),
+                mig_mode: match d.mig_mode() {
+                    Ok(mode) if mode.current == 1 => "enabled".into(),
+                    Ok(_) => "disabled".into(),
+                    Err(_) => "unknown".into(),
+                },
+            })
+        })
+        .collect()
+}
+
+/// The host, from /proc and uname.
+pub fn host() -> HostFacts {
+    let uname = nix::sys::utsname::uname().ok();
+    let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+        uname.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_default();
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned()))
+        .unwrap_or_default();
+    HostFacts {
+        hostname: field(|u| u.nodename()),
+        os,
+        kernel: field(|u| u.release()),
+        cpu_model,
+        cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: meminfo("MemTotal:").unwrap_or(0),
+    }
+}
+
+/// A `/proc/meminfo` field in bytes.
+pub fn meminfo(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
