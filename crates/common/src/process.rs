@@ -97,6 +97,17 @@ impl ProcessSpec {
         }
     }
 
+    /// Starts a child with stdin and stdout piped for a conversation, and stderr inherited so
+    /// its diagnostics reach the operator.
+    pub fn spawn_piped(&self) -> Result<tokio::process::Child, ProcessError> {
+        self.command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|source| ProcessError::Spawn { program: self.program.clone(), source })
+    }
+
     /// Starts a long-running child with piped stdout and stderr, in its own process group, that
     /// receives SIGTERM if this process dies first.
     pub fn spawn_supervised(&self) -> Result<tokio::process::Child, ProcessError> {

@@ -6,6 +6,7 @@
 //! at a cost orders of magnitude below the proving work. Everything here is integer arithmetic
 //! and bit-exact. The library is standalone: it depends on `common` and nothing else of ours.
 
+pub mod check;
 pub mod gemm;
 pub mod host;
 pub mod merkle;
