@@ -37,18 +37,36 @@ pub enum Message {
         host: HostFacts,
     },
     /// Validator: what to compute. `validator_hotkey` is an SS58 address or empty.
-    Challenge { params: Params, validator_hotkey: String },
+    Challenge {
+        params: Params,
+        validator_hotkey: String,
+    },
     /// Prover: the commitment, before it learns the sample.
-    Commit { commitment: Commitment, compute_ms: u64 },
+    Commit {
+        commitment: Commitment,
+        compute_ms: u64,
+    },
     /// Validator: the sample.
-    Open { samples: Vec<ProductSample> },
+    Open {
+        samples: Vec<ProductSample>,
+    },
     /// Prover: `y = C·r` and the opened rows.
-    Openings { openings: Vec<ProductOpening> },
+    Openings {
+        openings: Vec<ProductOpening>,
+    },
     /// Prover: the signed report; the conversation ends.
-    Report { report: Box<Report> },
-    Ping { id: u64 },
-    Pong { id: u64 },
-    Error { message: String },
+    Report {
+        report: Box<Report>,
+    },
+    Ping {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +132,8 @@ impl<R: AsyncBufRead + Unpin> Reader<R> {
         self.line.clear();
         let mut limited = (&mut self.inner).take(MAX_LINE as u64 + 1);
         let read = limited.read_until(b'\n', &mut self.line);
-        let n = tokio::time::timeout(timeout, read).await.map_err(|_| ProtocolError::Timeout { expected, timeout })??;
+        let n =
+            tokio::time::timeout(timeout, read).await.map_err(|_| ProtocolError::Timeout { expected, timeout })??;
         if n == 0 {
             return Err(ProtocolError::Closed { expected });
         }
@@ -164,9 +183,12 @@ async fn next_answering_pings<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match reader.next(expected, left).await? {
-            Message::Ping { id } => send(out, &Message::Pong { id }).await?,
-            message => return Ok(message),
+        match reader.next(expected, left).await {
+            Ok(Message::Ping { id }) => send(out, &Message::Pong { id }).await?,
+            Ok(message) => return Ok(message),
+            // Name the whole step's deadline, not what was left of it.
+            Err(ProtocolError::Timeout { expected, .. }) => return Err(ProtocolError::Timeout { expected, timeout }),
+            Err(e) => return Err(e),
         }
     }
 }
@@ -179,10 +201,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let result = prover_steps(Reader::new(input), &mut out, setup).await;
-    if let Err(e) = &result {
-        if !matches!(e, ProtocolError::Remote(_) | ProtocolError::Closed { .. } | ProtocolError::Io(_)) {
-            let _ = send(&mut out, &Message::Error { message: e.to_string() }).await;
-        }
+    if let Err(e) = &result
+        && !matches!(e, ProtocolError::Remote(_) | ProtocolError::Closed { .. } | ProtocolError::Io(_))
+    {
+        let _ = send(&mut out, &Message::Error { message: e.to_string() }).await;
     }
     result
 }
@@ -206,10 +228,11 @@ where
         },
     )
     .await?;
-    let (params, validator_hotkey) = match next_answering_pings(&mut reader, out, "challenge", setup.step_timeout).await? {
-        Message::Challenge { params, validator_hotkey } => (params, validator_hotkey),
-        other => return Err(ProtocolError::Unexpected { expected: "challenge", got: other.kind() }),
-    };
+    let (params, validator_hotkey) =
+        match next_answering_pings(&mut reader, out, "challenge", setup.step_timeout).await? {
+            Message::Challenge { params, validator_hotkey } => (params, validator_hotkey),
+            other => return Err(ProtocolError::Unexpected { expected: "challenge", got: other.kind() }),
+        };
     let invalid = |reason: String| ProtocolError::Invalid { message: "challenge", reason };
     params.validate().map_err(|e| invalid(e.to_string()))?;
     params.check_memory(setup.threads, setup.available_memory).map_err(|e| invalid(e.to_string()))?;
@@ -240,13 +263,13 @@ where
         Message::Open { samples } => samples,
         other => return Err(ProtocolError::Unexpected { expected: "open", got: other.kind() }),
     };
-    check_samples(&params, &samples)
-        .map_err(|reason| ProtocolError::Invalid { message: "open", reason })?;
+    check_samples(&params, &samples).map_err(|reason| ProtocolError::Invalid { message: "open", reason })?;
     let started = Instant::now();
     let (p, s) = (params.clone(), samples.clone());
-    let openings = tokio::task::spawn_blocking(move || s.iter().map(|x| prove::open(&p, x, threads)).collect::<Vec<_>>())
-        .await
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?;
+    let openings =
+        tokio::task::spawn_blocking(move || s.iter().map(|x| prove::open(&p, x, threads)).collect::<Vec<_>>())
+            .await
+            .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?;
     let open_ms = started.elapsed().as_millis() as u64;
     send(out, &Message::Openings { openings: openings.clone() }).await?;
 
@@ -313,8 +336,11 @@ mod tests {
     fn parsing_never_panics_on_mutated_or_random_input() {
         let valid = [
             r#"{"type":"ping","id":1}"#.to_owned(),
-            serde_json::to_string(&Message::Challenge { params: Params::plain(1, 16, 1), validator_hotkey: String::new() })
-                .unwrap(),
+            serde_json::to_string(&Message::Challenge {
+                params: Params::plain(1, 16, 1),
+                validator_hotkey: String::new(),
+            })
+            .unwrap(),
             serde_json::to_string(&Message::Open {
                 samples: vec![ProductSample { index: 0, r: vec![1, 2, 3], rows: vec![0] }],
             })
