@@ -46,14 +46,19 @@ fn dot_portable(a: &[i8], b: &[i8]) -> i32 {
 /// The same loop compiled for AVX2 (vpmovsxbw + vpmaddwd).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn rows_avx2(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, c: &mut [i32]) {
-    rows_portable(a, bt, k, n, rows, c)
+fn rows_avx2(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, block: usize, c: &mut [i32]) {
+    rows_portable(a, bt, k, n, rows, block, c)
+}
+
+/// Columns per block: a block of Bᵀ of about 128 KiB stays in L2 while every row of A passes
+/// over it.
+pub fn default_block(k: usize, n: usize) -> usize {
+    ((128 << 10) / k).clamp(4, n)
 }
 
 #[inline(always)]
-fn rows_portable(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, c: &mut [i32]) {
-    // A block of Bᵀ of about 128 KiB stays in L2 while every row of A passes over it.
-    let block = ((128 << 10) / k).clamp(4, n);
+fn rows_portable(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, block: usize, c: &mut [i32]) {
+    let block = block.clamp(1, n);
     for j0 in (0..n).step_by(block) {
         let j1 = (j0 + block).min(n);
         for (ci, i) in rows.clone().enumerate() {
@@ -66,28 +71,35 @@ fn rows_portable(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, c:
     }
 }
 
-/// Rows `rows` of C = A·B, with B given as `bt` = Bᵀ (n × k); `c` holds those rows (len·n).
-pub fn gemm_rows(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, c: &mut [i32]) {
+/// Rows `rows` of C = A·B, with B given as `bt` = Bᵀ (n × k), `block` columns at a time;
+/// `c` holds those rows (len·n).
+pub fn gemm_rows(a: &[i8], bt: &[i8], k: usize, n: usize, rows: Range<usize>, block: usize, c: &mut [i32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
         #[allow(unsafe_code)]
         unsafe {
-            rows_avx2(a, bt, k, n, rows, c);
+            rows_avx2(a, bt, k, n, rows, block, c);
         }
         return;
     }
-    rows_portable(a, bt, k, n, rows, c)
+    rows_portable(a, bt, k, n, rows, block, c)
 }
 
 /// C = A·B (m × n, row-major), rows split over `threads` threads.
 pub fn gemm(a: &[i8], bt: &[i8], m: usize, n: usize, k: usize, threads: usize, c: &mut [i32]) {
+    gemm_blocked(a, bt, m, n, k, threads, default_block(k, n), c)
+}
+
+/// [`gemm`] with an explicit column block (tests check every block size gives the same C).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_blocked(a: &[i8], bt: &[i8], m: usize, n: usize, k: usize, threads: usize, block: usize, c: &mut [i32]) {
     let threads = threads.clamp(1, m);
     let per = m.div_ceil(threads);
     std::thread::scope(|s| {
         for (t, chunk) in c.chunks_mut(per * n).enumerate() {
             let rows = t * per..(t * per + chunk.len() / n);
-            s.spawn(move || gemm_rows(a, bt, k, n, rows, chunk));
+            s.spawn(move || gemm_rows(a, bt, k, n, rows, block, chunk));
         }
     });
 }
@@ -122,10 +134,13 @@ mod tests {
             b[0] = -128;
             let mut bt = vec![0i8; n * k];
             transpose(&b, k, n, &mut bt);
+            let expected = naive(&a, &b, m, n, k);
             for threads in [1, 3] {
-                let mut c = vec![0i32; m * n];
-                gemm(&a, &bt, m, n, k, threads, &mut c);
-                assert_eq!(c, naive(&a, &b, m, n, k), "{m}x{n}x{k}, {threads} threads");
+                for block in [1, 5, 16, default_block(k, n), n] {
+                    let mut c = vec![0i32; m * n];
+                    gemm_blocked(&a, &bt, m, n, k, threads, block, &mut c);
+                    assert_eq!(c, expected, "{m}x{n}x{k}, {threads} threads, block {block}");
+                }
             }
         }
     }

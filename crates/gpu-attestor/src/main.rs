@@ -50,9 +50,10 @@ struct Work {
     threads: Option<usize>,
 }
 
-#[derive(Debug, Args)]
-struct RunArgs {
-    /// Challenge seed: N as u64 little-endian, zero-padded to 32 bytes.
+/// The size of a challenge.
+#[derive(Debug, Clone, Copy, Args)]
+struct Shape {
+    /// Challenge seed: N as u64 little-endian, zero-padded to 32 bytes (`check`: random if absent).
     #[arg(long)]
     seed: Option<u64>,
     /// m = n = k: a multiple of 16 from 16 to 32768.
@@ -61,6 +62,12 @@ struct RunArgs {
     /// Number of products.
     #[arg(long, default_value_t = 1000)]
     num_matrices: u32,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    shape: Shape,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -101,13 +108,8 @@ enum Command {
         /// The command run at the far end.
         #[arg(long, default_value = "gpu-attestor challenge")]
         remote_command: String,
-        /// Challenge seed (default: random).
-        #[arg(long)]
-        seed: Option<u64>,
-        #[arg(long, default_value_t = 256)]
-        matrix_dim: u32,
-        #[arg(long, default_value_t = 1000)]
-        num_matrices: u32,
+        #[command(flatten)]
+        shape: Shape,
         /// The validator's hotkey (SS58), bound into the challenge.
         #[arg(long)]
         hotkey: Option<String>,
@@ -125,10 +127,10 @@ fn main() -> ExitCode {
         Some(Command::Info) => info(),
         Some(Command::Challenge { work, identity, timeout }) => challenge(&work, &identity, timeout),
         Some(Command::Verify { report }) => verify_report(&report),
-        Some(Command::Check { ssh, remote_command, seed, matrix_dim, num_matrices, hotkey, timeout, json }) => {
-            check(&ssh, &remote_command, seed, matrix_dim, num_matrices, hotkey.as_deref(), timeout, json)
+        Some(Command::Check { ssh, remote_command, shape, hotkey, timeout, json }) => {
+            check(&ssh, &remote_command, shape, hotkey.as_deref(), timeout, json)
         }
-        None if cli.run.seed.is_some() => run(&cli.run),
+        None if cli.run.shape.seed.is_some() => run(&cli.run),
         None => {
             let _ = <Cli as clap::CommandFactory>::command().print_help();
             return ExitCode::from(2);
@@ -176,8 +178,9 @@ fn available_memory() -> u64 {
 /// The guide's mode: compute, print the model, the time and the checksum.
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let backend = select_backend(&args.work)?;
-    let seed = args.seed.context("--seed is required")?;
-    let mut params = Params::plain(seed, args.matrix_dim, args.num_matrices);
+    let shape = args.shape;
+    let seed = shape.seed.context("--seed is required")?;
+    let mut params = Params::plain(seed, shape.matrix_dim, shape.num_matrices);
     params.validate()?;
     params.check_memory(backend.threads as usize, available_memory())?;
     let identity = match &args.report {
@@ -293,13 +296,10 @@ fn verify_report(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn check(
     ssh: &str,
     remote_command: &str,
-    seed: Option<u64>,
-    dim: u32,
-    count: u32,
+    shape: Shape,
     hotkey: Option<&str>,
     timeout: Duration,
     json: bool,
@@ -311,7 +311,8 @@ fn check(
         }
         None => (String::new(), [0; 32]),
     };
-    let seed = match seed {
+    let (dim, count) = (shape.matrix_dim, shape.num_matrices);
+    let seed = match shape.seed {
         Some(s) => Params::plain(s, dim, count).seed,
         None => {
             let mut s = [0u8; 32];

@@ -77,7 +77,7 @@ pub enum ProtocolError {
     Closed { expected: &'static str },
     #[error("truncated message (no end of line) while waiting for `{expected}`")]
     Truncated { expected: &'static str },
-    #[error("message longer than {MAX_LINE} bytes")]
+    #[error("message longer than the limit of {MAX_LINE} bytes")]
     TooLong,
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -120,24 +120,30 @@ pub fn parse(line: &[u8]) -> Result<Message, ProtocolError> {
 pub struct Reader<R> {
     inner: R,
     line: Vec<u8>,
+    limit: usize,
 }
 
 impl<R: AsyncBufRead + Unpin> Reader<R> {
     pub fn new(inner: R) -> Self {
-        Self { inner, line: Vec::new() }
+        Self::with_limit(inner, MAX_LINE)
+    }
+
+    /// A reader refusing lines longer than `limit` bytes.
+    pub fn with_limit(inner: R, limit: usize) -> Self {
+        Self { inner, line: Vec::new(), limit: limit.min(MAX_LINE) }
     }
 
     /// The next message, waiting at most `timeout`.
     pub async fn next(&mut self, expected: &'static str, timeout: Duration) -> Result<Message, ProtocolError> {
         self.line.clear();
-        let mut limited = (&mut self.inner).take(MAX_LINE as u64 + 1);
+        let mut limited = (&mut self.inner).take(self.limit as u64 + 1);
         let read = limited.read_until(b'\n', &mut self.line);
         let n =
             tokio::time::timeout(timeout, read).await.map_err(|_| ProtocolError::Timeout { expected, timeout })??;
         if n == 0 {
             return Err(ProtocolError::Closed { expected });
         }
-        if self.line.len() > MAX_LINE {
+        if self.line.len() > self.limit {
             return Err(ProtocolError::TooLong);
         }
         if self.line.last() != Some(&b'\n') {
@@ -382,6 +388,9 @@ mod tests {
         assert!(matches!(r.next("hello", Duration::from_secs(1)).await, Err(ProtocolError::Closed { .. })));
         let mut r = Reader::new(&b"{\"type\":\"error\",\"message\":\"no\"}\n"[..]);
         assert!(matches!(r.next("hello", Duration::from_secs(1)).await, Err(ProtocolError::Remote(m)) if m == "no"));
+        let long = format!("{{\"type\":\"error\",\"message\":\"{}\"}}\n", "x".repeat(200));
+        let mut r = Reader::with_limit(long.as_bytes(), 100);
+        assert!(matches!(r.next("hello", Duration::from_secs(1)).await, Err(ProtocolError::TooLong)));
         let (_tx, rx) = tokio::io::duplex(64);
         let mut r = Reader::new(tokio::io::BufReader::new(rx));
         assert!(matches!(r.next("hello", Duration::from_millis(50)).await, Err(ProtocolError::Timeout { .. })));
