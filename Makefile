@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker venv lint build unit-tests python-tests bench-startup bench-gpow clean
+.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -21,7 +21,11 @@ run:
 ## Everything CI runs.
 test: setup lint build unit-tests python-tests
 
-setup: docker venv
+setup: docker packages venv
+
+## Distribution packages the tests use: Prometheus and promtool (a real scraper).
+packages:
+	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus
 
 ## Start the Docker engine, installing it from the distribution if it is missing.
 docker:

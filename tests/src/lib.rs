@@ -67,6 +67,12 @@ pub const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
 
 impl TestConfig {
     pub fn new(launcher_extra: &str) -> Self {
+        Self::with_system("enable_gpu_monitoring = false", launcher_extra)
+    }
+
+    /// As [`TestConfig::new`] with `system` as the body of `[system]` (`{dir}` stands for the
+    /// directory there too).
+    pub fn with_system(system: &str, launcher_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = Ports::free();
         let p = ports;
@@ -81,7 +87,7 @@ port = {grpc}
 health_port = {health}
 
 [system]
-enable_gpu_monitoring = false
+{system}
 
 [validator]
 ssh_port = {ssh}
@@ -111,6 +117,7 @@ shutdown_timeout = "5s"
             m2 = p.metrics[2],
             m3 = p.metrics[3],
             m4 = p.metrics[4],
+            system = system.replace("{dir}", &dir.path().display().to_string()),
             launcher_extra = launcher_extra.replace("{dir}", &dir.path().display().to_string()),
         );
         let path = dir.path().join("executor.toml");

@@ -71,3 +71,11 @@ async fn validate_warns_about_keys_this_build_does_not_enforce() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn validate_warns_when_gpus_are_simulated() {
+    let config = TestConfig::with_system("gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"", "");
+    let out = run("executor", &["validate", "--config", config.path.to_str().unwrap()], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("WARN  nvml             system.gpu_backend = \"simulated\""), "{text}");
+}

@@ -214,11 +214,34 @@ pub struct SystemConfig {
     /// How often telemetry is collected.
     #[serde(with = "human_duration")]
     pub update_interval: Duration,
+    /// Longest a collector (NVML, host, kernel, processes) may take before it counts as failed.
+    #[serde(with = "human_duration")]
+    pub collector_timeout: Duration,
+    /// Where GPU figures come from: `nvml` (the driver), or `simulated` (a JSON file of GPU
+    /// figures re-read every interval, for tests and demos; never chosen automatically).
+    pub gpu_backend: GpuBackendKind,
+    /// The JSON file of the `simulated` backend; only with `gpu_backend = "simulated"`.
+    pub simulated_gpus_file: Option<PathBuf>,
+}
+
+/// Source of GPU figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuBackendKind {
+    Nvml,
+    Simulated,
 }
 
 impl Default for SystemConfig {
     fn default() -> Self {
-        Self { enable_gpu_monitoring: true, max_gpu_memory_usage: 90.0, update_interval: Duration::from_secs(5) }
+        Self {
+            enable_gpu_monitoring: true,
+            max_gpu_memory_usage: 90.0,
+            update_interval: Duration::from_secs(5),
+            collector_timeout: Duration::from_secs(2),
+            gpu_backend: GpuBackendKind::Nvml,
+            simulated_gpus_file: None,
+        }
     }
 }
 
@@ -425,8 +448,6 @@ pub const NOT_YET_ENFORCED: &[(&str, &str)] = &[
     ("docker.registry.url", "container-runtime"),
     ("docker.registry.verify_signatures", "container-runtime image signatures"),
     ("docker.registry.allowed_registries", "container-runtime"),
-    ("system.max_gpu_memory_usage", "gpu-monitor"),
-    ("system.update_interval", "gpu-monitor"),
     ("validator.strict_ssh_restrictions", "validator-access SSH server"),
     ("validator.ssh_port", "validator-access SSH server"),
     ("validator.access_config.hotkey_verification.enabled", "validator-access"),
@@ -582,10 +603,10 @@ impl Config {
                 *path = cwd.join(&*path);
             }
         }
-        if let Some(file) = &mut self.logging.file
-            && file.is_relative()
-        {
-            *file = cwd.join(&*file);
+        for file in [&mut self.logging.file, &mut self.system.simulated_gpus_file].into_iter().flatten() {
+            if file.is_relative() {
+                *file = cwd.join(&*file);
+            }
         }
     }
 
@@ -665,6 +686,18 @@ impl Config {
         v.range("system.max_gpu_memory_usage", sys.max_gpu_memory_usage, 0.0, 100.0);
         if sys.update_interval < Duration::from_millis(100) {
             v.fail("system.update_interval", "must be at least 100ms");
+        }
+        if sys.collector_timeout.is_zero() || sys.collector_timeout > sys.update_interval {
+            v.fail("system.collector_timeout", "must be longer than 0s and at most system.update_interval");
+        }
+        match (sys.gpu_backend, &sys.simulated_gpus_file) {
+            (GpuBackendKind::Simulated, None) => {
+                v.fail("system.simulated_gpus_file", "required with system.gpu_backend = \"simulated\"")
+            }
+            (GpuBackendKind::Nvml, Some(_)) => {
+                v.fail("system.simulated_gpus_file", "only used with system.gpu_backend = \"simulated\"")
+            }
+            _ => {}
         }
 
         let hv = &self.validator.access_config.hotkey_verification;
@@ -974,6 +1007,10 @@ mod tests {
         check_err("[validator.access_config.rate_limits]\nssh_requests_per_minute = 0", &["ssh_requests_per_minute"]);
         check_err("[launcher]\nrestart_backoff_max = \"1ms\"", &["key `launcher.restart_backoff_max`"]);
         check_err("not toml [", &["executor.toml"]);
+        check_err("[system]\ngpu_backend = \"simulated\"", &["key `system.simulated_gpus_file`: required"]);
+        check_err("[system]\nsimulated_gpus_file = \"x.json\"", &["key `system.simulated_gpus_file`: only used"]);
+        check_err("[system]\ngpu_backend = \"fake\"", &["key `system.gpu_backend`"]);
+        check_err("[system]\ncollector_timeout = \"10s\"", &["key `system.collector_timeout`"]);
     }
 
     #[test]

@@ -1,94 +1,147 @@
 //! gpu-monitor: GPU telemetry from NVML and host telemetry. With gpu-attestor, the only crate
-//! that touches NVML, which it loads at run time so the binary runs on machines without a GPU.
+//! that touches NVML, which it loads at run time so the binary runs on machines without a GPU
+//! (zero GPUs and the reason). `[system] enable_gpu_monitoring = false` never loads it; the
+//! `simulated` backend is used only when the config names it.
 //!
-//! This build serves health, reflection and metrics, reports how many GPUs NVML sees
-//! (`executor_gpu_monitor_gpus`, zero plus the reason without NVML), and checks NVML for
-//! `executor validate`. The telemetry API of `proto/executor/gpu_monitor.proto` is not served
-//! yet.
+//! Collection runs in the background ([`collector`]); the gRPC API (inventory, snapshot, a
+//! stream of snapshots, per-process GPU memory) and the Prometheus series read its results.
+
+pub mod backend;
+pub mod collector;
+pub mod exporter;
+pub mod host;
+pub mod kernel;
+
+use std::pin::Pin;
+use std::sync::Arc;
 
 use common::ServiceName;
 use common::check::Check;
-use common::config::LoadedConfig;
+use common::config::{GpuBackendKind, LoadedConfig, SystemConfig};
+use common::proto::gpu::v1::gpu_monitor_server::{GpuMonitor as GpuMonitorApi, GpuMonitorServer};
+use common::proto::gpu::v1::{
+    GpuProcessesRequest, GpuProcessesResponse, Inventory, InventoryRequest, Snapshot, SnapshotRequest,
+};
 use common::service::{BoxError, Service, ServiceContext};
+use tokio_stream::StreamExt;
+use tonic::service::Routes;
 
-/// What NVML says about this machine's GPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuPresence {
-    /// `[system] enable_gpu_monitoring = false`: NVML was not loaded.
-    Disabled,
-    /// NVML could not be loaded or initialised, with the reason.
-    Unavailable(String),
-    Present {
-        count: u32,
-        driver_version: String,
-    },
-}
+use crate::backend::{NvmlBackend, SimulatedBackend};
+use crate::collector::{GpuSource, Monitor, MonitorSettings};
 
-/// Loads NVML (only when monitoring is enabled) and counts GPUs.
-pub fn probe(enable_gpu_monitoring: bool) -> GpuPresence {
-    if !enable_gpu_monitoring {
-        return GpuPresence::Disabled;
+/// The gRPC service name; its health is NOT_SERVING while a threshold alert is active.
+pub const GRPC_SERVICE: &str = "executor.gpu.v1.GpuMonitor";
+
+/// The GPU source the config asks for. NVML is never loaded when monitoring is disabled, and
+/// a missing NVML is a reason, never a fallback to the simulation.
+pub fn source(config: &SystemConfig) -> GpuSource {
+    if !config.enable_gpu_monitoring {
+        return GpuSource::Unavailable("GPU monitoring disabled (system.enable_gpu_monitoring = false)".into());
     }
-    let nvml = match nvml_wrapper::Nvml::init() {
-        Ok(nvml) => nvml,
-        Err(e) => {
-            return GpuPresence::Unavailable(format!("NVML unavailable ({e}); no NVIDIA driver on this machine?"));
-        }
-    };
-    match nvml.device_count() {
-        Ok(count) => GpuPresence::Present { count, driver_version: nvml.sys_driver_version().unwrap_or_default() },
-        Err(e) => GpuPresence::Unavailable(format!("NVML device count: {e}")),
+    match (config.gpu_backend, &config.simulated_gpus_file) {
+        (GpuBackendKind::Simulated, Some(file)) => GpuSource::Backend(Arc::new(SimulatedBackend::new(file.clone()))),
+        (GpuBackendKind::Simulated, None) => GpuSource::Unavailable("simulated backend without a file".into()),
+        (GpuBackendKind::Nvml, _) => match NvmlBackend::load() {
+            Ok(nvml) => GpuSource::Backend(Arc::new(nvml)),
+            Err(why) => GpuSource::Unavailable(why),
+        },
     }
 }
 
 /// The NVML line of `executor validate`.
-pub fn nvml_check(presence: &GpuPresence) -> Check {
-    match presence {
-        GpuPresence::Disabled => Check::skip("nvml", "system.enable_gpu_monitoring = false"),
-        GpuPresence::Unavailable(reason) => Check::fail("nvml", reason.clone()),
-        GpuPresence::Present { count: 0, .. } => Check::fail("nvml", "NVML loaded but reports no GPUs"),
-        GpuPresence::Present { count, driver_version } => {
-            Check::pass("nvml", format!("{count} GPU(s), driver {driver_version}"))
-        }
+pub fn nvml_check(config: &SystemConfig) -> Check {
+    if !config.enable_gpu_monitoring {
+        return Check::skip("nvml", "system.enable_gpu_monitoring = false");
+    }
+    if config.gpu_backend == GpuBackendKind::Simulated {
+        return Check::warn("nvml", "system.gpu_backend = \"simulated\": GPU figures are simulated, not read");
+    }
+    match NvmlBackend::load().and_then(|nvml| backend::GpuBackend::inventory(&nvml)) {
+        Err(reason) => Check::fail("nvml", reason),
+        Ok(inv) if inv.gpus.is_empty() => Check::fail("nvml", "NVML loaded but reports no GPUs"),
+        Ok(inv) => Check::pass("nvml", format!("{} GPU(s), driver {}", inv.gpus.len(), inv.driver_version)),
     }
 }
 
 /// The gpu-monitor service.
 #[derive(Debug)]
 pub struct GpuMonitor {
-    presence: GpuPresence,
+    monitor: Arc<Monitor>,
+}
+
+type SnapshotStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Snapshot, tonic::Status>> + Send>>;
+
+#[derive(Debug)]
+struct Api {
+    monitor: Arc<Monitor>,
+}
+
+#[tonic::async_trait]
+impl GpuMonitorApi for Api {
+    async fn inventory(
+        &self,
+        _: tonic::Request<InventoryRequest>,
+    ) -> Result<tonic::Response<Inventory>, tonic::Status> {
+        Ok(tonic::Response::new(self.monitor.inventory()))
+    }
+
+    async fn snapshot(&self, _: tonic::Request<SnapshotRequest>) -> Result<tonic::Response<Snapshot>, tonic::Status> {
+        Ok(tonic::Response::new((*self.monitor.snapshot()).clone()))
+    }
+
+    type WatchSnapshotsStream = SnapshotStream;
+
+    async fn watch_snapshots(
+        &self,
+        _: tonic::Request<SnapshotRequest>,
+    ) -> Result<tonic::Response<Self::WatchSnapshotsStream>, tonic::Status> {
+        let stream = tokio_stream::wrappers::WatchStream::from_changes(self.monitor.subscribe())
+            .map(|snapshot| Ok((*snapshot).clone()));
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+
+    async fn gpu_processes(
+        &self,
+        _: tonic::Request<GpuProcessesRequest>,
+    ) -> Result<tonic::Response<GpuProcessesResponse>, tonic::Status> {
+        Ok(tonic::Response::new(GpuProcessesResponse { processes: self.monitor.processes() }))
+    }
 }
 
 impl Service for GpuMonitor {
     const NAME: ServiceName = ServiceName::GpuMonitor;
+    const GRPC_SERVICES: &'static [&'static str] = &[GRPC_SERVICE];
 
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
-        vec![nvml_check(&probe(loaded.config.system.enable_gpu_monitoring))]
+        vec![nvml_check(&loaded.config.system)]
     }
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
-        let presence = probe(ctx.config().system.enable_gpu_monitoring);
-        match &presence {
-            GpuPresence::Disabled => tracing::info!("GPU monitoring disabled; NVML not loaded"),
-            GpuPresence::Unavailable(reason) => tracing::warn!(reason = %reason, "no GPUs: reporting zero"),
-            GpuPresence::Present { count, driver_version } => {
-                tracing::info!(count, driver_version = %driver_version, "GPUs found")
-            }
+        let system = &ctx.config().system;
+        let source = source(system);
+        match &source {
+            GpuSource::Unavailable(reason) => tracing::warn!(reason = %reason, "no GPUs: reporting zero"),
+            GpuSource::Backend(_) => tracing::info!(backend = ?system.gpu_backend, "GPU backend loaded"),
         }
-        Ok(Self { presence })
+        let settings = MonitorSettings {
+            interval: system.update_interval,
+            timeout: system.collector_timeout,
+            max_gpu_memory_usage: system.max_gpu_memory_usage,
+        };
+        crate::exporter::describe();
+        let monitor = Monitor::new(source, settings)?;
+        // The first snapshot is there before the service reports SERVING.
+        monitor.collect_once().await;
+        Ok(Self { monitor })
+    }
+
+    fn add_routes(&self, routes: Routes) -> Routes {
+        routes.add_service(GpuMonitorServer::new(Api { monitor: self.monitor.clone() }))
     }
 
     async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
-        metrics::describe_gauge!(
-            "executor_gpu_monitor_gpus",
-            "GPUs NVML reports; 0 when NVML is unavailable or disabled."
-        );
-        let count = match self.presence {
-            GpuPresence::Present { count, .. } => count,
-            _ => 0,
-        };
-        metrics::gauge!("executor_gpu_monitor_gpus").set(f64::from(count));
-        ctx.shutdown.cancelled().await;
+        ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
+        self.monitor.run_forever(ctx.health.clone(), ctx.shutdown.clone()).await;
         Ok(())
     }
 }

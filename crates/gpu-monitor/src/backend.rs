@@ -1,0 +1,292 @@
+//! Where GPU figures come from: NVML (loaded at run time), or the `simulated` backend that an
+//! operator or a test selects explicitly in the config. There is no fallback from one to the
+//! other: without NVML there are zero GPUs and a reason.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::proto::gpu::v1::{GpuInfo, GpuSample};
+use serde::Deserialize;
+
+/// A process using GPU memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuProcessUse {
+    pub pid: u32,
+    pub gpu_uuid: String,
+    pub used_memory_bytes: u64,
+}
+
+/// Static facts of the GPUs and the driver.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuInventory {
+    pub gpus: Vec<GpuInfo>,
+    pub driver_version: String,
+    pub cuda_version: String,
+}
+
+/// A source of GPU figures. Calls may block (NVML can hang on a sick GPU): the collector runs
+/// them off the async threads with a timeout.
+pub trait GpuBackend: Send + Sync + 'static {
+    fn inventory(&self) -> Result<GpuInventory, String>;
+    fn samples(&self) -> Result<Vec<GpuSample>, String>;
+    fn processes(&self) -> Result<Vec<GpuProcessUse>, String>;
+    /// PCI bus ids the kernel driver lists, for the cross-check with what the backend reports.
+    fn kernel_pci_bus_ids(&self) -> Result<Vec<String>, String> {
+        crate::kernel::proc_gpu_bus_ids(Path::new(crate::kernel::PROC_NVIDIA_GPUS))
+    }
+}
+
+/// The real thing.
+pub struct NvmlBackend {
+    nvml: nvml_wrapper::Nvml,
+}
+
+impl std::fmt::Debug for NvmlBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NvmlBackend")
+    }
+}
+
+impl NvmlBackend {
+    /// Loads `libnvidia-ml.so.1`; the error says why it could not.
+    pub fn load() -> Result<Self, String> {
+        nvml_wrapper::Nvml::init()
+            .map(|nvml| Self { nvml })
+            .map_err(|e| format!("NVML unavailable ({e}); no NVIDIA driver on this machine?"))
+    }
+
+    fn devices(&self) -> Result<Vec<nvml_wrapper::Device<'_>>, String> {
+        let count = self.nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+        (0..count).map(|i| self.nvml.device_by_index(i).map_err(|e| format!("GPU {i}: {e}"))).collect()
+    }
+}
+
+impl GpuBackend for NvmlBackend {
+    fn inventory(&self) -> Result<GpuInventory, String> {
+        use nvml_wrapper::enum_wrappers::device::Clock;
+        let gpus = self
+            .devices()?
+            .iter()
+            .enumerate()
+            .map(|(index, d)| GpuInfo {
+                index: index as u32,
+                uuid: d.uuid().unwrap_or_default(),
+                name: d.name().unwrap_or_default(),
+                pci_bus_id: d.pci_info().map(|p| p.bus_id).unwrap_or_default(),
+                memory_total_bytes: d.memory_info().map(|m| m.total).unwrap_or_default(),
+                compute_capability: d
+                    .cuda_compute_capability()
+                    .map(|c| format!("{}.{}", c.major, c.minor))
+                    .unwrap_or_default(),
+                sm_count: 0,
+                max_sm_clock_mhz: d.max_clock_info(Clock::SM).unwrap_or_default(),
+                max_memory_clock_mhz: d.max_clock_info(Clock::Memory).unwrap_or_default(),
+                power_limit_milliwatts: d.enforced_power_limit().unwrap_or_default(),
+                mig_enabled: d.mig_mode().is_ok_and(|m| m.current == 1),
+            })
+            .collect();
+        let cuda = self.nvml.sys_cuda_driver_version().unwrap_or_default();
+        Ok(GpuInventory {
+            gpus,
+            driver_version: self.nvml.sys_driver_version().unwrap_or_default(),
+            cuda_version: if cuda > 0 { format!("{}.{}", cuda / 1000, (cuda % 1000) / 10) } else { String::new() },
+        })
+    }
+
+    fn samples(&self) -> Result<Vec<GpuSample>, String> {
+        use nvml_wrapper::bitmasks::device::ThrottleReasons;
+        use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, RetirementCause, TemperatureSensor};
+        Ok(self
+            .devices()?
+            .iter()
+            .enumerate()
+            .map(|(index, d)| {
+                let memory = d.memory_info().ok();
+                let util = d.utilization_rates().ok();
+                let throttle = d.current_throttle_reasons().unwrap_or(ThrottleReasons::empty());
+                GpuSample {
+                    index: index as u32,
+                    uuid: d.uuid().unwrap_or_default(),
+                    memory_used_bytes: memory.as_ref().map_or(0, |m| m.used),
+                    memory_free_bytes: memory.as_ref().map_or(0, |m| m.free),
+                    gpu_utilization_percent: util.as_ref().map_or(0, |u| u.gpu),
+                    memory_utilization_percent: util.as_ref().map_or(0, |u| u.memory),
+                    temperature_celsius: d.temperature(TemperatureSensor::Gpu).unwrap_or_default(),
+                    power_draw_milliwatts: d.power_usage().unwrap_or_default(),
+                    sm_clock_mhz: d.clock_info(Clock::SM).unwrap_or_default(),
+                    memory_clock_mhz: d.clock_info(Clock::Memory).unwrap_or_default(),
+                    throttle_reasons: throttle.iter_names().map(|(name, _)| name.to_lowercase()).collect(),
+                    ecc_errors_corrected: d
+                        .total_ecc_errors(MemoryError::Corrected, EccCounter::Aggregate)
+                        .unwrap_or_default(),
+                    ecc_errors_uncorrected: d
+                        .total_ecc_errors(MemoryError::Uncorrected, EccCounter::Aggregate)
+                        .unwrap_or_default(),
+                    retired_pages: [RetirementCause::MultipleSingleBitEccErrors, RetirementCause::DoubleBitEccError]
+                        .into_iter()
+                        .map(|cause| d.retired_pages(cause).map_or(0, |p| p.len() as u64))
+                        .sum(),
+                    pcie_replay_count: d.pcie_replay_counter().map_or(0, u64::from),
+                    xid_events: Vec::new(),
+                    container: String::new(),
+                }
+            })
+            .collect())
+    }
+
+    fn processes(&self) -> Result<Vec<GpuProcessUse>, String> {
+        use nvml_wrapper::enums::device::UsedGpuMemory;
+        let mut out = Vec::new();
+        for d in self.devices()? {
+            let uuid = d.uuid().unwrap_or_default();
+            let procs = d.running_compute_processes().map_err(|e| format!("GPU {uuid} processes: {e}"))?;
+            for p in procs {
+                let used = match p.used_gpu_memory {
+                    UsedGpuMemory::Used(bytes) => bytes,
+                    UsedGpuMemory::Unavailable => 0,
+                };
+                out.push(GpuProcessUse { pid: p.pid, gpu_uuid: uuid.clone(), used_memory_bytes: used });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The `simulated` backend: GPU figures from a JSON file, re-read on every call so a test can
+/// move them (cross a threshold, add a process, make a collector hang).
+#[derive(Debug, Clone)]
+pub struct SimulatedBackend {
+    file: PathBuf,
+}
+
+/// The simulated file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedFile {
+    #[serde(default)]
+    pub gpus: Vec<SimulatedGpu>,
+    #[serde(default)]
+    pub processes: Vec<SimulatedProcess>,
+    /// What the kernel driver lists; absent means the GPUs' own bus ids (no mismatch).
+    #[serde(default)]
+    pub kernel_pci_bus_ids: Option<Vec<String>>,
+    /// Every call sleeps this long first: a hung driver.
+    #[serde(default)]
+    pub hang_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatedGpu {
+    pub uuid: String,
+    pub name: String,
+    pub pci_bus_id: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    pub gpu_utilization_percent: u32,
+    pub memory_utilization_percent: u32,
+    pub temperature_celsius: u32,
+    pub power_draw_milliwatts: u32,
+    pub power_limit_milliwatts: u32,
+    pub sm_clock_mhz: u32,
+    pub max_sm_clock_mhz: u32,
+    pub memory_clock_mhz: u32,
+    pub max_memory_clock_mhz: u32,
+    pub compute_capability: String,
+    pub throttle_reasons: Vec<String>,
+    pub ecc_errors_corrected: u64,
+    pub ecc_errors_uncorrected: u64,
+    pub retired_pages: u64,
+    pub pcie_replay_count: u64,
+    pub xid_events: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedProcess {
+    pub pid: u32,
+    pub gpu_uuid: String,
+    pub used_memory_bytes: u64,
+}
+
+impl SimulatedBackend {
+    pub fn new(file: PathBuf) -> Self {
+        Self { file }
+    }
+
+    fn read(&self) -> Result<SimulatedFile, String> {
+        let text = std::fs::read_to_string(&self.file).map_err(|e| format!("{}: {e}", self.file.display()))?;
+        let file: SimulatedFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.file.display()))?;
+        if file.hang_ms > 0 {
+            std::thread::sleep(Duration::from_millis(file.hang_ms));
+        }
+        Ok(file)
+    }
+}
+
+impl GpuBackend for SimulatedBackend {
+    fn inventory(&self) -> Result<GpuInventory, String> {
+        let file = self.read()?;
+        let gpus = file
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GpuInfo {
+                index: i as u32,
+                uuid: g.uuid.clone(),
+                name: g.name.clone(),
+                pci_bus_id: g.pci_bus_id.clone(),
+                memory_total_bytes: g.memory_total_bytes,
+                compute_capability: g.compute_capability.clone(),
+                sm_count: 0,
+                max_sm_clock_mhz: g.max_sm_clock_mhz,
+                max_memory_clock_mhz: g.max_memory_clock_mhz,
+                power_limit_milliwatts: g.power_limit_milliwatts,
+                mig_enabled: false,
+            })
+            .collect();
+        Ok(GpuInventory { gpus, driver_version: "simulated".into(), cuda_version: "simulated".into() })
+    }
+
+    fn samples(&self) -> Result<Vec<GpuSample>, String> {
+        Ok(self
+            .read()?
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GpuSample {
+                index: i as u32,
+                uuid: g.uuid.clone(),
+                memory_used_bytes: g.memory_used_bytes,
+                memory_free_bytes: g.memory_total_bytes.saturating_sub(g.memory_used_bytes),
+                gpu_utilization_percent: g.gpu_utilization_percent,
+                memory_utilization_percent: g.memory_utilization_percent,
+                temperature_celsius: g.temperature_celsius,
+                power_draw_milliwatts: g.power_draw_milliwatts,
+                sm_clock_mhz: g.sm_clock_mhz,
+                memory_clock_mhz: g.memory_clock_mhz,
+                throttle_reasons: g.throttle_reasons.clone(),
+                ecc_errors_corrected: g.ecc_errors_corrected,
+                ecc_errors_uncorrected: g.ecc_errors_uncorrected,
+                retired_pages: g.retired_pages,
+                pcie_replay_count: g.pcie_replay_count,
+                xid_events: g.xid_events.clone(),
+                container: String::new(),
+            })
+            .collect())
+    }
+
+    fn processes(&self) -> Result<Vec<GpuProcessUse>, String> {
+        Ok(self
+            .read()?
+            .processes
+            .into_iter()
+            .map(|p| GpuProcessUse { pid: p.pid, gpu_uuid: p.gpu_uuid, used_memory_bytes: p.used_memory_bytes })
+            .collect())
+    }
+
+    fn kernel_pci_bus_ids(&self) -> Result<Vec<String>, String> {
+        let file = self.read()?;
+        Ok(file.kernel_pci_bus_ids.unwrap_or_else(|| file.gpus.iter().map(|g| g.pci_bus_id.clone()).collect()))
+    }
+}

@@ -1,0 +1,179 @@
+//! The monitor against scripted GPUs (the `simulated` backend) and the real host.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gpu_monitor::backend::SimulatedBackend;
+use gpu_monitor::collector::{GpuSource, Monitor, MonitorSettings};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+fn write_gpus(path: &Path, used: u64, extra: &str) {
+    let gib = 1u64 << 30;
+    let text = format!(
+        r#"{{"gpus":[
+  {{"uuid":"GPU-11111111-2222-3333-4444-555555555555","name":"Simulated H100","pci_bus_id":"00000000:17:00.0",
+   "memory_total_bytes":{total},"memory_used_bytes":{used},"gpu_utilization_percent":87,"memory_utilization_percent":40,
+   "temperature_celsius":61,"power_draw_milliwatts":350000,"power_limit_milliwatts":700000,"sm_clock_mhz":1755,
+   "max_sm_clock_mhz":1980,"memory_clock_mhz":2619,"max_memory_clock_mhz":2619,"compute_capability":"9.0",
+   "throttle_reasons":["sw_power_cap"],"ecc_errors_corrected":3,"pcie_replay_count":1,"xid_events":[79]}},
+  {{"uuid":"GPU-66666666-7777-8888-9999-000000000000","name":"Simulated H100","pci_bus_id":"00000000:18:00.0",
+   "memory_total_bytes":{total},"memory_used_bytes":0}}
+]{extra}}}"#,
+        total = 80 * gib,
+    );
+    std::fs::write(path, text).unwrap();
+}
+
+fn monitor(file: &Path, timeout: Duration) -> Arc<Monitor> {
+    let settings = MonitorSettings { interval: Duration::from_secs(1), timeout, max_gpu_memory_usage: 90.0 };
+    Monitor::new(GpuSource::Backend(Arc::new(SimulatedBackend::new(file.to_owned()))), settings).unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_text_for_simulated_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gpus.json");
+    write_gpus(&file, 40 << 30, "");
+    let m = monitor(&file, Duration::from_secs(2));
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let (snapshot, _) = m.collect_once().await;
+    metrics::with_local_recorder(&recorder, || {
+        gpu_monitor::exporter::describe();
+        gpu_monitor::exporter::export(&m.inventory(), &snapshot, &m.processes(), &[]);
+    });
+    let text = handle.render();
+    // GPU series are deterministic here; host series depend on the machine.
+    let gpu0: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("executor_gpu") && (l.contains("gpu=\"0\"") || !l.contains("gpu=\"")))
+        .collect();
+    let expected = r#"executor_gpus 2
+executor_gpu_kernel_mismatch 0
+executor_gpu_monitor_degraded 0
+executor_gpu_memory_total_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 85899345920
+executor_gpu_memory_used_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 42949672960
+executor_gpu_memory_free_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 42949672960
+executor_gpu_utilization_ratio{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0.87
+executor_gpu_memory_utilization_ratio{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0.4
+executor_gpu_temperature_celsius{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 61
+executor_gpu_power_watts{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 350
+executor_gpu_power_limit_watts{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 700
+executor_gpu_sm_clock_max_hertz{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1980000000
+executor_gpu_memory_clock_max_hertz{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 2619000000
+executor_gpu_sm_clock_hertz{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1755000000
+executor_gpu_memory_clock_hertz{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 2619000000
+executor_gpu_ecc_errors_corrected_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 3
+executor_gpu_ecc_errors_uncorrected_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0
+executor_gpu_retired_pages{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0
+executor_gpu_pcie_replays_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1
+executor_gpu_xid_events_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1
+executor_gpu_throttled{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100",reason="sw_power_cap"} 1
+executor_gpu_memory_alert{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0"#;
+    let mut got = gpu0.clone();
+    let mut want: Vec<&str> = expected.lines().collect();
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want, "\n{}", gpu0.join("\n"));
+    assert!(text.contains("executor_host_memory_used_bytes "), "{text}");
+    assert!(text.contains("executor_host_disk_total_bytes{mount=\"/\"}"), "{text}");
+}
+
+#[tokio::test]
+async fn crossing_the_memory_threshold_raises_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gpus.json");
+    write_gpus(&file, 40 << 30, "");
+    let m = monitor(&file, Duration::from_secs(2));
+    let (s, _) = m.collect_once().await;
+    assert!(s.alerts.is_empty());
+    write_gpus(&file, 78 << 30, "");
+    let (s, _) = m.collect_once().await;
+    assert_eq!(s.alerts, vec!["gpu 0 (GPU-11111111-2222-3333-4444-555555555555) memory 97.5% > 90.0%".to_owned()]);
+    write_gpus(&file, 1 << 30, "");
+    let (s, _) = m.collect_once().await;
+    assert!(s.alerts.is_empty());
+}
+
+#[tokio::test]
+async fn a_hung_collector_fails_and_the_others_keep_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gpus.json");
+    write_gpus(&file, 1 << 30, r#","hang_ms":1500"#);
+    let m = monitor(&file, Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let (s, runs) = m.collect_once().await;
+    let by_name = |n: &str| runs.iter().find(|r| r.name == n).unwrap().clone();
+    assert!(!by_name("gpu").success && by_name("gpu").error.unwrap().contains("timed out after 200ms"));
+    assert!(by_name("host").success, "{runs:?}");
+    assert!(s.host.is_some() && s.gpus.is_empty());
+    assert!(s.gpu_unavailable_reason.contains("timed out"), "{}", s.gpu_unavailable_reason);
+    assert!(started.elapsed() < Duration::from_millis(1500), "collection waited for the hung call");
+    // The stuck call is not started a second time.
+    let (_, runs) = m.collect_once().await;
+    let gpu = runs.iter().find(|r| r.name == "gpu").unwrap();
+    assert!(gpu.error.as_deref().unwrap().contains("has not returned yet"), "{runs:?}");
+}
+
+#[tokio::test]
+async fn a_kernel_list_that_disagrees_is_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gpus.json");
+    write_gpus(&file, 0, r#","kernel_pci_bus_ids":["0000:17:00.0"]"#);
+    let (s, _) = monitor(&file, Duration::from_secs(2)).collect_once().await;
+    assert!(s.kernel_gpu_mismatch);
+    write_gpus(&file, 0, r#","kernel_pci_bus_ids":["0000:17:00.0","0000:18:00.0"]"#);
+    let (s, _) = monitor(&file, Duration::from_secs(2)).collect_once().await;
+    assert!(!s.kernel_gpu_mismatch);
+}
+
+#[tokio::test]
+async fn no_nvml_means_zero_gpus_and_a_reason() {
+    let m = Monitor::new(
+        GpuSource::Unavailable("NVML unavailable (test)".into()),
+        MonitorSettings {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            max_gpu_memory_usage: 90.0,
+        },
+    )
+    .unwrap();
+    let (s, runs) = m.collect_once().await;
+    assert!(s.gpus.is_empty() && s.gpu_unavailable_reason == "NVML unavailable (test)");
+    assert_eq!(m.inventory().gpu_unavailable_reason, "NVML unavailable (test)");
+    assert_eq!(runs.iter().map(|r| r.name).collect::<Vec<_>>(), ["host"]);
+}
+
+#[tokio::test]
+async fn host_figures_move_with_memory_and_cpu_use() {
+    let mut host = gpu_monitor::host::HostCollector::new().unwrap();
+    let before = host.sample();
+    // Fill 1 GiB so it is resident, and keep every core busy while the next sample is taken.
+    let block = std::hint::black_box(vec![1u8; 1 << 30]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(600));
+    let after = host.sample();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
+    }
+    // Other processes move too: ask for a quarter of what was touched.
+    assert!(after.memory_used_bytes > before.memory_used_bytes + (256 << 20), "{before:?} {after:?}");
+    assert!(after.cpu_usage_percent > 50.0, "cpu {}", after.cpu_usage_percent);
+    assert!(std::hint::black_box(block[4096]) == 1);
+    assert!(after.uptime_seconds > 0 && !after.disks.is_empty() && !after.networks.is_empty());
+}
