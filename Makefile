@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow clean
+.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -60,6 +60,10 @@ python-tests: build venv
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
 	$(CARGO) xtask bench-startup
+
+## gpu-monitor: CPU cost at 1 Hz and scrape latency, beside node_exporter when installed.
+bench-monitor:
+	$(CARGO) xtask bench-monitor
 
 ## GPoW-1 on the CPU: GEMM throughput, prover and validator times (docs/benchmarks.md).
 bench-gpow:

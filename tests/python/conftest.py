@@ -38,35 +38,38 @@ def channel(target):
     return grpc.insecure_channel(target, options=UNIX_OPTIONS if target.startswith("unix:") else [])
 
 
+def write_config(root, system="enable_gpu_monitoring = false"):
+    """A config in `root` on loopback with free ports; returns (path, ports by key)."""
+    root = pathlib.Path(root)
+    names = ["grpc", "health", "ssh", "executor_api", "container_runtime", "gpu_monitor", "validator_access", "launcher"]
+    ports = dict(zip(names, free_ports(len(names))))
+    path = root / "executor.toml"
+    path.write_text(
+        f"""managing_miner_hotkey = "{ALICE}"
+data_dir = "{root / 'data'}"
+runtime_dir = "{root / 'run'}"
+[server]
+host = "127.0.0.1"
+port = {ports['grpc']}
+health_port = {ports['health']}
+[system]
+{system}
+[validator]
+ssh_port = {ports['ssh']}
+[metrics]
+host = "127.0.0.1"
+"""
+        + "".join(f"{name}_port = {ports[name]}\n" for name in names[3:])
+    )
+    return path, ports
+
+
 class Node:
     def __init__(self, root):
         self.root = pathlib.Path(root)
         self.runtime_dir = self.root / "run"
-        ports = free_ports(8)
-        self.grpc_port, self.health_port, ssh_port = ports[:3]
-        metrics = ports[3:]
-        self.config = self.root / "executor.toml"
-        self.config.write_text(
-            f"""managing_miner_hotkey = "{ALICE}"
-data_dir = "{self.root / 'data'}"
-runtime_dir = "{self.runtime_dir}"
-[server]
-host = "127.0.0.1"
-port = {self.grpc_port}
-health_port = {self.health_port}
-[system]
-enable_gpu_monitoring = false
-[validator]
-ssh_port = {ssh_port}
-[metrics]
-host = "127.0.0.1"
-executor_api_port = {metrics[0]}
-container_runtime_port = {metrics[1]}
-gpu_monitor_port = {metrics[2]}
-validator_access_port = {metrics[3]}
-launcher_port = {metrics[4]}
-"""
-        )
+        self.config, ports = write_config(self.root)
+        self.grpc_port, self.health_port = ports["grpc"], ports["health"]
         self.log = open(self.root / "executor.log", "wb")
         self.process = subprocess.Popen(
             [str(BIN / "executor"), "--server", "--config", str(self.config)],

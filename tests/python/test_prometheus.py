@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, free_ports
+from conftest import BIN, free_ports, write_config
 
 UUID = "GPU-11111111-2222-3333-4444-555555555555"
 
@@ -42,32 +42,15 @@ def monitored():
         pytest.fail("prometheus is not installed; `make test` installs it")
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
-        grpc, health, ssh, m0, m1, m2, m3, m4, prom = free_ports(9)
         (root / "gpus.json").write_text(json.dumps({"gpus": [{
             "uuid": UUID, "name": "Simulated H100", "pci_bus_id": "00000000:17:00.0",
             "memory_total_bytes": 80 << 30, "memory_used_bytes": 12 << 30, "temperature_celsius": 55}]}))
-        (root / "executor.toml").write_text(f"""
-data_dir = "{root / 'data'}"
-runtime_dir = "{root / 'run'}"
-[server]
-host = "127.0.0.1"
-port = {grpc}
-health_port = {health}
-[system]
-gpu_backend = "simulated"
+        config, ports = write_config(root, f"""gpu_backend = "simulated"
 simulated_gpus_file = "{root / 'gpus.json'}"
 update_interval = "500ms"
 collector_timeout = "400ms"
-[validator]
-ssh_port = {ssh}
-[metrics]
-host = "127.0.0.1"
-executor_api_port = {m0}
-container_runtime_port = {m1}
-gpu_monitor_port = {m2}
-validator_access_port = {m3}
-launcher_port = {m4}
 """)
+        m2, prom = ports["gpu_monitor"], free_ports(1)[0]
         (root / "prometheus.yml").write_text(f"""
 global:
   scrape_interval: 1s
@@ -78,7 +61,7 @@ scrape_configs:
 """)
         check = subprocess.run(["promtool", "check", "config", str(root / "prometheus.yml")], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout + check.stderr
-        monitor = subprocess.Popen([str(BIN / "gpu-monitor"), "--config", str(root / "executor.toml")],
+        monitor = subprocess.Popen([str(BIN / "gpu-monitor"), "--config", str(config)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         server = subprocess.Popen(["prometheus", f"--config.file={root / 'prometheus.yml'}",
                                    f"--storage.tsdb.path={root / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom}"],

@@ -3,6 +3,8 @@
 //! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
 //!   is SERVING, beside a baseline that starts the same four services directly and in parallel
 //!   (no supervision); then the resident memory of the five idle processes.
+//! - `bench-monitor`: release build; gpu-monitor's CPU cost while collecting at 1 Hz and its
+//!   scrape latency (p50, p99), beside the distribution's node_exporter when it is installed.
 //! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
 //!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
 //!   time to verify it and a 4096-dim product.
@@ -21,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.first().map(String::as_str) {
         Some("bench-gpow") => bench_gpow(),
+        Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-startup") => {
             let runs = match args.get(1).map(String::as_str) {
                 Some("--runs") => args.get(2).context("--runs N")?.parse()?,
@@ -28,7 +31,7 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(bench_startup(runs))
         }
-        _ => bail!("usage: cargo xtask bench-startup [--runs N] | cargo xtask --release bench-gpow"),
+        _ => bail!("usage: cargo xtask bench-startup [--runs N] | bench-monitor | cargo xtask-release bench-gpow"),
     }
 }
 
@@ -36,8 +39,14 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
-async fn run_checked(spec: ProcessSpec, timeout: Duration) -> anyhow::Result<()> {
-    let out = spec.output(timeout, 1 << 20).await?;
+/// `cargo build --release` of `what` in the workspace at `root`.
+async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<()> {
+    let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet"])
+        .args(what.iter().copied())
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"));
+    let out = spec.output(Duration::from_secs(1800), 1 << 20).await?;
     if !out.status.success() {
         bail!("{} failed:\n{}", spec.program().display(), String::from_utf8_lossy(&out.stderr));
     }
@@ -68,14 +77,7 @@ fn median(values: &mut [f64]) -> f64 {
 async fn bench_startup(runs: usize) -> anyhow::Result<()> {
     let root = workspace_root();
     println!("building release binaries ...");
-    run_checked(
-        ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--workspace", "--bins", "--quiet"])
-            .arg("--manifest-path")
-            .arg(root.join("Cargo.toml")),
-        Duration::from_secs(1800),
-    )
-    .await?;
+    build_release(&root, &["--workspace", "--bins"]).await?;
     let bin = root.join("target/release");
     let (mut launcher_ms, mut baseline_ms, mut rss_mb) = (Vec::new(), Vec::new(), Vec::new());
     let quiet = "\n[logging]\nlevel = \"warn\"\n";
@@ -247,5 +249,106 @@ fn bench_gpow() -> anyhow::Result<()> {
         params.ops() / prove_s / 1e9,
         verify_s * 1e3
     );
+    Ok(())
+}
+
+/// Reads and drops a child's output so it never blocks on a full pipe.
+fn drain(child: &mut tokio::process::Child) {
+    if let Some(mut out) = child.stdout.take() {
+        tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
+    }
+    if let Some(mut err) = child.stderr.take() {
+        tokio::spawn(async move { tokio::io::copy(&mut err, &mut tokio::io::sink()).await });
+    }
+}
+
+/// CPU time (user + system) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok(ticks / hz)
+}
+
+/// p50 and p99 of `n` sequential scrapes of `port`, in ms.
+async fn scrape_latency(port: u16, n: usize) -> anyhow::Result<(f64, f64, usize)> {
+    let mut times = Vec::with_capacity(n);
+    let mut size = 0;
+    for _ in 0..n {
+        let start = Instant::now();
+        let (code, body) = e2e::http_get(port, "/metrics").await?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(code == 200, "scrape returned {code}");
+        size = body.len();
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[n / 2], times[n * 99 / 100], size))
+}
+
+async fn bench_monitor() -> anyhow::Result<()> {
+    let root = workspace_root();
+    build_release(&root, &["-p", "gpu-monitor"]).await?;
+    let config = TestConfig::with_system(
+        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"1s\"\ncollector_timeout = \"500ms\"",
+        "\n[logging]\nlevel = \"warn\"\n",
+    );
+    let gpus: Vec<String> = (0..8)
+        .map(|i| {
+            format!(
+                r#"{{"uuid":"GPU-0000000{i}-2222-3333-4444-555555555555","name":"Simulated H100","pci_bus_id":"00000000:1{i}:00.0","memory_total_bytes":85899345920,"memory_used_bytes":1073741824,"throttle_reasons":["sw_power_cap"]}}"#
+            )
+        })
+        .collect();
+    std::fs::write(config.dir.path().join("gpus.json"), format!(r#"{{"gpus":[{}]}}"#, gpus.join(",")))?;
+    let mut child = ProcessSpec::new(root.join("target/release/gpu-monitor"))
+        .arg("--config")
+        .arg(&config.path)
+        .spawn_supervised()?;
+    drain(&mut child);
+    let pid = child.id().context("pid")?;
+    wait_serving(&ServiceName::GpuMonitor.socket(&config.runtime_dir()), Duration::from_secs(30))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let window = Duration::from_secs(30);
+    let (t0, c0) = (Instant::now(), cpu_seconds(pid)?);
+    tokio::time::sleep(window).await;
+    let cpu_percent = (cpu_seconds(pid)? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    println!(
+        "gpu-monitor (8 simulated GPUs + host, 1 Hz): {cpu_percent:.3} % of one core over {window:?} (goal < 0.5 %)"
+    );
+    let (p50, p99, size) = scrape_latency(config.ports.metrics[2], 2000).await?;
+    println!("gpu-monitor scrape: p50 {p50:.3} ms, p99 {p99:.3} ms over 2000 scrapes, {size} bytes (goal p99 < 5 ms)");
+    send_signal(pid, Signal::SIGTERM)?;
+    child.wait().await?;
+
+    // Baseline: the distribution's node_exporter, which collects on the scrape path.
+    let Some(exporter) =
+        ["/usr/bin/prometheus-node-exporter", "/usr/bin/node_exporter"].into_iter().map(Path::new).find(|p| p.exists())
+    else {
+        println!("baseline: node_exporter is not installed (apt-get install prometheus-node-exporter)");
+        return Ok(());
+    };
+    let port = e2e::free_port();
+    let mut baseline =
+        ProcessSpec::new(exporter).arg(format!("--web.listen-address=127.0.0.1:{port}")).spawn_supervised()?;
+    drain(&mut baseline);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bpid = baseline.id().context("pid")?;
+    let (t0, c0) = (Instant::now(), cpu_seconds(bpid)?);
+    // Prometheus scraping node_exporter at 1 Hz is what costs it CPU: scrape it at 1 Hz too.
+    for _ in 0..30 {
+        e2e::http_get(port, "/metrics").await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let b_cpu = (cpu_seconds(bpid)? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let (b50, b99, bsize) = scrape_latency(port, 500).await?;
+    println!(
+        "baseline node_exporter, scraped at 1 Hz: {b_cpu:.3} % of one core; scrape p50 {b50:.3} ms, p99 {b99:.3} ms, {bsize} bytes"
+    );
+    println!("ratios gpu-monitor / node_exporter: CPU {:.2}, scrape p99 {:.2}", cpu_percent / b_cpu, p99 / b99);
+    send_signal(bpid, Signal::SIGTERM)?;
+    baseline.wait().await?;
     Ok(())
 }

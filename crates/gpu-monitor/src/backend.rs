@@ -36,9 +36,15 @@ pub trait GpuBackend: Send + Sync + 'static {
     }
 }
 
-/// The real thing.
+/// Xid errors kept per GPU (the most recent ones).
+const XIDS_KEPT: usize = 32;
+
+/// The real thing. NVML is loaded once per process and kept for its lifetime (leaked), so the
+/// Xid watcher thread can hold an event set that borrows it.
 pub struct NvmlBackend {
-    nvml: nvml_wrapper::Nvml,
+    nvml: &'static nvml_wrapper::Nvml,
+    /// Xid errors by GPU UUID, filled by the watcher thread.
+    xids: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>>,
 }
 
 impl std::fmt::Debug for NvmlBackend {
@@ -48,11 +54,65 @@ impl std::fmt::Debug for NvmlBackend {
 }
 
 impl NvmlBackend {
-    /// Loads `libnvidia-ml.so.1`; the error says why it could not.
+    /// Loads `libnvidia-ml.so.1` and starts watching for Xid errors; the error says why it
+    /// could not load.
     pub fn load() -> Result<Self, String> {
-        nvml_wrapper::Nvml::init()
-            .map(|nvml| Self { nvml })
-            .map_err(|e| format!("NVML unavailable ({e}); no NVIDIA driver on this machine?"))
+        let nvml = nvml_wrapper::Nvml::init()
+            .map_err(|e| format!("NVML unavailable ({e}); no NVIDIA driver on this machine?"))?;
+        let nvml: &'static nvml_wrapper::Nvml = Box::leak(Box::new(nvml));
+        let backend = Self { nvml, xids: Default::default() };
+        backend.watch_xids();
+        Ok(backend)
+    }
+
+    /// A thread that owns an NVML event set for critical Xid errors on every GPU and records
+    /// them as they happen (NVML only reports events that occur after registration).
+    fn watch_xids(&self) {
+        use nvml_wrapper::bitmasks::event::EventTypes;
+        use nvml_wrapper::enums::event::XidError;
+        let (nvml, xids) = (self.nvml, self.xids.clone());
+        let spawned = std::thread::Builder::new().name("xid-watch".into()).spawn(move || {
+            let Ok(mut set) = nvml.create_event_set() else {
+                tracing::warn!("NVML event set unavailable: Xid errors will not be reported");
+                return;
+            };
+            for i in 0..nvml.device_count().unwrap_or(0) {
+                let Ok(device) = nvml.device_by_index(i) else { continue };
+                match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+                    Ok(registered) => set = registered,
+                    Err(e) => {
+                        tracing::warn!(gpu = i, error = %e.error, "cannot watch Xid errors");
+                        return;
+                    }
+                }
+            }
+            loop {
+                match set.wait(1000) {
+                    Ok(event) => {
+                        let xid = match event.event_data {
+                            Some(XidError::Value(v)) => v,
+                            _ => continue,
+                        };
+                        let uuid = event.device.uuid().unwrap_or_default();
+                        tracing::warn!(uuid = %uuid, xid, "GPU Xid error");
+                        let mut xids = xids.lock().unwrap_or_else(|e| e.into_inner());
+                        let list = xids.entry(uuid).or_default();
+                        list.push(xid);
+                        if list.len() > XIDS_KEPT {
+                            list.remove(0);
+                        }
+                    }
+                    Err(nvml_wrapper::error::NvmlError::Timeout) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Xid watch stopped");
+                        return;
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the Xid watcher");
+        }
     }
 
     fn devices(&self) -> Result<Vec<nvml_wrapper::Device<'_>>, String> {
@@ -127,7 +187,13 @@ impl GpuBackend for NvmlBackend {
                         .map(|cause| d.retired_pages(cause).map_or(0, |p| p.len() as u64))
                         .sum(),
                     pcie_replay_count: d.pcie_replay_counter().map_or(0, u64::from),
-                    xid_events: Vec::new(),
+                    xid_events: self
+                        .xids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&d.uuid().unwrap_or_default())
+                        .cloned()
+                        .unwrap_or_default(),
                     container: String::new(),
                 }
             })
