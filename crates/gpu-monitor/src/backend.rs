@@ -115,6 +115,19 @@ impl NvmlBackend {
         }
     }
 
+    /// Row remapping (correctable, uncorrectable, pending): `nvml-wrapper` has no binding, so
+    /// this calls `nvmlDeviceGetRemappedRows` from its loaded library; None where the driver
+    /// or GPU lacks it.
+    fn remapped_rows(&self, device: &nvml_wrapper::Device<'_>) -> Option<(u64, u64, bool)> {
+        let call = self.nvml.lib().nvmlDeviceGetRemappedRows.as_ref().ok()?;
+        let (mut corr, mut unc, mut pending, mut failure) = (0, 0, 0, 0);
+        // SAFETY: the symbol was resolved from the loaded libnvidia-ml, the handle belongs to
+        // a live device of that library, and the four out-pointers are valid for the call.
+        #[allow(unsafe_code)]
+        let status = unsafe { call(device.handle(), &mut corr, &mut unc, &mut pending, &mut failure) };
+        (status == 0).then_some((u64::from(corr), u64::from(unc), pending != 0))
+    }
+
     fn devices(&self) -> Result<Vec<nvml_wrapper::Device<'_>>, String> {
         let count = self.nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
         (0..count).map(|i| self.nvml.device_by_index(i).map_err(|e| format!("GPU {i}: {e}"))).collect()
@@ -143,6 +156,11 @@ impl GpuBackend for NvmlBackend {
                 max_memory_clock_mhz: d.max_clock_info(Clock::Memory).unwrap_or_default(),
                 power_limit_milliwatts: d.enforced_power_limit().unwrap_or_default(),
                 mig_enabled: d.mig_mode().is_ok_and(|m| m.current == 1),
+                mig_instances: if d.mig_mode().is_ok_and(|m| m.current == 1) {
+                    d.mig_device_count().unwrap_or_default()
+                } else {
+                    0
+                },
             })
             .collect();
         let cuda = self.nvml.sys_cuda_driver_version().unwrap_or_default();
@@ -164,6 +182,7 @@ impl GpuBackend for NvmlBackend {
                 let memory = d.memory_info().ok();
                 let util = d.utilization_rates().ok();
                 let throttle = d.current_throttle_reasons().unwrap_or(ThrottleReasons::empty());
+                let remapped = self.remapped_rows(d);
                 GpuSample {
                     index: index as u32,
                     uuid: d.uuid().unwrap_or_default(),
@@ -195,6 +214,9 @@ impl GpuBackend for NvmlBackend {
                         .cloned()
                         .unwrap_or_default(),
                     container: String::new(),
+                    remapped_rows_correctable: remapped.map_or(0, |r| r.0),
+                    remapped_rows_uncorrectable: remapped.map_or(0, |r| r.1),
+                    remapping_pending: remapped.is_some_and(|r| r.2),
                 }
             })
             .collect())
@@ -263,8 +285,12 @@ pub struct SimulatedGpu {
     pub ecc_errors_corrected: u64,
     pub ecc_errors_uncorrected: u64,
     pub retired_pages: u64,
+    pub remapped_rows_correctable: u64,
+    pub remapped_rows_uncorrectable: u64,
+    pub remapping_pending: bool,
     pub pcie_replay_count: u64,
     pub xid_events: Vec<u64>,
+    pub mig_instances: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -308,7 +334,8 @@ impl GpuBackend for SimulatedBackend {
                 max_sm_clock_mhz: g.max_sm_clock_mhz,
                 max_memory_clock_mhz: g.max_memory_clock_mhz,
                 power_limit_milliwatts: g.power_limit_milliwatts,
-                mig_enabled: false,
+                mig_enabled: g.mig_instances > 0,
+                mig_instances: g.mig_instances,
             })
             .collect();
         Ok(GpuInventory { gpus, driver_version: "simulated".into(), cuda_version: "simulated".into() })
@@ -338,6 +365,9 @@ impl GpuBackend for SimulatedBackend {
                 pcie_replay_count: g.pcie_replay_count,
                 xid_events: g.xid_events.clone(),
                 container: String::new(),
+                remapped_rows_correctable: g.remapped_rows_correctable,
+                remapped_rows_uncorrectable: g.remapped_rows_uncorrectable,
+                remapping_pending: g.remapping_pending,
             })
             .collect())
     }

@@ -140,6 +140,7 @@ pub fn export(inventory: &Inventory, snapshot: &Snapshot, processes: &[GpuProces
         gauge!("executor_gpu_temperature_celsius", &l(&[])).set(f64::from(g.temperature_celsius));
         gauge!("executor_gpu_power_watts", &l(&[])).set(f64::from(g.power_draw_milliwatts) / 1000.0);
         if let Some(i) = info {
+            gauge!("executor_gpu_mig_instances", &l(&[])).set(f64::from(i.mig_instances));
             gauge!("executor_gpu_power_limit_watts", &l(&[])).set(f64::from(i.power_limit_milliwatts) / 1000.0);
             gauge!("executor_gpu_sm_clock_max_hertz", &l(&[])).set(f64::from(i.max_sm_clock_mhz) * 1e6);
             gauge!("executor_gpu_memory_clock_max_hertz", &l(&[])).set(f64::from(i.max_memory_clock_mhz) * 1e6);
@@ -149,6 +150,11 @@ pub fn export(inventory: &Inventory, snapshot: &Snapshot, processes: &[GpuProces
         counter!("executor_gpu_ecc_errors_corrected_total", &l(&[])).absolute(g.ecc_errors_corrected);
         counter!("executor_gpu_ecc_errors_uncorrected_total", &l(&[])).absolute(g.ecc_errors_uncorrected);
         gauge!("executor_gpu_retired_pages", &l(&[])).set(g.retired_pages as f64);
+        gauge!("executor_gpu_remapped_rows", &l(&[("kind", "correctable".into())]))
+            .set(g.remapped_rows_correctable as f64);
+        gauge!("executor_gpu_remapped_rows", &l(&[("kind", "uncorrectable".into())]))
+            .set(g.remapped_rows_uncorrectable as f64);
+        gauge!("executor_gpu_remapping_pending", &l(&[])).set(if g.remapping_pending { 1.0 } else { 0.0 });
         counter!("executor_gpu_pcie_replays_total", &l(&[])).absolute(g.pcie_replay_count);
         counter!("executor_gpu_xid_events_total", &l(&[])).absolute(g.xid_events.len() as u64);
         for reason in &g.throttle_reasons {

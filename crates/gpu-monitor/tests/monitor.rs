@@ -18,7 +18,7 @@ fn write_gpus(path: &Path, used: u64, extra: &str) {
    "memory_total_bytes":{total},"memory_used_bytes":{used},"gpu_utilization_percent":87,"memory_utilization_percent":40,
    "temperature_celsius":61,"power_draw_milliwatts":350000,"power_limit_milliwatts":700000,"sm_clock_mhz":1755,
    "max_sm_clock_mhz":1980,"memory_clock_mhz":2619,"max_memory_clock_mhz":2619,"compute_capability":"9.0",
-   "throttle_reasons":["sw_power_cap"],"ecc_errors_corrected":3,"pcie_replay_count":1,"xid_events":[79]}},
+   "throttle_reasons":["sw_power_cap"],"ecc_errors_corrected":3,"remapped_rows_correctable":2,"remapping_pending":true,"pcie_replay_count":1,"xid_events":[79]}},
   {{"uuid":"GPU-66666666-7777-8888-9999-000000000000","name":"Simulated H100","pci_bus_id":"00000000:18:00.0",
    "memory_total_bytes":{total},"memory_used_bytes":0}}
 ]{extra}}}"#,
@@ -69,6 +69,10 @@ executor_gpu_memory_clock_hertz{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555
 executor_gpu_ecc_errors_corrected_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 3
 executor_gpu_ecc_errors_uncorrected_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0
 executor_gpu_retired_pages{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0
+executor_gpu_remapped_rows{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100",kind="correctable"} 2
+executor_gpu_remapped_rows{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100",kind="uncorrectable"} 0
+executor_gpu_remapping_pending{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1
+executor_gpu_mig_instances{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 0
 executor_gpu_pcie_replays_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1
 executor_gpu_xid_events_total{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 1
 executor_gpu_throttled{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100",reason="sw_power_cap"} 1
