@@ -12,6 +12,15 @@ use crate::collector::CollectorRun;
 /// DCGM and node_exporter names in parentheses are the nearest equivalents.
 pub fn describe() {
     metrics::describe_gauge!(
+        "executor_gpu_remapped_rows",
+        "Rows remapped after correctable or uncorrectable errors (DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS / _UNCORRECTABLE_)."
+    );
+    metrics::describe_gauge!(
+        "executor_gpu_remapping_pending",
+        "1 when a row remapping waits for a GPU reset (DCGM_FI_DEV_ROW_REMAP_PENDING)."
+    );
+    metrics::describe_gauge!("executor_gpu_mig_instances", "MIG instances on the GPU; 0 when MIG is off.");
+    metrics::describe_gauge!(
         "executor_gpu_monitor_collector_success",
         "1 when the collector's last run succeeded, 0 when it failed or timed out."
     );

@@ -46,6 +46,12 @@ async fn prometheus_text_for_simulated_gpus() {
         gpu_monitor::exporter::export(&m.inventory(), &snapshot, &m.processes(), &[]);
     });
     let text = handle.render();
+    // Every series has help text (promtool insists; a real Prometheus test checks it too).
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let name = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no help text");
+    }
     // GPU series are deterministic here; host series depend on the machine.
     let gpu0: Vec<&str> = text
         .lines()
