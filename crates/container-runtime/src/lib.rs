@@ -6,6 +6,9 @@
 //! `executor validate`. The container API of `proto/executor/container_runtime.proto` is not
 //! served yet.
 
+pub mod reference;
+pub mod spec;
+
 use std::time::Duration;
 
 use bollard::Docker;

@@ -1,0 +1,333 @@
+//! What a tenant asks for ([`ContainerSpec`]), checked against the operator's limits, and the
+//! Docker create body built from it, hardened always: never privileged, every capability
+//! dropped but a short allow-list, `no-new-privileges`, Docker's default seccomp profile (never
+//! `unconfined`), an init process, a size-limited `/tmp`, no host bind mounts, memory with no
+//! extra swap, CPU, pids and block-I/O limits, and GPUs only by UUID.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding, ThrottleDevice};
+use common::config::ResourceLimits;
+
+use crate::reference::ImageRef;
+
+/// Every label we set starts with this; tenants may not use it.
+pub const LABEL_PREFIX: &str = "ai.basilica.executor.";
+pub const LABEL_MANAGED: &str = "ai.basilica.executor.managed";
+pub const LABEL_EXECUTOR: &str = "ai.basilica.executor.executor_id";
+pub const LABEL_ID: &str = "ai.basilica.executor.id";
+pub const LABEL_OWNER: &str = "ai.basilica.executor.owner";
+pub const LABEL_CREATED: &str = "ai.basilica.executor.created";
+pub const LABEL_TTL: &str = "ai.basilica.executor.ttl_seconds";
+pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
+
+/// Capabilities a tenant keeps (Docker's default set minus everything that touches the host,
+/// the network stack or other processes): enough for images that drop root to a user.
+pub const CAPABILITIES: [&str; 6] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE"];
+
+/// Processes per container unless the request asks for fewer.
+pub const DEFAULT_PIDS: u64 = 4096;
+/// `/tmp` inside every container.
+pub const TMPFS_TMP: &str = "rw,noexec,nosuid,nodev,size=256m";
+
+/// Resources one container asks for; zero means "the configured limit".
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Resources {
+    pub memory_bytes: u64,
+    pub cpu_cores: f64,
+    pub disk_io_bps: u64,
+    pub network_bps: u64,
+    pub pids: u64,
+}
+
+/// A published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port {
+    pub container_port: u16,
+    /// 0: Docker picks a free host port.
+    pub host_port: u16,
+    pub udp: bool,
+}
+
+/// A container as the tenant asked for it, after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Our id (label `ai.basilica.executor.id`), also the container name.
+    pub id: String,
+    pub image: ImageRef,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<Port>,
+    pub resources: Resources,
+    pub gpu_uuids: Vec<String>,
+    pub ttl: Option<Duration>,
+    pub owner: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A request that cannot be honoured, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+fn field_error(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { field: field.into(), message: message.into() }
+}
+
+impl ContainerSpec {
+    /// Checks the request against the operator's limits and fills in the limits it left at 0.
+    pub fn apply_limits(&mut self, limits: &ResourceLimits) -> Result<(), SpecError> {
+        let r = &mut self.resources;
+        let over = |field: &str, asked: String, limit: String| {
+            field_error(format!("resources.{field}"), format!("{asked} is more than the limit of {limit}"))
+        };
+        if r.memory_bytes == 0 {
+            r.memory_bytes = limits.memory_bytes;
+        } else if r.memory_bytes > limits.memory_bytes {
+            return Err(over("memory_bytes", r.memory_bytes.to_string(), limits.memory_bytes.to_string()));
+        } else if r.memory_bytes < 6 << 20 {
+            return Err(field_error("resources.memory_bytes", "must be at least 6 MiB (Docker's minimum)"));
+        }
+        if !r.cpu_cores.is_finite() || r.cpu_cores < 0.0 {
+            return Err(field_error("resources.cpu_cores", format!("{} is not a CPU count", r.cpu_cores)));
+        } else if r.cpu_cores == 0.0 {
+            r.cpu_cores = limits.cpu_cores;
+        } else if r.cpu_cores > limits.cpu_cores {
+            return Err(over("cpu_cores", r.cpu_cores.to_string(), limits.cpu_cores.to_string()));
+        } else if r.cpu_cores < 0.01 {
+            return Err(field_error("resources.cpu_cores", "must be at least 0.01"));
+        }
+        for (field, asked, limit) in [
+            ("disk_io_bps", &mut r.disk_io_bps, limits.disk_io_bps),
+            ("network_bps", &mut r.network_bps, limits.network_bps),
+        ] {
+            if *asked == 0 {
+                *asked = limit;
+            } else if *asked > limit {
+                return Err(over(field, asked.to_string(), limit.to_string()));
+            }
+        }
+        if r.pids == 0 {
+            r.pids = DEFAULT_PIDS;
+        } else if r.pids > DEFAULT_PIDS {
+            return Err(over("pids", r.pids.to_string(), DEFAULT_PIDS.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Checks what does not depend on limits: environment, labels, ports, command.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        for key in self.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(field_error("env", format!("`{key}` is not an environment variable name")));
+            }
+        }
+        if self.env.values().any(|v| v.contains('\0')) {
+            return Err(field_error("env", "values may not contain NUL"));
+        }
+        for key in self.labels.keys() {
+            if key.starts_with(LABEL_PREFIX) {
+                return Err(field_error("labels", format!("`{key}`: the {LABEL_PREFIX} prefix is reserved")));
+            }
+            if key.is_empty() {
+                return Err(field_error("labels", "a label needs a name"));
+            }
+        }
+        for p in &self.ports {
+            if p.container_port == 0 {
+                return Err(field_error("ports.container_port", "must be between 1 and 65535"));
+            }
+        }
+        if self.command.iter().chain(&self.args).any(|a| a.contains('\0')) {
+            return Err(field_error("command", "arguments may not contain NUL"));
+        }
+        for uuid in &self.gpu_uuids {
+            let ok = (uuid.starts_with("GPU-") || uuid.starts_with("MIG-"))
+                && uuid[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+            if !ok {
+                return Err(field_error("gpu_uuids", format!("`{uuid}` is not a GPU UUID")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Our labels plus the tenant's.
+    pub fn all_labels(&self, executor_id: &str) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
+        labels.insert(LABEL_MANAGED.into(), "true".into());
+        labels.insert(LABEL_EXECUTOR.into(), executor_id.into());
+        labels.insert(LABEL_ID.into(), self.id.clone());
+        labels.insert(LABEL_OWNER.into(), self.owner.clone());
+        labels.insert(LABEL_CREATED.into(), self.created_at.to_string());
+        labels.insert(LABEL_TTL.into(), self.ttl.map_or(0, |t| t.as_secs()).to_string());
+        labels.insert(LABEL_GPUS.into(), self.gpu_uuids.join(","));
+        labels
+    }
+
+    /// The create body. `disk_device` is the block device behind Docker's data root (for the
+    /// I/O limits); `network` the container's own network, if any.
+    pub fn create_body(
+        &self,
+        executor_id: &str,
+        disk_device: Option<&str>,
+        network: Option<&str>,
+    ) -> ContainerCreateBody {
+        let r = &self.resources;
+        let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut device_requests = None;
+        if !self.gpu_uuids.is_empty() {
+            env.retain(|e| !e.starts_with("NVIDIA_VISIBLE_DEVICES="));
+            env.push(format!("NVIDIA_VISIBLE_DEVICES={}", self.gpu_uuids.join(",")));
+            device_requests = Some(vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                device_ids: Some(self.gpu_uuids.clone()),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..DeviceRequest::default()
+            }]);
+        }
+        let throttle = |rate: u64| {
+            disk_device.map(|path| vec![ThrottleDevice { path: Some(path.to_owned()), rate: Some(rate as i64) }])
+        };
+        let proto = |p: &Port| format!("{}/{}", p.container_port, if p.udp { "udp" } else { "tcp" });
+        let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = self
+            .ports
+            .iter()
+            .map(|p| {
+                let host_port = if p.host_port == 0 { String::new() } else { p.host_port.to_string() };
+                (proto(p), Some(vec![PortBinding { host_ip: None, host_port: Some(host_port) }]))
+            })
+            .collect();
+        let cmd: Vec<String> = self.command.iter().chain(&self.args).cloned().collect();
+        ContainerCreateBody {
+            image: Some(self.image.to_string()),
+            cmd: if cmd.is_empty() { None } else { Some(cmd) },
+            env: Some(env),
+            labels: Some(self.all_labels(executor_id)),
+            exposed_ports: Some(self.ports.iter().map(proto).collect()),
+            host_config: Some(HostConfig {
+                privileged: Some(false),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
+                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                init: Some(true),
+                tmpfs: Some(HashMap::from([("/tmp".to_owned(), TMPFS_TMP.to_owned())])),
+                binds: Some(Vec::new()),
+                memory: Some(r.memory_bytes as i64),
+                memory_swap: Some(r.memory_bytes as i64),
+                nano_cpus: Some((r.cpu_cores * 1e9).round() as i64),
+                pids_limit: Some(r.pids as i64),
+                blkio_device_read_bps: throttle(r.disk_io_bps),
+                blkio_device_write_bps: throttle(r.disk_io_bps),
+                device_requests,
+                network_mode: network.map(str::to_owned),
+                port_bindings: Some(port_bindings),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::DOCKER_HUB;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec {
+            id: "c-0123456789ab".into(),
+            image: ImageRef::parse("nvidia/cuda:12.2-base-ubuntu20.04", DOCKER_HUB).unwrap(),
+            command: vec!["python".into()],
+            args: vec!["train.py".into()],
+            env: BTreeMap::from([("EPOCHS".into(), "3".into())]),
+            labels: BTreeMap::from([("team".into(), "a".into())]),
+            ports: vec![Port { container_port: 8888, host_port: 0, udp: false }],
+            resources: Resources { memory_bytes: 1 << 30, cpu_cores: 1.5, ..Resources::default() },
+            gpu_uuids: vec!["GPU-8f6d2a1b-0000-1111-2222-333344445555".into()],
+            ttl: Some(Duration::from_secs(3600)),
+            owner: "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into(),
+            created_at: 1_800_000_000,
+        }
+    }
+
+    /// The exact body Docker gets for a GPU container (no GPU here, so this is how the GPU
+    /// request is checked).
+    #[test]
+    fn create_body_snapshot() {
+        let mut s = spec();
+        s.apply_limits(&ResourceLimits::default()).unwrap();
+        let body =
+            serde_json::to_value(s.create_body("executor-abc", Some("/dev/vda"), Some("basilica-c-0123456789ab")))
+                .unwrap();
+        let expected = serde_json::json!({
+            "Image": "docker.io/nvidia/cuda:12.2-base-ubuntu20.04",
+            "Cmd": ["python", "train.py"],
+            "Env": ["EPOCHS=3", "NVIDIA_VISIBLE_DEVICES=GPU-8f6d2a1b-0000-1111-2222-333344445555"],
+            "ExposedPorts": {"8888/tcp": {}},
+            "Labels": {
+                "team": "a",
+                "ai.basilica.executor.managed": "true",
+                "ai.basilica.executor.executor_id": "executor-abc",
+                "ai.basilica.executor.id": "c-0123456789ab",
+                "ai.basilica.executor.owner": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY",
+                "ai.basilica.executor.created": "1800000000",
+                "ai.basilica.executor.ttl_seconds": "3600",
+                "ai.basilica.executor.gpus": "GPU-8f6d2a1b-0000-1111-2222-333344445555"
+            },
+            "HostConfig": {
+                "Privileged": false,
+                "CapDrop": ["ALL"],
+                "CapAdd": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE"],
+                "SecurityOpt": ["no-new-privileges:true"],
+                "Init": true,
+                "Tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=256m"},
+                "Binds": [],
+                "Memory": 1073741824,
+                "MemorySwap": 1073741824,
+                "NanoCpus": 1500000000,
+                "PidsLimit": 4096,
+                "BlkioDeviceReadBps": [{"Path": "/dev/vda", "Rate": 104857600}],
+                "BlkioDeviceWriteBps": [{"Path": "/dev/vda", "Rate": 104857600}],
+                "DeviceRequests": [{
+                    "Driver": "nvidia",
+                    "DeviceIDs": ["GPU-8f6d2a1b-0000-1111-2222-333344445555"],
+                    "Capabilities": [["gpu"]]
+                }],
+                "NetworkMode": "basilica-c-0123456789ab",
+                "PortBindings": {"8888/tcp": [{"HostPort": ""}]}
+            }
+        });
+        assert_eq!(body, expected, "\n{}", serde_json::to_string_pretty(&body).unwrap());
+    }
+
+    #[test]
+    fn requests_beyond_the_limits_name_the_field() {
+        fn check(change: impl Fn(&mut ContainerSpec), expected: &str) {
+            let mut s = spec();
+            change(&mut s);
+            let err = s.validate().and_then(|()| s.apply_limits(&ResourceLimits::default())).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+        check(|s| s.resources.memory_bytes = 1 << 40, "resources.memory_bytes: 1099511627776 is more than the limit");
+        check(|s| s.resources.memory_bytes = 1, "resources.memory_bytes: must be at least 6 MiB");
+        check(|s| s.resources.cpu_cores = -1.0, "resources.cpu_cores: -1 is not a CPU count");
+        check(|s| s.resources.cpu_cores = f64::NAN, "resources.cpu_cores");
+        check(|s| s.resources.cpu_cores = 64.0, "resources.cpu_cores: 64 is more than the limit of 4");
+        check(|s| s.resources.disk_io_bps = u64::MAX, "resources.disk_io_bps");
+        check(|s| s.resources.pids = 1 << 20, "resources.pids");
+        check(|s| drop(s.env.insert("A=B".into(), "x".into())), "env: `A=B` is not an environment variable name");
+        check(
+            |s| drop(s.labels.insert("ai.basilica.executor.id".into(), "x".into())),
+            "labels: `ai.basilica.executor.id`",
+        );
+        check(|s| s.ports[0].container_port = 0, "ports.container_port");
+        check(|s| s.gpu_uuids = vec!["0".into()], "gpu_uuids: `0` is not a GPU UUID");
+    }
+}
