@@ -23,9 +23,10 @@ test: setup lint build unit-tests python-tests
 
 setup: docker packages venv
 
-## Distribution packages the tests use: Prometheus and promtool (a real scraper).
+## Distribution packages the tests use: Prometheus and promtool (a real scraper), busybox-static
+## (test images are built from it: nothing can be pulled).
 packages:
-	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus
+	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus -:busybox-static
 
 ## Start the Docker engine, installing it from the distribution if it is missing.
 docker:

@@ -6,6 +6,7 @@
 //! `executor validate`. The container API of `proto/executor/container_runtime.proto` is not
 //! served yet.
 
+pub mod engine;
 pub mod reference;
 pub mod spec;
 

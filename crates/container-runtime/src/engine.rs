@@ -1,0 +1,112 @@
+//! The Docker engine, through bollard: create hardened containers from a [`ContainerSpec`],
+//! start, stop, remove, and find the containers that are ours (by label, never by name).
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use bollard::Docker;
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use common::config::DockerConfig;
+
+use crate::spec::{ContainerSpec, LABEL_EXECUTOR, LABEL_MANAGED};
+
+/// Errors from the engine, naming the container.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Connect(#[from] crate::DockerError),
+    #[error("container {id}: {source}")]
+    Docker { id: String, source: bollard::errors::Error },
+    #[error("Docker engine: {0}")]
+    Engine(bollard::errors::Error),
+}
+
+/// A connected engine and what every container needs from the host.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    executor_id: String,
+    /// The block device behind Docker's data root, for the disk I/O limits.
+    disk_device: Option<String>,
+}
+
+impl Engine {
+    /// Connects, and finds the block device under Docker's data root.
+    pub async fn connect(config: &DockerConfig, executor_id: &str) -> Result<Self, EngineError> {
+        let docker = crate::connect(config).await?;
+        let info = docker.info().await.map_err(EngineError::Engine)?;
+        let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
+        Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// The device the disk I/O limits apply to, if one was found.
+    pub fn disk_device(&self) -> Option<&str> {
+        self.disk_device.as_deref()
+    }
+
+    /// Creates the container (named by our id) without starting it; returns Docker's id.
+    pub async fn create(&self, spec: &ContainerSpec, network: Option<&str>) -> Result<String, EngineError> {
+        let body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network);
+        let options = CreateContainerOptions { name: Some(spec.id.clone()), ..CreateContainerOptions::default() };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|source| EngineError::Docker { id: spec.id.clone(), source })?;
+        Ok(created.id)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(|source| EngineError::Docker { id: id.to_owned(), source })
+    }
+
+    /// SIGTERM, then SIGKILL after `timeout_seconds`.
+    pub async fn stop(&self, id: &str, timeout_seconds: i32) -> Result<(), EngineError> {
+        let options = StopContainerOptions { t: Some(timeout_seconds), ..StopContainerOptions::default() };
+        self.docker
+            .stop_container(id, Some(options))
+            .await
+            .map_err(|source| EngineError::Docker { id: id.to_owned(), source })
+    }
+
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions { force, v: true, ..RemoveContainerOptions::default() };
+        self.docker
+            .remove_container(id, Some(options))
+            .await
+            .map_err(|source| EngineError::Docker { id: id.to_owned(), source })
+    }
+
+    /// Our containers, running or not: those labelled managed by this executor. Containers
+    /// without our labels are never returned (and so never touched).
+    pub async fn list_ours(&self) -> Result<Vec<ContainerSummary>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_EXECUTOR}={}", self.executor_id)],
+        )]);
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..ListContainersOptions::default() };
+        self.docker.list_containers(Some(options)).await.map_err(EngineError::Engine)
+    }
+}
+
+/// `/dev/<disk>` holding `path`: its device number, then the whole disk when it is a partition.
+pub fn block_device_of(path: &Path) -> Option<String> {
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let sys = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    let disk = if sys.join("partition").exists() { sys.parent()?.to_owned() } else { sys };
+    let name = disk.file_name()?.to_string_lossy().into_owned();
+    let dev = format!("/dev/{name}");
+    Path::new(&dev).exists().then_some(dev)
+}
