@@ -293,3 +293,30 @@ pub fn require_tool(tool: &str, available: bool) -> bool {
 pub fn docker_available() -> bool {
     std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok()
 }
+
+/// The test image, built from the distribution's busybox-static (nothing can be pulled here).
+pub const BUSYBOX_IMAGE: &str = "basilica-test/busybox:latest";
+
+/// Builds [`BUSYBOX_IMAGE`]; false (with a printed reason) when Docker or busybox-static is
+/// missing and `make test` is not running, which would make it a failure.
+pub async fn busybox_image() -> bool {
+    let busybox = Path::new("/bin/busybox");
+    if !require_tool("Docker engine and busybox-static", docker_available() && busybox.exists()) {
+        return false;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(busybox, dir.path().join("busybox")).expect("copy busybox");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
+    )
+    .expect("Dockerfile");
+    let out = ProcessSpec::new("docker")
+        .args(["build", "-q", "-t", BUSYBOX_IMAGE])
+        .arg(dir.path())
+        .output(Duration::from_secs(300), 1 << 20)
+        .await
+        .expect("docker build");
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+    true
+}

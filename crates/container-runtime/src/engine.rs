@@ -43,6 +43,10 @@ impl Engine {
         Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device })
     }
 
+    pub fn executor_id(&self) -> &str {
+        &self.executor_id
+    }
+
     pub fn docker(&self) -> &Docker {
         &self.docker
     }

@@ -1,11 +1,14 @@
 //! container-runtime: tenant containers on the Docker engine. The only crate that links
 //! `bollard`.
 //!
-//! This build serves health, reflection and metrics on its socket and port, watches whether
-//! the engine answers (`executor_container_runtime_docker_up`), and checks the engine for
-//! `executor validate`. The container API of `proto/executor/container_runtime.proto` is not
-//! served yet.
+//! This build serves the container API of `proto/executor/container_runtime.proto` on its
+//! socket ([`api`]): hardened containers ([`spec`]) from allowed registries ([`reference`]) on
+//! the engine ([`engine`]), within the configured limits. It also watches whether the engine
+//! answers (`executor_container_runtime_docker_up`) and checks the engine for `executor
+//! validate`. Not built yet: GPU assignment, per-container networks and shaping, the TTL
+//! reaper and reconciliation, image signatures.
 
+pub mod api;
 pub mod engine;
 pub mod reference;
 pub mod spec;
@@ -78,10 +81,15 @@ pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
 #[derive(Debug)]
 pub struct ContainerRuntime {
     docker: Docker,
+    runtime: api::Runtime,
 }
+
+/// The gRPC service name.
+pub const GRPC_SERVICE: &str = "executor.runtime.v1.ContainerRuntime";
 
 impl Service for ContainerRuntime {
     const NAME: ServiceName = ServiceName::ContainerRuntime;
+    const GRPC_SERVICES: &'static [&'static str] = &[GRPC_SERVICE];
 
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
         docker_checks(&loaded.config.docker).await
@@ -89,14 +97,23 @@ impl Service for ContainerRuntime {
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
         let config = &ctx.config().docker;
-        let path = config.socket.strip_prefix("unix://").ok_or_else(|| DockerError::Socket(config.socket.clone()))?;
-        // Connect lazily: the engine may come up after us; the gauge says when it is down.
-        let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION)
-            .map_err(|source| DockerError::Engine { socket: config.socket.clone(), source })?;
-        Ok(Self { docker })
+        let identity = common::identity::ExecutorIdentity::load_or_create(&ctx.config().data_dir)?;
+        let engine = engine::Engine::connect(config, &identity.executor_id()).await?;
+        match engine.disk_device() {
+            Some(device) => tracing::info!(device, "disk I/O limits apply to the device behind Docker's data root"),
+            None => tracing::warn!("no block device found behind Docker's data root: disk I/O limits cannot apply"),
+        }
+        Ok(Self { docker: engine.docker().clone(), runtime: api::Runtime::new(engine, config.clone()) })
+    }
+
+    fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
+        routes.add_service(common::proto::runtime::v1::container_runtime_server::ContainerRuntimeServer::new(
+            self.runtime.clone(),
+        ))
     }
 
     async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
+        ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
         metrics::describe_gauge!("executor_container_runtime_docker_up", "1 when the Docker engine answers a ping.");
         let mut tick = tokio::time::interval(DOCKER_PING_INTERVAL);
         let mut was_up = None;

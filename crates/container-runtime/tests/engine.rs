@@ -14,35 +14,7 @@ use container_runtime::reference::{DOCKER_HUB, ImageRef};
 use container_runtime::spec::{ContainerSpec, Resources};
 use tokio_stream::StreamExt;
 
-const IMAGE: &str = "basilica-test/busybox:latest";
-
-/// Builds the test image from the distribution's busybox-static (nothing can be pulled here).
-/// None (and a printed reason) when Docker or busybox is missing and `make test` is not running.
-async fn test_image() -> Option<()> {
-    let have_docker = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok();
-    let busybox = std::path::Path::new("/bin/busybox");
-    if !(have_docker && busybox.exists()) {
-        let why = format!("needs the Docker engine ({have_docker}) and busybox-static ({})", busybox.exists());
-        assert!(std::env::var_os("REQUIRE_TEST_TOOLS").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}; `make test` provides both");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(busybox, dir.path().join("busybox")).unwrap();
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n",
-    )
-    .unwrap();
-    let out = ProcessSpec::new("docker")
-        .args(["build", "-q", "-t", IMAGE])
-        .arg(dir.path())
-        .output(Duration::from_secs(300), 1 << 20)
-        .await
-        .unwrap();
-    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
-    Some(())
-}
+const IMAGE: &str = e2e::BUSYBOX_IMAGE;
 
 fn spec(id: &str, command: &str) -> ContainerSpec {
     ContainerSpec {
@@ -81,7 +53,7 @@ async fn run_to_end(engine: &Engine, spec: &ContainerSpec) -> String {
 
 #[tokio::test]
 async fn limits_and_restrictions_hold_inside_the_container() {
-    if test_image().await.is_none() {
+    if !e2e::busybox_image().await {
         return;
     }
     let executor = format!("executor-test-{}", std::process::id());
@@ -133,7 +105,7 @@ async fn limits_and_restrictions_hold_inside_the_container() {
 
 #[tokio::test]
 async fn only_our_labelled_containers_are_listed() {
-    if test_image().await.is_none() {
+    if !e2e::busybox_image().await {
         return;
     }
     let executor = format!("executor-list-{}", std::process::id());

@@ -1,0 +1,441 @@
+//! The `executor.runtime.v1.ContainerRuntime` gRPC service on the internal socket: tenant
+//! requests → validated [`ContainerSpec`]s → the engine. Containers are addressed by our id
+//! (their name) and must carry this executor's labels: a foreign container is NOT_FOUND.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::{InspectContainerOptions, LogsOptions, StatsOptions};
+use common::config::DockerConfig;
+use common::proto::runtime::v1 as pb;
+use common::proto::runtime::v1::container_runtime_server::ContainerRuntime as RuntimeApi;
+use tokio::sync::Mutex;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError};
+use crate::reference::{ImageRef, RegistryPolicy};
+use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
+
+/// Longest an exec may run, and the most output it returns per stream, when the request says 0.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
+const EXEC_MAX_OUTPUT: u64 = 1 << 20;
+/// Longest an image pull may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    engine: Engine,
+    config: DockerConfig,
+    policy: RegistryPolicy,
+    /// Held while counting and creating, so the cap is exact under concurrent creates.
+    create_lock: Arc<Mutex<()>>,
+}
+
+fn invalid(e: SpecError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Docker errors to gRPC codes; detail goes to the log, not to the caller.
+fn engine_status(e: EngineError) -> Status {
+    use bollard::errors::Error as B;
+    match &e {
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 404, .. }, id } => {
+            Status::not_found(format!("container {id} not found"))
+        }
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 409, message }, id } => {
+            Status::failed_precondition(format!("container {id}: {message}"))
+        }
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 304, .. }, id } => {
+            Status::failed_precondition(format!("container {id} is already in that state"))
+        }
+        _ => {
+            tracing::error!(error = %e, "Docker engine error");
+            Status::internal("the container engine failed; see the executor log")
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new(engine: Engine, config: DockerConfig) -> Self {
+        let policy = RegistryPolicy::new(&config.registry.allowed_registries);
+        Self { engine, config, policy, create_lock: Arc::new(Mutex::new(())) }
+    }
+
+    /// The request as a spec: every field checked, limits applied.
+    pub fn spec_from(&self, r: pb::CreateContainerRequest, id: String) -> Result<ContainerSpec, Status> {
+        let image = ImageRef::parse(&r.image, &self.config.registry.url)
+            .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
+        self.policy.check(&image).map_err(|e| Status::failed_precondition(format!("image: {e}")))?;
+        if r.gpu_count > 0 || !r.gpu_uuids.is_empty() {
+            let why = if self.config.enable_gpu_passthrough {
+                "GPU assignment is not built into this container-runtime yet"
+            } else {
+                "docker.enable_gpu_passthrough = false on this executor"
+            };
+            return Err(Status::failed_precondition(format!("gpu_count/gpu_uuids: {why}")));
+        }
+        let ports = r
+            .ports
+            .iter()
+            .map(|p| {
+                let port = |v: u32, f: &str| {
+                    u16::try_from(v).map_err(|_| Status::invalid_argument(format!("ports.{f}: {v} is not a port")))
+                };
+                let udp = match p.protocol.as_str() {
+                    "" | "tcp" => false,
+                    "udp" => true,
+                    other => {
+                        return Err(Status::invalid_argument(format!("ports.protocol: `{other}` is not tcp or udp")));
+                    }
+                };
+                Ok(Port {
+                    container_port: port(p.container_port, "container_port")?,
+                    host_port: port(p.host_port, "host_port")?,
+                    udp,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let res = r.resources.unwrap_or_default();
+        let mut spec = ContainerSpec {
+            id,
+            image,
+            command: r.command,
+            args: r.args,
+            env: r.env.into_iter().collect(),
+            labels: r.labels.into_iter().collect(),
+            ports,
+            resources: Resources {
+                memory_bytes: res.memory_bytes,
+                cpu_cores: res.cpu_cores,
+                disk_io_bps: res.disk_io_bps,
+                network_bps: res.network_bps,
+                pids: res.pids,
+            },
+            gpu_uuids: Vec::new(),
+            ttl: (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds)),
+            owner: r.owner,
+            created_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        };
+        if res.gpu_memory_bytes > 0 {
+            return Err(Status::failed_precondition("resources.gpu_memory_bytes: containers get no GPU here"));
+        }
+        spec.validate().map_err(invalid)?;
+        spec.apply_limits(&self.config.resource_limits).map_err(invalid)?;
+        Ok(spec)
+    }
+
+    /// Pulls the image unless the engine has it already.
+    async fn ensure_image(&self, image: &ImageRef) -> Result<(), Status> {
+        let docker = self.engine.docker();
+        let name = image.to_string();
+        if docker.inspect_image(&name).await.is_ok() {
+            return Ok(());
+        }
+        let options =
+            bollard::query_parameters::CreateImageOptions { from_image: Some(name.clone()), ..Default::default() };
+        let pull = async {
+            let mut progress = docker.create_image(Some(options), None, None);
+            while let Some(step) = progress.next().await {
+                step?;
+            }
+            Ok::<(), bollard::errors::Error>(())
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Status::failed_precondition(format!("image: cannot pull `{name}`: {e}"))),
+            Err(_) => {
+                Err(Status::deadline_exceeded(format!("image: pulling `{name}` took longer than {PULL_TIMEOUT:?}")))
+            }
+        }
+    }
+
+    /// Inspects a container of ours by our id; anything else is NOT_FOUND.
+    async fn ours(&self, id: &str) -> Result<ContainerInspectResponse, Status> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(Status::invalid_argument(format!("id: `{id}` is not a container id")));
+        }
+        let inspect = self
+            .engine
+            .docker()
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| engine_status(EngineError::Docker { id: id.to_owned(), source }))?;
+        let labels = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        if labels.get(spec::LABEL_EXECUTOR).map(String::as_str) != Some(self.engine.executor_id())
+            || labels.get(spec::LABEL_ID).map(String::as_str) != Some(id)
+        {
+            return Err(Status::not_found(format!("container {id} not found")));
+        }
+        Ok(inspect)
+    }
+
+    async fn describe(&self, id: &str) -> Result<pb::Container, Status> {
+        Ok(to_proto(&self.ours(id).await?))
+    }
+}
+
+/// Inspect output as our `Container`.
+pub fn to_proto(inspect: &ContainerInspectResponse) -> pb::Container {
+    use bollard::models::ContainerStateStatusEnum as S;
+    let labels: HashMap<String, String> = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let state = inspect.state.as_ref();
+    let created: i64 = label(spec::LABEL_CREATED).parse().unwrap_or(0);
+    let ttl: i64 = label(spec::LABEL_TTL).parse().unwrap_or(0);
+    let status = match state.and_then(|s| s.status) {
+        Some(S::CREATED) => pb::ContainerState::Created,
+        Some(S::RUNNING) => pb::ContainerState::Running,
+        Some(S::PAUSED) => pb::ContainerState::Paused,
+        Some(S::RESTARTING) => pb::ContainerState::Restarting,
+        Some(S::EXITED) | Some(S::STOPPING) => pb::ContainerState::Exited,
+        Some(S::DEAD) => pb::ContainerState::Dead,
+        Some(S::REMOVING) => pb::ContainerState::Removing,
+        _ => pb::ContainerState::Unspecified,
+    };
+    pb::Container {
+        id: label(spec::LABEL_ID),
+        docker_id: inspect.id.clone().unwrap_or_default(),
+        image: inspect.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
+        image_digest: inspect.image.clone().unwrap_or_default(),
+        state: status as i32,
+        exit_code: state.and_then(|s| s.exit_code).unwrap_or(0),
+        gpu_uuids: label(spec::LABEL_GPUS).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        ports: Vec::new(),
+        labels: labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with(spec::LABEL_PREFIX))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        created_at: created,
+        expires_at: if ttl > 0 { created + ttl } else { 0 },
+        stop_reason: String::new(),
+        owner: label(spec::LABEL_OWNER),
+    }
+}
+
+fn new_id() -> Result<String, Status> {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+    Ok(format!("c-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RuntimeApi for Runtime {
+    async fn create(&self, request: Request<pb::CreateContainerRequest>) -> Result<Response<pb::Container>, Status> {
+        let spec = self.spec_from(request.into_inner(), new_id()?)?;
+        self.ensure_image(&spec.image).await?;
+        let _guard = self.create_lock.lock().await;
+        let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
+        let cap = self.config.max_concurrent_containers as usize;
+        if existing >= cap {
+            return Err(Status::resource_exhausted(format!(
+                "docker.max_concurrent_containers = {cap} containers exist already; remove one first"
+            )));
+        }
+        self.engine.create(&spec, None).await.map_err(engine_status)?;
+        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, "container created");
+        self.describe(&spec.id).await.map(Response::new)
+    }
+
+    async fn start(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        let id = request.into_inner().id;
+        self.ours(&id).await?;
+        self.engine.start(&id).await.map_err(engine_status)?;
+        self.describe(&id).await.map(Response::new)
+    }
+
+    async fn stop(&self, request: Request<pb::StopContainerRequest>) -> Result<Response<pb::Container>, Status> {
+        let r = request.into_inner();
+        self.ours(&r.id).await?;
+        let timeout = i32::try_from(r.timeout_seconds.min(600)).unwrap_or(600);
+        match self.engine.stop(&r.id, timeout).await {
+            Ok(()) => {}
+            // Already stopped is fine: stop is idempotent.
+            Err(EngineError::Docker {
+                source: bollard::errors::Error::DockerResponseServerError { status_code: 304, .. },
+                ..
+            }) => {}
+            Err(e) => return Err(engine_status(e)),
+        }
+        self.describe(&r.id).await.map(Response::new)
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
+        let r = request.into_inner();
+        self.ours(&r.id).await?;
+        self.engine.remove(&r.id, r.force).await.map_err(engine_status)?;
+        tracing::info!(id = %r.id, "container removed");
+        Ok(Response::new(pb::RemoveContainerResponse {}))
+    }
+
+    async fn get(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        self.describe(&request.into_inner().id).await.map(Response::new)
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        let r = request.into_inner();
+        let mut containers = Vec::new();
+        for summary in self.engine.list_ours().await.map_err(engine_status)? {
+            let Some(id) = summary.labels.as_ref().and_then(|l| l.get(spec::LABEL_ID)).cloned() else { continue };
+            let Ok(c) = self.describe(&id).await else { continue };
+            let running = c.state == pb::ContainerState::Running as i32;
+            if (r.all || running) && (r.owner.is_empty() || r.owner == c.owner) {
+                containers.push(c);
+            }
+        }
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(pb::ListContainersResponse { containers }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = request.into_inner();
+        self.ours(&r.id).await?;
+        let options = LogsOptions {
+            follow: r.follow,
+            stdout: true,
+            stderr: true,
+            since: i32::try_from(r.since).map_err(|_| Status::invalid_argument("since: out of range"))?,
+            timestamps: true,
+            tail: if r.tail == 0 { "all".to_owned() } else { r.tail.to_string() },
+            ..LogsOptions::default()
+        };
+        let id = r.id.clone();
+        let stream = self.engine.docker().logs(&r.id, Some(options)).map(move |item| {
+            use bollard::container::LogOutput;
+            let output = item.map_err(|source| engine_status(EngineError::Docker { id: id.clone(), source }))?;
+            let (stream, bytes) = match output {
+                LogOutput::StdOut { message } => (pb::LogStream::Stdout, message),
+                LogOutput::StdErr { message } => (pb::LogStream::Stderr, message),
+                LogOutput::Console { message } | LogOutput::StdIn { message } => (pb::LogStream::Stdout, message),
+            };
+            // With timestamps Docker starts each line with its RFC 3339 time and a space.
+            let (timestamp, data) = match bytes.iter().position(|&b| b == b' ') {
+                Some(i) => (String::from_utf8_lossy(&bytes[..i]).into_owned(), bytes[i + 1..].to_vec()),
+                None => (String::new(), bytes.to_vec()),
+            };
+            Ok(pb::LogChunk { stream: stream as i32, data, timestamp })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stats(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerStats>, Status> {
+        let id = request.into_inner().id;
+        self.ours(&id).await?;
+        let options = StatsOptions { stream: false, one_shot: false };
+        let stats = self
+            .engine
+            .docker()
+            .stats(&id, Some(options))
+            .next()
+            .await
+            .ok_or_else(|| Status::unavailable("no stats from the engine"))?
+            .map_err(|source| engine_status(EngineError::Docker { id: id.clone(), source }))?;
+        let cpu = |s: &Option<bollard::models::ContainerCpuStats>| {
+            s.as_ref().map_or((0, 0, 1), |c| {
+                (
+                    c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0),
+                    c.system_cpu_usage.unwrap_or(0),
+                    c.online_cpus.unwrap_or(1),
+                )
+            })
+        };
+        let (total, system, cpus) = cpu(&stats.cpu_stats);
+        let (pre_total, pre_system, _) = cpu(&stats.precpu_stats);
+        let delta_system = system.saturating_sub(pre_system);
+        let cpu_percent = if delta_system == 0 {
+            0.0
+        } else {
+            total.saturating_sub(pre_total) as f64 / delta_system as f64 * f64::from(cpus) * 100.0
+        };
+        let (rx, tx) = stats.networks.as_ref().map_or((0, 0), |n| {
+            n.values().fold((0, 0), |(r, t), s| (r + s.rx_bytes.unwrap_or(0), t + s.tx_bytes.unwrap_or(0)))
+        });
+        let (read, write) =
+            stats.blkio_stats.as_ref().and_then(|b| b.io_service_bytes_recursive.as_ref()).map_or((0, 0), |entries| {
+                entries.iter().fold((0, 0), |(r, w), e| match e.op.as_deref().map(str::to_lowercase).as_deref() {
+                    Some("read") => (r + e.value.unwrap_or(0), w),
+                    Some("write") => (r, w + e.value.unwrap_or(0)),
+                    _ => (r, w),
+                })
+            });
+        let memory = stats.memory_stats.as_ref();
+        Ok(Response::new(pb::ContainerStats {
+            id,
+            cpu_percent,
+            memory_usage_bytes: memory.and_then(|m| m.usage).unwrap_or(0),
+            memory_limit_bytes: memory.and_then(|m| m.limit).unwrap_or(0),
+            network_rx_bytes: rx,
+            network_tx_bytes: tx,
+            block_read_bytes: read,
+            block_write_bytes: write,
+            pids: stats.pids_stats.as_ref().and_then(|p| p.current).unwrap_or(0),
+        }))
+    }
+
+    async fn exec(&self, request: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
+        let r = request.into_inner();
+        self.ours(&r.id).await?;
+        if r.command.is_empty() {
+            return Err(Status::invalid_argument("command: empty"));
+        }
+        let timeout = if r.timeout_seconds == 0 { EXEC_TIMEOUT } else { Duration::from_secs(r.timeout_seconds.into()) };
+        let cap = if r.max_output_bytes == 0 { EXEC_MAX_OUTPUT } else { r.max_output_bytes.min(64 << 20) } as usize;
+        let docker = self.engine.docker();
+        let map = |source| engine_status(EngineError::Docker { id: r.id.clone(), source });
+        let exec = docker
+            .create_exec(
+                &r.id,
+                bollard::models::ExecConfig {
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(r.command.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(map)?;
+        let mut out = pb::ExecResponse::default();
+        let mut buffers: BTreeMap<bool, Vec<u8>> = BTreeMap::new();
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } =
+            docker.start_exec(&exec.id, None).await.map_err(map)?
+        {
+            let collect = async {
+                while let Some(item) = output.next().await {
+                    let (is_err, bytes) = match item.map_err(map)? {
+                        bollard::container::LogOutput::StdErr { message } => (true, message),
+                        other => (false, other.into_bytes()),
+                    };
+                    let buf = buffers.entry(is_err).or_default();
+                    let room = cap.saturating_sub(buf.len());
+                    out.truncated |= bytes.len() > room;
+                    buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+                Ok::<(), Status>(())
+            };
+            match tokio::time::timeout(timeout, collect).await {
+                Ok(result) => result?,
+                Err(_) => out.timed_out = true,
+            }
+        }
+        out.stdout = buffers.remove(&false).unwrap_or_default();
+        out.stderr = buffers.remove(&true).unwrap_or_default();
+        let inspect = docker.inspect_exec(&exec.id).await.map_err(map)?;
+        out.exit_code = inspect.exit_code.unwrap_or(-1);
+        Ok(Response::new(out))
+    }
+}

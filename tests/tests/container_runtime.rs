@@ -1,0 +1,192 @@
+//! container-runtime as a process, over its socket, on the real Docker engine: the container
+//! lifecycle, logs, exec, stats, bad input naming its field, the concurrency cap under
+//! parallel creates, foreign containers left alone, and nothing lost across `kill -9`.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::time::Duration;
+
+use common::ServiceName;
+use common::process::ProcessSpec;
+use common::proto::runtime::v1 as pb;
+use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
+use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image, wait_serving};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+async fn start_service(config: &TestConfig) -> (tokio::process::Child, ContainerRuntimeClient<Channel>) {
+    let child = ProcessSpec::new(e2e::binary("container-runtime"))
+        .arg("--config")
+        .arg(&config.path)
+        .spawn_supervised()
+        .unwrap();
+    let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
+    wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
+    (child, ContainerRuntimeClient::new(common::grpc::unix_channel(&socket)))
+}
+
+fn request(command: &str) -> pb::CreateContainerRequest {
+    pb::CreateContainerRequest {
+        image: BUSYBOX_IMAGE.into(),
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        resources: Some(pb::ResourceRequest { memory_bytes: 64 << 20, cpu_cores: 0.5, ..Default::default() }),
+        owner: "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into(),
+        ttl_seconds: 600,
+        ..Default::default()
+    }
+}
+
+async fn remove_all(client: &mut ContainerRuntimeClient<Channel>) {
+    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap().into_inner();
+    for c in all.containers {
+        client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_logs_exec_stats_and_bad_input() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nmax_concurrent_containers = 3\n");
+    let (_service, mut client) = start_service(&config).await;
+
+    let created = client.create(request("echo out; echo err >&2; sleep 60")).await.unwrap().into_inner();
+    assert!(created.id.starts_with("c-"), "{created:?}");
+    assert_eq!(created.state, pb::ContainerState::Created as i32);
+    assert_eq!(created.owner, "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY");
+    assert_eq!(created.expires_at - created.created_at, 600);
+    let id = created.id.clone();
+    let started = client.start(pb::ContainerRef { id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(started.state, pb::ContainerState::Running as i32);
+
+    // Logs: stdout and stderr kept apart, each with Docker's timestamp.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut logs =
+        client.logs(pb::LogsRequest { id: id.clone(), follow: false, tail: 0, since: 0 }).await.unwrap().into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = logs.next().await {
+        chunks.push(chunk.unwrap());
+    }
+    let of = |s: pb::LogStream| {
+        chunks
+            .iter()
+            .filter(|c| c.stream == s as i32)
+            .map(|c| String::from_utf8_lossy(&c.data).into_owned())
+            .collect::<String>()
+    };
+    assert_eq!(of(pb::LogStream::Stdout), "out\n", "{chunks:?}");
+    assert_eq!(of(pb::LogStream::Stderr), "err\n", "{chunks:?}");
+    assert!(chunks.iter().all(|c| c.timestamp.contains('T') && c.timestamp.ends_with('Z')), "{chunks:?}");
+
+    // Exec with output cap and timeout.
+    let exec = |command: &[&str], timeout: u32, cap: u64| pb::ExecRequest {
+        id: id.clone(),
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        timeout_seconds: timeout,
+        max_output_bytes: cap,
+    };
+    let out = client.exec(exec(&["sh", "-c", "echo hi; echo oops >&2; exit 3"], 10, 0)).await.unwrap().into_inner();
+    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code), (&b"hi\n"[..], &b"oops\n"[..], 3));
+    let out = client.exec(exec(&["sh", "-c", "yes | head -c 100000"], 10, 100)).await.unwrap().into_inner();
+    assert!(out.truncated && out.stdout.len() == 100, "{}", out.stdout.len());
+    let out = client.exec(exec(&["sleep", "5"], 1, 0)).await.unwrap().into_inner();
+    assert!(out.timed_out);
+
+    let stats = client.stats(pb::ContainerRef { id: id.clone() }).await.unwrap().into_inner();
+    assert_eq!(stats.memory_limit_bytes, 64 << 20);
+    assert!(stats.memory_usage_bytes > 0 && stats.pids >= 1, "{stats:?}");
+
+    // Bad input names the field; nothing is created.
+    let bad = |change: &dyn Fn(&mut pb::CreateContainerRequest)| {
+        let mut r = request("true");
+        change(&mut r);
+        r
+    };
+    for (r, code, field) in [
+        (bad(&|r| r.image = "UPPER".into()), Code::InvalidArgument, "image:"),
+        (bad(&|r| r.image = "docker.io.evil.com/library/busybox".into()), Code::FailedPrecondition, "image:"),
+        (
+            bad(&|r| r.image = "quay.io/x/y".into()),
+            Code::FailedPrecondition,
+            "not in docker.registry.allowed_registries",
+        ),
+        (
+            bad(&|r| r.resources.as_mut().unwrap().memory_bytes = 1 << 50),
+            Code::InvalidArgument,
+            "resources.memory_bytes",
+        ),
+        (bad(&|r| r.resources.as_mut().unwrap().cpu_cores = -1.0), Code::InvalidArgument, "resources.cpu_cores"),
+        (bad(&|r| r.gpu_count = 1), Code::FailedPrecondition, "gpu_count"),
+        (
+            bad(&|r| r.ports = vec![pb::PortMapping { container_port: 70000, host_port: 0, protocol: "tcp".into() }]),
+            Code::InvalidArgument,
+            "ports.container_port",
+        ),
+        (
+            bad(&|r| drop(r.labels.insert("ai.basilica.executor.id".into(), "x".into()))),
+            Code::InvalidArgument,
+            "labels",
+        ),
+    ] {
+        let err = client.create(r).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+    }
+    let err = client.get(pb::ContainerRef { id: "c-000000000000".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client.get(pb::ContainerRef { id: "../etc".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let stopped =
+        client.stop(pb::StopContainerRequest { id: id.clone(), timeout_seconds: 1 }).await.unwrap().into_inner();
+    assert_eq!(stopped.state, pb::ContainerState::Exited as i32);
+    client.remove(pb::RemoveContainerRequest { id: id.clone(), force: false }).await.unwrap();
+    assert_eq!(client.get(pb::ContainerRef { id }).await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn the_cap_is_exact_under_parallel_creates_and_state_survives_kill_9() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nmax_concurrent_containers = 4\n");
+    let (mut service, mut client) = start_service(&config).await;
+    // A foreign container is neither counted nor listed nor touchable.
+    let foreign = format!("foreign-cap-{}", std::process::id());
+    let out = ProcessSpec::new("docker")
+        .args(["create", "--name", &foreign, BUSYBOX_IMAGE, "sleep", "30"])
+        .output(Duration::from_secs(60), 1 << 16)
+        .await
+        .unwrap();
+    assert!(out.status.success());
+
+    let creates = (0..12).map(|_| {
+        let mut c = client.clone();
+        tokio::spawn(async move { c.create(request("sleep 60")).await })
+    });
+    let mut ok = 0;
+    for task in creates {
+        match task.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}"),
+        }
+    }
+    assert_eq!(ok, 4);
+    let listed = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap().into_inner();
+    assert_eq!(listed.containers.len(), 4);
+    assert_eq!(client.get(pb::ContainerRef { id: foreign.clone() }).await.unwrap_err().code(), Code::NotFound);
+
+    // kill -9 and a new process: Docker is the source of truth, nothing is lost.
+    service.start_kill().unwrap();
+    service.wait().await.unwrap();
+    let (_service, mut client) = start_service(&config).await;
+    let after = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap().into_inner();
+    let ids = |l: &pb::ListContainersResponse| l.containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&listed));
+    remove_all(&mut client).await;
+    let out =
+        ProcessSpec::new("docker").args(["rm", "-f", &foreign]).output(Duration::from_secs(60), 1 << 16).await.unwrap();
+    assert!(out.status.success());
+}
