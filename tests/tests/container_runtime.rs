@@ -190,3 +190,70 @@ async fn the_cap_is_exact_under_parallel_creates_and_state_survives_kill_9() {
         ProcessSpec::new("docker").args(["rm", "-f", &foreign]).output(Duration::from_secs(60), 1 << 16).await.unwrap();
     assert!(out.status.success());
 }
+
+#[tokio::test]
+async fn tenants_are_isolated_and_offline_by_default() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nmax_concurrent_containers = 4\n");
+    let (_service, mut client) = start_service(&config).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let c = client.create(request("while true; do nc -l -p 8080 -e echo hello; done")).await.unwrap().into_inner();
+        client.start(pb::ContainerRef { id: c.id.clone() }).await.unwrap();
+        ids.push(c.id);
+    }
+    let ip_of = |id: &str| {
+        let id = id.to_owned();
+        async move {
+            let out = ProcessSpec::new("docker")
+                .args(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", &id])
+                .output(Duration::from_secs(30), 1 << 12)
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    let (ip_a, ip_b) = (ip_of(&ids[0]).await, ip_of(&ids[1]).await);
+    assert!(!ip_a.is_empty() && !ip_b.is_empty() && ip_a != ip_b, "{ip_a} {ip_b}");
+    let exec = |id: &str, script: String| pb::ExecRequest {
+        id: id.to_owned(),
+        command: vec!["sh".into(), "-c".into(), script],
+        timeout_seconds: 20,
+        max_output_bytes: 0,
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The listener works from inside its own container...
+    let own = client.exec(exec(&ids[0], "nc -w 2 127.0.0.1 8080 </dev/null".into())).await.unwrap().into_inner();
+    assert_eq!(String::from_utf8_lossy(&own.stdout).trim(), "hello", "{own:?}");
+    // ...but another tenant cannot reach it, and neither has a route out.
+    let other = client.exec(exec(&ids[1], format!("nc -w 2 {ip_a} 8080 </dev/null"))).await.unwrap().into_inner();
+    assert!(String::from_utf8_lossy(&other.stdout).trim().is_empty(), "tenant reached another: {other:?}");
+    // The host itself is out of reach too: a listener on 0.0.0.0, tried through the gateway.
+    let host = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    host.set_nonblocking(true).unwrap();
+    let probe =
+        format!("gw=$(ip route | awk '/default/ {{print $3}}'); echo gw=$gw; nc -w 2 $gw {port} </dev/null; true");
+    let out = client.exec(exec(&ids[1], probe)).await.unwrap().into_inner();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("gw=") && text.lines().count() == 1, "reached the host: {text}");
+    assert!(host.accept().is_err(), "the host saw a connection from a tenant");
+    let rule = ProcessSpec::new("iptables")
+        .args(["-C", "INPUT", "-i", "bas-+", "-j", "DROP"])
+        .output(Duration::from_secs(20), 1 << 12)
+        .await
+        .unwrap();
+    assert!(rule.status.success(), "host firewall rule missing");
+    // Each container has its own network, removed with it.
+    for id in &ids {
+        client.remove(pb::RemoveContainerRequest { id: id.clone(), force: true }).await.unwrap();
+        let out = ProcessSpec::new("docker")
+            .args(["network", "inspect", &format!("basilica-{id}")])
+            .output(Duration::from_secs(30), 1 << 12)
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "network of {id} left behind");
+    }
+}

@@ -120,6 +120,7 @@ impl Runtime {
             ttl: (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds)),
             owner: r.owner,
             created_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            dns: self.config.network_config.dns_servers.clone(),
         };
         if res.gpu_memory_bytes > 0 {
             return Err(Status::failed_precondition("resources.gpu_memory_bytes: containers get no GPU here"));
@@ -239,8 +240,12 @@ impl RuntimeApi for Runtime {
                 "docker.max_concurrent_containers = {cap} containers exist already; remove one first"
             )));
         }
-        self.engine.create(&spec, None).await.map_err(engine_status)?;
-        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, "container created");
+        let network = self.engine.network_for(&spec, &self.config.network_config).await.map_err(engine_status)?;
+        if let Err(e) = self.engine.create(&spec, Some(&network)).await {
+            let _ = self.engine.remove_network(&spec.id).await;
+            return Err(engine_status(e));
+        }
+        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %network, "container created");
         self.describe(&spec.id).await.map(Response::new)
     }
 
@@ -274,6 +279,7 @@ impl RuntimeApi for Runtime {
         let r = request.into_inner();
         self.ours(&r.id).await?;
         self.engine.remove(&r.id, r.force).await.map_err(engine_status)?;
+        self.engine.remove_network(&r.id).await.map_err(engine_status)?;
         tracing::info!(id = %r.id, "container removed");
         Ok(Response::new(pb::RemoveContainerResponse {}))
     }

@@ -10,7 +10,7 @@ use bollard::models::ContainerSummary;
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
 };
-use common::config::DockerConfig;
+use common::config::{DockerConfig, NetworkConfig};
 
 use crate::spec::{ContainerSpec, LABEL_EXECUTOR, LABEL_MANAGED};
 
@@ -54,6 +54,48 @@ impl Engine {
     /// The device the disk I/O limits apply to, if one was found.
     pub fn disk_device(&self) -> Option<&str> {
         self.disk_device.as_deref()
+    }
+
+    /// The network a container joins under `[docker.network_config]`: its own bridge network
+    /// when isolated (internal, so no egress at all, without `allow_internet`); Docker's
+    /// default bridge when not isolated but online; no network at all otherwise. Creates the
+    /// container's own network when needed.
+    pub async fn network_for(&self, spec: &ContainerSpec, config: &NetworkConfig) -> Result<String, EngineError> {
+        if !config.enable_isolation {
+            return Ok(if config.allow_internet { "bridge" } else { "none" }.to_owned());
+        }
+        let name = network_name(&spec.id);
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "true".to_owned()),
+            (LABEL_EXECUTOR.to_owned(), self.executor_id.clone()),
+            (crate::spec::LABEL_ID.to_owned(), spec.id.clone()),
+        ]);
+        let request = bollard::models::NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(!config.allow_internet),
+            labels: Some(labels),
+            // No inter-container traffic even within the network; the bridge name carries the
+            // prefix the host firewall rules match (see `firewall`).
+            options: Some(HashMap::from([
+                ("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned()),
+                ("com.docker.network.bridge.name".to_owned(), crate::firewall::bridge_name(&spec.id)),
+            ])),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(request)
+            .await
+            .map_err(|source| EngineError::Docker { id: spec.id.clone(), source })?;
+        Ok(name)
+    }
+
+    /// Removes a container's own network; one that is already gone is fine.
+    pub async fn remove_network(&self, id: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(&network_name(id)).await {
+            Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
+            Err(source) => Err(EngineError::Docker { id: id.to_owned(), source }),
+        }
     }
 
     /// Creates the container (named by our id) without starting it; returns Docker's id.
@@ -102,6 +144,11 @@ impl Engine {
         let options = ListContainersOptions { all: true, filters: Some(filters), ..ListContainersOptions::default() };
         self.docker.list_containers(Some(options)).await.map_err(EngineError::Engine)
     }
+}
+
+/// The name of a container's own network.
+pub fn network_name(id: &str) -> String {
+    format!("basilica-{id}")
 }
 
 /// `/dev/<disk>` holding `path`: its device number, then the whole disk when it is a partition.

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod firewall;
 pub mod reference;
 pub mod spec;
 
@@ -99,6 +100,10 @@ impl Service for ContainerRuntime {
         let config = &ctx.config().docker;
         let identity = common::identity::ExecutorIdentity::load_or_create(&ctx.config().data_dir)?;
         let engine = engine::Engine::connect(config, &identity.executor_id()).await?;
+        if config.network_config.enable_isolation {
+            // Without these rules a tenant could reach every service the host binds on 0.0.0.0.
+            firewall::ensure().await.map_err(|e| format!("{e} (container-runtime needs root for iptables)"))?;
+        }
         match engine.disk_device() {
             Some(device) => tracing::info!(device, "disk I/O limits apply to the device behind Docker's data root"),
             None => tracing::warn!("no block device found behind Docker's data root: disk I/O limits cannot apply"),

@@ -67,6 +67,8 @@ pub struct ContainerSpec {
     pub owner: String,
     /// Unix seconds.
     pub created_at: u64,
+    /// `[docker.network_config] dns_servers`.
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// A request that cannot be honoured, naming the field.
@@ -227,6 +229,7 @@ impl ContainerSpec {
                 blkio_device_write_bps: throttle(r.disk_io_bps),
                 device_requests,
                 network_mode: network.map(str::to_owned),
+                dns: (!self.dns.is_empty()).then(|| self.dns.iter().map(|ip| ip.to_string()).collect()),
                 port_bindings: Some(port_bindings),
                 ..HostConfig::default()
             }),
@@ -254,6 +257,7 @@ mod tests {
             ttl: Some(Duration::from_secs(3600)),
             owner: "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into(),
             created_at: 1_800_000_000,
+            dns: vec!["8.8.8.8".parse().unwrap()],
         }
     }
 
@@ -301,6 +305,7 @@ mod tests {
                     "Capabilities": [["gpu"]]
                 }],
                 "NetworkMode": "basilica-c-0123456789ab",
+                "Dns": ["8.8.8.8"],
                 "PortBindings": {"8888/tcp": [{"HostPort": ""}]}
             }
         });

@@ -30,6 +30,7 @@ fn spec(id: &str, command: &str) -> ContainerSpec {
         ttl: None,
         owner: "test".into(),
         created_at: 0,
+        dns: Vec::new(),
     }
 }
 
