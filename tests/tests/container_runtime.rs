@@ -257,3 +257,56 @@ async fn tenants_are_isolated_and_offline_by_default() {
         assert!(!out.status.success(), "network of {id} left behind");
     }
 }
+
+#[tokio::test]
+async fn the_reaper_removes_expired_containers_and_orphan_networks() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nreap_interval = \"300ms\"\n");
+    let (_service, mut client) = start_service(&config).await;
+    let mut short = request("sleep 60");
+    short.ttl_seconds = 1;
+    let c = client.create(short).await.unwrap().into_inner();
+    client.start(pb::ContainerRef { id: c.id.clone() }).await.unwrap();
+    let keep = client.create(request("sleep 60")).await.unwrap().into_inner();
+
+    // An orphan network: ours by label, created long ago, with no container.
+    let identity =
+        common::identity::ExecutorIdentity::load(&config.dir.path().join("data").join(common::identity::IDENTITY_FILE))
+            .unwrap();
+    let orphan = format!("basilica-c-orphan{}", std::process::id());
+    let out = ProcessSpec::new("docker")
+        .args(["network", "create", "--label", "ai.basilica.executor.managed=true"])
+        .arg(format!("--label=ai.basilica.executor.executor_id={}", identity.executor_id()))
+        .arg(format!("--label=ai.basilica.executor.id=c-orphan{}", std::process::id()))
+        .args(["--label", "ai.basilica.executor.created=1", &orphan])
+        .output(Duration::from_secs(30), 1 << 12)
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let gone = client.get(pb::ContainerRef { id: c.id.clone() }).await.is_err_and(|e| e.code() == Code::NotFound);
+        let net = ProcessSpec::new("docker")
+            .args(["network", "inspect", &orphan])
+            .output(Duration::from_secs(30), 1 << 16)
+            .await
+            .unwrap();
+        // The counters move just after Docker answers the reaper: wait for them too.
+        let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+        let counted = metrics.contains("executor_container_runtime_reaped_total{reason=\"ttl\"} 1")
+            && metrics.contains("executor_container_runtime_reaped_total{reason=\"orphan_network\"} 1");
+        if gone && !net.status.success() && counted {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "expired container or orphan network still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The container without a TTL stays.
+    client.get(pb::ContainerRef { id: keep.id.clone() }).await.unwrap();
+    let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+    assert!(metrics.contains("executor_container_runtime_creates_total{result=\"ok\"} 2"), "{metrics}");
+    remove_all(&mut client).await;
+}

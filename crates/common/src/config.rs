@@ -107,11 +107,15 @@ pub struct DockerConfig {
     pub network_config: NetworkConfig,
     pub gpu_config: GpuConfig,
     pub registry: RegistryConfig,
+    /// How often expired containers (TTL) and leftover networks are reaped.
+    #[serde(with = "human_duration")]
+    pub reap_interval: Duration,
 }
 
 impl Default for DockerConfig {
     fn default() -> Self {
         Self {
+            reap_interval: Duration::from_secs(10),
             socket: "unix:///var/run/docker.sock".to_owned(),
             enable_gpu_passthrough: false,
             max_concurrent_containers: 10,
@@ -647,6 +651,9 @@ impl Config {
             v.fail("docker.socket", format!("`{}` must be a unix:///path URL", d.socket));
         }
         v.range("docker.max_concurrent_containers", d.max_concurrent_containers as f64, 1.0, 10_000.0);
+        if d.reap_interval < Duration::from_millis(100) {
+            v.fail("docker.reap_interval", "must be at least 100ms");
+        }
         let r = &d.resource_limits;
         // Docker refuses less than 6 MiB of memory for a container.
         v.range("docker.resource_limits.memory_bytes", r.memory_bytes as f64, (6 << 20) as f64, 1e15);

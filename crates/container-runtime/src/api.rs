@@ -66,6 +66,10 @@ impl Runtime {
         Self { engine, config, policy, create_lock: Arc::new(Mutex::new(())) }
     }
 
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The request as a spec: every field checked, limits applied.
     pub fn spec_from(&self, r: pb::CreateContainerRequest, id: String) -> Result<ContainerSpec, Status> {
         let image = ImageRef::parse(&r.image, &self.config.registry.url)
@@ -155,6 +159,27 @@ impl Runtime {
         }
     }
 
+    /// Create: validate, pull, then count and create under the lock.
+    async fn create_container(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, Status> {
+        let spec = self.spec_from(request, new_id()?)?;
+        self.ensure_image(&spec.image).await?;
+        let _guard = self.create_lock.lock().await;
+        let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
+        let cap = self.config.max_concurrent_containers as usize;
+        if existing >= cap {
+            return Err(Status::resource_exhausted(format!(
+                "docker.max_concurrent_containers = {cap} containers exist already; remove one first"
+            )));
+        }
+        let network = self.engine.network_for(&spec, &self.config.network_config).await.map_err(engine_status)?;
+        if let Err(e) = self.engine.create(&spec, Some(&network)).await {
+            let _ = self.engine.remove_network(&spec.id).await;
+            return Err(engine_status(e));
+        }
+        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %network, "container created");
+        self.describe(&spec.id).await
+    }
+
     /// Inspects a container of ours by our id; anything else is NOT_FOUND.
     async fn ours(&self, id: &str) -> Result<ContainerInspectResponse, Status> {
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
@@ -230,23 +255,18 @@ type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>
 #[tonic::async_trait]
 impl RuntimeApi for Runtime {
     async fn create(&self, request: Request<pb::CreateContainerRequest>) -> Result<Response<pb::Container>, Status> {
-        let spec = self.spec_from(request.into_inner(), new_id()?)?;
-        self.ensure_image(&spec.image).await?;
-        let _guard = self.create_lock.lock().await;
-        let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
-        let cap = self.config.max_concurrent_containers as usize;
-        if existing >= cap {
-            return Err(Status::resource_exhausted(format!(
-                "docker.max_concurrent_containers = {cap} containers exist already; remove one first"
-            )));
-        }
-        let network = self.engine.network_for(&spec, &self.config.network_config).await.map_err(engine_status)?;
-        if let Err(e) = self.engine.create(&spec, Some(&network)).await {
-            let _ = self.engine.remove_network(&spec.id).await;
-            return Err(engine_status(e));
-        }
-        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %network, "container created");
-        self.describe(&spec.id).await.map(Response::new)
+        let started = std::time::Instant::now();
+        let result = self.create_container(request.into_inner()).await;
+        let outcome = match &result {
+            Ok(_) => {
+                metrics::histogram!("executor_container_runtime_create_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                "ok".to_owned()
+            }
+            Err(status) => format!("{:?}", status.code()).to_lowercase(),
+        };
+        metrics::counter!("executor_container_runtime_creates_total", "result" => outcome).increment(1);
+        result.map(Response::new)
     }
 
     async fn start(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {

@@ -69,6 +69,7 @@ impl Engine {
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_EXECUTOR.to_owned(), self.executor_id.clone()),
             (crate::spec::LABEL_ID.to_owned(), spec.id.clone()),
+            (crate::spec::LABEL_CREATED.to_owned(), spec.created_at.to_string()),
         ]);
         let request = bollard::models::NetworkCreateRequest {
             name: name.clone(),
@@ -88,6 +89,25 @@ impl Engine {
             .await
             .map_err(|source| EngineError::Docker { id: spec.id.clone(), source })?;
         Ok(name)
+    }
+
+    /// Our networks: (container id, creation time).
+    pub async fn our_networks(&self) -> Result<Vec<(String, Option<std::time::SystemTime>)>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_EXECUTOR}={}", self.executor_id)],
+        )]);
+        let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
+        let networks = self.docker.list_networks(Some(options)).await.map_err(EngineError::Engine)?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| {
+                let id = n.labels.as_ref()?.get(crate::spec::LABEL_ID)?.clone();
+                // Our own creation label: parsing Docker's timestamp format is not needed.
+                let created = n.labels.as_ref()?.get(crate::spec::LABEL_CREATED)?.parse::<u64>().ok();
+                Some((id, created.map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))))
+            })
+            .collect())
     }
 
     /// Removes a container's own network; one that is already gone is fine.

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod engine;
 pub mod firewall;
+pub mod reaper;
 pub mod reference;
 pub mod spec;
 
@@ -121,9 +122,29 @@ impl Service for ContainerRuntime {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
         metrics::describe_gauge!("executor_container_runtime_docker_up", "1 when the Docker engine answers a ping.");
         let mut tick = tokio::time::interval(DOCKER_PING_INTERVAL);
+        let mut reap = tokio::time::interval(ctx.config().docker.reap_interval);
+        reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_up = None;
+        metrics::describe_counter!(
+            "executor_container_runtime_reaped_total",
+            "Containers (TTL) and networks (orphans) removed by the reaper."
+        );
+        metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
+        metrics::describe_counter!(
+            "executor_container_runtime_creates_total",
+            "Create requests by result (ok or the gRPC code)."
+        );
+        metrics::describe_histogram!(
+            "executor_container_runtime_create_duration_seconds",
+            "Time to create a container (validation, pull, network, create)."
+        );
         loop {
             tokio::select! {
+                _ = reap.tick() => {
+                    if let Err(e) = reaper::reap_once(self.runtime.engine()).await {
+                        tracing::warn!(error = %e, "reaper round failed");
+                    }
+                }
                 _ = tick.tick() => {
                     let up = self.docker.ping().await;
                     if was_up != Some(up.is_ok()) {
