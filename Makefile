@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor clean
+.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -65,6 +65,10 @@ bench-startup:
 ## gpu-monitor: CPU cost at 1 Hz and scrape latency, beside node_exporter when installed.
 bench-monitor:
 	$(CARGO) xtask bench-monitor
+
+## Create-to-running through container-runtime against docker run -d.
+bench-containers:
+	$(CARGO) xtask bench-containers
 
 ## GPoW-1 on the CPU: GEMM throughput, prover and validator times (docs/benchmarks.md).
 bench-gpow:

@@ -5,6 +5,8 @@
 //!   (no supervision); then the resident memory of the five idle processes.
 //! - `bench-monitor`: release build; gpu-monitor's CPU cost while collecting at 1 Hz and its
 //!   scrape latency (p50, p99), beside the distribution's node_exporter when it is installed.
+//! - `bench-containers`: release build; create-to-running latency through container-runtime's
+//!   API against `docker run -d` of the same image, median of 30, side by side.
 //! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
 //!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
 //!   time to verify it and a 4096-dim product.
@@ -24,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("bench-gpow") => bench_gpow(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
+        Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-startup") => {
             let runs = match args.get(1).map(String::as_str) {
                 Some("--runs") => args.get(2).context("--runs N")?.parse()?,
@@ -31,7 +34,9 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(bench_startup(runs))
         }
-        _ => bail!("usage: cargo xtask bench-startup [--runs N] | bench-monitor | cargo xtask-release bench-gpow"),
+        _ => bail!(
+            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | cargo xtask-release bench-gpow"
+        ),
     }
 }
 
@@ -350,5 +355,80 @@ async fn bench_monitor() -> anyhow::Result<()> {
     println!("ratios gpu-monitor / node_exporter: CPU {:.2}, scrape p99 {:.2}", cpu_percent / b_cpu, p99 / b99);
     send_signal(bpid, Signal::SIGTERM)?;
     baseline.wait().await?;
+    Ok(())
+}
+
+async fn bench_containers() -> anyhow::Result<()> {
+    use common::proto::runtime::v1 as pb;
+    use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
+    let root = workspace_root();
+    build_release(&root, &["-p", "container-runtime"]).await?;
+    anyhow::ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
+    let config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n");
+    let mut child = ProcessSpec::new(root.join("target/release/container-runtime"))
+        .arg("--config")
+        .arg(&config.path)
+        .spawn_supervised()?;
+    drain(&mut child);
+    let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
+    wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    let mut client = ContainerRuntimeClient::new(common::grpc::unix_channel(&socket));
+    let runs = 30;
+    let (mut ours, mut ours_shared, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        // Ours, as configured by default: a network of its own per container.
+        let start = Instant::now();
+        let request = pb::CreateContainerRequest {
+            image: e2e::BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "60".into()],
+            ..Default::default()
+        };
+        let c = client.create(request).await?.into_inner();
+        client.start(pb::ContainerRef { id: c.id.clone() }).await?;
+        ours.push(start.elapsed().as_secs_f64() * 1e3);
+        client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
+
+        // docker run -d of the same image and command, on the default bridge.
+        let start = Instant::now();
+        let out = ProcessSpec::new("docker")
+            .args(["run", "-d", "--rm", e2e::BUSYBOX_IMAGE, "sleep", "60"])
+            .output(Duration::from_secs(60), 1 << 12)
+            .await?;
+        baseline.push(start.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(out.status.success(), "docker run failed");
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ProcessSpec::new("docker").args(["rm", "-f", &id]).output(Duration::from_secs(60), 1 << 12).await?;
+    }
+    drop(child);
+    // The same requests without per-container networks, to show what isolation costs.
+    let shared = TestConfig::new(
+        "\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n[docker.network_config]\nenable_isolation = false\n",
+    );
+    let mut child = ProcessSpec::new(root.join("target/release/container-runtime"))
+        .arg("--config")
+        .arg(&shared.path)
+        .spawn_supervised()?;
+    drain(&mut child);
+    let socket = ServiceName::ContainerRuntime.socket(&shared.runtime_dir());
+    wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    let mut client = ContainerRuntimeClient::new(common::grpc::unix_channel(&socket));
+    for _ in 0..runs {
+        let start = Instant::now();
+        let request = pb::CreateContainerRequest {
+            image: e2e::BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "60".into()],
+            ..Default::default()
+        };
+        let c = client.create(request).await?.into_inner();
+        client.start(pb::ContainerRef { id: c.id.clone() }).await?;
+        ours_shared.push(start.elapsed().as_secs_f64() * 1e3);
+        client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
+    }
+    let (o, s, b) = (median(&mut ours), median(&mut ours_shared), median(&mut baseline));
+    println!("create-to-running, median of {runs}:");
+    println!("  container-runtime API, own network per container: {o:.1} ms");
+    println!("  container-runtime API, no isolation (none network): {s:.1} ms");
+    println!("  docker run -d (CLI, default bridge):               {b:.1} ms");
+    println!("ratios: isolated / docker run {:.2}; without isolation / docker run {:.2}", o / b, s / b);
     Ok(())
 }

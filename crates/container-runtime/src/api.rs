@@ -50,6 +50,10 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::Docker { source: B::DockerResponseServerError { status_code: 409, message }, id } => {
             Status::failed_precondition(format!("container {id}: {message}"))
         }
+        // The engine refused a parameter: the request (or the host) cannot have it.
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 400, message }, id } => {
+            Status::failed_precondition(format!("container {id}: the engine refused it: {message}"))
+        }
         EngineError::Docker { source: B::DockerResponseServerError { status_code: 304, .. }, id } => {
             Status::failed_precondition(format!("container {id} is already in that state"))
         }
@@ -130,7 +134,7 @@ impl Runtime {
             return Err(Status::failed_precondition("resources.gpu_memory_bytes: containers get no GPU here"));
         }
         spec.validate().map_err(invalid)?;
-        spec.apply_limits(&self.config.resource_limits).map_err(invalid)?;
+        spec.apply_limits(&self.config.resource_limits, self.engine.host_cpus()).map_err(invalid)?;
         Ok(spec)
     }
 

@@ -32,6 +32,8 @@ pub struct Engine {
     executor_id: String,
     /// The block device behind Docker's data root, for the disk I/O limits.
     disk_device: Option<String>,
+    /// CPUs the engine can give a container.
+    host_cpus: f64,
 }
 
 impl Engine {
@@ -40,7 +42,12 @@ impl Engine {
         let docker = crate::connect(config).await?;
         let info = docker.info().await.map_err(EngineError::Engine)?;
         let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
-        Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device })
+        let host_cpus = info.ncpu.filter(|n| *n > 0).map_or(1.0, |n| n as f64);
+        Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device, host_cpus })
+    }
+
+    pub fn host_cpus(&self) -> f64 {
+        self.host_cpus
     }
 
     pub fn executor_id(&self) -> &str {

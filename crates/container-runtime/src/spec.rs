@@ -85,7 +85,8 @@ fn field_error(field: impl Into<String>, message: impl Into<String>) -> SpecErro
 
 impl ContainerSpec {
     /// Checks the request against the operator's limits and fills in the limits it left at 0.
-    pub fn apply_limits(&mut self, limits: &ResourceLimits) -> Result<(), SpecError> {
+    /// `host_cpus` caps CPU: Docker refuses more CPUs than the host has.
+    pub fn apply_limits(&mut self, limits: &ResourceLimits, host_cpus: f64) -> Result<(), SpecError> {
         let r = &mut self.resources;
         let over = |field: &str, asked: String, limit: String| {
             field_error(format!("resources.{field}"), format!("{asked} is more than the limit of {limit}"))
@@ -100,9 +101,14 @@ impl ContainerSpec {
         if !r.cpu_cores.is_finite() || r.cpu_cores < 0.0 {
             return Err(field_error("resources.cpu_cores", format!("{} is not a CPU count", r.cpu_cores)));
         } else if r.cpu_cores == 0.0 {
-            r.cpu_cores = limits.cpu_cores;
+            r.cpu_cores = limits.cpu_cores.min(host_cpus);
         } else if r.cpu_cores > limits.cpu_cores {
             return Err(over("cpu_cores", r.cpu_cores.to_string(), limits.cpu_cores.to_string()));
+        } else if r.cpu_cores > host_cpus {
+            return Err(field_error(
+                "resources.cpu_cores",
+                format!("{} is more than this host's {host_cpus} CPUs", r.cpu_cores),
+            ));
         } else if r.cpu_cores < 0.01 {
             return Err(field_error("resources.cpu_cores", "must be at least 0.01"));
         }
@@ -266,7 +272,7 @@ mod tests {
     #[test]
     fn create_body_snapshot() {
         let mut s = spec();
-        s.apply_limits(&ResourceLimits::default()).unwrap();
+        s.apply_limits(&ResourceLimits::default(), 64.0).unwrap();
         let body =
             serde_json::to_value(s.create_body("executor-abc", Some("/dev/vda"), Some("basilica-c-0123456789ab")))
                 .unwrap();
@@ -317,7 +323,8 @@ mod tests {
         fn check(change: impl Fn(&mut ContainerSpec), expected: &str) {
             let mut s = spec();
             change(&mut s);
-            let err = s.validate().and_then(|()| s.apply_limits(&ResourceLimits::default())).unwrap_err().to_string();
+            let err =
+                s.validate().and_then(|()| s.apply_limits(&ResourceLimits::default(), 2.0)).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
         check(|s| s.resources.memory_bytes = 1 << 40, "resources.memory_bytes: 1099511627776 is more than the limit");
@@ -325,6 +332,7 @@ mod tests {
         check(|s| s.resources.cpu_cores = -1.0, "resources.cpu_cores: -1 is not a CPU count");
         check(|s| s.resources.cpu_cores = f64::NAN, "resources.cpu_cores");
         check(|s| s.resources.cpu_cores = 64.0, "resources.cpu_cores: 64 is more than the limit of 4");
+        check(|s| s.resources.cpu_cores = 3.0, "resources.cpu_cores: 3 is more than this host's 2 CPUs");
         check(|s| s.resources.disk_io_bps = u64::MAX, "resources.disk_io_bps");
         check(|s| s.resources.pids = 1 << 20, "resources.pids");
         check(|s| drop(s.env.insert("A=B".into(), "x".into())), "env: `A=B` is not an environment variable name");

@@ -68,7 +68,7 @@ async fn limits_and_restrictions_hold_inside_the_container() {
          grep -E 'NoNewPrivs|CapEff' /proc/self/status; echo pid1=$(cat /proc/1/comm); \
          touch /tmp/x && echo tmp=writable; mount | grep ' /tmp ' | grep -q noexec && echo tmp=noexec",
     );
-    s.apply_limits(&ResourceLimits::default()).unwrap();
+    s.apply_limits(&ResourceLimits::default(), engine.host_cpus()).unwrap();
     let out = run_to_end(&engine, &s).await;
     let get = |key: &str| {
         out.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).map(str::trim).unwrap_or_default().to_owned()
