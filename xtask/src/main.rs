@@ -358,13 +358,11 @@ async fn bench_monitor() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bench_containers() -> anyhow::Result<()> {
-    use common::proto::runtime::v1 as pb;
-    use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
-    let root = workspace_root();
-    build_release(&root, &["-p", "container-runtime"]).await?;
-    anyhow::ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
-    let config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n");
+type RuntimeClient =
+    common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient<tonic::transport::Channel>;
+
+/// Starts the release container-runtime on `config` and connects to it.
+async fn start_runtime(root: &Path, config: &TestConfig) -> anyhow::Result<(tokio::process::Child, RuntimeClient)> {
     let mut child = ProcessSpec::new(root.join("target/release/container-runtime"))
         .arg("--config")
         .arg(&config.path)
@@ -372,22 +370,37 @@ async fn bench_containers() -> anyhow::Result<()> {
     drain(&mut child);
     let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
     wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
-    let mut client = ContainerRuntimeClient::new(common::grpc::unix_channel(&socket));
+    Ok((child, RuntimeClient::new(common::grpc::unix_channel(&socket))))
+}
+
+/// Milliseconds from the create request to a running container; the container is removed.
+async fn create_to_running(client: &mut RuntimeClient) -> anyhow::Result<f64> {
+    use common::proto::runtime::v1 as pb;
+    let start = Instant::now();
+    let request = pb::CreateContainerRequest {
+        image: e2e::BUSYBOX_IMAGE.into(),
+        command: vec!["sleep".into(), "60".into()],
+        ..Default::default()
+    };
+    let c = client.create(request).await?.into_inner();
+    client.start(pb::ContainerRef { id: c.id.clone() }).await?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
+    Ok(ms)
+}
+
+async fn bench_containers() -> anyhow::Result<()> {
+    let root = workspace_root();
+    build_release(&root, &["-p", "container-runtime"]).await?;
+    anyhow::ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
+    let quiet = "\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n";
     let runs = 30;
     let (mut ours, mut ours_shared, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    let isolated = TestConfig::new(quiet);
+    let (child, mut client) = start_runtime(&root, &isolated).await?;
     for _ in 0..runs {
         // Ours, as configured by default: a network of its own per container.
-        let start = Instant::now();
-        let request = pb::CreateContainerRequest {
-            image: e2e::BUSYBOX_IMAGE.into(),
-            command: vec!["sleep".into(), "60".into()],
-            ..Default::default()
-        };
-        let c = client.create(request).await?.into_inner();
-        client.start(pb::ContainerRef { id: c.id.clone() }).await?;
-        ours.push(start.elapsed().as_secs_f64() * 1e3);
-        client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
-
+        ours.push(create_to_running(&mut client).await?);
         // docker run -d of the same image and command, on the default bridge.
         let start = Instant::now();
         let out = ProcessSpec::new("docker")
@@ -401,28 +414,10 @@ async fn bench_containers() -> anyhow::Result<()> {
     }
     drop(child);
     // The same requests without per-container networks, to show what isolation costs.
-    let shared = TestConfig::new(
-        "\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n[docker.network_config]\nenable_isolation = false\n",
-    );
-    let mut child = ProcessSpec::new(root.join("target/release/container-runtime"))
-        .arg("--config")
-        .arg(&shared.path)
-        .spawn_supervised()?;
-    drain(&mut child);
-    let socket = ServiceName::ContainerRuntime.socket(&shared.runtime_dir());
-    wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
-    let mut client = ContainerRuntimeClient::new(common::grpc::unix_channel(&socket));
+    let shared = TestConfig::new(&format!("{quiet}[docker.network_config]\nenable_isolation = false\n"));
+    let (_child, mut client) = start_runtime(&root, &shared).await?;
     for _ in 0..runs {
-        let start = Instant::now();
-        let request = pb::CreateContainerRequest {
-            image: e2e::BUSYBOX_IMAGE.into(),
-            command: vec!["sleep".into(), "60".into()],
-            ..Default::default()
-        };
-        let c = client.create(request).await?.into_inner();
-        client.start(pb::ContainerRef { id: c.id.clone() }).await?;
-        ours_shared.push(start.elapsed().as_secs_f64() * 1e3);
-        client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
+        ours_shared.push(create_to_running(&mut client).await?);
     }
     let (o, s, b) = (median(&mut ours), median(&mut ours_shared), median(&mut baseline));
     println!("create-to-running, median of {runs}:");
