@@ -310,3 +310,79 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
     assert!(metrics.contains("executor_container_runtime_creates_total{result=\"ok\"} 2"), "{metrics}");
     remove_all(&mut client).await;
 }
+
+#[tokio::test]
+async fn gpus_are_assigned_by_uuid_once_and_released_on_removal() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::with_system(
+        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"",
+        "\n[docker]\nenable_gpu_passthrough = true\n[docker.gpu_config]\nvisible_devices = \"0,GPU-cccccccc-0000-0000-0000-000000000002\"\n",
+    );
+    let gpu = |i: u32, hex: char| {
+        format!(
+            r#"{{"uuid":"GPU-{}-0000-0000-0000-00000000000{i}","name":"Simulated H100","pci_bus_id":"00000000:1{i}:00.0","memory_total_bytes":1000}}"#,
+            hex.to_string().repeat(8)
+        )
+    };
+    std::fs::write(
+        config.dir.path().join("gpus.json"),
+        format!(r#"{{"gpus":[{},{},{}]}}"#, gpu(0, 'a'), gpu(1, 'b'), gpu(2, 'c')),
+    )
+    .unwrap();
+    let monitor =
+        ProcessSpec::new(e2e::binary("gpu-monitor")).arg("--config").arg(&config.path).spawn_supervised().unwrap();
+    wait_serving(&ServiceName::GpuMonitor.socket(&config.runtime_dir()), Duration::from_secs(30)).await.unwrap();
+    let (_service, mut client) = start_service(&config).await;
+    let (a, c) = ("GPU-aaaaaaaa-0000-0000-0000-000000000000", "GPU-cccccccc-0000-0000-0000-000000000002");
+
+    // GPU 1 is not visible to tenants: only GPU 0 and the named UUID exist for them.
+    let mut r = request("sleep 60");
+    r.gpu_count = 3;
+    let err = client.create(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(err.message().contains("gpu_count: 3 requested, 2 free of 2"), "{}", err.message());
+    let mut r = request("sleep 60");
+    r.gpu_uuids = vec!["GPU-bbbbbbbb-0000-0000-0000-000000000001".into()];
+    assert_eq!(client.create(r).await.unwrap_err().code(), Code::InvalidArgument);
+
+    let mut r = request("sleep 60");
+    r.gpu_count = 1;
+    let first = client.create(r).await.unwrap().into_inner();
+    assert_eq!(first.gpu_uuids, vec![a.to_owned()]);
+    // The create body carried the NVIDIA device request and the UUID.
+    let out = ProcessSpec::new("docker")
+        .args(["inspect", "-f", "{{json .HostConfig.DeviceRequests}} {{json .Config.Env}}", &first.id])
+        .output(Duration::from_secs(30), 1 << 16)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("\"DeviceIDs\":[\"{a}\"]")) && text.contains(&format!("NVIDIA_VISIBLE_DEVICES={a}")),
+        "{text}"
+    );
+    // Without the NVIDIA runtime (this machine) starting it is a clear precondition failure.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        let err = client.start(pb::ContainerRef { id: first.id.clone() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    }
+
+    let mut r = request("sleep 60");
+    r.gpu_uuids = vec![a.into()];
+    let err = client.create(r).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains(&format!("is assigned to container {}", first.id)), "{}", err.message());
+    let mut r = request("sleep 60");
+    r.gpu_count = 2;
+    assert_eq!(client.create(r).await.unwrap_err().code(), Code::ResourceExhausted);
+
+    // Removal releases the GPU.
+    client.remove(pb::RemoveContainerRequest { id: first.id, force: true }).await.unwrap();
+    let mut r = request("sleep 60");
+    r.gpu_count = 2;
+    let both = client.create(r).await.unwrap().into_inner();
+    assert_eq!(both.gpu_uuids, vec![a.to_owned(), c.to_owned()]);
+    remove_all(&mut client).await;
+    drop(monitor);
+}

@@ -32,8 +32,18 @@ pub struct Runtime {
     engine: Engine,
     config: DockerConfig,
     policy: RegistryPolicy,
-    /// Held while counting and creating, so the cap is exact under concurrent creates.
+    /// Held while counting, assigning GPUs and creating, so the cap is exact and no GPU is
+    /// given twice under concurrent creates.
     create_lock: Arc<Mutex<()>>,
+    /// gpu-monitor's socket: the GPUs there are come from its inventory.
+    gpu_monitor: tonic::transport::Channel,
+}
+
+/// GPUs a request asks for, assigned under the create lock.
+#[derive(Debug, Clone, Default)]
+pub struct GpuRequest {
+    pub count: u32,
+    pub uuids: Vec<String>,
 }
 
 fn invalid(e: SpecError) -> Status {
@@ -50,6 +60,12 @@ fn engine_status(e: EngineError) -> Status {
         EngineError::Docker { source: B::DockerResponseServerError { status_code: 409, message }, id } => {
             Status::failed_precondition(format!("container {id}: {message}"))
         }
+        // A GPU container on a host without the NVIDIA container runtime.
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 500, message }, id }
+            if message.contains("device driver") =>
+        {
+            Status::failed_precondition(format!("container {id}: no NVIDIA container runtime on this host: {message}"))
+        }
         // The engine refused a parameter: the request (or the host) cannot have it.
         EngineError::Docker { source: B::DockerResponseServerError { status_code: 400, message }, id } => {
             Status::failed_precondition(format!("container {id}: the engine refused it: {message}"))
@@ -65,27 +81,57 @@ fn engine_status(e: EngineError) -> Status {
 }
 
 impl Runtime {
-    pub fn new(engine: Engine, config: DockerConfig) -> Self {
+    pub fn new(engine: Engine, config: DockerConfig, gpu_monitor_socket: &std::path::Path) -> Self {
         let policy = RegistryPolicy::new(&config.registry.allowed_registries);
-        Self { engine, config, policy, create_lock: Arc::new(Mutex::new(())) }
+        let gpu_monitor = common::grpc::unix_channel(gpu_monitor_socket);
+        Self { engine, config, policy, create_lock: Arc::new(Mutex::new(())), gpu_monitor }
+    }
+
+    /// Assigns GPUs for `request` (the create lock is held by the caller).
+    async fn assign_gpus(&self, request: &GpuRequest) -> Result<Vec<String>, Status> {
+        use crate::gpus::GpuError;
+        use common::proto::gpu::v1::InventoryRequest;
+        use common::proto::gpu::v1::gpu_monitor_client::GpuMonitorClient;
+        let mut client = GpuMonitorClient::new(self.gpu_monitor.clone());
+        let inventory = tokio::time::timeout(Duration::from_secs(5), client.inventory(InventoryRequest {}))
+            .await
+            .map_err(|_| Status::unavailable("gpu_count/gpu_uuids: gpu-monitor did not answer"))?
+            .map_err(|e| Status::unavailable(format!("gpu_count/gpu_uuids: gpu-monitor: {}", e.message())))?
+            .into_inner();
+        let visible = common::config::parse_visible_devices(&self.config.gpu_config.visible_devices)
+            .map_err(|e| Status::failed_precondition(format!("docker.gpu_config.visible_devices: {e}")))?;
+        let candidates = crate::gpus::tenant_gpus(&inventory.gpus, visible.as_deref());
+        let mut in_use = std::collections::BTreeMap::new();
+        for c in self.engine.list_ours().await.map_err(engine_status)? {
+            let labels = c.labels.unwrap_or_default();
+            let owner = labels.get(spec::LABEL_ID).cloned().unwrap_or_default();
+            for uuid in
+                labels.get(spec::LABEL_GPUS).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty())
+            {
+                in_use.insert(uuid.to_owned(), owner.clone());
+            }
+        }
+        crate::gpus::assign(&candidates, &in_use, request.count, &request.uuids).map_err(|e| match e {
+            GpuError::Busy { .. } => Status::failed_precondition(e.to_string()),
+            GpuError::NotEnough { .. } => Status::resource_exhausted(e.to_string()),
+            GpuError::Unknown(_) | GpuError::Both | GpuError::Duplicate(_) => Status::invalid_argument(e.to_string()),
+        })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
 
-    /// The request as a spec: every field checked, limits applied.
-    pub fn spec_from(&self, r: pb::CreateContainerRequest, id: String) -> Result<ContainerSpec, Status> {
+    /// The request as a spec (every field checked, limits applied) and the GPUs it wants.
+    pub fn spec_from(&self, r: pb::CreateContainerRequest, id: String) -> Result<(ContainerSpec, GpuRequest), Status> {
         let image = ImageRef::parse(&r.image, &self.config.registry.url)
             .map_err(|e| Status::invalid_argument(format!("image: {e}")))?;
         self.policy.check(&image).map_err(|e| Status::failed_precondition(format!("image: {e}")))?;
-        if r.gpu_count > 0 || !r.gpu_uuids.is_empty() {
-            let why = if self.config.enable_gpu_passthrough {
-                "GPU assignment is not built into this container-runtime yet"
-            } else {
-                "docker.enable_gpu_passthrough = false on this executor"
-            };
-            return Err(Status::failed_precondition(format!("gpu_count/gpu_uuids: {why}")));
+        let gpus = GpuRequest { count: r.gpu_count, uuids: r.gpu_uuids.clone() };
+        if (gpus.count > 0 || !gpus.uuids.is_empty()) && !self.config.enable_gpu_passthrough {
+            return Err(Status::failed_precondition(
+                "gpu_count/gpu_uuids: docker.enable_gpu_passthrough = false on this executor",
+            ));
         }
         let ports = r
             .ports
@@ -131,11 +177,15 @@ impl Runtime {
             dns: self.config.network_config.dns_servers.clone(),
         };
         if res.gpu_memory_bytes > 0 {
-            return Err(Status::failed_precondition("resources.gpu_memory_bytes: containers get no GPU here"));
+            return Err(Status::failed_precondition(
+                "resources.gpu_memory_bytes: GPU memory limits are not enforced by this build",
+            ));
         }
+        spec.gpu_uuids = gpus.uuids.clone();
         spec.validate().map_err(invalid)?;
+        spec.gpu_uuids.clear();
         spec.apply_limits(&self.config.resource_limits, self.engine.host_cpus()).map_err(invalid)?;
-        Ok(spec)
+        Ok((spec, gpus))
     }
 
     /// Pulls the image unless the engine has it already.
@@ -165,7 +215,7 @@ impl Runtime {
 
     /// Create: validate, pull, then count and create under the lock.
     async fn create_container(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, Status> {
-        let spec = self.spec_from(request, new_id()?)?;
+        let (mut spec, gpus) = self.spec_from(request, new_id()?)?;
         self.ensure_image(&spec.image).await?;
         let _guard = self.create_lock.lock().await;
         let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
@@ -175,12 +225,15 @@ impl Runtime {
                 "docker.max_concurrent_containers = {cap} containers exist already; remove one first"
             )));
         }
+        if gpus.count > 0 || !gpus.uuids.is_empty() {
+            spec.gpu_uuids = self.assign_gpus(&gpus).await?;
+        }
         let network = self.engine.network_for(&spec, &self.config.network_config).await.map_err(engine_status)?;
         if let Err(e) = self.engine.create(&spec, Some(&network)).await {
             let _ = self.engine.remove_network(&spec.id).await;
             return Err(engine_status(e));
         }
-        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %network, "container created");
+        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %network, gpus = ?spec.gpu_uuids, "container created");
         self.describe(&spec.id).await
     }
 

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod engine;
 pub mod firewall;
+pub mod gpus;
 pub mod reaper;
 pub mod reference;
 pub mod spec;
@@ -109,7 +110,8 @@ impl Service for ContainerRuntime {
             Some(device) => tracing::info!(device, "disk I/O limits apply to the device behind Docker's data root"),
             None => tracing::warn!("no block device found behind Docker's data root: disk I/O limits cannot apply"),
         }
-        Ok(Self { docker: engine.docker().clone(), runtime: api::Runtime::new(engine, config.clone()) })
+        let gpu_monitor = ServiceName::GpuMonitor.socket(&ctx.config().runtime_dir);
+        Ok(Self { docker: engine.docker().clone(), runtime: api::Runtime::new(engine, config.clone(), &gpu_monitor) })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
