@@ -748,6 +748,15 @@ impl Config {
         v.issues
     }
 
+    /// The services this configuration runs, in start order (validator-access only when
+    /// `[validator] enabled`).
+    pub fn services(&self) -> Vec<crate::ServiceName> {
+        crate::ServiceName::SUPERVISED
+            .into_iter()
+            .filter(|s| *s != crate::ServiceName::ValidatorAccess || self.validator.enabled)
+            .collect()
+    }
+
     /// Every TCP port the node listens on, with its key: the public ports, the metrics port of
     /// each process that runs, and the validator SSH port when validator access is enabled.
     pub fn listeners(&self) -> Vec<(&'static str, IpAddr, u16)> {
@@ -875,15 +884,18 @@ fn check_endpoint(url: &str, schemes: &[&str]) -> Result<(), String> {
 }
 
 fn origin_of(figment: &Figment, key: &str, file: &Path) -> String {
-    match figment.find_metadata(key) {
-        Some(meta) => match &meta.source {
-            Some(figment::Source::File(path)) => path.display().to_string(),
-            _ if meta.name.contains("environment") => {
-                format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
-            }
-            _ => file.display().to_string(),
-        },
-        None => file.display().to_string(),
+    describe_origin(figment.find_metadata(key), key, file)
+}
+
+/// Where a value came from, as an operator names it: the file, or the environment variable
+/// that sets `key`; values from defaults are blamed on the file.
+fn describe_origin(meta: Option<&figment::Metadata>, key: &str, file: &Path) -> String {
+    match meta.and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => path.display().to_string(),
+        _ if meta.is_some_and(|m| m.name.contains("environment")) => {
+            format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+        }
+        _ => file.display().to_string(),
     }
 }
 
@@ -902,13 +914,7 @@ fn from_figment(error: figment::Error, file: &Path) -> ConfigError {
                 }
                 kind => kind.to_string(),
             };
-            let origin = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
-                Some(figment::Source::File(path)) => path.display().to_string(),
-                _ if e.metadata.as_ref().is_some_and(|m| m.name.contains("environment")) => {
-                    format!("environment variable {ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
-                }
-                _ => file.display().to_string(),
-            };
+            let origin = describe_origin(e.metadata.as_ref(), &key, file);
             ConfigIssue { key, origin, message }
         })
         .collect();

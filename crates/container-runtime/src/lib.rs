@@ -83,7 +83,6 @@ pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
 /// The container-runtime service.
 #[derive(Debug)]
 pub struct ContainerRuntime {
-    docker: Docker,
     runtime: api::Runtime,
 }
 
@@ -111,7 +110,7 @@ impl Service for ContainerRuntime {
             None => tracing::warn!("no block device found behind Docker's data root: disk I/O limits cannot apply"),
         }
         let gpu_monitor = ServiceName::GpuMonitor.socket(&ctx.config().runtime_dir);
-        Ok(Self { docker: engine.docker().clone(), runtime: api::Runtime::new(engine, config.clone(), &gpu_monitor) })
+        Ok(Self { runtime: api::Runtime::new(engine, config.clone(), &gpu_monitor) })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
@@ -148,7 +147,7 @@ impl Service for ContainerRuntime {
                     }
                 }
                 _ = tick.tick() => {
-                    let up = self.docker.ping().await;
+                    let up = self.runtime.engine().docker().ping().await;
                     if was_up != Some(up.is_ok()) {
                         match &up {
                             Ok(_) => tracing::info!(socket = %ctx.config().docker.socket, "Docker engine is up"),

@@ -14,7 +14,6 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::ServiceName;
-use common::config::Config;
 use common::identity::ExecutorIdentity;
 use common::service::{BoxError, Service, ServiceContext};
 use tokio::net::TcpListener;
@@ -23,14 +22,6 @@ use tonic_health::ServingStatus;
 
 /// How long `GET /health` waits for each service.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The services whose health `GET /health` reports, as configured.
-pub fn reported_services(config: &Config) -> Vec<ServiceName> {
-    ServiceName::SUPERVISED
-        .into_iter()
-        .filter(|s| *s != ServiceName::ValidatorAccess || config.validator.enabled)
-        .collect()
-}
 
 /// The executor-api service.
 #[derive(Debug)]
@@ -70,7 +61,9 @@ impl Service for ExecutorApi {
             tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
             ctx.shutdown.clone().cancelled_owned(),
         );
-        let channels: Vec<(ServiceName, Channel)> = reported_services(config)
+        // `GET /health` reports the services this configuration runs.
+        let channels: Vec<(ServiceName, Channel)> = config
+            .services()
             .into_iter()
             .map(|s| (s, common::grpc::unix_channel(&s.socket(&config.runtime_dir))))
             .collect();

@@ -25,14 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::{ChildSpec, LogSink, StatusBoard, Supervision};
 
-/// The services this configuration runs, in start order.
-pub fn services_to_run(config: &Config) -> Vec<ServiceName> {
-    ServiceName::SUPERVISED
-        .into_iter()
-        .filter(|s| *s != ServiceName::ValidatorAccess || config.validator.enabled)
-        .collect()
-}
-
 /// Where the service binaries are: beside the running `executor`.
 pub fn binary_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the executor binary")?;
@@ -109,7 +101,7 @@ pub fn run_server(config_path: &Path, log_level: Option<&str>) -> ExitCode {
 async fn serve(loaded: LoadedConfig, log_level: Option<&str>, logs: LogSink) -> anyhow::Result<()> {
     let config = &loaded.config;
     let started = Instant::now();
-    let services = services_to_run(config);
+    let services = config.services();
     let binaries = service_binaries(&binary_dir()?, &services)?;
     for issue in loaded.not_yet_enforced() {
         tracing::warn!("config: {issue}");

@@ -59,7 +59,7 @@ pub async fn checks(loaded: &LoadedConfig) -> Vec<Check> {
     });
     checks.extend(port_checks(config));
 
-    let services = crate::services_to_run(config);
+    let services = config.services();
     let dir = match crate::binary_dir() {
         Ok(dir) => dir,
         Err(e) => {
