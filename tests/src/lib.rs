@@ -130,6 +130,12 @@ shutdown_timeout = "5s"
     }
 }
 
+/// Tests run container-runtime without spare networks (a config override from the
+/// environment): a test that fails half-way, or a service killed with SIGKILL, would leave
+/// them behind, and a host has room for only a few dozen bridge networks. The pool has a test
+/// of its own that stops the service properly.
+pub const NO_SPARE_NETWORKS: (&str, &str) = ("EXECUTOR_DOCKER__NETWORK_CONFIG__SPARE_NETWORKS", "0");
+
 /// A running `executor --server`.
 #[derive(Debug)]
 pub struct Node {
@@ -146,7 +152,11 @@ impl Node {
 
     /// As [`Node::start`], with the binaries in `bin` (e.g. `target/release`).
     pub async fn start_from(bin: &Path, config: TestConfig) -> Self {
-        let spec = ProcessSpec::new(bin.join("executor")).arg("--server").arg("--config").arg(&config.path);
+        let spec = ProcessSpec::new(bin.join("executor"))
+            .arg("--server")
+            .arg("--config")
+            .arg(&config.path)
+            .env(NO_SPARE_NETWORKS.0, NO_SPARE_NETWORKS.1);
         let mut child = spec.spawn_supervised().expect("start executor");
         let mut stdout = child.stdout.take().expect("stdout");
         let mut stderr = child.stderr.take().expect("stderr");
@@ -319,4 +329,89 @@ pub async fn busybox_image() -> bool {
         .expect("docker build");
     assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
     true
+}
+
+/// Helpers for tests of container-runtime as a process on its socket.
+pub mod runtime {
+    use std::time::Duration;
+
+    use common::ServiceName;
+    use common::process::ProcessSpec;
+    use common::proto::runtime::v1 as pb;
+    use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
+    use tonic::transport::Channel;
+
+    use crate::{BUSYBOX_IMAGE, TestConfig, wait_serving};
+
+    pub type Client = ContainerRuntimeClient<Channel>;
+
+    /// Starts the container-runtime binary on `config` and waits until it is SERVING.
+    pub async fn start_service(config: &TestConfig) -> (tokio::process::Child, Client) {
+        let child = ProcessSpec::new(crate::binary("container-runtime"))
+            .arg("--config")
+            .arg(&config.path)
+            .env(crate::NO_SPARE_NETWORKS.0, crate::NO_SPARE_NETWORKS.1)
+            .spawn_supervised()
+            .expect("start container-runtime");
+        let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
+        wait_serving(&socket, Duration::from_secs(30)).await.expect("container-runtime serving");
+        (child, ContainerRuntimeClient::new(common::grpc::unix_channel(&socket)))
+    }
+
+    /// A create request for the test image running `sh -c command`, small limits, a TTL.
+    pub fn request(command: &str) -> pb::CreateContainerRequest {
+        pb::CreateContainerRequest {
+            image: BUSYBOX_IMAGE.into(),
+            command: vec!["sh".into(), "-c".into(), command.into()],
+            resources: Some(pb::ResourceRequest { memory_bytes: 64 << 20, cpu_cores: 0.5, ..Default::default() }),
+            owner: crate::ALICE.into(),
+            ttl_seconds: 600,
+            ..Default::default()
+        }
+    }
+
+    /// Creates and starts `request`.
+    pub async fn run(client: &mut Client, request: pb::CreateContainerRequest) -> pb::Container {
+        let created = client.create(request).await.expect("create").into_inner();
+        client.start(pb::ContainerRef { id: created.id.clone() }).await.expect("start").into_inner()
+    }
+
+    /// `sh -c script` inside container `id` (20 s at most).
+    pub async fn exec(client: &mut Client, id: &str, script: &str) -> pb::ExecResponse {
+        let request = pb::ExecRequest {
+            id: id.to_owned(),
+            command: vec!["sh".into(), "-c".into(), script.to_owned()],
+            timeout_seconds: 20,
+            max_output_bytes: 0,
+        };
+        client.exec(request).await.expect("exec").into_inner()
+    }
+
+    /// Removes every container of this service.
+    pub async fn remove_all(client: &mut Client) {
+        let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.expect("list");
+        for c in all.into_inner().containers {
+            client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await.expect("remove");
+        }
+    }
+
+    /// Runs `docker args...`: (success, stdout trimmed).
+    pub async fn docker(args: &[&str]) -> (bool, String) {
+        let out = ProcessSpec::new("docker")
+            .args(args.iter().copied())
+            .output(Duration::from_secs(120), 1 << 20)
+            .await
+            .expect("docker");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// The IFB device that carries a container's upload shaping (`bif-` + the id's last 11).
+    pub fn ifb_name(id: &str) -> String {
+        format!("bif-{}", &id[id.len().saturating_sub(11)..])
+    }
+
+    /// `docker inspect -f format id`.
+    pub async fn inspect(id: &str, format: &str) -> String {
+        docker(&["inspect", "-f", format, id]).await.1
+    }
 }

@@ -1,5 +1,5 @@
 //! container-runtime as a process, over its socket, on the real Docker engine: the container
-//! lifecycle, logs, exec, stats, bad input naming its field, the concurrency cap under
+//! lifecycle, logs, exec, stats, bad input naming its field, the concurrency cap under 50
 //! parallel creates, foreign containers left alone, and nothing lost across `kill -9`.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
@@ -9,40 +9,10 @@ use std::time::Duration;
 use common::ServiceName;
 use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
-use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
+use e2e::runtime::{docker, inspect, remove_all, request, start_service};
 use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image, wait_serving};
 use tokio_stream::StreamExt;
 use tonic::Code;
-use tonic::transport::Channel;
-
-async fn start_service(config: &TestConfig) -> (tokio::process::Child, ContainerRuntimeClient<Channel>) {
-    let child = ProcessSpec::new(e2e::binary("container-runtime"))
-        .arg("--config")
-        .arg(&config.path)
-        .spawn_supervised()
-        .unwrap();
-    let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
-    wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
-    (child, ContainerRuntimeClient::new(common::grpc::unix_channel(&socket)))
-}
-
-fn request(command: &str) -> pb::CreateContainerRequest {
-    pb::CreateContainerRequest {
-        image: BUSYBOX_IMAGE.into(),
-        command: vec!["sh".into(), "-c".into(), command.into()],
-        resources: Some(pb::ResourceRequest { memory_bytes: 64 << 20, cpu_cores: 0.5, ..Default::default() }),
-        owner: "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into(),
-        ttl_seconds: 600,
-        ..Default::default()
-    }
-}
-
-async fn remove_all(client: &mut ContainerRuntimeClient<Channel>) {
-    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap().into_inner();
-    for c in all.containers {
-        client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await.unwrap();
-    }
-}
 
 #[tokio::test]
 async fn lifecycle_logs_exec_stats_and_bad_input() {
@@ -162,7 +132,7 @@ async fn the_cap_is_exact_under_parallel_creates_and_state_survives_kill_9() {
         .unwrap();
     assert!(out.status.success());
 
-    let creates = (0..12).map(|_| {
+    let creates = (0..50).map(|_| {
         let mut c = client.clone();
         tokio::spawn(async move { c.create(request("sleep 60")).await })
     });
@@ -177,6 +147,13 @@ async fn the_cap_is_exact_under_parallel_creates_and_state_survives_kill_9() {
     let listed = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap().into_inner();
     assert_eq!(listed.containers.len(), 4);
     assert_eq!(client.get(pb::ContainerRef { id: foreign.clone() }).await.unwrap_err().code(), Code::NotFound);
+    // Nothing leaked from the 46 refused creates: one network per container.
+    let identity =
+        common::identity::ExecutorIdentity::load(&config.dir.path().join("data").join(common::identity::IDENTITY_FILE))
+            .unwrap();
+    let filter = format!("label=ai.basilica.executor.executor_id={}", identity.executor_id());
+    let (_, networks) = docker(&["network", "ls", "-q", "--filter", &filter]).await;
+    assert_eq!(networks.lines().count(), 4, "{networks}");
 
     // kill -9 and a new process: Docker is the source of truth, nothing is lost.
     service.start_kill().unwrap();
@@ -246,15 +223,23 @@ async fn tenants_are_isolated_and_offline_by_default() {
         .await
         .unwrap();
     assert!(rule.status.success(), "host firewall rule missing");
-    // Each container has its own network, removed with it.
+    // Each container has its own network, shaped to network_bps both ways, all removed with it.
+    let mut networks = Vec::new();
     for id in &ids {
+        let network = inspect(id, "{{index .Config.Labels \"ai.basilica.executor.network\"}}").await;
+        assert!(network.starts_with("basilica-n-"), "{network}");
+        assert_eq!(inspect(id, "{{.HostConfig.NetworkMode}}").await, network);
+        networks.push(network);
+        let ifb = e2e::runtime::ifb_name(id);
+        let (_, tc) = tc(&["qdisc", "show", "dev", &ifb]).await;
+        assert!(tc.contains("tbf") && tc.contains("rate 838860Kbit"), "{tc}");
+    }
+    assert_ne!(networks[0], networks[1]);
+    for (id, network) in ids.iter().zip(&networks) {
         client.remove(pb::RemoveContainerRequest { id: id.clone(), force: true }).await.unwrap();
-        let out = ProcessSpec::new("docker")
-            .args(["network", "inspect", &format!("basilica-{id}")])
-            .output(Duration::from_secs(30), 1 << 12)
-            .await
-            .unwrap();
-        assert!(!out.status.success(), "network of {id} left behind");
+        assert!(!docker(&["network", "inspect", network]).await.0, "network of {id} left behind");
+        let ifb = e2e::runtime::ifb_name(id);
+        assert!(!std::path::Path::new("/sys/class/net").join(&ifb).exists(), "{ifb} left behind");
     }
 }
 
@@ -286,8 +271,18 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // A shaping device of ours whose container is gone (another executor's would carry its id).
+    let device = format!("bif-orph{}", std::process::id() % 10_000_000);
+    for args in [
+        vec!["link", "add", &device, "type", "ifb"],
+        vec!["link", "set", "dev", &device, "alias", &identity.executor_id()],
+    ] {
+        let out = ProcessSpec::new("ip").args(args).output(Duration::from_secs(20), 1 << 12).await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
+        let device_gone = !std::path::Path::new("/sys/class/net").join(&device).exists();
         let gone = client.get(pb::ContainerRef { id: c.id.clone() }).await.is_err_and(|e| e.code() == Code::NotFound);
         let net = ProcessSpec::new("docker")
             .args(["network", "inspect", &orphan])
@@ -298,10 +293,10 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
         let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
         let counted = metrics.contains("executor_container_runtime_reaped_total{reason=\"ttl\"} 1")
             && metrics.contains("executor_container_runtime_reaped_total{reason=\"orphan_network\"} 1");
-        if gone && !net.status.success() && counted {
+        if gone && !net.status.success() && counted && device_gone {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "expired container or orphan network still there");
+        assert!(std::time::Instant::now() < deadline, "expired container, orphan network or device still there");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The container without a TTL stays.
@@ -385,4 +380,9 @@ async fn gpus_are_assigned_by_uuid_once_and_released_on_removal() {
     assert_eq!(both.gpu_uuids, vec![a.to_owned(), c.to_owned()]);
     remove_all(&mut client).await;
     drop(monitor);
+}
+
+async fn tc(args: &[&str]) -> (bool, String) {
+    let out = ProcessSpec::new("tc").args(args.iter().copied()).output(Duration::from_secs(20), 1 << 16).await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }

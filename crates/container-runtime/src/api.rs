@@ -3,6 +3,7 @@
 //! (their name) and must carry this executor's labels: a foreign container is NOT_FOUND.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,8 +18,11 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError};
+use crate::netpool::NetworkPool;
 use crate::reference::{ImageRef, RegistryPolicy};
+use crate::shaping::ShapingError;
 use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
+use crate::stops::StopReasons;
 
 /// Longest an exec may run, and the most output it returns per stream, when the request says 0.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,6 +35,13 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct Runtime {
     engine: Engine,
     config: DockerConfig,
+    /// Spare networks for isolated containers; None without isolation.
+    pool: Option<NetworkPool>,
+    stops: StopReasons,
+    /// `data_dir` and `runtime_dir`: never bind-mounted.
+    protected: Vec<PathBuf>,
+    /// Whether `network_bps` can be enforced here (see `shaping::probe`), and if not why.
+    shaping: Result<(), ShapingError>,
     policy: RegistryPolicy,
     /// Held while counting, assigning GPUs and creating, so the cap is exact and no GPU is
     /// given twice under concurrent creates.
@@ -81,10 +92,152 @@ fn engine_status(e: EngineError) -> Status {
 }
 
 impl Runtime {
-    pub fn new(engine: Engine, config: DockerConfig, gpu_monitor_socket: &std::path::Path) -> Self {
-        let policy = RegistryPolicy::new(&config.registry.allowed_registries);
-        let gpu_monitor = common::grpc::unix_channel(gpu_monitor_socket);
-        Self { engine, config, policy, create_lock: Arc::new(Mutex::new(())), gpu_monitor }
+    /// The service for `config`; `shaping` is what `shaping::probe` found on this host.
+    pub fn new(
+        engine: Engine,
+        config: &common::config::Config,
+        shaping: Result<(), ShapingError>,
+    ) -> std::io::Result<Self> {
+        let docker = config.docker.clone();
+        let policy = RegistryPolicy::new(&docker.registry.allowed_registries);
+        let gpu_monitor = common::grpc::unix_channel(&common::ServiceName::GpuMonitor.socket(&config.runtime_dir));
+        let pool = docker.network_config.enable_isolation.then(|| {
+            NetworkPool::new(engine.clone(), docker.network_config.allow_internet, docker.network_config.spare_networks)
+        });
+        Ok(Self {
+            engine,
+            policy,
+            create_lock: Arc::new(Mutex::new(())),
+            gpu_monitor,
+            pool,
+            stops: StopReasons::open(&config.data_dir)?,
+            protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
+            shaping,
+            config: docker,
+        })
+    }
+
+    pub fn pool(&self) -> Option<&NetworkPool> {
+        self.pool.as_ref()
+    }
+
+    /// Removes a container of ours and what goes with it: its network (`network`, may be
+    /// empty), its shaping device, its recorded stop reason.
+    pub async fn remove_everything(&self, id: &str, network: &str) -> Result<(), EngineError> {
+        self.engine.remove(id, true).await?;
+        if !network.is_empty() {
+            self.engine.remove_network(network).await?;
+        }
+        if let Err(e) = crate::shaping::release(id).await {
+            tracing::warn!(id, error = %e, "cannot remove the container's shaping device");
+        }
+        self.stops.forget(id);
+        Ok(())
+    }
+
+    /// Shapes a running container to its `network_bps` (from its label); containers without a
+    /// network are left alone.
+    async fn shape(&self, inspect: &ContainerInspectResponse) -> Result<(), ShapingError> {
+        let id = inspect.name.as_deref().unwrap_or_default().trim_start_matches('/');
+        let mode = inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()).unwrap_or("none");
+        if mode == "none" {
+            return Ok(());
+        }
+        let labels = inspect.config.as_ref().and_then(|c| c.labels.as_ref());
+        let rate = labels
+            .and_then(|l| l.get(spec::LABEL_NETWORK_BPS))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(self.config.resource_limits.network_bps);
+        let pid = inspect.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
+        let pid = pid.ok_or_else(|| ShapingError(format!("container {id} has no running process")))?;
+        self.shaping.clone()?;
+        let veth = crate::shaping::apply(id, pid, rate, self.engine.executor_id()).await?;
+        tracing::info!(id, veth, rate, "network shaped");
+        Ok(())
+    }
+
+    /// At start: adopt the spare networks a previous run left, and shape the running containers
+    /// again (shaping is idempotent).
+    pub async fn reconcile(&self) -> Result<(), EngineError> {
+        let containers = self.engine.list_ours().await?;
+        if let Some(pool) = &self.pool {
+            let in_use = containers
+                .iter()
+                .filter_map(|c| c.labels.as_ref()?.get(spec::LABEL_NETWORK).cloned())
+                .collect::<std::collections::HashSet<_>>();
+            pool.adopt(&in_use).await?;
+            pool.refill_in_background();
+        }
+        for c in containers {
+            let Some(id) = c.labels.as_ref().and_then(|l| l.get(spec::LABEL_ID)).cloned() else { continue };
+            if c.state != Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+                continue;
+            }
+            if let Ok(inspect) = self.ours(&id).await
+                && let Err(e) = self.shape(&inspect).await
+            {
+                tracing::error!(id, error = %e, "cannot shape a running container again; stopping it");
+                let _ = self.engine.stop(&id, 10).await;
+            }
+        }
+        tracing::info!(spare_networks = self.pool.as_ref().map_or(0, |p| p.held().len()), "reconciled with Docker");
+        Ok(())
+    }
+
+    /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
+    /// over its limit, recording why. Returns the ids stopped.
+    pub async fn enforce_gpu_memory(&self) -> Result<Vec<String>, Status> {
+        use common::proto::gpu::v1::gpu_monitor_client::GpuMonitorClient;
+        use common::proto::gpu::v1::{GpuProcessesRequest, InventoryRequest};
+        let mut client = GpuMonitorClient::new(self.gpu_monitor.clone());
+        let ask = Duration::from_secs(5);
+        let processes = tokio::time::timeout(ask, client.gpu_processes(GpuProcessesRequest {}))
+            .await
+            .map_err(|_| Status::unavailable("gpu-monitor did not answer"))??
+            .into_inner()
+            .processes;
+        if processes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inventory = tokio::time::timeout(ask, client.inventory(InventoryRequest {}))
+            .await
+            .map_err(|_| Status::unavailable("gpu-monitor did not answer"))??
+            .into_inner();
+        let tenants: Vec<crate::gpu_memory::Tenant> = self
+            .engine
+            .list_ours()
+            .await
+            .map_err(engine_status)?
+            .into_iter()
+            .filter(|c| c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|c| {
+                let labels = c.labels?;
+                Some(crate::gpu_memory::Tenant {
+                    id: labels.get(spec::LABEL_ID)?.clone(),
+                    docker_id: c.id?,
+                    limit_bytes: labels
+                        .get(spec::LABEL_GPU_MEMORY)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(self.config.resource_limits.gpu_memory_bytes),
+                })
+            })
+            .collect();
+        let mut stopped = Vec::new();
+        let fraction = self.config.gpu_config.memory_fraction;
+        for v in crate::gpu_memory::violations(&tenants, &processes, &inventory.gpus, fraction) {
+            tracing::warn!(id = %v.id, reason = %v.reason, "stopping a container over its GPU memory limit");
+            if let Err(e) = self.stops.record(&v.id, &v.reason) {
+                tracing::error!(id = %v.id, error = %e, "cannot record the stop reason");
+            }
+            match self.engine.stop(&v.id, 10).await {
+                Ok(()) => {
+                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "gpu_memory").increment(1);
+                    stopped.push(v.id);
+                }
+                Err(e) => tracing::error!(id = %v.id, error = %e, "cannot stop a container over its GPU memory limit"),
+            }
+        }
+        Ok(stopped)
     }
 
     /// Assigns GPUs for `request` (the create lock is held by the caller).
@@ -154,6 +307,23 @@ impl Runtime {
                 })
             })
             .collect::<Result<Vec<_>, Status>>()?;
+        let mounts = r
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let protected: Vec<&std::path::Path> = self.protected.iter().map(PathBuf::as_path).collect();
+                spec::check_mount(
+                    i,
+                    &m.host_path,
+                    &m.container_path,
+                    m.read_only,
+                    &self.config.allowed_host_paths,
+                    &protected,
+                )
+                .map_err(|e| Status::failed_precondition(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
         let res = r.resources.unwrap_or_default();
         let mut spec = ContainerSpec {
             id,
@@ -168,19 +338,17 @@ impl Runtime {
                 cpu_cores: res.cpu_cores,
                 disk_io_bps: res.disk_io_bps,
                 network_bps: res.network_bps,
+                gpu_memory_bytes: res.gpu_memory_bytes,
                 pids: res.pids,
             },
+            mounts,
             gpu_uuids: Vec::new(),
             ttl: (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds)),
             owner: r.owner,
             created_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             dns: self.config.network_config.dns_servers.clone(),
+            network: None,
         };
-        if res.gpu_memory_bytes > 0 {
-            return Err(Status::failed_precondition(
-                "resources.gpu_memory_bytes: GPU memory limits are not enforced by this build",
-            ));
-        }
         spec.gpu_uuids = gpus.uuids.clone();
         spec.validate().map_err(invalid)?;
         spec.gpu_uuids.clear();
@@ -216,6 +384,10 @@ impl Runtime {
     /// Create: validate, pull, then count and create under the lock.
     async fn create_container(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, Status> {
         let (mut spec, gpus) = self.spec_from(request, new_id()?)?;
+        let online = self.config.network_config.enable_isolation || self.config.network_config.allow_internet;
+        if online && let Err(e) = &self.shaping {
+            return Err(Status::failed_precondition(e.to_string()));
+        }
         self.ensure_image(&spec.image).await?;
         let _guard = self.create_lock.lock().await;
         let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
@@ -228,12 +400,25 @@ impl Runtime {
         if gpus.count > 0 || !gpus.uuids.is_empty() {
             spec.gpu_uuids = self.assign_gpus(&gpus).await?;
         }
-        let network = self.engine.network_for(&spec, &self.config.network_config).await.map_err(engine_status)?;
-        if let Err(e) = self.engine.create(&spec, Some(&network)).await {
-            let _ = self.engine.remove_network(&spec.id).await;
-            return Err(engine_status(e));
+        let net = &self.config.network_config;
+        let mode = match &self.pool {
+            Some(pool) => {
+                let name = pool.take().await.map_err(engine_status)?;
+                spec.network = Some(name.clone());
+                name
+            }
+            None if net.allow_internet => "bridge".to_owned(),
+            None => "none".to_owned(),
+        };
+        let created = self.engine.create(&spec, Some(&mode)).await;
+        if let (Some(pool), Some(name)) = (&self.pool, &spec.network) {
+            if created.is_err() {
+                let _ = self.engine.remove_network(name).await;
+            }
+            pool.settled(name);
         }
-        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %network, gpus = ?spec.gpu_uuids, "container created");
+        created.map_err(engine_status)?;
+        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %mode, gpus = ?spec.gpu_uuids, "container created");
         self.describe(&spec.id).await
     }
 
@@ -258,7 +443,9 @@ impl Runtime {
     }
 
     async fn describe(&self, id: &str) -> Result<pb::Container, Status> {
-        Ok(to_proto(&self.ours(id).await?))
+        let mut container = to_proto(&self.ours(id).await?);
+        container.stop_reason = self.stops.get(id).unwrap_or_default();
+        Ok(container)
     }
 }
 
@@ -330,6 +517,13 @@ impl RuntimeApi for Runtime {
         let id = request.into_inner().id;
         self.ours(&id).await?;
         self.engine.start(&id).await.map_err(engine_status)?;
+        self.stops.forget(&id);
+        // Never leave a container running unshaped.
+        if let Err(e) = self.shape(&self.ours(&id).await?).await {
+            tracing::error!(id, error = %e, "cannot shape the container; stopping it");
+            let _ = self.engine.stop(&id, 0).await;
+            return Err(Status::failed_precondition(e.to_string()));
+        }
         self.describe(&id).await.map(Response::new)
     }
 
@@ -354,9 +548,18 @@ impl RuntimeApi for Runtime {
         request: Request<pb::RemoveContainerRequest>,
     ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
         let r = request.into_inner();
-        self.ours(&r.id).await?;
-        self.engine.remove(&r.id, r.force).await.map_err(engine_status)?;
-        self.engine.remove_network(&r.id).await.map_err(engine_status)?;
+        let inspect = self.ours(&r.id).await?;
+        let network = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(spec::LABEL_NETWORK).cloned())
+            .unwrap_or_default();
+        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if running && !r.force {
+            return Err(Status::failed_precondition(format!("container {} is running; stop it or use force", r.id)));
+        }
+        self.remove_everything(&r.id, &network).await.map_err(engine_status)?;
         tracing::info!(id = %r.id, "container removed");
         Ok(Response::new(pb::RemoveContainerResponse {}))
     }

@@ -10,7 +10,7 @@ use bollard::models::ContainerSummary;
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
 };
-use common::config::{DockerConfig, NetworkConfig};
+use common::config::DockerConfig;
 
 use crate::spec::{ContainerSpec, LABEL_EXECUTOR, LABEL_MANAGED};
 
@@ -23,6 +23,8 @@ pub enum EngineError {
     Docker { id: String, source: bollard::errors::Error },
     #[error("Docker engine: {0}")]
     Engine(bollard::errors::Error),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// A connected engine and what every container needs from the host.
@@ -63,43 +65,41 @@ impl Engine {
         self.disk_device.as_deref()
     }
 
-    /// The network a container joins under `[docker.network_config]`: its own bridge network
-    /// when isolated (internal, so no egress at all, without `allow_internet`); Docker's
-    /// default bridge when not isolated but online; no network at all otherwise. Creates the
-    /// container's own network when needed.
-    pub async fn network_for(&self, spec: &ContainerSpec, config: &NetworkConfig) -> Result<String, EngineError> {
-        if !config.enable_isolation {
-            return Ok(if config.allow_internet { "bridge" } else { "none" }.to_owned());
-        }
-        let name = network_name(&spec.id);
-        let labels = HashMap::from([
+    /// Creates one of our tenant networks: a bridge named `bas-…` (the prefix the host firewall
+    /// rules match, see `firewall`), no inter-container traffic even within it, internal (no
+    /// route out) unless `internet`. `labels` are added to ours.
+    pub async fn create_network(
+        &self,
+        name: &str,
+        internet: bool,
+        labels: HashMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let mut all = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_EXECUTOR.to_owned(), self.executor_id.clone()),
-            (crate::spec::LABEL_ID.to_owned(), spec.id.clone()),
-            (crate::spec::LABEL_CREATED.to_owned(), spec.created_at.to_string()),
+            (crate::spec::LABEL_CREATED.to_owned(), crate::reaper::now_secs().to_string()),
         ]);
+        all.extend(labels);
         let request = bollard::models::NetworkCreateRequest {
-            name: name.clone(),
+            name: name.to_owned(),
             driver: Some("bridge".into()),
-            internal: Some(!config.allow_internet),
-            labels: Some(labels),
-            // No inter-container traffic even within the network; the bridge name carries the
-            // prefix the host firewall rules match (see `firewall`).
+            internal: Some(!internet),
+            labels: Some(all),
             options: Some(HashMap::from([
                 ("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned()),
-                ("com.docker.network.bridge.name".to_owned(), crate::firewall::bridge_name(&spec.id)),
+                ("com.docker.network.bridge.name".to_owned(), crate::firewall::bridge_name(name)),
             ])),
             ..Default::default()
         };
         self.docker
             .create_network(request)
             .await
-            .map_err(|source| EngineError::Docker { id: spec.id.clone(), source })?;
-        Ok(name)
+            .map_err(|source| EngineError::Docker { id: name.to_owned(), source })?;
+        Ok(())
     }
 
-    /// Our networks: (container id, creation time).
-    pub async fn our_networks(&self) -> Result<Vec<(String, Option<std::time::SystemTime>)>, EngineError> {
+    /// Our networks: (name, labels, whether internal).
+    pub async fn our_networks(&self) -> Result<Vec<OurNetwork>, EngineError> {
         let filters = HashMap::from([(
             "label".to_owned(),
             vec![format!("{LABEL_MANAGED}=true"), format!("{LABEL_EXECUTOR}={}", self.executor_id)],
@@ -109,19 +109,33 @@ impl Engine {
         Ok(networks
             .into_iter()
             .filter_map(|n| {
-                let id = n.labels.as_ref()?.get(crate::spec::LABEL_ID)?.clone();
+                let labels = n.labels.unwrap_or_default();
                 // Our own creation label: parsing Docker's timestamp format is not needed.
-                let created = n.labels.as_ref()?.get(crate::spec::LABEL_CREATED)?.parse::<u64>().ok();
-                Some((id, created.map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))))
+                let created = labels
+                    .get(crate::spec::LABEL_CREATED)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+                Some(OurNetwork { name: n.name?, created, internal: n.internal.unwrap_or(false) })
             })
             .collect())
     }
 
-    /// Removes a container's own network; one that is already gone is fine.
-    pub async fn remove_network(&self, id: &str) -> Result<(), EngineError> {
-        match self.docker.remove_network(&network_name(id)).await {
+    /// Names of our networks made for the pool.
+    pub async fn our_pool_networks(&self) -> Result<Vec<String>, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_owned(),
+            vec![format!("{}=true", crate::netpool::LABEL_POOL), format!("{LABEL_EXECUTOR}={}", self.executor_id)],
+        )]);
+        let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
+        let networks = self.docker.list_networks(Some(options)).await.map_err(EngineError::Engine)?;
+        Ok(networks.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    /// Removes one of our networks; one that is already gone is fine.
+    pub async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
-            Err(source) => Err(EngineError::Docker { id: id.to_owned(), source }),
+            Err(source) => Err(EngineError::Docker { id: name.to_owned(), source }),
         }
     }
 
@@ -173,9 +187,12 @@ impl Engine {
     }
 }
 
-/// The name of a container's own network.
-pub fn network_name(id: &str) -> String {
-    format!("basilica-{id}")
+/// A tenant network of this executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurNetwork {
+    pub name: String,
+    pub created: Option<std::time::SystemTime>,
+    pub internal: bool,
 }
 
 /// `/dev/<disk>` holding `path`: its device number, then the whole disk when it is a partition.

@@ -1,20 +1,26 @@
 //! container-runtime: tenant containers on the Docker engine. The only crate that links
 //! `bollard`.
 //!
-//! This build serves the container API of `proto/executor/container_runtime.proto` on its
-//! socket ([`api`]): hardened containers ([`spec`]) from allowed registries ([`reference`]) on
-//! the engine ([`engine`]), within the configured limits. It also watches whether the engine
-//! answers (`executor_container_runtime_docker_up`) and checks the engine for `executor
-//! validate`. Not built yet: GPU assignment, per-container networks and shaping, the TTL
-//! reaper and reconciliation, image signatures.
+//! It serves the container API of `proto/executor/container_runtime.proto` on its socket
+//! ([`api`]): hardened containers ([`spec`]) from allowed registries ([`reference`]) on the
+//! engine ([`engine`]), within the configured limits: GPUs by UUID ([`gpus`]), a network of
+//! their own ([`netpool`], [`firewall`]) shaped to `network_bps` ([`shaping`]), GPU memory
+//! watched ([`gpu_memory`]). Docker is the only state: on start it reconciles, and the
+//! [`reaper`] removes what expired. It also watches whether the engine answers
+//! (`executor_container_runtime_docker_up`) and checks the engine for `executor validate`.
+//! Not built yet: image signatures.
 
 pub mod api;
 pub mod engine;
 pub mod firewall;
+pub mod gpu_memory;
 pub mod gpus;
+pub mod netpool;
 pub mod reaper;
 pub mod reference;
+pub mod shaping;
 pub mod spec;
+pub mod stops;
 
 use std::time::Duration;
 
@@ -109,8 +115,13 @@ impl Service for ContainerRuntime {
             Some(device) => tracing::info!(device, "disk I/O limits apply to the device behind Docker's data root"),
             None => tracing::warn!("no block device found behind Docker's data root: disk I/O limits cannot apply"),
         }
-        let gpu_monitor = ServiceName::GpuMonitor.socket(&ctx.config().runtime_dir);
-        Ok(Self { runtime: api::Runtime::new(engine, config.clone(), &gpu_monitor) })
+        let shaping = shaping::probe().await;
+        if let Err(e) = &shaping {
+            tracing::error!(error = %e, "network_bps cannot be enforced: creates of containers with a network will fail");
+        }
+        let runtime = api::Runtime::new(engine, ctx.config(), shaping)?;
+        runtime.reconcile().await?;
+        Ok(Self { runtime })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
@@ -126,6 +137,15 @@ impl Service for ContainerRuntime {
         let mut reap = tokio::time::interval(ctx.config().docker.reap_interval);
         reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_up = None;
+        // GPU memory limits are checked as often as gpu-monitor collects.
+        let mut gpu_watch = tokio::time::interval(ctx.config().system.update_interval);
+        gpu_watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watch_gpus = ctx.config().docker.enable_gpu_passthrough;
+        let mut gpu_monitor_ok = true;
+        metrics::describe_counter!(
+            "executor_container_runtime_stops_total",
+            "Containers the executor stopped, by reason (gpu_memory: over its GPU memory limit)."
+        );
         metrics::describe_counter!(
             "executor_container_runtime_reaped_total",
             "Containers (TTL) and networks (orphans) removed by the reaper."
@@ -142,9 +162,16 @@ impl Service for ContainerRuntime {
         loop {
             tokio::select! {
                 _ = reap.tick() => {
-                    if let Err(e) = reaper::reap_once(self.runtime.engine()).await {
+                    if let Err(e) = reaper::reap_once(&self.runtime).await {
                         tracing::warn!(error = %e, "reaper round failed");
                     }
+                }
+                _ = gpu_watch.tick(), if watch_gpus => {
+                    let result = self.runtime.enforce_gpu_memory().await;
+                    if let Err(e) = &result && gpu_monitor_ok {
+                        tracing::warn!(error = %e.message(), "cannot check GPU memory limits (gpu-monitor)");
+                    }
+                    gpu_monitor_ok = result.is_ok();
                 }
                 _ = tick.tick() => {
                     let up = self.runtime.engine().docker().ping().await;
@@ -157,7 +184,12 @@ impl Service for ContainerRuntime {
                     was_up = Some(up.is_ok());
                     metrics::gauge!("executor_container_runtime_docker_up").set(if up.is_ok() { 1.0 } else { 0.0 });
                 }
-                () = ctx.shutdown.cancelled() => return Ok(()),
+                () = ctx.shutdown.cancelled() => {
+                    if let Some(pool) = self.runtime.pool() {
+                        pool.drain().await;
+                    }
+                    return Ok(());
+                }
             }
         }
     }

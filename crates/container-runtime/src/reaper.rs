@@ -2,14 +2,13 @@
 //! and removes what should not be there any more. Containers past their TTL are stopped and
 //! removed (one log line and a count per container); networks of ours whose container is gone
 //! (a create that failed half-way, a container removed by hand) are removed after a grace
-//! period. Unlabelled containers and other executors' are never touched. It also keeps the
-//! per-state container gauges.
+//! period; so are the shaping devices of containers that are gone. Unlabelled containers and
+//! other executors' are never touched. It also keeps the per-state container gauges.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime};
 
-use crate::engine::Engine;
-use crate::spec::{LABEL_CREATED, LABEL_ID, LABEL_TTL};
+use crate::spec::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL};
 
 /// A network without its container is left alone this long (its container may be being
 /// created right now).
@@ -20,30 +19,34 @@ pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 pub struct Reaped {
     pub expired: Vec<String>,
     pub orphan_networks: Vec<String>,
+    pub orphan_devices: Vec<String>,
 }
 
-fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One round.
-pub async fn reap_once(engine: &Engine) -> Result<Reaped, crate::engine::EngineError> {
+pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::engine::EngineError> {
+    let engine = runtime.engine();
     let mut reaped = Reaped::default();
     let now = now_secs();
     let containers = engine.list_ours().await?;
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
+    // Networks that live containers name, and those the pool holds: never orphans.
+    let mut in_use: HashSet<String> = runtime.pool().map(|p| p.held()).unwrap_or_default();
     let mut live: HashSet<String> = HashSet::new();
     for c in &containers {
         let labels = c.labels.clone().unwrap_or_default();
         let Some(id) = labels.get(LABEL_ID).cloned() else { continue };
         let created: u64 = labels.get(LABEL_CREATED).and_then(|v| v.parse().ok()).unwrap_or(0);
         let ttl: u64 = labels.get(LABEL_TTL).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let network = labels.get(LABEL_NETWORK).cloned().unwrap_or_default();
         if ttl > 0 && created + ttl <= now {
             tracing::info!(id = %id, ttl, "container reached its TTL; removing it");
             let _ = engine.stop(&id, 10).await;
-            match engine.remove(&id, true).await {
+            match runtime.remove_everything(&id, &network).await {
                 Ok(()) => {
-                    let _ = engine.remove_network(&id).await;
                     metrics::counter!("executor_container_runtime_reaped_total", "reason" => "ttl").increment(1);
                     reaped.expired.push(id);
                 }
@@ -51,6 +54,7 @@ pub async fn reap_once(engine: &Engine) -> Result<Reaped, crate::engine::EngineE
             }
             continue;
         }
+        in_use.insert(network);
         live.insert(id);
         let state = c.state.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
         *by_state.entry(state).or_default() += 1;
@@ -59,15 +63,22 @@ pub async fn reap_once(engine: &Engine) -> Result<Reaped, crate::engine::EngineE
         let n = by_state.get(state).copied().unwrap_or(0);
         metrics::gauge!("executor_container_runtime_containers", "state" => state).set(n as f64);
     }
-    for (id, created) in engine.our_networks().await? {
+    for network in engine.our_networks().await? {
         // Without a creation label the network is not ours to judge: leave it.
-        let old_enough = created.is_some_and(|t| t.elapsed().unwrap_or_default() >= ORPHAN_GRACE);
-        if !live.contains(&id) && old_enough {
-            tracing::info!(id = %id, "network without its container; removing it");
-            if engine.remove_network(&id).await.is_ok() {
+        let old_enough = network.created.is_some_and(|t| t.elapsed().unwrap_or_default() >= ORPHAN_GRACE);
+        if !in_use.contains(&network.name) && old_enough {
+            tracing::info!(network = %network.name, "network without its container; removing it");
+            if engine.remove_network(&network.name).await.is_ok() {
                 metrics::counter!("executor_container_runtime_reaped_total", "reason" => "orphan_network").increment(1);
-                reaped.orphan_networks.push(id);
+                reaped.orphan_networks.push(network.name);
             }
+        }
+    }
+    // Shaping devices of ours whose container is gone (removed behind our back, or a crash).
+    for device in crate::shaping::orphans(engine.executor_id(), &live, std::path::Path::new("/sys/class/net")) {
+        tracing::info!(device = %device, "shaping device without its container; removing it");
+        if crate::shaping::remove_device(&device).await.is_ok() {
+            reaped.orphan_devices.push(device);
         }
     }
     Ok(reaped)

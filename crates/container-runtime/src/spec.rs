@@ -1,13 +1,18 @@
 //! What a tenant asks for ([`ContainerSpec`]), checked against the operator's limits, and the
 //! Docker create body built from it, hardened always: never privileged, every capability
 //! dropped but a short allow-list, `no-new-privileges`, Docker's default seccomp profile (never
-//! `unconfined`), an init process, a size-limited `/tmp`, no host bind mounts, memory with no
-//! extra swap, CPU, pids and block-I/O limits, and GPUs only by UUID.
+//! `unconfined`), an init process, a size-limited `/tmp`, host bind mounts only from the
+//! operator's allow-list, memory with no extra swap, CPU, pids and block-I/O limits, and GPUs
+//! only by UUID.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, PortBinding, ThrottleDevice};
+use bollard::models::{
+    ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
+    MountType, PortBinding, ThrottleDevice,
+};
 use common::config::ResourceLimits;
 
 use crate::reference::ImageRef;
@@ -21,6 +26,12 @@ pub const LABEL_OWNER: &str = "ai.basilica.executor.owner";
 pub const LABEL_CREATED: &str = "ai.basilica.executor.created";
 pub const LABEL_TTL: &str = "ai.basilica.executor.ttl_seconds";
 pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
+/// The limits enforced after start (GPU memory, network shaping), kept with the container so a
+/// restarted service enforces them again.
+pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";
+pub const LABEL_NETWORK_BPS: &str = "ai.basilica.executor.network_bps";
+/// The container's own network (see `engine::Engine::network_for`), empty when it has none.
+pub const LABEL_NETWORK: &str = "ai.basilica.executor.network";
 
 /// Capabilities a tenant keeps (Docker's default set minus everything that touches the host,
 /// the network stack or other processes): enough for images that drop root to a user.
@@ -38,7 +49,17 @@ pub struct Resources {
     pub cpu_cores: f64,
     pub disk_io_bps: u64,
     pub network_bps: u64,
+    pub gpu_memory_bytes: u64,
     pub pids: u64,
+}
+
+/// A host directory bind-mounted into the container, after the allow-list check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Canonical host path (symlinks resolved).
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
 }
 
 /// A published port.
@@ -61,6 +82,7 @@ pub struct ContainerSpec {
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
     pub ports: Vec<Port>,
+    pub mounts: Vec<BindMount>,
     pub resources: Resources,
     pub gpu_uuids: Vec<String>,
     pub ttl: Option<Duration>,
@@ -69,6 +91,8 @@ pub struct ContainerSpec {
     pub created_at: u64,
     /// `[docker.network_config] dns_servers`.
     pub dns: Vec<std::net::IpAddr>,
+    /// The container's own network, when it has one.
+    pub network: Option<String>,
 }
 
 /// A request that cannot be honoured, naming the field.
@@ -115,6 +139,7 @@ impl ContainerSpec {
         for (field, asked, limit) in [
             ("disk_io_bps", &mut r.disk_io_bps, limits.disk_io_bps),
             ("network_bps", &mut r.network_bps, limits.network_bps),
+            ("gpu_memory_bytes", &mut r.gpu_memory_bytes, limits.gpu_memory_bytes),
         ] {
             if *asked == 0 {
                 *asked = limit;
@@ -176,6 +201,9 @@ impl ContainerSpec {
         labels.insert(LABEL_CREATED.into(), self.created_at.to_string());
         labels.insert(LABEL_TTL.into(), self.ttl.map_or(0, |t| t.as_secs()).to_string());
         labels.insert(LABEL_GPUS.into(), self.gpu_uuids.join(","));
+        labels.insert(LABEL_GPU_MEMORY.into(), self.resources.gpu_memory_bytes.to_string());
+        labels.insert(LABEL_NETWORK_BPS.into(), self.resources.network_bps.to_string());
+        labels.insert(LABEL_NETWORK.into(), self.network.clone().unwrap_or_default());
         labels
     }
 
@@ -227,6 +255,7 @@ impl ContainerSpec {
                 init: Some(true),
                 tmpfs: Some(HashMap::from([("/tmp".to_owned(), TMPFS_TMP.to_owned())])),
                 binds: Some(Vec::new()),
+                mounts: Some(self.mounts.iter().map(bind_mount).collect()),
                 memory: Some(r.memory_bytes as i64),
                 memory_swap: Some(r.memory_bytes as i64),
                 nano_cpus: Some((r.cpu_cores * 1e9).round() as i64),
@@ -244,6 +273,71 @@ impl ContainerSpec {
     }
 }
 
+fn bind_mount(m: &BindMount) -> Mount {
+    Mount {
+        target: Some(m.container_path.clone()),
+        source: Some(m.host_path.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(m.read_only),
+        // Mounts made on the host later stay on the host.
+        bind_options: Some(MountBindOptions {
+            propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+            ..MountBindOptions::default()
+        }),
+        ..Mount::default()
+    }
+}
+
+/// Checks one requested bind mount: `host_path` must resolve (symlinks followed) to an existing
+/// directory or file inside one of `allowed`, and must not overlap `protected` (the executor's
+/// data and runtime directories: keys and sockets); `container_path` must be absolute, without
+/// `..`, and not `/`. Errors name the field `mounts[i].…`.
+pub fn check_mount(
+    index: usize,
+    host_path: &str,
+    container_path: &str,
+    read_only: bool,
+    allowed: &[PathBuf],
+    protected: &[&Path],
+) -> Result<BindMount, SpecError> {
+    let field = |f: &str| format!("mounts[{index}].{f}");
+    let clean = |p: &Path| p.is_absolute() && !p.components().any(|c| matches!(c, Component::ParentDir));
+    if !clean(Path::new(container_path)) || container_path == "/" || container_path.contains('\0') {
+        return Err(field_error(
+            field("container_path"),
+            format!("`{container_path}` is not an absolute path below /"),
+        ));
+    }
+    if allowed.is_empty() {
+        return Err(field_error(
+            field("host_path"),
+            "host bind mounts are off on this executor (docker.allowed_host_paths is empty)",
+        ));
+    }
+    if !clean(Path::new(host_path)) || host_path.contains('\0') {
+        return Err(field_error(field("host_path"), format!("`{host_path}` is not an absolute path without `..`")));
+    }
+    let real =
+        std::fs::canonicalize(host_path).map_err(|e| field_error(field("host_path"), format!("`{host_path}`: {e}")))?;
+    let inside = allowed.iter().any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a)));
+    if !inside {
+        return Err(field_error(
+            field("host_path"),
+            format!("`{host_path}` (resolved `{}`) is not under docker.allowed_host_paths", real.display()),
+        ));
+    }
+    for p in protected {
+        let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if real.starts_with(&p) || p.starts_with(&real) {
+            return Err(field_error(
+                field("host_path"),
+                format!("`{host_path}` overlaps the executor's own directory {}", p.display()),
+            ));
+        }
+    }
+    Ok(BindMount { host_path: real, container_path: container_path.to_owned(), read_only })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,12 +352,18 @@ mod tests {
             env: BTreeMap::from([("EPOCHS".into(), "3".into())]),
             labels: BTreeMap::from([("team".into(), "a".into())]),
             ports: vec![Port { container_port: 8888, host_port: 0, udp: false }],
+            mounts: vec![BindMount {
+                host_path: "/srv/datasets/imagenet".into(),
+                container_path: "/data".into(),
+                read_only: true,
+            }],
             resources: Resources { memory_bytes: 1 << 30, cpu_cores: 1.5, ..Resources::default() },
             gpu_uuids: vec!["GPU-8f6d2a1b-0000-1111-2222-333344445555".into()],
             ttl: Some(Duration::from_secs(3600)),
             owner: "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY".into(),
             created_at: 1_800_000_000,
             dns: vec!["8.8.8.8".parse().unwrap()],
+            network: Some("basilica-c-0123456789ab".into()),
         }
     }
 
@@ -289,7 +389,10 @@ mod tests {
                 "ai.basilica.executor.owner": "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY",
                 "ai.basilica.executor.created": "1800000000",
                 "ai.basilica.executor.ttl_seconds": "3600",
-                "ai.basilica.executor.gpus": "GPU-8f6d2a1b-0000-1111-2222-333344445555"
+                "ai.basilica.executor.gpus": "GPU-8f6d2a1b-0000-1111-2222-333344445555",
+                "ai.basilica.executor.gpu_memory_bytes": "4294967296",
+                "ai.basilica.executor.network_bps": "104857600",
+                "ai.basilica.executor.network": "basilica-c-0123456789ab"
             },
             "HostConfig": {
                 "Privileged": false,
@@ -299,6 +402,13 @@ mod tests {
                 "Init": true,
                 "Tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=256m"},
                 "Binds": [],
+                "Mounts": [{
+                    "Target": "/data",
+                    "Source": "/srv/datasets/imagenet",
+                    "Type": "bind",
+                    "ReadOnly": true,
+                    "BindOptions": {"Propagation": "rprivate"}
+                }],
                 "Memory": 1073741824,
                 "MemorySwap": 1073741824,
                 "NanoCpus": 1500000000,
@@ -342,5 +452,37 @@ mod tests {
         );
         check(|s| s.ports[0].container_port = 0, "ports.container_port");
         check(|s| s.gpu_uuids = vec!["0".into()], "gpu_uuids: `0` is not a GPU UUID");
+        check(|s| s.resources.gpu_memory_bytes = 5 << 30, "resources.gpu_memory_bytes: 5368709120 is more than");
+        check(|s| s.resources.network_bps = 1 << 40, "resources.network_bps");
+    }
+
+    #[test]
+    fn bind_mounts_only_from_the_allow_list() {
+        let root = tempfile::tempdir().unwrap();
+        let allowed = root.path().join("datasets");
+        let data_dir = root.path().join("data");
+        std::fs::create_dir_all(allowed.join("imagenet")).unwrap();
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::os::unix::fs::symlink(&data_dir, allowed.join("sneaky")).unwrap();
+        std::os::unix::fs::symlink("/etc", allowed.join("etc")).unwrap();
+        let list = vec![allowed.clone()];
+        let check = |host: &str, target: &str, list: &[PathBuf]| {
+            check_mount(0, host, target, true, list, &[data_dir.as_path()]).map_err(|e| e.to_string())
+        };
+        let ok = check(allowed.join("imagenet").to_str().unwrap(), "/data", &list).unwrap();
+        assert_eq!(ok.host_path, std::fs::canonicalize(allowed.join("imagenet")).unwrap());
+        let err = |host: &str, target: &str, list: &[PathBuf]| check(host, target, list).unwrap_err();
+        assert!(err("/etc", "/data", &[]).contains("mounts[0].host_path: host bind mounts are off"));
+        assert!(err("/etc", "/data", &list).contains("is not under docker.allowed_host_paths"));
+        // Symlinks are followed before the check: out of the allowed tree, or into the executor's.
+        assert!(err(allowed.join("etc").to_str().unwrap(), "/data", &list).contains("resolved `/etc`"));
+        let into_data = allowed.join("sneaky");
+        let wide = vec![root.path().to_path_buf()];
+        assert!(err(into_data.to_str().unwrap(), "/data", &wide).contains("overlaps the executor's own directory"));
+        assert!(err(root.path().to_str().unwrap(), "/data", &wide).contains("overlaps"));
+        assert!(err(&format!("{}/../x", allowed.display()), "/data", &list).contains("without `..`"));
+        assert!(err(allowed.join("missing").to_str().unwrap(), "/data", &list).contains("mounts[0].host_path"));
+        assert!(err(allowed.to_str().unwrap(), "data", &list).contains("mounts[0].container_path"));
+        assert!(err(allowed.to_str().unwrap(), "/", &list).contains("mounts[0].container_path"));
     }
 }

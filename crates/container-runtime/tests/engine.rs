@@ -25,12 +25,14 @@ fn spec(id: &str, command: &str) -> ContainerSpec {
         env: BTreeMap::new(),
         labels: BTreeMap::from([("test".into(), "engine".into())]),
         ports: Vec::new(),
+        mounts: Vec::new(),
         resources: Resources { memory_bytes: 64 << 20, cpu_cores: 0.5, pids: 100, ..Resources::default() },
         gpu_uuids: Vec::new(),
         ttl: None,
         owner: "test".into(),
         created_at: 0,
         dns: Vec::new(),
+        network: None,
     }
 }
 

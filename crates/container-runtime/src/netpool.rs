@@ -1,0 +1,152 @@
+//! Networks for isolated containers, made ahead of time. Creating a bridge network costs the
+//! engine about 120 ms (a bridge, iptables rules), more than a third of a container's
+//! create-to-running time, so a few are kept ready: a create takes one and the pool refills in
+//! the background. Pool networks carry the label `ai.basilica.executor.pool`; a container
+//! records the network it got in its own label, so the pool, the reaper and a restarted service
+//! all know which are in use. On shutdown the spare networks are removed (a host has room for
+//! only a few dozen bridge networks); after a `kill -9` the next start adopts them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::engine::{Engine, EngineError};
+
+/// Label marking a network made for the pool.
+pub const LABEL_POOL: &str = "ai.basilica.executor.pool";
+
+/// The pool of one service.
+#[derive(Debug, Clone)]
+pub struct NetworkPool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Engine,
+    internet: bool,
+    target: usize,
+    state: Mutex<State>,
+    refilling: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: Vec<String>,
+    /// Taken by a create that has not finished: neither ready nor yet named by a container.
+    claimed: HashSet<String>,
+    /// Drained for shutdown: no more refills.
+    closed: bool,
+}
+
+fn new_name() -> Result<String, EngineError> {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|e| EngineError::Other(format!("no randomness: {e}")))?;
+    Ok(format!("basilica-n-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+}
+
+impl NetworkPool {
+    /// A pool keeping `target` networks ready (0: every create makes its own).
+    pub fn new(engine: Engine, internet: bool, target: usize) -> Self {
+        let inner = Inner {
+            engine,
+            internet,
+            target,
+            state: Mutex::new(State::default()),
+            refilling: tokio::sync::Mutex::new(()),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adopts the spare pool networks a previous run left (those no container names and that
+    /// match `allow_internet` now); removes the ones that do not match.
+    pub async fn adopt(&self, in_use: &HashSet<String>) -> Result<(), EngineError> {
+        let engine = &self.inner.engine;
+        let pool: HashSet<String> = engine.our_pool_networks().await?.into_iter().collect();
+        for n in engine.our_networks().await? {
+            if !pool.contains(&n.name) || in_use.contains(&n.name) {
+                continue;
+            }
+            if n.internal != self.inner.internet && self.state().ready.len() < self.inner.target {
+                self.state().ready.push(n.name);
+            } else {
+                engine.remove_network(&n.name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A network for a new container: a ready one, or a new one made now. Call [`Self::settled`]
+    /// once the create has finished, whatever its outcome.
+    pub async fn take(&self) -> Result<String, EngineError> {
+        let ready = self.state().ready.pop();
+        let name = match ready {
+            Some(name) => name,
+            None => {
+                let name = new_name()?;
+                self.inner.engine.create_network(&name, self.inner.internet, HashMap::new()).await?;
+                name
+            }
+        };
+        self.state().claimed.insert(name.clone());
+        self.refill_in_background();
+        Ok(name)
+    }
+
+    /// The create that took `name` is over: the container names it now, or it was removed.
+    pub fn settled(&self, name: &str) {
+        self.state().claimed.remove(name);
+    }
+
+    /// Networks the reaper must leave alone: ready or being used by a create right now.
+    pub fn held(&self) -> HashSet<String> {
+        let state = self.state();
+        state.ready.iter().chain(&state.claimed).cloned().collect()
+    }
+
+    /// Tops the pool up to its target in the background.
+    pub fn refill_in_background(&self) {
+        if self.inner.target == 0 {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = pool.refill().await {
+                tracing::warn!(error = %e, "cannot refill the network pool");
+            }
+        });
+    }
+
+    /// Tops the pool up to its target.
+    pub async fn refill(&self) -> Result<(), EngineError> {
+        let _one_at_a_time = self.inner.refilling.lock().await;
+        loop {
+            let full = {
+                let state = self.state();
+                state.closed || state.ready.len() >= self.inner.target
+            };
+            if full {
+                return Ok(());
+            }
+            let name = new_name()?;
+            let labels = HashMap::from([(LABEL_POOL.to_owned(), "true".to_owned())]);
+            self.inner.engine.create_network(&name, self.inner.internet, labels).await?;
+            self.state().ready.push(name);
+        }
+    }
+
+    /// Removes the spare networks (on shutdown).
+    pub async fn drain(&self) {
+        self.state().closed = true;
+        let _no_refill = self.inner.refilling.lock().await;
+        let ready = std::mem::take(&mut self.state().ready);
+        for name in ready {
+            if let Err(e) = self.inner.engine.remove_network(&name).await {
+                tracing::warn!(network = %name, error = %e, "cannot remove a spare network");
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! container-runtime's limits that Docker does not provide, on the real engine: network rate
+//! shaping both ways (`tc`), GPU memory limits (gpu-monitor's simulated GPUs, real container
+//! processes), host bind mounts from the allow-list only, egress with `allow_internet = true`
+//! (public addresses yes, private and metadata ranges no, through a network namespace standing
+//! in for the LAN), pulls from a real local registry, and the spare-network pool.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::time::{Duration, Instant};
+
+use common::ServiceName;
+use common::process::ProcessSpec;
+use common::proto::runtime::v1 as pb;
+use e2e::runtime::{docker, exec, ifb_name, inspect, remove_all, request, run, start_service};
+use e2e::{TestConfig, busybox_image, require_tool, wait_serving};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+
+const MIB: u64 = 1 << 20;
+
+async fn sh(program: &str, args: &[&str]) -> (bool, String) {
+    let out =
+        ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(60), 1 << 20).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn network_bps_shapes_both_directions() {
+    if !busybox_image().await {
+        return;
+    }
+    // Docker's default bridge (no isolation, online), so the host can talk to the container.
+    let config = TestConfig::new("\n[docker.network_config]\nenable_isolation = false\nallow_internet = true\n");
+    let (_service, mut client) = start_service(&config).await;
+    let mut r = request("nc -l -p 5001 </dev/null | wc -c; sleep 600");
+    r.resources.as_mut().unwrap().network_bps = MIB;
+    let c = run(&mut client, r).await;
+    let ifb = ifb_name(&c.id);
+    let (_, tc) = sh("tc", &["qdisc", "show", "dev", &ifb]).await;
+    assert!(tc.contains("tbf") && tc.contains("rate 8388Kbit"), "{tc}");
+    let ip = inspect(&c.id, "{{.NetworkSettings.IPAddress}}").await;
+    let gateway = inspect(&c.id, "{{.NetworkSettings.Gateway}}").await;
+    const SIZE: usize = 3 << 20;
+
+    // To the container: 3 MiB at 1 MiB/s take close to 3 s (unshaped: milliseconds).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut stream = tokio::net::TcpStream::connect((ip.as_str(), 5001)).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(&vec![0u8; SIZE]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    // Timed where the bytes arrive: `wc` prints the count once nc has read them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !docker(&["logs", &c.id]).await.1.contains(&SIZE.to_string()) {
+        assert!(Instant::now() < deadline, "the container never received {SIZE} bytes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let down = started.elapsed();
+
+    // From the container: the same through the IFB device.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receive = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 1];
+        socket.read_exact(&mut first).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 1;
+        while total < SIZE {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed after {total} bytes");
+            total += n;
+        }
+        started.elapsed()
+    });
+    let script = format!("dd if=/dev/zero bs=4096 count={} 2>/dev/null | nc {gateway} {port}", SIZE / 4096);
+    let out = exec(&mut client, &c.id, &script).await;
+    let up = tokio::time::timeout(Duration::from_secs(30), receive).await.unwrap().unwrap();
+    println!("3 MiB at network_bps = 1 MiB/s: to the container {down:?}, from it {up:?} ({out:?})");
+    // Lower bounds only: shaping can only make a transfer slower, a slow machine never faster.
+    assert!(down >= Duration::from_secs(2), "to the container in {down:?}: not shaped");
+    assert!(up >= Duration::from_secs(2), "from the container in {up:?}: not shaped");
+    let (_, stats) = sh("tc", &["-s", "qdisc", "show", "dev", &ifb]).await;
+    assert!(stats.contains("Sent "), "{stats}");
+    remove_all(&mut client).await;
+    assert!(!std::path::Path::new("/sys/class/net").join(&ifb).exists(), "{ifb} left behind");
+}
+
+#[tokio::test]
+async fn a_container_over_its_gpu_memory_is_stopped_with_the_reason() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::with_system(
+        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"200ms\"\ncollector_timeout = \"150ms\"",
+        "\n[docker]\nenable_gpu_passthrough = true\n[docker.gpu_config]\nmemory_fraction = 0.5\n",
+    );
+    let gpus = config.dir.path().join("gpus.json");
+    let gpu = r#"{"uuid":"GPU-aaaaaaaa-0000-0000-0000-000000000000","name":"Simulated H100","pci_bus_id":"00000000:10:00.0","memory_total_bytes":4294967296}"#;
+    std::fs::write(&gpus, format!(r#"{{"gpus":[{gpu}]}}"#)).unwrap();
+    let _monitor =
+        ProcessSpec::new(e2e::binary("gpu-monitor")).arg("--config").arg(&config.path).spawn_supervised().unwrap();
+    wait_serving(&ServiceName::GpuMonitor.socket(&config.runtime_dir()), Duration::from_secs(30)).await.unwrap();
+    let (mut service, mut client) = start_service(&config).await;
+
+    // a: 1 GiB allowed in all; b: the default 4 GiB, but at most half of the 4 GiB GPU; c: fine.
+    let mut ra = request("sleep 600");
+    ra.resources.as_mut().unwrap().gpu_memory_bytes = 1 << 30;
+    let a = run(&mut client, ra).await;
+    let b = run(&mut client, request("sleep 600")).await;
+    let c = run(&mut client, request("sleep 600")).await;
+    // Asking for more than the configured limit is refused up front.
+    let mut too_much = request("sleep 600");
+    too_much.resources.as_mut().unwrap().gpu_memory_bytes = 5 << 30;
+    let err = client.create(too_much).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("resources.gpu_memory_bytes"), "{}", err.message());
+
+    // The GPU processes gpu-monitor reports: the containers' real init processes.
+    let mut processes = Vec::new();
+    for (container, bytes) in [(&a, 2u64 << 30), (&b, 3 << 30), (&c, 1 << 29)] {
+        let pid = inspect(&container.id, "{{.State.Pid}}").await;
+        processes.push(format!(
+            r#"{{"pid":{pid},"gpu_uuid":"GPU-aaaaaaaa-0000-0000-0000-000000000000","used_memory_bytes":{bytes}}}"#
+        ));
+    }
+    std::fs::write(&gpus, format!(r#"{{"gpus":[{gpu}],"processes":[{}]}}"#, processes.join(","))).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (a_now, b_now) = loop {
+        let a_now = client.get(pb::ContainerRef { id: a.id.clone() }).await.unwrap().into_inner();
+        let b_now = client.get(pb::ContainerRef { id: b.id.clone() }).await.unwrap().into_inner();
+        let exited = |c: &pb::Container| c.state == pb::ContainerState::Exited as i32 && !c.stop_reason.is_empty();
+        if exited(&a_now) && exited(&b_now) {
+            break (a_now, b_now);
+        }
+        assert!(Instant::now() < deadline, "not stopped: {a_now:?} {b_now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(a_now.stop_reason.contains("2.00 GiB is over the container's limit of 1.00 GiB"), "{a_now:?}");
+    assert!(
+        b_now
+            .stop_reason
+            .contains("3.00 GiB on GPU-aaaaaaaa-0000-0000-0000-000000000000 is over 2.00 GiB (0.5 of the GPU"),
+        "{b_now:?}"
+    );
+    let c_now = client.get(pb::ContainerRef { id: c.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(c_now.state, pb::ContainerState::Running as i32, "{c_now:?}");
+    let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+    assert!(metrics.contains("executor_container_runtime_stops_total{reason=\"gpu_memory\"} 2"), "{metrics}");
+
+    // The reason survives the service being killed.
+    service.start_kill().unwrap();
+    service.wait().await.unwrap();
+    let (_service, mut client) = start_service(&config).await;
+    let again = client.get(pb::ContainerRef { id: a.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(again.stop_reason, a_now.stop_reason);
+    remove_all(&mut client).await;
+}
+
+#[tokio::test]
+async fn host_paths_are_mounted_only_from_the_allow_list() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nallowed_host_paths = [\"{dir}/shared\"]\n");
+    let shared = config.dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), "from the host\n").unwrap();
+    std::os::unix::fs::symlink("/etc", shared.join("etc")).unwrap();
+    let (_service, mut client) = start_service(&config).await;
+    let mount = |host: &std::path::Path, target: &str| pb::Mount {
+        host_path: host.display().to_string(),
+        container_path: target.into(),
+        read_only: true,
+    };
+    let mut r = request("sleep 600");
+    r.mounts = vec![mount(&shared, "/data")];
+    let c = run(&mut client, r).await;
+    let read = exec(&mut client, &c.id, "cat /data/hello").await;
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "from the host\n");
+    let write = exec(&mut client, &c.id, "touch /data/new").await;
+    assert_ne!(write.exit_code, 0, "wrote to a read-only mount");
+    assert!(!shared.join("new").exists());
+
+    for (host, target, expected) in [
+        (std::path::PathBuf::from("/etc"), "/data", "mounts[0].host_path: `/etc` (resolved `/etc`) is not under"),
+        (shared.join("etc"), "/data", "resolved `/etc`"),
+        (config.runtime_dir(), "/run/executor", "is not under docker.allowed_host_paths"),
+        (shared.join("../shared"), "/data", "without `..`"),
+        (shared.clone(), "relative", "mounts[0].container_path"),
+    ] {
+        let mut r = request("sleep 600");
+        r.mounts = vec![mount(&host, target)];
+        let err = client.create(r).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{host:?}: {err:?}");
+        assert!(err.message().contains(expected), "{host:?}: {}", err.message());
+    }
+    remove_all(&mut client).await;
+
+    // Without an allow-list no host path is mounted at all.
+    let config = TestConfig::new("");
+    let (_service, mut client) = start_service(&config).await;
+    let mut r = request("sleep 600");
+    r.mounts = vec![mount(&shared, "/data")];
+    let err = client.create(r).await.unwrap_err();
+    assert!(err.message().contains("host bind mounts are off"), "{}", err.message());
+}
+
+/// A network namespace reached through a veth pair, standing in for the provider's LAN and
+/// the internet: 203.0.113.2 (public, TEST-NET-3), 10.211.0.2 (private), 169.254.169.254
+/// (cloud metadata), all answering `hello` on port 8080. Removed on drop.
+struct Lan {
+    name: String,
+    host_if: String,
+    listener: Option<tokio::process::Child>,
+}
+
+impl Lan {
+    async fn new() -> Self {
+        let tag = std::process::id() % 100_000;
+        let (name, host_if, ns_if) = (format!("btlan{tag}"), format!("btl{tag}h"), format!("btl{tag}n"));
+        // A run that crashed may have left one behind: its routes would clash.
+        for entry in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+            let stale = entry.file_name().to_string_lossy().into_owned();
+            if stale.starts_with("btl") && stale.ends_with('h') {
+                sh("ip", &["link", "del", &stale]).await;
+            }
+        }
+        let (_, namespaces) = sh("ip", &["netns", "list"]).await;
+        for stale in namespaces.split_whitespace().filter(|n| n.starts_with("btlan")) {
+            sh("ip", &["netns", "del", stale]).await;
+        }
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", &name],
+            vec!["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if],
+            vec!["link", "set", &ns_if, "netns", &name],
+            vec!["addr", "add", "203.0.113.1/24", "dev", &host_if],
+            vec!["link", "set", &host_if, "up"],
+            vec!["-n", &name, "addr", "add", "203.0.113.2/24", "dev", &ns_if],
+            vec!["-n", &name, "addr", "add", "10.211.0.2/32", "dev", &ns_if],
+            vec!["-n", &name, "addr", "add", "169.254.169.254/32", "dev", &ns_if],
+            vec!["-n", &name, "link", "set", &ns_if, "up"],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+            vec!["-n", &name, "route", "add", "default", "via", "203.0.113.1"],
+            vec!["route", "replace", "10.211.0.2/32", "via", "203.0.113.2"],
+            vec!["route", "replace", "169.254.169.254/32", "via", "203.0.113.2"],
+        ];
+        for step in steps {
+            let (ok, out) = sh("ip", &step).await;
+            assert!(ok, "ip {}: {out}", step.join(" "));
+        }
+        let mut lan = Self { name: name.clone(), host_if, listener: None };
+        let listener = ProcessSpec::new("ip")
+            .args(["netns", "exec", &name, "busybox", "nc", "-ll", "-p", "8080", "-e", "echo", "hello"])
+            .spawn_supervised()
+            .unwrap();
+        lan.listener = Some(listener);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        lan
+    }
+}
+
+impl Lan {
+    async fn remove(mut self) {
+        if let Some(mut child) = self.listener.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        sh("ip", &["link", "del", &self.host_if]).await;
+        sh("ip", &["netns", "del", &self.name]).await;
+        self.name.clear();
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.listener {
+            let _ = child.start_kill();
+        }
+        if self.name.is_empty() {
+            return;
+        }
+        // A failed test: Drop cannot wait for a process, so these run detached (and the next
+        // run removes what they miss).
+        for args in [vec!["link", "del", self.host_if.as_str()], vec!["netns", "del", self.name.as_str()]] {
+            let _ = ProcessSpec::new("ip").args(args).spawn_supervised();
+        }
+    }
+}
+
+#[tokio::test]
+async fn online_tenants_reach_the_internet_but_not_private_ranges() {
+    if !busybox_image().await || !require_tool("root (ip netns)", is_root()) {
+        return;
+    }
+    let lan = Lan::new().await;
+    let config = TestConfig::new("\n[docker.network_config]\nallow_internet = true\n");
+    let (_service, mut client) = start_service(&config).await;
+    let c = run(&mut client, request("sleep 600")).await;
+    let probe = |ip: &str| format!("nc -w 3 {ip} 8080 </dev/null; true");
+    let public = exec(&mut client, &c.id, &probe("203.0.113.2")).await;
+    assert_eq!(String::from_utf8_lossy(&public.stdout).trim(), "hello", "no egress at all: {public:?}");
+    for blocked in ["10.211.0.2", "169.254.169.254"] {
+        let out = exec(&mut client, &c.id, &probe(blocked)).await;
+        assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "reached {blocked}: {out:?}");
+    }
+    // The same address from the host works: the block is the tenant's alone.
+    let (ok, text) = sh("busybox", &["nc", "-w", "3", "10.211.0.2", "8080"]).await;
+    assert!(ok && text.contains("hello"), "{text}");
+    remove_all(&mut client).await;
+    lan.remove().await;
+}
+
+#[tokio::test]
+async fn images_are_pulled_from_an_allowed_local_registry() {
+    if !busybox_image().await || !require_tool("docker-registry", which("docker-registry")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = e2e::free_port();
+    let registry_config = dir.path().join("registry.yml");
+    std::fs::write(
+        &registry_config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let _registry = ProcessSpec::new("docker-registry").arg("serve").arg(&registry_config).spawn_supervised().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while e2e::http_get(port, "/v2/").await.map(|(code, _)| code).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let host = format!("127.0.0.1:{port}");
+    let pushed = format!("{host}/tenant/busybox:1");
+    assert!(docker(&["tag", e2e::BUSYBOX_IMAGE, &pushed]).await.0);
+    let (ok, out) = docker(&["push", &pushed]).await;
+    assert!(ok, "docker push: {out}");
+    assert!(docker(&["rmi", &pushed]).await.0);
+
+    // `url` names the registry for references without one; the allow-list has only it.
+    let config =
+        TestConfig::new(&format!("\n[docker.registry]\nurl = \"{host}\"\nallowed_registries = [\"{host}\"]\n"));
+    let (_service, mut client) = start_service(&config).await;
+    let mut r = request("echo pulled; sleep 600");
+    r.image = "tenant/busybox:1".into();
+    let c = run(&mut client, r).await;
+    assert_eq!(c.image, pushed);
+    assert!(docker(&["image", "inspect", &pushed]).await.0, "not pulled");
+
+    for (image, code, expected) in [
+        ("docker.io/library/busybox:latest", Code::FailedPrecondition, "registry `docker.io`, which is not in"),
+        ("ghcr.io/tenant/busybox:1", Code::FailedPrecondition, "which is not in docker.registry.allowed_registries"),
+        (&format!("{host}/tenant/missing:1"), Code::FailedPrecondition, "cannot pull"),
+        ("Tenant/UPPER", Code::InvalidArgument, "image:"),
+    ] {
+        let mut r = request("true");
+        r.image = image.to_owned();
+        let err = client.create(r).await.unwrap_err();
+        assert_eq!(err.code(), code, "{image}: {err:?}");
+        assert!(err.message().contains(expected), "{image}: {}", err.message());
+    }
+    remove_all(&mut client).await;
+    docker(&["rmi", &pushed]).await;
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+async fn pool_networks(executor_id: &str) -> Vec<String> {
+    let (_, out) = docker(&[
+        "network",
+        "ls",
+        "--filter",
+        "label=ai.basilica.executor.pool=true",
+        "--filter",
+        &format!("label=ai.basilica.executor.executor_id={executor_id}"),
+        "--format",
+        "{{.Name}}",
+    ])
+    .await;
+    let mut names: Vec<String> = out.lines().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
+async fn wait_for<T, F: std::future::Future<Output = T>>(
+    what: &str,
+    mut probe: impl FnMut() -> F,
+    ok: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let value = probe().await;
+        if ok(&value) {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn spare_networks_are_used_refilled_adopted_and_removed_on_shutdown() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker.network_config]\nspare_networks = 2\n");
+    let identity = common::identity::ExecutorIdentity::load_or_create(&config.dir.path().join("data")).unwrap();
+    let executor = identity.executor_id();
+    // Not `start_service`: that turns the pool off for the other tests.
+    let start = || async {
+        let child = ProcessSpec::new(e2e::binary("container-runtime"))
+            .arg("--config")
+            .arg(&config.path)
+            .spawn_supervised()
+            .unwrap();
+        let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
+        wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
+        let client = common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient::new(
+            common::grpc::unix_channel(&socket),
+        );
+        (child, client)
+    };
+    let (mut service, mut client) = start().await;
+    let spares = wait_for("two spare networks", || pool_networks(&executor), |n| n.len() == 2).await;
+    let c = run(&mut client, request("sleep 600")).await;
+    let network = inspect(&c.id, "{{index .Config.Labels \"ai.basilica.executor.network\"}}").await;
+    assert!(spares.contains(&network), "{network} is not one of the spares {spares:?}");
+    // The pool refills: two spares plus the one in use.
+    wait_for("the pool refilled", || pool_networks(&executor), |n| n.len() == 3).await;
+
+    // kill -9, start again: the spares are adopted, not made again; the container keeps its own.
+    service.start_kill().unwrap();
+    service.wait().await.unwrap();
+    let (mut service, mut client) = start().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = pool_networks(&executor).await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.contains(&network));
+    client.remove(pb::RemoveContainerRequest { id: c.id.clone(), force: true }).await.unwrap();
+    assert!(!docker(&["network", "inspect", &network]).await.0, "{network} left behind");
+
+    // SIGTERM: the spares go too.
+    common::process::send_signal(service.id().unwrap(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), service.wait()).await.unwrap().unwrap();
+    assert_eq!(pool_networks(&executor).await, Vec::<String>::new());
+}
