@@ -166,7 +166,7 @@ impl Runtime {
                 .filter_map(|c| c.labels.as_ref()?.get(spec::LABEL_NETWORK).cloned())
                 .collect::<std::collections::HashSet<_>>();
             pool.adopt(&in_use).await?;
-            pool.refill_in_background();
+            pool.refill_in_background(Duration::ZERO);
         }
         for c in containers {
             let Some(id) = c.labels.as_ref().and_then(|l| l.get(spec::LABEL_ID)).cloned() else { continue };

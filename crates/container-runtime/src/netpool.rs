@@ -8,8 +8,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::engine::{Engine, EngineError};
+
+/// A refill waits this long after a take, so it does not compete with the start that usually
+/// follows a create (making a network holds the engine's network locks for ~100 ms).
+pub const REFILL_DELAY: Duration = Duration::from_millis(500);
 
 /// Label marking a network made for the pool.
 pub const LABEL_POOL: &str = "ai.basilica.executor.pool";
@@ -92,7 +97,7 @@ impl NetworkPool {
             }
         };
         self.state().claimed.insert(name.clone());
-        self.refill_in_background();
+        self.refill_in_background(REFILL_DELAY);
         Ok(name)
     }
 
@@ -107,13 +112,14 @@ impl NetworkPool {
         state.ready.iter().chain(&state.claimed).cloned().collect()
     }
 
-    /// Tops the pool up to its target in the background.
-    pub fn refill_in_background(&self) {
+    /// Tops the pool up to its target in the background, after `delay`.
+    pub fn refill_in_background(&self, delay: Duration) {
         if self.inner.target == 0 {
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             if let Err(e) = pool.refill().await {
                 tracing::warn!(error = %e, "cannot refill the network pool");
             }
