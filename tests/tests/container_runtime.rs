@@ -255,6 +255,7 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
     let c = client.create(short).await.unwrap().into_inner();
     client.start(pb::ContainerRef { id: c.id.clone() }).await.unwrap();
     let keep = client.create(request("sleep 60")).await.unwrap().into_inner();
+    client.start(pb::ContainerRef { id: keep.id.clone() }).await.unwrap();
 
     // An orphan network: ours by label, created long ago, with no container.
     let identity =
@@ -303,6 +304,10 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
     client.get(pb::ContainerRef { id: keep.id.clone() }).await.unwrap();
     let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
     assert!(metrics.contains("executor_container_runtime_creates_total{result=\"ok\"} 2"), "{metrics}");
+    // Per-container figures for the running one.
+    let memory = format!("executor_container_runtime_container_memory_bytes{{container=\"{}\"}} ", keep.id);
+    let cpu = format!("executor_container_runtime_container_cpu_seconds_total{{container=\"{}\"}} ", keep.id);
+    assert!(metrics.contains(&memory) && metrics.contains(&cpu), "{metrics}");
     remove_all(&mut client).await;
 }
 

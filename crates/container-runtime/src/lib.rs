@@ -151,6 +151,14 @@ impl Service for ContainerRuntime {
             "Containers (TTL) and networks (orphans) removed by the reaper."
         );
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
+        metrics::describe_gauge!(
+            "executor_container_runtime_container_cpu_seconds_total",
+            "CPU time a running container has used (every reap_interval)."
+        );
+        metrics::describe_gauge!(
+            "executor_container_runtime_container_memory_bytes",
+            "Memory a running container uses (every reap_interval)."
+        );
         metrics::describe_counter!(
             "executor_container_runtime_creates_total",
             "Create requests by result (ok or the gRPC code)."
@@ -164,6 +172,9 @@ impl Service for ContainerRuntime {
                 _ = reap.tick() => {
                     if let Err(e) = reaper::reap_once(&self.runtime).await {
                         tracing::warn!(error = %e, "reaper round failed");
+                    }
+                    if let Err(e) = reaper::container_metrics(self.runtime.engine()).await {
+                        tracing::warn!(error = %e, "cannot read container stats");
                     }
                 }
                 _ = gpu_watch.tick(), if watch_gpus => {

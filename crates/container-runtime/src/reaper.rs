@@ -83,3 +83,29 @@ pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::e
     }
     Ok(reaped)
 }
+
+/// Per-container CPU and memory for Prometheus: one one-shot stats call per running container
+/// of ours (`executor_container_runtime_container_cpu_seconds_total`,
+/// `executor_container_runtime_container_memory_bytes`, label `container` = our id).
+pub async fn container_metrics(engine: &crate::engine::Engine) -> Result<usize, crate::engine::EngineError> {
+    use tokio_stream::StreamExt;
+    let mut n = 0;
+    for c in engine.list_ours().await? {
+        if c.state != Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+            continue;
+        }
+        let Some(id) = c.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else { continue };
+        let options = bollard::query_parameters::StatsOptions { stream: false, one_shot: true };
+        let Some(Ok(stats)) = engine.docker().stats(&id, Some(options)).next().await else { continue };
+        let cpu_ns = stats.cpu_stats.as_ref().and_then(|c| c.cpu_usage.as_ref()).and_then(|u| u.total_usage);
+        if let Some(ns) = cpu_ns {
+            metrics::gauge!("executor_container_runtime_container_cpu_seconds_total", "container" => id.clone())
+                .set(ns as f64 / 1e9);
+        }
+        if let Some(bytes) = stats.memory_stats.as_ref().and_then(|m| m.usage) {
+            metrics::gauge!("executor_container_runtime_container_memory_bytes", "container" => id).set(bytes as f64);
+        }
+        n += 1;
+    }
+    Ok(n)
+}
