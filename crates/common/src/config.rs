@@ -266,12 +266,31 @@ pub struct ValidatorConfig {
     pub strict_ssh_restrictions: bool,
     /// Port of the embedded SSH server.
     pub ssh_port: u16,
+    /// The unprivileged user validator commands (and, when not strict, shells) run as.
+    pub command_user: String,
+    /// Longest a validator's command may run before it is killed.
+    #[serde(with = "human_duration")]
+    pub command_timeout: Duration,
+    /// Most output (stdout and stderr each) a command may send; the rest is dropped.
+    pub command_max_output_bytes: u64,
+    /// Longest grant a miner may provision.
+    #[serde(with = "human_duration")]
+    pub max_grant_ttl: Duration,
     pub access_config: AccessConfig,
 }
 
 impl Default for ValidatorConfig {
     fn default() -> Self {
-        Self { enabled: true, strict_ssh_restrictions: true, ssh_port: 22, access_config: AccessConfig::default() }
+        Self {
+            enabled: true,
+            strict_ssh_restrictions: true,
+            ssh_port: 22,
+            command_user: "nobody".to_owned(),
+            command_timeout: Duration::from_secs(600),
+            command_max_output_bytes: 64 << 20,
+            max_grant_ttl: Duration::from_secs(24 * 3600),
+            access_config: AccessConfig::default(),
+        }
     }
 }
 
@@ -445,12 +464,6 @@ pub const NOT_YET_ENFORCED: &[(&str, &str)] = &[
     ("server.advertised_tls", "executor-api identity"),
     ("server.max_connections", "executor-api"),
     ("docker.registry.verify_signatures", "container-runtime image signatures"),
-    ("validator.strict_ssh_restrictions", "validator-access SSH server"),
-    ("validator.ssh_port", "validator-access SSH server"),
-    ("validator.access_config.hotkey_verification.enabled", "validator-access"),
-    ("validator.access_config.hotkey_verification.challenge_timeout_seconds", "validator-access"),
-    ("validator.access_config.hotkey_verification.max_signature_attempts", "validator-access"),
-    ("validator.access_config.rate_limits.ssh_requests_per_minute", "validator-access"),
     ("validator.access_config.rate_limits.api_requests_per_minute", "executor-api"),
     ("advertised_endpoint.grpc_endpoint", "executor-api identity"),
     ("advertised_endpoint.ssh_endpoint", "executor-api identity"),
@@ -716,6 +729,21 @@ impl Config {
             _ => {}
         }
 
+        let va = &self.validator;
+        let user_ok = !va.command_user.is_empty()
+            && va.command_user.len() <= 32
+            && va.command_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && va.command_user != "root";
+        if !user_ok {
+            v.fail("validator.command_user", format!("`{}` is not an unprivileged user name", va.command_user));
+        }
+        if va.command_timeout < Duration::from_secs(1) || va.command_timeout > Duration::from_secs(86_400) {
+            v.fail("validator.command_timeout", "must be between 1s and 24h");
+        }
+        v.range("validator.command_max_output_bytes", va.command_max_output_bytes as f64, 1024.0, (1u64 << 34) as f64);
+        if va.max_grant_ttl < Duration::from_secs(60) || va.max_grant_ttl > Duration::from_secs(30 * 86_400) {
+            v.fail("validator.max_grant_ttl", "must be between 1m and 30d");
+        }
         let hv = &self.validator.access_config.hotkey_verification;
         let key = "validator.access_config.hotkey_verification";
         v.range(&format!("{key}.challenge_timeout_seconds"), hv.challenge_timeout_seconds as f64, 1.0, 86_400.0);

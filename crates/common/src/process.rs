@@ -111,8 +111,17 @@ impl ProcessSpec {
     /// Starts a long-running child with piped stdout and stderr, in its own process group, that
     /// receives SIGTERM if this process dies first.
     pub fn spawn_supervised(&self) -> Result<tokio::process::Child, ProcessError> {
+        self.spawn_grouped(Stdio::null())
+    }
+
+    /// As [`Self::spawn_supervised`], with stdin piped too: a command a remote user talks to.
+    pub fn spawn_interactive(&self) -> Result<tokio::process::Child, ProcessError> {
+        self.spawn_grouped(Stdio::piped())
+    }
+
+    fn spawn_grouped(&self, stdin: Stdio) -> Result<tokio::process::Child, ProcessError> {
         let mut command = self.command();
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
         // async-signal-safe; it allocates nothing and takes no locks.
         #[allow(unsafe_code)]
@@ -148,6 +157,16 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: Option<R>, max: us
 pub fn send_signal(pid: u32, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).map_err(std::io::Error::other)?);
     match nix::sys::signal::kill(pid, signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `signal` to the process group `pgid` (a child started by this module leads its own
+/// group, so its pid is the group id); a group that is already gone is not an error.
+pub fn signal_group(pgid: u32, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+    let pgid = nix::unistd::Pid::from_raw(i32::try_from(pgid).map_err(std::io::Error::other)?);
+    match nix::sys::signal::killpg(pgid, signal) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(e) => Err(e.into()),
     }

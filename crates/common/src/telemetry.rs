@@ -164,6 +164,12 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// As [`Self::append`], then waits until the bytes are on disk (audit records).
+    pub fn append_durable(&self, bytes: &[u8]) -> io::Result<()> {
+        self.append(bytes)?;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0.sync_data()
+    }
+
     fn rotate(&self) -> io::Result<()> {
         let numbered = |n: u32| {
             let mut name = self.path.clone().into_os_string();

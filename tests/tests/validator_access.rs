@@ -1,0 +1,383 @@
+//! validator-access as a process, with the distribution's OpenSSH client: grants after a
+//! signed hotkey challenge, the attestor over SSH (and `gpu-attestor check` end to end),
+//! everything strict mode refuses, revocation and expiry ending access, lock-out, the rate
+//! limit, grants across `kill -9`, and the audit log.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::ServiceName;
+use common::process::{CapturedOutput, ProcessSpec};
+use common::proto::access::v1 as pb;
+use common::proto::access::v1::validator_access_client::ValidatorAccessClient;
+use e2e::{TestConfig, require_tool, wait_serving};
+use tonic::Code;
+use tonic::transport::Channel;
+
+type Client = ValidatorAccessClient<Channel>;
+
+fn have_ssh() -> bool {
+    require_tool(
+        "OpenSSH client (ssh, ssh-keygen)",
+        Path::new("/usr/bin/ssh").exists() && Path::new("/usr/bin/ssh-keygen").exists(),
+    )
+}
+
+async fn start(config: &TestConfig, env: &[(&str, &str)]) -> (tokio::process::Child, Client) {
+    let mut spec = ProcessSpec::new(e2e::binary("validator-access")).arg("--config").arg(&config.path);
+    for (k, v) in env {
+        spec = spec.env(k, v);
+    }
+    let child = spec.spawn_supervised().unwrap();
+    let socket = ServiceName::ValidatorAccess.socket(&config.runtime_dir());
+    wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
+    (child, ValidatorAccessClient::new(common::grpc::unix_channel(&socket)))
+}
+
+/// A validator: an sr25519 hotkey and an SSH key pair.
+struct Validator {
+    keypair: schnorrkel::Keypair,
+    hotkey: String,
+    ssh_key: PathBuf,
+}
+
+async fn validator(dir: &Path, name: &str, seed: u8) -> Validator {
+    let keypair = schnorrkel::MiniSecretKey::from_bytes(&[seed; 32])
+        .unwrap()
+        .expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
+    let hotkey = common::hotkey::Hotkey::from_public(keypair.public.to_bytes()).as_str().to_owned();
+    let ssh_key = dir.join(name);
+    let out = ProcessSpec::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&ssh_key)
+        .output(Duration::from_secs(30), 1 << 12)
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    Validator { keypair, hotkey, ssh_key }
+}
+
+impl Validator {
+    fn public_key(&self) -> String {
+        std::fs::read_to_string(self.ssh_key.with_extension("pub")).unwrap()
+    }
+
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.keypair.sign_simple(b"substrate", message).to_bytes().to_vec()
+    }
+
+    async fn grant(&self, client: &mut Client, ttl_seconds: u64) -> pb::Grant {
+        let challenge =
+            client.request_challenge(pb::ChallengeRequest { validator_hotkey: self.hotkey.clone() }).await.unwrap();
+        let challenge = challenge.into_inner();
+        let request = pb::ProvisionRequest {
+            validator_hotkey: self.hotkey.clone(),
+            ssh_public_key: self.public_key(),
+            ttl_seconds,
+            challenge_id: challenge.challenge_id,
+            signature: self.sign(&challenge.message),
+        };
+        client.provision(request).await.unwrap().into_inner()
+    }
+}
+
+fn ssh_args(port: u16, key: &Path) -> Vec<String> {
+    let mut args: Vec<String> = ["-i"].map(String::from).to_vec();
+    args.push(key.display().to_string());
+    for option in ["IdentitiesOnly=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"] {
+        args.extend(["-o".to_owned(), option.to_owned()]);
+    }
+    args.extend(["-p".to_owned(), port.to_string(), "validator@127.0.0.1".to_owned()]);
+    args
+}
+
+async fn ssh(port: u16, key: &Path, before: &[&str], command: &[&str]) -> CapturedOutput {
+    ProcessSpec::new("ssh")
+        .args(before.iter().copied())
+        .args(ssh_args(port, key))
+        .args(command.iter().copied())
+        .output(Duration::from_secs(60), 1 << 20)
+        .await
+        .unwrap()
+}
+
+fn text(out: &CapturedOutput) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+const ATTEST: &str = "gpu-attestor --backend cpu --seed 1 --matrix-dim 16 --num-matrices 2";
+
+#[tokio::test]
+async fn granted_keys_run_the_attestor_and_strict_mode_refuses_the_rest() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let port = config.ports.ssh;
+    let (_service, mut client) = start(&config, &[]).await;
+    let v = validator(config.dir.path(), "validator", 7).await;
+    let grant = v.grant(&mut client, 600).await;
+    assert!(grant.grant_id.starts_with("g-"), "{grant:?}");
+    assert_eq!(grant.validator_hotkey, v.hotkey);
+    assert!(grant.ssh_public_key_fingerprint.starts_with("SHA256:"));
+
+    // The attestor, as the guide runs it: the same output as locally.
+    let out = ssh(port, &v.ssh_key, &[], &[ATTEST]).await;
+    let local = ProcessSpec::new(e2e::binary("gpu-attestor"))
+        .args(ATTEST.split_whitespace().skip(1))
+        .output(Duration::from_secs(60), 1 << 20)
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let checksum = |s: &str| s.lines().find(|l| l.contains("hecksum")).map(str::to_owned);
+    assert!(checksum(&stdout).is_some(), "{stdout}");
+    assert_eq!(checksum(&stdout), checksum(&String::from_utf8_lossy(&local.stdout)));
+
+    // The validator's whole check, through our SSH server.
+    let ssh_command = format!("ssh {}", ssh_args(port, &v.ssh_key).join(" "));
+    let check = ProcessSpec::new(e2e::binary("gpu-attestor"))
+        .args(["check", "--ssh", &ssh_command, "--remote-command", "gpu-attestor challenge --backend cpu"])
+        .args(["--matrix-dim", "32", "--num-matrices", "4", "--hotkey", &v.hotkey])
+        .output(Duration::from_secs(120), 1 << 20)
+        .await
+        .unwrap();
+    let (stdout, stderr) = text(&check);
+    assert!(check.status.success() && stdout.contains("Verdict: PASS"), "{stdout}{stderr}");
+
+    // Commands run as the unprivileged user with an empty environment... (`id` is not allowed
+    // in strict mode, so this is read through nproc's exit and the audit log below.)
+    let out = ssh(port, &v.ssh_key, &[], &["nproc"]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    // ...and nothing else.
+    let out = ssh(port, &v.ssh_key, &[], &["cat", "/etc/shadow"]).await;
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(126), "{stderr}");
+    assert!(stderr.contains("is not allowed here"), "{stderr}");
+    let shell = ssh(port, &v.ssh_key, &[], &[]).await;
+    assert!(!shell.status.success(), "a shell in strict mode: {:?}", text(&shell));
+    let pty = ssh(port, &v.ssh_key, &["-tt"], &["nproc"]).await;
+    assert!(text(&pty).1.contains("PTY allocation request failed"), "{:?}", text(&pty));
+    let forward = ssh(port, &v.ssh_key, &["-W", "127.0.0.1:22"], &[]).await;
+    assert!(!forward.status.success(), "{:?}", text(&forward));
+    assert!(text(&forward).1.contains("administratively prohibited"), "{:?}", text(&forward));
+    let local_port = e2e::free_port().to_string();
+    let forward_l = ssh(
+        port,
+        &v.ssh_key,
+        &["-o", "ExitOnForwardFailure=yes", "-R", &format!("{local_port}:127.0.0.1:22")],
+        &["nproc"],
+    )
+    .await;
+    assert!(!forward_l.status.success(), "remote forwarding allowed: {:?}", text(&forward_l));
+
+    // Keys without a grant, and the strict key exchange (the Terrapin fix) offered.
+    let stranger = validator(config.dir.path(), "stranger", 8).await;
+    let out = ssh(port, &stranger.ssh_key, &[], &["nproc"]).await;
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out).1.contains("Permission denied (publickey)"), "{:?}", text(&out));
+    let verbose = ssh(port, &v.ssh_key, &["-vv"], &["nproc"]).await;
+    assert!(text(&verbose).1.contains("kex-strict-s-v00@openssh.com"), "no strict kex offered");
+
+    // Bad requests name their field.
+    for (request, code, field) in [
+        (
+            pb::ProvisionRequest { validator_hotkey: "5Grw".into(), ..Default::default() },
+            Code::InvalidArgument,
+            "validator_hotkey",
+        ),
+        (
+            pb::ProvisionRequest {
+                validator_hotkey: v.hotkey.clone(),
+                ssh_public_key: "ssh-rsa AAAA".into(),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "ssh_public_key",
+        ),
+        (
+            pb::ProvisionRequest {
+                validator_hotkey: v.hotkey.clone(),
+                ssh_public_key: v.public_key(),
+                ttl_seconds: 0,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "ttl_seconds",
+        ),
+        (
+            pb::ProvisionRequest {
+                validator_hotkey: v.hotkey.clone(),
+                ssh_public_key: v.public_key(),
+                ttl_seconds: 60,
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "challenge_id",
+        ),
+    ] {
+        let err = client.provision(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().starts_with(field), "{}", err.message());
+    }
+    // A signature by another key over the right challenge.
+    let challenge =
+        client.request_challenge(pb::ChallengeRequest { validator_hotkey: v.hotkey.clone() }).await.unwrap();
+    let challenge = challenge.into_inner();
+    let forged = pb::ProvisionRequest {
+        validator_hotkey: v.hotkey.clone(),
+        ssh_public_key: stranger.public_key(),
+        ttl_seconds: 60,
+        challenge_id: challenge.challenge_id,
+        signature: stranger.sign(&challenge.message),
+    };
+    assert_eq!(client.provision(forged).await.unwrap_err().code(), Code::Unauthenticated);
+
+    // The audit log saw it all.
+    let audit = std::fs::read_to_string(config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    for event in [
+        "\"challenge\"",
+        "\"grant\"",
+        "\"auth_success\"",
+        "\"auth_failure\"",
+        "\"command\"",
+        "\"refused\"",
+        "\"challenge_failed\"",
+    ] {
+        assert!(audit.contains(&format!("\"event\":{event}")), "no {event} in the audit log:\n{audit}");
+    }
+    assert!(audit.contains("\"command\":\"gpu-attestor --backend cpu --seed 1"), "{audit}");
+}
+
+#[tokio::test]
+async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new(
+        "[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n[validator.access_config.hotkey_verification]\nmax_signature_attempts = 2\nchallenge_timeout_seconds = 2\n",
+    );
+    let port = config.ports.ssh;
+    // Not strict: a shell and any command, as the command user.
+    let env = [("EXECUTOR_VALIDATOR__STRICT_SSH_RESTRICTIONS", "false")];
+    let (mut service, mut client) = start(&config, &env).await;
+    let v = validator(config.dir.path(), "validator", 9).await;
+
+    let grant = v.grant(&mut client, 600).await;
+    let out = ssh(port, &v.ssh_key, &[], &["id -u; env | wc -l"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout.lines().next(), Some("65534"), "{stdout}{stderr}");
+    assert!(stdout.lines().nth(1).unwrap().trim().parse::<u32>().unwrap() <= 5, "environment leaked: {stdout}");
+
+    // Revocation ends a running command within 2 s.
+    let mut sleeper =
+        ProcessSpec::new("ssh").args(ssh_args(port, &v.ssh_key)).arg("sleep 60").spawn_supervised().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .list_sessions(pb::ListSessionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .iter()
+        .all(|s| s.commands.is_empty())
+    {
+        assert!(Instant::now() < deadline, "the session never showed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revoked_at = Instant::now();
+    let revoked = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(revoked.sessions_closed, 1);
+    tokio::time::timeout(Duration::from_secs(10), sleeper.wait()).await.unwrap().unwrap();
+    let ended = revoked_at.elapsed();
+    println!("revocation ended the session in {ended:?}");
+    assert!(ended < Duration::from_secs(2), "session outlived its grant by {ended:?}");
+    assert_eq!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.code(), Some(255));
+    let err = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Expiry ends access on its own.
+    v.grant(&mut client, 2).await;
+    assert!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.success());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.code(), Some(255));
+
+    // An expired challenge; then too many bad signatures lock the hotkey out.
+    let other = validator(config.dir.path(), "other", 10).await;
+    let challenge = client
+        .request_challenge(pb::ChallengeRequest { validator_hotkey: other.hotkey.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let late = pb::ProvisionRequest {
+        validator_hotkey: other.hotkey.clone(),
+        ssh_public_key: other.public_key(),
+        ttl_seconds: 60,
+        challenge_id: challenge.challenge_id,
+        signature: other.sign(&challenge.message),
+    };
+    let err = client.provision(late).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("expired"), "{}", err.message());
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        let challenge = client
+            .request_challenge(pb::ChallengeRequest { validator_hotkey: other.hotkey.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let bad = pb::ProvisionRequest {
+            validator_hotkey: other.hotkey.clone(),
+            ssh_public_key: other.public_key(),
+            ttl_seconds: 60,
+            challenge_id: challenge.challenge_id,
+            signature: vec![0; 64],
+        };
+        codes.push(client.provision(bad).await.unwrap_err().code());
+    }
+    assert_eq!(codes, [Code::Unauthenticated, Code::PermissionDenied]);
+    let locked = client.request_challenge(pb::ChallengeRequest { validator_hotkey: other.hotkey.clone() }).await;
+    assert_eq!(locked.unwrap_err().code(), Code::PermissionDenied);
+
+    // A grant and the host key survive kill -9.
+    let kept = v.grant(&mut client, 600).await;
+    let known_hosts = config.dir.path().join("known_hosts");
+    let pin = format!("UserKnownHostsFile={}", known_hosts.display());
+    let first = ssh(port, &v.ssh_key, &["-o", &pin], &["true"]).await;
+    assert!(first.status.success(), "{:?}", text(&first));
+    service.start_kill().unwrap();
+    service.wait().await.unwrap();
+    let (_service, mut client) = start(&config, &env).await;
+    let grants = client.list_grants(pb::ListGrantsRequest {}).await.unwrap().into_inner().grants;
+    assert_eq!(grants.iter().map(|g| g.grant_id.clone()).collect::<Vec<_>>(), vec![kept.grant_id]);
+    let again = ssh(port, &v.ssh_key, &["-o", &pin, "-o", "StrictHostKeyChecking=yes"], &["true"]).await;
+    assert!(again.status.success(), "host key changed or grant lost: {:?}", text(&again));
+    let audit = std::fs::read_to_string(config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    for event in ["\"revoke\"", "\"grant_expired\"", "\"disconnect\""] {
+        assert!(audit.contains(&format!("\"event\":{event}")), "no {event} in the audit log:\n{audit}");
+    }
+    assert!(audit.contains("\"reason\":\"grant_revoked\""), "{audit}");
+}
+
+#[tokio::test]
+async fn connections_past_the_rate_limit_are_closed() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 3\n");
+    let port = config.ports.ssh;
+    let (_service, mut client) = start(&config, &[]).await;
+    let v = validator(config.dir.path(), "validator", 11).await;
+    v.grant(&mut client, 600).await;
+    let mut results = Vec::new();
+    for _ in 0..5 {
+        results.push(ssh(port, &v.ssh_key, &[], &["nproc"]).await.status.success());
+    }
+    assert_eq!(results, [true, true, true, false, false]);
+    let (_, metrics) = e2e::http_get(config.ports.metrics[3], "/metrics").await.unwrap();
+    assert!(metrics.contains("executor_validator_access_rate_limited_total{scope=\"ip\"} 2"), "{metrics}");
+}
