@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-gpow") => bench_gpow(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
+        Some("bench-ssh") => runtime.block_on(bench_ssh()),
         Some("bench-startup") => {
             let runs = match args.get(1).map(String::as_str) {
                 Some("--runs") => args.get(2).context("--runs N")?.parse()?,
@@ -35,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | cargo xtask-release bench-gpow"
+            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow"
         ),
     }
 }
@@ -460,5 +461,105 @@ async fn bench_containers() -> anyhow::Result<()> {
     }
     println!("  docker run -d (CLI, default bridge): {b:.1} ms");
     println!("  docker run -d (CLI, internal network without inter-container traffic, like ours): {bi:.1} ms");
+    Ok(())
+}
+
+/// Milliseconds for `ssh ... true` to `user@127.0.0.1:port` with `key`: connect, key exchange,
+/// public-key authentication, exec, exit status.
+async fn ssh_true(port: u16, key: &Path, user: &str) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let out = ProcessSpec::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "BatchMode=yes", "-p", &port.to_string(), &format!("{user}@127.0.0.1"), "true"])
+        .output(Duration::from_secs(30), 1 << 16)
+        .await?;
+    anyhow::ensure!(out.status.success(), "ssh to port {port}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+async fn run_checked(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(60), 1 << 16).await?;
+    anyhow::ensure!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// validator-access's SSH server against the distribution's sshd: `ssh host true`, median of
+/// 50 each, interleaved.
+async fn bench_ssh() -> anyhow::Result<()> {
+    use common::proto::access::v1 as pb;
+    let root = workspace_root();
+    build_release(&root, &["-p", "validator-access"]).await?;
+    anyhow::ensure!(Path::new("/usr/sbin/sshd").exists(), "needs the distribution's sshd (openssh-server)");
+    let config = TestConfig::new(
+        "[validator.access_config.rate_limits]\nssh_requests_per_minute = 100000\n[logging]\nlevel = \"warn\"\n",
+    );
+    let dir = config.dir.path();
+    let key = dir.join("id_ed25519");
+    run_checked("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &key.display().to_string()]).await?;
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+
+    // Ours: not strict, so `true` runs (as `sh -c true`, the command user, an empty environment).
+    let mut ours = ProcessSpec::new(root.join("target/release/validator-access"))
+        .arg("--config")
+        .arg(&config.path)
+        .env("EXECUTOR_VALIDATOR__STRICT_SSH_RESTRICTIONS", "false")
+        .spawn_supervised()?;
+    drain(&mut ours);
+    let socket = ServiceName::ValidatorAccess.socket(&config.runtime_dir());
+    wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    let mut client = pb::validator_access_client::ValidatorAccessClient::new(common::grpc::unix_channel(&socket));
+    let keypair = schnorrkel::MiniSecretKey::from_bytes(&[42; 32])
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
+    let hotkey = common::hotkey::Hotkey::from_public(keypair.public.to_bytes()).as_str().to_owned();
+    let challenge =
+        client.request_challenge(pb::ChallengeRequest { validator_hotkey: hotkey.clone() }).await?.into_inner();
+    let signature = keypair.sign_simple(b"substrate", &challenge.message).to_bytes().to_vec();
+    client
+        .provision(pb::ProvisionRequest {
+            validator_hotkey: hotkey,
+            ssh_public_key: public.clone(),
+            ttl_seconds: 3600,
+            challenge_id: challenge.challenge_id,
+            signature,
+        })
+        .await?;
+
+    // The distribution's sshd on another port, the same key authorised for root.
+    let sshd_port = e2e::free_port();
+    let host_key = dir.join("sshd_host_key");
+    run_checked("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &host_key.display().to_string()]).await?;
+    std::fs::write(dir.join("authorized_keys"), &public)?;
+    std::fs::create_dir_all("/run/sshd")?;
+    let sshd_config = dir.join("sshd_config");
+    std::fs::write(
+        &sshd_config,
+        format!(
+            "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {}\n",
+            host_key.display(),
+            dir.join("authorized_keys").display(),
+            dir.join("sshd.pid").display()
+        ),
+    )?;
+    let mut sshd =
+        ProcessSpec::new("/usr/sbin/sshd").arg("-D").arg("-e").arg("-f").arg(&sshd_config).spawn_supervised()?;
+    drain(&mut sshd);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let runs = 50;
+    let (mut ours_ms, mut openssh_ms) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        ours_ms.push(ssh_true(config.ports.ssh, &key, "validator").await?);
+        openssh_ms.push(ssh_true(sshd_port, &key, "root").await?);
+    }
+    let (o, b) = (median(&mut ours_ms), median(&mut openssh_ms));
+    println!("ssh connect + authenticate + exec `true`, median of {runs}, interleaved:");
+    println!("  validator-access (russh, grant lookup, setpriv + env -i + sh -c true): {o:.1} ms");
+    println!("  OpenSSH sshd (root, login shell runs true):                          {b:.1} ms");
+    println!("ratio: {:.2}", o / b);
+    drop(ours);
+    drop(sshd);
     Ok(())
 }
