@@ -86,6 +86,95 @@ impl Hotkey {
     }
 }
 
+/// Why a secret is not an sr25519 signing key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("{0}")]
+    Format(String),
+}
+
+/// A hotkey's secret half, for signing (miner-side clients and tests; the executor itself only
+/// verifies).
+pub struct HotkeyPair {
+    keypair: schnorrkel::Keypair,
+    hotkey: Hotkey,
+}
+
+impl fmt::Debug for HotkeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        write!(f, "HotkeyPair({})", self.hotkey)
+    }
+}
+
+impl HotkeyPair {
+    /// The pair of a 32-byte secret seed (the "secret seed" that `btcli`, `subkey inspect` and
+    /// Bittensor's hotkey files (`secretSeed`) show), expanded as Substrate does.
+    pub fn from_seed(seed: &[u8; 32]) -> Self {
+        #[allow(clippy::expect_used)]
+        let mini = schnorrkel::MiniSecretKey::from_bytes(seed).expect("32 bytes always make a mini secret key");
+        Self::from_keypair(mini.expand_to_keypair(schnorrkel::ExpansionMode::Ed25519))
+    }
+
+    fn from_keypair(keypair: schnorrkel::Keypair) -> Self {
+        let hotkey = Hotkey::from_public(keypair.public.to_bytes());
+        Self { keypair, hotkey }
+    }
+
+    /// Parses a secret as operators hold it: a hex seed (`0x` optional, 32 bytes), a hex
+    /// 64-byte sr25519 secret key (Bittensor's `privateKey`), or a Bittensor hotkey file (JSON
+    /// with `secretSeed` or `privateKey`). Surrounding whitespace is ignored.
+    pub fn parse(text: &str) -> Result<Self, SecretError> {
+        let text = text.trim();
+        if text.starts_with('{') {
+            let json: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| SecretError::Format(format!("hotkey file is not JSON: {e}")))?;
+            for field in ["secretSeed", "privateKey"] {
+                if let Some(value) = json.get(field).and_then(|v| v.as_str()) {
+                    return Self::parse(value);
+                }
+            }
+            return Err(SecretError::Format("hotkey file has neither `secretSeed` nor `privateKey`".to_owned()));
+        }
+        let hex = text.strip_prefix("0x").unwrap_or(text);
+        let bytes = decode_hex(hex).ok_or_else(|| {
+            SecretError::Format("secret is not hex (expected a 32-byte seed or a 64-byte secret key)".to_owned())
+        })?;
+        match bytes.len() {
+            32 => {
+                let mut seed = [0u8; 32];
+                seed.copy_from_slice(&bytes);
+                Ok(Self::from_seed(&seed))
+            }
+            64 => {
+                let secret = schnorrkel::SecretKey::from_ed25519_bytes(&bytes)
+                    .map_err(|_| SecretError::Format("64-byte secret is not an sr25519 secret key".to_owned()))?;
+                Ok(Self::from_keypair(secret.to_keypair()))
+            }
+            n => Err(SecretError::Format(format!(
+                "secret is {n} bytes; expected a 32-byte seed or a 64-byte secret key"
+            ))),
+        }
+    }
+
+    pub fn hotkey(&self) -> &Hotkey {
+        &self.hotkey
+    }
+
+    /// An sr25519 signature over `message` with the `substrate` context, as `bittensor-wallet`
+    /// makes them.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.keypair.sign_simple(SIGNING_CONTEXT, message).to_bytes()
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
+}
+
 fn ss58_checksum(data: &[u8]) -> [u8; 2] {
     let mut hasher = Blake2b512::new();
     hasher.update(b"SS58PRE");
@@ -196,5 +285,22 @@ mod tests {
         key.verify(b"executor wrapped", &wrapped).unwrap();
         let other: Hotkey = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty".parse().unwrap();
         assert_eq!(other.verify(b"hello", &sig), Err(SignatureError::Mismatch));
+    }
+
+    /// `//Alice`'s secret seed, as `subkey inspect //Alice` prints it.
+    pub(crate) const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
+
+    #[test]
+    fn signs_as_the_hotkey_the_seed_belongs_to() {
+        let pair = HotkeyPair::parse(ALICE_SEED).unwrap();
+        assert_eq!(pair.hotkey().as_str(), ALICE);
+        let sig = pair.sign(b"canonical");
+        pair.hotkey().verify(b"canonical", &sig).unwrap();
+        let file = format!("{{\"secretSeed\": \"{ALICE_SEED}\", \"ss58Address\": \"{ALICE}\"}}");
+        assert_eq!(HotkeyPair::parse(&file).unwrap().hotkey().as_str(), ALICE);
+        for (bad, expected) in [("0x12", "1 bytes"), ("zz", "not hex"), ("{}", "neither"), ("{", "not JSON")] {
+            let err = HotkeyPair::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(expected), "{bad}: {err}");
+        }
     }
 }

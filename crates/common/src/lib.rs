@@ -11,6 +11,7 @@ pub mod identity;
 pub mod metrics;
 pub mod process;
 pub mod proto;
+pub mod ratelimit;
 pub mod service;
 pub mod telemetry;
 

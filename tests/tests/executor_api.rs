@@ -1,0 +1,165 @@
+//! The public API end to end: the real launcher and every service, the real Docker engine,
+//! and the signing client of `executor_api::client` as a miner would use it.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::time::Duration;
+
+use common::hotkey::HotkeyPair;
+use common::proto::api::v1 as api;
+use common::proto::runtime::v1 as pb;
+use e2e::{ALICE, BUSYBOX_IMAGE, Node, TestConfig, busybox_image, http_get};
+use executor_api::client::ExecutorClient;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+/// `//Alice`'s secret seed (`subkey inspect //Alice`); the test config's miner hotkey.
+const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
+
+async fn client(node: &Node, seed: &str) -> ExecutorClient {
+    let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
+    ExecutorClient::connect(&endpoint, None, HotkeyPair::parse(seed).unwrap()).await.unwrap()
+}
+
+async fn metrics(node: &Node) -> String {
+    http_get(node.config.ports.metrics[0], "/metrics").await.unwrap().1
+}
+
+#[tokio::test]
+async fn a_container_through_the_public_api_on_the_real_engine() {
+    if !busybox_image().await {
+        return;
+    }
+    let node =
+        Node::start(TestConfig::new("\n[advertised_endpoint]\ngrpc_endpoint = \"https://executor.example.net:443\"\n"))
+            .await;
+    let client = client(&node, ALICE_SEED).await;
+
+    let identity = client.identity().await.unwrap();
+    assert_eq!(identity.managing_miner_hotkey, ALICE);
+    assert_eq!(identity.public_key.len(), 32);
+    assert_eq!(identity.version, common::VERSION);
+    let endpoints = identity.endpoints.unwrap();
+    assert_eq!(endpoints.grpc_endpoint, "https://executor.example.net:443");
+    assert_eq!(endpoints.advertised_port, u32::from(node.config.ports.grpc));
+    assert_eq!(endpoints.health_endpoint, format!("http://127.0.0.1:{}/health", node.config.ports.health));
+    let health = client.detailed_health().await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    assert!(health.components.iter().any(|c| c.name == "docker" && c.serving), "{health:?}");
+
+    let created = client
+        .create_container(pb::CreateContainerRequest {
+            image: BUSYBOX_IMAGE.into(),
+            command: vec!["sh".into(), "-c".into(), "echo hello from the tenant; sleep 60".into()],
+            resources: Some(pb::ResourceRequest { memory_bytes: 64 << 20, cpu_cores: 0.5, ..Default::default() }),
+            ttl_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The owner is the authenticated caller.
+    assert_eq!(created.owner, ALICE);
+    let id = created.id.clone();
+    let started = client.start_container(pb::ContainerRef { id: id.clone() }).await.unwrap();
+    assert_eq!(started.state(), pb::ContainerState::Running);
+    let got = client.get_container(pb::ContainerRef { id: id.clone() }).await.unwrap();
+    assert_eq!(got.state(), pb::ContainerState::Running);
+    let listed = client.list_containers(pb::ListContainersRequest::default()).await.unwrap();
+    assert!(listed.containers.iter().any(|c| c.id == id), "{listed:?}");
+
+    // Follow the logs until the line shows up.
+    let mut logs =
+        client.stream_logs(pb::LogsRequest { id: id.clone(), follow: true, tail: 0, since: 0 }).await.unwrap();
+    let mut text = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = logs.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap().data));
+            if text.contains("hello from the tenant") {
+                break;
+            }
+        }
+    });
+    read.await.unwrap();
+    drop(logs);
+    assert!(text.contains("hello from the tenant\n"), "{text}");
+    let stats = client.container_stats(pb::ContainerRef { id: id.clone() }).await.unwrap();
+    assert_eq!(stats.memory_limit_bytes, 64 << 20);
+
+    // Domain errors pass through with their field; an unknown id is NOT_FOUND.
+    let err = client
+        .create_container(pb::CreateContainerRequest { image: "UPPER".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("image"), "{err:?}");
+
+    client.remove_container(pb::RemoveContainerRequest { id: id.clone(), force: true }).await.unwrap();
+    let err = client.get_container(pb::ContainerRef { id }).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Validator access is forwarded; this build's validator-access does not serve it yet.
+    let err = client.list_validator_grants(Default::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("validator-access"), "{err:?}");
+
+    // A signed attestation report, on the CPU (no GPU in the test config).
+    let report = client
+        .run_attestation(api::AttestationRequest { matrix_dim: 16, num_matrices: 4, ..Default::default() })
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&report.report_json).unwrap();
+    assert_eq!(report["executor_id"], identity.executor_id, "{report}");
+
+    let text = metrics(&node).await;
+    for line in [
+        r#"executor_api_requests_total{method="/executor.api.v1.ExecutorApi/CreateContainer",code="OK"} 1"#,
+        r#"executor_api_requests_total{method="/executor.api.v1.ExecutorApi/CreateContainer",code="INVALID_ARGUMENT"} 1"#,
+        r#"executor_api_requests_total{method="/executor.api.v1.ExecutorApi/StreamLogs",code="#,
+        r#"executor_api_request_duration_seconds_bucket{method="/executor.api.v1.ExecutorApi/Identity",le="#,
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn refusals_and_the_guides_health_name() {
+    let node = Node::start(TestConfig::new("")).await;
+    let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
+
+    // `grpcurl -plaintext localhost:50051 health.v1.Health/Check`, as the guide writes it.
+    use common::proto::health_alias::v1 as alias;
+    let mut health = alias::health_client::HealthClient::new(channel.clone());
+    let reply = health.check(alias::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
+    assert_eq!(reply.status(), alias::health_check_response::ServingStatus::Serving);
+    let reply =
+        health.check(alias::HealthCheckRequest { service: "executor.api.v1.ExecutorApi".into() }).await.unwrap();
+    assert_eq!(reply.into_inner().status(), alias::health_check_response::ServingStatus::Serving);
+
+    // Unsigned calls, unary and streaming, are refused before anything runs.
+    let mut raw = common::proto::api::v1::executor_api_client::ExecutorApiClient::new(channel);
+    let err = raw.identity(api::IdentityRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().starts_with("missing_signature:"), "{err:?}");
+    let err = raw.stream_logs(pb::LogsRequest { id: "c-000000000000".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    // Another hotkey's valid signature: PERMISSION_DENIED.
+    let bob = client(&node, "0x398f0c28f98885e046333d4a41c19cee4c37368a9832c6502f6cfd182e2aef89").await;
+    let err = bob.identity().await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    // A body other than the one signed.
+    let alice = client(&node, ALICE_SEED).await;
+    let mut request = alice.signed("GetContainer", pb::ContainerRef { id: "c-000000000001".into() });
+    request.get_mut().id = "c-000000000002".into();
+    let err = alice.raw().get_container(request).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().starts_with("bad_signature:"), "{err:?}");
+
+    let text = metrics(&node).await;
+    for reason in ["missing_signature", "hotkey_not_allowed", "bad_signature"] {
+        let line = format!("executor_api_auth_failures_total{{reason=\"{reason}\"}}");
+        assert!(text.lines().any(|l| l.starts_with(&line) && !l.ends_with(" 0")), "{reason}:\n{text}");
+    }
+}
