@@ -187,9 +187,11 @@ def health_check(port):
 
 def test_connections_past_max_connections_are_closed(small_node):
     assert health_check(small_node.grpc_port) == 1
+    open_connections = lambda: metric(small_node.metrics_port, "executor_api_connections ")  # noqa: E731
+    wait_for(lambda: open_connections() == 0)
     held = [socket.create_connection(("127.0.0.1", small_node.grpc_port)) for _ in range(2)]
     try:
-        time.sleep(0.3)
+        wait_for(lambda: open_connections() == 2)
         with pytest.raises(grpc.RpcError) as info:
             health_check(small_node.grpc_port)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -210,6 +212,13 @@ def test_connections_past_max_connections_are_closed(small_node):
             assert time.monotonic() < deadline, "the server did not accept connections again"
             time.sleep(0.1)
     assert metric(small_node.metrics_port, "executor_api_connections_refused_total") >= 2
+
+
+def wait_for(condition, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
 
 
 def test_more_than_the_rate_limit_is_refused(small_node):
