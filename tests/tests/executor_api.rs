@@ -163,3 +163,79 @@ async fn refusals_and_the_guides_health_name() {
         assert!(text.lines().any(|l| l.starts_with(&line) && !l.ends_with(" 0")), "{reason}:\n{text}");
     }
 }
+
+/// `executor ctl --config CONFIG --key-file KEY ARGS...`.
+async fn ctl(node: &Node, key_file: &std::path::Path, args: &[&str]) -> common::process::CapturedOutput {
+    let config = node.config.path.display().to_string();
+    let key_file = key_file.display().to_string();
+    let mut all = vec!["ctl", "--config", &config, "--key-file", &key_file];
+    all.extend_from_slice(args);
+    e2e::run("executor", &all, &[]).await
+}
+
+fn json(out: &common::process::CapturedOutput) -> serde_json::Value {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn executor_ctl_for_operators() {
+    if !busybox_image().await {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let key = node.config.dir.path().join("miner.seed");
+    std::fs::write(&key, format!("{ALICE_SEED}\n")).unwrap();
+
+    let identity = json(&ctl(&node, &key, &["identity"]).await);
+    assert_eq!(identity["managing_miner_hotkey"], ALICE);
+    // The secret from the environment instead of a file, and the endpoint given explicitly.
+    let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
+    let out =
+        e2e::run("executor", &["ctl", "--endpoint", &endpoint, "health"], &[("MINER_HOTKEY_SECRET", ALICE_SEED)]).await;
+    assert_eq!(json(&out)["healthy"], true);
+
+    let create = [
+        "containers",
+        "create",
+        "--image",
+        BUSYBOX_IMAGE,
+        "--memory-bytes",
+        "67108864",
+        "--cpu-cores",
+        "0.5",
+        "--ttl-seconds",
+        "600",
+        "--start",
+        "--",
+        "sh",
+        "-c",
+        "echo from ctl; sleep 60",
+    ];
+    let created = json(&ctl(&node, &key, &create).await);
+    assert_eq!(created["state"], "running", "{created}");
+    let id = created["id"].as_str().unwrap();
+    let mut logs = String::new();
+    for _ in 0..50 {
+        let out = ctl(&node, &key, &["containers", "logs", id]).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        logs = String::from_utf8_lossy(&out.stdout).into_owned();
+        if logs.contains("from ctl") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(logs, "from ctl\n");
+    let list = ctl(&node, &key, &["containers", "list"]).await;
+    assert!(String::from_utf8_lossy(&list.stdout).contains(id));
+    json(&ctl(&node, &key, &["containers", "remove", "--force", id]).await);
+
+    // Errors: the code and message of the status (exit 1); no key at all (exit 2).
+    let out = ctl(&node, &key, &["containers", "get", id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = node.config.path.display().to_string();
+    let out = e2e::run("executor", &["ctl", "--config", &config, "identity"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MINER_HOTKEY_SECRET"));
+}
