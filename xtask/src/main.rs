@@ -7,9 +7,14 @@
 //!   scrape latency (p50, p99), beside the distribution's node_exporter when it is installed.
 //! - `bench-containers`: release build; create-to-running latency through container-runtime's
 //!   API against `docker run -d` of the same image, median of 30, side by side.
+//! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
+//!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
+//!   same process with authentication left out.
 //! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
 //!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
 //!   time to verify it and a 4096-dim product.
+
+mod bench_api;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.first().map(String::as_str) {
         Some("bench-gpow") => bench_gpow(),
+        Some("bench-api") => bench_api::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-startup") => {
@@ -35,7 +41,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | cargo xtask-release bench-gpow"
+            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }

@@ -147,7 +147,7 @@ impl HotkeyPair {
                 Ok(Self::from_seed(&seed))
             }
             64 => {
-                let secret = schnorrkel::SecretKey::from_ed25519_bytes(&bytes)
+                let secret = schnorrkel::SecretKey::from_bytes(&bytes)
                     .map_err(|_| SecretError::Format("64-byte secret is not an sr25519 secret key".to_owned()))?;
                 Ok(Self::from_keypair(secret.to_keypair()))
             }
@@ -298,6 +298,16 @@ mod tests {
         pair.hotkey().verify(b"canonical", &sig).unwrap();
         let file = format!("{{\"secretSeed\": \"{ALICE_SEED}\", \"ss58Address\": \"{ALICE}\"}}");
         assert_eq!(HotkeyPair::parse(&file).unwrap().hotkey().as_str(), ALICE);
+        // A hotkey file written by bittensor-wallet's `Wallet.create_new_hotkey`: its seed and its
+        // 64-byte private key are the same key.
+        let address = "5DJgjVDnqkSoLyKL7GTdXk1FKWnPmv83Ka7L4Vu1Faar5pLb";
+        let seed = "0xd8d53639a3b2727ccdacc6027a5a55cf1598c21a6865022c1d8e1b1cdaeb1ec9";
+        let private = "0x4d9a4150138065cabc5132994cec6973b89e0427c9abd2bbe021604f80b36a08\
+                       07880753f3825b64bef5bcb0741a7d7c4c07ed953a1e51d10ec7359f0a3ef1a7";
+        assert_eq!(HotkeyPair::parse(seed).unwrap().hotkey().as_str(), address);
+        let from_private = HotkeyPair::parse(&format!("{{\"privateKey\": \"{private}\"}}")).unwrap();
+        assert_eq!(from_private.hotkey().as_str(), address);
+        from_private.hotkey().verify(b"m", &from_private.sign(b"m")).unwrap();
         for (bad, expected) in [("0x12", "1 bytes"), ("zz", "not hex"), ("{}", "neither"), ("{", "not JSON")] {
             let err = HotkeyPair::parse(bad).unwrap_err().to_string();
             assert!(err.contains(expected), "{bad}: {err}");
