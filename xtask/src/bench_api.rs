@@ -46,10 +46,12 @@ async fn bench() -> anyhow::Result<()> {
     let _metrics = common::metrics::install("executor-api")?;
     let key = HotkeyPair::parse(ALICE_SEED)?;
     let dir = std::env::temp_dir().join(format!("bench-api-{}", std::process::id()));
-    let mut config = Config::default();
-    config.managing_miner_hotkey = Some(key.hotkey().clone());
-    config.runtime_dir = dir.join("run");
-    config.data_dir = dir.join("data");
+    let mut config = Config {
+        managing_miner_hotkey: Some(key.hotkey().clone()),
+        runtime_dir: dir.join("run"),
+        data_dir: dir.join("data"),
+        ..Default::default()
+    };
     config.server.max_connections = 10_000;
     let handlers = || Api::new(&config, "bench".into(), [0; 32], dir.join("gpu-attestor"), dir.join("key"));
     // The limit is far above what the bench sends: this measures authentication, not refusal.
