@@ -311,3 +311,22 @@ def test_curl_health_follows_services_down_and_back(node):
     os.kill(pids["container-runtime"], signal.SIGKILL)
     wait_health(node.health_port, 200)
     assert service_pids(node)["container-runtime"] != pids["container-runtime"]
+
+
+def test_ctl_reads_a_bittensor_hotkey_file(node, tmp_path):
+    """`executor ctl --key-file` takes the hotkey file bittensor-wallet writes: the executor names
+    the file's own address when it refuses it (this node is managed by //Alice)."""
+    from bittensor_wallet import Wallet
+
+    from conftest import BIN
+
+    wallet = Wallet(name="miner", hotkey="default", path=str(tmp_path))
+    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+    hotkey_file = next(tmp_path.rglob("hotkeys/default"))
+    address = json.loads(hotkey_file.read_text())["ss58Address"]
+    out = subprocess.run(
+        [str(BIN / "executor"), "ctl", "--endpoint", f"http://127.0.0.1:{node.grpc_port}", "--key-file", str(hotkey_file), "identity"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 1, out
+    assert f"hotkey_not_allowed: hotkey {address} does not manage this executor" in out.stderr, out.stderr

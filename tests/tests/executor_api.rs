@@ -46,6 +46,10 @@ async fn a_container_through_the_public_api_on_the_real_engine() {
     let health = client.detailed_health().await.unwrap();
     assert!(health.healthy, "{health:?}");
     assert!(health.components.iter().any(|c| c.name == "docker" && c.serving), "{health:?}");
+    // Docker's facts come from container-runtime's checklist; no GPU in this config.
+    let profile = client.system_profile().await.unwrap();
+    assert!(!profile.docker_version.is_empty() && !profile.docker_cgroup_driver.is_empty(), "{profile:?}");
+    assert!(profile.inventory.unwrap().gpus.is_empty());
 
     let created = client
         .create_container(pb::CreateContainerRequest {

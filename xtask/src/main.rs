@@ -46,12 +46,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 /// `cargo build --release` of `what` in the workspace at `root`.
-async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<()> {
+pub(crate) async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<()> {
     let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet"])
         .args(what.iter().copied())
@@ -264,7 +264,7 @@ fn bench_gpow() -> anyhow::Result<()> {
 }
 
 /// Reads and drops a child's output so it never blocks on a full pipe.
-fn drain(child: &mut tokio::process::Child) {
+pub(crate) fn drain(child: &mut tokio::process::Child) {
     if let Some(mut out) = child.stdout.take() {
         tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
     }
@@ -364,11 +364,14 @@ async fn bench_monitor() -> anyhow::Result<()> {
     Ok(())
 }
 
-type RuntimeClient =
+pub(crate) type RuntimeClient =
     common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient<tonic::transport::Channel>;
 
 /// Starts the release container-runtime on `config` and connects to it.
-async fn start_runtime(root: &Path, config: &TestConfig) -> anyhow::Result<(tokio::process::Child, RuntimeClient)> {
+pub(crate) async fn start_runtime(
+    root: &Path,
+    config: &TestConfig,
+) -> anyhow::Result<(tokio::process::Child, RuntimeClient)> {
     let mut child = ProcessSpec::new(root.join("target/release/container-runtime"))
         .arg("--config")
         .arg(&config.path)

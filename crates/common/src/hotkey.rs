@@ -71,18 +71,36 @@ impl Hotkey {
 
     /// Checks an sr25519 signature by this hotkey over `message`, raw or `<Bytes>`-wrapped.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
-        let bytes: [u8; 64] = signature.try_into().map_err(|_| SignatureError::Length(signature.len()))?;
-        let signature = schnorrkel::Signature::from_bytes(&bytes).map_err(|_| SignatureError::Malformed)?;
+        self.verifier()?.verify(message, signature)
+    }
+
+    /// The key ready for verifying many signatures (decompressed once).
+    pub fn verifier(&self) -> Result<Verifier, SignatureError> {
         // The address was checked to be a valid point when parsed.
         let key = schnorrkel::PublicKey::from_bytes(&self.public).map_err(|_| SignatureError::Mismatch)?;
-        if key.verify_simple(SIGNING_CONTEXT, message, &signature).is_ok() {
+        Ok(Verifier { key })
+    }
+}
+
+/// A hotkey's public key, decompressed, for verifying signatures.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    key: schnorrkel::PublicKey,
+}
+
+impl Verifier {
+    /// Checks an sr25519 signature over `message`, raw or `<Bytes>`-wrapped.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), SignatureError> {
+        let bytes: [u8; 64] = signature.try_into().map_err(|_| SignatureError::Length(signature.len()))?;
+        let signature = schnorrkel::Signature::from_bytes(&bytes).map_err(|_| SignatureError::Malformed)?;
+        if self.key.verify_simple(SIGNING_CONTEXT, message, &signature).is_ok() {
             return Ok(());
         }
         let mut wrapped = Vec::with_capacity(message.len() + 15);
         wrapped.extend_from_slice(b"<Bytes>");
         wrapped.extend_from_slice(message);
         wrapped.extend_from_slice(b"</Bytes>");
-        key.verify_simple(SIGNING_CONTEXT, &wrapped, &signature).map_err(|_| SignatureError::Mismatch)
+        self.key.verify_simple(SIGNING_CONTEXT, &wrapped, &signature).map_err(|_| SignatureError::Mismatch)
     }
 }
 

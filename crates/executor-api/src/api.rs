@@ -53,6 +53,41 @@ struct Inner {
     access: ValidatorAccessClient<Channel>,
     attestor: PathBuf,
     identity_file: PathBuf,
+    /// `container-runtime` beside this binary and the config file, for Docker's facts.
+    runtime_check: (PathBuf, PathBuf),
+    docker_facts: tokio::sync::OnceCell<DockerFacts>,
+}
+
+/// What SystemProfile reports about the engine; read once, through container-runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerFacts {
+    pub version: String,
+    pub cgroup_driver: String,
+    pub nvidia_runtime: bool,
+}
+
+impl DockerFacts {
+    /// From the JSON lines of `container-runtime check` (the checklist `executor validate`
+    /// shows): only container-runtime talks to Docker.
+    pub fn from_checks(output: &str) -> Option<Self> {
+        let mut facts = DockerFacts::default();
+        let mut engine = false;
+        for check in output.lines().filter_map(|l| serde_json::from_str::<common::check::Check>(l).ok()) {
+            let pass = check.status == common::check::CheckStatus::Pass;
+            match check.name.as_str() {
+                "docker" if pass => {
+                    engine = true;
+                    facts.version = check.detail.strip_prefix("engine ")?.split(' ').next()?.to_owned();
+                }
+                "docker cgroups" if pass => {
+                    facts.cgroup_driver = check.detail.strip_prefix("driver ")?.split(',').next()?.trim().to_owned();
+                }
+                "nvidia runtime" => facts.nvidia_runtime = pass,
+                _ => {}
+            }
+        }
+        engine.then_some(facts)
+    }
 }
 
 /// The services of the node and how to ask them how they are.
@@ -173,13 +208,15 @@ pub fn advertised(config: &Config) -> pb::AdvertisedEndpoints {
 }
 
 impl Api {
-    /// `attestor` is the `gpu-attestor` binary; `identity_file` the executor key it signs with.
+    /// `bin_dir` holds `gpu-attestor` and `container-runtime`; `identity_file` is the executor
+    /// key reports are signed with; `config_file` the file this node runs on.
     pub fn new(
         config: &Config,
         executor_id: String,
         public_key: [u8; 32],
-        attestor: PathBuf,
+        bin_dir: &std::path::Path,
         identity_file: PathBuf,
+        config_file: PathBuf,
     ) -> Self {
         let socket = |s: ServiceName| common::grpc::unix_channel(&s.socket(&config.runtime_dir));
         let identity = pb::IdentityResponse {
@@ -196,8 +233,10 @@ impl Api {
                 runtime: ContainerRuntimeClient::new(socket(ServiceName::ContainerRuntime)),
                 gpu: GpuMonitorClient::new(socket(ServiceName::GpuMonitor)),
                 access: ValidatorAccessClient::new(socket(ServiceName::ValidatorAccess)),
-                attestor,
+                attestor: bin_dir.join("gpu-attestor"),
                 identity_file,
+                runtime_check: (bin_dir.join(ServiceName::ContainerRuntime.as_str()), config_file),
+                docker_facts: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -280,14 +319,13 @@ impl ExecutorApiRpc for Api {
         let downstream = |status| ApiError::Downstream { service: ServiceName::GpuMonitor, status }.into_status(&id);
         let inventory = inventory.map_err(downstream)?.into_inner();
         let snapshot = snapshot.map_err(downstream)?.into_inner();
-        // Docker's version and cgroup driver need an engine-info call that container-runtime
-        // (the only part that talks to Docker) does not serve yet: left empty, not guessed.
+        let docker = self.docker_facts().await.map_err(|e| e.into_status(&id))?;
         Ok(Response::new(pb::SystemProfileResponse {
             inventory: Some(inventory),
             snapshot: Some(snapshot),
-            docker_version: String::new(),
-            docker_cgroup_driver: String::new(),
-            nvidia_runtime: false,
+            docker_version: docker.version,
+            docker_cgroup_driver: docker.cgroup_driver,
+            nvidia_runtime: docker.nvidia_runtime,
         }))
     }
 
@@ -412,6 +450,31 @@ impl ExecutorApiRpc for Api {
 }
 
 impl Api {
+    /// Docker's facts from `container-runtime check`, once they have been read successfully.
+    async fn docker_facts(&self) -> Result<DockerFacts, ApiError> {
+        self.inner
+            .docker_facts
+            .get_or_try_init(|| async {
+                let (binary, config) = &self.inner.runtime_check;
+                let output = ProcessSpec::new(binary)
+                    .arg("--config")
+                    .arg(config)
+                    .arg("check")
+                    .output(Duration::from_secs(10), 1 << 16)
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("container-runtime check: {e}")))?;
+                let text = String::from_utf8_lossy(&output.stdout);
+                DockerFacts::from_checks(&text).ok_or_else(|| {
+                    ApiError::Unavailable(format!(
+                        "the Docker engine does not answer container-runtime: {}",
+                        text.lines().next().unwrap_or("no output")
+                    ))
+                })
+            })
+            .await
+            .cloned()
+    }
+
     /// validator-access runs only with `[validator] enabled = true`.
     fn access(&self) -> Result<ValidatorAccessClient<Channel>, Status> {
         if self.inner.probes.channel(ServiceName::ValidatorAccess).is_none() {
@@ -499,4 +562,23 @@ fn tempdir() -> std::io::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_facts_from_the_checklist() {
+        let text = r#"{"name":"docker","status":"pass","detail":"engine 20.10.24+dfsg1 at unix:///var/run/docker.sock, API 1.41"}
+{"name":"docker cgroups","status":"pass","detail":"driver cgroupfs, cgroup v1"}
+{"name":"nvidia runtime","status":"skip","detail":"not registered; docker.enable_gpu_passthrough = false"}"#;
+        let facts = DockerFacts::from_checks(text).unwrap();
+        assert_eq!(
+            facts,
+            DockerFacts { version: "20.10.24+dfsg1".into(), cgroup_driver: "cgroupfs".into(), nvidia_runtime: false }
+        );
+        let down = r#"{"name":"docker","status":"fail","detail":"Docker engine at unix:///x: refused"}"#;
+        assert_eq!(DockerFacts::from_checks(down), None);
+    }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::clock::Clock;
-use common::hotkey::{Hotkey, HotkeyPair};
+use common::hotkey::{Hotkey, HotkeyPair, Verifier};
 use common::ratelimit::RateLimiter;
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -187,6 +187,8 @@ impl NonceCache {
 #[derive(Debug)]
 pub struct Authenticator {
     miner: Hotkey,
+    /// The miner's key, decompressed once rather than per call.
+    verifier: Verifier,
     window: Duration,
     clock: Arc<dyn Clock>,
     nonces: Mutex<NonceCache>,
@@ -195,17 +197,19 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Accepts `miner` only, timestamps within `window`, at most `per_minute` calls a minute.
-    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let verifier = miner.verifier().map_err(|e| format!("managing_miner_hotkey {miner}: {e}"))?;
         // Admitted calls within two windows, twice over: the cache never needs to drop a live nonce.
         let minutes = (2 * window.as_secs()).div_ceil(60).max(1) as usize;
         let capacity = (per_minute as usize).saturating_mul(minutes).saturating_mul(2).max(1024);
-        Self {
+        Ok(Self {
             miner,
+            verifier,
             window,
             limiter: RateLimiter::new(per_minute, clock.clone()),
             clock,
             nonces: Mutex::new(NonceCache { capacity, seen: HashMap::new(), order: VecDeque::new() }),
-        }
+        })
     }
 
     /// Checks the signature metadata of a call to `method` whose request message is `message`;
@@ -221,9 +225,14 @@ impl Authenticator {
         };
         let (hotkey, timestamp, nonce, signature) =
             (header(HOTKEY_HEADER)?, header(TIMESTAMP_HEADER)?, header(NONCE_HEADER)?, header(SIGNATURE_HEADER)?);
-        let hotkey: Hotkey = hotkey
-            .parse()
-            .map_err(|e| AuthFailure::new(Reason::MalformedMetadata, format!("`{HOTKEY_HEADER}`: {e}")))?;
+        // The miner's own address needs no decoding; any other is parsed to say what is wrong.
+        let hotkey: Hotkey = if hotkey == self.miner.as_str() {
+            self.miner.clone()
+        } else {
+            hotkey
+                .parse()
+                .map_err(|e| AuthFailure::new(Reason::MalformedMetadata, format!("`{HOTKEY_HEADER}`: {e}")))?
+        };
         let timestamp: u64 = timestamp.parse().map_err(|_| {
             AuthFailure::new(Reason::MalformedMetadata, format!("`{TIMESTAMP_HEADER}` must be Unix seconds"))
         })?;
@@ -255,7 +264,7 @@ impl Authenticator {
             ));
         }
         let canonical = canonical_string(method, timestamp, nonce, &sha256(message));
-        hotkey.verify(canonical.as_bytes(), &signature).map_err(|e| {
+        self.verifier.verify(canonical.as_bytes(), &signature).map_err(|e| {
             AuthFailure::new(Reason::BadSignature, format!("{e} (signed string: method, timestamp, nonce, body hash)"))
         })?;
         if let Err(retry) = self.limiter.check(&hotkey) {
@@ -291,7 +300,8 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1_800_000_000));
         let alice = HotkeyPair::parse(ALICE_SEED).unwrap();
-        let auth = Authenticator::new(alice.hotkey().clone(), Duration::from_secs(60), per_minute, clock.clone());
+        let auth =
+            Authenticator::new(alice.hotkey().clone(), Duration::from_secs(60), per_minute, clock.clone()).unwrap();
         (clock, auth, alice)
     }
 

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::ServiceName;
+use common::check::Check;
 use common::clock::SystemClock;
 use common::config::{Config, ServerConfig};
 use common::identity::{ExecutorIdentity, IDENTITY_FILE};
@@ -81,6 +82,17 @@ pub fn tls_config(server: &ServerConfig) -> Result<Option<ServerTlsConfig>, BoxE
 impl Service for ExecutorApi {
     const NAME: ServiceName = ServiceName::ExecutorApi;
 
+    /// `executor validate`: the TLS certificate and key load.
+    fn check(loaded: &common::config::LoadedConfig) -> impl std::future::Future<Output = Vec<Check>> + Send {
+        let server = &loaded.config.server;
+        let check = match (&server.tls_cert_path, tls_config(server)) {
+            (None, _) => Check::skip("tls", "public port is plaintext (server.tls_cert_path not set)"),
+            (Some(cert), Ok(_)) => Check::pass("tls", format!("certificate {} and its key load", cert.display())),
+            (Some(_), Err(e)) => Check::fail("tls", e.to_string()),
+        };
+        std::future::ready(vec![check])
+    }
+
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
         let miner = ctx.loaded.require_miner_hotkey()?.clone();
         let config = ctx.config();
@@ -89,20 +101,21 @@ impl Service for ExecutorApi {
         let grpc = bind(SocketAddr::new(config.server.host, config.server.port), "server.port").await?;
         let http = bind(SocketAddr::new(config.server.host, config.server.health_port), "server.health_port").await?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot locate the executor-api binary: {e}"))?;
-        let attestor = exe.with_file_name("gpu-attestor");
+        let bin_dir = exe.parent().ok_or("the executor-api binary has no directory")?;
         let api = Api::new(
             config,
             identity.executor_id(),
             identity.public_key(),
-            attestor,
+            bin_dir,
             config.data_dir.join(IDENTITY_FILE),
+            ctx.loaded.path.clone(),
         );
         let auth = Arc::new(Authenticator::new(
             miner,
             config.server.auth_time_window,
             config.validator.access_config.rate_limits.api_requests_per_minute,
             Arc::new(SystemClock),
-        ));
+        )?);
         Ok(Self { grpc, http, api, auth, tls })
     }
 
