@@ -243,3 +243,26 @@ async fn executor_ctl_for_operators() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("MINER_HOTKEY_SECRET"));
 }
+
+#[tokio::test]
+async fn validate_checks_the_tls_files() {
+    let config = TestConfig::new("");
+    let path = config.path.to_str().unwrap();
+    let out = e2e::run("executor", &["validate", "--config", path], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SKIP  tls              public port is plaintext"), "{text}");
+
+    let (cert, key) = (config.dir.path().join("cert.pem"), config.dir.path().join("key.pem"));
+    std::fs::write(&cert, "not a certificate").unwrap();
+    std::fs::write(&key, "not a key").unwrap();
+    let text = std::fs::read_to_string(&config.path).unwrap().replacen(
+        "[server]\n",
+        &format!("[server]\ntls_cert_path = \"{}\"\ntls_key_path = \"{}\"\n", cert.display(), key.display()),
+        1,
+    );
+    std::fs::write(&config.path, text).unwrap();
+    let out = e2e::run("executor", &["validate", "--config", path], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  tls              key `server.tls_cert_path`/`server.tls_key_path`"), "{text}");
+}
