@@ -156,14 +156,7 @@ impl Probes {
                 Err(_) => format!("down: no answer within {PROBE_TIMEOUT:?}"),
             }
         };
-        let gpus = async {
-            let channel = self.channel(ServiceName::GpuMonitor)?;
-            let mut client = GpuMonitorClient::new(channel);
-            let call = client.inventory(gpu::InventoryRequest {});
-            let inventory = tokio::time::timeout(PROBE_TIMEOUT, call).await.ok()?.ok()?.into_inner();
-            Some(inventory.gpus.len() as u32)
-        };
-        let (docker, gpu_count) = tokio::join!(docker, gpus);
+        let (docker, gpu_count) = tokio::join!(docker, self.gpu_count());
         let mut services = BTreeMap::new();
         for (name, task) in checks {
             let status = match task.await {
@@ -509,7 +502,7 @@ impl Api {
         if count > MAX_ATTESTATION_MATRICES {
             return Err(invalid("num_matrices", &format!("must be at most {MAX_ATTESTATION_MATRICES}")));
         }
-        let gpus = self.inner.probes.probe_gpus().await;
+        let gpus = self.inner.probes.gpu_count().await.unwrap_or(0);
         let backend = if gpus > 0 { "cuda" } else { "cpu" };
         let dir = tempdir().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
         let report = dir.join("report.json");
@@ -531,11 +524,18 @@ impl Api {
         let text = std::fs::read_to_string(&report);
         let _ = std::fs::remove_dir_all(&dir);
         let output = result.map_err(|e| ApiError::Internal(format!("gpu-attestor: {e}")))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() && stderr.contains("no CUDA backend") {
+            // A GPU machine with this build: the operator's situation, not a fault.
+            return Err(ApiError::Unavailable(
+                "this build's gpu-attestor has no CUDA backend: attestation cannot run on this GPU machine yet".into(),
+            ));
+        }
         if !output.status.success() {
             return Err(ApiError::Internal(format!(
                 "gpu-attestor {}: {}",
                 common::process::describe_exit(output.status),
-                String::from_utf8_lossy(&output.stderr).trim()
+                stderr.trim()
             )));
         }
         text.map_err(|e| ApiError::Internal(format!("gpu-attestor report: {e}")))
@@ -543,14 +543,13 @@ impl Api {
 }
 
 impl Probes {
-    async fn probe_gpus(&self) -> u32 {
-        let Some(channel) = self.channel(ServiceName::GpuMonitor) else { return 0 };
+    /// GPUs in gpu-monitor's inventory; `None` when it does not answer in time.
+    async fn gpu_count(&self) -> Option<u32> {
+        let channel = self.channel(ServiceName::GpuMonitor)?;
         let mut client = GpuMonitorClient::new(channel);
         let call = client.inventory(gpu::InventoryRequest {});
-        match tokio::time::timeout(PROBE_TIMEOUT, call).await {
-            Ok(Ok(inventory)) => inventory.into_inner().gpus.len() as u32,
-            _ => 0,
-        }
+        let inventory = tokio::time::timeout(PROBE_TIMEOUT, call).await.ok()?.ok()?.into_inner();
+        Some(inventory.gpus.len() as u32)
     }
 }
 
