@@ -183,6 +183,17 @@ impl NonceCache {
     }
 }
 
+/// What a call's headers claim, checked as far as possible without its body.
+#[derive(Debug)]
+pub struct Claim {
+    hotkey: Hotkey,
+    timestamp: u64,
+    nonce: String,
+    signature: Vec<u8>,
+    /// The executor's clock when the headers were checked, Unix seconds.
+    now: u64,
+}
+
 /// The authentication policy of the public API.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -215,6 +226,13 @@ impl Authenticator {
     /// Checks the signature metadata of a call to `method` whose request message is `message`;
     /// returns the caller's hotkey.
     pub fn check(&self, method: &str, headers: &HeaderMap, message: &[u8]) -> Result<Hotkey, AuthFailure> {
+        let claim = self.precheck(headers)?;
+        self.verify(method, claim, message)
+    }
+
+    /// The checks that need no request body (headers, hotkey, time): the layer runs them before
+    /// reading a byte of the body, so refused callers cost no buffering.
+    pub fn precheck(&self, headers: &HeaderMap) -> Result<Claim, AuthFailure> {
         let header = |name: &str| -> Result<&str, AuthFailure> {
             let value = headers.get(name).ok_or_else(|| {
                 AuthFailure::new(Reason::MissingSignature, format!("metadata `{name}` is required (see docs/api.md)"))
@@ -263,6 +281,13 @@ impl Authenticator {
                 ),
             ));
         }
+        Ok(Claim { hotkey, timestamp, nonce: nonce.to_owned(), signature, now })
+    }
+
+    /// The signature over the canonical string, then the rate limit and the nonce.
+    pub fn verify(&self, method: &str, claim: Claim, message: &[u8]) -> Result<Hotkey, AuthFailure> {
+        let Claim { hotkey, timestamp, nonce, signature, now } = claim;
+        let nonce = nonce.as_str();
         let canonical = canonical_string(method, timestamp, nonce, &sha256(message));
         self.verifier.verify(canonical.as_bytes(), &signature).map_err(|e| {
             AuthFailure::new(Reason::BadSignature, format!("{e} (signed string: method, timestamp, nonce, body hash)"))

@@ -23,8 +23,10 @@ use tracing::Instrument;
 
 use crate::auth::{self, AuthFailure, Authenticator, Reason};
 
-/// Largest request body read for authentication (tonic's own default decoding limit).
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest request body read for authentication: far above any request of the API (a
+/// container with its environment and labels), and a bound on what an unauthenticated caller
+/// can make the server hold per call.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 /// Response header carrying the request id that the logs name.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -192,21 +194,14 @@ async fn authenticate(auth: &Authenticator, path: &str, request: Request<Body>) 
     let malformed = |detail: String| AuthFailure { reason: Reason::MalformedBody, detail };
     let (mut parts, body) = request.into_parts();
     // Refuse what we can before reading anything.
-    for name in [auth::HOTKEY_HEADER, auth::TIMESTAMP_HEADER, auth::NONCE_HEADER, auth::SIGNATURE_HEADER] {
-        if !parts.headers.contains_key(name) {
-            return Err(AuthFailure {
-                reason: Reason::MissingSignature,
-                detail: format!("metadata `{name}` is required (see docs/api.md)"),
-            });
-        }
-    }
+    let claim = auth.precheck(&parts.headers)?;
     let bytes = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
         .map_err(|e| malformed(format!("cannot read the request: {e}")))?
         .to_bytes();
     let message = single_message(&bytes).map_err(malformed)?;
-    let hotkey = auth.check(path, &parts.headers, message)?;
+    let hotkey = auth.verify(path, claim, message)?;
     parts.extensions.insert(Caller(hotkey));
     Ok(Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes))))
 }

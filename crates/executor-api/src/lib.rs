@@ -45,6 +45,9 @@ pub const GRPC_SERVICE: &str = "executor.api.v1.ExecutorApi";
 /// The executor guide's name for the health service (`health.v1.Health/Check`).
 pub const HEALTH_ALIAS: &str = "health.v1.Health";
 
+/// Concurrent calls on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+
 /// The executor-api service.
 #[derive(Debug)]
 pub struct ExecutorApi {
@@ -166,7 +169,9 @@ pub async fn serve_public(
     let mut builder = tonic::transport::Server::builder()
         .timeout(server.request_timeout)
         .http2_keepalive_interval(Some(server.keepalive_interval))
-        .http2_keepalive_timeout(Some(server.keepalive_timeout));
+        .http2_keepalive_timeout(Some(server.keepalive_timeout))
+        // With max_connections, bounds the calls (and request bodies) in flight.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
