@@ -102,6 +102,21 @@ impl Verifier {
         wrapped.extend_from_slice(b"</Bytes>");
         self.key.verify_simple(SIGNING_CONTEXT, &wrapped, &signature).map_err(|_| SignatureError::Mismatch)
     }
+
+    /// Whether every `(message, signature)` is a raw (not `<Bytes>`-wrapped) signature by this
+    /// key, checked as one batch: about a third of the cost per signature from 16 on. `false`
+    /// says only that at least one is not; check them one by one to learn which.
+    pub fn verify_batch(&self, items: &[(&[u8], &[u8])]) -> bool {
+        let signatures: Option<Vec<schnorrkel::Signature>> = items
+            .iter()
+            .map(|(_, s)| <[u8; 64]>::try_from(*s).ok().and_then(|b| schnorrkel::Signature::from_bytes(&b).ok()))
+            .collect();
+        let Some(signatures) = signatures else { return false };
+        let context = schnorrkel::signing_context(SIGNING_CONTEXT);
+        let transcripts = items.iter().map(|(m, _)| context.bytes(m));
+        let keys = vec![self.key; items.len()];
+        schnorrkel::verify_batch(transcripts, &signatures, &keys, true).is_ok()
+    }
 }
 
 /// Why a secret is not an sr25519 signing key.
@@ -326,6 +341,20 @@ mod tests {
         let from_private = HotkeyPair::parse(&format!("{{\"privateKey\": \"{private}\"}}")).unwrap();
         assert_eq!(from_private.hotkey().as_str(), address);
         from_private.hotkey().verify(b"m", &from_private.sign(b"m")).unwrap();
+        // Batches: all good, one tampered, one `<Bytes>`-wrapped (valid alone, not in a batch).
+        let verifier = pair.hotkey().verifier().unwrap();
+        let messages: Vec<Vec<u8>> = (0..20).map(|i| format!("m{i}").into_bytes()).collect();
+        let sigs: Vec<[u8; 64]> = messages.iter().map(|m| pair.sign(m)).collect();
+        let items: Vec<(&[u8], &[u8])> =
+            messages.iter().zip(&sigs).map(|(m, s)| (m.as_slice(), s.as_slice())).collect();
+        assert!(verifier.verify_batch(&items));
+        let mut tampered = items.clone();
+        tampered[3].0 = b"other";
+        assert!(!verifier.verify_batch(&tampered));
+        let wrapped = pair.sign(b"<Bytes>m0</Bytes>");
+        let mut with_wrapped = items.clone();
+        with_wrapped[0].1 = &wrapped;
+        assert!(!verifier.verify_batch(&with_wrapped) && verifier.verify(b"m0", &wrapped).is_ok());
         for (bad, expected) in [("0x12", "1 bytes"), ("zz", "not hex"), ("{}", "neither"), ("{", "not JSON")] {
             let err = HotkeyPair::parse(bad).unwrap_err().to_string();
             assert!(err.contains(expected), "{bad}: {err}");

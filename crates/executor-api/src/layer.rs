@@ -201,7 +201,7 @@ async fn authenticate(auth: &Authenticator, path: &str, request: Request<Body>) 
         .map_err(|e| malformed(format!("cannot read the request: {e}")))?
         .to_bytes();
     let message = single_message(&bytes).map_err(malformed)?;
-    let hotkey = auth.verify(path, claim, message)?;
+    let hotkey = auth.verify_batched(path, claim, message).await?;
     parts.extensions.insert(Caller(hotkey));
     Ok(Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes))))
 }
