@@ -126,8 +126,15 @@ async fn a_container_through_the_public_api_on_the_real_engine() {
 }
 
 #[tokio::test]
-async fn refusals_and_the_guides_health_name() {
-    let node = Node::start(TestConfig::new("")).await;
+async fn refusals_timeouts_and_the_guides_health_name() {
+    let config = TestConfig::new("");
+    let text = std::fs::read_to_string(&config.path).unwrap().replacen(
+        "[server]\n",
+        "[server]\nrequest_timeout = \"2s\"\n",
+        1,
+    );
+    std::fs::write(&config.path, text).unwrap();
+    let node = Node::start(config).await;
     let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
     let channel = tonic::transport::Endpoint::from_shared(endpoint).unwrap().connect().await.unwrap();
 
@@ -161,7 +168,21 @@ async fn refusals_and_the_guides_health_name() {
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().starts_with("bad_signature:"), "{err:?}");
 
+    // A call past `[server] request_timeout`: DEADLINE_EXCEEDED, and the prover is stopped.
+    let started = std::time::Instant::now();
+    let err = alice
+        .run_attestation(api::AttestationRequest { matrix_dim: 2048, num_matrices: 1000, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("server.request_timeout (2s)"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
     let text = metrics(&node).await;
+    assert!(
+        text.contains(r#"executor_api_requests_total{method="/executor.api.v1.ExecutorApi/RunAttestation",code="DEADLINE_EXCEEDED"} 1"#),
+        "{text}"
+    );
     for reason in ["missing_signature", "hotkey_not_allowed", "bad_signature"] {
         let line = format!("executor_api_auth_failures_total{{reason=\"{reason}\"}}");
         assert!(text.lines().any(|l| l.starts_with(&line) && !l.ends_with(" 0")), "{reason}:\n{text}");

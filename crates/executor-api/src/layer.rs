@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::hotkey::Hotkey;
@@ -89,12 +89,14 @@ pub fn describe_metrics() {
 #[derive(Debug, Clone)]
 pub struct ApiLayer {
     auth: Option<Arc<Authenticator>>,
+    timeout: Duration,
     ids: Arc<RequestIds>,
 }
 
 impl ApiLayer {
-    pub fn new(auth: Option<Arc<Authenticator>>) -> Self {
-        Self { auth, ids: Arc::new(RequestIds::new()) }
+    /// `timeout` is `[server] request_timeout`: from the request's headers to the response's.
+    pub fn new(auth: Option<Arc<Authenticator>>, timeout: Duration) -> Self {
+        Self { auth, timeout, ids: Arc::new(RequestIds::new()) }
     }
 }
 
@@ -102,7 +104,7 @@ impl<S> tower::Layer<S> for ApiLayer {
     type Service = ApiService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiService { inner, auth: self.auth.clone(), ids: self.ids.clone() }
+        ApiService { inner, auth: self.auth.clone(), timeout: self.timeout, ids: self.ids.clone() }
     }
 }
 
@@ -129,6 +131,7 @@ impl RequestIds {
 pub struct ApiService<S> {
     inner: S,
     auth: Option<Arc<Authenticator>>,
+    timeout: Duration,
     ids: Arc<RequestIds>,
 }
 
@@ -152,29 +155,41 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let timeout = self.timeout;
         let request_id = self.ids.next();
         let path = request.uri().path().to_owned();
         let method: &'static str = KNOWN_METHODS.iter().find(|m| **m == path).copied().unwrap_or("unknown");
         let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
         let started = Instant::now();
-        Box::pin(
-            async move {
-                let mut request = request;
-                request.extensions_mut().insert(RequestId(request_id.clone()));
-                if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
-                    match authenticate(&auth, &path, request).await {
-                        Ok(admitted) => request = admitted,
-                        Err(failure) => {
-                            metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
-                                .increment(1);
-                            tracing::info!(reason = failure.reason.as_str(), detail = %failure.detail, "call refused");
-                            let mut response: Response<Body> = failure.to_status().into_http();
-                            add_request_id(&mut response, &request_id);
-                            return Ok(MeteredBody::wrap(response, method, started));
-                        }
+        let mut request = request;
+        request.extensions_mut().insert(RequestId(request_id.clone()));
+        let call = async move {
+            if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
+                match authenticate(&auth, &path, request).await {
+                    Ok(admitted) => request = admitted,
+                    Err(failure) => {
+                        metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
+                            .increment(1);
+                        tracing::info!(reason = failure.reason.as_str(), detail = %failure.detail, "call refused");
+                        return failure.to_status().into_http();
                     }
                 }
-                let Ok(mut response) = inner.call(request).await;
+            }
+            let Ok(response) = inner.call(request).await;
+            response
+        };
+        Box::pin(
+            async move {
+                // The deadline covers reading the request, authentication and the handler up to
+                // its response headers; a stream's messages may come later.
+                let mut response = match tokio::time::timeout(timeout, call).await {
+                    Ok(response) => response,
+                    Err(_) => {
+                        tracing::info!(?timeout, "call took longer than server.request_timeout");
+                        let message = format!("no answer within server.request_timeout ({}s)", timeout.as_secs_f64());
+                        tonic::Status::deadline_exceeded(message).into_http()
+                    }
+                };
                 add_request_id(&mut response, &request_id);
                 Ok(MeteredBody::wrap(response, method, started))
             }

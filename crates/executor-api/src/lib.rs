@@ -167,7 +167,6 @@ pub async fn serve_public(
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(GRPC_SERVICE, ServingStatus::Serving).await;
     let mut builder = tonic::transport::Server::builder()
-        .timeout(server.request_timeout)
         .http2_keepalive_interval(Some(server.keepalive_interval))
         .http2_keepalive_timeout(Some(server.keepalive_timeout))
         // With max_connections, bounds the calls (and request bodies) in flight.
@@ -177,7 +176,7 @@ pub async fn serve_public(
     }
     let (incoming, acceptor) = connections::accept(listener, server.max_connections as usize, shutdown.clone());
     let served = builder
-        .layer(layer::ApiLayer::new(auth))
+        .layer(layer::ApiLayer::new(auth, server.request_timeout))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;
