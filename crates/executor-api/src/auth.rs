@@ -122,14 +122,9 @@ impl Reason {
         }
     }
 
-    /// UNAUTHENTICATED when we cannot tell who is calling; PERMISSION_DENIED when we can and
-    /// the caller may not; RESOURCE_EXHAUSTED for the rate limit (retry later).
+    /// The status code of this refusal (decided in [`crate::errors::auth_code`]).
     pub fn code(self) -> tonic::Code {
-        match self {
-            Reason::HotkeyNotAllowed => tonic::Code::PermissionDenied,
-            Reason::RateLimited => tonic::Code::ResourceExhausted,
-            _ => tonic::Code::Unauthenticated,
-        }
+        crate::errors::auth_code(self)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The one place where errors become gRPC status codes for callers of the public API.
+//! The one place where errors (and refusals) become gRPC status codes for callers of the
+//! public API.
 //!
 //! Callers get a code and a sentence they can act on; internal detail (socket paths, Docker
 //! and OS errors, stack of causes) goes to the log with the request id, and the status names
@@ -6,6 +7,25 @@
 
 use common::ServiceName;
 use tonic::{Code, Status};
+
+use crate::auth::Reason;
+
+/// The code of a refused call: UNAUTHENTICATED when we cannot tell who is calling (no, bad or
+/// stale signature, a replay, an unreadable body); PERMISSION_DENIED when we can and that
+/// hotkey may not manage this executor; RESOURCE_EXHAUSTED for the rate limit, which the
+/// caller should retry later.
+pub fn auth_code(reason: Reason) -> Code {
+    match reason {
+        Reason::HotkeyNotAllowed => Code::PermissionDenied,
+        Reason::RateLimited => Code::ResourceExhausted,
+        Reason::MissingSignature
+        | Reason::MalformedMetadata
+        | Reason::MalformedBody
+        | Reason::StaleTimestamp
+        | Reason::BadSignature
+        | Reason::ReplayedNonce => Code::Unauthenticated,
+    }
+}
 
 /// What can go wrong while serving a public call.
 #[derive(Debug, thiserror::Error)]
