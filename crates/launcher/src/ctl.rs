@@ -74,7 +74,7 @@ pub enum ContainersCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Create a container (not started): `containers create --image IMG -- CMD ARGS...`.
+    /// Create a container (started only with --start): `containers create --image IMG -- CMD ARGS...`.
     Create {
         #[arg(long)]
         image: String,
@@ -98,21 +98,26 @@ pub enum ContainersCommand {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Start a created container.
     Start {
         id: String,
     },
+    /// Stop a running container (SIGTERM, then SIGKILL).
     Stop {
         id: String,
         /// Seconds between SIGTERM and SIGKILL.
         #[arg(long, default_value_t = 10)]
         timeout_seconds: u32,
     },
+    /// One container.
     Get {
         id: String,
     },
+    /// CPU, memory, network, block I/O and pids of a container.
     Stats {
         id: String,
     },
+    /// Remove a container.
     Remove {
         id: String,
         /// Remove a running container too.
@@ -132,6 +137,7 @@ pub enum ContainersCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum GrantsCommand {
+    /// Every grant.
     List,
     /// Ask for a challenge the validator signs with its hotkey.
     Challenge {
@@ -152,6 +158,7 @@ pub enum GrantsCommand {
         #[arg(long)]
         signature: String,
     },
+    /// Revoke a grant (its SSH sessions are closed).
     Revoke {
         grant_id: String,
     },
