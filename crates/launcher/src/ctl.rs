@@ -99,9 +99,7 @@ pub enum ContainersCommand {
         command: Vec<String>,
     },
     /// Start a created container.
-    Start {
-        id: String,
-    },
+    Start { id: String },
     /// Stop a running container (SIGTERM, then SIGKILL).
     Stop {
         id: String,
@@ -110,13 +108,9 @@ pub enum ContainersCommand {
         timeout_seconds: u32,
     },
     /// One container.
-    Get {
-        id: String,
-    },
+    Get { id: String },
     /// CPU, memory, network, block I/O and pids of a container.
-    Stats {
-        id: String,
-    },
+    Stats { id: String },
     /// Remove a container.
     Remove {
         id: String,
@@ -140,9 +134,7 @@ pub enum GrantsCommand {
     /// Every grant.
     List,
     /// Ask for a challenge the validator signs with its hotkey.
-    Challenge {
-        validator_hotkey: String,
-    },
+    Challenge { validator_hotkey: String },
     /// Grant a validator SSH access with its signed challenge.
     Provision {
         #[arg(long)]
@@ -159,9 +151,7 @@ pub enum GrantsCommand {
         signature: String,
     },
     /// Revoke a grant (its SSH sessions are closed).
-    Revoke {
-        grant_id: String,
-    },
+    Revoke { grant_id: String },
 }
 
 /// Why ctl could not run a command before calling the executor (exit code 2).
