@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh clean
+.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -73,6 +73,10 @@ bench-containers:
 ## validator-access's SSH server against the distribution's sshd (needs openssh-server).
 bench-ssh:
 	$(CARGO) xtask bench-ssh
+
+## Public API: signed unary call latency and throughput beside the same call unauthenticated.
+bench-api:
+	$(CARGO) xtask-release bench-api
 
 ## GPoW-1 on the CPU: GEMM throughput, prover and validator times (docs/benchmarks.md).
 bench-gpow:

@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "executor/gpu_monitor.proto",
         "executor/validator_access.proto",
         "executor/executor_api.proto",
+        "health/v1/health.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -38,8 +38,9 @@ def channel(target):
     return grpc.insecure_channel(target, options=UNIX_OPTIONS if target.startswith("unix:") else [])
 
 
-def write_config(root, system="enable_gpu_monitoring = false"):
-    """A config in `root` on loopback with free ports; returns (path, ports by key)."""
+def write_config(root, system="enable_gpu_monitoring = false", server_extra="", extra=""):
+    """A config in `root` on loopback with free ports; returns (path, ports by key).
+    `server_extra` adds keys to `[server]`; `extra` adds tables at the end."""
     root = pathlib.Path(root)
     names = ["grpc", "health", "ssh", "executor_api", "container_runtime", "gpu_monitor", "validator_access", "launcher"]
     ports = dict(zip(names, free_ports(len(names))))
@@ -52,6 +53,7 @@ runtime_dir = "{root / 'run'}"
 host = "127.0.0.1"
 port = {ports['grpc']}
 health_port = {ports['health']}
+{server_extra}
 [system]
 {system}
 [validator]
@@ -60,16 +62,18 @@ ssh_port = {ports['ssh']}
 host = "127.0.0.1"
 """
         + "".join(f"{name}_port = {ports[name]}\n" for name in names[3:])
+        + extra
     )
     return path, ports
 
 
 class Node:
-    def __init__(self, root):
+    def __init__(self, root, server_extra="", extra=""):
         self.root = pathlib.Path(root)
         self.runtime_dir = self.root / "run"
-        self.config, ports = write_config(self.root)
+        self.config, ports = write_config(self.root, server_extra=server_extra, extra=extra)
         self.grpc_port, self.health_port = ports["grpc"], ports["health"]
+        self.metrics_port = ports["executor_api"]
         self.log = open(self.root / "executor.log", "wb")
         self.process = subprocess.Popen(
             [str(BIN / "executor"), "--server", "--config", str(self.config)],

@@ -45,10 +45,11 @@ def test_unknown_health_service_is_not_found(node):
 
 def test_reflection_lists_what_is_served(node):
     base = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+    public = sorted(base + ["executor.api.v1.ExecutorApi", "health.v1.Health"])
     with open_channel(f"127.0.0.1:{node.grpc_port}") as channel:
-        # The public port serves nothing but health and reflection in this build.
-        assert list_services(channel) == base
-        assert list_services(channel, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") == base
+        # The public port: the signed API, health under both names, reflection.
+        assert list_services(channel) == public
+        assert list_services(channel, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo") == public
     with open_channel(node.socket("launcher")) as channel:
         assert list_services(channel) == sorted(base + ["executor.launcher.v1.Launcher"])
 

@@ -7,9 +7,14 @@
 //!   scrape latency (p50, p99), beside the distribution's node_exporter when it is installed.
 //! - `bench-containers`: release build; create-to-running latency through container-runtime's
 //!   API against `docker run -d` of the same image, median of 30, side by side.
+//! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
+//!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
+//!   same process with authentication left out.
 //! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
 //!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
 //!   time to verify it and a 4096-dim product.
+
+mod bench_api;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -25,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.first().map(String::as_str) {
         Some("bench-gpow") => bench_gpow(),
+        Some("bench-api") => bench_api::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
@@ -36,17 +42,17 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow"
+            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 /// `cargo build --release` of `what` in the workspace at `root`.
-async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<()> {
+pub(crate) async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<()> {
     let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--release", "--quiet"])
         .args(what.iter().copied())
@@ -259,7 +265,7 @@ fn bench_gpow() -> anyhow::Result<()> {
 }
 
 /// Reads and drops a child's output so it never blocks on a full pipe.
-fn drain(child: &mut tokio::process::Child) {
+pub(crate) fn drain(child: &mut tokio::process::Child) {
     if let Some(mut out) = child.stdout.take() {
         tokio::spawn(async move { tokio::io::copy(&mut out, &mut tokio::io::sink()).await });
     }
@@ -359,11 +365,14 @@ async fn bench_monitor() -> anyhow::Result<()> {
     Ok(())
 }
 
-type RuntimeClient =
+pub(crate) type RuntimeClient =
     common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient<tonic::transport::Channel>;
 
 /// Starts the release container-runtime on `config` and connects to it.
-async fn start_runtime(root: &Path, config: &TestConfig) -> anyhow::Result<(tokio::process::Child, RuntimeClient)> {
+pub(crate) async fn start_runtime(
+    root: &Path,
+    config: &TestConfig,
+) -> anyhow::Result<(tokio::process::Child, RuntimeClient)> {
     let mut child = ProcessSpec::new(root.join("target/release/container-runtime"))
         .arg("--config")
         .arg(&config.path)

@@ -77,6 +77,25 @@ pub struct ServerConfig {
     pub max_connections: u32,
     /// Port of the HTTP `GET /health` endpoint, bound on `host`.
     pub health_port: u16,
+    /// Longest a unary call (or a streaming call's first response) may take; past it the
+    /// caller gets DEADLINE_EXCEEDED.
+    #[serde(with = "human_duration")]
+    pub request_timeout: Duration,
+    /// HTTP/2 keep-alive: ping an idle connection this often.
+    #[serde(with = "human_duration")]
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keep-alive: close the connection when a ping is not answered within this.
+    #[serde(with = "human_duration")]
+    pub keepalive_timeout: Duration,
+    /// PEM certificate chain: serve the public gRPC port over TLS (rustls). Needs
+    /// `tls_key_path`; without both the port is plaintext.
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key of `tls_cert_path`.
+    pub tls_key_path: Option<PathBuf>,
+    /// Signed requests are accepted only when their timestamp is within this of the
+    /// executor's clock (either way); each nonce is remembered this long.
+    #[serde(with = "human_duration")]
+    pub auth_time_window: Duration,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +108,12 @@ impl Default for ServerConfig {
             advertised_tls: false,
             max_connections: 1000,
             health_port: 50052,
+            request_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            tls_cert_path: None,
+            tls_key_path: None,
+            auth_time_window: Duration::from_secs(60),
         }
     }
 }
@@ -458,17 +483,8 @@ impl Default for LauncherConfig {
 /// Keys that parse and validate but that no code in this build acts on yet, with the part that
 /// will. Setting one is reported (launcher log and `executor validate`) rather than ignored
 /// silently; each entry is removed when its part lands.
-pub const NOT_YET_ENFORCED: &[(&str, &str)] = &[
-    ("server.advertised_host", "executor-api identity"),
-    ("server.advertised_port", "executor-api identity"),
-    ("server.advertised_tls", "executor-api identity"),
-    ("server.max_connections", "executor-api"),
-    ("docker.registry.verify_signatures", "container-runtime image signatures"),
-    ("validator.access_config.rate_limits.api_requests_per_minute", "executor-api"),
-    ("advertised_endpoint.grpc_endpoint", "executor-api identity"),
-    ("advertised_endpoint.ssh_endpoint", "executor-api identity"),
-    ("advertised_endpoint.health_endpoint", "executor-api identity"),
-];
+pub const NOT_YET_ENFORCED: &[(&str, &str)] =
+    &[("docker.registry.verify_signatures", "container-runtime image signatures")];
 
 /// One problem with the configuration, naming the key and where its value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -613,7 +629,15 @@ impl Config {
                 *path = cwd.join(&*path);
             }
         }
-        for file in [&mut self.logging.file, &mut self.system.simulated_gpus_file].into_iter().flatten() {
+        for file in [
+            &mut self.logging.file,
+            &mut self.system.simulated_gpus_file,
+            &mut self.server.tls_cert_path,
+            &mut self.server.tls_key_path,
+        ]
+        .into_iter()
+        .flatten()
+        {
             if file.is_relative() {
                 *file = cwd.join(&*file);
             }
@@ -660,6 +684,28 @@ impl Config {
             v.fail("server.advertised_host", format!("`{host}` is not a host name or IP address"));
         }
         v.range("server.max_connections", s.max_connections as f64, 1.0, 1_000_000.0);
+        for (key, value, min, max) in [
+            ("server.request_timeout", s.request_timeout, Duration::from_millis(100), Duration::from_secs(3600)),
+            ("server.keepalive_interval", s.keepalive_interval, Duration::from_secs(1), Duration::from_secs(86_400)),
+            ("server.keepalive_timeout", s.keepalive_timeout, Duration::from_secs(1), Duration::from_secs(3600)),
+            ("server.auth_time_window", s.auth_time_window, Duration::from_secs(1), Duration::from_secs(3600)),
+        ] {
+            if value < min || value > max {
+                v.fail(
+                    key,
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+            }
+        }
+        match (&s.tls_cert_path, &s.tls_key_path) {
+            (Some(_), None) => v.fail("server.tls_key_path", "required with server.tls_cert_path"),
+            (None, Some(_)) => v.fail("server.tls_cert_path", "required with server.tls_key_path"),
+            _ => {}
+        }
 
         let d = &self.docker;
         if !d.socket.starts_with("unix:///") {
@@ -1061,6 +1107,10 @@ mod tests {
         check_err("[system]\nsimulated_gpus_file = \"x.json\"", &["key `system.simulated_gpus_file`: only used"]);
         check_err("[system]\ngpu_backend = \"fake\"", &["key `system.gpu_backend`"]);
         check_err("[system]\ncollector_timeout = \"10s\"", &["key `system.collector_timeout`"]);
+        check_err("[server]\nauth_time_window = \"0s\"", &["key `server.auth_time_window`", "between 1s and 1h"]);
+        check_err("[server]\nrequest_timeout = \"2h\"", &["key `server.request_timeout`"]);
+        check_err("[server]\ntls_cert_path = \"c.pem\"", &["key `server.tls_key_path`: required"]);
+        check_err("[server]\ntls_key_path = \"k.pem\"", &["key `server.tls_cert_path`: required"]);
     }
 
     #[test]
@@ -1166,7 +1216,9 @@ shutdown_timeout = "1m 30s"
         let file = dir.path().join("executor.toml").display().to_string();
         assert!(pending.iter().all(|p| p.origin == file));
         assert!(pending.iter().any(|p| p.key == "docker.registry.verify_signatures"));
-        assert!(!pending.iter().any(|p| p.key == "server.port"), "server.port is enforced");
+        for enforced in ["server.port", "server.max_connections", "advertised_endpoint.grpc_endpoint"] {
+            assert!(!pending.iter().any(|p| p.key == enforced), "{enforced} is enforced");
+        }
     }
 
     #[test]

@@ -29,3 +29,9 @@ pub mod api {
         tonic::include_proto!("executor.api.v1");
     }
 }
+/// `health.v1.Health`, the executor guide's name for `grpc.health.v1.Health` (same messages).
+pub mod health_alias {
+    pub mod v1 {
+        tonic::include_proto!("health.v1");
+    }
+}

@@ -2,72 +2,142 @@
 //! the HTTP health endpoint (`[server] health_port`) and its metrics port; everything else is
 //! reached through it.
 //!
-//! This build serves `grpc.health.v1` and server reflection on the public port, and
-//! `GET /health` with the state of every service. The authenticated API of
-//! `proto/executor/executor_api.proto` is not served yet: nothing on the public port can act
-//! on the node.
+//! - [`layer`]: request ids, authentication of every call but health and reflection
+//!   ([`auth`]), per-RPC metrics.
+//! - [`api`]: the `executor.api.v1.ExecutorApi` handlers, forwarding to the internal services.
+//! - [`errors`]: the one mapping of errors to status codes.
+//! - [`connections`]: the `max_connections` cap.
+//! - [`client`]: the miner-side client that signs calls (used by `executor ctl` and tests).
 
-use std::collections::BTreeMap;
+pub mod api;
+pub mod auth;
+pub mod client;
+pub mod connections;
+pub mod errors;
+pub mod layer;
+
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::ServiceName;
-use common::identity::ExecutorIdentity;
+use common::check::Check;
+use common::clock::SystemClock;
+use common::config::{Config, ServerConfig};
+use common::identity::{ExecutorIdentity, IDENTITY_FILE};
+use common::proto::api::v1::executor_api_server::ExecutorApiServer;
 use common::service::{BoxError, Service, ServiceContext};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 
-/// How long `GET /health` waits for each service.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::api::{Api, Probes};
+use crate::auth::Authenticator;
+
+/// The full name of the public API service.
+pub const GRPC_SERVICE: &str = "executor.api.v1.ExecutorApi";
+/// The executor guide's name for the health service (`health.v1.Health/Check`).
+pub const HEALTH_ALIAS: &str = "health.v1.Health";
+
+/// Concurrent calls on one connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// The executor-api service.
 #[derive(Debug)]
 pub struct ExecutorApi {
     grpc: TcpListener,
     http: TcpListener,
-    executor_id: String,
+    api: Api,
+    auth: Arc<Authenticator>,
+    tls: Option<ServerTlsConfig>,
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, BoxError> {
     TcpListener::bind(addr).await.map_err(|e| format!("{key} {addr}: {e}").into())
 }
 
+/// The TLS settings of `[server]`, read and checked now so that a bad file stops the start
+/// with the key's name rather than failing each handshake later.
+pub fn tls_config(server: &ServerConfig) -> Result<Option<ServerTlsConfig>, BoxError> {
+    let (Some(cert), Some(key)) = (&server.tls_cert_path, &server.tls_key_path) else { return Ok(None) };
+    let read = |path: &PathBuf, name: &str| {
+        std::fs::read(path).map_err(|e| format!("key `server.{name}`: cannot read {}: {e}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert, "tls_cert_path")?, read(key, "tls_key_path")?);
+    let config = ServerTlsConfig::new().identity(identity);
+    // Building a server with it parses both PEM files.
+    tonic::transport::Server::builder().tls_config(config.clone()).map_err(|e| {
+        format!(
+            "key `server.tls_cert_path`/`server.tls_key_path`: {} and {} are not a PEM certificate and its key: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(Some(config))
+}
+
 impl Service for ExecutorApi {
     const NAME: ServiceName = ServiceName::ExecutorApi;
 
+    /// `executor validate`: the TLS certificate and key load.
+    fn check(loaded: &common::config::LoadedConfig) -> impl std::future::Future<Output = Vec<Check>> + Send {
+        let server = &loaded.config.server;
+        let check = match (&server.tls_cert_path, tls_config(server)) {
+            (None, _) => Check::skip("tls", "public port is plaintext (server.tls_cert_path not set)"),
+            (Some(cert), Ok(_)) => Check::pass("tls", format!("certificate {} and its key load", cert.display())),
+            (Some(_), Err(e)) => Check::fail("tls", e.to_string()),
+        };
+        std::future::ready(vec![check])
+    }
+
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
-        ctx.loaded.require_miner_hotkey()?;
+        let miner = ctx.loaded.require_miner_hotkey()?.clone();
         let config = ctx.config();
         let identity = ExecutorIdentity::load_or_create(&config.data_dir)?;
+        let tls = tls_config(&config.server)?;
         let grpc = bind(SocketAddr::new(config.server.host, config.server.port), "server.port").await?;
         let http = bind(SocketAddr::new(config.server.host, config.server.health_port), "server.health_port").await?;
-        Ok(Self { grpc, http, executor_id: identity.executor_id() })
+        let exe = std::env::current_exe().map_err(|e| format!("cannot locate the executor-api binary: {e}"))?;
+        let bin_dir = exe.parent().ok_or("the executor-api binary has no directory")?;
+        let api = Api::new(
+            config,
+            identity.executor_id(),
+            identity.public_key(),
+            bin_dir,
+            config.data_dir.join(IDENTITY_FILE),
+            ctx.loaded.path.clone(),
+        );
+        let auth = Arc::new(Authenticator::new(
+            miner,
+            config.server.auth_time_window,
+            config.validator.access_config.rate_limits.api_requests_per_minute,
+            Arc::new(SystemClock),
+        )?);
+        Ok(Self { grpc, http, api, auth, tls })
     }
 
     async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
         let config = ctx.config();
-        let (public_health, routes) = common::grpc::base_routes(&[])?;
-        public_health.set_service_status("", ServingStatus::Serving).await;
         tracing::info!(
             grpc = %self.grpc.local_addr()?,
             health = %self.http.local_addr()?,
-            executor_id = %self.executor_id,
+            tls = self.tls.is_some(),
+            max_connections = config.server.max_connections,
+            executor_id = %self.api.executor_id(),
             "public endpoints listening"
         );
-        let grpc = tonic::transport::Server::builder().add_routes(routes).serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
-            ctx.shutdown.clone().cancelled_owned(),
-        );
-        // `GET /health` reports the services this configuration runs.
-        let channels: Vec<(ServiceName, Channel)> = config
-            .services()
-            .into_iter()
-            .map(|s| (s, common::grpc::unix_channel(&s.socket(&config.runtime_dir))))
-            .collect();
-        let state = std::sync::Arc::new(HealthState { channels, executor_id: self.executor_id });
+        let state = Arc::new(HealthState {
+            probes: self.api.probes().clone(),
+            executor_id: self.api.executor_id().to_owned(),
+            config: config.clone(),
+        });
+        let grpc = serve_public(self.grpc, self.api, Some(self.auth), &config.server, self.tls, ctx.shutdown.clone());
         let app = axum::Router::new().route("/health", get(health)).with_state(state);
         let http = axum::serve(self.http, app).with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned());
         let (grpc, http) = tokio::join!(grpc, http);
@@ -77,42 +147,111 @@ impl Service for ExecutorApi {
     }
 }
 
-#[derive(Debug)]
-struct HealthState {
-    channels: Vec<(ServiceName, Channel)>,
-    executor_id: String,
+/// Serves the public gRPC API on `listener` until `shutdown`: the ExecutorApi handlers, health
+/// under both names, reflection, behind the [`layer::ApiLayer`] (`auth: None` only for the
+/// benchmark's unauthenticated baseline), with the `[server]` limits.
+pub async fn serve_public(
+    listener: TcpListener,
+    api: Api,
+    auth: Option<Arc<Authenticator>>,
+    server: &ServerConfig,
+    tls: Option<ServerTlsConfig>,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
+    layer::describe_metrics();
+    let (health, routes) = common::grpc::base_routes(&[GRPC_SERVICE, HEALTH_ALIAS])?;
+    let alias = HealthAlias(tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.clone()),
+    ));
+    let routes = routes.add_service(alias).add_service(ExecutorApiServer::new(api));
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status(GRPC_SERVICE, ServingStatus::Serving).await;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(server.keepalive_interval))
+        .http2_keepalive_timeout(Some(server.keepalive_timeout))
+        // With max_connections, bounds the calls (and request bodies) in flight.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let (incoming, acceptor) = connections::accept(listener, server.max_connections as usize, shutdown.clone());
+    let served = builder
+        .layer(layer::ApiLayer::new(auth, server.request_timeout))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    acceptor.abort();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    served?;
+    Ok(())
 }
 
-/// `GET /health`: 200 when every service reports SERVING, 503 otherwise; the body says which.
-async fn health(
-    axum::extract::State(state): axum::extract::State<std::sync::Arc<HealthState>>,
-) -> (StatusCode, axum::Json<serde_json::Value>) {
-    // Ask every service at once; each answer is bounded by HEALTH_TIMEOUT.
-    let tasks: Vec<_> = state
-        .channels
-        .iter()
-        .map(|(name, channel)| {
-            let channel = channel.clone();
-            let task = tokio::spawn(async move { common::grpc::check_health(channel, "", HEALTH_TIMEOUT).await });
-            (name.as_str(), task)
-        })
-        .collect();
-    let mut services = BTreeMap::new();
-    for (name, task) in tasks {
-        let status = match task.await {
-            Ok(Ok(ServingStatus::Serving)) => "SERVING".to_owned(),
-            Ok(Ok(other)) => format!("{other:?}").to_uppercase(),
-            Ok(Err(e)) => format!("UNREACHABLE: {}", e.message()),
-            Err(e) => format!("UNREACHABLE: {e}"),
-        };
-        services.insert(name, status);
+/// `grpc.health.v1.Health` served again under the name `health.v1.Health`: the path is
+/// rewritten and the same health service answers.
+#[derive(Debug, Clone)]
+struct HealthAlias<S>(S);
+
+impl<S> NamedService for HealthAlias<S> {
+    const NAME: &'static str = HEALTH_ALIAS;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for HealthAlias<S>
+where
+    S: tower::Service<http::Request<B>, Error = Infallible>,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
     }
-    let healthy = services.values().all(|s| s == "SERVING");
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let alias = format!("/{HEALTH_ALIAS}/");
+        if let Some(method) = request.uri().path().strip_prefix(&alias)
+            && let Ok(path) = format!("/grpc.health.v1.Health/{method}").parse::<http::uri::PathAndQuery>()
+        {
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = Some(path);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+        self.0.call(request)
+    }
+}
+
+#[derive(Debug)]
+struct HealthState {
+    probes: Probes,
+    executor_id: String,
+    config: Config,
+}
+
+/// `GET /health`: 200 when every service reports SERVING and Docker answers, 503 otherwise;
+/// the body says which.
+async fn health(
+    axum::extract::State(state): axum::extract::State<Arc<HealthState>>,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let health = state.probes.probe().await;
+    let healthy = health.healthy();
+    let endpoints = api::advertised(&state.config);
     let body = serde_json::json!({
         "status": if healthy { "serving" } else { "degraded" },
         "version": common::VERSION,
         "executor_id": state.executor_id,
-        "services": services,
+        "services": health.services,
+        "docker": health.docker,
+        "gpu_count": health.gpu_count,
+        "endpoints": {
+            "grpc": endpoints.grpc_endpoint,
+            "ssh": endpoints.ssh_endpoint,
+            "health": endpoints.health_endpoint,
+            "advertised_host": endpoints.advertised_host,
+            "advertised_port": endpoints.advertised_port,
+            "advertised_tls": endpoints.advertised_tls,
+        },
     });
     (if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(body))
 }

@@ -1,9 +1,11 @@
 //! The `executor` binary: starts and supervises the node's services (`--server`), checks a
-//! machine before it runs them (`validate`), and reports on a running node (`status`).
+//! machine before it runs them (`validate`), reports on a running node (`status`), and calls
+//! its public API with the miner's hotkey (`ctl`).
 //!
 //! The launcher owns no service logic and links neither Docker nor NVML: the services check
 //! their own dependencies in their `check` subcommands.
 
+pub mod ctl;
 pub mod restart;
 pub mod status;
 pub mod supervisor;

@@ -75,7 +75,7 @@ pub async fn checks(loaded: &LoadedConfig) -> Vec<Check> {
             Check::fail("binaries", format!("{} not found (it must be installed beside `executor`)", path.display()))
         });
     }
-    for service in [ServiceName::ContainerRuntime, ServiceName::GpuMonitor] {
+    for service in [ServiceName::ExecutorApi, ServiceName::ContainerRuntime, ServiceName::GpuMonitor] {
         let path = dir.join(service.as_str());
         if path.is_file() {
             checks.extend(service_checks(service, &path, &loaded.path).await);

@@ -1,0 +1,583 @@
+//! `executor.api.v1.ExecutorApi`: identity, health and system profile answered here;
+//! containers forwarded to container-runtime, validator access to validator-access, both over
+//! their Unix sockets; attestation by running the bundled `gpu-attestor`.
+//!
+//! Handlers run after the layer has authenticated the call ([`crate::layer`]); the caller's
+//! hotkey and the request id are in the request extensions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::ServiceName;
+use common::config::Config;
+use common::process::ProcessSpec;
+use common::proto::access::v1 as access;
+use common::proto::access::v1::validator_access_client::ValidatorAccessClient;
+use common::proto::api::v1 as pb;
+use common::proto::api::v1::executor_api_server::ExecutorApi as ExecutorApiRpc;
+use common::proto::gpu::v1 as gpu;
+use common::proto::gpu::v1::gpu_monitor_client::GpuMonitorClient;
+use common::proto::runtime::v1 as runtime;
+use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+
+use crate::errors::ApiError;
+use crate::layer::{Caller, RequestId};
+
+/// How long a health probe waits for each service.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest attestation run; past it the prover is killed.
+const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Attestation sizes accepted from callers (the prover's own limits are wider).
+const MAX_ATTESTATION_DIM: u32 = 4096;
+const MAX_ATTESTATION_MATRICES: u32 = 100_000;
+
+/// Everything the handlers share.
+#[derive(Debug, Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    identity: pb::IdentityResponse,
+    probes: Probes,
+    runtime: ContainerRuntimeClient<Channel>,
+    gpu: GpuMonitorClient<Channel>,
+    access: ValidatorAccessClient<Channel>,
+    attestor: PathBuf,
+    identity_file: PathBuf,
+    /// `container-runtime` beside this binary and the config file, for Docker's facts.
+    runtime_check: (PathBuf, PathBuf),
+    docker_facts: tokio::sync::OnceCell<DockerFacts>,
+}
+
+/// What SystemProfile reports about the engine; read once, through container-runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DockerFacts {
+    pub version: String,
+    pub cgroup_driver: String,
+    pub nvidia_runtime: bool,
+}
+
+impl DockerFacts {
+    /// From the JSON lines of `container-runtime check` (the checklist `executor validate`
+    /// shows): only container-runtime talks to Docker.
+    pub fn from_checks(output: &str) -> Option<Self> {
+        let mut facts = DockerFacts::default();
+        let mut engine = false;
+        for check in output.lines().filter_map(|l| serde_json::from_str::<common::check::Check>(l).ok()) {
+            let pass = check.status == common::check::CheckStatus::Pass;
+            match check.name.as_str() {
+                "docker" if pass => {
+                    engine = true;
+                    facts.version = check.detail.strip_prefix("engine ")?.split(' ').next()?.to_owned();
+                }
+                "docker cgroups" if pass => {
+                    facts.cgroup_driver = check.detail.strip_prefix("driver ")?.split(',').next()?.trim().to_owned();
+                }
+                "nvidia runtime" => facts.nvidia_runtime = pass,
+                _ => {}
+            }
+        }
+        engine.then_some(facts)
+    }
+}
+
+/// The services of the node and how to ask them how they are.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    pub channels: Vec<(ServiceName, Channel)>,
+}
+
+/// One look at the node: what `GET /health` and DetailedHealth report.
+#[derive(Debug, Clone)]
+pub struct NodeHealth {
+    /// Service name → `SERVING`, `NOT_SERVING`, or `UNREACHABLE: why`.
+    pub services: BTreeMap<&'static str, String>,
+    /// `up`, or `down: why` / `unknown: why`.
+    pub docker: String,
+    /// GPUs gpu-monitor sees; `None` when it cannot be asked.
+    pub gpu_count: Option<u32>,
+}
+
+impl NodeHealth {
+    pub fn healthy(&self) -> bool {
+        self.services.values().all(|s| s == "SERVING") && self.docker == "up"
+    }
+}
+
+impl Probes {
+    pub fn new(config: &Config) -> Self {
+        let channels = config
+            .services()
+            .into_iter()
+            .filter(|s| *s != ServiceName::ExecutorApi)
+            .map(|s| (s, common::grpc::unix_channel(&s.socket(&config.runtime_dir))))
+            .collect();
+        Self { channels }
+    }
+
+    fn channel(&self, service: ServiceName) -> Option<Channel> {
+        self.channels.iter().find(|(s, _)| *s == service).map(|(_, c)| c.clone())
+    }
+
+    /// Asks every service at once, and Docker and the GPUs through them; each answer is
+    /// bounded by [`PROBE_TIMEOUT`]. executor-api itself is SERVING: it is answering.
+    pub async fn probe(&self) -> NodeHealth {
+        // Each check in its own task, so they run at once.
+        let checks: Vec<_> = self
+            .channels
+            .iter()
+            .map(|(name, channel)| {
+                let channel = channel.clone();
+                (name.as_str(), tokio::spawn(common::grpc::check_health(channel, "", PROBE_TIMEOUT)))
+            })
+            .collect();
+        let docker = async {
+            let Some(channel) = self.channel(ServiceName::ContainerRuntime) else {
+                return "unknown: container-runtime is not configured".to_owned();
+            };
+            // Listing goes to the engine: an answer means Docker answers.
+            let mut client = ContainerRuntimeClient::new(channel);
+            let list = client.list(runtime::ListContainersRequest::default());
+            match tokio::time::timeout(PROBE_TIMEOUT, list).await {
+                Ok(Ok(_)) => "up".to_owned(),
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                    "unknown: container-runtime is unreachable".to_owned()
+                }
+                Ok(Err(status)) => format!("down: {}", status.message()),
+                Err(_) => format!("down: no answer within {PROBE_TIMEOUT:?}"),
+            }
+        };
+        let (docker, gpu_count) = tokio::join!(docker, self.gpu_count());
+        let mut services = BTreeMap::new();
+        for (name, task) in checks {
+            let status = match task.await {
+                Ok(Ok(ServingStatus::Serving)) => "SERVING".to_owned(),
+                Ok(Ok(other)) => format!("{other:?}").to_uppercase(),
+                Ok(Err(e)) => format!("UNREACHABLE: {}", e.message()),
+                Err(e) => format!("UNREACHABLE: {e}"),
+            };
+            services.insert(name, status);
+        }
+        services.insert(ServiceName::ExecutorApi.as_str(), "SERVING".to_owned());
+        NodeHealth { services, docker, gpu_count }
+    }
+}
+
+/// What the advertised endpoints are, with defaults from the listeners.
+pub fn advertised(config: &Config) -> pb::AdvertisedEndpoints {
+    let s = &config.server;
+    let host = s.advertised_host.clone().unwrap_or_else(|| s.host.to_string());
+    let port = s.advertised_port.unwrap_or(s.port);
+    let scheme = if s.advertised_tls { "https" } else { "http" };
+    // IPv6 literals need brackets in URLs.
+    let url_host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+    let e = &config.advertised_endpoint;
+    pb::AdvertisedEndpoints {
+        grpc_endpoint: e.grpc_endpoint.clone().unwrap_or_else(|| format!("{scheme}://{url_host}:{port}")),
+        ssh_endpoint: e.ssh_endpoint.clone().unwrap_or_else(|| {
+            if config.validator.enabled {
+                format!("ssh://{url_host}:{}", config.validator.ssh_port)
+            } else {
+                String::new()
+            }
+        }),
+        health_endpoint: e
+            .health_endpoint
+            .clone()
+            .unwrap_or_else(|| format!("http://{url_host}:{}/health", s.health_port)),
+        advertised_host: host,
+        advertised_port: u32::from(port),
+        advertised_tls: s.advertised_tls,
+    }
+}
+
+impl Api {
+    /// `bin_dir` holds `gpu-attestor` and `container-runtime`; `identity_file` is the executor
+    /// key reports are signed with; `config_file` the file this node runs on.
+    pub fn new(
+        config: &Config,
+        executor_id: String,
+        public_key: [u8; 32],
+        bin_dir: &std::path::Path,
+        identity_file: PathBuf,
+        config_file: PathBuf,
+    ) -> Self {
+        let socket = |s: ServiceName| common::grpc::unix_channel(&s.socket(&config.runtime_dir));
+        let identity = pb::IdentityResponse {
+            executor_id,
+            public_key: public_key.to_vec(),
+            managing_miner_hotkey: config.managing_miner_hotkey.as_ref().map(|h| h.to_string()).unwrap_or_default(),
+            endpoints: Some(advertised(config)),
+            version: common::VERSION.to_owned(),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                identity,
+                probes: Probes::new(config),
+                runtime: ContainerRuntimeClient::new(socket(ServiceName::ContainerRuntime)),
+                gpu: GpuMonitorClient::new(socket(ServiceName::GpuMonitor)),
+                access: ValidatorAccessClient::new(socket(ServiceName::ValidatorAccess)),
+                attestor: bin_dir.join("gpu-attestor"),
+                identity_file,
+                runtime_check: (bin_dir.join(ServiceName::ContainerRuntime.as_str()), config_file),
+                docker_facts: tokio::sync::OnceCell::new(),
+            }),
+        }
+    }
+
+    pub fn probes(&self) -> &Probes {
+        &self.inner.probes
+    }
+
+    pub fn executor_id(&self) -> &str {
+        &self.inner.identity.executor_id
+    }
+}
+
+fn request_id<T>(request: &Request<T>) -> String {
+    request.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default()
+}
+
+/// Forwards `call` to `service`, mapping its errors for the caller.
+async fn forward<T>(
+    service: ServiceName,
+    request_id: &str,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    match call.await {
+        Ok(response) => Ok(Response::new(response.into_inner())),
+        Err(status) => Err(ApiError::Downstream { service, status }.into_status(request_id)),
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<runtime::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExecutorApiRpc for Api {
+    async fn identity(&self, _request: Request<pb::IdentityRequest>) -> Result<Response<pb::IdentityResponse>, Status> {
+        Ok(Response::new(self.inner.identity.clone()))
+    }
+
+    async fn detailed_health(
+        &self,
+        _request: Request<pb::DetailedHealthRequest>,
+    ) -> Result<Response<pb::DetailedHealthResponse>, Status> {
+        let health = self.inner.probes.probe().await;
+        let mut components: Vec<pb::ComponentHealth> = health
+            .services
+            .iter()
+            .map(|(name, status)| pb::ComponentHealth {
+                name: (*name).to_owned(),
+                serving: status == "SERVING",
+                detail: status.clone(),
+            })
+            .collect();
+        components.push(pb::ComponentHealth {
+            name: "docker".to_owned(),
+            serving: health.docker == "up",
+            detail: health.docker.clone(),
+        });
+        let endpoints = self.inner.identity.endpoints.clone().unwrap_or_default();
+        components.push(pb::ComponentHealth {
+            name: "advertised_endpoint".to_owned(),
+            serving: true,
+            detail: endpoints.grpc_endpoint,
+        });
+        Ok(Response::new(pb::DetailedHealthResponse {
+            healthy: health.healthy(),
+            components,
+            version: common::VERSION.to_owned(),
+            gpu_count: health.gpu_count.unwrap_or(0),
+        }))
+    }
+
+    async fn system_profile(
+        &self,
+        request: Request<pb::SystemProfileRequest>,
+    ) -> Result<Response<pb::SystemProfileResponse>, Status> {
+        let id = request_id(&request);
+        let mut gpu = self.inner.gpu.clone();
+        let mut gpu2 = self.inner.gpu.clone();
+        let (inventory, snapshot) =
+            tokio::join!(gpu.inventory(gpu::InventoryRequest {}), gpu2.snapshot(gpu::SnapshotRequest {}));
+        let downstream = |status| ApiError::Downstream { service: ServiceName::GpuMonitor, status }.into_status(&id);
+        let inventory = inventory.map_err(downstream)?.into_inner();
+        let snapshot = snapshot.map_err(downstream)?.into_inner();
+        let docker = self.docker_facts().await.map_err(|e| e.into_status(&id))?;
+        Ok(Response::new(pb::SystemProfileResponse {
+            inventory: Some(inventory),
+            snapshot: Some(snapshot),
+            docker_version: docker.version,
+            docker_cgroup_driver: docker.cgroup_driver,
+            nvidia_runtime: docker.nvidia_runtime,
+        }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<runtime::CreateContainerRequest>,
+    ) -> Result<Response<runtime::Container>, Status> {
+        let id = request_id(&request);
+        let caller = request.extensions().get::<Caller>().map(|c| c.0.to_string());
+        let mut body = request.into_inner();
+        // The container belongs to whoever asked unless the miner names an owner itself.
+        if body.owner.is_empty()
+            && let Some(caller) = caller
+        {
+            body.owner = caller;
+        }
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().create(body)).await
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<runtime::ContainerRef>,
+    ) -> Result<Response<runtime::Container>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().start(request.into_inner())).await
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<runtime::StopContainerRequest>,
+    ) -> Result<Response<runtime::Container>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().stop(request.into_inner())).await
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<runtime::RemoveContainerRequest>,
+    ) -> Result<Response<runtime::RemoveContainerResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().remove(request.into_inner())).await
+    }
+
+    async fn get_container(
+        &self,
+        request: Request<runtime::ContainerRef>,
+    ) -> Result<Response<runtime::Container>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().get(request.into_inner())).await
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<runtime::ListContainersRequest>,
+    ) -> Result<Response<runtime::ListContainersResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().list(request.into_inner())).await
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(
+        &self,
+        request: Request<runtime::LogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let id = request_id(&request);
+        let service = ServiceName::ContainerRuntime;
+        let stream = forward(service, &id, self.inner.runtime.clone().logs(request.into_inner())).await?.into_inner();
+        let mapped =
+            stream.map(move |item| item.map_err(|status| ApiError::Downstream { service, status }.into_status(&id)));
+        Ok(Response::new(Box::pin(mapped)))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<runtime::ContainerRef>,
+    ) -> Result<Response<runtime::ContainerStats>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().stats(request.into_inner())).await
+    }
+
+    async fn request_validator_challenge(
+        &self,
+        request: Request<access::ChallengeRequest>,
+    ) -> Result<Response<access::Challenge>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.access()?.request_challenge(request.into_inner())).await
+    }
+
+    async fn provision_validator_access(
+        &self,
+        request: Request<access::ProvisionRequest>,
+    ) -> Result<Response<access::Grant>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.access()?.provision(request.into_inner())).await
+    }
+
+    async fn revoke_validator_access(
+        &self,
+        request: Request<access::RevokeRequest>,
+    ) -> Result<Response<access::RevokeResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.access()?.revoke(request.into_inner())).await
+    }
+
+    async fn list_validator_grants(
+        &self,
+        request: Request<access::ListGrantsRequest>,
+    ) -> Result<Response<access::ListGrantsResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.access()?.list_grants(request.into_inner())).await
+    }
+
+    async fn run_attestation(
+        &self,
+        request: Request<pb::AttestationRequest>,
+    ) -> Result<Response<pb::AttestationResponse>, Status> {
+        let id = request_id(&request);
+        let report_json = self.attest(request.into_inner()).await.map_err(|e| e.into_status(&id))?;
+        Ok(Response::new(pb::AttestationResponse { report_json }))
+    }
+}
+
+impl Api {
+    /// Docker's facts from `container-runtime check`, once they have been read successfully.
+    async fn docker_facts(&self) -> Result<DockerFacts, ApiError> {
+        self.inner
+            .docker_facts
+            .get_or_try_init(|| async {
+                let (binary, config) = &self.inner.runtime_check;
+                let output = ProcessSpec::new(binary)
+                    .arg("--config")
+                    .arg(config)
+                    .arg("check")
+                    .output(Duration::from_secs(10), 1 << 16)
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("container-runtime check: {e}")))?;
+                let text = String::from_utf8_lossy(&output.stdout);
+                DockerFacts::from_checks(&text).ok_or_else(|| {
+                    ApiError::Unavailable(format!(
+                        "the Docker engine does not answer container-runtime: {}",
+                        text.lines().next().unwrap_or("no output")
+                    ))
+                })
+            })
+            .await
+            .cloned()
+    }
+
+    /// validator-access runs only with `[validator] enabled = true`.
+    fn access(&self) -> Result<ValidatorAccessClient<Channel>, Status> {
+        if self.inner.probes.channel(ServiceName::ValidatorAccess).is_none() {
+            return Err(Status::failed_precondition("validator access is disabled ([validator] enabled = false)"));
+        }
+        Ok(self.inner.access.clone())
+    }
+
+    /// Runs `gpu-attestor` with a signed report: CUDA when gpu-monitor sees a GPU, the CPU
+    /// reference otherwise.
+    async fn attest(&self, request: pb::AttestationRequest) -> Result<String, ApiError> {
+        let invalid = |field, message: &str| ApiError::InvalidArgument { field, message: message.to_owned() };
+        // The prover takes a u64 seed, zero-padded to 32 bytes (docs/gpu-pow.md).
+        let seed = match request.seed.len() {
+            0 => 0,
+            32 if request.seed[8..].iter().all(|b| *b == 0) => {
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&request.seed[..8]);
+                u64::from_le_bytes(low)
+            }
+            32 => return Err(invalid("seed", "bytes 8..32 must be zero (a u64, little-endian, zero-padded)")),
+            _ => return Err(invalid("seed", "must be 32 bytes")),
+        };
+        if !(request.nonce.is_empty() || (request.nonce.len() == 32 && request.nonce.iter().all(|b| *b == 0))) {
+            return Err(invalid("nonce", "must be absent or 32 zero bytes in this build"));
+        }
+        let dim = if request.matrix_dim == 0 { 256 } else { request.matrix_dim };
+        if dim % 16 != 0 || !(16..=MAX_ATTESTATION_DIM).contains(&dim) {
+            return Err(invalid("matrix_dim", &format!("must be a multiple of 16 from 16 to {MAX_ATTESTATION_DIM}")));
+        }
+        let count = if request.num_matrices == 0 { 16 } else { request.num_matrices };
+        if count > MAX_ATTESTATION_MATRICES {
+            return Err(invalid("num_matrices", &format!("must be at most {MAX_ATTESTATION_MATRICES}")));
+        }
+        let gpus = self.inner.probes.gpu_count().await.unwrap_or(0);
+        let backend = if gpus > 0 { "cuda" } else { "cpu" };
+        let dir = tempdir().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
+        let report = dir.join("report.json");
+        let spec = ProcessSpec::new(&self.inner.attestor)
+            .arg("--seed")
+            .arg(seed.to_string())
+            .arg("--matrix-dim")
+            .arg(dim.to_string())
+            .arg("--num-matrices")
+            .arg(count.to_string())
+            .arg("--backend")
+            .arg(backend)
+            .arg("--identity")
+            .arg(&self.inner.identity_file)
+            .arg("--report")
+            .arg(&report)
+            .arg("--json");
+        let result = spec.output(ATTESTATION_TIMEOUT, 1 << 20).await;
+        let text = std::fs::read_to_string(&report);
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = result.map_err(|e| ApiError::Internal(format!("gpu-attestor: {e}")))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() && stderr.contains("no CUDA backend") {
+            // A GPU machine with this build: the operator's situation, not a fault.
+            return Err(ApiError::Unavailable(
+                "this build's gpu-attestor has no CUDA backend: attestation cannot run on this GPU machine yet".into(),
+            ));
+        }
+        if !output.status.success() {
+            return Err(ApiError::Internal(format!(
+                "gpu-attestor {}: {}",
+                common::process::describe_exit(output.status),
+                stderr.trim()
+            )));
+        }
+        text.map_err(|e| ApiError::Internal(format!("gpu-attestor report: {e}")))
+    }
+}
+
+impl Probes {
+    /// GPUs in gpu-monitor's inventory; `None` when it does not answer in time.
+    async fn gpu_count(&self) -> Option<u32> {
+        let channel = self.channel(ServiceName::GpuMonitor)?;
+        let mut client = GpuMonitorClient::new(channel);
+        let call = client.inventory(gpu::InventoryRequest {});
+        let inventory = tokio::time::timeout(PROBE_TIMEOUT, call).await.ok()?.ok()?.into_inner();
+        Some(inventory.gpus.len() as u32)
+    }
+}
+
+/// A private directory for one attestation's report.
+fn tempdir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+    let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_facts_from_the_checklist() {
+        let text = r#"{"name":"docker","status":"pass","detail":"engine 20.10.24+dfsg1 at unix:///var/run/docker.sock, API 1.41"}
+{"name":"docker cgroups","status":"pass","detail":"driver cgroupfs, cgroup v1"}
+{"name":"nvidia runtime","status":"skip","detail":"not registered; docker.enable_gpu_passthrough = false"}"#;
+        let facts = DockerFacts::from_checks(text).unwrap();
+        assert_eq!(
+            facts,
+            DockerFacts { version: "20.10.24+dfsg1".into(), cgroup_driver: "cgroupfs".into(), nvidia_runtime: false }
+        );
+        let down = r#"{"name":"docker","status":"fail","detail":"Docker engine at unix:///x: refused"}"#;
+        assert_eq!(DockerFacts::from_checks(down), None);
+    }
+}

@@ -1,0 +1,524 @@
+//! Who may call the public API: request signatures by the managing miner's hotkey.
+//!
+//! Every call except health (`grpc.health.v1.Health`, `health.v1.Health`) and server
+//! reflection carries four metadata entries (docs/api.md):
+//!
+//! | header | value |
+//! |---|---|
+//! | `x-executor-hotkey` | SS58 address of the caller's sr25519 hotkey |
+//! | `x-executor-timestamp` | Unix seconds when the request was signed |
+//! | `x-executor-nonce` | 16 to 64 characters of `[A-Za-z0-9_-]`, never reused |
+//! | `x-executor-signature` | hex of the 64-byte sr25519 signature (context `substrate`) |
+//!
+//! The signature covers the canonical string of [`canonical_string`]: the method path, the
+//! timestamp, the nonce and the SHA-256 of the request message bytes (the protobuf encoding,
+//! without gRPC framing), so a signature cannot be moved to another method or another body.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use common::clock::Clock;
+use common::hotkey::{Hotkey, HotkeyPair, SignatureError, Verifier};
+use common::ratelimit::RateLimiter;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+pub const HOTKEY_HEADER: &str = "x-executor-hotkey";
+pub const TIMESTAMP_HEADER: &str = "x-executor-timestamp";
+pub const NONCE_HEADER: &str = "x-executor-nonce";
+pub const SIGNATURE_HEADER: &str = "x-executor-signature";
+
+/// First line of every canonical string: names the protocol so a signature made for anything
+/// else (a validator challenge, another service) never verifies here.
+pub const CANONICAL_PREFIX: &str = "basilica-executor-api-v1";
+
+/// Method path prefixes anyone may call.
+const OPEN_SERVICES: [&str; 4] = [
+    "/grpc.health.v1.Health/",
+    "/health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Whether `path` (`/package.Service/Method`) is served without a signature.
+pub fn is_open(path: &str) -> bool {
+    OPEN_SERVICES.iter().any(|prefix| path.starts_with(prefix))
+}
+
+/// The string a client signs:
+/// `basilica-executor-api-v1\n<method path>\n<timestamp>\n<nonce>\n<hex sha256 of the message>`.
+pub fn canonical_string(method: &str, timestamp: u64, nonce: &str, message_sha256: &[u8; 32]) -> String {
+    format!("{CANONICAL_PREFIX}\n{method}\n{timestamp}\n{nonce}\n{}", hex::encode(message_sha256))
+}
+
+pub fn sha256(message: &[u8]) -> [u8; 32] {
+    Sha256::digest(message).into()
+}
+
+/// The four metadata values for a call to `method` with the encoded `message`, signed by `pair`
+/// at `timestamp` (Unix seconds) with a fresh random nonce.
+pub fn sign(pair: &HotkeyPair, method: &str, message: &[u8], timestamp: u64) -> [(&'static str, String); 4] {
+    let mut raw = [0u8; 16];
+    // Without randomness the nonce still differs per call: fall back to the clock's nanoseconds.
+    if getrandom::fill(&mut raw).is_err() {
+        let nanos = std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        raw = nanos.to_le_bytes();
+    }
+    let nonce = hex::encode(raw);
+    let signature = pair.sign(canonical_string(method, timestamp, &nonce, &sha256(message)).as_bytes());
+    [
+        (HOTKEY_HEADER, pair.hotkey().to_string()),
+        (TIMESTAMP_HEADER, timestamp.to_string()),
+        (NONCE_HEADER, nonce),
+        (SIGNATURE_HEADER, hex::encode(signature)),
+    ]
+}
+
+/// Why a call was refused; the name is the reason code in the status message and the
+/// `reason` label of `executor_api_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// One of the four headers is absent.
+    MissingSignature,
+    /// A header is present but unparseable (bad address, timestamp, nonce or signature encoding).
+    MalformedMetadata,
+    /// The request body is not one uncompressed gRPC message.
+    MalformedBody,
+    /// A valid hotkey that is not `managing_miner_hotkey`.
+    HotkeyNotAllowed,
+    /// The timestamp is outside `[server] auth_time_window`.
+    StaleTimestamp,
+    /// The signature does not match the canonical string (a tampered body, method or header).
+    BadSignature,
+    /// The nonce was used before within the window.
+    ReplayedNonce,
+    /// More than `api_requests_per_minute`.
+    RateLimited,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::MissingSignature,
+        Reason::MalformedMetadata,
+        Reason::MalformedBody,
+        Reason::HotkeyNotAllowed,
+        Reason::StaleTimestamp,
+        Reason::BadSignature,
+        Reason::ReplayedNonce,
+        Reason::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::MissingSignature => "missing_signature",
+            Reason::MalformedMetadata => "malformed_metadata",
+            Reason::MalformedBody => "malformed_body",
+            Reason::HotkeyNotAllowed => "hotkey_not_allowed",
+            Reason::StaleTimestamp => "stale_timestamp",
+            Reason::BadSignature => "bad_signature",
+            Reason::ReplayedNonce => "replayed_nonce",
+            Reason::RateLimited => "rate_limited",
+        }
+    }
+
+    /// The status code of this refusal (decided in [`crate::errors::auth_code`]).
+    pub fn code(self) -> tonic::Code {
+        crate::errors::auth_code(self)
+    }
+}
+
+/// A refusal: the reason and a sentence for the caller (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl AuthFailure {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self { reason, detail: detail.into() }
+    }
+
+    /// `<reason>: <detail>`, so clients can switch on the code before the colon.
+    pub fn to_status(&self) -> tonic::Status {
+        tonic::Status::new(self.reason.code(), format!("{}: {}", self.reason.as_str(), self.detail))
+    }
+}
+
+/// Nonces seen within the window, each dropped once its request's timestamp has left it.
+/// Bounded: signatures are checked and the rate limit applied before a nonce is stored, so
+/// only the miner's own admitted calls fill it; past `capacity` the oldest go first (they are
+/// the closest to expiry and their timestamps are the first to be refused as stale).
+#[derive(Debug)]
+struct NonceCache {
+    capacity: usize,
+    seen: HashMap<String, Instant>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl NonceCache {
+    /// Records `nonce` until `expires`; false if it was already there.
+    fn insert(&mut self, nonce: &str, now: Instant, expires: Instant) -> bool {
+        while let Some((at, _)) = self.order.front()
+            && (*at <= now || self.order.len() >= self.capacity)
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(nonce) {
+            return false;
+        }
+        self.seen.insert(nonce.to_owned(), expires);
+        // Expiries arrive nearly in order; keep the queue sorted for the sweep above.
+        let at = self.order.partition_point(|(e, _)| *e <= expires);
+        self.order.insert(at, (expires, nonce.to_owned()));
+        true
+    }
+}
+
+/// Most signatures checked in one batch.
+const MAX_BATCH: usize = 64;
+
+/// One signature waiting for the batch verifier.
+#[derive(Debug)]
+struct Job {
+    message: Vec<u8>,
+    signature: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<Result<(), SignatureError>>,
+}
+
+/// A thread that checks the miner's signatures: it takes every call waiting (up to
+/// [`MAX_BATCH`]), checks them in one batch, and falls back to one at a time when the batch
+/// fails, so a bad signature only costs its own call. With one call waiting it is a single
+/// check; under load batches form by themselves, without a timer. The thread ends when the
+/// authenticator is dropped.
+#[derive(Debug)]
+struct BatchVerifier {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl BatchVerifier {
+    fn start(verifier: Verifier) -> Option<Self> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new().name("sr25519-batch".into()).spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH
+                    && let Ok(job) = queue.try_recv()
+                {
+                    batch.push(job);
+                }
+                let items: Vec<(&[u8], &[u8])> =
+                    batch.iter().map(|j| (j.message.as_slice(), j.signature.as_slice())).collect();
+                let all_good = batch.len() > 1 && verifier.verify_batch(&items);
+                drop(items);
+                for job in batch {
+                    let result = if all_good { Ok(()) } else { verifier.verify(&job.message, &job.signature) };
+                    let _ = job.reply.send(result);
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Some(Self { jobs }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no batch verifier thread; signatures are checked one at a time");
+                None
+            }
+        }
+    }
+
+    async fn verify(&self, message: Vec<u8>, signature: Vec<u8>) -> Result<(), SignatureError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self.jobs.send(Job { message, signature, reply }).is_err() {
+            return Err(SignatureError::Mismatch);
+        }
+        answer.await.unwrap_or(Err(SignatureError::Mismatch))
+    }
+}
+
+/// What a call's headers claim, checked as far as possible without its body.
+#[derive(Debug)]
+pub struct Claim {
+    hotkey: Hotkey,
+    timestamp: u64,
+    nonce: String,
+    signature: Vec<u8>,
+    /// The executor's clock when the headers were checked, Unix seconds.
+    now: u64,
+}
+
+/// The authentication policy of the public API.
+#[derive(Debug)]
+pub struct Authenticator {
+    miner: Hotkey,
+    /// The miner's key, decompressed once rather than per call.
+    verifier: Verifier,
+    /// Signature checks in batches on a thread of their own; `None` if it could not start.
+    batches: Option<BatchVerifier>,
+    window: Duration,
+    clock: Arc<dyn Clock>,
+    nonces: Mutex<NonceCache>,
+    limiter: RateLimiter<Hotkey>,
+}
+
+impl Authenticator {
+    /// Accepts `miner` only, timestamps within `window`, at most `per_minute` calls a minute.
+    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, String> {
+        let verifier = miner.verifier().map_err(|e| format!("managing_miner_hotkey {miner}: {e}"))?;
+        // Admitted calls within two windows, twice over: the cache never needs to drop a live nonce.
+        let minutes = (2 * window.as_secs()).div_ceil(60).max(1) as usize;
+        let capacity = (per_minute as usize).saturating_mul(minutes).saturating_mul(2).max(1024);
+        Ok(Self {
+            miner,
+            batches: BatchVerifier::start(verifier.clone()),
+            verifier,
+            window,
+            limiter: RateLimiter::new(per_minute, clock.clone()),
+            clock,
+            nonces: Mutex::new(NonceCache { capacity, seen: HashMap::new(), order: VecDeque::new() }),
+        })
+    }
+
+    /// Checks the signature metadata of a call to `method` whose request message is `message`;
+    /// returns the caller's hotkey.
+    pub fn check(&self, method: &str, headers: &HeaderMap, message: &[u8]) -> Result<Hotkey, AuthFailure> {
+        let claim = self.precheck(headers)?;
+        self.verify(method, claim, message)
+    }
+
+    /// The checks that need no request body (headers, hotkey, time): the layer runs them before
+    /// reading a byte of the body, so refused callers cost no buffering.
+    pub fn precheck(&self, headers: &HeaderMap) -> Result<Claim, AuthFailure> {
+        let header = |name: &str| -> Result<&str, AuthFailure> {
+            let value = headers.get(name).ok_or_else(|| {
+                AuthFailure::new(Reason::MissingSignature, format!("metadata `{name}` is required (see docs/api.md)"))
+            })?;
+            value
+                .to_str()
+                .map_err(|_| AuthFailure::new(Reason::MalformedMetadata, format!("metadata `{name}` is not ASCII")))
+        };
+        let (hotkey, timestamp, nonce, signature) =
+            (header(HOTKEY_HEADER)?, header(TIMESTAMP_HEADER)?, header(NONCE_HEADER)?, header(SIGNATURE_HEADER)?);
+        // The miner's own address needs no decoding; any other is parsed to say what is wrong.
+        let hotkey: Hotkey = if hotkey == self.miner.as_str() {
+            self.miner.clone()
+        } else {
+            hotkey
+                .parse()
+                .map_err(|e| AuthFailure::new(Reason::MalformedMetadata, format!("`{HOTKEY_HEADER}`: {e}")))?
+        };
+        let timestamp: u64 = timestamp.parse().map_err(|_| {
+            AuthFailure::new(Reason::MalformedMetadata, format!("`{TIMESTAMP_HEADER}` must be Unix seconds"))
+        })?;
+        if !(16..=64).contains(&nonce.len())
+            || !nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(AuthFailure::new(
+                Reason::MalformedMetadata,
+                format!("`{NONCE_HEADER}` must be 16 to 64 characters of [A-Za-z0-9_-]"),
+            ));
+        }
+        let signature = hex::decode(signature.strip_prefix("0x").unwrap_or(signature))
+            .map_err(|_| AuthFailure::new(Reason::MalformedMetadata, format!("`{SIGNATURE_HEADER}` must be hex")))?;
+        if hotkey != self.miner {
+            return Err(AuthFailure::new(
+                Reason::HotkeyNotAllowed,
+                format!("hotkey {hotkey} does not manage this executor"),
+            ));
+        }
+        let now = self.clock.system_time().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let skew = now.abs_diff(timestamp);
+        if skew > self.window.as_secs() {
+            return Err(AuthFailure::new(
+                Reason::StaleTimestamp,
+                format!(
+                    "timestamp {timestamp} is {skew}s from the executor's clock ({now}); the window is {}s",
+                    self.window.as_secs()
+                ),
+            ));
+        }
+        Ok(Claim { hotkey, timestamp, nonce: nonce.to_owned(), signature, now })
+    }
+
+    /// The signature over the canonical string, then the rate limit and the nonce.
+    pub fn verify(&self, method: &str, claim: Claim, message: &[u8]) -> Result<Hotkey, AuthFailure> {
+        let canonical = canonical_string(method, claim.timestamp, &claim.nonce, &sha256(message));
+        let checked = self.verifier.verify(canonical.as_bytes(), &claim.signature);
+        self.admit(claim, checked)
+    }
+
+    /// As [`Authenticator::verify`], the signature checked on the batch verifier's thread
+    /// together with whatever other calls are waiting (a batch of 16 costs a third as much per
+    /// signature as one alone).
+    pub async fn verify_batched(&self, method: &str, claim: Claim, message: &[u8]) -> Result<Hotkey, AuthFailure> {
+        let canonical = canonical_string(method, claim.timestamp, &claim.nonce, &sha256(message));
+        let checked = match &self.batches {
+            Some(batches) => batches.verify(canonical.into_bytes(), claim.signature.clone()).await,
+            None => self.verifier.verify(canonical.as_bytes(), &claim.signature),
+        };
+        self.admit(claim, checked)
+    }
+
+    /// After the signature: the rate limit, then the nonce.
+    fn admit(&self, claim: Claim, signature: Result<(), SignatureError>) -> Result<Hotkey, AuthFailure> {
+        signature.map_err(|e| {
+            AuthFailure::new(Reason::BadSignature, format!("{e} (signed string: method, timestamp, nonce, body hash)"))
+        })?;
+        let Claim { hotkey, timestamp, nonce, now, .. } = claim;
+        let nonce = nonce.as_str();
+        if let Err(retry) = self.limiter.check(&hotkey) {
+            return Err(AuthFailure::new(
+                Reason::RateLimited,
+                format!(
+                    "more than {} calls a minute; retry in {} ms",
+                    self.limiter.per_minute(),
+                    retry.0.as_millis().max(1)
+                ),
+            ));
+        }
+        // Remember the nonce until the timestamp leaves the window.
+        let instant = self.clock.now();
+        let remaining = Duration::from_secs((timestamp + self.window.as_secs()).saturating_sub(now) + 1);
+        let fresh = self.nonces.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce, instant, instant + remaining);
+        if !fresh {
+            return Err(AuthFailure::new(Reason::ReplayedNonce, "this nonce was already used"));
+        }
+        Ok(hotkey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::clock::ManualClock;
+
+    const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
+    const METHOD: &str = "/executor.api.v1.ExecutorApi/Identity";
+
+    fn setup(per_minute: u32) -> (Arc<ManualClock>, Authenticator, HotkeyPair) {
+        let clock = Arc::new(ManualClock::default());
+        clock.advance(Duration::from_secs(1_800_000_000));
+        let alice = HotkeyPair::parse(ALICE_SEED).unwrap();
+        let auth =
+            Authenticator::new(alice.hotkey().clone(), Duration::from_secs(60), per_minute, clock.clone()).unwrap();
+        (clock, auth, alice)
+    }
+
+    fn headers(values: &[(&'static str, String)]) -> HeaderMap {
+        values.iter().map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap())).collect()
+    }
+
+    fn reason(result: Result<Hotkey, AuthFailure>) -> Reason {
+        result.unwrap_err().reason
+    }
+
+    #[test]
+    fn accepts_the_miner_once_and_refuses_everything_else() {
+        let (clock, auth, alice) = setup(1000);
+        let now = 1_800_000_000;
+        let signed = sign(&alice, METHOD, b"body", now);
+        assert_eq!(auth.check(METHOD, &headers(&signed), b"body").unwrap(), *alice.hotkey());
+        // Same nonce again.
+        assert_eq!(reason(auth.check(METHOD, &headers(&signed), b"body")), Reason::ReplayedNonce);
+        // Tampered body, another method.
+        let signed = sign(&alice, METHOD, b"body", now);
+        assert_eq!(reason(auth.check(METHOD, &headers(&signed), b"bodz")), Reason::BadSignature);
+        let other = "/executor.api.v1.ExecutorApi/RemoveContainer";
+        assert_eq!(reason(auth.check(other, &headers(&signed), b"body")), Reason::BadSignature);
+        // Stale and future timestamps.
+        for ts in [now - 61, now + 61] {
+            let signed = sign(&alice, METHOD, b"", ts);
+            assert_eq!(reason(auth.check(METHOD, &headers(&signed), b"")), Reason::StaleTimestamp);
+        }
+        let signed = sign(&alice, METHOD, b"", now - 60);
+        auth.check(METHOD, &headers(&signed), b"").unwrap();
+        // Another valid hotkey.
+        let bob = HotkeyPair::from_seed(&[7; 32]);
+        assert_eq!(reason(auth.check(METHOD, &headers(&sign(&bob, METHOD, b"", now)), b"")), Reason::HotkeyNotAllowed);
+        // Missing and malformed metadata.
+        assert_eq!(reason(auth.check(METHOD, &HeaderMap::new(), b"")), Reason::MissingSignature);
+        let mut bad = sign(&alice, METHOD, b"", now);
+        bad[2].1 = "short".into();
+        assert_eq!(reason(auth.check(METHOD, &headers(&bad), b"")), Reason::MalformedMetadata);
+        let mut bad = sign(&alice, METHOD, b"", now);
+        bad[3].1 = "zz".into();
+        assert_eq!(reason(auth.check(METHOD, &headers(&bad), b"")), Reason::MalformedMetadata);
+        // A nonce is forgotten only after its timestamp has left the window.
+        let signed = sign(&alice, METHOD, b"", now);
+        auth.check(METHOD, &headers(&signed), b"").unwrap();
+        clock.advance(Duration::from_secs(30));
+        assert_eq!(reason(auth.check(METHOD, &headers(&signed), b"")), Reason::ReplayedNonce);
+        clock.advance(Duration::from_secs(40));
+        assert_eq!(reason(auth.check(METHOD, &headers(&signed), b"")), Reason::StaleTimestamp);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batched_checks_agree_with_single_ones() {
+        let (_clock, auth, alice) = setup(100_000);
+        let auth = Arc::new(auth);
+        let now = 1_800_000_000;
+        // Many at once, some tampered: each answer is its own.
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let auth = auth.clone();
+                let signed = sign(&alice, METHOD, b"body", now);
+                tokio::spawn(async move {
+                    let body: &[u8] = if i % 7 == 0 { b"bodz" } else { b"body" };
+                    let claim = auth.precheck(&headers(&signed)).unwrap();
+                    (i, auth.verify_batched(METHOD, claim, body).await)
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (i, result) = task.await.unwrap();
+            if i % 7 == 0 {
+                assert_eq!(result.unwrap_err().reason, Reason::BadSignature, "{i}");
+            } else {
+                assert_eq!(result.unwrap(), *alice.hotkey(), "{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn rate_limit_applies_to_signed_calls_only() {
+        let (_clock, auth, alice) = setup(3);
+        let now = 1_800_000_000;
+        // Unsigned junk does not use the miner's budget.
+        for _ in 0..10 {
+            assert_eq!(reason(auth.check(METHOD, &HeaderMap::new(), b"")), Reason::MissingSignature);
+        }
+        for _ in 0..3 {
+            auth.check(METHOD, &headers(&sign(&alice, METHOD, b"", now)), b"").unwrap();
+        }
+        let refused = auth.check(METHOD, &headers(&sign(&alice, METHOD, b"", now)), b"").unwrap_err();
+        assert_eq!(refused.reason, Reason::RateLimited);
+        assert_eq!(refused.to_status().code(), tonic::Code::ResourceExhausted);
+        assert!(refused.to_status().message().starts_with("rate_limited: more than 3 calls a minute"));
+    }
+
+    #[test]
+    fn nonce_cache_stays_bounded() {
+        let mut cache = NonceCache { capacity: 4, seen: HashMap::new(), order: VecDeque::new() };
+        let now = Instant::now();
+        for i in 0..10 {
+            assert!(cache.insert(&format!("n{i}"), now, now + Duration::from_secs(60)));
+        }
+        assert!(cache.seen.len() <= 4 && cache.order.len() == cache.seen.len());
+        assert!(!cache.insert("n9", now, now + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn canonical_string_is_as_documented() {
+        let text = canonical_string(METHOD, 1_700_000_000, "00112233445566778899aabbccddeeff", &sha256(b""));
+        assert_eq!(
+            text,
+            "basilica-executor-api-v1\n/executor.api.v1.ExecutorApi/Identity\n1700000000\n\
+             00112233445566778899aabbccddeeff\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert!(is_open("/health.v1.Health/Check") && is_open("/grpc.health.v1.Health/Watch"));
+        assert!(is_open("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
+        assert!(!is_open("/executor.api.v1.ExecutorApi/Identity") && !is_open("/grpc.health.v1.Healthy/Check"));
+    }
+}

@@ -1,0 +1,136 @@
+//! The miner-side client of the public API: every call signed with the miner's hotkey as
+//! [`crate::auth`] describes. `executor ctl` and the end-to-end tests use it; a miner written
+//! in Rust can too.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use common::hotkey::HotkeyPair;
+//! use executor_api::client::ExecutorClient;
+//! let key = HotkeyPair::parse(&std::fs::read_to_string("miner.seed")?)?;
+//! let client = ExecutorClient::connect("http://203.0.113.7:50051", None, key).await?;
+//! println!("{}", client.identity().await?.executor_id);
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use common::hotkey::HotkeyPair;
+use common::proto::access::v1 as access;
+use common::proto::api::v1 as pb;
+use common::proto::api::v1::executor_api_client::ExecutorApiClient;
+use common::proto::runtime::v1 as runtime;
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status, Streaming};
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("`{endpoint}` is not an endpoint URL: {reason}")]
+    Endpoint { endpoint: String, reason: String },
+    #[error("cannot connect to {endpoint}: {reason}")]
+    Connect { endpoint: String, reason: String },
+}
+
+/// A signing client of one executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorClient {
+    api: ExecutorApiClient<Channel>,
+    key: Arc<HotkeyPair>,
+}
+
+const PREFIX: &str = "/executor.api.v1.ExecutorApi/";
+
+macro_rules! unary {
+    ($(#[$doc:meta])* $name:ident, $method:literal, $req:ty => $resp:ty) => {
+        $(#[$doc])*
+        pub async fn $name(&self, request: $req) -> Result<$resp, Status> {
+            let request = self.signed($method, request);
+            Ok(self.api.clone().$name(request).await?.into_inner())
+        }
+    };
+}
+
+impl ExecutorClient {
+    /// Connects to `endpoint` (`http://host:port`, or `https://` with the server's CA
+    /// certificate in PEM, or the system's roots when `ca_pem` is `None`).
+    pub async fn connect(endpoint: &str, ca_pem: Option<Vec<u8>>, key: HotkeyPair) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::Endpoint { endpoint: endpoint.to_owned(), reason };
+        let mut builder = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        if endpoint.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(pem) = ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            builder = builder.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        }
+        let channel = builder.connect().await.map_err(|e| ClientError::Connect {
+            endpoint: endpoint.to_owned(),
+            reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+        })?;
+        Ok(Self::new(channel, key))
+    }
+
+    /// A client over an existing channel.
+    pub fn new(channel: Channel, key: HotkeyPair) -> Self {
+        Self { api: ExecutorApiClient::new(channel), key: Arc::new(key) }
+    }
+
+    /// The generated client, for calls built with [`ExecutorClient::signed`].
+    pub fn raw(&self) -> ExecutorApiClient<Channel> {
+        self.api.clone()
+    }
+
+    /// `message` as a request to `method` (the RPC name, e.g. `Identity`) with signature
+    /// metadata for now.
+    pub fn signed<T: Message>(&self, method: &str, message: T) -> Request<T> {
+        let timestamp = std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let path = format!("{PREFIX}{method}");
+        let headers = crate::auth::sign(&self.key, &path, &message.encode_to_vec(), timestamp);
+        let mut request = Request::new(message);
+        for (name, value) in headers {
+            if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+                request.metadata_mut().insert(name, value);
+            }
+        }
+        request
+    }
+
+    pub async fn identity(&self) -> Result<pb::IdentityResponse, Status> {
+        let request = self.signed("Identity", pb::IdentityRequest {});
+        Ok(self.api.clone().identity(request).await?.into_inner())
+    }
+
+    pub async fn detailed_health(&self) -> Result<pb::DetailedHealthResponse, Status> {
+        let request = self.signed("DetailedHealth", pb::DetailedHealthRequest {});
+        Ok(self.api.clone().detailed_health(request).await?.into_inner())
+    }
+
+    pub async fn system_profile(&self) -> Result<pb::SystemProfileResponse, Status> {
+        let request = self.signed("SystemProfile", pb::SystemProfileRequest {});
+        Ok(self.api.clone().system_profile(request).await?.into_inner())
+    }
+
+    unary!(create_container, "CreateContainer", runtime::CreateContainerRequest => runtime::Container);
+    unary!(start_container, "StartContainer", runtime::ContainerRef => runtime::Container);
+    unary!(stop_container, "StopContainer", runtime::StopContainerRequest => runtime::Container);
+    unary!(remove_container, "RemoveContainer", runtime::RemoveContainerRequest => runtime::RemoveContainerResponse);
+    unary!(get_container, "GetContainer", runtime::ContainerRef => runtime::Container);
+    unary!(list_containers, "ListContainers", runtime::ListContainersRequest => runtime::ListContainersResponse);
+    unary!(container_stats, "ContainerStats", runtime::ContainerRef => runtime::ContainerStats);
+    unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
+    unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
+    unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);
+    unary!(list_validator_grants, "ListValidatorGrants", access::ListGrantsRequest => access::ListGrantsResponse);
+    unary!(run_attestation, "RunAttestation", pb::AttestationRequest => pb::AttestationResponse);
+
+    /// A container's logs, streamed.
+    pub async fn stream_logs(&self, request: runtime::LogsRequest) -> Result<Streaming<runtime::LogChunk>, Status> {
+        let request = self.signed("StreamLogs", request);
+        Ok(self.api.clone().stream_logs(request).await?.into_inner())
+    }
+}

@@ -1,0 +1,436 @@
+//! `executor ctl ...`: the public API from the command line, signed with the miner's hotkey,
+//! for operators and tests. Answers are printed as JSON (one object, or one per line for
+//! lists); container logs are written raw to stdout and stderr.
+//!
+//! The secret comes from `--key-file FILE` (a hex seed, a hex 64-byte secret key, or a
+//! Bittensor hotkey file) or from the environment variable `MINER_HOTKEY_SECRET` (the same
+//! forms); never from the command line, where other users could read it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use common::config::{CONFIG_ERROR_EXIT_CODE, Config};
+use common::hotkey::HotkeyPair;
+use common::proto::access::v1 as access;
+use common::proto::api::v1 as api;
+use common::proto::runtime::v1 as runtime;
+use executor_api::client::ExecutorClient;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+/// The environment variable holding the miner hotkey's secret when `--key-file` is not given.
+pub const SECRET_ENV: &str = "MINER_HOTKEY_SECRET";
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The executor's public API, e.g. `http://203.0.113.7:50051`; default: this machine's,
+    /// from `--config` (`[server] port`, https when TLS is configured).
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// File with the miner hotkey's secret (hex seed or Bittensor hotkey file); otherwise the
+    /// environment variable MINER_HOTKEY_SECRET.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificate (PEM) for an https endpoint with a private CA or a self-signed certificate.
+    #[arg(long, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Executor id, public key, managing hotkey, advertised endpoints, version.
+    Identity,
+    /// Each service, Docker, GPU count; exit 1 unless healthy.
+    Health,
+    /// GPU inventory and the latest telemetry snapshot.
+    Profile,
+    /// Tenant containers.
+    #[command(subcommand)]
+    Containers(ContainersCommand),
+    /// Validator SSH grants.
+    #[command(subcommand)]
+    Grants(GrantsCommand),
+    /// Run the proof of work here and print the signed report.
+    Attest {
+        #[arg(long, default_value_t = 256)]
+        matrix_dim: u32,
+        #[arg(long, default_value_t = 16)]
+        num_matrices: u32,
+        /// Challenge seed (u64).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContainersCommand {
+    /// One line per container.
+    List {
+        /// Exited containers too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Create a container (started only with --start): `containers create --image IMG -- CMD ARGS...`.
+    Create {
+        #[arg(long)]
+        image: String,
+        /// Memory limit, bytes (0: the configured maximum).
+        #[arg(long, default_value_t = 0)]
+        memory_bytes: u64,
+        /// CPU cores (0: the configured maximum).
+        #[arg(long, default_value_t = 0.0)]
+        cpu_cores: f64,
+        #[arg(long, default_value_t = 0)]
+        gpus: u32,
+        /// Seconds until it is reaped; 0: never.
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u64,
+        /// `KEY=VALUE`, repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Start it right away.
+        #[arg(long)]
+        start: bool,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Start a created container.
+    Start { id: String },
+    /// Stop a running container (SIGTERM, then SIGKILL).
+    Stop {
+        id: String,
+        /// Seconds between SIGTERM and SIGKILL.
+        #[arg(long, default_value_t = 10)]
+        timeout_seconds: u32,
+    },
+    /// One container.
+    Get { id: String },
+    /// CPU, memory, network, block I/O and pids of a container.
+    Stats { id: String },
+    /// Remove a container.
+    Remove {
+        id: String,
+        /// Remove a running container too.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Logs to stdout/stderr as the container wrote them.
+    Logs {
+        id: String,
+        #[arg(long)]
+        follow: bool,
+        /// Lines from the end; 0: all.
+        #[arg(long, default_value_t = 0)]
+        tail: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Every grant.
+    List,
+    /// Ask for a challenge the validator signs with its hotkey.
+    Challenge { validator_hotkey: String },
+    /// Grant a validator SSH access with its signed challenge.
+    Provision {
+        #[arg(long)]
+        validator_hotkey: String,
+        /// OpenSSH public key line.
+        #[arg(long)]
+        ssh_public_key: String,
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+        #[arg(long)]
+        challenge_id: String,
+        /// Hex of the validator's signature over the challenge message.
+        #[arg(long)]
+        signature: String,
+    },
+    /// Revoke a grant (its SSH sessions are closed).
+    Revoke { grant_id: String },
+}
+
+/// Why ctl could not run a command before calling the executor (exit code 2).
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("executor ctl: {message}");
+    ExitCode::from(CONFIG_ERROR_EXIT_CODE as u8)
+}
+
+/// Reads the miner's secret from `--key-file` or [`SECRET_ENV`].
+pub fn load_key(key_file: Option<&Path>) -> Result<HotkeyPair, String> {
+    let (text, origin) = match key_file {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?,
+            format!("--key-file {}", path.display()),
+        ),
+        None => match std::env::var(SECRET_ENV) {
+            Ok(text) => (text, SECRET_ENV.to_owned()),
+            Err(_) => {
+                return Err(format!(
+                    "needs the miner hotkey's secret: --key-file FILE or the environment variable {SECRET_ENV}"
+                ));
+            }
+        },
+    };
+    HotkeyPair::parse(&text).map_err(|e| format!("{origin}: {e}"))
+}
+
+/// This machine's endpoint from the config file.
+fn local_endpoint(config_path: &Path) -> Result<String, String> {
+    let loaded = Config::load(config_path).map_err(|e| format!("{e}\n(or give --endpoint URL)"))?;
+    let server = &loaded.config.server;
+    let host = if server.host.is_unspecified() { "127.0.0.1".to_owned() } else { server.host.to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let scheme = if server.tls_cert_path.is_some() { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}:{}", server.port))
+}
+
+/// `executor ctl ...`.
+pub fn ctl_command(config_path: &Path, args: CtlArgs) -> ExitCode {
+    let key = match load_key(args.key_file.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return usage(e),
+    };
+    let endpoint = match args.endpoint.clone().map_or_else(|| local_endpoint(config_path), Ok) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return usage(e),
+    };
+    let ca = match &args.ca_cert {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => return usage(format!("--ca-cert {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let result = crate::block_on(async move {
+        let client = ExecutorClient::connect(&endpoint, ca, key).await.map_err(|e| e.to_string())?;
+        run(&client, args.command).await
+    });
+    match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("executor ctl: {e}");
+            ExitCode::FAILURE
+        }
+        Err(code) => code,
+    }
+}
+
+fn status_text(status: tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+fn print(value: &Value) {
+    println!("{value}");
+}
+
+async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, String> {
+    match command {
+        CtlCommand::Identity => {
+            let id = client.identity().await.map_err(status_text)?;
+            let e = id.endpoints.unwrap_or_default();
+            print(&json!({
+                "executor_id": id.executor_id,
+                "public_key": hex_of(&id.public_key),
+                "managing_miner_hotkey": id.managing_miner_hotkey,
+                "version": id.version,
+                "endpoints": {
+                    "grpc": e.grpc_endpoint, "ssh": e.ssh_endpoint, "health": e.health_endpoint,
+                    "advertised_host": e.advertised_host, "advertised_port": e.advertised_port,
+                    "advertised_tls": e.advertised_tls,
+                },
+            }));
+        }
+        CtlCommand::Health => {
+            let h = client.detailed_health().await.map_err(status_text)?;
+            let components: BTreeMap<String, Value> = h
+                .components
+                .iter()
+                .map(|c| (c.name.clone(), json!({"serving": c.serving, "detail": c.detail})))
+                .collect();
+            print(
+                &json!({"healthy": h.healthy, "version": h.version, "gpu_count": h.gpu_count, "components": components}),
+            );
+            if !h.healthy {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        CtlCommand::Profile => {
+            let p = client.system_profile().await.map_err(status_text)?;
+            let inventory = p.inventory.unwrap_or_default();
+            let gpus: Vec<Value> = inventory
+                .gpus
+                .iter()
+                .map(|g| json!({"index": g.index, "uuid": g.uuid, "name": g.name, "memory_total_bytes": g.memory_total_bytes}))
+                .collect();
+            print(&json!({
+                "gpus": gpus,
+                "driver_version": inventory.driver_version,
+                "cuda_version": inventory.cuda_version,
+                "gpu_unavailable_reason": inventory.gpu_unavailable_reason,
+            }));
+        }
+        CtlCommand::Containers(command) => return containers(client, command).await,
+        CtlCommand::Grants(command) => grants(client, command).await?,
+        CtlCommand::Attest { matrix_dim, num_matrices, seed } => {
+            let mut seed_bytes = seed.to_le_bytes().to_vec();
+            seed_bytes.resize(32, 0);
+            let request = api::AttestationRequest { seed: seed_bytes, matrix_dim, num_matrices, nonce: Vec::new() };
+            let report = client.run_attestation(request).await.map_err(status_text)?;
+            println!("{}", report.report_json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A container as one JSON object.
+pub fn container_json(c: &runtime::Container) -> Value {
+    json!({
+        "id": c.id,
+        "image": c.image,
+        "state": c.state().as_str_name().trim_start_matches("CONTAINER_STATE_").to_lowercase(),
+        "owner": c.owner,
+        "gpu_uuids": c.gpu_uuids,
+        "created_at": c.created_at,
+        "expires_at": c.expires_at,
+        "exit_code": c.exit_code,
+        "stop_reason": c.stop_reason,
+    })
+}
+
+async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Result<ExitCode, String> {
+    use ContainersCommand::*;
+    let container = |c: Result<runtime::Container, tonic::Status>| c.map(|c| print(&container_json(&c)));
+    match command {
+        List { all } => {
+            let list = client
+                .list_containers(runtime::ListContainersRequest { all, owner: String::new() })
+                .await
+                .map_err(status_text)?;
+            for c in &list.containers {
+                print(&container_json(c));
+            }
+        }
+        Create { image, memory_bytes, cpu_cores, gpus, ttl_seconds, env, start, command } => {
+            let mut vars = std::collections::HashMap::new();
+            for pair in env {
+                let (k, v) = pair.split_once('=').ok_or_else(|| format!("--env `{pair}` is not KEY=VALUE"))?;
+                vars.insert(k.to_owned(), v.to_owned());
+            }
+            let request = runtime::CreateContainerRequest {
+                image,
+                command,
+                env: vars,
+                resources: Some(runtime::ResourceRequest { memory_bytes, cpu_cores, ..Default::default() }),
+                gpu_count: gpus,
+                ttl_seconds,
+                ..Default::default()
+            };
+            let created = client.create_container(request).await.map_err(status_text)?;
+            if start {
+                container(client.start_container(runtime::ContainerRef { id: created.id }).await)
+                    .map_err(status_text)?;
+            } else {
+                print(&container_json(&created));
+            }
+        }
+        Start { id } => container(client.start_container(runtime::ContainerRef { id }).await).map_err(status_text)?,
+        Stop { id, timeout_seconds } => {
+            container(client.stop_container(runtime::StopContainerRequest { id, timeout_seconds }).await)
+                .map_err(status_text)?
+        }
+        Get { id } => container(client.get_container(runtime::ContainerRef { id }).await).map_err(status_text)?,
+        Stats { id } => {
+            let s = client.container_stats(runtime::ContainerRef { id }).await.map_err(status_text)?;
+            print(&json!({
+                "id": s.id, "cpu_percent": s.cpu_percent, "memory_usage_bytes": s.memory_usage_bytes,
+                "memory_limit_bytes": s.memory_limit_bytes, "network_rx_bytes": s.network_rx_bytes,
+                "network_tx_bytes": s.network_tx_bytes, "block_read_bytes": s.block_read_bytes,
+                "block_write_bytes": s.block_write_bytes, "pids": s.pids,
+            }));
+        }
+        Remove { id, force } => {
+            client
+                .remove_container(runtime::RemoveContainerRequest { id: id.clone(), force })
+                .await
+                .map_err(status_text)?;
+            print(&json!({"removed": id}));
+        }
+        Logs { id, follow, tail } => {
+            use std::io::Write;
+            let mut stream =
+                client.stream_logs(runtime::LogsRequest { id, follow, tail, since: 0 }).await.map_err(status_text)?;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(status_text)?;
+                let written = if chunk.stream() == runtime::LogStream::Stderr {
+                    std::io::stderr().write_all(&chunk.data)
+                } else {
+                    std::io::stdout().write_all(&chunk.data).and_then(|()| std::io::stdout().flush())
+                };
+                // A closed pipe (`| head`) ends the command quietly.
+                if written.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn grant_json(g: &access::Grant) -> Value {
+    json!({
+        "grant_id": g.grant_id, "validator_hotkey": g.validator_hotkey,
+        "ssh_public_key_fingerprint": g.ssh_public_key_fingerprint, "created_at": g.created_at,
+        "expires_at": g.expires_at, "ssh_user": g.ssh_user, "ssh_endpoint": g.ssh_endpoint,
+    })
+}
+
+async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), String> {
+    match command {
+        GrantsCommand::List => {
+            let list = client.list_validator_grants(access::ListGrantsRequest {}).await.map_err(status_text)?;
+            for g in &list.grants {
+                print(&grant_json(g));
+            }
+        }
+        GrantsCommand::Challenge { validator_hotkey } => {
+            let c = client
+                .request_validator_challenge(access::ChallengeRequest { validator_hotkey })
+                .await
+                .map_err(status_text)?;
+            print(&json!({"challenge_id": c.challenge_id, "message": hex_of(&c.message), "expires_at": c.expires_at}));
+        }
+        GrantsCommand::Provision { validator_hotkey, ssh_public_key, ttl_seconds, challenge_id, signature } => {
+            let hex = signature.strip_prefix("0x").unwrap_or(&signature);
+            let signature = (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or("--signature is not hex")?;
+            let grant = client
+                .provision_validator_access(access::ProvisionRequest {
+                    validator_hotkey,
+                    ssh_public_key,
+                    ttl_seconds,
+                    challenge_id,
+                    signature,
+                })
+                .await
+                .map_err(status_text)?;
+            print(&grant_json(&grant));
+        }
+        GrantsCommand::Revoke { grant_id } => {
+            let r = client.revoke_validator_access(access::RevokeRequest { grant_id }).await.map_err(status_text)?;
+            print(&json!({"sessions_closed": r.sessions_closed}));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+"""The public API with an independent client: grpcio, descriptors from server reflection only
+(no .proto files), requests signed with a real Bittensor keypair (`bittensor-wallet`).
+
+Covers what docs/api.md promises: signed calls work; unsigned, foreign, stale, replayed and
+tampered ones are refused with their reason codes, streaming calls included; the connection cap
+and the rate limit hold; TLS works; `GET /health` follows services going down and back."""
+
+import hashlib
+import json
+import pathlib
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import grpc
+import pytest
+from bittensor_wallet import Keypair
+from conftest import Node
+from conftest import channel as open_channel
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+ALICE = Keypair.create_from_uri("//Alice")
+BOB = Keypair.create_from_uri("//Bob")
+SERVICE = "executor.api.v1.ExecutorApi"
+
+
+def sign(keypair, method, request, timestamp=None, nonce=None):
+    """The four metadata entries of docs/api.md for `request` sent to `method`."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    nonce = nonce or secrets.token_hex(16)
+    digest = hashlib.sha256(request.SerializeToString()).hexdigest()
+    canonical = f"basilica-executor-api-v1\n/{SERVICE}/{method}\n{timestamp}\n{nonce}\n{digest}"
+    return [
+        ("x-executor-hotkey", keypair.ss58_address),
+        ("x-executor-timestamp", str(timestamp)),
+        ("x-executor-nonce", nonce),
+        ("x-executor-signature", keypair.sign(canonical.encode()).hex()),
+    ]
+
+
+class Api:
+    """ExecutorApi from reflection alone."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        self.service = self.pool.FindServiceByName(SERVICE)
+
+    def message(self, method, **fields):
+        return message_factory.GetMessageClass(self.service.FindMethodByName(method).input_type)(**fields)
+
+    def stub(self, method):
+        m = self.service.FindMethodByName(method)
+        response = message_factory.GetMessageClass(m.output_type)
+        kind = self.channel.unary_stream if m.server_streaming else self.channel.unary_unary
+        return kind(f"/{SERVICE}/{method}", request_serializer=lambda r: r.SerializeToString(), response_deserializer=response.FromString)
+
+    def call(self, method, request=None, metadata=None, keypair=ALICE):
+        request = request if request is not None else self.message(method)
+        if metadata is None:
+            metadata = sign(keypair, method, request)
+        return self.stub(method)(request, metadata=metadata, timeout=10)
+
+
+def refused(call, code, reason):
+    with pytest.raises(grpc.RpcError) as info:
+        result = call()
+        # A streaming call fails on the first read.
+        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
+            list(result)
+    assert info.value.code() == code, info.value
+    assert info.value.details().startswith(reason + ":"), info.value.details()
+
+
+@pytest.fixture(scope="module")
+def api(node):
+    with open_channel(f"127.0.0.1:{node.grpc_port}") as channel:
+        yield Api(channel)
+
+
+def test_signed_calls_with_a_bittensor_keypair(api):
+    identity = api.call("Identity")
+    assert identity.managing_miner_hotkey == ALICE.ss58_address
+    assert len(identity.public_key) == 32 and identity.executor_id
+    assert identity.endpoints.advertised_port > 0
+    health = api.call("DetailedHealth")
+    assert health.healthy, health
+    listed = api.call("ListContainers", api.message("ListContainers", all=True))
+    assert listed is not None
+
+
+def test_the_guides_health_name_through_reflection(api):
+    service = api.pool.FindServiceByName("health.v1.Health")
+    method = service.FindMethodByName("Check")
+    request = message_factory.GetMessageClass(method.input_type)()
+    response_class = message_factory.GetMessageClass(method.output_type)
+    check = api.channel.unary_unary(
+        "/health.v1.Health/Check",
+        request_serializer=lambda r: r.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    reply = check(request, timeout=5)
+    assert reply.status == method.output_type.fields_by_name["status"].enum_type.values_by_name["SERVING"].number
+
+
+def test_refusals_carry_their_reason(api):
+    U, P = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+    refused(lambda: api.call("Identity", metadata=[]), U, "missing_signature")
+    refused(lambda: api.call("Identity", keypair=BOB), P, "hotkey_not_allowed")
+    request = api.message("Identity")
+    stale = sign(ALICE, "Identity", request, timestamp=int(time.time()) - 3600)
+    refused(lambda: api.call("Identity", request, stale), U, "stale_timestamp")
+    # The same signed metadata twice: the second is a replay.
+    once = sign(ALICE, "Identity", request)
+    api.call("Identity", request, once)
+    refused(lambda: api.call("Identity", request, once), U, "replayed_nonce")
+    # Signed for one body, sent with another.
+    signed_for = api.message("GetContainer", id="c-000000000001")
+    sent = api.message("GetContainer", id="c-000000000002")
+    refused(lambda: api.call("GetContainer", sent, sign(ALICE, "GetContainer", signed_for)), U, "bad_signature")
+    # Signed for another method.
+    metadata = sign(ALICE, "GetContainer", signed_for)
+    refused(lambda: api.call("RemoveContainer", api.message("RemoveContainer", id="c-000000000001"), metadata), U, "bad_signature")
+    # A streaming call without auth fails before anything is streamed.
+    logs = api.message("StreamLogs", id="c-000000000001", follow=True)
+    refused(lambda: api.call("StreamLogs", logs, metadata=[]), U, "missing_signature")
+    # ... and with it, it reaches container-runtime (which knows no such container).
+    refused_code = None
+    try:
+        list(api.call("StreamLogs", logs))
+    except grpc.RpcError as e:
+        refused_code = e.code()
+    assert refused_code == grpc.StatusCode.NOT_FOUND
+
+
+def metric(port, prefix):
+    with urlopen_text(port, "/metrics") as text:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+class urlopen_text:
+    def __init__(self, port, path):
+        import urllib.request
+
+        self.text = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+
+    def __enter__(self):
+        return self.text
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_refusals_are_counted_by_reason(node, api):
+    before = metric(node.metrics_port, 'executor_api_auth_failures_total{reason="stale_timestamp"}')
+    request = api.message("Identity")
+    stale = sign(ALICE, "Identity", request, timestamp=int(time.time()) + 3600)
+    refused(lambda: api.call("Identity", request, stale), grpc.StatusCode.UNAUTHENTICATED, "stale_timestamp")
+    assert metric(node.metrics_port, 'executor_api_auth_failures_total{reason="stale_timestamp"}') == before + 1
+    assert metric(node.metrics_port, 'executor_api_requests_total{method="/executor.api.v1.ExecutorApi/Identity",code="OK"}') >= 1
+
+
+@pytest.fixture(scope="module")
+def small_node():
+    """A node allowing 2 connections and 5 calls a minute."""
+    with tempfile.TemporaryDirectory() as root:
+        n = Node(root, server_extra="max_connections = 2", extra="[validator.access_config.rate_limits]\napi_requests_per_minute = 5\n")
+        try:
+            n.wait_serving()
+            yield n
+        finally:
+            if n.process.poll() is None:
+                assert n.stop() == 0
+
+
+def health_check(port):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+
+def test_connections_past_max_connections_are_closed(small_node):
+    assert health_check(small_node.grpc_port) == 1
+    open_connections = lambda: metric(small_node.metrics_port, "executor_api_connections ")  # noqa: E731
+    wait_for(lambda: open_connections() == 0)
+    held = [socket.create_connection(("127.0.0.1", small_node.grpc_port)) for _ in range(2)]
+    try:
+        wait_for(lambda: open_connections() == 2)
+        with pytest.raises(grpc.RpcError) as info:
+            health_check(small_node.grpc_port)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        # A raw third connection is closed by the server at once.
+        extra = socket.create_connection(("127.0.0.1", small_node.grpc_port))
+        extra.settimeout(5)
+        assert extra.recv(1) == b""
+        extra.close()
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert health_check(small_node.grpc_port) == 1
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, "the server did not accept connections again"
+            time.sleep(0.1)
+    assert metric(small_node.metrics_port, "executor_api_connections_refused_total") >= 2
+
+
+def wait_for(condition, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_more_than_the_rate_limit_is_refused(small_node):
+    with open_channel(f"127.0.0.1:{small_node.grpc_port}") as channel:
+        api = Api(channel)
+        for _ in range(5):
+            api.call("Identity")
+        refused(lambda: api.call("Identity"), grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")
+        # Health stays open to anyone.
+        assert health_check(small_node.grpc_port) == 1
+
+
+def test_tls_with_certificate_and_key_paths():
+    with tempfile.TemporaryDirectory() as root:
+        root = pathlib.Path(root)
+        cert, key = root / "cert.pem", root / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True,
+        )
+        n = Node(root, server_extra=f'tls_cert_path = "{cert}"\ntls_key_path = "{key}"\nadvertised_tls = true')
+        try:
+            n.wait_serving()
+            credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+            with grpc.secure_channel(f"localhost:{n.grpc_port}", credentials) as channel:
+                identity = Api(channel).call("Identity")
+                assert identity.endpoints.advertised_tls
+                assert identity.endpoints.grpc_endpoint.startswith("https://")
+            with pytest.raises(grpc.RpcError):
+                health_check(n.grpc_port)
+        finally:
+            if n.process.poll() is None:
+                assert n.stop() == 0
+
+
+def curl_health(port):
+    out = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}/health"], capture_output=True, text=True, timeout=10
+    )
+    body, code = out.stdout.rsplit("\n", 1)
+    return int(code), json.loads(body)
+
+
+def service_pids(node):
+    from test_grpc_clients import SERVICES  # noqa: F401 (the same node layout)
+
+    with open_channel(node.socket("launcher")) as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        method = pool.FindServiceByName("executor.launcher.v1.Launcher").FindMethodByName("Status")
+        request = message_factory.GetMessageClass(method.input_type)()
+        response = message_factory.GetMessageClass(method.output_type)
+        call = channel.unary_unary(
+            "/executor.launcher.v1.Launcher/Status",
+            request_serializer=lambda r: r.SerializeToString(),
+            response_deserializer=response.FromString,
+        )
+        return {s.name: s.pid for s in call(request, timeout=5).services}
+
+
+def wait_health(port, code, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        got, body = curl_health(port)
+        if got == code:
+            return body
+        assert time.monotonic() < deadline, f"/health stayed {got}: {body}"
+        time.sleep(0.1)
+
+
+def test_curl_health_follows_services_down_and_back(node):
+    body = wait_health(node.health_port, 200)
+    assert body["status"] == "serving" and body["docker"] == "up" and body["gpu_count"] == 0, body
+    assert set(body["services"]) == {"container-runtime", "gpu-monitor", "validator-access", "executor-api"}
+    assert body["version"] and body["executor_id"]
+    pids = service_pids(node)
+    # A frozen service stops answering: 503, and the body says which one.
+    import os
+
+    os.kill(pids["gpu-monitor"], signal.SIGSTOP)
+    try:
+        body = wait_health(node.health_port, 503)
+        assert body["status"] == "degraded" and body["services"]["gpu-monitor"] != "SERVING", body
+        assert body["services"]["container-runtime"] == "SERVING", body
+    finally:
+        os.kill(pids["gpu-monitor"], signal.SIGCONT)
+    wait_health(node.health_port, 200)
+    # A killed service is restarted by the launcher and /health comes back to 200.
+    os.kill(pids["container-runtime"], signal.SIGKILL)
+    wait_health(node.health_port, 200)
+    assert service_pids(node)["container-runtime"] != pids["container-runtime"]
+
+
+def test_ctl_reads_a_bittensor_hotkey_file(node, tmp_path):
+    """`executor ctl --key-file` takes the hotkey file bittensor-wallet writes: the executor names
+    the file's own address when it refuses it (this node is managed by //Alice)."""
+    from bittensor_wallet import Wallet
+
+    from conftest import BIN
+
+    wallet = Wallet(name="miner", hotkey="default", path=str(tmp_path))
+    wallet.create_new_hotkey(use_password=False, overwrite=True, suppress=True)
+    hotkey_file = next(tmp_path.rglob("hotkeys/default"))
+    address = json.loads(hotkey_file.read_text())["ss58Address"]
+    out = subprocess.run(
+        [str(BIN / "executor"), "ctl", "--endpoint", f"http://127.0.0.1:{node.grpc_port}", "--key-file", str(hotkey_file), "identity"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 1, out
+    assert f"hotkey_not_allowed: hotkey {address} does not manage this executor" in out.stderr, out.stderr

@@ -1,0 +1,195 @@
+//! `cargo xtask-release bench-api`: what authentication costs a unary call.
+//!
+//! One process serves the public API twice on loopback, through the same [`serve_public`] (same
+//! layer, metrics recorder, limits and handlers): once with the authenticator, once without it.
+//! [`CLIENTS`] concurrent callers over [`CONNECTIONS`] connections, the two modes alternating
+//! [`ROUNDS`] times, for two calls:
+//! - `Identity`, answered from memory: the API's own path is all there is, so this is the worst
+//!   case for the relative cost of a signature check;
+//! - `ListContainers`, forwarded to a real container-runtime (release build) and Docker: a call
+//!   that does something.
+//!
+//! Requests are signed before a phase starts, so the figures are the server's cost; what signing
+//! costs the client is printed on its own line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::clock::SystemClock;
+use common::config::Config;
+use common::hotkey::HotkeyPair;
+use common::proto::api::v1 as api;
+use common::proto::api::v1::executor_api_client::ExecutorApiClient;
+use common::proto::runtime::v1 as runtime;
+use e2e::TestConfig;
+use executor_api::api::Api;
+use executor_api::auth::Authenticator;
+use executor_api::client::ExecutorClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
+const CLIENTS: usize = 64;
+const CONNECTIONS: usize = 8;
+const ROUNDS: usize = 2;
+
+pub(crate) fn run() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(bench())
+}
+
+/// The two calls measured.
+#[derive(Debug, Clone, Copy)]
+enum Workload {
+    Identity,
+    ListContainers,
+}
+
+enum Call {
+    Identity(tonic::Request<api::IdentityRequest>),
+    List(tonic::Request<runtime::ListContainersRequest>),
+}
+
+struct Phase {
+    latencies_ms: Vec<f64>,
+    elapsed: Duration,
+}
+
+async fn bench() -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        println!("note: debug build; run `cargo xtask-release bench-api` (make bench-api) for figures");
+    }
+    let root = crate::workspace_root();
+    crate::build_release(&root, &["-p", "container-runtime"]).await?;
+    anyhow::ensure!(e2e::busybox_image().await, "needs the Docker engine (and busybox-static)");
+    let _metrics = common::metrics::install("executor-api")?;
+    let key = HotkeyPair::parse(ALICE_SEED)?;
+    // A real container-runtime for the forwarded call; quiet logs.
+    let test_config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n");
+    let (_runtime_child, _) = crate::start_runtime(&root, &test_config).await?;
+    let mut config: Config = Config::load(&test_config.path).map_err(anyhow::Error::msg)?.config;
+    config.server.max_connections = 10_000;
+    // The limit is far above what the bench sends: this measures authentication, not refusal.
+    let auth = Arc::new(
+        Authenticator::new(key.hotkey().clone(), config.server.auth_time_window, u32::MAX / 2, Arc::new(SystemClock))
+            .map_err(anyhow::Error::msg)?,
+    );
+    let shutdown = CancellationToken::new();
+    let mut endpoints = Vec::new();
+    for auth in [None, Some(auth)] {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        endpoints.push(listener.local_addr()?);
+        let server = config.server.clone();
+        let dir = test_config.dir.path();
+        let api = Api::new(&config, "bench".into(), [0; 32], dir, dir.join("key"), test_config.path.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { executor_api::serve_public(listener, api, auth, &server, None, shutdown).await });
+    }
+    let mut channels = Vec::new();
+    for addr in &endpoints {
+        let mut set = Vec::new();
+        for _ in 0..CONNECTIONS {
+            set.push(Endpoint::from_shared(format!("http://{addr}"))?.connect().await.context("connect")?);
+        }
+        channels.push(set);
+    }
+    let client = ExecutorClient::new(channels[1][0].clone(), HotkeyPair::parse(ALICE_SEED)?);
+    println!(
+        "{CLIENTS} concurrent clients over {CONNECTIONS} connections, {ROUNDS} rounds per mode, {} cores, same process",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!("{:<36} {:>10} {:>10} {:>13}", "", "p50", "p99", "throughput");
+    let mut sign_time = Duration::ZERO;
+    let mut signed_calls = 0;
+    for (workload, calls) in [(Workload::Identity, 20_000), (Workload::ListContainers, 2_000)] {
+        // Warm-up: connections, allocators, caches.
+        run_phase(&channels[0], prepare(&client, false, workload, calls / 10)).await?;
+        run_phase(&channels[1], prepare(&client, true, workload, calls / 10)).await?;
+        let (mut plain, mut signed) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            plain.push(run_phase(&channels[0], prepare(&client, false, workload, calls)).await?);
+            let started = Instant::now();
+            let requests = prepare(&client, true, workload, calls);
+            sign_time += started.elapsed();
+            signed_calls += calls;
+            signed.push(run_phase(&channels[1], requests).await?);
+        }
+        let (p, s) = (summary(&plain), summary(&signed));
+        println!("{workload:?}, {calls} calls a round:");
+        for (mode, (p50, p99, rate)) in [("authentication off", p), ("authentication on", s)] {
+            println!("  {mode:<34} {p50:>7.3} ms {p99:>7.3} ms {rate:>9.0} /s");
+        }
+        println!(
+            "  {:<34} {:>9.2}x {:>9.2}x {:>12.2}x",
+            "on / off (throughput: off / on)",
+            s.0 / p.0,
+            s.1 / p.1,
+            p.2 / s.2
+        );
+    }
+    shutdown.cancel();
+    println!(
+        "client-side signing (not in the figures above): {:.1} us per request",
+        sign_time.as_secs_f64() * 1e6 / signed_calls as f64
+    );
+    Ok(())
+}
+
+fn prepare(client: &ExecutorClient, sign: bool, workload: Workload, calls: usize) -> Vec<Call> {
+    (0..calls)
+        .map(|_| match workload {
+            Workload::Identity => {
+                let m = api::IdentityRequest {};
+                Call::Identity(if sign { client.signed("Identity", m) } else { tonic::Request::new(m) })
+            }
+            Workload::ListContainers => {
+                let m = runtime::ListContainersRequest { all: true, owner: String::new() };
+                Call::List(if sign { client.signed("ListContainers", m) } else { tonic::Request::new(m) })
+            }
+        })
+        .collect()
+}
+
+/// Sends `calls` with [`CLIENTS`] callers, each waiting for its answer before the next call.
+async fn run_phase(channels: &[Channel], calls: Vec<Call>) -> anyhow::Result<Phase> {
+    let mut shares: Vec<Vec<Call>> = (0..CLIENTS).map(|_| Vec::new()).collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        shares[i % CLIENTS].push(call);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let mut api = ExecutorApiClient::new(channels[i % channels.len()].clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(share.len());
+                for call in share {
+                    let t = Instant::now();
+                    match call {
+                        Call::Identity(r) => drop(api.identity(r).await?),
+                        Call::List(r) => drop(api.list_containers(r).await?),
+                    }
+                    latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok::<_, tonic::Status>(latencies)
+            })
+        })
+        .collect();
+    let mut latencies_ms = Vec::new();
+    for task in tasks {
+        latencies_ms.extend(task.await??);
+    }
+    Ok(Phase { latencies_ms, elapsed: started.elapsed() })
+}
+
+/// (p50 ms, p99 ms, calls per second) over all phases of one mode.
+fn summary(phases: &[Phase]) -> (f64, f64, f64) {
+    let mut all: Vec<f64> = phases.iter().flat_map(|p| p.latencies_ms.iter().copied()).collect();
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    let seconds: f64 = phases.iter().map(|p| p.elapsed.as_secs_f64()).sum();
+    (at(0.50), at(0.99), all.len() as f64 / seconds)
+}
