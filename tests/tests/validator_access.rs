@@ -381,3 +381,149 @@ async fn connections_past_the_rate_limit_are_closed() {
     let (_, metrics) = e2e::http_get(config.ports.metrics[3], "/metrics").await.unwrap();
     assert!(metrics.contains("executor_validator_access_rate_limited_total{scope=\"ip\"} 2"), "{metrics}");
 }
+
+/// A login user for validators through the host's sshd: a shell, a password that is not set
+/// but not locked (`*`, or sshd without PAM refuses the account).
+async fn login_user(name: &str) {
+    let exists = ProcessSpec::new("id").arg(name).output(Duration::from_secs(10), 1 << 12).await.unwrap();
+    let (program, args) = if exists.status.success() {
+        ("usermod", vec!["-p", "*", "-s", "/bin/sh", name])
+    } else {
+        ("useradd", vec!["-M", "-d", "/", "-p", "*", "-s", "/bin/sh", name])
+    };
+    let out = ProcessSpec::new(program).args(args).output(Duration::from_secs(30), 1 << 12).await.unwrap();
+    assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+    if !have_ssh() || !require_tool("sshd (openssh-server) and root", Path::new("/usr/sbin/sshd").exists() && root) {
+        return;
+    }
+    const USER: &str = "bastestval";
+    login_user(USER).await;
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let dir = config.dir.path();
+    // sshd reads the keys file as the login user: the directories on the way must be open.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let keys_file = dir.join("keys/validator_authorized_keys");
+    let env = [
+        ("EXECUTOR_VALIDATOR__SSH_SERVER", "system"),
+        ("EXECUTOR_VALIDATOR__SYSTEM_SSHD_USER", USER),
+        ("EXECUTOR_VALIDATOR__AUTHORIZED_KEYS_FILE", keys_file.to_str().unwrap()),
+    ];
+    let (_service, mut client) = start(&config, &env).await;
+
+    // The distribution's sshd, told to read that file for the login user.
+    let port = e2e::free_port();
+    let host_key = dir.join("sshd_host_key");
+    let keygen = ProcessSpec::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&host_key)
+        .output(Duration::from_secs(30), 1 << 12)
+        .await
+        .unwrap();
+    assert!(keygen.status.success());
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    let sshd_config = dir.join("sshd_config");
+    std::fs::write(
+        &sshd_config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nAllowUsers {USER}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPidFile {}\n",
+            host_key.display(),
+            keys_file.display(),
+            dir.join("sshd.pid").display()
+        ),
+    )
+    .unwrap();
+    let _sshd =
+        ProcessSpec::new("/usr/sbin/sshd").arg("-D").arg("-e").arg("-f").arg(&sshd_config).spawn_supervised().unwrap();
+
+    let v = validator(dir, "validator", 12).await;
+    let grant = v.grant(&mut client, 600).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&keys_file).unwrap_or_default().contains(&grant.grant_id) {
+        assert!(Instant::now() < deadline, "the grant never reached {}", keys_file.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let keys = std::fs::read_to_string(&keys_file).unwrap();
+    assert!(keys.contains("restrict,command=\"") && keys.contains("expiry-time=\""), "{keys}");
+    let ssh_to = |extra: &'static [&'static str], command: &'static [&'static str]| {
+        let key = v.ssh_key.clone();
+        async move {
+            ProcessSpec::new("ssh")
+                .args(extra.iter().copied())
+                .arg("-i")
+                .arg(&key)
+                .args([
+                    "-o",
+                    "IdentitiesOnly=yes",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                ])
+                .args(["-o", "BatchMode=yes", "-p", &port.to_string(), &format!("{USER}@127.0.0.1")])
+                .args(command.iter().copied())
+                .output(Duration::from_secs(60), 1 << 20)
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = ssh_to(&[], &[ATTEST]).await;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // sshd still starting
+    };
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success() && stdout.contains("hecksum"), "{stdout}{stderr}");
+    let refused = ssh_to(&[], &["cat /etc/shadow"]).await;
+    assert_eq!(refused.status.code(), Some(126), "{:?}", text(&refused));
+    assert!(text(&refused).1.contains("is not allowed here"));
+    let pty = ssh_to(&["-tt"], &["nproc"]).await;
+    assert!(text(&pty).1.contains("PTY allocation request failed"), "{:?}", text(&pty));
+    let forward = ssh_to(&["-W", "127.0.0.1:22"], &[]).await;
+    assert!(!forward.status.success(), "{:?}", text(&forward));
+
+    // Revocation ends a running relay (the prover waiting for its validator) within 2 s.
+    let mut waiting = ProcessSpec::new("ssh")
+        .arg("-i")
+        .arg(&v.ssh_key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "BatchMode=yes", "-p", &port.to_string(), &format!("{USER}@127.0.0.1")])
+        .arg("gpu-attestor challenge --backend cpu")
+        .spawn_interactive()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.list_sessions(pb::ListSessionsRequest {}).await.unwrap().into_inner().sessions.is_empty() {
+        assert!(Instant::now() < deadline, "the relayed session never showed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revoked_at = Instant::now();
+    let revoked = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id.clone() }).await.unwrap().into_inner();
+    assert_eq!(revoked.sessions_closed, 1);
+    tokio::time::timeout(Duration::from_secs(10), waiting.wait()).await.unwrap().unwrap();
+    let ended = revoked_at.elapsed();
+    println!("revocation ended the relayed session in {ended:?}");
+    assert!(ended < Duration::from_secs(2), "{ended:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&keys_file).unwrap().contains(&grant.grant_id) {
+        assert!(Instant::now() < deadline, "revoked key still in {}", keys_file.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ssh_to(&[], &["nproc"]).await.status.code(), Some(255));
+
+    // Expiry: sshd's own expiry-time and the file both end it.
+    v.grant(&mut client, 2).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(ssh_to(&[], &["nproc"]).await.status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ssh_to(&[], &["nproc"]).await.status.code(), Some(255));
+    let audit = std::fs::read_to_string(dir.join("data/audit/validator-access.jsonl")).unwrap();
+    assert!(audit.contains("\"via\":\"system_sshd\""), "{audit}");
+}

@@ -301,7 +301,59 @@ pub struct ValidatorConfig {
     /// Longest grant a miner may provision.
     #[serde(with = "human_duration")]
     pub max_grant_ttl: Duration,
+    /// Which SSH server validators reach: `embedded` (ours, on `ssh_port`) or `system` (the
+    /// host's OpenSSH, with an `authorized_keys` file validator-access keeps).
+    pub ssh_server: SshServerKind,
+    /// `system` mode: the user validators log in as through the host's sshd.
+    pub system_sshd_user: String,
+    /// `system` mode: the `authorized_keys` file validator-access writes (point sshd's
+    /// `AuthorizedKeysFile` for `system_sshd_user` at it).
+    pub authorized_keys_file: PathBuf,
+    /// Source addresses or networks (`10.0.0.0/8`) validators may connect from; empty: any.
+    pub allowed_source_addresses: Vec<String>,
     pub access_config: AccessConfig,
+}
+
+/// `[validator] ssh_server`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SshServerKind {
+    Embedded,
+    System,
+}
+
+/// Parses `ip` or `ip/prefix`; the error says what is wrong.
+pub fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (text, None),
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| format!("`{text}` is not an IP address or network"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("`{text}`: bad prefix length"))?,
+        None => max,
+    };
+    Ok((ip, prefix))
+}
+
+/// Whether `addr` is inside the network `(net, prefix)` (IPv4-mapped IPv6 counts as IPv4).
+pub fn in_network(addr: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
 }
 
 impl Default for ValidatorConfig {
@@ -314,6 +366,10 @@ impl Default for ValidatorConfig {
             command_timeout: Duration::from_secs(600),
             command_max_output_bytes: 64 << 20,
             max_grant_ttl: Duration::from_secs(24 * 3600),
+            ssh_server: SshServerKind::Embedded,
+            system_sshd_user: "basilica-validator".to_owned(),
+            authorized_keys_file: PathBuf::from("/etc/basilica/validator_authorized_keys"),
+            allowed_source_addresses: Vec::new(),
             access_config: AccessConfig::default(),
         }
     }
@@ -790,6 +846,20 @@ impl Config {
         if va.max_grant_ttl < Duration::from_secs(60) || va.max_grant_ttl > Duration::from_secs(30 * 86_400) {
             v.fail("validator.max_grant_ttl", "must be between 1m and 30d");
         }
+        for net in &va.allowed_source_addresses {
+            if let Err(e) = parse_network(net) {
+                v.fail("validator.allowed_source_addresses", e);
+            }
+        }
+        if !va.authorized_keys_file.is_absolute() || va.authorized_keys_file.file_name().is_none() {
+            v.fail("validator.authorized_keys_file", "must be an absolute file path");
+        }
+        let name_ok = |n: &str| {
+            !n.is_empty() && n.len() <= 32 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !name_ok(&va.system_sshd_user) || va.system_sshd_user == "root" {
+            v.fail("validator.system_sshd_user", format!("`{}` is not an unprivileged user name", va.system_sshd_user));
+        }
         let hv = &self.validator.access_config.hotkey_verification;
         let key = "validator.access_config.hotkey_verification";
         v.range(&format!("{key}.challenge_timeout_seconds"), hv.challenge_timeout_seconds as f64, 1.0, 86_400.0);
@@ -865,7 +935,9 @@ impl Config {
         ];
         if self.validator.enabled {
             listeners.push(("metrics.validator_access_port", m.host, m.validator_access_port));
-            listeners.push(("validator.ssh_port", s.host, self.validator.ssh_port));
+            if self.validator.ssh_server == SshServerKind::Embedded {
+                listeners.push(("validator.ssh_port", s.host, self.validator.ssh_port));
+            }
         }
         listeners
     }
@@ -1027,6 +1099,25 @@ mod human_duration {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"500ms\": {e}")))
+    }
+}
+
+#[cfg(test)]
+mod network_tests {
+    use super::*;
+
+    #[test]
+    fn networks_match_like_cidr() {
+        let net = parse_network("10.0.0.0/8").unwrap();
+        assert!(in_network("10.1.2.3".parse().unwrap(), net));
+        assert!(!in_network("11.0.0.1".parse().unwrap(), net));
+        assert!(in_network("::ffff:10.9.9.9".parse().unwrap(), net));
+        assert!(in_network("127.0.0.1".parse().unwrap(), parse_network("127.0.0.1").unwrap()));
+        assert!(in_network("2001:db8::1".parse().unwrap(), parse_network("2001:db8::/32").unwrap()));
+        assert!(!in_network("2001:db9::1".parse().unwrap(), parse_network("2001:db8::/32").unwrap()));
+        assert!(in_network("8.8.8.8".parse().unwrap(), parse_network("0.0.0.0/0").unwrap()));
+        assert!(parse_network("10.0.0.0/33").is_err());
+        assert!(parse_network("host.example").is_err());
     }
 }
 

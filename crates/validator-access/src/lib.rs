@@ -10,6 +10,7 @@
 pub mod api;
 pub mod audit;
 pub mod challenge;
+pub mod gate;
 pub mod grants;
 pub mod ssh;
 
@@ -53,12 +54,20 @@ pub fn host_key(data_dir: &Path) -> Result<russh::keys::PrivateKey, BoxError> {
     Ok(key)
 }
 
+/// Where validators come in.
+#[derive(Debug)]
+enum Front {
+    /// The embedded SSH server.
+    Embedded { listener: tokio::net::TcpListener, host_key: Box<russh::keys::PrivateKey> },
+    /// The host's sshd, through `authorized_keys` and the gate socket.
+    System { listener: tokio::net::UnixListener, uid: u32, keys_file: std::path::PathBuf },
+}
+
 /// The validator-access service.
 #[derive(Debug)]
 pub struct ValidatorAccess {
     api: api::Api,
-    listener: tokio::net::TcpListener,
-    host_key: russh::keys::PrivateKey,
+    front: Front,
 }
 
 impl Service for ValidatorAccess {
@@ -108,23 +117,55 @@ impl Service for ValidatorAccess {
             user,
             attestor,
             identity_key: config.data_dir.join(common::identity::IDENTITY_FILE),
+            sources: v
+                .allowed_source_addresses
+                .iter()
+                .map(|n| common::config::parse_network(n))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("validator.allowed_source_addresses: {e}"))?,
             config: v.clone(),
         };
         let host = config.server.host;
-        let listener = tokio::net::TcpListener::bind((host, v.ssh_port))
-            .await
-            .map_err(|e| format!("validator.ssh_port: cannot listen on {host}:{}: {e}", v.ssh_port))?;
+        let (front, user) = match v.ssh_server {
+            common::config::SshServerKind::Embedded => {
+                let listener = tokio::net::TcpListener::bind((host, v.ssh_port))
+                    .await
+                    .map_err(|e| format!("validator.ssh_port: cannot listen on {host}:{}: {e}", v.ssh_port))?;
+                tracing::info!(port = v.ssh_port, strict = v.strict_ssh_restrictions, "SSH server listening");
+                let host_key = Box::new(host_key(&config.data_dir)?);
+                (Front::Embedded { listener, host_key }, "validator".to_owned())
+            }
+            common::config::SshServerKind::System => {
+                let uid = ssh::CommandUser::lookup(&v.system_sshd_user)
+                    .map_err(|e| e.replace("validator.command_user", "validator.system_sshd_user"))?
+                    .uid;
+                let keys_file = v.authorized_keys_file.clone();
+                let dir = keys_file.parent().ok_or("validator.authorized_keys_file: no directory")?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("validator.authorized_keys_file: cannot create {}: {e}", dir.display()))?;
+                let socket = gate::socket_path(&keys_file);
+                let _ = std::fs::remove_file(&socket);
+                let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| {
+                    format!("validator.authorized_keys_file: cannot listen on {}: {e}", socket.display())
+                })?;
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    // Any local user may connect; the service answers only system_sshd_user.
+                    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+                }
+                tracing::info!(file = %keys_file.display(), user = %v.system_sshd_user, "validators come in through the host's sshd");
+                (Front::System { listener, uid, keys_file }, v.system_sshd_user.clone())
+            }
+        };
         let ssh_endpoint = match &config.advertised_endpoint.ssh_endpoint {
             Some(e) => e.clone(),
             None => format!(
-                "ssh://validator@{}:{}",
+                "ssh://{user}@{}:{}",
                 config.server.advertised_host.as_deref().unwrap_or(&host.to_string()),
                 v.ssh_port
             ),
         };
-        let host_key = host_key(&config.data_dir)?;
-        tracing::info!(port = v.ssh_port, strict = v.strict_ssh_restrictions, "SSH server listening");
-        Ok(Self { api: api::Api { access: Arc::new(access), ssh_endpoint }, listener, host_key })
+        Ok(Self { api: api::Api { access: Arc::new(access), ssh_endpoint }, front })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
@@ -137,11 +178,27 @@ impl Service for ValidatorAccess {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
         describe_metrics();
         let access = self.api.access.clone();
-        let server = tokio::spawn(ssh::serve(access.clone(), self.listener, self.host_key, ctx.shutdown.clone()));
+        let mut keys = None;
+        let server = match self.front {
+            Front::Embedded { listener, host_key } => {
+                tokio::spawn(ssh::serve(access.clone(), listener, *host_key, ctx.shutdown.clone()))
+            }
+            Front::System { listener, uid, keys_file } => {
+                keys = Some((keys_file, std::env::current_exe()?, None));
+                tokio::spawn(gate::serve(access.clone(), listener, uid, ctx.shutdown.clone()))
+            }
+        };
         let mut reap = tokio::time::interval(REAP_INTERVAL);
         loop {
             tokio::select! {
-                _ = reap.tick() => access.reap().await,
+                _ = reap.tick() => {
+                    access.reap().await;
+                    if let Some((file, gate, last)) = &mut keys
+                        && let Err(e) = gate::sync_authorized_keys(&access, file, gate, last)
+                    {
+                        tracing::error!(file = %file.display(), error = %e, "cannot write the authorized_keys file");
+                    }
+                }
                 () = ctx.shutdown.cancelled() => break,
             }
         }

@@ -107,9 +107,75 @@ pub struct SessionInfo {
     pub peer: String,
     pub started_at: i64,
     pub commands: Vec<String>,
-    handle: russh::server::Handle,
+    pub closer: Closer,
     /// Process groups of the commands running now.
-    children: HashSet<u32>,
+    pub children: HashSet<u32>,
+}
+
+/// How a session is ended from outside.
+pub enum Closer {
+    /// A connection to the embedded server: disconnect it.
+    Ssh(russh::server::Handle),
+    /// A command relayed from the host's sshd (`gate`): cancel the relay.
+    Gate(tokio_util::sync::CancellationToken),
+}
+
+/// Where a command's output and exit status go.
+pub enum Sink {
+    Ssh(russh::server::Handle, ChannelId),
+    Gate(tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>),
+}
+
+impl Sink {
+    /// Output on stdout (`stream` 0) or stderr (1).
+    pub async fn out(&self, stream: u32, data: Vec<u8>) {
+        match self {
+            Sink::Ssh(handle, channel) => {
+                let _ = if stream == 0 {
+                    handle.data(*channel, data).await
+                } else {
+                    handle.extended_data(*channel, 1, data).await
+                };
+            }
+            Sink::Gate(writer) => {
+                let kind = if stream == 0 { crate::gate::STDOUT } else { crate::gate::STDERR };
+                let _ = crate::gate::write_frame(&mut *writer.lock().await, kind, &data).await;
+            }
+        }
+    }
+
+    /// The exit status, and the end of the output.
+    pub async fn finish(&self, code: u32) {
+        match self {
+            Sink::Ssh(handle, channel) => {
+                let _ = handle.exit_status_request(*channel, code).await;
+                let _ = handle.eof(*channel).await;
+                let _ = handle.close(*channel).await;
+            }
+            Sink::Gate(writer) => {
+                let _ =
+                    crate::gate::write_frame(&mut *writer.lock().await, crate::gate::EXIT, &code.to_be_bytes()).await;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Closer::Ssh(_) => "Closer::Ssh",
+            Closer::Gate(_) => "Closer::Gate",
+        })
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sink::Ssh(..) => "Sink::Ssh",
+            Sink::Gate(_) => "Sink::Gate",
+        })
+    }
 }
 
 impl std::fmt::Debug for SessionInfo {
@@ -134,11 +200,53 @@ pub struct Access {
     pub attestor: PathBuf,
     /// The executor's identity key, for `gpu-attestor challenge`.
     pub identity_key: PathBuf,
+    /// `allowed_source_addresses`, parsed; empty: any.
+    pub sources: Vec<(IpAddr, u8)>,
 }
 
 impl Access {
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionInfo>> {
+    pub fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, SessionInfo>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `ip` is inside `allowed_source_addresses` (any when the list is empty).
+    pub fn source_allowed(&self, ip: IpAddr) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|net| common::config::in_network(ip, *net))
+    }
+
+    /// The command a validator's line becomes: the allow-list first in both modes (so
+    /// `gpu-attestor challenge` signs either way); without strict restrictions anything else
+    /// goes to `sh -c` (an empty line: a shell) as the command user.
+    pub fn plan(&self, line: &str) -> Result<Planned, String> {
+        if line.trim().is_empty() {
+            if self.config.strict_ssh_restrictions {
+                return Err("no shell here (strict_ssh_restrictions); run gpu-attestor".to_owned());
+            }
+            return Ok(Planned { argv: vec!["sh".to_owned()], signs: false });
+        }
+        match allowed_command(line, &self.attestor, &self.identity_key) {
+            Err(_) if !self.config.strict_ssh_restrictions => {
+                Ok(Planned { argv: vec!["sh".to_owned(), "-c".to_owned(), line.to_owned()], signs: false })
+            }
+            planned => planned,
+        }
+    }
+
+    /// The process that runs `planned`: `setpriv` to the command user (or, for the signing
+    /// attestor, root without capabilities), an empty environment.
+    pub fn command_spec(&self, planned: Planned) -> ProcessSpec {
+        let user = &self.user;
+        let mut spec = ProcessSpec::new("setpriv");
+        spec = if planned.signs {
+            spec.args(["--inh-caps=-all", "--bounding-set=-all"])
+        } else {
+            spec.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid)).arg("--clear-groups")
+        };
+        spec.args(["--no-new-privs", "--", "env", "-i"])
+            .arg(format!("PATH={COMMAND_PATH}"))
+            .arg(format!("USER={}", user.name))
+            .args(["HOME=/", "LANG=C.UTF-8"])
+            .args(planned.argv)
     }
 
     /// Closes every session whose grant is not live any more (expired or revoked): its
@@ -158,7 +266,12 @@ impl Access {
             for pgid in &session.children {
                 let _ = common::process::signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
             }
-            let _ = session.handle.disconnect(Disconnect::ByApplication, "access ended".into(), "en".into()).await;
+            match &session.closer {
+                Closer::Ssh(handle) => {
+                    let _ = handle.disconnect(Disconnect::ByApplication, "access ended".into(), "en".into()).await;
+                }
+                Closer::Gate(token) => token.cancel(),
+            }
             self.audit.record(
                 "disconnect",
                 json!({"session": id, "grant_id": session.grant_id, "hotkey": session.hotkey, "reason": reason}),
@@ -239,6 +352,12 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
+        if !access.source_allowed(peer.ip()) {
+            access.audit.record("refused", json!({"what": "source_address", "peer": peer.to_string()}));
+            metrics::counter!("executor_validator_access_refused_total", "what" => "source_address").increment(1);
+            drop(stream);
+            continue;
+        }
         if !access.admit_ip(peer.ip(), "connection") {
             drop(stream);
             continue;
@@ -310,20 +429,8 @@ impl Conn {
     /// Starts a command on `channel`, its stdin fed from the channel.
     fn spawn(&mut self, channel: ChannelId, planned: Planned, line: &str, session: &mut Session) {
         let access = self.access.clone();
-        let user = &access.user;
-        let mut spec = ProcessSpec::new("setpriv");
-        spec = if planned.signs {
-            spec.args(["--inh-caps=-all", "--bounding-set=-all"])
-        } else {
-            spec.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid)).arg("--clear-groups")
-        };
-        let spec = spec
-            .args(["--no-new-privs", "--", "env", "-i"])
-            .arg(format!("PATH={COMMAND_PATH}"))
-            .arg(format!("USER={}", user.name))
-            .args(["HOME=/", "LANG=C.UTF-8"])
-            .args(planned.argv);
-        let handle = session.handle();
+        let spec = access.command_spec(planned);
+        let sink = Sink::Ssh(session.handle(), channel);
         let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
         self.stdin.insert(channel, tx);
         let session_id = self.session_id.clone();
@@ -333,18 +440,16 @@ impl Conn {
             s.commands.push(line.clone());
         }
         tokio::spawn(async move {
-            run(access, spec, handle, channel, rx, session_id, grant, line).await;
+            run(access, spec, sink, rx, session_id, grant, line).await;
         });
     }
 }
 
-/// Runs one command to its end and reports it on the channel and in the audit log.
-#[allow(clippy::too_many_arguments)]
-async fn run(
+/// Runs one command to its end and reports it to `sink` and in the audit log.
+pub async fn run(
     access: Arc<Access>,
     spec: ProcessSpec,
-    handle: russh::server::Handle,
-    channel: ChannelId,
+    sink: Sink,
     mut stdin_rx: mpsc::Receiver<Vec<u8>>,
     session_id: String,
     grant: Option<GrantRecord>,
@@ -354,9 +459,7 @@ async fn run(
     let cap = access.config.command_max_output_bytes;
     let (code, sent, truncated, timed_out) = match spec.spawn_interactive() {
         Err(e) => {
-            let _ = handle
-                .extended_data(channel, 1, format!("executor: cannot start the command: {e}\n").into_bytes())
-                .await;
+            sink.out(1, format!("executor: cannot start the command: {e}\n").into_bytes()).await;
             (127u32, [0u64; 2], false, false)
         }
         Ok(mut child) => {
@@ -375,13 +478,13 @@ async fn run(
                     tokio::select! {
                         n = read_some(&mut stdout, &mut out_buf) => match n {
                             Some(n) => {
-                                if forward(&handle, channel, 0, &out_buf[..n], &mut sent[0], cap).await { truncated = true; break; }
+                                if forward(&sink, 0, &out_buf[..n], &mut sent[0], cap).await { truncated = true; break; }
                             }
                             None => stdout = None,
                         },
                         n = read_some(&mut stderr, &mut err_buf) => match n {
                             Some(n) => {
-                                if forward(&handle, channel, 1, &err_buf[..n], &mut sent[1], cap).await { truncated = true; break; }
+                                if forward(&sink, 1, &err_buf[..n], &mut sent[1], cap).await { truncated = true; break; }
                             }
                             None => stderr = None,
                         },
@@ -409,14 +512,12 @@ async fn run(
                 _ => 1,
             };
             if timed_out {
-                let _ = handle.extended_data(channel, 1, b"executor: command timed out\n".to_vec()).await;
+                sink.out(1, b"executor: command timed out\n".to_vec()).await;
             }
             (code, sent, truncated, timed_out)
         }
     };
-    let _ = handle.exit_status_request(channel, code).await;
-    let _ = handle.eof(channel).await;
-    let _ = handle.close(channel).await;
+    sink.finish(code).await;
     metrics::counter!("executor_validator_access_commands_total").increment(1);
     access.audit.record(
         "command",
@@ -438,20 +539,12 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(reader: &mut Option<R>, buf:
 }
 
 /// Sends output to the client within the cap; true when the cap is reached.
-async fn forward(
-    handle: &russh::server::Handle,
-    channel: ChannelId,
-    stream: u32,
-    bytes: &[u8],
-    sent: &mut u64,
-    cap: u64,
-) -> bool {
+async fn forward(sink: &Sink, stream: u32, bytes: &[u8], sent: &mut u64, cap: u64) -> bool {
     let room = cap.saturating_sub(*sent) as usize;
     let part = bytes[..bytes.len().min(room)].to_vec();
     *sent += part.len() as u64;
     if !part.is_empty() {
-        let _ =
-            if stream == 0 { handle.data(channel, part).await } else { handle.extended_data(channel, 1, part).await };
+        sink.out(stream, part).await;
     }
     bytes.len() > room
 }
@@ -497,7 +590,7 @@ impl russh::server::Handler for Conn {
                 peer: self.peer.to_string(),
                 started_at: now(),
                 commands: Vec::new(),
-                handle: session.handle(),
+                closer: Closer::Ssh(session.handle()),
                 children: HashSet::new(),
             };
             self.access.sessions().insert(self.session_id.clone(), info);
@@ -598,18 +691,18 @@ impl russh::server::Handler for Conn {
     }
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
-        if self.access.config.strict_ssh_restrictions {
-            self.refuse("shell");
-            session.extended_data(
-                channel,
-                1,
-                b"executor: no shell here (strict_ssh_restrictions); run gpu-attestor\n".to_vec(),
-            )?;
-            return session.channel_failure(channel);
+        match self.access.plan("") {
+            Ok(planned) => {
+                session.channel_success(channel)?;
+                self.spawn(channel, planned, "sh", session);
+                Ok(())
+            }
+            Err(why) => {
+                self.refuse("shell");
+                session.extended_data(channel, 1, format!("executor: {why}\n").into_bytes())?;
+                session.channel_failure(channel)
+            }
         }
-        session.channel_success(channel)?;
-        self.spawn(channel, Planned { argv: vec!["sh".to_owned()], signs: false }, "sh", session);
-        Ok(())
     }
 
     async fn exec_request(
@@ -619,15 +712,7 @@ impl russh::server::Handler for Conn {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let line = String::from_utf8_lossy(data).into_owned();
-        // The allow-list first in both modes (so `gpu-attestor challenge` signs either way);
-        // without strict restrictions anything else goes to a shell as the command user.
-        let argv = match allowed_command(&line, &self.access.attestor, &self.access.identity_key) {
-            Err(_) if !self.access.config.strict_ssh_restrictions => {
-                Ok(Planned { argv: vec!["sh".to_owned(), "-c".to_owned(), line.clone()], signs: false })
-            }
-            planned => planned,
-        };
-        match argv {
+        match self.access.plan(&line) {
             Ok(argv) => {
                 session.channel_success(channel)?;
                 self.spawn(channel, argv, &line, session);
