@@ -300,9 +300,9 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     assert_eq!(err.code(), Code::NotFound);
 
     // Expiry ends access on its own.
-    v.grant(&mut client, 2).await;
+    v.grant(&mut client, 4).await;
     assert!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.success());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.code(), Some(255));
 
     // An expired challenge; then too many bad signatures lock the hotkey out.
@@ -519,10 +519,11 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
     assert_eq!(ssh_to(&[], &["nproc"]).await.status.code(), Some(255));
 
     // Expiry: sshd's own expiry-time and the file both end it.
-    v.grant(&mut client, 2).await;
+    // (Expiry is whole seconds: a 4 s grant lives more than 3 s, so 1.2 s in it is live.)
+    v.grant(&mut client, 4).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(ssh_to(&[], &["nproc"]).await.status.success());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(ssh_to(&[], &["nproc"]).await.status.code(), Some(255));
     let audit = std::fs::read_to_string(dir.join("data/audit/validator-access.jsonl")).unwrap();
     assert!(audit.contains("\"via\":\"system_sshd\""), "{audit}");
