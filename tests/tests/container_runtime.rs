@@ -251,7 +251,8 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
     let config = TestConfig::new("\n[docker]\nreap_interval = \"300ms\"\n");
     let (_service, mut client) = start_service(&config).await;
     let mut short = request("sleep 60");
-    short.ttl_seconds = 1;
+    // TTLs count whole seconds from the creation second: 3 s leaves time to start it first.
+    short.ttl_seconds = 3;
     let c = client.create(short).await.unwrap().into_inner();
     client.start(pb::ContainerRef { id: c.id.clone() }).await.unwrap();
     let keep = client.create(request("sleep 60")).await.unwrap().into_inner();
