@@ -109,13 +109,19 @@ class Node:
         return code
 
 
-@pytest.fixture(scope="module")
-def node():
+def running_node(**settings):
+    """A node started in a fresh directory, serving, stopped cleanly afterwards (a generator
+    for fixtures: `yield from running_node(...)`)."""
     with tempfile.TemporaryDirectory() as root:
-        n = Node(root)
+        n = Node(root, **settings)
         try:
             n.wait_serving()
             yield n
         finally:
             if n.process.poll() is None:
                 assert n.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def node():
+    yield from running_node()

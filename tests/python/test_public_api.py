@@ -18,7 +18,7 @@ import time
 import grpc
 import pytest
 from bittensor_wallet import Keypair
-from conftest import Node
+from conftest import Node, running_node
 from conftest import channel as open_channel
 from google.protobuf import descriptor_pool, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -167,14 +167,9 @@ def test_refusals_are_counted_by_reason(node, api):
 @pytest.fixture(scope="module")
 def small_node():
     """A node allowing 2 connections and 5 calls a minute."""
-    with tempfile.TemporaryDirectory() as root:
-        n = Node(root, server_extra="max_connections = 2", extra="[validator.access_config.rate_limits]\napi_requests_per_minute = 5\n")
-        try:
-            n.wait_serving()
-            yield n
-        finally:
-            if n.process.poll() is None:
-                assert n.stop() == 0
+    yield from running_node(
+        server_extra="max_connections = 2", extra="[validator.access_config.rate_limits]\napi_requests_per_minute = 5\n"
+    )
 
 
 def health_check(port):

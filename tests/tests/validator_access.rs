@@ -107,6 +107,27 @@ fn text(out: &CapturedOutput) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// Waits until `command` shows as a session, revokes `grant_id`, and checks that the command's
+/// ssh client ends within 2 s.
+async fn revoke_while_running(client: &mut Client, grant_id: &str, command: &mut tokio::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions = client.list_sessions(pb::ListSessionsRequest {}).await.unwrap().into_inner().sessions;
+        if sessions.iter().any(|s| s.grant_id == grant_id && !s.commands.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session never showed up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let revoked_at = Instant::now();
+    let revoked = client.revoke(pb::RevokeRequest { grant_id: grant_id.to_owned() }).await.unwrap().into_inner();
+    assert_eq!(revoked.sessions_closed, 1);
+    tokio::time::timeout(Duration::from_secs(10), command.wait()).await.unwrap().unwrap();
+    let ended = revoked_at.elapsed();
+    println!("revocation ended the session in {ended:?}");
+    assert!(ended < Duration::from_secs(2), "session outlived its grant by {ended:?}");
+}
+
 const ATTEST: &str = "gpu-attestor --backend cpu --seed 1 --matrix-dim 16 --num-matrices 2";
 
 #[tokio::test]
@@ -275,26 +296,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     // Revocation ends a running command within 2 s.
     let mut sleeper =
         ProcessSpec::new("ssh").args(ssh_args(port, &v.ssh_key)).arg("sleep 60").spawn_supervised().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client
-        .list_sessions(pb::ListSessionsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .sessions
-        .iter()
-        .all(|s| s.commands.is_empty())
-    {
-        assert!(Instant::now() < deadline, "the session never showed up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let revoked_at = Instant::now();
-    let revoked = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id.clone() }).await.unwrap().into_inner();
-    assert_eq!(revoked.sessions_closed, 1);
-    tokio::time::timeout(Duration::from_secs(10), sleeper.wait()).await.unwrap().unwrap();
-    let ended = revoked_at.elapsed();
-    println!("revocation ended the session in {ended:?}");
-    assert!(ended < Duration::from_secs(2), "session outlived its grant by {ended:?}");
+    revoke_while_running(&mut client, &grant.grant_id, &mut sleeper).await;
     assert_eq!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.code(), Some(255));
     let err = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -499,18 +501,7 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
         .arg("gpu-attestor challenge --backend cpu")
         .spawn_interactive()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.list_sessions(pb::ListSessionsRequest {}).await.unwrap().into_inner().sessions.is_empty() {
-        assert!(Instant::now() < deadline, "the relayed session never showed up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let revoked_at = Instant::now();
-    let revoked = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id.clone() }).await.unwrap().into_inner();
-    assert_eq!(revoked.sessions_closed, 1);
-    tokio::time::timeout(Duration::from_secs(10), waiting.wait()).await.unwrap().unwrap();
-    let ended = revoked_at.elapsed();
-    println!("revocation ended the relayed session in {ended:?}");
-    assert!(ended < Duration::from_secs(2), "{ended:?}");
+    revoke_while_running(&mut client, &grant.grant_id, &mut waiting).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::fs::read_to_string(&keys_file).unwrap().contains(&grant.grant_id) {
         assert!(Instant::now() < deadline, "revoked key still in {}", keys_file.display());
