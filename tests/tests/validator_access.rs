@@ -1,7 +1,7 @@
 //! validator-access as a process, with the distribution's OpenSSH client: grants after a
 //! signed hotkey challenge, the attestor over SSH (and `gpu-attestor check` end to end),
 //! everything strict mode refuses, revocation and expiry ending access, lock-out, the rate
-//! limit, grants across `kill -9`, and the audit log.
+//! limit, grants across `kill -9` and a torn grants file, system-sshd mode, and the audit log.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -353,13 +353,15 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     assert!(first.status.success(), "{:?}", text(&first));
     service.start_kill().unwrap();
     service.wait().await.unwrap();
+    // ...and the grants file torn while it was down: the last good copy brings them back.
+    std::fs::write(config.dir.path().join("data/validator-grants.json"), "[{\"id\": \"g-").unwrap();
     let (_service, mut client) = start(&config, &env).await;
     let grants = client.list_grants(pb::ListGrantsRequest {}).await.unwrap().into_inner().grants;
     assert_eq!(grants.iter().map(|g| g.grant_id.clone()).collect::<Vec<_>>(), vec![kept.grant_id]);
     let again = ssh(port, &v.ssh_key, &["-o", &pin, "-o", "StrictHostKeyChecking=yes"], &["true"]).await;
     assert!(again.status.success(), "host key changed or grant lost: {:?}", text(&again));
     let audit = std::fs::read_to_string(config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
-    for event in ["\"revoke\"", "\"grant_expired\"", "\"disconnect\""] {
+    for event in ["\"revoke\"", "\"grant_expired\"", "\"disconnect\"", "\"grants_recovered\""] {
         assert!(audit.contains(&format!("\"event\":{event}")), "no {event} in the audit log:\n{audit}");
     }
     assert!(audit.contains("\"reason\":\"grant_revoked\""), "{audit}");

@@ -1,7 +1,10 @@
 //! Grants: a validator hotkey may log in with one SSH key until a time. Kept in
 //! `data_dir/validator-grants.json`, rewritten atomically (temporary file, fsync, rename, fsync
-//! of the directory) on every change, so a crash never leaves half a file; a file that cannot
-//! be read is an error at start, never silently replaced.
+//! of the directory) on every change, so a crash never leaves half a file, with a copy of the
+//! last good version beside it (`.bak`, written the same way). A file that cannot be parsed
+//! (a disk error, a hand edit) is moved aside (`.corrupt-<unix time>`, so nothing is lost) and
+//! the grants come back from the copy; when the copy is bad too the service refuses to start
+//! and says which files.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,8 +36,10 @@ pub struct GrantRecord {
 pub enum GrantError {
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
-    #[error("{path}: not a grants file ({source}); fix or move it, nothing was changed")]
-    Corrupt { path: String, source: serde_json::Error },
+    #[error(
+        "{path}: not a grants file ({source}), and no good copy in {backup}; fix or move them, nothing was changed"
+    )]
+    Corrupt { path: String, backup: String, source: serde_json::Error },
 }
 
 /// Why an SSH public key cannot be granted, for the `ssh_public_key` field.
@@ -58,19 +63,66 @@ pub struct GrantStore {
     grants: Mutex<Vec<GrantRecord>>,
 }
 
+fn read_grants(path: &Path) -> Result<Option<Vec<GrantRecord>>, GrantError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| GrantError::Corrupt {
+            path: path.display().to_string(),
+            backup: String::new(),
+            source,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(GrantError::Io { path: path.display().to_string(), source }),
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    Ok(())
+}
+
+/// What opening the store found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// The file was fine (or absent: no grants yet).
+    Clean,
+    /// The file was damaged: moved to `moved_to`, grants restored from the last good copy.
+    Recovered { moved_to: PathBuf, grants: usize },
+}
+
 impl GrantStore {
-    /// Loads `data_dir/validator-grants.json` (none yet: no grants).
-    pub fn open(data_dir: &Path) -> Result<Self, GrantError> {
+    /// Loads `data_dir/validator-grants.json` (none yet: no grants), recovering from the last
+    /// good copy when it is damaged.
+    pub fn open(data_dir: &Path) -> Result<(Self, Opened), GrantError> {
         let path = data_dir.join(GRANTS_FILE);
-        let shown = path.display().to_string();
-        let grants = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|source| GrantError::Corrupt { path: shown, source })?
+        let backup = path.with_extension("json.bak");
+        let (grants, opened) = match read_grants(&path) {
+            Ok(grants) => (grants.unwrap_or_default(), Opened::Clean),
+            Err(GrantError::Corrupt { source, .. }) => {
+                let Ok(Some(good)) = read_grants(&backup) else {
+                    return Err(GrantError::Corrupt {
+                        path: path.display().to_string(),
+                        backup: backup.display().to_string(),
+                        source,
+                    });
+                };
+                let moved_to = path.with_extension(format!("json.corrupt-{}", crate::ssh::now()));
+                let io = |source| GrantError::Io { path: path.display().to_string(), source };
+                std::fs::rename(&path, &moved_to).map_err(io)?;
+                let bytes = serde_json::to_vec_pretty(&good).map_err(|e| io(std::io::Error::other(e)))?;
+                write_atomically(&path, &bytes).map_err(io)?;
+                let n = good.len();
+                (good, Opened::Recovered { moved_to, grants: n })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => return Err(GrantError::Io { path: shown, source }),
+            Err(e) => return Err(e),
         };
-        Ok(Self { path, grants: Mutex::new(grants) })
+        Ok((Self { path, grants: Mutex::new(grants) }, opened))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<GrantRecord>> {
@@ -79,16 +131,10 @@ impl GrantStore {
 
     fn persist(&self, grants: &[GrantRecord]) -> Result<(), GrantError> {
         let io = |source| GrantError::Io { path: self.path.display().to_string(), source };
-        let tmp = self.path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(grants).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut file = std::fs::File::create(&tmp).map_err(io)?;
-        file.write_all(&bytes).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        Ok(())
+        write_atomically(&self.path, &bytes).map_err(io)?;
+        // The copy follows only once the file itself is safely down.
+        write_atomically(&self.path.with_extension("json.bak"), &bytes).map_err(io)
     }
 
     /// Adds a grant; on a write failure nothing changes.
@@ -158,25 +204,43 @@ mod tests {
     #[test]
     fn grants_persist_expire_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let store = GrantStore::open(dir.path()).unwrap();
+        let (store, opened) = GrantStore::open(dir.path()).unwrap();
+        assert_eq!(opened, Opened::Clean);
         store.add(grant("g-1", 100)).unwrap();
         store.add(grant("g-2", 200)).unwrap();
-        let again = GrantStore::open(dir.path()).unwrap();
+        let (again, _) = GrantStore::open(dir.path()).unwrap();
         assert_eq!(again.live(50).len(), 2);
         let fp = again.live(50)[0].fingerprint.clone();
         assert_eq!(again.for_key(&fp, 150).map(|g| g.id), Some("g-2".into()));
         assert_eq!(again.expire(150).unwrap().len(), 1);
         assert_eq!(again.revoke("g-2").unwrap().map(|g| g.id), Some("g-2".into()));
         assert_eq!(again.revoke("g-2").unwrap(), None);
-        assert!(GrantStore::open(dir.path()).unwrap().live(0).is_empty());
+        assert!(GrantStore::open(dir.path()).unwrap().0.live(0).is_empty());
     }
 
     #[test]
-    fn a_damaged_file_is_an_error_and_left_alone() {
+    fn a_damaged_file_comes_back_from_the_last_good_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = GrantStore::open(dir.path()).unwrap();
+        store.add(grant("g-1", 100)).unwrap();
+        drop(store);
+        let file = dir.path().join(GRANTS_FILE);
+        std::fs::write(&file, "{torn wri").unwrap();
+        let (store, opened) = GrantStore::open(dir.path()).unwrap();
+        let Opened::Recovered { moved_to, grants } = opened else { panic!("{opened:?}") };
+        assert_eq!(grants, 1);
+        assert_eq!(store.live(0)[0].id, "g-1");
+        assert_eq!(std::fs::read_to_string(moved_to).unwrap(), "{torn wri");
+        assert!(serde_json::from_slice::<Vec<GrantRecord>>(&std::fs::read(&file).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_damaged_file_without_a_good_copy_is_an_error_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(GRANTS_FILE), "{not json").unwrap();
         let err = GrantStore::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("validator-grants.json: not a grants file"), "{err}");
+        assert!(err.contains("no good copy in"), "{err}");
         assert_eq!(std::fs::read_to_string(dir.path().join(GRANTS_FILE)).unwrap(), "{not json");
     }
 

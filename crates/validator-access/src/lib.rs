@@ -101,16 +101,25 @@ impl Service for ValidatorAccess {
             .parent()
             .map(|d| d.join("gpu-attestor"))
             .ok_or("cannot find the directory of this binary")?;
+        let audit = audit::Audit::open(&config.data_dir)?;
+        let (grants, opened) = grants::GrantStore::open(&config.data_dir)?;
+        if let grants::Opened::Recovered { moved_to, grants } = &opened {
+            tracing::error!(moved_to = %moved_to.display(), grants, "the grants file was damaged: restored from its last good copy");
+            audit.record(
+                "grants_recovered",
+                serde_json::json!({"moved_to": moved_to.display().to_string(), "grants": grants}),
+            );
+        }
         let access = ssh::Access {
             executor_id: identity.executor_id(),
-            grants: grants::GrantStore::open(&config.data_dir)?,
+            grants,
             challenges: challenge::Challenges::new(
                 &identity.executor_id(),
                 Duration::from_secs(hv.challenge_timeout_seconds),
                 hv.max_signature_attempts,
                 clock.clone(),
             ),
-            audit: audit::Audit::open(&config.data_dir)?,
+            audit,
             sessions: Default::default(),
             by_ip: common::ratelimit::RateLimiter::new(per_minute, clock.clone()),
             by_hotkey: common::ratelimit::RateLimiter::new(per_minute, clock),
