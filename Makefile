@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api clean
+.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -69,6 +69,11 @@ bench-monitor:
 ## Create-to-running through container-runtime against docker run -d.
 bench-containers:
 	$(CARGO) xtask bench-containers
+
+## The whole node under load: 100 creates against a cap of 10, thousands of signed RPCs,
+## 100 SSH attempts against the rate limit, peak memory of each process (docs/reliability.md).
+load:
+	$(CARGO) xtask load
 
 ## validator-access's SSH server against the distribution's sshd (needs openssh-server).
 bench-ssh:

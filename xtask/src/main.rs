@@ -15,6 +15,7 @@
 //!   time to verify it and a 4096-dim product.
 
 mod bench_api;
+mod load;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -34,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
+        Some("load") => runtime.block_on(load::load()),
         Some("bench-startup") => {
             let runs = match args.get(1).map(String::as_str) {
                 Some("--runs") => args.get(2).context("--runs N")?.parse()?,
@@ -42,7 +44,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | load | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
