@@ -26,7 +26,7 @@ setup: docker packages venv
 ## Distribution packages the tests use: Prometheus and promtool (a real scraper), busybox-static
 ## (test images are built from it: nothing can be pulled).
 packages:
-	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus -:busybox-static docker-registry:docker-registry ip:iproute2 tc:iproute2 ssh:openssh-client ssh-keygen:openssh-client
+	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus systemd-analyze:systemd sshd:openssh-server debootstrap:debootstrap docker-compose:docker-compose -:busybox-static docker-registry:docker-registry ip:iproute2 tc:iproute2 ssh:openssh-client ssh-keygen:openssh-client
 
 ## Start the Docker engine, installing it from the distribution if it is missing.
 docker:

@@ -1,5 +1,7 @@
 //! `cargo xtask <task>`: project automation that is Rust, not shell.
 //!
+//! - `dist [--out DIR]`: release build; the reproducible tarball operators deploy
+//!   (`target/dist/executor-<version>-x86_64-linux.tar.gz`, see `dist.rs`).
 //! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
 //!   is SERVING, beside a baseline that starts the same four services directly and in parallel
 //!   (no supervision); then the resident memory of the five idle processes.
@@ -15,6 +17,7 @@
 //!   time to verify it and a 4096-dim product.
 
 mod bench_api;
+mod dist;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.first().map(String::as_str) {
+        Some("dist") => runtime.block_on(dist::run(&args[1..])),
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
@@ -42,7 +46,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
