@@ -548,3 +548,130 @@ async fn prometheus_scrapes_every_service_with_the_shipped_config() {
     let (exit, output) = node.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(15)).await;
     assert!(exit.success(), "{output}");
 }
+
+/// `docker-compose args...` on deploy/compose.prod.yml as project `project`, with `env`.
+async fn compose(project: &str, env: &[(&str, String)], args: &[&str]) -> CapturedOutput {
+    let mut spec = ProcessSpec::new("docker-compose")
+        .args(["-p", project, "-f"])
+        .arg(repo().join("deploy/compose.prod.yml"))
+        .args(args.iter().copied());
+    for (k, v) in env {
+        spec = spec.env(k, v);
+    }
+    run(spec, Duration::from_secs(300)).await
+}
+
+/// The image from the release tarball on a base made offline (debootstrap, cached by date under
+/// target/base-image), brought up by the distribution's docker-compose from compose.prod.yml:
+/// it runs the server (not the help text), on the mounted config, and `/health` answers 200.
+#[tokio::test]
+async fn compose_brings_up_a_healthy_executor() {
+    if !e2e::require_tool("Docker engine", e2e::docker_available())
+        || !e2e::require_tool("docker-compose", which("docker-compose"))
+        || !e2e::require_tool(
+            "debootstrap (as root)",
+            Path::new("/usr/sbin/debootstrap").exists() && nix::unistd::Uid::effective().is_root(),
+        )
+    {
+        return;
+    }
+    let base = run(ProcessSpec::new(repo().join("deploy/docker/base-image.sh")), Duration::from_secs(1200)).await;
+    assert!(base.status.success(), "base image: {}", text(&base));
+    let dists = tempfile::tempdir().unwrap();
+    dist(dists.path()).await;
+    let image = "basilica/executor:compose-test";
+    let build = ProcessSpec::new("docker")
+        .args(["build", "-q", "-f"])
+        .arg(repo().join("deploy/Dockerfile"))
+        .args(["--build-arg", &format!("VERSION={}", common::VERSION), "-t", image])
+        .arg(dists.path());
+    let out = run(build, Duration::from_secs(600)).await;
+    assert!(out.status.success(), "docker build: {}", text(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["data", "logs"] {
+        std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+    }
+    let config = format!(
+        r#"managing_miner_hotkey = "{alice}"
+[server]
+advertised_host = "127.0.0.1"
+[docker]
+enable_gpu_passthrough = false
+[docker.network_config]
+enable_isolation = false
+spare_networks = 0
+[system]
+enable_gpu_monitoring = false
+[metrics]
+host = "0.0.0.0"
+[logging]
+file = "/var/log/basilica/executor.log"
+"#,
+        alice = e2e::ALICE
+    );
+    std::fs::write(dir.path().join("executor.toml"), config).unwrap();
+    let ports = e2e::Ports::free();
+    let project = format!("basilica-test-{}", ports.health);
+    let env = [
+        ("BASILICA_IMAGE", image.to_owned()),
+        ("BASILICA_CONTAINER_NAME", project.clone()),
+        ("BASILICA_GRPC_PORT", ports.grpc.to_string()),
+        ("BASILICA_HEALTH_PORT", ports.health.to_string()),
+        ("BASILICA_METRICS_PORT", ports.metrics[0].to_string()),
+        ("BASILICA_SSH_PORT", ports.ssh.to_string()),
+        ("BASILICA_CONFIG", dir.path().join("executor.toml").display().to_string()),
+        ("BASILICA_DATA", dir.path().join("data").display().to_string()),
+        ("BASILICA_LOGS", dir.path().join("logs").display().to_string()),
+    ];
+    let up = compose(&project, &env, &["up", "-d", "executor"]).await;
+    let mut failure = None;
+    if up.status.success() {
+        let started = std::time::Instant::now();
+        let mut last = String::new();
+        let mut healthy = false;
+        while started.elapsed() < Duration::from_secs(120) {
+            let code = e2e::http_get(ports.health, "/health").await.map(|(c, _)| c).unwrap_or(0);
+            let state = run(
+                ProcessSpec::new("docker").args(["inspect", "-f", "{{.State.Health.Status}} {{json .Args}}", &project]),
+                Duration::from_secs(30),
+            )
+            .await;
+            last = format!("/health {code}; docker: {}", text(&state).trim());
+            if code == 200 && last.contains("healthy ") && !last.contains("unhealthy") {
+                healthy = true;
+                eprintln!("compose: healthy after {:?} ({last})", started.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if !healthy {
+            let logs = compose(&project, &env, &["logs", "--no-color", "executor"]).await;
+            failure = Some(format!("not healthy within 120 s: {last}\n{}", text(&logs)));
+        } else if !last.contains(r#"["--server","--config","/opt/basilica/config/executor.toml"]"#) {
+            failure = Some(format!("the container does not run the server on the mounted config: {last}"));
+        } else if e2e::http_get(ports.metrics[0], "/metrics").await.map(|(c, _)| c).unwrap_or(0) != 200 {
+            failure = Some("executor-api's metrics are not published on the mapped port".to_owned());
+        } else if !dir.path().join("logs/executor.log").exists() {
+            failure = Some("no executor.log in the mounted log directory".to_owned());
+        }
+    } else {
+        failure = Some(format!("docker-compose up: {}", text(&up)));
+    }
+    let down = compose(&project, &env, &["down", "--timeout", "20"]).await;
+    let _ = run(ProcessSpec::new("docker").args(["rmi", image]), Duration::from_secs(60)).await;
+    assert!(failure.is_none(), "{}", failure.unwrap_or_default());
+    assert!(down.status.success(), "docker-compose down: {}", text(&down));
+}
+
+/// docs/executor.md's configuration reference is what the config's doc comments generate.
+#[tokio::test]
+async fn config_reference_in_the_operator_guide_is_current() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let spec = ProcessSpec::new(cargo)
+        .args(["run", "--quiet", "--package", "xtask", "--manifest-path"])
+        .arg(repo().join("Cargo.toml"))
+        .args(["--", "config-reference", "--check"]);
+    let out = run(spec, Duration::from_secs(900)).await;
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -2,6 +2,8 @@
 //!
 //! - `dist [--out DIR]`: release build; the reproducible tarball operators deploy
 //!   (`target/dist/executor-<version>-x86_64-linux.tar.gz`, see `dist.rs`).
+//! - `config-reference [--check]`: the configuration reference in docs/executor.md, from the
+//!   doc comments of `common::config` (see `config_doc.rs`).
 //! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
 //!   is SERVING, beside a baseline that starts the same four services directly and in parallel
 //!   (no supervision); then the resident memory of the five idle processes.
@@ -17,6 +19,7 @@
 //!   time to verify it and a 4096-dim product.
 
 mod bench_api;
+mod config_doc;
 mod dist;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.first().map(String::as_str) {
         Some("dist") => runtime.block_on(dist::run(&args[1..])),
+        Some("config-reference") => config_doc::run(&args[1..]),
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
@@ -46,7 +50,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
