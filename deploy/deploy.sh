@@ -191,7 +191,7 @@ healthy() {
             tail -5 "$log_dir/executor.out" 2>/dev/null | sed 's/^/    /' >&2
             return 1
         fi
-        if exec 3<>"/dev/tcp/127.0.0.1/$health_port" 2>/dev/null; then
+        if { exec 3<>"/dev/tcp/127.0.0.1/$health_port"; } 2>/dev/null; then
             printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
             status=$(head -1 <&3 || true)
             exec 3<&- 3>&-
