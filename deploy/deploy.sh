@@ -176,7 +176,8 @@ start_node() {
     if [ "$use_systemd" = 1 ]; then
         $sudo systemctl restart basilica-executor
     else
-        $sudo bash -c "cd '$prefix' && setsid nohup '$prefix/bin/executor' --server --config '$prefix/config/executor.toml' >>'$log_dir/executor.out' 2>&1 </dev/null & echo \$! > '$pidfile'"
+        # Only the launcher goes to the background, with no descriptor of this SSH session.
+        $sudo bash -c "cd '$prefix' || exit 1; setsid nohup '$prefix/bin/executor' --server --config '$prefix/config/executor.toml' >>'$log_dir/executor.out' 2>&1 </dev/null & echo \$! > '$pidfile'"
     fi
 }
 activate() {
@@ -195,7 +196,15 @@ healthy() {
             printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
             status=$(head -1 <&3 || true)
             exec 3<&- 3>&-
-            case "$status" in *" 200 "*) return 0 ;; esac
+            # 200, and the launcher just started still runs a second later (not an old one
+            # answering on the port while the new one failed to bind it).
+            case "$status" in
+                *" 200 "*)
+                    sleep 1
+                    [ "$use_systemd" = 1 ] && $sudo systemctl is-active --quiet basilica-executor && return 0
+                    [ "$use_systemd" = 0 ] && kill -0 "$(cat "$pidfile" 2>/dev/null || echo 0)" 2>/dev/null && return 0
+                    ;;
+            esac
         fi
         sleep 1
     done
