@@ -225,6 +225,18 @@ impl TestHost {
     }
 }
 
+impl Drop for TestHost {
+    /// A test that fails half-way leaves no node behind: SIGTERM stops it and its services.
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.path("opt/basilica/executor.pid"))
+            && let Ok(pid) = pid.trim().parse::<u32>()
+        {
+            let _ = common::process::send_signal(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.sshd.start_kill();
+    }
+}
+
 /// A copy of the release tarball as version `version`; `broken` replaces the launcher with one
 /// that exits at once (its SHA256SUMS still match, so only the health check can catch it).
 async fn variant(tarball: &Path, out: &Path, version: &str, broken: bool) -> PathBuf {
