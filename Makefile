@@ -10,13 +10,17 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
 	$(CARGO) build --workspace --bins
 	mkdir -p var
 	exec ./target/debug/executor --server --config config/executor.dev.toml
+
+## The release tarball operators deploy (docs/executor.md): target/dist/executor-<version>-x86_64-linux.tar.gz.
+dist:
+	$(CARGO) xtask dist
 
 ## Everything CI runs.
 test: setup lint build unit-tests python-tests
