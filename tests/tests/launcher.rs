@@ -186,6 +186,26 @@ async fn status_and_sighup_reload() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("executor is not running"));
 }
 
+/// A valid config whose services cannot start (a port taken since) stops the node with the
+/// reason, as a failed start does; systemd then restarts it and shows the error.
+#[tokio::test]
+async fn a_reload_whose_services_cannot_start_stops_the_node() {
+    let mut node = Node::start(TestConfig::new("")).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let original = std::fs::read_to_string(&node.config.path).unwrap();
+    let moved = original.replace(
+        &format!("gpu_monitor_port = {}", node.config.ports.metrics[2]),
+        &format!("gpu_monitor_port = {port}"),
+    );
+    std::fs::write(&node.config.path, moved).unwrap();
+    common::process::send_signal(node.pid(), Signal::SIGHUP).unwrap();
+    let (exit, output) = node.wait(Duration::from_secs(30)).await;
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(output.contains("gpu-monitor did not start"), "{output}");
+    assert!(output.contains("after reloading"), "{output}");
+}
+
 #[tokio::test]
 async fn a_missing_service_binary_is_named() {
     let dir = tempfile::tempdir().unwrap();
