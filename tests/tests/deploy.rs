@@ -151,6 +151,10 @@ async fn dist_tarball_is_complete_and_reproducible() {
             run(ProcessSpec::new("readelf").arg("-S").arg(dir.join("bin").join(binary)), Duration::from_secs(30)).await;
         let sections = text(&sections);
         assert!(sections.contains(".text") && !sections.contains(".symtab"), "{binary} is not stripped");
+        // Nor does it depend on where the sources were checked out.
+        let bytes = std::fs::read(dir.join("bin").join(binary)).unwrap();
+        let checkout = repo().display().to_string();
+        assert!(!bytes.windows(checkout.len()).any(|w| w == checkout.as_bytes()), "{binary} contains {checkout}");
     }
     let version = run(ProcessSpec::new(dir.join("bin/executor")).arg("--version"), Duration::from_secs(30)).await;
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("executor {}", common::VERSION));

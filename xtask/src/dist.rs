@@ -7,7 +7,8 @@
 //! all of them. `<tarball>.sha256` beside it is the tarball's own checksum, which `deploy.sh`
 //! verifies on the server.
 //!
-//! Reproducible: the same sources give the same bytes. Entries are sorted, every file has the
+//! Reproducible: the same sources give the same bytes, wherever they are checked out (see
+//! [`build`]). Entries are sorted, every file has the
 //! time of `SOURCE_DATE_EPOCH` (default: the last commit's), owner and group 0, fixed modes,
 //! and gzip stores no name or time.
 
@@ -18,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use common::process::ProcessSpec;
 
-use crate::{build_release, workspace_root};
+use crate::workspace_root;
 
 /// Binaries in `bin/`: the launcher first, then what it supervises, then the attestor.
 pub(crate) const BINARIES: &[&str] =
@@ -38,9 +39,38 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
         what.extend(["-p", package]);
     }
     eprintln!("dist: release build of {}", PACKAGES.join(", "));
-    build_release(&root, &what).await?;
-    let tarball = package(&root, &root.join("target/release"), &out).await?;
+    let target = root.join("target/dist-build");
+    build(&root, &target, &what).await?;
+    let tarball = package(&root, &target.join("release"), &out).await?;
     println!("{}", tarball.display());
+    Ok(())
+}
+
+/// `cargo build --release` into a target directory of its own, with the checkout's and the
+/// Cargo home's paths (which panic locations carry) mapped to fixed ones: the binaries do not
+/// depend on where the sources are checked out. Its own directory, because other flags would
+/// make every later build of `target/release` start over.
+async fn build(root: &Path, target: &Path, what: &[&str]) -> anyhow::Result<()> {
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|_| PathBuf::from("/root/.cargo"));
+    let flags = format!(
+        "--remap-path-prefix={}=/build/executor --remap-path-prefix={}=/cargo",
+        root.display(),
+        cargo_home.display()
+    );
+    let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "--locked"])
+        .args(what.iter().copied())
+        .arg("--manifest-path")
+        .arg(root.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", target)
+        .env("RUSTFLAGS", flags);
+    let out = spec.output(Duration::from_secs(3600), 1 << 20).await?;
+    if !out.status.success() {
+        bail!("cargo build --release failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
     Ok(())
 }
 
