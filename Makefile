@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -18,15 +18,20 @@ run:
 	mkdir -p var
 	exec ./target/debug/executor --server --config config/executor.dev.toml
 
+## The release tarball operators deploy (docs/executor.md): target/dist/executor-<version>-x86_64-linux.tar.gz.
+dist:
+	$(CARGO) xtask dist
+
 ## Everything CI runs.
 test: setup lint build unit-tests python-tests
 
 setup: docker packages venv
 
 ## Distribution packages the tests use: Prometheus and promtool (a real scraper), busybox-static
-## (test images are built from it: nothing can be pulled).
+## (test images are built from it: nothing can be pulled), systemd-analyze (the unit), sshd
+## (deploy.sh's test host), debootstrap and docker-compose (the executor image and compose file).
 packages:
-	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus -:busybox-static docker-registry:docker-registry ip:iproute2 tc:iproute2 ssh:openssh-client ssh-keygen:openssh-client /usr/sbin/sshd:openssh-server
+	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus systemd-analyze:systemd sshd:openssh-server debootstrap:debootstrap docker-compose:docker-compose -:busybox-static docker-registry:docker-registry ip:iproute2 tc:iproute2 ssh:openssh-client ssh-keygen:openssh-client
 
 ## Start the Docker engine, installing it from the distribution if it is missing.
 docker:

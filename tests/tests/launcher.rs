@@ -126,24 +126,84 @@ async fn a_crash_loop_stops_the_node() {
 }
 
 #[tokio::test]
-async fn status_and_sighup() {
+async fn status_and_sighup_reload() {
     let mut node = Node::start(TestConfig::new("")).await;
     let config = node.config.path.to_str().unwrap().to_owned();
     let out = e2e::run("executor", &["status", "--config", &config], &[]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("SERVICE") && text.lines().filter(|l| l.contains(" serving ")).count() == 4, "{text}");
-    // SIGHUP must neither kill the node nor pass silently.
+    let pids = |s: &common::proto::launcher::v1::StatusResponse| s.services.iter().map(|x| x.pid).collect::<Vec<_>>();
+    let before = pids(&node.status().await.unwrap());
+
+    // An invalid config: SIGHUP names the key, and nothing is restarted.
+    let ports = node.config.ports;
+    let original = std::fs::read_to_string(&node.config.path).unwrap();
+    std::fs::write(&node.config.path, format!("{original}restart_backof = \"1s\"\n")).unwrap();
     common::process::send_signal(node.pid(), Signal::SIGHUP).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(e2e::all_serving(&node.status().await.unwrap()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = node.status().await.unwrap();
+    assert!(e2e::all_serving(&status));
+    assert_eq!(pids(&status), before, "an invalid config must not restart anything");
+
+    // A valid change (gpu-monitor's and the launcher's metrics ports, the services' log
+    // level): the services restart with it, the launcher serves metrics on its new port.
+    let (m2, m4) = (e2e::free_port(), e2e::free_port());
+    let changed = original
+        .replace(&format!("gpu_monitor_port = {}", ports.metrics[2]), &format!("gpu_monitor_port = {m2}"))
+        .replace(&format!("launcher_port = {}", ports.metrics[4]), &format!("launcher_port = {m4}"));
+    let changed = format!("{changed}\n[logging]\nlevel = \"debug\"\n");
+    std::fs::write(&node.config.path, changed).unwrap();
+    common::process::send_signal(node.pid(), Signal::SIGHUP).unwrap();
+    let after = node
+        .wait_until(Duration::from_secs(30), |s| {
+            e2e::all_serving(s) && s.services.len() == 4 && s.services.iter().all(|x| !before.contains(&x.pid))
+        })
+        .await;
+    assert_eq!(after.services.len(), 4);
+    let (code, text) = http_get(m2, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(text.contains(r#"executor_build_info{service="gpu-monitor""#), "{text}");
+    assert!(http_get(ports.metrics[2], "/metrics").await.is_err(), "the old gpu-monitor port still answers");
+    let (code, text) = http_get(m4, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(text.contains("executor_launcher_service_up"), "{text}");
+    assert!(http_get(ports.metrics[4], "/metrics").await.is_err(), "the old launcher port still answers");
+    let (code, _) = http_get(ports.health, "/health").await.unwrap();
+    assert_eq!(code, 200);
+
     let (exit, output) = node.stop_with(Signal::SIGTERM, Duration::from_secs(10)).await;
-    assert!(exit.success());
-    assert!(output.contains("SIGHUP: this build does not reload"), "{output}");
+    assert!(exit.success(), "{output}");
+    assert!(output.contains("SIGHUP: config error"), "{output}");
+    assert!(output.contains("restart_backof"), "the error names the key: {output}");
+    assert!(output.contains("the config was not reloaded"), "{output}");
+    assert!(output.contains("SIGHUP: config reloaded; services restarted with it"), "{output}");
+    // The services run at debug level after the reload.
+    assert!(output.contains("DEBUG") || output.contains(r#""level":"DEBUG""#), "{output}");
 
     let out = e2e::run("executor", &["status", "--config", &config], &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("executor is not running"));
+}
+
+/// A valid config whose services cannot start (a port taken since) stops the node with the
+/// reason, as a failed start does; systemd then restarts it and shows the error.
+#[tokio::test]
+async fn a_reload_whose_services_cannot_start_stops_the_node() {
+    let mut node = Node::start(TestConfig::new("")).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let original = std::fs::read_to_string(&node.config.path).unwrap();
+    let moved = original.replace(
+        &format!("gpu_monitor_port = {}", node.config.ports.metrics[2]),
+        &format!("gpu_monitor_port = {port}"),
+    );
+    std::fs::write(&node.config.path, moved).unwrap();
+    common::process::send_signal(node.pid(), Signal::SIGHUP).unwrap();
+    let (exit, output) = node.wait(Duration::from_secs(30)).await;
+    assert_eq!(exit.code(), Some(1), "{output}");
+    assert!(output.contains("gpu-monitor did not start"), "{output}");
+    assert!(output.contains("after reloading"), "{output}");
 }
 
 #[tokio::test]

@@ -36,10 +36,8 @@ async fn our_docker_objects(executor_id: &str) -> anyhow::Result<(usize, usize)>
             if kind == "container" {
                 args.insert(2, "-a");
             }
-            let out = common::process::ProcessSpec::new("docker")
-                .args(args)
-                .output(Duration::from_secs(60), 1 << 20)
-                .await?;
+            let out =
+                common::process::ProcessSpec::new("docker").args(args).output(Duration::from_secs(60), 1 << 20).await?;
             anyhow::Ok(String::from_utf8_lossy(&out.stdout).lines().count())
         }
     };
@@ -92,9 +90,16 @@ pub(crate) async fn load() -> anyhow::Result<()> {
         client.remove_container(runtime::RemoveContainerRequest { id: c.id.clone(), force: true }).await?;
     }
     let (containers_left, networks_left) = our_docker_objects(&executor_id).await?;
-    println!("100 concurrent creates, cap 10: {ok} created, {exhausted} RESOURCE_EXHAUSTED, {} other, in {creates_took:?}; listed {}; after removal {containers_left} containers and {networks_left} networks of ours left", other.len(), listed.containers.len());
+    println!(
+        "100 concurrent creates, cap 10: {ok} created, {exhausted} RESOURCE_EXHAUSTED, {} other, in {creates_took:?}; listed {}; after removal {containers_left} containers and {networks_left} networks of ours left",
+        other.len(),
+        listed.containers.len()
+    );
     ensure!(ok == 10 && exhausted == 90 && other.is_empty(), "expected 10 created and 90 refused: {other:?}");
-    ensure!(listed.containers.len() == 10 && containers_left == 0 && networks_left == 0, "containers or networks leaked");
+    ensure!(
+        listed.containers.len() == 10 && containers_left == 0 && networks_left == 0,
+        "containers or networks leaked"
+    );
 
     // Thousands of concurrent authenticated RPCs.
     let (calls, concurrency) = (5000usize, 200usize);

@@ -1,5 +1,9 @@
 //! `cargo xtask <task>`: project automation that is Rust, not shell.
 //!
+//! - `dist [--out DIR]`: release build; the reproducible tarball operators deploy
+//!   (`target/dist/executor-<version>-x86_64-linux.tar.gz`, see `dist.rs`).
+//! - `config-reference [--check]`: the configuration reference in docs/executor.md, from the
+//!   doc comments of `common::config` (see `config_doc.rs`).
 //! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
 //!   is SERVING, beside a baseline that starts the same four services directly and in parallel
 //!   (no supervision); then the resident memory of the five idle processes.
@@ -15,6 +19,8 @@
 //!   time to verify it and a 4096-dim product.
 
 mod bench_api;
+mod config_doc;
+mod dist;
 mod load;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +36,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match args.first().map(String::as_str) {
+        Some("dist") => runtime.block_on(dist::run(&args[1..])),
+        Some("config-reference") => config_doc::run(&args[1..]),
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
@@ -44,7 +52,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | load | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | load | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }

@@ -63,7 +63,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, ExitCode
     }
 }
 
-/// `executor --server`: returns when the node has stopped.
+/// `executor --server`: returns when the node has stopped. SIGHUP re-reads the config file: a
+/// valid one restarts the services with it, an invalid one is reported and changes nothing.
 pub fn run_server(config_path: &Path, log_level: Option<&str>) -> ExitCode {
     let loaded = match Config::load(config_path) {
         Ok(loaded) => loaded,
@@ -101,36 +102,114 @@ pub fn run_server(config_path: &Path, log_level: Option<&str>) -> ExitCode {
 }
 
 async fn serve(loaded: LoadedConfig, log_level: Option<&str>, logs: LogSink) -> anyhow::Result<()> {
-    let config = &loaded.config;
     let started = Instant::now();
-    let services = config.services();
-    let binaries = service_binaries(&binary_dir()?, &services)?;
+    let bin_dir = binary_dir()?;
+    service_binaries(&bin_dir, &loaded.config.services())?;
     for issue in loaded.not_yet_enforced() {
         tracing::warn!("config: {issue}");
     }
-    let identity = ExecutorIdentity::load_or_create(&config.data_dir)?;
+    let identity = ExecutorIdentity::load_or_create(&loaded.config.data_dir)?;
     tracing::info!(executor_id = %identity.executor_id(), config = %loaded.path.display(), version = common::VERSION, "executor starting");
 
     let metrics = common::metrics::install("executor")?;
-    let metrics_listener =
-        common::metrics::bind(SocketAddr::new(config.metrics.host, config.metrics.launcher_port)).await?;
+    let metrics_listener = common::metrics::bind(launcher_metrics_addr(&loaded.config)).await?;
     let board = Arc::new(StatusBoard::default());
     let shutdown = CancellationToken::new();
     let failed = CancellationToken::new();
     let control = status::serve_control(&loaded, board.clone(), shutdown.clone()).await?;
-    let metrics_task = tokio::spawn(common::metrics::serve(metrics_listener, metrics, shutdown.clone()));
+    let mut metrics_stop = shutdown.child_token();
+    let mut metrics_task =
+        tokio::spawn(common::metrics::serve(metrics_listener, metrics.clone(), metrics_stop.clone()));
     let signals = tokio::spawn(common::service::wait_for_signal(shutdown.clone()));
-    let hangups = tokio::spawn(log_hangups());
-
-    let supervision = Supervision {
-        config: config.launcher.clone(),
-        board: board.clone(),
-        logs,
-        shutdown: shutdown.clone(),
-        failed: failed.clone(),
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; config reload is unavailable");
+            None
+        }
     };
+
+    let mut current = loaded;
+    let mut reloads = 0u32;
+    let outcome = loop {
+        // One generation: the services started with `current`, until shutdown, a crash loop
+        // or a valid reload.
+        let generation = shutdown.child_token();
+        let supervision = Supervision {
+            config: current.config.launcher.clone(),
+            board: board.clone(),
+            logs: logs.clone(),
+            shutdown: generation.clone(),
+            failed: failed.clone(),
+        };
+        let (tasks, startup) = start_services(&current, &bin_dir, log_level, &supervision).await;
+        let next = match startup {
+            Err(e) if reloads == 0 => Next::Stop(Err(e)),
+            Err(e) => Next::Stop(Err(e.context(format!("after reloading {}", current.path.display())))),
+            Ok(()) if shutdown.is_cancelled() => Next::Stop(Ok(())),
+            Ok(()) => {
+                tracing::info!(services = tasks.len(), elapsed = ?started.elapsed(), reloads, "all services SERVING");
+                control.set_serving().await;
+                wait_for_next(&current, &shutdown, &failed, &mut hangups).await
+            }
+        };
+        control.set_not_serving().await;
+        generation.cancel();
+        for task in tasks {
+            let _ = task.await;
+        }
+        match next {
+            Next::Stop(outcome) => break outcome,
+            Next::Reload(new, listener) => {
+                if let Some(listener) = listener {
+                    metrics_stop.cancel();
+                    let _ = metrics_task.await;
+                    metrics_stop = shutdown.child_token();
+                    metrics_task =
+                        tokio::spawn(common::metrics::serve(listener, metrics.clone(), metrics_stop.clone()));
+                }
+                current = *new;
+                reloads += 1;
+                board.clear();
+                tracing::info!(config = %current.path.display(), "SIGHUP: config reloaded; services restarted with it");
+            }
+        }
+    };
+    tracing::info!("stopping services");
+    shutdown.cancel();
+    let _ = metrics_task.await;
+    signals.abort();
+    control.stop().await;
+    tracing::info!(elapsed = ?started.elapsed(), "executor stopped");
+    outcome
+}
+
+fn launcher_metrics_addr(config: &Config) -> SocketAddr {
+    SocketAddr::new(config.metrics.host, config.metrics.launcher_port)
+}
+
+/// What ends a generation of services.
+enum Next {
+    /// Stop the node: Ok on SIGTERM/SIGINT, the reason otherwise.
+    Stop(anyhow::Result<()>),
+    /// Restart the services with this config (and serve the launcher's metrics on this new
+    /// listener when its address changed).
+    Reload(Box<LoadedConfig>, Option<tokio::net::TcpListener>),
+}
+
+/// Starts every service of `loaded` in order, each once the previous one is SERVING.
+async fn start_services(
+    loaded: &LoadedConfig,
+    bin_dir: &Path,
+    log_level: Option<&str>,
+    supervision: &Supervision,
+) -> (Vec<tokio::task::JoinHandle<()>>, anyhow::Result<()>) {
+    let config = &loaded.config;
     let mut tasks = Vec::new();
-    let mut startup: anyhow::Result<()> = Ok(());
+    let binaries = match service_binaries(bin_dir, &config.services()) {
+        Ok(binaries) => binaries,
+        Err(e) => return (tasks, Err(e)),
+    };
     for (service, binary) in binaries {
         let mut process = ProcessSpec::new(&binary).arg("--config").arg(&loaded.path).arg("--supervised");
         if let Some(level) = log_level {
@@ -142,48 +221,86 @@ async fn serve(loaded: LoadedConfig, log_level: Option<&str>, logs: LogSink) -> 
         tokio::select! {
             ready = ready_rx => match ready {
                 Ok(Ok(())) => {}
-                Ok(Err(why)) => {
-                    startup = Err(anyhow::anyhow!("{service} did not start: {why}"));
-                    break;
-                }
-                Err(_) => {
-                    startup = Err(anyhow::anyhow!("{service} supervisor ended during start-up"));
-                    break;
-                }
+                Ok(Err(why)) => return (tasks, Err(anyhow::anyhow!("{service} did not start: {why}"))),
+                Err(_) => return (tasks, Err(anyhow::anyhow!("{service} supervisor ended during start-up"))),
             },
-            () = shutdown.cancelled() => break,
+            () = supervision.shutdown.cancelled() => break,
         }
     }
-    if startup.is_ok() && !shutdown.is_cancelled() {
-        tracing::info!(services = tasks.len(), elapsed = ?started.elapsed(), "all services SERVING");
-        control.set_serving().await;
+    (tasks, Ok(()))
+}
+
+/// Waits while the services run: for shutdown, a crash loop, or a SIGHUP with a valid config.
+/// A SIGHUP with an invalid config is logged, key by key, and the services keep running.
+async fn wait_for_next(
+    current: &LoadedConfig,
+    shutdown: &CancellationToken,
+    failed: &CancellationToken,
+    hangups: &mut Option<tokio::signal::unix::Signal>,
+) -> Next {
+    loop {
         tokio::select! {
-            () = shutdown.cancelled() => {}
+            () = shutdown.cancelled() => return Next::Stop(Ok(())),
             () = failed.cancelled() => {
-                startup = Err(anyhow::anyhow!("a service is crash-looping (see the log above); the node stopped"));
+                return Next::Stop(Err(anyhow::anyhow!(
+                    "a service is crash-looping (see the log above); the node stopped"
+                )));
+            }
+            () = hangup(hangups) => {
+                tracing::info!(config = %current.path.display(), "SIGHUP: reloading the config");
+                match reload(current).await {
+                    Ok(next) => return next,
+                    Err(errors) => {
+                        for line in errors.lines() {
+                            tracing::error!("SIGHUP: {line}");
+                        }
+                        tracing::error!("SIGHUP: the config was not reloaded; the services keep running with the previous one");
+                    }
+                }
             }
         }
     }
-    tracing::info!("stopping services");
-    shutdown.cancel();
-    control.set_not_serving().await;
-    for task in tasks {
-        let _ = task.await;
-    }
-    let _ = metrics_task.await;
-    signals.abort();
-    hangups.abort();
-    control.stop().await;
-    tracing::info!(elapsed = ?started.elapsed(), "executor stopped");
-    startup
 }
 
-/// SIGHUP would end the process by default; this build does not reload its config, so it says
-/// so instead of dying or pretending.
-async fn log_hangups() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-    while hup.recv().await.is_some() {
-        tracing::warn!("SIGHUP: this build does not reload its config; restart the executor to apply changes");
+/// Waits for the next SIGHUP (forever when it cannot be handled).
+async fn hangup(hangups: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(hup) = hangups
+        && hup.recv().await.is_some()
+    {
+        return;
     }
+    std::future::pending::<()>().await;
+}
+
+/// Re-reads and checks the config file the node was started with: everything `--server`
+/// checks at start, plus what cannot change without a full restart.
+async fn reload(current: &LoadedConfig) -> Result<Next, String> {
+    let new = Config::load(&current.path).map_err(|e| e.to_string())?;
+    new.require_miner_hotkey().map_err(|e| e.to_string())?;
+    if new.config.runtime_dir != current.config.runtime_dir {
+        return Err(format!(
+            "config error: {}: key `runtime_dir`: cannot change while the executor runs (its control socket is there); restart the executor",
+            new.origin("runtime_dir")
+        ));
+    }
+    new.prepare_dirs().map_err(|e| e.to_string())?;
+    service_binaries(&binary_dir().map_err(|e| e.to_string())?, &new.config.services()).map_err(|e| e.to_string())?;
+    for issue in new.not_yet_enforced() {
+        tracing::warn!("config: {issue}");
+    }
+    if serde_json::to_value(&new.config.logging).ok() != serde_json::to_value(&current.config.logging).ok() {
+        tracing::warn!(
+            "SIGHUP: [logging] changed: the services use the new settings; the launcher's own log keeps the old ones until it restarts"
+        );
+    }
+    let (old_addr, new_addr) = (launcher_metrics_addr(&current.config), launcher_metrics_addr(&new.config));
+    let listener = if old_addr == new_addr {
+        None
+    } else {
+        let listener = common::metrics::bind(new_addr).await.map_err(|e| {
+            format!("config error: {}: key `metrics.launcher_port`: {e}", new.origin("metrics.launcher_port"))
+        })?;
+        Some(listener)
+    };
+    Ok(Next::Reload(Box::new(new), listener))
 }

@@ -54,6 +54,11 @@ impl StatusBoard {
         metrics::gauge!("executor_launcher_service_up", "service" => service.as_str()).set(up);
     }
 
+    /// Forgets every service: a reload starts them afresh, perhaps fewer of them.
+    pub fn clear(&self) {
+        self.services.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Every service's status, uptimes computed now, in start order.
     pub fn snapshot(&self) -> Vec<ServiceStatus> {
         let services = self.services.lock().unwrap_or_else(|e| e.into_inner());
