@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -79,6 +79,10 @@ bench-containers:
 ## 100 SSH attempts against the rate limit, peak memory of each process (docs/reliability.md).
 load:
 	$(CARGO) xtask load
+
+## Faults under load: kill -9 of every service, a torn grants file, a full data disk (docs/reliability.md).
+faults:
+	$(CARGO) xtask faults
 
 ## validator-access's SSH server against the distribution's sshd (needs openssh-server).
 bench-ssh:

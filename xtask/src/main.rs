@@ -21,6 +21,7 @@
 mod bench_api;
 mod config_doc;
 mod dist;
+mod faults;
 mod load;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
         Some("load") => runtime.block_on(load::load()),
+        Some("faults") => runtime.block_on(faults::faults()),
         Some("bench-startup") => {
             let runs = match args.get(1).map(String::as_str) {
                 Some("--runs") => args.get(2).context("--runs N")?.parse()?,
@@ -52,7 +54,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | load | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | load | faults | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }

@@ -1,0 +1,199 @@
+//! `cargo xtask faults` (`make faults`): the whole node (debug build) is hurt while signed
+//! calls keep coming, and must come back whole each time:
+//! - every service `kill -9`ed repeatedly: the launcher restarts it, `/health` is 200 again,
+//!   and the same containers and grants are there (none lost, none doubled);
+//! - the grants file torn while validator-access is down: restored from its last good copy;
+//! - the data directory full (a 2 MiB tmpfs filled up): a new grant is refused with an error
+//!   and nothing stored is lost; once space is back, grants work again.
+//!
+//! Prints counts and recovery times; any broken expectation fails the command. Needs root
+//! (tmpfs, Docker). Outside `make test`: it takes a few minutes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use common::hotkey::HotkeyPair;
+use common::process::{ProcessSpec, send_signal};
+use common::proto::access::v1 as access;
+use common::proto::runtime::v1 as runtime;
+use e2e::{Node, TestConfig, all_serving};
+use executor_api::client::ExecutorClient;
+use nix::sys::signal::Signal;
+
+const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl faults";
+
+async fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(60), 1 << 16).await?;
+    ensure!(out.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// A grant for a fresh validator hotkey, signed as the validator would.
+async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic::Status> {
+    let pair = schnorrkel::MiniSecretKey::from_bytes(&[seed; 32])
+        .map_err(|e| tonic::Status::internal(e.to_string()))?
+        .expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
+    let hotkey = common::hotkey::Hotkey::from_public(pair.public.to_bytes()).as_str().to_owned();
+    let challenge =
+        client.request_validator_challenge(access::ChallengeRequest { validator_hotkey: hotkey.clone() }).await?;
+    client
+        .provision_validator_access(access::ProvisionRequest {
+            validator_hotkey: hotkey,
+            ssh_public_key: KEY.into(),
+            ttl_seconds: 3600,
+            challenge_id: challenge.challenge_id,
+            signature: pair.sign_simple(b"substrate", &challenge.message).to_bytes().to_vec(),
+        })
+        .await
+}
+
+async fn state(client: &ExecutorClient) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let containers = client.list_containers(runtime::ListContainersRequest { all: true, owner: String::new() }).await?;
+    let mut ids: Vec<String> = containers.containers.into_iter().map(|c| c.id).collect();
+    ids.sort();
+    let grants = client.list_validator_grants(access::ListGrantsRequest {}).await?;
+    let mut grant_ids: Vec<String> = grants.grants.into_iter().map(|g| g.grant_id).collect();
+    grant_ids.sort();
+    Ok((ids, grant_ids))
+}
+
+/// Waits until the launcher reports every service SERVING and `/health` says 200.
+async fn recovered(node: &Node, health_port: u16) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let serving = node.status().await.is_ok_and(|s| all_serving(&s));
+        let healthy = e2e::http_get(health_port, "/health").await.is_ok_and(|(code, _)| code == 200);
+        if serving && healthy {
+            return Ok(started.elapsed());
+        }
+        ensure!(started.elapsed() < Duration::from_secs(60), "the node did not recover within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(crate) async fn faults() -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    let out = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "--workspace", "--bins", "--manifest-path"])
+        .arg(root.join("Cargo.toml"))
+        .output(Duration::from_secs(1800), 1 << 20)
+        .await?;
+    ensure!(out.status.success(), "cargo build: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
+    // More kills of one service than the launcher's crash-loop cap (5) would let it restart.
+    let config = TestConfig::new(
+        "crash_loop_max_restarts = 100\n[logging]\nlevel = \"warn\"\n[validator.access_config.rate_limits]\napi_requests_per_minute = 10000000\n",
+    );
+    // The data directory on a small filesystem of its own, so it can be filled.
+    let data = config.dir.path().join("data");
+    std::fs::create_dir_all(&data)?;
+    sh("mount", &["-t", "tmpfs", "-o", "size=2m,mode=0700", "faults", &data.display().to_string()]).await?;
+    let result = run(&root, config).await;
+    let _ = sh("umount", &["-l", &data.display().to_string()]).await;
+    result
+}
+
+async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
+    let (grpc, health) = (config.ports.grpc, config.ports.health);
+    let data = config.dir.path().join("data");
+    let node = Node::start_from(&root.join("target/debug"), config).await;
+    let key = HotkeyPair::parse(ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
+    for _ in 0..3 {
+        client
+            .create_container(runtime::CreateContainerRequest {
+                image: e2e::BUSYBOX_IMAGE.into(),
+                command: vec!["sleep".into(), "3600".into()],
+                ttl_seconds: 3600,
+                ..Default::default()
+            })
+            .await?;
+    }
+    for seed in 1..=3 {
+        grant(&client, seed).await?;
+    }
+    let before = state(&client).await?;
+    println!("before: {} containers, {} grants", before.0.len(), before.1.len());
+
+    // Load during the faults: signed calls all the time, counting answers and refusals.
+    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (client, answered, failed) = (client.clone(), answered.clone(), failed.clone());
+        tokio::spawn(async move {
+            loop {
+                let ok = client
+                    .list_containers(runtime::ListContainersRequest { all: true, owner: String::new() })
+                    .await
+                    .is_ok();
+                if ok { &answered } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // kill -9 of each service, five times each.
+    let rounds = 5;
+    for service in ["container-runtime", "gpu-monitor", "validator-access", "executor-api"] {
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let status = node.status().await.map_err(anyhow::Error::msg)?;
+            let pid = status.services.iter().find(|s| s.name == service).context("service")?.pid;
+            send_signal(pid, Signal::SIGKILL)?;
+            // The launcher notices the death before the next check.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            times.push(recovered(&node, health).await?);
+            ensure!(state(&client).await? == before, "{service}: containers or grants changed after kill -9");
+        }
+        times.sort();
+        println!(
+            "kill -9 {service} x{rounds}: back every time, same containers and grants; recovery median {:?}, worst {:?}",
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    }
+
+    // The grants file torn while validator-access is down.
+    let status = node.status().await.map_err(anyhow::Error::msg)?;
+    let pid = status.services.iter().find(|s| s.name == "validator-access").context("service")?.pid;
+    send_signal(pid, Signal::SIGKILL)?;
+    std::fs::write(data.join("validator-grants.json"), "[{\"id\": \"g-")?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let took = recovered(&node, health).await?;
+    ensure!(state(&client).await? == before, "grants lost after a torn grants file");
+    let corrupt =
+        std::fs::read_dir(&data)?.flatten().filter(|e| e.file_name().to_string_lossy().contains(".corrupt-")).count();
+    println!(
+        "torn grants file: recovered from the last good copy in {took:?}, the torn file kept aside ({corrupt} file)"
+    );
+
+    // The data directory full.
+    let filler = data.join("filler");
+    let _ = ProcessSpec::new("dd")
+        .args(["if=/dev/zero", "bs=64k", &format!("of={}", filler.display())])
+        .output(Duration::from_secs(60), 1 << 12)
+        .await?;
+    let refused = grant(&client, 9).await;
+    ensure!(refused.is_err(), "a grant was stored on a full disk");
+    ensure!(state(&client).await? == before, "state changed on a full disk");
+    std::fs::remove_file(&filler)?;
+    let stored = grant(&client, 10).await?;
+    println!(
+        "full data disk: a new grant refused ({}), nothing lost; after freeing space a grant is stored again",
+        refused.err().map(|s| format!("{:?}: {}", s.code(), s.message())).unwrap_or_default()
+    );
+    client.revoke_validator_access(access::RevokeRequest { grant_id: stored.grant_id }).await?;
+
+    load.abort();
+    println!(
+        "signed calls during the faults: {} answered, {} refused or failed (while a service was down)",
+        answered.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    for c in before.0 {
+        client.remove_container(runtime::RemoveContainerRequest { id: c, force: true }).await?;
+    }
+    Ok(())
+}
