@@ -102,6 +102,25 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     let node = Node::start_from(&root.join("target/debug"), config).await;
     let key = HotkeyPair::parse(ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
+    let executor_id = client.identity().await?.executor_id;
+    let result = hurt(&node, &client, &data, health).await;
+    // Whatever happened, leave nothing of this executor in Docker.
+    let label = format!("label=ai.basilica.executor.executor_id={executor_id}");
+    for kind in ["container", "network"] {
+        let list = ProcessSpec::new("docker")
+            .args([kind, "ls", "-q", "--filter", &label])
+            .args(if kind == "container" { &["-a"][..] } else { &[][..] })
+            .output(Duration::from_secs(60), 1 << 20)
+            .await?;
+        for id in String::from_utf8_lossy(&list.stdout).lines() {
+            let rm = if kind == "container" { vec!["rm", "-f", id] } else { vec!["network", "rm", id] };
+            let _ = ProcessSpec::new("docker").args(rm).output(Duration::from_secs(60), 1 << 12).await;
+        }
+    }
+    result
+}
+
+async fn hurt(node: &Node, client: &Arc<ExecutorClient>, data: &std::path::Path, health: u16) -> anyhow::Result<()> {
     for _ in 0..3 {
         client
             .create_container(runtime::CreateContainerRequest {
@@ -113,9 +132,9 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
             .await?;
     }
     for seed in 1..=3 {
-        grant(&client, seed).await?;
+        grant(client, seed).await?;
     }
-    let before = state(&client).await?;
+    let before = state(client).await?;
     println!("before: {} containers, {} grants", before.0.len(), before.1.len());
 
     // Load during the faults: signed calls all the time, counting answers and refusals.
@@ -144,8 +163,8 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
             send_signal(pid, Signal::SIGKILL)?;
             // The launcher notices the death before the next check.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            times.push(recovered(&node, health).await?);
-            ensure!(state(&client).await? == before, "{service}: containers or grants changed after kill -9");
+            times.push(recovered(node, health).await?);
+            ensure!(state(client).await? == before, "{service}: containers or grants changed after kill -9");
         }
         times.sort();
         println!(
@@ -161,10 +180,10 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     send_signal(pid, Signal::SIGKILL)?;
     std::fs::write(data.join("validator-grants.json"), "[{\"id\": \"g-")?;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let took = recovered(&node, health).await?;
-    ensure!(state(&client).await? == before, "grants lost after a torn grants file");
+    let took = recovered(node, health).await?;
+    ensure!(state(client).await? == before, "grants lost after a torn grants file");
     let corrupt =
-        std::fs::read_dir(&data)?.flatten().filter(|e| e.file_name().to_string_lossy().contains(".corrupt-")).count();
+        std::fs::read_dir(data)?.flatten().filter(|e| e.file_name().to_string_lossy().contains(".corrupt-")).count();
     println!(
         "torn grants file: recovered from the last good copy in {took:?}, the torn file kept aside ({corrupt} file)"
     );
@@ -175,11 +194,11 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
         .args(["if=/dev/zero", "bs=64k", &format!("of={}", filler.display())])
         .output(Duration::from_secs(60), 1 << 12)
         .await?;
-    let refused = grant(&client, 9).await;
+    let refused = grant(client, 9).await;
     ensure!(refused.is_err(), "a grant was stored on a full disk");
-    ensure!(state(&client).await? == before, "state changed on a full disk");
+    ensure!(state(client).await? == before, "state changed on a full disk");
     std::fs::remove_file(&filler)?;
-    let stored = grant(&client, 10).await?;
+    let stored = grant(client, 10).await?;
     println!(
         "full data disk: a new grant refused ({}), nothing lost; after freeing space a grant is stored again",
         refused.err().map(|s| format!("{:?}: {}", s.code(), s.message())).unwrap_or_default()
@@ -192,8 +211,5 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
         answered.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)
     );
-    for c in before.0 {
-        client.remove_container(runtime::RemoveContainerRequest { id: c, force: true }).await?;
-    }
     Ok(())
 }
