@@ -52,12 +52,17 @@ pub struct Header {
     pub peer: String,
 }
 
+/// One frame's bytes.
+fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(5 + data.len());
+    f.push(kind);
+    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    f.extend_from_slice(data);
+    f
+}
+
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: u8, data: &[u8]) -> std::io::Result<()> {
-    let mut frame = Vec::with_capacity(5 + data.len());
-    frame.push(kind);
-    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    frame.extend_from_slice(data);
-    w.write_all(&frame).await
+    w.write_all(&frame(kind, data)).await
 }
 
 async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
@@ -121,13 +126,7 @@ pub fn sync_authorized_keys(
     if last.as_deref() == Some(text.as_str()) {
         return Ok(());
     }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    crate::grants::write_atomically(path, text.as_bytes(), Some(0o644))?;
     *last = Some(text);
     Ok(())
 }
@@ -183,11 +182,7 @@ async fn relay(access: Arc<Access>, stream: tokio::net::UnixStream, uid: u32) ->
         (Some(g), _) if access.by_hotkey.check(&g.hotkey).is_err() => Some("rate_limited"),
         _ => None,
     };
-    let session_id = {
-        let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
-        format!("s-{}", hex::encode(b))
-    };
+    let session_id = crate::ssh::new_session_id();
     let (Some(grant), None) = (grant, refusal) else {
         let reason = refusal.unwrap_or("no_live_grant");
         access.audit.record(
@@ -268,13 +263,6 @@ pub fn gate_main(args: &[String]) -> std::process::ExitCode {
             std::process::ExitCode::from(255)
         }
     }
-}
-
-fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut f = vec![kind];
-    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    f.extend_from_slice(data);
-    f
 }
 
 fn gate(grant: &str, socket: &Path) -> std::io::Result<u32> {

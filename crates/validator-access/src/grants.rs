@@ -75,10 +75,17 @@ fn read_grants(path: &Path) -> Result<Option<Vec<GrantRecord>>, GrantError> {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
+/// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never half of
+/// one: `<path>.tmp`, fsync, rename, fsync of the directory. `mode` sets the permissions.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
+    if let Some(mode) = mode {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    }
     file.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
@@ -116,7 +123,7 @@ impl GrantStore {
                 let io = |source| GrantError::Io { path: path.display().to_string(), source };
                 std::fs::rename(&path, &moved_to).map_err(io)?;
                 let bytes = serde_json::to_vec_pretty(&good).map_err(|e| io(std::io::Error::other(e)))?;
-                write_atomically(&path, &bytes).map_err(io)?;
+                write_atomically(&path, &bytes, None).map_err(io)?;
                 let n = good.len();
                 (good, Opened::Recovered { moved_to, grants: n })
             }
@@ -132,9 +139,9 @@ impl GrantStore {
     fn persist(&self, grants: &[GrantRecord]) -> Result<(), GrantError> {
         let io = |source| GrantError::Io { path: self.path.display().to_string(), source };
         let bytes = serde_json::to_vec_pretty(grants).map_err(|e| io(std::io::Error::other(e)))?;
-        write_atomically(&self.path, &bytes).map_err(io)?;
+        write_atomically(&self.path, &bytes, None).map_err(io)?;
         // The copy follows only once the file itself is safely down.
-        write_atomically(&self.path.with_extension("json.bak"), &bytes).map_err(io)
+        write_atomically(&self.path.with_extension("json.bak"), &bytes, None).map_err(io)
     }
 
     /// Adds a grant; on a write failure nothing changes.

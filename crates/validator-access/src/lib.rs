@@ -76,7 +76,7 @@ impl Service for ValidatorAccess {
 
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
         let v = &loaded.config.validator;
-        let user = match ssh::CommandUser::lookup(&v.command_user) {
+        let user = match ssh::CommandUser::lookup("validator.command_user", &v.command_user) {
             Ok(u) => Check::pass("validator command user", format!("{} (uid {})", u.name, u.uid)),
             Err(e) => Check::fail("validator command user", e),
         };
@@ -93,7 +93,7 @@ impl Service for ValidatorAccess {
         let config = ctx.config();
         let v = config.validator.clone();
         let identity = common::identity::ExecutorIdentity::load_or_create(&config.data_dir)?;
-        let user = ssh::CommandUser::lookup(&v.command_user)?;
+        let user = ssh::CommandUser::lookup("validator.command_user", &v.command_user)?;
         let clock: Arc<dyn common::clock::Clock> = Arc::new(common::clock::SystemClock);
         let hv = &v.access_config.hotkey_verification;
         let per_minute = v.access_config.rate_limits.ssh_requests_per_minute;
@@ -145,9 +145,7 @@ impl Service for ValidatorAccess {
                 (Front::Embedded { listener, host_key }, "validator".to_owned())
             }
             common::config::SshServerKind::System => {
-                let uid = ssh::CommandUser::lookup(&v.system_sshd_user)
-                    .map_err(|e| e.replace("validator.command_user", "validator.system_sshd_user"))?
-                    .uid;
+                let uid = ssh::CommandUser::lookup("validator.system_sshd_user", &v.system_sshd_user)?.uid;
                 let keys_file = v.authorized_keys_file.clone();
                 let dir = keys_file.parent().ok_or("validator.authorized_keys_file: no directory")?;
                 std::fs::create_dir_all(dir)

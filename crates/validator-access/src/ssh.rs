@@ -33,6 +33,13 @@ pub(crate) fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
+/// A new session id, `s-` and 16 hex digits.
+pub fn new_session_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    format!("s-{}", hex::encode(b))
+}
+
 /// The user commands run as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandUser {
@@ -42,13 +49,13 @@ pub struct CommandUser {
 }
 
 impl CommandUser {
-    /// Looks `name` up; the error names the key.
-    pub fn lookup(name: &str) -> Result<Self, String> {
+    /// Looks `name` up; the error names `key`, the config key it came from.
+    pub fn lookup(key: &str, name: &str) -> Result<Self, String> {
         let user = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("validator.command_user: cannot look up `{name}`: {e}"))?
-            .ok_or_else(|| format!("validator.command_user: no user `{name}` on this host"))?;
+            .map_err(|e| format!("{key}: cannot look up `{name}`: {e}"))?
+            .ok_or_else(|| format!("{key}: no user `{name}` on this host"))?;
         if user.uid.is_root() {
-            return Err(format!("validator.command_user: `{name}` is root"));
+            return Err(format!("{key}: `{name}` is root"));
         }
         Ok(Self { name: name.to_owned(), uid: user.uid.as_raw(), gid: user.gid.as_raw() })
     }
@@ -399,9 +406,7 @@ struct Conn {
 
 impl Conn {
     fn new(access: Arc<Access>, peer: SocketAddr) -> Self {
-        let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
-        Self { access, peer, session_id: format!("s-{}", hex::encode(b)), grant: None, stdin: HashMap::new() }
+        Self { access, peer, session_id: new_session_id(), grant: None, stdin: HashMap::new() }
     }
 
     fn refuse(&self, what: &str) {
