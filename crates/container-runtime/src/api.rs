@@ -489,9 +489,7 @@ pub fn to_proto(inspect: &ContainerInspectResponse) -> pb::Container {
 }
 
 fn new_id() -> Result<String, Status> {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
-    Ok(format!("c-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+    crate::random_name("c-").map_err(Status::internal)
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;

@@ -30,6 +30,13 @@ use common::check::Check;
 use common::config::{DockerConfig, LoadedConfig};
 use common::service::{BoxError, Service, ServiceContext};
 
+/// `prefix` and 12 random hex digits: our container ids and spare network names.
+pub fn random_name(prefix: &str) -> Result<String, String> {
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(format!("{prefix}{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+}
+
 /// How often the engine is pinged for the `docker_up` gauge.
 const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -170,11 +177,11 @@ impl Service for ContainerRuntime {
         loop {
             tokio::select! {
                 _ = reap.tick() => {
-                    if let Err(e) = reaper::reap_once(&self.runtime).await {
-                        tracing::warn!(error = %e, "reaper round failed");
-                    }
-                    if let Err(e) = reaper::container_metrics(self.runtime.engine()).await {
-                        tracing::warn!(error = %e, "cannot read container stats");
+                    match reaper::reap_once(&self.runtime).await {
+                        Ok(round) => {
+                            reaper::container_metrics(self.runtime.engine(), &round.running).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "reaper round failed"),
                     }
                 }
                 _ = gpu_watch.tick(), if watch_gpus => {

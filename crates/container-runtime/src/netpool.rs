@@ -44,9 +44,7 @@ struct State {
 }
 
 fn new_name() -> Result<String, EngineError> {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).map_err(|e| EngineError::Other(format!("no randomness: {e}")))?;
-    Ok(format!("basilica-n-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+    crate::random_name("basilica-n-").map_err(EngineError::Other)
 }
 
 impl NetworkPool {

@@ -20,6 +20,8 @@ pub struct Reaped {
     pub expired: Vec<String>,
     pub orphan_networks: Vec<String>,
     pub orphan_devices: Vec<String>,
+    /// Our ids of the containers the round found running (and left running).
+    pub running: Vec<String>,
 }
 
 pub fn now_secs() -> u64 {
@@ -55,6 +57,9 @@ pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::e
             continue;
         }
         in_use.insert(network);
+        if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
+            reaped.running.push(id.clone());
+        }
         live.insert(id);
         let state = c.state.map(|s| s.to_string()).unwrap_or_else(|| "unknown".into());
         *by_state.entry(state).or_default() += 1;
@@ -85,16 +90,14 @@ pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::e
 }
 
 /// Per-container CPU and memory for Prometheus: one one-shot stats call per running container
-/// of ours (`executor_container_runtime_container_cpu_seconds_total`,
+/// of ours (`running`, from the reaper's round, so Docker is listed once a round)
+/// (`executor_container_runtime_container_cpu_seconds_total`,
 /// `executor_container_runtime_container_memory_bytes`, label `container` = our id).
-pub async fn container_metrics(engine: &crate::engine::Engine) -> Result<usize, crate::engine::EngineError> {
+pub async fn container_metrics(engine: &crate::engine::Engine, running: &[String]) -> usize {
     use tokio_stream::StreamExt;
     let mut n = 0;
-    for c in engine.list_ours().await? {
-        if c.state != Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
-            continue;
-        }
-        let Some(id) = c.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else { continue };
+    for id in running {
+        let id = id.clone();
         let options = bollard::query_parameters::StatsOptions { stream: false, one_shot: true };
         let Some(Ok(stats)) = engine.docker().stats(&id, Some(options)).next().await else { continue };
         let cpu_ns = stats.cpu_stats.as_ref().and_then(|c| c.cpu_usage.as_ref()).and_then(|u| u.total_usage);
@@ -107,5 +110,5 @@ pub async fn container_metrics(engine: &crate::engine::Engine) -> Result<usize, 
         }
         n += 1;
     }
-    Ok(n)
+    n
 }
