@@ -64,6 +64,8 @@ pub struct TestConfig {
 }
 
 pub const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+/// //Alice's secret seed: the key of `ALICE`, the test configs' miner hotkey.
+pub const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
 
 impl TestConfig {
     pub fn new(launcher_extra: &str) -> Self {

@@ -14,9 +14,6 @@ use executor_api::client::ExecutorClient;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
-/// `//Alice`'s secret seed (`subkey inspect //Alice`); the test config's miner hotkey.
-const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
-
 async fn client(node: &Node, seed: &str) -> ExecutorClient {
     let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
     ExecutorClient::connect(&endpoint, None, HotkeyPair::parse(seed).unwrap()).await.unwrap()
@@ -34,7 +31,7 @@ async fn a_container_through_the_public_api_on_the_real_engine() {
     let node =
         Node::start(TestConfig::new("\n[advertised_endpoint]\ngrpc_endpoint = \"https://executor.example.net:443\"\n"))
             .await;
-    let client = client(&node, ALICE_SEED).await;
+    let client = client(&node, e2e::ALICE_SEED).await;
 
     let identity = client.identity().await.unwrap();
     assert_eq!(identity.managing_miner_hotkey, ALICE);
@@ -188,7 +185,7 @@ async fn refusals_timeouts_and_the_guides_health_name() {
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 
     // A body other than the one signed.
-    let alice = client(&node, ALICE_SEED).await;
+    let alice = client(&node, e2e::ALICE_SEED).await;
     let mut request = alice.signed("GetContainer", pb::ContainerRef { id: "c-000000000001".into() });
     request.get_mut().id = "c-000000000002".into();
     let err = alice.raw().get_container(request).await.unwrap_err();
@@ -237,14 +234,15 @@ async fn executor_ctl_for_operators() {
     }
     let node = Node::start(TestConfig::new("")).await;
     let key = node.config.dir.path().join("miner.seed");
-    std::fs::write(&key, format!("{ALICE_SEED}\n")).unwrap();
+    std::fs::write(&key, format!("{}\n", e2e::ALICE_SEED)).unwrap();
 
     let identity = json(&ctl(&node, &key, &["identity"]).await);
     assert_eq!(identity["managing_miner_hotkey"], ALICE);
     // The secret from the environment instead of a file, and the endpoint given explicitly.
     let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
     let out =
-        e2e::run("executor", &["ctl", "--endpoint", &endpoint, "health"], &[("MINER_HOTKEY_SECRET", ALICE_SEED)]).await;
+        e2e::run("executor", &["ctl", "--endpoint", &endpoint, "health"], &[("MINER_HOTKEY_SECRET", e2e::ALICE_SEED)])
+            .await;
     assert_eq!(json(&out)["healthy"], true);
 
     let create = [

@@ -30,7 +30,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
 const CLIENTS: usize = 64;
 const CONNECTIONS: usize = 8;
 const ROUNDS: usize = 2;
@@ -65,7 +64,7 @@ async fn bench() -> anyhow::Result<()> {
     crate::build_release(&root, &["-p", "container-runtime"]).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs the Docker engine (and busybox-static)");
     let _metrics = common::metrics::install("executor-api")?;
-    let key = HotkeyPair::parse(ALICE_SEED)?;
+    let key = HotkeyPair::parse(e2e::ALICE_SEED)?;
     // A real container-runtime for the forwarded call; quiet logs.
     let test_config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n");
     let (_runtime_child, _) = crate::start_runtime(&root, &test_config).await?;
@@ -95,7 +94,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         channels.push(set);
     }
-    let client = ExecutorClient::new(channels[1][0].clone(), HotkeyPair::parse(ALICE_SEED)?);
+    let client = ExecutorClient::new(channels[1][0].clone(), HotkeyPair::parse(e2e::ALICE_SEED)?);
     println!(
         "{CLIENTS} concurrent clients over {CONNECTIONS} connections, {ROUNDS} rounds per mode, {} cores, same process",
         std::thread::available_parallelism().map_or(1, |n| n.get())

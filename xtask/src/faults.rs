@@ -22,14 +22,7 @@ use e2e::{Node, TestConfig, all_serving};
 use executor_api::client::ExecutorClient;
 use nix::sys::signal::Signal;
 
-const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl faults";
-
-async fn sh(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(60), 1 << 16).await?;
-    ensure!(out.status.success(), "{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
 
 /// A grant for a fresh validator hotkey, signed as the validator would.
 async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic::Status> {
@@ -90,9 +83,10 @@ pub(crate) async fn faults() -> anyhow::Result<()> {
     // The data directory on a small filesystem of its own, so it can be filled.
     let data = config.dir.path().join("data");
     std::fs::create_dir_all(&data)?;
-    sh("mount", &["-t", "tmpfs", "-o", "size=2m,mode=0700", "faults", &data.display().to_string()]).await?;
+    crate::run_checked("mount", &["-t", "tmpfs", "-o", "size=2m,mode=0700", "faults", &data.display().to_string()])
+        .await?;
     let result = run(&root, config).await;
-    let _ = sh("umount", &["-l", &data.display().to_string()]).await;
+    let _ = crate::run_checked("umount", &["-l", &data.display().to_string()]).await;
     result
 }
 
@@ -100,7 +94,7 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     let (grpc, health) = (config.ports.grpc, config.ports.health);
     let data = config.dir.path().join("data");
     let node = Node::start_from(&root.join("target/debug"), config).await;
-    let key = HotkeyPair::parse(ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = HotkeyPair::parse(e2e::ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
     let executor_id = client.identity().await?.executor_id;
     let result = hurt(&node, &client, &data, health).await;

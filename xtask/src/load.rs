@@ -19,9 +19,6 @@ use e2e::{Node, TestConfig};
 use executor_api::client::ExecutorClient;
 use tokio::io::AsyncReadExt;
 
-/// //Alice's secret seed (the dev config's miner hotkey).
-const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
-
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
@@ -55,7 +52,7 @@ pub(crate) async fn load() -> anyhow::Result<()> {
     );
     let (grpc, ssh_port, metrics_port) = (config.ports.grpc, config.ports.ssh, config.ports.metrics[3]);
     let node = Node::start_from(&root.join("target/release"), config).await;
-    let key = HotkeyPair::parse(ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = HotkeyPair::parse(e2e::ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
     let executor_id = client.identity().await?.executor_id;
 

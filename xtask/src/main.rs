@@ -500,7 +500,7 @@ async fn ssh_true(port: u16, key: &Path, user: &str) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64() * 1e3)
 }
 
-async fn run_checked(program: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) async fn run_checked(program: &str, args: &[&str]) -> anyhow::Result<()> {
     let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(60), 1 << 16).await?;
     anyhow::ensure!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
