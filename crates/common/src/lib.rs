@@ -2,6 +2,7 @@
 //! protobuf types, the executor identity, hotkey verification, logging, metrics, Unix-socket
 //! gRPC helpers, process spawning, time, and the host that runs a service binary.
 
+pub mod audit;
 pub mod check;
 pub mod clock;
 pub mod config;

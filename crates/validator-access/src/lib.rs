@@ -4,11 +4,10 @@
 //! The miner provisions a grant (validator hotkey, SSH key, TTL) through executor-api after the
 //! validator signed a challenge with its hotkey ([`challenge`]); grants persist in `data_dir`
 //! ([`grants`]); the SSH server ([`ssh`]) lets in only keys of live grants and closes sessions
-//! within 500 ms of their grant ending; every decision goes to the audit log ([`audit`]); the
+//! within 500 ms of their grant ending; every decision goes to the audit log ([`common::audit`]); the
 //! gRPC API of `proto/executor/validator_access.proto` is [`api`].
 
 pub mod api;
-pub mod audit;
 pub mod challenge;
 pub mod gate;
 pub mod grants;
@@ -101,7 +100,7 @@ impl Service for ValidatorAccess {
             .parent()
             .map(|d| d.join("gpu-attestor"))
             .ok_or("cannot find the directory of this binary")?;
-        let audit = audit::Audit::open(&config.data_dir)?;
+        let audit = common::audit::Audit::open(&config.data_dir, common::ServiceName::ValidatorAccess)?;
         let (grants, opened) = grants::GrantStore::open(&config.data_dir)?;
         if let grants::Opened::Recovered { moved_to, grants } = &opened {
             tracing::error!(moved_to = %moved_to.display(), grants, "the grants file was damaged: restored from its last good copy");
@@ -233,7 +232,6 @@ fn describe_metrics() {
         "executor_validator_access_sessions_closed_total",
         "Sessions closed because their grant ended."
     );
-    metrics::describe_counter!("executor_validator_access_audit_events_total", "Audit log events, by event.");
     metrics::describe_gauge!("executor_validator_access_sessions", "Open SSH sessions.");
     metrics::describe_gauge!("executor_validator_access_grants", "Live grants.");
 }

@@ -22,9 +22,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use crate::audit::Audit;
 use crate::challenge::Challenges;
 use crate::grants::{GrantRecord, GrantStore, fingerprint};
+use common::audit::Audit;
 
 /// PATH of validator commands (their environment is otherwise empty).
 const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
