@@ -291,10 +291,13 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
             .output(Duration::from_secs(30), 1 << 16)
             .await
             .unwrap();
-        // The counters move just after Docker answers the reaper: wait for them too.
+        // The counters move just after Docker answers the reaper, and the per-container figures
+        // after the round: wait for them too.
         let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+        let per_container = format!("executor_container_runtime_container_memory_bytes{{container=\"{}\"}} ", keep.id);
         let counted = metrics.contains("executor_container_runtime_reaped_total{reason=\"ttl\"} 1")
-            && metrics.contains("executor_container_runtime_reaped_total{reason=\"orphan_network\"} 1");
+            && metrics.contains("executor_container_runtime_reaped_total{reason=\"orphan_network\"} 1")
+            && metrics.contains(&per_container);
         if gone && !net.status.success() && counted && device_gone {
             break;
         }
