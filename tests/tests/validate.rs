@@ -58,18 +58,36 @@ async fn validate_reports_an_invalid_config_with_exit_2() {
 }
 
 #[tokio::test]
-async fn validate_warns_about_keys_this_build_does_not_enforce() {
+async fn validate_checks_the_signature_keys() {
     let config = TestConfig::new("");
-    let mut text = std::fs::read_to_string(&config.path).unwrap();
-    text.push_str("\n[docker.registry]\nverify_signatures = true\n");
-    std::fs::write(&config.path, text).unwrap();
-    let out = run("executor", &["validate", "--config", config.path.to_str().unwrap()], &[]).await;
+    let base = std::fs::read_to_string(&config.path).unwrap();
+    let key = config.dir.path().join("cosign.pub");
+    let with = |extra: &str| {
+        std::fs::write(&config.path, format!("{base}\n[docker.registry]\nverify_signatures = true\n{extra}")).unwrap();
+    };
+    let path = config.path.to_str().unwrap().to_owned();
+    let args = ["validate", "--config", path.as_str()];
+    let validate = || run("executor", &args, &[]);
+
+    // No key at all: a config error naming the key.
+    with("");
+    let out = validate().await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("key `docker.registry.cosign_public_keys`") && text.contains("at least one key"), "{text}");
+
+    // A file that is not a key: the check fails naming the key and the file.
+    std::fs::write(&key, "not a key\n").unwrap();
+    with(&format!("cosign_public_keys = [\"{}\"]\n", key.display()));
+    let out = validate().await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("WARN  config")
-            && text.contains("key `docker.registry.verify_signatures`: set, but not enforced"),
+        text.contains("FAIL  image signatures")
+            && text.contains("docker.registry.cosign_public_keys: ")
+            && text.contains("cosign.pub"),
         "{text}"
     );
+    assert!(!text.contains("not enforced"), "{text}");
 }
 
 #[tokio::test]

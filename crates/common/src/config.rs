@@ -221,21 +221,101 @@ impl Default for GpuConfig {
     }
 }
 
-/// `[docker.registry]`.
+/// `[docker.registry]`: where images may come from, how they are pulled, and their signatures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Registry host used for image references without one.
     pub url: String,
-    /// Verify image signatures before running them.
+    /// Verify cosign signatures of images before they run (see `signature_mode`); an image that
+    /// passes runs pinned by the digest that was verified.
     pub verify_signatures: bool,
     /// Registry hosts images may come from (exact host match, optional `:port`).
     pub allowed_registries: Vec<String>,
+    /// With `verify_signatures`: what an image without a valid signature gets. `enforce`
+    /// (default): refused. `warn`: runs, pinned by digest, and the caller is told
+    /// (`Container.image_signature`) and the log warns. `monitor`: runs by tag as if nothing
+    /// were verified; the result is only recorded (audit log, metrics).
+    pub signature_mode: Option<SignatureMode>,
+    /// With `verify_signatures`: PEM files of cosign public keys (`cosign.pub`, ECDSA P-256). An
+    /// image passes when one of them signed its manifest digest.
+    pub cosign_public_keys: Vec<PathBuf>,
+    /// A Docker client config file (`config.json`) to take registry credentials from (`auths`
+    /// and credential helpers), for registries without `username` below.
+    pub docker_config_file: Option<PathBuf>,
+    /// Longest an image pull, or a registry lookup for a signature, may take.
+    #[serde(with = "human_duration")]
+    pub pull_timeout: Duration,
+    /// Settings of one registry, keyed by a host of `allowed_registries`:
+    /// `[docker.registry.registries."ghcr.io"]`.
+    pub registries: BTreeMap<String, RegistrySettings>,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { url: "docker.io".to_owned(), verify_signatures: false, allowed_registries: vec!["docker.io".to_owned()] }
+        Self {
+            url: "docker.io".to_owned(),
+            verify_signatures: false,
+            allowed_registries: vec!["docker.io".to_owned()],
+            signature_mode: None,
+            cosign_public_keys: Vec::new(),
+            docker_config_file: None,
+            pull_timeout: Duration::from_secs(600),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The signature mode for images from `registry`; None when nothing is verified.
+    pub fn mode_for(&self, registry: &str) -> Option<SignatureMode> {
+        if !self.verify_signatures {
+            return None;
+        }
+        let own = self.registries.get(registry).and_then(|r| r.signature_mode);
+        Some(own.or(self.signature_mode).unwrap_or(SignatureMode::Enforce))
+    }
+
+    /// The cosign public key files trusted for images from `registry`.
+    pub fn keys_for(&self, registry: &str) -> &[PathBuf] {
+        match self.registries.get(registry).and_then(|r| r.cosign_public_keys.as_ref()) {
+            Some(keys) => keys,
+            None => &self.cosign_public_keys,
+        }
+    }
+}
+
+/// `[docker.registry.registries."<host>"]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistrySettings {
+    /// This registry's `signature_mode`, instead of `[docker.registry] signature_mode`.
+    pub signature_mode: Option<SignatureMode>,
+    /// This registry's trusted keys, instead of `[docker.registry] cosign_public_keys`.
+    pub cosign_public_keys: Option<Vec<PathBuf>>,
+    /// User name for pulls and signature lookups; with `password_file`.
+    pub username: Option<String>,
+    /// File whose first line is the password or access token of `username` (kept out of the
+    /// config so the config can be shown and shared).
+    pub password_file: Option<PathBuf>,
+}
+
+/// What an image without a valid signature gets (`[docker.registry] signature_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureMode {
+    Enforce,
+    Warn,
+    Monitor,
+}
+
+impl SignatureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureMode::Enforce => "enforce",
+            SignatureMode::Warn => "warn",
+            SignatureMode::Monitor => "monitor",
+        }
     }
 }
 
@@ -539,8 +619,7 @@ impl Default for LauncherConfig {
 /// Keys that parse and validate but that no code in this build acts on yet, with the part that
 /// will. Setting one is reported (launcher log and `executor validate`) rather than ignored
 /// silently; each entry is removed when its part lands.
-pub const NOT_YET_ENFORCED: &[(&str, &str)] =
-    &[("docker.registry.verify_signatures", "container-runtime image signatures")];
+pub const NOT_YET_ENFORCED: &[(&str, &str)] = &[];
 
 /// One problem with the configuration, naming the key and where its value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -685,11 +764,22 @@ impl Config {
                 *path = cwd.join(&*path);
             }
         }
+        let registry = &mut self.docker.registry;
+        let per_registry = registry
+            .registries
+            .values_mut()
+            .flat_map(|r| r.cosign_public_keys.iter_mut().flatten().chain(r.password_file.iter_mut()));
+        for file in registry.cosign_public_keys.iter_mut().chain(per_registry) {
+            if file.is_relative() {
+                *file = cwd.join(&*file);
+            }
+        }
         for file in [
             &mut self.logging.file,
             &mut self.system.simulated_gpus_file,
             &mut self.server.tls_cert_path,
             &mut self.server.tls_key_path,
+            &mut self.docker.registry.docker_config_file,
         ]
         .into_iter()
         .flatten()
@@ -812,6 +902,7 @@ impl Config {
                 v.fail("docker.registry.allowed_registries", registry_message(host));
             }
         }
+        validate_registry(&d.registry, &mut v);
 
         let sys = &self.system;
         v.range("system.max_gpu_memory_usage", sys.max_gpu_memory_usage, 0.0, 100.0);
@@ -968,6 +1059,53 @@ pub fn check_writable_dir(dir: &Path, mode: u32) -> Result<(), String> {
     std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+/// `[docker.registry]` beyond the hosts: signatures, credentials, timeouts.
+fn validate_registry(r: &RegistryConfig, v: &mut Validator) {
+    if r.pull_timeout < Duration::from_secs(1) || r.pull_timeout > Duration::from_secs(24 * 3600) {
+        v.fail("docker.registry.pull_timeout", "must be between 1s and 24h");
+    }
+    for (host, settings) in &r.registries {
+        let key = |name: &str| format!("docker.registry.registries.\"{host}\".{name}");
+        if !r.allowed_registries.contains(host) {
+            v.fail(
+                &format!("docker.registry.registries.\"{host}\""),
+                format!("`{host}` is not in docker.registry.allowed_registries: images from it are refused anyway"),
+            );
+        }
+        match (&settings.username, &settings.password_file) {
+            (Some(_), None) => v.fail(&key("password_file"), "required with username"),
+            (None, Some(_)) => v.fail(&key("username"), "required with password_file"),
+            _ => {}
+        }
+        if !r.verify_signatures && settings.signature_mode.is_some() {
+            v.fail(&key("signature_mode"), "has no effect while docker.registry.verify_signatures = false");
+        }
+        if !r.verify_signatures && settings.cosign_public_keys.is_some() {
+            v.fail(&key("cosign_public_keys"), "has no effect while docker.registry.verify_signatures = false");
+        }
+    }
+    if !r.verify_signatures {
+        if r.signature_mode.is_some() {
+            v.fail("docker.registry.signature_mode", "has no effect while docker.registry.verify_signatures = false");
+        }
+        if !r.cosign_public_keys.is_empty() {
+            v.fail(
+                "docker.registry.cosign_public_keys",
+                "has no effect while docker.registry.verify_signatures = false",
+            );
+        }
+        return;
+    }
+    for host in &r.allowed_registries {
+        if r.keys_for(host).is_empty() {
+            v.fail(
+                "docker.registry.cosign_public_keys",
+                format!("verify_signatures = true needs at least one key to verify images from `{host}` against"),
+            );
+        }
+    }
 }
 
 #[derive(Default)]
@@ -1171,6 +1309,23 @@ mod tests {
         );
         check_err("[docker.registry]\nallowed_registries = [\"docker.io/library\"]", &["not a registry host"]);
         check_err("[docker.registry]\nallowed_registries = []", &["at least one"]);
+        // Signatures: keys needed, nothing set that would have no effect, hosts must be allowed.
+        check_err(
+            "[docker.registry]\nverify_signatures = true",
+            &["key `docker.registry.cosign_public_keys`", "at least one key", "`docker.io`"],
+        );
+        check_err(
+            "[docker.registry]\nsignature_mode = \"warn\"",
+            &["key `docker.registry.signature_mode`", "no effect while docker.registry.verify_signatures = false"],
+        );
+        check_err("[docker.registry]\ncosign_public_keys = [\"k.pub\"]", &["key `docker.registry.cosign_public_keys`"]);
+        check_err("[docker.registry]\nsignature_mode = \"block\"", &["signature_mode", "enforce"]);
+        check_err(
+            "[docker.registry.registries.\"ghcr.io\"]\nusername = \"me\"",
+            &["not in docker.registry.allowed_registries", "registries.\"ghcr.io\".password_file`: required"],
+        );
+        check_err("[docker.registry.registries.\"docker.io\"]\ncolour = 1", &["colour"]);
+        check_err("[docker.registry]\npull_timeout = \"0s\"", &["key `docker.registry.pull_timeout`"]);
         check_err(
             "[docker.network_config]\ndns_servers = [\"8.8.8\"]",
             &["key `docker.network_config.dns_servers.0`", "invalid IP"],
@@ -1273,7 +1428,12 @@ memory_fraction = 0.8
 [docker.registry]
 url = "docker.io"
 verify_signatures = true
+cosign_public_keys = ["keys/cosign.pub"]
 allowed_registries = ["docker.io", "ghcr.io", "quay.io", "127.0.0.1:5000"]
+[docker.registry.registries."127.0.0.1:5000"]
+signature_mode = "warn"
+username = "ci"
+password_file = "keys/registry-password"
 [system]
 enable_gpu_monitoring = true
 max_gpu_memory_usage = 90.0
@@ -1306,10 +1466,18 @@ shutdown_timeout = "1m 30s"
         let pending = loaded.not_yet_enforced();
         let file = dir.path().join("executor.toml").display().to_string();
         assert!(pending.iter().all(|p| p.origin == file));
-        assert!(pending.iter().any(|p| p.key == "docker.registry.verify_signatures"));
-        for enforced in ["server.port", "server.max_connections", "advertised_endpoint.grpc_endpoint"] {
+        for enforced in ["server.port", "docker.registry.verify_signatures", "advertised_endpoint.grpc_endpoint"] {
             assert!(!pending.iter().any(|p| p.key == enforced), "{enforced} is enforced");
         }
+        let registry = &c.docker.registry;
+        assert!(
+            registry.cosign_public_keys[0].is_absolute() && registry.cosign_public_keys[0].ends_with("keys/cosign.pub")
+        );
+        assert_eq!(registry.mode_for("docker.io"), Some(SignatureMode::Enforce));
+        assert_eq!(registry.mode_for("127.0.0.1:5000"), Some(SignatureMode::Warn));
+        assert_eq!(registry.keys_for("127.0.0.1:5000"), registry.cosign_public_keys.as_slice());
+        let local = &registry.registries["127.0.0.1:5000"];
+        assert!(local.password_file.as_ref().unwrap().is_absolute());
     }
 
     #[test]

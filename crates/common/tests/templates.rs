@@ -48,7 +48,12 @@ fn production_template_sets_every_key_and_refuses_its_placeholders() {
     let loaded = Config::load_from(&path, false).unwrap();
     let file = path.display().to_string();
     // Keys that production must not set appear commented out, with their explanation.
-    let commented = ["system.simulated_gpus_file", "server.tls_cert_path", "server.tls_key_path"];
+    let commented = [
+        "system.simulated_gpus_file",
+        "server.tls_cert_path",
+        "server.tls_key_path",
+        "docker.registry.docker_config_file",
+    ];
     for key in leaf_keys() {
         if commented.contains(&key.as_str()) {
             let name = key.rsplit('.').next().unwrap();

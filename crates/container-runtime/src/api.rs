@@ -17,6 +17,7 @@ use tokio::sync::Mutex;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::admission::Admission;
 use crate::engine::{Engine, EngineError};
 use crate::netpool::NetworkPool;
 use crate::reference::{ImageRef, RegistryPolicy};
@@ -27,8 +28,6 @@ use crate::stops::StopReasons;
 /// Longest an exec may run, and the most output it returns per stream, when the request says 0.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 const EXEC_MAX_OUTPUT: u64 = 1 << 20;
-/// Longest an image pull may take.
-const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -43,6 +42,8 @@ pub struct Runtime {
     /// Whether `network_bps` can be enforced here (see `shaping::probe`), and if not why.
     shaping: Result<(), ShapingError>,
     policy: RegistryPolicy,
+    /// Signatures and pulls.
+    admission: Arc<Admission>,
     /// Held while counting, assigning GPUs and creating, so the cap is exact and no GPU is
     /// given twice under concurrent creates.
     create_lock: Arc<Mutex<()>>,
@@ -97,8 +98,9 @@ impl Runtime {
         engine: Engine,
         config: &common::config::Config,
         shaping: Result<(), ShapingError>,
-    ) -> std::io::Result<Self> {
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let docker = config.docker.clone();
+        let admission = Arc::new(Admission::new(config, engine.docker().clone())?);
         let policy = RegistryPolicy::new(&docker.registry.allowed_registries);
         let gpu_monitor = common::grpc::unix_channel(&common::ServiceName::GpuMonitor.socket(&config.runtime_dir));
         let pool = docker.network_config.enable_isolation.then(|| {
@@ -107,6 +109,7 @@ impl Runtime {
         Ok(Self {
             engine,
             policy,
+            admission,
             create_lock: Arc::new(Mutex::new(())),
             gpu_monitor,
             pool,
@@ -356,31 +359,6 @@ impl Runtime {
         Ok((spec, gpus))
     }
 
-    /// Pulls the image unless the engine has it already.
-    async fn ensure_image(&self, image: &ImageRef) -> Result<(), Status> {
-        let docker = self.engine.docker();
-        let name = image.to_string();
-        if docker.inspect_image(&name).await.is_ok() {
-            return Ok(());
-        }
-        let options =
-            bollard::query_parameters::CreateImageOptions { from_image: Some(name.clone()), ..Default::default() };
-        let pull = async {
-            let mut progress = docker.create_image(Some(options), None, None);
-            while let Some(step) = progress.next().await {
-                step?;
-            }
-            Ok::<(), bollard::errors::Error>(())
-        };
-        match tokio::time::timeout(PULL_TIMEOUT, pull).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Status::failed_precondition(format!("image: cannot pull `{name}`: {e}"))),
-            Err(_) => {
-                Err(Status::deadline_exceeded(format!("image: pulling `{name}` took longer than {PULL_TIMEOUT:?}")))
-            }
-        }
-    }
-
     /// Create: validate, pull, then count and create under the lock.
     async fn create_container(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, Status> {
         let (mut spec, gpus) = self.spec_from(request, new_id()?)?;
@@ -388,7 +366,11 @@ impl Runtime {
         if online && let Err(e) = &self.shaping {
             return Err(Status::failed_precondition(e.to_string()));
         }
-        self.ensure_image(&spec.image).await?;
+        let admitted = self.admission.admit(&spec.image, &spec.owner).await?;
+        spec.image = admitted.image;
+        if !admitted.signature.is_empty() {
+            spec.labels.insert(spec::LABEL_SIGNATURE.to_owned(), admitted.signature);
+        }
         let _guard = self.create_lock.lock().await;
         let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
         let cap = self.config.max_concurrent_containers as usize;
@@ -485,6 +467,7 @@ pub fn to_proto(inspect: &ContainerInspectResponse) -> pb::Container {
         expires_at: if ttl > 0 { created + ttl } else { 0 },
         stop_reason: String::new(),
         owner: label(spec::LABEL_OWNER),
+        image_signature: label(spec::LABEL_SIGNATURE),
     }
 }
 

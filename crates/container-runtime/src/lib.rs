@@ -10,6 +10,7 @@
 //! (`executor_container_runtime_docker_up`) and checks the engine for `executor validate`.
 //! Not built yet: image signatures.
 
+pub mod admission;
 pub mod api;
 pub mod engine;
 pub mod firewall;
@@ -19,6 +20,7 @@ pub mod netpool;
 pub mod reaper;
 pub mod reference;
 pub mod shaping;
+pub mod signatures;
 pub mod spec;
 pub mod stops;
 
@@ -107,7 +109,9 @@ impl Service for ContainerRuntime {
     const GRPC_SERVICES: &'static [&'static str] = &[GRPC_SERVICE];
 
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
-        docker_checks(&loaded.config.docker).await
+        let mut checks = docker_checks(&loaded.config.docker).await;
+        checks.extend(admission::checks(&loaded.config.docker.registry));
+        checks
     }
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
@@ -158,6 +162,7 @@ impl Service for ContainerRuntime {
             "Containers (TTL) and networks (orphans) removed by the reaper."
         );
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
+        admission::describe_metrics();
         metrics::describe_gauge!(
             "executor_container_runtime_container_cpu_seconds_total",
             "CPU time a running container has used (every reap_interval)."

@@ -26,6 +26,8 @@ pub const LABEL_OWNER: &str = "ai.basilica.executor.owner";
 pub const LABEL_CREATED: &str = "ai.basilica.executor.created";
 pub const LABEL_TTL: &str = "ai.basilica.executor.ttl_seconds";
 pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
+/// What signature verification found (`Container.image_signature`); absent when not verified.
+pub const LABEL_SIGNATURE: &str = "ai.basilica.executor.image_signature";
 /// The limits enforced after start (GPU memory, network shaping), kept with the container so a
 /// restarted service enforces them again.
 pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";

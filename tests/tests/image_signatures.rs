@@ -1,0 +1,281 @@
+//! `[docker.registry] verify_signatures` against a real registry (the distribution's
+//! `docker-registry` on 127.0.0.1): images built here are pushed with `docker push`, signed in
+//! the test the way cosign stores signatures (a `sha256-<hex>.sig` manifest whose
+//! simple-signing layer carries the ECDSA P-256 signature), then created through
+//! container-runtime. The same registry is allowed under two names, `127.0.0.1:<port>` in
+//! enforce mode and `localhost:<port>` in warn mode; Docker Hub (unreachable here) in monitor.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::process::ProcessSpec;
+use common::proto::runtime::v1 as pb;
+use e2e::runtime::{docker, request, start_service};
+use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image, free_port, require_tool};
+use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::EncodePublicKey as _;
+use sha2::Digest as _;
+use tonic::Code;
+
+/// A `docker-registry` on a free loopback port, its storage in a temporary directory.
+struct Registry {
+    child: tokio::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn start_registry() -> Option<Registry> {
+    let binary = Path::new("/usr/bin/docker-registry");
+    if !require_tool("docker-registry (the distribution's registry)", binary.exists()) {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = ProcessSpec::new(binary).arg("serve").arg(&config).spawn_supervised().unwrap();
+    let registry = Registry { child, port, _dir: dir };
+    for _ in 0..100 {
+        if matches!(e2e::http_get(port, "/v2/").await, Ok((200, _))) {
+            return Some(registry);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("docker-registry did not answer on 127.0.0.1:{port}");
+}
+
+/// Tags `local` as `name` and pushes it; the local tag is removed again so that a create has
+/// to pull it through the engine.
+async fn push(local: &str, name: &str) {
+    assert!(docker(&["tag", local, name]).await.0, "docker tag {name}");
+    let (ok, out) = docker(&["push", name]).await;
+    assert!(ok, "docker push {name}: {out}");
+    assert!(docker(&["rmi", name]).await.0, "docker rmi {name}");
+}
+
+fn oci() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
+}
+
+/// The manifest digest `repo:tag` resolves to, computed from the bytes the registry serves.
+async fn digest_of(registry: &str, repo: &str, tag: &str) -> String {
+    let reference = Reference::with_tag(registry.into(), repo.into(), tag.into());
+    let accept = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"];
+    let (bytes, _) = oci().pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &accept).await.unwrap();
+    format!("sha256:{}", hex(&sha2::Sha256::digest(&bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stores a cosign signature of `digest` by `key` in `registry/repo`, as `cosign sign --key`
+/// does: tag `sha256-<hex>.sig`, one simple-signing layer, the signature in its annotation.
+async fn sign(registry: &str, repo: &str, digest: &str, key: &SigningKey) {
+    let payload = serde_json::json!({
+        "critical": {
+            "identity": {"docker-reference": format!("{registry}/{repo}")},
+            "image": {"docker-manifest-digest": digest},
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    })
+    .to_string();
+    let signature: Signature = key.sign(payload.as_bytes());
+    let annotation = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
+    let layer = ImageLayer::new(
+        payload.into_bytes(),
+        "application/vnd.dev.cosign.simplesigning.v1+json".into(),
+        Some(BTreeMap::from([("dev.cosignproject.cosign/signature".to_owned(), annotation)])),
+    );
+    let config = Config::new(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json".into(), None);
+    let tag = format!("{}.sig", digest.replace(':', "-"));
+    let reference = Reference::with_tag(registry.into(), repo.into(), tag);
+    oci().push(&reference, &[layer], config, &RegistryAuth::Anonymous, None).await.unwrap();
+}
+
+fn create(image: &str) -> pb::CreateContainerRequest {
+    pb::CreateContainerRequest { image: image.to_owned(), ..request("sleep 30") }
+}
+
+/// The value of a counter line that starts with `prefix` (0 when absent).
+fn counter(metrics: &str, prefix: &str) -> f64 {
+    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn signed_images_run_pinned_and_unsigned_ones_follow_the_mode_of_their_registry() {
+    if !busybox_image().await {
+        return;
+    }
+    let Some(registry) = start_registry().await else {
+        return;
+    };
+    let port = registry.port;
+    let strict = format!("127.0.0.1:{port}");
+    let lenient = format!("localhost:{port}");
+
+    // A second image, so that a tag can be moved to another digest.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {BUSYBOX_IMAGE}\nLABEL moved=yes\n")).unwrap();
+    let other_image = "basilica-test/busybox-moved:latest";
+    let (ok, out) = docker(&["build", "-q", "-t", other_image, dir.path().to_str().unwrap()]).await;
+    assert!(ok, "docker build: {out}");
+
+    let trusted = SigningKey::from_slice(&[7; 32]).unwrap();
+    let stranger = SigningKey::from_slice(&[9; 32]).unwrap();
+    for repo in ["test/signed", "test/unsigned", "test/stranger", "test/moved", "test/shared"] {
+        push(BUSYBOX_IMAGE, &format!("{strict}/{repo}:v1")).await;
+    }
+    let digest = digest_of(&strict, "test/signed", "v1").await;
+    for repo in ["test/signed", "test/moved", "test/shared"] {
+        sign(&strict, repo, &digest, &trusted).await;
+    }
+    sign(&strict, "test/stranger", &digest, &stranger).await;
+    // After signing, `moved:v1` is pushed again as another image.
+    push(other_image, &format!("{strict}/test/moved:v1")).await;
+    let moved = digest_of(&strict, "test/moved", "v1").await;
+    assert_ne!(moved, digest);
+
+    let config = TestConfig::new(&format!(
+        r#"
+[docker]
+max_concurrent_containers = 10
+[docker.registry]
+allowed_registries = ["docker.io", "{strict}", "{lenient}"]
+verify_signatures = true
+cosign_public_keys = ["{{dir}}/cosign.pub"]
+pull_timeout = "30s"
+[docker.registry.registries."{lenient}"]
+signature_mode = "warn"
+[docker.registry.registries."docker.io"]
+signature_mode = "monitor"
+"#
+    ));
+    let pem = trusted.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+    std::fs::write(config.dir.path().join("cosign.pub"), pem).unwrap();
+    let (_service, mut client) = start_service(&config).await;
+
+    // Signed: runs, pinned by the verified digest, pulled through the engine.
+    let signed = client.create(create(&format!("{strict}/test/signed:v1"))).await.unwrap().into_inner();
+    assert_eq!(signed.image, format!("{strict}/test/signed@{digest}"));
+    assert!(signed.image_signature.starts_with(&format!("verified: {digest} signed by sha256:")), "{signed:?}");
+    let started = client.start(pb::ContainerRef { id: signed.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(started.state, pb::ContainerState::Running as i32);
+    let listed = client.get(pb::ContainerRef { id: signed.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(listed.image_signature, signed.image_signature);
+
+    // Enforce: unsigned, signed by an unknown key, or a tag moved after signing: refused, and
+    // nothing is created.
+    for (repo, why) in [
+        ("test/unsigned:v1", "no cosign signature in the registry"),
+        ("test/stranger:v1", "no signature by a trusted key"),
+        ("test/moved:v1", "no cosign signature in the registry"),
+    ] {
+        let err = client.create(create(&format!("{strict}/{repo}"))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{repo}: {err:?}");
+        assert!(err.message().starts_with("image: ") && err.message().contains(why), "{repo}: {}", err.message());
+        assert!(err.message().contains("signature_mode = enforce"), "{}", err.message());
+    }
+    // The digest that was signed still runs when asked for by digest.
+    let pinned = client.create(create(&format!("{strict}/test/moved@{digest}"))).await.unwrap().into_inner();
+    assert_eq!(pinned.image, format!("{strict}/test/moved@{digest}"));
+    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap();
+    assert_eq!(all.into_inner().containers.len(), 2);
+
+    // Warn: the unsigned image runs, pinned, and the caller is told why.
+    let warned = client.create(create(&format!("{lenient}/test/unsigned:v1"))).await.unwrap().into_inner();
+    assert_eq!(warned.image, format!("{lenient}/test/unsigned@{digest}"));
+    assert!(warned.image_signature.starts_with("unverified (warn): no cosign signature"), "{warned:?}");
+    let warned = client.create(create(&format!("{lenient}/test/stranger:v1"))).await.unwrap().into_inner();
+    assert!(warned.image_signature.starts_with("unverified (warn): no signature by a trusted key"), "{warned:?}");
+
+    // Monitor: Docker Hub cannot be reached from here; the local image runs by its tag.
+    let monitored = client.create(create(BUSYBOX_IMAGE)).await.unwrap().into_inner();
+    assert_eq!(monitored.image, "docker.io/basilica-test/busybox:latest");
+    assert!(monitored.image_signature.starts_with("unverified (monitor): registry lookup failed"), "{monitored:?}");
+
+    // Concurrent creates of one image not yet on the engine share one verification and pull.
+    let (_, before) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+    let creates = (0..4).map(|_| {
+        let mut client = client.clone();
+        let image = format!("{strict}/test/shared:v1");
+        tokio::spawn(async move { client.create(create(&image)).await })
+    });
+    for created in futures_join(creates).await {
+        assert_eq!(created.unwrap().into_inner().image, format!("{strict}/test/shared@{digest}"));
+    }
+    let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+    let pulls = "executor_container_runtime_image_pulls_total{result=\"ok\"}";
+    assert_eq!(counter(&metrics, pulls) - counter(&before, pulls), 1.0, "{metrics}");
+    let verified = format!(
+        "executor_container_runtime_image_verifications_total{{registry=\"{strict}\",mode=\"enforce\",result=\"verified\",decision=\"allowed\"}}"
+    );
+    assert_eq!(counter(&metrics, &verified), 6.0, "{metrics}");
+    let refused = format!(
+        "executor_container_runtime_image_verifications_total{{registry=\"{strict}\",mode=\"enforce\",result=\"unsigned\",decision=\"refused\"}}"
+    );
+    assert_eq!(counter(&metrics, &refused), 2.0, "{metrics}");
+
+    // Every decision is in the audit log, in order.
+    let audit = std::fs::read_to_string(config.dir.path().join("data/audit/container-runtime.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let decisions: Vec<(&str, &str)> =
+        events.iter().map(|e| (e["result"].as_str().unwrap(), e["decision"].as_str().unwrap())).collect();
+    assert_eq!(
+        &decisions[..7],
+        &[
+            ("verified", "allowed"),
+            ("unsigned", "refused"),
+            ("bad_signature", "refused"),
+            ("unsigned", "refused"),
+            ("verified", "allowed"),
+            ("unsigned", "allowed"),
+            ("bad_signature", "allowed"),
+        ]
+    );
+    assert_eq!(events.len(), 12, "{audit}");
+    assert!(events.iter().all(|e| e["event"] == "image_verification" && e["owner"] == e2e::ALICE), "{audit}");
+    assert_eq!(events[1]["image"], format!("{strict}/test/unsigned:v1"));
+    assert_eq!(events[1]["digest"], digest);
+    assert_eq!(events[3]["digest"], moved);
+
+    e2e::runtime::remove_all(&mut client).await;
+    // Pulled by digest, the registry's names are repo digests of the local image.
+    let (_, names) = docker(&["inspect", "--format", "{{join .RepoDigests \"\\n\"}}", BUSYBOX_IMAGE]).await;
+    for name in names.lines().filter(|n| n.starts_with(&strict) || n.starts_with(&lenient)) {
+        assert!(docker(&["rmi", name]).await.0, "docker rmi {name}");
+    }
+    docker(&["rmi", other_image]).await;
+}
+
+/// Awaits every task, in order.
+async fn futures_join<T: Send + 'static>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for task in tasks.collect::<Vec<_>>() {
+        out.push(task.await.unwrap());
+    }
+    out
+}
