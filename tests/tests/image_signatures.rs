@@ -38,7 +38,8 @@ impl Drop for Registry {
     }
 }
 
-async fn start_registry() -> Option<Registry> {
+/// A registry; with `login`, only that user (and password) may pull or push.
+async fn start_registry(login: Option<(&str, &str)>) -> Option<Registry> {
     let binary = Path::new("/usr/bin/docker-registry");
     if !require_tool("docker-registry (the distribution's registry)", binary.exists()) {
         return None;
@@ -46,18 +47,20 @@ async fn start_registry() -> Option<Registry> {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .unwrap();
+    let mut text = format!(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.path().join("data").display()
+    );
+    if let Some((user, password)) = login {
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt::hash(password, 5).unwrap())).unwrap();
+        text.push_str(&format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", htpasswd.display()));
+    }
+    std::fs::write(&config, text).unwrap();
     let child = ProcessSpec::new(binary).arg("serve").arg(&config).spawn_supervised().unwrap();
     let registry = Registry { child, port, _dir: dir };
     for _ in 0..100 {
-        if matches!(e2e::http_get(port, "/v2/").await, Ok((200, _))) {
+        if matches!(e2e::http_get(port, "/v2/").await, Ok((200 | 401, _))) {
             return Some(registry);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -68,8 +71,18 @@ async fn start_registry() -> Option<Registry> {
 /// Tags `local` as `name` and pushes it; the local tag is removed again so that a create has
 /// to pull it through the engine.
 async fn push(local: &str, name: &str) {
+    push_as(local, name, None).await;
+}
+
+/// As [`push`], with the Docker client config (logins) in `config_dir`.
+async fn push_as(local: &str, name: &str, config_dir: Option<&Path>) {
     assert!(docker(&["tag", local, name]).await.0, "docker tag {name}");
-    let (ok, out) = docker(&["push", name]).await;
+    let dir = config_dir.map(|d| d.display().to_string());
+    let args: Vec<&str> = match &dir {
+        Some(dir) => vec!["--config", dir, "push", name],
+        None => vec!["push", name],
+    };
+    let (ok, out) = docker(&args).await;
     assert!(ok, "docker push {name}: {out}");
     assert!(docker(&["rmi", name]).await.0, "docker rmi {name}");
 }
@@ -81,9 +94,13 @@ fn oci() -> Client {
 
 /// The manifest digest `repo:tag` resolves to, computed from the bytes the registry serves.
 async fn digest_of(registry: &str, repo: &str, tag: &str) -> String {
+    digest_as(registry, repo, tag, &RegistryAuth::Anonymous).await
+}
+
+async fn digest_as(registry: &str, repo: &str, tag: &str, auth: &RegistryAuth) -> String {
     let reference = Reference::with_tag(registry.into(), repo.into(), tag.into());
     let accept = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"];
-    let (bytes, _) = oci().pull_manifest_raw(&reference, &RegistryAuth::Anonymous, &accept).await.unwrap();
+    let (bytes, _) = oci().pull_manifest_raw(&reference, auth, &accept).await.unwrap();
     format!("sha256:{}", hex(&sha2::Sha256::digest(&bytes)))
 }
 
@@ -94,6 +111,10 @@ fn hex(bytes: &[u8]) -> String {
 /// Stores a cosign signature of `digest` by `key` in `registry/repo`, as `cosign sign --key`
 /// does: tag `sha256-<hex>.sig`, one simple-signing layer, the signature in its annotation.
 async fn sign(registry: &str, repo: &str, digest: &str, key: &SigningKey) {
+    sign_as(registry, repo, digest, key, &RegistryAuth::Anonymous).await;
+}
+
+async fn sign_as(registry: &str, repo: &str, digest: &str, key: &SigningKey, auth: &RegistryAuth) {
     let payload = serde_json::json!({
         "critical": {
             "identity": {"docker-reference": format!("{registry}/{repo}")},
@@ -113,7 +134,7 @@ async fn sign(registry: &str, repo: &str, digest: &str, key: &SigningKey) {
     let config = Config::new(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json".into(), None);
     let tag = format!("{}.sig", digest.replace(':', "-"));
     let reference = Reference::with_tag(registry.into(), repo.into(), tag);
-    oci().push(&reference, &[layer], config, &RegistryAuth::Anonymous, None).await.unwrap();
+    oci().push(&reference, &[layer], config, auth, None).await.unwrap();
 }
 
 fn create(image: &str) -> pb::CreateContainerRequest {
@@ -130,7 +151,7 @@ async fn signed_images_run_pinned_and_unsigned_ones_follow_the_mode_of_their_reg
     if !busybox_image().await {
         return;
     }
-    let Some(registry) = start_registry().await else {
+    let Some(registry) = start_registry(None).await else {
         return;
     };
     let port = registry.port;
@@ -269,6 +290,73 @@ signature_mode = "monitor"
         assert!(docker(&["rmi", name]).await.0, "docker rmi {name}");
     }
     docker(&["rmi", other_image]).await;
+}
+
+#[tokio::test]
+async fn logins_come_from_the_config_or_a_docker_config_file() {
+    if !busybox_image().await {
+        return;
+    }
+    let Some(registry) = start_registry(Some(("ci", "s3cret"))).await else {
+        return;
+    };
+    let host = format!("127.0.0.1:{}", registry.port);
+    let image = format!("{host}/test/private:v1");
+
+    // `docker login` into a config directory of the test's own (never root's).
+    let logins = tempfile::tempdir().unwrap();
+    let dir = logins.path().display().to_string();
+    let (ok, out) = docker(&["--config", &dir, "login", "-u", "ci", "-p", "s3cret", &host]).await;
+    assert!(ok, "docker login: {out}");
+    push_as(BUSYBOX_IMAGE, &image, Some(logins.path())).await;
+    let auth = RegistryAuth::Basic("ci".into(), "s3cret".into());
+    let digest = digest_as(&host, "test/private", "v1", &auth).await;
+    let key = SigningKey::from_slice(&[7; 32]).unwrap();
+    sign_as(&host, "test/private", &digest, &key, &auth).await;
+
+    let with = |login: &str| {
+        let config = TestConfig::new(&format!(
+            r#"
+[docker.registry]
+allowed_registries = ["docker.io", "{host}"]
+verify_signatures = true
+cosign_public_keys = ["{{dir}}/cosign.pub"]
+{login}
+"#
+        ));
+        let pem = key.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        std::fs::write(config.dir.path().join("cosign.pub"), pem).unwrap();
+        std::fs::write(config.dir.path().join("password"), "s3cret\n").unwrap();
+        config
+    };
+    let pinned = format!("{host}/test/private@{digest}");
+    let from_file = format!("docker_config_file = \"{dir}/config.json\"");
+    let from_config =
+        format!("[docker.registry.registries.\"{host}\"]\nusername = \"ci\"\npassword_file = \"{{dir}}/password\"");
+    for login in [from_config.as_str(), from_file.as_str()] {
+        let config = with(login);
+        let (_service, mut client) = start_service(&config).await;
+        // The pull too needs the login: the engine must not have the image yet.
+        docker(&["rmi", &pinned]).await;
+        let created = client.create(create(&image)).await.unwrap().into_inner();
+        assert_eq!(created.image, pinned, "{login}");
+        assert!(created.image_signature.starts_with("verified: "), "{created:?}");
+        let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+        assert!(metrics.contains("executor_container_runtime_image_pulls_total{result=\"ok\"} 1"), "{metrics}");
+        e2e::runtime::remove_all(&mut client).await;
+    }
+
+    // Without a login the registry says no, and enforce refuses.
+    let config = with("");
+    let (_service, mut client) = start_service(&config).await;
+    let err = client.create(create(&image)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("registry lookup failed") && err.message().contains("uthorized"),
+        "{}",
+        err.message()
+    );
+    docker(&["rmi", &pinned]).await;
 }
 
 /// Awaits every task, in order.
