@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -83,6 +83,10 @@ load:
 ## Faults under load: kill -9 of every service, a torn grants file, a full data disk (docs/reliability.md).
 faults:
 	$(CARGO) xtask faults
+
+## Create with verify_signatures (signed image, local registry) against a create without.
+bench-signatures:
+	$(CARGO) xtask bench-signatures
 
 ## validator-access's SSH server against the distribution's sshd (needs openssh-server).
 bench-ssh:

@@ -333,6 +333,8 @@ pub async fn busybox_image() -> bool {
     true
 }
 
+pub mod registry;
+
 /// Helpers for tests of container-runtime as a process on its socket.
 pub mod runtime {
     use std::time::Duration;

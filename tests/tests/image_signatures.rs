@@ -7,135 +7,13 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::time::Duration;
-
-use base64::Engine as _;
-use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
+use e2e::registry::{
+    RegistryAuth, SigningKey, digest_as, digest_of, public_key_pem, push, push_as, sign, sign_as, start_registry,
+};
 use e2e::runtime::{docker, request, start_service};
-use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image, free_port, require_tool};
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use p256::ecdsa::signature::Signer as _;
-use p256::ecdsa::{Signature, SigningKey};
-use p256::pkcs8::EncodePublicKey as _;
-use sha2::Digest as _;
+use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image};
 use tonic::Code;
-
-/// A `docker-registry` on a free loopback port, its storage in a temporary directory.
-struct Registry {
-    child: tokio::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
-/// A registry; with `login`, only that user (and password) may pull or push.
-async fn start_registry(login: Option<(&str, &str)>) -> Option<Registry> {
-    let binary = Path::new("/usr/bin/docker-registry");
-    if !require_tool("docker-registry (the distribution's registry)", binary.exists()) {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("config.yml");
-    let mut text = format!(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-        dir.path().join("data").display()
-    );
-    if let Some((user, password)) = login {
-        let htpasswd = dir.path().join("htpasswd");
-        std::fs::write(&htpasswd, format!("{user}:{}\n", bcrypt::hash(password, 5).unwrap())).unwrap();
-        text.push_str(&format!("auth:\n  htpasswd:\n    realm: test\n    path: {}\n", htpasswd.display()));
-    }
-    std::fs::write(&config, text).unwrap();
-    let child = ProcessSpec::new(binary).arg("serve").arg(&config).spawn_supervised().unwrap();
-    let registry = Registry { child, port, _dir: dir };
-    for _ in 0..100 {
-        if matches!(e2e::http_get(port, "/v2/").await, Ok((200 | 401, _))) {
-            return Some(registry);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("docker-registry did not answer on 127.0.0.1:{port}");
-}
-
-/// Tags `local` as `name` and pushes it; the local tag is removed again so that a create has
-/// to pull it through the engine.
-async fn push(local: &str, name: &str) {
-    push_as(local, name, None).await;
-}
-
-/// As [`push`], with the Docker client config (logins) in `config_dir`.
-async fn push_as(local: &str, name: &str, config_dir: Option<&Path>) {
-    assert!(docker(&["tag", local, name]).await.0, "docker tag {name}");
-    let dir = config_dir.map(|d| d.display().to_string());
-    let args: Vec<&str> = match &dir {
-        Some(dir) => vec!["--config", dir, "push", name],
-        None => vec!["push", name],
-    };
-    let (ok, out) = docker(&args).await;
-    assert!(ok, "docker push {name}: {out}");
-    assert!(docker(&["rmi", name]).await.0, "docker rmi {name}");
-}
-
-fn oci() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Client::new(ClientConfig { protocol: ClientProtocol::Http, ..Default::default() })
-}
-
-/// The manifest digest `repo:tag` resolves to, computed from the bytes the registry serves.
-async fn digest_of(registry: &str, repo: &str, tag: &str) -> String {
-    digest_as(registry, repo, tag, &RegistryAuth::Anonymous).await
-}
-
-async fn digest_as(registry: &str, repo: &str, tag: &str, auth: &RegistryAuth) -> String {
-    let reference = Reference::with_tag(registry.into(), repo.into(), tag.into());
-    let accept = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"];
-    let (bytes, _) = oci().pull_manifest_raw(&reference, auth, &accept).await.unwrap();
-    format!("sha256:{}", hex(&sha2::Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Stores a cosign signature of `digest` by `key` in `registry/repo`, as `cosign sign --key`
-/// does: tag `sha256-<hex>.sig`, one simple-signing layer, the signature in its annotation.
-async fn sign(registry: &str, repo: &str, digest: &str, key: &SigningKey) {
-    sign_as(registry, repo, digest, key, &RegistryAuth::Anonymous).await;
-}
-
-async fn sign_as(registry: &str, repo: &str, digest: &str, key: &SigningKey, auth: &RegistryAuth) {
-    let payload = serde_json::json!({
-        "critical": {
-            "identity": {"docker-reference": format!("{registry}/{repo}")},
-            "image": {"docker-manifest-digest": digest},
-            "type": "cosign container image signature",
-        },
-        "optional": null,
-    })
-    .to_string();
-    let signature: Signature = key.sign(payload.as_bytes());
-    let annotation = base64::engine::general_purpose::STANDARD.encode(signature.to_der().as_bytes());
-    let layer = ImageLayer::new(
-        payload.into_bytes(),
-        "application/vnd.dev.cosign.simplesigning.v1+json".into(),
-        Some(BTreeMap::from([("dev.cosignproject.cosign/signature".to_owned(), annotation)])),
-    );
-    let config = Config::new(b"{}".to_vec(), "application/vnd.oci.image.config.v1+json".into(), None);
-    let tag = format!("{}.sig", digest.replace(':', "-"));
-    let reference = Reference::with_tag(registry.into(), repo.into(), tag);
-    oci().push(&reference, &[layer], config, auth, None).await.unwrap();
-}
 
 fn create(image: &str) -> pb::CreateContainerRequest {
     pb::CreateContainerRequest { image: image.to_owned(), ..request("sleep 30") }
@@ -195,7 +73,7 @@ signature_mode = "warn"
 signature_mode = "monitor"
 "#
     ));
-    let pem = trusted.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+    let pem = public_key_pem(&trusted);
     std::fs::write(config.dir.path().join("cosign.pub"), pem).unwrap();
     let (_service, mut client) = start_service(&config).await;
 
@@ -324,7 +202,7 @@ cosign_public_keys = ["{{dir}}/cosign.pub"]
 {login}
 "#
         ));
-        let pem = key.verifying_key().to_public_key_pem(p256::pkcs8::LineEnding::LF).unwrap();
+        let pem = public_key_pem(&key);
         std::fs::write(config.dir.path().join("cosign.pub"), pem).unwrap();
         std::fs::write(config.dir.path().join("password"), "s3cret\n").unwrap();
         config

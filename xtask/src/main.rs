@@ -11,6 +11,8 @@
 //!   scrape latency (p50, p99), beside the distribution's node_exporter when it is installed.
 //! - `bench-containers`: release build; create-to-running latency through container-runtime's
 //!   API against `docker run -d` of the same image, median of 30, side by side.
+//! - `bench-signatures`: release build; a create with `verify_signatures` (a signed image in a
+//!   local registry) beside one without, median of 30, interleaved.
 //! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
 //!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
 //!   same process with authentication left out.
@@ -19,6 +21,7 @@
 //!   time to verify it and a 4096-dim product.
 
 mod bench_api;
+mod bench_signatures;
 mod config_doc;
 mod dist;
 mod faults;
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
+        Some("bench-signatures") => runtime.block_on(bench_signatures::bench_signatures()),
         Some("load") => runtime.block_on(load::load()),
         Some("faults") => runtime.block_on(faults::faults()),
         Some("bench-startup") => {
@@ -54,7 +58,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-ssh | load | faults | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | load | faults | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
@@ -93,7 +97,7 @@ fn children(pid: u32) -> anyhow::Result<Vec<u32>> {
     Ok(kids)
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
