@@ -494,7 +494,7 @@ async fn prometheus_scrapes_every_service_with_the_shipped_config() {
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap().clone())
             .collect();
-        if list.len() == 8 && list.iter().all(|r| r["health"] == "ok") {
+        if list.len() == 10 && list.iter().all(|r| r["health"] == "ok") {
             break list;
         }
         assert!(std::time::Instant::now() < deadline, "rules not all healthy: {list:?}");
@@ -534,6 +534,7 @@ async fn prometheus_scrapes_every_service_with_the_shipped_config() {
         "executor_api_connections",
         "executor_api_request_duration_seconds",
         "executor_container_runtime_creates_total",
+        "executor_container_runtime_image_verifications_total",
         "executor_validator_access_auth_failures_total",
         "executor_gpu_utilization_ratio",
         "executor_gpu_power_watts",
