@@ -65,9 +65,9 @@ python-tests: build venv
 
 ## Fuzz targets of fuzz/ (docs/reliability.md): config, image references, attestor messages,
 ## report verification, the SSH command allow-list, signed request metadata. `make test` runs
-## each for FUZZ_SECONDS; long runs by hand, e.g. `make fuzz FUZZ_SECONDS=3600 FUZZ_BUILD=--release`.
+## each for FUZZ_SECONDS; long runs by hand, e.g. `make fuzz FUZZ_SECONDS=3600`.
 FUZZ_SECONDS ?= 5
-FUZZ_BUILD ?= --dev
+FUZZ_BUILD ?= --release
 FUZZ_TARGETS := config image_reference attestor_message report_verify ssh_command signed_metadata
 fuzz: fuzz-tools
 	FUZZ_BUILD=$(FUZZ_BUILD) scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
