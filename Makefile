@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -75,6 +75,11 @@ fuzz: fuzz-tools
 ## cargo-fuzz, installed once (stable Rust is enough: see scripts/fuzz.sh).
 fuzz-tools:
 	@scripts/ensure-cargo-fuzz.sh
+
+## Every benchmark below beside its baseline, one after another, then a summary
+## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
+bench: docker packages
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-ssh bench-api
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
