@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -23,7 +23,7 @@ dist:
 	$(CARGO) xtask dist
 
 ## Everything CI runs.
-test: setup lint build unit-tests python-tests
+test: setup lint build unit-tests python-tests fuzz
 
 setup: docker packages venv
 
@@ -63,6 +63,24 @@ unit-tests: build
 python-tests: build venv
 	$(PYTHON) -m pytest -q tests/python
 
+## Fuzz targets of fuzz/ (docs/reliability.md): config, image references, attestor messages,
+## report verification, the SSH command allow-list, signed request metadata. `make test` runs
+## each for FUZZ_SECONDS; long runs by hand, e.g. `make fuzz FUZZ_SECONDS=3600`.
+FUZZ_SECONDS ?= 5
+FUZZ_BUILD ?= --release
+FUZZ_TARGETS := config image_reference attestor_message report_verify ssh_command signed_metadata
+fuzz: fuzz-tools
+	FUZZ_BUILD=$(FUZZ_BUILD) scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+## cargo-fuzz, installed once (stable Rust is enough: see scripts/fuzz.sh).
+fuzz-tools:
+	@scripts/ensure-cargo-fuzz.sh
+
+## Every benchmark below beside its baseline, one after another, then a summary
+## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
+bench: docker packages
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api
+
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
 	$(CARGO) xtask bench-startup
@@ -80,7 +98,8 @@ bench-containers:
 load:
 	$(CARGO) xtask load
 
-## Faults under load: kill -9 of every service, a torn grants file, a full data disk (docs/reliability.md).
+## Faults under load: kill -9 of every service, a Docker engine restart, a torn grants file, a full
+## data disk (docs/reliability.md).
 faults:
 	$(CARGO) xtask faults
 
@@ -102,4 +121,4 @@ bench-gpow:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var fuzz/target

@@ -2,6 +2,9 @@
 //! calls keep coming, and must come back whole each time:
 //! - every service `kill -9`ed repeatedly: the launcher restarts it, `/health` is 200 again,
 //!   and the same containers and grants are there (none lost, none doubled);
+//! - the Docker engine restarted the way `scripts/ensure-docker.sh` runs it (systemd, the init
+//!   script, or a `dockerd` of its own): the node is healthy again, lists the same containers
+//!   (our ids and Docker's), those that were running run again, and no grant is lost;
 //! - the grants file torn while validator-access is down: restored from its last good copy;
 //! - the data directory full (a 2 MiB tmpfs filled up): a new grant is refused with an error
 //!   and nothing stored is lost; once space is back, grants work again.
@@ -43,9 +46,10 @@ async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic
         .await
 }
 
-async fn state(client: &ExecutorClient) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+/// Containers (our id and Docker's, so a re-created container shows) and grant ids, sorted.
+async fn state(client: &ExecutorClient) -> anyhow::Result<(Vec<(String, String)>, Vec<String>)> {
     let containers = client.list_containers(runtime::ListContainersRequest { all: true, owner: String::new() }).await?;
-    let mut ids: Vec<String> = containers.containers.into_iter().map(|c| c.id).collect();
+    let mut ids: Vec<(String, String)> = containers.containers.into_iter().map(|c| (c.id, c.docker_id)).collect();
     ids.sort();
     let grants = client.list_validator_grants(access::ListGrantsRequest {}).await?;
     let mut grant_ids: Vec<String> = grants.grants.into_iter().map(|g| g.grant_id).collect();
@@ -67,6 +71,57 @@ async fn recovered(node: &Node, health_port: u16) -> anyhow::Result<Duration> {
     }
 }
 
+/// Our ids of the containers the node lists as running.
+async fn running(client: &ExecutorClient) -> anyhow::Result<Vec<String>> {
+    let containers = client.list_containers(runtime::ListContainersRequest { all: true, owner: String::new() }).await?;
+    let mut ids: Vec<String> = containers
+        .containers
+        .into_iter()
+        .filter(|c| c.state == runtime::ContainerState::Running as i32)
+        .map(|c| c.id)
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Whether `program args` exits 0 (false when it cannot run at all).
+async fn succeeds(program: &str, args: &[&str]) -> bool {
+    let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(120), 1 << 16).await;
+    out.is_ok_and(|o| o.status.success())
+}
+
+/// Restarts the Docker engine the way `scripts/ensure-docker.sh` starts it: through systemd
+/// when it runs, else the init script when that one manages the engine, else the engine runs
+/// on its own: SIGTERM to the pid in /var/run/docker.pid, then the script starts it again.
+/// Returns how, and how long the engine did not answer.
+async fn restart_docker(root: &std::path::Path) -> anyhow::Result<(&'static str, Duration)> {
+    let started = Instant::now();
+    let how = if succeeds("systemctl", &["is-system-running"]).await {
+        crate::run_checked("systemctl", &["restart", "docker"]).await?;
+        "systemctl restart docker"
+    } else if succeeds("service", &["docker", "status"]).await {
+        ProcessSpec::new("service").args(["docker", "restart"]).output(Duration::from_secs(120), 1 << 16).await?;
+        "service docker restart"
+    } else {
+        let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
+            .context("no systemd, no init script, and no /var/run/docker.pid")?
+            .trim()
+            .parse()
+            .context("/var/run/docker.pid")?;
+        send_signal(pid as u32, Signal::SIGTERM)?;
+        // dockerd stops its containers first (up to their stop timeout), then exits.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+            ensure!(Instant::now() < deadline, "dockerd {pid} still running 90 s after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        "SIGTERM to dockerd, then scripts/ensure-docker.sh"
+    };
+    let script = root.join("scripts/ensure-docker.sh");
+    crate::run_checked(&script.display().to_string(), &[]).await?;
+    Ok((how, started.elapsed()))
+}
+
 pub(crate) async fn faults() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let out = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -86,6 +141,10 @@ pub(crate) async fn faults() -> anyhow::Result<()> {
     crate::run_checked("mount", &["-t", "tmpfs", "-o", "size=2m,mode=0700", "faults", &data.display().to_string()])
         .await?;
     let result = run(&root, config).await;
+    // Whatever happened, leave an engine running for whoever comes next.
+    if result.is_err() {
+        let _ = crate::run_checked(&root.join("scripts/ensure-docker.sh").display().to_string(), &[]).await;
+    }
     let _ = crate::run_checked("umount", &["-l", &data.display().to_string()]).await;
     result
 }
@@ -97,7 +156,7 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     let key = HotkeyPair::parse(e2e::ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
     let executor_id = client.identity().await?.executor_id;
-    let result = hurt(&node, &client, &data, health).await;
+    let result = hurt(root, &node, &client, &data, health).await;
     // Whatever happened, leave nothing of this executor in Docker.
     let label = format!("label=ai.basilica.executor.executor_id={executor_id}");
     for kind in ["container", "network"] {
@@ -114,9 +173,16 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     result
 }
 
-async fn hurt(node: &Node, client: &Arc<ExecutorClient>, data: &std::path::Path, health: u16) -> anyhow::Result<()> {
-    for _ in 0..3 {
-        client
+async fn hurt(
+    root: &std::path::Path,
+    node: &Node,
+    client: &Arc<ExecutorClient>,
+    data: &std::path::Path,
+    health: u16,
+) -> anyhow::Result<()> {
+    // Two running, one only created: an engine restart must bring back exactly the first two.
+    for n in 0..3 {
+        let created = client
             .create_container(runtime::CreateContainerRequest {
                 image: e2e::BUSYBOX_IMAGE.into(),
                 command: vec!["sleep".into(), "3600".into()],
@@ -124,6 +190,9 @@ async fn hurt(node: &Node, client: &Arc<ExecutorClient>, data: &std::path::Path,
                 ..Default::default()
             })
             .await?;
+        if n < 2 {
+            client.start_container(runtime::ContainerRef { id: created.id }).await?;
+        }
     }
     for seed in 1..=3 {
         grant(client, seed).await?;
@@ -167,6 +236,42 @@ async fn hurt(node: &Node, client: &Arc<ExecutorClient>, data: &std::path::Path,
             times[times.len() - 1]
         );
     }
+
+    // The Docker engine restarted under the node: what an operator does to upgrade it. Tenants
+    // expect their containers back as they were: the same ones, running again.
+    let was_running = running(client).await?;
+    ensure!(was_running.len() == 2, "expected 2 running containers before the engine restart, got {was_running:?}");
+    let firewall = || succeeds("iptables", &["-w", "-C", "INPUT", "-i", "bas-+", "-j", "DROP"]);
+    let firewall_before = firewall().await;
+    let (how, down) = restart_docker(root).await?;
+    let engine_back = Instant::now();
+    loop {
+        let healthy = recovered(node, health).await.is_ok();
+        if healthy
+            && state(client).await.is_ok_and(|s| s == before)
+            && running(client).await.is_ok_and(|r| r == was_running)
+        {
+            break;
+        }
+        ensure!(
+            engine_back.elapsed() < Duration::from_secs(120),
+            "120 s after the Docker engine restart: healthy {healthy}, containers {:?} (before {:?}), running {:?} (before {:?})",
+            state(client).await.map(|s| s.0).unwrap_or_default(),
+            before.0,
+            running(client).await.unwrap_or_default(),
+            was_running
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed_in = engine_back.elapsed();
+    ensure!(!firewall_before || firewall().await, "the host firewall rule for tenant bridges is gone");
+    println!(
+        "Docker engine restart ({how}): engine back after {down:?}; node healthy, the same {} containers and {} grants, the {} that ran running again {resumed_in:?} after the engine answered{}",
+        before.0.len(),
+        before.1.len(),
+        was_running.len(),
+        if firewall_before { ", host firewall rules in place" } else { "" }
+    );
 
     // The grants file torn while validator-access is down.
     let status = node.status().await.map_err(anyhow::Error::msg)?;

@@ -187,6 +187,37 @@ impl Runtime {
         Ok(())
     }
 
+    /// After an engine restart: starts again the containers of ours in `stopped` (those the
+    /// engine signalled on its way down) unless this process stopped them itself or they died
+    /// of memory, and shapes them again. Returns the ids started.
+    pub async fn resume(&self, stopped: &[String]) -> Vec<String> {
+        let mut resumed = Vec::new();
+        for id in stopped {
+            if self.engine.stopped_by_us(id) {
+                continue;
+            }
+            let Ok(inspect) = self.ours(id).await else { continue };
+            let state = inspect.state.as_ref();
+            let running = state.and_then(|s| s.running).unwrap_or(false);
+            if running || state.and_then(|s| s.oom_killed).unwrap_or(false) {
+                continue;
+            }
+            if let Err(e) = self.engine.start(id).await {
+                tracing::error!(id, error = %e, "cannot start a container again after the engine restart");
+                continue;
+            }
+            if let Ok(inspect) = self.ours(id).await
+                && let Err(e) = self.shape(&inspect).await
+            {
+                tracing::error!(id, error = %e, "cannot shape a resumed container; stopping it");
+                let _ = self.engine.stop(id, 10).await;
+                continue;
+            }
+            resumed.push(id.clone());
+        }
+        resumed
+    }
+
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
     /// over its limit, recording why. Returns the ids stopped.
     pub async fn enforce_gpu_memory(&self) -> Result<Vec<String>, Status> {

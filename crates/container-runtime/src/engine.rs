@@ -1,14 +1,16 @@
 //! The Docker engine, through bollard: create hardened containers from a [`ContainerSpec`],
 //! start, stop, remove, and find the containers that are ours (by label, never by name).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use bollard::Docker;
-use bollard::models::ContainerSummary;
+use bollard::models::{ContainerSummary, EventMessage};
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, EventsOptions, ListContainersOptions, RemoveContainerOptions, StartContainerOptions,
+    StopContainerOptions,
 };
 use common::config::DockerConfig;
 
@@ -36,6 +38,9 @@ pub struct Engine {
     disk_device: Option<String>,
     /// CPUs the engine can give a container.
     host_cpus: f64,
+    /// Containers this process asked the engine to stop (until they are removed or started):
+    /// never resumed after an engine restart.
+    stopped_by_us: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Engine {
@@ -45,7 +50,7 @@ impl Engine {
         let info = docker.info().await.map_err(EngineError::Engine)?;
         let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
         let host_cpus = info.ncpu.filter(|n| *n > 0).map_or(1.0, |n| n as f64);
-        Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device, host_cpus })
+        Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device, host_cpus, stopped_by_us: Arc::default() })
     }
 
     pub fn host_cpus(&self) -> f64 {
@@ -152,6 +157,7 @@ impl Engine {
     }
 
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        self.stopped_by_us.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         self.docker
             .start_container(id, None::<StartContainerOptions>)
             .await
@@ -160,6 +166,7 @@ impl Engine {
 
     /// SIGTERM, then SIGKILL after `timeout_seconds`.
     pub async fn stop(&self, id: &str, timeout_seconds: i32) -> Result<(), EngineError> {
+        self.stopped_by_us.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned());
         let options = StopContainerOptions { t: Some(timeout_seconds), ..StopContainerOptions::default() };
         self.docker
             .stop_container(id, Some(options))
@@ -167,7 +174,23 @@ impl Engine {
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })
     }
 
+    /// Whether this process stopped `id` (and has not started it since).
+    pub fn stopped_by_us(&self, id: &str) -> bool {
+        self.stopped_by_us.lock().unwrap_or_else(|e| e.into_inner()).contains(id)
+    }
+
+    /// Events of our containers as they happen. The stream ends when the engine's API goes
+    /// away, which is how an engine restart is noticed at once (see `Runtime::resume`).
+    pub fn events(&self) -> impl tokio_stream::Stream<Item = Result<EventMessage, bollard::errors::Error>> + use<> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("label".to_owned(), vec![format!("{LABEL_EXECUTOR}={}", self.executor_id)]),
+        ]);
+        self.docker.events(Some(EventsOptions { filters: Some(filters), ..EventsOptions::default() }))
+    }
+
     pub async fn remove(&self, id: &str, force: bool) -> Result<(), EngineError> {
+        self.stopped_by_us.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let options = RemoveContainerOptions { force, v: true, ..RemoveContainerOptions::default() };
         self.docker
             .remove_container(id, Some(options))

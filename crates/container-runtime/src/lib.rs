@@ -179,8 +179,11 @@ impl Service for ContainerRuntime {
             "executor_container_runtime_create_duration_seconds",
             "Time to create a container (validation, pull, network, create)."
         );
+        let follow = follow_engine(&self.runtime, ctx.config().docker.network_config.enable_isolation);
+        tokio::pin!(follow);
         loop {
             tokio::select! {
+                () = &mut follow => {}
                 _ = reap.tick() => {
                     match reaper::reap_once(&self.runtime).await {
                         Ok(round) => {
@@ -215,5 +218,57 @@ impl Service for ContainerRuntime {
                 }
             }
         }
+    }
+}
+
+/// How long before the engine's API went away a kill by the engine counts as part of its
+/// shutdown: dockerd stops containers (SIGTERM, SIGKILL after their 10 s stop timeout, within
+/// its 15 s shutdown timeout) before it closes its API.
+const ENGINE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(30);
+
+/// Follows the engine's events of our containers. The stream ends when the engine goes away
+/// (a restart, an upgrade); the containers it killed just before are the ones it stopped on
+/// the way down. Once the engine answers again they are started and shaped again, and the host
+/// firewall rules put back if they went. Never returns.
+async fn follow_engine(runtime: &api::Runtime, isolation: bool) {
+    use tokio_stream::StreamExt;
+    loop {
+        // Our id → when the engine signalled the container (`kill`, without being asked by us).
+        let mut killed: std::collections::HashMap<String, tokio::time::Instant> = std::collections::HashMap::new();
+        let events = runtime.engine().events();
+        tokio::pin!(events);
+        while let Some(Ok(event)) = events.next().await {
+            let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let Some(id) = attributes.get(spec::LABEL_ID) else { continue };
+            match event.action.as_deref() {
+                Some("kill") => {
+                    killed.insert(id.clone(), tokio::time::Instant::now());
+                }
+                Some("start" | "destroy") => {
+                    killed.remove(id);
+                }
+                _ => {}
+            }
+            killed.retain(|_, at| at.elapsed() <= ENGINE_SHUTDOWN_WINDOW);
+        }
+        let stopped: Vec<String> =
+            killed.into_iter().filter(|(_, at)| at.elapsed() <= ENGINE_SHUTDOWN_WINDOW).map(|(id, _)| id).collect();
+        let lost = tokio::time::Instant::now();
+        while runtime.engine().docker().ping().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if lost.elapsed() > Duration::from_millis(500) || !stopped.is_empty() {
+            if isolation && let Err(e) = firewall::ensure().await {
+                tracing::error!(error = %e, "cannot put the host firewall rules back after the engine restart");
+            }
+            let resumed = runtime.resume(&stopped).await;
+            tracing::warn!(
+                down_ms = lost.elapsed().as_millis() as u64,
+                resumed = ?resumed,
+                "the Docker engine went away and is back; containers it stopped are running again"
+            );
+        }
+        // A stream that ends at once with the engine up (an old engine, a proxy) is not retried hot.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -80,9 +80,6 @@ impl ImageRef {
         if name.is_empty() {
             return Err(invalid(name, "name"));
         }
-        if name.len() > MAX_NAME {
-            return Err(ReferenceError::TooLong(reference.to_owned()));
-        }
         let (registry, path) = match name.split_once('/') {
             Some((first, path))
                 if first.contains('.')
@@ -107,6 +104,11 @@ impl ImageRef {
             }
         }
         let repository = if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path };
+        // Docker limits the normalised name (`docker.io/library/…`), not the text as given: a
+        // name that fits only before normalisation would be refused by the engine later.
+        if registry.len() + 1 + repository.len() > MAX_NAME {
+            return Err(ReferenceError::TooLong(reference.to_owned()));
+        }
         Ok(Self { registry, repository, tag, digest })
     }
 
@@ -310,6 +312,12 @@ mod tests {
         check("-host.io/x", "not a valid registry host");
         check("[zz]:5000/x", "not a valid registry host");
         check(&format!("ghcr.io/{}", "a".repeat(260)), "longer than 255");
+        // Found by `make fuzz` (image_reference): the limit is on the normalised name, so a
+        // name that fits only before `docker.io/library/` is added is refused here, as Docker
+        // refuses it, and every accepted reference reparses from its canonical form.
+        check(&"a".repeat(240), "longer than 255");
+        check(&"a".repeat(237), &format!("docker.io/library/{}:latest", "a".repeat(237)));
+        check(&format!("index.docker.io/x/{}", "a".repeat(240)), &format!("docker.io/x/{}:latest", "a".repeat(240)));
     }
 
     #[test]

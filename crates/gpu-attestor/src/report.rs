@@ -299,6 +299,21 @@ mod tests {
         bad.sign(&identity);
         assert!(matches!(bad.verify(), Err(ReportError::Proof(VerifyError::Freivalds { .. }))));
 
+        // Found while writing the report_verify fuzz target: an interactive report signed by its
+        // own key, sampling a product that does not exist with an empty `r` (so Freivalds holds
+        // trivially), panicked on the product root lookup. Now it is an error.
+        let mut bad = good.clone();
+        bad.sample_mode = SampleMode::Interactive;
+        bad.samples = vec![ProductSample { index: 9, r: Vec::new(), rows: Vec::new() }];
+        bad.openings = vec![ProductOpening { index: 9, y: vec![0; 32], rows: Vec::new() }];
+        bad.sign(&identity);
+        assert_eq!(bad.verify(), Err(ReportError::Proof(VerifyError::BadSample { product: 9 })));
+        // The same with a real product and a short `r`: accepted before, it proves nothing.
+        bad.samples[0].index = 0;
+        bad.openings[0].index = 0;
+        bad.sign(&identity);
+        assert_eq!(bad.verify(), Err(ReportError::Proof(VerifyError::BadSample { product: 0 })));
+
         // Unknown fields are refused.
         let extra = json.replacen('{', r#"{"extra":1,"#, 1);
         assert!(serde_json::from_str::<Report>(&extra).is_err());

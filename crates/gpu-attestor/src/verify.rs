@@ -57,6 +57,8 @@ pub enum VerifyError {
     Root,
     #[error("{got} openings for {expected} sampled products")]
     OpeningCount { got: usize, expected: usize },
+    #[error("sampled product {product}: not a product of the challenge, or r does not have n entries")]
+    BadSample { product: u32 },
     #[error("opening {position} is for product {got}, product {expected} was sampled")]
     WrongProduct { position: usize, got: u32, expected: u32 },
     #[error("product {product}: y has {got} entries, expected {expected}")]
@@ -177,6 +179,11 @@ pub fn check_openings(
     let mut buf = Vec::new();
     for (position, (sample, opening)) in samples.iter().zip(openings).enumerate() {
         let p = sample.index;
+        // A report's samples are data like the rest: an interactive one was chosen by the
+        // validator, but whoever verifies the report later must not trust their shape.
+        if p >= params.count || sample.r.len() != n {
+            return Err(VerifyError::BadSample { product: p });
+        }
         if opening.index != p {
             return Err(VerifyError::WrongProduct { position, got: opening.index, expected: p });
         }
