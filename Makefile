@@ -68,7 +68,7 @@ python-tests: build venv
 ## each for FUZZ_SECONDS; long runs by hand, e.g. `make fuzz FUZZ_SECONDS=3600`.
 FUZZ_SECONDS ?= 5
 FUZZ_BUILD ?= --release
-FUZZ_TARGETS := config image_reference attestor_message report_verify ssh_command signed_metadata
+FUZZ_TARGETS := config image_reference attestor_message report_verify ssh_command signed_metadata cosign_payload
 fuzz: fuzz-tools
 	FUZZ_BUILD=$(FUZZ_BUILD) scripts/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
