@@ -34,7 +34,9 @@ pub struct Admitted {
 pub struct Admission {
     config: RegistryConfig,
     docker: Docker,
-    client: oci_client::Client,
+    /// The registry client for signature lookups; only built when signatures are verified (it
+    /// loads the system's CA certificates, which a host that never verifies need not have).
+    client: Option<oci_client::Client>,
     credentials: Credentials,
     /// Trusted keys by registry host, for the registries that are verified.
     keys: BTreeMap<String, Vec<TrustedKey>>,
@@ -101,7 +103,10 @@ impl Admission {
         let registry = config.docker.registry.clone();
         let keys = load_keys(&registry)?;
         let credentials = Credentials::load(&registry)?;
-        let client = signatures::client(&registry.allowed_registries, registry.pull_timeout)?;
+        let client = match registry.verify_signatures {
+            true => Some(signatures::client(&registry.allowed_registries, registry.pull_timeout)?),
+            false => None,
+        };
         let audit = Audit::open(&config.data_dir, common::ServiceName::ContainerRuntime)
             .map_err(|e| format!("audit log: {e}"))?;
         Ok(Self { config: registry, docker, client, credentials, keys, audit, in_flight: Mutex::new(HashMap::new()) })
@@ -131,19 +136,17 @@ impl Admission {
             tracing::error!(error = %e, registry = %image.registry, "registry credentials");
             Status::failed_precondition(format!("image: no usable credentials for {}: {e}", image.registry))
         })?;
-        let admitted = match self.config.mode_for(&image.registry) {
-            None => Admitted { image: image.clone(), signature: String::new() },
-            Some(mode) => {
+        let admitted = match (self.config.mode_for(&image.registry), &self.client) {
+            (Some(mode), Some(client)) => {
                 let keys = self.keys.get(&image.registry).map(Vec::as_slice).unwrap_or_default();
                 let timeout = self.config.pull_timeout;
-                let verdict = tokio::time::timeout(
-                    timeout,
-                    signatures::verify(&self.client, &login.registry_auth(), image, keys),
-                )
-                .await
-                .unwrap_or(Verdict { digest: None, result: Err(Unverified::Timeout(timeout)) });
+                let verdict =
+                    tokio::time::timeout(timeout, signatures::verify(client, &login.registry_auth(), image, keys))
+                        .await
+                        .unwrap_or(Verdict { digest: None, result: Err(Unverified::Timeout(timeout)) });
                 self.decide(image, owner, mode, verdict)?
             }
+            _ => Admitted { image: image.clone(), signature: String::new() },
         };
         self.pull(&admitted.image, &login).await?;
         Ok(admitted)
