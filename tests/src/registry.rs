@@ -98,11 +98,7 @@ pub async fn digest_as(registry: &str, repo: &str, tag: &str, auth: &RegistryAut
     let reference = Reference::with_tag(registry.into(), repo.into(), tag.into());
     let accept = ["application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json"];
     let (bytes, _) = oci().pull_manifest_raw(&reference, auth, &accept).await.unwrap();
-    format!("sha256:{}", hex(&sha2::Sha256::digest(&bytes)))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)))
 }
 
 /// Stores a cosign signature of `digest` by `key` in `registry/repo`, as `cosign sign --key`

@@ -67,7 +67,7 @@ impl TrustedKey {
         let key = VerifyingKey::from_public_key_pem(text)
             .map_err(|e| format!("not an ECDSA P-256 public key in PEM (SPKI) form: {e}"))?;
         let der = p256::pkcs8::EncodePublicKey::to_public_key_der(&key).map_err(|e| e.to_string())?;
-        let id = format!("sha256:{}", &hex(&Sha256::digest(der.as_bytes()))[..16]);
+        let id = format!("sha256:{}", &hex::encode(Sha256::digest(der.as_bytes()))[..16]);
         Ok(Self { path: path.to_owned(), id, key })
     }
 
@@ -156,14 +156,9 @@ pub fn signature_tag(digest: &str) -> String {
     format!("{}.sig", digest.replacen(':', "-", 1))
 }
 
-/// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex(&Sha256::digest(bytes)))
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Whether Docker talks plain HTTP to this registry by default: loopback hosts.
