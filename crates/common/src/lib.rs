@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod process;
 pub mod proto;
 pub mod ratelimit;
+pub mod reason;
 pub mod service;
 pub mod telemetry;
 
