@@ -1,11 +1,19 @@
 //! Compiles `proto/` with protox (pure Rust, no `protoc`) and writes the descriptor set that
-//! the servers register for reflection.
-
-use std::path::PathBuf;
-
-use prost::Message;
+//! the servers register for reflection. Without the `service` feature (the standalone
+//! attestor) there are no protos to compile.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "service")]
+    compile_protos()?;
+    Ok(())
+}
+
+#[cfg(feature = "service")]
+fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
+    use std::path::PathBuf;
+
+    use prost::Message;
+
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "executor/launcher.proto",

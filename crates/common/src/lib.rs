@@ -1,20 +1,33 @@
 //! Pieces every executor process shares and no service logic: the configuration, generated
 //! protobuf types, the executor identity, hotkey verification, logging, metrics, Unix-socket
 //! gRPC helpers, process spawning, time, and the host that runs a service binary.
+//!
+//! Without the default `service` feature only the identity, hotkeys, processes and time are
+//! built: what the standalone `gpu-attestor` needs.
 
+#[cfg(feature = "service")]
 pub mod audit;
+#[cfg(feature = "service")]
 pub mod check;
 pub mod clock;
+#[cfg(feature = "service")]
 pub mod config;
+#[cfg(feature = "service")]
 pub mod grpc;
 pub mod hotkey;
 pub mod identity;
+#[cfg(feature = "service")]
 pub mod metrics;
 pub mod process;
+#[cfg(feature = "service")]
 pub mod proto;
+#[cfg(feature = "service")]
 pub mod ratelimit;
+#[cfg(feature = "service")]
 pub mod reason;
+#[cfg(feature = "service")]
 pub mod service;
+#[cfg(feature = "service")]
 pub mod telemetry;
 
 use std::path::{Path, PathBuf};
