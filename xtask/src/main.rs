@@ -4,6 +4,8 @@
 //!   (`target/dist/executor-<version>-x86_64-linux.tar.gz`, see `dist.rs`).
 //! - `config-reference [--check]`: the configuration reference in docs/executor.md, from the
 //!   doc comments of `common::config` (see `config_doc.rs`).
+//! - `invariants`: the architecture's boundaries (who links Docker, NVML, CUDA; the standalone
+//!   attestor; gRPC on the network only in executor-api), checked (see `invariants.rs`).
 //! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
 //!   is SERVING, beside a baseline that starts the same four services directly and in parallel
 //!   (no supervision); then the resident memory of the five idle processes.
@@ -25,6 +27,7 @@ mod bench_signatures;
 mod config_doc;
 mod dist;
 mod faults;
+mod invariants;
 mod load;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("dist") => runtime.block_on(dist::run(&args[1..])),
         Some("config-reference") => config_doc::run(&args[1..]),
+        Some("invariants") => runtime.block_on(invariants::run()),
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
@@ -58,7 +62,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | load | faults | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | load | faults | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
