@@ -1,58 +1,8 @@
-//! The attestor protocol (gpu-attestor `protocol.rs`): any line parses to a message or is an
-//! error, the reader turns any byte stream into messages or errors within its size limit, and a
-//! parsed message roundtrips through its JSON line unchanged.
+//! libFuzzer target `attestor_message`: the property is `fuzz/checks/attestor_message.rs`, which `make test` also
+//! replays over the corpus as an ordinary test (`tests/tests/fuzz_corpora.rs`).
 #![no_main]
 
-use std::sync::OnceLock;
-use std::time::Duration;
+#[path = "../checks/attestor_message.rs"]
+mod check;
 
-use gpu_attestor::params::Params;
-use gpu_attestor::protocol::{self, Message, ProtocolError, Reader};
-use libfuzzer_sys::fuzz_target;
-
-/// The reader's limit here: small, so the fuzzer reaches it.
-const LIMIT: usize = 4096;
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread().enable_time().build().expect("a current-thread runtime")
-    })
-}
-
-fuzz_target!(|data: &[u8]| {
-    match protocol::parse(data) {
-        Ok(message) => {
-            let line = serde_json::to_vec(&message).expect("a message serializes");
-            let again = protocol::parse(&line).expect("a serialized message parses");
-            assert_eq!(again, message);
-            match &message {
-                Message::Challenge { params, .. } => {
-                    if params.validate().is_ok() {
-                        let _ = params.check_memory(4, 1 << 30);
-                    }
-                }
-                Message::Open { samples } => {
-                    let _ = protocol::check_samples(&Params::plain(1, 16, 4), samples);
-                }
-                _ => {}
-            }
-        }
-        Err(e) => assert!(matches!(e, ProtocolError::Malformed(_) | ProtocolError::TooLong), "{e}"),
-    }
-
-    // The same bytes as a stream: every message read is well formed, and nothing over the
-    // limit is ever returned.
-    runtime().block_on(async {
-        let mut reader = Reader::with_limit(data, LIMIT);
-        for _ in 0..64 {
-            match reader.next("message", Duration::from_secs(5)).await {
-                Ok(message) => assert!(!message.kind().is_empty()),
-                Err(ProtocolError::Closed { .. }) => break,
-                Err(ProtocolError::Timeout { .. }) => panic!("a byte slice never blocks"),
-                Err(ProtocolError::TooLong) | Err(ProtocolError::Truncated { .. }) => break,
-                Err(_) => {}
-            }
-        }
-    });
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -1,43 +1,8 @@
-//! Image references (container-runtime `reference.rs`): any string either parses or is an
-//! error; a parsed reference reparses to itself from its canonical form, and its registry is
-//! exactly the host the text names (`docker.io.evil.com/x` is never `docker.io`).
+//! libFuzzer target `image_reference`: the property is `fuzz/checks/image_reference.rs`, which `make test` also
+//! replays over the corpus as an ordinary test (`tests/tests/fuzz_corpora.rs`).
 #![no_main]
 
-use container_runtime::reference::{DOCKER_HUB, ImageRef, RegistryPolicy};
-use libfuzzer_sys::fuzz_target;
+#[path = "../checks/image_reference.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    for default in [DOCKER_HUB, "127.0.0.1:5000"] {
-        let parsed = match ImageRef::parse(text, default) {
-            Ok(parsed) => parsed,
-            Err(e) => {
-                assert!(!e.to_string().is_empty());
-                continue;
-            }
-        };
-        let canonical = parsed.canonical();
-        let again = ImageRef::parse(&canonical, "other.invalid")
-            .unwrap_or_else(|e| panic!("`{text}` parsed to `{canonical}`, which does not reparse: {e}"));
-        assert_eq!(again.registry, parsed.registry, "{text}");
-        assert_eq!(again.repository, parsed.repository, "{text}");
-        assert_eq!(again.digest, parsed.digest, "{text}");
-        let tag = match (&parsed.tag, &parsed.digest) {
-            (None, None) => Some("latest".to_owned()),
-            (tag, _) => tag.clone(),
-        };
-        assert_eq!(again.tag, tag, "{text}");
-        assert_eq!(again.canonical(), canonical, "{text}");
-
-        // The registry is the default or literally the first path element of the text.
-        if parsed.registry != default {
-            let named = text.split('/').next().unwrap_or_default();
-            let named = if named == "index.docker.io" { DOCKER_HUB } else { named };
-            assert_eq!(parsed.registry, named, "{text}");
-        }
-        assert!(!parsed.registry.contains('/'), "{text}");
-        assert!(RegistryPolicy::new(std::slice::from_ref(&parsed.registry)).check(&parsed).is_ok());
-        let lookalike = format!("{}.evil.example", parsed.registry);
-        assert!(RegistryPolicy::new(&[lookalike]).check(&parsed).is_err(), "{text}");
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -1,45 +1,8 @@
-//! The strict-mode command allow-list (validator-access `ssh::allowed_command`): any line is
-//! either refused with a message or becomes an argv that is one of the allowed programs with
-//! allowed arguments; only `gpu-attestor challenge` signs, and then with our key path only.
+//! libFuzzer target `ssh_command`: the property is `fuzz/checks/ssh_command.rs`, which `make test` also
+//! replays over the corpus as an ordinary test (`tests/tests/fuzz_corpora.rs`).
 #![no_main]
 
-use std::path::Path;
+#[path = "../checks/ssh_command.rs"]
+mod check;
 
-use libfuzzer_sys::fuzz_target;
-use validator_access::ssh::allowed_command;
-
-const ATTESTOR: &str = "/opt/basilica/bin/gpu-attestor";
-const IDENTITY: &str = "/opt/basilica/data/executor_identity.key";
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(line) = std::str::from_utf8(data) else { return };
-    let planned = match allowed_command(line, Path::new(ATTESTOR), Path::new(IDENTITY)) {
-        Ok(planned) => planned,
-        Err(message) => {
-            assert!(!message.is_empty());
-            return;
-        }
-    };
-    let argv = &planned.argv;
-    assert!(!argv.is_empty(), "{line:?}");
-    assert!(argv.iter().all(|a| !a.is_empty() && !a.contains(char::is_whitespace)), "{line:?}: {argv:?}");
-    let args = &argv[1..];
-    match argv[0].as_str() {
-        ATTESTOR => {
-            let signs = args.first().map(String::as_str) == Some("challenge");
-            assert_eq!(planned.signs, signs, "{line:?}");
-            if signs {
-                // Exactly one identity argument, ours, appended last.
-                let identities = args.iter().filter(|a| a.starts_with("--identity")).count();
-                assert_eq!(identities, 1, "{line:?}: {argv:?}");
-                assert_eq!(&args[args.len() - 2..], ["--identity", IDENTITY], "{line:?}");
-            }
-        }
-        "nvidia-smi" => assert!(!args.iter().any(|a| matches!(a.as_str(), "-r" | "--gpu-reset" | "-pm"))),
-        "uname" => assert!(args.iter().all(|a| matches!(a.as_str(), "-a" | "-r" | "-m" | "-s"))),
-        "nproc" => assert!(args.is_empty(), "{line:?}"),
-        "cat" => assert!(matches!(args, [f] if f == "/proc/cpuinfo" || f == "/proc/meminfo"), "{line:?}"),
-        other => panic!("{line:?} runs `{other}`, which is not on the allow-list"),
-    }
-    assert!(argv[0] == ATTESTOR || !planned.signs, "{line:?}");
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));
