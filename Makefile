@@ -57,7 +57,9 @@ lint:
 build:
 	$(CARGO) build --workspace --all-targets
 
+# DIST_PROFILE: the deployment tests pack unoptimised binaries (see xtask/src/dist.rs).
 unit-tests: build
+	export DIST_PROFILE=dist-test; \
 	if command -v cargo-nextest >/dev/null; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
