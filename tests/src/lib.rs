@@ -1,6 +1,8 @@
-//! Harness for the cross-service tests: builds a config in a temporary directory with free
-//! ports, starts the real `executor` launcher from `target/<profile>/`, and talks to it the way
-//! operators do (control socket, HTTP health, metrics, signals).
+//! The test toolkit every test uses (the crate's tests, the other crates' integration tests,
+//! xtask): a config in a temporary directory with free ports, the real `executor` launcher from
+//! `target/<profile>/` driven the way operators do (control socket, HTTP health, metrics,
+//! signals); `keys` (the well-known test keys), `process` (run and capture, output as text),
+//! `sshd` (the distribution's sshd as a fixture), `runtime` and `registry` (Docker helpers).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -63,9 +65,7 @@ pub struct TestConfig {
     pub ports: Ports,
 }
 
-pub const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
-/// //Alice's secret seed: the key of `ALICE`, the test configs' miner hotkey.
-pub const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
+pub use keys::{ALICE, ALICE_SEED};
 
 impl TestConfig {
     pub fn new(launcher_extra: &str) -> Self {
@@ -333,7 +333,10 @@ pub async fn busybox_image() -> bool {
     true
 }
 
+pub mod keys;
+pub mod process;
 pub mod registry;
+pub mod sshd;
 
 /// Helpers for tests of container-runtime as a process on its socket.
 pub mod runtime {

@@ -7,21 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::process::{CapturedOutput, ProcessSpec};
+use e2e::process::{capture as run, text, which};
+use e2e::sshd::Sshd;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
-}
-
-async fn run(spec: ProcessSpec, timeout: Duration) -> CapturedOutput {
-    spec.output(timeout, 4 << 20).await.unwrap()
-}
-
-fn text(out: &CapturedOutput) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
 /// `systemd-analyze verify` in a root of its own holding the unit, the executor at its
@@ -87,11 +77,7 @@ async fn dist(out: &Path) -> PathBuf {
 
 fn sha256(path: &Path) -> String {
     use sha2::Digest;
-    hex(&sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 const BINARIES: [&str; 6] =
@@ -165,38 +151,20 @@ async fn dist_tarball_is_complete_and_reproducible() {
 struct TestHost {
     dir: tempfile::TempDir,
     port: u16,
-    sshd: tokio::process::Child,
+    /// Stopped when the host is dropped.
+    _sshd: Sshd,
 }
 
 impl TestHost {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        for key in ["host_key", "client_key", "wrong_key"] {
-            let keygen = ProcessSpec::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(d.join(key));
-            assert!(run(keygen, Duration::from_secs(30)).await.status.success());
+        for key in ["client_key", "wrong_key"] {
+            e2e::keys::ssh_keygen(&d.join(key), key).await;
         }
         std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap(); // privilege separation directory
-        let port = e2e::free_port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PidFile {d}/sshd.pid\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUsePAM no\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("sshd_config"), config).unwrap();
-        let sshd = ProcessSpec::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .spawn_supervised()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(std::time::Instant::now() < deadline, "sshd did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { dir, port, sshd }
+        let sshd = Sshd::start(d, &d.join("authorized_keys"), "PermitRootLogin prohibit-password").await;
+        Self { dir, port: sshd.port, _sshd: sshd }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -237,7 +205,6 @@ impl Drop for TestHost {
         {
             let _ = common::process::send_signal(pid, nix::sys::signal::Signal::SIGTERM);
         }
-        let _ = self.sshd.start_kill();
     }
 }
 
@@ -289,7 +256,7 @@ async fn deploy_sh_installs_upgrades_and_rolls_back() {
     }
     let dists = tempfile::tempdir().unwrap();
     let tarball = dist(dists.path()).await;
-    let mut host = TestHost::start().await;
+    let host = TestHost::start().await;
     let config = e2e::TestConfig::new("\n[docker.network_config]\nspare_networks = 0\n");
     let node_config = config.path.to_str().unwrap().to_owned();
     let tar = tarball.to_str().unwrap().to_owned();
@@ -366,8 +333,7 @@ async fn deploy_sh_installs_upgrades_and_rolls_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(!e2e::process_alive(pid), "launcher did not stop");
-    let _ = host.sshd.start_kill();
-    let _ = host.sshd.wait().await;
+    drop(host);
 }
 
 fn url_encode(s: &str) -> String {

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::clock::SystemClock;
 use common::config::Config;
-use common::hotkey::HotkeyPair;
 use common::proto::api::v1 as api;
 use common::proto::api::v1::executor_api_client::ExecutorApiClient;
 use common::proto::runtime::v1 as runtime;
@@ -64,7 +63,7 @@ async fn bench() -> anyhow::Result<()> {
     crate::build_release(&root, &["-p", "container-runtime"]).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs the Docker engine (and busybox-static)");
     let _metrics = common::metrics::install("executor-api")?;
-    let key = HotkeyPair::parse(e2e::ALICE_SEED)?;
+    let key = e2e::keys::alice();
     // A real container-runtime for the forwarded call; quiet logs.
     let test_config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n");
     let (_runtime_child, _) = crate::start_runtime(&root, &test_config).await?;
@@ -94,7 +93,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         channels.push(set);
     }
-    let client = ExecutorClient::new(channels[1][0].clone(), HotkeyPair::parse(e2e::ALICE_SEED)?);
+    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice());
     println!(
         "{CLIENTS} concurrent clients over {CONNECTIONS} connections, {ROUNDS} rounds per mode, {} cores, same process",
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::hotkey::HotkeyPair;
 use common::process::{ProcessSpec, send_signal};
 use common::proto::access::v1 as access;
 use common::proto::runtime::v1 as runtime;
@@ -29,10 +28,8 @@ const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsab
 
 /// A grant for a fresh validator hotkey, signed as the validator would.
 async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic::Status> {
-    let pair = schnorrkel::MiniSecretKey::from_bytes(&[seed; 32])
-        .map_err(|e| tonic::Status::internal(e.to_string()))?
-        .expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
-    let hotkey = common::hotkey::Hotkey::from_public(pair.public.to_bytes()).as_str().to_owned();
+    let pair = e2e::keys::sr25519(seed);
+    let hotkey = e2e::keys::hotkey_of(&pair);
     let challenge =
         client.request_validator_challenge(access::ChallengeRequest { validator_hotkey: hotkey.clone() }).await?;
     client
@@ -41,7 +38,7 @@ async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic
             ssh_public_key: KEY.into(),
             ttl_seconds: 3600,
             challenge_id: challenge.challenge_id,
-            signature: pair.sign_simple(b"substrate", &challenge.message).to_bytes().to_vec(),
+            signature: e2e::keys::sign(&pair, &challenge.message),
         })
         .await
 }
@@ -153,7 +150,7 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     let (grpc, health) = (config.ports.grpc, config.ports.health);
     let data = config.dir.path().join("data");
     let node = Node::start_from(&root.join("target/debug"), config).await;
-    let key = HotkeyPair::parse(e2e::ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = e2e::keys::alice();
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
     let executor_id = client.identity().await?.executor_id;
     let result = hurt(root, &node, &client, &data, health).await;

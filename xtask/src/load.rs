@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use common::hotkey::HotkeyPair;
 use common::proto::runtime::v1 as runtime;
 use e2e::{Node, TestConfig};
 use executor_api::client::ExecutorClient;
@@ -52,7 +51,7 @@ pub(crate) async fn load() -> anyhow::Result<()> {
     );
     let (grpc, ssh_port, metrics_port) = (config.ports.grpc, config.ports.ssh, config.ports.metrics[3]);
     let node = Node::start_from(&root.join("target/release"), config).await;
-    let key = HotkeyPair::parse(e2e::ALICE_SEED).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = e2e::keys::alice();
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
     let executor_id = client.identity().await?.executor_id;
 

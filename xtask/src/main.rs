@@ -526,8 +526,7 @@ async fn bench_ssh() -> anyhow::Result<()> {
     );
     let dir = config.dir.path();
     let key = dir.join("id_ed25519");
-    run_checked("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &key.display().to_string()]).await?;
-    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    let public = e2e::keys::ssh_keygen(&key, "bench").await;
 
     // Ours: not strict, so `true` runs (as `sh -c true`, the command user, an empty environment).
     let mut ours = ProcessSpec::new(root.join("target/release/validator-access"))
@@ -539,13 +538,11 @@ async fn bench_ssh() -> anyhow::Result<()> {
     let socket = ServiceName::ValidatorAccess.socket(&config.runtime_dir());
     wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
     let mut client = pb::validator_access_client::ValidatorAccessClient::new(common::grpc::unix_channel(&socket));
-    let keypair = schnorrkel::MiniSecretKey::from_bytes(&[42; 32])
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
-    let hotkey = common::hotkey::Hotkey::from_public(keypair.public.to_bytes()).as_str().to_owned();
+    let keypair = e2e::keys::sr25519(42);
+    let hotkey = e2e::keys::hotkey_of(&keypair);
     let challenge =
         client.request_challenge(pb::ChallengeRequest { validator_hotkey: hotkey.clone() }).await?.into_inner();
-    let signature = keypair.sign_simple(b"substrate", &challenge.message).to_bytes().to_vec();
+    let signature = e2e::keys::sign(&keypair, &challenge.message);
     client
         .provision(pb::ProvisionRequest {
             validator_hotkey: hotkey,
@@ -557,25 +554,9 @@ async fn bench_ssh() -> anyhow::Result<()> {
         .await?;
 
     // The distribution's sshd on another port, the same key authorised for root.
-    let sshd_port = e2e::free_port();
-    let host_key = dir.join("sshd_host_key");
-    run_checked("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &host_key.display().to_string()]).await?;
     std::fs::write(dir.join("authorized_keys"), &public)?;
-    std::fs::create_dir_all("/run/sshd")?;
-    let sshd_config = dir.join("sshd_config");
-    std::fs::write(
-        &sshd_config,
-        format!(
-            "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {}\n",
-            host_key.display(),
-            dir.join("authorized_keys").display(),
-            dir.join("sshd.pid").display()
-        ),
-    )?;
-    let mut sshd =
-        ProcessSpec::new("/usr/sbin/sshd").arg("-D").arg("-e").arg("-f").arg(&sshd_config).spawn_supervised()?;
-    drain(&mut sshd);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sshd = e2e::sshd::Sshd::start(dir, &dir.join("authorized_keys"), "PermitRootLogin prohibit-password").await;
+    let sshd_port = sshd.port;
 
     let runs = 50;
     let (mut ours_ms, mut openssh_ms) = (Vec::new(), Vec::new());
