@@ -1,6 +1,6 @@
 //! What the prover and the validator exchange about the work: the commitment sent before the
-//! sample is known, the sample, and the openings that answer it. Shared by [`prove`](crate::prove)
-//! and [`verify`](crate::verify), below both.
+//! sample is known, the sample, and the openings that answer it. Shared by `prove` and
+//! `verify`, below both.
 
 use serde::{Deserialize, Serialize};
 

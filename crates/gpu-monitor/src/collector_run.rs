@@ -1,6 +1,5 @@
-//! How one collector did in one round: written by the [`collector`](crate::collector), read
-//! by the [`exporter`](crate::exporter) (its `success` and `duration_seconds` series) and the
-//! collector's log line.
+//! How one collector did in one round: written by the `collector`, read by the `exporter` (its
+//! `success` and `duration_seconds` series) and the collector's log line.
 
 use std::time::Duration;
 
