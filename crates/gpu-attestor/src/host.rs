@@ -1,5 +1,6 @@
 //! Facts about the machine a report claims: the GPUs (NVML, loaded at run time) and the host.
 
+use nvml_wrapper::error::NvmlError;
 use serde::{Deserialize, Serialize};
 
 /// One GPU as NVML describes it. Claims: they choose the expected time limits; the proof and the
@@ -36,16 +37,27 @@ pub struct HostFacts {
     pub memory_bytes: u64,
 }
 
+/// Why NVML lists no GPUs.
+#[derive(Debug, thiserror::Error)]
+pub enum GpuFactsError {
+    #[error("NVML unavailable: {0}")]
+    Unavailable(#[source] NvmlError),
+    #[error("NVML device count: {0}")]
+    DeviceCount(#[source] NvmlError),
+    #[error("GPU {index}: {source}")]
+    Device { index: u32, source: NvmlError },
+}
+
 /// GPUs through NVML, or why there are none.
-pub fn gpus() -> Result<Vec<GpuFacts>, String> {
-    let nvml = nvml_wrapper::Nvml::init().map_err(|e| format!("NVML unavailable: {e}"))?;
-    let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
+pub fn gpus() -> Result<Vec<GpuFacts>, GpuFactsError> {
+    let nvml = nvml_wrapper::Nvml::init().map_err(GpuFactsError::Unavailable)?;
+    let count = nvml.device_count().map_err(GpuFactsError::DeviceCount)?;
     let driver_version = nvml.sys_driver_version().unwrap_or_default();
     let cuda_version =
         nvml.sys_cuda_driver_version().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10)).unwrap_or_default();
     (0..count)
         .map(|index| {
-            let d = nvml.device_by_index(index).map_err(|e| format!("GPU {index}: {e}"))?;
+            let d = nvml.device_by_index(index).map_err(|source| GpuFactsError::Device { index, source })?;
             let cc = d.cuda_compute_capability().map(|c| format!("{}.{}", c.major, c.minor)).unwrap_or_default();
             use nvml_wrapper::enum_wrappers::device::Clock;
             Ok(GpuFacts {

@@ -10,6 +10,7 @@ pub mod check;
 pub mod gemm;
 pub mod host;
 pub mod merkle;
+pub mod opening;
 pub mod params;
 pub mod philox;
 pub mod protocol;

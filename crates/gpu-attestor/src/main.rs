@@ -241,7 +241,9 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 fn info() -> anyhow::Result<ExitCode> {
     let out = match host::gpus() {
         Ok(gpus) => serde_json::json!({ "gpus": gpus, "host": host::host() }),
-        Err(reason) => serde_json::json!({ "gpus": [], "gpu_unavailable_reason": reason, "host": host::host() }),
+        Err(reason) => {
+            serde_json::json!({ "gpus": [], "gpu_unavailable_reason": reason.to_string(), "host": host::host() })
+        }
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)

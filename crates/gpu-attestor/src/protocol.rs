@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::host::{GpuFacts, HostFacts};
+use crate::opening::{Commitment, ProductOpening, ProductSample};
 use crate::params::{Params, hex32};
-use crate::prove::{self, Commitment};
+use crate::prove;
 use crate::report::{BackendInfo, Report, SampleMode, Timings};
-use crate::verify::{self, OPENED_ROWS, ProductOpening, ProductSample, SAMPLED_PRODUCTS};
+use crate::verify::{self, OPENED_ROWS, SAMPLED_PRODUCTS};
 
 /// Version of this protocol, sent in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -269,7 +270,7 @@ where
         Message::Open { samples } => samples,
         other => return Err(ProtocolError::Unexpected { expected: "open", got: other.kind() }),
     };
-    check_samples(&params, &samples).map_err(|reason| ProtocolError::Invalid { message: "open", reason })?;
+    check_samples(&params, &samples).map_err(|e| ProtocolError::Invalid { message: "open", reason: e.to_string() })?;
     let started = Instant::now();
     let (p, s) = (params.clone(), samples.clone());
     let openings =
@@ -300,26 +301,44 @@ where
     send(out, &Message::Report { report: Box::new(report) }).await
 }
 
+/// Why the prover refuses a validator's sample.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SampleError {
+    #[error("{got} sampled products; expected 1 to {max}")]
+    Count { got: usize, max: usize },
+    #[error("product {product} does not exist (count {count})")]
+    UnknownProduct { product: u32, count: u32 },
+    #[error("product {product}: r has {got} entries, expected n = {n}")]
+    VectorLength { product: u32, got: usize, n: u32 },
+    #[error("product {product}: r entries must be below 2^{bits}")]
+    VectorBits { product: u32, bits: u32 },
+    #[error("product {product}: rows must be at most 64 indices below m = {m}")]
+    Rows { product: u32, m: u32 },
+}
+
 /// A sample the prover will answer: known products, vectors of n entries within the bit
 /// bound, known rows, and no more than a validator needs (so `open` cannot ask for all work
 /// to be redone).
-pub fn check_samples(params: &Params, samples: &[ProductSample]) -> Result<(), String> {
-    if samples.is_empty() || samples.len() > SAMPLED_PRODUCTS.max(64) {
-        return Err(format!("{} sampled products; expected 1 to {}", samples.len(), SAMPLED_PRODUCTS.max(64)));
+pub fn check_samples(params: &Params, samples: &[ProductSample]) -> Result<(), SampleError> {
+    let max = SAMPLED_PRODUCTS.max(64);
+    if samples.is_empty() || samples.len() > max {
+        return Err(SampleError::Count { got: samples.len(), max });
     }
-    let bound = 1u64 << verify::vector_bits(params.k);
+    let bits = verify::vector_bits(params.k);
+    let bound = 1u64 << bits;
     for s in samples {
-        if s.index >= params.count {
-            return Err(format!("product {} does not exist (count {})", s.index, params.count));
+        let product = s.index;
+        if product >= params.count {
+            return Err(SampleError::UnknownProduct { product, count: params.count });
         }
         if s.r.len() != params.n as usize {
-            return Err(format!("product {}: r has {} entries, expected n = {}", s.index, s.r.len(), params.n));
+            return Err(SampleError::VectorLength { product, got: s.r.len(), n: params.n });
         }
         if s.r.iter().any(|&v| u64::from(v) >= bound) {
-            return Err(format!("product {}: r entries must be below 2^{}", s.index, verify::vector_bits(params.k)));
+            return Err(SampleError::VectorBits { product, bits });
         }
         if s.rows.len() > OPENED_ROWS.max(64) || s.rows.iter().any(|&i| i >= params.m) {
-            return Err(format!("product {}: rows must be at most 64 indices below m = {}", s.index, params.m));
+            return Err(SampleError::Rows { product, m: params.m });
         }
     }
     Ok(())
@@ -407,7 +426,7 @@ mod tests {
             (ProductSample { r: vec![1 << 20; 16], ..ok.clone() }, "below 2^20"),
             (ProductSample { rows: vec![16], ..ok.clone() }, "rows"),
         ] {
-            assert!(check_samples(&params, &[bad]).unwrap_err().contains(why), "{why}");
+            assert!(check_samples(&params, &[bad]).unwrap_err().to_string().contains(why), "{why}");
         }
         assert!(check_samples(&params, &[]).is_err());
     }

@@ -4,37 +4,10 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use serde::{Deserialize, Serialize};
-
 use crate::gemm;
 use crate::merkle::{self, Hash};
-use crate::params::{Params, hex32, hex32_list};
-use crate::verify::{ProductOpening, ProductSample, RowOpening};
-
-/// What the prover commits to before it learns the sample.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Commitment {
-    #[serde(with = "hex32")]
-    pub root: Hash,
-    /// `R_p` for every product, in order.
-    #[serde(with = "hex32_list")]
-    pub product_roots: Vec<Hash>,
-}
-
-impl Commitment {
-    /// The checksum the CLI prints: `hex(root)`.
-    pub fn checksum(&self) -> String {
-        hex::encode(self.root)
-    }
-
-    /// The root the product roots hash to.
-    pub fn root_of(product_roots: &[Hash]) -> Hash {
-        let leaves: Vec<Hash> =
-            product_roots.iter().enumerate().map(|(p, r)| merkle::product_leaf(p as u32, r)).collect();
-        merkle::root(&leaves)
-    }
-}
+use crate::opening::{Commitment, ProductOpening, ProductSample, RowOpening};
+use crate::params::Params;
 
 /// Buffers for one product, reused across products.
 #[derive(Debug, Default)]

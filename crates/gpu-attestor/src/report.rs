@@ -8,9 +8,9 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::host::{GpuFacts, HostFacts};
+use crate::opening::{Commitment, ProductOpening, ProductSample};
 use crate::params::{Params, hex32};
-use crate::prove::Commitment;
-use crate::verify::{self, ProductOpening, ProductSample, VerifyError};
+use crate::verify::{self, VerifyError};
 
 pub const SCHEMA_VERSION: u32 = 1;
 

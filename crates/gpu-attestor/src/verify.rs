@@ -1,13 +1,12 @@
 //! The validator's side: choose a sample, then check openings against the commitment with
 //! Freivalds' algorithm, on the CPU, in O(n²) per sampled product instead of O(n³).
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::gemm;
 use crate::merkle::{self, Hash};
-use crate::params::{Params, hex32_list};
-use crate::prove::Commitment;
+use crate::opening::{Commitment, ProductOpening, ProductSample};
+use crate::params::Params;
 
 /// Products checked per challenge (all of them when there are fewer).
 pub const SAMPLED_PRODUCTS: usize = 16;
@@ -17,35 +16,6 @@ pub const OPENED_ROWS: usize = 4;
 /// Bits of each entry of `r`, so that A(Br) fits i64: 20 up to k = 4096, 16 up to 32768.
 pub fn vector_bits(k: u32) -> u32 {
     if k <= 4096 { 20 } else { 16 }
-}
-
-/// One sampled product: which, the random vector, which rows to open.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProductSample {
-    pub index: u32,
-    pub r: Vec<u32>,
-    pub rows: Vec<u32>,
-}
-
-/// An opened row of `C_p` and its path to `R_p`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RowOpening {
-    pub index: u32,
-    pub values: Vec<i32>,
-    #[serde(with = "hex32_list")]
-    pub path: Vec<Hash>,
-}
-
-/// The prover's answer for one sampled product.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProductOpening {
-    pub index: u32,
-    /// `C_p · r`.
-    pub y: Vec<i64>,
-    pub rows: Vec<RowOpening>,
 }
 
 /// Why a proof is rejected.

@@ -6,7 +6,30 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::proto::gpu::v1::{GpuInfo, GpuSample};
+use nvml_wrapper::error::NvmlError;
 use serde::Deserialize;
+
+use crate::kernel::KernelError;
+
+/// Why a backend could not give its figures. The text is what `executor validate`, the
+/// inventory's `gpu_unavailable_reason` and the collector logs show.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("NVML unavailable ({0}); no NVIDIA driver on this machine?")]
+    Load(#[source] NvmlError),
+    #[error("NVML device count: {0}")]
+    DeviceCount(#[source] NvmlError),
+    #[error("GPU {index}: {source}")]
+    Device { index: u32, source: NvmlError },
+    #[error("GPU {uuid} processes: {source}")]
+    Processes { uuid: String, source: NvmlError },
+    #[error("{}: {source}", file.display())]
+    SimulatedRead { file: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", file.display())]
+    SimulatedParse { file: PathBuf, source: serde_json::Error },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
 
 /// A process using GPU memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +50,12 @@ pub struct GpuInventory {
 /// A source of GPU figures. Calls may block (NVML can hang on a sick GPU): the collector runs
 /// them off the async threads with a timeout.
 pub trait GpuBackend: Send + Sync + 'static {
-    fn inventory(&self) -> Result<GpuInventory, String>;
-    fn samples(&self) -> Result<Vec<GpuSample>, String>;
-    fn processes(&self) -> Result<Vec<GpuProcessUse>, String>;
+    fn inventory(&self) -> Result<GpuInventory, BackendError>;
+    fn samples(&self) -> Result<Vec<GpuSample>, BackendError>;
+    fn processes(&self) -> Result<Vec<GpuProcessUse>, BackendError>;
     /// PCI bus ids the kernel driver lists, for the cross-check with what the backend reports.
-    fn kernel_pci_bus_ids(&self) -> Result<Vec<String>, String> {
-        crate::kernel::proc_gpu_bus_ids(Path::new(crate::kernel::PROC_NVIDIA_GPUS))
+    fn kernel_pci_bus_ids(&self) -> Result<Vec<String>, BackendError> {
+        Ok(crate::kernel::proc_gpu_bus_ids(Path::new(crate::kernel::PROC_NVIDIA_GPUS))?)
     }
 }
 
@@ -56,9 +79,8 @@ impl std::fmt::Debug for NvmlBackend {
 impl NvmlBackend {
     /// Loads `libnvidia-ml.so.1` and starts watching for Xid errors; the error says why it
     /// could not load.
-    pub fn load() -> Result<Self, String> {
-        let nvml = nvml_wrapper::Nvml::init()
-            .map_err(|e| format!("NVML unavailable ({e}); no NVIDIA driver on this machine?"))?;
+    pub fn load() -> Result<Self, BackendError> {
+        let nvml = nvml_wrapper::Nvml::init().map_err(BackendError::Load)?;
         let nvml: &'static nvml_wrapper::Nvml = Box::leak(Box::new(nvml));
         let backend = Self { nvml, xids: Default::default() };
         backend.watch_xids();
@@ -128,14 +150,16 @@ impl NvmlBackend {
         (status == 0).then_some((u64::from(corr), u64::from(unc), pending != 0))
     }
 
-    fn devices(&self) -> Result<Vec<nvml_wrapper::Device<'_>>, String> {
-        let count = self.nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
-        (0..count).map(|i| self.nvml.device_by_index(i).map_err(|e| format!("GPU {i}: {e}"))).collect()
+    fn devices(&self) -> Result<Vec<nvml_wrapper::Device<'_>>, BackendError> {
+        let count = self.nvml.device_count().map_err(BackendError::DeviceCount)?;
+        (0..count)
+            .map(|index| self.nvml.device_by_index(index).map_err(|source| BackendError::Device { index, source }))
+            .collect()
     }
 }
 
 impl GpuBackend for NvmlBackend {
-    fn inventory(&self) -> Result<GpuInventory, String> {
+    fn inventory(&self) -> Result<GpuInventory, BackendError> {
         use nvml_wrapper::enum_wrappers::device::Clock;
         let gpus = self
             .devices()?
@@ -171,7 +195,7 @@ impl GpuBackend for NvmlBackend {
         })
     }
 
-    fn samples(&self) -> Result<Vec<GpuSample>, String> {
+    fn samples(&self) -> Result<Vec<GpuSample>, BackendError> {
         use nvml_wrapper::bitmasks::device::ThrottleReasons;
         use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, RetirementCause, TemperatureSensor};
         Ok(self
@@ -222,12 +246,14 @@ impl GpuBackend for NvmlBackend {
             .collect())
     }
 
-    fn processes(&self) -> Result<Vec<GpuProcessUse>, String> {
+    fn processes(&self) -> Result<Vec<GpuProcessUse>, BackendError> {
         use nvml_wrapper::enums::device::UsedGpuMemory;
         let mut out = Vec::new();
         for d in self.devices()? {
             let uuid = d.uuid().unwrap_or_default();
-            let procs = d.running_compute_processes().map_err(|e| format!("GPU {uuid} processes: {e}"))?;
+            let procs = d
+                .running_compute_processes()
+                .map_err(|source| BackendError::Processes { uuid: uuid.clone(), source })?;
             for p in procs {
                 let used = match p.used_gpu_memory {
                     UsedGpuMemory::Used(bytes) => bytes,
@@ -306,9 +332,11 @@ impl SimulatedBackend {
         Self { file }
     }
 
-    fn read(&self) -> Result<SimulatedFile, String> {
-        let text = std::fs::read_to_string(&self.file).map_err(|e| format!("{}: {e}", self.file.display()))?;
-        let file: SimulatedFile = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.file.display()))?;
+    fn read(&self) -> Result<SimulatedFile, BackendError> {
+        let text = std::fs::read_to_string(&self.file)
+            .map_err(|source| BackendError::SimulatedRead { file: self.file.clone(), source })?;
+        let file: SimulatedFile = serde_json::from_str(&text)
+            .map_err(|source| BackendError::SimulatedParse { file: self.file.clone(), source })?;
         if file.hang_ms > 0 {
             std::thread::sleep(Duration::from_millis(file.hang_ms));
         }
@@ -317,7 +345,7 @@ impl SimulatedBackend {
 }
 
 impl GpuBackend for SimulatedBackend {
-    fn inventory(&self) -> Result<GpuInventory, String> {
+    fn inventory(&self) -> Result<GpuInventory, BackendError> {
         let file = self.read()?;
         let gpus = file
             .gpus
@@ -341,7 +369,7 @@ impl GpuBackend for SimulatedBackend {
         Ok(GpuInventory { gpus, driver_version: "simulated".into(), cuda_version: "simulated".into() })
     }
 
-    fn samples(&self) -> Result<Vec<GpuSample>, String> {
+    fn samples(&self) -> Result<Vec<GpuSample>, BackendError> {
         Ok(self
             .read()?
             .gpus
@@ -372,7 +400,7 @@ impl GpuBackend for SimulatedBackend {
             .collect())
     }
 
-    fn processes(&self) -> Result<Vec<GpuProcessUse>, String> {
+    fn processes(&self) -> Result<Vec<GpuProcessUse>, BackendError> {
         Ok(self
             .read()?
             .processes
@@ -381,8 +409,27 @@ impl GpuBackend for SimulatedBackend {
             .collect())
     }
 
-    fn kernel_pci_bus_ids(&self) -> Result<Vec<String>, String> {
+    fn kernel_pci_bus_ids(&self) -> Result<Vec<String>, BackendError> {
         let file = self.read()?;
         Ok(file.kernel_pci_bus_ids.unwrap_or_else(|| file.gpus.iter().map(|g| g.pci_bus_id.clone()).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gpus.json");
+        let backend = SimulatedBackend::new(file.clone());
+        let err = backend.inventory().unwrap_err();
+        assert!(matches!(err, BackendError::SimulatedRead { .. }), "{err:?}");
+        assert_eq!(err.to_string(), format!("{}: No such file or directory (os error 2)", file.display()));
+        std::fs::write(&file, "{").unwrap();
+        let err = backend.samples().unwrap_err();
+        assert!(matches!(err, BackendError::SimulatedParse { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("{}: EOF", file.display())), "{err}");
     }
 }

@@ -12,11 +12,22 @@ use std::time::{Duration, Instant, SystemTime};
 use common::proto::gpu::v1::{GpuProcess, GpuSample, Inventory, Snapshot};
 use tokio::sync::watch;
 
-use crate::backend::{GpuBackend, GpuInventory};
-use crate::host::HostCollector;
+use crate::backend::{BackendError, GpuBackend, GpuInventory};
+use crate::collector_run::{COLLECTORS, CollectorRun};
+use crate::host::{HostCollector, HostError};
 
-/// The collectors, as named in `executor_gpu_monitor_collector_*{collector}`.
-pub const COLLECTORS: [&str; 4] = ["gpu", "processes", "kernel", "host"];
+/// Why a collector has no result this round.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("the previous collection has not returned yet")]
+    StillRunning,
+    #[error("collector panicked: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+}
 
 /// Settings from `[system]`.
 #[derive(Debug, Clone, Copy)]
@@ -54,17 +65,8 @@ pub struct Monitor {
     active_alerts: Mutex<BTreeSet<String>>,
 }
 
-/// How one collector did this round.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CollectorRun {
-    pub name: &'static str,
-    pub success: bool,
-    pub duration: Duration,
-    pub error: Option<String>,
-}
-
 impl Monitor {
-    pub fn new(source: GpuSource, settings: MonitorSettings) -> Result<Arc<Self>, String> {
+    pub fn new(source: GpuSource, settings: MonitorSettings) -> Result<Arc<Self>, HostError> {
         let host = HostCollector::new()?;
         let inventory = Inventory {
             host: Some(host.info()),
@@ -108,13 +110,13 @@ impl Monitor {
     async fn run<T: Send + 'static>(
         &self,
         slot: usize,
-        work: impl FnOnce() -> Result<T, String> + Send + 'static,
-    ) -> (Result<T, String>, CollectorRun) {
+        work: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+    ) -> (Result<T, CollectorError>, CollectorRun) {
         let name = COLLECTORS[slot];
         let started = Instant::now();
         let flag = self.in_flight[slot].clone();
         let result = if flag.swap(true, Ordering::AcqRel) {
-            Err("the previous collection has not returned yet".to_owned())
+            Err(CollectorError::StillRunning)
         } else {
             let task = tokio::task::spawn_blocking(move || {
                 let r = work();
@@ -122,16 +124,16 @@ impl Monitor {
                 r
             });
             match tokio::time::timeout(self.settings.timeout, task).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => Err(format!("collector panicked: {e}")),
-                Err(_) => Err(format!("timed out after {:?}", self.settings.timeout)),
+                Ok(Ok(r)) => r.map_err(CollectorError::Backend),
+                Ok(Err(e)) => Err(CollectorError::Panicked(e)),
+                Err(_) => Err(CollectorError::TimedOut(self.settings.timeout)),
             }
         };
         let run = CollectorRun {
             name,
             success: result.is_ok(),
             duration: started.elapsed(),
-            error: result.as_ref().err().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
         };
         (result, run)
     }
@@ -225,11 +227,12 @@ impl Monitor {
         *active = now;
     }
 
-    /// Collects every interval until `shutdown`; marks the service degraded while alerts are
-    /// active.
+    /// Collects every interval until `shutdown`; marks `grpc_service` degraded (NOT_SERVING)
+    /// while alerts are active.
     pub async fn run_forever(
         self: Arc<Self>,
         health: tonic_health::server::HealthReporter,
+        grpc_service: &'static str,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         let mut tick = tokio::time::interval(self.settings.interval);
@@ -248,7 +251,7 @@ impl Monitor {
             if degraded != Some(now) {
                 let status =
                     if now { tonic_health::ServingStatus::NotServing } else { tonic_health::ServingStatus::Serving };
-                health.set_service_status(crate::GRPC_SERVICE, status).await;
+                health.set_service_status(grpc_service, status).await;
                 degraded = Some(now);
             }
         }

@@ -6,7 +6,7 @@
 use common::proto::gpu::v1::{GpuProcess, Inventory, Snapshot};
 use metrics::{counter, gauge};
 
-use crate::collector::CollectorRun;
+use crate::collector_run::CollectorRun;
 
 /// Registers the help text of every series (call once, with the recorder installed). The
 /// DCGM and node_exporter names in parentheses are the nearest equivalents.

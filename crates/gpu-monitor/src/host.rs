@@ -3,6 +3,17 @@
 use common::proto::gpu::v1::{DiskSample, HostInfo, HostSample, NetworkSample};
 use sysinfo::{Disks, Networks, System};
 
+/// Why sysinfo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("sysinfo: {0}")]
+    System(#[source] sysinfo::Error),
+    #[error("sysinfo disks: {0}")]
+    Disks(#[source] sysinfo::Error),
+    #[error("sysinfo networks: {0}")]
+    Networks(#[source] sysinfo::Error),
+}
+
 /// Keeps sysinfo's state between samples (CPU usage and network counters are deltas).
 #[derive(Debug)]
 pub struct HostCollector {
@@ -12,14 +23,14 @@ pub struct HostCollector {
 }
 
 impl HostCollector {
-    pub fn new() -> Result<Self, String> {
-        let mut system = System::new().map_err(|e| format!("sysinfo: {e}"))?;
+    pub fn new() -> Result<Self, HostError> {
+        let mut system = System::new().map_err(HostError::System)?;
         system.refresh_cpu_all();
         system.refresh_memory();
         Ok(Self {
             system,
-            disks: Disks::new_with_refreshed_list().map_err(|e| format!("sysinfo disks: {e}"))?,
-            networks: Networks::new_with_refreshed_list().map_err(|e| format!("sysinfo networks: {e}"))?,
+            disks: Disks::new_with_refreshed_list().map_err(HostError::Disks)?,
+            networks: Networks::new_with_refreshed_list().map_err(HostError::Networks)?,
         })
     }
 

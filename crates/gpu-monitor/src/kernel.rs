@@ -3,18 +3,25 @@
 //! cgroup). A shimmed `libnvidia-ml` can claim any GPU; it cannot change these.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const PROC_NVIDIA_GPUS: &str = "/proc/driver/nvidia/gpus";
 
+/// Why the kernel driver's GPU list could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("{}: {source}", dir.display())]
+    ReadDir { dir: PathBuf, source: std::io::Error },
+}
+
 /// The PCI bus ids listed by the NVIDIA kernel driver; none when the driver is not loaded.
-pub fn proc_gpu_bus_ids(dir: &Path) -> Result<Vec<String>, String> {
+pub fn proc_gpu_bus_ids(dir: &Path) -> Result<Vec<String>, KernelError> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
             Ok(entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("{}: {e}", dir.display())),
+        Err(source) => Err(KernelError::ReadDir { dir: dir.to_owned(), source }),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod collector;
+pub mod collector_run;
 pub mod exporter;
 pub mod host;
 pub mod kernel;
@@ -43,7 +44,7 @@ pub fn source(config: &SystemConfig) -> GpuSource {
         (GpuBackendKind::Simulated, None) => GpuSource::Unavailable("simulated backend without a file".into()),
         (GpuBackendKind::Nvml, _) => match NvmlBackend::load() {
             Ok(nvml) => GpuSource::Backend(Arc::new(nvml)),
-            Err(why) => GpuSource::Unavailable(why),
+            Err(why) => GpuSource::Unavailable(why.to_string()),
         },
     }
 }
@@ -57,7 +58,7 @@ pub fn nvml_check(config: &SystemConfig) -> Check {
         return Check::warn("nvml", "system.gpu_backend = \"simulated\": GPU figures are simulated, not read");
     }
     match NvmlBackend::load().and_then(|nvml| backend::GpuBackend::inventory(&nvml)) {
-        Err(reason) => Check::fail("nvml", reason),
+        Err(reason) => Check::fail("nvml", reason.to_string()),
         Ok(inv) if inv.gpus.is_empty() => Check::fail("nvml", "NVML loaded but reports no GPUs"),
         Ok(inv) => Check::pass("nvml", format!("{} GPU(s), driver {}", inv.gpus.len(), inv.driver_version)),
     }
@@ -141,7 +142,7 @@ impl Service for GpuMonitor {
 
     async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
-        self.monitor.run_forever(ctx.health.clone(), ctx.shutdown.clone()).await;
+        self.monitor.run_forever(ctx.health.clone(), GRPC_SERVICE, ctx.shutdown.clone()).await;
         Ok(())
     }
 }

@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use common::config::{CONFIG_ERROR_EXIT_CODE, Config};
-use common::hotkey::HotkeyPair;
+use common::config::{CONFIG_ERROR_EXIT_CODE, Config, ConfigError};
+use common::hotkey::{HotkeyPair, SecretError};
 use common::proto::access::v1 as access;
 use common::proto::api::v1 as api;
 use common::proto::runtime::v1 as runtime;
-use executor_api::client::ExecutorClient;
+use executor_api::client::{ClientError, ExecutorClient};
 use serde_json::{Value, json};
 use tokio_stream::StreamExt;
 
@@ -154,6 +154,36 @@ pub enum GrantsCommand {
     Revoke { grant_id: String },
 }
 
+/// Why the miner's secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("--key-file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("needs the miner hotkey's secret: --key-file FILE or the environment variable {}", SECRET_ENV)]
+    Missing,
+    /// `origin` is `--key-file FILE` or the environment variable.
+    #[error("{origin}: {source}")]
+    Parse { origin: String, source: SecretError },
+}
+
+/// Why a ctl command failed, as printed after `executor ctl: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("{0}\n(or give --endpoint URL)")]
+    LocalEndpoint(#[source] ConfigError),
+    #[error("--ca-cert {}: {source}", path.display())]
+    CaCert { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Connect(#[from] ClientError),
+    /// The executor's answer: its status code and message.
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("--env `{0}` is not KEY=VALUE")]
+    Env(String),
+    #[error("--signature is not hex")]
+    SignatureNotHex,
+}
+
 /// Why ctl could not run a command before calling the executor (exit code 2).
 fn usage(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("executor ctl: {message}");
@@ -161,27 +191,23 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Reads the miner's secret from `--key-file` or [`SECRET_ENV`].
-pub fn load_key(key_file: Option<&Path>) -> Result<HotkeyPair, String> {
+pub fn load_key(key_file: Option<&Path>) -> Result<HotkeyPair, KeyError> {
     let (text, origin) = match key_file {
         Some(path) => (
-            std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?,
+            std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_owned(), source })?,
             format!("--key-file {}", path.display()),
         ),
         None => match std::env::var(SECRET_ENV) {
             Ok(text) => (text, SECRET_ENV.to_owned()),
-            Err(_) => {
-                return Err(format!(
-                    "needs the miner hotkey's secret: --key-file FILE or the environment variable {SECRET_ENV}"
-                ));
-            }
+            Err(_) => return Err(KeyError::Missing),
         },
     };
-    HotkeyPair::parse(&text).map_err(|e| format!("{origin}: {e}"))
+    HotkeyPair::parse(&text).map_err(|source| KeyError::Parse { origin, source })
 }
 
 /// This machine's endpoint from the config file.
-fn local_endpoint(config_path: &Path) -> Result<String, String> {
-    let loaded = Config::load(config_path).map_err(|e| format!("{e}\n(or give --endpoint URL)"))?;
+fn local_endpoint(config_path: &Path) -> Result<String, CtlError> {
+    let loaded = Config::load(config_path).map_err(CtlError::LocalEndpoint)?;
     let server = &loaded.config.server;
     let host = if server.host.is_unspecified() { "127.0.0.1".to_owned() } else { server.host.to_string() };
     let host = if host.contains(':') { format!("[{host}]") } else { host };
@@ -202,12 +228,12 @@ pub fn ctl_command(config_path: &Path, args: CtlArgs) -> ExitCode {
     let ca = match &args.ca_cert {
         Some(path) => match std::fs::read(path) {
             Ok(pem) => Some(pem),
-            Err(e) => return usage(format!("--ca-cert {}: {e}", path.display())),
+            Err(source) => return usage(CtlError::CaCert { path: path.clone(), source }),
         },
         None => None,
     };
     let result = crate::block_on(async move {
-        let client = ExecutorClient::connect(&endpoint, ca, key).await.map_err(|e| e.to_string())?;
+        let client = ExecutorClient::connect(&endpoint, ca, key).await?;
         run(&client, args.command).await
     });
     match result {
@@ -220,18 +246,14 @@ pub fn ctl_command(config_path: &Path, args: CtlArgs) -> ExitCode {
     }
 }
 
-fn status_text(status: tonic::Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
-}
-
 fn print(value: &Value) {
     println!("{value}");
 }
 
-async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, String> {
+async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, CtlError> {
     match command {
         CtlCommand::Identity => {
-            let id = client.identity().await.map_err(status_text)?;
+            let id = client.identity().await?;
             let e = id.endpoints.unwrap_or_default();
             print(&json!({
                 "executor_id": id.executor_id,
@@ -246,7 +268,7 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, S
             }));
         }
         CtlCommand::Health => {
-            let h = client.detailed_health().await.map_err(status_text)?;
+            let h = client.detailed_health().await?;
             let components: BTreeMap<String, Value> = h
                 .components
                 .iter()
@@ -260,7 +282,7 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, S
             }
         }
         CtlCommand::Profile => {
-            let p = client.system_profile().await.map_err(status_text)?;
+            let p = client.system_profile().await?;
             let inventory = p.inventory.unwrap_or_default();
             let gpus: Vec<Value> = inventory
                 .gpus
@@ -280,7 +302,7 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, S
             let mut seed_bytes = seed.to_le_bytes().to_vec();
             seed_bytes.resize(32, 0);
             let request = api::AttestationRequest { seed: seed_bytes, matrix_dim, num_matrices, nonce: Vec::new() };
-            let report = client.run_attestation(request).await.map_err(status_text)?;
+            let report = client.run_attestation(request).await?;
             println!("{}", report.report_json);
         }
     }
@@ -306,15 +328,12 @@ pub fn container_json(c: &runtime::Container) -> Value {
     })
 }
 
-async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Result<ExitCode, String> {
+async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Result<ExitCode, CtlError> {
     use ContainersCommand::*;
     let container = |c: Result<runtime::Container, tonic::Status>| c.map(|c| print(&container_json(&c)));
     match command {
         List { all } => {
-            let list = client
-                .list_containers(runtime::ListContainersRequest { all, owner: String::new() })
-                .await
-                .map_err(status_text)?;
+            let list = client.list_containers(runtime::ListContainersRequest { all, owner: String::new() }).await?;
             for c in &list.containers {
                 print(&container_json(c));
             }
@@ -322,7 +341,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
         Create { image, memory_bytes, cpu_cores, gpus, ttl_seconds, env, start, command } => {
             let mut vars = std::collections::HashMap::new();
             for pair in env {
-                let (k, v) = pair.split_once('=').ok_or_else(|| format!("--env `{pair}` is not KEY=VALUE"))?;
+                let (k, v) = pair.split_once('=').ok_or_else(|| CtlError::Env(pair.clone()))?;
                 vars.insert(k.to_owned(), v.to_owned());
             }
             let request = runtime::CreateContainerRequest {
@@ -334,22 +353,20 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 ttl_seconds,
                 ..Default::default()
             };
-            let created = client.create_container(request).await.map_err(status_text)?;
+            let created = client.create_container(request).await?;
             if start {
-                container(client.start_container(runtime::ContainerRef { id: created.id }).await)
-                    .map_err(status_text)?;
+                container(client.start_container(runtime::ContainerRef { id: created.id }).await)?;
             } else {
                 print(&container_json(&created));
             }
         }
-        Start { id } => container(client.start_container(runtime::ContainerRef { id }).await).map_err(status_text)?,
+        Start { id } => container(client.start_container(runtime::ContainerRef { id }).await)?,
         Stop { id, timeout_seconds } => {
-            container(client.stop_container(runtime::StopContainerRequest { id, timeout_seconds }).await)
-                .map_err(status_text)?
+            container(client.stop_container(runtime::StopContainerRequest { id, timeout_seconds }).await)?
         }
-        Get { id } => container(client.get_container(runtime::ContainerRef { id }).await).map_err(status_text)?,
+        Get { id } => container(client.get_container(runtime::ContainerRef { id }).await)?,
         Stats { id } => {
-            let s = client.container_stats(runtime::ContainerRef { id }).await.map_err(status_text)?;
+            let s = client.container_stats(runtime::ContainerRef { id }).await?;
             print(&json!({
                 "id": s.id, "cpu_percent": s.cpu_percent, "memory_usage_bytes": s.memory_usage_bytes,
                 "memory_limit_bytes": s.memory_limit_bytes, "network_rx_bytes": s.network_rx_bytes,
@@ -358,18 +375,14 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             }));
         }
         Remove { id, force } => {
-            client
-                .remove_container(runtime::RemoveContainerRequest { id: id.clone(), force })
-                .await
-                .map_err(status_text)?;
+            client.remove_container(runtime::RemoveContainerRequest { id: id.clone(), force }).await?;
             print(&json!({"removed": id}));
         }
         Logs { id, follow, tail } => {
             use std::io::Write;
-            let mut stream =
-                client.stream_logs(runtime::LogsRequest { id, follow, tail, since: 0 }).await.map_err(status_text)?;
+            let mut stream = client.stream_logs(runtime::LogsRequest { id, follow, tail, since: 0 }).await?;
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(status_text)?;
+                let chunk = chunk?;
                 let written = if chunk.stream() == runtime::LogStream::Stderr {
                     std::io::stderr().write_all(&chunk.data)
                 } else {
@@ -393,19 +406,16 @@ fn grant_json(g: &access::Grant) -> Value {
     })
 }
 
-async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), String> {
+async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), CtlError> {
     match command {
         GrantsCommand::List => {
-            let list = client.list_validator_grants(access::ListGrantsRequest {}).await.map_err(status_text)?;
+            let list = client.list_validator_grants(access::ListGrantsRequest {}).await?;
             for g in &list.grants {
                 print(&grant_json(g));
             }
         }
         GrantsCommand::Challenge { validator_hotkey } => {
-            let c = client
-                .request_validator_challenge(access::ChallengeRequest { validator_hotkey })
-                .await
-                .map_err(status_text)?;
+            let c = client.request_validator_challenge(access::ChallengeRequest { validator_hotkey }).await?;
             print(&json!({"challenge_id": c.challenge_id, "message": hex_of(&c.message), "expires_at": c.expires_at}));
         }
         GrantsCommand::Provision { validator_hotkey, ssh_public_key, ttl_seconds, challenge_id, signature } => {
@@ -414,7 +424,7 @@ async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), S
                 .step_by(2)
                 .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
                 .collect::<Option<Vec<u8>>>()
-                .ok_or("--signature is not hex")?;
+                .ok_or(CtlError::SignatureNotHex)?;
             let grant = client
                 .provision_validator_access(access::ProvisionRequest {
                     validator_hotkey,
@@ -423,14 +433,43 @@ async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), S
                     challenge_id,
                     signature,
                 })
-                .await
-                .map_err(status_text)?;
+                .await?;
             print(&grant_json(&grant));
         }
         GrantsCommand::Revoke { grant_id } => {
-            let r = client.revoke_validator_access(access::RevokeRequest { grant_id }).await.map_err(status_text)?;
+            let r = client.revoke_validator_access(access::RevokeRequest { grant_id }).await?;
             print(&json!({"sessions_closed": r.sessions_closed}));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `executor ctl: ...` prints for each error, as before the errors were typed.
+    #[test]
+    fn errors_print_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "not a key").unwrap();
+        let not_found = format!("--key-file {}: No such file or directory (os error 2)", missing.display());
+        for (got, want) in [
+            (load_key(Some(&missing)).unwrap_err().to_string(), not_found.as_str()),
+            (
+                KeyError::Missing.to_string(),
+                "needs the miner hotkey's secret: --key-file FILE or the environment variable MINER_HOTKEY_SECRET",
+            ),
+            (CtlError::Status(tonic::Status::not_found("no container x")).to_string(), "NotFound: no container x"),
+            (CtlError::Env("A".into()).to_string(), "--env `A` is not KEY=VALUE"),
+            (CtlError::SignatureNotHex.to_string(), "--signature is not hex"),
+        ] {
+            assert_eq!(got, want);
+        }
+        let parse = load_key(Some(&bad)).unwrap_err();
+        assert!(matches!(parse, KeyError::Parse { .. }), "{parse:?}");
+        assert!(parse.to_string().starts_with(&format!("--key-file {}: ", bad.display())), "{parse}");
+    }
 }

@@ -19,8 +19,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use common::ServiceName;
-use common::config::{CONFIG_ERROR_EXIT_CODE, Config, LoadedConfig};
+use common::config::{CONFIG_ERROR_EXIT_CODE, Config, ConfigError, LoadedConfig};
 use common::identity::ExecutorIdentity;
+use common::metrics::MetricsError;
 use common::process::ProcessSpec;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -251,7 +252,7 @@ async fn wait_for_next(
                 match reload(current).await {
                     Ok(next) => return next,
                     Err(errors) => {
-                        for line in errors.lines() {
+                        for line in errors.to_string().lines() {
                             tracing::error!("SIGHUP: {line}");
                         }
                         tracing::error!("SIGHUP: the config was not reloaded; the services keep running with the previous one");
@@ -272,19 +273,34 @@ async fn hangup(hangups: &mut Option<tokio::signal::unix::Signal>) {
     std::future::pending::<()>().await;
 }
 
+/// Why a SIGHUP did not reload the config; logged line by line.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "config error: {origin}: key `runtime_dir`: cannot change while the executor runs (its control socket is there); restart the executor"
+    )]
+    RuntimeDir { origin: String },
+    /// A service binary is missing, or the executor's own directory is unknown: the message
+    /// `--server` prints at start (its outermost context).
+    #[error("{0}")]
+    Binaries(anyhow::Error),
+    #[error("config error: {origin}: key `metrics.launcher_port`: {source}")]
+    MetricsPort { origin: String, source: MetricsError },
+}
+
 /// Re-reads and checks the config file the node was started with: everything `--server`
 /// checks at start, plus what cannot change without a full restart.
-async fn reload(current: &LoadedConfig) -> Result<Next, String> {
-    let new = Config::load(&current.path).map_err(|e| e.to_string())?;
-    new.require_miner_hotkey().map_err(|e| e.to_string())?;
+async fn reload(current: &LoadedConfig) -> Result<Next, ReloadError> {
+    let new = Config::load(&current.path)?;
+    new.require_miner_hotkey()?;
     if new.config.runtime_dir != current.config.runtime_dir {
-        return Err(format!(
-            "config error: {}: key `runtime_dir`: cannot change while the executor runs (its control socket is there); restart the executor",
-            new.origin("runtime_dir")
-        ));
+        return Err(ReloadError::RuntimeDir { origin: new.origin("runtime_dir") });
     }
-    new.prepare_dirs().map_err(|e| e.to_string())?;
-    service_binaries(&binary_dir().map_err(|e| e.to_string())?, &new.config.services()).map_err(|e| e.to_string())?;
+    new.prepare_dirs()?;
+    service_binaries(&binary_dir().map_err(ReloadError::Binaries)?, &new.config.services())
+        .map_err(ReloadError::Binaries)?;
     for issue in new.not_yet_enforced() {
         tracing::warn!("config: {issue}");
     }
@@ -297,9 +313,9 @@ async fn reload(current: &LoadedConfig) -> Result<Next, String> {
     let listener = if old_addr == new_addr {
         None
     } else {
-        let listener = common::metrics::bind(new_addr).await.map_err(|e| {
-            format!("config error: {}: key `metrics.launcher_port`: {e}", new.origin("metrics.launcher_port"))
-        })?;
+        let listener = common::metrics::bind(new_addr)
+            .await
+            .map_err(|source| ReloadError::MetricsPort { origin: new.origin("metrics.launcher_port"), source })?;
         Some(listener)
     };
     Ok(Next::Reload(Box::new(new), listener))

@@ -1,7 +1,7 @@
 //! The launcher's control socket (`<runtime_dir>/launcher.sock`: Launcher.Status, health,
 //! reflection) and `executor status`, its client.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,14 +89,27 @@ pub async fn serve_control(
     Ok(Control { health, task, socket })
 }
 
+/// Why no launcher answered on the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no answer on {}: {}", socket.display(), status.message())]
+    Status {
+        socket: PathBuf,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error("no answer on {} within {timeout:?}", socket.display())]
+    Timeout { socket: PathBuf, timeout: Duration },
+}
+
 /// Asks the launcher for its status over the control socket.
-pub async fn fetch(runtime_dir: &Path, timeout: Duration) -> Result<StatusResponse, String> {
+pub async fn fetch(runtime_dir: &Path, timeout: Duration) -> Result<StatusResponse, FetchError> {
     let socket = ServiceName::Launcher.socket(runtime_dir);
     let mut client = LauncherClient::new(common::grpc::unix_channel(&socket));
     match tokio::time::timeout(timeout, client.status(StatusRequest {})).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(format!("no answer on {}: {}", socket.display(), status.message())),
-        Err(_) => Err(format!("no answer on {} within {timeout:?}", socket.display())),
+        Ok(Err(status)) => Err(FetchError::Status { socket, status }),
+        Err(_) => Err(FetchError::Timeout { socket, timeout }),
     }
 }
 
@@ -171,6 +184,15 @@ fn human(seconds: u64) -> String {
 mod tests {
     use super::*;
     use common::proto::launcher::v1::ServiceStatus;
+
+    #[test]
+    fn fetch_errors_name_the_socket() {
+        let socket = PathBuf::from("/run/executor/launcher.sock");
+        let timeout = FetchError::Timeout { socket: socket.clone(), timeout: Duration::from_secs(5) };
+        assert_eq!(timeout.to_string(), "no answer on /run/executor/launcher.sock within 5s");
+        let status = FetchError::Status { socket, status: tonic::Status::unavailable("connection refused") };
+        assert_eq!(status.to_string(), "no answer on /run/executor/launcher.sock: connection refused");
+    }
 
     #[test]
     fn renders_the_status_table() {

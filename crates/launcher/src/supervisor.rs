@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::ServiceName;
 use common::config::LauncherConfig;
-use common::process::{ProcessSpec, describe_exit, send_signal};
+use common::process::{ProcessError, ProcessSpec, describe_exit, send_signal};
 use common::proto::launcher::v1::{ServiceState, ServiceStatus};
 use common::telemetry::RotatingFile;
 use nix::sys::signal::Signal;
@@ -109,6 +110,22 @@ impl LogSink {
     }
 }
 
+/// Why a service process ended on its own or was killed, or did not start: its `last_exit` in
+/// `executor status` and, on the first start, the reason the node does not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExitReason {
+    #[error(transparent)]
+    Spawn(#[from] ProcessError),
+    #[error("{}", describe_exit(*.0))]
+    Exited(ExitStatus),
+    #[error("wait failed: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("not SERVING on {} within launcher.ready_timeout ({timeout:?})", socket.display())]
+    NotServing { socket: PathBuf, timeout: Duration },
+    #[error("{failures} failed health checks in a row; killed")]
+    Unhealthy { failures: u32 },
+}
+
 /// Shared by all supervisors.
 #[derive(Debug, Clone)]
 pub struct Supervision {
@@ -123,7 +140,7 @@ pub struct Supervision {
 
 /// Supervises `spec` until shutdown. `ready` gets the outcome of the first start: Ok once the
 /// service reports SERVING, or why it did not (then the service is not restarted).
-pub async fn supervise(spec: ChildSpec, sup: Supervision, ready: oneshot::Sender<Result<(), String>>) {
+pub async fn supervise(spec: ChildSpec, sup: Supervision, ready: oneshot::Sender<Result<(), ExitReason>>) {
     let service = spec.service;
     let name = service.as_str();
     let channel = common::grpc::unix_channel(&spec.socket);
@@ -141,7 +158,7 @@ pub async fn supervise(spec: ChildSpec, sup: Supervision, ready: oneshot::Sender
         let started = Instant::now();
         let exit = match spec.process.spawn_supervised() {
             Ok(child) => run_child(&spec, &sup, child, &channel, &mut ready, started).await,
-            Err(e) => Exit::Failed(e.to_string()),
+            Err(e) => Exit::Failed(e.into()),
         };
         sup.board.update(service, |s, started| {
             s.pid = 0;
@@ -154,7 +171,7 @@ pub async fn supervise(spec: ChildSpec, sup: Supervision, ready: oneshot::Sender
             }
             Exit::Failed(why) => why,
         };
-        sup.board.update(service, |s, _| s.last_exit = why.clone());
+        sup.board.update(service, |s, _| s.last_exit = why.to_string());
         if let Some(ready) = ready.take() {
             sup.board.set_state(service, ServiceState::Failed);
             let _ = ready.send(Err(why));
@@ -194,7 +211,7 @@ enum Exit {
     /// Stopped by us on shutdown.
     Stopped,
     /// Ended on its own, or was killed for failing health checks; the reason.
-    Failed(String),
+    Failed(ExitReason),
 }
 
 /// Runs one process of the service until it exits or shutdown stops it.
@@ -203,7 +220,7 @@ async fn run_child(
     sup: &Supervision,
     mut child: Child,
     channel: &tonic::transport::Channel,
-    ready: &mut Option<oneshot::Sender<Result<(), String>>>,
+    ready: &mut Option<oneshot::Sender<Result<(), ExitReason>>>,
     started: Instant,
 ) -> Exit {
     let name = spec.service.as_str();
@@ -224,8 +241,8 @@ async fn run_child(
         tokio::select! {
             status = child.wait() => {
                 break Exit::Failed(match status {
-                    Ok(status) => describe_exit(status),
-                    Err(e) => format!("wait failed: {e}"),
+                    Ok(status) => ExitReason::Exited(status),
+                    Err(e) => ExitReason::Wait(e),
                 });
             }
             () = sup.shutdown.cancelled() => {
@@ -252,11 +269,10 @@ async fn run_child(
                 } else if !serving {
                     if started.elapsed() > sup.config.ready_timeout {
                         kill(&mut child).await;
-                        break Exit::Failed(format!(
-                            "not SERVING on {} within launcher.ready_timeout ({:?})",
-                            spec.socket.display(),
-                            sup.config.ready_timeout
-                        ));
+                        break Exit::Failed(ExitReason::NotServing {
+                            socket: spec.socket.clone(),
+                            timeout: sup.config.ready_timeout,
+                        });
                     }
                 } else {
                     failures += 1;
@@ -264,7 +280,7 @@ async fn run_child(
                     tracing::warn!(service = name, pid, failures, "health check failed");
                     if failures >= sup.config.unhealthy_threshold {
                         kill(&mut child).await;
-                        break Exit::Failed(format!("{failures} failed health checks in a row; killed"));
+                        break Exit::Failed(ExitReason::Unhealthy { failures });
                     }
                 }
             }
@@ -298,4 +314,28 @@ async fn kill(child: &mut Child) {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
     let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+
+    /// `last_exit` in `executor status` and the start-up failure, as before the reasons were typed.
+    #[test]
+    fn exit_reasons_print_as_before() {
+        let not_serving = ExitReason::NotServing {
+            socket: PathBuf::from("/run/executor/gpu-monitor.sock"),
+            timeout: Duration::from_secs(30),
+        };
+        for (reason, text) in [
+            (ExitReason::Exited(ExitStatus::from_raw(9)), "signal 9 (SIGKILL)"),
+            (not_serving, "not SERVING on /run/executor/gpu-monitor.sock within launcher.ready_timeout (30s)"),
+            (ExitReason::Unhealthy { failures: 3 }, "3 failed health checks in a row; killed"),
+            (ExitReason::Wait(std::io::Error::other("gone")), "wait failed: gone"),
+        ] {
+            assert_eq!(reason.to_string(), text);
+        }
+    }
 }
