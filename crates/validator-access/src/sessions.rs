@@ -1,0 +1,205 @@
+//! The one registry of live sessions, whichever front they came through, and the one way a
+//! session ends ([`Sessions::end`], [`Sessions::end_where`]): the process groups of its
+//! commands are killed, the connection is closed when the end comes from outside (revocation,
+//! expiry), and the end is audited. Both fronts and the reaper end sessions only here.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use common::audit::Audit;
+use russh::Disconnect;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::principal::{Principal, with_principal};
+
+/// A new session id, `s-` and 16 hex digits.
+pub fn new_session_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    format!("s-{}", hex::encode(b))
+}
+
+/// How a session is ended from outside.
+pub enum Closer {
+    /// A connection to the embedded server: disconnect it.
+    Disconnect(russh::server::Handle),
+    /// A relay (the system-sshd gate): cancel it.
+    Cancel(CancellationToken),
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Closer::Disconnect(_) => "Closer::Disconnect",
+            Closer::Cancel(_) => "Closer::Cancel",
+        })
+    }
+}
+
+/// Why a session ended; the audit line's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Its grant was revoked.
+    GrantRevoked,
+    /// Its grant expired (or was gone when the reaper looked).
+    GrantEnded,
+    /// The client went away, or the relayed command ended.
+    ClientClosed,
+    /// The connection failed.
+    ConnectionError,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::GrantRevoked => "grant_revoked",
+            Ending::GrantEnded => "grant_ended",
+            Ending::ClientClosed => "client_closed",
+            Ending::ConnectionError => "connection_error",
+        }
+    }
+
+    /// Whether the end comes from outside the connection, which must then be closed.
+    fn is_external(self) -> bool {
+        matches!(self, Ending::GrantRevoked | Ending::GrantEnded)
+    }
+}
+
+/// A live session.
+#[derive(Debug)]
+pub struct Session {
+    pub principal: Principal,
+    pub peer: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    pub commands: Vec<String>,
+    closer: Closer,
+    /// Process groups of the commands running now.
+    children: HashSet<u32>,
+}
+
+impl Session {
+    pub fn new(principal: Principal, peer: String, started_at: i64, closer: Closer) -> Self {
+        Self { principal, peer, started_at, commands: Vec::new(), closer, children: HashSet::new() }
+    }
+}
+
+/// What a caller sees of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionView {
+    pub id: String,
+    pub principal: Principal,
+    pub peer: String,
+    pub started_at: i64,
+    pub commands: Vec<String>,
+}
+
+/// The live sessions of the service.
+#[derive(Debug)]
+pub struct Sessions {
+    live: Mutex<HashMap<String, Session>>,
+    audit: Arc<Audit>,
+}
+
+impl Sessions {
+    pub fn new(audit: Arc<Audit>) -> Self {
+        Self { live: Mutex::new(HashMap::new()), audit }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn insert(&self, id: String, session: Session) {
+        self.lock().insert(id, session);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Records a command line the session ran.
+    pub fn add_command(&self, id: &str, line: &str) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.commands.push(line.to_owned());
+        }
+    }
+
+    /// Records the process group of a command that started; killed when the session ends.
+    pub fn add_child(&self, id: &str, pgid: u32) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.children.insert(pgid);
+        }
+    }
+
+    /// Forgets the process group of a command that ended.
+    pub fn remove_child(&self, id: &str, pgid: u32) {
+        if let Some(s) = self.lock().get_mut(id) {
+            s.children.remove(&pgid);
+        }
+    }
+
+    /// The live sessions.
+    pub fn list(&self) -> Vec<SessionView> {
+        self.lock()
+            .iter()
+            .map(|(id, s)| SessionView {
+                id: id.clone(),
+                principal: s.principal.clone(),
+                peer: s.peer.clone(),
+                started_at: s.started_at,
+                commands: s.commands.clone(),
+            })
+            .collect()
+    }
+
+    /// Ends session `id` if it is still live; false when it was already ended.
+    pub async fn end(&self, id: &str, ending: Ending) -> bool {
+        let Some(session) = self.lock().remove(id) else { return false };
+        self.tear_down(id, session, ending).await;
+        true
+    }
+
+    /// Ends every session whose principal `gone` says lost its access. Returns how many.
+    pub async fn end_where(&self, gone: impl Fn(&Principal) -> bool, ending: Ending) -> u32 {
+        let ended: Vec<(String, Session)> = {
+            let mut live = self.lock();
+            let ids: Vec<String> = live.iter().filter(|(_, s)| gone(&s.principal)).map(|(k, _)| k.clone()).collect();
+            ids.into_iter().filter_map(|k| live.remove(&k).map(|s| (k, s))).collect()
+        };
+        for (id, session) in &ended {
+            self.tear_down(id, session, ending).await;
+        }
+        ended.len() as u32
+    }
+
+    /// The teardown: kill the commands, close the connection when the end comes from outside,
+    /// audit, count.
+    async fn tear_down(&self, id: &str, session: impl std::borrow::Borrow<Session>, ending: Ending) {
+        let session = session.borrow();
+        for pgid in &session.children {
+            let _ = common::process::signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if ending.is_external() {
+            match &session.closer {
+                Closer::Disconnect(handle) => {
+                    let _ = handle.disconnect(Disconnect::ByApplication, "access ended".into(), "en".into()).await;
+                }
+                Closer::Cancel(token) => token.cancel(),
+            }
+        }
+        self.audit.record(
+            "disconnect",
+            with_principal(Some(&session.principal), json!({"session": id, "reason": ending.as_str()})),
+        );
+        if ending.is_external() {
+            metrics::counter!("executor_validator_access_sessions_closed_total", "reason" => ending.as_str())
+                .increment(1);
+        }
+    }
+}
