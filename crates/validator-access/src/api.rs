@@ -172,3 +172,55 @@ impl AccessApi for Api {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::hotkey::AddressError;
+    use tonic::Code;
+
+    use super::*;
+    use crate::grants::GrantError;
+
+    /// `error` becomes a status with `code` (today's), a message starting with `message`, and
+    /// the reason in metadata; internal text never reaches the message.
+    fn check(error: ApiError, code: Code, message: &str) {
+        let status = refusal(error).into_status();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().starts_with(message), "{status:?}");
+        assert!(!status.message().contains("/secret/path"), "{status:?}");
+        let back = Refusal::from_status(&status).expect("a reason");
+        assert_eq!(back.reason.internal_code(), code);
+    }
+
+    #[test]
+    fn every_error_has_a_reason_and_today_s_code() {
+        let disk = || GrantError::Io { path: "/secret/path".into(), source: std::io::Error::other("disk full") };
+        let hotkey = ApiError::Hotkey { field: "validator_hotkey", source: AddressError::NotBase58("5Grw".into()) };
+        check(hotkey, Code::InvalidArgument, "validator_hotkey: ");
+        let key = ApiError::Key(parse_key("ssh-rsa AAAA").unwrap_err());
+        check(key, Code::InvalidArgument, "ssh_public_key: ");
+        let access = |e: AccessError| ApiError::Access(e);
+        check(access(AccessError::Ttl { ttl: 0, max: 60 }), Code::InvalidArgument, "ttl_seconds: ");
+        check(access(AccessError::ChallengeRequired), Code::InvalidArgument, "challenge_id: required");
+        check(access(ChallengeError::LockedOut(5).into()), Code::PermissionDenied, "validator_hotkey: locked out");
+        let bad = ChallengeError::BadSignature { left: 1 };
+        check(access(bad.into()), Code::Unauthenticated, "signature: ");
+        check(access(ChallengeError::OtherHotkey.into()), Code::Unauthenticated, "challenge_id: ");
+        check(access(ChallengeError::Unknown.into()), Code::FailedPrecondition, "challenge_id: no such");
+        check(access(ChallengeError::Expired.into()), Code::FailedPrecondition, "challenge_id: the challenge expired");
+        check(access(AccessError::NoGrant("g-1".into())), Code::NotFound, "grant_id: no grant `g-1`");
+        check(access(AccessError::StoreGrant(disk())), Code::Internal, "cannot store the grant");
+        check(access(AccessError::StoreRevocation(disk())), Code::Internal, "cannot store the revocation");
+        check(access(AccessError::Randomness(getrandom::Error::UNSUPPORTED)), Code::Internal, "no randomness");
+        let encoding = AccessError::KeyEncoding(russh::keys::ssh_key::Error::FormatEncoding);
+        check(access(encoding), Code::Internal, "ssh_public_key: ");
+    }
+
+    #[test]
+    fn internal_causes_go_to_metadata_only() {
+        let disk = GrantError::Io { path: "/secret/path".into(), source: std::io::Error::other("disk full") };
+        let r = refusal(ApiError::Access(AccessError::StoreGrant(disk)));
+        assert_eq!(r.reason, Reason::Storage);
+        assert!(r.cause.as_deref().is_some_and(|c| c.contains("/secret/path: disk full")), "{r:?}");
+    }
+}

@@ -1,5 +1,5 @@
 //! The command grammar: which command lines a validator may run and the argv each becomes.
-//! It decides only *what* runs; how it runs (user, limits, output) is [`crate::command`].
+//! It decides only *what* runs; how it runs (user, limits, output) is the `command` module.
 //!
 //! Strict mode (`strict_ssh_restrictions`) allows this executor's `gpu-attestor` and a few
 //! read-only facts (`nvidia-smi` queries, `uname`, `nproc`, `cat /proc/cpuinfo|meminfo`). The

@@ -1,5 +1,5 @@
-//! Who a login and its session belong to. Admission ([`crate::admission`]) turns a presented
-//! key into a principal; sessions ([`crate::sessions`]), commands and audit lines name it.
+//! Who a login and its session belong to. Admission turns a presented key into a principal;
+//! sessions, commands and audit lines name it.
 //! Today only validators log in, through a grant; renters (their own keys, their own
 //! container) become a second variant with their own rules beside the validator ones.
 

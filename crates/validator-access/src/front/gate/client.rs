@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{EXIT, HEADER, Header, MAX_FRAME, STDERR, STDIN, STDIN_EOF, STDOUT, frame};
+use super::wire::{EXIT, HEADER, Header, MAX_FRAME, STDERR, STDIN, STDIN_EOF, STDOUT, frame};
 
 /// `validator-access gate <grant> <socket>`: the forced command sshd runs for a validator key.
 /// Relays to the service and exits with the command's status (255 when the service is not

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::socket_path;
+use super::wire::socket_path;
 use crate::grants::{GrantRecord, write_atomically};
 
 /// The `authorized_keys` text for `grants`: `gate` is this binary, `socket` the relay socket.

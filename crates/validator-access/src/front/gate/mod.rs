@@ -5,20 +5,15 @@
 //! exit status over a Unix socket to the service; this module is the service's end of the
 //! relay: it admits the grant, then plans, runs and ends the session exactly as the embedded
 //! server would (grammar, runner, sessions, audit), and closes the relay when the grant ends.
-//!
-//! Frames, both ways: a kind byte, a big-endian u32 length, the bytes. Gate → service: `H`
-//! (JSON header: grant, command, peer), `I` (stdin), `E` (end of stdin). Service → gate: `O`
-//! (stdout), `R` (stderr), `X` (exit status, u32).
+//! The frames are [`wire`]'s.
 
 pub mod client;
 pub mod keys;
+pub mod wire;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 
@@ -28,54 +23,8 @@ use crate::principal::Principal;
 use crate::sessions::{Closer, Ending, Session, new_session_id};
 use crate::time::now;
 
-pub const HEADER: u8 = b'H';
-pub const STDIN: u8 = b'I';
-pub const STDIN_EOF: u8 = b'E';
-pub const STDOUT: u8 = b'O';
-pub const STDERR: u8 = b'R';
-pub const EXIT: u8 = b'X';
-/// Largest frame accepted (the header, or a chunk of stdin).
-const MAX_FRAME: u32 = 1 << 20;
-
-/// The relay socket: beside the `authorized_keys` file (a directory sshd already requires the
-/// validator user to reach).
-pub fn socket_path(authorized_keys: &Path) -> PathBuf {
-    authorized_keys.with_file_name("validator-gate.sock")
-}
-
-/// What the gate says first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Header {
-    pub grant: String,
-    pub command: String,
-    /// `SSH_CONNECTION`'s first field.
-    pub peer: String,
-}
-
-/// One frame's bytes.
-fn frame(kind: u8, data: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(5 + data.len());
-    f.push(kind);
-    f.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    f.extend_from_slice(data);
-    f
-}
-
-async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, kind: u8, data: &[u8]) -> std::io::Result<()> {
-    w.write_all(&frame(kind, data)).await
-}
-
-async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 5];
-    r.read_exact(&mut head).await?;
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]);
-    if len > MAX_FRAME {
-        return Err(std::io::Error::other(format!("frame of {len} bytes")));
-    }
-    let mut data = vec![0u8; len as usize];
-    r.read_exact(&mut data).await?;
-    Ok((head[0], data))
-}
+pub use wire::socket_path;
+use wire::{EXIT, HEADER, Header, STDERR, STDIN, STDOUT, read_frame, write_frame};
 
 /// A command's output, relayed to the gate.
 struct RelayOutput(tokio::sync::Mutex<OwnedWriteHalf>);
