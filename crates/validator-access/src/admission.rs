@@ -105,3 +105,45 @@ impl Admission {
         Ok(principal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use common::ServiceName;
+    use common::clock::ManualClock;
+
+    use super::*;
+    use crate::grants::{GrantRecord, fingerprint, parse_key};
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+    #[test]
+    fn keys_and_relayed_grants_become_principals_within_the_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (grants, _) = GrantStore::open(dir.path()).unwrap();
+        let key = parse_key(KEY).unwrap();
+        let grant = GrantRecord {
+            id: "g-1".into(),
+            hotkey: "5Grw".into(),
+            public_key: key.to_openssh().unwrap(),
+            fingerprint: fingerprint(&key),
+            created_at: 0,
+            expires_at: now() + 600,
+        };
+        grants.add(grant.clone()).unwrap();
+        let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
+        let sources = vec![common::config::parse_network("10.0.0.0/8").unwrap()];
+        let admission = Admission::new(Arc::new(grants), sources, 1, Arc::new(ManualClock::default()), audit);
+
+        assert_eq!(admission.principal_for_key(&grant.fingerprint), Some(Principal::Validator(grant.clone())));
+        assert_eq!(admission.principal_for_key("SHA256:other"), None);
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(admission.admit_relayed("g-2", Some(inside)), Err(Denied::NoLiveGrant));
+        assert_eq!(admission.admit_relayed("g-1", Some("192.168.1.1".parse().unwrap())), Err(Denied::SourceAddress));
+        assert_eq!(admission.admit_relayed("g-1", Some(inside)), Ok(Principal::Validator(grant.clone())));
+        // One a minute: the address is spent, then (from elsewhere) the hotkey.
+        assert_eq!(admission.admit_relayed("g-1", Some(inside)), Err(Denied::RateLimited));
+        assert_eq!(admission.admit_relayed("g-1", Some("10.9.9.9".parse().unwrap())), Err(Denied::RateLimited));
+        assert!(!admission.admit_ip(inside, "connection"));
+        assert!(admission.admit_login(&Principal::Validator(grant)).is_err());
+    }
+}

@@ -203,3 +203,69 @@ impl Sessions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use common::ServiceName;
+    use common::process::ProcessSpec;
+
+    use super::*;
+    use crate::grants::GrantRecord;
+
+    fn validator(grant: &str) -> Principal {
+        Principal::Validator(GrantRecord {
+            id: grant.into(),
+            hotkey: "5Grw".into(),
+            public_key: String::new(),
+            fingerprint: String::new(),
+            created_at: 0,
+            expires_at: 100,
+        })
+    }
+
+    #[tokio::test]
+    async fn one_teardown_kills_closes_and_audits() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
+        let sessions = Sessions::new(audit);
+        let (revoked, kept) = (CancellationToken::new(), CancellationToken::new());
+        sessions
+            .insert("s-1".into(), Session::new(validator("g-1"), "peer".into(), 0, Closer::Cancel(revoked.clone())));
+        sessions.insert("s-2".into(), Session::new(validator("g-2"), "peer".into(), 0, Closer::Cancel(kept.clone())));
+        let mut child = ProcessSpec::new("sleep").arg("30").spawn_interactive().unwrap();
+        sessions.add_child("s-1", child.id().unwrap());
+        sessions.add_command("s-1", "sleep 30");
+        assert_eq!(sessions.list().iter().find(|s| s.id == "s-1").unwrap().commands, ["sleep 30"]);
+
+        // From outside (the grant ended): commands killed, connection closed, counted.
+        let ended = sessions.end_where(|p| matches!(p, Principal::Validator(g) if g.id == "g-1"), Ending::GrantRevoked);
+        assert_eq!(ended.await, 1);
+        assert!(revoked.is_cancelled());
+        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
+        assert!(!status.success(), "{status:?}");
+        // The client went away: nothing left to close; a second end finds nothing.
+        assert!(sessions.end("s-2", Ending::ClientClosed).await);
+        assert!(!kept.is_cancelled());
+        assert!(!sessions.end("s-2", Ending::ClientClosed).await);
+        assert!(sessions.is_empty());
+
+        let log = std::fs::read_to_string(dir.path().join("audit/validator-access.jsonl")).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        for (line, (session, grant, reason)) in
+            lines.iter().zip([("s-1", "g-1", "grant_revoked"), ("s-2", "g-2", "client_closed")])
+        {
+            for field in [
+                format!("\"session\":\"{session}\""),
+                format!("\"grant_id\":\"{grant}\""),
+                format!("\"reason\":\"{reason}\""),
+                "\"hotkey\":\"5Grw\"".to_owned(),
+                "\"event\":\"disconnect\"".to_owned(),
+            ] {
+                assert!(line.contains(&field), "{field} not in {line}");
+            }
+        }
+    }
+}
