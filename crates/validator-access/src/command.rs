@@ -59,8 +59,8 @@ impl CommandUser {
 /// Which of a command's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
-    Stdout,
-    Stderr,
+    Stdout = 0,
+    Stderr = 1,
 }
 
 /// Where a command's output and exit status go: the SSH channel or the gate's relay.
@@ -129,28 +129,19 @@ impl Runner {
                 let mut stdin = child.stdin.take();
                 let mut stdout = child.stdout.take();
                 let mut stderr = child.stderr.take();
-                let mut sent = [0u64; 2];
+                let mut capped = Capped { output: &output, cap, sent: [0; 2] };
                 let mut truncated = false;
                 let (mut out_buf, mut err_buf) = (vec![0u8; 32 << 10], vec![0u8; 32 << 10]);
                 let io = async {
                     loop {
+                        // `send` is true once the output cap is reached: the command is killed.
                         tokio::select! {
                             n = read_some(&mut stdout, &mut out_buf) => match n {
-                                Some(n) => {
-                                    if forward(&output, Stream::Stdout, &out_buf[..n], &mut sent[0], cap).await {
-                                        truncated = true;
-                                        break;
-                                    }
-                                }
+                                Some(n) => truncated = capped.send(Stream::Stdout, &out_buf[..n]).await,
                                 None => stdout = None,
                             },
                             n = read_some(&mut stderr, &mut err_buf) => match n {
-                                Some(n) => {
-                                    if forward(&output, Stream::Stderr, &err_buf[..n], &mut sent[1], cap).await {
-                                        truncated = true;
-                                        break;
-                                    }
-                                }
+                                Some(n) => truncated = capped.send(Stream::Stderr, &err_buf[..n]).await,
                                 None => stderr = None,
                             },
                             data = stdin_rx.recv(), if stdin.is_some() => match (data, stdin.as_mut()) {
@@ -158,7 +149,7 @@ impl Runner {
                                 _ => stdin = None,
                             },
                         }
-                        if stdout.is_none() && stderr.is_none() {
+                        if truncated || (stdout.is_none() && stderr.is_none()) {
                             break;
                         }
                     }
@@ -177,7 +168,7 @@ impl Runner {
                 if timed_out {
                     output.out(Stream::Stderr, b"executor: command timed out\n".to_vec()).await;
                 }
-                (code, sent, truncated, timed_out)
+                (code, capped.sent, truncated, timed_out)
             }
         };
         output.finish(code).await;
@@ -204,13 +195,92 @@ async fn read_some<R: tokio::io::AsyncRead + Unpin>(reader: &mut Option<R>, buf:
     }
 }
 
-/// Sends output within the cap; true when the cap is reached.
-async fn forward(output: &impl Output, stream: Stream, bytes: &[u8], sent: &mut u64, cap: u64) -> bool {
-    let room = cap.saturating_sub(*sent) as usize;
-    let part = bytes[..bytes.len().min(room)].to_vec();
-    *sent += part.len() as u64;
-    if !part.is_empty() {
-        output.out(stream, part).await;
+/// Output within `command_max_output_bytes` per stream.
+struct Capped<'a, O> {
+    output: &'a O,
+    cap: u64,
+    /// Bytes sent on stdout and stderr.
+    sent: [u64; 2],
+}
+
+impl<O: Output> Capped<'_, O> {
+    /// Sends what fits under the cap; true when the cap is reached.
+    async fn send(&mut self, stream: Stream, bytes: &[u8]) -> bool {
+        let sent = &mut self.sent[stream as usize];
+        let room = self.cap.saturating_sub(*sent) as usize;
+        let part = bytes[..bytes.len().min(room)].to_vec();
+        *sent += part.len() as u64;
+        if !part.is_empty() {
+            self.output.out(stream, part).await;
+        }
+        bytes.len() > room
     }
-    bytes.len() > room
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use common::ServiceName;
+
+    use super::*;
+
+    /// What a command sent: (stdout, stderr, exit status).
+    #[derive(Default)]
+    struct Collected(Mutex<(Vec<u8>, Vec<u8>, Option<u32>)>);
+
+    impl Output for &Collected {
+        async fn out(&self, stream: Stream, data: Vec<u8>) {
+            let mut c = self.0.lock().unwrap();
+            match stream {
+                Stream::Stdout => c.0.extend(data),
+                Stream::Stderr => c.1.extend(data),
+            }
+        }
+
+        async fn finish(&self, code: u32) {
+            self.0.lock().unwrap().2 = Some(code);
+        }
+    }
+
+    async fn run(script: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>, Option<u32>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
+        let user = CommandUser { name: "nobody".into(), uid: 65534, gid: 65534 };
+        let runner = Runner::new(user, Duration::from_secs(2), 1000, audit.clone());
+        let sessions = Sessions::new(audit);
+        let job = Job {
+            session_id: "s-1".into(),
+            principal: None,
+            line: script.into(),
+            spec: ProcessSpec::new("sh").args(["-c", script]),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        if !stdin.is_empty() {
+            tx.send(stdin.to_vec()).await.unwrap();
+        }
+        drop(tx);
+        let collected = Collected::default();
+        runner.run(&sessions, job, &collected, rx).await;
+        let (out, err, code) = collected.0.into_inner().unwrap();
+        let log = std::fs::read_to_string(dir.path().join("audit/validator-access.jsonl")).unwrap();
+        (out, err, code, log)
+    }
+
+    #[tokio::test]
+    async fn commands_get_stdin_and_their_status_within_the_output_cap_and_time_limit() {
+        let (out, err, code, log) = run("cat; echo oops >&2; exit 3", b"hello").await;
+        assert_eq!((out.as_slice(), err.as_slice(), code), (&b"hello"[..], &b"oops\n"[..], Some(3)));
+        assert!(log.contains("\"exit_code\":3") && log.contains("\"grant_id\":null"), "{log}");
+
+        let (out, _, code, log) = run("yes", b"").await;
+        assert_eq!(out.len(), 1000);
+        assert_eq!(code, Some(128 + 9), "killed at the cap");
+        assert!(log.contains("\"truncated\":true") && log.contains("\"stdout_bytes\":1000"), "{log}");
+
+        let (_, err, code, log) = run("sleep 30", b"").await;
+        assert_eq!(code, Some(124));
+        assert_eq!(err, b"executor: command timed out\n");
+        assert!(log.contains("\"timed_out\":true"), "{log}");
+    }
 }
