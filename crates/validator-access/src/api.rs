@@ -1,6 +1,6 @@
 //! The `executor.access.v1.ValidatorAccess` gRPC service on the internal socket (executor-api
 //! forwards the miner's calls here): decodes a request, calls [`Access`], and maps the
-//! outcome. [`refusal`] is the one place a status is chosen: every error carries a
+//! outcome. `refusal` is the one place a status is chosen: every error carries a
 //! [`Reason`] and a message for the caller; OS and storage text only reaches the log.
 
 use std::sync::Arc;

@@ -11,8 +11,13 @@
 //! `proto/executor/validator_access.proto`); every decision goes to the audit log
 //! ([`common::audit`]).
 //!
-//! Layers, each importing only those below it: `time`, `challenge`, `grammar` → `grants` →
-//! `principal` → `sessions`, `admission` → `command` → `access` → `front`, `api` → this file.
+//! Layers, each module importing only modules of the lines above it:
+//! - `time`, `challenge`, `grammar`: nothing of this crate;
+//! - `grants` (time); `principal` (grants); `sessions` (principal);
+//! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
+//! - `access` (all of the above);
+//! - `front::embedded`, `front::gate`, `api` (access and what it is made of);
+//! - this file and `main.rs`.
 
 pub mod access;
 pub mod admission;

@@ -3,7 +3,7 @@
 //! Today only validators log in, through a grant; renters (their own keys, their own
 //! container) become a second variant with their own rules beside the validator ones.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::grants::GrantRecord;
 
@@ -21,24 +21,16 @@ impl Principal {
             Principal::Validator(g) => &g.hotkey,
         }
     }
-
-    /// The fields naming this principal in audit lines (`grant_id`, `hotkey`); `null` for a
-    /// connection that has not authenticated.
-    pub fn audit_fields(principal: Option<&Principal>) -> Map<String, Value> {
-        let (grant_id, hotkey) = match principal {
-            Some(Principal::Validator(g)) => (json!(g.id), json!(g.hotkey)),
-            None => (Value::Null, Value::Null),
-        };
-        Map::from_iter([("grant_id".to_owned(), grant_id), ("hotkey".to_owned(), hotkey)])
-    }
 }
 
-/// `fields` with the principal's audit fields added.
+/// The audit line `fields` (an object) with the fields naming `principal` added: `grant_id`
+/// and `hotkey`, `null` for a connection that has not authenticated.
 pub fn with_principal(principal: Option<&Principal>, fields: Value) -> Value {
-    let mut fields = match fields {
-        Value::Object(map) => map,
-        other => return other,
+    let Value::Object(mut fields) = fields else { return fields };
+    let (grant_id, hotkey) = match principal {
+        Some(Principal::Validator(g)) => (json!(g.id), json!(g.hotkey)),
+        None => (Value::Null, Value::Null),
     };
-    fields.extend(Principal::audit_fields(principal));
+    fields.extend([("grant_id".to_owned(), grant_id), ("hotkey".to_owned(), hotkey)]);
     Value::Object(fields)
 }

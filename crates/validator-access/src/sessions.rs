@@ -161,7 +161,7 @@ impl Sessions {
     /// Ends session `id` if it is still live; false when it was already ended.
     pub async fn end(&self, id: &str, ending: Ending) -> bool {
         let Some(session) = self.lock().remove(id) else { return false };
-        self.tear_down(id, session, ending).await;
+        self.tear_down(id, &session, ending).await;
         true
     }
 
@@ -180,8 +180,7 @@ impl Sessions {
 
     /// The teardown: kill the commands, close the connection when the end comes from outside,
     /// audit, count.
-    async fn tear_down(&self, id: &str, session: impl std::borrow::Borrow<Session>, ending: Ending) {
-        let session = session.borrow();
+    async fn tear_down(&self, id: &str, session: &Session, ending: Ending) {
         for pgid in &session.children {
             let _ = common::process::signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
         }
