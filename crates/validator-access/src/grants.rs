@@ -42,12 +42,21 @@ pub enum GrantError {
     Corrupt { path: String, backup: String, source: serde_json::Error },
 }
 
-/// Why an SSH public key cannot be granted, for the `ssh_public_key` field.
-pub fn parse_key(line: &str) -> Result<PublicKey, String> {
-    let key = PublicKey::from_openssh(line.trim()).map_err(|e| format!("not an OpenSSH public key line: {e}"))?;
+/// Why an SSH public key cannot be granted (the text goes after `ssh_public_key: `).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("not an OpenSSH public key line: {0}")]
+    Malformed(russh::keys::ssh_key::Error),
+    #[error("{0} keys are not accepted; use ssh-ed25519 or ecdsa-sha2-nistp256/384/521")]
+    Algorithm(russh::keys::Algorithm),
+}
+
+/// The key of an `ssh_public_key` field: ed25519 or ECDSA only.
+pub fn parse_key(line: &str) -> Result<PublicKey, KeyError> {
+    let key = PublicKey::from_openssh(line.trim()).map_err(KeyError::Malformed)?;
     match key.algorithm() {
         russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Ecdsa { .. } => Ok(key),
-        other => Err(format!("{other} keys are not accepted; use ssh-ed25519 or ecdsa-sha2-nistp256/384/521")),
+        other => Err(KeyError::Algorithm(other)),
     }
 }
 
@@ -119,7 +128,7 @@ impl GrantStore {
                         source,
                     });
                 };
-                let moved_to = path.with_extension(format!("json.corrupt-{}", crate::ssh::now()));
+                let moved_to = path.with_extension(format!("json.corrupt-{}", crate::time::now()));
                 let io = |source| GrantError::Io { path: path.display().to_string(), source };
                 std::fs::rename(&path, &moved_to).map_err(io)?;
                 let bytes = serde_json::to_vec_pretty(&good).map_err(|e| io(std::io::Error::other(e)))?;
@@ -254,7 +263,7 @@ mod tests {
     #[test]
     fn only_modern_key_types_are_granted() {
         assert!(parse_key(KEY).is_ok());
-        assert!(parse_key("ssh-ed25519 AAAA").unwrap_err().contains("not an OpenSSH public key"));
+        assert!(parse_key("ssh-ed25519 AAAA").unwrap_err().to_string().contains("not an OpenSSH public key"));
         assert!(parse_key("garbage").is_err());
     }
 }

@@ -1,19 +1,38 @@
-//! validator-access: grants of short-lived SSH access to validators and the embedded SSH
-//! server that honours them.
+//! validator-access: grants of short-lived SSH access to validators and the SSH fronts that
+//! honour them.
 //!
 //! The miner provisions a grant (validator hotkey, SSH key, TTL) through executor-api after the
 //! validator signed a challenge with its hotkey ([`challenge`]); grants persist in `data_dir`
-//! ([`grants`]); the SSH server ([`ssh`]) lets in only keys of live grants and closes sessions
-//! within 500 ms of their grant ending; every decision goes to the audit log ([`common::audit`]); the
-//! gRPC API of `proto/executor/validator_access.proto` is [`api`].
+//! ([`grants`]). Validators come in through one of two fronts ([`front`]): the embedded SSH
+//! server or the host's sshd with a forced command. Both ask [`admission`] who a key is (a
+//! [`principal`]), plan commands with the [`grammar`], run them with [`command`], and end
+//! sessions through the one registry in [`sessions`] (within 500 ms of their grant ending).
+//! [`access`] ties these together for the fronts and the gRPC API ([`api`], the service of
+//! `proto/executor/validator_access.proto`); every decision goes to the audit log
+//! ([`common::audit`]).
+//!
+//! Layers, each module importing only modules of the lines above it:
+//! - `time`, `challenge`, `grammar`: nothing of this crate;
+//! - `grants` (time); `principal` (grants); `sessions` (principal);
+//! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
+//! - `access` (all of the above);
+//! - `front::embedded`, `front::gate`, `api` (access and what it is made of);
+//! - this file and `main.rs`.
 
+pub mod access;
+pub mod admission;
 pub mod api;
 pub mod challenge;
-pub mod gate;
+pub mod command;
+pub mod front;
+pub mod grammar;
 pub mod grants;
-pub mod ssh;
+pub mod principal;
+pub mod sessions;
+pub mod time;
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,35 +41,29 @@ use common::check::Check;
 use common::config::LoadedConfig;
 use common::service::{BoxError, Service, ServiceContext};
 
+use crate::command::CommandUser;
+use crate::front::gate::keys::AuthorizedKeysFile;
+
 /// The gRPC service name.
 pub const GRPC_SERVICE: &str = "executor.access.v1.ValidatorAccess";
-/// The SSH host key under `data_dir`.
-pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";
 /// How often expired grants and their sessions are reaped.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The persistent SSH host key: `data_dir/ssh_host_ed25519_key` (OpenSSH format, 0600), made
-/// on first start.
-pub fn host_key(data_dir: &Path) -> Result<russh::keys::PrivateKey, BoxError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join(HOST_KEY_FILE);
-    if path.exists() {
-        return russh::keys::load_secret_key(&path, None).map_err(|e| format!("{}: {e}", path.display()).into());
-    }
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no randomness: {e}"))?;
-    let pair = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&seed);
-    let key = russh::keys::PrivateKey::from(pair);
-    let text = key.to_openssh(russh::keys::ssh_key::LineEnding::LF).map_err(|e| e.to_string())?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
-    file.sync_all()?;
-    Ok(key)
+/// Why the service cannot start; names the config key.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot find the directory of this binary")]
+    NoBinaryDir,
+    #[error("validator.allowed_source_addresses: {0}")]
+    Sources(String),
+    #[error("validator.ssh_port: cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("validator.authorized_keys_file: no directory")]
+    NoKeysDir,
+    #[error("validator.authorized_keys_file: cannot create {dir}: {source}")]
+    KeysDir { dir: PathBuf, source: std::io::Error },
+    #[error("validator.authorized_keys_file: cannot listen on {socket}: {source}")]
+    GateSocket { socket: PathBuf, source: std::io::Error },
 }
 
 /// Where validators come in.
@@ -59,7 +72,7 @@ enum Front {
     /// The embedded SSH server.
     Embedded { listener: tokio::net::TcpListener, host_key: Box<russh::keys::PrivateKey> },
     /// The host's sshd, through `authorized_keys` and the gate socket.
-    System { listener: tokio::net::UnixListener, uid: u32, keys_file: std::path::PathBuf },
+    System { listener: tokio::net::UnixListener, uid: u32, keys_file: PathBuf },
 }
 
 /// The validator-access service.
@@ -67,6 +80,8 @@ enum Front {
 pub struct ValidatorAccess {
     api: api::Api,
     front: Front,
+    /// `allowed_source_addresses` as configured, for the `authorized_keys` file.
+    sources: Vec<String>,
 }
 
 impl Service for ValidatorAccess {
@@ -75,9 +90,9 @@ impl Service for ValidatorAccess {
 
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
         let v = &loaded.config.validator;
-        let user = match ssh::CommandUser::lookup("validator.command_user", &v.command_user) {
+        let user = match CommandUser::lookup("validator.command_user", &v.command_user) {
             Ok(u) => Check::pass("validator command user", format!("{} (uid {})", u.name, u.uid)),
-            Err(e) => Check::fail("validator command user", e),
+            Err(e) => Check::fail("validator command user", e.to_string()),
         };
         let setpriv =
             if std::path::Path::new("/usr/bin/setpriv").exists() || std::path::Path::new("/bin/setpriv").exists() {
@@ -92,14 +107,9 @@ impl Service for ValidatorAccess {
         let config = ctx.config();
         let v = config.validator.clone();
         let identity = common::identity::ExecutorIdentity::load_or_create(&config.data_dir)?;
-        let user = ssh::CommandUser::lookup("validator.command_user", &v.command_user)?;
-        let clock: Arc<dyn common::clock::Clock> = Arc::new(common::clock::SystemClock);
-        let hv = &v.access_config.hotkey_verification;
-        let per_minute = v.access_config.rate_limits.ssh_requests_per_minute;
-        let attestor = std::env::current_exe()?
-            .parent()
-            .map(|d| d.join("gpu-attestor"))
-            .ok_or("cannot find the directory of this binary")?;
+        let user = CommandUser::lookup("validator.command_user", &v.command_user)?;
+        let attestor =
+            std::env::current_exe()?.parent().map(|d| d.join("gpu-attestor")).ok_or(SetupError::NoBinaryDir)?;
         let audit = common::audit::Audit::open(&config.data_dir, common::ServiceName::ValidatorAccess)?;
         let (grants, opened) = grants::GrantStore::open(&config.data_dir)?;
         if let grants::Opened::Recovered { moved_to, grants } = &opened {
@@ -109,51 +119,42 @@ impl Service for ValidatorAccess {
                 serde_json::json!({"moved_to": moved_to.display().to_string(), "grants": grants}),
             );
         }
-        let access = ssh::Access {
+        let sources = v
+            .allowed_source_addresses
+            .iter()
+            .map(|n| common::config::parse_network(n))
+            .collect::<Result<_, _>>()
+            .map_err(SetupError::Sources)?;
+        let access = access::Access::new(access::AccessSetup {
+            config: v.clone(),
             executor_id: identity.executor_id(),
             grants,
-            challenges: challenge::Challenges::new(
-                &identity.executor_id(),
-                Duration::from_secs(hv.challenge_timeout_seconds),
-                hv.max_signature_attempts,
-                clock.clone(),
-            ),
             audit,
-            sessions: Default::default(),
-            by_ip: common::ratelimit::RateLimiter::new(per_minute, clock.clone()),
-            by_hotkey: common::ratelimit::RateLimiter::new(per_minute, clock),
             user,
             attestor,
             identity_key: config.data_dir.join(common::identity::IDENTITY_FILE),
-            sources: v
-                .allowed_source_addresses
-                .iter()
-                .map(|n| common::config::parse_network(n))
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("validator.allowed_source_addresses: {e}"))?,
-            config: v.clone(),
-        };
+            sources,
+            clock: Arc::new(common::clock::SystemClock),
+        });
         let host = config.server.host;
         let (front, user) = match v.ssh_server {
             common::config::SshServerKind::Embedded => {
-                let listener = tokio::net::TcpListener::bind((host, v.ssh_port))
-                    .await
-                    .map_err(|e| format!("validator.ssh_port: cannot listen on {host}:{}: {e}", v.ssh_port))?;
+                let addr = SocketAddr::new(host, v.ssh_port);
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Listen { addr, source })?;
                 tracing::info!(port = v.ssh_port, strict = v.strict_ssh_restrictions, "SSH server listening");
-                let host_key = Box::new(host_key(&config.data_dir)?);
+                let host_key = Box::new(front::embedded::host_key(&config.data_dir)?);
                 (Front::Embedded { listener, host_key }, "validator".to_owned())
             }
             common::config::SshServerKind::System => {
-                let uid = ssh::CommandUser::lookup("validator.system_sshd_user", &v.system_sshd_user)?.uid;
+                let uid = CommandUser::lookup("validator.system_sshd_user", &v.system_sshd_user)?.uid;
                 let keys_file = v.authorized_keys_file.clone();
-                let dir = keys_file.parent().ok_or("validator.authorized_keys_file: no directory")?;
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("validator.authorized_keys_file: cannot create {}: {e}", dir.display()))?;
-                let socket = gate::socket_path(&keys_file);
+                let dir = keys_file.parent().ok_or(SetupError::NoKeysDir)?;
+                std::fs::create_dir_all(dir).map_err(|source| SetupError::KeysDir { dir: dir.to_owned(), source })?;
+                let socket = front::gate::socket_path(&keys_file);
                 let _ = std::fs::remove_file(&socket);
-                let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| {
-                    format!("validator.authorized_keys_file: cannot listen on {}: {e}", socket.display())
-                })?;
+                let listener = tokio::net::UnixListener::bind(&socket)
+                    .map_err(|source| SetupError::GateSocket { socket: socket.clone(), source })?;
                 {
                     use std::os::unix::fs::PermissionsExt;
                     // Any local user may connect; the service answers only system_sshd_user.
@@ -171,7 +172,7 @@ impl Service for ValidatorAccess {
                 v.ssh_port
             ),
         };
-        Ok(Self { api: api::Api { access: Arc::new(access), ssh_endpoint }, front })
+        Ok(Self { api: api::Api::new(Arc::new(access), ssh_endpoint), front, sources: v.allowed_source_addresses })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
@@ -183,15 +184,15 @@ impl Service for ValidatorAccess {
     async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
         describe_metrics();
-        let access = self.api.access.clone();
+        let access = self.api.access().clone();
         let mut keys = None;
         let server = match self.front {
             Front::Embedded { listener, host_key } => {
-                tokio::spawn(ssh::serve(access.clone(), listener, *host_key, ctx.shutdown.clone()))
+                tokio::spawn(front::embedded::serve(access.clone(), listener, *host_key, ctx.shutdown.clone()))
             }
             Front::System { listener, uid, keys_file } => {
-                keys = Some((keys_file, std::env::current_exe()?, None));
-                tokio::spawn(gate::serve(access.clone(), listener, uid, ctx.shutdown.clone()))
+                keys = Some(AuthorizedKeysFile::new(keys_file, std::env::current_exe()?, self.sources));
+                tokio::spawn(front::gate::serve(access.clone(), listener, uid, ctx.shutdown.clone()))
             }
         };
         let mut reap = tokio::time::interval(REAP_INTERVAL);
@@ -199,10 +200,10 @@ impl Service for ValidatorAccess {
             tokio::select! {
                 _ = reap.tick() => {
                     access.reap().await;
-                    if let Some((file, gate, last)) = &mut keys
-                        && let Err(e) = gate::sync_authorized_keys(&access, file, gate, last)
+                    if let Some(file) = &mut keys
+                        && let Err(e) = file.sync(&access.live_grants())
                     {
-                        tracing::error!(file = %file.display(), error = %e, "cannot write the authorized_keys file");
+                        tracing::error!(error = %e, "cannot write the authorized_keys file");
                     }
                 }
                 () = ctx.shutdown.cancelled() => break,

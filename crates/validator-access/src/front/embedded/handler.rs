@@ -1,0 +1,290 @@
+//! One connection to the embedded server: the russh handler. Authentication asks admission;
+//! a session is registered once authenticated; shell and exec requests go through the grammar
+//! and the runner; everything else (PTY, environment, agent, X11, forwarding) is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session as SshSession, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::access::Access;
+use crate::command::{Job, Output, Stream};
+use crate::grammar::Planned;
+use crate::grants::fingerprint;
+use crate::principal::Principal;
+use crate::sessions::{Closer, Session, new_session_id};
+use crate::time::now;
+
+/// A command's output on an SSH channel.
+struct ChannelOutput {
+    handle: russh::server::Handle,
+    channel: ChannelId,
+}
+
+impl Output for ChannelOutput {
+    async fn out(&self, stream: Stream, data: Vec<u8>) {
+        let _ = match stream {
+            Stream::Stdout => self.handle.data(self.channel, data).await,
+            Stream::Stderr => self.handle.extended_data(self.channel, 1, data).await,
+        };
+    }
+
+    async fn finish(&self, code: u32) {
+        let _ = self.handle.exit_status_request(self.channel, code).await;
+        let _ = self.handle.eof(self.channel).await;
+        let _ = self.handle.close(self.channel).await;
+    }
+}
+
+/// One connection.
+pub(super) struct Conn {
+    access: Arc<Access>,
+    peer: SocketAddr,
+    session_id: String,
+    principal: Option<Principal>,
+    stdin: HashMap<ChannelId, mpsc::Sender<Vec<u8>>>,
+}
+
+impl Conn {
+    pub(super) fn new(access: Arc<Access>, peer: SocketAddr) -> Self {
+        Self { access, peer, session_id: new_session_id(), principal: None, stdin: HashMap::new() }
+    }
+
+    pub(super) fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    fn refuse(&self, what: &str) {
+        metrics::counter!("executor_validator_access_refused_total", "what" => what.to_owned()).increment(1);
+        self.access.audit().record(
+            "refused",
+            json!({"session": self.session_id, "peer": self.peer.to_string(), "what": what,
+                   "hotkey": self.principal.as_ref().map(Principal::hotkey)}),
+        );
+    }
+
+    fn auth_failed(&self, user: &str, key_fingerprint: &str, reason: &str) -> Result<Auth, russh::Error> {
+        metrics::counter!("executor_validator_access_auth_failures_total", "reason" => reason.to_owned()).increment(1);
+        self.access.audit().record(
+            "auth_failure",
+            json!({"session": self.session_id, "peer": self.peer.to_string(), "user": user,
+                   "fingerprint": key_fingerprint, "reason": reason}),
+        );
+        if !self.access.admission().admit_ip(self.peer.ip(), "failed_authentication") {
+            return Err(russh::Error::Disconnect);
+        }
+        Ok(Auth::reject())
+    }
+
+    /// Starts a command on `channel`, its stdin fed from the channel.
+    fn spawn(&mut self, channel: ChannelId, planned: Planned, line: &str, session: &mut SshSession) {
+        let access = self.access.clone();
+        let job = Job {
+            session_id: self.session_id.clone(),
+            principal: self.principal.clone(),
+            line: line.to_owned(),
+            spec: access.runner().spec(planned),
+        };
+        let output = ChannelOutput { handle: session.handle(), channel };
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
+        self.stdin.insert(channel, tx);
+        access.sessions().add_command(&self.session_id, line);
+        tokio::spawn(async move {
+            access.runner().run(access.sessions(), job, output, rx).await;
+        });
+    }
+
+    /// Refuses a command line: the reason on stderr, exit status 126.
+    fn refuse_command(&self, channel: ChannelId, why: &str, session: &mut SshSession) -> Result<(), russh::Error> {
+        self.refuse("command");
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, format!("executor: {why}\n").into_bytes())?;
+        session.exit_status_request(channel, 126)?;
+        session.eof(channel)?;
+        session.close(channel)
+    }
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(offer.public_key);
+        match self.access.admission().principal_for_key(&fp) {
+            Some(_) => Ok(Auth::Accept),
+            None => self.auth_failed(user, &fp, "no_live_grant"),
+        }
+    }
+
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(key.public_key);
+        let Some(principal) = self.access.admission().principal_for_key(&fp) else {
+            return self.auth_failed(user, &fp, "no_live_grant");
+        };
+        let Principal::Validator(grant) = &principal;
+        if self.access.admission().admit_login(&principal).is_err() {
+            metrics::counter!("executor_validator_access_rate_limited_total", "scope" => "hotkey").increment(1);
+            self.access.audit().record(
+                "rate_limited",
+                json!({"scope": "hotkey", "hotkey": grant.hotkey, "peer": self.peer.to_string()}),
+            );
+            return Err(russh::Error::Disconnect);
+        }
+        self.access.audit().record(
+            "auth_success",
+            json!({"session": self.session_id, "peer": self.peer.to_string(), "user": user, "fingerprint": fp,
+                   "grant_id": grant.id, "hotkey": grant.hotkey}),
+        );
+        self.principal = Some(principal);
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut SshSession) -> Result<(), Self::Error> {
+        if let Some(principal) = &self.principal {
+            let closer = Closer::Disconnect(session.handle());
+            let info = Session::new(principal.clone(), self.peer.to_string(), now(), closer);
+            self.access.sessions().insert(self.session_id.clone(), info);
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host: &str,
+        _port: u32,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("port_forwarding");
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11");
+        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut SshSession,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("remote_port_forwarding");
+        Ok(false)
+    }
+
+    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut SshSession) -> Result<bool, Self::Error> {
+        self.refuse("agent_forwarding");
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _protocol: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11");
+        session.channel_failure(channel)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _cols: u32,
+        _rows: u32,
+        _px_w: u32,
+        _px_h: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        self.refuse("pty");
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        // Commands get an empty environment: nothing from the client either.
+        session.channel_failure(channel)
+    }
+
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut SshSession) -> Result<(), Self::Error> {
+        match self.access.grammar().plan("") {
+            Ok(planned) => {
+                session.channel_success(channel)?;
+                self.spawn(channel, planned, "sh", session);
+                Ok(())
+            }
+            Err(why) => {
+                self.refuse("shell");
+                session.extended_data(channel, 1, format!("executor: {why}\n").into_bytes())?;
+                session.channel_failure(channel)
+            }
+        }
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut SshSession,
+    ) -> Result<(), Self::Error> {
+        let line = String::from_utf8_lossy(data).into_owned();
+        match self.access.grammar().plan(&line) {
+            Ok(planned) => {
+                session.channel_success(channel)?;
+                self.spawn(channel, planned, &line, session);
+                Ok(())
+            }
+            Err(why) => self.refuse_command(channel, &why.to_string(), session),
+        }
+    }
+
+    async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut SshSession) -> Result<(), Self::Error> {
+        if let Some(tx) = self.stdin.get(&channel) {
+            let _ = tx.send(data.to_vec()).await;
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(&mut self, channel: ChannelId, _session: &mut SshSession) -> Result<(), Self::Error> {
+        self.stdin.remove(&channel);
+        Ok(())
+    }
+}
