@@ -1,10 +1,10 @@
-//! The strict-mode command allow-list (validator-access `ssh::allowed_command`): any line is
+//! The strict-mode command allow-list (validator-access `grammar::allowed_command`): any line is
 //! either refused with a message or becomes an argv that is one of the allowed programs with
 //! allowed arguments; only `gpu-attestor challenge` signs, and then with our key path only.
 
 use std::path::Path;
 
-use validator_access::ssh::allowed_command;
+use validator_access::grammar::allowed_command;
 
 const ATTESTOR: &str = "/opt/basilica/bin/gpu-attestor";
 const IDENTITY: &str = "/opt/basilica/data/executor_identity.key";
@@ -13,8 +13,8 @@ pub(crate) fn check(data: &[u8]) {
     let Ok(line) = std::str::from_utf8(data) else { return };
     let planned = match allowed_command(line, Path::new(ATTESTOR), Path::new(IDENTITY)) {
         Ok(planned) => planned,
-        Err(message) => {
-            assert!(!message.is_empty());
+        Err(refused) => {
+            assert!(!refused.to_string().is_empty());
             return;
         }
     };
