@@ -405,7 +405,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::ChallengeRequest>,
     ) -> Result<Response<access::Challenge>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.request_challenge(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.request_challenge(request.into_inner())).await
     }
 
     async fn provision_validator_access(
@@ -413,7 +413,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::ProvisionRequest>,
     ) -> Result<Response<access::Grant>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.provision(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.provision(request.into_inner())).await
     }
 
     async fn revoke_validator_access(
@@ -421,7 +421,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::RevokeRequest>,
     ) -> Result<Response<access::RevokeResponse>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.revoke(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.revoke(request.into_inner())).await
     }
 
     async fn list_validator_grants(
@@ -429,7 +429,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::ListGrantsRequest>,
     ) -> Result<Response<access::ListGrantsResponse>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.list_grants(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.list_grants(request.into_inner())).await
     }
 
     async fn run_attestation(
@@ -457,11 +457,8 @@ impl Api {
                     .await
                     .map_err(|e| ApiError::Internal(format!("container-runtime check: {e}")))?;
                 let text = String::from_utf8_lossy(&output.stdout);
-                DockerFacts::from_checks(&text).ok_or_else(|| {
-                    ApiError::Unavailable(format!(
-                        "the Docker engine does not answer container-runtime: {}",
-                        text.lines().next().unwrap_or("no output")
-                    ))
+                DockerFacts::from_checks(&text).ok_or_else(|| ApiError::DockerUnavailable {
+                    detail: text.lines().next().unwrap_or("no output").to_owned(),
                 })
             })
             .await
@@ -469,9 +466,9 @@ impl Api {
     }
 
     /// validator-access runs only with `[validator] enabled = true`.
-    fn access(&self) -> Result<ValidatorAccessClient<Channel>, Status> {
+    fn access(&self, request_id: &str) -> Result<ValidatorAccessClient<Channel>, Status> {
         if self.inner.probes.channel(ServiceName::ValidatorAccess).is_none() {
-            return Err(Status::failed_precondition("validator access is disabled ([validator] enabled = false)"));
+            return Err(ApiError::ValidatorAccessDisabled.into_status(request_id));
         }
         Ok(self.inner.access.clone())
     }
@@ -527,7 +524,7 @@ impl Api {
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() && stderr.contains("no CUDA backend") {
             // A GPU machine with this build: the operator's situation, not a fault.
-            return Err(ApiError::Unavailable(
+            return Err(ApiError::NotServed(
                 "this build's gpu-attestor has no CUDA backend: attestation cannot run on this GPU machine yet".into(),
             ));
         }

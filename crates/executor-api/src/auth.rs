@@ -121,14 +121,10 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
         }
     }
-
-    /// The status code of this refusal (decided in [`crate::errors::auth_code`]).
-    pub fn code(self) -> tonic::Code {
-        crate::errors::auth_code(self)
-    }
 }
 
-/// A refusal: the reason and a sentence for the caller (never a secret).
+/// A refusal: the reason and a sentence for the caller (never a secret). Its status is
+/// chosen by the errors module (`AuthFailure::to_status`), which this module never imports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFailure {
     pub reason: Reason,
@@ -138,11 +134,6 @@ pub struct AuthFailure {
 impl AuthFailure {
     fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
-    }
-
-    /// `<reason>: <detail>`, so clients can switch on the code before the colon.
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.reason.code(), format!("{}: {}", self.reason.as_str(), self.detail))
     }
 }
 
@@ -249,6 +240,15 @@ pub struct Claim {
     now: u64,
 }
 
+/// `managing_miner_hotkey` is not a key signatures can be checked against.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("managing_miner_hotkey {miner}: {source}")]
+pub struct MinerKeyError {
+    pub miner: Hotkey,
+    #[source]
+    pub source: SignatureError,
+}
+
 /// The authentication policy of the public API.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -265,8 +265,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Accepts `miner` only, timestamps within `window`, at most `per_minute` calls a minute.
-    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        let verifier = miner.verifier().map_err(|e| format!("managing_miner_hotkey {miner}: {e}"))?;
+    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, MinerKeyError> {
+        let verifier = miner.verifier().map_err(|source| MinerKeyError { miner: miner.clone(), source })?;
         // Admitted calls within two windows, twice over: the cache never needs to drop a live nonce.
         let minutes = (2 * window.as_secs()).div_ceil(60).max(1) as usize;
         let capacity = (per_minute as usize).saturating_mul(minutes).saturating_mul(2).max(1024);
@@ -494,8 +494,8 @@ mod tests {
         }
         let refused = auth.check(METHOD, &headers(&sign(&alice, METHOD, b"", now)), b"").unwrap_err();
         assert_eq!(refused.reason, Reason::RateLimited);
-        assert_eq!(refused.to_status().code(), tonic::Code::ResourceExhausted);
-        assert!(refused.to_status().message().starts_with("rate_limited: more than 3 calls a minute"));
+        // Its status (RESOURCE_EXHAUSTED, `rate_limited: ...`) is pinned in the errors module.
+        assert!(refused.detail.starts_with("more than 3 calls a minute"), "{refused:?}");
     }
 
     #[test]
