@@ -96,45 +96,50 @@ fn container(id: &str) -> runtime::Container {
     runtime::Container { id: id.to_owned(), docker_id: "fake-docker-id".into(), ..Default::default() }
 }
 
-#[derive(Debug)]
-struct FakeRuntime(Arc<Peer>);
+/// A fake's service: each unary method records its call and answers the scripted status, or
+/// its reply (from the request `$r`); streaming methods follow as they are.
+macro_rules! fake {
+    (
+        $fake:ident: $service:ident {
+            $(fn $name:ident($method:literal, $r:ident: $req:ty) -> $resp:ty $reply:block)*
+        }
+        $($streams:tt)*
+    ) => {
+        #[derive(Debug)]
+        struct $fake(Arc<Peer>);
 
-#[tonic::async_trait]
-impl ContainerRuntime for FakeRuntime {
-    async fn create(
-        &self,
-        r: Request<runtime::CreateContainerRequest>,
-    ) -> Result<Response<runtime::Container>, Status> {
-        let r = self.0.call("Create", r)?;
-        Ok(Response::new(runtime::Container { image: r.image, owner: r.owner, ..container("c-fake") }))
-    }
+        #[tonic::async_trait]
+        impl $service for $fake {
+            $(
+                async fn $name(&self, request: Request<$req>) -> Result<Response<$resp>, Status> {
+                    let $r = self.0.call($method, request)?;
+                    let reply: $resp = $reply;
+                    Ok(Response::new(reply))
+                }
+            )*
+            $($streams)*
+        }
+    };
+}
 
-    async fn start(&self, r: Request<runtime::ContainerRef>) -> Result<Response<runtime::Container>, Status> {
-        Ok(Response::new(container(&self.0.call("Start", r)?.id)))
-    }
-
-    async fn stop(&self, r: Request<runtime::StopContainerRequest>) -> Result<Response<runtime::Container>, Status> {
-        Ok(Response::new(container(&self.0.call("Stop", r)?.id)))
-    }
-
-    async fn remove(
-        &self,
-        r: Request<runtime::RemoveContainerRequest>,
-    ) -> Result<Response<runtime::RemoveContainerResponse>, Status> {
-        self.0.call("Remove", r)?;
-        Ok(Response::new(runtime::RemoveContainerResponse {}))
-    }
-
-    async fn get(&self, r: Request<runtime::ContainerRef>) -> Result<Response<runtime::Container>, Status> {
-        Ok(Response::new(container(&self.0.call("Get", r)?.id)))
-    }
-
-    async fn list(
-        &self,
-        r: Request<runtime::ListContainersRequest>,
-    ) -> Result<Response<runtime::ListContainersResponse>, Status> {
-        self.0.call("List", r)?;
-        Ok(Response::new(runtime::ListContainersResponse { containers: vec![container("c-fake")] }))
+fake! {
+    FakeRuntime: ContainerRuntime {
+        fn create("Create", r: runtime::CreateContainerRequest) -> runtime::Container {
+            runtime::Container { image: r.image, owner: r.owner, ..container("c-fake") }
+        }
+        fn start("Start", r: runtime::ContainerRef) -> runtime::Container { container(&r.id) }
+        fn stop("Stop", r: runtime::StopContainerRequest) -> runtime::Container { container(&r.id) }
+        fn remove("Remove", _r: runtime::RemoveContainerRequest) -> runtime::RemoveContainerResponse {
+            runtime::RemoveContainerResponse {}
+        }
+        fn get("Get", r: runtime::ContainerRef) -> runtime::Container { container(&r.id) }
+        fn list("List", _r: runtime::ListContainersRequest) -> runtime::ListContainersResponse {
+            runtime::ListContainersResponse { containers: vec![container("c-fake")] }
+        }
+        fn stats("Stats", r: runtime::ContainerRef) -> runtime::ContainerStats {
+            runtime::ContainerStats { id: r.id, cpu_percent: 12.5, ..Default::default() }
+        }
+        fn exec("Exec", _r: runtime::ExecRequest) -> runtime::ExecResponse { runtime::ExecResponse::default() }
     }
 
     type LogsStream = BoxStream<runtime::LogChunk>;
@@ -151,31 +156,19 @@ impl ContainerRuntime for FakeRuntime {
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
-
-    async fn stats(&self, r: Request<runtime::ContainerRef>) -> Result<Response<runtime::ContainerStats>, Status> {
-        let r = self.0.call("Stats", r)?;
-        Ok(Response::new(runtime::ContainerStats { id: r.id, cpu_percent: 12.5, ..Default::default() }))
-    }
-
-    async fn exec(&self, r: Request<runtime::ExecRequest>) -> Result<Response<runtime::ExecResponse>, Status> {
-        self.0.call("Exec", r)?;
-        Ok(Response::new(runtime::ExecResponse::default()))
-    }
 }
 
-#[derive(Debug)]
-struct FakeGpu(Arc<Peer>);
-
-#[tonic::async_trait]
-impl GpuMonitor for FakeGpu {
-    async fn inventory(&self, r: Request<gpu::InventoryRequest>) -> Result<Response<gpu::Inventory>, Status> {
-        self.0.call("Inventory", r)?;
-        Ok(Response::new(gpu::Inventory { driver_version: "fake-driver".into(), ..Default::default() }))
-    }
-
-    async fn snapshot(&self, r: Request<gpu::SnapshotRequest>) -> Result<Response<gpu::Snapshot>, Status> {
-        self.0.call("Snapshot", r)?;
-        Ok(Response::new(gpu::Snapshot { collected_at_ms: 42, ..Default::default() }))
+fake! {
+    FakeGpu: GpuMonitor {
+        fn inventory("Inventory", _r: gpu::InventoryRequest) -> gpu::Inventory {
+            gpu::Inventory { driver_version: "fake-driver".into(), ..Default::default() }
+        }
+        fn snapshot("Snapshot", _r: gpu::SnapshotRequest) -> gpu::Snapshot {
+            gpu::Snapshot { collected_at_ms: 42, ..Default::default() }
+        }
+        fn gpu_processes("GpuProcesses", _r: gpu::GpuProcessesRequest) -> gpu::GpuProcessesResponse {
+            gpu::GpuProcessesResponse::default()
+        }
     }
 
     type WatchSnapshotsStream = BoxStream<gpu::Snapshot>;
@@ -187,57 +180,24 @@ impl GpuMonitor for FakeGpu {
         self.0.call("WatchSnapshots", r)?;
         Ok(Response::new(Box::pin(tokio_stream::empty())))
     }
-
-    async fn gpu_processes(
-        &self,
-        r: Request<gpu::GpuProcessesRequest>,
-    ) -> Result<Response<gpu::GpuProcessesResponse>, Status> {
-        self.0.call("GpuProcesses", r)?;
-        Ok(Response::new(gpu::GpuProcessesResponse::default()))
-    }
 }
 
-#[derive(Debug)]
-struct FakeAccess(Arc<Peer>);
-
-#[tonic::async_trait]
-impl ValidatorAccess for FakeAccess {
-    async fn request_challenge(
-        &self,
-        r: Request<access::ChallengeRequest>,
-    ) -> Result<Response<access::Challenge>, Status> {
-        self.0.call("RequestChallenge", r)?;
-        Ok(Response::new(access::Challenge { challenge_id: "ch-fake".into(), ..Default::default() }))
-    }
-
-    async fn provision(&self, r: Request<access::ProvisionRequest>) -> Result<Response<access::Grant>, Status> {
-        let r = self.0.call("Provision", r)?;
-        Ok(Response::new(access::Grant {
-            grant_id: "g-fake".into(),
-            validator_hotkey: r.validator_hotkey,
-            ..Default::default()
-        }))
-    }
-
-    async fn revoke(&self, r: Request<access::RevokeRequest>) -> Result<Response<access::RevokeResponse>, Status> {
-        self.0.call("Revoke", r)?;
-        Ok(Response::new(access::RevokeResponse { sessions_closed: 3 }))
-    }
-
-    async fn list_grants(
-        &self,
-        r: Request<access::ListGrantsRequest>,
-    ) -> Result<Response<access::ListGrantsResponse>, Status> {
-        self.0.call("ListGrants", r)?;
-        let grant = access::Grant { grant_id: "g-fake".into(), ..Default::default() };
-        Ok(Response::new(access::ListGrantsResponse { grants: vec![grant] }))
-    }
-
-    async fn list_sessions(
-        &self,
-        r: Request<access::ListSessionsRequest>,
-    ) -> Result<Response<access::ListSessionsResponse>, Status> {
-        self.0.call("ListSessions", r)?;
-        Ok(Response::new(access::ListSessionsResponse::default()))
+fake! {
+    FakeAccess: ValidatorAccess {
+        fn request_challenge("RequestChallenge", _r: access::ChallengeRequest) -> access::Challenge {
+            access::Challenge { challenge_id: "ch-fake".into(), ..Default::default() }
+        }
+        fn provision("Provision", r: access::ProvisionRequest) -> access::Grant {
+            access::Grant { grant_id: "g-fake".into(), validator_hotkey: r.validator_hotkey, ..Default::default() }
+        }
+        fn revoke("Revoke", _r: access::RevokeRequest) -> access::RevokeResponse {
+            access::RevokeResponse { sessions_closed: 3 }
+        }
+        fn list_grants("ListGrants", _r: access::ListGrantsRequest) -> access::ListGrantsResponse {
+            access::ListGrantsResponse { grants: vec![access::Grant { grant_id: "g-fake".into(), ..Default::default() }] }
+        }
+        fn list_sessions("ListSessions", _r: access::ListSessionsRequest) -> access::ListSessionsResponse {
+            access::ListSessionsResponse::default()
+        }
     }
 }
