@@ -9,6 +9,11 @@
 //! - [`errors`]: the one mapping of errors to status codes.
 //! - [`connections`]: the `max_connections` cap.
 //! - [`client`]: the miner-side client that signs calls (used by `executor ctl` and tests).
+//!
+//! Modules use only modules below them: `auth`, `connections`, `probes` at the bottom; `errors`
+//! and `client` on `auth`; `attest` on `errors`; `layer` on `auth` and `errors`; `api` on
+//! `attest`, `errors`, `layer` and `probes`; this file on all. `invariants` checks it, and that
+//! no module but `errors` builds a status.
 
 pub mod api;
 pub mod attest;
@@ -16,6 +21,8 @@ pub mod auth;
 pub mod client;
 pub mod connections;
 pub mod errors;
+#[cfg(test)]
+mod invariants;
 pub mod layer;
 pub mod probes;
 
