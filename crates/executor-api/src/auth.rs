@@ -252,13 +252,12 @@ mod tests {
     use common::clock::ManualClock;
     use common::hotkey::HotkeyPair;
 
-    const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
     const METHOD: &str = "/executor.api.v1.ExecutorApi/Identity";
 
     fn setup(per_minute: u32) -> (Arc<ManualClock>, Authenticator, HotkeyPair) {
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1_800_000_000));
-        let alice = HotkeyPair::parse(ALICE_SEED).unwrap();
+        let alice = HotkeyPair::parse(e2e::ALICE_SEED).unwrap();
         let auth =
             Authenticator::new(alice.hotkey().clone(), Duration::from_secs(60), per_minute, clock.clone()).unwrap();
         (clock, auth, alice)

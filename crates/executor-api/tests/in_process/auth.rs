@@ -8,7 +8,9 @@ use executor_api::auth::sign;
 use prost::Message;
 use tonic::{Code, Request, Status};
 
-use crate::node::{BOB_SEED, Node, Options};
+use common::hotkey::HotkeyPair;
+
+use crate::node::{Node, Options};
 
 const GET: &str = "/executor.api.v1.ExecutorApi/GetContainer";
 
@@ -68,7 +70,8 @@ async fn refusals_have_their_codes_and_reach_no_peer() {
     }
 
     // Another hotkey's valid signature.
-    let err = node.client_of(BOB_SEED).get_container(c1()).await.unwrap_err();
+    let stranger = HotkeyPair::from_seed(&[2; 32]);
+    let err = node.client_of(stranger).get_container(c1()).await.unwrap_err();
     refused(err, Code::PermissionDenied, "hotkey_not_allowed", "bad_signature");
 
     assert_eq!(node.fakes.runtime.take_calls(), Vec::<String>::new());

@@ -1,5 +1,6 @@
 //! One executor-api served in process on a 127.0.0.1 port-0 listener, in front of the fakes on
-//! Unix sockets in a temporary `runtime_dir`, and a client signing as //Alice, the miner.
+//! Unix sockets in a temporary `runtime_dir`, and a client signing as //Alice (the toolkit's
+//! `e2e::ALICE_SEED`), the miner.
 //! `container-runtime check` and `gpu-attestor` are shell scripts in the node's binary
 //! directory.
 
@@ -18,11 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::fakes::Fakes;
-
-/// The well-known development key //Alice: the managing miner of every test node.
-pub(crate) const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
-/// //Bob: a valid hotkey that does not manage the node.
-pub(crate) const BOB_SEED: &str = "0x398f0c28f98885e046333d4a41c19cee4c37368a9832c6502f6cfd182e2aef89";
 
 /// `container-runtime check` on a host whose engine answers.
 const CHECKS_UP: &str = r#"{"name":"docker","status":"pass","detail":"engine 27.1.1 at unix:///var/run/docker.sock, API 1.46"}
@@ -91,7 +87,7 @@ impl Node {
         let fakes = Fakes::default();
         fakes.serve(&runtime_dir, options.gpu_monitor, &shutdown).await;
 
-        let alice = HotkeyPair::parse(ALICE_SEED).unwrap();
+        let alice = HotkeyPair::parse(e2e::ALICE_SEED).unwrap();
         let mut config = Config {
             runtime_dir,
             data_dir: dir.path().join("data"),
@@ -118,13 +114,13 @@ impl Node {
         tokio::spawn(async move { executor_api::serve_public(listener, api, auth, &server, None, stop).await });
 
         let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let client = ExecutorClient::new(channel.clone(), HotkeyPair::parse(ALICE_SEED).unwrap());
+        let client = ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap());
         Node { fakes, client, channel, alice, _dir: dir, shutdown }
     }
 
-    /// A client of the same node signing with `seed`.
-    pub(crate) fn client_of(&self, seed: &str) -> ExecutorClient {
-        ExecutorClient::new(self.channel.clone(), HotkeyPair::parse(seed).unwrap())
+    /// A client of the same node signing with `key`.
+    pub(crate) fn client_of(&self, key: HotkeyPair) -> ExecutorClient {
+        ExecutorClient::new(self.channel.clone(), key)
     }
 
     /// The generated client, unsigned.
