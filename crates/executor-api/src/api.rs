@@ -1,11 +1,11 @@
 //! `executor.api.v1.ExecutorApi`: identity, health and system profile answered here;
 //! containers forwarded to container-runtime, validator access to validator-access, both over
-//! their Unix sockets; attestation by running the bundled `gpu-attestor`.
+//! their Unix sockets; attestation by running the bundled `gpu-attestor` ([`crate::attest`]);
+//! the node's health from [`crate::probes`].
 //!
 //! Handlers run after the layer has authenticated the call ([`crate::layer`]); the caller's
 //! hotkey and the request id are in the request extensions.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,18 +25,11 @@ use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use tonic_health::ServingStatus;
 
+use crate::attest::Attestor;
 use crate::errors::ApiError;
 use crate::layer::{Caller, RequestId};
-
-/// How long a health probe waits for each service.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest attestation run; past it the prover is killed.
-const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(600);
-/// Attestation sizes accepted from callers (the prover's own limits are wider).
-const MAX_ATTESTATION_DIM: u32 = 4096;
-const MAX_ATTESTATION_MATRICES: u32 = 100_000;
+use crate::probes::{DockerFacts, Probes};
 
 /// Everything the handlers share.
 #[derive(Debug, Clone)]
@@ -51,125 +44,10 @@ struct Inner {
     runtime: ContainerRuntimeClient<Channel>,
     gpu: GpuMonitorClient<Channel>,
     access: ValidatorAccessClient<Channel>,
-    attestor: PathBuf,
-    identity_file: PathBuf,
+    attestor: Attestor,
     /// `container-runtime` beside this binary and the config file, for Docker's facts.
     runtime_check: (PathBuf, PathBuf),
     docker_facts: tokio::sync::OnceCell<DockerFacts>,
-}
-
-/// What SystemProfile reports about the engine; read once, through container-runtime.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DockerFacts {
-    pub version: String,
-    pub cgroup_driver: String,
-    pub nvidia_runtime: bool,
-}
-
-impl DockerFacts {
-    /// From the JSON lines of `container-runtime check` (the checklist `executor validate`
-    /// shows): only container-runtime talks to Docker.
-    pub fn from_checks(output: &str) -> Option<Self> {
-        let mut facts = DockerFacts::default();
-        let mut engine = false;
-        for check in output.lines().filter_map(|l| serde_json::from_str::<common::check::Check>(l).ok()) {
-            let pass = check.status == common::check::CheckStatus::Pass;
-            match check.name.as_str() {
-                "docker" if pass => {
-                    engine = true;
-                    facts.version = check.detail.strip_prefix("engine ")?.split(' ').next()?.to_owned();
-                }
-                "docker cgroups" if pass => {
-                    facts.cgroup_driver = check.detail.strip_prefix("driver ")?.split(',').next()?.trim().to_owned();
-                }
-                "nvidia runtime" => facts.nvidia_runtime = pass,
-                _ => {}
-            }
-        }
-        engine.then_some(facts)
-    }
-}
-
-/// The services of the node and how to ask them how they are.
-#[derive(Debug, Clone)]
-pub struct Probes {
-    pub channels: Vec<(ServiceName, Channel)>,
-}
-
-/// One look at the node: what `GET /health` and DetailedHealth report.
-#[derive(Debug, Clone)]
-pub struct NodeHealth {
-    /// Service name → `SERVING`, `NOT_SERVING`, or `UNREACHABLE: why`.
-    pub services: BTreeMap<&'static str, String>,
-    /// `up`, or `down: why` / `unknown: why`.
-    pub docker: String,
-    /// GPUs gpu-monitor sees; `None` when it cannot be asked.
-    pub gpu_count: Option<u32>,
-}
-
-impl NodeHealth {
-    pub fn healthy(&self) -> bool {
-        self.services.values().all(|s| s == "SERVING") && self.docker == "up"
-    }
-}
-
-impl Probes {
-    pub fn new(config: &Config) -> Self {
-        let channels = config
-            .services()
-            .into_iter()
-            .filter(|s| *s != ServiceName::ExecutorApi)
-            .map(|s| (s, common::grpc::unix_channel(&s.socket(&config.runtime_dir))))
-            .collect();
-        Self { channels }
-    }
-
-    fn channel(&self, service: ServiceName) -> Option<Channel> {
-        self.channels.iter().find(|(s, _)| *s == service).map(|(_, c)| c.clone())
-    }
-
-    /// Asks every service at once, and Docker and the GPUs through them; each answer is
-    /// bounded by [`PROBE_TIMEOUT`]. executor-api itself is SERVING: it is answering.
-    pub async fn probe(&self) -> NodeHealth {
-        // Each check in its own task, so they run at once.
-        let checks: Vec<_> = self
-            .channels
-            .iter()
-            .map(|(name, channel)| {
-                let channel = channel.clone();
-                (name.as_str(), tokio::spawn(common::grpc::check_health(channel, "", PROBE_TIMEOUT)))
-            })
-            .collect();
-        let docker = async {
-            let Some(channel) = self.channel(ServiceName::ContainerRuntime) else {
-                return "unknown: container-runtime is not configured".to_owned();
-            };
-            // Listing goes to the engine: an answer means Docker answers.
-            let mut client = ContainerRuntimeClient::new(channel);
-            let list = client.list(runtime::ListContainersRequest::default());
-            match tokio::time::timeout(PROBE_TIMEOUT, list).await {
-                Ok(Ok(_)) => "up".to_owned(),
-                Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                    "unknown: container-runtime is unreachable".to_owned()
-                }
-                Ok(Err(status)) => format!("down: {}", status.message()),
-                Err(_) => format!("down: no answer within {PROBE_TIMEOUT:?}"),
-            }
-        };
-        let (docker, gpu_count) = tokio::join!(docker, self.gpu_count());
-        let mut services = BTreeMap::new();
-        for (name, task) in checks {
-            let status = match task.await {
-                Ok(Ok(ServingStatus::Serving)) => "SERVING".to_owned(),
-                Ok(Ok(other)) => format!("{other:?}").to_uppercase(),
-                Ok(Err(e)) => format!("UNREACHABLE: {}", e.message()),
-                Err(e) => format!("UNREACHABLE: {e}"),
-            };
-            services.insert(name, status);
-        }
-        services.insert(ServiceName::ExecutorApi.as_str(), "SERVING".to_owned());
-        NodeHealth { services, docker, gpu_count }
-    }
 }
 
 /// What the advertised endpoints are, with defaults from the listeners.
@@ -226,8 +104,7 @@ impl Api {
                 runtime: ContainerRuntimeClient::new(socket(ServiceName::ContainerRuntime)),
                 gpu: GpuMonitorClient::new(socket(ServiceName::GpuMonitor)),
                 access: ValidatorAccessClient::new(socket(ServiceName::ValidatorAccess)),
-                attestor: bin_dir.join("gpu-attestor"),
-                identity_file,
+                attestor: Attestor { binary: bin_dir.join("gpu-attestor"), identity_file },
                 runtime_check: (bin_dir.join(ServiceName::ContainerRuntime.as_str()), config_file),
                 docker_facts: tokio::sync::OnceCell::new(),
             }),
@@ -405,7 +282,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::ChallengeRequest>,
     ) -> Result<Response<access::Challenge>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.request_challenge(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.request_challenge(request.into_inner())).await
     }
 
     async fn provision_validator_access(
@@ -413,7 +290,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::ProvisionRequest>,
     ) -> Result<Response<access::Grant>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.provision(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.provision(request.into_inner())).await
     }
 
     async fn revoke_validator_access(
@@ -421,7 +298,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::RevokeRequest>,
     ) -> Result<Response<access::RevokeResponse>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.revoke(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.revoke(request.into_inner())).await
     }
 
     async fn list_validator_grants(
@@ -429,7 +306,7 @@ impl ExecutorApiRpc for Api {
         request: Request<access::ListGrantsRequest>,
     ) -> Result<Response<access::ListGrantsResponse>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ValidatorAccess, &id, self.access()?.list_grants(request.into_inner())).await
+        forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.list_grants(request.into_inner())).await
     }
 
     async fn run_attestation(
@@ -437,7 +314,9 @@ impl ExecutorApiRpc for Api {
         request: Request<pb::AttestationRequest>,
     ) -> Result<Response<pb::AttestationResponse>, Status> {
         let id = request_id(&request);
-        let report_json = self.attest(request.into_inner()).await.map_err(|e| e.into_status(&id))?;
+        let gpus = self.inner.probes.gpu_count().await.unwrap_or(0);
+        let report = self.inner.attestor.run(request.into_inner(), gpus).await;
+        let report_json = report.map_err(|e| e.into_status(&id))?;
         Ok(Response::new(pb::AttestationResponse { report_json }))
     }
 }
@@ -457,11 +336,8 @@ impl Api {
                     .await
                     .map_err(|e| ApiError::Internal(format!("container-runtime check: {e}")))?;
                 let text = String::from_utf8_lossy(&output.stdout);
-                DockerFacts::from_checks(&text).ok_or_else(|| {
-                    ApiError::Unavailable(format!(
-                        "the Docker engine does not answer container-runtime: {}",
-                        text.lines().next().unwrap_or("no output")
-                    ))
+                DockerFacts::from_checks(&text).ok_or_else(|| ApiError::DockerUnavailable {
+                    detail: text.lines().next().unwrap_or("no output").to_owned(),
                 })
             })
             .await
@@ -469,115 +345,10 @@ impl Api {
     }
 
     /// validator-access runs only with `[validator] enabled = true`.
-    fn access(&self) -> Result<ValidatorAccessClient<Channel>, Status> {
+    fn access(&self, request_id: &str) -> Result<ValidatorAccessClient<Channel>, Status> {
         if self.inner.probes.channel(ServiceName::ValidatorAccess).is_none() {
-            return Err(Status::failed_precondition("validator access is disabled ([validator] enabled = false)"));
+            return Err(ApiError::ValidatorAccessDisabled.into_status(request_id));
         }
         Ok(self.inner.access.clone())
-    }
-
-    /// Runs `gpu-attestor` with a signed report: CUDA when gpu-monitor sees a GPU, the CPU
-    /// reference otherwise.
-    async fn attest(&self, request: pb::AttestationRequest) -> Result<String, ApiError> {
-        let invalid = |field, message: &str| ApiError::InvalidArgument { field, message: message.to_owned() };
-        // The prover takes a u64 seed, zero-padded to 32 bytes (docs/gpu-pow.md).
-        let seed = match request.seed.len() {
-            0 => 0,
-            32 if request.seed[8..].iter().all(|b| *b == 0) => {
-                let mut low = [0u8; 8];
-                low.copy_from_slice(&request.seed[..8]);
-                u64::from_le_bytes(low)
-            }
-            32 => return Err(invalid("seed", "bytes 8..32 must be zero (a u64, little-endian, zero-padded)")),
-            _ => return Err(invalid("seed", "must be 32 bytes")),
-        };
-        if !(request.nonce.is_empty() || (request.nonce.len() == 32 && request.nonce.iter().all(|b| *b == 0))) {
-            return Err(invalid("nonce", "must be absent or 32 zero bytes in this build"));
-        }
-        let dim = if request.matrix_dim == 0 { 256 } else { request.matrix_dim };
-        if dim % 16 != 0 || !(16..=MAX_ATTESTATION_DIM).contains(&dim) {
-            return Err(invalid("matrix_dim", &format!("must be a multiple of 16 from 16 to {MAX_ATTESTATION_DIM}")));
-        }
-        let count = if request.num_matrices == 0 { 16 } else { request.num_matrices };
-        if count > MAX_ATTESTATION_MATRICES {
-            return Err(invalid("num_matrices", &format!("must be at most {MAX_ATTESTATION_MATRICES}")));
-        }
-        let gpus = self.inner.probes.gpu_count().await.unwrap_or(0);
-        let backend = if gpus > 0 { "cuda" } else { "cpu" };
-        let dir = tempdir().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
-        let report = dir.join("report.json");
-        let spec = ProcessSpec::new(&self.inner.attestor)
-            .arg("--seed")
-            .arg(seed.to_string())
-            .arg("--matrix-dim")
-            .arg(dim.to_string())
-            .arg("--num-matrices")
-            .arg(count.to_string())
-            .arg("--backend")
-            .arg(backend)
-            .arg("--identity")
-            .arg(&self.inner.identity_file)
-            .arg("--report")
-            .arg(&report)
-            .arg("--json");
-        let result = spec.output(ATTESTATION_TIMEOUT, 1 << 20).await;
-        let text = std::fs::read_to_string(&report);
-        let _ = std::fs::remove_dir_all(&dir);
-        let output = result.map_err(|e| ApiError::Internal(format!("gpu-attestor: {e}")))?;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() && stderr.contains("no CUDA backend") {
-            // A GPU machine with this build: the operator's situation, not a fault.
-            return Err(ApiError::Unavailable(
-                "this build's gpu-attestor has no CUDA backend: attestation cannot run on this GPU machine yet".into(),
-            ));
-        }
-        if !output.status.success() {
-            return Err(ApiError::Internal(format!(
-                "gpu-attestor {}: {}",
-                common::process::describe_exit(output.status),
-                stderr.trim()
-            )));
-        }
-        text.map_err(|e| ApiError::Internal(format!("gpu-attestor report: {e}")))
-    }
-}
-
-impl Probes {
-    /// GPUs in gpu-monitor's inventory; `None` when it does not answer in time.
-    async fn gpu_count(&self) -> Option<u32> {
-        let channel = self.channel(ServiceName::GpuMonitor)?;
-        let mut client = GpuMonitorClient::new(channel);
-        let call = client.inventory(gpu::InventoryRequest {});
-        let inventory = tokio::time::timeout(PROBE_TIMEOUT, call).await.ok()?.ok()?.into_inner();
-        Some(inventory.gpus.len() as u32)
-    }
-}
-
-/// A private directory for one attestation's report.
-fn tempdir() -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut raw = [0u8; 8];
-    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
-    let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn docker_facts_from_the_checklist() {
-        let text = r#"{"name":"docker","status":"pass","detail":"engine 20.10.24+dfsg1 at unix:///var/run/docker.sock, API 1.41"}
-{"name":"docker cgroups","status":"pass","detail":"driver cgroupfs, cgroup v1"}
-{"name":"nvidia runtime","status":"skip","detail":"not registered; docker.enable_gpu_passthrough = false"}"#;
-        let facts = DockerFacts::from_checks(text).unwrap();
-        assert_eq!(
-            facts,
-            DockerFacts { version: "20.10.24+dfsg1".into(), cgroup_driver: "cgroupfs".into(), nvidia_runtime: false }
-        );
-        let down = r#"{"name":"docker","status":"fail","detail":"Docker engine at unix:///x: refused"}"#;
-        assert_eq!(DockerFacts::from_checks(down), None);
     }
 }

@@ -1,79 +1,28 @@
-//! Who may call the public API: request signatures by the managing miner's hotkey.
+//! Who may call the public API: request signatures by the managing miner's hotkey, checked by
+//! the [`Authenticator`] (signature, time window, rate limit, nonce).
 //!
-//! Every call except health (`grpc.health.v1.Health`, `health.v1.Health`) and server
-//! reflection carries four metadata entries (docs/api.md):
-//!
-//! | header | value |
-//! |---|---|
-//! | `x-executor-hotkey` | SS58 address of the caller's sr25519 hotkey |
-//! | `x-executor-timestamp` | Unix seconds when the request was signed |
-//! | `x-executor-nonce` | 16 to 64 characters of `[A-Za-z0-9_-]`, never reused |
-//! | `x-executor-signature` | hex of the 64-byte sr25519 signature (context `substrate`) |
-//!
-//! The signature covers the canonical string of [`canonical_string`]: the method path, the
-//! timestamp, the nonce and the SHA-256 of the request message bytes (the protobuf encoding,
-//! without gRPC framing), so a signature cannot be moved to another method or another body.
+//! - [`signing`]: the wire protocol (headers, canonical string), shared with the client.
+//! - `batch`: the thread that checks signatures in batches.
+//! - `nonces`: the nonces seen within the window.
 
-use std::collections::{HashMap, VecDeque};
+mod batch;
+mod nonces;
+pub mod signing;
+
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use common::clock::Clock;
-use common::hotkey::{Hotkey, HotkeyPair, SignatureError, Verifier};
+use common::hotkey::{Hotkey, SignatureError, Verifier};
 use common::ratelimit::RateLimiter;
 use http::HeaderMap;
-use sha2::{Digest, Sha256};
 
-pub const HOTKEY_HEADER: &str = "x-executor-hotkey";
-pub const TIMESTAMP_HEADER: &str = "x-executor-timestamp";
-pub const NONCE_HEADER: &str = "x-executor-nonce";
-pub const SIGNATURE_HEADER: &str = "x-executor-signature";
-
-/// First line of every canonical string: names the protocol so a signature made for anything
-/// else (a validator challenge, another service) never verifies here.
-pub const CANONICAL_PREFIX: &str = "basilica-executor-api-v1";
-
-/// Method path prefixes anyone may call.
-const OPEN_SERVICES: [&str; 4] = [
-    "/grpc.health.v1.Health/",
-    "/health.v1.Health/",
-    "/grpc.reflection.v1.ServerReflection/",
-    "/grpc.reflection.v1alpha.ServerReflection/",
-];
-
-/// Whether `path` (`/package.Service/Method`) is served without a signature.
-pub fn is_open(path: &str) -> bool {
-    OPEN_SERVICES.iter().any(|prefix| path.starts_with(prefix))
-}
-
-/// The string a client signs:
-/// `basilica-executor-api-v1\n<method path>\n<timestamp>\n<nonce>\n<hex sha256 of the message>`.
-pub fn canonical_string(method: &str, timestamp: u64, nonce: &str, message_sha256: &[u8; 32]) -> String {
-    format!("{CANONICAL_PREFIX}\n{method}\n{timestamp}\n{nonce}\n{}", hex::encode(message_sha256))
-}
-
-pub fn sha256(message: &[u8]) -> [u8; 32] {
-    Sha256::digest(message).into()
-}
-
-/// The four metadata values for a call to `method` with the encoded `message`, signed by `pair`
-/// at `timestamp` (Unix seconds) with a fresh random nonce.
-pub fn sign(pair: &HotkeyPair, method: &str, message: &[u8], timestamp: u64) -> [(&'static str, String); 4] {
-    let mut raw = [0u8; 16];
-    // Without randomness the nonce still differs per call: fall back to the clock's nanoseconds.
-    if getrandom::fill(&mut raw).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        raw = nanos.to_le_bytes();
-    }
-    let nonce = hex::encode(raw);
-    let signature = pair.sign(canonical_string(method, timestamp, &nonce, &sha256(message)).as_bytes());
-    [
-        (HOTKEY_HEADER, pair.hotkey().to_string()),
-        (TIMESTAMP_HEADER, timestamp.to_string()),
-        (NONCE_HEADER, nonce),
-        (SIGNATURE_HEADER, hex::encode(signature)),
-    ]
-}
+use self::batch::BatchVerifier;
+use self::nonces::NonceCache;
+pub use self::signing::{
+    CANONICAL_PREFIX, HOTKEY_HEADER, NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, canonical_string, is_open,
+    sha256, sign,
+};
 
 /// Why a call was refused; the name is the reason code in the status message and the
 /// `reason` label of `executor_api_auth_failures_total`.
@@ -121,14 +70,10 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
         }
     }
-
-    /// The status code of this refusal (decided in [`crate::errors::auth_code`]).
-    pub fn code(self) -> tonic::Code {
-        crate::errors::auth_code(self)
-    }
 }
 
-/// A refusal: the reason and a sentence for the caller (never a secret).
+/// A refusal: the reason and a sentence for the caller (never a secret). Its status is
+/// chosen by the errors module (`AuthFailure::to_status`), which this module never imports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthFailure {
     pub reason: Reason,
@@ -138,103 +83,6 @@ pub struct AuthFailure {
 impl AuthFailure {
     fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self { reason, detail: detail.into() }
-    }
-
-    /// `<reason>: <detail>`, so clients can switch on the code before the colon.
-    pub fn to_status(&self) -> tonic::Status {
-        tonic::Status::new(self.reason.code(), format!("{}: {}", self.reason.as_str(), self.detail))
-    }
-}
-
-/// Nonces seen within the window, each dropped once its request's timestamp has left it.
-/// Bounded: signatures are checked and the rate limit applied before a nonce is stored, so
-/// only the miner's own admitted calls fill it; past `capacity` the oldest go first (they are
-/// the closest to expiry and their timestamps are the first to be refused as stale).
-#[derive(Debug)]
-struct NonceCache {
-    capacity: usize,
-    seen: HashMap<String, Instant>,
-    order: VecDeque<(Instant, String)>,
-}
-
-impl NonceCache {
-    /// Records `nonce` until `expires`; false if it was already there.
-    fn insert(&mut self, nonce: &str, now: Instant, expires: Instant) -> bool {
-        while let Some((at, _)) = self.order.front()
-            && (*at <= now || self.order.len() >= self.capacity)
-        {
-            if let Some((_, old)) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        if self.seen.contains_key(nonce) {
-            return false;
-        }
-        self.seen.insert(nonce.to_owned(), expires);
-        // Expiries arrive nearly in order; keep the queue sorted for the sweep above.
-        let at = self.order.partition_point(|(e, _)| *e <= expires);
-        self.order.insert(at, (expires, nonce.to_owned()));
-        true
-    }
-}
-
-/// Most signatures checked in one batch.
-const MAX_BATCH: usize = 64;
-
-/// One signature waiting for the batch verifier.
-#[derive(Debug)]
-struct Job {
-    message: Vec<u8>,
-    signature: Vec<u8>,
-    reply: tokio::sync::oneshot::Sender<Result<(), SignatureError>>,
-}
-
-/// A thread that checks the miner's signatures: it takes every call waiting (up to
-/// [`MAX_BATCH`]), checks them in one batch, and falls back to one at a time when the batch
-/// fails, so a bad signature only costs its own call. With one call waiting it is a single
-/// check; under load batches form by themselves, without a timer. The thread ends when the
-/// authenticator is dropped.
-#[derive(Debug)]
-struct BatchVerifier {
-    jobs: std::sync::mpsc::Sender<Job>,
-}
-
-impl BatchVerifier {
-    fn start(verifier: Verifier) -> Option<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let spawned = std::thread::Builder::new().name("sr25519-batch".into()).spawn(move || {
-            while let Ok(first) = queue.recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH
-                    && let Ok(job) = queue.try_recv()
-                {
-                    batch.push(job);
-                }
-                let items: Vec<(&[u8], &[u8])> =
-                    batch.iter().map(|j| (j.message.as_slice(), j.signature.as_slice())).collect();
-                let all_good = batch.len() > 1 && verifier.verify_batch(&items);
-                drop(items);
-                for job in batch {
-                    let result = if all_good { Ok(()) } else { verifier.verify(&job.message, &job.signature) };
-                    let _ = job.reply.send(result);
-                }
-            }
-        });
-        match spawned {
-            Ok(_) => Some(Self { jobs }),
-            Err(e) => {
-                tracing::warn!(error = %e, "no batch verifier thread; signatures are checked one at a time");
-                None
-            }
-        }
-    }
-
-    async fn verify(&self, message: Vec<u8>, signature: Vec<u8>) -> Result<(), SignatureError> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.jobs.send(Job { message, signature, reply }).is_err() {
-            return Err(SignatureError::Mismatch);
-        }
-        answer.await.unwrap_or(Err(SignatureError::Mismatch))
     }
 }
 
@@ -247,6 +95,15 @@ pub struct Claim {
     signature: Vec<u8>,
     /// The executor's clock when the headers were checked, Unix seconds.
     now: u64,
+}
+
+/// `managing_miner_hotkey` is not a key signatures can be checked against.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("managing_miner_hotkey {miner}: {source}")]
+pub struct MinerKeyError {
+    pub miner: Hotkey,
+    #[source]
+    pub source: SignatureError,
 }
 
 /// The authentication policy of the public API.
@@ -265,8 +122,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     /// Accepts `miner` only, timestamps within `window`, at most `per_minute` calls a minute.
-    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, String> {
-        let verifier = miner.verifier().map_err(|e| format!("managing_miner_hotkey {miner}: {e}"))?;
+    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, MinerKeyError> {
+        let verifier = miner.verifier().map_err(|source| MinerKeyError { miner: miner.clone(), source })?;
         // Admitted calls within two windows, twice over: the cache never needs to drop a live nonce.
         let minutes = (2 * window.as_secs()).div_ceil(60).max(1) as usize;
         let capacity = (per_minute as usize).saturating_mul(minutes).saturating_mul(2).max(1024);
@@ -277,7 +134,7 @@ impl Authenticator {
             window,
             limiter: RateLimiter::new(per_minute, clock.clone()),
             clock,
-            nonces: Mutex::new(NonceCache { capacity, seen: HashMap::new(), order: VecDeque::new() }),
+            nonces: Mutex::new(NonceCache::new(capacity)),
         })
     }
 
@@ -393,14 +250,14 @@ impl Authenticator {
 mod tests {
     use super::*;
     use common::clock::ManualClock;
+    use common::hotkey::HotkeyPair;
 
-    const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
     const METHOD: &str = "/executor.api.v1.ExecutorApi/Identity";
 
     fn setup(per_minute: u32) -> (Arc<ManualClock>, Authenticator, HotkeyPair) {
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1_800_000_000));
-        let alice = HotkeyPair::parse(ALICE_SEED).unwrap();
+        let alice = HotkeyPair::parse(e2e::ALICE_SEED).unwrap();
         let auth =
             Authenticator::new(alice.hotkey().clone(), Duration::from_secs(60), per_minute, clock.clone()).unwrap();
         (clock, auth, alice)
@@ -494,31 +351,7 @@ mod tests {
         }
         let refused = auth.check(METHOD, &headers(&sign(&alice, METHOD, b"", now)), b"").unwrap_err();
         assert_eq!(refused.reason, Reason::RateLimited);
-        assert_eq!(refused.to_status().code(), tonic::Code::ResourceExhausted);
-        assert!(refused.to_status().message().starts_with("rate_limited: more than 3 calls a minute"));
-    }
-
-    #[test]
-    fn nonce_cache_stays_bounded() {
-        let mut cache = NonceCache { capacity: 4, seen: HashMap::new(), order: VecDeque::new() };
-        let now = Instant::now();
-        for i in 0..10 {
-            assert!(cache.insert(&format!("n{i}"), now, now + Duration::from_secs(60)));
-        }
-        assert!(cache.seen.len() <= 4 && cache.order.len() == cache.seen.len());
-        assert!(!cache.insert("n9", now, now + Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn canonical_string_is_as_documented() {
-        let text = canonical_string(METHOD, 1_700_000_000, "00112233445566778899aabbccddeeff", &sha256(b""));
-        assert_eq!(
-            text,
-            "basilica-executor-api-v1\n/executor.api.v1.ExecutorApi/Identity\n1700000000\n\
-             00112233445566778899aabbccddeeff\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert!(is_open("/health.v1.Health/Check") && is_open("/grpc.health.v1.Health/Watch"));
-        assert!(is_open("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
-        assert!(!is_open("/executor.api.v1.ExecutorApi/Identity") && !is_open("/grpc.health.v1.Healthy/Check"));
+        // Its status (RESOURCE_EXHAUSTED, `rate_limited: ...`) is pinned in the errors module.
+        assert!(refused.detail.starts_with("more than 3 calls a minute"), "{refused:?}");
     }
 }

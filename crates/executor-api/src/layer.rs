@@ -22,6 +22,7 @@ use tonic::body::Body;
 use tracing::Instrument;
 
 use crate::auth::{self, AuthFailure, Authenticator, Reason};
+use crate::errors::ApiError;
 
 /// Largest request body read for authentication: far above any request of the API (a
 /// container with its environment and labels), and a bound on what an unauthenticated caller
@@ -186,8 +187,7 @@ where
                     Ok(response) => response,
                     Err(_) => {
                         tracing::info!(?timeout, "call took longer than server.request_timeout");
-                        let message = format!("no answer within server.request_timeout ({}s)", timeout.as_secs_f64());
-                        tonic::Status::deadline_exceeded(message).into_http()
+                        ApiError::RequestTimeout(timeout).into_status(&request_id).into_http()
                     }
                 };
                 add_request_id(&mut response, &request_id);

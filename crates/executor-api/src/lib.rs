@@ -4,17 +4,27 @@
 //!
 //! - [`layer`]: request ids, authentication of every call but health and reflection
 //!   ([`auth`]), per-RPC metrics.
-//! - [`api`]: the `executor.api.v1.ExecutorApi` handlers, forwarding to the internal services.
+//! - [`api`]: the `executor.api.v1.ExecutorApi` handlers, forwarding to the internal services;
+//!   [`probes`] (health, Docker's facts) and [`attest`] (the prover) behind them.
 //! - [`errors`]: the one mapping of errors to status codes.
 //! - [`connections`]: the `max_connections` cap.
 //! - [`client`]: the miner-side client that signs calls (used by `executor ctl` and tests).
+//!
+//! Modules use only modules below them: `auth`, `connections`, `probes` at the bottom; `errors`
+//! and `client` on `auth`; `attest` on `errors`; `layer` on `auth` and `errors`; `api` on
+//! `attest`, `errors`, `layer` and `probes`; this file on all. `invariants` checks it, and that
+//! no module but `errors` builds a status.
 
 pub mod api;
+pub mod attest;
 pub mod auth;
 pub mod client;
 pub mod connections;
 pub mod errors;
+#[cfg(test)]
+mod invariants;
 pub mod layer;
+pub mod probes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,8 +47,9 @@ use tonic::server::NamedService;
 use tonic::transport::ServerTlsConfig;
 use tonic_health::ServingStatus;
 
-use crate::api::{Api, Probes};
+use crate::api::Api;
 use crate::auth::Authenticator;
+use crate::probes::Probes;
 
 /// The full name of the public API service.
 pub const GRPC_SERVICE: &str = "executor.api.v1.ExecutorApi";

@@ -1,0 +1,99 @@
+//! RunAttestation: the caller's sizes checked, then the bundled `gpu-attestor` run with the
+//! executor's key, its signed report returned.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::process::ProcessSpec;
+use common::proto::api::v1 as pb;
+
+use crate::errors::ApiError;
+
+/// Longest attestation run; past it the prover is killed.
+const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Attestation sizes accepted from callers (the prover's own limits are wider).
+const MAX_ATTESTATION_DIM: u32 = 4096;
+const MAX_ATTESTATION_MATRICES: u32 = 100_000;
+
+/// The prover beside this binary and the key its reports are signed with.
+#[derive(Debug, Clone)]
+pub(crate) struct Attestor {
+    pub(crate) binary: PathBuf,
+    pub(crate) identity_file: PathBuf,
+}
+
+impl Attestor {
+    /// Runs `gpu-attestor` with a signed report: CUDA when gpu-monitor sees `gpus` > 0, the
+    /// CPU reference otherwise.
+    pub(crate) async fn run(&self, request: pb::AttestationRequest, gpus: u32) -> Result<String, ApiError> {
+        let invalid = |field, message: &str| ApiError::InvalidArgument { field, message: message.to_owned() };
+        // The prover takes a u64 seed, zero-padded to 32 bytes (docs/gpu-pow.md).
+        let seed = match request.seed.len() {
+            0 => 0,
+            32 if request.seed[8..].iter().all(|b| *b == 0) => {
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&request.seed[..8]);
+                u64::from_le_bytes(low)
+            }
+            32 => return Err(invalid("seed", "bytes 8..32 must be zero (a u64, little-endian, zero-padded)")),
+            _ => return Err(invalid("seed", "must be 32 bytes")),
+        };
+        if !(request.nonce.is_empty() || (request.nonce.len() == 32 && request.nonce.iter().all(|b| *b == 0))) {
+            return Err(invalid("nonce", "must be absent or 32 zero bytes in this build"));
+        }
+        let dim = if request.matrix_dim == 0 { 256 } else { request.matrix_dim };
+        if dim % 16 != 0 || !(16..=MAX_ATTESTATION_DIM).contains(&dim) {
+            return Err(invalid("matrix_dim", &format!("must be a multiple of 16 from 16 to {MAX_ATTESTATION_DIM}")));
+        }
+        let count = if request.num_matrices == 0 { 16 } else { request.num_matrices };
+        if count > MAX_ATTESTATION_MATRICES {
+            return Err(invalid("num_matrices", &format!("must be at most {MAX_ATTESTATION_MATRICES}")));
+        }
+        let backend = if gpus > 0 { "cuda" } else { "cpu" };
+        let dir = tempdir().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
+        let report = dir.join("report.json");
+        let spec = ProcessSpec::new(&self.binary)
+            .arg("--seed")
+            .arg(seed.to_string())
+            .arg("--matrix-dim")
+            .arg(dim.to_string())
+            .arg("--num-matrices")
+            .arg(count.to_string())
+            .arg("--backend")
+            .arg(backend)
+            .arg("--identity")
+            .arg(&self.identity_file)
+            .arg("--report")
+            .arg(&report)
+            .arg("--json");
+        let result = spec.output(ATTESTATION_TIMEOUT, 1 << 20).await;
+        let text = std::fs::read_to_string(&report);
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = result.map_err(|e| ApiError::Internal(format!("gpu-attestor: {e}")))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() && stderr.contains("no CUDA backend") {
+            // A GPU machine with this build: the operator's situation, not a fault.
+            return Err(ApiError::NotServed(
+                "this build's gpu-attestor has no CUDA backend: attestation cannot run on this GPU machine yet".into(),
+            ));
+        }
+        if !output.status.success() {
+            return Err(ApiError::Internal(format!(
+                "gpu-attestor {}: {}",
+                common::process::describe_exit(output.status),
+                stderr.trim()
+            )));
+        }
+        text.map_err(|e| ApiError::Internal(format!("gpu-attestor report: {e}")))
+    }
+}
+
+/// A private directory for one attestation's report.
+fn tempdir() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+    let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    Ok(dir)
+}

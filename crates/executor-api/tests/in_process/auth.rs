@@ -1,0 +1,118 @@
+//! The signature layer in front of every handler: each refusal has its code and reason, and a
+//! refused call never reaches a peer.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::proto::runtime::v1 as runtime;
+use executor_api::auth::sign;
+use prost::Message;
+use tonic::{Code, Request, Status};
+
+use common::hotkey::HotkeyPair;
+
+use crate::node::{Node, Options};
+
+const GET: &str = "/executor.api.v1.ExecutorApi/GetContainer";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// `message` with the given signature metadata.
+fn with_headers<T>(message: T, headers: &[(&'static str, String)]) -> Request<T> {
+    let mut request = Request::new(message);
+    for (name, value) in headers {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    request
+}
+
+fn c1() -> runtime::ContainerRef {
+    runtime::ContainerRef { id: "c-1".into() }
+}
+
+/// The status is `code`, its message starts with `<reason>:`, and it carries `public_reason`.
+fn refused(status: Status, code: Code, reason: &str, public_reason: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().starts_with(&format!("{reason}: ")), "{status:?}");
+    assert_eq!(status.metadata().get("x-executor-reason").unwrap(), public_reason, "{status:?}");
+    assert!(status.metadata().get("x-request-id").is_some(), "{status:?}");
+}
+
+#[tokio::test]
+async fn refusals_have_their_codes_and_reach_no_peer() {
+    let node = Node::start().await;
+    let mut raw = node.raw();
+    let alice = &node.alice;
+
+    // No signature, unary and streaming.
+    let err = raw.get_container(c1()).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "missing_signature", "bad_signature");
+    let err = raw.stream_logs(runtime::LogsRequest { id: "c-1".into(), ..Default::default() }).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "missing_signature", "bad_signature");
+
+    // A body other than the one signed.
+    let mut request = node.client.signed("GetContainer", c1());
+    request.get_mut().id = "c-2".into();
+    refused(raw.get_container(request).await.unwrap_err(), Code::Unauthenticated, "bad_signature", "bad_signature");
+
+    // Malformed metadata: a signature that is not hex.
+    let mut headers = sign(alice, GET, &c1().encode_to_vec(), now());
+    headers[3].1 = "zz".into();
+    let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "malformed_metadata", "bad_signature");
+
+    // Signed an hour ago, and an hour ahead.
+    for timestamp in [now() - 3600, now() + 3600] {
+        let headers = sign(alice, GET, &c1().encode_to_vec(), timestamp);
+        let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
+        refused(err, Code::Unauthenticated, "stale_timestamp", "bad_signature");
+    }
+
+    // Another hotkey's valid signature.
+    let stranger = HotkeyPair::from_seed(&[2; 32]);
+    let err = node.client_of(stranger).get_container(c1()).await.unwrap_err();
+    refused(err, Code::PermissionDenied, "hotkey_not_allowed", "bad_signature");
+
+    assert_eq!(node.fakes.runtime.take_calls(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_nonce_is_spent_once() {
+    let node = Node::start().await;
+    let mut raw = node.raw();
+    let headers = sign(&node.alice, GET, &c1().encode_to_vec(), now());
+    raw.get_container(with_headers(c1(), &headers)).await.unwrap();
+    let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "replayed_nonce", "bad_signature");
+    assert_eq!(node.fakes.runtime.take_calls().len(), 1);
+}
+
+#[tokio::test]
+async fn the_rate_limit_counts_signed_calls() {
+    let node = Node::with(Options { per_minute: 2, ..Options::default() }).await;
+    // Unsigned calls do not use the miner's budget.
+    for _ in 0..3 {
+        node.raw().get_container(c1()).await.unwrap_err();
+    }
+    node.client.get_container(c1()).await.unwrap();
+    node.client.get_container(c1()).await.unwrap();
+    let err = node.client.get_container(c1()).await.unwrap_err();
+    assert!(err.message().starts_with("rate_limited: more than 2 calls a minute"), "{err:?}");
+    refused(err, Code::ResourceExhausted, "rate_limited", "limit_reached");
+    assert_eq!(node.fakes.runtime.take_calls().len(), 2);
+}
+
+#[tokio::test]
+async fn health_is_open_and_every_answer_names_its_request_id() {
+    let node = Node::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel.clone());
+    let request = tonic_health::pb::HealthCheckRequest { service: "executor.api.v1.ExecutorApi".into() };
+    assert_eq!(health.check(request).await.unwrap().into_inner().status, 1);
+    let request = node.client.signed("Identity", common::proto::api::v1::IdentityRequest {});
+    let response = node.raw().identity(request).await.unwrap();
+    let id = response.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    let (prefix, counter) = id.split_once('-').unwrap();
+    assert_eq!(prefix.len(), 8, "{id}");
+    assert!(counter.parse::<u64>().is_ok(), "{id}");
+}

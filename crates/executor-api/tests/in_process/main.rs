@@ -1,0 +1,126 @@
+//! executor-api in process, in milliseconds and without Docker: the real server, layer and
+//! handlers on a loopback port in front of fake container-runtime, gpu-monitor and
+//! validator-access servers on temporary Unix sockets ([`fakes`], [`node`]).
+//!
+//! This file: every public handler reaches its peer and brings its answer back. [`auth`]: the
+//! signature layer. [`errors`]: what a caller sees of each downstream reason.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+mod auth;
+mod errors;
+mod fakes;
+mod node;
+
+use common::proto::access::v1 as access;
+use common::proto::api::v1 as api;
+use common::proto::runtime::v1 as runtime;
+use tokio_stream::StreamExt;
+
+use crate::node::Node;
+
+#[tokio::test]
+async fn identity_health_and_profile() {
+    let node = Node::start().await;
+    let identity = node.client.identity().await.unwrap();
+    assert_eq!(identity.executor_id, "executor-test");
+    assert_eq!(identity.public_key, vec![7; 32]);
+    assert_eq!(identity.managing_miner_hotkey, node.alice.hotkey().to_string());
+    assert_eq!(identity.version, common::VERSION);
+
+    // Every service through its health service, Docker through a listing.
+    let health = node.client.detailed_health().await.unwrap();
+    assert!(health.healthy, "{health:?}");
+    for name in ["container-runtime", "gpu-monitor", "validator-access", "executor-api", "docker"] {
+        assert!(health.components.iter().any(|c| c.name == name && c.serving), "{name}: {health:?}");
+    }
+    assert!(node.fakes.runtime.take_calls().iter().any(|c| c.starts_with("List ")));
+
+    // gpu-monitor's inventory and snapshot; Docker's facts from `container-runtime check`.
+    node.fakes.gpu.take_calls();
+    let profile = node.client.system_profile().await.unwrap();
+    assert_eq!(profile.inventory.unwrap().driver_version, "fake-driver");
+    assert_eq!(profile.snapshot.unwrap().collected_at_ms, 42);
+    assert_eq!((profile.docker_version.as_str(), profile.docker_cgroup_driver.as_str()), ("27.1.1", "systemd"));
+    assert!(!profile.nvidia_runtime);
+    let mut calls = node.fakes.gpu.take_calls();
+    calls.sort();
+    assert_eq!(calls, ["Inventory InventoryRequest", "Snapshot SnapshotRequest"]);
+}
+
+#[tokio::test]
+async fn container_calls_reach_container_runtime() {
+    let node = Node::start().await;
+    let (client, runtime) = (&node.client, &node.fakes.runtime);
+    let alice = node.alice.hotkey().to_string();
+
+    // The owner defaults to the caller; a miner may name another.
+    let request = runtime::CreateContainerRequest { image: "busybox:1".into(), ..Default::default() };
+    let created = client.create_container(request.clone()).await.unwrap();
+    assert_eq!((created.id.as_str(), created.image.as_str(), created.owner.as_str()), ("c-fake", "busybox:1", &*alice));
+    let named = client.create_container(runtime::CreateContainerRequest { owner: "renter-1".into(), ..request });
+    assert_eq!(named.await.unwrap().owner, "renter-1");
+    let calls = runtime.take_calls();
+    assert!(calls[0].starts_with("Create ") && calls[0].contains(&format!("owner: \"{alice}\"")), "{calls:?}");
+    assert!(calls[1].contains("owner: \"renter-1\""), "{calls:?}");
+
+    let c1 = || runtime::ContainerRef { id: "c-1".into() };
+    assert_eq!(client.start_container(c1()).await.unwrap().id, "c-1");
+    let stop = runtime::StopContainerRequest { id: "c-1".into(), timeout_seconds: 3 };
+    assert_eq!(client.stop_container(stop).await.unwrap().id, "c-1");
+    client.remove_container(runtime::RemoveContainerRequest { id: "c-1".into(), force: true }).await.unwrap();
+    assert_eq!(client.get_container(c1()).await.unwrap().docker_id, "fake-docker-id");
+    let list = client.list_containers(runtime::ListContainersRequest { all: true, ..Default::default() });
+    assert_eq!(list.await.unwrap().containers.len(), 1);
+    assert_eq!(client.container_stats(c1()).await.unwrap().cpu_percent, 12.5);
+    let logs = client.stream_logs(runtime::LogsRequest { id: "c-1".into(), tail: 5, ..Default::default() });
+    let chunks: Vec<_> = logs.await.unwrap().map(|c| c.unwrap().data).collect().await;
+    assert_eq!(chunks, [b"line 1\n".to_vec(), b"line 2\n".to_vec()]);
+    assert_eq!(
+        runtime.take_calls(),
+        [
+            r#"Start ContainerRef { id: "c-1" }"#,
+            r#"Stop StopContainerRequest { id: "c-1", timeout_seconds: 3 }"#,
+            r#"Remove RemoveContainerRequest { id: "c-1", force: true }"#,
+            r#"Get ContainerRef { id: "c-1" }"#,
+            r#"List ListContainersRequest { all: true, owner: "" }"#,
+            r#"Stats ContainerRef { id: "c-1" }"#,
+            r#"Logs LogsRequest { id: "c-1", follow: false, tail: 5, since: 0 }"#,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn validator_calls_reach_validator_access() {
+    let node = Node::start().await;
+    let client = &node.client;
+    let challenge = client.request_validator_challenge(access::ChallengeRequest { validator_hotkey: "v".into() });
+    assert_eq!(challenge.await.unwrap().challenge_id, "ch-fake");
+    let provision = access::ProvisionRequest { validator_hotkey: "v".into(), ttl_seconds: 60, ..Default::default() };
+    assert_eq!(client.provision_validator_access(provision).await.unwrap().validator_hotkey, "v");
+    let revoked = client.revoke_validator_access(access::RevokeRequest { grant_id: "g-1".into() }).await.unwrap();
+    assert_eq!(revoked.sessions_closed, 3);
+    assert_eq!(client.list_validator_grants(access::ListGrantsRequest {}).await.unwrap().grants.len(), 1);
+    let calls = node.fakes.access.take_calls();
+    let methods: Vec<_> = calls.iter().map(|c| c.split(' ').next().unwrap()).collect();
+    assert_eq!(methods, ["RequestChallenge", "Provision", "Revoke", "ListGrants"]);
+    assert!(calls[1].contains("ttl_seconds: 60") && calls[2].contains("\"g-1\""), "{calls:?}");
+}
+
+#[tokio::test]
+async fn attestation_runs_the_bundled_prover() {
+    let node = Node::start().await;
+    // No GPU in gpu-monitor's inventory: the CPU reference, with the defaults.
+    let report = node.client.run_attestation(api::AttestationRequest::default()).await.unwrap().report_json;
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let argv = report["argv"].as_str().unwrap();
+    for arg in ["--seed 0", "--matrix-dim 256", "--num-matrices 16", "--backend cpu", "--json"] {
+        assert!(argv.contains(arg), "{arg}: {argv}");
+    }
+    assert!(node.fakes.gpu.take_calls().iter().any(|c| c.starts_with("Inventory")));
+    // Bad sizes are refused before anything runs.
+    let bad = node.client.run_attestation(api::AttestationRequest { matrix_dim: 17, ..Default::default() });
+    let err = bad.await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("matrix_dim: must be a multiple of 16"), "{err:?}");
+}
