@@ -44,18 +44,10 @@ struct Validator {
 }
 
 async fn validator(dir: &Path, name: &str, seed: u8) -> Validator {
-    let keypair = schnorrkel::MiniSecretKey::from_bytes(&[seed; 32])
-        .unwrap()
-        .expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
-    let hotkey = common::hotkey::Hotkey::from_public(keypair.public.to_bytes()).as_str().to_owned();
+    let keypair = e2e::keys::sr25519(seed);
+    let hotkey = e2e::keys::hotkey_of(&keypair);
     let ssh_key = dir.join(name);
-    let out = ProcessSpec::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-        .arg(&ssh_key)
-        .output(Duration::from_secs(30), 1 << 12)
-        .await
-        .unwrap();
-    assert!(out.status.success());
+    e2e::keys::ssh_keygen(&ssh_key, name).await;
     Validator { keypair, hotkey, ssh_key }
 }
 
@@ -65,7 +57,7 @@ impl Validator {
     }
 
     fn sign(&self, message: &[u8]) -> Vec<u8> {
-        self.keypair.sign_simple(b"substrate", message).to_bytes().to_vec()
+        e2e::keys::sign(&self.keypair, message)
     }
 
     async fn grant(&self, client: &mut Client, ttl_seconds: u64) -> pb::Grant {
@@ -104,7 +96,7 @@ async fn ssh(port: u16, key: &Path, before: &[&str], command: &[&str]) -> Captur
 }
 
 fn text(out: &CapturedOutput) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (e2e::process::stdout(out), e2e::process::stderr(out))
 }
 
 /// Waits until `command` shows as a session, revokes `grant_id`, and checks that the command's
@@ -421,29 +413,8 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
     let (_service, mut client) = start(&config, &env).await;
 
     // The distribution's sshd, told to read that file for the login user.
-    let port = e2e::free_port();
-    let host_key = dir.join("sshd_host_key");
-    let keygen = ProcessSpec::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&host_key)
-        .output(Duration::from_secs(30), 1 << 12)
-        .await
-        .unwrap();
-    assert!(keygen.status.success());
-    std::fs::create_dir_all("/run/sshd").unwrap();
-    let sshd_config = dir.join("sshd_config");
-    std::fs::write(
-        &sshd_config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nAllowUsers {USER}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPidFile {}\n",
-            host_key.display(),
-            keys_file.display(),
-            dir.join("sshd.pid").display()
-        ),
-    )
-    .unwrap();
-    let _sshd =
-        ProcessSpec::new("/usr/sbin/sshd").arg("-D").arg("-e").arg("-f").arg(&sshd_config).spawn_supervised().unwrap();
+    let sshd = e2e::sshd::Sshd::start(dir, &keys_file, &format!("AllowUsers {USER}")).await;
+    let port = sshd.port;
 
     let v = validator(dir, "validator", 12).await;
     let grant = v.grant(&mut client, 600).await;

@@ -8,16 +8,13 @@ use std::time::Duration;
 
 use common::identity::ExecutorIdentity;
 use common::process::{CapturedOutput, ProcessSpec};
+use e2e::process::text;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gpu-attestor");
 
 async fn run(args: &[&str]) -> CapturedOutput {
-    ProcessSpec::new(BIN).args(args.iter().copied()).output(Duration::from_secs(120), 1 << 24).await.unwrap()
-}
-
-fn text(out: &CapturedOutput) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    e2e::process::capture(ProcessSpec::new(BIN).args(args.iter().copied()), Duration::from_secs(120)).await
 }
 
 fn identity(dir: &Path) -> String {
@@ -141,7 +138,7 @@ async fn check_drives_challenge_over_pipes() {
         "--num-matrices",
         "30",
         "--hotkey",
-        "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY",
+        e2e::ALICE,
     ])
     .await;
     let t = text(&out);
