@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::admission::Admission;
 use crate::engine::{Engine, EngineError};
+use crate::labels;
 use crate::netpool::NetworkPool;
 use crate::reference::{ImageRef, RegistryPolicy};
 use crate::shaping::ShapingError;
@@ -148,7 +149,7 @@ impl Runtime {
         }
         let labels = inspect.config.as_ref().and_then(|c| c.labels.as_ref());
         let rate = labels
-            .and_then(|l| l.get(spec::LABEL_NETWORK_BPS))
+            .and_then(|l| l.get(labels::LABEL_NETWORK_BPS))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(self.config.resource_limits.network_bps);
         let pid = inspect.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
@@ -166,13 +167,13 @@ impl Runtime {
         if let Some(pool) = &self.pool {
             let in_use = containers
                 .iter()
-                .filter_map(|c| c.labels.as_ref()?.get(spec::LABEL_NETWORK).cloned())
+                .filter_map(|c| c.labels.as_ref()?.get(labels::LABEL_NETWORK).cloned())
                 .collect::<std::collections::HashSet<_>>();
             pool.adopt(&in_use).await?;
             pool.refill_in_background(Duration::ZERO);
         }
         for c in containers {
-            let Some(id) = c.labels.as_ref().and_then(|l| l.get(spec::LABEL_ID)).cloned() else { continue };
+            let Some(id) = c.labels.as_ref().and_then(|l| l.get(labels::LABEL_ID)).cloned() else { continue };
             if c.state != Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
                 continue;
             }
@@ -247,10 +248,10 @@ impl Runtime {
             .filter_map(|c| {
                 let labels = c.labels?;
                 Some(crate::gpu_memory::Tenant {
-                    id: labels.get(spec::LABEL_ID)?.clone(),
+                    id: labels.get(labels::LABEL_ID)?.clone(),
                     docker_id: c.id?,
                     limit_bytes: labels
-                        .get(spec::LABEL_GPU_MEMORY)
+                        .get(labels::LABEL_GPU_MEMORY)
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(self.config.resource_limits.gpu_memory_bytes),
                 })
@@ -291,9 +292,9 @@ impl Runtime {
         let mut in_use = std::collections::BTreeMap::new();
         for c in self.engine.list_ours().await.map_err(engine_status)? {
             let labels = c.labels.unwrap_or_default();
-            let owner = labels.get(spec::LABEL_ID).cloned().unwrap_or_default();
+            let owner = labels.get(labels::LABEL_ID).cloned().unwrap_or_default();
             for uuid in
-                labels.get(spec::LABEL_GPUS).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty())
+                labels.get(labels::LABEL_GPUS).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty())
             {
                 in_use.insert(uuid.to_owned(), owner.clone());
             }
@@ -400,7 +401,7 @@ impl Runtime {
         let admitted = self.admission.admit(&spec.image, &spec.owner).await?;
         spec.image = admitted.image;
         if !admitted.signature.is_empty() {
-            spec.labels.insert(spec::LABEL_SIGNATURE.to_owned(), admitted.signature);
+            spec.labels.insert(labels::LABEL_SIGNATURE.to_owned(), admitted.signature);
         }
         let _guard = self.create_lock.lock().await;
         let existing = self.engine.list_ours().await.map_err(engine_status)?.len();
@@ -437,7 +438,7 @@ impl Runtime {
 
     /// Inspects a container of ours by our id; anything else is NOT_FOUND.
     async fn ours(&self, id: &str) -> Result<ContainerInspectResponse, Status> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !labels::is_container_id(id) {
             return Err(Status::invalid_argument(format!("id: `{id}` is not a container id")));
         }
         let inspect = self
@@ -447,8 +448,8 @@ impl Runtime {
             .await
             .map_err(|source| engine_status(EngineError::Docker { id: id.to_owned(), source }))?;
         let labels = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
-        if labels.get(spec::LABEL_EXECUTOR).map(String::as_str) != Some(self.engine.executor_id())
-            || labels.get(spec::LABEL_ID).map(String::as_str) != Some(id)
+        if labels.get(labels::LABEL_EXECUTOR).map(String::as_str) != Some(self.engine.executor_id())
+            || labels.get(labels::LABEL_ID).map(String::as_str) != Some(id)
         {
             return Err(Status::not_found(format!("container {id} not found")));
         }
@@ -468,8 +469,8 @@ pub fn to_proto(inspect: &ContainerInspectResponse) -> pb::Container {
     let labels: HashMap<String, String> = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
     let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
     let state = inspect.state.as_ref();
-    let created: i64 = label(spec::LABEL_CREATED).parse().unwrap_or(0);
-    let ttl: i64 = label(spec::LABEL_TTL).parse().unwrap_or(0);
+    let created: i64 = label(labels::LABEL_CREATED).parse().unwrap_or(0);
+    let ttl: i64 = label(labels::LABEL_TTL).parse().unwrap_or(0);
     let status = match state.and_then(|s| s.status) {
         Some(S::CREATED) => pb::ContainerState::Created,
         Some(S::RUNNING) => pb::ContainerState::Running,
@@ -481,29 +482,29 @@ pub fn to_proto(inspect: &ContainerInspectResponse) -> pb::Container {
         _ => pb::ContainerState::Unspecified,
     };
     pb::Container {
-        id: label(spec::LABEL_ID),
+        id: label(labels::LABEL_ID),
         docker_id: inspect.id.clone().unwrap_or_default(),
         image: inspect.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
         image_digest: inspect.image.clone().unwrap_or_default(),
         state: status as i32,
         exit_code: state.and_then(|s| s.exit_code).unwrap_or(0),
-        gpu_uuids: label(spec::LABEL_GPUS).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        gpu_uuids: label(labels::LABEL_GPUS).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
         ports: Vec::new(),
         labels: labels
             .iter()
-            .filter(|(k, _)| !k.starts_with(spec::LABEL_PREFIX))
+            .filter(|(k, _)| !k.starts_with(labels::LABEL_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         created_at: created,
         expires_at: if ttl > 0 { created + ttl } else { 0 },
         stop_reason: String::new(),
-        owner: label(spec::LABEL_OWNER),
-        image_signature: label(spec::LABEL_SIGNATURE),
+        owner: label(labels::LABEL_OWNER),
+        image_signature: label(labels::LABEL_SIGNATURE),
     }
 }
 
 fn new_id() -> Result<String, Status> {
-    crate::random_name("c-").map_err(Status::internal)
+    labels::random_name("c-").map_err(|e| Status::internal(e.to_string()))
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
@@ -565,7 +566,7 @@ impl RuntimeApi for Runtime {
             .config
             .as_ref()
             .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(spec::LABEL_NETWORK).cloned())
+            .and_then(|l| l.get(labels::LABEL_NETWORK).cloned())
             .unwrap_or_default();
         let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         if running && !r.force {
@@ -587,7 +588,7 @@ impl RuntimeApi for Runtime {
         let r = request.into_inner();
         let mut containers = Vec::new();
         for summary in self.engine.list_ours().await.map_err(engine_status)? {
-            let Some(id) = summary.labels.as_ref().and_then(|l| l.get(spec::LABEL_ID)).cloned() else { continue };
+            let Some(id) = summary.labels.as_ref().and_then(|l| l.get(labels::LABEL_ID)).cloned() else { continue };
             let Ok(c) = self.describe(&id).await else { continue };
             let running = c.state == pb::ContainerState::Running as i32;
             if (r.all || running) && (r.owner.is_empty() || r.owner == c.owner) {

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod firewall;
 pub mod gpu_memory;
 pub mod gpus;
+pub mod labels;
 pub mod netpool;
 pub mod reaper;
 pub mod reference;
@@ -26,44 +27,18 @@ pub mod stops;
 
 use std::time::Duration;
 
-use bollard::Docker;
 use common::ServiceName;
 use common::check::Check;
 use common::config::{DockerConfig, LoadedConfig};
 use common::service::{BoxError, Service, ServiceContext};
 
-/// `prefix` and 12 random hex digits: our container ids and spare network names.
-pub fn random_name(prefix: &str) -> Result<String, String> {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
-    Ok(format!("{prefix}{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
-}
-
 /// How often the engine is pinged for the `docker_up` gauge.
 const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Errors reaching the Docker engine.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error("docker.socket `{0}` is not a unix:/// URL")]
-    Socket(String),
-    #[error("Docker engine at {socket}: {source}")]
-    Engine { socket: String, source: bollard::errors::Error },
-}
-
-/// A client for the engine named by `[docker] socket`, speaking the engine's API version
-/// (engines as old as API 1.41 are supported).
-pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
-    let path = config.socket.strip_prefix("unix://").ok_or_else(|| DockerError::Socket(config.socket.clone()))?;
-    let engine = |source| DockerError::Engine { socket: config.socket.clone(), source };
-    let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION).map_err(engine)?;
-    docker.negotiate_version().await.map_err(engine)
-}
 
 /// The Docker checks of `executor validate`: engine reachable, its cgroup driver, and the
 /// NVIDIA runtime when GPU passthrough is on.
 pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
-    let docker = match connect(config).await {
+    let docker = match engine::connect(config).await {
         Ok(docker) => docker,
         Err(e) => return vec![Check::fail("docker", e.to_string())],
     };
@@ -239,7 +214,7 @@ async fn follow_engine(runtime: &api::Runtime, isolation: bool) {
         tokio::pin!(events);
         while let Some(Ok(event)) = events.next().await {
             let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
-            let Some(id) = attributes.get(spec::LABEL_ID) else { continue };
+            let Some(id) = attributes.get(labels::LABEL_ID) else { continue };
             match event.action.as_deref() {
                 Some("kill") => {
                     killed.insert(id.clone(), tokio::time::Instant::now());

@@ -6,9 +6,9 @@
 //! other executors' are never touched. It also keeps the per-state container gauges.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::spec::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL};
+use crate::labels::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL, now_secs};
 
 /// A network without its container is left alone this long (its container may be being
 /// created right now).
@@ -22,10 +22,6 @@ pub struct Reaped {
     pub orphan_devices: Vec<String>,
     /// Our ids of the containers the round found running (and left running).
     pub running: Vec<String>,
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// One round.

@@ -15,25 +15,11 @@ use bollard::models::{
 };
 use common::config::ResourceLimits;
 
+use crate::labels::{
+    LABEL_CREATED, LABEL_EXECUTOR, LABEL_GPU_MEMORY, LABEL_GPUS, LABEL_ID, LABEL_MANAGED, LABEL_NETWORK,
+    LABEL_NETWORK_BPS, LABEL_OWNER, LABEL_PREFIX, LABEL_TTL,
+};
 use crate::reference::ImageRef;
-
-/// Every label we set starts with this; tenants may not use it.
-pub const LABEL_PREFIX: &str = "ai.basilica.executor.";
-pub const LABEL_MANAGED: &str = "ai.basilica.executor.managed";
-pub const LABEL_EXECUTOR: &str = "ai.basilica.executor.executor_id";
-pub const LABEL_ID: &str = "ai.basilica.executor.id";
-pub const LABEL_OWNER: &str = "ai.basilica.executor.owner";
-pub const LABEL_CREATED: &str = "ai.basilica.executor.created";
-pub const LABEL_TTL: &str = "ai.basilica.executor.ttl_seconds";
-pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
-/// What signature verification found (`Container.image_signature`); absent when not verified.
-pub const LABEL_SIGNATURE: &str = "ai.basilica.executor.image_signature";
-/// The limits enforced after start (GPU memory, network shaping), kept with the container so a
-/// restarted service enforces them again.
-pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";
-pub const LABEL_NETWORK_BPS: &str = "ai.basilica.executor.network_bps";
-/// The container's own network (see `engine::Engine::network_for`), empty when it has none.
-pub const LABEL_NETWORK: &str = "ai.basilica.executor.network";
 
 /// Capabilities a tenant keeps (Docker's default set minus everything that touches the host,
 /// the network stack or other processes): enough for images that drop root to a user.
