@@ -2,7 +2,7 @@
 //! requests → validated [`ContainerSpec`]s → the engine. Containers are addressed by our id
 //! (their name) and must carry this executor's labels: a foreign container is NOT_FOUND.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -457,49 +457,9 @@ impl Runtime {
     }
 
     async fn describe(&self, id: &str) -> Result<pb::Container, Status> {
-        let mut container = to_proto(&self.ours(id).await?);
+        let mut container = crate::status::container(&self.ours(id).await?);
         container.stop_reason = self.stops.get(id).unwrap_or_default();
         Ok(container)
-    }
-}
-
-/// Inspect output as our `Container`.
-pub fn to_proto(inspect: &ContainerInspectResponse) -> pb::Container {
-    use bollard::models::ContainerStateStatusEnum as S;
-    let labels: HashMap<String, String> = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
-    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-    let state = inspect.state.as_ref();
-    let created: i64 = label(labels::LABEL_CREATED).parse().unwrap_or(0);
-    let ttl: i64 = label(labels::LABEL_TTL).parse().unwrap_or(0);
-    let status = match state.and_then(|s| s.status) {
-        Some(S::CREATED) => pb::ContainerState::Created,
-        Some(S::RUNNING) => pb::ContainerState::Running,
-        Some(S::PAUSED) => pb::ContainerState::Paused,
-        Some(S::RESTARTING) => pb::ContainerState::Restarting,
-        Some(S::EXITED) | Some(S::STOPPING) => pb::ContainerState::Exited,
-        Some(S::DEAD) => pb::ContainerState::Dead,
-        Some(S::REMOVING) => pb::ContainerState::Removing,
-        _ => pb::ContainerState::Unspecified,
-    };
-    pb::Container {
-        id: label(labels::LABEL_ID),
-        docker_id: inspect.id.clone().unwrap_or_default(),
-        image: inspect.config.as_ref().and_then(|c| c.image.clone()).unwrap_or_default(),
-        image_digest: inspect.image.clone().unwrap_or_default(),
-        state: status as i32,
-        exit_code: state.and_then(|s| s.exit_code).unwrap_or(0),
-        gpu_uuids: label(labels::LABEL_GPUS).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-        ports: Vec::new(),
-        labels: labels
-            .iter()
-            .filter(|(k, _)| !k.starts_with(labels::LABEL_PREFIX))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        created_at: created,
-        expires_at: if ttl > 0 { created + ttl } else { 0 },
-        stop_reason: String::new(),
-        owner: label(labels::LABEL_OWNER),
-        image_signature: label(labels::LABEL_SIGNATURE),
     }
 }
 
@@ -644,46 +604,7 @@ impl RuntimeApi for Runtime {
             .await
             .ok_or_else(|| Status::unavailable("no stats from the engine"))?
             .map_err(|source| engine_status(EngineError::Docker { id: id.clone(), source }))?;
-        let cpu = |s: &Option<bollard::models::ContainerCpuStats>| {
-            s.as_ref().map_or((0, 0, 1), |c| {
-                (
-                    c.cpu_usage.as_ref().and_then(|u| u.total_usage).unwrap_or(0),
-                    c.system_cpu_usage.unwrap_or(0),
-                    c.online_cpus.unwrap_or(1),
-                )
-            })
-        };
-        let (total, system, cpus) = cpu(&stats.cpu_stats);
-        let (pre_total, pre_system, _) = cpu(&stats.precpu_stats);
-        let delta_system = system.saturating_sub(pre_system);
-        let cpu_percent = if delta_system == 0 {
-            0.0
-        } else {
-            total.saturating_sub(pre_total) as f64 / delta_system as f64 * f64::from(cpus) * 100.0
-        };
-        let (rx, tx) = stats.networks.as_ref().map_or((0, 0), |n| {
-            n.values().fold((0, 0), |(r, t), s| (r + s.rx_bytes.unwrap_or(0), t + s.tx_bytes.unwrap_or(0)))
-        });
-        let (read, write) =
-            stats.blkio_stats.as_ref().and_then(|b| b.io_service_bytes_recursive.as_ref()).map_or((0, 0), |entries| {
-                entries.iter().fold((0, 0), |(r, w), e| match e.op.as_deref().map(str::to_lowercase).as_deref() {
-                    Some("read") => (r + e.value.unwrap_or(0), w),
-                    Some("write") => (r, w + e.value.unwrap_or(0)),
-                    _ => (r, w),
-                })
-            });
-        let memory = stats.memory_stats.as_ref();
-        Ok(Response::new(pb::ContainerStats {
-            id,
-            cpu_percent,
-            memory_usage_bytes: memory.and_then(|m| m.usage).unwrap_or(0),
-            memory_limit_bytes: memory.and_then(|m| m.limit).unwrap_or(0),
-            network_rx_bytes: rx,
-            network_tx_bytes: tx,
-            block_read_bytes: read,
-            block_write_bytes: write,
-            pids: stats.pids_stats.as_ref().and_then(|p| p.current).unwrap_or(0),
-        }))
+        Ok(Response::new(crate::status::stats(id, &stats)))
     }
 
     async fn exec(&self, request: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {

@@ -23,6 +23,7 @@ pub mod reference;
 pub mod shaping;
 pub mod signatures;
 pub mod spec;
+pub mod status;
 pub mod stops;
 
 use std::time::Duration;
