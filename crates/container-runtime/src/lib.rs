@@ -1,21 +1,31 @@
 //! container-runtime: tenant containers on the Docker engine. The only crate that links
 //! `bollard`.
 //!
-//! It serves the container API of `proto/executor/container_runtime.proto` on its socket
-//! ([`api`]): hardened containers ([`spec`]) from allowed registries ([`reference`]) on the
-//! engine ([`engine`]), within the configured limits: GPUs by UUID ([`gpus`]), a network of
-//! their own ([`netpool`], [`firewall`]) shaped to `network_bps` ([`shaping`]), GPU memory
-//! watched ([`gpu_memory`]). Docker is the only state: on start it reconciles, and the
-//! [`reaper`] removes what expired. It also watches whether the engine answers
-//! (`executor_container_runtime_docker_up`) and checks the engine for `executor validate`.
-//! Not built yet: image signatures.
+//! It serves the container API of `proto/executor/container_runtime.proto` on its socket:
+//! [`grpc`] takes each request apart and maps errors to stable reasons; the [`domain`] holds
+//! the rules (create, start, stop, remove, list, reconcile, reap, GPU memory enforcement) and
+//! [`status`] turns what the engine says into proto messages. Containers are hardened
+//! ([`spec`]), from allowed registries ([`reference`](mod@reference)), with their image's cosign signature
+//! verified and pulled ([`admission`], [`signatures`]), on the engine ([`engine`]), within the
+//! configured limits: GPUs by UUID from gpu-monitor's inventory ([`gpus`], [`gpu_monitor`]), a
+//! network of their own ([`netpool`], [`firewall`]) shaped to `network_bps` ([`shaping`]), GPU
+//! memory watched ([`gpu_memory`], [`stops`]). Docker is the only state, read back through our
+//! labels ([`labels`]): on start the service reconciles, and the [`reaper`] removes what
+//! expired, through the one removal path ([`teardown`]). It also watches whether the engine
+//! answers (`executor_container_runtime_docker_up`), follows its restarts, and checks the
+//! engine for `executor validate`.
+//!
+//! Modules only import modules below them: `grpc` → `domain` → `admission`, `reaper`,
+//! `teardown`, `netpool`, `status`, `gpu_monitor` → `engine` → `spec` → `labels`, `reference`.
 
 pub mod admission;
-pub mod api;
+pub mod domain;
 pub mod engine;
 pub mod firewall;
 pub mod gpu_memory;
+pub mod gpu_monitor;
 pub mod gpus;
+pub mod grpc;
 pub mod labels;
 pub mod netpool;
 pub mod reaper;
@@ -25,6 +35,7 @@ pub mod signatures;
 pub mod spec;
 pub mod status;
 pub mod stops;
+pub mod teardown;
 
 use std::time::Duration;
 
@@ -74,7 +85,7 @@ pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
 /// The container-runtime service.
 #[derive(Debug)]
 pub struct ContainerRuntime {
-    runtime: api::Runtime,
+    runtime: domain::Runtime,
 }
 
 /// The gRPC service name.
@@ -106,14 +117,14 @@ impl Service for ContainerRuntime {
         if let Err(e) = &shaping {
             tracing::error!(error = %e, "network_bps cannot be enforced: creates of containers with a network will fail");
         }
-        let runtime = api::Runtime::new(engine, ctx.config(), shaping)?;
+        let runtime = domain::Runtime::new(engine, ctx.config(), shaping)?;
         runtime.reconcile().await?;
         Ok(Self { runtime })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
         routes.add_service(common::proto::runtime::v1::container_runtime_server::ContainerRuntimeServer::new(
-            self.runtime.clone(),
+            grpc::RuntimeGrpc::new(self.runtime.clone()),
         ))
     }
 
@@ -161,7 +172,7 @@ impl Service for ContainerRuntime {
             tokio::select! {
                 () = &mut follow => {}
                 _ = reap.tick() => {
-                    match reaper::reap_once(&self.runtime).await {
+                    match self.runtime.reap().await {
                         Ok(round) => {
                             reaper::container_metrics(self.runtime.engine(), &round.running).await;
                         }
@@ -171,7 +182,7 @@ impl Service for ContainerRuntime {
                 _ = gpu_watch.tick(), if watch_gpus => {
                     let result = self.runtime.enforce_gpu_memory().await;
                     if let Err(e) = &result && gpu_monitor_ok {
-                        tracing::warn!(error = %e.message(), "cannot check GPU memory limits (gpu-monitor)");
+                        tracing::warn!(error = %e, "cannot check GPU memory limits (gpu-monitor)");
                     }
                     gpu_monitor_ok = result.is_ok();
                 }
@@ -206,7 +217,7 @@ const ENGINE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(30);
 /// (a restart, an upgrade); the containers it killed just before are the ones it stopped on
 /// the way down. Once the engine answers again they are started and shaped again, and the host
 /// firewall rules put back if they went. Never returns.
-async fn follow_engine(runtime: &api::Runtime, isolation: bool) {
+async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
     use tokio_stream::StreamExt;
     loop {
         // Our id → when the engine signalled the container (`kill`, without being asked by us).

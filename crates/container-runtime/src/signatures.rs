@@ -302,28 +302,35 @@ pub enum Login {
 
 impl Credentials {
     /// Reads the password files; an unreadable or empty one is an error naming its key.
-    pub fn load(config: &common::config::RegistryConfig) -> Result<Self, String> {
+    pub fn load(config: &common::config::RegistryConfig) -> Result<Self, CredentialsError> {
         let mut configured = BTreeMap::new();
         for (host, settings) in &config.registries {
             if let (Some(user), Some(file)) = (&settings.username, &settings.password_file) {
                 let key = format!("docker.registry.registries.\"{host}\".password_file");
-                let text = std::fs::read_to_string(file).map_err(|e| format!("{key}: {}: {e}", file.display()))?;
+                let text = std::fs::read_to_string(file).map_err(|source| CredentialsError::Unreadable {
+                    key: key.clone(),
+                    path: file.clone(),
+                    source,
+                })?;
                 let password = text.lines().next().unwrap_or("").trim().to_owned();
                 if password.is_empty() {
-                    return Err(format!("{key}: {}: empty", file.display()));
+                    return Err(CredentialsError::Empty { key, path: file.clone() });
                 }
                 configured.insert(host.clone(), (user.clone(), password));
             }
         }
         if let Some(file) = &config.docker_config_file {
-            std::fs::File::open(file)
-                .map_err(|e| format!("docker.registry.docker_config_file: {}: {e}", file.display()))?;
+            std::fs::File::open(file).map_err(|source| CredentialsError::Unreadable {
+                key: "docker.registry.docker_config_file".to_owned(),
+                path: file.clone(),
+                source,
+            })?;
         }
         Ok(Self { configured, docker_config_file: config.docker_config_file.clone() })
     }
 
     /// The login for `registry`; errors (a broken config file, a failing helper) name the file.
-    pub fn login(&self, registry: &str) -> Result<Login, String> {
+    pub fn login(&self, registry: &str) -> Result<Login, CredentialsError> {
         if let Some((username, password)) = self.configured.get(registry) {
             return Ok(Login::Basic { username: username.clone(), password: password.clone() });
         }
@@ -332,15 +339,29 @@ impl Credentials {
         };
         // Docker keys Docker Hub's login by its v1 index URL.
         let server = if registry == crate::reference::DOCKER_HUB { "https://index.docker.io/v1/" } else { registry };
-        let reader = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let reader =
+            std::fs::File::open(file).map_err(|source| CredentialsError::ConfigFile { path: file.clone(), source })?;
         use docker_credential::{CredentialRetrievalError as E, DockerCredential as C};
         match docker_credential::get_credential_from_reader(std::io::BufReader::new(reader), server) {
             Ok(C::UsernamePassword(username, password)) => Ok(Login::Basic { username, password }),
             Ok(C::IdentityToken(token)) => Ok(Login::IdentityToken(token)),
             Err(E::NoCredentialConfigured) => Ok(Login::Anonymous),
-            Err(e) => Err(format!("{}: credentials for {registry}: {e}", file.display())),
+            Err(source) => Err(CredentialsError::Lookup { path: file.clone(), registry: registry.to_owned(), source }),
         }
     }
+}
+
+/// A registry login that cannot be read; each names the config key or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("{key}: {}: {source}", path.display())]
+    Unreadable { key: String, path: PathBuf, source: std::io::Error },
+    #[error("{key}: {}: empty", path.display())]
+    Empty { key: String, path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    ConfigFile { path: PathBuf, source: std::io::Error },
+    #[error("{}: credentials for {registry}: {source}", path.display())]
+    Lookup { path: PathBuf, registry: String, source: docker_credential::CredentialRetrievalError },
 }
 
 impl Login {
@@ -505,7 +526,7 @@ mod tests {
         assert!(Login::Anonymous.docker_credentials("quay.io").is_none());
 
         std::fs::write(&password, "\n").unwrap();
-        let err = Credentials::load(&config).unwrap_err();
+        let err = Credentials::load(&config).unwrap_err().to_string();
         assert!(err.contains("registries.\"127.0.0.1:5000\".password_file") && err.contains("empty"), "{err}");
     }
 }
