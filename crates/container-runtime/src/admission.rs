@@ -17,7 +17,20 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 
 use crate::reference::ImageRef;
-use crate::signatures::{self, Credentials, CredentialsError, TrustedKey, Unverified, Verdict};
+use crate::signatures::{self, ClientError, Credentials, CredentialsError, KeyError, TrustedKey, Unverified, Verdict};
+
+/// Why the image gate cannot be set up; each names the config key or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{field}: {source}")]
+    Key { field: String, source: KeyError },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("audit log: {0}")]
+    Audit(#[source] common::telemetry::TelemetryError),
+}
 
 /// Why an image may not run; each names the image or its registry. The engine's and the
 /// registry client's own text is the `source`, never the message.
@@ -70,7 +83,7 @@ impl std::fmt::Debug for Admission {
 }
 
 /// Loads the trusted keys of every allowed registry; errors name the key and the file.
-pub fn load_keys(config: &RegistryConfig) -> Result<BTreeMap<String, Vec<TrustedKey>>, String> {
+pub fn load_keys(config: &RegistryConfig) -> Result<BTreeMap<String, Vec<TrustedKey>>, SetupError> {
     let mut keys = BTreeMap::new();
     if !config.verify_signatures {
         return Ok(keys);
@@ -86,7 +99,7 @@ pub fn load_keys(config: &RegistryConfig) -> Result<BTreeMap<String, Vec<Trusted
         for path in config.keys_for(host) {
             let key = match loaded.get(path.as_path()) {
                 Some(key) => key.clone(),
-                None => TrustedKey::load(path).map_err(|e| format!("{field}: {e}"))?,
+                None => TrustedKey::load(path).map_err(|source| SetupError::Key { field: field.clone(), source })?,
             };
             loaded.insert(path, key.clone());
             list.push(key);
@@ -107,7 +120,7 @@ pub fn checks(config: &RegistryConfig) -> Vec<Check> {
             checks.push(Check::pass("image signatures", format!("cosign keys {}", ids.join(", "))));
         }
         Ok(_) => checks.push(Check::skip("image signatures", "docker.registry.verify_signatures = false")),
-        Err(e) => checks.push(Check::fail("image signatures", e)),
+        Err(e) => checks.push(Check::fail("image signatures", e.to_string())),
     }
     if let Err(e) = Credentials::load(config) {
         checks.push(Check::fail("registry credentials", e.to_string()));
@@ -116,16 +129,15 @@ pub fn checks(config: &RegistryConfig) -> Vec<Check> {
 }
 
 impl Admission {
-    pub fn new(config: &Config, docker: Docker) -> Result<Self, String> {
+    pub fn new(config: &Config, docker: Docker) -> Result<Self, SetupError> {
         let registry = config.docker.registry.clone();
         let keys = load_keys(&registry)?;
-        let credentials = Credentials::load(&registry).map_err(|e| e.to_string())?;
+        let credentials = Credentials::load(&registry)?;
         let client = match registry.verify_signatures {
             true => Some(signatures::client(&registry.allowed_registries, registry.pull_timeout)?),
             false => None,
         };
-        let audit = Audit::open(&config.data_dir, common::ServiceName::ContainerRuntime)
-            .map_err(|e| format!("audit log: {e}"))?;
+        let audit = Audit::open(&config.data_dir, common::ServiceName::ContainerRuntime).map_err(SetupError::Audit)?;
         Ok(Self { config: registry, docker, client, credentials, keys, audit, in_flight: Mutex::new(HashMap::new()) })
     }
 

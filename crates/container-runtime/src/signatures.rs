@@ -58,15 +58,17 @@ pub struct TrustedKey {
 
 impl TrustedKey {
     /// Reads a PEM public key as `cosign generate-key-pair` writes it (`cosign.pub`).
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_pem(&text, path).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable { path: path.to_owned(), source })?;
+        Self::from_pem(&text, path)
     }
 
-    pub fn from_pem(text: &str, path: &Path) -> Result<Self, String> {
-        let key = VerifyingKey::from_public_key_pem(text)
-            .map_err(|e| format!("not an ECDSA P-256 public key in PEM (SPKI) form: {e}"))?;
-        let der = p256::pkcs8::EncodePublicKey::to_public_key_der(&key).map_err(|e| e.to_string())?;
+    /// The key in `text`, read from `path` (which names it in errors and logs).
+    pub fn from_pem(text: &str, path: &Path) -> Result<Self, KeyError> {
+        let not_p256 = |source| KeyError::NotP256 { path: path.to_owned(), source };
+        let key = VerifyingKey::from_public_key_pem(text).map_err(not_p256)?;
+        let der = p256::pkcs8::EncodePublicKey::to_public_key_der(&key).map_err(not_p256)?;
         let id = format!("sha256:{}", &hex::encode(Sha256::digest(der.as_bytes()))[..16]);
         Ok(Self { path: path.to_owned(), id, key })
     }
@@ -76,6 +78,20 @@ impl TrustedKey {
         Signature::from_der(signature).is_ok_and(|s| self.key.verify(payload, &s).is_ok())
     }
 }
+
+/// A trusted key that cannot be used; each names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{}: not an ECDSA P-256 public key in PEM (SPKI) form: {source}", path.display())]
+    NotP256 { path: PathBuf, source: p256::pkcs8::spki::Error },
+}
+
+/// The registry client cannot be set up (the system's CA certificates, TLS).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the registry client: {0}")]
+pub struct ClientError(#[source] pub OciDistributionError);
 
 /// Why an image is not verified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,7 +189,7 @@ pub fn is_loopback_registry(host: &str) -> bool {
 
 /// The registry client used for lookups: plain HTTP to loopback registries (as Docker does),
 /// HTTPS with the system's trust store everywhere else.
-pub fn client(registries: &[String], timeout: Duration) -> Result<Client, String> {
+pub fn client(registries: &[String], timeout: Duration) -> Result<Client, ClientError> {
     // The ring provider is in the tree already (tonic); installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let plain = registries.iter().filter(|r| is_loopback_registry(r)).cloned().collect();
@@ -184,7 +200,7 @@ pub fn client(registries: &[String], timeout: Duration) -> Result<Client, String
         user_agent: concat!("basilica-executor/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
-    Client::try_from(config).map_err(|e| format!("cannot set up the registry client: {e}"))
+    Client::try_from(config).map_err(ClientError)
 }
 
 /// Resolves `image` in its registry and checks its cosign signatures against `keys`.
@@ -484,9 +500,9 @@ mod tests {
         TrustedKey::load(&good).unwrap();
         let bad = dir.path().join("bad.pub");
         std::fs::write(&bad, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
-        let err = TrustedKey::load(&bad).unwrap_err();
+        let err = TrustedKey::load(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.pub") && err.contains("P-256"), "{err}");
-        assert!(TrustedKey::load(&dir.path().join("missing.pub")).unwrap_err().contains("missing.pub"));
+        assert!(TrustedKey::load(&dir.path().join("missing.pub")).unwrap_err().to_string().contains("missing.pub"));
     }
 
     #[test]
