@@ -14,6 +14,7 @@ use crate::domain::{LogChunks, Runtime, RuntimeError};
 use crate::engine::EngineError;
 use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
+use crate::spec::MountError;
 
 /// The gRPC face of the runtime.
 #[derive(Debug, Clone)]
@@ -44,7 +45,10 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         E::Running { .. } => caller(Reason::WrongState),
         // What this host's configuration does not allow: no GPU passthrough, a host path off
         // the allow-list, a device list that does not parse.
-        E::GpuPassthroughOff | E::Mount(_) | E::VisibleDevices(_) => caller(Reason::HostUnsupported),
+        E::GpuPassthroughOff | E::VisibleDevices(_) => caller(Reason::HostUnsupported),
+        // A host path that does not resolve: the OS's words are the cause.
+        E::Mount(MountError::Unresolvable { source, .. }) => caller(Reason::HostUnsupported).with_cause(source),
+        E::Mount(MountError::Refused(_)) => caller(Reason::HostUnsupported),
         E::Gpu(g) => match g {
             GpuError::Busy { .. } => caller(Reason::GpuBusy),
             // Fewer free GPUs than asked: a limit of the node, retry later.
@@ -234,10 +238,20 @@ mod tests {
             (RuntimeError::Running { id: "c-1".into() }, Reason::WrongState, Code::FailedPrecondition, "use force"),
             (RuntimeError::GpuPassthroughOff, Reason::HostUnsupported, Code::FailedPrecondition, "gpu_count"),
             (
-                RuntimeError::Mount(spec("mounts[0].host_path")),
+                RuntimeError::Mount(MountError::Refused(spec("mounts[0].host_path"))),
                 Reason::HostUnsupported,
                 Code::FailedPrecondition,
                 "mounts[0]",
+            ),
+            (
+                RuntimeError::Mount(MountError::Unresolvable {
+                    field: "mounts[0].host_path".into(),
+                    host_path: "/srv/x".into(),
+                    source: std::io::Error::other("SECRET"),
+                }),
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "mounts[0].host_path: `/srv/x` does not exist",
             ),
             (
                 RuntimeError::VisibleDevices("x".into()),

@@ -9,7 +9,7 @@ use crate::gpus::GpuError;
 use crate::labels::NameError;
 use crate::reference::{NotAllowed, ReferenceError};
 use crate::shaping::ShapingError;
-use crate::spec::SpecError;
+use crate::spec::{MountError, SpecError};
 
 /// Why a call on the runtime failed. The `Display` of the variants the caller caused is worded
 /// for the caller; the engine's text is only ever in a `source`.
@@ -33,7 +33,7 @@ pub enum RuntimeError {
     GpuPassthroughOff,
     /// A bind mount outside `docker.allowed_host_paths` or over the executor's own directories.
     #[error(transparent)]
-    Mount(SpecError),
+    Mount(MountError),
     #[error(transparent)]
     Gpu(#[from] GpuError),
     #[error("docker.gpu_config.visible_devices: {0}")]
