@@ -259,3 +259,67 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The modules from the bottom up: each may use only the ones before it, so no circle can
+    /// form (the crate root, which wires them together, is above them all).
+    const LAYERS: &[&str] = &[
+        "labels",
+        "reference",
+        "firewall",
+        "shaping",
+        "gpus",
+        "gpu_memory",
+        "gpu_monitor",
+        "stops",
+        "status",
+        "spec",
+        "signatures",
+        "admission",
+        "engine",
+        "netpool",
+        "teardown",
+        "reaper",
+        "domain",
+        "grpc",
+    ];
+
+    /// `crate::<module>` uses in a module's code, its tests left out.
+    fn uses(module: &str) -> Vec<String> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let files: Vec<std::path::PathBuf> = match std::fs::read_dir(src.join(module)) {
+            Ok(dir) => dir.map(|e| e.unwrap().path()).collect(),
+            Err(_) => vec![src.join(format!("{module}.rs"))],
+        };
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                found.push(name);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn modules_only_use_modules_below_them() {
+        let mut modules: Vec<String> = std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".rs").to_owned())
+            .filter(|m| m != "lib" && m != "main")
+            .collect();
+        modules.sort();
+        let mut layered: Vec<String> = LAYERS.iter().map(|m| (*m).to_owned()).collect();
+        layered.sort();
+        assert_eq!(modules, layered, "every module has its place in LAYERS");
+        for (level, module) in LAYERS.iter().enumerate() {
+            for used in uses(module) {
+                let below = LAYERS[..level].contains(&used.as_str());
+                assert!(below, "`{module}` uses `crate::{used}`, which is not below it in LAYERS");
+            }
+        }
+    }
+}
