@@ -1,5 +1,7 @@
-//! The Docker engine, through bollard: create hardened containers from a [`ContainerSpec`],
-//! start, stop, remove, and find the containers that are ours (by label, never by name).
+//! The Docker engine, through bollard: the connection (`[docker] socket`, the engine's API
+//! version), hardened containers created from a [`ContainerSpec`], started, stopped and
+//! removed, our tenant networks, and the containers that are ours (by label, never by name).
+//! Every error names the container or network it is about ([`EngineError`]).
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;

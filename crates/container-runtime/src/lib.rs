@@ -15,8 +15,10 @@
 //! answers (`executor_container_runtime_docker_up`), follows its restarts, and checks the
 //! engine for `executor validate`.
 //!
-//! Modules only import modules below them: `grpc` → `domain` → `admission`, `reaper`,
-//! `teardown`, `netpool`, `status`, `gpu_monitor` → `engine` → `spec` → `labels`, `reference`.
+//! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
+//! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
+//! `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
+//! `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and `firewall` use none.
 
 pub mod admission;
 pub mod domain;
