@@ -22,14 +22,24 @@ async fn lifecycle_logs_exec_stats_and_bad_input() {
     let config = TestConfig::new("\n[docker]\nmax_concurrent_containers = 3\n");
     let (_service, mut client) = start_service(&config).await;
 
-    let created = client.create(request("echo out; echo err >&2; sleep 60")).await.unwrap().into_inner();
+    let mut r = request("echo out; echo err >&2; sleep 60");
+    let asked = vec![pb::PortMapping { container_port: 8080, host_port: 0, protocol: "tcp".into() }];
+    r.ports = asked.clone();
+    let created = client.create(r).await.unwrap().into_inner();
     assert!(created.id.starts_with("c-"), "{created:?}");
+    // The ports are reported as the engine holds them (on the internal network nothing is
+    // published, so Docker's choice of host port stays 0).
+    assert_eq!(created.ports, asked);
     assert_eq!(created.state, pb::ContainerState::Created as i32);
     assert_eq!(created.owner, "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY");
     assert_eq!(created.expires_at - created.created_at, 600);
     let id = created.id.clone();
     let started = client.start(pb::ContainerRef { id: id.clone() }).await.unwrap().into_inner();
     assert_eq!(started.state, pb::ContainerState::Running as i32);
+    assert_eq!(
+        started.ports.iter().map(|p| (p.container_port, p.protocol.as_str())).collect::<Vec<_>>(),
+        [(8080, "tcp")]
+    );
 
     // Logs: stdout and stderr kept apart, each with Docker's timestamp.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use common::audit::Audit;
@@ -15,10 +15,40 @@ use common::check::Check;
 use common::config::{Config, RegistryConfig, SignatureMode};
 use serde_json::json;
 use tokio_stream::StreamExt;
-use tonic::Status;
 
 use crate::reference::ImageRef;
-use crate::signatures::{self, Credentials, TrustedKey, Unverified, Verdict};
+use crate::signatures::{self, ClientError, Credentials, CredentialsError, KeyError, TrustedKey, Unverified, Verdict};
+
+/// Why the image gate cannot be set up; each names the config key or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{field}: {source}")]
+    Key { field: String, source: KeyError },
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("audit log: {0}")]
+    Audit(#[source] common::telemetry::TelemetryError),
+}
+
+/// Why an image may not run; each names the image or its registry. The engine's and the
+/// registry client's own text is the `source`, never the message.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("image: no usable credentials for {registry}")]
+    Credentials { registry: String, source: Box<CredentialsError> },
+    /// Refused by the signature policy (`signature_mode = enforce`).
+    #[error("image: `{image}` is refused: {why} (docker.registry.signature_mode = enforce)")]
+    Refused { image: String, why: Unverified },
+    /// The registry lookup for the signature ran past `pull_timeout`.
+    #[error("image: `{image}`: {why}")]
+    VerifyTimeout { image: String, why: Unverified },
+    #[error("image: cannot pull `{image}`")]
+    Pull { image: String, source: bollard::errors::Error },
+    #[error("image: pulling `{image}` took longer than docker.registry.pull_timeout = {timeout:?}")]
+    PullTimeout { image: String, timeout: Duration },
+}
 
 /// An image cleared to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +83,7 @@ impl std::fmt::Debug for Admission {
 }
 
 /// Loads the trusted keys of every allowed registry; errors name the key and the file.
-pub fn load_keys(config: &RegistryConfig) -> Result<BTreeMap<String, Vec<TrustedKey>>, String> {
+pub fn load_keys(config: &RegistryConfig) -> Result<BTreeMap<String, Vec<TrustedKey>>, SetupError> {
     let mut keys = BTreeMap::new();
     if !config.verify_signatures {
         return Ok(keys);
@@ -69,7 +99,7 @@ pub fn load_keys(config: &RegistryConfig) -> Result<BTreeMap<String, Vec<Trusted
         for path in config.keys_for(host) {
             let key = match loaded.get(path.as_path()) {
                 Some(key) => key.clone(),
-                None => TrustedKey::load(path).map_err(|e| format!("{field}: {e}"))?,
+                None => TrustedKey::load(path).map_err(|source| SetupError::Key { field: field.clone(), source })?,
             };
             loaded.insert(path, key.clone());
             list.push(key);
@@ -90,16 +120,16 @@ pub fn checks(config: &RegistryConfig) -> Vec<Check> {
             checks.push(Check::pass("image signatures", format!("cosign keys {}", ids.join(", "))));
         }
         Ok(_) => checks.push(Check::skip("image signatures", "docker.registry.verify_signatures = false")),
-        Err(e) => checks.push(Check::fail("image signatures", e)),
+        Err(e) => checks.push(Check::fail("image signatures", e.to_string())),
     }
     if let Err(e) = Credentials::load(config) {
-        checks.push(Check::fail("registry credentials", e));
+        checks.push(Check::fail("registry credentials", e.to_string()));
     }
     checks
 }
 
 impl Admission {
-    pub fn new(config: &Config, docker: Docker) -> Result<Self, String> {
+    pub fn new(config: &Config, docker: Docker) -> Result<Self, SetupError> {
         let registry = config.docker.registry.clone();
         let keys = load_keys(&registry)?;
         let credentials = Credentials::load(&registry)?;
@@ -107,13 +137,12 @@ impl Admission {
             true => Some(signatures::client(&registry.allowed_registries, registry.pull_timeout)?),
             false => None,
         };
-        let audit = Audit::open(&config.data_dir, common::ServiceName::ContainerRuntime)
-            .map_err(|e| format!("audit log: {e}"))?;
+        let audit = Audit::open(&config.data_dir, common::ServiceName::ContainerRuntime).map_err(SetupError::Audit)?;
         Ok(Self { config: registry, docker, client, credentials, keys, audit, in_flight: Mutex::new(HashMap::new()) })
     }
 
     /// Verifies (in the registry's mode) and pulls `image` for `owner`'s create.
-    pub async fn admit(&self, image: &ImageRef, owner: &str) -> Result<Admitted, Status> {
+    pub async fn admit(&self, image: &ImageRef, owner: &str) -> Result<Admitted, AdmissionError> {
         let key = image.to_string();
         let lock = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -131,10 +160,10 @@ impl Admission {
         result
     }
 
-    async fn admit_now(&self, image: &ImageRef, owner: &str) -> Result<Admitted, Status> {
-        let login = self.credentials.login(&image.registry).map_err(|e| {
-            tracing::error!(error = %e, registry = %image.registry, "registry credentials");
-            Status::failed_precondition(format!("image: no usable credentials for {}: {e}", image.registry))
+    async fn admit_now(&self, image: &ImageRef, owner: &str) -> Result<Admitted, AdmissionError> {
+        let login = self.credentials.login(&image.registry).map_err(|source| {
+            tracing::error!(error = %source, registry = %image.registry, "registry credentials");
+            AdmissionError::Credentials { registry: image.registry.clone(), source: Box::new(source) }
         })?;
         let admitted = match (self.config.mode_for(&image.registry), &self.client) {
             (Some(mode), Some(client)) => {
@@ -153,7 +182,13 @@ impl Admission {
     }
 
     /// The mode's decision on a verdict, recorded (log, metric, audit) before it takes effect.
-    fn decide(&self, image: &ImageRef, owner: &str, mode: SignatureMode, verdict: Verdict) -> Result<Admitted, Status> {
+    fn decide(
+        &self,
+        image: &ImageRef,
+        owner: &str,
+        mode: SignatureMode,
+        verdict: Verdict,
+    ) -> Result<Admitted, AdmissionError> {
         let pinned = |digest: &Option<String>| match digest {
             Some(digest) => ImageRef { digest: Some(digest.clone()), tag: None, ..image.clone() },
             None => image.clone(),
@@ -203,15 +238,13 @@ impl Admission {
             (Err(_), SignatureMode::Enforce) => tracing::warn!(%image, digest, reason, owner, "image refused"),
         }
         outcome.map_err(|why| match why {
-            Unverified::Timeout(_) => Status::deadline_exceeded(format!("image: `{image}`: {why}")),
-            why => Status::failed_precondition(format!(
-                "image: `{image}` is refused: {why} (docker.registry.signature_mode = enforce)"
-            )),
+            Unverified::Timeout(_) => AdmissionError::VerifyTimeout { image: image.to_string(), why },
+            why => AdmissionError::Refused { image: image.to_string(), why },
         })
     }
 
     /// Pulls `image` unless the engine has it already, with the registry's login.
-    async fn pull(&self, image: &ImageRef, login: &signatures::Login) -> Result<(), Status> {
+    async fn pull(&self, image: &ImageRef, login: &signatures::Login) -> Result<(), AdmissionError> {
         let name = image.to_string();
         if self.docker.inspect_image(&name).await.is_ok() {
             return Ok(());
@@ -230,14 +263,12 @@ impl Admission {
         let timeout = self.config.pull_timeout;
         let result = match tokio::time::timeout(timeout, pull).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Status::failed_precondition(format!("image: cannot pull `{name}`: {e}"))),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "image: pulling `{name}` took longer than docker.registry.pull_timeout = {timeout:?}"
-            ))),
+            Ok(Err(source)) => Err(AdmissionError::Pull { image: name.clone(), source }),
+            Err(_) => Err(AdmissionError::PullTimeout { image: name.clone(), timeout }),
         };
         let label = match &result {
             Ok(()) => "ok",
-            Err(s) if s.code() == tonic::Code::DeadlineExceeded => "timeout",
+            Err(AdmissionError::PullTimeout { .. }) => "timeout",
             Err(_) => "error",
         };
         metrics::counter!("executor_container_runtime_image_pulls_total", "result" => label).increment(1);
@@ -245,7 +276,10 @@ impl Admission {
             .record(started.elapsed().as_secs_f64());
         match &result {
             Ok(()) => tracing::info!(image = %name, elapsed = ?started.elapsed(), "image pulled"),
-            Err(e) => tracing::warn!(image = %name, error = %e.message(), "image pull failed"),
+            Err(e) => {
+                let cause = std::error::Error::source(e).map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(image = %name, error = %e, cause, "image pull failed")
+            }
         }
         result
     }

@@ -1,5 +1,7 @@
-//! The Docker engine, through bollard: create hardened containers from a [`ContainerSpec`],
-//! start, stop, remove, and find the containers that are ours (by label, never by name).
+//! The Docker engine, through bollard: the connection (`[docker] socket`, the engine's API
+//! version), hardened containers created from a [`ContainerSpec`], started, stopped and
+//! removed, our tenant networks, and the containers that are ours (by label, never by name).
+//! Every error names the container or network it is about ([`EngineError`]).
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -14,19 +16,38 @@ use bollard::query_parameters::{
 };
 use common::config::DockerConfig;
 
-use crate::spec::{ContainerSpec, LABEL_EXECUTOR, LABEL_MANAGED};
+use crate::labels::{LABEL_CREATED, LABEL_EXECUTOR, LABEL_MANAGED, LABEL_POOL, NameError};
+use crate::spec::ContainerSpec;
 
 /// Errors from the engine, naming the container.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
-    Connect(#[from] crate::DockerError),
+    Connect(#[from] DockerError),
     #[error("container {id}: {source}")]
     Docker { id: String, source: bollard::errors::Error },
     #[error("Docker engine: {0}")]
     Engine(bollard::errors::Error),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+/// Errors reaching the Docker engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("docker.socket `{0}` is not a unix:/// URL")]
+    Socket(String),
+    #[error("Docker engine at {socket}: {source}")]
+    Engine { socket: String, source: bollard::errors::Error },
+}
+
+/// A client for the engine named by `[docker] socket`, speaking the engine's API version
+/// (engines as old as API 1.41 are supported).
+pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
+    let path = config.socket.strip_prefix("unix://").ok_or_else(|| DockerError::Socket(config.socket.clone()))?;
+    let engine = |source| DockerError::Engine { socket: config.socket.clone(), source };
+    let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION).map_err(engine)?;
+    docker.negotiate_version().await.map_err(engine)
 }
 
 /// A connected engine and what every container needs from the host.
@@ -46,7 +67,7 @@ pub struct Engine {
 impl Engine {
     /// Connects, and finds the block device under Docker's data root.
     pub async fn connect(config: &DockerConfig, executor_id: &str) -> Result<Self, EngineError> {
-        let docker = crate::connect(config).await?;
+        let docker = connect(config).await?;
         let info = docker.info().await.map_err(EngineError::Engine)?;
         let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
         let host_cpus = info.ncpu.filter(|n| *n > 0).map_or(1.0, |n| n as f64);
@@ -82,7 +103,7 @@ impl Engine {
         let mut all = HashMap::from([
             (LABEL_MANAGED.to_owned(), "true".to_owned()),
             (LABEL_EXECUTOR.to_owned(), self.executor_id.clone()),
-            (crate::spec::LABEL_CREATED.to_owned(), crate::reaper::now_secs().to_string()),
+            (LABEL_CREATED.to_owned(), crate::labels::now_secs().to_string()),
         ]);
         all.extend(labels);
         let request = bollard::models::NetworkCreateRequest {
@@ -117,7 +138,7 @@ impl Engine {
                 let labels = n.labels.unwrap_or_default();
                 // Our own creation label: parsing Docker's timestamp format is not needed.
                 let created = labels
-                    .get(crate::spec::LABEL_CREATED)
+                    .get(LABEL_CREATED)
                     .and_then(|s| s.parse::<u64>().ok())
                     .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
                 Some(OurNetwork { name: n.name?, created, internal: n.internal.unwrap_or(false) })
@@ -129,7 +150,7 @@ impl Engine {
     pub async fn our_pool_networks(&self) -> Result<Vec<String>, EngineError> {
         let filters = HashMap::from([(
             "label".to_owned(),
-            vec![format!("{}=true", crate::netpool::LABEL_POOL), format!("{LABEL_EXECUTOR}={}", self.executor_id)],
+            vec![format!("{}=true", LABEL_POOL), format!("{LABEL_EXECUTOR}={}", self.executor_id)],
         )]);
         let options = bollard::query_parameters::ListNetworksOptions { filters: Some(filters) };
         let networks = self.docker.list_networks(Some(options)).await.map_err(EngineError::Engine)?;

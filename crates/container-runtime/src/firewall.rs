@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use common::process::ProcessSpec;
+use common::process::{ProcessError, ProcessSpec};
 
 /// Prefix of every tenant bridge interface.
 pub const BRIDGE_PREFIX: &str = "bas-";
@@ -40,21 +40,30 @@ pub fn rules() -> Vec<(&'static str, Vec<String>)> {
     rules
 }
 
+/// Why the host firewall rules cannot be put in place.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error(transparent)]
+    Run(#[from] ProcessError),
+    #[error("cannot add the host firewall rule `iptables -I {chain} {rule}`: {stderr}")]
+    Insert { chain: &'static str, rule: String, stderr: String },
+}
+
 /// Inserts every missing rule; the error says which rule and why.
-pub async fn ensure() -> Result<(), String> {
+pub async fn ensure() -> Result<(), FirewallError> {
     for (chain, args) in rules() {
         let run = |op: &str| ProcessSpec::new("iptables").arg("-w").arg(op).arg(chain).args(args.iter().cloned());
-        let check = run("-C").output(Duration::from_secs(20), 1 << 14).await.map_err(|e| e.to_string())?;
+        let check = run("-C").output(Duration::from_secs(20), 1 << 14).await?;
         if check.status.success() {
             continue;
         }
-        let insert = run("-I").output(Duration::from_secs(20), 1 << 14).await.map_err(|e| e.to_string())?;
+        let insert = run("-I").output(Duration::from_secs(20), 1 << 14).await?;
         if !insert.status.success() {
-            return Err(format!(
-                "cannot add the host firewall rule `iptables -I {chain} {}`: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&insert.stderr).trim()
-            ));
+            return Err(FirewallError::Insert {
+                chain,
+                rule: args.join(" "),
+                stderr: String::from_utf8_lossy(&insert.stderr).trim().to_owned(),
+            });
         }
         tracing::info!(chain, rule = %args.join(" "), "host firewall rule added");
     }

@@ -1,69 +1,58 @@
 //! container-runtime: tenant containers on the Docker engine. The only crate that links
 //! `bollard`.
 //!
-//! It serves the container API of `proto/executor/container_runtime.proto` on its socket
-//! ([`api`]): hardened containers ([`spec`]) from allowed registries ([`reference`]) on the
-//! engine ([`engine`]), within the configured limits: GPUs by UUID ([`gpus`]), a network of
-//! their own ([`netpool`], [`firewall`]) shaped to `network_bps` ([`shaping`]), GPU memory
-//! watched ([`gpu_memory`]). Docker is the only state: on start it reconciles, and the
-//! [`reaper`] removes what expired. It also watches whether the engine answers
-//! (`executor_container_runtime_docker_up`) and checks the engine for `executor validate`.
-//! Not built yet: image signatures.
+//! It serves the container API of `proto/executor/container_runtime.proto` on its socket:
+//! [`grpc`] takes each request apart and maps errors to stable reasons; the [`domain`] holds
+//! the rules (create, start, stop, remove, list, reconcile, reap, GPU memory enforcement) and
+//! [`status`] turns what the engine says into proto messages. Containers are hardened
+//! ([`spec`]), from allowed registries ([`reference`](mod@reference)), with their image's cosign signature
+//! verified and pulled ([`admission`], [`signatures`]), on the engine ([`engine`]), within the
+//! configured limits: GPUs by UUID from gpu-monitor's inventory ([`gpus`], [`gpu_monitor`]), a
+//! network of their own ([`netpool`], [`firewall`]) shaped to `network_bps` ([`shaping`]), GPU
+//! memory watched ([`gpu_memory`], [`stops`]). Docker is the only state, read back through our
+//! labels ([`labels`]): on start the service reconciles, and the [`reaper`] removes what
+//! expired, through the one removal path ([`teardown`]). It also watches whether the engine
+//! answers (`executor_container_runtime_docker_up`), follows its restarts, and checks the
+//! engine for `executor validate`.
+//!
+//! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
+//! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
+//! `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
+//! `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and `firewall` use none.
 
 pub mod admission;
-pub mod api;
+pub mod domain;
 pub mod engine;
 pub mod firewall;
 pub mod gpu_memory;
+pub mod gpu_monitor;
 pub mod gpus;
+pub mod grpc;
+pub mod labels;
 pub mod netpool;
 pub mod reaper;
 pub mod reference;
 pub mod shaping;
 pub mod signatures;
 pub mod spec;
+pub mod status;
 pub mod stops;
+pub mod teardown;
 
 use std::time::Duration;
 
-use bollard::Docker;
 use common::ServiceName;
 use common::check::Check;
 use common::config::{DockerConfig, LoadedConfig};
 use common::service::{BoxError, Service, ServiceContext};
 
-/// `prefix` and 12 random hex digits: our container ids and spare network names.
-pub fn random_name(prefix: &str) -> Result<String, String> {
-    let mut b = [0u8; 6];
-    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
-    Ok(format!("{prefix}{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
-}
-
 /// How often the engine is pinged for the `docker_up` gauge.
 const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Errors reaching the Docker engine.
-#[derive(Debug, thiserror::Error)]
-pub enum DockerError {
-    #[error("docker.socket `{0}` is not a unix:/// URL")]
-    Socket(String),
-    #[error("Docker engine at {socket}: {source}")]
-    Engine { socket: String, source: bollard::errors::Error },
-}
-
-/// A client for the engine named by `[docker] socket`, speaking the engine's API version
-/// (engines as old as API 1.41 are supported).
-pub async fn connect(config: &DockerConfig) -> Result<Docker, DockerError> {
-    let path = config.socket.strip_prefix("unix://").ok_or_else(|| DockerError::Socket(config.socket.clone()))?;
-    let engine = |source| DockerError::Engine { socket: config.socket.clone(), source };
-    let docker = Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION).map_err(engine)?;
-    docker.negotiate_version().await.map_err(engine)
-}
 
 /// The Docker checks of `executor validate`: engine reachable, its cgroup driver, and the
 /// NVIDIA runtime when GPU passthrough is on.
 pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
-    let docker = match connect(config).await {
+    let docker = match engine::connect(config).await {
         Ok(docker) => docker,
         Err(e) => return vec![Check::fail("docker", e.to_string())],
     };
@@ -98,7 +87,7 @@ pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
 /// The container-runtime service.
 #[derive(Debug)]
 pub struct ContainerRuntime {
-    runtime: api::Runtime,
+    runtime: domain::Runtime,
 }
 
 /// The gRPC service name.
@@ -130,14 +119,14 @@ impl Service for ContainerRuntime {
         if let Err(e) = &shaping {
             tracing::error!(error = %e, "network_bps cannot be enforced: creates of containers with a network will fail");
         }
-        let runtime = api::Runtime::new(engine, ctx.config(), shaping)?;
+        let runtime = domain::Runtime::new(engine, ctx.config(), shaping)?;
         runtime.reconcile().await?;
         Ok(Self { runtime })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
         routes.add_service(common::proto::runtime::v1::container_runtime_server::ContainerRuntimeServer::new(
-            self.runtime.clone(),
+            grpc::RuntimeGrpc::new(self.runtime.clone()),
         ))
     }
 
@@ -185,7 +174,7 @@ impl Service for ContainerRuntime {
             tokio::select! {
                 () = &mut follow => {}
                 _ = reap.tick() => {
-                    match reaper::reap_once(&self.runtime).await {
+                    match self.runtime.reap().await {
                         Ok(round) => {
                             reaper::container_metrics(self.runtime.engine(), &round.running).await;
                         }
@@ -195,7 +184,7 @@ impl Service for ContainerRuntime {
                 _ = gpu_watch.tick(), if watch_gpus => {
                     let result = self.runtime.enforce_gpu_memory().await;
                     if let Err(e) = &result && gpu_monitor_ok {
-                        tracing::warn!(error = %e.message(), "cannot check GPU memory limits (gpu-monitor)");
+                        tracing::warn!(error = %e, "cannot check GPU memory limits (gpu-monitor)");
                     }
                     gpu_monitor_ok = result.is_ok();
                 }
@@ -230,7 +219,7 @@ const ENGINE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(30);
 /// (a restart, an upgrade); the containers it killed just before are the ones it stopped on
 /// the way down. Once the engine answers again they are started and shaped again, and the host
 /// firewall rules put back if they went. Never returns.
-async fn follow_engine(runtime: &api::Runtime, isolation: bool) {
+async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
     use tokio_stream::StreamExt;
     loop {
         // Our id → when the engine signalled the container (`kill`, without being asked by us).
@@ -239,7 +228,7 @@ async fn follow_engine(runtime: &api::Runtime, isolation: bool) {
         tokio::pin!(events);
         while let Some(Ok(event)) = events.next().await {
             let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
-            let Some(id) = attributes.get(spec::LABEL_ID) else { continue };
+            let Some(id) = attributes.get(labels::LABEL_ID) else { continue };
             match event.action.as_deref() {
                 Some("kill") => {
                     killed.insert(id.clone(), tokio::time::Instant::now());
@@ -270,5 +259,69 @@ async fn follow_engine(runtime: &api::Runtime, isolation: bool) {
         }
         // A stream that ends at once with the engine up (an old engine, a proxy) is not retried hot.
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The modules from the bottom up: each may use only the ones before it, so no circle can
+    /// form (the crate root, which wires them together, is above them all).
+    const LAYERS: &[&str] = &[
+        "labels",
+        "reference",
+        "firewall",
+        "shaping",
+        "gpus",
+        "gpu_memory",
+        "gpu_monitor",
+        "stops",
+        "status",
+        "spec",
+        "signatures",
+        "admission",
+        "engine",
+        "netpool",
+        "teardown",
+        "reaper",
+        "domain",
+        "grpc",
+    ];
+
+    /// `crate::<module>` uses in a module's code, its tests left out.
+    fn uses(module: &str) -> Vec<String> {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let files: Vec<std::path::PathBuf> = match std::fs::read_dir(src.join(module)) {
+            Ok(dir) => dir.map(|e| e.unwrap().path()).collect(),
+            Err(_) => vec![src.join(format!("{module}.rs"))],
+        };
+        let mut found = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (i, _) in code.match_indices("crate::") {
+                let name: String = code[i + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                found.push(name);
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn modules_only_use_modules_below_them() {
+        let mut modules: Vec<String> = std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".rs").to_owned())
+            .filter(|m| m != "lib" && m != "main")
+            .collect();
+        modules.sort();
+        let mut layered: Vec<String> = LAYERS.iter().map(|m| (*m).to_owned()).collect();
+        layered.sort();
+        assert_eq!(modules, layered, "every module has its place in LAYERS");
+        for (level, module) in LAYERS.iter().enumerate() {
+            for used in uses(module) {
+                let below = LAYERS[..level].contains(&used.as_str());
+                assert!(below, "`{module}` uses `crate::{used}`, which is not below it in LAYERS");
+            }
+        }
     }
 }

@@ -11,13 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::engine::{Engine, EngineError};
+use crate::labels::{LABEL_POOL, random_name};
 
 /// A refill waits this long after a take, so it does not compete with the start that usually
 /// follows a create (making a network holds the engine's network locks for ~100 ms).
 pub const REFILL_DELAY: Duration = Duration::from_millis(500);
-
-/// Label marking a network made for the pool.
-pub const LABEL_POOL: &str = "ai.basilica.executor.pool";
 
 /// The pool of one service.
 #[derive(Debug, Clone)]
@@ -44,7 +42,7 @@ struct State {
 }
 
 fn new_name() -> Result<String, EngineError> {
-    crate::random_name("basilica-n-").map_err(EngineError::Other)
+    Ok(random_name("basilica-n-")?)
 }
 
 impl NetworkPool {

@@ -6,9 +6,13 @@
 //! other executors' are never touched. It also keeps the per-state container gauges.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use crate::spec::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL};
+use crate::engine::{Engine, EngineError};
+use crate::labels::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL, now_secs};
+use crate::netpool::NetworkPool;
+use crate::stops::StopReasons;
+use crate::teardown::remove_everything;
 
 /// A network without its container is left alone this long (its container may be being
 /// created right now).
@@ -24,19 +28,19 @@ pub struct Reaped {
     pub running: Vec<String>,
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// One round.
-pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::engine::EngineError> {
-    let engine = runtime.engine();
+/// One round over `engine`'s containers and networks of ours; `pool` holds networks that are
+/// never orphans, `stops` the stop reasons removed with their containers.
+pub async fn reap_once(
+    engine: &Engine,
+    pool: Option<&NetworkPool>,
+    stops: &StopReasons,
+) -> Result<Reaped, EngineError> {
     let mut reaped = Reaped::default();
     let now = now_secs();
     let containers = engine.list_ours().await?;
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
     // Networks that live containers name, and those the pool holds: never orphans.
-    let mut in_use: HashSet<String> = runtime.pool().map(|p| p.held()).unwrap_or_default();
+    let mut in_use: HashSet<String> = pool.map(|p| p.held()).unwrap_or_default();
     let mut live: HashSet<String> = HashSet::new();
     for c in &containers {
         let labels = c.labels.clone().unwrap_or_default();
@@ -47,7 +51,7 @@ pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::e
         if ttl > 0 && created + ttl <= now {
             tracing::info!(id = %id, ttl, "container reached its TTL; removing it");
             let _ = engine.stop(&id, 10).await;
-            match runtime.remove_everything(&id, &network).await {
+            match remove_everything(engine, stops, &id, &network).await {
                 Ok(()) => {
                     metrics::counter!("executor_container_runtime_reaped_total", "reason" => "ttl").increment(1);
                     reaped.expired.push(id);
@@ -93,7 +97,7 @@ pub async fn reap_once(runtime: &crate::api::Runtime) -> Result<Reaped, crate::e
 /// of ours (`running`, from the reaper's round, so Docker is listed once a round)
 /// (`executor_container_runtime_container_cpu_seconds_total`,
 /// `executor_container_runtime_container_memory_bytes`, label `container` = our id).
-pub async fn container_metrics(engine: &crate::engine::Engine, running: &[String]) -> usize {
+pub async fn container_metrics(engine: &Engine, running: &[String]) -> usize {
     use tokio_stream::StreamExt;
     let mut n = 0;
     for id in running {

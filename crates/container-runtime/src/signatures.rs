@@ -58,15 +58,17 @@ pub struct TrustedKey {
 
 impl TrustedKey {
     /// Reads a PEM public key as `cosign generate-key-pair` writes it (`cosign.pub`).
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_pem(&text, path).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| KeyError::Unreadable { path: path.to_owned(), source })?;
+        Self::from_pem(&text, path)
     }
 
-    pub fn from_pem(text: &str, path: &Path) -> Result<Self, String> {
-        let key = VerifyingKey::from_public_key_pem(text)
-            .map_err(|e| format!("not an ECDSA P-256 public key in PEM (SPKI) form: {e}"))?;
-        let der = p256::pkcs8::EncodePublicKey::to_public_key_der(&key).map_err(|e| e.to_string())?;
+    /// The key in `text`, read from `path` (which names it in errors and logs).
+    pub fn from_pem(text: &str, path: &Path) -> Result<Self, KeyError> {
+        let not_p256 = |source| KeyError::NotP256 { path: path.to_owned(), source };
+        let key = VerifyingKey::from_public_key_pem(text).map_err(not_p256)?;
+        let der = p256::pkcs8::EncodePublicKey::to_public_key_der(&key).map_err(not_p256)?;
         let id = format!("sha256:{}", &hex::encode(Sha256::digest(der.as_bytes()))[..16]);
         Ok(Self { path: path.to_owned(), id, key })
     }
@@ -76,6 +78,20 @@ impl TrustedKey {
         Signature::from_der(signature).is_ok_and(|s| self.key.verify(payload, &s).is_ok())
     }
 }
+
+/// A trusted key that cannot be used; each names its file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{}: {source}", path.display())]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("{}: not an ECDSA P-256 public key in PEM (SPKI) form: {source}", path.display())]
+    NotP256 { path: PathBuf, source: p256::pkcs8::spki::Error },
+}
+
+/// The registry client cannot be set up (the system's CA certificates, TLS).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the registry client: {0}")]
+pub struct ClientError(#[source] pub OciDistributionError);
 
 /// Why an image is not verified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,7 +189,7 @@ pub fn is_loopback_registry(host: &str) -> bool {
 
 /// The registry client used for lookups: plain HTTP to loopback registries (as Docker does),
 /// HTTPS with the system's trust store everywhere else.
-pub fn client(registries: &[String], timeout: Duration) -> Result<Client, String> {
+pub fn client(registries: &[String], timeout: Duration) -> Result<Client, ClientError> {
     // The ring provider is in the tree already (tonic); installing it twice is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let plain = registries.iter().filter(|r| is_loopback_registry(r)).cloned().collect();
@@ -184,7 +200,7 @@ pub fn client(registries: &[String], timeout: Duration) -> Result<Client, String
         user_agent: concat!("basilica-executor/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
-    Client::try_from(config).map_err(|e| format!("cannot set up the registry client: {e}"))
+    Client::try_from(config).map_err(ClientError)
 }
 
 /// Resolves `image` in its registry and checks its cosign signatures against `keys`.
@@ -302,28 +318,35 @@ pub enum Login {
 
 impl Credentials {
     /// Reads the password files; an unreadable or empty one is an error naming its key.
-    pub fn load(config: &common::config::RegistryConfig) -> Result<Self, String> {
+    pub fn load(config: &common::config::RegistryConfig) -> Result<Self, CredentialsError> {
         let mut configured = BTreeMap::new();
         for (host, settings) in &config.registries {
             if let (Some(user), Some(file)) = (&settings.username, &settings.password_file) {
                 let key = format!("docker.registry.registries.\"{host}\".password_file");
-                let text = std::fs::read_to_string(file).map_err(|e| format!("{key}: {}: {e}", file.display()))?;
+                let text = std::fs::read_to_string(file).map_err(|source| CredentialsError::Unreadable {
+                    key: key.clone(),
+                    path: file.clone(),
+                    source,
+                })?;
                 let password = text.lines().next().unwrap_or("").trim().to_owned();
                 if password.is_empty() {
-                    return Err(format!("{key}: {}: empty", file.display()));
+                    return Err(CredentialsError::Empty { key, path: file.clone() });
                 }
                 configured.insert(host.clone(), (user.clone(), password));
             }
         }
         if let Some(file) = &config.docker_config_file {
-            std::fs::File::open(file)
-                .map_err(|e| format!("docker.registry.docker_config_file: {}: {e}", file.display()))?;
+            std::fs::File::open(file).map_err(|source| CredentialsError::Unreadable {
+                key: "docker.registry.docker_config_file".to_owned(),
+                path: file.clone(),
+                source,
+            })?;
         }
         Ok(Self { configured, docker_config_file: config.docker_config_file.clone() })
     }
 
     /// The login for `registry`; errors (a broken config file, a failing helper) name the file.
-    pub fn login(&self, registry: &str) -> Result<Login, String> {
+    pub fn login(&self, registry: &str) -> Result<Login, CredentialsError> {
         if let Some((username, password)) = self.configured.get(registry) {
             return Ok(Login::Basic { username: username.clone(), password: password.clone() });
         }
@@ -332,15 +355,29 @@ impl Credentials {
         };
         // Docker keys Docker Hub's login by its v1 index URL.
         let server = if registry == crate::reference::DOCKER_HUB { "https://index.docker.io/v1/" } else { registry };
-        let reader = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let reader =
+            std::fs::File::open(file).map_err(|source| CredentialsError::ConfigFile { path: file.clone(), source })?;
         use docker_credential::{CredentialRetrievalError as E, DockerCredential as C};
         match docker_credential::get_credential_from_reader(std::io::BufReader::new(reader), server) {
             Ok(C::UsernamePassword(username, password)) => Ok(Login::Basic { username, password }),
             Ok(C::IdentityToken(token)) => Ok(Login::IdentityToken(token)),
             Err(E::NoCredentialConfigured) => Ok(Login::Anonymous),
-            Err(e) => Err(format!("{}: credentials for {registry}: {e}", file.display())),
+            Err(source) => Err(CredentialsError::Lookup { path: file.clone(), registry: registry.to_owned(), source }),
         }
     }
+}
+
+/// A registry login that cannot be read; each names the config key or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("{key}: {}: {source}", path.display())]
+    Unreadable { key: String, path: PathBuf, source: std::io::Error },
+    #[error("{key}: {}: empty", path.display())]
+    Empty { key: String, path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    ConfigFile { path: PathBuf, source: std::io::Error },
+    #[error("{}: credentials for {registry}: {source}", path.display())]
+    Lookup { path: PathBuf, registry: String, source: docker_credential::CredentialRetrievalError },
 }
 
 impl Login {
@@ -463,9 +500,9 @@ mod tests {
         TrustedKey::load(&good).unwrap();
         let bad = dir.path().join("bad.pub");
         std::fs::write(&bad, "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").unwrap();
-        let err = TrustedKey::load(&bad).unwrap_err();
+        let err = TrustedKey::load(&bad).unwrap_err().to_string();
         assert!(err.contains("bad.pub") && err.contains("P-256"), "{err}");
-        assert!(TrustedKey::load(&dir.path().join("missing.pub")).unwrap_err().contains("missing.pub"));
+        assert!(TrustedKey::load(&dir.path().join("missing.pub")).unwrap_err().to_string().contains("missing.pub"));
     }
 
     #[test]
@@ -505,7 +542,7 @@ mod tests {
         assert!(Login::Anonymous.docker_credentials("quay.io").is_none());
 
         std::fs::write(&password, "\n").unwrap();
-        let err = Credentials::load(&config).unwrap_err();
+        let err = Credentials::load(&config).unwrap_err().to_string();
         assert!(err.contains("registries.\"127.0.0.1:5000\".password_file") && err.contains("empty"), "{err}");
     }
 }

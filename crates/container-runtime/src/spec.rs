@@ -15,25 +15,11 @@ use bollard::models::{
 };
 use common::config::ResourceLimits;
 
+use crate::labels::{
+    LABEL_CREATED, LABEL_EXECUTOR, LABEL_GPU_MEMORY, LABEL_GPUS, LABEL_ID, LABEL_MANAGED, LABEL_NETWORK,
+    LABEL_NETWORK_BPS, LABEL_OWNER, LABEL_PREFIX, LABEL_TTL,
+};
 use crate::reference::ImageRef;
-
-/// Every label we set starts with this; tenants may not use it.
-pub const LABEL_PREFIX: &str = "ai.basilica.executor.";
-pub const LABEL_MANAGED: &str = "ai.basilica.executor.managed";
-pub const LABEL_EXECUTOR: &str = "ai.basilica.executor.executor_id";
-pub const LABEL_ID: &str = "ai.basilica.executor.id";
-pub const LABEL_OWNER: &str = "ai.basilica.executor.owner";
-pub const LABEL_CREATED: &str = "ai.basilica.executor.created";
-pub const LABEL_TTL: &str = "ai.basilica.executor.ttl_seconds";
-pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
-/// What signature verification found (`Container.image_signature`); absent when not verified.
-pub const LABEL_SIGNATURE: &str = "ai.basilica.executor.image_signature";
-/// The limits enforced after start (GPU memory, network shaping), kept with the container so a
-/// restarted service enforces them again.
-pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";
-pub const LABEL_NETWORK_BPS: &str = "ai.basilica.executor.network_bps";
-/// The container's own network (see `engine::Engine::network_for`), empty when it has none.
-pub const LABEL_NETWORK: &str = "ai.basilica.executor.network";
 
 /// Capabilities a tenant keeps (Docker's default set minus everything that touches the host,
 /// the network stack or other processes): enough for images that drop root to a user.
@@ -103,6 +89,17 @@ pub struct ContainerSpec {
 pub struct SpecError {
     pub field: String,
     pub message: String,
+}
+
+/// A bind mount that cannot be had, naming the field `mounts[i].…`.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Off the allow-list, over the executor's own directories, or not a clean path.
+    #[error(transparent)]
+    Refused(SpecError),
+    /// The host path does not resolve; the OS's words are the `source`.
+    #[error("{field}: `{host_path}` does not exist or cannot be read")]
+    Unresolvable { field: String, host_path: String, source: std::io::Error },
 }
 
 fn field_error(field: impl Into<String>, message: impl Into<String>) -> SpecError {
@@ -301,40 +298,46 @@ pub fn check_mount(
     read_only: bool,
     allowed: &[PathBuf],
     protected: &[&Path],
-) -> Result<BindMount, SpecError> {
+) -> Result<BindMount, MountError> {
     let field = |f: &str| format!("mounts[{index}].{f}");
     let clean = |p: &Path| p.is_absolute() && !p.components().any(|c| matches!(c, Component::ParentDir));
     if !clean(Path::new(container_path)) || container_path == "/" || container_path.contains('\0') {
-        return Err(field_error(
+        return Err(MountError::Refused(field_error(
             field("container_path"),
             format!("`{container_path}` is not an absolute path below /"),
-        ));
+        )));
     }
     if allowed.is_empty() {
-        return Err(field_error(
+        return Err(MountError::Refused(field_error(
             field("host_path"),
             "host bind mounts are off on this executor (docker.allowed_host_paths is empty)",
-        ));
+        )));
     }
     if !clean(Path::new(host_path)) || host_path.contains('\0') {
-        return Err(field_error(field("host_path"), format!("`{host_path}` is not an absolute path without `..`")));
+        return Err(MountError::Refused(field_error(
+            field("host_path"),
+            format!("`{host_path}` is not an absolute path without `..`"),
+        )));
     }
-    let real =
-        std::fs::canonicalize(host_path).map_err(|e| field_error(field("host_path"), format!("`{host_path}`: {e}")))?;
+    let real = std::fs::canonicalize(host_path).map_err(|source| MountError::Unresolvable {
+        field: field("host_path"),
+        host_path: host_path.to_owned(),
+        source,
+    })?;
     let inside = allowed.iter().any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(a)));
     if !inside {
-        return Err(field_error(
+        return Err(MountError::Refused(field_error(
             field("host_path"),
             format!("`{host_path}` (resolved `{}`) is not under docker.allowed_host_paths", real.display()),
-        ));
+        )));
     }
     for p in protected {
         let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         if real.starts_with(&p) || p.starts_with(&real) {
-            return Err(field_error(
+            return Err(MountError::Refused(field_error(
                 field("host_path"),
                 format!("`{host_path}` overlaps the executor's own directory {}", p.display()),
-            ));
+            )));
         }
     }
     Ok(BindMount { host_path: real, container_path: container_path.to_owned(), read_only })
@@ -483,7 +486,11 @@ mod tests {
         assert!(err(into_data.to_str().unwrap(), "/data", &wide).contains("overlaps the executor's own directory"));
         assert!(err(root.path().to_str().unwrap(), "/data", &wide).contains("overlaps"));
         assert!(err(&format!("{}/../x", allowed.display()), "/data", &list).contains("without `..`"));
-        assert!(err(allowed.join("missing").to_str().unwrap(), "/data", &list).contains("mounts[0].host_path"));
+        let missing = err(allowed.join("missing").to_str().unwrap(), "/data", &list);
+        assert!(
+            missing.contains("mounts[0].host_path") && missing.ends_with("does not exist or cannot be read"),
+            "{missing}"
+        );
         assert!(err(allowed.to_str().unwrap(), "data", &list).contains("mounts[0].container_path"));
         assert!(err(allowed.to_str().unwrap(), "/", &list).contains("mounts[0].container_path"));
     }

@@ -6,14 +6,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::labels::is_container_id;
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct StopReasons {
     dir: PathBuf,
-}
-
-fn valid(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 impl StopReasons {
@@ -25,7 +23,7 @@ impl StopReasons {
     }
 
     pub fn record(&self, id: &str, reason: &str) -> std::io::Result<()> {
-        if !valid(id) {
+        if !is_container_id(id) {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{id}` is not a container id")));
         }
         let tmp = self.dir.join(format!(".{id}.tmp"));
@@ -36,11 +34,11 @@ impl StopReasons {
     }
 
     pub fn get(&self, id: &str) -> Option<String> {
-        valid(id).then(|| std::fs::read_to_string(self.dir.join(id)).ok()).flatten()
+        is_container_id(id).then(|| std::fs::read_to_string(self.dir.join(id)).ok()).flatten()
     }
 
     pub fn forget(&self, id: &str) {
-        if valid(id) {
+        if is_container_id(id) {
             let _ = std::fs::remove_file(self.dir.join(id));
         }
     }

@@ -1,0 +1,162 @@
+//! Create: the request checked field by field into a [`ContainerSpec`] (image allowed, mounts
+//! on the allow-list, limits applied), the image admitted (signature, pull), then under the
+//! create lock the cap counted, GPUs assigned and the container created on its own network.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::proto::runtime::v1 as pb;
+
+use super::{Runtime, RuntimeError};
+use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE};
+use crate::reference::ImageRef;
+use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
+
+/// GPUs a request asks for, assigned under the create lock.
+#[derive(Debug, Clone, Default)]
+pub struct GpuRequest {
+    pub count: u32,
+    pub uuids: Vec<String>,
+}
+
+fn invalid(field: &str, message: String) -> RuntimeError {
+    RuntimeError::Invalid(SpecError { field: field.to_owned(), message })
+}
+
+impl Runtime {
+    /// The request as a spec (every field checked, limits applied) and the GPUs it wants.
+    pub fn spec_from(
+        &self,
+        r: pb::CreateContainerRequest,
+        id: String,
+    ) -> Result<(ContainerSpec, GpuRequest), RuntimeError> {
+        let image = ImageRef::parse(&r.image, &self.config.registry.url).map_err(RuntimeError::BadImage)?;
+        self.policy.check(&image).map_err(RuntimeError::ImageNotAllowed)?;
+        let gpus = GpuRequest { count: r.gpu_count, uuids: r.gpu_uuids.clone() };
+        if (gpus.count > 0 || !gpus.uuids.is_empty()) && !self.config.enable_gpu_passthrough {
+            return Err(RuntimeError::GpuPassthroughOff);
+        }
+        let ports = r
+            .ports
+            .iter()
+            .map(|p| {
+                let port = |v: u32, f: &str| {
+                    u16::try_from(v).map_err(|_| invalid(&format!("ports.{f}"), format!("{v} is not a port")))
+                };
+                let udp = match p.protocol.as_str() {
+                    "" | "tcp" => false,
+                    "udp" => true,
+                    other => return Err(invalid("ports.protocol", format!("`{other}` is not tcp or udp"))),
+                };
+                Ok(Port {
+                    container_port: port(p.container_port, "container_port")?,
+                    host_port: port(p.host_port, "host_port")?,
+                    udp,
+                })
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let protected: Vec<&Path> = self.protected.iter().map(PathBuf::as_path).collect();
+        let mounts = r
+            .mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let allowed = &self.config.allowed_host_paths;
+                spec::check_mount(i, &m.host_path, &m.container_path, m.read_only, allowed, &protected)
+                    .map_err(RuntimeError::Mount)
+            })
+            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let res = r.resources.unwrap_or_default();
+        let mut spec = ContainerSpec {
+            id,
+            image,
+            command: r.command,
+            args: r.args,
+            env: r.env.into_iter().collect(),
+            labels: r.labels.into_iter().collect(),
+            ports,
+            resources: Resources {
+                memory_bytes: res.memory_bytes,
+                cpu_cores: res.cpu_cores,
+                disk_io_bps: res.disk_io_bps,
+                network_bps: res.network_bps,
+                gpu_memory_bytes: res.gpu_memory_bytes,
+                pids: res.pids,
+            },
+            mounts,
+            gpu_uuids: Vec::new(),
+            ttl: (r.ttl_seconds > 0).then(|| Duration::from_secs(r.ttl_seconds)),
+            owner: r.owner,
+            created_at: labels::now_secs(),
+            dns: self.config.network_config.dns_servers.clone(),
+            network: None,
+        };
+        spec.gpu_uuids = gpus.uuids.clone();
+        spec.validate()?;
+        spec.gpu_uuids.clear();
+        spec.apply_limits(&self.config.resource_limits, self.engine.host_cpus())?;
+        Ok((spec, gpus))
+    }
+
+    /// Create: validate, pull, then count and create under the lock.
+    pub async fn create(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
+        let id = labels::random_name("c-").map_err(RuntimeError::Name)?;
+        let (mut spec, gpus) = self.spec_from(request, id)?;
+        let online = self.config.network_config.enable_isolation || self.config.network_config.allow_internet;
+        if online && let Err(e) = &self.shaping {
+            return Err(RuntimeError::Shaping { id: None, source: e.clone() });
+        }
+        let admitted = self.admission.admit(&spec.image, &spec.owner).await?;
+        spec.image = admitted.image;
+        if !admitted.signature.is_empty() {
+            spec.labels.insert(LABEL_SIGNATURE.to_owned(), admitted.signature);
+        }
+        let _guard = self.create_lock.lock().await;
+        let existing = self.engine.list_ours().await?.len();
+        let cap = self.config.max_concurrent_containers as usize;
+        if existing >= cap {
+            return Err(RuntimeError::TooMany { cap });
+        }
+        if gpus.count > 0 || !gpus.uuids.is_empty() {
+            spec.gpu_uuids = self.assign_gpus(&gpus).await?;
+        }
+        let net = &self.config.network_config;
+        let mode = match &self.pool {
+            Some(pool) => {
+                let name = pool.take().await?;
+                spec.network = Some(name.clone());
+                name
+            }
+            None if net.allow_internet => "bridge".to_owned(),
+            None => "none".to_owned(),
+        };
+        let created = self.engine.create(&spec, Some(&mode)).await;
+        if let (Some(pool), Some(name)) = (&self.pool, &spec.network) {
+            if created.is_err() {
+                let _ = self.engine.remove_network(name).await;
+            }
+            pool.settled(name);
+        }
+        created?;
+        tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %mode, gpus = ?spec.gpu_uuids, "container created");
+        self.describe(&spec.id).await
+    }
+
+    /// Assigns GPUs for `request` (the create lock is held by the caller).
+    async fn assign_gpus(&self, request: &GpuRequest) -> Result<Vec<String>, RuntimeError> {
+        let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuInventory)?;
+        let visible = common::config::parse_visible_devices(&self.config.gpu_config.visible_devices)
+            .map_err(RuntimeError::VisibleDevices)?;
+        let candidates = crate::gpus::tenant_gpus(&inventory.gpus, visible.as_deref());
+        let mut in_use = BTreeMap::new();
+        for c in self.engine.list_ours().await? {
+            let labels = c.labels.unwrap_or_default();
+            let owner = labels.get(LABEL_ID).cloned().unwrap_or_default();
+            for uuid in labels.get(LABEL_GPUS).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty()) {
+                in_use.insert(uuid.to_owned(), owner.clone());
+            }
+        }
+        Ok(crate::gpus::assign(&candidates, &in_use, request.count, &request.uuids)?)
+    }
+}

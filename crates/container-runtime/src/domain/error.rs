@@ -1,0 +1,65 @@
+//! The domain's one error type: every way a call on [`super::Runtime`] fails, each variant
+//! naming what it is about (the container, the field, the limit) and carrying the engine's or
+//! a peer's own error as its `source`. The gRPC layer picks the reason for each (`grpc::refusal`).
+
+use crate::admission::AdmissionError;
+use crate::engine::EngineError;
+use crate::gpu_monitor::GpuMonitorError;
+use crate::gpus::GpuError;
+use crate::labels::NameError;
+use crate::reference::{NotAllowed, ReferenceError};
+use crate::shaping::ShapingError;
+use crate::spec::{MountError, SpecError};
+
+/// Why a call on the runtime failed. The `Display` of the variants the caller caused is worded
+/// for the caller; the engine's text is only ever in a `source`.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A request field is malformed or beyond the limits; the error names the field.
+    #[error(transparent)]
+    Invalid(#[from] SpecError),
+    #[error("image: {0}")]
+    BadImage(#[source] ReferenceError),
+    #[error("image: {0}")]
+    ImageNotAllowed(#[source] NotAllowed),
+    #[error("id: `{id}` is not a container id")]
+    BadId { id: String },
+    /// No container of ours has this id (or the engine has none by that name).
+    #[error("container {id} not found")]
+    NotFound { id: String },
+    #[error("container {id} is running; stop it or use force")]
+    Running { id: String },
+    #[error("gpu_count/gpu_uuids: docker.enable_gpu_passthrough = false on this executor")]
+    GpuPassthroughOff,
+    /// A bind mount outside `docker.allowed_host_paths` or over the executor's own directories.
+    #[error(transparent)]
+    Mount(MountError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error("docker.gpu_config.visible_devices: {0}")]
+    VisibleDevices(String),
+    /// gpu-monitor, which says which GPUs there are, did not answer a create that wants GPUs.
+    #[error("gpu_count/gpu_uuids: {0}")]
+    GpuInventory(#[source] GpuMonitorError),
+    /// gpu-monitor did not answer a round of GPU memory enforcement.
+    #[error("GPU memory limits: {0}")]
+    GpuUsage(#[source] GpuMonitorError),
+    #[error("docker.max_concurrent_containers = {cap} containers exist already; remove one first")]
+    TooMany { cap: usize },
+    /// `network_bps` cannot be enforced on this host (`id` None: for any container).
+    #[error("resources.network_bps: cannot shape the traffic of {}", .id.as_deref().unwrap_or("containers on this host"))]
+    Shaping { id: Option<String>, source: ShapingError },
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    #[error("since: out of range")]
+    SinceOutOfRange,
+    #[error("command: empty")]
+    EmptyCommand,
+    #[error("no stats from the engine")]
+    NoStats { id: String },
+    /// The engine failed or refused; what the caller hears depends on how (see `grpc`).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("cannot name a new container")]
+    Name(#[source] NameError),
+}

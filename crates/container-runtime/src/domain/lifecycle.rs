@@ -1,0 +1,194 @@
+//! A container's life after create: start (shaped before it counts as started), stop, remove
+//! with everything that goes with it, list; and the service's own rounds: reconcile at start,
+//! resume after an engine restart, reap, and GPU memory enforcement.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bollard::models::ContainerSummaryStateEnum;
+use common::proto::runtime::v1 as pb;
+
+use super::{Runtime, RuntimeError};
+use crate::engine::EngineError;
+use crate::gpu_memory::{Tenant, violations};
+use crate::labels::{LABEL_GPU_MEMORY, LABEL_ID, LABEL_NETWORK};
+use crate::reaper::{self, Reaped};
+use crate::teardown::remove_everything;
+
+/// The longest stop timeout a caller may ask for, in seconds.
+const MAX_STOP_TIMEOUT: u32 = 600;
+
+impl Runtime {
+    /// Starts a container of ours and shapes it; one that cannot be shaped is stopped again:
+    /// never left running unshaped.
+    pub async fn start(&self, id: &str) -> Result<pb::Container, RuntimeError> {
+        self.ours(id).await?;
+        self.engine.start(id).await?;
+        self.stops.forget(id);
+        if let Err(source) = self.shape(&self.ours(id).await?).await {
+            tracing::error!(id, error = %source, "cannot shape the container; stopping it");
+            let _ = self.engine.stop(id, 0).await;
+            return Err(RuntimeError::Shaping { id: Some(id.to_owned()), source });
+        }
+        self.describe(id).await
+    }
+
+    /// Stops a container of ours: SIGTERM, SIGKILL after `timeout_seconds` (at most 600).
+    /// Stopping a stopped container is fine: stop is idempotent.
+    pub async fn stop(&self, id: &str, timeout_seconds: u32) -> Result<pb::Container, RuntimeError> {
+        self.ours(id).await?;
+        let timeout = i32::try_from(timeout_seconds.min(MAX_STOP_TIMEOUT)).unwrap_or(600);
+        match self.engine.stop(id, timeout).await {
+            Ok(()) => {}
+            Err(EngineError::Docker {
+                source: bollard::errors::Error::DockerResponseServerError { status_code: 304, .. },
+                ..
+            }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.describe(id).await
+    }
+
+    /// Removes a container of ours with its network, shaping device and stop reason; a
+    /// running one only when `force`.
+    pub async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let inspect = self.ours(id).await?;
+        let network = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(LABEL_NETWORK).cloned())
+            .unwrap_or_default();
+        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if running && !force {
+            return Err(RuntimeError::Running { id: id.to_owned() });
+        }
+        remove_everything(&self.engine, &self.stops, id, &network).await?;
+        tracing::info!(id, "container removed");
+        Ok(())
+    }
+
+    /// Our containers ordered by id: running ones, or all with `all`; only `owner`'s when it
+    /// is not empty. A container that goes away while listing is left out.
+    pub async fn list(&self, all: bool, owner: &str) -> Result<Vec<pb::Container>, RuntimeError> {
+        let mut containers = Vec::new();
+        for summary in self.engine.list_ours().await? {
+            let Some(id) = summary.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else { continue };
+            let Ok(c) = self.describe(&id).await else { continue };
+            let running = c.state == pb::ContainerState::Running as i32;
+            if (all || running) && (owner.is_empty() || owner == c.owner) {
+                containers.push(c);
+            }
+        }
+        containers.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(containers)
+    }
+
+    /// At start: adopt the spare networks a previous run left, and shape the running containers
+    /// again (shaping is idempotent).
+    pub async fn reconcile(&self) -> Result<(), RuntimeError> {
+        let containers = self.engine.list_ours().await?;
+        if let Some(pool) = &self.pool {
+            let in_use = containers
+                .iter()
+                .filter_map(|c| c.labels.as_ref()?.get(LABEL_NETWORK).cloned())
+                .collect::<HashSet<_>>();
+            pool.adopt(&in_use).await?;
+            pool.refill_in_background(Duration::ZERO);
+        }
+        for c in containers {
+            let Some(id) = c.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else { continue };
+            if c.state != Some(ContainerSummaryStateEnum::RUNNING) {
+                continue;
+            }
+            if let Ok(inspect) = self.ours(&id).await
+                && let Err(e) = self.shape(&inspect).await
+            {
+                tracing::error!(id, error = %e, "cannot shape a running container again; stopping it");
+                let _ = self.engine.stop(&id, 10).await;
+            }
+        }
+        tracing::info!(spare_networks = self.pool.as_ref().map_or(0, |p| p.held().len()), "reconciled with Docker");
+        Ok(())
+    }
+
+    /// After an engine restart: starts again the containers of ours in `stopped` (those the
+    /// engine signalled on its way down) unless this process stopped them itself or they died
+    /// of memory, and shapes them again. Returns the ids started.
+    pub async fn resume(&self, stopped: &[String]) -> Vec<String> {
+        let mut resumed = Vec::new();
+        for id in stopped {
+            if self.engine.stopped_by_us(id) {
+                continue;
+            }
+            let Ok(inspect) = self.ours(id).await else { continue };
+            let state = inspect.state.as_ref();
+            let running = state.and_then(|s| s.running).unwrap_or(false);
+            if running || state.and_then(|s| s.oom_killed).unwrap_or(false) {
+                continue;
+            }
+            if let Err(e) = self.engine.start(id).await {
+                tracing::error!(id, error = %e, "cannot start a container again after the engine restart");
+                continue;
+            }
+            if let Ok(inspect) = self.ours(id).await
+                && let Err(e) = self.shape(&inspect).await
+            {
+                tracing::error!(id, error = %e, "cannot shape a resumed container; stopping it");
+                let _ = self.engine.stop(id, 10).await;
+                continue;
+            }
+            resumed.push(id.clone());
+        }
+        resumed
+    }
+
+    /// One round of the reaper (see `reaper`): expired containers and orphans removed.
+    pub async fn reap(&self) -> Result<Reaped, RuntimeError> {
+        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.stops).await?)
+    }
+
+    /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
+    /// over its limit, recording why. Returns the ids stopped.
+    pub async fn enforce_gpu_memory(&self) -> Result<Vec<String>, RuntimeError> {
+        let processes = self.gpu_monitor.processes().await.map_err(RuntimeError::GpuUsage)?;
+        if processes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuUsage)?;
+        let tenants: Vec<Tenant> = self
+            .engine
+            .list_ours()
+            .await?
+            .into_iter()
+            .filter(|c| c.state == Some(ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|c| {
+                let labels = c.labels?;
+                Some(Tenant {
+                    id: labels.get(LABEL_ID)?.clone(),
+                    docker_id: c.id?,
+                    limit_bytes: labels
+                        .get(LABEL_GPU_MEMORY)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(self.config.resource_limits.gpu_memory_bytes),
+                })
+            })
+            .collect();
+        let mut stopped = Vec::new();
+        let fraction = self.config.gpu_config.memory_fraction;
+        for v in violations(&tenants, &processes, &inventory.gpus, fraction) {
+            tracing::warn!(id = %v.id, reason = %v.reason, "stopping a container over its GPU memory limit");
+            if let Err(e) = self.stops.record(&v.id, &v.reason) {
+                tracing::error!(id = %v.id, error = %e, "cannot record the stop reason");
+            }
+            match self.engine.stop(&v.id, 10).await {
+                Ok(()) => {
+                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "gpu_memory").increment(1);
+                    stopped.push(v.id);
+                }
+                Err(e) => tracing::error!(id = %v.id, error = %e, "cannot stop a container over its GPU memory limit"),
+            }
+        }
+        Ok(stopped)
+    }
+}

@@ -1,0 +1,138 @@
+//! The container runtime's domain: tenant containers on the engine, by our id, within the
+//! operator's limits. Create (`create`), start, stop, remove, list, reconcile after a restart
+//! of the service or of the engine, reap and GPU memory enforcement (`lifecycle`), logs, stats
+//! and exec (`observe`). Containers are addressed by our id (their name) and must carry this
+//! executor's labels: a foreign container is [`RuntimeError::NotFound`]. No gRPC in here: the
+//! `grpc` module decodes requests, calls this and maps [`RuntimeError`] to a reason.
+
+mod create;
+mod error;
+mod lifecycle;
+mod observe;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bollard::models::ContainerInspectResponse;
+use bollard::query_parameters::InspectContainerOptions;
+use common::config::DockerConfig;
+use common::proto::runtime::v1 as pb;
+use tokio::sync::Mutex;
+
+pub use self::create::GpuRequest;
+pub use self::error::RuntimeError;
+pub use self::observe::LogChunks;
+use crate::admission::Admission;
+use crate::engine::{Engine, EngineError};
+use crate::gpu_monitor::GpuMonitor;
+use crate::labels::{self, LABEL_EXECUTOR, LABEL_ID, LABEL_NETWORK_BPS};
+use crate::netpool::NetworkPool;
+use crate::reference::RegistryPolicy;
+use crate::shaping::ShapingError;
+use crate::stops::StopReasons;
+
+/// The runtime: the engine, the limits, and what is kept between calls.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    engine: Engine,
+    config: DockerConfig,
+    /// Spare networks for isolated containers; None without isolation.
+    pool: Option<NetworkPool>,
+    stops: StopReasons,
+    /// `data_dir` and `runtime_dir`: never bind-mounted.
+    protected: Vec<PathBuf>,
+    /// Whether `network_bps` can be enforced here (see `shaping::probe`), and if not why.
+    shaping: Result<(), ShapingError>,
+    policy: RegistryPolicy,
+    /// Signatures and pulls.
+    admission: Arc<Admission>,
+    /// Held while counting, assigning GPUs and creating, so the cap is exact and no GPU is
+    /// given twice under concurrent creates.
+    create_lock: Arc<Mutex<()>>,
+    /// The GPUs there are come from gpu-monitor's inventory.
+    gpu_monitor: GpuMonitor,
+}
+
+impl Runtime {
+    /// The runtime for `config`; `shaping` is what `shaping::probe` found on this host.
+    pub fn new(
+        engine: Engine,
+        config: &common::config::Config,
+        shaping: Result<(), ShapingError>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let docker = config.docker.clone();
+        let admission = Arc::new(Admission::new(config, engine.docker().clone())?);
+        let policy = RegistryPolicy::new(&docker.registry.allowed_registries);
+        let pool = docker.network_config.enable_isolation.then(|| {
+            NetworkPool::new(engine.clone(), docker.network_config.allow_internet, docker.network_config.spare_networks)
+        });
+        Ok(Self {
+            engine,
+            policy,
+            admission,
+            create_lock: Arc::new(Mutex::new(())),
+            gpu_monitor: GpuMonitor::new(&config.runtime_dir),
+            pool,
+            stops: StopReasons::open(&config.data_dir)?,
+            protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
+            shaping,
+            config: docker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn pool(&self) -> Option<&NetworkPool> {
+        self.pool.as_ref()
+    }
+
+    /// Inspects a container of ours by our id; anything else is NOT_FOUND.
+    async fn ours(&self, id: &str) -> Result<ContainerInspectResponse, RuntimeError> {
+        if !labels::is_container_id(id) {
+            return Err(RuntimeError::BadId { id: id.to_owned() });
+        }
+        let inspect = self
+            .engine
+            .docker()
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
+        let labels = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        if labels.get(LABEL_EXECUTOR).map(String::as_str) != Some(self.engine.executor_id())
+            || labels.get(LABEL_ID).map(String::as_str) != Some(id)
+        {
+            return Err(RuntimeError::NotFound { id: id.to_owned() });
+        }
+        Ok(inspect)
+    }
+
+    /// A container of ours as the caller sees it, with the stop reason we recorded.
+    pub async fn describe(&self, id: &str) -> Result<pb::Container, RuntimeError> {
+        let mut container = crate::status::container(&self.ours(id).await?);
+        container.stop_reason = self.stops.get(id).unwrap_or_default();
+        Ok(container)
+    }
+
+    /// Shapes a running container to its `network_bps` (from its label); containers without a
+    /// network are left alone.
+    async fn shape(&self, inspect: &ContainerInspectResponse) -> Result<(), ShapingError> {
+        let id = inspect.name.as_deref().unwrap_or_default().trim_start_matches('/');
+        let mode = inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()).unwrap_or("none");
+        if mode == "none" {
+            return Ok(());
+        }
+        let labels = inspect.config.as_ref().and_then(|c| c.labels.as_ref());
+        let rate = labels
+            .and_then(|l| l.get(LABEL_NETWORK_BPS))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(self.config.resource_limits.network_bps);
+        let pid = inspect.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
+        let pid = pid.ok_or_else(|| ShapingError(format!("container {id} has no running process")))?;
+        self.shaping.clone()?;
+        let veth = crate::shaping::apply(id, pid, rate, self.engine.executor_id()).await?;
+        tracing::info!(id, veth, rate, "network shaped");
+        Ok(())
+    }
+}

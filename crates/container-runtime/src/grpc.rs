@@ -1,0 +1,350 @@
+//! The `executor.runtime.v1.ContainerRuntime` gRPC service on the internal socket, thin: each
+//! call takes its request apart, calls the domain ([`Runtime`]) and maps a [`RuntimeError`] to
+//! a [`Refusal`] in one place ([`refusal`]): a stable reason, a message worded for the caller,
+//! and the engine's or the OS's own text only as the internal cause (and in the log).
+
+use common::proto::runtime::v1 as pb;
+use common::proto::runtime::v1::container_runtime_server::ContainerRuntime as RuntimeApi;
+use common::reason::{Reason, Refusal};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::admission::AdmissionError;
+use crate::domain::{LogChunks, Runtime, RuntimeError};
+use crate::engine::EngineError;
+use crate::gpu_monitor::GpuMonitorError;
+use crate::gpus::GpuError;
+use crate::spec::MountError;
+
+/// The gRPC face of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeGrpc {
+    runtime: Runtime,
+}
+
+impl RuntimeGrpc {
+    pub fn new(runtime: Runtime) -> Self {
+        Self { runtime }
+    }
+}
+
+/// The one mapping of domain errors to what the caller hears. Internal codes stay those the
+/// service has always returned (each reason's `internal_code`).
+pub fn refusal(e: &RuntimeError) -> Refusal {
+    use RuntimeError as E;
+    let caller = |reason| Refusal::new(reason, e.to_string());
+    let refusal = match e {
+        // Malformed or out-of-bounds request fields, named in the message.
+        E::Invalid(_) | E::BadImage(_) | E::BadId { .. } | E::SinceOutOfRange | E::EmptyCommand => {
+            caller(Reason::InvalidField)
+        }
+        // The registry allow-list: the request is well-formed, this node does not run it.
+        E::ImageNotAllowed(_) => caller(Reason::ImageRefused),
+        E::NotFound { .. } => caller(Reason::NotFound),
+        // Running and not forced.
+        E::Running { .. } => caller(Reason::WrongState),
+        // What this host's configuration does not allow: no GPU passthrough, a host path off
+        // the allow-list, a device list that does not parse.
+        E::GpuPassthroughOff | E::VisibleDevices(_) => caller(Reason::HostUnsupported),
+        // A host path that does not resolve: the OS's words are the cause.
+        E::Mount(MountError::Unresolvable { source, .. }) => caller(Reason::HostUnsupported).with_cause(source),
+        E::Mount(MountError::Refused(_)) => caller(Reason::HostUnsupported),
+        E::Gpu(g) => match g {
+            GpuError::Busy { .. } => caller(Reason::GpuBusy),
+            // Fewer free GPUs than asked: a limit of the node, retry later.
+            GpuError::NotEnough { .. } => caller(Reason::LimitReached),
+            GpuError::Unknown(_) | GpuError::Both | GpuError::Duplicate(_) => caller(Reason::InvalidField),
+        },
+        // gpu-monitor's own message is its business: the caller hears that it did not answer.
+        E::GpuInventory(m) | E::GpuUsage(m) => {
+            let what = if matches!(e, E::GpuInventory(_)) { "gpu_count/gpu_uuids" } else { "GPU memory limits" };
+            let message = match m {
+                GpuMonitorError::Timeout => format!("{what}: gpu-monitor did not answer"),
+                GpuMonitorError::Failed(_) => format!("{what}: gpu-monitor failed"),
+            };
+            Refusal::new(Reason::PeerUnavailable, message).with_cause(m)
+        }
+        E::TooMany { .. } => caller(Reason::LimitReached),
+        // `network_bps` cannot be enforced here; `tc`'s and `ip`'s words are the cause.
+        E::Shaping { source, .. } => caller(Reason::HostUnsupported).with_cause(source),
+        E::Admission(a) => admission(a),
+        // The engine had no sample: like a peer that did not answer, retry.
+        E::NoStats { .. } => caller(Reason::PeerUnavailable),
+        E::Engine(engine) => self::engine(engine),
+        E::Name(source) => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
+    };
+    match refusal.reason {
+        Reason::Engine | Reason::Internal => tracing::error!(refusal = %refusal, "container runtime failed"),
+        _ if refusal.cause.is_some() => tracing::warn!(refusal = %refusal, "container runtime refused"),
+        _ => {}
+    }
+    refusal
+}
+
+fn admission(e: &AdmissionError) -> Refusal {
+    let message = e.to_string();
+    match e {
+        // No login for the image's registry: it cannot be pulled; the file error is the cause.
+        AdmissionError::Credentials { source, .. } => {
+            Refusal::new(Reason::ImageUnavailable, message).with_cause(source)
+        }
+        // The signature policy said no; why (unsigned, wrong key, the registry's answer) is
+        // part of the decision the caller is told.
+        AdmissionError::Refused { .. } => Refusal::new(Reason::ImageRefused, message),
+        AdmissionError::VerifyTimeout { .. } | AdmissionError::PullTimeout { .. } => {
+            Refusal::new(Reason::Timeout, message)
+        }
+        // The engine's pull error (registry text, DNS) is the cause, not the message.
+        AdmissionError::Pull { source, .. } => Refusal::new(Reason::ImageUnavailable, message).with_cause(source),
+    }
+}
+
+/// Engine errors by the engine's status: what the caller did or the host lacks gets its
+/// reason, anything else is the engine's failure.
+fn engine(e: &EngineError) -> Refusal {
+    use bollard::errors::Error as B;
+    let refusal = match e {
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 404, .. }, id } => {
+            Refusal::new(Reason::NotFound, format!("container {id} not found"))
+        }
+        // A conflict with the container's state (removal in progress, not running).
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 409, .. }, id } => {
+            Refusal::new(Reason::WrongState, format!("container {id}: not possible in its current state"))
+        }
+        // A GPU container on a host without the NVIDIA container runtime.
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 500, message }, id }
+            if message.contains("device driver") =>
+        {
+            Refusal::new(Reason::HostUnsupported, format!("container {id}: no NVIDIA container runtime on this host"))
+        }
+        // The engine refused a parameter: the request (or the host) cannot have it.
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 400, .. }, id } => {
+            Refusal::new(Reason::HostUnsupported, format!("container {id}: the engine refused it on this host"))
+        }
+        EngineError::Docker { source: B::DockerResponseServerError { status_code: 304, .. }, id } => {
+            Refusal::new(Reason::WrongState, format!("container {id} is already in that state"))
+        }
+        // Randomness for a network name: our own failure.
+        EngineError::Name(_) => Refusal::new(Reason::Internal, "cannot name a new network"),
+        _ => Refusal::new(Reason::Engine, "the container engine failed; see the executor log"),
+    };
+    refusal.with_cause(e)
+}
+
+fn status(e: RuntimeError) -> Status {
+    refusal(&e).into_status()
+}
+
+#[tonic::async_trait]
+impl RuntimeApi for RuntimeGrpc {
+    async fn create(&self, request: Request<pb::CreateContainerRequest>) -> Result<Response<pb::Container>, Status> {
+        let started = std::time::Instant::now();
+        let result = self.runtime.create(request.into_inner()).await.map_err(status);
+        let outcome = match &result {
+            Ok(_) => {
+                metrics::histogram!("executor_container_runtime_create_duration_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                "ok".to_owned()
+            }
+            Err(status) => format!("{:?}", status.code()).to_lowercase(),
+        };
+        metrics::counter!("executor_container_runtime_creates_total", "result" => outcome).increment(1);
+        result.map(Response::new)
+    }
+
+    async fn start(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        self.runtime.start(&request.into_inner().id).await.map(Response::new).map_err(status)
+    }
+
+    async fn stop(&self, request: Request<pb::StopContainerRequest>) -> Result<Response<pb::Container>, Status> {
+        let r = request.into_inner();
+        self.runtime.stop(&r.id, r.timeout_seconds).await.map(Response::new).map_err(status)
+    }
+
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveContainerRequest>,
+    ) -> Result<Response<pb::RemoveContainerResponse>, Status> {
+        let r = request.into_inner();
+        self.runtime.remove(&r.id, r.force).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveContainerResponse {}))
+    }
+
+    async fn get(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        self.runtime.describe(&request.into_inner().id).await.map(Response::new).map_err(status)
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        let r = request.into_inner();
+        let containers = self.runtime.list(r.all, &r.owner).await.map_err(status)?;
+        Ok(Response::new(pb::ListContainersResponse { containers }))
+    }
+
+    type LogsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let chunks: LogChunks = self.runtime.logs(request.into_inner()).await.map_err(status)?;
+        Ok(Response::new(Box::pin(chunks.map(|item| item.map_err(status)))))
+    }
+
+    async fn stats(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerStats>, Status> {
+        self.runtime.stats(&request.into_inner().id).await.map(Response::new).map_err(status)
+    }
+
+    async fn exec(&self, request: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
+        self.runtime.exec(request.into_inner()).await.map(Response::new).map_err(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::ImageRef;
+    use crate::shaping::ShapingError;
+    use crate::signatures::Unverified;
+    use crate::spec::SpecError;
+
+    fn docker(status_code: u16, message: &str) -> RuntimeError {
+        let source = bollard::errors::Error::DockerResponseServerError { status_code, message: message.into() };
+        RuntimeError::Engine(EngineError::Docker { id: "c-1".into(), source })
+    }
+
+    /// Each error: its reason, the internal code the service has always returned for it, and
+    /// words of the message; engine and OS text (`SECRET`) never reaches the message.
+    #[test]
+    fn every_error_gets_its_reason_and_keeps_its_code() {
+        use tonic::Code;
+        let spec = |field: &str| SpecError { field: field.into(), message: "no".into() };
+        let cases: Vec<(RuntimeError, Reason, Code, &str)> = vec![
+            (
+                RuntimeError::Invalid(spec("resources.pids")),
+                Reason::InvalidField,
+                Code::InvalidArgument,
+                "resources.pids",
+            ),
+            (
+                RuntimeError::BadImage(ImageRef::parse("UPPER", "docker.io").unwrap_err()),
+                Reason::InvalidField,
+                Code::InvalidArgument,
+                "image:",
+            ),
+            (RuntimeError::BadId { id: "../x".into() }, Reason::InvalidField, Code::InvalidArgument, "id: `../x`"),
+            (RuntimeError::EmptyCommand, Reason::InvalidField, Code::InvalidArgument, "command"),
+            (RuntimeError::SinceOutOfRange, Reason::InvalidField, Code::InvalidArgument, "since"),
+            (RuntimeError::NotFound { id: "c-1".into() }, Reason::NotFound, Code::NotFound, "container c-1 not found"),
+            (RuntimeError::Running { id: "c-1".into() }, Reason::WrongState, Code::FailedPrecondition, "use force"),
+            (RuntimeError::GpuPassthroughOff, Reason::HostUnsupported, Code::FailedPrecondition, "gpu_count"),
+            (
+                RuntimeError::Mount(MountError::Refused(spec("mounts[0].host_path"))),
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "mounts[0]",
+            ),
+            (
+                RuntimeError::Mount(MountError::Unresolvable {
+                    field: "mounts[0].host_path".into(),
+                    host_path: "/srv/x".into(),
+                    source: std::io::Error::other("SECRET"),
+                }),
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "mounts[0].host_path: `/srv/x` does not exist",
+            ),
+            (
+                RuntimeError::VisibleDevices("x".into()),
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "visible_devices",
+            ),
+            (
+                RuntimeError::Gpu(GpuError::Busy { uuid: "GPU-a".into(), container: "c-2".into() }),
+                Reason::GpuBusy,
+                Code::FailedPrecondition,
+                "is assigned to container c-2",
+            ),
+            (
+                RuntimeError::Gpu(GpuError::NotEnough { asked: 3, free: 2, total: 2 }),
+                Reason::LimitReached,
+                Code::ResourceExhausted,
+                "gpu_count: 3 requested, 2 free of 2",
+            ),
+            (RuntimeError::Gpu(GpuError::Both), Reason::InvalidField, Code::InvalidArgument, "gpu_count and gpu_uuids"),
+            (
+                RuntimeError::GpuInventory(GpuMonitorError::Failed(Status::internal("SECRET"))),
+                Reason::PeerUnavailable,
+                Code::Unavailable,
+                "gpu_count/gpu_uuids: gpu-monitor failed",
+            ),
+            (
+                RuntimeError::GpuInventory(GpuMonitorError::Timeout),
+                Reason::PeerUnavailable,
+                Code::Unavailable,
+                "gpu-monitor did not answer",
+            ),
+            (
+                RuntimeError::TooMany { cap: 3 },
+                Reason::LimitReached,
+                Code::ResourceExhausted,
+                "max_concurrent_containers = 3",
+            ),
+            (
+                RuntimeError::Shaping { id: Some("c-1".into()), source: ShapingError("tc: SECRET".into()) },
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "resources.network_bps: cannot shape the traffic of c-1",
+            ),
+            (
+                RuntimeError::Admission(AdmissionError::Refused {
+                    image: "r/x:1".into(),
+                    why: Unverified::Unsigned("sha256-x.sig".into()),
+                }),
+                Reason::ImageRefused,
+                Code::FailedPrecondition,
+                "no cosign signature in the registry",
+            ),
+            (
+                RuntimeError::Admission(AdmissionError::Pull {
+                    image: "r/x:1".into(),
+                    source: bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        message: "SECRET".into(),
+                    },
+                }),
+                Reason::ImageUnavailable,
+                Code::FailedPrecondition,
+                "image: cannot pull `r/x:1`",
+            ),
+            (
+                RuntimeError::Admission(AdmissionError::PullTimeout {
+                    image: "r/x:1".into(),
+                    timeout: std::time::Duration::from_secs(1),
+                }),
+                Reason::Timeout,
+                Code::DeadlineExceeded,
+                "docker.registry.pull_timeout",
+            ),
+            (RuntimeError::NoStats { id: "c-1".into() }, Reason::PeerUnavailable, Code::Unavailable, "no stats"),
+            (docker(404, "SECRET"), Reason::NotFound, Code::NotFound, "container c-1 not found"),
+            (docker(409, "SECRET"), Reason::WrongState, Code::FailedPrecondition, "container c-1"),
+            (
+                docker(500, "could not select device driver SECRET"),
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "no NVIDIA container runtime",
+            ),
+            (docker(400, "SECRET"), Reason::HostUnsupported, Code::FailedPrecondition, "the engine refused it"),
+            (docker(304, "SECRET"), Reason::WrongState, Code::FailedPrecondition, "already in that state"),
+            (docker(500, "SECRET"), Reason::Engine, Code::Internal, "the container engine failed"),
+        ];
+        for (error, reason, code, words) in cases {
+            let status = status(error);
+            let refusal = Refusal::from_status(&status).expect("a reason");
+            assert_eq!((refusal.reason, status.code()), (reason, code), "{}", status.message());
+            assert!(status.message().contains(words), "{words}: {}", status.message());
+            assert!(!status.message().contains("SECRET"), "{}", status.message());
+        }
+    }
+}
