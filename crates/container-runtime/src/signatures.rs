@@ -149,20 +149,37 @@ struct CriticalImage {
     digest: String,
 }
 
+/// Why one signed payload does not vouch for an image.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("signature annotation is not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("signed by no trusted key")]
+    NoTrustedKey,
+    #[error("signed payload is not a cosign payload: {0}")]
+    NotCosign(#[from] serde_json::Error),
+    #[error("signed payload has type `{0}`, not `{PAYLOAD_TYPE}`")]
+    WrongType(String),
+    #[error("signed payload is for {signed}, not {wanted}")]
+    OtherDigest { signed: String, wanted: String },
+}
+
 /// Checks one signed payload against the trusted keys: the key id when one of them signed it
 /// and it names `digest`.
-pub fn check_payload(payload: &[u8], signature_b64: &str, digest: &str, keys: &[TrustedKey]) -> Result<String, String> {
-    let signature = base64::engine::general_purpose::STANDARD
-        .decode(signature_b64.trim())
-        .map_err(|e| format!("signature annotation is not base64: {e}"))?;
-    let key = keys.iter().find(|k| k.verifies(payload, &signature)).ok_or("signed by no trusted key")?;
-    let payload: Payload =
-        serde_json::from_slice(payload).map_err(|e| format!("signed payload is not a cosign payload: {e}"))?;
+pub fn check_payload(
+    payload: &[u8],
+    signature_b64: &str,
+    digest: &str,
+    keys: &[TrustedKey],
+) -> Result<String, PayloadError> {
+    let signature = base64::engine::general_purpose::STANDARD.decode(signature_b64.trim())?;
+    let key = keys.iter().find(|k| k.verifies(payload, &signature)).ok_or(PayloadError::NoTrustedKey)?;
+    let payload: Payload = serde_json::from_slice(payload)?;
     if payload.critical.kind != PAYLOAD_TYPE {
-        return Err(format!("signed payload has type `{}`, not `{PAYLOAD_TYPE}`", payload.critical.kind));
+        return Err(PayloadError::WrongType(payload.critical.kind));
     }
     if payload.critical.image.digest != digest {
-        return Err(format!("signed payload is for {}, not {digest}", payload.critical.image.digest));
+        return Err(PayloadError::OtherDigest { signed: payload.critical.image.digest, wanted: digest.to_owned() });
     }
     Ok(key.id.clone())
 }
@@ -262,7 +279,7 @@ async fn signatures(
         }
         match check_payload(&payload, signature, digest, keys) {
             Ok(key) => return Ok(key),
-            Err(e) => why.push(e),
+            Err(e) => why.push(e.to_string()),
         }
     }
     if why.is_empty() {
@@ -446,8 +463,8 @@ mod tests {
         let (signing, trusted) = key(7);
         let body = payload(DIGEST);
         assert_eq!(
-            check_payload(&body, &sign(&signing, &body), DIGEST, std::slice::from_ref(&trusted)),
-            Ok(trusted.id.clone())
+            check_payload(&body, &sign(&signing, &body), DIGEST, std::slice::from_ref(&trusted)).unwrap(),
+            trusted.id
         );
         assert!(trusted.id.starts_with("sha256:") && trusted.id.len() == 23, "{}", trusted.id);
     }
@@ -457,13 +474,15 @@ mod tests {
         let (signing, _) = key(7);
         let (_, other) = key(9);
         let body = payload(DIGEST);
-        let err = check_payload(&body, &sign(&signing, &body), DIGEST, std::slice::from_ref(&other)).unwrap_err();
+        let err =
+            check_payload(&body, &sign(&signing, &body), DIGEST, std::slice::from_ref(&other)).unwrap_err().to_string();
         assert!(err.contains("no trusted key"), "{err}");
 
         let (signing, trusted) = key(7);
         let other_digest = DIGEST.replace("4b2f", "0000");
-        let err =
-            check_payload(&body, &sign(&signing, &body), &other_digest, std::slice::from_ref(&trusted)).unwrap_err();
+        let err = check_payload(&body, &sign(&signing, &body), &other_digest, std::slice::from_ref(&trusted))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("is for sha256:4b2f"), "{err}");
 
         let mut tampered = body.clone();
@@ -472,11 +491,17 @@ mod tests {
 
         let odd = serde_json::json!({"critical": {"image": {"docker-manifest-digest": DIGEST}, "type": "x"}});
         let odd = odd.to_string().into_bytes();
-        let err = check_payload(&odd, &sign(&signing, &odd), DIGEST, std::slice::from_ref(&trusted)).unwrap_err();
+        let err =
+            check_payload(&odd, &sign(&signing, &odd), DIGEST, std::slice::from_ref(&trusted)).unwrap_err().to_string();
         assert!(err.contains("type `x`"), "{err}");
 
-        assert!(check_payload(&body, "%%%", DIGEST, std::slice::from_ref(&trusted)).unwrap_err().contains("base64"));
-        assert!(check_payload(&body, "AAAA", DIGEST, &[trusted]).unwrap_err().contains("no trusted key"));
+        assert!(
+            check_payload(&body, "%%%", DIGEST, std::slice::from_ref(&trusted))
+                .unwrap_err()
+                .to_string()
+                .contains("base64")
+        );
+        assert!(check_payload(&body, "AAAA", DIGEST, &[trusted]).unwrap_err().to_string().contains("no trusted key"));
     }
 
     #[test]
