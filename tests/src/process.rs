@@ -44,3 +44,8 @@ pub fn which(program: &str) -> bool {
     }
     std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
+
+/// Whether the tests run as root (Docker's firewall, `tc`, sshd and user changes need it).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}

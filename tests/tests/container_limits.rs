@@ -11,19 +11,13 @@ use std::time::{Duration, Instant};
 use common::ServiceName;
 use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
+use e2e::process::{is_root, sh, which};
 use e2e::runtime::{docker, exec, ifb_name, inspect, remove_all, request, run, start_service};
 use e2e::{TestConfig, busybox_image, require_tool, wait_serving};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
-
-async fn sh(program: &str, args: &[&str]) -> (bool, String) {
-    let out =
-        ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(60), 1 << 20).await.unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
 
 #[tokio::test]
 async fn network_bps_shapes_both_directions() {
@@ -366,15 +360,6 @@ async fn images_are_pulled_from_an_allowed_local_registry() {
     }
     remove_all(&mut client).await;
     docker(&["rmi", &pushed]).await;
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")))
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 async fn pool_networks(executor_id: &str) -> Vec<String> {

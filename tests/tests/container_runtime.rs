@@ -402,6 +402,6 @@ async fn gpus_are_assigned_by_uuid_once_and_released_on_removal() {
 }
 
 async fn tc(args: &[&str]) -> (bool, String) {
-    let out = ProcessSpec::new("tc").args(args.iter().copied()).output(Duration::from_secs(20), 1 << 16).await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = e2e::process::capture(ProcessSpec::new("tc").args(args.iter().copied()), Duration::from_secs(20)).await;
+    (out.status.success(), e2e::process::stdout(&out))
 }

@@ -250,7 +250,7 @@ async fn deploy_sh_installs_upgrades_and_rolls_back() {
     if !e2e::require_tool(
         "sshd and ssh (openssh-server, openssh-client)",
         Path::new("/usr/sbin/sshd").exists() && which("ssh"),
-    ) || !e2e::require_tool("root (sshd logs in as root)", nix::unistd::Uid::effective().is_root())
+    ) || !e2e::require_tool("root (sshd logs in as root)", e2e::process::is_root())
     {
         return;
     }
@@ -556,7 +556,7 @@ async fn compose_brings_up_a_healthy_executor() {
         || !e2e::require_tool("docker-compose", which("docker-compose"))
         || !e2e::require_tool(
             "debootstrap (as root)",
-            Path::new("/usr/sbin/debootstrap").exists() && nix::unistd::Uid::effective().is_root(),
+            Path::new("/usr/sbin/debootstrap").exists() && e2e::process::is_root(),
         )
     {
         return;

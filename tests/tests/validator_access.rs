@@ -393,8 +393,7 @@ async fn login_user(name: &str) {
 
 #[tokio::test]
 async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+    let root = e2e::process::is_root();
     if !have_ssh() || !require_tool("sshd (openssh-server) and root", Path::new("/usr/sbin/sshd").exists() && root) {
         return;
     }
