@@ -18,10 +18,6 @@ for i in range(20):
     print(json.dumps({"address": key.ss58_address, "message": message.hex(), "signature": key.sign(signed).hex()}))
 "#;
 
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect()
-}
-
 #[tokio::test]
 async fn verifies_fresh_bittensor_wallet_signatures() {
     let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
@@ -42,8 +38,8 @@ async fn verifies_fresh_bittensor_wallet_signatures() {
     assert_eq!(lines.len(), 20);
     let keys: Vec<Hotkey> = lines.iter().map(|l| l["address"].as_str().unwrap().parse().unwrap()).collect();
     for (i, line) in lines.iter().enumerate() {
-        let message = unhex(line["message"].as_str().unwrap());
-        let mut signature = unhex(line["signature"].as_str().unwrap());
+        let message = hex::decode(line["message"].as_str().unwrap()).unwrap();
+        let mut signature = hex::decode(line["signature"].as_str().unwrap()).unwrap();
         keys[i].verify(&message, &signature).unwrap();
         // Another key, a changed message, a flipped signature bit: all refused.
         assert!(keys[(i + 1) % keys.len()].verify(&message, &signature).is_err());

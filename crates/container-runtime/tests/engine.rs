@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bollard::query_parameters::{LogsOptions, WaitContainerOptions};
 use common::config::{DockerConfig, ResourceLimits};
-use common::process::ProcessSpec;
 use container_runtime::engine::Engine;
 use container_runtime::reference::{DOCKER_HUB, ImageRef};
 use container_runtime::spec::{ContainerSpec, Resources};
@@ -117,12 +116,8 @@ async fn only_our_labelled_containers_are_listed() {
     engine.create(&ours, None).await.unwrap();
     // A foreign container, created without our labels, and one of another executor.
     let foreign = format!("foreign-{}", std::process::id());
-    let out = ProcessSpec::new("docker")
-        .args(["create", "--name", &foreign, IMAGE, "sleep", "30"])
-        .output(Duration::from_secs(60), 1 << 16)
-        .await
-        .unwrap();
-    assert!(out.status.success());
+    let (created, out) = e2e::runtime::docker(&["create", "--name", &foreign, IMAGE, "sleep", "30"]).await;
+    assert!(created, "{out}");
     let other = Engine::connect(&DockerConfig::default(), "executor-someone-else").await.unwrap();
     let theirs = spec(&format!("theirs-{}", std::process::id()), "sleep 30");
     other.create(&theirs, None).await.unwrap();
