@@ -41,7 +41,7 @@ pub fn init(
         .parse(level)
         .map_err(|e| TelemetryError::Filter { level: level.to_owned(), message: e.to_string() })?;
     let file = match (&config.file, write_file) {
-        (Some(path), true) => Some(Arc::new(RotatingFile::open(path, config.max_file_bytes, config.max_files)?)),
+        (Some(path), true) => Some(Arc::new(RotatingFile::open(path, config.max_file_bytes.get(), config.max_files)?)),
         _ => None,
     };
     let ansi = config.format == LogFormat::Pretty && io::stdout().is_terminal();

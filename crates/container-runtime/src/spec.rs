@@ -115,8 +115,8 @@ impl ContainerSpec {
             field_error(format!("resources.{field}"), format!("{asked} is more than the limit of {limit}"))
         };
         if r.memory_bytes == 0 {
-            r.memory_bytes = limits.memory_bytes;
-        } else if r.memory_bytes > limits.memory_bytes {
+            r.memory_bytes = limits.memory_bytes.get();
+        } else if r.memory_bytes > limits.memory_bytes.get() {
             return Err(over("memory_bytes", r.memory_bytes.to_string(), limits.memory_bytes.to_string()));
         } else if r.memory_bytes < 6 << 20 {
             return Err(field_error("resources.memory_bytes", "must be at least 6 MiB (Docker's minimum)"));
@@ -138,7 +138,7 @@ impl ContainerSpec {
         for (field, asked, limit) in [
             ("disk_io_bps", &mut r.disk_io_bps, limits.disk_io_bps),
             ("network_bps", &mut r.network_bps, limits.network_bps),
-            ("gpu_memory_bytes", &mut r.gpu_memory_bytes, limits.gpu_memory_bytes),
+            ("gpu_memory_bytes", &mut r.gpu_memory_bytes, limits.gpu_memory_bytes.get()),
         ] {
             if *asked == 0 {
                 *asked = limit;

@@ -53,7 +53,7 @@ struct Inner {
 /// What the advertised endpoints are, with defaults from the listeners.
 pub fn advertised(config: &Config) -> pb::AdvertisedEndpoints {
     let s = &config.server;
-    let host = s.advertised_host.clone().unwrap_or_else(|| s.host.to_string());
+    let host = s.advertised_host.clone().map_or_else(|| s.host.to_string(), String::from);
     let port = s.advertised_port.unwrap_or(s.port);
     let scheme = if s.advertised_tls { "https" } else { "http" };
     // IPv6 literals need brackets in URLs.

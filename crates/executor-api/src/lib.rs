@@ -112,8 +112,8 @@ impl Service for ExecutorApi {
         let config = ctx.config();
         let identity = ExecutorIdentity::load_or_create(&config.data_dir)?;
         let tls = tls_config(&config.server)?;
-        let grpc = bind(SocketAddr::new(config.server.host, config.server.port), "server.port").await?;
-        let http = bind(SocketAddr::new(config.server.host, config.server.health_port), "server.health_port").await?;
+        let grpc = bind(SocketAddr::new(config.server.host, *config.server.port), "server.port").await?;
+        let http = bind(SocketAddr::new(config.server.host, *config.server.health_port), "server.health_port").await?;
         let exe = std::env::current_exe().map_err(|e| format!("cannot locate the executor-api binary: {e}"))?;
         let bin_dir = exe.parent().ok_or("the executor-api binary has no directory")?;
         let api = Api::new(

@@ -127,7 +127,7 @@ impl Service for GpuMonitor {
         let settings = MonitorSettings {
             interval: system.update_interval,
             timeout: system.collector_timeout,
-            max_gpu_memory_usage: system.max_gpu_memory_usage,
+            max_gpu_memory_usage: system.max_gpu_memory_usage.get(),
         };
         crate::exporter::describe();
         let monitor = Monitor::new(source, settings)?;

@@ -186,7 +186,7 @@ async fn serve(loaded: LoadedConfig, log_level: Option<&str>, logs: LogSink) -> 
 }
 
 fn launcher_metrics_addr(config: &Config) -> SocketAddr {
-    SocketAddr::new(config.metrics.host, config.metrics.launcher_port)
+    SocketAddr::new(config.metrics.host, config.metrics.launcher_port.get())
 }
 
 /// What ends a generation of services.

@@ -120,7 +120,7 @@ impl Access {
             sessions: Sessions::new(audit.clone()),
             admission: Admission::new(grants.clone(), sources, per_minute, clock, audit.clone()),
             grammar: CommandGrammar::new(v.strict_ssh_restrictions, attestor, identity_key),
-            runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes, audit.clone()),
+            runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), audit.clone()),
             grants,
             audit,
         }

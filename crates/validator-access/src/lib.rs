@@ -55,7 +55,7 @@ pub enum SetupError {
     #[error("cannot find the directory of this binary")]
     NoBinaryDir,
     #[error("validator.allowed_source_addresses: {0}")]
-    Sources(String),
+    Sources(common::config::InvalidValue),
     #[error("validator.ssh_port: cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("validator.authorized_keys_file: no directory")]
@@ -139,10 +139,10 @@ impl Service for ValidatorAccess {
         let host = config.server.host;
         let (front, user) = match v.ssh_server {
             common::config::SshServerKind::Embedded => {
-                let addr = SocketAddr::new(host, v.ssh_port);
+                let addr = SocketAddr::new(host, v.ssh_port.get());
                 let listener =
                     tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Listen { addr, source })?;
-                tracing::info!(port = v.ssh_port, strict = v.strict_ssh_restrictions, "SSH server listening");
+                tracing::info!(port = v.ssh_port.get(), strict = v.strict_ssh_restrictions, "SSH server listening");
                 let host_key = Box::new(front::embedded::host_key(&config.data_dir)?);
                 (Front::Embedded { listener, host_key }, "validator".to_owned())
             }

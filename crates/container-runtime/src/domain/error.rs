@@ -37,7 +37,7 @@ pub enum RuntimeError {
     #[error(transparent)]
     Gpu(#[from] GpuError),
     #[error("docker.gpu_config.visible_devices: {0}")]
-    VisibleDevices(String),
+    VisibleDevices(common::config::InvalidValue),
     /// gpu-monitor, which says which GPUs there are, did not answer a create that wants GPUs.
     #[error("gpu_count/gpu_uuids: {0}")]
     GpuInventory(#[source] GpuMonitorError),

@@ -170,12 +170,12 @@ impl Runtime {
                     limit_bytes: labels
                         .get(LABEL_GPU_MEMORY)
                         .and_then(|v| v.parse().ok())
-                        .unwrap_or(self.config.resource_limits.gpu_memory_bytes),
+                        .unwrap_or(self.config.resource_limits.gpu_memory_bytes.get()),
                 })
             })
             .collect();
         let mut stopped = Vec::new();
-        let fraction = self.config.gpu_config.memory_fraction;
+        let fraction = self.config.gpu_config.memory_fraction.get();
         for v in violations(&tenants, &processes, &inventory.gpus, fraction) {
             tracing::warn!(id = %v.id, reason = %v.reason, "stopping a container over its GPU memory limit");
             if let Err(e) = self.stops.record(&v.id, &v.reason) {

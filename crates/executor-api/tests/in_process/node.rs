@@ -97,7 +97,7 @@ impl Node {
         config.validator.enabled = options.validator;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        config.server.port = addr.port();
+        config.server.port = addr.port().into();
         let api = Api::new(
             &config,
             "executor-test".into(),

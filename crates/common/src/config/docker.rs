@@ -1,0 +1,177 @@
+//! `[docker]` and its tables but the registry: the engine socket, tenant container limits,
+//! networks and GPUs (container-runtime), with their checks.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::Issues;
+use super::registry::RegistryConfig;
+use super::values::{ByteSize, Fraction, InvalidValue, human_duration};
+
+/// `[docker]`: tenant containers (container-runtime).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Docker engine endpoint: `unix:///path/to/docker.sock`.
+    pub socket: String,
+    /// Give tenant containers GPUs. Off by default: no GPU leaves the host unless asked.
+    pub enable_gpu_passthrough: bool,
+    /// Containers running at once; creates past it fail with RESOURCE_EXHAUSTED.
+    pub max_concurrent_containers: u32,
+    pub resource_limits: ResourceLimits,
+    pub network_config: NetworkConfig,
+    pub gpu_config: GpuConfig,
+    pub registry: RegistryConfig,
+    /// How often expired containers (TTL) and leftover networks are reaped.
+    #[serde(with = "human_duration")]
+    pub reap_interval: Duration,
+    /// Host directories tenants may bind-mount (each with what lies below it); empty: no host
+    /// path is ever mounted. `data_dir` and `runtime_dir` are never mountable.
+    pub allowed_host_paths: Vec<PathBuf>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        Self {
+            reap_interval: Duration::from_secs(10),
+            allowed_host_paths: Vec::new(),
+            socket: "unix:///var/run/docker.sock".to_owned(),
+            enable_gpu_passthrough: false,
+            max_concurrent_containers: 10,
+            resource_limits: ResourceLimits::default(),
+            network_config: NetworkConfig::default(),
+            gpu_config: GpuConfig::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+/// `[docker.resource_limits]`: the most any one tenant container gets.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceLimits {
+    /// Memory (and memory + swap, so no swap) per container, bytes.
+    pub memory_bytes: ByteSize,
+    /// CPU cores per container (fractions allowed).
+    pub cpu_cores: f64,
+    /// GPU memory per container, bytes; a container above it is stopped.
+    pub gpu_memory_bytes: ByteSize,
+    /// Read and write bytes/s on the device behind Docker's data root.
+    pub disk_io_bps: u64,
+    /// Bytes/s each way on the container's network interface.
+    pub network_bps: u64,
+}
+
+impl Default for ResourceLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: ByteSize::new(8 << 30),
+            cpu_cores: 4.0,
+            gpu_memory_bytes: ByteSize::new(4 << 30),
+            disk_io_bps: 100 << 20,
+            network_bps: 100 << 20,
+        }
+    }
+}
+
+/// `[docker.network_config]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Each container on its own bridge network.
+    pub enable_isolation: bool,
+    /// Egress to the internet; false makes container networks internal.
+    pub allow_internet: bool,
+    /// DNS servers for containers; empty means Docker's default.
+    pub dns_servers: Vec<IpAddr>,
+    /// With isolation: networks kept made ahead of time so a create need not wait for one
+    /// (about 120 ms each); removed on shutdown. 0 makes each create make its own.
+    pub spare_networks: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { enable_isolation: true, allow_internet: false, dns_servers: Vec::new(), spare_networks: 2 }
+    }
+}
+
+/// `[docker.gpu_config]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GpuConfig {
+    /// GPUs tenants may be given: `"all"`, or a comma-separated list of indices or UUIDs.
+    pub visible_devices: String,
+    /// Share of each GPU's memory a container may use, in (0, 1].
+    pub memory_fraction: Fraction,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        Self { visible_devices: "all".to_owned(), memory_fraction: Fraction::new(1.0) }
+    }
+}
+
+/// Parses `[docker.gpu_config] visible_devices`: `all`, or indices and `GPU-`/`MIG-` UUIDs.
+pub fn parse_visible_devices(value: &str) -> Result<Option<Vec<String>>, InvalidValue> {
+    let value = value.trim();
+    if value == "all" {
+        return Ok(None);
+    }
+    let mut devices = Vec::new();
+    for item in value.split(',').map(str::trim) {
+        let uuid = (item.starts_with("GPU-") || item.starts_with("MIG-"))
+            && item.len() > 4
+            && item[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if !(uuid || (!item.is_empty() && item.parse::<u32>().is_ok())) {
+            return Err(InvalidValue::new(format!(
+                "`{item}` is not a GPU index or UUID (expected `all` or e.g. `0,1` or `GPU-...`)"
+            )));
+        }
+        devices.push(item.to_owned());
+    }
+    Ok(Some(devices))
+}
+
+impl DockerConfig {
+    /// `state_dirs`: `data_dir` and `runtime_dir`, which no host path may overlap.
+    pub(super) fn validate(&self, state_dirs: [&Path; 2], v: &mut Issues) {
+        if !self.socket.starts_with("unix:///") {
+            v.fail("docker.socket", format!("`{}` must be a unix:///path URL", self.socket));
+        }
+        v.range("docker.max_concurrent_containers", self.max_concurrent_containers as f64, 1.0, 10_000.0);
+        if self.reap_interval < Duration::from_millis(100) {
+            v.fail("docker.reap_interval", "must be at least 100ms");
+        }
+        v.range("docker.network_config.spare_networks", self.network_config.spare_networks as f64, 0.0, 16.0);
+        for path in &self.allowed_host_paths {
+            if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                v.fail(
+                    "docker.allowed_host_paths",
+                    format!("`{}` is not an absolute path without `..`", path.display()),
+                );
+            } else if path == Path::new("/") {
+                v.fail("docker.allowed_host_paths", "`/` would give tenants the whole host");
+            } else if state_dirs.iter().any(|p| p.starts_with(path) || path.starts_with(p)) {
+                v.fail(
+                    "docker.allowed_host_paths",
+                    format!("`{}` overlaps data_dir or runtime_dir (the executor's keys and sockets)", path.display()),
+                );
+            }
+        }
+        let r = &self.resource_limits;
+        // Docker refuses less than 6 MiB of memory for a container.
+        v.range("docker.resource_limits.memory_bytes", r.memory_bytes.get() as f64, (6 << 20) as f64, 1e15);
+        v.range("docker.resource_limits.cpu_cores", r.cpu_cores, 0.01, 4096.0);
+        v.range("docker.resource_limits.gpu_memory_bytes", r.gpu_memory_bytes.get() as f64, 1.0, 1e15);
+        v.range("docker.resource_limits.disk_io_bps", r.disk_io_bps as f64, 1024.0, 1e13);
+        v.range("docker.resource_limits.network_bps", r.network_bps as f64, 1024.0, 1e13);
+        if let Err(e) = parse_visible_devices(&self.gpu_config.visible_devices) {
+            v.fail("docker.gpu_config.visible_devices", e);
+        }
+        v.check("docker.gpu_config.memory_fraction", &self.gpu_config.memory_fraction);
+        self.registry.validate(v);
+    }
+}

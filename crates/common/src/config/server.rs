@@ -1,0 +1,92 @@
+//! `[server]`: the public gRPC API and the HTTP health endpoint (executor-api), and their
+//! checks. Its listening ports are checked with the node's other listeners (`Config::listeners`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::Issues;
+use super::values::{HostName, Port, duration_between, human_duration};
+
+/// `[server]`: the public gRPC API and the HTTP health endpoint (executor-api).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the public gRPC API binds to.
+    pub host: IpAddr,
+    /// Port of the public gRPC API.
+    pub port: Port,
+    /// Host name or address miners use to reach this executor (defaults to `host`).
+    pub advertised_host: Option<HostName>,
+    /// Port miners use (defaults to `port`), e.g. behind a load balancer.
+    pub advertised_port: Option<Port>,
+    /// Whether the advertised endpoint speaks TLS (e.g. a TLS-terminating load balancer).
+    pub advertised_tls: bool,
+    /// Hard cap on concurrent connections to the public gRPC API.
+    pub max_connections: u32,
+    /// Port of the HTTP `GET /health` endpoint, bound on `host`.
+    pub health_port: Port,
+    /// Longest a unary call (or a streaming call's first response) may take; past it the
+    /// caller gets DEADLINE_EXCEEDED.
+    #[serde(with = "human_duration")]
+    pub request_timeout: Duration,
+    /// HTTP/2 keep-alive: ping an idle connection this often.
+    #[serde(with = "human_duration")]
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keep-alive: close the connection when a ping is not answered within this.
+    #[serde(with = "human_duration")]
+    pub keepalive_timeout: Duration,
+    /// PEM certificate chain: serve the public gRPC port over TLS (rustls). Needs
+    /// `tls_key_path`; without both the port is plaintext.
+    pub tls_cert_path: Option<PathBuf>,
+    /// PEM private key of `tls_cert_path`.
+    pub tls_key_path: Option<PathBuf>,
+    /// Signed requests are accepted only when their timestamp is within this of the
+    /// executor's clock (either way); each nonce is remembered this long.
+    #[serde(with = "human_duration")]
+    pub auth_time_window: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: Port::new(50051),
+            advertised_host: None,
+            advertised_port: None,
+            advertised_tls: false,
+            max_connections: 1000,
+            health_port: Port::new(50052),
+            request_timeout: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            tls_cert_path: None,
+            tls_key_path: None,
+            auth_time_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Everything but the listening ports.
+    pub(super) fn validate(&self, v: &mut Issues) {
+        v.check("server.advertised_port", &self.advertised_port);
+        v.check("server.advertised_host", &self.advertised_host);
+        v.range("server.max_connections", self.max_connections as f64, 1.0, 1_000_000.0);
+        for (key, value, min, max) in [
+            ("server.request_timeout", self.request_timeout, Duration::from_millis(100), Duration::from_secs(3600)),
+            ("server.keepalive_interval", self.keepalive_interval, Duration::from_secs(1), Duration::from_secs(86_400)),
+            ("server.keepalive_timeout", self.keepalive_timeout, Duration::from_secs(1), Duration::from_secs(3600)),
+            ("server.auth_time_window", self.auth_time_window, Duration::from_secs(1), Duration::from_secs(3600)),
+        ] {
+            v.result(key, duration_between(value, min, max));
+        }
+        match (&self.tls_cert_path, &self.tls_key_path) {
+            (Some(_), None) => v.fail("server.tls_key_path", "required with server.tls_cert_path"),
+            (None, Some(_)) => v.fail("server.tls_cert_path", "required with server.tls_key_path"),
+            _ => {}
+        }
+    }
+}

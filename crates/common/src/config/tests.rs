@@ -1,0 +1,228 @@
+//! The configuration as the operator meets it: the `check_err` table (one bad value per line,
+//! the error naming key, file and what is wrong), defaults, the guide's keys, origins.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+
+fn load(toml: &str) -> (tempfile::TempDir, Result<LoadedConfig, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("executor.toml");
+    std::fs::write(&path, toml).unwrap();
+    let loaded = Config::load_from(&path, false);
+    (dir, loaded)
+}
+
+/// `toml` must fail with one issue whose rendering contains every `expected` fragment.
+fn check_err(toml: &str, expected: &[&str]) {
+    let (dir, loaded) = load(toml);
+    let err = loaded.expect_err(toml).to_string();
+    let file = dir.path().join("executor.toml").display().to_string();
+    assert!(err.contains(&file), "error does not name the file:\n{err}");
+    for fragment in expected {
+        assert!(err.contains(fragment), "expected `{fragment}` in:\n{err}");
+    }
+}
+
+#[test]
+fn bad_values_name_key_and_file() {
+    check_err("unknown = 1", &["key `unknown`", "unknown key"]);
+    check_err("[server]\nprot = 1", &["key `server.prot`", "unknown key", "port"]);
+    check_err("[docker.resource_limits]\nmemroy_bytes = 1", &["key `docker.resource_limits.memroy_bytes`"]);
+    check_err("[server]\nport = \"fifty\"", &["key `server.port`", "fifty"]);
+    check_err("[server]\nport = 70000", &["key `server.port`", "70000"]);
+    check_err("[server]\nport = 0", &["key `server.port`", "not 0"]);
+    check_err("[server]\nport = -1", &["key `server.port`"]);
+    check_err("[server]\nhost = \"localhost:1\"", &["key `server.host`"]);
+    check_err("managing_miner_hotkey = \"5Grw\"", &["key `managing_miner_hotkey`", "decodes to"]);
+    check_err("[system]\nmax_gpu_memory_usage = 120.0", &["key `system.max_gpu_memory_usage`", "out of range"]);
+    check_err("[system]\nupdate_interval = \"soon\"", &["key `system.update_interval`", "not a duration"]);
+    check_err("[docker.gpu_config]\nmemory_fraction = 0.0", &["key `docker.gpu_config.memory_fraction`"]);
+    check_err("[docker.gpu_config]\nmemory_fraction = 1.5", &["(0, 1]"]);
+    check_err("[docker.gpu_config]\nvisible_devices = \"0,x\"", &["key `docker.gpu_config.visible_devices`", "`x`"]);
+    check_err(
+        "[docker.registry]\nallowed_registries = [\"https://docker.io\"]",
+        &["key `docker.registry.allowed_registries`", "not a registry host"],
+    );
+    check_err("[docker.registry]\nallowed_registries = [\"docker.io/library\"]", &["not a registry host"]);
+    check_err("[docker.registry]\nallowed_registries = []", &["at least one"]);
+    // Signatures: keys needed, nothing set that would have no effect, hosts must be allowed.
+    check_err(
+        "[docker.registry]\nverify_signatures = true",
+        &["key `docker.registry.cosign_public_keys`", "at least one key", "`docker.io`"],
+    );
+    check_err(
+        "[docker.registry]\nsignature_mode = \"warn\"",
+        &["key `docker.registry.signature_mode`", "no effect while docker.registry.verify_signatures = false"],
+    );
+    check_err("[docker.registry]\ncosign_public_keys = [\"k.pub\"]", &["key `docker.registry.cosign_public_keys`"]);
+    check_err("[docker.registry]\nsignature_mode = \"block\"", &["signature_mode", "enforce"]);
+    check_err(
+        "[docker.registry.registries.\"ghcr.io\"]\nusername = \"me\"",
+        &["not in docker.registry.allowed_registries", "registries.\"ghcr.io\".password_file`: required"],
+    );
+    check_err("[docker.registry.registries.\"docker.io\"]\ncolour = 1", &["colour"]);
+    check_err("[docker.registry]\npull_timeout = \"0s\"", &["key `docker.registry.pull_timeout`"]);
+    check_err(
+        "[docker.network_config]\ndns_servers = [\"8.8.8\"]",
+        &["key `docker.network_config.dns_servers.0`", "invalid IP"],
+    );
+    check_err("[docker.resource_limits]\ncpu_cores = -1.0", &["key `docker.resource_limits.cpu_cores`"]);
+    check_err("[docker.resource_limits]\nmemory_bytes = 1", &["key `docker.resource_limits.memory_bytes`"]);
+    check_err("[docker]\nmax_concurrent_containers = 0", &["key `docker.max_concurrent_containers`"]);
+    check_err(
+        "[advertised_endpoint]\ngrpc_endpoint = \"ftp://x:1\"",
+        &["key `advertised_endpoint.grpc_endpoint`", "http://"],
+    );
+    check_err("[advertised_endpoint]\nssh_endpoint = \"http://x:22\"", &["ssh://"]);
+    check_err("[advertised_endpoint]\nhealth_endpoint = \"http://bad_host:1/health\"", &["not a host name"]);
+    check_err("[logging]\nformat = \"xml\"", &["key `logging.format`", "xml"]);
+    check_err("[logging]\nlevel = \"info,=[\"", &["key `logging.level`"]);
+    check_err(
+        "[metrics]\nlauncher_port = 9090",
+        &["key `metrics.launcher_port`", "already used by `metrics.executor_api_port`"],
+    );
+    check_err("[server]\nhealth_port = 50051", &["key `server.health_port`", "`server.port`"]);
+    check_err("[validator.access_config.rate_limits]\nssh_requests_per_minute = 0", &["ssh_requests_per_minute"]);
+    check_err("[launcher]\nrestart_backoff_max = \"1ms\"", &["key `launcher.restart_backoff_max`"]);
+    check_err("not toml [", &["executor.toml"]);
+    check_err("[system]\ngpu_backend = \"simulated\"", &["key `system.simulated_gpus_file`: required"]);
+    check_err("[system]\nsimulated_gpus_file = \"x.json\"", &["key `system.simulated_gpus_file`: only used"]);
+    check_err("[system]\ngpu_backend = \"fake\"", &["key `system.gpu_backend`"]);
+    check_err("[system]\ncollector_timeout = \"10s\"", &["key `system.collector_timeout`"]);
+    check_err("[server]\nauth_time_window = \"0s\"", &["key `server.auth_time_window`", "between 1s and 1h"]);
+    check_err("[server]\nrequest_timeout = \"2h\"", &["key `server.request_timeout`"]);
+    check_err("[server]\ntls_cert_path = \"c.pem\"", &["key `server.tls_key_path`: required"]);
+    check_err("[server]\ntls_key_path = \"k.pem\"", &["key `server.tls_cert_path`: required"]);
+}
+
+#[test]
+fn unusable_data_dir_names_the_key() {
+    let (dir, loaded) = load("");
+    let _ = loaded;
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, b"").unwrap();
+    let (_dir2, loaded) = load(&format!("data_dir = \"{}/sub\"", blocker.display()));
+    let err = loaded.unwrap().prepare_dirs().unwrap_err().to_string();
+    assert!(err.contains("key `data_dir`: cannot create"), "{err}");
+}
+
+#[test]
+fn every_issue_is_reported() {
+    let (_dir, loaded) = load("[server]\nport = 0\nhealth_port = 0\n");
+    assert_eq!(loaded.unwrap_err().issues.len(), 2);
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let err = Config::load_from(Path::new("/nonexistent/executor.toml"), false).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/executor.toml") && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn defaults_are_safe_and_miner_hotkey_is_required() {
+    let (_dir, loaded) = load("");
+    let loaded = loaded.unwrap();
+    let c = &loaded.config;
+    assert!(c.managing_miner_hotkey.is_none());
+    assert!(loaded.require_miner_hotkey().unwrap_err().to_string().contains("key `managing_miner_hotkey`: missing"));
+    assert!(c.validator.strict_ssh_restrictions && !c.docker.enable_gpu_passthrough);
+    assert!(!c.docker.network_config.allow_internet && c.docker.network_config.enable_isolation);
+    assert!(c.metrics.host.is_loopback());
+    assert!(loaded.not_yet_enforced().is_empty(), "defaults are not operator settings");
+}
+
+#[test]
+fn parses_the_guide_keys_and_reports_unenforced_ones() {
+    let (dir, loaded) = load(&format!(
+        r#"managing_miner_hotkey = "{ALICE}"
+data_dir = "rel/data"
+[server]
+host = "0.0.0.0"
+port = 50051
+advertised_host = "203.0.113.7"
+advertised_port = 443
+advertised_tls = true
+max_connections = 2000
+[docker]
+enable_gpu_passthrough = true
+max_concurrent_containers = 20
+[docker.resource_limits]
+memory_bytes = 8589934592
+cpu_cores = 4.0
+gpu_memory_bytes = 4294967296
+disk_io_bps = 104857600
+network_bps = 104857600
+[docker.network_config]
+enable_isolation = true
+allow_internet = false
+dns_servers = ["8.8.8.8", "8.8.4.4"]
+[docker.gpu_config]
+visible_devices = "0,1,2,3"
+memory_fraction = 0.8
+[docker.registry]
+url = "docker.io"
+verify_signatures = true
+cosign_public_keys = ["keys/cosign.pub"]
+allowed_registries = ["docker.io", "ghcr.io", "quay.io", "127.0.0.1:5000"]
+[docker.registry.registries."127.0.0.1:5000"]
+signature_mode = "warn"
+username = "ci"
+password_file = "keys/registry-password"
+[system]
+enable_gpu_monitoring = true
+max_gpu_memory_usage = 90.0
+[validator]
+enabled = true
+strict_ssh_restrictions = false
+ssh_port = 22
+[validator.access_config.hotkey_verification]
+enabled = true
+challenge_timeout_seconds = 300
+max_signature_attempts = 3
+[validator.access_config.rate_limits]
+ssh_requests_per_minute = 10
+api_requests_per_minute = 100
+[advertised_endpoint]
+grpc_endpoint = "http://203.0.113.7:50051"
+ssh_endpoint = "ssh://203.0.113.7:22"
+health_endpoint = "http://203.0.113.7:50052/health"
+[launcher]
+shutdown_timeout = "1m 30s"
+"#
+    ));
+    let loaded = loaded.unwrap();
+    let c = &loaded.config;
+    assert_eq!(loaded.require_miner_hotkey().unwrap().as_str(), ALICE);
+    assert!(c.data_dir.is_absolute() && c.data_dir.ends_with("rel/data"));
+    assert_eq!(c.docker.gpu_config.memory_fraction.get(), 0.8);
+    assert_eq!(c.launcher.shutdown_timeout, Duration::from_secs(90));
+    assert_eq!(parse_visible_devices(&c.docker.gpu_config.visible_devices).unwrap().unwrap().len(), 4);
+    let pending = loaded.not_yet_enforced();
+    let file = dir.path().join("executor.toml").display().to_string();
+    assert!(pending.iter().all(|p| p.origin == file));
+    for enforced in ["server.port", "docker.registry.verify_signatures", "advertised_endpoint.grpc_endpoint"] {
+        assert!(!pending.iter().any(|p| p.key == enforced), "{enforced} is enforced");
+    }
+    let registry = &c.docker.registry;
+    assert!(
+        registry.cosign_public_keys[0].is_absolute() && registry.cosign_public_keys[0].ends_with("keys/cosign.pub")
+    );
+    assert_eq!(registry.mode_for("docker.io"), Some(SignatureMode::Enforce));
+    assert_eq!(registry.mode_for("127.0.0.1:5000"), Some(SignatureMode::Warn));
+    assert_eq!(registry.keys_for("127.0.0.1:5000"), registry.cosign_public_keys.as_slice());
+    let local = &registry.registries["127.0.0.1:5000"];
+    assert!(local.password_file.as_ref().unwrap().is_absolute());
+}
+
+#[test]
+fn every_unenforced_key_exists() {
+    let value = serde_json::to_value(Config::default()).unwrap();
+    for (key, _) in NOT_YET_ENFORCED {
+        let found = key.split('.').try_fold(&value, |v, k| v.get(k));
+        assert!(found.is_some(), "{key} is not a config key");
+    }
+}
