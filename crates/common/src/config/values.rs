@@ -235,3 +235,42 @@ pub(crate) mod human_duration {
             .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"500ms\": {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(value: &impl Validate) -> String {
+        value.validate().map_or_else(|e| e.to_string(), |()| String::new())
+    }
+
+    #[test]
+    fn values_check_themselves() {
+        assert_eq!(problem(&Port::new(0)), "must be between 1 and 65535, not 0");
+        assert_eq!(problem(&Port::new(22)), "");
+        assert_eq!(problem(&Percent::new(100.5)), "100.5 is out of range (0 to 100)");
+        assert_eq!(problem(&Percent::new(f64::NAN)), "NaN is out of range (0 to 100)");
+        assert_eq!(problem(&Fraction::new(0.0)), "0 is not in (0, 1]");
+        assert_eq!(problem(&Fraction::new(1.0)), "");
+        assert_eq!(problem(&HostName::new("bad_host".into())), "`bad_host` is not a host name or IP address");
+        assert_eq!(problem(&HostName::new("::1".into())), "");
+        assert_eq!(problem(&RegistryHost::new("127.0.0.1:5000".into())), "");
+        assert!(problem(&RegistryHost::new("ghcr.io:0".into())).contains("is not a registry host"));
+        assert!(problem(&RegistryHost::new("docker.io/library".into())).contains("no scheme or path"));
+        assert_eq!(problem(&None::<Port>), "");
+    }
+
+    #[test]
+    fn values_serialise_as_their_inner_value() {
+        let json = serde_json::json!({"port": 50051, "size": 4096, "host": "h"});
+        #[derive(Deserialize, Serialize)]
+        struct Keys {
+            port: Port,
+            size: ByteSize,
+            host: HostName,
+        }
+        let keys: Keys = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!((keys.port.get(), *keys.size, keys.host.as_str()), (50051, 4096, "h"));
+        assert_eq!(serde_json::to_value(&keys).unwrap(), json);
+    }
+}
