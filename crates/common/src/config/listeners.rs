@@ -17,10 +17,15 @@ use super::values::{Port, Validate};
 pub struct MetricsConfig {
     /// Address every metrics port binds to.
     pub host: IpAddr,
+    /// Metrics port of executor-api.
     pub executor_api_port: Port,
+    /// Metrics port of container-runtime.
     pub container_runtime_port: Port,
+    /// Metrics port of gpu-monitor.
     pub gpu_monitor_port: Port,
+    /// Metrics port of validator-access (bound only when `[validator] enabled`).
     pub validator_access_port: Port,
+    /// Metrics port of the launcher.
     pub launcher_port: Port,
 }
 
