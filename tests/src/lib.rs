@@ -181,7 +181,7 @@ impl Node {
     }
 
     /// The launcher's status, or why there is none.
-    pub async fn status(&self) -> Result<StatusResponse, String> {
+    pub async fn status(&self) -> Result<StatusResponse, NotServing> {
         executor_status(&self.config.runtime_dir()).await
     }
 
@@ -221,8 +221,19 @@ impl Node {
     }
 }
 
+/// Why a server or the launcher did not answer as a test expected.
+#[derive(Debug, thiserror::Error)]
+pub enum NotServing {
+    #[error("{socket} not SERVING within {timeout:?}: {last}")]
+    Health { socket: PathBuf, timeout: Duration, last: String },
+    #[error("launcher status: {0}")]
+    Status(String),
+    #[error("launcher status: no answer within 2 s")]
+    Timeout,
+}
+
 /// Polls the server on `socket` every 2 ms until it reports SERVING.
-pub async fn wait_serving(socket: &Path, timeout: Duration) -> Result<(), String> {
+pub async fn wait_serving(socket: &Path, timeout: Duration) -> Result<(), NotServing> {
     let channel = common::grpc::unix_channel(socket);
     let deadline = Instant::now() + timeout;
     loop {
@@ -231,7 +242,7 @@ pub async fn wait_serving(socket: &Path, timeout: Duration) -> Result<(), String
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{} not SERVING within {timeout:?}: {status:?}", socket.display()));
+            return Err(NotServing::Health { socket: socket.to_owned(), timeout, last: format!("{status:?}") });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -242,7 +253,7 @@ pub fn all_serving(status: &StatusResponse) -> bool {
 }
 
 /// The launcher's status over its control socket.
-pub async fn executor_status(runtime_dir: &Path) -> Result<StatusResponse, String> {
+pub async fn executor_status(runtime_dir: &Path) -> Result<StatusResponse, NotServing> {
     use common::proto::launcher::v1::StatusRequest;
     use common::proto::launcher::v1::launcher_client::LauncherClient;
     let channel = common::grpc::unix_channel(&ServiceName::Launcher.socket(runtime_dir));
@@ -250,8 +261,8 @@ pub async fn executor_status(runtime_dir: &Path) -> Result<StatusResponse, Strin
     let call = client.status(StatusRequest {});
     match tokio::time::timeout(Duration::from_secs(2), call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(status.message().to_owned()),
-        Err(_) => Err("timeout".to_owned()),
+        Ok(Err(status)) => Err(NotServing::Status(status.message().to_owned())),
+        Err(_) => Err(NotServing::Timeout),
     }
 }
 

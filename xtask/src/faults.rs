@@ -218,7 +218,7 @@ async fn hurt(
     for service in ["container-runtime", "gpu-monitor", "validator-access", "executor-api"] {
         let mut times = Vec::new();
         for _ in 0..rounds {
-            let status = node.status().await.map_err(anyhow::Error::msg)?;
+            let status = node.status().await?;
             let pid = status.services.iter().find(|s| s.name == service).context("service")?.pid;
             send_signal(pid, Signal::SIGKILL)?;
             // The launcher notices the death before the next check.
@@ -271,7 +271,7 @@ async fn hurt(
     );
 
     // The grants file torn while validator-access is down.
-    let status = node.status().await.map_err(anyhow::Error::msg)?;
+    let status = node.status().await?;
     let pid = status.services.iter().find(|s| s.name == "validator-access").context("service")?.pid;
     send_signal(pid, Signal::SIGKILL)?;
     std::fs::write(data.join("validator-grants.json"), "[{\"id\": \"g-")?;

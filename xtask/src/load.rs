@@ -160,7 +160,7 @@ pub(crate) async fn load() -> anyhow::Result<()> {
     ensure!(greeted == 10, "expected the burst of 10 to be served, got {greeted}");
 
     // Peak memory of every process of the node.
-    let status = e2e::executor_status(&node.config.runtime_dir()).await.map_err(anyhow::Error::msg)?;
+    let status = e2e::executor_status(&node.config.runtime_dir()).await?;
     let launcher = node.child.id().context("launcher pid")?;
     println!("peak RSS (VmHWM): launcher {} MiB", peak_rss_kib(launcher).unwrap_or(0) / 1024);
     for s in &status.services {

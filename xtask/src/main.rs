@@ -144,9 +144,7 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
             );
         }
         for service in ServiceName::SUPERVISED {
-            wait_serving(&service.socket(&config.runtime_dir()), Duration::from_secs(30))
-                .await
-                .map_err(anyhow::Error::msg)?;
+            wait_serving(&service.socket(&config.runtime_dir()), Duration::from_secs(30)).await?;
         }
         baseline_ms.push(start.elapsed().as_secs_f64() * 1e3);
         for kid in &mut kids {
@@ -340,9 +338,7 @@ async fn bench_monitor() -> anyhow::Result<()> {
         .spawn_supervised()?;
     drain(&mut child);
     let pid = child.id().context("pid")?;
-    wait_serving(&ServiceName::GpuMonitor.socket(&config.runtime_dir()), Duration::from_secs(30))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    wait_serving(&ServiceName::GpuMonitor.socket(&config.runtime_dir()), Duration::from_secs(30)).await?;
     let window = Duration::from_secs(30);
     let (t0, c0) = (Instant::now(), cpu_seconds(pid)?);
     tokio::time::sleep(window).await;
@@ -399,7 +395,7 @@ pub(crate) async fn start_runtime(
         .spawn_supervised()?;
     drain(&mut child);
     let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
-    wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    wait_serving(&socket, Duration::from_secs(30)).await?;
     Ok((child, RuntimeClient::new(common::grpc::unix_channel(&socket))))
 }
 
@@ -536,7 +532,7 @@ async fn bench_ssh() -> anyhow::Result<()> {
         .spawn_supervised()?;
     drain(&mut ours);
     let socket = ServiceName::ValidatorAccess.socket(&config.runtime_dir());
-    wait_serving(&socket, Duration::from_secs(30)).await.map_err(anyhow::Error::msg)?;
+    wait_serving(&socket, Duration::from_secs(30)).await?;
     let mut client = pb::validator_access_client::ValidatorAccessClient::new(common::grpc::unix_channel(&socket));
     let keypair = e2e::keys::sr25519(42);
     let hotkey = e2e::keys::hotkey_of(&keypair);
