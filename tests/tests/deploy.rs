@@ -142,6 +142,12 @@ async fn dist_tarball_is_complete_and_reproducible() {
         let checkout = repo().display().to_string();
         assert!(!bytes.windows(checkout.len()).any(|w| w == checkout.as_bytes()), "{binary} contains {checkout}");
     }
+    // The executor's attestor is the prover only: the validator's `check` is not in it.
+    let check =
+        run(ProcessSpec::new(dir.join("bin/gpu-attestor")).args(["check", "--ssh", "true"]), Duration::from_secs(30))
+            .await;
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    assert!(text(&check).contains("unrecognized subcommand 'check'"), "{}", text(&check));
     let version = run(ProcessSpec::new(dir.join("bin/executor")).arg("--version"), Duration::from_secs(30)).await;
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("executor {}", common::VERSION));
     eprintln!("dist: {name} {} bytes, sha256 {sum}", std::fs::metadata(&first).unwrap().len());

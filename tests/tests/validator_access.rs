@@ -120,7 +120,8 @@ async fn revoke_while_running(client: &mut Client, grant_id: &str, command: &mut
     assert!(ended < Duration::from_secs(2), "session outlived its grant by {ended:?}");
 }
 
-const ATTEST: &str = "gpu-attestor --backend cpu --seed 1 --matrix-dim 16 --num-matrices 2";
+/// What strict mode lets a validator ask besides the challenge: the attestor's facts.
+const INFO: &str = "gpu-attestor info --json";
 
 #[tokio::test]
 async fn granted_keys_run_the_attestor_and_strict_mode_refuses_the_rest() {
@@ -136,18 +137,17 @@ async fn granted_keys_run_the_attestor_and_strict_mode_refuses_the_rest() {
     assert_eq!(grant.validator_hotkey, v.hotkey);
     assert!(grant.ssh_public_key_fingerprint.starts_with("SHA256:"));
 
-    // The attestor, as the guide runs it: the same output as locally.
-    let out = ssh(port, &v.ssh_key, &[], &[ATTEST]).await;
-    let local = ProcessSpec::new(e2e::binary("gpu-attestor"))
-        .args(ATTEST.split_whitespace().skip(1))
-        .output(Duration::from_secs(60), 1 << 20)
-        .await
-        .unwrap();
+    // The attestor's facts, as strict mode allows them: the same as locally.
+    let out = ssh(port, &v.ssh_key, &[], &[INFO]).await;
+    let local = e2e::process::capture(
+        ProcessSpec::new(e2e::binary("gpu-attestor")).args(INFO.split_whitespace().skip(1)),
+        Duration::from_secs(60),
+    )
+    .await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    let checksum = |s: &str| s.lines().find(|l| l.contains("hecksum")).map(str::to_owned);
-    assert!(checksum(&stdout).is_some(), "{stdout}");
-    assert_eq!(checksum(&stdout), checksum(&String::from_utf8_lossy(&local.stdout)));
+    let facts = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap_or_else(|e| panic!("{e}: {s}"));
+    assert_eq!(facts(&stdout), facts(&e2e::process::stdout(&local)));
 
     // The validator's whole check, through our SSH server.
     let ssh_command = format!("ssh {}", ssh_args(port, &v.ssh_key).join(" "));
@@ -262,7 +262,47 @@ async fn granted_keys_run_the_attestor_and_strict_mode_refuses_the_rest() {
     ] {
         assert!(audit.contains(&format!("\"event\":{event}")), "no {event} in the audit log:\n{audit}");
     }
-    assert!(audit.contains("\"command\":\"gpu-attestor --backend cpu --seed 1"), "{audit}");
+    assert!(audit.contains("\"command\":\"gpu-attestor info --json\""), "{audit}");
+}
+
+/// Strict mode is a grammar, not a prefix: the attestor's `check` (which hands `--ssh` to a
+/// shell) and every other subcommand or flag outside `challenge [--backend B] [--timeout D]` and
+/// `info [--json]` are refused, whatever `${IFS}`, `;` or `|` the line carries, and nothing runs.
+#[tokio::test]
+async fn strict_mode_gives_no_shell_through_the_attestor() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let port = config.ports.ssh;
+    let (_service, mut client) = start(&config, &[]).await;
+    let v = validator(config.dir.path(), "validator", 9).await;
+    v.grant(&mut client, 600).await;
+    let marker = std::env::temp_dir().join(format!("basilica-escape-{}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let m = marker.display();
+    let attacks = [
+        format!("gpu-attestor check --ssh=touch${{IFS}}{m}; --matrix-dim 16 --num-matrices 1"),
+        format!("gpu-attestor check --ssh touch${{IFS}}{m}| --matrix-dim 16 --num-matrices 1"),
+        format!("/opt/x/gpu-attestor check --remote-command=x --ssh=touch${{IFS}}{m};"),
+        format!("gpu-attestor --seed 1 --report {m}"),
+        "gpu-attestor verify /etc/shadow".to_owned(),
+        "gpu-attestor challenge --threads 1000000".to_owned(),
+        "gpu-attestor challenge --backend sh".to_owned(),
+        "gpu-attestor info --report x".to_owned(),
+        "nvidia-smi --query-gpu=name;id".to_owned(),
+    ];
+    for attack in &attacks {
+        let out = ssh(port, &v.ssh_key, &[], &[attack]).await;
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(126), "`{attack}` ran: {stdout}{stderr}");
+        assert!(stderr.contains("is not allowed here"), "`{attack}`: {stderr}");
+        assert!(!marker.exists(), "`{attack}` ran a shell on the host: {} exists", marker.display());
+    }
+    // What strict mode is for still runs.
+    let info = ssh(port, &v.ssh_key, &[], &["gpu-attestor info --json"]).await;
+    assert!(info.status.success(), "{:?}", text(&info));
+    assert!(text(&info).0.trim_start().starts_with('{'), "{:?}", text(&info));
 }
 
 #[tokio::test]
@@ -448,14 +488,14 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     let out = loop {
-        let out = ssh_to(&[], &[ATTEST]).await;
+        let out = ssh_to(&[], &[INFO]).await;
         if out.status.success() || Instant::now() > deadline {
             break out;
         }
         tokio::time::sleep(Duration::from_millis(200)).await; // sshd still starting
     };
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success() && stdout.contains("hecksum"), "{stdout}{stderr}");
+    assert!(out.status.success() && stdout.contains("\"host\""), "{stdout}{stderr}");
     let refused = ssh_to(&[], &["cat /etc/shadow"]).await;
     assert_eq!(refused.status.code(), Some(126), "{:?}", text(&refused));
     assert!(text(&refused).1.contains("is not allowed here"));

@@ -38,7 +38,9 @@ pub(crate) async fn run(args: &[String]) -> anyhow::Result<()> {
         Some("--out") => PathBuf::from(args.get(1).context("--out DIR")?),
         Some(other) => bail!("cargo xtask dist: unknown argument `{other}` (usage: cargo xtask dist [--out DIR])"),
     };
-    let mut what = vec!["--bins"];
+    // No default features for the packaged crates: gpu-attestor then leaves out `check`, the
+    // validator's side, which hands `--ssh` to a shell (the other packages have no features).
+    let mut what = vec!["--bins", "--no-default-features"];
     for package in PACKAGES {
         what.extend(["-p", package]);
     }

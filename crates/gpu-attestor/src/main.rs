@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::identity::ExecutorIdentity;
+#[cfg(feature = "validator")]
 use common::process::ProcessSpec;
+#[cfg(feature = "validator")]
 use gpu_attestor::check::{ValidatorSetup, Verdict, run_validator};
 use gpu_attestor::host;
 use gpu_attestor::params::Params;
@@ -45,7 +47,7 @@ struct Work {
     /// `--backend auto|cuda|cpu`.
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
-    /// Worker threads (default: every core).
+    /// Worker threads (default: every core; never more than the cores there are).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -84,7 +86,11 @@ struct RunArgs {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// GPU facts (NVML) and host facts, as JSON.
-    Info,
+    Info {
+        /// JSON (the only format; accepted so scripts can say so).
+        #[arg(long)]
+        json: bool,
+    },
     /// The prover side of the interactive protocol on stdin/stdout (validators run this over SSH).
     Challenge {
         #[command(flatten)]
@@ -100,7 +106,10 @@ enum Command {
         #[arg(value_name = "REPORT")]
         report: PathBuf,
     },
-    /// The validator side: run `gpu-attestor challenge` through SSH, time it, verify it.
+    /// The validator side: run `gpu-attestor challenge` through SSH, time it, verify it. Only
+    /// in validators' builds (the default `validator` feature): the executor's package leaves it
+    /// out, since it hands `--ssh` to a shell.
+    #[cfg(feature = "validator")]
     Check {
         /// How to reach the prover, e.g. "ssh -p 2222 validator@host"; the remote command is appended.
         #[arg(long, value_name = "COMMAND")]
@@ -124,9 +133,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Info) => info(),
+        Some(Command::Info { json: _ }) => info(),
         Some(Command::Challenge { work, identity, timeout }) => challenge(&work, &identity, timeout),
         Some(Command::Verify { report }) => verify_report(&report),
+        #[cfg(feature = "validator")]
         Some(Command::Check { ssh, remote_command, shape, hotkey, timeout, json }) => {
             check(&ssh, &remote_command, shape, hotkey.as_deref(), timeout, json)
         }
@@ -147,7 +157,10 @@ fn main() -> ExitCode {
 
 /// The backend to run, or why there is none.
 fn select_backend(work: &Work) -> anyhow::Result<BackendInfo> {
-    let threads = work.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    // More threads than cores only adds memory and scheduling: clamped, so no caller can size
+    // a prover past the machine.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = work.threads.unwrap_or(cores).clamp(1, cores);
     match work.backend {
         BackendArg::Cpu => Ok(BackendInfo { kind: "cpu".into(), kernel: cpu_kernel().into(), threads: threads as u32 }),
         BackendArg::Auto | BackendArg::Cuda => match host::gpus() {
@@ -298,6 +311,7 @@ fn verify_report(path: &Path) -> anyhow::Result<ExitCode> {
     }
 }
 
+#[cfg(feature = "validator")]
 fn check(
     ssh: &str,
     remote_command: &str,
