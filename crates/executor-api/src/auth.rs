@@ -199,7 +199,7 @@ impl Authenticator {
         Ok(Claim { hotkey, timestamp, nonce: nonce.to_owned(), signature, now })
     }
 
-    /// The signature over the canonical string, then the rate limit and the nonce.
+    /// The signature over the canonical string, then the nonce and the rate limit.
     pub fn verify(&self, method: &str, claim: Claim, message: &[u8]) -> Result<Hotkey, AuthFailure> {
         let canonical = canonical_string(method, claim.timestamp, &claim.nonce, &sha256(message));
         let checked = self.verifier.verify(canonical.as_bytes(), &claim.signature);
@@ -218,13 +218,21 @@ impl Authenticator {
         self.admit(claim, checked)
     }
 
-    /// After the signature: the rate limit, then the nonce.
+    /// After the signature: the nonce, checked and recorded first, so a replayed call is
+    /// refused without spending the miner's rate limit; then the rate limit.
     fn admit(&self, claim: Claim, signature: Result<(), SignatureError>) -> Result<Hotkey, AuthFailure> {
         signature.map_err(|e| {
             AuthFailure::new(Reason::BadSignature, format!("{e} (signed string: method, timestamp, nonce, body hash)"))
         })?;
         let Claim { hotkey, timestamp, nonce, now, .. } = claim;
-        let nonce = nonce.as_str();
+        // Remember the nonce until the timestamp leaves the window.
+        let instant = self.clock.now();
+        let remaining = Duration::from_secs((timestamp + self.window.as_secs()).saturating_sub(now) + 1);
+        let fresh =
+            self.nonces.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce.as_str(), instant, instant + remaining);
+        if !fresh {
+            return Err(AuthFailure::new(Reason::ReplayedNonce, "this nonce was already used"));
+        }
         if let Err(retry) = self.limiter.check(&hotkey) {
             return Err(AuthFailure::new(
                 Reason::RateLimited,
@@ -234,13 +242,6 @@ impl Authenticator {
                     retry.0.as_millis().max(1)
                 ),
             ));
-        }
-        // Remember the nonce until the timestamp leaves the window.
-        let instant = self.clock.now();
-        let remaining = Duration::from_secs((timestamp + self.window.as_secs()).saturating_sub(now) + 1);
-        let fresh = self.nonces.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce, instant, instant + remaining);
-        if !fresh {
-            return Err(AuthFailure::new(Reason::ReplayedNonce, "this nonce was already used"));
         }
         Ok(hotkey)
     }
@@ -353,5 +354,21 @@ mod tests {
         assert_eq!(refused.reason, Reason::RateLimited);
         // Its status (RESOURCE_EXHAUSTED, `rate_limited: ...`) is pinned in the errors module.
         assert!(refused.detail.starts_with("more than 3 calls a minute"), "{refused:?}");
+    }
+
+    /// Issue 17 item 10: a captured call replayed does not spend the miner's rate limit; the
+    /// nonce is checked and recorded before anything is charged.
+    #[test]
+    fn replays_do_not_spend_the_rate_limit() {
+        let (_clock, auth, alice) = setup(2);
+        let now = 1_800_000_000;
+        let captured = sign(&alice, METHOD, b"", now);
+        auth.check(METHOD, &headers(&captured), b"").unwrap();
+        for _ in 0..5 {
+            assert_eq!(reason(auth.check(METHOD, &headers(&captured), b"")), Reason::ReplayedNonce);
+        }
+        // The miner's own next call still has its budget.
+        auth.check(METHOD, &headers(&sign(&alice, METHOD, b"", now)), b"").unwrap();
+        assert_eq!(reason(auth.check(METHOD, &headers(&sign(&alice, METHOD, b"", now)), b"")), Reason::RateLimited);
     }
 }
