@@ -41,8 +41,8 @@ pub enum AccessError {
     KeyEncoding(russh::keys::ssh_key::Error),
     #[error("cannot store the grant: {0}")]
     StoreGrant(GrantError),
-    #[error("cannot store the revocation: {0}")]
-    StoreRevocation(GrantError),
+    #[error("revoked and {closed} session(s) closed, but the revocation cannot be stored: {source}")]
+    StoreRevocation { closed: u32, source: GrantError },
 }
 
 /// What the service is built from.
@@ -193,11 +193,21 @@ impl Access {
     }
 
     /// Revokes grant `id` and ends the sessions that lost their grant; how many.
+    /// Fails closed: when the grants file cannot take the revocation, the grant is revoked in
+    /// memory all the same and its sessions end; the error then says it was not stored.
     pub async fn revoke(&self, id: &str) -> Result<u32, AccessError> {
-        let grant = self.grants.revoke(id).map_err(AccessError::StoreRevocation)?;
+        let (grant, unstored) = match self.grants.revoke(id) {
+            Ok(grant) => (grant, None),
+            Err(unstored) => (unstored.removed.first().cloned(), Some(unstored.source)),
+        };
         let grant = grant.ok_or_else(|| AccessError::NoGrant(id.to_owned()))?;
-        self.audit.record("revoke", json!({"grant_id": grant.id, "hotkey": grant.hotkey}));
-        Ok(self.end_sessions(Ending::GrantRevoked).await)
+        self.audit
+            .record("revoke", json!({"grant_id": grant.id, "hotkey": grant.hotkey, "stored": unstored.is_none()}));
+        let closed = self.end_sessions(Ending::GrantRevoked).await;
+        match unstored {
+            None => Ok(closed),
+            Some(e) => Err(AccessError::StoreRevocation { closed, source: e }),
+        }
     }
 
     /// The grants live now.
@@ -232,7 +242,13 @@ impl Access {
                     self.audit.record("grant_expired", json!({"grant_id": g.id, "hotkey": g.hotkey}));
                 }
             }
-            Err(e) => tracing::error!(error = %e, "cannot expire grants"),
+            // Gone from memory all the same; the file follows at the next write.
+            Err(e) => {
+                for g in &e.removed {
+                    self.audit.record("grant_expired", json!({"grant_id": g.id, "hotkey": g.hotkey, "stored": false}));
+                }
+                tracing::error!(error = %e, "cannot store the expiry of grants");
+            }
         }
         self.end_sessions(Ending::GrantEnded).await;
         metrics::gauge!("executor_validator_access_sessions").set(self.sessions.len() as f64);

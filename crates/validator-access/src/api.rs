@@ -63,9 +63,12 @@ fn refusal(e: ApiError) -> Refusal {
             AccessError::StoreGrant(_) => {
                 Refusal::new(Reason::Storage, "cannot store the grant; see the executor log").with_cause(e)
             }
-            AccessError::StoreRevocation(_) => {
-                Refusal::new(Reason::Storage, "cannot store the revocation; see the executor log").with_cause(e)
-            }
+            // Revoked in memory and its sessions closed (fail closed), but not on disk.
+            AccessError::StoreRevocation { .. } => Refusal::new(
+                Reason::Storage,
+                "the grant is revoked and its sessions closed, but the revocation cannot be stored; see the executor log",
+            )
+            .with_cause(e),
             // Our own failure: the OS gave no randomness for an id.
             AccessError::Randomness(_) => {
                 Refusal::new(Reason::Internal, "no randomness on this node right now; see the executor log")
@@ -210,7 +213,11 @@ mod tests {
         check(access(ChallengeError::Expired.into()), Code::FailedPrecondition, "challenge_id: the challenge expired");
         check(access(AccessError::NoGrant("g-1".into())), Code::NotFound, "grant_id: no grant `g-1`");
         check(access(AccessError::StoreGrant(disk())), Code::Internal, "cannot store the grant");
-        check(access(AccessError::StoreRevocation(disk())), Code::Internal, "cannot store the revocation");
+        check(
+            access(AccessError::StoreRevocation { closed: 1, source: disk() }),
+            Code::Internal,
+            "the grant is revoked",
+        );
         check(access(AccessError::Randomness(getrandom::Error::UNSUPPORTED)), Code::Internal, "no randomness");
         let encoding = AccessError::KeyEncoding(russh::keys::ssh_key::Error::FormatEncoding);
         check(access(encoding), Code::Internal, "ssh_public_key: ");

@@ -42,6 +42,16 @@ pub enum GrantError {
     Corrupt { path: String, backup: String, source: serde_json::Error },
 }
 
+/// Grants removed from memory whose removal could not be written to the grants file: they are
+/// gone for this process (sessions end), but the file still names them until the next write.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct Unstored {
+    pub removed: Vec<GrantRecord>,
+    #[source]
+    pub source: GrantError,
+}
+
 /// Why an SSH public key cannot be granted (the text goes after `ssh_public_key: `).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -164,23 +174,29 @@ impl GrantStore {
     }
 
     /// Removes a grant; None when there is none with that id.
-    pub fn revoke(&self, id: &str) -> Result<Option<GrantRecord>, GrantError> {
+    pub fn revoke(&self, id: &str) -> Result<Option<GrantRecord>, Unstored> {
         self.remove_where(|g| g.id == id).map(|mut v| v.pop())
     }
 
     /// Removes the grants expired at `now`, returning them.
-    pub fn expire(&self, now: i64) -> Result<Vec<GrantRecord>, GrantError> {
+    pub fn expire(&self, now: i64) -> Result<Vec<GrantRecord>, Unstored> {
         self.remove_where(|g| g.expires_at <= now)
     }
 
-    fn remove_where(&self, gone: impl Fn(&GrantRecord) -> bool) -> Result<Vec<GrantRecord>, GrantError> {
+    /// Fails closed: the grants leave memory first, so a disk that cannot take the change never
+    /// keeps a revoked or expired grant live; the error says the file still holds them.
+    fn remove_where(&self, gone: impl Fn(&GrantRecord) -> bool) -> Result<Vec<GrantRecord>, Unstored> {
         let mut grants = self.lock();
         let (removed, kept): (Vec<_>, Vec<_>) = grants.iter().cloned().partition(|g| gone(g));
-        if !removed.is_empty() {
-            self.persist(&kept)?;
-            *grants = kept;
+        if removed.is_empty() {
+            return Ok(removed);
         }
-        Ok(removed)
+        let persisted = self.persist(&kept);
+        *grants = kept;
+        match persisted {
+            Ok(()) => Ok(removed),
+            Err(source) => Err(Unstored { removed, source }),
+        }
     }
 
     /// The grants live at `now`.
@@ -232,6 +248,28 @@ mod tests {
         assert_eq!(again.revoke("g-2").unwrap().map(|g| g.id), Some("g-2".into()));
         assert_eq!(again.revoke("g-2").unwrap(), None);
         assert!(GrantStore::open(dir.path()).unwrap().0.live(0).is_empty());
+    }
+
+    /// Issue 17 item 4: a revocation that cannot be written down (a full or vanished disk)
+    /// still ends the grant in memory, and says it was not stored.
+    #[test]
+    fn a_revocation_that_cannot_be_stored_still_ends_the_grant() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        std::fs::create_dir(&dir).unwrap();
+        let (store, _) = GrantStore::open(&dir).unwrap();
+        store.add(grant("g-1", 200)).unwrap();
+        store.add(grant("g-2", 100)).unwrap();
+        // The data directory becomes a file: every write fails, also for root.
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(&dir, "").unwrap();
+        let unstored = store.revoke("g-1").unwrap_err();
+        assert_eq!(unstored.removed.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), ["g-1"]);
+        assert!(unstored.to_string().contains("validator-grants.json"), "{unstored}");
+        assert!(!store.is_live("g-1", 0), "the revoked grant is still live");
+        let unstored = store.expire(150).unwrap_err();
+        assert_eq!(unstored.removed.len(), 1);
+        assert!(store.live(0).is_empty());
     }
 
     #[test]
