@@ -9,8 +9,9 @@ use common::proto::api::v1 as pb;
 
 use crate::errors::ApiError;
 
-/// Longest attestation run; past it the prover is killed.
-const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(600);
+/// Longest attestation run; past it the prover is killed. RunAttestation has this deadline of
+/// its own instead of `[server] request_timeout` (which bounds reading and authenticating it).
+pub(crate) const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// Attestation sizes accepted from callers (the prover's own limits are wider).
 const MAX_ATTESTATION_DIM: u32 = 4096;
 const MAX_ATTESTATION_MATRICES: u32 = 100_000;
@@ -50,8 +51,8 @@ impl Attestor {
             return Err(invalid("num_matrices", &format!("must be at most {MAX_ATTESTATION_MATRICES}")));
         }
         let backend = if gpus > 0 { "cuda" } else { "cpu" };
-        let dir = tempdir().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
-        let report = dir.join("report.json");
+        let dir = ReportDir::create().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
+        let report = dir.0.join("report.json");
         let spec = ProcessSpec::new(&self.binary)
             .arg("--seed")
             .arg(seed.to_string())
@@ -66,10 +67,15 @@ impl Attestor {
             .arg("--report")
             .arg(&report)
             .arg("--json");
+        // If the caller goes away, this future is dropped: the prover is killed (kill_on_drop)
+        // and the directory removed (the guard), so nothing is left behind.
         let result = spec.output(ATTESTATION_TIMEOUT, 1 << 20).await;
         let text = std::fs::read_to_string(&report);
-        let _ = std::fs::remove_dir_all(&dir);
-        let output = result.map_err(|e| ApiError::Internal(format!("gpu-attestor: {e}")))?;
+        drop(dir);
+        let output = result.map_err(|e| match e {
+            common::process::ProcessError::Timeout { timeout, .. } => ApiError::AttestationTimeout(timeout),
+            e => ApiError::Internal(format!("gpu-attestor: {e}")),
+        })?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() && stderr.contains("no CUDA backend") {
             // A GPU machine with this build: the operator's situation, not a fault.
@@ -88,12 +94,24 @@ impl Attestor {
     }
 }
 
-/// A private directory for one attestation's report.
-fn tempdir() -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let mut raw = [0u8; 8];
-    getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
-    let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    Ok(dir)
+/// A private directory for one attestation's report, removed when dropped: when the run ends,
+/// fails, or its caller goes away.
+#[derive(Debug)]
+struct ReportDir(PathBuf);
+
+impl ReportDir {
+    fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
+        let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for ReportDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -127,6 +127,9 @@ pub enum ApiError {
     /// The call ran past `[server] request_timeout`.
     #[error("no answer within server.request_timeout ({}s)", .0.as_secs_f64())]
     RequestTimeout(Duration),
+    /// The prover ran past RunAttestation's own deadline and was stopped.
+    #[error("gpu-attestor did not finish within {}s and was stopped", .0.as_secs())]
+    AttestationTimeout(Duration),
     /// Our own failure (a child process, a file).
     #[error("{0}")]
     Internal(String),
@@ -148,7 +151,9 @@ impl ApiError {
             ApiError::DockerUnavailable { .. } => {
                 ("the Docker engine", Refusal::new(Reason::PeerUnavailable, self.to_string()))
             }
-            ApiError::RequestTimeout(_) => ("executor-api", Refusal::new(Reason::Timeout, self.to_string())),
+            ApiError::RequestTimeout(_) | ApiError::AttestationTimeout(_) => {
+                ("executor-api", Refusal::new(Reason::Timeout, self.to_string()))
+            }
             ApiError::Internal(_) => ("executor-api", Refusal::new(Reason::Internal, self.to_string())),
         };
         refused(peer, refusal, request_id)

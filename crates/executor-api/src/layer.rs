@@ -43,6 +43,9 @@ pub struct RequestId(pub String);
 
 /// The public API's methods by path, for the `method` label; anything else is `unknown` so
 /// that callers cannot grow the label set.
+/// The call with a deadline of its own, enforced by its handler.
+const ATTESTATION_METHOD: &str = "/executor.api.v1.ExecutorApi/RunAttestation";
+
 const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/Identity",
     "/executor.api.v1.ExecutorApi/DetailedHealth",
@@ -164,32 +167,40 @@ where
         let started = Instant::now();
         let mut request = request;
         request.extensions_mut().insert(RequestId(request_id.clone()));
+        let timed_out = move |request_id: &str| {
+            tracing::info!(?timeout, "call took longer than server.request_timeout");
+            ApiError::RequestTimeout(timeout).into_status(request_id).into_http()
+        };
+        let id = request_id.clone();
         let call = async move {
+            // `request_timeout` covers reading the request and authentication, and the handler
+            // up to its response headers (a stream's messages may come later); RunAttestation's
+            // handler has a deadline of its own (`attest::ATTESTATION_TIMEOUT`).
+            let started = Instant::now();
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
-                match authenticate(&auth, &path, request).await {
-                    Ok(admitted) => request = admitted,
-                    Err(failure) => {
+                match tokio::time::timeout(timeout, authenticate(&auth, &path, request)).await {
+                    Ok(Ok(admitted)) => request = admitted,
+                    Ok(Err(failure)) => {
                         metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
                             .increment(1);
                         tracing::info!(reason = failure.reason.as_str(), detail = %failure.detail, "call refused");
                         return failure.to_status().into_http();
                     }
+                    Err(_) => return timed_out(&id),
                 }
             }
-            let Ok(response) = inner.call(request).await;
-            response
+            if path == ATTESTATION_METHOD {
+                let Ok(response) = inner.call(request).await;
+                return response;
+            }
+            match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), inner.call(request)).await {
+                Ok(Ok(response)) => response,
+                Err(_) => timed_out(&id),
+            }
         };
         Box::pin(
             async move {
-                // The deadline covers reading the request, authentication and the handler up to
-                // its response headers; a stream's messages may come later.
-                let mut response = match tokio::time::timeout(timeout, call).await {
-                    Ok(response) => response,
-                    Err(_) => {
-                        tracing::info!(?timeout, "call took longer than server.request_timeout");
-                        ApiError::RequestTimeout(timeout).into_status(&request_id).into_http()
-                    }
-                };
+                let mut response = call.await;
                 add_request_id(&mut response, &request_id);
                 Ok(MeteredBody::wrap(response, method, started))
             }

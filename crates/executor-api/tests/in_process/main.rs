@@ -12,12 +12,14 @@ mod errors;
 mod fakes;
 mod node;
 
+use std::time::Duration;
+
 use common::proto::access::v1 as access;
 use common::proto::api::v1 as api;
 use common::proto::runtime::v1 as runtime;
 use tokio_stream::StreamExt;
 
-use crate::node::Node;
+use crate::node::{Node, Options};
 
 #[tokio::test]
 async fn identity_health_and_profile() {
@@ -105,6 +107,28 @@ async fn validator_calls_reach_validator_access() {
     let methods: Vec<_> = calls.iter().map(|c| c.split(' ').next().unwrap()).collect();
     assert_eq!(methods, ["RequestChallenge", "Provision", "Revoke", "ListGrants"]);
     assert!(calls[1].contains("ttl_seconds: 60") && calls[2].contains("\"g-1\""), "{calls:?}");
+}
+
+/// Issue 17 item 15: RunAttestation has its own deadline, not `request_timeout`, and its
+/// temporary directory goes whether the run ends, fails or its caller goes away.
+#[tokio::test]
+async fn attestation_outlives_request_timeout_and_leaves_no_directory() {
+    let options =
+        Options { request_timeout: Some(Duration::from_millis(300)), attestor_seconds: 1, ..Options::default() };
+    let node = Node::with(options).await;
+    let report = node.client.run_attestation(api::AttestationRequest::default()).await.unwrap().report_json;
+    assert!(report.contains("\"fake\":true"), "{report}");
+    let dir = node.report_path().parent().unwrap().to_owned();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // A caller that goes away half-way: the prover is stopped and the directory removed.
+    let call = node.client.run_attestation(api::AttestationRequest::default());
+    assert!(tokio::time::timeout(Duration::from_millis(500), call).await.is_err());
+    let dir = node.report_path().parent().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} left behind by a cancelled call", dir.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -27,13 +27,16 @@ const CHECKS_UP: &str = r#"{"name":"docker","status":"pass","detail":"engine 27.
 /// `container-runtime check` on a host whose engine does not answer.
 const CHECKS_DOWN: &str =
     r#"{"name":"docker","status":"fail","detail":"Docker engine at unix:///var/run/docker.sock: connection refused"}"#;
-/// A prover that writes its arguments as its report.
+/// A prover that writes its arguments as its report, after `ATTESTOR_SECONDS` (0 unless a
+/// test asks for a slow one), and says where the report goes in `<bin>/../report-path`.
 const ATTESTOR: &str = r#"#!/bin/sh
 args="$*"
 while [ $# -gt 0 ]; do
   [ "$1" = --report ] && report="$2"
   shift
 done
+printf '%s' "$report" > "$(dirname "$0")/../report-path"
+sleep ATTESTOR_SECONDS
 printf '{"fake":true,"argv":"%s"}' "$args" > "$report"
 "#;
 
@@ -48,11 +51,22 @@ pub(crate) struct Options {
     pub(crate) gpu_monitor: bool,
     /// Whether the Docker engine answers container-runtime's checks.
     pub(crate) docker_up: bool,
+    /// `[server] request_timeout`, when not the default.
+    pub(crate) request_timeout: Option<std::time::Duration>,
+    /// Seconds the fake prover takes.
+    pub(crate) attestor_seconds: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { per_minute: 1000, validator: true, gpu_monitor: true, docker_up: true }
+        Self {
+            per_minute: 1000,
+            validator: true,
+            gpu_monitor: true,
+            docker_up: true,
+            request_timeout: None,
+            attestor_seconds: 0,
+        }
     }
 }
 
@@ -65,7 +79,7 @@ pub(crate) struct Node {
     /// The same connection, for unsigned or hand-signed calls.
     pub(crate) channel: Channel,
     pub(crate) alice: HotkeyPair,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     shutdown: CancellationToken,
 }
 
@@ -80,7 +94,7 @@ impl Node {
         std::fs::create_dir(&bin).unwrap();
         let checks = if options.docker_up { CHECKS_UP } else { CHECKS_DOWN };
         script(&bin.join("container-runtime"), &format!("#!/bin/sh\ncat <<'EOF'\n{checks}\nEOF\n"));
-        script(&bin.join("gpu-attestor"), ATTESTOR);
+        script(&bin.join("gpu-attestor"), &ATTESTOR.replace("ATTESTOR_SECONDS", &options.attestor_seconds.to_string()));
 
         let shutdown = CancellationToken::new();
         let runtime_dir = dir.path().join("run");
@@ -95,6 +109,9 @@ impl Node {
             ..Config::default()
         };
         config.validator.enabled = options.validator;
+        if let Some(timeout) = options.request_timeout {
+            config.server.request_timeout = timeout;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.server.port = addr.port().into();
@@ -115,7 +132,12 @@ impl Node {
 
         let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let client = ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap());
-        Node { fakes, client, channel, alice, _dir: dir, shutdown }
+        Node { fakes, client, channel, alice, dir, shutdown }
+    }
+
+    /// Where the fake prover was told to write its report (the last run's).
+    pub(crate) fn report_path(&self) -> std::path::PathBuf {
+        std::fs::read_to_string(self.dir.path().join("report-path")).unwrap().into()
     }
 
     /// A client of the same node signing with `key`.
