@@ -192,21 +192,18 @@ async fn refusals_timeouts_and_the_guides_health_name() {
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().starts_with("bad_signature:"), "{err:?}");
 
-    // A call past `[server] request_timeout`: DEADLINE_EXCEEDED, and the prover is stopped.
-    let started = std::time::Instant::now();
-    let err = alice
-        .run_attestation(api::AttestationRequest { matrix_dim: 2048, num_matrices: 1000, ..Default::default() })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("server.request_timeout (2s)"), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // RunAttestation is not cut at `[server] request_timeout` (2 s here; issue 17 item 15): a
+    // large run is still going at 3 s. When its caller goes away the prover is stopped.
+    let big = api::AttestationRequest { matrix_dim: 2048, num_matrices: 1000, ..Default::default() };
+    let call = alice.run_attestation(big);
+    assert!(tokio::time::timeout(Duration::from_secs(3), call).await.is_err(), "answered within 3 s");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while prover_running("--matrix-dim 2048").await {
+        assert!(std::time::Instant::now() < deadline, "the prover outlived its cancelled call");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let text = metrics(&node).await;
-    assert!(
-        text.contains(r#"executor_api_requests_total{method="/executor.api.v1.ExecutorApi/RunAttestation",code="DEADLINE_EXCEEDED"} 1"#),
-        "{text}"
-    );
     for reason in ["missing_signature", "hotkey_not_allowed", "bad_signature"] {
         let line = format!("executor_api_auth_failures_total{{reason=\"{reason}\"}}");
         assert!(text.lines().any(|l| l.starts_with(&line) && !l.ends_with(" 0")), "{reason}:\n{text}");
@@ -311,4 +308,10 @@ async fn validate_checks_the_tls_files() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL  tls              key `server.tls_cert_path`/`server.tls_key_path`"), "{text}");
+}
+
+/// Whether a `gpu-attestor` process with `args` in its command line runs.
+async fn prover_running(args: &str) -> bool {
+    let (_, out) = e2e::process::sh("ps", &["-eo", "args"]).await;
+    out.lines().any(|l| l.contains("gpu-attestor") && l.contains(args))
 }

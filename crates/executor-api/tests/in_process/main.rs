@@ -109,6 +109,19 @@ async fn validator_calls_reach_validator_access() {
     assert!(calls[1].contains("ttl_seconds: 60") && calls[2].contains("\"g-1\""), "{calls:?}");
 }
 
+/// Every other call is bounded by `request_timeout`: DEADLINE_EXCEEDED naming the key.
+#[tokio::test]
+async fn a_call_past_request_timeout_is_deadline_exceeded() {
+    let options =
+        Options { request_timeout: Some(Duration::from_millis(300)), checks_seconds: 2, ..Options::default() };
+    let node = Node::with(options).await;
+    let started = std::time::Instant::now();
+    let err = node.client.system_profile().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("server.request_timeout (0.3s)"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
 /// Issue 17 item 15: RunAttestation has its own deadline, not `request_timeout`, and its
 /// temporary directory goes whether the run ends, fails or its caller goes away.
 #[tokio::test]

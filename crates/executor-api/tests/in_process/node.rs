@@ -55,6 +55,8 @@ pub(crate) struct Options {
     pub(crate) request_timeout: Option<std::time::Duration>,
     /// Seconds the fake prover takes.
     pub(crate) attestor_seconds: u32,
+    /// Seconds `container-runtime check` (SystemProfile's Docker facts) takes.
+    pub(crate) checks_seconds: u32,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             docker_up: true,
             request_timeout: None,
             attestor_seconds: 0,
+            checks_seconds: 0,
         }
     }
 }
@@ -93,7 +96,8 @@ impl Node {
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         let checks = if options.docker_up { CHECKS_UP } else { CHECKS_DOWN };
-        script(&bin.join("container-runtime"), &format!("#!/bin/sh\ncat <<'EOF'\n{checks}\nEOF\n"));
+        let pause = options.checks_seconds;
+        script(&bin.join("container-runtime"), &format!("#!/bin/sh\nsleep {pause}\ncat <<'EOF'\n{checks}\nEOF\n"));
         script(&bin.join("gpu-attestor"), &ATTESTOR.replace("ATTESTOR_SECONDS", &options.attestor_seconds.to_string()));
 
         let shutdown = CancellationToken::new();
