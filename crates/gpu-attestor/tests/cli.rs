@@ -53,7 +53,6 @@ async fn no_gpu_and_bad_parameters_are_clear_errors() {
     for (args, expected) in [
         (["--matrix-dim", "17", "--num-matrices", "1"], "m = 17: matrix dimensions must be multiples of 16"),
         (["--matrix-dim", "16", "--num-matrices", "0"], "num-matrices = 0"),
-        (["--matrix-dim", "32768", "--threads", "64"], "memory"),
     ] {
         let mut all = vec!["--seed", "1", "--backend", "cpu"];
         all.extend(args);
@@ -65,6 +64,26 @@ async fn no_gpu_and_bad_parameters_are_clear_errors() {
     }
     let out = run(&[]).await;
     assert_eq!(out.status.code(), Some(2));
+    // `--threads` never sizes a prover past the machine (issue 17 item 1): clamped to the cores,
+    // so the memory check sees the threads that will really run (its refusal is a unit test).
+    let out = run(&[
+        "--seed",
+        "1",
+        "--backend",
+        "cpu",
+        "--matrix-dim",
+        "16",
+        "--num-matrices",
+        "1",
+        "--threads",
+        "100000",
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(json["backend"]["threads"], cores, "{json}");
 }
 
 #[tokio::test]
