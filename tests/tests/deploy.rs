@@ -50,6 +50,13 @@ async fn systemd_unit_verifies() {
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"), "{unit}");
     assert!(unit.contains("ExecStart=/opt/basilica/bin/executor --server --config /opt/basilica/config/executor.toml"));
     assert!(unit.contains("RuntimeDirectory=basilica"));
+    // System-sshd mode writes its authorized_keys file and the gate socket beside it (default
+    // under /etc), which ProtectSystem=full makes read-only unless the unit opens that directory
+    // (issue 17 item 6).
+    let keys = common::config::Config::default().validator.authorized_keys_file;
+    let keys_dir = keys.parent().unwrap().display().to_string();
+    assert!(unit.lines().any(|l| l == format!("ReadWritePaths={keys_dir}")), "{keys_dir} is read-only:\n{unit}");
+    assert!(unit.lines().any(|l| l == format!("ConfigurationDirectory={}", keys_dir.trim_start_matches("/etc/"))));
 
     // A mistyped key is caught by the same check (the test would notice a silent verifier).
     let broken = unit.replace("NoNewPrivileges=", "NoNewPrivilege=");
