@@ -425,9 +425,9 @@ async fn prometheus_scrapes_every_service_with_the_shipped_config() {
         .replace("scrape_interval: 15s", "scrape_interval: 1s")
         .replace("evaluation_interval: 15s", "evaluation_interval: 1s");
     for (i, port) in ports.metrics.iter().enumerate() {
-        local = local.replace(&format!("executor-host:{}", 9090 + i), &format!("127.0.0.1:{port}"));
+        local = local.replace(&format!("\"localhost:{}\"", 9090 + i), &format!("\"127.0.0.1:{port}\""));
     }
-    assert!(!local.contains("\"executor-host:"), "a target of prometheus.yml is not on a known port: {local}");
+    assert!(!local.contains("\"localhost:"), "a target of prometheus.yml is not on a known port: {local}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("prometheus.yml"), &local).unwrap();
     std::fs::copy(deploy.join("alerts.yml"), dir.path().join("alerts.yml")).unwrap();

@@ -63,6 +63,9 @@ fn production_template_sets_every_key_and_refuses_its_placeholders() {
         assert_eq!(loaded.origin(&key), file, "`{key}` is not set in the template");
     }
     assert!(template.contains("\nfile = \"/var/log/basilica/executor.log\""), "the guide's log file");
+    // The metrics ports have no authentication: loopback unless the operator opens them (issue
+    // 17 item 14).
+    assert!(loaded.config.metrics.host.is_loopback(), "metrics on {}", loaded.config.metrics.host);
 }
 
 #[test]
