@@ -49,7 +49,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::Api;
 use crate::auth::Authenticator;
-use crate::probes::Probes;
+use crate::probes::{NodeHealth, Probes};
 
 /// The full name of the public API service.
 pub const GRPC_SERVICE: &str = "executor.api.v1.ExecutorApi";
@@ -143,13 +143,8 @@ impl Service for ExecutorApi {
             executor_id = %self.api.executor_id(),
             "public endpoints listening"
         );
-        let state = Arc::new(HealthState {
-            probes: self.api.probes().clone(),
-            executor_id: self.api.executor_id().to_owned(),
-            config: config.clone(),
-        });
+        let app = health_routes(config, self.api.executor_id().to_owned());
         let grpc = serve_public(self.grpc, self.api, Some(self.auth), &config.server, self.tls, ctx.shutdown.clone());
-        let app = axum::Router::new().route("/health", get(health)).with_state(state);
         let http = axum::serve(self.http, app).with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned());
         let (grpc, http) = tokio::join!(grpc, http);
         grpc?;
@@ -233,11 +228,57 @@ where
     }
 }
 
+/// The HTTP routes of `[server] health_port`: `GET /health` (the node's state, JSON), `GET
+/// /livez` (the process is up) and `GET /readyz` (every service serves and Docker answers).
+pub fn health_routes(config: &Config, executor_id: String) -> axum::Router {
+    let state = Arc::new(HealthState {
+        probes: Probes::new(config),
+        executor_id,
+        config: config.clone(),
+        last: tokio::sync::Mutex::new(None),
+    });
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/livez", get(|| async { "live\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+/// How long one look at the node answers `/health` and `/readyz`: a flood of them costs the
+/// services and the Docker engine one probe a second.
+const HEALTH_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug)]
 struct HealthState {
     probes: Probes,
     executor_id: String,
     config: Config,
+    /// The last probe and when it started; requests that arrive while one runs wait for it.
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, NodeHealth)>>,
+}
+
+impl HealthState {
+    async fn probe(&self) -> NodeHealth {
+        let mut last = self.last.lock().await;
+        if let Some((at, health)) = last.as_ref()
+            && at.elapsed() < HEALTH_CACHE
+        {
+            return health.clone();
+        }
+        let started = tokio::time::Instant::now();
+        let health = self.probes.probe().await;
+        *last = Some((started, health.clone()));
+        health
+    }
+}
+
+/// `GET /readyz`: 200 `ready` when the node serves, 503 `not ready` otherwise.
+async fn ready(axum::extract::State(state): axum::extract::State<Arc<HealthState>>) -> (StatusCode, &'static str) {
+    if state.probe().await.healthy() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
 }
 
 /// `GET /health`: 200 when every service reports SERVING and Docker answers, 503 otherwise;
@@ -245,7 +286,7 @@ struct HealthState {
 async fn health(
     axum::extract::State(state): axum::extract::State<Arc<HealthState>>,
 ) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let health = state.probes.probe().await;
+    let health = state.probe().await;
     let healthy = health.healthy();
     let endpoints = api::advertised(&state.config);
     let body = serde_json::json!({

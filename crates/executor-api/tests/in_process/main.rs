@@ -109,6 +109,26 @@ async fn validator_calls_reach_validator_access() {
     assert!(calls[1].contains("ttl_seconds: 60") && calls[2].contains("\"g-1\""), "{calls:?}");
 }
 
+/// Issue 17 item 11: `GET /health` answers from a probe cached for about a second, so a flood
+/// of it costs the Docker engine one list, not one per request; `/livez` says the process is
+/// up, `/readyz` whether the node serves.
+#[tokio::test]
+async fn health_is_cached_and_livez_readyz_answer() {
+    let node = Node::start().await;
+    let port = node.serve_health().await;
+    node.fakes.runtime.take_calls();
+    let flood: Vec<_> = (0..20).map(|_| tokio::spawn(e2e::http_get(port, "/health"))).collect();
+    for request in flood {
+        let (code, body) = request.await.unwrap().unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    let lists = node.fakes.runtime.take_calls().iter().filter(|c| c.starts_with("List")).count();
+    assert_eq!(lists, 1, "20 requests for /health listed containers {lists} times");
+    assert_eq!(e2e::http_get(port, "/livez").await.unwrap().0, 200);
+    let (code, body) = e2e::http_get(port, "/readyz").await.unwrap();
+    assert_eq!((code, body.trim()), (200, "ready"));
+}
+
 /// Every other call is bounded by `request_timeout`: DEADLINE_EXCEEDED naming the key.
 #[tokio::test]
 async fn a_call_past_request_timeout_is_deadline_exceeded() {

@@ -83,6 +83,7 @@ pub(crate) struct Node {
     pub(crate) channel: Channel,
     pub(crate) alice: HotkeyPair,
     dir: tempfile::TempDir,
+    config: Config,
     shutdown: CancellationToken,
 }
 
@@ -131,12 +132,24 @@ impl Node {
         let auth = Authenticator::new(alice.hotkey().clone(), window, options.per_minute, Arc::new(SystemClock));
         let auth = Some(Arc::new(auth.unwrap()));
         let server = config.server.clone();
+        let node_config = config.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move { executor_api::serve_public(listener, api, auth, &server, None, stop).await });
 
         let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let client = ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap());
-        Node { fakes, client, channel, alice, dir, shutdown }
+        Node { fakes, client, channel, alice, dir, config: node_config, shutdown }
+    }
+
+    /// The HTTP routes of `health_port` (`/health`, `/livez`, `/readyz`) served for this node
+    /// on a 127.0.0.1 port-0 listener; returns the port.
+    pub(crate) async fn serve_health(&self) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = executor_api::health_routes(&self.config, "executor-test".into());
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+        port
     }
 
     /// Where the fake prover was told to write its report (the last run's).
