@@ -29,6 +29,40 @@ fn compile_protos() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("executor_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(out.join("public_descriptor.bin"), public_descriptors(&fds).encode_to_vec())?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
+}
+
+/// What reflection on the public port may describe: the public files, and the files they import
+/// with their services removed (the public API's messages live there, the internal RPCs do not
+/// belong on the network). Files nothing public imports (the launcher's) are left out.
+#[cfg(feature = "service")]
+fn public_descriptors(all: &prost_types::FileDescriptorSet) -> prost_types::FileDescriptorSet {
+    const PUBLIC: [&str; 2] = ["executor/executor_api.proto", "health/v1/health.proto"];
+    let mut needed: Vec<String> = PUBLIC.iter().map(|f| (*f).to_owned()).collect();
+    let mut i = 0;
+    while i < needed.len() {
+        if let Some(file) = all.file.iter().find(|f| f.name() == needed[i]) {
+            for dep in &file.dependency {
+                if !needed.contains(dep) {
+                    needed.push(dep.clone());
+                }
+            }
+        }
+        i += 1;
+    }
+    let file = all
+        .file
+        .iter()
+        .filter(|f| needed.iter().any(|n| n == f.name()))
+        .cloned()
+        .map(|mut f| {
+            if !PUBLIC.contains(&f.name()) {
+                f.service.clear();
+            }
+            f
+        })
+        .collect();
+    prost_types::FileDescriptorSet { file }
 }

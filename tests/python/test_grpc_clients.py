@@ -71,3 +71,30 @@ def test_launcher_status_through_reflection_only(node):
         assert [s.name for s in status.services] == SERVICES[:4]
         assert all(s.state == serving and s.pid > 0 for s in status.services)
         assert status.launcher_pid == node.process.pid
+
+
+def test_the_public_port_shows_no_internal_service(node):
+    """The public API's messages come from the internal files, but reflection on the public port
+    describes only what it serves: the internal services' RPCs are not there (issue 17 item 13)."""
+    with open_channel(f"127.0.0.1:{node.grpc_port}") as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        api = pool.FindServiceByName("executor.api.v1.ExecutorApi")
+        assert "CreateContainer" in [m.name for m in api.methods]
+        # The messages the public API takes and returns resolve...
+        pool.FindMessageTypeByName(api.methods_by_name["CreateContainer"].input_type.full_name)
+        # ...but no internal service can be looked up through the public port.
+        for internal in [
+            "executor.runtime.v1.ContainerRuntime",
+            "executor.gpu.v1.GpuMonitor",
+            "executor.access.v1.ValidatorAccess",
+            "executor.launcher.v1.Launcher",
+        ]:
+            fresh = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+            try:
+                fresh.FindServiceByName(internal)
+            except KeyError:
+                continue
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.NOT_FOUND, e
+                continue
+            raise AssertionError(f"{internal} is described on the public port")

@@ -77,13 +77,25 @@ pub async fn check_health(channel: Channel, service: &str, timeout: Duration) ->
 }
 
 /// The routes every server starts with: `grpc.health.v1.Health` and server reflection (v1 and
-/// v1alpha, since Python clients speak v1alpha) advertising `services` and health.
-/// Returns the health reporter; the caller marks services SERVING when they are.
+/// v1alpha, since Python clients speak v1alpha) advertising `services` and health, describing
+/// every proto of the node. Returns the health reporter; the caller marks services SERVING
+/// when they are.
 pub fn base_routes(services: &[&str]) -> Result<(HealthReporter, Routes), GrpcError> {
+    routes_describing(services, crate::proto::FILE_DESCRIPTOR_SET)
+}
+
+/// As [`base_routes`], for the public port: reflection describes only
+/// [`crate::proto::PUBLIC_FILE_DESCRIPTOR_SET`], so no internal service's RPCs are visible
+/// from the network.
+pub fn public_base_routes(services: &[&str]) -> Result<(HealthReporter, Routes), GrpcError> {
+    routes_describing(services, crate::proto::PUBLIC_FILE_DESCRIPTOR_SET)
+}
+
+fn routes_describing(services: &[&str], descriptors: &'static [u8]) -> Result<(HealthReporter, Routes), GrpcError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let builder = || {
         let mut b = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(descriptors)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")

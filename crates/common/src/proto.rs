@@ -3,6 +3,9 @@
 
 /// Encoded `FileDescriptorSet` of every `.proto` in `proto/`, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/executor_descriptor.bin"));
+/// What reflection on the public port describes: the public API and health files, and the files
+/// they import without their (internal) services.
+pub const PUBLIC_FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/public_descriptor.bin"));
 
 pub mod launcher {
     pub mod v1 {

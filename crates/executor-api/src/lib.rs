@@ -165,7 +165,7 @@ pub async fn serve_public(
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     layer::describe_metrics();
-    let (health, routes) = common::grpc::base_routes(&[GRPC_SERVICE, HEALTH_ALIAS])?;
+    let (health, routes) = common::grpc::public_base_routes(&[GRPC_SERVICE, HEALTH_ALIAS])?;
     let alias = HealthAlias(tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.clone()),
     ));
