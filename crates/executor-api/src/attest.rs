@@ -51,8 +51,13 @@ impl Attestor {
             return Err(invalid("num_matrices", &format!("must be at most {MAX_ATTESTATION_MATRICES}")));
         }
         let backend = if gpus > 0 { "cuda" } else { "cpu" };
-        let dir = ReportDir::create().map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
-        let report = dir.0.join("report.json");
+        // A private (0700) directory, removed when dropped: when the run ends, fails, or its
+        // caller goes away.
+        let dir = tempfile::Builder::new()
+            .prefix("executor-attestation-")
+            .tempdir()
+            .map_err(|e| ApiError::Internal(format!("attestation temp dir: {e}")))?;
+        let report = dir.path().join("report.json");
         let spec = ProcessSpec::new(&self.binary)
             .arg("--seed")
             .arg(seed.to_string())
@@ -91,27 +96,5 @@ impl Attestor {
             )));
         }
         text.map_err(|e| ApiError::Internal(format!("gpu-attestor report: {e}")))
-    }
-}
-
-/// A private directory for one attestation's report, removed when dropped: when the run ends,
-/// fails, or its caller goes away.
-#[derive(Debug)]
-struct ReportDir(PathBuf);
-
-impl ReportDir {
-    fn create() -> std::io::Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).map_err(std::io::Error::other)?;
-        let dir = std::env::temp_dir().join(format!("executor-attestation-{}", hex::encode(raw)));
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for ReportDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

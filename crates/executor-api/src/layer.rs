@@ -41,11 +41,11 @@ pub struct Caller(pub Hotkey);
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// The public API's methods by path, for the `method` label; anything else is `unknown` so
-/// that callers cannot grow the label set.
 /// The call with a deadline of its own, enforced by its handler.
 const ATTESTATION_METHOD: &str = "/executor.api.v1.ExecutorApi/RunAttestation";
 
+/// The public API's methods by path, for the `method` label; anything else is `unknown` so
+/// that callers cannot grow the label set.
 const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/Identity",
     "/executor.api.v1.ExecutorApi/DetailedHealth",
@@ -176,9 +176,9 @@ where
             // `request_timeout` covers reading the request and authentication, and the handler
             // up to its response headers (a stream's messages may come later); RunAttestation's
             // handler has a deadline of its own (`attest::ATTESTATION_TIMEOUT`).
-            let started = Instant::now();
+            let deadline = tokio::time::Instant::now() + timeout;
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
-                match tokio::time::timeout(timeout, authenticate(&auth, &path, request)).await {
+                match tokio::time::timeout_at(deadline, authenticate(&auth, &path, request)).await {
                     Ok(Ok(admitted)) => request = admitted,
                     Ok(Err(failure)) => {
                         metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
@@ -193,7 +193,7 @@ where
                 let Ok(response) = inner.call(request).await;
                 return response;
             }
-            match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), inner.call(request)).await {
+            match tokio::time::timeout_at(deadline, inner.call(request)).await {
                 Ok(Ok(response)) => response,
                 Err(_) => timed_out(&id),
             }

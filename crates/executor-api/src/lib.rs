@@ -143,7 +143,7 @@ impl Service for ExecutorApi {
             executor_id = %self.api.executor_id(),
             "public endpoints listening"
         );
-        let app = health_routes(config, self.api.executor_id().to_owned());
+        let app = health_routes(self.api.probes().clone(), config, self.api.executor_id().to_owned());
         let grpc = serve_public(self.grpc, self.api, Some(self.auth), &config.server, self.tls, ctx.shutdown.clone());
         let http = axum::serve(self.http, app).with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned());
         let (grpc, http) = tokio::join!(grpc, http);
@@ -230,13 +230,9 @@ where
 
 /// The HTTP routes of `[server] health_port`: `GET /health` (the node's state, JSON), `GET
 /// /livez` (the process is up) and `GET /readyz` (every service serves and Docker answers).
-pub fn health_routes(config: &Config, executor_id: String) -> axum::Router {
-    let state = Arc::new(HealthState {
-        probes: Probes::new(config),
-        executor_id,
-        config: config.clone(),
-        last: tokio::sync::Mutex::new(None),
-    });
+pub fn health_routes(probes: Probes, config: &Config, executor_id: String) -> axum::Router {
+    let state =
+        Arc::new(HealthState { probes, executor_id, config: config.clone(), last: tokio::sync::Mutex::new(None) });
     axum::Router::new()
         .route("/health", get(health))
         .route("/livez", get(|| async { "live\n" }))

@@ -146,7 +146,8 @@ impl Node {
     pub(crate) async fn serve_health(&self) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = executor_api::health_routes(&self.config, "executor-test".into());
+        let probes = executor_api::probes::Probes::new(&self.config);
+        let app = executor_api::health_routes(probes, &self.config, "executor-test".into());
         let stop = self.shutdown.clone();
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
         port
