@@ -64,10 +64,7 @@ pub fn allowed_command(line: &str, attestor: &Path, identity: &Path) -> Result<P
     if !allowed {
         return Err(refused());
     }
-    Ok(Planned::plain(words.iter().skip(1).fold(vec![name.to_owned()], |mut argv, a| {
-        argv.push((*a).to_owned());
-        argv
-    })))
+    Ok(Planned::plain(std::iter::once(name).chain(rest.iter().copied()).map(str::to_owned).collect()))
 }
 
 /// The attestor's words after its name: `Some((signs, argv))` for `challenge [--backend B]
