@@ -1,6 +1,7 @@
 //! Pieces every executor process shares and no service logic: the configuration, generated
 //! protobuf types, the executor identity, hotkey verification, logging, metrics, Unix-socket
-//! gRPC helpers, process spawning, time, and the host that runs a service binary.
+//! gRPC helpers, per-peer connection limits, process spawning, time, and the host that runs a
+//! service binary.
 //!
 //! Without the default `service` feature only the identity, hotkeys, processes and time are
 //! built: what the standalone `gpu-attestor` needs.
@@ -18,6 +19,8 @@ pub mod hotkey;
 pub mod identity;
 #[cfg(feature = "service")]
 pub mod metrics;
+#[cfg(feature = "service")]
+pub mod peers;
 pub mod process;
 #[cfg(feature = "service")]
 pub mod proto;
