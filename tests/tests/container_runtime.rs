@@ -323,6 +323,17 @@ async fn the_reaper_removes_expired_containers_and_orphan_networks() {
     let cpu = format!("executor_container_runtime_container_cpu_seconds_total{{container=\"{}\"}} ", keep.id);
     assert!(metrics.contains(&memory) && metrics.contains(&cpu), "{metrics}");
     remove_all(&mut client).await;
+    // Issue 17 item 14: a removed container's series leave at the next round (they stayed at
+    // their last value until the service restarted).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+        if !metrics.contains(&keep.id) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a removed container's series stayed:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

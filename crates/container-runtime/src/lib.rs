@@ -152,14 +152,6 @@ impl Service for ContainerRuntime {
         );
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
         admission::describe_metrics();
-        metrics::describe_gauge!(
-            "executor_container_runtime_container_cpu_seconds_total",
-            "CPU time a running container has used (every reap_interval)."
-        );
-        metrics::describe_gauge!(
-            "executor_container_runtime_container_memory_bytes",
-            "Memory a running container uses (every reap_interval)."
-        );
         metrics::describe_counter!(
             "executor_container_runtime_creates_total",
             "Create requests by result (ok or the gRPC code)."

@@ -93,26 +93,38 @@ pub async fn reap_once(
     Ok(reaped)
 }
 
+/// CPU time of each running container of ours, replaced whole every round.
+static CONTAINER_CPU: common::metrics::Family = common::metrics::Family::counter(
+    "executor_container_runtime_container_cpu_seconds_total",
+    "CPU time a running container has used (every reap_interval).",
+);
+/// Memory of each running container of ours, replaced whole every round.
+static CONTAINER_MEMORY: common::metrics::Family = common::metrics::Family::gauge(
+    "executor_container_runtime_container_memory_bytes",
+    "Memory a running container uses (every reap_interval).",
+);
+
 /// Per-container CPU and memory for Prometheus: one one-shot stats call per running container
 /// of ours (`running`, from the reaper's round, so Docker is listed once a round)
 /// (`executor_container_runtime_container_cpu_seconds_total`,
-/// `executor_container_runtime_container_memory_bytes`, label `container` = our id).
+/// `executor_container_runtime_container_memory_bytes`, label `container` = our id). The
+/// series are exactly this round's: a removed or stopped container's leave the exposition.
 pub async fn container_metrics(engine: &Engine, running: &[String]) -> usize {
     use tokio_stream::StreamExt;
-    let mut n = 0;
+    let (mut cpu, mut memory) = (Vec::new(), Vec::new());
     for id in running {
-        let id = id.clone();
         let options = bollard::query_parameters::StatsOptions { stream: false, one_shot: true };
-        let Some(Ok(stats)) = engine.docker().stats(&id, Some(options)).next().await else { continue };
+        let Some(Ok(stats)) = engine.docker().stats(id, Some(options)).next().await else { continue };
         let cpu_ns = stats.cpu_stats.as_ref().and_then(|c| c.cpu_usage.as_ref()).and_then(|u| u.total_usage);
         if let Some(ns) = cpu_ns {
-            metrics::gauge!("executor_container_runtime_container_cpu_seconds_total", "container" => id.clone())
-                .set(ns as f64 / 1e9);
+            cpu.push((vec![("container", id.clone())], ns as f64 / 1e9));
         }
         if let Some(bytes) = stats.memory_stats.as_ref().and_then(|m| m.usage) {
-            metrics::gauge!("executor_container_runtime_container_memory_bytes", "container" => id).set(bytes as f64);
+            memory.push((vec![("container", id.clone())], bytes as f64));
         }
-        n += 1;
     }
+    let n = cpu.len().max(memory.len());
+    CONTAINER_CPU.replace(cpu);
+    CONTAINER_MEMORY.replace(memory);
     n
 }

@@ -45,7 +45,7 @@ async fn prometheus_text_for_simulated_gpus() {
         gpu_monitor::exporter::describe();
         gpu_monitor::exporter::export(&m.inventory(), &snapshot, &m.processes(), &[]);
     });
-    let text = handle.render();
+    let text = common::metrics::render(&handle);
     // Every series has help text (promtool insists; a real Prometheus test checks it too).
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let name = line.split(['{', ' ']).next().unwrap();
@@ -90,6 +90,44 @@ executor_gpu_memory_alert{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555
     assert_eq!(got, want, "\n{}", gpu0.join("\n"));
     assert!(text.contains("executor_host_memory_used_bytes "), "{text}");
     assert!(text.contains("executor_host_disk_total_bytes{mount=\"/\"}"), "{text}");
+}
+
+/// Issue 17 item 14: the series of a container that has let go of its GPU (removed), and of a
+/// throttle reason that has ended, leave the exposition at the next round; before, they stayed
+/// at their last value until the service restarted.
+#[tokio::test]
+async fn series_of_a_removed_container_and_an_ended_throttle_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gpus.json");
+    write_gpus(&file, 40 << 30, "");
+    let m = monitor(&file, Duration::from_secs(2));
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let (snapshot, _) = m.collect_once().await;
+    let mut rented = (*snapshot).clone();
+    rented.gpus[0].container = "c-gone".to_owned();
+    let process = common::proto::gpu::v1::GpuProcess {
+        pid: 42,
+        gpu_uuid: rented.gpus[0].uuid.clone(),
+        used_memory_bytes: 1 << 30,
+        container: "c-gone".to_owned(),
+    };
+    metrics::with_local_recorder(&recorder, || {
+        gpu_monitor::exporter::export(&m.inventory(), &rented, &[process], &[]);
+    });
+    let text = common::metrics::render(&handle);
+    assert!(text.contains(r#"executor_gpu_container_memory_used_bytes{container="c-gone",uuid="GPU-11111111-2222-3333-4444-555555555555"} 1073741824"#), "{text}");
+    assert!(text.contains(r#"model="Simulated H100",container="c-gone"} 42949672960"#), "{text}");
+    // The container is removed and the GPU no longer throttles.
+    let mut freed = (*snapshot).clone();
+    freed.gpus[0].throttle_reasons.clear();
+    metrics::with_local_recorder(&recorder, || {
+        gpu_monitor::exporter::export(&m.inventory(), &freed, &[], &[]);
+    });
+    let text = common::metrics::render(&handle);
+    assert!(!text.contains("c-gone"), "{text}");
+    assert!(!text.contains("executor_gpu_throttled"), "{text}");
+    assert!(text.contains(r#"executor_gpu_memory_used_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 42949672960"#), "{text}");
 }
 
 #[tokio::test]
