@@ -7,6 +7,7 @@
 //! - [`isa`]: the instruction sets the hot loops are compiled for, chosen at run time; the
 //!   portable scalar path is the reference every other path is tested against.
 //! - [`prove`]: the whole CPU prover for a challenge (every GPU, both phases).
+//! - [`profiles`]: what a claimed GPU must do and in how long (`profiles.json`).
 //!
 //! Everything is integer arithmetic and bit-exact; `tests/python/gpow2_reference.py` is an
 //! independent implementation of the same page that the tests compare with this one.
@@ -18,6 +19,7 @@ mod known_answers;
 pub mod phase_a;
 pub mod phase_b;
 mod philox_x;
+pub mod profiles;
 pub mod prove;
 mod sha256_x;
 mod tile_kernel;
