@@ -43,6 +43,22 @@ impl GpuWork {
         self.items / 16
     }
 
+    /// Refuses work GPOW.md does not allow; `gpu` is its index in the challenge, for the error.
+    pub fn validate(&self, gpu: usize) -> Result<(), ChallengeError> {
+        for (field, value) in [("m", self.m), ("n", self.n), ("k", self.k)] {
+            if !(MIN_DIM..=MAX_DIM).contains(&value) || !value.is_multiple_of(16) {
+                return Err(ChallengeError::Dim { gpu, field, value });
+            }
+        }
+        if !(1..=MAX_COUNT).contains(&self.count) {
+            return Err(ChallengeError::Count { gpu, value: self.count });
+        }
+        if self.items != 0 && (!(MIN_ITEMS..=MAX_ITEMS).contains(&self.items) || !self.items.is_multiple_of(32)) {
+            return Err(ChallengeError::Items { gpu, value: self.items });
+        }
+        Ok(())
+    }
+
     /// Integer operations of phase A (a multiply and an add per term), exact.
     pub fn ops(&self) -> u128 {
         2 * u128::from(self.m) * u128::from(self.n) * u128::from(self.k) * u128::from(self.count)
@@ -102,17 +118,7 @@ impl Challenge {
             return Err(ChallengeError::Gpus(self.gpus.len()));
         }
         for (gpu, w) in self.gpus.iter().enumerate() {
-            for (field, value) in [("m", w.m), ("n", w.n), ("k", w.k)] {
-                if !(MIN_DIM..=MAX_DIM).contains(&value) || value % 16 != 0 {
-                    return Err(ChallengeError::Dim { gpu, field, value });
-                }
-            }
-            if !(1..=MAX_COUNT).contains(&w.count) {
-                return Err(ChallengeError::Count { gpu, value: w.count });
-            }
-            if w.items != 0 && (!(MIN_ITEMS..=MAX_ITEMS).contains(&w.items) || w.items % 32 != 0) {
-                return Err(ChallengeError::Items { gpu, value: w.items });
-            }
+            w.validate(gpu)?;
         }
         Ok(())
     }

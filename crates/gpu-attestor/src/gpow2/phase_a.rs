@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::challenge::{GpuKeys, GpuWork};
+use super::challenge::{ChallengeError, GpuKeys, GpuWork};
 use super::isa::Isa;
 use super::{philox_x, tile_kernel};
 use crate::merkle::{self, Hash};
@@ -34,9 +34,11 @@ pub struct TileIndex {
     pub tj: u32,
 }
 
-/// A tile outside the GPU's work.
+/// A tile outside the GPU's work, or work GPOW.md does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TileError {
+    #[error(transparent)]
+    Work(#[from] ChallengeError),
     #[error("tile p = {value}: the work has {limit} products")]
     Product { value: u32, limit: u32 },
     #[error("tile ti = {value}: the work has {limit} tile rows (m / 16)")]
@@ -92,8 +94,10 @@ pub fn root_of(g: u32, product_roots: &[Hash]) -> Hash {
 
 /// The specification written out: row `i`, block `q` of `A_p` is `Philox(i, q, p, 0; key_A)`,
 /// row `t`, block `tj` of `B_p` is `Philox(t, tj, p, 0; key_B)`, each read as 16 i8; the tile is
-/// the plain triple loop. Slow; the reference the fast paths are tested against.
+/// the plain triple loop. Slow; the reference the fast paths are tested against. The depth is
+/// `k` rounded down to a multiple of 16 (GPoW-2 allows no other).
 pub fn tile_reference(keys: &GpuKeys, k: u32, t: TileIndex) -> Tile {
+    let k = k / 16 * 16;
     let bytes = |words: [u32; 4]| -> Vec<i8> { words.iter().flat_map(|w| w.to_le_bytes()).map(|b| b as i8).collect() };
     let a: Vec<Vec<i8>> = (0..16)
         .map(|r| (0..k / 16).flat_map(|q| bytes(philox4x32_10([16 * t.ti + r, q, t.p, 0], keys.a))).collect())
@@ -108,8 +112,9 @@ pub fn tile_reference(keys: &GpuKeys, k: u32, t: TileIndex) -> Tile {
     tile
 }
 
-/// One tile on `isa`, a chunk of the depth at a time.
-pub fn tile(isa: Isa, keys: &GpuKeys, k: u32, t: TileIndex) -> Tile {
+/// One tile on `isa`, a chunk of the depth at a time; `k` is a validated depth (a multiple of
+/// 16), which [`tiles`] checks for callers outside.
+pub(crate) fn tile(isa: Isa, keys: &GpuKeys, k: u32, t: TileIndex) -> Tile {
     let k = k as usize;
     let mut a = vec![[0u32; 4]; 16 * CHUNK.min(k) / 16];
     let mut b = vec![[0u32; 4]; CHUNK.min(k)];
@@ -127,7 +132,8 @@ pub fn tile(isa: Isa, keys: &GpuKeys, k: u32, t: TileIndex) -> Tile {
     acc
 }
 
-/// The tiles a validator sampled, on `threads` threads; every index is checked first.
+/// The tiles a validator sampled, on `threads` threads; the work and every index are checked
+/// first.
 pub fn tiles(
     isa: Isa,
     keys: &GpuKeys,
@@ -135,6 +141,7 @@ pub fn tiles(
     indices: &[TileIndex],
     threads: usize,
 ) -> Result<Vec<Tile>, TileError> {
+    work.validate(keys.g as usize)?;
     for t in indices {
         t.check(work)?;
     }
@@ -167,7 +174,7 @@ pub(crate) fn parallel_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) 
 }
 
 /// Every tile leaf of product `p`, in the order `ti·(n/16) + tj`, on `threads` threads (split
-/// by 16-row bands).
+/// by 16-row bands). `work` is validated work (the challenge's).
 pub fn product_leaves(isa: Isa, keys: &GpuKeys, work: &GpuWork, p: u32, threads: usize) -> Vec<Hash> {
     let (k, col_blocks, row_bands) = (work.k as usize, (work.n / 16) as usize, (work.m / 16) as usize);
     let lda = k / 16;
@@ -215,7 +222,7 @@ pub struct PhaseA {
 }
 
 /// Phase A of GPU `keys.g` on the CPU: products in parallel when there are at least as many as
-/// threads, otherwise each product's bands in parallel.
+/// threads, otherwise each product's bands in parallel. `work` is validated work.
 pub fn commit(isa: Isa, keys: &GpuKeys, work: &GpuWork, threads: usize) -> PhaseA {
     let threads = threads.max(1);
     let outer = threads.min(work.count as usize);
@@ -349,6 +356,11 @@ mod tests {
         assert_eq!(check(TileIndex { p: 1, ti: 2, tj: 0 }), Err(TileError::Row { value: 2, limit: 2 }));
         assert_eq!(check(TileIndex { p: 1, ti: 1, tj: 3 }), Err(TileError::Column { value: 3, limit: 3 }));
         assert_eq!(check(TileIndex { p: 1, ti: 1, tj: 2 }).unwrap().len(), 2);
+        let shallow = GpuWork { k: 8, ..w };
+        assert_eq!(
+            tiles(Isa::Scalar, &keys, &shallow, &[], 1),
+            Err(TileError::Work(ChallengeError::Dim { gpu: 0, field: "k", value: 8 }))
+        );
         assert_eq!(
             TileError::Column { value: 3, limit: 3 }.to_string(),
             "tile tj = 3: the work has 3 tile columns (n / 16)"

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use super::challenge::{GpuKeys, GpuWork};
+use super::challenge::{ChallengeError, GpuKeys, GpuWork};
 use super::isa::{self, Isa};
 use super::phase_a::parallel_map;
 use super::sha256_x::CacheHasher;
@@ -264,9 +264,11 @@ fn items_into(isa: Isa, keys: &GpuKeys, hasher: &CacheHasher, first: u32, out: &
     }
 }
 
-/// A lane or a work entry that has no phase B.
+/// A lane outside the walk, or work without phase B or that GPOW.md does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LaneError {
+    #[error(transparent)]
+    Work(#[from] ChallengeError),
     #[error("items = 0: this GPU has no phase B")]
     NoPhaseB,
     #[error("lane = {value}: the walk has {limit} lanes (items / 16)")]
@@ -286,7 +288,9 @@ pub struct Dataset {
 
 impl Dataset {
     /// Builds all `work.items` items (`items > 0`, checked by the challenge) on `threads` threads.
+    /// The caller has checked that `items × 64` bytes fit ([`super::prove::memory_needed`]).
     pub fn build(isa: Isa, keys: &GpuKeys, work: &GpuWork, threads: usize) -> Result<Self, LaneError> {
+        work.validate(keys.g as usize)?;
         if work.items == 0 {
             return Err(LaneError::NoPhaseB);
         }
@@ -361,6 +365,7 @@ pub fn replay(
     lanes: &[u32],
     threads: usize,
 ) -> Result<Vec<Cmix>, LaneError> {
+    work.validate(keys.g as usize)?;
     if work.items == 0 {
         return Err(LaneError::NoPhaseB);
     }
@@ -523,6 +528,10 @@ mod tests {
         assert_eq!(replay(Isa::Scalar, &keys, &none, walk_key, &[0], 1), Err(LaneError::NoPhaseB));
         assert_eq!(Dataset::build(Isa::Scalar, &keys, &none, 1), Err(LaneError::NoPhaseB));
         assert_eq!(replay(Isa::Scalar, &keys, &work, walk_key, &[], 1), Ok(vec![]));
+        let odd = GpuWork { items: 48, ..work };
+        let refused = Err(LaneError::Work(ChallengeError::Items { gpu: 0, value: 48 }));
+        assert_eq!(replay(Isa::Scalar, &keys, &odd, walk_key, &[0], 1), refused);
+        assert_eq!(Dataset::build(Isa::Scalar, &keys, &odd, 1).map(|_| ()), refused.map(|_: Vec<Cmix>| ()));
     }
 
     #[test]
