@@ -16,6 +16,7 @@ pub mod challenge;
 pub mod isa;
 #[cfg(test)]
 mod known_answers;
+mod par;
 pub mod phase_a;
 pub mod phase_b;
 mod philox_x;

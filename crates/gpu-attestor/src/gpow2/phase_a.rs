@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::challenge::{ChallengeError, GpuKeys, GpuWork};
 use super::isa::Isa;
+use super::par::{parallel_map, run_workers};
 use super::{philox_x, tile_kernel};
 use crate::merkle::{self, Hash};
 use crate::philox::philox4x32_10;
@@ -148,31 +149,6 @@ pub fn tiles(
     Ok(parallel_map(indices.len(), threads, |i| tile(isa, keys, work.k, indices[i])))
 }
 
-/// `f(0..n)` on up to `threads` scoped threads, results in order.
-pub(crate) fn parallel_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, T)> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads.clamp(1, n.max(1)))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            return mine;
-                        }
-                        mine.push((i, f(i)));
-                    }
-                })
-            })
-            .collect();
-        // A worker that panicked has already printed why; its panic is passed on whole.
-        workers.into_iter().flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-    });
-    done.sort_unstable_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, v)| v).collect()
-}
-
 /// Every tile leaf of product `p`, in the order `ti·(n/16) + tj`, on `threads` threads (split
 /// by 16-row bands). `work` is validated work (the challenge's).
 pub fn product_leaves(isa: Isa, keys: &GpuKeys, work: &GpuWork, p: u32, threads: usize) -> Vec<Hash> {
@@ -185,30 +161,26 @@ pub fn product_leaves(isa: Isa, keys: &GpuKeys, work: &GpuWork, p: u32, threads:
     }
     let leaves = Mutex::new(vec![[0u8; 32]; row_bands * col_blocks]);
     let next = AtomicUsize::new(0);
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, row_bands) {
-            s.spawn(|| {
-                let mut a = vec![[0u32; 4]; 16 * lda];
-                let mut band = Vec::with_capacity(col_blocks);
-                loop {
-                    let ti = next.fetch_add(1, Ordering::Relaxed);
-                    if ti >= row_bands {
-                        break;
-                    }
-                    for (r, row) in a.chunks_exact_mut(lda).enumerate() {
-                        philox_x::run(isa, [(16 * ti + r) as u32, 0, p, 0], 1, keys.a, row);
-                    }
-                    band.clear();
-                    for (tj, block) in b.chunks_exact(k).enumerate() {
-                        let mut acc = [0i32; 256];
-                        tile_kernel::accumulate(isa, &mut acc, &a, lda, block);
-                        let index = TileIndex { p, ti: ti as u32, tj: tj as u32 };
-                        band.push(tile_leaf(keys.g, index, &acc));
-                    }
-                    leaves.lock().unwrap_or_else(|e| e.into_inner())[ti * col_blocks..(ti + 1) * col_blocks]
-                        .copy_from_slice(&band);
-                }
-            });
+    run_workers(threads.min(row_bands), || {
+        let mut a = vec![[0u32; 4]; 16 * lda];
+        let mut band = Vec::with_capacity(col_blocks);
+        loop {
+            let ti = next.fetch_add(1, Ordering::Relaxed);
+            if ti >= row_bands {
+                break;
+            }
+            for (r, row) in a.chunks_exact_mut(lda).enumerate() {
+                philox_x::run(isa, [(16 * ti + r) as u32, 0, p, 0], 1, keys.a, row);
+            }
+            band.clear();
+            for (tj, block) in b.chunks_exact(k).enumerate() {
+                let mut acc = [0i32; 256];
+                tile_kernel::accumulate(isa, &mut acc, &a, lda, block);
+                let index = TileIndex { p, ti: ti as u32, tj: tj as u32 };
+                band.push(tile_leaf(keys.g, index, &acc));
+            }
+            leaves.lock().unwrap_or_else(|e| e.into_inner())[ti * col_blocks..(ti + 1) * col_blocks]
+                .copy_from_slice(&band);
         }
     });
     leaves.into_inner().unwrap_or_else(|e| e.into_inner())

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::challenge::{ChallengeError, GpuKeys, GpuWork};
 use super::isa::{self, Isa};
-use super::phase_a::parallel_map;
+use super::par::{parallel_map, run_workers};
 use super::sha256_x::CacheHasher;
 use super::{fnv, philox_x, pick};
 use crate::merkle::{self, Hash};
@@ -297,15 +297,11 @@ impl Dataset {
         let hasher = CacheHasher::new(&keys.master_g);
         let mut items = vec![[0u32; 16]; work.items as usize];
         let units = Mutex::new(items.chunks_mut(BUILD_UNIT).enumerate());
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(|| {
-                    loop {
-                        let next = units.lock().unwrap_or_else(|e| e.into_inner()).next();
-                        let Some((u, chunk)) = next else { break };
-                        items_into(isa, keys, &hasher, (u * BUILD_UNIT) as u32, chunk);
-                    }
-                });
+        run_workers(threads, || {
+            loop {
+                let next = units.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((u, chunk)) = next else { break };
+                items_into(isa, keys, &hasher, (u * BUILD_UNIT) as u32, chunk);
             }
         });
         Ok(Self { g: keys.g, items })
