@@ -14,7 +14,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2: 8 lanes of 32 bits (Philox, SHA-256, walk), `vpmaddwd` for the GEMM.
     Avx2,
-    /// x86-64 AVX-512 F/BW/VL with VNNI: 16 lanes, `vpdpbusd` for the GEMM.
+    /// x86-64 AVX-512 F/BW/VL/DQ with VNNI: 16 lanes, `vpdpbusd` for the GEMM.
     Avx512,
 }
 
@@ -94,6 +94,7 @@ pub(crate) fn has_avx512() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vnni")
             && has_avx2()
     }
