@@ -313,6 +313,20 @@ mod tests {
         let h100 = ProfilesFile::builtin().unwrap().lookup("NVIDIA H100 80GB HBM3").cloned().unwrap();
         // 2560 products · 1.0995e12 / (1979e12 · 0.6) = 2.3707 s.
         assert_eq!(h100.estimated().phase_a_ms, 2371);
+        // GPOW.md's peaks and bandwidths, where it gives them.
+        let file = ProfilesFile::builtin().unwrap();
+        let figures = |id: &str| {
+            let p = file.profiles.iter().find(|p| p.id == id).unwrap();
+            (p.int8_dense_tops, p.memory_bandwidth_gb_s)
+        };
+        assert_eq!(figures("h100-sxm"), (1979, 3350));
+        assert_eq!(figures("h200"), (1979, 4800));
+        assert_eq!(figures("h100-pcie").0, 1513);
+        assert_eq!(figures("a100-sxm-80gb"), (624, 2000));
+        for id in ["a100-sxm-40gb", "a100-pcie-40gb", "a100-pcie-80gb"] {
+            assert_eq!(figures(id).0, 624, "{id}");
+        }
+        assert_eq!(figures("rtx-4090").0, 660);
     }
 
     #[test]
