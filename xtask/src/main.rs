@@ -20,9 +20,12 @@
 //!   same process with authentication left out.
 //! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
 //!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
-//!   time to verify it and a 4096-dim product.
+//!   time to verify it and a 4096-dim product; then GPoW-2 (see `bench_gpow2.rs`): validator
+//!   time at production size per code path, for one GPU and eight, and the CPU prover's
+//!   throughput against the specification written out.
 
 mod bench_api;
+mod bench_gpow2;
 mod bench_signatures;
 mod config_doc;
 mod dist;
@@ -279,7 +282,7 @@ fn bench_gpow() -> anyhow::Result<()> {
         params.ops() / prove_s / 1e9,
         verify_s * 1e3
     );
-    Ok(())
+    bench_gpow2::run(threads)
 }
 
 /// Reads and drops a child's output so it never blocks on a full pipe.

@@ -83,6 +83,35 @@ struct RunArgs {
     identity: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct Gpow2Args {
+    /// Plain mode: seed N (u64 little-endian, zero-padded), one GPU, zero nonce and keys.
+    #[arg(long, required_unless_present = "challenge")]
+    seed: Option<u64>,
+    /// Plain mode: m = n = k.
+    #[arg(long, default_value_t = 256)]
+    matrix_dim: u32,
+    /// Plain mode: products.
+    #[arg(long, default_value_t = 1000)]
+    num_matrices: u32,
+    /// Plain mode: phase B dataset items (0 = no phase B).
+    #[arg(long, default_value_t = 0)]
+    dataset_items: u64,
+    /// A challenge as JSON (seed, nonce, executor_key, validator_key as hex; gpus as
+    /// {m, n, k, count, items}) instead of plain mode.
+    #[arg(long, value_name = "FILE", conflicts_with = "seed")]
+    challenge: Option<PathBuf>,
+    /// The walk nonce, 64 hex digits (default zeros, as in plain mode).
+    #[arg(long, value_name = "HEX")]
+    walk_nonce: Option<String>,
+    /// Code path: auto, scalar, avx2 or avx512.
+    #[arg(long, default_value = "auto")]
+    isa: String,
+    /// Worker threads (default: every core; never more than the cores there are).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// GPU facts (NVML) and host facts, as JSON.
@@ -101,6 +130,11 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// GPoW-2's CPU reference on a plain-mode or JSON challenge: every key and root, as JSON.
+    /// Hidden: it serves the independent reference tests until `challenge`, `check` and the
+    /// guide's mode switch to GPoW-2.
+    #[command(name = "gpow2-reference", hide = true)]
+    Gpow2Reference(Gpow2Args),
     /// Verify a report: signature, key bindings and the proof.
     Verify {
         #[arg(value_name = "REPORT")]
@@ -136,6 +170,7 @@ fn main() -> ExitCode {
         Some(Command::Info { json: _ }) => info(),
         Some(Command::Challenge { work, identity, timeout }) => challenge(&work, &identity, timeout),
         Some(Command::Verify { report }) => verify_report(&report),
+        Some(Command::Gpow2Reference(args)) => gpow2_reference(&args),
         #[cfg(feature = "validator")]
         Some(Command::Check { ssh, remote_command, shape, hotkey, timeout, json }) => {
             check(&ssh, &remote_command, shape, hotkey.as_deref(), timeout, json)
@@ -283,6 +318,40 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
     // for it, or the deadline would not end the process.
     runtime.shutdown_background();
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A challenge file is a few hundred bytes per GPU.
+const MAX_CHALLENGE_BYTES: u64 = 1 << 20;
+
+fn gpow2_reference(args: &Gpow2Args) -> anyhow::Result<ExitCode> {
+    use gpu_attestor::gpow2::{self, Challenge, Isa};
+    let challenge = match (&args.challenge, args.seed) {
+        (Some(path), _) => {
+            let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+            if size > MAX_CHALLENGE_BYTES {
+                bail!("{}: {size} bytes is larger than any challenge", path.display());
+            }
+            let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+            serde_json::from_slice::<Challenge>(&text)
+                .with_context(|| format!("{}: not a challenge", path.display()))?
+        }
+        (None, Some(seed)) => Challenge::plain(seed, args.matrix_dim, args.num_matrices, args.dataset_items),
+        (None, None) => bail!("--seed or --challenge is required"),
+    };
+    let mut walk_nonce = [0u8; 32];
+    if let Some(text) = &args.walk_nonce {
+        hex::decode_to_slice(text, &mut walk_nonce).context("--walk-nonce: expected 64 hex digits")?;
+    }
+    let isa = Isa::parse(&args.isa).context("--isa")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores).clamp(1, cores);
+    let proof = gpow2::prove::prove(&challenge, &walk_nonce, isa, threads, available_memory())?;
+    let mut out = serde_json::to_value(&proof)?;
+    out["isa"] = serde_json::json!(isa.name());
+    out["checksum"] = serde_json::json!(proof.checksum());
+    out["memory_checksum"] = serde_json::json!(proof.memory_checksum());
+    println!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 
