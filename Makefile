@@ -121,7 +121,7 @@ bench-ssh:
 bench-api:
 	$(CARGO) xtask-release bench-api
 
-## GPoW-1 on the CPU: GEMM throughput, prover and validator times (docs/benchmarks.md).
+## GPoW-1 and the GPoW-2 reference on the CPU: GEMM throughput, prover and validator times, per code path (docs/benchmarks.md).
 bench-gpow:
 	$(CARGO) xtask-release bench-gpow
 
