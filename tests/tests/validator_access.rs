@@ -1,7 +1,9 @@
 //! validator-access as a process, with the distribution's OpenSSH client: grants after a
 //! signed hotkey challenge, the attestor over SSH (and `gpu-attestor check` end to end),
-//! everything strict mode refuses, revocation and expiry ending access, lock-out, the rate
-//! limit, grants across `kill -9` and a torn grants file, system-sshd mode, and the audit log.
+//! everything strict mode refuses, revocation and expiry ending access, every process a command
+//! starts dying with it (cgroups), the limits of a command, a session and a grant, lock-out,
+//! the rate limit, grants across `kill -9` and a torn grants file, system-sshd mode, and the
+//! audit log.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -530,4 +532,290 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
     assert_eq!(ssh_to(&[], &["nproc"]).await.status.code(), Some(255));
     let audit = std::fs::read_to_string(dir.join("data/audit/validator-access.jsonl")).unwrap();
     assert!(audit.contains("\"via\":\"system_sshd\""), "{audit}");
+}
+
+/// Pids of the processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .filter(|pid| e2e::process_alive(*pid))
+        .collect()
+}
+
+/// Polls until a process with command line `argv` runs; its pid.
+async fn wait_for_process(argv: &[&str]) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = pids_running(argv).first() {
+            return *pid;
+        }
+        assert!(Instant::now() < deadline, "`{}` never started", argv.join(" "));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Checks that every process with command line `argv` is gone within a second of `since`
+/// (polled); kills what is left so a failing test leaves nothing behind.
+async fn gone_within_a_second(argv: &[&str], since: Instant, after: &str) {
+    let deadline = since + Duration::from_secs(1);
+    loop {
+        let left = pids_running(argv);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for pid in &left {
+                let _ = common::process::send_signal(*pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            panic!("`{}` (pid {left:?}) outlived {after} by more than a second", argv.join(" "));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A service that runs any command (not strict) with a 2 s `command_timeout`, a validator with
+/// a grant, and a shell line that detaches `sleep SECONDS TAG` (`setsid` and a double fork).
+struct Detaching {
+    config: TestConfig,
+    _service: tokio::process::Child,
+    client: Client,
+    v: Validator,
+    grant: pb::Grant,
+    tag: String,
+}
+
+impl Detaching {
+    async fn start() -> Self {
+        let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+        let env =
+            [("EXECUTOR_VALIDATOR__STRICT_SSH_RESTRICTIONS", "false"), ("EXECUTOR_VALIDATOR__COMMAND_TIMEOUT", "2s")];
+        let (_service, mut client) = start(&config, &env).await;
+        let v = validator(config.dir.path(), "validator", 13).await;
+        let grant = v.grant(&mut client, 600).await;
+        Self { config, _service, client, v, grant, tag: std::process::id().to_string() }
+    }
+
+    /// The shell words that detach `sleep seconds tag`.
+    fn detach(&self, seconds: &str) -> String {
+        format!("setsid sh -c 'sleep {seconds} {} & sleep 1' </dev/null >/dev/null 2>&1 &", self.tag)
+    }
+
+    fn sleeper<'a>(&'a self, seconds: &'a str) -> [&'a str; 3] {
+        ["sleep", seconds, &self.tag]
+    }
+}
+
+/// A validator's command cannot leave processes behind, however they detach (`setsid`, a
+/// double fork): they live in the command's cgroup, which dies whole when the command ends.
+#[tokio::test]
+async fn detached_processes_die_with_their_command() {
+    if !have_ssh() {
+        return;
+    }
+    let d = Detaching::start().await;
+    let out = ssh(d.config.ports.ssh, &d.v.ssh_key, &[], &[&format!("{} sleep 0.5", d.detach("86401"))]).await;
+    assert!(out.status.success(), "{:?}", text(&out));
+    gone_within_a_second(&d.sleeper("86401"), Instant::now(), "its command").await;
+}
+
+/// ...when `command_timeout` kills the command...
+#[tokio::test]
+async fn detached_processes_die_with_the_command_timeout() {
+    if !have_ssh() {
+        return;
+    }
+    let d = Detaching::start().await;
+    let out = ssh(d.config.ports.ssh, &d.v.ssh_key, &[], &[&format!("{} exec sleep 60", d.detach("86402"))]).await;
+    assert_eq!(out.status.code(), Some(124), "{:?}", text(&out));
+    gone_within_a_second(&d.sleeper("86402"), Instant::now(), "command_timeout").await;
+}
+
+/// ...and when the grant is revoked while the command runs.
+#[tokio::test]
+async fn detached_processes_die_with_the_revocation() {
+    if !have_ssh() {
+        return;
+    }
+    let mut d = Detaching::start().await;
+    let mut running = ProcessSpec::new("ssh")
+        .args(ssh_args(d.config.ports.ssh, &d.v.ssh_key))
+        .arg(format!("{} exec sleep 60", d.detach("86403")))
+        .spawn_supervised()
+        .unwrap();
+    wait_for_process(&d.sleeper("86403")).await;
+    let revoked_at = Instant::now();
+    d.client.revoke(pb::RevokeRequest { grant_id: d.grant.grant_id.clone() }).await.unwrap();
+    gone_within_a_second(&d.sleeper("86403"), revoked_at, "the revocation").await;
+    tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
+}
+
+/// An OpenSSH connection that later `ssh -S` clients share (a channel each): the master.
+struct Multiplexed {
+    port: u16,
+    key: PathBuf,
+    control: PathBuf,
+    _master: tokio::process::Child,
+}
+
+impl Multiplexed {
+    async fn connect(port: u16, key: &Path, dir: &Path) -> Self {
+        let control = dir.join(format!("mux-{}", e2e::free_port()));
+        let master = ProcessSpec::new("ssh")
+            .args(["-M", "-N", "-S"])
+            .arg(&control)
+            .args(ssh_args(port, key))
+            .spawn_supervised()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !control.exists() {
+            assert!(Instant::now() < deadline, "the multiplexing master never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { port, key: key.to_owned(), control, _master: master }
+    }
+
+    /// Runs `command` on a new channel of the master's connection. (A refused channel makes
+    /// ssh fall back to a connection of its own: it is pointed at port 1, where nothing
+    /// answers, so a refusal stays one.)
+    fn channel(&self, command: &str) -> tokio::process::Child {
+        let _ = self.port;
+        ProcessSpec::new("ssh")
+            .args(["-o", "ControlMaster=no", "-S"])
+            .arg(&self.control)
+            .args(ssh_args(1, &self.key))
+            .arg(command)
+            .spawn_supervised()
+            .unwrap()
+    }
+}
+
+/// The first line `child` prints on stdout, or None when it ends without one.
+async fn first_line(child: &mut tokio::process::Child) -> Option<String> {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    tokio::time::timeout(Duration::from_secs(20), reader.read_line(&mut line))
+        .await
+        .expect("no line within 20 s")
+        .unwrap();
+    (!line.is_empty()).then(|| line.trim_end().to_owned())
+}
+
+/// What `child` wrote on stderr, once it ended.
+async fn ended_with_stderr(mut child: tokio::process::Child) -> (Option<i32>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.unwrap().unwrap();
+    (status.code(), err)
+}
+
+/// One connection holds at most `max_channels_per_session` channels, and a grant runs at most
+/// `max_commands_per_grant` commands at once, whichever connections they come through.
+#[tokio::test]
+async fn sessions_hold_two_channels_and_grants_run_two_commands() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let port = config.ports.ssh;
+    let (_service, mut client) = start(&config, &[("EXECUTOR_VALIDATOR__STRICT_SSH_RESTRICTIONS", "false")]).await;
+    let v = validator(config.dir.path(), "validator", 14).await;
+    v.grant(&mut client, 600).await;
+    let mux = Multiplexed::connect(port, &v.ssh_key, config.dir.path()).await;
+    let (mut first, mut second) =
+        (mux.channel("echo started; exec sleep 60"), mux.channel("echo started; exec sleep 60"));
+    assert_eq!(first_line(&mut first).await.as_deref(), Some("started"));
+    assert_eq!(first_line(&mut second).await.as_deref(), Some("started"));
+
+    let mut third = mux.channel("echo started; exec sleep 60");
+    let line = first_line(&mut third).await;
+    assert_eq!(line, None, "a third channel of one connection ran a command");
+    let (code, stderr) = ended_with_stderr(third).await;
+    assert_eq!(code, Some(255), "{stderr}");
+    assert!(stderr.contains("refused by peer"), "{stderr}");
+
+    // Another connection of the same grant: its command waits for none of them, it is refused.
+    let out = ssh(port, &v.ssh_key, &[], &["echo started"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(126), "a third command of one grant ran: {stdout}{stderr}");
+    assert!(stderr.contains("max_commands_per_grant"), "{stderr}");
+}
+
+/// One connection runs at most `max_commands_per_session` commands at once, however many
+/// channels it may open.
+#[tokio::test]
+async fn sessions_run_two_commands_however_many_channels_they_hold() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let env = [
+        ("EXECUTOR_VALIDATOR__STRICT_SSH_RESTRICTIONS", "false"),
+        ("EXECUTOR_VALIDATOR__ACCESS_CONFIG__LIMITS__MAX_CHANNELS_PER_SESSION", "3"),
+        ("EXECUTOR_VALIDATOR__ACCESS_CONFIG__LIMITS__MAX_COMMANDS_PER_GRANT", "5"),
+    ];
+    let (_service, mut client) = start(&config, &env).await;
+    let v = validator(config.dir.path(), "validator", 19).await;
+    v.grant(&mut client, 600).await;
+    let mux = Multiplexed::connect(config.ports.ssh, &v.ssh_key, config.dir.path()).await;
+    let (mut first, mut second) =
+        (mux.channel("echo started; exec sleep 60"), mux.channel("echo started; exec sleep 60"));
+    assert_eq!(first_line(&mut first).await.as_deref(), Some("started"));
+    assert_eq!(first_line(&mut second).await.as_deref(), Some("started"));
+    let mut third = mux.channel("echo started; exec sleep 60");
+    assert_eq!(first_line(&mut third).await, None, "a third command of one connection ran");
+    let (code, stderr) = ended_with_stderr(third).await;
+    assert_eq!(code, Some(126), "{stderr}");
+    assert!(stderr.contains("max_commands_per_session"), "{stderr}");
+}
+
+/// A command's memory and processes are capped by its cgroup: a process holding more than
+/// `command_max_memory_bytes` is killed, a fork past `command_max_pids` fails, and the CPU
+/// quota is `command_max_cpus`.
+#[tokio::test]
+async fn commands_are_held_to_their_memory_pids_and_cpu_limits() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let port = config.ports.ssh;
+    let env = [
+        ("EXECUTOR_VALIDATOR__STRICT_SSH_RESTRICTIONS", "false"),
+        ("EXECUTOR_VALIDATOR__COMMAND_MAX_MEMORY_BYTES", "67108864"),
+        ("EXECUTOR_VALIDATOR__COMMAND_MAX_PIDS", "32"),
+        ("EXECUTOR_VALIDATOR__COMMAND_MAX_CPUS", "0.5"),
+    ];
+    let (_service, mut client) = start(&config, &env).await;
+    let v = validator(config.dir.path(), "validator", 15).await;
+    v.grant(&mut client, 600).await;
+
+    // `tail` holds a whole line of 256 MiB of zeros before it prints it.
+    let out = ssh(port, &v.ssh_key, &[], &["head -c 268435456 /dev/zero | tail | wc -c"]).await;
+    let (stdout, stderr) = text(&out);
+    assert_ne!(stdout.trim(), "268435456", "a command held 256 MiB: {stderr}");
+
+    let out = ssh(
+        port,
+        &v.ssh_key,
+        &[],
+        &["n=0; while [ $n -lt 100 ]; do sleep 30 >/dev/null 2>&1 & n=$((n+1)); done; echo $n"],
+    )
+    .await;
+    let (stdout, stderr) = text(&out);
+    assert_ne!(stdout.trim(), "100", "a command started 100 processes: {stderr}");
+    assert!(stderr.contains("fork"), "{stdout}{stderr}");
+
+    let quota = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/cpu.max"
+    } else {
+        "cat /sys/fs/cgroup/cpu$(grep :cpu: /proc/self/cgroup | cut -d: -f3)/cpu.cfs_quota_us"
+    };
+    let out = ssh(port, &v.ssh_key, &[], &[quota]).await;
+    let (stdout, stderr) = text(&out);
+    assert!(["50000 100000", "50000"].contains(&stdout.trim()), "cpu quota {stdout}{stderr}");
 }

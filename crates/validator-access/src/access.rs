@@ -9,18 +9,19 @@ use std::time::Duration;
 
 use common::audit::Audit;
 use common::clock::Clock;
-use common::config::ValidatorConfig;
+use common::config::{AccessLimits, ValidatorConfig};
 use common::hotkey::Hotkey;
 use russh::keys::PublicKey;
 use serde_json::json;
 
 use crate::admission::Admission;
+use crate::cgroup::Cgroups;
 use crate::challenge::{ChallengeError, Challenges};
 use crate::command::{CommandUser, Runner};
 use crate::grammar::CommandGrammar;
 use crate::grants::{GrantError, GrantRecord, GrantStore, fingerprint};
 use crate::principal::Principal;
-use crate::sessions::{Ending, SessionView, Sessions};
+use crate::sessions::{CommandLimits, Ending, SessionView, Sessions};
 use crate::time::now;
 
 /// Why a call on the domain is refused or failed. The text is for logs; the gRPC API words
@@ -59,6 +60,8 @@ pub struct AccessSetup {
     pub identity_key: PathBuf,
     /// `allowed_source_addresses`, parsed; empty: any.
     pub sources: Vec<(IpAddr, u8)>,
+    /// Where commands run (set up at start).
+    pub cgroups: Arc<Cgroups>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -85,6 +88,7 @@ pub struct Provision {
 #[derive(Debug)]
 pub struct Access {
     max_grant_ttl: Duration,
+    limits: AccessLimits,
     verify_hotkeys: bool,
     grants: Arc<GrantStore>,
     challenges: Challenges,
@@ -103,13 +107,28 @@ fn random<const N: usize>() -> Result<[u8; N], AccessError> {
 
 impl Access {
     pub fn new(setup: AccessSetup) -> Self {
-        let AccessSetup { config: v, executor_id, grants, audit, user, attestor, identity_key, sources, clock } = setup;
+        let AccessSetup {
+            config: v,
+            executor_id,
+            grants,
+            audit,
+            user,
+            attestor,
+            identity_key,
+            sources,
+            cgroups,
+            clock,
+        } = setup;
         let hv = &v.access_config.hotkey_verification;
         let per_minute = v.access_config.rate_limits.ssh_requests_per_minute;
+        let limits = &v.access_config.limits;
+        let commands =
+            CommandLimits { per_session: limits.max_commands_per_session, per_grant: limits.max_commands_per_grant };
         let audit = Arc::new(audit);
         let grants = Arc::new(grants);
         Self {
             max_grant_ttl: v.max_grant_ttl,
+            limits: v.access_config.limits.clone(),
             verify_hotkeys: hv.enabled,
             challenges: Challenges::new(
                 &executor_id,
@@ -117,13 +136,18 @@ impl Access {
                 hv.max_signature_attempts,
                 clock.clone(),
             ),
-            sessions: Sessions::new(audit.clone()),
+            sessions: Sessions::new(commands, audit.clone()),
             admission: Admission::new(grants.clone(), sources, per_minute, clock, audit.clone()),
             grammar: CommandGrammar::new(v.strict_ssh_restrictions, attestor, identity_key),
-            runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), audit.clone()),
+            runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), cgroups, audit.clone()),
             grants,
             audit,
         }
+    }
+
+    /// `[validator.access_config.limits]`.
+    pub fn limits(&self) -> &AccessLimits {
+        &self.limits
     }
 
     pub fn audit(&self) -> &Audit {
@@ -207,6 +231,15 @@ impl Access {
         match unstored {
             None => Ok(closed),
             Some(e) => Err(AccessError::StoreRevocation { closed, source: e }),
+        }
+    }
+
+    /// Whether `principal`'s grant is still live: checked again at each request to run
+    /// something, so a grant that ended between two requests of one connection runs nothing
+    /// more (the reaper closes the connection within 500 ms; this closes the gap).
+    pub fn still_admitted(&self, principal: &Principal) -> bool {
+        match principal {
+            Principal::Validator(g) => self.grants.is_live(&g.id, now()),
         }
     }
 

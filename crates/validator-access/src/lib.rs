@@ -12,7 +12,7 @@
 //! ([`common::audit`]).
 //!
 //! Layers, each module importing only modules of the lines above it:
-//! - `time`, `challenge`, `grammar`: nothing of this crate;
+//! - `time`, `challenge`, `grammar`, `cgroup`: nothing of this crate;
 //! - `grants` (time); `principal` (grants); `sessions` (principal);
 //! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
 //! - `access` (all of the above);
@@ -22,6 +22,7 @@
 pub mod access;
 pub mod admission;
 pub mod api;
+pub mod cgroup;
 pub mod challenge;
 pub mod command;
 pub mod front;
@@ -64,6 +65,12 @@ pub enum SetupError {
     KeysDir { dir: PathBuf, source: std::io::Error },
     #[error("validator.authorized_keys_file: cannot listen on {socket}: {source}")]
     GateSocket { socket: PathBuf, source: std::io::Error },
+    /// Validator commands never run unconfined: no cgroups, no service (`[validator] enabled =
+    /// false` turns validator access off instead).
+    #[error(
+        "validator commands need cgroups and cannot have them: {0}. Run the node as root with the cgroup hierarchy writable (systemd: the shipped unit's Delegate=yes; Docker: privileged), or set [validator] enabled = false"
+    )]
+    Cgroups(cgroup::CgroupError),
 }
 
 /// Where validators come in.
@@ -80,6 +87,8 @@ enum Front {
 pub struct ValidatorAccess {
     api: api::Api,
     front: Front,
+    /// The cgroups of validator commands, closed (every command killed) at shutdown.
+    cgroups: Arc<cgroup::Cgroups>,
     /// `allowed_source_addresses` as configured, for the `authorized_keys` file.
     sources: Vec<String>,
 }
@@ -100,7 +109,11 @@ impl Service for ValidatorAccess {
             } else {
                 Check::fail("setpriv", "missing: validator commands cannot drop privileges (install util-linux)")
             };
-        vec![user, setpriv]
+        let cgroups = match cgroup::Hierarchy::of_this_process().and_then(|h| h.probe()) {
+            Ok(found) => Check::pass("cgroups for validator commands", found),
+            Err(e) => Check::fail("cgroups for validator commands", SetupError::Cgroups(e).to_string()),
+        };
+        vec![user, setpriv, cgroups]
     }
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
@@ -119,6 +132,13 @@ impl Service for ValidatorAccess {
                 serde_json::json!({"moved_to": moved_to.display().to_string(), "grants": grants}),
             );
         }
+        let limits = cgroup::Limits {
+            memory_bytes: v.command_max_memory_bytes.get(),
+            pids: v.command_max_pids,
+            cpus: v.command_max_cpus,
+        };
+        let cgroups =
+            Arc::new(cgroup::Cgroups::for_this_process(&identity.executor_id(), limits).map_err(SetupError::Cgroups)?);
         let sources = v
             .allowed_source_addresses
             .iter()
@@ -134,6 +154,7 @@ impl Service for ValidatorAccess {
             attestor,
             identity_key: config.data_dir.join(common::identity::IDENTITY_FILE),
             sources,
+            cgroups: cgroups.clone(),
             clock: Arc::new(common::clock::SystemClock),
         });
         let host = config.server.host;
@@ -172,7 +193,12 @@ impl Service for ValidatorAccess {
                 v.ssh_port
             ),
         };
-        Ok(Self { api: api::Api::new(Arc::new(access), ssh_endpoint), front, sources: v.allowed_source_addresses })
+        Ok(Self {
+            api: api::Api::new(Arc::new(access), ssh_endpoint),
+            front,
+            cgroups,
+            sources: v.allowed_source_addresses,
+        })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
@@ -210,6 +236,12 @@ impl Service for ValidatorAccess {
             }
         }
         let _ = server.await;
+        let cgroups = self.cgroups.clone();
+        match tokio::task::spawn_blocking(move || cgroups.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
+            Err(e) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
+        }
         Ok(())
     }
 }

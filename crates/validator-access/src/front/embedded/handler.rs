@@ -1,8 +1,10 @@
 //! One connection to the embedded server: the russh handler. Authentication asks admission;
-//! a session is registered once authenticated; shell and exec requests go through the grammar
-//! and the runner; everything else (PTY, environment, agent, X11, forwarding) is refused.
+//! a session is registered once authenticated; at most `max_channels_per_session` channels,
+//! one command each; shell and exec requests check the grant again, then go through the
+//! grammar and the runner; everything else (PTY, environment, agent, X11, forwarding) is
+//! refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -46,12 +48,27 @@ pub(super) struct Conn {
     peer: SocketAddr,
     session_id: String,
     principal: Option<Principal>,
+    /// `max_channels_per_session`.
+    max_channels: usize,
+    /// The channels open now.
+    channels: HashSet<ChannelId>,
+    /// The channels that ran a command (one each).
+    used: HashSet<ChannelId>,
     stdin: HashMap<ChannelId, mpsc::Sender<Vec<u8>>>,
 }
 
 impl Conn {
-    pub(super) fn new(access: Arc<Access>, peer: SocketAddr) -> Self {
-        Self { access, peer, session_id: new_session_id(), principal: None, stdin: HashMap::new() }
+    pub(super) fn new(access: Arc<Access>, peer: SocketAddr, max_channels: usize) -> Self {
+        Self {
+            access,
+            peer,
+            session_id: new_session_id(),
+            principal: None,
+            max_channels,
+            channels: HashSet::new(),
+            used: HashSet::new(),
+            stdin: HashMap::new(),
+        }
     }
 
     pub(super) fn session_id(&self) -> &str {
@@ -98,9 +115,32 @@ impl Conn {
         });
     }
 
+    /// Why a shell or exec request on `channel` may not run anything, if so: the grant ended
+    /// since login, or the channel ran a command already.
+    fn may_not_run(&self, channel: ChannelId) -> Option<(&'static str, &'static str)> {
+        if !self.principal.as_ref().is_some_and(|p| self.access.still_admitted(p)) {
+            return Some(("grant_ended", "the grant of this session has ended"));
+        }
+        if self.used.contains(&channel) {
+            return Some(("second_command", "one command per channel"));
+        }
+        None
+    }
+
     /// Refuses a command line: the reason on stderr, exit status 126.
     fn refuse_command(&self, channel: ChannelId, why: &str, session: &mut SshSession) -> Result<(), russh::Error> {
-        self.refuse("command");
+        self.refuse_command_as("command", channel, why, session)
+    }
+
+    /// [`Self::refuse_command`], audited as `what`.
+    fn refuse_command_as(
+        &self,
+        what: &str,
+        channel: ChannelId,
+        why: &str,
+        session: &mut SshSession,
+    ) -> Result<(), russh::Error> {
+        self.refuse(what);
         session.channel_success(channel)?;
         session.extended_data(channel, 1, format!("executor: {why}\n").into_bytes())?;
         session.exit_status_request(channel, 126)?;
@@ -154,11 +194,24 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        if self.channels.len() >= self.max_channels {
+            self.refuse("channel");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id());
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut SshSession) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        self.used.remove(&channel);
+        self.stdin.remove(&channel);
         Ok(())
     }
 
@@ -245,9 +298,13 @@ impl russh::server::Handler for Conn {
     }
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut SshSession) -> Result<(), Self::Error> {
+        if let Some((what, why)) = self.may_not_run(channel) {
+            return self.refuse_command_as(what, channel, why, session);
+        }
         match self.access.grammar().plan("") {
             Ok(planned) => {
                 session.channel_success(channel)?;
+                self.used.insert(channel);
                 self.spawn(channel, planned, "sh", session);
                 Ok(())
             }
@@ -265,10 +322,14 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        if let Some((what, why)) = self.may_not_run(channel) {
+            return self.refuse_command_as(what, channel, why, session);
+        }
         let line = String::from_utf8_lossy(data).into_owned();
         match self.access.grammar().plan(&line) {
             Ok(planned) => {
                 session.channel_success(channel)?;
+                self.used.insert(channel);
                 self.spawn(channel, planned, &line, session);
                 Ok(())
             }

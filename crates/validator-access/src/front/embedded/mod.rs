@@ -93,7 +93,7 @@ pub async fn serve(
             continue;
         }
         metrics::counter!("executor_validator_access_connections_total").increment(1);
-        let conn = handler::Conn::new(access.clone(), peer);
+        let conn = handler::Conn::new(access.clone(), peer, access.limits().max_channels_per_session as usize);
         let config = config.clone();
         let access = access.clone();
         tokio::spawn(async move {
