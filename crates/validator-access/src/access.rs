@@ -97,6 +97,9 @@ pub struct Access {
     admission: Admission,
     grammar: CommandGrammar,
     runner: Runner,
+    /// Held while a revocation or the reaper removes grants and ends their sessions, so one
+    /// never ends the other's sessions (a revocation counts and audits exactly its own).
+    ending: tokio::sync::Mutex<()>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], AccessError> {
@@ -142,6 +145,7 @@ impl Access {
             runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), cgroups, audit.clone()),
             grants,
             audit,
+            ending: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -220,6 +224,7 @@ impl Access {
     /// Fails closed: when the grants file cannot take the revocation, the grant is revoked in
     /// memory all the same and its sessions end; the error then says it was not stored.
     pub async fn revoke(&self, id: &str) -> Result<u32, AccessError> {
+        let _ending = self.ending.lock().await;
         let (grant, unstored) = match self.grants.revoke(id) {
             Ok(grant) => (grant, None),
             Err(unstored) => (unstored.removed.first().cloned(), Some(unstored.source)),
@@ -269,6 +274,7 @@ impl Access {
 
     /// Expires grants past their time and closes their sessions (every 500 ms).
     pub async fn reap(&self) {
+        let _ending = self.ending.lock().await;
         match self.grants.expire(now()) {
             Ok(expired) => {
                 for g in &expired {
