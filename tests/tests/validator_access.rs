@@ -62,9 +62,13 @@ impl Validator {
         e2e::keys::sign(&self.keypair, message)
     }
 
+    /// A challenge for this validator's hotkey and SSH key, for grants of up to `ttl_seconds`.
+    fn challenge_request(&self, ttl_seconds: u64) -> pb::ChallengeRequest {
+        pb::ChallengeRequest { validator_hotkey: self.hotkey.clone(), ssh_public_key: self.public_key(), ttl_seconds }
+    }
+
     async fn grant(&self, client: &mut Client, ttl_seconds: u64) -> pb::Grant {
-        let challenge =
-            client.request_challenge(pb::ChallengeRequest { validator_hotkey: self.hotkey.clone() }).await.unwrap();
+        let challenge = client.request_challenge(self.challenge_request(ttl_seconds)).await.unwrap();
         let challenge = challenge.into_inner();
         let request = pb::ProvisionRequest {
             validator_hotkey: self.hotkey.clone(),
@@ -239,12 +243,10 @@ async fn granted_keys_run_the_attestor_and_strict_mode_refuses_the_rest() {
         assert!(err.message().starts_with(field), "{}", err.message());
     }
     // A signature by another key over the right challenge.
-    let challenge =
-        client.request_challenge(pb::ChallengeRequest { validator_hotkey: v.hotkey.clone() }).await.unwrap();
-    let challenge = challenge.into_inner();
+    let challenge = client.request_challenge(v.challenge_request(60)).await.unwrap().into_inner();
     let forged = pb::ProvisionRequest {
         validator_hotkey: v.hotkey.clone(),
-        ssh_public_key: stranger.public_key(),
+        ssh_public_key: v.public_key(),
         ttl_seconds: 60,
         challenge_id: challenge.challenge_id,
         signature: stranger.sign(&challenge.message),
@@ -343,11 +345,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
 
     // An expired challenge; then too many bad signatures lock the hotkey out.
     let other = validator(config.dir.path(), "other", 10).await;
-    let challenge = client
-        .request_challenge(pb::ChallengeRequest { validator_hotkey: other.hotkey.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let challenge = client.request_challenge(other.challenge_request(60)).await.unwrap().into_inner();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let late = pb::ProvisionRequest {
         validator_hotkey: other.hotkey.clone(),
@@ -361,11 +359,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     assert!(err.message().contains("expired"), "{}", err.message());
     let mut codes = Vec::new();
     for _ in 0..2 {
-        let challenge = client
-            .request_challenge(pb::ChallengeRequest { validator_hotkey: other.hotkey.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+        let challenge = client.request_challenge(other.challenge_request(60)).await.unwrap().into_inner();
         let bad = pb::ProvisionRequest {
             validator_hotkey: other.hotkey.clone(),
             ssh_public_key: other.public_key(),
@@ -376,7 +370,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
         codes.push(client.provision(bad).await.unwrap_err().code());
     }
     assert_eq!(codes, [Code::Unauthenticated, Code::PermissionDenied]);
-    let locked = client.request_challenge(pb::ChallengeRequest { validator_hotkey: other.hotkey.clone() }).await;
+    let locked = client.request_challenge(other.challenge_request(60)).await;
     assert_eq!(locked.unwrap_err().code(), Code::PermissionDenied);
 
     // A grant and the host key survive kill -9.
@@ -818,4 +812,52 @@ async fn commands_are_held_to_their_memory_pids_and_cpu_limits() {
     let out = ssh(port, &v.ssh_key, &[], &[quota]).await;
     let (stdout, stderr) = text(&out);
     assert!(["50000 100000", "50000"].contains(&stdout.trim()), "cpu quota {stdout}{stderr}");
+}
+
+/// The signed challenge names the SSH key and the longest TTL: whoever relays the signature
+/// cannot attach another key or a longer grant.
+#[tokio::test]
+async fn a_signed_challenge_binds_the_ssh_key_and_the_ttl() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("");
+    let (_service, mut client) = start(&config, &[]).await;
+    let v = validator(config.dir.path(), "validator", 16).await;
+    let relay = validator(config.dir.path(), "relay", 17).await;
+    let challenge = client.request_challenge(v.challenge_request(600)).await.unwrap().into_inner();
+    let text = String::from_utf8(challenge.message.clone()).unwrap();
+    let fingerprint = ProcessSpec::new("ssh-keygen").arg("-lf").arg(v.ssh_key.with_extension("pub"));
+    let fingerprint = e2e::process::stdout(&fingerprint.output(Duration::from_secs(10), 4096).await.unwrap());
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(text.contains(&format!("\nssh-key: {fingerprint}\nmax-ttl: 600s\n")), "{text}");
+    let signature = v.sign(&challenge.message);
+    let provision = |ssh_public_key: String, ttl_seconds| pb::ProvisionRequest {
+        validator_hotkey: v.hotkey.clone(),
+        ssh_public_key,
+        ttl_seconds,
+        challenge_id: challenge.challenge_id.clone(),
+        signature: signature.clone(),
+    };
+    for (request, field, attack) in [
+        (provision(relay.public_key(), 600), "ssh_public_key: ", "a key the validator never signed for"),
+        (provision(v.public_key(), 86_400), "ttl_seconds: 86400 is more than the 600 s", "a longer TTL than signed"),
+    ] {
+        match client.provision(request).await {
+            Ok(grant) => panic!("a grant for {attack}: {:?}", grant.into_inner()),
+            Err(e) => {
+                assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+                assert!(e.message().starts_with(field), "{}", e.message());
+            }
+        }
+    }
+    // The relay's mistakes used neither the challenge nor an attempt: the signed terms work.
+    let grant = client.provision(provision(v.public_key(), 600)).await.unwrap().into_inner();
+    assert_eq!(grant.ssh_public_key_fingerprint, fingerprint);
+    assert_eq!(grant.expires_at - grant.created_at, 600);
+    // A challenge needs the key.
+    let keyless = pb::ChallengeRequest { validator_hotkey: v.hotkey.clone(), ..Default::default() };
+    let err = client.request_challenge(keyless).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("ssh_public_key: required"), "{}", err.message());
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::admission::Admission;
 use crate::cgroup::Cgroups;
-use crate::challenge::{ChallengeError, Challenges};
+use crate::challenge::{ChallengeError, Challenges, Terms};
 use crate::command::{CommandUser, Runner};
 use crate::grammar::CommandGrammar;
 use crate::grants::{GrantError, GrantRecord, GrantStore, fingerprint};
@@ -174,11 +174,28 @@ impl Access {
         &self.runner
     }
 
-    /// A new challenge for `hotkey`.
-    pub fn request_challenge(&self, hotkey: &Hotkey) -> Result<IssuedChallenge, AccessError> {
+    /// A new challenge for `hotkey`, naming the key a grant will be for and its longest TTL
+    /// (`ttl_seconds`, 0 for `max_grant_ttl`).
+    pub fn request_challenge(
+        &self,
+        hotkey: &Hotkey,
+        public_key: &PublicKey,
+        ttl_seconds: u64,
+    ) -> Result<IssuedChallenge, AccessError> {
+        let max = self.max_grant_ttl.as_secs();
+        let max_ttl_seconds = match ttl_seconds {
+            0 => max,
+            ttl if ttl <= max => ttl,
+            ttl => return Err(AccessError::Ttl { ttl, max }),
+        };
+        let terms = Terms { fingerprint: fingerprint(public_key), max_ttl_seconds };
         let nonce = random::<16>()?;
-        let (id, message, valid) = self.challenges.issue(hotkey, nonce)?;
-        self.audit.record("challenge", json!({"hotkey": hotkey.as_str(), "challenge_id": id}));
+        let (id, message, valid) = self.challenges.issue(hotkey, terms.clone(), nonce)?;
+        self.audit.record(
+            "challenge",
+            json!({"hotkey": hotkey.as_str(), "challenge_id": id, "fingerprint": terms.fingerprint,
+                   "max_ttl_seconds": max_ttl_seconds}),
+        );
         Ok(IssuedChallenge { id, message, expires_at: now() + valid.as_secs() as i64 })
     }
 
@@ -193,7 +210,8 @@ impl Access {
             if p.challenge_id.is_empty() {
                 return Err(AccessError::ChallengeRequired);
             }
-            if let Err(e) = self.challenges.verify(&p.challenge_id, &p.hotkey, &p.signature) {
+            let key = fingerprint(&p.public_key);
+            if let Err(e) = self.challenges.verify(&p.challenge_id, &p.hotkey, &key, p.ttl_seconds, &p.signature) {
                 self.audit.record(
                     "challenge_failed",
                     json!({"hotkey": p.hotkey.as_str(), "challenge_id": p.challenge_id, "reason": e.to_string()}),
