@@ -861,3 +861,40 @@ async fn a_signed_challenge_binds_the_ssh_key_and_the_ttl() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("ssh_public_key: required"), "{}", err.message());
 }
+
+/// Refused connections are counted per peer and audited off the accept loop: a flood writes one
+/// line at once and one summary per peer and minute, not a line each.
+#[tokio::test]
+async fn refused_connections_are_audited_once_per_peer_and_minute() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("");
+    let port = config.ports.ssh;
+    let env = [("EXECUTOR_VALIDATOR__ALLOWED_SOURCE_ADDRESSES", "[\"10.0.0.0/8\"]")];
+    let (mut service, _client) = start(&config, &env).await;
+    const FLOOD: u64 = 200;
+    for _ in 0..FLOOD {
+        use tokio::io::AsyncReadExt;
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "a refused connection was answered");
+    }
+    // The last summaries are written at shutdown.
+    common::process::send_signal(service.id().unwrap(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), service.wait()).await.unwrap().unwrap();
+    let audit = std::fs::read_to_string(config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> =
+        audit.lines().filter(|l| l.contains("source_address")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let summaries: Vec<&serde_json::Value> = lines.iter().filter(|l| l["event"] == "refused_summary").collect();
+    // One line at once and one summary per minute (the flood may straddle a minute's end).
+    assert!(
+        (1..=2).contains(&summaries.len()) && lines.len() == 2 * summaries.len(),
+        "{FLOOD} refused connections wrote {} audit lines:\n{audit}",
+        lines.len()
+    );
+    let counted: u64 = summaries.iter().map(|s| s["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, FLOOD, "{audit}");
+    assert!(summaries.iter().all(|s| s["peer"] == "127.0.0.1"), "{audit}");
+}

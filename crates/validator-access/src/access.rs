@@ -21,6 +21,7 @@ use crate::command::{CommandUser, Runner};
 use crate::grammar::CommandGrammar;
 use crate::grants::{GrantError, GrantRecord, GrantStore, fingerprint};
 use crate::principal::Principal;
+use crate::refusals::RefusalLog;
 use crate::sessions::{CommandLimits, Ending, SessionView, Sessions};
 use crate::time::now;
 
@@ -62,6 +63,8 @@ pub struct AccessSetup {
     pub sources: Vec<(IpAddr, u8)>,
     /// Where commands run (set up at start).
     pub cgroups: Arc<Cgroups>,
+    /// Where refusals of strangers go (audited off the accept path).
+    pub refusals: RefusalLog,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -93,6 +96,7 @@ pub struct Access {
     grants: Arc<GrantStore>,
     challenges: Challenges,
     audit: Arc<Audit>,
+    refusals: RefusalLog,
     sessions: Sessions,
     admission: Admission,
     grammar: CommandGrammar,
@@ -120,6 +124,7 @@ impl Access {
             identity_key,
             sources,
             cgroups,
+            refusals,
             clock,
         } = setup;
         let hv = &v.access_config.hotkey_verification;
@@ -140,7 +145,8 @@ impl Access {
                 clock.clone(),
             ),
             sessions: Sessions::new(commands, audit.clone()),
-            admission: Admission::new(grants.clone(), sources, per_minute, clock, audit.clone()),
+            admission: Admission::new(grants.clone(), sources, per_minute, clock),
+            refusals,
             grammar: CommandGrammar::new(v.strict_ssh_restrictions, attestor, identity_key),
             runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), cgroups, audit.clone()),
             grants,
@@ -156,6 +162,16 @@ impl Access {
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// The audit log, for the writer of refusals.
+    pub fn audit_log(&self) -> Arc<Audit> {
+        self.audit.clone()
+    }
+
+    /// Where refusals of strangers go.
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.refusals
     }
 
     pub fn sessions(&self) -> &Sessions {

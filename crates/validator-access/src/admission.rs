@@ -6,10 +6,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use common::audit::Audit;
 use common::clock::Clock;
 use common::ratelimit::RateLimiter;
-use serde_json::json;
 
 use crate::grants::GrantStore;
 use crate::principal::Principal;
@@ -44,23 +42,15 @@ pub struct Admission {
     sources: Vec<(IpAddr, u8)>,
     by_ip: RateLimiter<IpAddr>,
     by_hotkey: RateLimiter<String>,
-    audit: Arc<Audit>,
 }
 
 impl Admission {
-    pub fn new(
-        grants: Arc<GrantStore>,
-        sources: Vec<(IpAddr, u8)>,
-        per_minute: u32,
-        clock: Arc<dyn Clock>,
-        audit: Arc<Audit>,
-    ) -> Self {
+    pub fn new(grants: Arc<GrantStore>, sources: Vec<(IpAddr, u8)>, per_minute: u32, clock: Arc<dyn Clock>) -> Self {
         Self {
             grants,
             sources,
             by_ip: RateLimiter::new(per_minute, clock.clone()),
             by_hotkey: RateLimiter::new(per_minute, clock),
-            audit,
         }
     }
 
@@ -69,13 +59,13 @@ impl Admission {
         self.sources.is_empty() || self.sources.iter().any(|net| common::config::in_network(ip, *net))
     }
 
-    /// Counts a connection or failed authentication from `ip`; false when over the limit.
-    pub fn admit_ip(&self, ip: IpAddr, what: &str) -> bool {
+    /// Counts a connection or failed authentication from `ip`; false when over the limit (the
+    /// caller reports the refusal: [`crate::refusals`], off the accept path).
+    pub fn admit_ip(&self, ip: IpAddr) -> bool {
         if self.by_ip.check(&ip).is_ok() {
             return true;
         }
         metrics::counter!("executor_validator_access_rate_limited_total", "scope" => "ip").increment(1);
-        self.audit.record("rate_limited", json!({"scope": "ip", "peer": ip.to_string(), "what": what}));
         false
     }
 
@@ -96,7 +86,7 @@ impl Admission {
             if !self.source_allowed(ip) {
                 return Err(Denied::SourceAddress);
             }
-            if !self.admit_ip(ip, "connection") {
+            if !self.admit_ip(ip) {
                 return Err(Denied::RateLimited);
             }
         }
@@ -108,7 +98,6 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
-    use common::ServiceName;
     use common::clock::ManualClock;
 
     use super::*;
@@ -130,9 +119,8 @@ mod tests {
             expires_at: now() + 600,
         };
         grants.add(grant.clone()).unwrap();
-        let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
         let sources = vec![common::config::parse_network("10.0.0.0/8").unwrap()];
-        let admission = Admission::new(Arc::new(grants), sources, 1, Arc::new(ManualClock::default()), audit);
+        let admission = Admission::new(Arc::new(grants), sources, 1, Arc::new(ManualClock::default()));
 
         assert_eq!(admission.principal_for_key(&grant.fingerprint), Some(Principal::Validator(grant.clone())));
         assert_eq!(admission.principal_for_key("SHA256:other"), None);
@@ -143,7 +131,7 @@ mod tests {
         // One a minute: the address is spent, then (from elsewhere) the hotkey.
         assert_eq!(admission.admit_relayed("g-1", Some(inside)), Err(Denied::RateLimited));
         assert_eq!(admission.admit_relayed("g-1", Some("10.9.9.9".parse().unwrap())), Err(Denied::RateLimited));
-        assert!(!admission.admit_ip(inside, "connection"));
+        assert!(!admission.admit_ip(inside));
         assert!(admission.admit_login(&Principal::Validator(grant)).is_err());
     }
 }

@@ -12,7 +12,7 @@
 //! ([`common::audit`]).
 //!
 //! Layers, each module importing only modules of the lines above it:
-//! - `time`, `challenge`, `grammar`, `cgroup`: nothing of this crate;
+//! - `time`, `challenge`, `grammar`, `cgroup`, `refusals`: nothing of this crate;
 //! - `grants` (time); `principal` (grants); `sessions` (principal);
 //! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
 //! - `access` (all of the above);
@@ -29,6 +29,7 @@ pub mod front;
 pub mod grammar;
 pub mod grants;
 pub mod principal;
+pub mod refusals;
 pub mod sessions;
 pub mod time;
 
@@ -89,6 +90,8 @@ pub struct ValidatorAccess {
     front: Front,
     /// The cgroups of validator commands, closed (every command killed) at shutdown.
     cgroups: Arc<cgroup::Cgroups>,
+    /// Refusals waiting for their writer.
+    refusals: refusals::RefusalQueue,
     /// `allowed_source_addresses` as configured, for the `authorized_keys` file.
     sources: Vec<String>,
 }
@@ -139,6 +142,7 @@ impl Service for ValidatorAccess {
         };
         let cgroups =
             Arc::new(cgroup::Cgroups::for_this_process(&identity.executor_id(), limits).map_err(SetupError::Cgroups)?);
+        let (refusal_log, refusal_queue) = refusals::RefusalLog::new(refusals::QUEUE);
         let sources = v
             .allowed_source_addresses
             .iter()
@@ -155,6 +159,7 @@ impl Service for ValidatorAccess {
             identity_key: config.data_dir.join(common::identity::IDENTITY_FILE),
             sources,
             cgroups: cgroups.clone(),
+            refusals: refusal_log,
             clock: Arc::new(common::clock::SystemClock),
         });
         let host = config.server.host;
@@ -197,6 +202,7 @@ impl Service for ValidatorAccess {
             api: api::Api::new(Arc::new(access), ssh_endpoint),
             front,
             cgroups,
+            refusals: refusal_queue,
             sources: v.allowed_source_addresses,
         })
     }
@@ -211,6 +217,7 @@ impl Service for ValidatorAccess {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
         describe_metrics();
         let access = self.api.access().clone();
+        let refusals = tokio::spawn(refusals::write(self.refusals, access.audit_log(), ctx.shutdown.clone()));
         let mut keys = None;
         let server = match self.front {
             Front::Embedded { listener, host_key } => {
@@ -236,6 +243,7 @@ impl Service for ValidatorAccess {
             }
         }
         let _ = server.await;
+        let _ = refusals.await;
         let cgroups = self.cgroups.clone();
         match tokio::task::spawn_blocking(move || cgroups.close()).await {
             Ok(Ok(())) => {}
@@ -264,6 +272,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "executor_validator_access_sessions_closed_total",
         "Sessions closed because their grant ended."
+    );
+    metrics::describe_counter!(
+        "executor_validator_access_refusals_dropped_total",
+        "Refusals not audited because their queue was full (still counted in the other metrics)."
     );
     metrics::describe_gauge!("executor_validator_access_sessions", "Open SSH sessions.");
     metrics::describe_gauge!("executor_validator_access_grants", "Live grants.");

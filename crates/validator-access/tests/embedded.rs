@@ -50,6 +50,8 @@ impl Server {
             identity_key: dir.join("identity"),
             sources: Vec::new(),
             cgroups: cgroups.clone(),
+            // Refusals are not looked at here: their queue is dropped.
+            refusals: validator_access::refusals::RefusalLog::new(1).0,
             clock: Arc::new(common::clock::SystemClock),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -18,6 +18,7 @@ use crate::command::{Job, Output, Stream};
 use crate::grammar::Planned;
 use crate::grants::fingerprint;
 use crate::principal::Principal;
+use crate::refusals::Refusal;
 use crate::sessions::{Closer, Session, new_session_id};
 use crate::time::now;
 
@@ -84,14 +85,17 @@ impl Conn {
         );
     }
 
-    fn auth_failed(&self, user: &str, key_fingerprint: &str, reason: &str) -> Result<Auth, russh::Error> {
-        metrics::counter!("executor_validator_access_auth_failures_total", "reason" => reason.to_owned()).increment(1);
-        self.access.audit().record(
-            "auth_failure",
-            json!({"session": self.session_id, "peer": self.peer.to_string(), "user": user,
-                   "fingerprint": key_fingerprint, "reason": reason}),
-        );
-        if !self.access.admission().admit_ip(self.peer.ip(), "failed_authentication") {
+    /// A key no live grant has: counted, and audited off the connection's path (the first of
+    /// a peer in a minute in full, the rest in the minute's summary); past the per-address
+    /// limit the connection is closed.
+    fn auth_failed(&self, user: &str, key_fingerprint: &str, reason: &'static str) -> Result<Auth, russh::Error> {
+        metrics::counter!("executor_validator_access_auth_failures_total", "reason" => reason).increment(1);
+        let detail = json!({"session": self.session_id, "user": user, "fingerprint": key_fingerprint});
+        let peer = self.peer.ip();
+        self.access.refusals().refuse(Refusal { peer, event: "auth_failure", reason, detail });
+        if !self.access.admission().admit_ip(peer) {
+            let detail = json!({"scope": "ip", "what": "failed_authentication"});
+            self.access.refusals().refuse(Refusal { peer, event: "rate_limited", reason: "rate_limited", detail });
             return Err(russh::Error::Disconnect);
         }
         Ok(Auth::reject())

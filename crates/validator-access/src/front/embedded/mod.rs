@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::access::Access;
+use crate::refusals::Refusal;
 use crate::sessions::Ending;
 
 /// The SSH host key under `data_dir`.
@@ -82,13 +83,22 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
+        // Refusals are counted here and audited by another task: nothing here waits for a disk.
         if !access.admission().source_allowed(peer.ip()) {
-            access.audit().record("refused", json!({"what": "source_address", "peer": peer.to_string()}));
             metrics::counter!("executor_validator_access_refused_total", "what" => "source_address").increment(1);
+            let detail = json!({"what": "source_address"});
+            access.refusals().refuse(Refusal { peer: peer.ip(), event: "refused", reason: "source_address", detail });
             drop(stream);
             continue;
         }
-        if !access.admission().admit_ip(peer.ip(), "connection") {
+        if !access.admission().admit_ip(peer.ip()) {
+            let detail = json!({"scope": "ip", "what": "connection"});
+            access.refusals().refuse(Refusal {
+                peer: peer.ip(),
+                event: "rate_limited",
+                reason: "rate_limited",
+                detail,
+            });
             drop(stream);
             continue;
         }
