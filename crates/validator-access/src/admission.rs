@@ -1,12 +1,13 @@
 //! Who may come in, for both fronts: `allowed_source_addresses`, the per-minute limits
-//! (`ssh_requests_per_minute` per source IP for connections and failed authentications, per
-//! hotkey for logins), and the lookup from what a client presents (an SSH key, or through
+//! (`ssh_requests_per_minute` per source address for connections and failed authentications,
+//! an IPv6 /64 counting as one address ([`PeerKey`]), per hotkey for logins), and the lookup from what a client presents (an SSH key, or through
 //! the gate a grant id sshd already checked) to the [`Principal`] it logs in as.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use common::clock::Clock;
+use common::peers::PeerKey;
 use common::ratelimit::RateLimiter;
 
 use crate::grants::GrantStore;
@@ -40,7 +41,7 @@ pub struct Admission {
     grants: Arc<GrantStore>,
     /// `allowed_source_addresses`, parsed; empty: any.
     sources: Vec<(IpAddr, u8)>,
-    by_ip: RateLimiter<IpAddr>,
+    by_ip: RateLimiter<PeerKey>,
     by_hotkey: RateLimiter<String>,
 }
 
@@ -59,10 +60,11 @@ impl Admission {
         self.sources.is_empty() || self.sources.iter().any(|net| common::config::in_network(ip, *net))
     }
 
-    /// Counts a connection or failed authentication from `ip`; false when over the limit (the
-    /// caller reports the refusal: [`crate::refusals`], off the accept path).
+    /// Counts a connection or failed authentication from `ip`'s peer (one host holds a whole
+    /// IPv6 /64); false when over the limit (the caller reports the refusal:
+    /// [`crate::refusals`], off the accept path).
     pub fn admit_ip(&self, ip: IpAddr) -> bool {
-        if self.by_ip.check(&ip).is_ok() {
+        if self.by_ip.check(&PeerKey::of(ip)).is_ok() {
             return true;
         }
         metrics::counter!("executor_validator_access_rate_limited_total", "scope" => "ip").increment(1);
@@ -133,5 +135,18 @@ mod tests {
         assert_eq!(admission.admit_relayed("g-1", Some("10.9.9.9".parse().unwrap())), Err(Denied::RateLimited));
         assert!(!admission.admit_ip(inside));
         assert!(admission.admit_login(&Principal::Validator(grant)).is_err());
+    }
+
+    /// One host holds a whole IPv6 /64: its addresses share one budget.
+    #[test]
+    fn the_addresses_of_one_ipv6_64_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (grants, _) = GrantStore::open(dir.path()).unwrap();
+        let admission = Admission::new(Arc::new(grants), Vec::new(), 2, Arc::new(ManualClock::default()));
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(admission.admit_ip(ip("2001:db8:1:2::1")));
+        assert!(admission.admit_ip(ip("2001:db8:1:2::2")));
+        assert!(!admission.admit_ip(ip("2001:db8:1:2::3")), "a third address of one /64 got a budget");
+        assert!(admission.admit_ip(ip("2001:db8:1:3::1")));
     }
 }
