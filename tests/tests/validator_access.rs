@@ -1,9 +1,10 @@
 //! validator-access as a process, with the distribution's OpenSSH client: grants after a
 //! signed hotkey challenge, the attestor over SSH (and `gpu-attestor check` end to end),
 //! everything strict mode refuses, revocation and expiry ending access, every process a command
-//! starts dying with it (cgroups), the limits of a command, a session and a grant, lock-out,
-//! the rate limit, grants across `kill -9` and a torn grants file, system-sshd mode, and the
-//! audit log.
+//! starts dying with it (cgroups), the limits of a command, a session and a grant, the signed
+//! challenge binding key and TTL, lock-out, the rate limit, the caps on unauthenticated
+//! connections and the login grace time, refusals audited once per peer and minute, grants
+//! across `kill -9` and a torn grants file, system-sshd mode, and the audit log.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -447,8 +448,10 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
     ];
     let (_service, mut client) = start(&config, &env).await;
 
-    // The distribution's sshd, told to read that file for the login user.
-    let sshd = e2e::sshd::Sshd::start(dir, &keys_file, &format!("AllowUsers {USER}")).await;
+    // The distribution's sshd, told to read that file for the login user, with the door limits
+    // docs/validator-access.md gives operators.
+    let limits = "LoginGraceTime 30\nMaxStartups 10:30:64\nPerSourceMaxStartups 8\nPerSourceNetBlockSize 32:64";
+    let sshd = e2e::sshd::Sshd::start(dir, &keys_file, &format!("{limits}\nAllowUsers {USER}\nMaxSessions 2")).await;
     let port = sshd.port;
 
     let v = validator(dir, "validator", 12).await;
@@ -897,4 +900,74 @@ async fn refused_connections_are_audited_once_per_peer_and_minute() {
     let counted: u64 = summaries.iter().map(|s| s["count"].as_u64().unwrap()).sum();
     assert_eq!(counted, FLOOD, "{audit}");
     assert!(summaries.iter().all(|s| s["peer"] == "127.0.0.1"), "{audit}");
+}
+
+/// A TCP connection to `port` from `source` (a loopback address); whether the SSH server
+/// answered it with its banner (false: closed at once).
+async fn banner_from(source: &str, port: u16) -> (bool, tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await.unwrap().unwrap_or(0);
+    (n > 0 && buf.starts_with(b"SSH-"), stream)
+}
+
+/// Connections that have not authenticated are capped per address (an IPv6 /64 counts as one)
+/// and in all; a validator from elsewhere still gets in while one address holds its share.
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_per_address_and_in_all() {
+    if !have_ssh() {
+        return;
+    }
+    let config = TestConfig::new("[validator.access_config.rate_limits]\nssh_requests_per_minute = 1000\n");
+    let port = config.ports.ssh;
+    let env = [
+        ("EXECUTOR_VALIDATOR__ACCESS_CONFIG__LIMITS__MAX_UNAUTHENTICATED_CONNECTIONS", "8"),
+        ("EXECUTOR_VALIDATOR__ACCESS_CONFIG__LIMITS__MAX_UNAUTHENTICATED_PER_ADDRESS", "4"),
+    ];
+    let (_service, mut client) = start(&config, &env).await;
+    let v = validator(config.dir.path(), "validator", 18).await;
+    v.grant(&mut client, 600).await;
+    let mut held = Vec::new();
+    for i in 1..=5 {
+        let (answered, stream) = banner_from("127.0.0.2", port).await;
+        assert_eq!(answered, i <= 4, "unauthenticated connection {i} from 127.0.0.2");
+        held.push(stream);
+    }
+    let out = ssh(port, &v.ssh_key, &["-b", "127.0.0.1"], &["nproc"]).await;
+    assert!(out.status.success(), "the validator was kept out: {:?}", text(&out));
+    for i in 1..=4 {
+        let (answered, stream) = banner_from("127.0.0.3", port).await;
+        assert!(answered, "unauthenticated connection {i} from 127.0.0.3");
+        held.push(stream);
+    }
+    // 8 held in all: a third address is refused too, until one of them goes.
+    let (answered, _) = banner_from("127.0.0.4", port).await;
+    assert!(!answered, "a ninth unauthenticated connection was served");
+    held.remove(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !banner_from("127.0.0.4", port).await.0 {
+        assert!(Instant::now() < deadline, "a closed connection never gave its place back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection that has not authenticated within `login_grace_time` is closed.
+#[tokio::test]
+async fn connections_that_never_authenticate_are_closed_after_the_login_grace_time() {
+    if !have_ssh() {
+        return;
+    }
+    use tokio::io::AsyncReadExt;
+    let config = TestConfig::new("");
+    let env = [("EXECUTOR_VALIDATOR__ACCESS_CONFIG__LIMITS__LOGIN_GRACE_TIME", "1s")];
+    let (_service, _client) = start(&config, &env).await;
+    let (answered, mut stream) = banner_from("127.0.0.1", config.ports.ssh).await;
+    assert!(answered);
+    let mut buf = [0u8; 256];
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), async { while stream.read(&mut buf).await.unwrap_or(0) > 0 {} });
+    assert!(closed.await.is_ok(), "a connection that never authenticated was still open after 10 s");
 }

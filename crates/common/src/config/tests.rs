@@ -94,6 +94,12 @@ fn bad_values_name_key_and_file() {
     check_err(&format!("{limits}\nmax_channels_per_session = 0"), &["limits.max_channels_per_session`"]);
     check_err(&format!("{limits}\nmax_commands_per_session = 65"), &["limits.max_commands_per_session`"]);
     check_err(&format!("{limits}\nmax_commands_per_grant = 0"), &["limits.max_commands_per_grant`"]);
+    check_err(&format!("{limits}\nmax_unauthenticated_connections = 0"), &["limits.max_unauthenticated_connections`"]);
+    check_err(
+        &format!("{limits}\nmax_unauthenticated_connections = 4\nmax_unauthenticated_per_address = 5"),
+        &["limits.max_unauthenticated_per_address`", "1 to 4"],
+    );
+    check_err(&format!("{limits}\nlogin_grace_time = \"0s\""), &["limits.login_grace_time`", "between 1s and 10m"]);
     check_err("[launcher]\nrestart_backoff_max = \"1ms\"", &["key `launcher.restart_backoff_max`"]);
     check_err("not toml [", &["executor.toml"]);
     check_err("[system]\ngpu_backend = \"simulated\"", &["key `system.simulated_gpus_file`: required"]);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::Issues;
-use super::values::{ByteSize, InvalidValue, Port, human_duration};
+use super::values::{ByteSize, InvalidValue, Port, duration_between, human_duration};
 
 /// `[validator]`: validator SSH access (validator-access).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ impl Default for RateLimits {
     }
 }
 
-/// `[validator.access_config.limits]`: what sessions and grants may hold at once.
+/// `[validator.access_config.limits]`: what connections, sessions and grants may hold at once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessLimits {
@@ -174,11 +174,27 @@ pub struct AccessLimits {
     pub max_commands_per_session: u32,
     /// Commands one grant may run at once, over all its connections.
     pub max_commands_per_grant: u32,
+    /// Connections to the embedded SSH server that have not authenticated yet, in all; past
+    /// it a new connection is closed at once.
+    pub max_unauthenticated_connections: u32,
+    /// Of those, from one address (an IPv6 /64 counts as one address).
+    pub max_unauthenticated_per_address: u32,
+    /// A connection to the embedded SSH server that has not authenticated within this is
+    /// closed.
+    #[serde(with = "human_duration")]
+    pub login_grace_time: Duration,
 }
 
 impl Default for AccessLimits {
     fn default() -> Self {
-        Self { max_channels_per_session: 2, max_commands_per_session: 2, max_commands_per_grant: 2 }
+        Self {
+            max_channels_per_session: 2,
+            max_commands_per_session: 2,
+            max_commands_per_grant: 2,
+            max_unauthenticated_connections: 64,
+            max_unauthenticated_per_address: 8,
+            login_grace_time: Duration::from_secs(30),
+        }
     }
 }
 
@@ -233,6 +249,12 @@ impl ValidatorConfig {
         v.range(&format!("{key}.max_channels_per_session"), f64::from(l.max_channels_per_session), 1.0, 64.0);
         v.range(&format!("{key}.max_commands_per_session"), f64::from(l.max_commands_per_session), 1.0, 64.0);
         v.range(&format!("{key}.max_commands_per_grant"), f64::from(l.max_commands_per_grant), 1.0, 256.0);
+        let total = f64::from(l.max_unauthenticated_connections);
+        v.range(&format!("{key}.max_unauthenticated_connections"), total, 1.0, 100_000.0);
+        let per_address = f64::from(l.max_unauthenticated_per_address);
+        v.range(&format!("{key}.max_unauthenticated_per_address"), per_address, 1.0, total.max(1.0));
+        let grace = duration_between(l.login_grace_time, Duration::from_secs(1), Duration::from_secs(600));
+        v.result(&format!("{key}.login_grace_time"), grace);
     }
 }
 

@@ -8,10 +8,12 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use common::peers::Slot;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session as SshSession, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
 use crate::command::{Job, Output, Stream};
@@ -56,10 +58,20 @@ pub(super) struct Conn {
     /// The channels that ran a command (one each).
     used: HashSet<ChannelId>,
     stdin: HashMap<ChannelId, mpsc::Sender<Vec<u8>>>,
+    /// Its place among the connections that have not authenticated, given back at login.
+    unauthenticated: Option<Slot>,
+    /// Cancelled at login: the login grace time no longer applies.
+    authenticated: CancellationToken,
 }
 
 impl Conn {
-    pub(super) fn new(access: Arc<Access>, peer: SocketAddr, max_channels: usize) -> Self {
+    pub(super) fn new(
+        access: Arc<Access>,
+        peer: SocketAddr,
+        max_channels: usize,
+        unauthenticated: Slot,
+        authenticated: CancellationToken,
+    ) -> Self {
         Self {
             access,
             peer,
@@ -69,6 +81,8 @@ impl Conn {
             channels: HashSet::new(),
             used: HashSet::new(),
             stdin: HashMap::new(),
+            unauthenticated: Some(unauthenticated),
+            authenticated,
         }
     }
 
@@ -188,6 +202,8 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_succeeded(&mut self, session: &mut SshSession) -> Result<(), Self::Error> {
+        self.unauthenticated = None;
+        self.authenticated.cancel();
         if let Some(principal) = &self.principal {
             let closer = Closer::Disconnect(session.handle());
             let info = Session::new(principal.clone(), self.peer.to_string(), now(), closer);
