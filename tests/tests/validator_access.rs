@@ -649,6 +649,54 @@ async fn detached_processes_die_with_the_revocation() {
     tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
 }
 
+/// ...when the client goes away...
+#[tokio::test]
+async fn detached_processes_die_with_the_disconnect() {
+    if !have_ssh() {
+        return;
+    }
+    let d = Detaching::start().await;
+    let mut running = ProcessSpec::new("ssh")
+        .args(ssh_args(d.config.ports.ssh, &d.v.ssh_key))
+        .arg(format!("{} exec sleep 60", d.detach("86404")))
+        .spawn_supervised()
+        .unwrap();
+    wait_for_process(&d.sleeper("86404")).await;
+    running.start_kill().unwrap();
+    running.wait().await.unwrap();
+    gone_within_a_second(&d.sleeper("86404"), Instant::now(), "the disconnect").await;
+}
+
+/// ...and when the grant expires.
+#[tokio::test]
+async fn detached_processes_die_with_the_expiry() {
+    if !have_ssh() {
+        return;
+    }
+    let mut d = Detaching::start().await;
+    // Only a grant of 3 s for this key.
+    d.client.revoke(pb::RevokeRequest { grant_id: d.grant.grant_id.clone() }).await.unwrap();
+    let grant = d.v.grant(&mut d.client, 3).await;
+    let mut running = ProcessSpec::new("ssh")
+        .args(ssh_args(d.config.ports.ssh, &d.v.ssh_key))
+        .arg(format!("{} exec sleep 60", d.detach("86405")))
+        .spawn_supervised()
+        .unwrap();
+    wait_for_process(&d.sleeper("86405")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let grants = d.client.list_grants(pb::ListGrantsRequest {}).await.unwrap().into_inner().grants;
+        if !grants.iter().any(|g| g.grant_id == grant.grant_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the grant never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The reaper looks every 500 ms.
+    gone_within_a_second(&d.sleeper("86405"), Instant::now(), "the expiry").await;
+    tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
+}
+
 /// An OpenSSH connection that later `ssh -S` clients share (a channel each): the master.
 struct Multiplexed {
     port: u16,
