@@ -24,6 +24,7 @@ use std::fs::OpenOptions;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -357,7 +358,7 @@ impl Cgroups {
         }
         for name in names {
             let dirs = self.parents.iter().map(|p| p.join(&name)).collect();
-            let leftover = CommandCgroup { version: self.version, dirs, procs: Vec::new(), killed: Mutex::new(false) };
+            let leftover = CommandCgroup::new(self.version, dirs);
             tracing::warn!(cgroup = %name, "killing the cgroup of a validator command an earlier run left");
             leftover.kill()?;
         }
@@ -377,7 +378,7 @@ impl Cgroups {
             }
         }
         // From here on, dropping `cgroup` (an error below) removes what was made.
-        let mut cgroup = CommandCgroup { version: self.version, dirs, procs: Vec::new(), killed: Mutex::new(false) };
+        let mut cgroup = CommandCgroup::new(self.version, dirs);
         self.limit(&cgroup.dirs)?;
         for dir in &cgroup.dirs {
             let path = dir.join("cgroup.procs");
@@ -478,9 +479,15 @@ pub struct CommandCgroup {
     procs: Vec<Arc<OwnedFd>>,
     /// Killed and removed already; held while a kill runs, so two never interleave.
     killed: Mutex<bool>,
+    /// A kill was tried (it may have failed: then the next start's sweep finishes it).
+    tried: AtomicBool,
 }
 
 impl CommandCgroup {
+    fn new(version: Version, dirs: Vec<PathBuf>) -> Self {
+        Self { version, dirs, procs: Vec::new(), killed: Mutex::new(false), tried: AtomicBool::new(false) }
+    }
+
     /// The open `cgroup.procs` files, for [`common::process::ProcessSpec::in_cgroup`].
     pub fn procs_files(&self) -> Vec<Arc<OwnedFd>> {
         self.procs.clone()
@@ -503,6 +510,7 @@ impl CommandCgroup {
         if *killed {
             return Ok(());
         }
+        self.tried.store(true, Ordering::Relaxed);
         let Some(main) = self.dirs.first() else { return Ok(()) };
         let deadline = Instant::now() + KILL_DEADLINE;
         match self.version {
@@ -573,8 +581,12 @@ impl CommandCgroup {
 
 impl Drop for CommandCgroup {
     /// A cgroup nobody killed (its command never started) is removed; one with processes is
-    /// killed first.
+    /// killed first. One whose kill failed is left to the next start's sweep (the error was
+    /// reported then; trying again here would block for as long once more).
     fn drop(&mut self) {
+        if self.tried.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = self.kill() {
             tracing::error!(error = %e, "cannot remove the cgroup of a validator command");
         }
