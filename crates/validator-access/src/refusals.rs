@@ -42,7 +42,7 @@ pub struct RefusalLog {
     dropped: Arc<AtomicU64>,
 }
 
-/// The writing side, for [`write`].
+/// The writing side, for [`write()`].
 #[derive(Debug)]
 pub struct RefusalQueue {
     rx: mpsc::Receiver<Refusal>,
