@@ -34,7 +34,7 @@ pub(crate) fn check(data: &[u8]) {
                 _ => {}
             }
         }
-        Err(e) => assert!(matches!(e, ProtocolError::Malformed(_) | ProtocolError::TooLong), "{e}"),
+        Err(e) => assert!(matches!(e, ProtocolError::Malformed(_) | ProtocolError::TooLong { .. }), "{e}"),
     }
 
     // The same bytes as a stream: every message read is well formed, and nothing over the
@@ -46,7 +46,7 @@ pub(crate) fn check(data: &[u8]) {
                 Ok(message) => assert!(!message.kind().is_empty()),
                 Err(ProtocolError::Closed { .. }) => break,
                 Err(ProtocolError::Timeout { .. }) => panic!("a byte slice never blocks"),
-                Err(ProtocolError::TooLong) | Err(ProtocolError::Truncated { .. }) => break,
+                Err(ProtocolError::TooLong { .. }) | Err(ProtocolError::Truncated { .. }) => break,
                 Err(_) => {}
             }
         }

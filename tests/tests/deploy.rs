@@ -58,6 +58,12 @@ async fn systemd_unit_verifies() {
     assert!(unit.lines().any(|l| l == format!("ReadWritePaths={keys_dir}")), "{keys_dir} is read-only:\n{unit}");
     assert!(unit.lines().any(|l| l == format!("ConfigurationDirectory={}", keys_dir.trim_start_matches("/etc/"))));
 
+    // validator-access makes a cgroup per validator command below the unit's, and the unit
+    // bounds the whole node (issue 17 items 2 and 3).
+    for line in ["Delegate=yes", "MemoryMax=16G", "TasksMax=16384"] {
+        assert!(unit.lines().any(|l| l == line), "no {line}:\n{unit}");
+    }
+
     // A mistyped key is caught by the same check (the test would notice a silent verifier).
     let broken = unit.replace("NoNewPrivileges=", "NoNewPrivilege=");
     std::fs::write(r.join("etc/systemd/system/basilica-executor.service"), broken).unwrap();
@@ -625,7 +631,9 @@ file = "/var/log/basilica/executor.log"
     ];
     // Some sandboxes (this project's development containers among them) lack a capability in
     // their bounding set, so no privileged container can start there. Then, and only then, the
-    // test runs the same file with `privileged: false` and says so.
+    // test runs the same file with `privileged: false` and says so; an unprivileged container
+    // cannot make cgroups, without which validator-access refuses to run validators' commands,
+    // so validator access is off there.
     let probe = run(
         ProcessSpec::new("docker").args(["run", "--rm", "--privileged", "basilica/debian-base:bookworm", "true"]),
         Duration::from_secs(60),
@@ -637,7 +645,8 @@ file = "/var/log/basilica/executor.log"
         assert!(text(&probe).contains("unable to apply caps"), "docker run --privileged: {}", text(&probe));
         eprintln!("NOTE: this Docker engine cannot start privileged containers; testing with privileged: false");
         let file = dir.path().join("unprivileged.yml");
-        std::fs::write(&file, "services:\n  executor:\n    privileged: false\n").unwrap();
+        let text = "services:\n  executor:\n    privileged: false\n    environment:\n      EXECUTOR_VALIDATOR__ENABLED: \"false\"\n";
+        std::fs::write(&file, text).unwrap();
         Some(file)
     };
     let up = compose(&project, overlay.as_deref(), &env, &["up", "-d", "executor"]).await;

@@ -104,14 +104,19 @@ async fn a_container_through_the_public_api_on_the_real_engine() {
     let validator =
         schnorrkel::MiniSecretKey::from_bytes(&[5; 32]).unwrap().expand_to_keypair(schnorrkel::ExpansionMode::Ed25519);
     let hotkey = common::hotkey::Hotkey::from_public(validator.public.to_bytes()).as_str().to_owned();
+    let ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl v";
     let challenge = client
-        .request_validator_challenge(access::ChallengeRequest { validator_hotkey: hotkey.clone() })
+        .request_validator_challenge(access::ChallengeRequest {
+            validator_hotkey: hotkey.clone(),
+            ssh_public_key: ssh_public_key.into(),
+            ttl_seconds: 600,
+        })
         .await
         .unwrap();
     let grant = client
         .provision_validator_access(access::ProvisionRequest {
             validator_hotkey: hotkey.clone(),
-            ssh_public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl v".into(),
+            ssh_public_key: ssh_public_key.into(),
             ttl_seconds: 600,
             challenge_id: challenge.challenge_id.clone(),
             signature: validator.sign_simple(b"substrate", &challenge.message).to_bytes().to_vec(),

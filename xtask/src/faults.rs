@@ -30,8 +30,9 @@ const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsab
 async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic::Status> {
     let pair = e2e::keys::sr25519(seed);
     let hotkey = e2e::keys::hotkey_of(&pair);
-    let challenge =
-        client.request_validator_challenge(access::ChallengeRequest { validator_hotkey: hotkey.clone() }).await?;
+    let request =
+        access::ChallengeRequest { validator_hotkey: hotkey.clone(), ssh_public_key: KEY.into(), ttl_seconds: 3600 };
+    let challenge = client.request_validator_challenge(request).await?;
     client
         .provision_validator_access(access::ProvisionRequest {
             validator_hotkey: hotkey,

@@ -539,8 +539,9 @@ async fn bench_ssh() -> anyhow::Result<()> {
     let mut client = pb::validator_access_client::ValidatorAccessClient::new(common::grpc::unix_channel(&socket));
     let keypair = e2e::keys::sr25519(42);
     let hotkey = e2e::keys::hotkey_of(&keypair);
-    let challenge =
-        client.request_challenge(pb::ChallengeRequest { validator_hotkey: hotkey.clone() }).await?.into_inner();
+    let request =
+        pb::ChallengeRequest { validator_hotkey: hotkey.clone(), ssh_public_key: public.clone(), ttl_seconds: 3600 };
+    let challenge = client.request_challenge(request).await?.into_inner();
     let signature = e2e::keys::sign(&keypair, &challenge.message);
     client
         .provision(pb::ProvisionRequest {

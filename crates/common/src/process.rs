@@ -3,8 +3,10 @@
 //! `PR_SET_PDEATHSIG`). `clippy.toml` bans `Command::new` everywhere else.
 
 use std::ffi::OsString;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -29,17 +31,28 @@ pub struct CapturedOutput {
     pub truncated: bool,
 }
 
-/// A process to run: program, arguments, environment additions.
+/// A process to run: program, arguments, environment additions, the cgroups it starts in.
 #[derive(Debug, Clone)]
 pub struct ProcessSpec {
     program: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    /// Open `cgroup.procs` files the child enters before it execs.
+    cgroup_procs: Vec<Arc<OwnedFd>>,
 }
 
 impl ProcessSpec {
     pub fn new(program: impl AsRef<Path>) -> Self {
-        Self { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new() }
+        Self { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new(), cgroup_procs: Vec::new() }
+    }
+
+    /// Starts the child inside the cgroups whose `cgroup.procs` files are open in `files` (one
+    /// per hierarchy): between fork and exec it writes `0` (itself) to each, so the program and
+    /// everything it ever forks live there from their first instruction. A failed write fails
+    /// the spawn.
+    pub fn in_cgroup(mut self, files: Vec<Arc<OwnedFd>>) -> Self {
+        self.cgroup_procs = files;
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
@@ -65,6 +78,21 @@ impl ProcessSpec {
     fn command(&self) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(&self.program);
         command.args(&self.args).envs(self.envs.iter().map(|(k, v)| (k, v))).kill_on_drop(true);
+        if !self.cgroup_procs.is_empty() {
+            let files = self.cgroup_procs.clone();
+            // SAFETY: the closure runs between fork and exec and only calls write(2), which is
+            // async-signal-safe, on descriptors the parent holds open; it allocates nothing
+            // and takes no locks.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(move || {
+                    for file in &files {
+                        nix::unistd::write(file, b"0").map_err(std::io::Error::from)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
         command
     }
 

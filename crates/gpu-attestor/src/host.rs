@@ -116,3 +116,62 @@ pub fn meminfo(field: &str) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Memory this process may still take: `MemAvailable`, or less when its cgroup's limit (a
+/// validator's command runs in one with `validator.command_max_memory_bytes`) leaves less.
+pub fn available_memory() -> u64 {
+    let host = meminfo("MemAvailable:").unwrap_or(u64::MAX);
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|text| cgroup_memory_left(&text, |path| std::fs::read_to_string(path).ok()));
+    cgroup.map_or(host, |left| host.min(left))
+}
+
+/// What this process's memory cgroup leaves (limit minus usage), from the text of
+/// `/proc/self/cgroup` and a reader of files, at the usual mount points (`/sys/fs/cgroup` for
+/// v2, `/sys/fs/cgroup/memory` for v1); None without a limit.
+fn cgroup_memory_left(cgroup: &str, read: impl Fn(&str) -> Option<String>) -> Option<u64> {
+    let number = |path: String| read(&path).and_then(|t| t.trim().parse::<u64>().ok());
+    for line in cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_end_matches('/');
+        let (limit, usage) = if controllers.is_empty() {
+            let dir = format!("/sys/fs/cgroup{path}");
+            (number(format!("{dir}/memory.max")), number(format!("{dir}/memory.current")))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let dir = format!("/sys/fs/cgroup/memory{path}");
+            (number(format!("{dir}/memory.limit_in_bytes")), number(format!("{dir}/memory.usage_in_bytes")))
+        } else {
+            continue;
+        };
+        // v1 shows "no limit" as a huge number; v2 as `max`, which does not parse.
+        if let Some(limit) = limit.filter(|l| *l < 1 << 60) {
+            return Some(limit.saturating_sub(usage.unwrap_or(0)));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_cgroup_bounds_what_is_available() {
+        let files = |path: &str| match path {
+            "/sys/fs/cgroup/x/y/memory.max" => Some("67108864\n".to_owned()),
+            "/sys/fs/cgroup/x/y/memory.current" => Some("1048576\n".to_owned()),
+            "/sys/fs/cgroup/memory/a/memory.limit_in_bytes" => Some("2097152\n".to_owned()),
+            "/sys/fs/cgroup/memory/a/memory.usage_in_bytes" => Some("1048576\n".to_owned()),
+            "/sys/fs/cgroup/memory/b/memory.limit_in_bytes" => Some("9223372036854771712\n".to_owned()),
+            "/sys/fs/cgroup/z/memory.max" => Some("max\n".to_owned()),
+            _ => None,
+        };
+        assert_eq!(cgroup_memory_left("0::/x/y\n", files), Some(63 << 20));
+        assert_eq!(cgroup_memory_left("5:pids:/p\n4:memory:/a\n0::/\n", files), Some(1 << 20));
+        assert_eq!(cgroup_memory_left("4:memory:/b\n", files), None);
+        assert_eq!(cgroup_memory_left("0::/z\n", files), None);
+        assert!(available_memory() > 0);
+    }
+}

@@ -220,7 +220,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn available_memory() -> u64 {
-    host::meminfo("MemAvailable:").unwrap_or(u64::MAX)
+    host::available_memory()
 }
 
 /// The guide's mode: compute, print the model, the time and the checksum.

@@ -19,8 +19,21 @@ use crate::verify::{self, OPENED_ROWS, SAMPLED_PRODUCTS};
 
 /// Version of this protocol, sent in `hello`.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// The longest line either side accepts (a commitment of a million products is ~66 MB).
+/// The longest line either side ever accepts (a commitment of a million products, which the
+/// validator reads, is ~66 MB). The prover reads far less: [`PROVER_LINE`], then
+/// [`open_line_limit`].
 pub const MAX_LINE: usize = 128 << 20;
+/// The longest line the prover reads until the challenge has fixed the sizes: a `challenge`
+/// (two keys, a seed, a nonce, a hotkey: well under 1 KiB) or a `ping`.
+pub const PROVER_LINE: usize = 64 << 10;
+
+/// The longest `open` line a validator can need for `params`: as many products as the prover
+/// answers, each with `n` entries of `r` (below 2^20: at most 7 digits and a comma) and 64 rows
+/// (below 32768: at most 5 digits and a comma), with room for the names around them.
+pub fn open_line_limit(params: &Params) -> usize {
+    let per_product = params.n as usize * 8 + OPENED_ROWS.max(64) * 6 + 64;
+    SAMPLED_PRODUCTS.max(64) * per_product + 1024
+}
 
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,8 +91,8 @@ pub enum ProtocolError {
     Closed { expected: &'static str },
     #[error("truncated message (no end of line) while waiting for `{expected}`")]
     Truncated { expected: &'static str },
-    #[error("message longer than the limit of {MAX_LINE} bytes")]
-    TooLong,
+    #[error("message longer than the limit of {limit} bytes")]
+    TooLong { limit: usize },
     #[error("malformed message: {0}")]
     Malformed(String),
     #[error("expected `{expected}`, got `{got}`")]
@@ -111,7 +124,7 @@ impl Message {
 /// Parses one line; never panics, whatever the bytes.
 pub fn parse(line: &[u8]) -> Result<Message, ProtocolError> {
     if line.len() > MAX_LINE {
-        return Err(ProtocolError::TooLong);
+        return Err(ProtocolError::TooLong { limit: MAX_LINE });
     }
     serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
@@ -134,6 +147,11 @@ impl<R: AsyncBufRead + Unpin> Reader<R> {
         Self { inner, line: Vec::new(), limit: limit.min(MAX_LINE) }
     }
 
+    /// Refuses lines longer than `limit` bytes from now on (never more than [`MAX_LINE`]).
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_LINE);
+    }
+
     /// The next message, waiting at most `timeout`.
     pub async fn next(&mut self, expected: &'static str, timeout: Duration) -> Result<Message, ProtocolError> {
         self.line.clear();
@@ -145,7 +163,7 @@ impl<R: AsyncBufRead + Unpin> Reader<R> {
             return Err(ProtocolError::Closed { expected });
         }
         if self.line.len() > self.limit {
-            return Err(ProtocolError::TooLong);
+            return Err(ProtocolError::TooLong { limit: self.limit });
         }
         if self.line.last() != Some(&b'\n') {
             return Err(ProtocolError::Truncated { expected });
@@ -207,7 +225,7 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let result = prover_steps(Reader::new(input), &mut out, setup).await;
+    let result = prover_steps(Reader::with_limit(input, PROVER_LINE), &mut out, setup).await;
     if let Err(e) = &result
         && !matches!(e, ProtocolError::Remote(_) | ProtocolError::Closed { .. } | ProtocolError::Io(_))
     {
@@ -257,6 +275,8 @@ where
         }
     }
 
+    // The challenge fixed how long an `open` can be: nothing longer is read.
+    reader.set_limit(open_line_limit(&params));
     let started = Instant::now();
     let threads = setup.threads;
     let p = params.clone();
@@ -409,7 +429,7 @@ mod tests {
         assert!(matches!(r.next("hello", Duration::from_secs(1)).await, Err(ProtocolError::Remote(m)) if m == "no"));
         let long = format!("{{\"type\":\"error\",\"message\":\"{}\"}}\n", "x".repeat(200));
         let mut r = Reader::with_limit(long.as_bytes(), 100);
-        assert!(matches!(r.next("hello", Duration::from_secs(1)).await, Err(ProtocolError::TooLong)));
+        assert!(matches!(r.next("hello", Duration::from_secs(1)).await, Err(ProtocolError::TooLong { limit: 100 })));
         let (_tx, rx) = tokio::io::duplex(64);
         let mut r = Reader::new(tokio::io::BufReader::new(rx));
         assert!(matches!(r.next("hello", Duration::from_millis(50)).await, Err(ProtocolError::Timeout { .. })));
@@ -429,5 +449,49 @@ mod tests {
             assert!(check_samples(&params, &[bad]).unwrap_err().to_string().contains(why), "{why}");
         }
         assert!(check_samples(&params, &[]).is_err());
+    }
+
+    /// The prover reads only what a validator needs: a `ping` padded with a megabyte of JSON
+    /// whitespace (valid, and what a validator never sends) ends the conversation unread.
+    #[tokio::test]
+    async fn the_prover_refuses_lines_longer_than_a_validator_needs() {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let (mut to_prover, prover_in) = tokio::io::duplex(1 << 16);
+        let (prover_out, from_prover) = tokio::io::duplex(1 << 16);
+        let setup = ProverSetup {
+            identity: ExecutorIdentity::from_seed([1; 32]),
+            threads: 1,
+            step_timeout: Duration::from_secs(10),
+            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 1 },
+            gpus: Vec::new(),
+            host: crate::host::host(),
+            available_memory: 1 << 30,
+        };
+        let prover = tokio::spawn(run_prover(BufReader::new(prover_in), prover_out, setup));
+        let mut lines = BufReader::new(from_prover).lines();
+        let hello = lines.next_line().await.unwrap().unwrap();
+        assert!(hello.contains("\"hello\""), "{hello}");
+        let padded = format!("{{\"type\":\"ping\",{}\"id\":1}}\n", " ".repeat(1 << 20));
+        // The prover may stop reading half-way: the write's outcome does not matter.
+        let _ = tokio::time::timeout(Duration::from_secs(10), to_prover.write_all(padded.as_bytes())).await;
+        let answer = lines.next_line().await.unwrap().unwrap();
+        assert!(
+            answer.contains("\"error\"") && answer.contains("longer than"),
+            "the prover read a 1 MiB line: {answer}"
+        );
+        assert!(matches!(prover.await.unwrap(), Err(ProtocolError::TooLong { limit: PROVER_LINE })));
+    }
+
+    /// The largest `open` the prover answers fits in the limit it reads with, at the largest n.
+    #[test]
+    fn the_largest_open_a_prover_answers_fits_its_line_limit() {
+        let params = Params::plain(1, 32768, 64);
+        let sample = |index| ProductSample { index, r: vec![(1 << 20) - 1; 32768], rows: vec![32767; 64] };
+        let open = Message::Open { samples: (0..64).map(sample).collect() };
+        let line = serde_json::to_vec(&open).unwrap().len() + 1;
+        let limit = open_line_limit(&params);
+        assert!(line <= limit && limit < line + line / 8, "{line} bytes, limit {limit}");
+        let challenge = Message::Challenge { params, validator_hotkey: "5".repeat(48) };
+        assert!(serde_json::to_vec(&challenge).unwrap().len() < PROVER_LINE / 16);
     }
 }

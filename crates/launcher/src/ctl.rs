@@ -133,8 +133,17 @@ pub enum ContainersCommand {
 pub enum GrantsCommand {
     /// Every grant.
     List,
-    /// Ask for a challenge the validator signs with its hotkey.
-    Challenge { validator_hotkey: String },
+    /// Ask for a challenge the validator signs with its hotkey; it names the SSH key and the
+    /// longest TTL, and the grant must be for that key and no longer.
+    Challenge {
+        validator_hotkey: String,
+        /// OpenSSH public key line of the key the grant will be for.
+        #[arg(long)]
+        ssh_public_key: String,
+        /// The longest grant the validator signs for (0: validator.max_grant_ttl).
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
     /// Grant a validator SSH access with its signed challenge.
     Provision {
         #[arg(long)]
@@ -414,8 +423,9 @@ async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), C
                 print(&grant_json(g));
             }
         }
-        GrantsCommand::Challenge { validator_hotkey } => {
-            let c = client.request_validator_challenge(access::ChallengeRequest { validator_hotkey }).await?;
+        GrantsCommand::Challenge { validator_hotkey, ssh_public_key, ttl_seconds } => {
+            let request = access::ChallengeRequest { validator_hotkey, ssh_public_key, ttl_seconds };
+            let c = client.request_validator_challenge(request).await?;
             print(&json!({"challenge_id": c.challenge_id, "message": hex_of(&c.message), "expires_at": c.expires_at}));
         }
         GrantsCommand::Provision { validator_hotkey, ssh_public_key, ttl_seconds, challenge_id, signature } => {

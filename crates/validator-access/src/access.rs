@@ -9,18 +9,20 @@ use std::time::Duration;
 
 use common::audit::Audit;
 use common::clock::Clock;
-use common::config::ValidatorConfig;
+use common::config::{AccessLimits, ValidatorConfig};
 use common::hotkey::Hotkey;
 use russh::keys::PublicKey;
 use serde_json::json;
 
 use crate::admission::Admission;
-use crate::challenge::{ChallengeError, Challenges};
+use crate::cgroup::Cgroups;
+use crate::challenge::{ChallengeError, Challenges, Terms};
 use crate::command::{CommandUser, Runner};
 use crate::grammar::CommandGrammar;
 use crate::grants::{GrantError, GrantRecord, GrantStore, fingerprint};
 use crate::principal::Principal;
-use crate::sessions::{Ending, SessionView, Sessions};
+use crate::refusals::RefusalLog;
+use crate::sessions::{CommandLimits, Ending, SessionView, Sessions};
 use crate::time::now;
 
 /// Why a call on the domain is refused or failed. The text is for logs; the gRPC API words
@@ -59,6 +61,10 @@ pub struct AccessSetup {
     pub identity_key: PathBuf,
     /// `allowed_source_addresses`, parsed; empty: any.
     pub sources: Vec<(IpAddr, u8)>,
+    /// Where commands run (set up at start).
+    pub cgroups: Arc<Cgroups>,
+    /// Where refusals of strangers go (audited off the accept path).
+    pub refusals: RefusalLog,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -85,14 +91,19 @@ pub struct Provision {
 #[derive(Debug)]
 pub struct Access {
     max_grant_ttl: Duration,
+    limits: AccessLimits,
     verify_hotkeys: bool,
     grants: Arc<GrantStore>,
     challenges: Challenges,
     audit: Arc<Audit>,
+    refusals: RefusalLog,
     sessions: Sessions,
     admission: Admission,
     grammar: CommandGrammar,
     runner: Runner,
+    /// Held while a revocation or the reaper removes grants and ends their sessions, so one
+    /// never ends the other's sessions (a revocation counts and audits exactly its own).
+    ending: tokio::sync::Mutex<()>,
 }
 
 fn random<const N: usize>() -> Result<[u8; N], AccessError> {
@@ -103,13 +114,29 @@ fn random<const N: usize>() -> Result<[u8; N], AccessError> {
 
 impl Access {
     pub fn new(setup: AccessSetup) -> Self {
-        let AccessSetup { config: v, executor_id, grants, audit, user, attestor, identity_key, sources, clock } = setup;
+        let AccessSetup {
+            config: v,
+            executor_id,
+            grants,
+            audit,
+            user,
+            attestor,
+            identity_key,
+            sources,
+            cgroups,
+            refusals,
+            clock,
+        } = setup;
         let hv = &v.access_config.hotkey_verification;
         let per_minute = v.access_config.rate_limits.ssh_requests_per_minute;
+        let limits = &v.access_config.limits;
+        let commands =
+            CommandLimits { per_session: limits.max_commands_per_session, per_grant: limits.max_commands_per_grant };
         let audit = Arc::new(audit);
         let grants = Arc::new(grants);
         Self {
             max_grant_ttl: v.max_grant_ttl,
+            limits: v.access_config.limits.clone(),
             verify_hotkeys: hv.enabled,
             challenges: Challenges::new(
                 &executor_id,
@@ -117,17 +144,34 @@ impl Access {
                 hv.max_signature_attempts,
                 clock.clone(),
             ),
-            sessions: Sessions::new(audit.clone()),
-            admission: Admission::new(grants.clone(), sources, per_minute, clock, audit.clone()),
+            sessions: Sessions::new(commands, audit.clone()),
+            admission: Admission::new(grants.clone(), sources, per_minute, clock),
+            refusals,
             grammar: CommandGrammar::new(v.strict_ssh_restrictions, attestor, identity_key),
-            runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), audit.clone()),
+            runner: Runner::new(user, v.command_timeout, v.command_max_output_bytes.get(), cgroups, audit.clone()),
             grants,
             audit,
+            ending: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// `[validator.access_config.limits]`.
+    pub fn limits(&self) -> &AccessLimits {
+        &self.limits
     }
 
     pub fn audit(&self) -> &Audit {
         &self.audit
+    }
+
+    /// The audit log, for the writer of refusals.
+    pub fn audit_log(&self) -> Arc<Audit> {
+        self.audit.clone()
+    }
+
+    /// Where refusals of strangers go.
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.refusals
     }
 
     pub fn sessions(&self) -> &Sessions {
@@ -146,11 +190,28 @@ impl Access {
         &self.runner
     }
 
-    /// A new challenge for `hotkey`.
-    pub fn request_challenge(&self, hotkey: &Hotkey) -> Result<IssuedChallenge, AccessError> {
+    /// A new challenge for `hotkey`, naming the key a grant will be for and its longest TTL
+    /// (`ttl_seconds`, 0 for `max_grant_ttl`).
+    pub fn request_challenge(
+        &self,
+        hotkey: &Hotkey,
+        public_key: &PublicKey,
+        ttl_seconds: u64,
+    ) -> Result<IssuedChallenge, AccessError> {
+        let max = self.max_grant_ttl.as_secs();
+        let max_ttl_seconds = match ttl_seconds {
+            0 => max,
+            ttl if ttl <= max => ttl,
+            ttl => return Err(AccessError::Ttl { ttl, max }),
+        };
+        let terms = Terms { fingerprint: fingerprint(public_key), max_ttl_seconds };
         let nonce = random::<16>()?;
-        let (id, message, valid) = self.challenges.issue(hotkey, nonce)?;
-        self.audit.record("challenge", json!({"hotkey": hotkey.as_str(), "challenge_id": id}));
+        let (id, message, valid) = self.challenges.issue(hotkey, terms.clone(), nonce)?;
+        self.audit.record(
+            "challenge",
+            json!({"hotkey": hotkey.as_str(), "challenge_id": id, "fingerprint": terms.fingerprint,
+                   "max_ttl_seconds": max_ttl_seconds}),
+        );
         Ok(IssuedChallenge { id, message, expires_at: now() + valid.as_secs() as i64 })
     }
 
@@ -165,7 +226,8 @@ impl Access {
             if p.challenge_id.is_empty() {
                 return Err(AccessError::ChallengeRequired);
             }
-            if let Err(e) = self.challenges.verify(&p.challenge_id, &p.hotkey, &p.signature) {
+            let key = fingerprint(&p.public_key);
+            if let Err(e) = self.challenges.verify(&p.challenge_id, &p.hotkey, &key, p.ttl_seconds, &p.signature) {
                 self.audit.record(
                     "challenge_failed",
                     json!({"hotkey": p.hotkey.as_str(), "challenge_id": p.challenge_id, "reason": e.to_string()}),
@@ -196,6 +258,7 @@ impl Access {
     /// Fails closed: when the grants file cannot take the revocation, the grant is revoked in
     /// memory all the same and its sessions end; the error then says it was not stored.
     pub async fn revoke(&self, id: &str) -> Result<u32, AccessError> {
+        let _ending = self.ending.lock().await;
         let (grant, unstored) = match self.grants.revoke(id) {
             Ok(grant) => (grant, None),
             Err(unstored) => (unstored.removed.first().cloned(), Some(unstored.source)),
@@ -207,6 +270,15 @@ impl Access {
         match unstored {
             None => Ok(closed),
             Some(e) => Err(AccessError::StoreRevocation { closed, source: e }),
+        }
+    }
+
+    /// Whether `principal`'s grant is still live: checked again at each request to run
+    /// something, so a grant that ended between two requests of one connection runs nothing
+    /// more (the reaper closes the connection within 500 ms; this closes the gap).
+    pub fn still_admitted(&self, principal: &Principal) -> bool {
+        match principal {
+            Principal::Validator(g) => self.grants.is_live(&g.id, now()),
         }
     }
 
@@ -236,6 +308,7 @@ impl Access {
 
     /// Expires grants past their time and closes their sessions (every 500 ms).
     pub async fn reap(&self) {
+        let _ending = self.ending.lock().await;
         match self.grants.expire(now()) {
             Ok(expired) => {
                 for g in &expired {

@@ -1,15 +1,14 @@
 //! Who may come in, for both fronts: `allowed_source_addresses`, the per-minute limits
-//! (`ssh_requests_per_minute` per source IP for connections and failed authentications, per
-//! hotkey for logins), and the lookup from what a client presents (an SSH key, or through
+//! (`ssh_requests_per_minute` per source address for connections and failed authentications,
+//! an IPv6 /64 counting as one address ([`PeerKey`]), per hotkey for logins), and the lookup from what a client presents (an SSH key, or through
 //! the gate a grant id sshd already checked) to the [`Principal`] it logs in as.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use common::audit::Audit;
 use common::clock::Clock;
+use common::peers::PeerKey;
 use common::ratelimit::RateLimiter;
-use serde_json::json;
 
 use crate::grants::GrantStore;
 use crate::principal::Principal;
@@ -42,25 +41,17 @@ pub struct Admission {
     grants: Arc<GrantStore>,
     /// `allowed_source_addresses`, parsed; empty: any.
     sources: Vec<(IpAddr, u8)>,
-    by_ip: RateLimiter<IpAddr>,
+    by_ip: RateLimiter<PeerKey>,
     by_hotkey: RateLimiter<String>,
-    audit: Arc<Audit>,
 }
 
 impl Admission {
-    pub fn new(
-        grants: Arc<GrantStore>,
-        sources: Vec<(IpAddr, u8)>,
-        per_minute: u32,
-        clock: Arc<dyn Clock>,
-        audit: Arc<Audit>,
-    ) -> Self {
+    pub fn new(grants: Arc<GrantStore>, sources: Vec<(IpAddr, u8)>, per_minute: u32, clock: Arc<dyn Clock>) -> Self {
         Self {
             grants,
             sources,
             by_ip: RateLimiter::new(per_minute, clock.clone()),
             by_hotkey: RateLimiter::new(per_minute, clock),
-            audit,
         }
     }
 
@@ -69,13 +60,14 @@ impl Admission {
         self.sources.is_empty() || self.sources.iter().any(|net| common::config::in_network(ip, *net))
     }
 
-    /// Counts a connection or failed authentication from `ip`; false when over the limit.
-    pub fn admit_ip(&self, ip: IpAddr, what: &str) -> bool {
-        if self.by_ip.check(&ip).is_ok() {
+    /// Counts a connection or failed authentication from `ip`'s peer (one host holds a whole
+    /// IPv6 /64); false when over the limit (the caller reports the refusal:
+    /// [`crate::refusals`], off the accept path).
+    pub fn admit_ip(&self, ip: IpAddr) -> bool {
+        if self.by_ip.check(&PeerKey::of(ip)).is_ok() {
             return true;
         }
         metrics::counter!("executor_validator_access_rate_limited_total", "scope" => "ip").increment(1);
-        self.audit.record("rate_limited", json!({"scope": "ip", "peer": ip.to_string(), "what": what}));
         false
     }
 
@@ -96,7 +88,7 @@ impl Admission {
             if !self.source_allowed(ip) {
                 return Err(Denied::SourceAddress);
             }
-            if !self.admit_ip(ip, "connection") {
+            if !self.admit_ip(ip) {
                 return Err(Denied::RateLimited);
             }
         }
@@ -108,7 +100,6 @@ impl Admission {
 
 #[cfg(test)]
 mod tests {
-    use common::ServiceName;
     use common::clock::ManualClock;
 
     use super::*;
@@ -130,9 +121,8 @@ mod tests {
             expires_at: now() + 600,
         };
         grants.add(grant.clone()).unwrap();
-        let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
         let sources = vec![common::config::parse_network("10.0.0.0/8").unwrap()];
-        let admission = Admission::new(Arc::new(grants), sources, 1, Arc::new(ManualClock::default()), audit);
+        let admission = Admission::new(Arc::new(grants), sources, 1, Arc::new(ManualClock::default()));
 
         assert_eq!(admission.principal_for_key(&grant.fingerprint), Some(Principal::Validator(grant.clone())));
         assert_eq!(admission.principal_for_key("SHA256:other"), None);
@@ -143,7 +133,20 @@ mod tests {
         // One a minute: the address is spent, then (from elsewhere) the hotkey.
         assert_eq!(admission.admit_relayed("g-1", Some(inside)), Err(Denied::RateLimited));
         assert_eq!(admission.admit_relayed("g-1", Some("10.9.9.9".parse().unwrap())), Err(Denied::RateLimited));
-        assert!(!admission.admit_ip(inside, "connection"));
+        assert!(!admission.admit_ip(inside));
         assert!(admission.admit_login(&Principal::Validator(grant)).is_err());
+    }
+
+    /// One host holds a whole IPv6 /64: its addresses share one budget.
+    #[test]
+    fn the_addresses_of_one_ipv6_64_share_one_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (grants, _) = GrantStore::open(dir.path()).unwrap();
+        let admission = Admission::new(Arc::new(grants), Vec::new(), 2, Arc::new(ManualClock::default()));
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert!(admission.admit_ip(ip("2001:db8:1:2::1")));
+        assert!(admission.admit_ip(ip("2001:db8:1:2::2")));
+        assert!(!admission.admit_ip(ip("2001:db8:1:2::3")), "a third address of one /64 got a budget");
+        assert!(admission.admit_ip(ip("2001:db8:1:3::1")));
     }
 }

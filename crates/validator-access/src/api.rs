@@ -53,6 +53,11 @@ fn refusal(e: ApiError) -> Refusal {
             AccessError::Challenge(ChallengeError::BadSignature { .. } | ChallengeError::OtherHotkey) => {
                 Refusal::new(Reason::BadSignature, e.to_string())
             }
+            // A key or TTL the signed challenge does not name: a field the caller got wrong
+            // (whoever relays a validator's signature cannot change what it signed for).
+            AccessError::Challenge(ChallengeError::OtherKey { .. } | ChallengeError::TtlAbove { .. }) => {
+                Refusal::new(Reason::InvalidField, e.to_string())
+            }
             // The challenge is used, unknown or expired: ask for a new one.
             AccessError::Challenge(ChallengeError::Unknown | ChallengeError::Expired) => {
                 Refusal::new(Reason::WrongState, e.to_string())
@@ -131,9 +136,10 @@ impl AccessApi for Api {
         &self,
         request: Request<pb::ChallengeRequest>,
     ) -> Result<Response<pb::Challenge>, Status> {
+        let r = request.into_inner();
         let call = || -> Result<_, ApiError> {
-            let key = hotkey("validator_hotkey", &request.into_inner().validator_hotkey)?;
-            Ok(self.access.request_challenge(&key)?)
+            let key = hotkey("validator_hotkey", &r.validator_hotkey)?;
+            Ok(self.access.request_challenge(&key, &parse_key(&r.ssh_public_key)?, r.ttl_seconds)?)
         };
         let c = call().map_err(refusal)?;
         Ok(Response::new(pb::Challenge { challenge_id: c.id, message: c.message, expires_at: c.expires_at }))
@@ -209,6 +215,10 @@ mod tests {
         let bad = ChallengeError::BadSignature { left: 1 };
         check(access(bad.into()), Code::Unauthenticated, "signature: ");
         check(access(ChallengeError::OtherHotkey.into()), Code::Unauthenticated, "challenge_id: ");
+        let other_key = ChallengeError::OtherKey { signed: "SHA256:a".into(), given: "SHA256:b".into() };
+        check(access(other_key.into()), Code::InvalidArgument, "ssh_public_key: SHA256:b is not the key");
+        let longer = ChallengeError::TtlAbove { ttl: 601, max: 600 };
+        check(access(longer.into()), Code::InvalidArgument, "ttl_seconds: 601 is more than the 600 s");
         check(access(ChallengeError::Unknown.into()), Code::FailedPrecondition, "challenge_id: no such");
         check(access(ChallengeError::Expired.into()), Code::FailedPrecondition, "challenge_id: the challenge expired");
         check(access(AccessError::NoGrant("g-1".into())), Code::NotFound, "grant_id: no grant `g-1`");

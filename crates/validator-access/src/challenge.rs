@@ -1,6 +1,8 @@
 //! Hotkey challenges: before a grant, the validator proves it holds its hotkey by signing
 //! bytes the executor chose (sr25519, Substrate's signing context; a `<Bytes>` wrapper is
-//! accepted as Bittensor wallets add it). A challenge lives `challenge_timeout_seconds` and is
+//! accepted as Bittensor wallets add it). The bytes name the SSH key (its fingerprint) and the
+//! longest TTL the grant may have, so whoever relays the signature (the miner) can attach
+//! neither another key nor a longer grant. A challenge lives `challenge_timeout_seconds` and is
 //! used once; after `max_signature_attempts` bad signatures the hotkey is locked out for
 //! `challenge_timeout_seconds`.
 
@@ -27,11 +29,26 @@ pub enum ChallengeError {
     OtherHotkey,
     #[error("signature: does not verify with the validator hotkey ({left} attempts left)")]
     BadSignature { left: u32 },
+    #[error(
+        "ssh_public_key: {given} is not the key the signed challenge names ({signed}); ask for a challenge for this key"
+    )]
+    OtherKey { signed: String, given: String },
+    #[error("ttl_seconds: {ttl} is more than the {max} s the signed challenge allows")]
+    TtlAbove { ttl: u64, max: u64 },
+}
+
+/// What a grant made with a challenge may be: the key and the longest TTL the validator signs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// `SHA256:…`, as OpenSSH prints it.
+    pub fingerprint: String,
+    pub max_ttl_seconds: u64,
 }
 
 #[derive(Debug)]
 struct Pending {
     hotkey: String,
+    terms: Terms,
     message: Vec<u8>,
     expires: Instant,
 }
@@ -74,14 +91,22 @@ impl Challenges {
         }
     }
 
-    /// A new challenge for `hotkey`: (id, the bytes to sign, seconds it stays valid).
-    pub fn issue(&self, hotkey: &Hotkey, nonce: [u8; 16]) -> Result<(String, Vec<u8>, Duration), ChallengeError> {
+    /// A new challenge for `hotkey` to accept `terms`: (id, the bytes to sign, seconds it stays
+    /// valid).
+    pub fn issue(
+        &self,
+        hotkey: &Hotkey,
+        terms: Terms,
+        nonce: [u8; 16],
+    ) -> Result<(String, Vec<u8>, Duration), ChallengeError> {
         self.locked(hotkey.as_str())?;
         let id = format!("ch-{}", hex::encode(nonce));
         let message = format!(
-            "basilica-validator-access v1\nexecutor: {}\nvalidator: {}\nchallenge: {id}\nvalid-for: {}s",
+            "basilica-validator-access v2\nexecutor: {}\nvalidator: {}\nssh-key: {}\nmax-ttl: {}s\nchallenge: {id}\nvalid-for: {}s",
             self.executor_id,
             hotkey.as_str(),
+            terms.fingerprint,
+            terms.max_ttl_seconds,
             self.timeout.as_secs()
         )
         .into_bytes();
@@ -94,12 +119,23 @@ impl Challenges {
             pending.remove(&oldest);
         }
         let expires = now + self.timeout;
-        pending.insert(id.clone(), Pending { hotkey: hotkey.as_str().to_owned(), message: message.clone(), expires });
+        let entry = Pending { hotkey: hotkey.as_str().to_owned(), terms, message: message.clone(), expires };
+        pending.insert(id.clone(), entry);
         Ok((id, message, self.timeout))
     }
 
-    /// Checks the answer to challenge `id`; a good one uses the challenge up.
-    pub fn verify(&self, id: &str, hotkey: &Hotkey, signature: &[u8]) -> Result<(), ChallengeError> {
+    /// Checks the answer to challenge `id` for a grant of `fingerprint`'s key for `ttl_seconds`;
+    /// a good one uses the challenge up. A key or TTL the challenge does not name is refused
+    /// before the signature is looked at (and counts as no attempt: it is the relay's mistake,
+    /// and the challenge stays usable).
+    pub fn verify(
+        &self,
+        id: &str,
+        hotkey: &Hotkey,
+        fingerprint: &str,
+        ttl_seconds: u64,
+        signature: &[u8],
+    ) -> Result<(), ChallengeError> {
         self.locked(hotkey.as_str())?;
         let now = self.clock.now();
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,6 +146,15 @@ impl Challenges {
         }
         if p.hotkey != hotkey.as_str() {
             return Err(ChallengeError::OtherHotkey);
+        }
+        if p.terms.fingerprint != fingerprint {
+            return Err(ChallengeError::OtherKey {
+                signed: p.terms.fingerprint.clone(),
+                given: fingerprint.to_owned(),
+            });
+        }
+        if ttl_seconds > p.terms.max_ttl_seconds {
+            return Err(ChallengeError::TtlAbove { ttl: ttl_seconds, max: p.terms.max_ttl_seconds });
         }
         if hotkey.verify(&p.message, signature).is_ok() {
             pending.remove(id);
@@ -137,22 +182,53 @@ mod tests {
     const ALICE: &str = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
     const BOB: &str = "5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty";
 
+    const KEY: &str = "SHA256:validator-key";
+
+    fn terms() -> Terms {
+        Terms { fingerprint: KEY.into(), max_ttl_seconds: 600 }
+    }
+
     #[test]
     fn bad_signatures_lock_out_and_challenges_expire() {
         let clock = Arc::new(ManualClock::default());
         let challenges = Challenges::new("executor-x", Duration::from_secs(60), 2, clock.clone());
         let alice: Hotkey = ALICE.parse().unwrap();
         let bob: Hotkey = BOB.parse().unwrap();
-        let (id, message, _) = challenges.issue(&alice, [1; 16]).unwrap();
+        let (id, message, _) = challenges.issue(&alice, terms(), [1; 16]).unwrap();
         assert!(String::from_utf8_lossy(&message).contains(&format!("validator: {ALICE}")));
-        assert_eq!(challenges.verify(&id, &bob, &[0; 64]), Err(ChallengeError::OtherHotkey));
-        assert_eq!(challenges.verify(&id, &alice, &[0; 64]), Err(ChallengeError::BadSignature { left: 1 }));
-        assert_eq!(challenges.verify(&id, &alice, &[0; 64]), Err(ChallengeError::LockedOut(60)));
-        assert!(matches!(challenges.issue(&alice, [2; 16]), Err(ChallengeError::LockedOut(_))));
+        assert_eq!(challenges.verify(&id, &bob, KEY, 600, &[0; 64]), Err(ChallengeError::OtherHotkey));
+        let bad = challenges.verify(&id, &alice, KEY, 600, &[0; 64]);
+        assert_eq!(bad, Err(ChallengeError::BadSignature { left: 1 }));
+        assert_eq!(challenges.verify(&id, &alice, KEY, 600, &[0; 64]), Err(ChallengeError::LockedOut(60)));
+        assert!(matches!(challenges.issue(&alice, terms(), [2; 16]), Err(ChallengeError::LockedOut(_))));
         clock.advance(Duration::from_secs(61));
-        let (id, _, _) = challenges.issue(&alice, [3; 16]).unwrap();
+        let (id, _, _) = challenges.issue(&alice, terms(), [3; 16]).unwrap();
         clock.advance(Duration::from_secs(61));
-        assert_eq!(challenges.verify(&id, &alice, &[0; 64]), Err(ChallengeError::Expired));
-        assert_eq!(challenges.verify(&id, &alice, &[0; 64]), Err(ChallengeError::Unknown));
+        assert_eq!(challenges.verify(&id, &alice, KEY, 600, &[0; 64]), Err(ChallengeError::Expired));
+        assert_eq!(challenges.verify(&id, &alice, KEY, 600, &[0; 64]), Err(ChallengeError::Unknown));
+    }
+
+    /// The signed bytes name the key and the longest TTL; a grant for another key or a longer
+    /// TTL is refused whatever the signature, without using the challenge or an attempt up.
+    #[test]
+    fn the_signed_bytes_bind_the_key_and_the_ttl() {
+        let challenges = Challenges::new("executor-x", Duration::from_secs(60), 1, Arc::new(ManualClock::default()));
+        let alice: Hotkey = ALICE.parse().unwrap();
+        let (id, message, _) = challenges.issue(&alice, terms(), [1; 16]).unwrap();
+        assert_eq!(
+            String::from_utf8(message).unwrap(),
+            format!(
+                "basilica-validator-access v2\nexecutor: executor-x\nvalidator: {ALICE}\nssh-key: {KEY}\nmax-ttl: 600s\nchallenge: {id}\nvalid-for: 60s"
+            )
+        );
+        let other = challenges.verify(&id, &alice, "SHA256:relay-key", 600, &[0; 64]);
+        let expected = ChallengeError::OtherKey { signed: KEY.into(), given: "SHA256:relay-key".into() };
+        assert_eq!(other, Err(expected));
+        assert_eq!(
+            challenges.verify(&id, &alice, KEY, 601, &[0; 64]),
+            Err(ChallengeError::TtlAbove { ttl: 601, max: 600 })
+        );
+        // Neither was an attempt (one would lock alice out) nor used the challenge up.
+        assert_eq!(challenges.verify(&id, &alice, KEY, 60, &[0; 64]), Err(ChallengeError::LockedOut(60)));
     }
 }

@@ -1,11 +1,14 @@
 //! How a planned command runs for a session: as `command_user` through `setpriv` (or, for the
-//! signing attestor, as root without capabilities), with an empty environment, its process
-//! group recorded in the session so that teardown kills it, `command_timeout`,
-//! `command_max_output_bytes`, and one audit line when it ends. Where output goes is the
-//! front's business ([`Output`]).
+//! signing attestor, as root without capabilities), with an empty environment, in a cgroup of
+//! its own (the limits of `[validator]`) registered with its session so that teardown kills
+//! it whole, within the session's and the grant's concurrent commands, `command_timeout`,
+//! `command_max_output_bytes`, and one audit line when it ends. Whatever it started is killed
+//! with it when it ends, however it ends. Where output goes is the front's business
+//! ([`Output`]).
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::audit::Audit;
@@ -14,9 +17,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::cgroup::Cgroups;
 use crate::grammar::Planned;
 use crate::principal::{Principal, with_principal};
-use crate::sessions::Sessions;
+use crate::sessions::{Busy, Sessions, kill_all};
 
 /// PATH of validator commands (their environment is otherwise empty).
 const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -87,12 +91,21 @@ pub struct Runner {
     user: CommandUser,
     timeout: Duration,
     max_output: u64,
+    cgroups: Arc<Cgroups>,
+    /// Numbers the commands' cgroups.
+    started: AtomicU64,
     audit: Arc<Audit>,
 }
 
 impl Runner {
-    pub fn new(user: CommandUser, timeout: Duration, max_output: u64, audit: Arc<Audit>) -> Self {
-        Self { user, timeout, max_output, audit }
+    pub fn new(
+        user: CommandUser,
+        timeout: Duration,
+        max_output: u64,
+        cgroups: Arc<Cgroups>,
+        audit: Arc<Audit>,
+    ) -> Self {
+        Self { user, timeout, max_output, cgroups, started: AtomicU64::new(1), audit }
     }
 
     /// The process that runs `planned`: `setpriv` to the command user (or, for the signing
@@ -113,29 +126,51 @@ impl Runner {
     }
 
     /// Runs `job` to its end, its stdin fed from `stdin_rx`, and reports it to `output` and in
-    /// the audit log.
+    /// the audit log. Refused (exit status 126) when the session or its grant runs as many
+    /// commands as allowed already.
     pub async fn run(&self, sessions: &Sessions, job: Job, output: impl Output, mut stdin_rx: mpsc::Receiver<Vec<u8>>) {
         let Job { session_id, principal, line, spec } = job;
         let started = Instant::now();
         let cap = self.max_output;
-        let (code, sent, truncated, timed_out) = match spec.spawn_interactive() {
+        let name = format!("{session_id}-{}", self.started.fetch_add(1, Ordering::Relaxed));
+        let cgroup = match self.cgroups.create(&name) {
+            Ok(cgroup) => Arc::new(cgroup),
+            Err(e) => {
+                tracing::error!(error = %e, session = %session_id, "cannot make the cgroup of a validator command");
+                output
+                    .out(Stream::Stderr, b"executor: cannot start the command; see the executor log\n".to_vec())
+                    .await;
+                output.finish(127).await;
+                return;
+            }
+        };
+        if let Err(busy) = sessions.begin_command(&session_id, cgroup.clone()) {
+            self.refuse(&session_id, principal.as_ref(), &line, &busy, output).await;
+            return;
+        }
+        let (code, sent, truncated, timed_out) = match spec.in_cgroup(cgroup.procs_files()).spawn_interactive() {
             Err(e) => {
                 output.out(Stream::Stderr, format!("executor: cannot start the command: {e}\n").into_bytes()).await;
                 (127u32, [0u64; 2], false, false)
             }
             Ok(mut child) => {
-                let pgid = child.id().unwrap_or(0);
-                sessions.add_child(&session_id, pgid);
                 let mut stdin = child.stdin.take();
                 let mut stdout = child.stdout.take();
                 let mut stderr = child.stderr.take();
                 let mut capped = Capped { output: &output, cap, sent: [0; 2] };
                 let mut truncated = false;
                 let (mut out_buf, mut err_buf) = (vec![0u8; 32 << 10], vec![0u8; 32 << 10]);
+                let mut exited = None;
                 let io = async {
                     loop {
                         // `send` is true once the output cap is reached: the command is killed.
                         tokio::select! {
+                            // The command is over when its process is: what it left running
+                            // (holding the output open, say) goes, the output is read to its end.
+                            status = child.wait(), if exited.is_none() => {
+                                exited = Some(status);
+                                kill_all(vec![cgroup.clone()]).await;
+                            },
                             n = read_some(&mut stdout, &mut out_buf) => match n {
                                 Some(n) => truncated = capped.send(Stream::Stdout, &out_buf[..n]).await,
                                 None => stdout = None,
@@ -156,10 +191,12 @@ impl Runner {
                 };
                 let timed_out = tokio::time::timeout(self.timeout, io).await.is_err();
                 if timed_out || truncated {
-                    let _ = common::process::signal_group(pgid, nix::sys::signal::Signal::SIGKILL);
+                    kill_all(vec![cgroup.clone()]).await;
                 }
-                let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-                sessions.remove_child(&session_id, pgid);
+                let status = match exited {
+                    Some(status) => Ok(status),
+                    None => tokio::time::timeout(Duration::from_secs(10), child.wait()).await,
+                };
                 let code = match status {
                     _ if timed_out => 124,
                     Ok(Ok(status)) => status.code().map_or(128 + 9, |c| c as u32),
@@ -171,6 +208,9 @@ impl Runner {
                 (code, capped.sent, truncated, timed_out)
             }
         };
+        // Whatever the command left running (detached, double-forked) ends with it.
+        kill_all(vec![cgroup.clone()]).await;
+        sessions.end_command(&session_id, &cgroup);
         output.finish(code).await;
         metrics::counter!("executor_validator_access_commands_total").increment(1);
         self.audit.record(
@@ -182,6 +222,17 @@ impl Runner {
                        "timed_out": timed_out, "duration_ms": started.elapsed().as_millis() as u64}),
             ),
         );
+    }
+
+    /// Refuses a command that may not start now: the reason on stderr, exit status 126.
+    async fn refuse(&self, session: &str, principal: Option<&Principal>, line: &str, busy: &Busy, output: impl Output) {
+        metrics::counter!("executor_validator_access_refused_total", "what" => "concurrent_commands").increment(1);
+        self.audit.record(
+            "refused",
+            with_principal(principal, json!({"session": session, "what": "concurrent_commands", "command": line})),
+        );
+        output.out(Stream::Stderr, format!("executor: {busy}\n").into_bytes()).await;
+        output.finish(126).await;
     }
 }
 
@@ -244,11 +295,23 @@ mod tests {
     }
 
     async fn run(script: &str, stdin: &[u8]) -> (Vec<u8>, Vec<u8>, Option<u32>, String) {
+        let cgroups = crate::cgroup::testing::cgroups().expect("root, checked by the caller");
         let dir = tempfile::tempdir().unwrap();
         let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
         let user = CommandUser { name: "nobody".into(), uid: 65534, gid: 65534 };
-        let runner = Runner::new(user, Duration::from_secs(2), 1000, audit.clone());
-        let sessions = Sessions::new(audit);
+        let runner = Runner::new(user, Duration::from_secs(2), 1000, cgroups.0.clone(), audit.clone());
+        let limits = crate::sessions::CommandLimits { per_session: 2, per_grant: 2 };
+        let sessions = Sessions::new(limits, audit);
+        let principal = Principal::Validator(crate::grants::GrantRecord {
+            id: "g-1".into(),
+            hotkey: "5Grw".into(),
+            public_key: String::new(),
+            fingerprint: String::new(),
+            created_at: 0,
+            expires_at: 100,
+        });
+        let closer = crate::sessions::Closer::Cancel(tokio_util::sync::CancellationToken::new());
+        sessions.insert("s-1".into(), crate::sessions::Session::new(principal, "peer".into(), 0, closer));
         let job = Job {
             session_id: "s-1".into(),
             principal: None,
@@ -269,6 +332,9 @@ mod tests {
 
     #[tokio::test]
     async fn commands_get_stdin_and_their_status_within_the_output_cap_and_time_limit() {
+        if crate::cgroup::testing::cgroups().is_none() {
+            return;
+        }
         let (out, err, code, log) = run("cat; echo oops >&2; exit 3", b"hello").await;
         assert_eq!((out.as_slice(), err.as_slice(), code), (&b"hello"[..], &b"oops\n"[..], Some(3)));
         assert!(log.contains("\"exit_code\":3") && log.contains("\"grant_id\":null"), "{log}");

@@ -55,6 +55,8 @@ pub struct Unstored {
 /// Why an SSH public key cannot be granted (the text goes after `ssh_public_key: `).
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    #[error("required: the OpenSSH public key line of the key the grant is for")]
+    Missing,
     #[error("not an OpenSSH public key line: {0}")]
     Malformed(russh::keys::ssh_key::Error),
     #[error("{0} keys are not accepted; use ssh-ed25519 or ecdsa-sha2-nistp256/384/521")]
@@ -63,6 +65,9 @@ pub enum KeyError {
 
 /// The key of an `ssh_public_key` field: ed25519 or ECDSA only.
 pub fn parse_key(line: &str) -> Result<PublicKey, KeyError> {
+    if line.trim().is_empty() {
+        return Err(KeyError::Missing);
+    }
     let key = PublicKey::from_openssh(line.trim()).map_err(KeyError::Malformed)?;
     match key.algorithm() {
         russh::keys::Algorithm::Ed25519 | russh::keys::Algorithm::Ecdsa { .. } => Ok(key),
@@ -303,5 +308,6 @@ mod tests {
         assert!(parse_key(KEY).is_ok());
         assert!(parse_key("ssh-ed25519 AAAA").unwrap_err().to_string().contains("not an OpenSSH public key"));
         assert!(parse_key("garbage").is_err());
+        assert!(parse_key(" ").unwrap_err().to_string().starts_with("required: "));
     }
 }

@@ -12,7 +12,7 @@
 //! ([`common::audit`]).
 //!
 //! Layers, each module importing only modules of the lines above it:
-//! - `time`, `challenge`, `grammar`: nothing of this crate;
+//! - `time`, `challenge`, `grammar`, `cgroup`, `refusals`: nothing of this crate;
 //! - `grants` (time); `principal` (grants); `sessions` (principal);
 //! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
 //! - `access` (all of the above);
@@ -22,12 +22,14 @@
 pub mod access;
 pub mod admission;
 pub mod api;
+pub mod cgroup;
 pub mod challenge;
 pub mod command;
 pub mod front;
 pub mod grammar;
 pub mod grants;
 pub mod principal;
+pub mod refusals;
 pub mod sessions;
 pub mod time;
 
@@ -64,6 +66,12 @@ pub enum SetupError {
     KeysDir { dir: PathBuf, source: std::io::Error },
     #[error("validator.authorized_keys_file: cannot listen on {socket}: {source}")]
     GateSocket { socket: PathBuf, source: std::io::Error },
+    /// Validator commands never run unconfined: no cgroups, no service (`[validator] enabled =
+    /// false` turns validator access off instead).
+    #[error(
+        "validator commands need cgroups and cannot have them: {0}. Run the node as root with the cgroup hierarchy writable (systemd: the shipped unit's Delegate=yes; Docker: privileged), or set [validator] enabled = false"
+    )]
+    Cgroups(cgroup::CgroupError),
 }
 
 /// Where validators come in.
@@ -80,6 +88,10 @@ enum Front {
 pub struct ValidatorAccess {
     api: api::Api,
     front: Front,
+    /// The cgroups of validator commands, closed (every command killed) at shutdown.
+    cgroups: Arc<cgroup::Cgroups>,
+    /// Refusals waiting for their writer.
+    refusals: refusals::RefusalQueue,
     /// `allowed_source_addresses` as configured, for the `authorized_keys` file.
     sources: Vec<String>,
 }
@@ -100,7 +112,11 @@ impl Service for ValidatorAccess {
             } else {
                 Check::fail("setpriv", "missing: validator commands cannot drop privileges (install util-linux)")
             };
-        vec![user, setpriv]
+        let cgroups = match cgroup::Hierarchy::of_this_process().and_then(|h| h.probe()) {
+            Ok(found) => Check::pass("cgroups for validator commands", found),
+            Err(e) => Check::fail("cgroups for validator commands", SetupError::Cgroups(e).to_string()),
+        };
+        vec![user, setpriv, cgroups]
     }
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
@@ -119,6 +135,14 @@ impl Service for ValidatorAccess {
                 serde_json::json!({"moved_to": moved_to.display().to_string(), "grants": grants}),
             );
         }
+        let limits = cgroup::Limits {
+            memory_bytes: v.command_max_memory_bytes.get(),
+            pids: v.command_max_pids,
+            cpus: v.command_max_cpus,
+        };
+        let cgroups =
+            Arc::new(cgroup::Cgroups::for_this_process(&identity.executor_id(), limits).map_err(SetupError::Cgroups)?);
+        let (refusal_log, refusal_queue) = refusals::RefusalLog::new(refusals::QUEUE);
         let sources = v
             .allowed_source_addresses
             .iter()
@@ -134,6 +158,8 @@ impl Service for ValidatorAccess {
             attestor,
             identity_key: config.data_dir.join(common::identity::IDENTITY_FILE),
             sources,
+            cgroups: cgroups.clone(),
+            refusals: refusal_log,
             clock: Arc::new(common::clock::SystemClock),
         });
         let host = config.server.host;
@@ -172,7 +198,13 @@ impl Service for ValidatorAccess {
                 v.ssh_port
             ),
         };
-        Ok(Self { api: api::Api::new(Arc::new(access), ssh_endpoint), front, sources: v.allowed_source_addresses })
+        Ok(Self {
+            api: api::Api::new(Arc::new(access), ssh_endpoint),
+            front,
+            cgroups,
+            refusals: refusal_queue,
+            sources: v.allowed_source_addresses,
+        })
     }
 
     fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
@@ -185,6 +217,7 @@ impl Service for ValidatorAccess {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
         describe_metrics();
         let access = self.api.access().clone();
+        let refusals = tokio::spawn(refusals::write(self.refusals, access.audit_log(), ctx.shutdown.clone()));
         let mut keys = None;
         let server = match self.front {
             Front::Embedded { listener, host_key } => {
@@ -210,6 +243,13 @@ impl Service for ValidatorAccess {
             }
         }
         let _ = server.await;
+        let _ = refusals.await;
+        let cgroups = self.cgroups.clone();
+        match tokio::task::spawn_blocking(move || cgroups.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
+            Err(e) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
+        }
         Ok(())
     }
 }
@@ -232,6 +272,10 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "executor_validator_access_sessions_closed_total",
         "Sessions closed because their grant ended."
+    );
+    metrics::describe_counter!(
+        "executor_validator_access_refusals_dropped_total",
+        "Refusals not audited because their queue was full (still counted in the other metrics)."
     );
     metrics::describe_gauge!("executor_validator_access_sessions", "Open SSH sessions.");
     metrics::describe_gauge!("executor_validator_access_grants", "Live grants.");

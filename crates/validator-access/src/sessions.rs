@@ -1,9 +1,11 @@
-//! The one registry of live sessions, whichever front they came through, and the one way a
-//! session ends ([`Sessions::end`], [`Sessions::end_where`]): the process groups of its
-//! commands are killed, the connection is closed when the end comes from outside (revocation,
-//! expiry), and the end is audited. Both fronts and the reaper end sessions only here.
+//! The one registry of live sessions, whichever front they came through, the commands they
+//! run (at most `max_commands_per_session` each and `max_commands_per_grant` per grant, each in
+//! its cgroup), and the one way a session ends ([`Sessions::end`], [`Sessions::end_where`]):
+//! the cgroups of its commands are killed whole, the connection is closed when the end comes
+//! from outside (revocation, expiry), and the end is audited. Both fronts and the reaper end
+//! sessions only here.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::audit::Audit;
@@ -11,6 +13,7 @@ use russh::Disconnect;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::CommandCgroup;
 use crate::principal::{Principal, with_principal};
 
 /// A new session id, `s-` and 16 hex digits.
@@ -75,14 +78,36 @@ pub struct Session {
     pub started_at: i64,
     pub commands: Vec<String>,
     closer: Closer,
-    /// Process groups of the commands running now.
-    children: HashSet<u32>,
+    /// The cgroups of the commands running now.
+    running: Vec<Arc<CommandCgroup>>,
 }
 
 impl Session {
     pub fn new(principal: Principal, peer: String, started_at: i64, closer: Closer) -> Self {
-        Self { principal, peer, started_at, commands: Vec::new(), closer, children: HashSet::new() }
+        Self { principal, peer, started_at, commands: Vec::new(), closer, running: Vec::new() }
     }
+}
+
+/// Concurrent commands allowed (`[validator.access_config.limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandLimits {
+    pub per_session: u32,
+    pub per_grant: u32,
+}
+
+/// Why a command may not start now; the text goes to the validator after `executor: `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Busy {
+    #[error("the session has ended")]
+    SessionEnded,
+    #[error(
+        "this connection already runs {0} command(s), the most it may (validator.access_config.limits.max_commands_per_session)"
+    )]
+    Session(u32),
+    #[error(
+        "grant {grant} already runs {running} command(s), the most it may (validator.access_config.limits.max_commands_per_grant)"
+    )]
+    Grant { grant: String, running: u32 },
 }
 
 /// What a caller sees of a session.
@@ -99,12 +124,13 @@ pub struct SessionView {
 #[derive(Debug)]
 pub struct Sessions {
     live: Mutex<HashMap<String, Session>>,
+    limits: CommandLimits,
     audit: Arc<Audit>,
 }
 
 impl Sessions {
-    pub fn new(audit: Arc<Audit>) -> Self {
-        Self { live: Mutex::new(HashMap::new()), audit }
+    pub fn new(limits: CommandLimits, audit: Arc<Audit>) -> Self {
+        Self { live: Mutex::new(HashMap::new()), limits, audit }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
@@ -130,17 +156,34 @@ impl Sessions {
         }
     }
 
-    /// Records the process group of a command that started; killed when the session ends.
-    pub fn add_child(&self, id: &str, pgid: u32) {
-        if let Some(s) = self.lock().get_mut(id) {
-            s.children.insert(pgid);
+    /// Registers a command of session `id` about to start in `cgroup` (killed when the session
+    /// ends), unless the session has ended or it or its grant runs as many commands as allowed.
+    pub fn begin_command(&self, id: &str, cgroup: Arc<CommandCgroup>) -> Result<(), Busy> {
+        let mut live = self.lock();
+        let session = live.get(id).ok_or(Busy::SessionEnded)?;
+        let mine = session.running.len() as u32;
+        if mine >= self.limits.per_session {
+            return Err(Busy::Session(mine));
         }
+        let Principal::Validator(grant) = &session.principal;
+        let of_grant: u32 = live
+            .values()
+            .filter(|s| matches!(&s.principal, Principal::Validator(g) if g.id == grant.id))
+            .map(|s| s.running.len() as u32)
+            .sum();
+        if of_grant >= self.limits.per_grant {
+            return Err(Busy::Grant { grant: grant.id.clone(), running: of_grant });
+        }
+        if let Some(session) = live.get_mut(id) {
+            session.running.push(cgroup);
+        }
+        Ok(())
     }
 
-    /// Forgets the process group of a command that ended.
-    pub fn remove_child(&self, id: &str, pgid: u32) {
+    /// Forgets a command that ended (its cgroup killed already).
+    pub fn end_command(&self, id: &str, cgroup: &Arc<CommandCgroup>) {
         if let Some(s) = self.lock().get_mut(id) {
-            s.children.remove(&pgid);
+            s.running.retain(|c| !Arc::ptr_eq(c, cgroup));
         }
     }
 
@@ -178,12 +221,10 @@ impl Sessions {
         ended.len() as u32
     }
 
-    /// The teardown: kill the commands, close the connection when the end comes from outside,
-    /// audit, count.
+    /// The teardown: kill the commands (their cgroups, whole), close the connection when the
+    /// end comes from outside, audit, count.
     async fn tear_down(&self, id: &str, session: &Session, ending: Ending) {
-        for pgid in &session.children {
-            let _ = common::process::signal_group(*pgid, nix::sys::signal::Signal::SIGKILL);
-        }
+        kill_all(session.running.clone()).await;
         if ending.is_external() {
             match &session.closer {
                 Closer::Disconnect(handle) => {
@@ -199,6 +240,19 @@ impl Sessions {
         if ending.is_external() {
             metrics::counter!("executor_validator_access_sessions_closed_total", "reason" => ending.as_str())
                 .increment(1);
+        }
+    }
+}
+
+/// Kills `cgroups` whole, off the async threads (a kill polls until the cgroup is empty).
+pub async fn kill_all(cgroups: Vec<Arc<CommandCgroup>>) {
+    if cgroups.is_empty() {
+        return;
+    }
+    let killed = tokio::task::spawn_blocking(move || cgroups.iter().map(|c| c.kill()).collect::<Vec<_>>()).await;
+    for result in killed.unwrap_or_default() {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot kill the cgroup of a validator command");
         }
     }
 }
@@ -224,17 +278,36 @@ mod tests {
         })
     }
 
+    const LIMITS: CommandLimits = CommandLimits { per_session: 2, per_grant: 3 };
+
     #[tokio::test]
     async fn one_teardown_kills_closes_and_audits() {
+        let Some(cgroups) = crate::cgroup::testing::cgroups() else { return };
         let dir = tempfile::tempdir().unwrap();
         let audit = Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap());
-        let sessions = Sessions::new(audit);
+        let sessions = Sessions::new(LIMITS, audit);
         let (revoked, kept) = (CancellationToken::new(), CancellationToken::new());
         sessions
             .insert("s-1".into(), Session::new(validator("g-1"), "peer".into(), 0, Closer::Cancel(revoked.clone())));
         sessions.insert("s-2".into(), Session::new(validator("g-2"), "peer".into(), 0, Closer::Cancel(kept.clone())));
-        let mut child = ProcessSpec::new("sleep").arg("30").spawn_interactive().unwrap();
-        sessions.add_child("s-1", child.id().unwrap());
+        let cgroup = Arc::new(cgroups.create("s-1-1").unwrap());
+        sessions.begin_command("s-1", cgroup.clone()).unwrap();
+        // Detached (`setsid` forks: it leads a process group), so only the cgroup finds it.
+        let spec = ProcessSpec::new("setsid").args(["sleep", "30"]).in_cgroup(cgroup.procs_files());
+        let _setsid = spec.spawn_interactive().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let sleeper = loop {
+            let sleeping = cgroup
+                .pids()
+                .unwrap()
+                .into_iter()
+                .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0")));
+            if let Some(pid) = sleeping {
+                break pid;
+            }
+            assert!(std::time::Instant::now() < deadline, "the detached sleep never showed up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         sessions.add_command("s-1", "sleep 30");
         assert_eq!(sessions.list().iter().find(|s| s.id == "s-1").unwrap().commands, ["sleep 30"]);
 
@@ -242,8 +315,8 @@ mod tests {
         let ended = sessions.end_where(|p| matches!(p, Principal::Validator(g) if g.id == "g-1"), Ending::GrantRevoked);
         assert_eq!(ended.await, 1);
         assert!(revoked.is_cancelled());
-        let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.unwrap().unwrap();
-        assert!(!status.success(), "{status:?}");
+        assert!(!e2e::process_alive(sleeper), "the detached sleep outlived its session");
+        assert!(cgroup.dirs().iter().all(|d| !d.exists()), "the cgroup outlived its session");
         // The client went away: nothing left to close; a second end finds nothing.
         assert!(sessions.end("s-2", Ending::ClientClosed).await);
         assert!(!kept.is_cancelled());
@@ -266,5 +339,30 @@ mod tests {
                 assert!(line.contains(&field), "{field} not in {line}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn commands_are_counted_per_session_and_per_grant() {
+        let Some(cgroups) = crate::cgroup::testing::cgroups() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = Sessions::new(LIMITS, Arc::new(Audit::open(dir.path(), ServiceName::ValidatorAccess).unwrap()));
+        for (id, grant) in [("s-1", "g-1"), ("s-2", "g-1"), ("s-3", "g-2")] {
+            let closer = Closer::Cancel(CancellationToken::new());
+            sessions.insert(id.into(), Session::new(validator(grant), "peer".into(), 0, closer));
+        }
+        let cgroup = |name: &str| Arc::new(cgroups.create(name).unwrap());
+        let (a, b) = (cgroup("s-1-1"), cgroup("s-1-2"));
+        sessions.begin_command("s-1", a.clone()).unwrap();
+        sessions.begin_command("s-1", b.clone()).unwrap();
+        assert_eq!(sessions.begin_command("s-1", cgroup("s-1-3")), Err(Busy::Session(2)));
+        sessions.begin_command("s-2", cgroup("s-2-1")).unwrap();
+        let busy = sessions.begin_command("s-2", cgroup("s-2-2")).unwrap_err();
+        assert_eq!(busy, Busy::Grant { grant: "g-1".into(), running: 3 });
+        assert!(busy.to_string().contains("max_commands_per_grant"), "{busy}");
+        sessions.begin_command("s-3", cgroup("s-3-1")).unwrap();
+        sessions.end_command("s-1", &a);
+        sessions.begin_command("s-2", cgroup("s-2-3")).unwrap();
+        assert_eq!(sessions.begin_command("s-9", cgroup("s-9-1")), Err(Busy::SessionEnded));
+        drop(b);
     }
 }

@@ -43,7 +43,8 @@ pub use registry::{RegistryConfig, RegistrySettings, SignatureMode};
 pub use server::ServerConfig;
 pub use system::{GpuBackendKind, SystemConfig};
 pub use validator::{
-    AccessConfig, HotkeyVerification, RateLimits, SshServerKind, ValidatorConfig, in_network, parse_network,
+    AccessConfig, AccessLimits, HotkeyVerification, RateLimits, SshServerKind, ValidatorConfig, in_network,
+    parse_network,
 };
 pub use values::{ByteSize, Fraction, HostName, Hotkey, InvalidValue, Percent, Port, RegistryHost, Validate};
 

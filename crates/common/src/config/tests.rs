@@ -87,6 +87,19 @@ fn bad_values_name_key_and_file() {
     );
     check_err("[server]\nhealth_port = 50051", &["key `server.health_port`", "`server.port`"]);
     check_err("[validator.access_config.rate_limits]\nssh_requests_per_minute = 0", &["ssh_requests_per_minute"]);
+    check_err("[validator]\ncommand_max_memory_bytes = 1024", &["key `validator.command_max_memory_bytes`"]);
+    check_err("[validator]\ncommand_max_pids = 1", &["key `validator.command_max_pids`", "8 to"]);
+    check_err("[validator]\ncommand_max_cpus = 0.0", &["key `validator.command_max_cpus`"]);
+    let limits = "[validator.access_config.limits]";
+    check_err(&format!("{limits}\nmax_channels_per_session = 0"), &["limits.max_channels_per_session`"]);
+    check_err(&format!("{limits}\nmax_commands_per_session = 65"), &["limits.max_commands_per_session`"]);
+    check_err(&format!("{limits}\nmax_commands_per_grant = 0"), &["limits.max_commands_per_grant`"]);
+    check_err(&format!("{limits}\nmax_unauthenticated_connections = 0"), &["limits.max_unauthenticated_connections`"]);
+    check_err(
+        &format!("{limits}\nmax_unauthenticated_connections = 4\nmax_unauthenticated_per_address = 5"),
+        &["limits.max_unauthenticated_per_address`", "1 to 4"],
+    );
+    check_err(&format!("{limits}\nlogin_grace_time = \"0s\""), &["limits.login_grace_time`", "between 1s and 10m"]);
     check_err("[launcher]\nrestart_backoff_max = \"1ms\"", &["key `launcher.restart_backoff_max`"]);
     check_err("not toml [", &["executor.toml"]);
     check_err("[system]\ngpu_backend = \"simulated\"", &["key `system.simulated_gpus_file`: required"]);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::Issues;
-use super::values::{ByteSize, InvalidValue, Port, human_duration};
+use super::values::{ByteSize, InvalidValue, Port, duration_between, human_duration};
 
 /// `[validator]`: validator SSH access (validator-access).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +28,15 @@ pub struct ValidatorConfig {
     pub command_timeout: Duration,
     /// Most output (stdout and stderr each) a command may send; the rest is dropped.
     pub command_max_output_bytes: ByteSize,
+    /// Most memory a command and everything it starts may use together (its cgroup's
+    /// `memory.max`, swap included); past it the kernel kills it.
+    pub command_max_memory_bytes: ByteSize,
+    /// Most processes and threads a command and everything it starts may hold at once (its
+    /// cgroup's `pids.max`); past it `fork` fails.
+    pub command_max_pids: u32,
+    /// CPU time a command and everything it starts may use, in cores (its cgroup's `cpu.max`;
+    /// `0.5` is half a core, `4` four cores' worth).
+    pub command_max_cpus: f64,
     /// Longest grant a miner may provision.
     #[serde(with = "human_duration")]
     pub max_grant_ttl: Duration,
@@ -99,6 +108,9 @@ impl Default for ValidatorConfig {
             command_user: "nobody".to_owned(),
             command_timeout: Duration::from_secs(600),
             command_max_output_bytes: ByteSize::new(64 << 20),
+            command_max_memory_bytes: ByteSize::new(4 << 30),
+            command_max_pids: 1024,
+            command_max_cpus: 4.0,
             max_grant_ttl: Duration::from_secs(24 * 3600),
             ssh_server: SshServerKind::Embedded,
             system_sshd_user: "basilica-validator".to_owned(),
@@ -115,6 +127,7 @@ impl Default for ValidatorConfig {
 pub struct AccessConfig {
     pub hotkey_verification: HotkeyVerification,
     pub rate_limits: RateLimits,
+    pub limits: AccessLimits,
 }
 
 /// `[validator.access_config.hotkey_verification]`.
@@ -151,6 +164,40 @@ impl Default for RateLimits {
     }
 }
 
+/// `[validator.access_config.limits]`: what connections, sessions and grants may hold at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLimits {
+    /// Channels one SSH connection may have open at once; more are refused.
+    pub max_channels_per_session: u32,
+    /// Commands one SSH connection (or one login through the host's sshd) may run at once.
+    pub max_commands_per_session: u32,
+    /// Commands one grant may run at once, over all its connections.
+    pub max_commands_per_grant: u32,
+    /// Connections to the embedded SSH server that have not authenticated yet, in all; past
+    /// it a new connection is closed at once.
+    pub max_unauthenticated_connections: u32,
+    /// Of those, from one address (an IPv6 /64 counts as one address).
+    pub max_unauthenticated_per_address: u32,
+    /// A connection to the embedded SSH server that has not authenticated within this is
+    /// closed.
+    #[serde(with = "human_duration")]
+    pub login_grace_time: Duration,
+}
+
+impl Default for AccessLimits {
+    fn default() -> Self {
+        Self {
+            max_channels_per_session: 2,
+            max_commands_per_session: 2,
+            max_commands_per_grant: 2,
+            max_unauthenticated_connections: 64,
+            max_unauthenticated_per_address: 8,
+            login_grace_time: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A user name that is not root: at most 32 letters, digits, `_` and `-`.
 fn is_unprivileged_user(name: &str) -> bool {
     !name.is_empty()
@@ -170,6 +217,10 @@ impl ValidatorConfig {
         }
         let output = self.command_max_output_bytes.get() as f64;
         v.range("validator.command_max_output_bytes", output, 1024.0, (1u64 << 34) as f64);
+        let memory = self.command_max_memory_bytes.get() as f64;
+        v.range("validator.command_max_memory_bytes", memory, (16u64 << 20) as f64, (1u64 << 40) as f64);
+        v.range("validator.command_max_pids", f64::from(self.command_max_pids), 8.0, 4_194_304.0);
+        v.range("validator.command_max_cpus", self.command_max_cpus, 0.01, 4096.0);
         if self.max_grant_ttl < Duration::from_secs(60) || self.max_grant_ttl > Duration::from_secs(30 * 86_400) {
             v.fail("validator.max_grant_ttl", "must be between 1m and 30d");
         }
@@ -193,6 +244,17 @@ impl ValidatorConfig {
         let key = "validator.access_config.rate_limits";
         v.range(&format!("{key}.ssh_requests_per_minute"), rl.ssh_requests_per_minute as f64, 1.0, 1e6);
         v.range(&format!("{key}.api_requests_per_minute"), rl.api_requests_per_minute as f64, 1.0, 1e7);
+        let l = &self.access_config.limits;
+        let key = "validator.access_config.limits";
+        v.range(&format!("{key}.max_channels_per_session"), f64::from(l.max_channels_per_session), 1.0, 64.0);
+        v.range(&format!("{key}.max_commands_per_session"), f64::from(l.max_commands_per_session), 1.0, 64.0);
+        v.range(&format!("{key}.max_commands_per_grant"), f64::from(l.max_commands_per_grant), 1.0, 256.0);
+        let total = f64::from(l.max_unauthenticated_connections);
+        v.range(&format!("{key}.max_unauthenticated_connections"), total, 1.0, 100_000.0);
+        let per_address = f64::from(l.max_unauthenticated_per_address);
+        v.range(&format!("{key}.max_unauthenticated_per_address"), per_address, 1.0, total.max(1.0));
+        let grace = duration_between(l.login_grace_time, Duration::from_secs(1), Duration::from_secs(600));
+        v.result(&format!("{key}.login_grace_time"), grace);
     }
 }
 

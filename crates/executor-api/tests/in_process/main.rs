@@ -96,7 +96,8 @@ async fn container_calls_reach_container_runtime() {
 async fn validator_calls_reach_validator_access() {
     let node = Node::start().await;
     let client = &node.client;
-    let challenge = client.request_validator_challenge(access::ChallengeRequest { validator_hotkey: "v".into() });
+    let challenge = client
+        .request_validator_challenge(access::ChallengeRequest { validator_hotkey: "v".into(), ..Default::default() });
     assert_eq!(challenge.await.unwrap().challenge_id, "ch-fake");
     let provision = access::ProvisionRequest { validator_hotkey: "v".into(), ttl_seconds: 60, ..Default::default() };
     assert_eq!(client.provision_validator_access(provision).await.unwrap().validator_hotkey, "v");

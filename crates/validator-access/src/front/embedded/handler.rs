@@ -1,21 +1,26 @@
 //! One connection to the embedded server: the russh handler. Authentication asks admission;
-//! a session is registered once authenticated; shell and exec requests go through the grammar
-//! and the runner; everything else (PTY, environment, agent, X11, forwarding) is refused.
+//! a session is registered once authenticated; at most `max_channels_per_session` channels,
+//! one command each; shell and exec requests check the grant again, then go through the
+//! grammar and the runner; everything else (PTY, environment, agent, X11, forwarding) is
+//! refused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use common::peers::Slot;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session as SshSession, VerifiedPublicKey};
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
 use crate::command::{Job, Output, Stream};
 use crate::grammar::Planned;
 use crate::grants::fingerprint;
 use crate::principal::Principal;
+use crate::refusals::Refusal;
 use crate::sessions::{Closer, Session, new_session_id};
 use crate::time::now;
 
@@ -46,12 +51,39 @@ pub(super) struct Conn {
     peer: SocketAddr,
     session_id: String,
     principal: Option<Principal>,
+    /// `max_channels_per_session`.
+    max_channels: usize,
+    /// The channels open now.
+    channels: HashSet<ChannelId>,
+    /// The channels that ran a command (one each).
+    used: HashSet<ChannelId>,
     stdin: HashMap<ChannelId, mpsc::Sender<Vec<u8>>>,
+    /// Its place among the connections that have not authenticated, given back at login.
+    unauthenticated: Option<Slot>,
+    /// Cancelled at login: the login grace time no longer applies.
+    authenticated: CancellationToken,
 }
 
 impl Conn {
-    pub(super) fn new(access: Arc<Access>, peer: SocketAddr) -> Self {
-        Self { access, peer, session_id: new_session_id(), principal: None, stdin: HashMap::new() }
+    pub(super) fn new(
+        access: Arc<Access>,
+        peer: SocketAddr,
+        max_channels: usize,
+        unauthenticated: Slot,
+        authenticated: CancellationToken,
+    ) -> Self {
+        Self {
+            access,
+            peer,
+            session_id: new_session_id(),
+            principal: None,
+            max_channels,
+            channels: HashSet::new(),
+            used: HashSet::new(),
+            stdin: HashMap::new(),
+            unauthenticated: Some(unauthenticated),
+            authenticated,
+        }
     }
 
     pub(super) fn session_id(&self) -> &str {
@@ -67,14 +99,17 @@ impl Conn {
         );
     }
 
-    fn auth_failed(&self, user: &str, key_fingerprint: &str, reason: &str) -> Result<Auth, russh::Error> {
-        metrics::counter!("executor_validator_access_auth_failures_total", "reason" => reason.to_owned()).increment(1);
-        self.access.audit().record(
-            "auth_failure",
-            json!({"session": self.session_id, "peer": self.peer.to_string(), "user": user,
-                   "fingerprint": key_fingerprint, "reason": reason}),
-        );
-        if !self.access.admission().admit_ip(self.peer.ip(), "failed_authentication") {
+    /// A key no live grant has: counted, and audited off the connection's path (the first of
+    /// a peer in a minute in full, the rest in the minute's summary); past the per-address
+    /// limit the connection is closed.
+    fn auth_failed(&self, user: &str, key_fingerprint: &str, reason: &'static str) -> Result<Auth, russh::Error> {
+        metrics::counter!("executor_validator_access_auth_failures_total", "reason" => reason).increment(1);
+        let detail = json!({"session": self.session_id, "user": user, "fingerprint": key_fingerprint});
+        let peer = self.peer.ip();
+        self.access.refusals().refuse(Refusal { peer, event: "auth_failure", reason, detail });
+        if !self.access.admission().admit_ip(peer) {
+            let detail = json!({"scope": "ip", "what": "failed_authentication"});
+            self.access.refusals().refuse(Refusal { peer, event: "rate_limited", reason: "rate_limited", detail });
             return Err(russh::Error::Disconnect);
         }
         Ok(Auth::reject())
@@ -98,9 +133,32 @@ impl Conn {
         });
     }
 
+    /// Why a shell or exec request on `channel` may not run anything, if so: the grant ended
+    /// since login, or the channel ran a command already.
+    fn may_not_run(&self, channel: ChannelId) -> Option<(&'static str, &'static str)> {
+        if !self.principal.as_ref().is_some_and(|p| self.access.still_admitted(p)) {
+            return Some(("grant_ended", "the grant of this session has ended"));
+        }
+        if self.used.contains(&channel) {
+            return Some(("second_command", "one command per channel"));
+        }
+        None
+    }
+
     /// Refuses a command line: the reason on stderr, exit status 126.
     fn refuse_command(&self, channel: ChannelId, why: &str, session: &mut SshSession) -> Result<(), russh::Error> {
-        self.refuse("command");
+        self.refuse_command_as("command", channel, why, session)
+    }
+
+    /// [`Self::refuse_command`], audited as `what`.
+    fn refuse_command_as(
+        &self,
+        what: &str,
+        channel: ChannelId,
+        why: &str,
+        session: &mut SshSession,
+    ) -> Result<(), russh::Error> {
+        self.refuse(what);
         session.channel_success(channel)?;
         session.extended_data(channel, 1, format!("executor: {why}\n").into_bytes())?;
         session.exit_status_request(channel, 126)?;
@@ -144,6 +202,8 @@ impl russh::server::Handler for Conn {
     }
 
     async fn auth_succeeded(&mut self, session: &mut SshSession) -> Result<(), Self::Error> {
+        self.unauthenticated = None;
+        self.authenticated.cancel();
         if let Some(principal) = &self.principal {
             let closer = Closer::Disconnect(session.handle());
             let info = Session::new(principal.clone(), self.peer.to_string(), now(), closer);
@@ -154,11 +214,24 @@ impl russh::server::Handler for Conn {
 
     async fn channel_open_session(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        if self.channels.len() >= self.max_channels {
+            self.refuse("channel");
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id());
         reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut SshSession) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        self.used.remove(&channel);
+        self.stdin.remove(&channel);
         Ok(())
     }
 
@@ -245,9 +318,13 @@ impl russh::server::Handler for Conn {
     }
 
     async fn shell_request(&mut self, channel: ChannelId, session: &mut SshSession) -> Result<(), Self::Error> {
+        if let Some((what, why)) = self.may_not_run(channel) {
+            return self.refuse_command_as(what, channel, why, session);
+        }
         match self.access.grammar().plan("") {
             Ok(planned) => {
                 session.channel_success(channel)?;
+                self.used.insert(channel);
                 self.spawn(channel, planned, "sh", session);
                 Ok(())
             }
@@ -265,10 +342,14 @@ impl russh::server::Handler for Conn {
         data: &[u8],
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
+        if let Some((what, why)) = self.may_not_run(channel) {
+            return self.refuse_command_as(what, channel, why, session);
+        }
         let line = String::from_utf8_lossy(data).into_owned();
         match self.access.grammar().plan(&line) {
             Ok(planned) => {
                 session.channel_success(channel)?;
+                self.used.insert(channel);
                 self.spawn(channel, planned, &line, session);
                 Ok(())
             }

@@ -1,18 +1,26 @@
 //! The embedded SSH server (russh): public-key authentication only, for the keys admission
 //! knows; strict key exchange (russh does the Terrapin countermeasure, `kex-strict-s-v00`); no
 //! PTY, environment, agent, X11 or port forwarding ever; commands as the grammar plans them,
-//! run by the runner. Connections over `ssh_requests_per_minute` per source IP (connections and
-//! failed authentications) or per hotkey (logins) are closed. Also the persistent host key.
+//! run by the runner. Connections over `ssh_requests_per_minute` per source address
+//! (connections and failed authentications) or per hotkey (logins) are closed; so are
+//! connections past `max_unauthenticated_connections` (in all) or
+//! `max_unauthenticated_per_address` that have not authenticated yet, and those that have not
+//! within `login_grace_time` (the socket is shut down under russh, whatever it waits for).
+//! Also the persistent host key.
 
 mod handler;
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::peers::PeerSlots;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
+use crate::refusals::Refusal;
 use crate::sessions::Ending;
 
 /// The SSH host key under `data_dir`.
@@ -58,7 +66,7 @@ pub async fn serve(
     access: Arc<Access>,
     listener: tokio::net::TcpListener,
     host_key: russh::keys::PrivateKey,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) {
     let config = Arc::new(russh::server::Config {
         methods: russh::MethodSet::from(&[russh::MethodKind::PublicKey][..]),
@@ -71,6 +79,11 @@ pub async fn serve(
         nodelay: true,
         ..Default::default()
     });
+    let limits = access.limits();
+    let unauthenticated = PeerSlots::new(
+        limits.max_unauthenticated_connections as usize,
+        limits.max_unauthenticated_per_address as usize,
+    );
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -82,28 +95,87 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => return,
         };
+        // Refusals are counted here and audited by another task: nothing here waits for a disk.
         if !access.admission().source_allowed(peer.ip()) {
-            access.audit().record("refused", json!({"what": "source_address", "peer": peer.to_string()}));
             metrics::counter!("executor_validator_access_refused_total", "what" => "source_address").increment(1);
+            let detail = json!({"what": "source_address"});
+            access.refusals().refuse(Refusal { peer: peer.ip(), event: "refused", reason: "source_address", detail });
             drop(stream);
             continue;
         }
-        if !access.admission().admit_ip(peer.ip(), "connection") {
+        if !access.admission().admit_ip(peer.ip()) {
+            let detail = json!({"scope": "ip", "what": "connection"});
+            access.refusals().refuse(Refusal {
+                peer: peer.ip(),
+                event: "rate_limited",
+                reason: "rate_limited",
+                detail,
+            });
             drop(stream);
             continue;
         }
+        let slot = match unauthenticated.try_acquire(peer.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                metrics::counter!("executor_validator_access_refused_total", "what" => "unauthenticated_limit")
+                    .increment(1);
+                let detail = json!({"what": "unauthenticated_limit", "limit": full.to_string()});
+                let refusal = Refusal { peer: peer.ip(), event: "refused", reason: "unauthenticated_limit", detail };
+                access.refusals().refuse(refusal);
+                drop(stream);
+                continue;
+            }
+        };
+        // A second handle on the socket, to shut it down under russh when the grace is over.
+        let socket = match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => std::net::TcpStream::from(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep a handle on an SSH connection");
+                continue;
+            }
+        };
         metrics::counter!("executor_validator_access_connections_total").increment(1);
-        let conn = handler::Conn::new(access.clone(), peer);
+        let authenticated = CancellationToken::new();
+        let limits = access.limits();
+        let conn = handler::Conn::new(
+            access.clone(),
+            peer,
+            limits.max_channels_per_session as usize,
+            slot,
+            authenticated.clone(),
+        );
         let config = config.clone();
         let access = access.clone();
+        let grace = limits.login_grace_time;
         tokio::spawn(async move {
             let id = conn.session_id().to_owned();
-            match russh::server::run_stream(config, stream, conn).await {
-                Ok(session) => {
-                    let ending = if session.await.is_ok() { Ending::ClientClosed } else { Ending::ConnectionError };
-                    access.sessions().end(&id, ending).await;
+            let connection = async {
+                match russh::server::run_stream(config, stream, conn).await {
+                    Ok(session) => {
+                        let ending = if session.await.is_ok() { Ending::ClientClosed } else { Ending::ConnectionError };
+                        access.sessions().end(&id, ending).await;
+                    }
+                    Err(e) => tracing::debug!(peer = %peer, error = %e, "SSH handshake failed"),
                 }
-                Err(e) => tracing::debug!(peer = %peer, error = %e, "SSH handshake failed"),
+            };
+            // Never ends: the connection's end ends the select.
+            let grace_time = async {
+                tokio::select! {
+                    () = tokio::time::sleep(grace) => {
+                        let _ = socket.shutdown(std::net::Shutdown::Both);
+                        metrics::counter!("executor_validator_access_refused_total", "what" => "login_grace_time")
+                            .increment(1);
+                        let detail = json!({"what": "login_grace_time", "session": id});
+                        let refusal = Refusal { peer: peer.ip(), event: "refused", reason: "login_grace_time", detail };
+                        access.refusals().refuse(refusal);
+                    }
+                    () = authenticated.cancelled() => {}
+                }
+                std::future::pending::<()>().await;
+            };
+            tokio::select! {
+                () = connection => {}
+                () = grace_time => {}
             }
         });
     }
