@@ -22,6 +22,7 @@ use tonic::body::Body;
 use tracing::Instrument;
 
 use crate::auth::{self, AuthFailure, Authenticator, Reason};
+use crate::connections::Peer;
 use crate::errors::ApiError;
 
 /// Largest request body read for authentication: far above any request of the API (a
@@ -167,6 +168,12 @@ where
         let started = Instant::now();
         let mut request = request;
         request.extensions_mut().insert(RequestId(request_id.clone()));
+        // The connection delivered a request: its handshake deadline is met.
+        let peer = Peer::of(&request);
+        if let Some(peer) = &peer {
+            peer.requested();
+            request.extensions_mut().insert(peer.tcp_info());
+        }
         let timed_out = move |request_id: &str| {
             tracing::info!(?timeout, "call took longer than server.request_timeout");
             ApiError::RequestTimeout(timeout).into_status(request_id).into_http()
@@ -179,7 +186,13 @@ where
             let deadline = tokio::time::Instant::now() + timeout;
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
                 match tokio::time::timeout_at(deadline, authenticate(&auth, &path, request)).await {
-                    Ok(Ok(admitted)) => request = admitted,
+                    Ok(Ok(admitted)) => {
+                        // The miner's connection: never evicted to make room for strangers.
+                        if let Some(peer) = &peer {
+                            peer.authenticated();
+                        }
+                        request = admitted;
+                    }
                     Ok(Err(failure)) => {
                         metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
                             .increment(1);

@@ -7,7 +7,8 @@
 //! - [`api`]: the `executor.api.v1.ExecutorApi` handlers, forwarding to the internal services;
 //!   [`probes`] (health, Docker's facts) and [`attest`] (the prover) behind them.
 //! - [`errors`]: the one mapping of errors to status codes.
-//! - [`connections`]: the `max_connections` cap.
+//! - [`connections`]: who may hold a connection (the caps, the handshake deadline, strangers
+//!   making room).
 //! - [`client`]: the miner-side client that signs calls (used by `executor ctl` and tests).
 //!
 //! Modules use only modules below them: `auth`, `connections`, `probes` at the bottom; `errors`
@@ -176,11 +177,15 @@ pub async fn serve_public(
         .http2_keepalive_interval(Some(server.keepalive_interval))
         .http2_keepalive_timeout(Some(server.keepalive_timeout))
         // With max_connections, bounds the calls (and request bodies) in flight.
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        // An old connection gets GOAWAY and closes when its calls in flight have finished. No
+        // `max_connection_age_grace`: tonic 0.14 then skips the GOAWAY and cuts the connection
+        // at age + grace, calls and all.
+        .max_connection_age(server.max_connection_age);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let (incoming, acceptor) = connections::accept(listener, server.max_connections as usize, shutdown.clone());
+    let (incoming, acceptor) = connections::accept(listener, connections::Limits::of(server), shutdown.clone());
     let served = builder
         .layer(layer::ApiLayer::new(auth, server.request_timeout))
         .add_routes(routes)

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod auth;
+mod doors;
 mod errors;
 mod fakes;
 mod node;
