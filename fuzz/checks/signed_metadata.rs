@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::clock::ManualClock;
 use common::hotkey::HotkeyPair;
 use executor_api::auth::{
-    Authenticator, HOTKEY_HEADER, NONCE_HEADER, Reason, SIGNATURE_HEADER, TIMESTAMP_HEADER, canonical_string, sha256,
+    Authenticator, HOTKEY_HEADER, NONCE_HEADER, Policy, Reason, SIGNATURE_HEADER, TIMESTAMP_HEADER, canonical_string,
+    sha256,
 };
 use http::{HeaderMap, HeaderValue};
 
@@ -29,8 +30,13 @@ fn alice() -> &'static HotkeyPair {
 fn authenticator() -> Authenticator {
     let clock = Arc::new(ManualClock::default());
     clock.advance(Duration::from_secs(NOW));
-    Authenticator::new(alice().hotkey().clone(), Duration::from_secs(WINDOW), 1000, clock)
-        .expect("//Alice is a valid miner key")
+    let policy = Policy {
+        miner: alice().hotkey().clone(),
+        window: Duration::from_secs(WINDOW),
+        per_minute: 1000,
+        failures_per_minute: 1000,
+    };
+    Authenticator::new(policy, clock).expect("//Alice is a valid miner key")
 }
 
 fn expect_refused(auth: &Authenticator, method: &str, headers: &HeaderMap, body: &[u8], reason: Reason) {

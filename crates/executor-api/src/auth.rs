@@ -1,8 +1,9 @@
 //! Who may call the public API: request signatures by the managing miner's hotkey, checked by
-//! the [`Authenticator`] (signature, time window, rate limit, nonce).
+//! the [`Authenticator`] (signature, time window, rate limit, nonce), and how many refused
+//! calls one address may make.
 //!
 //! - [`signing`]: the wire protocol (headers, canonical string), shared with the client.
-//! - `batch`: the thread that checks signatures in batches.
+//! - `batch`: the threads that check signatures in batches, behind a bounded queue.
 //! - `nonces`: the nonces seen within the window.
 
 mod batch;
@@ -13,7 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::clock::Clock;
+use common::config::Config;
 use common::hotkey::{Hotkey, SignatureError, Verifier};
+use common::peers::PeerKey;
 use common::ratelimit::RateLimiter;
 use http::HeaderMap;
 
@@ -44,10 +47,15 @@ pub enum Reason {
     ReplayedNonce,
     /// More than `api_requests_per_minute`.
     RateLimited,
+    /// The caller's address had more than `[server] auth_failures_per_minute` refused calls:
+    /// refused before its body is read or its signature checked.
+    TooManyFailures,
+    /// More signature checks are waiting than the executor queues: refused at once.
+    Overloaded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::MissingSignature,
         Reason::MalformedMetadata,
         Reason::MalformedBody,
@@ -56,6 +64,8 @@ impl Reason {
         Reason::BadSignature,
         Reason::ReplayedNonce,
         Reason::RateLimited,
+        Reason::TooManyFailures,
+        Reason::Overloaded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,7 +78,16 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::ReplayedNonce => "replayed_nonce",
             Reason::RateLimited => "rate_limited",
+            Reason::TooManyFailures => "too_many_failures",
+            Reason::Overloaded => "overloaded",
         }
+    }
+
+    /// Whether a refusal for this reason counts against the caller's address
+    /// (`auth_failures_per_minute`): every refusal of the call itself, not the limits (the
+    /// miner's own rate limit, the failure limit, a full queue).
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Reason::RateLimited | Reason::TooManyFailures | Reason::Overloaded)
     }
 }
 
@@ -106,6 +125,30 @@ pub struct MinerKeyError {
     pub source: SignatureError,
 }
 
+/// What the [`Authenticator`] enforces, from the config ([`Policy::of`]).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `managing_miner_hotkey`: the one hotkey that may call.
+    pub miner: Hotkey,
+    /// `[server] auth_time_window`.
+    pub window: Duration,
+    /// `api_requests_per_minute`: the miner's calls a minute.
+    pub per_minute: u32,
+    /// `[server] auth_failures_per_minute`: refused calls one address may make a minute.
+    pub failures_per_minute: u32,
+}
+
+impl Policy {
+    pub fn of(miner: Hotkey, config: &Config) -> Self {
+        Self {
+            miner,
+            window: config.server.auth_time_window,
+            per_minute: config.validator.access_config.rate_limits.api_requests_per_minute,
+            failures_per_minute: config.server.auth_failures_per_minute,
+        }
+    }
+}
+
 /// The authentication policy of the public API.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -118,24 +161,49 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     nonces: Mutex<NonceCache>,
     limiter: RateLimiter<Hotkey>,
+    /// Refused calls by address.
+    failures: RateLimiter<PeerKey>,
 }
 
 impl Authenticator {
-    /// Accepts `miner` only, timestamps within `window`, at most `per_minute` calls a minute.
-    pub fn new(miner: Hotkey, window: Duration, per_minute: u32, clock: Arc<dyn Clock>) -> Result<Self, MinerKeyError> {
+    /// Enforces `policy`, with time from `clock`.
+    pub fn new(policy: Policy, clock: Arc<dyn Clock>) -> Result<Self, MinerKeyError> {
+        let Policy { miner, window, per_minute, failures_per_minute } = policy;
         let verifier = miner.verifier().map_err(|source| MinerKeyError { miner: miner.clone(), source })?;
         // Admitted calls within two windows, twice over: the cache never needs to drop a live nonce.
         let minutes = (2 * window.as_secs()).div_ceil(60).max(1) as usize;
         let capacity = (per_minute as usize).saturating_mul(minutes).saturating_mul(2).max(1024);
         Ok(Self {
             miner,
-            batches: BatchVerifier::start(verifier.clone()),
+            batches: BatchVerifier::start(verifier.clone(), verifier_threads(), batch::QUEUE),
             verifier,
             window,
             limiter: RateLimiter::new(per_minute, clock.clone()),
+            failures: RateLimiter::new(failures_per_minute, clock.clone()),
             clock,
             nonces: Mutex::new(NonceCache::new(capacity)),
         })
+    }
+
+    /// Refuses at once a caller whose address has spent `auth_failures_per_minute`: before its
+    /// headers, body or signature cost anything.
+    pub fn admit_peer(&self, peer: PeerKey) -> Result<(), AuthFailure> {
+        self.failures.peek(&peer).map_err(|retry| {
+            AuthFailure::new(
+                Reason::TooManyFailures,
+                format!(
+                    "more than {} refused calls a minute from {peer}; retry in {} ms",
+                    self.failures.per_minute(),
+                    retry.0.as_millis().max(1)
+                ),
+            )
+        })
+    }
+
+    /// Counts a refused call (one whose reason [`Reason::is_failure`], or one that ran out of
+    /// time before it was authenticated) against `peer`.
+    pub fn record_failure(&self, peer: PeerKey) {
+        let _ = self.failures.check(&peer);
     }
 
     /// Checks the signature metadata of a call to `method` whose request message is `message`;
@@ -212,7 +280,15 @@ impl Authenticator {
     pub async fn verify_batched(&self, method: &str, claim: Claim, message: &[u8]) -> Result<Hotkey, AuthFailure> {
         let canonical = canonical_string(method, claim.timestamp, &claim.nonce, &sha256(message));
         let checked = match &self.batches {
-            Some(batches) => batches.verify(canonical.into_bytes(), claim.signature.clone()).await,
+            Some(batches) => batches.verify(canonical.into_bytes(), claim.signature.clone()).await.map_err(|_| {
+                AuthFailure::new(
+                    Reason::Overloaded,
+                    format!(
+                        "{} signature checks are waiting, the most the executor queues; retry shortly",
+                        batch::QUEUE
+                    ),
+                )
+            })?,
             None => self.verifier.verify(canonical.as_bytes(), &claim.signature),
         };
         self.admit(claim, checked)
@@ -247,6 +323,12 @@ impl Authenticator {
     }
 }
 
+/// Signature checking threads: half the cores, one to four; the runtime needs the rest.
+fn verifier_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,8 +341,13 @@ mod tests {
         let clock = Arc::new(ManualClock::default());
         clock.advance(Duration::from_secs(1_800_000_000));
         let alice = HotkeyPair::parse(e2e::ALICE_SEED).unwrap();
-        let auth =
-            Authenticator::new(alice.hotkey().clone(), Duration::from_secs(60), per_minute, clock.clone()).unwrap();
+        let policy = Policy {
+            miner: alice.hotkey().clone(),
+            window: Duration::from_secs(60),
+            per_minute,
+            failures_per_minute: 5,
+        };
+        let auth = Authenticator::new(policy, clock.clone()).unwrap();
         (clock, auth, alice)
     }
 

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::hotkey::Hotkey;
+use common::peers::PeerKey;
 use http::{HeaderValue, Request, Response};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -185,7 +186,8 @@ where
             // handler has a deadline of its own (`attest::ATTESTATION_TIMEOUT`).
             let deadline = tokio::time::Instant::now() + timeout;
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
-                match tokio::time::timeout_at(deadline, authenticate(&auth, &path, request)).await {
+                let key = peer.as_ref().map(Peer::key);
+                match tokio::time::timeout_at(deadline, authenticate(&auth, &path, key, request)).await {
                     Ok(Ok(admitted)) => {
                         // The miner's connection: never evicted to make room for strangers.
                         if let Some(peer) = &peer {
@@ -194,12 +196,21 @@ where
                         request = admitted;
                     }
                     Ok(Err(failure)) => {
+                        if let Some(key) = key.filter(|_| failure.reason.is_failure()) {
+                            auth.record_failure(key);
+                        }
                         metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
                             .increment(1);
                         tracing::info!(reason = failure.reason.as_str(), detail = %failure.detail, "call refused");
                         return failure.to_status().into_http();
                     }
-                    Err(_) => return timed_out(&id),
+                    Err(_) => {
+                        // A caller that cannot finish its request in time is refused too.
+                        if let Some(key) = key {
+                            auth.record_failure(key);
+                        }
+                        return timed_out(&id);
+                    }
                 }
             }
             if path == ATTESTATION_METHOD {
@@ -228,9 +239,18 @@ fn add_request_id(response: &mut Response<Body>, id: &str) {
     }
 }
 
-/// Reads the request, checks its signature, and rebuilds it with the same bytes.
-async fn authenticate(auth: &Authenticator, path: &str, request: Request<Body>) -> Result<Request<Body>, AuthFailure> {
+/// Reads the request, checks its signature, and rebuilds it with the same bytes; a caller from
+/// an address with too many refused calls (`key`) is refused first.
+async fn authenticate(
+    auth: &Authenticator,
+    path: &str,
+    key: Option<PeerKey>,
+    request: Request<Body>,
+) -> Result<Request<Body>, AuthFailure> {
     let malformed = |detail: String| AuthFailure { reason: Reason::MalformedBody, detail };
+    if let Some(key) = key {
+        auth.admit_peer(key)?;
+    }
     let (mut parts, body) = request.into_parts();
     // Refuse what we can before reading anything.
     let claim = auth.precheck(&parts.headers)?;

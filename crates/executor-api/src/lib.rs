@@ -125,12 +125,7 @@ impl Service for ExecutorApi {
             config.data_dir.join(IDENTITY_FILE),
             ctx.loaded.path.clone(),
         );
-        let auth = Arc::new(Authenticator::new(
-            miner,
-            config.server.auth_time_window,
-            config.validator.access_config.rate_limits.api_requests_per_minute,
-            Arc::new(SystemClock),
-        )?);
+        let auth = Arc::new(Authenticator::new(auth::Policy::of(miner, config), Arc::new(SystemClock))?);
         Ok(Self { grpc, http, api, auth, tls })
     }
 

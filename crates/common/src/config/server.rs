@@ -60,6 +60,10 @@ pub struct ServerConfig {
     /// executor's clock (either way); each nonce is remembered this long.
     #[serde(with = "human_duration")]
     pub auth_time_window: Duration,
+    /// Refused calls (a missing, malformed, stale, replayed or bad signature) one address (an
+    /// IPv4 address, or an IPv6 /64) may make a minute, a burst of that many; past it the
+    /// address's calls are refused before their bodies are read or their signatures checked.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             tls_cert_path: None,
             tls_key_path: None,
             auth_time_window: Duration::from_secs(60),
+            auth_failures_per_minute: 60,
         }
     }
 }
@@ -102,6 +107,7 @@ impl ServerConfig {
         } else {
             v.range("server.max_connections_per_ip", self.max_connections_per_ip as f64, 1.0, 1_000_000.0);
         }
+        v.range("server.auth_failures_per_minute", self.auth_failures_per_minute as f64, 1.0, 1_000_000.0);
         for (key, value, min, max) in [
             ("server.request_timeout", self.request_timeout, Duration::from_millis(100), Duration::from_secs(3600)),
             ("server.keepalive_interval", self.keepalive_interval, Duration::from_secs(1), Duration::from_secs(86_400)),

@@ -10,7 +10,9 @@ use tonic::{Code, Request, Status};
 
 use common::hotkey::HotkeyPair;
 
-use crate::node::{Node, Options};
+use common::proto::api::v1::executor_api_client::ExecutorApiClient;
+
+use crate::node::{Node, Options, channel_from};
 
 const GET: &str = "/executor.api.v1.ExecutorApi/GetContainer";
 
@@ -115,4 +117,32 @@ async fn health_is_open_and_every_answer_names_its_request_id() {
     let (prefix, counter) = id.split_once('-').unwrap();
     assert_eq!(prefix.len(), 8, "{id}");
     assert!(counter.parse::<u64>().is_ok(), "{id}");
+}
+
+/// Issue 17 item 9: the miner's hotkey is public, so a stranger's calls pass the header checks
+/// and reach the signature checker, each with a body of up to 1 MiB read first. After
+/// `auth_failures_per_minute` refusals an address is refused before its bodies are read or its
+/// signatures checked; the miner, from another address, is served.
+#[tokio::test]
+async fn a_bad_signature_flood_is_refused_before_bodies_are_read() {
+    let node = Node::with(Options { auth_failures_per_minute: Some(5), ..Options::default() }).await;
+    let channel = channel_from(node.addr, [127, 0, 0, 2]).await.unwrap();
+    let mut raw = ExecutorApiClient::new(channel);
+    // A well-formed sr25519 signature by the miner, over another call: it takes a full check.
+    let forged = || {
+        let mut headers = sign(&node.alice, GET, &c1().encode_to_vec(), now());
+        headers[3].1 = sign(&node.alice, GET, b"another body", now())[3].1.clone();
+        headers
+    };
+    for i in 0..20 {
+        let err = raw.get_container(with_headers(c1(), &forged())).await.unwrap_err();
+        let reason = if i < 5 { "bad_signature" } else { "too_many_failures" };
+        assert!(err.message().starts_with(&format!("{reason}: ")), "call {i} from 127.0.0.2: {err:?}");
+    }
+    // Not read: a body past the 1 MiB bound would be `malformed_body` once read.
+    let big = runtime::CreateContainerRequest { image: "x".repeat(2 << 20), ..Default::default() };
+    let err = raw.create_container(with_headers(big, &forged())).await.unwrap_err();
+    refused(err, Code::ResourceExhausted, "too_many_failures", "limit_reached");
+    node.client.get_container(c1()).await.unwrap();
+    assert_eq!(node.fakes.runtime.take_calls().len(), 1);
 }

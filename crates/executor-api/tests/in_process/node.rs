@@ -14,7 +14,7 @@ use common::clock::SystemClock;
 use common::config::Config;
 use common::hotkey::HotkeyPair;
 use executor_api::api::Api;
-use executor_api::auth::Authenticator;
+use executor_api::auth::{Authenticator, Policy};
 use executor_api::client::ExecutorClient;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +67,8 @@ pub(crate) struct Options {
     pub(crate) handshake_timeout: Option<std::time::Duration>,
     /// `[server] max_connection_age`, when not the default.
     pub(crate) max_connection_age: Option<std::time::Duration>,
+    /// `[server] auth_failures_per_minute`, when not the default.
+    pub(crate) auth_failures_per_minute: Option<u32>,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             max_connections_per_ip: None,
             handshake_timeout: None,
             max_connection_age: None,
+            auth_failures_per_minute: None,
         }
     }
 }
@@ -158,9 +161,11 @@ impl Node {
             dir.path().join("identity.key"),
             dir.path().join("executor.toml"),
         );
-        let window = config.server.auth_time_window;
-        let auth = Authenticator::new(alice.hotkey().clone(), window, options.per_minute, Arc::new(SystemClock));
-        let auth = Some(Arc::new(auth.unwrap()));
+        if let Some(failures) = options.auth_failures_per_minute {
+            config.server.auth_failures_per_minute = failures;
+        }
+        let policy = Policy { per_minute: options.per_minute, ..Policy::of(alice.hotkey().clone(), &config) };
+        let auth = Some(Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).unwrap()));
         let server = config.server.clone();
         let node_config = config.clone();
         let stop = shutdown.clone();
