@@ -3,8 +3,12 @@ independent clients: plain sockets held idle or fed half a request, and the real
 `executor ctl` as the miner. Every address of 127.0.0.0/8 is local, so binding a socket to
 127.0.0.2 before connecting makes it another peer."""
 
+import hashlib
 import json
+import os
 import pathlib
+import secrets
+import signal
 import socket
 import subprocess
 import tempfile
@@ -13,7 +17,8 @@ import time
 import grpc
 import pytest
 from conftest import ALICE, BIN, Node, running_node
-from test_public_api import Api, health_check, metric
+from test_public_api import ALICE as ALICE_KEY
+from test_public_api import SERVICE, Api, health_check, metric, refused, service_pids, sign
 
 ALICE_SEED = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a"
 
@@ -157,3 +162,63 @@ def test_a_tls_handshake_that_does_not_finish_is_closed():
         finally:
             if n.process.poll() is None:
                 assert n.stop() == 0
+
+
+def test_a_call_signed_before_a_restart_is_refused_after_it():
+    """The nonce cache is in memory: a call captured before executor-api restarts must not be
+    accepted again after it, though its timestamp is still within the window."""
+    for n in running_node():
+        with grpc.insecure_channel(f"127.0.0.1:{n.grpc_port}") as channel:
+            api = Api(channel)
+            request = api.message("Identity")
+            captured = sign(ALICE_KEY, api.executor_id, "Identity", request)
+            api.call("Identity", request, captured)
+        signed_at = int(dict(captured)["x-executor-timestamp"])
+        wait_for(lambda: int(time.time()) > signed_at)
+        pid = service_pids(n)["executor-api"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: service_pids(n).get("executor-api", pid) not in (pid, 0), timeout=30)
+        n.wait_serving()
+        with grpc.insecure_channel(f"127.0.0.1:{n.grpc_port}") as channel:
+            replay = lambda: Api(channel).call("Identity", request, captured)  # noqa: E731
+            try:
+                replay()
+            except grpc.RpcError:
+                pass
+            else:
+                raise AssertionError("the captured call was answered again after executor-api restarted")
+            refused(replay, grpc.StatusCode.UNAUTHENTICATED, "stale_timestamp")
+
+
+def test_calls_are_bound_to_one_executor_and_the_first_scheme_is_told_what_changed(capped_node):
+    with grpc.insecure_channel(f"127.0.0.1:{capped_node.grpc_port}") as channel:
+        api = Api(channel)
+        assert api.executor_id.startswith("executor-")
+        request = api.message("Identity")
+        # Signed for another executor of the same miner.
+        elsewhere = sign(ALICE_KEY, "executor-other", "Identity", request)
+        refused(lambda: api.call("Identity", request, elsewhere), grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
+        # The first scheme: no `x-executor-auth`, no executor id in the signed string.
+        timestamp, nonce = int(time.time()), secrets.token_hex(16)
+        digest = hashlib.sha256(request.SerializeToString()).hexdigest()
+        v1 = f"basilica-executor-api-v1\n/{SERVICE}/Identity\n{timestamp}\n{nonce}\n{digest}"
+        metadata = [
+            ("x-executor-hotkey", ALICE_KEY.ss58_address),
+            ("x-executor-timestamp", str(timestamp)),
+            ("x-executor-nonce", nonce),
+            ("x-executor-signature", ALICE_KEY.sign(v1.encode()).hex()),
+        ]
+        with pytest.raises(grpc.RpcError) as info:
+            api.call("Identity", request, metadata)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        details = info.value.details()
+        assert details.startswith("unsupported_scheme: ") and "x-executor-auth: v2" in details and "docs/api.md" in details, details
+
+
+def test_ctl_signs_for_the_pinned_executor_only(capped_node):
+    identity = json.loads(ctl(capped_node, "identity").stdout)
+    out = ctl(capped_node, "--executor-id", identity["executor_id"], "identity")
+    assert out.returncode == 0, out.stderr
+    out = ctl(capped_node, "--executor-id", "executor-other", "identity")
+    assert out.returncode == 1, out
+    assert f"is {identity['executor_id']}, not the executor executor-other" in out.stderr, out.stderr

@@ -70,7 +70,7 @@ async fn bench() -> anyhow::Result<()> {
     let mut config: Config = Config::load(&test_config.path).map_err(anyhow::Error::msg)?.config;
     config.server.max_connections = 10_000;
     // The limit is far above what the bench sends: this measures authentication, not refusal.
-    let policy = Policy { per_minute: u32::MAX / 2, ..Policy::of(key.hotkey().clone(), &config) };
+    let policy = Policy { per_minute: u32::MAX / 2, ..Policy::of(key.hotkey().clone(), "bench".into(), &config) };
     let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).map_err(anyhow::Error::msg)?);
     let shutdown = CancellationToken::new();
     let mut endpoints = Vec::new();
@@ -91,7 +91,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         channels.push(set);
     }
-    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice());
+    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice(), "bench");
     println!(
         "{CLIENTS} concurrent clients over {CONNECTIONS} connections, {ROUNDS} rounds per mode, {} cores, same process",
         std::thread::available_parallelism().map_or(1, |n| n.get())

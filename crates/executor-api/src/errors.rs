@@ -92,6 +92,7 @@ pub fn auth_code(reason: AuthReason) -> (Code, Reason) {
         // The signature checkers' queue is full (a flood from many addresses): retry shortly.
         AuthReason::Overloaded => (Code::ResourceExhausted, Reason::LimitReached),
         AuthReason::MissingSignature
+        | AuthReason::UnsupportedScheme
         | AuthReason::MalformedMetadata
         | AuthReason::MalformedBody
         | AuthReason::StaleTimestamp

@@ -97,12 +97,15 @@ pub struct ApiLayer {
     auth: Option<Arc<Authenticator>>,
     timeout: Duration,
     ids: Arc<RequestIds>,
+    executor_id: Option<HeaderValue>,
 }
 
 impl ApiLayer {
-    /// `timeout` is `[server] request_timeout`: from the request's headers to the response's.
-    pub fn new(auth: Option<Arc<Authenticator>>, timeout: Duration) -> Self {
-        Self { auth, timeout, ids: Arc::new(RequestIds::new()) }
+    /// `timeout` is `[server] request_timeout`: from the request's headers to the response's;
+    /// every response names `executor_id` (in `x-executor-id`), which clients sign.
+    pub fn new(auth: Option<Arc<Authenticator>>, timeout: Duration, executor_id: &str) -> Self {
+        let executor_id = HeaderValue::from_str(executor_id).ok();
+        Self { auth, timeout, ids: Arc::new(RequestIds::new()), executor_id }
     }
 }
 
@@ -110,7 +113,13 @@ impl<S> tower::Layer<S> for ApiLayer {
     type Service = ApiService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiService { inner, auth: self.auth.clone(), timeout: self.timeout, ids: self.ids.clone() }
+        ApiService {
+            inner,
+            auth: self.auth.clone(),
+            timeout: self.timeout,
+            ids: self.ids.clone(),
+            executor_id: self.executor_id.clone(),
+        }
     }
 }
 
@@ -139,6 +148,7 @@ pub struct ApiService<S> {
     auth: Option<Arc<Authenticator>>,
     timeout: Duration,
     ids: Arc<RequestIds>,
+    executor_id: Option<HeaderValue>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -163,6 +173,7 @@ where
         let auth = self.auth.clone();
         let timeout = self.timeout;
         let request_id = self.ids.next();
+        let executor_id = self.executor_id.clone();
         let path = request.uri().path().to_owned();
         let method: &'static str = KNOWN_METHODS.iter().find(|m| **m == path).copied().unwrap_or("unknown");
         let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
@@ -226,6 +237,9 @@ where
             async move {
                 let mut response = call.await;
                 add_request_id(&mut response, &request_id);
+                if let Some(executor_id) = executor_id {
+                    response.headers_mut().insert(auth::EXECUTOR_ID_HEADER, executor_id);
+                }
                 Ok(MeteredBody::wrap(response, method, started))
             }
             .instrument(span),

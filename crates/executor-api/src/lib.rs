@@ -125,7 +125,8 @@ impl Service for ExecutorApi {
             config.data_dir.join(IDENTITY_FILE),
             ctx.loaded.path.clone(),
         );
-        let auth = Arc::new(Authenticator::new(auth::Policy::of(miner, config), Arc::new(SystemClock))?);
+        let policy = auth::Policy::of(miner, identity.executor_id(), config);
+        let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock))?);
         Ok(Self { grpc, http, api, auth, tls })
     }
 
@@ -165,6 +166,7 @@ pub async fn serve_public(
     let alias = HealthAlias(tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.clone()),
     ));
+    let api_layer = layer::ApiLayer::new(auth, server.request_timeout, api.executor_id());
     let routes = routes.add_service(alias).add_service(ExecutorApiServer::new(api));
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(GRPC_SERVICE, ServingStatus::Serving).await;
@@ -182,7 +184,7 @@ pub async fn serve_public(
     }
     let (incoming, acceptor) = connections::accept(listener, connections::Limits::of(server), shutdown.clone());
     let served = builder
-        .layer(layer::ApiLayer::new(auth, server.request_timeout))
+        .layer(api_layer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;

@@ -69,6 +69,8 @@ pub(crate) struct Options {
     pub(crate) max_connection_age: Option<std::time::Duration>,
     /// `[server] auth_failures_per_minute`, when not the default.
     pub(crate) auth_failures_per_minute: Option<u32>,
+    /// The executor's id.
+    pub(crate) executor_id: &'static str,
 }
 
 impl Default for Options {
@@ -86,6 +88,7 @@ impl Default for Options {
             handshake_timeout: None,
             max_connection_age: None,
             auth_failures_per_minute: None,
+            executor_id: "executor-test",
         }
     }
 }
@@ -103,6 +106,7 @@ pub(crate) struct Node {
     pub(crate) addr: SocketAddr,
     /// Connections `channel` has made.
     connects: Arc<AtomicUsize>,
+    executor_id: &'static str,
     dir: tempfile::TempDir,
     config: Config,
     shutdown: CancellationToken,
@@ -155,7 +159,7 @@ impl Node {
         config.server.port = addr.port().into();
         let api = Api::new(
             &config,
-            "executor-test".into(),
+            options.executor_id.into(),
             [7; 32],
             &bin,
             dir.path().join("identity.key"),
@@ -164,7 +168,10 @@ impl Node {
         if let Some(failures) = options.auth_failures_per_minute {
             config.server.auth_failures_per_minute = failures;
         }
-        let policy = Policy { per_minute: options.per_minute, ..Policy::of(alice.hotkey().clone(), &config) };
+        let policy = Policy {
+            per_minute: options.per_minute,
+            ..Policy::of(alice.hotkey().clone(), options.executor_id.into(), &config)
+        };
         let auth = Some(Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).unwrap()));
         let server = config.server.clone();
         let node_config = config.clone();
@@ -173,8 +180,20 @@ impl Node {
 
         let connects = Arc::new(AtomicUsize::new(0));
         let channel = counted_channel(addr, [127, 0, 0, 1], connects.clone()).await.unwrap();
-        let client = ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap());
-        Node { fakes, client, channel, alice, addr, connects, dir, config: node_config, shutdown }
+        let client =
+            ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), options.executor_id);
+        Node {
+            fakes,
+            client,
+            channel,
+            alice,
+            addr,
+            connects,
+            executor_id: options.executor_id,
+            dir,
+            config: node_config,
+            shutdown,
+        }
     }
 
     /// The HTTP routes of `health_port` (`/health`, `/livez`, `/readyz`) served for this node
@@ -183,7 +202,7 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let probes = executor_api::probes::Probes::new(&self.config);
-        let app = executor_api::health_routes(probes, &self.config, "executor-test".into());
+        let app = executor_api::health_routes(probes, &self.config, self.executor_id.into());
         let stop = self.shutdown.clone();
         tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
         port
@@ -197,7 +216,7 @@ impl Node {
     /// A signing client (//Alice) on a connection of its own from the loopback address `source`.
     pub(crate) async fn client_from(&self, source: [u8; 4]) -> Result<ExecutorClient, tonic::transport::Error> {
         let channel = channel_from(self.addr, source).await?;
-        Ok(ExecutorClient::new(channel, HotkeyPair::parse(e2e::ALICE_SEED).unwrap()))
+        Ok(ExecutorClient::new(channel, HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), self.executor_id))
     }
 
     /// How many connections [`Node::channel`] has made so far (1 until the server closes one).
@@ -207,7 +226,7 @@ impl Node {
 
     /// A client of the same node signing with `key`.
     pub(crate) fn client_of(&self, key: HotkeyPair) -> ExecutorClient {
-        ExecutorClient::new(self.channel.clone(), key)
+        ExecutorClient::new(self.channel.clone(), key, self.executor_id)
     }
 
     /// The generated client, unsigned.
