@@ -164,6 +164,13 @@ def test_a_tls_handshake_that_does_not_finish_is_closed():
                 assert n.stop() == 0
 
 
+def public_port_serves(port):
+    try:
+        return health_check(port) == 1
+    except grpc.RpcError:
+        return False
+
+
 def test_a_call_signed_before_a_restart_is_refused_after_it():
     """The nonce cache is in memory: a call captured before executor-api restarts must not be
     accepted again after it, though its timestamp is still within the window."""
@@ -178,7 +185,7 @@ def test_a_call_signed_before_a_restart_is_refused_after_it():
         pid = service_pids(n)["executor-api"]
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: service_pids(n).get("executor-api", pid) not in (pid, 0), timeout=30)
-        n.wait_serving()
+        wait_for(lambda: public_port_serves(n.grpc_port), timeout=30)
         with grpc.insecure_channel(f"127.0.0.1:{n.grpc_port}") as channel:
             replay = lambda: Api(channel).call("Identity", request, captured)  # noqa: E731
             try:
@@ -222,3 +229,39 @@ def test_ctl_signs_for_the_pinned_executor_only(capped_node):
     out = ctl(capped_node, "--executor-id", "executor-other", "identity")
     assert out.returncode == 1, out
     assert f"is {identity['executor_id']}, not the executor executor-other" in out.stderr, out.stderr
+
+
+def http_answered(s, path="/livez"):
+    """Whether a request on `s` is answered (a refused connection is closed unanswered)."""
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return s.recv(12).startswith(b"HTTP/1.1 200")
+    except (ConnectionResetError, BrokenPipeError):
+        return False
+
+
+def test_http_ports_close_slow_headers_and_cap_each_address(capped_node):
+    """The health port and a metrics port: half a request header, or nothing, is closed after
+    the header deadline (10 s); one address gets 16 connections, the others are closed at once
+    while another address is served."""
+    ports = {"health": capped_node.health_port, "metrics": capped_node.metrics_port}
+    slow = []
+    for name, port in ports.items():
+        half = connect_from("127.0.0.2", port)
+        half.sendall(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        slow += [(name, "half a header", half), (name, "nothing", connect_from("127.0.0.2", port))]
+    for name, sent, s in slow:
+        assert closed(s), f"a connection to the {name} port that sent {sent} was still open after 30 s"
+        s.close()
+    for name, port in ports.items():
+        path = "/livez" if name == "health" else "/metrics"
+        held = [connect_from("127.0.0.3", port) for _ in range(20)]
+        try:
+            answered = sum(http_answered(s, path) for s in held)
+            assert answered == 16, f"{answered} of 20 connections from 127.0.0.3 to the {name} port were served; one address may hold 16"
+            other = connect_from("127.0.0.4", port)
+            assert http_answered(other, path), f"the {name} port did not serve 127.0.0.4"
+            other.close()
+        finally:
+            for s in held:
+                s.close()

@@ -39,6 +39,7 @@ use common::ServiceName;
 use common::check::Check;
 use common::clock::SystemClock;
 use common::config::{Config, ServerConfig};
+use common::http::HttpLimits;
 use common::identity::{ExecutorIdentity, IDENTITY_FILE};
 use common::proto::api::v1::executor_api_server::ExecutorApiServer;
 use common::service::{BoxError, Service, ServiceContext};
@@ -142,7 +143,7 @@ impl Service for ExecutorApi {
         );
         let app = health_routes(self.api.probes().clone(), config, self.api.executor_id().to_owned());
         let grpc = serve_public(self.grpc, self.api, Some(self.auth), &config.server, self.tls, ctx.shutdown.clone());
-        let http = axum::serve(self.http, app).with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned());
+        let http = common::http::serve(self.http, app, "health", HttpLimits::DEFAULT, ctx.shutdown.clone());
         let (grpc, http) = tokio::join!(grpc, http);
         grpc?;
         http?;

@@ -197,14 +197,14 @@ impl Node {
     }
 
     /// The HTTP routes of `health_port` (`/health`, `/livez`, `/readyz`) served for this node
-    /// on a 127.0.0.1 port-0 listener; returns the port.
+    /// on a 127.0.0.1 port-0 listener, as the service serves them; returns the port.
     pub(crate) async fn serve_health(&self) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let probes = executor_api::probes::Probes::new(&self.config);
         let app = executor_api::health_routes(probes, &self.config, self.executor_id.into());
         let stop = self.shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+        tokio::spawn(common::http::serve(listener, app, "health", common::http::HttpLimits::DEFAULT, stop));
         port
     }
 
