@@ -2,7 +2,8 @@
 //! headers and body are refused with a reason that maps to a gRPC code, or accepted once as the
 //! miner (never twice: the nonce is spent). Then the same method and body, signed properly with
 //! a fuzzed nonce, clock skew and hex spelling: accepted exactly when they are well formed and
-//! within the window, refused when the body changes, and never replayable.
+//! within the window, refused when the body, the method or the executor changes, and never
+//! replayable.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -10,7 +11,8 @@ use std::time::Duration;
 use common::clock::ManualClock;
 use common::hotkey::HotkeyPair;
 use executor_api::auth::{
-    Authenticator, HOTKEY_HEADER, NONCE_HEADER, Reason, SIGNATURE_HEADER, TIMESTAMP_HEADER, canonical_string, sha256,
+    Authenticator, HOTKEY_HEADER, NONCE_HEADER, Policy, Reason, SCHEME, SCHEME_HEADER, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER, canonical_string, sha256,
 };
 use http::{HeaderMap, HeaderValue};
 
@@ -18,6 +20,7 @@ use http::{HeaderMap, HeaderValue};
 const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
 const NOW: u64 = 1_800_000_000;
 const WINDOW: u64 = 60;
+const EXECUTOR_ID: &str = "executor-fuzz";
 const HEADERS: [&str; 4] = [HOTKEY_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER];
 
 fn alice() -> &'static HotkeyPair {
@@ -25,12 +28,26 @@ fn alice() -> &'static HotkeyPair {
     PAIR.get_or_init(|| HotkeyPair::parse(ALICE_SEED).expect("the //Alice seed parses"))
 }
 
-/// A fresh authenticator at `NOW`, so every input starts with no nonce seen.
+/// A fresh authenticator of this executor at `NOW`, so every input starts with no nonce seen.
 fn authenticator() -> Authenticator {
+    authenticator_of(EXECUTOR_ID)
+}
+
+/// A fresh authenticator of the executor `executor_id` at `NOW`; its process started an hour
+/// before, so that the whole window is after the start.
+fn authenticator_of(executor_id: &str) -> Authenticator {
     let clock = Arc::new(ManualClock::default());
-    clock.advance(Duration::from_secs(NOW));
-    Authenticator::new(alice().hotkey().clone(), Duration::from_secs(WINDOW), 1000, clock)
-        .expect("//Alice is a valid miner key")
+    clock.advance(Duration::from_secs(NOW - 3600));
+    let policy = Policy {
+        miner: alice().hotkey().clone(),
+        executor_id: executor_id.into(),
+        window: Duration::from_secs(WINDOW),
+        per_minute: 1000,
+        failures_per_minute: 1000,
+    };
+    let auth = Authenticator::new(policy, clock.clone()).expect("//Alice is a valid miner key");
+    clock.advance(Duration::from_secs(3600));
+    auth
 }
 
 fn expect_refused(auth: &Authenticator, method: &str, headers: &HeaderMap, body: &[u8], reason: Reason) {
@@ -44,7 +61,9 @@ pub(crate) fn check(data: &[u8]) {
     // method \n hotkey \n timestamp \n nonce \n signature \n body
     let mut parts = data.splitn(6, |&b| b == b'\n');
     let method = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    // The scheme is always the current one, so the fuzzed headers reach the checks behind it.
     let mut headers = HeaderMap::new();
+    headers.insert(SCHEME_HEADER, HeaderValue::from_static(SCHEME));
     let mut raw = Vec::new();
     for name in HEADERS {
         let value = parts.next().unwrap_or_default();
@@ -83,13 +102,14 @@ pub(crate) fn check(data: &[u8]) {
         (16..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let skew = raw[1].len() as u64 * 7;
     let timestamp = if raw[1].first() == Some(&b'-') { NOW - skew } else { NOW + skew };
-    let signature = alice().sign(canonical_string(&method, timestamp, &nonce, &sha256(body)).as_bytes());
+    let signature = alice().sign(canonical_string(EXECUTOR_ID, &method, timestamp, &nonce, &sha256(body)).as_bytes());
     let hex = match raw[3].len() % 3 {
         0 => hex::encode(signature),
         1 => format!("0x{}", hex::encode(signature)),
         _ => hex::encode_upper(signature),
     };
     let mut signed = HeaderMap::new();
+    signed.insert(SCHEME_HEADER, HeaderValue::from_static(SCHEME));
     for (name, value) in HEADERS.into_iter().zip([alice().hotkey().to_string(), timestamp.to_string(), nonce, hex]) {
         match HeaderValue::from_str(&value) {
             Ok(value) => {
@@ -108,6 +128,9 @@ pub(crate) fn check(data: &[u8]) {
     } else {
         expect_refused(&auth, &method, &signed, &tampered, Reason::BadSignature);
         expect_refused(&auth, &format!("{method}x"), &signed, body, Reason::BadSignature);
+        // Signed for another executor of the same miner.
+        let elsewhere = authenticator_of("executor-other");
+        expect_refused(&elsewhere, &method, &signed, body, Reason::BadSignature);
         assert_eq!(auth.check(&method, &signed, body).as_ref().map_err(|f| f.reason), Ok(alice().hotkey()));
         expect_refused(&auth, &method, &signed, body, Reason::ReplayedNonce);
     }

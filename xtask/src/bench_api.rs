@@ -23,7 +23,7 @@ use common::proto::api::v1::executor_api_client::ExecutorApiClient;
 use common::proto::runtime::v1 as runtime;
 use e2e::TestConfig;
 use executor_api::api::Api;
-use executor_api::auth::Authenticator;
+use executor_api::auth::{Authenticator, Policy};
 use executor_api::client::ExecutorClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -70,10 +70,8 @@ async fn bench() -> anyhow::Result<()> {
     let mut config: Config = Config::load(&test_config.path).map_err(anyhow::Error::msg)?.config;
     config.server.max_connections = 10_000;
     // The limit is far above what the bench sends: this measures authentication, not refusal.
-    let auth = Arc::new(
-        Authenticator::new(key.hotkey().clone(), config.server.auth_time_window, u32::MAX / 2, Arc::new(SystemClock))
-            .map_err(anyhow::Error::msg)?,
-    );
+    let policy = Policy { per_minute: u32::MAX / 2, ..Policy::of(key.hotkey().clone(), "bench".into(), &config) };
+    let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).map_err(anyhow::Error::msg)?);
     let shutdown = CancellationToken::new();
     let mut endpoints = Vec::new();
     for auth in [None, Some(auth)] {
@@ -93,7 +91,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         channels.push(set);
     }
-    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice());
+    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice(), "bench");
     println!(
         "{CLIENTS} concurrent clients over {CONNECTIONS} connections, {ROUNDS} rounds per mode, {} cores, same process",
         std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -1,7 +1,7 @@
 //! Pieces every executor process shares and no service logic: the configuration, generated
 //! protobuf types, the executor identity, hotkey verification, logging, metrics, Unix-socket
-//! gRPC helpers, per-peer connection limits, process spawning, time, and the host that runs a
-//! service binary.
+//! gRPC helpers, the HTTP listeners, per-peer connection limits, process spawning, time, and
+//! the host that runs a service binary.
 //!
 //! Without the default `service` feature only the identity, hotkeys, processes and time are
 //! built: what the standalone `gpu-attestor` needs.
@@ -16,6 +16,8 @@ pub mod config;
 #[cfg(feature = "service")]
 pub mod grpc;
 pub mod hotkey;
+#[cfg(feature = "service")]
+pub mod http;
 pub mod identity;
 #[cfg(feature = "service")]
 pub mod metrics;

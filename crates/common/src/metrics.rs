@@ -66,7 +66,7 @@ pub async fn serve(
         })
     };
     let app = axum::Router::new().route("/metrics", get(move || std::future::ready(render(&handle))));
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let served = crate::http::serve(listener, app, "metrics", crate::http::HttpLimits::DEFAULT, shutdown).await;
     let _ = upkeep.await;
     served
 }

@@ -71,6 +71,19 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         }
     }
 
+    /// Whether `key` has a token now, taking none: for limits charged only when something
+    /// fails (a refused login, a bad signature), checked before the attempt.
+    pub fn peek(&self, key: &K) -> Result<(), RetryAfter> {
+        let now = self.clock.now();
+        let capacity = f64::from(self.per_minute);
+        let per_second = capacity / 60.0;
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(bucket) = buckets.get(key) else { return Ok(()) };
+        let tokens =
+            (bucket.tokens + now.saturating_duration_since(bucket.updated).as_secs_f64() * per_second).min(capacity);
+        if tokens >= 1.0 { Ok(()) } else { Err(RetryAfter(Duration::from_secs_f64((1.0 - tokens) / per_second))) }
+    }
+
     fn evict(buckets: &mut HashMap<K, Bucket>, max_keys: usize, now: Instant, capacity: f64, per_second: f64) {
         let full =
             |b: &Bucket| b.tokens + now.saturating_duration_since(b.updated).as_secs_f64() * per_second >= capacity;
@@ -108,6 +121,22 @@ mod tests {
             limiter.check(&"a").unwrap();
         }
         assert!(limiter.check(&"a").is_err());
+    }
+
+    #[test]
+    fn peek_takes_nothing() {
+        let clock = Arc::new(ManualClock::default());
+        let limiter = RateLimiter::new(2, clock.clone());
+        for _ in 0..5 {
+            limiter.peek(&"a").unwrap();
+        }
+        limiter.check(&"a").unwrap();
+        limiter.check(&"a").unwrap();
+        let RetryAfter(wait) = limiter.peek(&"a").unwrap_err();
+        assert_eq!(wait, Duration::from_secs(30));
+        clock.advance(Duration::from_secs(30));
+        limiter.peek(&"a").unwrap();
+        limiter.peek(&"b").unwrap();
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! The miner-side client of the public API: every call signed with the miner's hotkey as
-//! [`crate::auth`] describes. `executor ctl` and the end-to-end tests use it; a miner written
-//! in Rust can too.
+//! The miner-side client of the public API: every call signed with the miner's hotkey for one
+//! executor, as [`crate::auth`] describes. `executor ctl` and the end-to-end tests use it; a
+//! miner written in Rust can too.
+//!
+//! Signatures name the executor, so the client needs its id: [`ExecutorClient::connect`]
+//! learns it from the `x-executor-id` header of a health check, and
+//! [`ExecutorClient::connect_pinned`] checks it against the id the miner already knows (which
+//! is safer on an untrusted network: a signature made for the pinned executor is useless to
+//! any other).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,6 +38,10 @@ pub enum ClientError {
     Endpoint { endpoint: String, reason: String },
     #[error("cannot connect to {endpoint}: {reason}")]
     Connect { endpoint: String, reason: String },
+    #[error("{endpoint} did not name its executor id: {reason}")]
+    Discover { endpoint: String, reason: String },
+    #[error("{endpoint} is {found}, not the executor {pinned}")]
+    OtherExecutor { endpoint: String, pinned: String, found: String },
 }
 
 /// A signing client of one executor.
@@ -39,6 +49,7 @@ pub enum ClientError {
 pub struct ExecutorClient {
     api: ExecutorApiClient<Channel>,
     key: Arc<HotkeyPair>,
+    executor_id: Arc<str>,
 }
 
 const PREFIX: &str = "/executor.api.v1.ExecutorApi/";
@@ -55,8 +66,19 @@ macro_rules! unary {
 
 impl ExecutorClient {
     /// Connects to `endpoint` (`http://host:port`, or `https://` with the server's CA
-    /// certificate in PEM, or the system's roots when `ca_pem` is `None`).
+    /// certificate in PEM, or the system's roots when `ca_pem` is `None`) and learns the
+    /// executor's id.
     pub async fn connect(endpoint: &str, ca_pem: Option<Vec<u8>>, key: HotkeyPair) -> Result<Self, ClientError> {
+        Self::connect_pinned(endpoint, ca_pem, key, None).await
+    }
+
+    /// As [`ExecutorClient::connect`]; with `executor_id`, the endpoint must be that executor.
+    pub async fn connect_pinned(
+        endpoint: &str,
+        ca_pem: Option<Vec<u8>>,
+        key: HotkeyPair,
+        executor_id: Option<&str>,
+    ) -> Result<Self, ClientError> {
         let bad = |reason: String| ClientError::Endpoint { endpoint: endpoint.to_owned(), reason };
         let mut builder = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| bad(e.to_string()))?
@@ -72,12 +94,31 @@ impl ExecutorClient {
             endpoint: endpoint.to_owned(),
             reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
         })?;
-        Ok(Self::new(channel, key))
+        let found = discover_id(channel.clone())
+            .await
+            .map_err(|reason| ClientError::Discover { endpoint: endpoint.to_owned(), reason })?;
+        if let Some(pinned) = executor_id
+            && pinned != found
+        {
+            return Err(ClientError::OtherExecutor { endpoint: endpoint.to_owned(), pinned: pinned.to_owned(), found });
+        }
+        Ok(Self::new(channel, key, found))
     }
 
-    /// A client over an existing channel.
-    pub fn new(channel: Channel, key: HotkeyPair) -> Self {
-        Self { api: ExecutorApiClient::new(channel), key: Arc::new(key) }
+    /// A client over an existing channel, signing for the executor `executor_id`.
+    pub fn new(channel: Channel, key: HotkeyPair, executor_id: impl Into<Arc<str>>) -> Self {
+        Self { api: ExecutorApiClient::new(channel), key: Arc::new(key), executor_id: executor_id.into() }
+    }
+
+    /// A client over an existing channel, for the executor that answers on it.
+    pub async fn discover(channel: Channel, key: HotkeyPair) -> Result<Self, String> {
+        let executor_id = discover_id(channel.clone()).await?;
+        Ok(Self::new(channel, key, executor_id))
+    }
+
+    /// The executor this client signs for.
+    pub fn executor_id(&self) -> &str {
+        &self.executor_id
     }
 
     /// The generated client, for calls built with [`ExecutorClient::signed`].
@@ -90,7 +131,7 @@ impl ExecutorClient {
     pub fn signed<T: Message>(&self, method: &str, message: T) -> Request<T> {
         let timestamp = std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let path = format!("{PREFIX}{method}");
-        let headers = crate::auth::sign(&self.key, &path, &message.encode_to_vec(), timestamp);
+        let headers = crate::auth::sign(&self.key, &self.executor_id, &path, &message.encode_to_vec(), timestamp);
         let mut request = Request::new(message);
         for (name, value) in headers {
             if let Ok(value) = MetadataValue::try_from(value.as_str()) {
@@ -133,4 +174,15 @@ impl ExecutorClient {
         let request = self.signed("StreamLogs", request);
         Ok(self.api.clone().stream_logs(request).await?.into_inner())
     }
+}
+
+/// The executor id in the `x-executor-id` header of a health check's answer (health is open).
+async fn discover_id(channel: Channel) -> Result<String, String> {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let answer = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+    let answer = answer.map_err(|status| format!("health check: {}: {}", status.code(), status.message()))?;
+    let id = answer.metadata().get(crate::auth::EXECUTOR_ID_HEADER).and_then(|v| v.to_str().ok());
+    id.map(str::to_owned).ok_or_else(|| {
+        format!("its answer has no `{}` header (an executor older than this client?)", crate::auth::EXECUTOR_ID_HEADER)
+    })
 }

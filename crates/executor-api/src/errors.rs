@@ -80,13 +80,19 @@ pub fn policy(reason: Reason) -> (Code, Told) {
 
 /// The code of a refused call, and the reason it carries: UNAUTHENTICATED when we cannot tell
 /// who is calling (no, bad or stale signature, a replay, an unreadable body); PERMISSION_DENIED
-/// when we can and that hotkey may not manage this executor; RESOURCE_EXHAUSTED for the rate
-/// limit, which the caller should retry later.
+/// when we can and that hotkey may not manage this executor; RESOURCE_EXHAUSTED for the limits,
+/// which the caller should retry later.
 pub fn auth_code(reason: AuthReason) -> (Code, Reason) {
     match reason {
         AuthReason::HotkeyNotAllowed => (Code::PermissionDenied, Reason::BadSignature),
         AuthReason::RateLimited => (Code::ResourceExhausted, Reason::LimitReached),
+        // The caller's address made too many refused calls: it waits (the message says how
+        // long), whoever it is.
+        AuthReason::TooManyFailures => (Code::ResourceExhausted, Reason::LimitReached),
+        // The signature checkers' queue is full (a flood from many addresses): retry shortly.
+        AuthReason::Overloaded => (Code::ResourceExhausted, Reason::LimitReached),
         AuthReason::MissingSignature
+        | AuthReason::UnsupportedScheme
         | AuthReason::MalformedMetadata
         | AuthReason::MalformedBody
         | AuthReason::StaleTimestamp

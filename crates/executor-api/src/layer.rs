@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::hotkey::Hotkey;
+use common::peers::PeerKey;
 use http::{HeaderValue, Request, Response};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -22,6 +23,7 @@ use tonic::body::Body;
 use tracing::Instrument;
 
 use crate::auth::{self, AuthFailure, Authenticator, Reason};
+use crate::connections::Peer;
 use crate::errors::ApiError;
 
 /// Largest request body read for authentication: far above any request of the API (a
@@ -95,12 +97,15 @@ pub struct ApiLayer {
     auth: Option<Arc<Authenticator>>,
     timeout: Duration,
     ids: Arc<RequestIds>,
+    executor_id: Option<HeaderValue>,
 }
 
 impl ApiLayer {
-    /// `timeout` is `[server] request_timeout`: from the request's headers to the response's.
-    pub fn new(auth: Option<Arc<Authenticator>>, timeout: Duration) -> Self {
-        Self { auth, timeout, ids: Arc::new(RequestIds::new()) }
+    /// `timeout` is `[server] request_timeout`: from the request's headers to the response's;
+    /// every response names `executor_id` (in `x-executor-id`), which clients sign.
+    pub fn new(auth: Option<Arc<Authenticator>>, timeout: Duration, executor_id: &str) -> Self {
+        let executor_id = HeaderValue::from_str(executor_id).ok();
+        Self { auth, timeout, ids: Arc::new(RequestIds::new()), executor_id }
     }
 }
 
@@ -108,7 +113,13 @@ impl<S> tower::Layer<S> for ApiLayer {
     type Service = ApiService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ApiService { inner, auth: self.auth.clone(), timeout: self.timeout, ids: self.ids.clone() }
+        ApiService {
+            inner,
+            auth: self.auth.clone(),
+            timeout: self.timeout,
+            ids: self.ids.clone(),
+            executor_id: self.executor_id.clone(),
+        }
     }
 }
 
@@ -137,6 +148,7 @@ pub struct ApiService<S> {
     auth: Option<Arc<Authenticator>>,
     timeout: Duration,
     ids: Arc<RequestIds>,
+    executor_id: Option<HeaderValue>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -161,12 +173,19 @@ where
         let auth = self.auth.clone();
         let timeout = self.timeout;
         let request_id = self.ids.next();
+        let executor_id = self.executor_id.clone();
         let path = request.uri().path().to_owned();
         let method: &'static str = KNOWN_METHODS.iter().find(|m| **m == path).copied().unwrap_or("unknown");
         let span = tracing::info_span!("rpc", method = %path, request_id = %request_id);
         let started = Instant::now();
         let mut request = request;
         request.extensions_mut().insert(RequestId(request_id.clone()));
+        // The connection delivered a request: its handshake deadline is met.
+        let peer = Peer::of(&request);
+        if let Some(peer) = &peer {
+            peer.requested();
+            request.extensions_mut().insert(peer.tcp_info());
+        }
         let timed_out = move |request_id: &str| {
             tracing::info!(?timeout, "call took longer than server.request_timeout");
             ApiError::RequestTimeout(timeout).into_status(request_id).into_http()
@@ -178,15 +197,31 @@ where
             // handler has a deadline of its own (`attest::ATTESTATION_TIMEOUT`).
             let deadline = tokio::time::Instant::now() + timeout;
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
-                match tokio::time::timeout_at(deadline, authenticate(&auth, &path, request)).await {
-                    Ok(Ok(admitted)) => request = admitted,
+                let key = peer.as_ref().map(Peer::key);
+                match tokio::time::timeout_at(deadline, authenticate(&auth, &path, key, request)).await {
+                    Ok(Ok(admitted)) => {
+                        // The miner's connection: never evicted to make room for strangers.
+                        if let Some(peer) = &peer {
+                            peer.authenticated();
+                        }
+                        request = admitted;
+                    }
                     Ok(Err(failure)) => {
+                        if let Some(key) = key.filter(|_| failure.reason.is_failure()) {
+                            auth.record_failure(key);
+                        }
                         metrics::counter!("executor_api_auth_failures_total", "reason" => failure.reason.as_str())
                             .increment(1);
                         tracing::info!(reason = failure.reason.as_str(), detail = %failure.detail, "call refused");
                         return failure.to_status().into_http();
                     }
-                    Err(_) => return timed_out(&id),
+                    Err(_) => {
+                        // A caller that cannot finish its request in time is refused too.
+                        if let Some(key) = key {
+                            auth.record_failure(key);
+                        }
+                        return timed_out(&id);
+                    }
                 }
             }
             if path == ATTESTATION_METHOD {
@@ -202,6 +237,9 @@ where
             async move {
                 let mut response = call.await;
                 add_request_id(&mut response, &request_id);
+                if let Some(executor_id) = executor_id {
+                    response.headers_mut().insert(auth::EXECUTOR_ID_HEADER, executor_id);
+                }
                 Ok(MeteredBody::wrap(response, method, started))
             }
             .instrument(span),
@@ -215,9 +253,18 @@ fn add_request_id(response: &mut Response<Body>, id: &str) {
     }
 }
 
-/// Reads the request, checks its signature, and rebuilds it with the same bytes.
-async fn authenticate(auth: &Authenticator, path: &str, request: Request<Body>) -> Result<Request<Body>, AuthFailure> {
+/// Reads the request, checks its signature, and rebuilds it with the same bytes; a caller from
+/// an address with too many refused calls (`key`) is refused first.
+async fn authenticate(
+    auth: &Authenticator,
+    path: &str,
+    key: Option<PeerKey>,
+    request: Request<Body>,
+) -> Result<Request<Body>, AuthFailure> {
     let malformed = |detail: String| AuthFailure { reason: Reason::MalformedBody, detail };
+    if let Some(key) = key {
+        auth.admit_peer(key)?;
+    }
     let (mut parts, body) = request.into_parts();
     // Refuse what we can before reading anything.
     let claim = auth.precheck(&parts.headers)?;

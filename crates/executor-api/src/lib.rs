@@ -7,7 +7,8 @@
 //! - [`api`]: the `executor.api.v1.ExecutorApi` handlers, forwarding to the internal services;
 //!   [`probes`] (health, Docker's facts) and [`attest`] (the prover) behind them.
 //! - [`errors`]: the one mapping of errors to status codes.
-//! - [`connections`]: the `max_connections` cap.
+//! - [`connections`]: who may hold a connection (the caps, the handshake deadline, strangers
+//!   making room).
 //! - [`client`]: the miner-side client that signs calls (used by `executor ctl` and tests).
 //!
 //! Modules use only modules below them: `auth`, `connections`, `probes` at the bottom; `errors`
@@ -38,6 +39,7 @@ use common::ServiceName;
 use common::check::Check;
 use common::clock::SystemClock;
 use common::config::{Config, ServerConfig};
+use common::http::HttpLimits;
 use common::identity::{ExecutorIdentity, IDENTITY_FILE};
 use common::proto::api::v1::executor_api_server::ExecutorApiServer;
 use common::service::{BoxError, Service, ServiceContext};
@@ -124,12 +126,8 @@ impl Service for ExecutorApi {
             config.data_dir.join(IDENTITY_FILE),
             ctx.loaded.path.clone(),
         );
-        let auth = Arc::new(Authenticator::new(
-            miner,
-            config.server.auth_time_window,
-            config.validator.access_config.rate_limits.api_requests_per_minute,
-            Arc::new(SystemClock),
-        )?);
+        let policy = auth::Policy::of(miner, identity.executor_id(), config);
+        let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock))?);
         Ok(Self { grpc, http, api, auth, tls })
     }
 
@@ -145,7 +143,7 @@ impl Service for ExecutorApi {
         );
         let app = health_routes(self.api.probes().clone(), config, self.api.executor_id().to_owned());
         let grpc = serve_public(self.grpc, self.api, Some(self.auth), &config.server, self.tls, ctx.shutdown.clone());
-        let http = axum::serve(self.http, app).with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned());
+        let http = common::http::serve(self.http, app, "health", HttpLimits::DEFAULT, ctx.shutdown.clone());
         let (grpc, http) = tokio::join!(grpc, http);
         grpc?;
         http?;
@@ -169,6 +167,7 @@ pub async fn serve_public(
     let alias = HealthAlias(tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health.clone()),
     ));
+    let api_layer = layer::ApiLayer::new(auth, server.request_timeout, api.executor_id());
     let routes = routes.add_service(alias).add_service(ExecutorApiServer::new(api));
     health.set_service_status("", ServingStatus::Serving).await;
     health.set_service_status(GRPC_SERVICE, ServingStatus::Serving).await;
@@ -176,13 +175,17 @@ pub async fn serve_public(
         .http2_keepalive_interval(Some(server.keepalive_interval))
         .http2_keepalive_timeout(Some(server.keepalive_timeout))
         // With max_connections, bounds the calls (and request bodies) in flight.
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        // An old connection gets GOAWAY and closes when its calls in flight have finished. No
+        // `max_connection_age_grace`: tonic 0.14 then skips the GOAWAY and cuts the connection
+        // at age + grace, calls and all.
+        .max_connection_age(server.max_connection_age);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    let (incoming, acceptor) = connections::accept(listener, server.max_connections as usize, shutdown.clone());
+    let (incoming, acceptor) = connections::accept(listener, connections::Limits::of(server), shutdown.clone());
     let served = builder
-        .layer(layer::ApiLayer::new(auth, server.request_timeout))
+        .layer(api_layer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await;

@@ -36,6 +36,10 @@ pub struct CtlArgs {
     /// CA certificate (PEM) for an https endpoint with a private CA or a self-signed certificate.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// The executor id the endpoint must have (`executor-...`, from `identity`); calls are
+    /// signed for it alone. Default: the id the endpoint names.
+    #[arg(long, value_name = "ID")]
+    pub executor_id: Option<String>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -242,7 +246,7 @@ pub fn ctl_command(config_path: &Path, args: CtlArgs) -> ExitCode {
         None => None,
     };
     let result = crate::block_on(async move {
-        let client = ExecutorClient::connect(&endpoint, ca, key).await?;
+        let client = ExecutorClient::connect_pinned(&endpoint, ca, key, args.executor_id.as_deref()).await?;
         run(&client, args.command).await
     });
     match result {

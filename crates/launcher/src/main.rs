@@ -33,7 +33,7 @@ enum Command {
     /// Show the services of the running node; exit 1 unless all are SERVING, 3 if it is not running.
     Status,
     /// Call an executor's public API, signed with the miner hotkey (--key-file or MINER_HOTKEY_SECRET).
-    Ctl(executor::ctl::CtlArgs),
+    Ctl(Box<executor::ctl::CtlArgs>),
 }
 
 fn main() -> ExitCode {
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         (true, None) => executor::run_server(&cli.config, cli.log_level.as_deref()),
         (false, Some(Command::Validate)) => executor::validate::validate_command(&cli.config),
         (false, Some(Command::Status)) => executor::status::status_command(&cli.config),
-        (false, Some(Command::Ctl(args))) => executor::ctl::ctl_command(&cli.config, args),
+        (false, Some(Command::Ctl(args))) => executor::ctl::ctl_command(&cli.config, *args),
         (true, Some(_)) => {
             eprintln!("executor: --server cannot be combined with a subcommand");
             ExitCode::from(2)

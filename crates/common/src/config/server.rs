@@ -24,8 +24,21 @@ pub struct ServerConfig {
     pub advertised_port: Option<Port>,
     /// Whether the advertised endpoint speaks TLS (e.g. a TLS-terminating load balancer).
     pub advertised_tls: bool,
-    /// Hard cap on concurrent connections to the public gRPC API.
+    /// Hard cap on concurrent connections to the public gRPC API. When it is reached, a new
+    /// connection takes the slot of the oldest connection that has not made an authenticated
+    /// call; only when every slot holds an authenticated connection is it closed at once.
     pub max_connections: u32,
+    /// Concurrent connections to the public gRPC API from one address (an IPv4 address, or an
+    /// IPv6 /64); more are closed at once. At most `max_connections`.
+    pub max_connections_per_ip: u32,
+    /// A connection to the public gRPC API that has not sent its first complete request (TLS
+    /// handshake, HTTP/2 preface and request headers) within this is closed.
+    #[serde(with = "human_duration")]
+    pub handshake_timeout: Duration,
+    /// A connection to the public gRPC API this old is asked to close (HTTP/2 GOAWAY; clients
+    /// reconnect); calls in flight finish first, RunAttestation's 600 s included.
+    #[serde(with = "human_duration")]
+    pub max_connection_age: Duration,
     /// Port of the HTTP `GET /health` endpoint, bound on `host`.
     pub health_port: Port,
     /// Longest a unary call (or a streaming call's first response) may take; past it the
@@ -47,6 +60,10 @@ pub struct ServerConfig {
     /// executor's clock (either way); each nonce is remembered this long.
     #[serde(with = "human_duration")]
     pub auth_time_window: Duration,
+    /// Refused calls (a missing, malformed, stale, replayed or bad signature) one address (an
+    /// IPv4 address, or an IPv6 /64) may make a minute, a burst of that many; past it the
+    /// address's calls are refused before their bodies are read or their signatures checked.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +75,9 @@ impl Default for ServerConfig {
             advertised_port: None,
             advertised_tls: false,
             max_connections: 1000,
+            max_connections_per_ip: 32,
+            handshake_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(30 * 60),
             health_port: Port::new(50052),
             request_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(60),
@@ -65,6 +85,7 @@ impl Default for ServerConfig {
             tls_cert_path: None,
             tls_key_path: None,
             auth_time_window: Duration::from_secs(60),
+            auth_failures_per_minute: 60,
         }
     }
 }
@@ -75,11 +96,30 @@ impl ServerConfig {
         v.check("server.advertised_port", &self.advertised_port);
         v.check("server.advertised_host", &self.advertised_host);
         v.range("server.max_connections", self.max_connections as f64, 1.0, 1_000_000.0);
+        if self.max_connections_per_ip > self.max_connections {
+            v.fail(
+                "server.max_connections_per_ip",
+                format!(
+                    "{} is more than server.max_connections ({}); set it at most that",
+                    self.max_connections_per_ip, self.max_connections
+                ),
+            );
+        } else {
+            v.range("server.max_connections_per_ip", self.max_connections_per_ip as f64, 1.0, 1_000_000.0);
+        }
+        v.range("server.auth_failures_per_minute", self.auth_failures_per_minute as f64, 1.0, 1_000_000.0);
         for (key, value, min, max) in [
             ("server.request_timeout", self.request_timeout, Duration::from_millis(100), Duration::from_secs(3600)),
             ("server.keepalive_interval", self.keepalive_interval, Duration::from_secs(1), Duration::from_secs(86_400)),
             ("server.keepalive_timeout", self.keepalive_timeout, Duration::from_secs(1), Duration::from_secs(3600)),
             ("server.auth_time_window", self.auth_time_window, Duration::from_secs(1), Duration::from_secs(3600)),
+            ("server.handshake_timeout", self.handshake_timeout, Duration::from_millis(100), Duration::from_secs(300)),
+            (
+                "server.max_connection_age",
+                self.max_connection_age,
+                Duration::from_secs(60),
+                Duration::from_secs(30 * 86_400),
+            ),
         ] {
             v.result(key, duration_between(value, min, max));
         }

@@ -108,6 +108,14 @@ fn bad_values_name_key_and_file() {
     check_err("[system]\ncollector_timeout = \"10s\"", &["key `system.collector_timeout`"]);
     check_err("[server]\nauth_time_window = \"0s\"", &["key `server.auth_time_window`", "between 1s and 1h"]);
     check_err("[server]\nrequest_timeout = \"2h\"", &["key `server.request_timeout`"]);
+    check_err(
+        "[server]\nmax_connections = 10",
+        &["key `server.max_connections_per_ip`", "32 is more than server.max_connections (10)"],
+    );
+    check_err("[server]\nmax_connections_per_ip = 0", &["key `server.max_connections_per_ip`", "out of range"]);
+    check_err("[server]\nhandshake_timeout = \"10ms\"", &["key `server.handshake_timeout`", "between 100ms and 5m"]);
+    check_err("[server]\nauth_failures_per_minute = 0", &["key `server.auth_failures_per_minute`", "out of range"]);
+    check_err("[server]\nmax_connection_age = \"1s\"", &["key `server.max_connection_age`", "between 1m and 30days"]);
     check_err("[server]\ntls_cert_path = \"c.pem\"", &["key `server.tls_key_path`: required"]);
     check_err("[server]\ntls_key_path = \"k.pem\"", &["key `server.tls_cert_path`: required"]);
 }

@@ -5,14 +5,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::proto::runtime::v1 as runtime;
 use executor_api::auth::sign;
+use executor_api::client::ExecutorClient;
 use prost::Message;
 use tonic::{Code, Request, Status};
 
 use common::hotkey::HotkeyPair;
 
-use crate::node::{Node, Options};
+use common::proto::api::v1::executor_api_client::ExecutorApiClient;
+
+use crate::node::{Node, Options, channel_from};
 
 const GET: &str = "/executor.api.v1.ExecutorApi/GetContainer";
+/// The in-process node's executor id.
+const ID: &str = "executor-test";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -57,14 +62,14 @@ async fn refusals_have_their_codes_and_reach_no_peer() {
     refused(raw.get_container(request).await.unwrap_err(), Code::Unauthenticated, "bad_signature", "bad_signature");
 
     // Malformed metadata: a signature that is not hex.
-    let mut headers = sign(alice, GET, &c1().encode_to_vec(), now());
-    headers[3].1 = "zz".into();
+    let mut headers = sign(alice, ID, GET, &c1().encode_to_vec(), now());
+    headers[4].1 = "zz".into();
     let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
     refused(err, Code::Unauthenticated, "malformed_metadata", "bad_signature");
 
     // Signed an hour ago, and an hour ahead.
     for timestamp in [now() - 3600, now() + 3600] {
-        let headers = sign(alice, GET, &c1().encode_to_vec(), timestamp);
+        let headers = sign(alice, ID, GET, &c1().encode_to_vec(), timestamp);
         let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
         refused(err, Code::Unauthenticated, "stale_timestamp", "bad_signature");
     }
@@ -81,7 +86,7 @@ async fn refusals_have_their_codes_and_reach_no_peer() {
 async fn a_nonce_is_spent_once() {
     let node = Node::start().await;
     let mut raw = node.raw();
-    let headers = sign(&node.alice, GET, &c1().encode_to_vec(), now());
+    let headers = sign(&node.alice, ID, GET, &c1().encode_to_vec(), now());
     raw.get_container(with_headers(c1(), &headers)).await.unwrap();
     let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
     refused(err, Code::Unauthenticated, "replayed_nonce", "bad_signature");
@@ -115,4 +120,92 @@ async fn health_is_open_and_every_answer_names_its_request_id() {
     let (prefix, counter) = id.split_once('-').unwrap();
     assert_eq!(prefix.len(), 8, "{id}");
     assert!(counter.parse::<u64>().is_ok(), "{id}");
+}
+
+/// Every answer names the executor (`x-executor-id`), the open health check and refusals
+/// included: a client learns whom it signs for, and a pinned client is told when the endpoint
+/// is another executor.
+#[tokio::test]
+async fn every_answer_names_the_executor_and_clients_learn_it() {
+    let node = Node::start().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel.clone());
+    let answer = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(answer.metadata().get("x-executor-id").unwrap(), ID);
+    let refusal = node.raw().get_container(c1()).await.unwrap_err();
+    assert_eq!(refusal.metadata().get("x-executor-id").unwrap(), ID);
+
+    let endpoint = format!("http://{}", node.addr);
+    let alice = || HotkeyPair::parse(e2e::ALICE_SEED).unwrap();
+    let client = ExecutorClient::connect(&endpoint, None, alice()).await.unwrap();
+    assert_eq!(client.executor_id(), ID);
+    client.get_container(c1()).await.unwrap();
+    ExecutorClient::connect_pinned(&endpoint, None, alice(), Some(ID)).await.unwrap();
+    let other = ExecutorClient::connect_pinned(&endpoint, None, alice(), Some("executor-other")).await.unwrap_err();
+    assert_eq!(other.to_string(), format!("{endpoint} is {ID}, not the executor executor-other"));
+}
+
+/// Issue 17 item 9: the miner's hotkey is public, so a stranger's calls pass the header checks
+/// and reach the signature checker, each with a body of up to 1 MiB read first. After
+/// `auth_failures_per_minute` refusals an address is refused before its bodies are read or its
+/// signatures checked; the miner, from another address, is served.
+#[tokio::test]
+async fn a_bad_signature_flood_is_refused_before_bodies_are_read() {
+    let node = Node::with(Options { auth_failures_per_minute: Some(5), ..Options::default() }).await;
+    let channel = channel_from(node.addr, [127, 0, 0, 2]).await.unwrap();
+    let mut raw = ExecutorApiClient::new(channel);
+    // A well-formed sr25519 signature by the miner, over another call: it takes a full check.
+    let forged = || {
+        let mut headers = sign(&node.alice, ID, GET, &c1().encode_to_vec(), now());
+        headers[4].1 = sign(&node.alice, ID, GET, b"another body", now())[4].1.clone();
+        headers
+    };
+    for i in 0..20 {
+        let err = raw.get_container(with_headers(c1(), &forged())).await.unwrap_err();
+        let reason = if i < 5 { "bad_signature" } else { "too_many_failures" };
+        assert!(err.message().starts_with(&format!("{reason}: ")), "call {i} from 127.0.0.2: {err:?}");
+    }
+    // Not read: a body past the 1 MiB bound would be `malformed_body` once read.
+    let big = runtime::CreateContainerRequest { image: "x".repeat(2 << 20), ..Default::default() };
+    let err = raw.create_container(with_headers(big, &forged())).await.unwrap_err();
+    refused(err, Code::ResourceExhausted, "too_many_failures", "limit_reached");
+    node.client.get_container(c1()).await.unwrap();
+    assert_eq!(node.fakes.runtime.take_calls().len(), 1);
+}
+
+/// Issue 17 item 12: a call captured on its way to one executor, replayed to another executor
+/// of the same miner, is refused: the signed string names the executor.
+#[tokio::test]
+async fn a_call_signed_for_one_executor_is_refused_by_another() {
+    let a = Node::with(Options { executor_id: "executor-a", ..Options::default() }).await;
+    let b = Node::with(Options { executor_id: "executor-b", ..Options::default() }).await;
+    let captured = a.client.signed("GetContainer", c1());
+    let replayed = b.raw().get_container(captured).await;
+    let err = replayed.map(|_| ()).expect_err("executor-b answered a call signed for executor-a");
+    refused(err, Code::Unauthenticated, "bad_signature", "bad_signature");
+    assert!(b.fakes.runtime.take_calls().is_empty());
+    a.client.get_container(c1()).await.unwrap();
+}
+
+/// Issue 17 item 12: a client of the first scheme (no executor id in the signed string, no
+/// `x-executor-auth`) is told what changed before any signature is checked.
+#[tokio::test]
+async fn a_first_scheme_call_is_told_to_sign_with_the_second() {
+    let node = Node::start().await;
+    let (timestamp, nonce) = (now(), "00112233445566778899aabbccddeeff");
+    let digest = hex::encode(sha2_256(&c1().encode_to_vec()));
+    let v1 = format!("basilica-executor-api-v1\n{GET}\n{timestamp}\n{nonce}\n{digest}");
+    let headers = [
+        ("x-executor-hotkey", node.alice.hotkey().to_string()),
+        ("x-executor-timestamp", timestamp.to_string()),
+        ("x-executor-nonce", nonce.to_owned()),
+        ("x-executor-signature", hex::encode(node.alice.sign(v1.as_bytes()))),
+    ];
+    let answer = node.raw().get_container(with_headers(c1(), &headers)).await;
+    let err = answer.map(|_| ()).expect_err("a first-scheme call was answered");
+    refused(err.clone(), Code::Unauthenticated, "unsupported_scheme", "bad_signature");
+    assert!(err.message().contains("x-executor-auth: v2") && err.message().contains("docs/api.md"), "{err:?}");
+}
+
+fn sha2_256(bytes: &[u8]) -> [u8; 32] {
+    executor_api::auth::sha256(bytes)
 }

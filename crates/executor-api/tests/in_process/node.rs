@@ -4,17 +4,19 @@
 //! `container-runtime check` and `gpu-attestor` are shell scripts in the node's binary
 //! directory.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::clock::SystemClock;
 use common::config::Config;
 use common::hotkey::HotkeyPair;
 use executor_api::api::Api;
-use executor_api::auth::Authenticator;
+use executor_api::auth::{Authenticator, Policy};
 use executor_api::client::ExecutorClient;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -57,6 +59,18 @@ pub(crate) struct Options {
     pub(crate) attestor_seconds: u32,
     /// Seconds `container-runtime check` (SystemProfile's Docker facts) takes.
     pub(crate) checks_seconds: u32,
+    /// `[server] max_connections`, when not the default.
+    pub(crate) max_connections: Option<u32>,
+    /// `[server] max_connections_per_ip`, when not the default.
+    pub(crate) max_connections_per_ip: Option<u32>,
+    /// `[server] handshake_timeout`, when not the default.
+    pub(crate) handshake_timeout: Option<std::time::Duration>,
+    /// `[server] max_connection_age`, when not the default.
+    pub(crate) max_connection_age: Option<std::time::Duration>,
+    /// `[server] auth_failures_per_minute`, when not the default.
+    pub(crate) auth_failures_per_minute: Option<u32>,
+    /// The executor's id.
+    pub(crate) executor_id: &'static str,
 }
 
 impl Default for Options {
@@ -69,6 +83,12 @@ impl Default for Options {
             request_timeout: None,
             attestor_seconds: 0,
             checks_seconds: 0,
+            max_connections: None,
+            max_connections_per_ip: None,
+            handshake_timeout: None,
+            max_connection_age: None,
+            auth_failures_per_minute: None,
+            executor_id: "executor-test",
         }
     }
 }
@@ -82,6 +102,11 @@ pub(crate) struct Node {
     /// The same connection, for unsigned or hand-signed calls.
     pub(crate) channel: Channel,
     pub(crate) alice: HotkeyPair,
+    /// Where the public port listens.
+    pub(crate) addr: SocketAddr,
+    /// Connections `channel` has made.
+    connects: Arc<AtomicUsize>,
+    executor_id: &'static str,
     dir: tempfile::TempDir,
     config: Config,
     shutdown: CancellationToken,
@@ -117,39 +142,69 @@ impl Node {
         if let Some(timeout) = options.request_timeout {
             config.server.request_timeout = timeout;
         }
+        if let Some(max) = options.max_connections {
+            config.server.max_connections = max;
+        }
+        if let Some(max) = options.max_connections_per_ip {
+            config.server.max_connections_per_ip = max;
+        }
+        if let Some(timeout) = options.handshake_timeout {
+            config.server.handshake_timeout = timeout;
+        }
+        if let Some(age) = options.max_connection_age {
+            config.server.max_connection_age = age;
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.server.port = addr.port().into();
         let api = Api::new(
             &config,
-            "executor-test".into(),
+            options.executor_id.into(),
             [7; 32],
             &bin,
             dir.path().join("identity.key"),
             dir.path().join("executor.toml"),
         );
-        let window = config.server.auth_time_window;
-        let auth = Authenticator::new(alice.hotkey().clone(), window, options.per_minute, Arc::new(SystemClock));
-        let auth = Some(Arc::new(auth.unwrap()));
+        if let Some(failures) = options.auth_failures_per_minute {
+            config.server.auth_failures_per_minute = failures;
+        }
+        let policy = Policy {
+            per_minute: options.per_minute,
+            ..Policy::of(alice.hotkey().clone(), options.executor_id.into(), &config)
+        };
+        let auth = Some(Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).unwrap()));
         let server = config.server.clone();
         let node_config = config.clone();
         let stop = shutdown.clone();
         tokio::spawn(async move { executor_api::serve_public(listener, api, auth, &server, None, stop).await });
 
-        let channel = Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-        let client = ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap());
-        Node { fakes, client, channel, alice, dir, config: node_config, shutdown }
+        let connects = Arc::new(AtomicUsize::new(0));
+        let channel = counted_channel(addr, [127, 0, 0, 1], connects.clone()).await.unwrap();
+        let client =
+            ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), options.executor_id);
+        Node {
+            fakes,
+            client,
+            channel,
+            alice,
+            addr,
+            connects,
+            executor_id: options.executor_id,
+            dir,
+            config: node_config,
+            shutdown,
+        }
     }
 
     /// The HTTP routes of `health_port` (`/health`, `/livez`, `/readyz`) served for this node
-    /// on a 127.0.0.1 port-0 listener; returns the port.
+    /// on a 127.0.0.1 port-0 listener, as the service serves them; returns the port.
     pub(crate) async fn serve_health(&self) -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let probes = executor_api::probes::Probes::new(&self.config);
-        let app = executor_api::health_routes(probes, &self.config, "executor-test".into());
+        let app = executor_api::health_routes(probes, &self.config, self.executor_id.into());
         let stop = self.shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await });
+        tokio::spawn(common::http::serve(listener, app, "health", common::http::HttpLimits::DEFAULT, stop));
         port
     }
 
@@ -158,9 +213,20 @@ impl Node {
         std::fs::read_to_string(self.dir.path().join("report-path")).unwrap().into()
     }
 
+    /// A signing client (//Alice) on a connection of its own from the loopback address `source`.
+    pub(crate) async fn client_from(&self, source: [u8; 4]) -> Result<ExecutorClient, tonic::transport::Error> {
+        let channel = channel_from(self.addr, source).await?;
+        Ok(ExecutorClient::new(channel, HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), self.executor_id))
+    }
+
+    /// How many connections [`Node::channel`] has made so far (1 until the server closes one).
+    pub(crate) fn connects(&self) -> usize {
+        self.connects.load(Ordering::SeqCst)
+    }
+
     /// A client of the same node signing with `key`.
     pub(crate) fn client_of(&self, key: HotkeyPair) -> ExecutorClient {
-        ExecutorClient::new(self.channel.clone(), key)
+        ExecutorClient::new(self.channel.clone(), key, self.executor_id)
     }
 
     /// The generated client, unsigned.
@@ -173,6 +239,32 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A TCP connection to `addr` from the loopback address `source` (127.0.0.0/8 is all local,
+/// so each address is another peer to the server).
+pub(crate) async fn connect_from(addr: SocketAddr, source: [u8; 4]) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    socket.connect(addr).await
+}
+
+/// A channel whose connections come from `source`, the first made now.
+pub(crate) async fn channel_from(addr: SocketAddr, source: [u8; 4]) -> Result<Channel, tonic::transport::Error> {
+    counted_channel(addr, source, Arc::default()).await
+}
+
+/// As [`channel_from`], counting the connections made in `connects`.
+async fn counted_channel(
+    addr: SocketAddr,
+    source: [u8; 4],
+    connects: Arc<AtomicUsize>,
+) -> Result<Channel, tonic::transport::Error> {
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        connects.fetch_add(1, Ordering::SeqCst);
+        async move { connect_from(addr, source).await.map(hyper_util::rt::TokioIo::new) }
+    });
+    Endpoint::from_shared(format!("http://{addr}")).unwrap().connect_with_connector(connector).await
 }
 
 /// An executable shell script at `path`.
