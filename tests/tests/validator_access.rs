@@ -28,7 +28,37 @@ fn have_ssh() -> bool {
     )
 }
 
-async fn start(config: &TestConfig, env: &[(&str, &str)]) -> (tokio::process::Child, Client) {
+/// The service as a process, stopped with SIGTERM when dropped, as at any shutdown, so that it
+/// kills the commands it runs and their cgroups go (SIGKILL, the child's own drop, would leave
+/// them to the next start of the same executor, which a test never makes). It finishes on its
+/// own; the test does not wait for it.
+struct Service(Option<tokio::process::Child>);
+
+impl std::ops::Deref for Service {
+    type Target = tokio::process::Child;
+    fn deref(&self) -> &tokio::process::Child {
+        self.0.as_ref().expect("the service")
+    }
+}
+
+impl std::ops::DerefMut for Service {
+    fn deref_mut(&mut self) -> &mut tokio::process::Child {
+        self.0.as_mut().expect("the service")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let Some(child) = self.0.take() else { return };
+        if let Some(pid) = child.id() {
+            let _ = common::process::send_signal(pid, nix::sys::signal::Signal::SIGTERM);
+            // Not dropped: that would send SIGKILL after the SIGTERM.
+            std::mem::forget(child);
+        }
+    }
+}
+
+async fn start(config: &TestConfig, env: &[(&str, &str)]) -> (Service, Client) {
     let mut spec = ProcessSpec::new(e2e::binary("validator-access")).arg("--config").arg(&config.path);
     for (k, v) in env {
         spec = spec.env(k, v);
@@ -36,7 +66,7 @@ async fn start(config: &TestConfig, env: &[(&str, &str)]) -> (tokio::process::Ch
     let child = spec.spawn_supervised().unwrap();
     let socket = ServiceName::ValidatorAccess.socket(&config.runtime_dir());
     wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
-    (child, ValidatorAccessClient::new(common::grpc::unix_channel(&socket)))
+    (Service(Some(child)), ValidatorAccessClient::new(common::grpc::unix_channel(&socket)))
 }
 
 /// A validator: an sr25519 hotkey and an SSH key pair.
@@ -577,7 +607,7 @@ async fn gone_within_a_second(argv: &[&str], since: Instant, after: &str) {
 /// a grant, and a shell line that detaches `sleep SECONDS TAG` (`setsid` and a double fork).
 struct Detaching {
     config: TestConfig,
-    _service: tokio::process::Child,
+    _service: Service,
     client: Client,
     v: Validator,
     grant: pb::Grant,

@@ -6,13 +6,13 @@
 //!
 //! Both cgroup versions, detected at start from `/proc/self/mountinfo` and `/proc/self/cgroup`:
 //! - **v2** (one unified hierarchy, `/sys/fs/cgroup` on current distributions): commands go in
-//!   `<our cgroup>/basilica-validator/<command>`. cgroup v2 lets a cgroup hand its controllers
+//!   `<our cgroup>/basilica-validator/<instance>-<command>`. cgroup v2 lets a cgroup hand its controllers
 //!   to children only while it holds no process itself, so when the node's own processes share
 //!   our cgroup (systemd's `Delegate=yes` unit, a container's cgroup namespace) they are moved
 //!   to the leaf `<our cgroup>/basilica-node` first. Killed with `cgroup.kill` (Linux 5.14), or
 //!   by freezing it and sending SIGKILL to each process.
 //! - **v1** (the `pids`, `memory`, `cpu` and `freezer` hierarchies, also on hybrid hosts):
-//!   `<our cgroup in each>/basilica-validator/<command>`; killed by freezing it, SIGKILL to each
+//!   `<our cgroup in each>/basilica-validator/<instance>-<command>`; killed by freezing it, SIGKILL to each
 //!   process, thawing.
 //!
 //! Either way the kill waits until the cgroup is empty, then removes it. Cgroups an earlier run
@@ -101,6 +101,8 @@ pub struct Cgroups {
     version: Version,
     /// v2: one directory; v1: one per hierarchy (distinct mounts only).
     parents: Vec<PathBuf>,
+    /// `<instance>-`, the start of the name of each command's cgroup.
+    prefix: String,
     limits: Limits,
 }
 
@@ -113,21 +115,22 @@ enum Version {
 impl Cgroups {
     /// Makes `hierarchy` ready for the commands of `instance` (on v2: moves the node's
     /// processes out of our cgroup and enables the controllers), and kills what an earlier run
-    /// of the same instance left. `instance` (`[A-Za-z0-9-]`, this executor's id) keeps the
-    /// commands of two services on one host (tests) apart.
+    /// of the same instance left. `instance` (`[A-Za-z0-9-]`, this executor's id) starts the
+    /// name of each command's cgroup, which keeps the commands of two services on one host
+    /// (tests) apart.
     pub fn set_up(hierarchy: &Hierarchy, instance: &str, limits: Limits) -> Result<Self, CgroupError> {
         match hierarchy {
             Hierarchy::V2 { ours } => Self::set_up_v2(ours, instance, &V2_CONTROLLERS, limits),
             Hierarchy::V1 { ours } => {
                 let mut parents: Vec<PathBuf> = Vec::new();
                 for (_, dir) in ours {
-                    let parent = dir.join(COMMANDS_DIR).join(instance);
+                    let parent = dir.join(COMMANDS_DIR);
                     if !parents.contains(&parent) {
                         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
                         parents.push(parent);
                     }
                 }
-                let cgroups = Self { version: Version::V1, parents, limits };
+                let cgroups = Self { version: Version::V1, parents, prefix: format!("{instance}-"), limits };
                 cgroups.sweep()?;
                 Ok(cgroups)
             }
@@ -166,44 +169,33 @@ impl Cgroups {
             evacuate(ours, &ours.join(NODE_DIR))?;
             enable(ours)?;
         }
-        let mut parent = ours.to_owned();
-        for level in [COMMANDS_DIR, instance] {
-            parent.push(level);
-            match std::fs::create_dir(&parent) {
-                Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(io(&parent)(e)),
-                _ => {}
-            }
-            enable(&parent)?;
+        let parent = ours.join(COMMANDS_DIR);
+        match std::fs::create_dir(&parent) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(io(&parent)(e)),
+            _ => {}
         }
-        let cgroups = Self { version: Version::V2, parents: vec![parent], limits };
+        enable(&parent)?;
+        let cgroups = Self { version: Version::V2, parents: vec![parent], prefix: format!("{instance}-"), limits };
         cgroups.sweep()?;
         Ok(cgroups)
     }
 
-    /// Kills every command's cgroup and removes this instance's directory: at shutdown.
+    /// Kills every command's cgroup: at shutdown. (The commands' directory stays: another
+    /// instance may be using it.)
     pub fn close(&self) -> Result<(), CgroupError> {
-        self.sweep()?;
-        for parent in &self.parents {
-            match std::fs::remove_dir(parent) {
-                Err(e) if e.kind() != ErrorKind::NotFound => return Err(io(parent)(e)),
-                _ => {}
-            }
-            // The directory all instances share goes once the last one leaves it.
-            if let Some(shared) = parent.parent() {
-                let _ = std::fs::remove_dir(shared);
-            }
-        }
-        Ok(())
+        self.sweep()
     }
 
-    /// Kills and removes every command cgroup there is: those of an earlier run.
+    /// Kills and removes every cgroup of this instance's commands there is: at start, those of
+    /// an earlier run.
     fn sweep(&self) -> Result<(), CgroupError> {
         let mut names = BTreeSet::new();
         for parent in &self.parents {
             for entry in std::fs::read_dir(parent).map_err(io(parent))? {
                 let entry = entry.map_err(io(parent))?;
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    names.insert(entry.file_name().to_string_lossy().into_owned());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) && name.starts_with(&self.prefix) {
+                    names.insert(name);
                 }
             }
         }
@@ -216,10 +208,12 @@ impl Cgroups {
         Ok(())
     }
 
-    /// A new cgroup `name` (`[A-Za-z0-9-]`) with the limits, its `cgroup.procs` files open.
+    /// A new cgroup `<instance>-<name>` (`name`: `[A-Za-z0-9-]`) with the limits, its
+    /// `cgroup.procs` files open.
     pub fn create(&self, name: &str) -> Result<CommandCgroup, CgroupError> {
         debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{name}");
-        let dirs: Vec<PathBuf> = self.parents.iter().map(|p| p.join(name)).collect();
+        let name = format!("{}{name}", self.prefix);
+        let dirs: Vec<PathBuf> = self.parents.iter().map(|p| p.join(&name)).collect();
         for (i, dir) in dirs.iter().enumerate() {
             if let Err(e) = std::fs::create_dir(dir) {
                 for made in &dirs[..i] {
@@ -444,7 +438,7 @@ impl Drop for CommandCgroup {
     }
 }
 
-/// Cgroups for unit tests: a fresh instance on this host's hierarchy, removed when dropped.
+/// Cgroups for unit tests: a fresh instance on this host's hierarchy, swept when dropped.
 #[cfg(test)]
 pub(crate) mod testing {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -454,7 +448,7 @@ pub(crate) mod testing {
     /// Generous limits: what a test command needs.
     pub(crate) const LIMITS: Limits = Limits { memory_bytes: 1 << 30, pids: 256, cpus: 2.0 };
 
-    /// Removes its instance when dropped.
+    /// Kills what is left of its instance when dropped.
     #[derive(Debug)]
     pub(crate) struct TestCgroups(pub(crate) Arc<Cgroups>);
 
@@ -500,18 +494,16 @@ mod tests {
         std::fs::write(ours.join("cgroup.subtree_control"), "").unwrap();
         // The fake cannot refuse the write with EBUSY, so nothing is moved here; the move is
         // checked on a real hierarchy below.
-        let parent = ours.join(COMMANDS_DIR).join("e-1");
+        let parent = ours.join(COMMANDS_DIR);
         std::fs::create_dir_all(&parent).unwrap();
-        for dir in [ours.join(COMMANDS_DIR), parent.clone()] {
-            std::fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
-        }
+        std::fs::write(parent.join("cgroup.subtree_control"), "").unwrap();
         let cgroups = Cgroups::set_up_v2(ours, "e-1", &V2_CONTROLLERS, LIMITS).unwrap();
-        for dir in [ours, &ours.join(COMMANDS_DIR), &parent] {
+        for dir in [ours, &parent] {
             let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap();
             assert_eq!(enabled, "+memory +pids +cpu", "{}", dir.display());
         }
         // A real kernel makes these files with the directory; the fake gets them by hand.
-        let dir = parent.join("s-1-1");
+        let dir = parent.join("e-1-s-1-1");
         let make = || {
             std::fs::create_dir(&dir).unwrap();
             for file in ["memory.max", "memory.swap.max", "pids.max", "cpu.max", "cgroup.procs"] {
@@ -520,7 +512,7 @@ mod tests {
         };
         make();
         let err = cgroups.create("s-1-1").unwrap_err().to_string();
-        assert!(err.contains("s-1-1") && err.contains("exists"), "{err}");
+        assert!(err.contains("basilica-validator/e-1-s-1-1") && err.contains("exists"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
         // Written through a cgroup made by hand, as create would write it.
         make();
@@ -610,7 +602,9 @@ mod tests {
         assert!(!child.wait().await.unwrap().success());
         again.close().unwrap();
         for parent in &again.parents {
-            assert!(!parent.exists(), "{} left behind", parent.display());
+            let ours = std::fs::read_dir(parent).unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
+            let left: Vec<String> = ours.filter(|n| n.starts_with(&instance)).collect();
+            assert!(left.is_empty(), "{left:?} left behind in {}", parent.display());
         }
     }
 
@@ -642,8 +636,9 @@ mod tests {
         cgroups.close().unwrap();
         node.start_kill().unwrap();
         node.wait().await.unwrap();
-        assert!(!ours.join(COMMANDS_DIR).exists(), "close left the commands' directory");
-        for dir in [ours.join(NODE_DIR), ours.clone()] {
+        let left: Vec<_> = std::fs::read_dir(ours.join(COMMANDS_DIR)).unwrap().filter_map(|e| e.ok()).collect();
+        assert!(left.iter().all(|e| !e.path().is_dir()), "close left {left:?}");
+        for dir in [ours.join(NODE_DIR), ours.join(COMMANDS_DIR), ours.clone()] {
             std::fs::remove_dir(&dir).unwrap();
         }
     }
