@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api bench-doors load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -85,7 +85,7 @@ fuzz-tools:
 ## Every benchmark below beside its baseline, one after another, then a summary
 ## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
 bench: docker packages
-	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-api bench-doors
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
@@ -120,6 +120,11 @@ bench-ssh:
 ## Public API: signed unary call latency and throughput beside the same call unauthenticated.
 bench-api:
 	$(CARGO) xtask-release bench-api
+
+## The public port under attack: `executor ctl identity` p50/p99 with no attack, then while 1000
+## idle connections and a 2000-call bad-signature flood hit it, in one run (docs/benchmarks.md).
+bench-doors:
+	$(CARGO) xtask-release bench-doors
 
 ## GPoW-1 and the GPoW-2 reference on the CPU: GEMM throughput, prover and validator times, per code path (docs/benchmarks.md).
 bench-gpow:

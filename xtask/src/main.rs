@@ -18,6 +18,10 @@
 //! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
 //!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
 //!   same process with authentication left out.
+//! - `bench-doors`: release build; `executor ctl identity` and a signed call on an open
+//!   connection, p50 and p99, with nobody else at the public port and then, in the same run,
+//!   while 1000 idle connections and a 2000-call bad-signature flood hit it (see
+//!   `bench_doors.rs`).
 //! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
 //!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
 //!   time to verify it and a 4096-dim product; then GPoW-2 (see `bench_gpow2.rs`): validator
@@ -25,6 +29,7 @@
 //!   throughput against the specification written out.
 
 mod bench_api;
+mod bench_doors;
 mod bench_gpow2;
 mod bench_signatures;
 mod config_doc;
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Some("invariants") => runtime.block_on(invariants::run()),
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
+        Some("bench-doors") => bench_doors::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
@@ -65,7 +71,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | load | faults | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }
