@@ -119,26 +119,9 @@ impl CacheHasher {
 
 #[cfg(test)]
 mod tests {
-    use sha2::{Digest, Sha256};
-
     use super::*;
-
-    fn reference(master_g: &Hash, x: u32) -> [u32; 16] {
-        let half = |tag: u8| {
-            Sha256::new()
-                .chain_update([0x10])
-                .chain_update(master_g)
-                .chain_update(x.to_le_bytes())
-                .chain_update([tag])
-                .finalize()
-        };
-        let (lo, hi) = (half(0), half(1));
-        std::array::from_fn(|w| {
-            let h = if w < 8 { &lo } else { &hi };
-            let i = 4 * (w % 8);
-            u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]])
-        })
-    }
+    // The scalar cache item, computed with the sha2 crate.
+    use crate::gpow2::phase_b::cache_item as reference;
 
     #[test]
     fn lanes_match_the_sha2_crate() {
