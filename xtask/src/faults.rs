@@ -199,16 +199,24 @@ async fn hurt(
     println!("before: {} containers, {} grants", before.0.len(), before.1.len());
 
     // Load during the faults: signed calls all the time, counting answers and refusals.
-    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let answered = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
     let load = {
         let (client, answered, failed) = (client.clone(), answered.clone(), failed.clone());
         tokio::spawn(async move {
             loop {
-                let ok = client
-                    .list_containers(runtime::ListContainersRequest { all: true, owner: String::new() })
-                    .await
-                    .is_ok();
-                if ok { &answered } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                match client.list_containers(runtime::ListContainersRequest { all: true, owner: String::new() }).await {
+                    Ok(_) => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // By code and the reason before the message's colon, if any.
+                    Err(status) => {
+                        let reason = status.message().split_once(':').map_or("", |(r, _)| r);
+                        let key = format!("{:?} {}", status.code(), if reason.contains(' ') { "" } else { reason });
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()).entry(key.trim().to_owned()).or_default() +=
+                            1;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -303,10 +311,11 @@ async fn hurt(
     client.revoke_validator_access(access::RevokeRequest { grant_id: stored.grant_id }).await?;
 
     load.abort();
+    let failed = failed.lock().unwrap_or_else(|e| e.into_inner()).clone();
     println!(
-        "signed calls during the faults: {} answered, {} refused or failed (while a service was down)",
+        "signed calls during the faults: {} answered, {} refused or failed (while a service was down), by code: {failed:?}",
         answered.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed)
+        failed.values().sum::<u64>(),
     );
     Ok(())
 }
