@@ -1,5 +1,9 @@
 //! The tower layer in front of every public RPC: a request id and a span, authentication (for
 //! all but health and reflection), and the per-RPC metrics (count by status code, latency).
+//! Every answer names the executor (`x-executor-id`), which clients sign. It tells the call's
+//! connection ([`Peer`]) that a request arrived (its handshake deadline is met) and that it
+//! authenticated (it is never evicted), and charges refused calls to the caller's address,
+//! which is refused before anything is read once it has too many.
 //!
 //! Authentication needs the request bytes, which tonic has not decoded yet at this point: the
 //! layer reads the whole request body (a unary or server-streaming call sends exactly one
