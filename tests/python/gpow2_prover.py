@@ -385,7 +385,11 @@ def executor_id_of(public_key):
 
 
 class ProtocolError(Exception):
-    pass
+    """Ends the conversation; `reply` says whether the validator still listens for our error."""
+
+    def __init__(self, message, reply=True):
+        super().__init__(message)
+        self.reply = reply
 
 
 class Wire:
@@ -407,7 +411,7 @@ class Wire:
                 raise ProtocolError("timed out waiting for the validator")
             chunk = os.read(0, 1 << 16)
             if not chunk:
-                raise ProtocolError("the validator closed the connection")
+                raise ProtocolError("the validator closed the connection", reply=False)
             self.buffer += chunk
             if len(self.buffer) > 16 << 20:
                 raise ProtocolError("a line over 16 MiB")
@@ -423,7 +427,7 @@ class Wire:
                     time.sleep(self.pong_delay_s)
                 self.send({"type": "pong", "id": msg["id"]})
             elif msg.get("type") == "error":
-                raise ProtocolError(f"the validator ended the conversation: {msg.get('message')}")
+                raise ProtocolError(f"the validator ended the conversation: {msg.get('message')}", reply=False)
             elif msg.get("type") == kind:
                 return msg
             else:
@@ -624,11 +628,15 @@ def main(argv=None):
     try:
         prove(args, wire)
     except ProtocolError as e:
-        try:
-            wire.send({"type": "error", "message": str(e)})
-        except OSError:
-            pass
+        if e.reply:
+            try:
+                wire.send({"type": "error", "message": str(e)})
+            except OSError:
+                pass
         print(f"gpow2_prover: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        print("gpow2_prover: the validator stopped reading", file=sys.stderr)
         return 1
     return 0
 

@@ -166,6 +166,12 @@ def test_the_honest_python_prover_passes_on_estimated_limits(tmp_path):
     print("honest Python prover:", json.dumps(verdict))
 
 
+def test_two_honest_gpus_pass(tmp_path):
+    """G = 2: one challenge entry per GPU, per-GPU keys and 128 tiles per GPU."""
+    code, verdict, out = check(prover_command("honest", "--gpus", "2"), profiles_path=profiles(tmp_path))
+    assert (code, verdict["verdict"]) == (0, "PASS"), out.stdout + out.stderr
+
+
 # behaviour, prover arguments, check arguments, the texts one reason must contain (any of the
 # alternatives, each a tuple of substrings that must all be there).
 CHEATS = [
