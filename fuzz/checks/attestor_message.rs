@@ -1,12 +1,13 @@
-//! The attestor protocol (gpu-attestor `protocol.rs`): any line parses to a message or is an
-//! error, the reader turns any byte stream into messages or errors within its size limit, and a
-//! parsed message roundtrips through its JSON line unchanged.
+//! The attestor protocol (gpu-attestor `protocol.rs`, protocol 2): any line parses to a message or
+//! is an error, the reader turns any byte stream into messages or errors within its size limit,
+//! and a parsed message roundtrips through its JSON line unchanged.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use gpu_attestor::params::Params;
+use gpu_attestor::gpow2::Challenge;
 use gpu_attestor::protocol::{self, Message, ProtocolError, Reader};
+use gpu_attestor::{prover, sample};
 
 /// The reader's limit here: small, so the fuzzer reaches it.
 const LIMIT: usize = 4096;
@@ -25,11 +26,12 @@ pub(crate) fn check(data: &[u8]) {
             let again = protocol::parse(&line).expect("a serialized message parses");
             assert_eq!(again, message);
             match &message {
-                Message::Challenge { params, .. } if params.validate().is_ok() => {
-                    let _ = params.check_memory(4, 1 << 30);
+                Message::Challenge { challenge, .. } if challenge.validate().is_ok() => {
+                    let _ = prover::memory_needed(challenge, 4);
+                    let _ = challenge.master();
                 }
-                Message::Open { samples } => {
-                    let _ = protocol::check_samples(&Params::plain(1, 16, 4), samples);
+                Message::Open { gpus, .. } => {
+                    let _ = sample::check(&Challenge::plain(1, 32, 4, 64), gpus, false);
                 }
                 _ => {}
             }

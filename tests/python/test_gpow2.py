@@ -1,5 +1,5 @@
-"""GPoW-2: gpu-attestor's CPU reference (`gpu-attestor gpow2-reference`, hidden until the protocol
-switches) against the independent Python implementation of GPOW.md in gpow2_reference.py."""
+"""GPoW-2: gpu-attestor's CPU reference (`gpu-attestor roots`, every key and root as JSON, and the
+guide's mode) against the independent Python implementation of GPOW.md in gpow2_reference.py."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ import gpow2_reference as ref
 
 
 def attestor(*args):
-    return subprocess.run([str(BIN / "gpu-attestor"), "gpow2-reference", *args],
+    return subprocess.run([str(BIN / "gpu-attestor"), "roots", *args],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -107,3 +107,17 @@ def test_bad_challenges_are_refused_naming_the_field(tmp_path):
     path.write_text(json.dumps(c))
     out = attestor("--challenge", str(path))
     assert out.returncode == 1 and "gpus: 0 entries" in out.stderr
+
+
+@pytest.mark.parametrize("seed,dim,count,items", PLAIN)
+def test_guide_mode_prints_the_reference_checksums(seed, dim, count, items):
+    """The guide's command prints `Checksum: hex(R_A,0)` and, with phase B, `Memory checksum:`."""
+    out = subprocess.run([str(BIN / "gpu-attestor"), "--seed", str(seed), "--matrix-dim", str(dim),
+                          "--num-matrices", str(count), "--dataset-items", str(items), "--backend", "cpu"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    root_a, root_b = ref.checksums(seed, dim, count, items)
+    assert lines[0].startswith("GPU Model: ") and lines[1].startswith("Challenge completed in ")
+    assert lines[2] == f"Checksum: {root_a}"
+    assert lines[3:] == ([f"Memory checksum: {root_b}"] if root_b else [])

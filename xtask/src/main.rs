@@ -22,11 +22,9 @@
 //!   connection, p50 and p99, with nobody else at the public port and then, in the same run,
 //!   while 1000 idle connections and a 2000-call bad-signature flood hit it (see
 //!   `bench_doors.rs`).
-//! - `bench-gpow`: the CPU side of GPoW-1 (run it with `--release`, as `make bench-gpow` does):
-//!   GEMM throughput beside a naive triple loop, prover time for the guide's example, validator
-//!   time to verify it and a 4096-dim product; then GPoW-2 (see `bench_gpow2.rs`): validator
-//!   time at production size per code path, for one GPU and eight, and the CPU prover's
-//!   throughput against the specification written out.
+//! - `bench-gpow`: the CPU side of GPoW-2 (run it with `--release`, as `make bench-gpow` does;
+//!   see `bench_gpow2.rs`): validator time at production size per code path, for one GPU and
+//!   eight, and the CPU prover's throughput against the specification written out.
 
 mod bench_api;
 mod bench_doors;
@@ -182,16 +180,6 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A, B and Bᵀ of a d×d×d product, from Philox.
-fn square_inputs(d: usize) -> (Vec<i8>, Vec<i8>, Vec<i8>) {
-    use gpu_attestor::gemm;
-    let (mut a, mut b, mut bt) = (vec![0i8; d * d], vec![0i8; d * d], vec![0i8; d * d]);
-    gemm::generate(d as u32, d as u32, 0, [1, 2], &mut a);
-    gemm::generate(d as u32, d as u32, 0, [3, 4], &mut b);
-    gemm::transpose(&b, d, d, &mut bt);
-    (a, b, bt)
-}
-
 /// Median wall time of `runs` calls of `f`, in seconds.
 fn time_median(runs: usize, mut f: impl FnMut()) -> f64 {
     let mut times: Vec<f64> = (0..runs)
@@ -205,89 +193,10 @@ fn time_median(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn bench_gpow() -> anyhow::Result<()> {
-    use gpu_attestor::params::Params;
-    use gpu_attestor::{gemm, prove, verify};
     if cfg!(debug_assertions) {
         bail!("run it optimised: cargo xtask-release bench-gpow (or make bench-gpow)");
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("GPoW-1 CPU benchmarks, {threads} hardware threads");
-
-    // GEMM alone, one thread, against the naive triple loop over row-major B.
-    let d = 256usize;
-    let (a, b, bt) = square_inputs(d);
-    let mut c = vec![0i32; d * d];
-    let ops = 2.0 * (d * d * d) as f64;
-    let ours = time_median(9, || gemm::gemm(&a, &bt, d, d, d, 1, &mut c));
-    let naive = time_median(3, || {
-        for i in 0..d {
-            for j in 0..d {
-                let mut acc = 0i32;
-                for t in 0..d {
-                    acc += i32::from(a[i * d + t]) * i32::from(b[t * d + j]);
-                }
-                c[i * d + j] = std::hint::black_box(acc);
-            }
-        }
-    });
-    println!(
-        "int8 GEMM 256^3, 1 thread: {:.2} Gop/s (naive triple loop {:.2} Gop/s, ratio {:.1}x)",
-        ops / ours / 1e9,
-        ops / naive / 1e9,
-        naive / ours
-    );
-    let d = 1024usize;
-    let (a, _, bt) = square_inputs(d);
-    let mut c = vec![0i32; d * d];
-    let ops = 2.0 * (d * d * d) as f64;
-    let one = time_median(3, || gemm::gemm(&a, &bt, d, d, d, 1, &mut c));
-    let all = time_median(3, || gemm::gemm(&a, &bt, d, d, d, threads, &mut c));
-    println!(
-        "int8 GEMM 1024^3: 1 thread {:.2} Gop/s per core; {threads} threads {:.2} Gop/s ({:.2} per core)",
-        ops / one / 1e9,
-        ops / all / 1e9,
-        ops / all / 1e9 / threads as f64
-    );
-
-    // The guide's example: the whole prover (generation, GEMM, hashing, commitment).
-    let params = Params::plain(12345, 256, 1000);
-    let start = Instant::now();
-    let commitment = prove::commit(&params, threads);
-    let prove_s = start.elapsed().as_secs_f64();
-    println!(
-        "prover, guide example 256 x 1000 ({threads} threads): {:.0} ms, {:.2} Gop/s; checksum {}",
-        prove_s * 1e3,
-        params.ops() / prove_s / 1e9,
-        commitment.checksum()
-    );
-    let samples = verify::sample(&params, verify::fiat_shamir_seed(&commitment.root, &params.nonce));
-    let openings: Vec<_> = samples.iter().map(|s| prove::open(&params, s, threads)).collect();
-    let verify_s = time_median(9, || {
-        verify::check_openings(&params, &commitment, &samples, &openings).expect("honest proof verifies")
-    });
-    println!(
-        "validator, verify 256 x 1000 ({} products sampled, 1 thread): {:.1} ms (goal <= 50 ms); prover/validator {:.0}x",
-        samples.len(),
-        verify_s * 1e3,
-        prove_s * threads as f64 / verify_s
-    );
-
-    // One 4096-dim product.
-    let params = Params::plain(1, 4096, 1);
-    let start = Instant::now();
-    let commitment = prove::commit(&params, threads);
-    let prove_s = start.elapsed().as_secs_f64();
-    let samples = verify::sample(&params, verify::fiat_shamir_seed(&commitment.root, &params.nonce));
-    let openings: Vec<_> = samples.iter().map(|s| prove::open(&params, s, threads)).collect();
-    let verify_s = time_median(3, || {
-        verify::check_openings(&params, &commitment, &samples, &openings).expect("honest proof verifies")
-    });
-    println!(
-        "4096-dim product: prover {:.0} ms ({threads} threads, {:.2} Gop/s); validator verify {:.0} ms (1 thread, goal <= 200 ms)",
-        prove_s * 1e3,
-        params.ops() / prove_s / 1e9,
-        verify_s * 1e3
-    );
     bench_gpow2::run(threads)
 }
 

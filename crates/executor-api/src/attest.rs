@@ -15,6 +15,9 @@ pub(crate) const ATTESTATION_TIMEOUT: Duration = Duration::from_secs(600);
 /// Attestation sizes accepted from callers (the prover's own limits are wider).
 const MAX_ATTESTATION_DIM: u32 = 4096;
 const MAX_ATTESTATION_MATRICES: u32 = 100_000;
+/// 1 GiB of dataset.
+const MAX_ATTESTATION_ITEMS: u64 = 1 << 24;
+const DEFAULT_ATTESTATION_ITEMS: u64 = 4096;
 
 /// The prover beside this binary and the key its reports are signed with.
 #[derive(Debug, Clone)]
@@ -39,8 +42,25 @@ impl Attestor {
             32 => return Err(invalid("seed", "bytes 8..32 must be zero (a u64, little-endian, zero-padded)")),
             _ => return Err(invalid("seed", "must be 32 bytes")),
         };
-        if !(request.nonce.is_empty() || (request.nonce.len() == 32 && request.nonce.iter().all(|b| *b == 0))) {
-            return Err(invalid("nonce", "must be absent or 32 zero bytes in this build"));
+        // The report is a Fiat-Shamir one, bound to the caller's nonce (docs/gpow2-protocol.md);
+        // without one, a fresh random nonce still makes every report new.
+        let nonce = match request.nonce.len() {
+            0 => {
+                let mut n = [0u8; 32];
+                getrandom::fill(&mut n).map_err(|e| ApiError::Internal(format!("no randomness for the nonce: {e}")))?;
+                n
+            }
+            32 if request.nonce.iter().any(|b| *b != 0) => {
+                let mut n = [0u8; 32];
+                n.copy_from_slice(&request.nonce);
+                n
+            }
+            32 => return Err(invalid("nonce", "must not be all zero")),
+            _ => return Err(invalid("nonce", "must be 32 bytes")),
+        };
+        let items = if request.dataset_items == 0 { DEFAULT_ATTESTATION_ITEMS } else { request.dataset_items };
+        if items % 32 != 0 || items > MAX_ATTESTATION_ITEMS {
+            return Err(invalid("dataset_items", &format!("must be a multiple of 32 up to {MAX_ATTESTATION_ITEMS}")));
         }
         let dim = if request.matrix_dim == 0 { 256 } else { request.matrix_dim };
         if dim % 16 != 0 || !(16..=MAX_ATTESTATION_DIM).contains(&dim) {
@@ -65,6 +85,10 @@ impl Attestor {
             .arg(dim.to_string())
             .arg("--num-matrices")
             .arg(count.to_string())
+            .arg("--dataset-items")
+            .arg(items.to_string())
+            .arg("--nonce")
+            .arg(hex::encode(nonce))
             .arg("--backend")
             .arg(backend)
             .arg("--identity")

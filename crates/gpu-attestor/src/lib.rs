@@ -1,26 +1,29 @@
-//! gpu-attestor: the GPoW-1 proof of work (`GPOW.md`), run by validators over SSH.
+//! gpu-attestor: the GPoW-2 proof of work (`GPOW.md`), run by validators over SSH.
 //!
-//! The prover computes `count` int8 matrix products whose inputs come from Philox and a
-//! seed, and commits to every output row in a Merkle tree; the validator checks a random sample
-//! of products with Freivalds' algorithm and opened rows with their Merkle paths, on its CPU,
-//! at a cost orders of magnitude below the proving work. Everything here is integer arithmetic
-//! and bit-exact. The library is standalone: it depends on `common` and nothing else of ours.
+//! The prover computes int8 matrix products from Philox and commits to every 16×16 output tile
+//! (phase A), then builds a dataset the size of the GPU's memory and walks it after the
+//! validator's nonce (phase B). The validator times each phase on its own clock, recomputes a
+//! random sample of tiles and lanes on its CPU and climbs their Merkle paths, at a cost orders of
+//! magnitude below the proving work. Everything is integer arithmetic and bit-exact. The library
+//! is standalone: it depends on `common` and nothing else of ours.
 //!
-//! [`gpow2`] is GPoW-2's CPU reference (tiles, dataset and walk), built beside GPoW-1 until the
-//! protocol, `check`, `verify` and the report switch to it together.
+//! - [`gpow2`]: the CPU reference of the math (challenge, keys, phases, profiles).
+//! - [`prover`]: the CPU prover, step by step; [`protocol`]: protocol 2 and the prover's side.
+//! - [`check`]: the validator's side and its verdict; [`verify`]: the CPU checks; [`sample`]:
+//!   what is opened.
+//! - [`report`]: the signed report (schema 2); [`evidence`] and [`host`]: the facts it carries.
 
 pub mod check;
-pub mod gemm;
+pub mod evidence;
 pub mod gpow2;
+pub mod hex_serde;
 pub mod host;
 pub mod merkle;
-pub mod opening;
-pub mod params;
 pub mod philox;
 pub mod protocol;
-pub mod prove;
+pub mod prover;
 pub mod report;
+pub mod sample;
 pub mod verify;
 
-pub use params::{Params, ParamsError};
 pub use philox::philox4x32_10;

@@ -1,5 +1,5 @@
-//! `gpu-attestor`: run the GPoW-1 proof of work, prove it to a validator over SSH, check a
-//! prover as a validator, verify a report.
+//! `gpu-attestor`: run the GPoW-2 proof of work, prove it to a validator over SSH, check a prover
+//! as a validator, verify a report.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,19 +11,23 @@ use common::identity::ExecutorIdentity;
 #[cfg(feature = "validator")]
 use common::process::ProcessSpec;
 #[cfg(feature = "validator")]
-use gpu_attestor::check::{ValidatorSetup, Verdict, run_validator};
-use gpu_attestor::host;
-use gpu_attestor::params::Params;
+use gpu_attestor::check::{CustomWork, ValidatorSetup, Verdict, run_validator};
+use gpu_attestor::gpow2::{self, Challenge, Isa};
+use gpu_attestor::merkle::Hash;
 use gpu_attestor::protocol::{ProverSetup, run_prover};
-use gpu_attestor::prove;
-use gpu_attestor::report::{BackendInfo, Report, SampleMode, Timings};
-use gpu_attestor::verify;
+use gpu_attestor::prover::{self, CpuProver};
+use gpu_attestor::report::{self, BackendInfo, ProverTimings, Report, SampleMode};
+use gpu_attestor::{evidence, host, sample};
 
 const DEFAULT_IDENTITY: &str = "/opt/basilica/data/executor_identity.key";
-/// Reports are read whole; a report of a million products is about 70 MB.
-const MAX_REPORT_BYTES: u64 = 256 << 20;
+/// Reports are read whole; a production report of 8 GPUs is a few megabytes.
+const MAX_REPORT_BYTES: u64 = 64 << 20;
+/// A challenge file is a few hundred bytes per GPU.
+const MAX_CHALLENGE_BYTES: u64 = 1 << 20;
+/// A hotkey secret file is a hex seed or a small JSON document.
+const MAX_SECRET_BYTES: u64 = 64 << 10;
 
-/// GPoW-1 GPU proof of work: prove, check, verify.
+/// GPoW-2 GPU proof of work: prove, check, verify.
 #[derive(Debug, Parser)]
 #[command(name = "gpu-attestor", version = common::VERSION, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -38,7 +42,7 @@ enum BackendArg {
     /// CUDA when an NVIDIA GPU is present.
     Auto,
     Cuda,
-    /// The CPU reference implementation.
+    /// The CPU reference implementation (claims no GPU).
     Cpu,
 }
 
@@ -52,10 +56,9 @@ struct Work {
     threads: Option<usize>,
 }
 
-/// The size of a challenge.
-#[derive(Debug, Clone, Copy, Args)]
-struct Shape {
-    /// Challenge seed: N as u64 little-endian, zero-padded to 32 bytes (`check`: random if absent).
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Challenge seed: N as u64 little-endian, zero-padded to 32 bytes.
     #[arg(long)]
     seed: Option<u64>,
     /// m = n = k: a multiple of 16 from 16 to 32768.
@@ -64,27 +67,27 @@ struct Shape {
     /// Number of products.
     #[arg(long, default_value_t = 1000)]
     num_matrices: u32,
-}
-
-#[derive(Debug, Args)]
-struct RunArgs {
-    #[command(flatten)]
-    shape: Shape,
+    /// Phase B dataset items (0 = no phase B; else a multiple of 32).
+    #[arg(long, default_value_t = 0)]
+    dataset_items: u64,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     work: Work,
-    /// Also write a signed report with a Fiat-Shamir sample to FILE (needs --identity).
+    /// Also write a signed report with a Fiat-Shamir sample to FILE (needs --identity and --nonce).
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// The requester's nonce for --report: 64 hex digits, not all zero.
+    #[arg(long, value_name = "HEX")]
+    nonce: Option<String>,
     /// The executor's ed25519 identity key.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_IDENTITY)]
     identity: PathBuf,
 }
 
 #[derive(Debug, Args)]
-struct Gpow2Args {
+struct RootsArgs {
     /// Plain mode: seed N (u64 little-endian, zero-padded), one GPU, zero nonce and keys.
     #[arg(long, required_unless_present = "challenge")]
     seed: Option<u64>,
@@ -112,15 +115,62 @@ struct Gpow2Args {
     threads: Option<usize>,
 }
 
+#[cfg(feature = "validator")]
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// How to reach the prover, e.g. "ssh -p 2222 validator@host"; the remote command is appended.
+    #[arg(long, value_name = "COMMAND")]
+    ssh: String,
+    /// The command run at the far end.
+    #[arg(long, default_value = "gpu-attestor challenge")]
+    remote_command: String,
+    /// GPU profiles (default: the built-in table).
+    #[arg(long, value_name = "FILE")]
+    profiles: Option<PathBuf>,
+    /// Fail unless the prover is this executor (its id or its public key in hex).
+    #[arg(long, value_name = "KEY_OR_ID")]
+    expect_executor: Option<String>,
+    /// The validator's hotkey (SS58), bound into the challenge.
+    #[arg(long, conflicts_with = "hotkey_secret_file")]
+    hotkey: Option<String>,
+    /// The validator hotkey's secret (hex seed, or a Bittensor hotkey file): binds the hotkey and
+    /// co-signs the report, so `verify` can trust its sample.
+    #[arg(long, value_name = "FILE")]
+    hotkey_secret_file: Option<PathBuf>,
+    /// Challenge seed N (u64, zero-padded); random when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Custom sizes instead of the profiles' (the verdict is then UNTIMED): m = n = k.
+    #[arg(long)]
+    matrix_dim: Option<u32>,
+    /// Custom sizes: products per GPU.
+    #[arg(long)]
+    num_matrices: Option<u32>,
+    /// Custom sizes: dataset items per GPU.
+    #[arg(long)]
+    dataset_items: Option<u64>,
+    /// Longest wait for each prover message, the timed phases included.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Write the report (co-signed with --hotkey-secret-file) to FILE.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Verification threads (default: every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// GPU facts (NVML) and host facts, as JSON.
+    /// GPU facts (NVML), evidence and host facts, as JSON.
     Info {
         /// JSON (the only format; accepted so scripts can say so).
         #[arg(long)]
         json: bool,
     },
-    /// The prover side of the interactive protocol on stdin/stdout (validators run this over SSH).
+    /// The prover side of protocol 2 on stdin/stdout (validators run this over SSH).
     Challenge {
         #[command(flatten)]
         work: Work,
@@ -130,38 +180,21 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// GPoW-2's CPU reference on a plain-mode or JSON challenge: every key and root, as JSON.
-    /// Hidden: it serves the independent reference tests until `challenge`, `check` and the
-    /// guide's mode switch to GPoW-2.
-    #[command(name = "gpow2-reference", hide = true)]
-    Gpow2Reference(Gpow2Args),
-    /// Verify a report: signature, key bindings and the proof.
+    /// Every key and root of a plain-mode or JSON challenge, as JSON (the CPU reference).
+    Roots(RootsArgs),
+    /// Verify a report offline: signatures, who drew the sample, and the proof.
     Verify {
         #[arg(value_name = "REPORT")]
         report: PathBuf,
+        /// Verification threads (default: every core).
+        #[arg(long)]
+        threads: Option<usize>,
     },
-    /// The validator side: run `gpu-attestor challenge` through SSH, time it, verify it. Only
-    /// in validators' builds (the default `validator` feature): the executor's package leaves it
-    /// out, since it hands `--ssh` to a shell.
+    /// The validator side: run `gpu-attestor challenge` through SSH, time it, verify it. Exit 0
+    /// PASS, 1 FAIL, 3 UNTIMED. Only in validators' builds (the default `validator` feature): the
+    /// executor's package leaves it out, since it hands `--ssh` to a shell.
     #[cfg(feature = "validator")]
-    Check {
-        /// How to reach the prover, e.g. "ssh -p 2222 validator@host"; the remote command is appended.
-        #[arg(long, value_name = "COMMAND")]
-        ssh: String,
-        /// The command run at the far end.
-        #[arg(long, default_value = "gpu-attestor challenge")]
-        remote_command: String,
-        #[command(flatten)]
-        shape: Shape,
-        /// The validator's hotkey (SS58), bound into the challenge.
-        #[arg(long)]
-        hotkey: Option<String>,
-        /// Longest wait for each prover message, the commitment included.
-        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        #[arg(long)]
-        json: bool,
-    },
+    Check(Box<CheckArgs>),
 }
 
 fn main() -> ExitCode {
@@ -169,13 +202,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Info { json: _ }) => info(),
         Some(Command::Challenge { work, identity, timeout }) => challenge(&work, &identity, timeout),
-        Some(Command::Verify { report }) => verify_report(&report),
-        Some(Command::Gpow2Reference(args)) => gpow2_reference(&args),
+        Some(Command::Verify { report, threads }) => verify_report(&report, threads),
+        Some(Command::Roots(args)) => roots(&args),
         #[cfg(feature = "validator")]
-        Some(Command::Check { ssh, remote_command, shape, hotkey, timeout, json }) => {
-            check(&ssh, &remote_command, shape, hotkey.as_deref(), timeout, json)
-        }
-        None if cli.run.shape.seed.is_some() => run(&cli.run),
+        Some(Command::Check(args)) => check(&args),
+        None if cli.run.seed.is_some() => run(&cli.run),
         None => {
             let _ = <Cli as clap::CommandFactory>::command().print_help();
             return ExitCode::from(2);
@@ -190,14 +221,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// The backend to run, or why there is none.
-fn select_backend(work: &Work) -> anyhow::Result<BackendInfo> {
+fn threads(asked: Option<usize>) -> usize {
     // More threads than cores only adds memory and scheduling: clamped, so no caller can size
     // a prover past the machine.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = work.threads.unwrap_or(cores).clamp(1, cores);
+    asked.unwrap_or(cores).clamp(1, cores)
+}
+
+/// The backend to run, or why there is none.
+fn select_backend(work: &Work) -> anyhow::Result<BackendInfo> {
+    let threads = threads(work.threads) as u32;
     match work.backend {
-        BackendArg::Cpu => Ok(BackendInfo { kind: "cpu".into(), kernel: cpu_kernel().into(), threads: threads as u32 }),
+        BackendArg::Cpu => {
+            Ok(BackendInfo { kind: "cpu".into(), kernel: format!("cpu-{}", Isa::best().name()), threads })
+        }
         BackendArg::Auto | BackendArg::Cuda => match host::gpus() {
             Ok(gpus) if !gpus.is_empty() => {
                 bail!("this build has no CUDA backend yet; run with --backend cpu")
@@ -207,92 +244,127 @@ fn select_backend(work: &Work) -> anyhow::Result<BackendInfo> {
     }
 }
 
-fn cpu_kernel() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        return "cpu-avx2";
-    }
-    "cpu-portable"
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
-fn available_memory() -> u64 {
-    host::available_memory()
+fn hex32_arg(name: &str, text: &str) -> anyhow::Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).with_context(|| format!("{name}: expected 64 hex digits"))?;
+    Ok(out)
 }
 
-/// The guide's mode: compute, print the model, the time and the checksum.
+/// The guide's mode: compute, print the model, the time and the checksums.
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let backend = select_backend(&args.work)?;
-    let shape = args.shape;
-    let seed = shape.seed.context("--seed is required")?;
-    let mut params = Params::plain(seed, shape.matrix_dim, shape.num_matrices);
-    params.validate()?;
-    params.check_memory(backend.threads as usize, available_memory())?;
+    let threads = backend.threads as usize;
+    let seed = args.seed.context("--seed is required")?;
+    let mut challenge = Challenge::plain(seed, args.matrix_dim, args.num_matrices, args.dataset_items);
+    challenge.validate()?;
     let identity = match &args.report {
-        Some(_) => Some(ExecutorIdentity::load(&args.identity).context("--report needs the executor identity")?),
+        Some(_) => {
+            let text = args.nonce.as_deref().context("--report needs --nonce (64 hex digits, not all zero)")?;
+            challenge.nonce = hex32_arg("--nonce", text)?;
+            if challenge.nonce == [0; 32] {
+                bail!("--nonce: a Fiat-Shamir report needs a non-zero nonce");
+            }
+            let identity = ExecutorIdentity::load(&args.identity).context("--report needs the executor identity")?;
+            challenge.executor_key = identity.public_key();
+            Some(identity)
+        }
+        None if args.nonce.is_some() => bail!("--nonce is only for --report"),
         None => None,
     };
-    if let Some(identity) = &identity {
-        params.executor_key = identity.public_key();
+    let needed = prover::memory_needed(&challenge, threads);
+    let available = host::available_memory();
+    if needed > u128::from(available) {
+        bail!(
+            "the challenge needs {} MiB of memory with {threads} thread(s); {} MiB are available",
+            needed >> 20,
+            available >> 20
+        );
     }
     let host_facts = host::host();
-    let model = format!("CPU reference ({}, {} threads)", host_facts.cpu_model, backend.threads);
+    let model = format!("CPU reference ({}, {threads} threads)", host_facts.cpu_model);
+    let mut timings = ProverTimings::default();
     let started = Instant::now();
-    let commitment = prove::commit(&params, backend.threads as usize);
+    let mut prover = CpuProver::new(challenge.clone(), Isa::best(), threads);
+    prover.phase_a();
+    timings.phase_a_ms = started.elapsed().as_millis() as u64;
+    // Plain mode walks after a zero nonce; a report's walk nonce is bound to its roots.
+    let roots_a: Vec<Hash> = prover.commitments().iter().map(|c| c.root_a).collect();
+    let walk_nonce =
+        if identity.is_some() { report::fiat_shamir_walk_nonce(&challenge.nonce, &roots_a) } else { [0; 32] };
+    let build = Instant::now();
+    prover.build()?;
+    timings.build_ms = build.elapsed().as_millis() as u64;
+    let walk = Instant::now();
+    prover.walk(&walk_nonce);
+    timings.walk_ms = walk.elapsed().as_millis() as u64;
     let elapsed = started.elapsed();
+    let commitments = prover.commitments();
+    let checksum = hex::encode(commitments[0].root_a);
+    let memory_checksum = commitments[0].root_b.map(hex::encode);
+
     if let (Some(path), Some(identity)) = (&args.report, &identity) {
-        let started = Instant::now();
-        let samples = verify::sample(&params, verify::fiat_shamir_seed(&commitment.root, &params.nonce));
-        let openings = samples.iter().map(|s| prove::open(&params, s, backend.threads as usize)).collect();
+        let open = Instant::now();
+        let samples = sample::draw(&challenge, &report::fiat_shamir_sample_seed(&challenge.nonce, &commitments));
+        let openings = prover.open(&samples);
+        timings.open_ms = open.elapsed().as_millis() as u64;
         let mut report = Report {
-            schema_version: gpu_attestor::report::SCHEMA_VERSION,
+            schema_version: report::SCHEMA_VERSION,
             executor_id: String::new(),
             executor_public_key: [0; 32],
             validator_hotkey: String::new(),
             sample_mode: SampleMode::FiatShamir,
-            params: params.clone(),
-            commitment: commitment.clone(),
+            challenge: challenge.clone(),
+            walk_nonce,
+            commitments,
             samples,
             openings,
             gpus: Vec::new(),
             host: host_facts,
+            evidence: evidence::collect(),
+            prover_timings: timings,
+            validator_times: None,
             binary_version: common::VERSION.into(),
-            timings: Timings { compute_ms: elapsed.as_millis() as u64, open_ms: started.elapsed().as_millis() as u64 },
             backend: backend.clone(),
             signature: String::new(),
+            validator_signature: String::new(),
         };
         report.sign(identity);
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let ms = elapsed.as_millis();
     if args.json {
         let out = serde_json::json!({
             "gpu_model": model,
             "backend": backend,
-            "params": params,
+            "challenge": challenge,
             "elapsed_ms": elapsed.as_secs_f64() * 1e3,
-            "checksum": commitment.checksum(),
+            "checksum": checksum,
+            "memory_checksum": memory_checksum,
         });
         println!("{out}");
     } else {
         println!("GPU Model: {model}");
-        println!("Challenge completed in {ms} ms");
-        println!("Checksum: {}", commitment.checksum());
+        println!("Challenge completed in {} ms", elapsed.as_millis());
+        println!("Checksum: {checksum}");
+        if let Some(m) = memory_checksum {
+            println!("Memory checksum: {m}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn info() -> anyhow::Result<ExitCode> {
-    let out = match host::gpus() {
+    let mut out = match host::gpus() {
         Ok(gpus) => serde_json::json!({ "gpus": gpus, "host": host::host() }),
         Err(reason) => {
             serde_json::json!({ "gpus": [], "gpu_unavailable_reason": reason.to_string(), "host": host::host() })
         }
     };
+    out["evidence"] = serde_json::to_value(evidence::collect())?;
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -302,12 +374,15 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
     let identity = ExecutorIdentity::load(identity)?;
     let setup = ProverSetup {
         identity,
+        isa: Isa::best(),
         threads: backend.threads as usize,
         step_timeout: timeout,
         backend,
+        // The CPU backend claims no GPU.
         gpus: Vec::new(),
         host: host::host(),
-        available_memory: available_memory(),
+        evidence: evidence::collect(),
+        available_memory: host::available_memory(),
     };
     let runtime = runtime()?;
     let result = runtime.block_on(async {
@@ -321,32 +396,27 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// A challenge file is a few hundred bytes per GPU.
-const MAX_CHALLENGE_BYTES: u64 = 1 << 20;
+fn read_capped(path: &Path, limit: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
+    if size > limit {
+        bail!("{}: {size} bytes is larger than any {what}", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("{}", path.display()))
+}
 
-fn gpow2_reference(args: &Gpow2Args) -> anyhow::Result<ExitCode> {
-    use gpu_attestor::gpow2::{self, Challenge, Isa};
+fn roots(args: &RootsArgs) -> anyhow::Result<ExitCode> {
     let challenge = match (&args.challenge, args.seed) {
-        (Some(path), _) => {
-            let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
-            if size > MAX_CHALLENGE_BYTES {
-                bail!("{}: {size} bytes is larger than any challenge", path.display());
-            }
-            let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-            serde_json::from_slice::<Challenge>(&text)
-                .with_context(|| format!("{}: not a challenge", path.display()))?
-        }
+        (Some(path), _) => serde_json::from_slice::<Challenge>(&read_capped(path, MAX_CHALLENGE_BYTES, "challenge")?)
+            .with_context(|| format!("{}: not a challenge", path.display()))?,
         (None, Some(seed)) => Challenge::plain(seed, args.matrix_dim, args.num_matrices, args.dataset_items),
         (None, None) => bail!("--seed or --challenge is required"),
     };
-    let mut walk_nonce = [0u8; 32];
-    if let Some(text) = &args.walk_nonce {
-        hex::decode_to_slice(text, &mut walk_nonce).context("--walk-nonce: expected 64 hex digits")?;
-    }
+    let walk_nonce = match &args.walk_nonce {
+        Some(text) => hex32_arg("--walk-nonce", text)?,
+        None => [0; 32],
+    };
     let isa = Isa::parse(&args.isa).context("--isa")?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = args.threads.unwrap_or(cores).clamp(1, cores);
-    let proof = gpow2::prove::prove(&challenge, &walk_nonce, isa, threads, available_memory())?;
+    let proof = gpow2::prove::prove(&challenge, &walk_nonce, isa, threads(args.threads), host::available_memory())?;
     let mut out = serde_json::to_value(&proof)?;
     out["isa"] = serde_json::json!(isa.name());
     out["checksum"] = serde_json::json!(proof.checksum());
@@ -355,22 +425,24 @@ fn gpow2_reference(args: &Gpow2Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify_report(path: &Path) -> anyhow::Result<ExitCode> {
-    let size = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?.len();
-    if size > MAX_REPORT_BYTES {
-        bail!("{}: {size} bytes is larger than any report", path.display());
-    }
-    let text = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+fn verify_report(path: &Path, threads_asked: Option<usize>) -> anyhow::Result<ExitCode> {
+    let text = read_capped(path, MAX_REPORT_BYTES, "report")?;
     let report: Report = serde_json::from_slice(&text).with_context(|| format!("{}: not a report", path.display()))?;
-    match report.verify() {
-        Ok(()) => {
+    match report.verify(Isa::best(), threads(threads_asked)) {
+        Ok(v) => {
             println!(
-                "OK: report of {} verified: signature, key bindings, {} of {} products checked, checksum {}",
+                "OK: report of {} verified: signatures, {} tiles and {} lanes checked over {} GPU(s), checksum {}",
                 report.executor_id,
-                report.samples.len(),
-                report.params.count,
-                report.commitment.checksum()
+                v.tiles,
+                v.lanes,
+                report.challenge.gpus.len(),
+                hex::encode(report.commitments[0].root_a)
             );
+            if v.weak {
+                println!(
+                    "weak: a Fiat-Shamir sample, which a prover can grind; it proves work, not who chose the sample"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -381,34 +453,46 @@ fn verify_report(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(feature = "validator")]
-fn check(
-    ssh: &str,
-    remote_command: &str,
-    shape: Shape,
-    hotkey: Option<&str>,
-    timeout: Duration,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let (hotkey, hotkey_public) = match hotkey {
-        Some(text) => {
-            let key: common::hotkey::Hotkey = text.parse().context("--hotkey")?;
-            (key.to_string(), *key.public_key())
-        }
-        None => (String::new(), [0; 32]),
+fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    use common::hotkey::{Hotkey, HotkeyPair};
+    use gpu_attestor::gpow2::profiles::ProfilesFile;
+    let profiles = match &args.profiles {
+        Some(path) => ProfilesFile::load(path)?,
+        None => ProfilesFile::builtin()?,
     };
-    let (dim, count) = (shape.matrix_dim, shape.num_matrices);
-    let seed = match shape.seed {
-        Some(s) => Params::plain(s, dim, count).seed,
-        None => {
-            let mut s = [0u8; 32];
-            getrandom::fill(&mut s).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-            s
+    let (hotkey, hotkey_secret) = match (&args.hotkey, &args.hotkey_secret_file) {
+        (Some(text), _) => (Some(text.parse::<Hotkey>().context("--hotkey")?), None),
+        (None, Some(path)) => {
+            let text = String::from_utf8(read_capped(path, MAX_SECRET_BYTES, "hotkey secret")?)
+                .context("--hotkey-secret-file: not text")?;
+            let pair = HotkeyPair::parse(&text).map_err(|e| anyhow::anyhow!("--hotkey-secret-file: {e}"))?;
+            (Some(pair.hotkey().clone()), Some(pair))
         }
+        (None, None) => (None, None),
     };
-    let setup = ValidatorSetup { seed, dim, count, hotkey, hotkey_public, step_timeout: timeout };
-    Params { seed, m: dim, n: dim, k: dim, count, nonce: [0; 32], executor_key: [0; 32], validator_key: [0; 32] }
-        .validate()?;
-    let command = format!("{ssh} {remote_command}");
+    let custom = match (args.matrix_dim, args.num_matrices, args.dataset_items) {
+        (None, None, None) => None,
+        (dim, count, items) => Some(CustomWork {
+            dim: dim.unwrap_or(CustomWork::CPU_DEFAULT.dim),
+            count: count.unwrap_or(CustomWork::CPU_DEFAULT.count),
+            items: items.unwrap_or(0),
+        }),
+    };
+    if let Some(c) = custom {
+        Challenge::plain(0, c.dim, c.count, c.items).validate()?;
+    }
+    let setup = ValidatorSetup {
+        profiles,
+        custom,
+        seed: args.seed.map(|s| Challenge::plain(s, 16, 1, 0).seed),
+        hotkey,
+        hotkey_secret,
+        expect_executor: args.expect_executor.clone(),
+        step_timeout: args.timeout,
+        isa: Isa::best(),
+        threads: threads(args.threads),
+    };
+    let command = format!("{} {}", args.ssh, args.remote_command);
     let verdict: Verdict = runtime()?.block_on(async {
         let mut child = ProcessSpec::new("/bin/sh").args(["-c", &command]).spawn_piped()?;
         let stdin = child.stdin.take().context("prover stdin")?;
@@ -416,30 +500,51 @@ fn check(
         let verdict = run_validator(tokio::io::BufReader::new(stdout), stdin, &setup).await;
         // The prover ends after its report; give it a moment, then it is killed on drop.
         let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-        anyhow::Ok(verdict.with_context(|| format!("conversation with `{command}`"))?)
+        anyhow::Ok(verdict)
     })?;
-    if json {
-        let mut v = verdict.clone();
-        v.report = None;
-        println!("{}", serde_json::to_string(&v)?);
-    } else {
-        println!("Verdict: {}", if verdict.passed { "PASS" } else { "FAIL" });
-        println!("Executor: {}", verdict.executor_id);
-        println!("GPU Model: {}", verdict.gpu_model);
-        println!("Backend: {}", verdict.backend);
-        println!(
-            "Challenge completed in {:.1} ms (validator clock, {:.2} ms round trip subtracted)",
-            verdict.elapsed_ms, verdict.round_trip_ms
-        );
-        match verdict.limit_ms {
-            Some(limit) => println!("Limit: {limit:.1} ms"),
-            None => println!("Limit: none"),
-        }
-        println!("Products checked: {}", verdict.products_checked);
-        println!("Checksum: {}", verdict.checksum);
-        for reason in &verdict.reasons {
-            println!("{reason}");
-        }
+    if let (Some(path), Some(report)) = (&args.report, &verdict.report) {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if verdict.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    if args.json {
+        println!("{}", serde_json::to_string(&verdict)?);
+    } else {
+        print_verdict(&verdict);
+    }
+    Ok(ExitCode::from(verdict.verdict.exit_code()))
+}
+
+#[cfg(feature = "validator")]
+fn print_verdict(v: &Verdict) {
+    println!("Verdict: {}", v.verdict.as_str());
+    println!("Executor: {}", v.executor_id);
+    println!("Backend: {}", v.backend);
+    for g in &v.gpus {
+        println!("GPU {}: {} (profile: {})", g.index, g.name, g.profile.as_deref().unwrap_or("none"));
+    }
+    if let Some(t) = &v.times {
+        println!(
+            "Times (validator clock, {:.2} ms of a {:.2} ms round trip subtracted): phase A {:.1} ms, build {:.1} ms, walk {:.1} ms",
+            t.subtracted_ms, t.rtt_ms, t.phase_a_ms, t.build_ms, t.walk_ms
+        );
+    }
+    if let Some(l) = &v.limits {
+        println!(
+            "Limits ({}): phase A {:.1} ms, build and walk {:.1} ms, walk {:.1} ms",
+            if l.measured { "measured" } else { "estimated" },
+            l.phase_a_ms,
+            l.build_and_walk_ms,
+            l.walk_ms
+        );
+    }
+    println!("Checked: {} tiles, {} lanes", v.tiles_checked, v.lanes_checked);
+    if !v.checksum.is_empty() {
+        println!("Checksum: {}", v.checksum);
+    }
+    for r in &v.reasons {
+        println!("FAIL: {r}");
+    }
+    for n in &v.notes {
+        println!("note: {n}");
+    }
 }

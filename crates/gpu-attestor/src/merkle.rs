@@ -1,30 +1,13 @@
-//! Row leaves, Merkle roots and paths (GPOW.md, "Commitment and checksum"). A level with an odd
+//! Merkle trees (GPOW.md, "Primitives"): `node(l, r) = SHA-256(0x01 ‖ l ‖ r)`; a level with an odd
 //! count carries its last node up unchanged, so a path has no sibling at such a level.
 
 use sha2::{Digest, Sha256};
 
 pub type Hash = [u8; 32];
 
-/// `SHA-256(0x00 ‖ u32 p ‖ u32 i ‖ row as n × i32 LE)`. `buf` is scratch space.
-pub fn leaf(p: u32, i: u32, row: &[i32], buf: &mut Vec<u8>) -> Hash {
-    buf.clear();
-    buf.push(0x00);
-    buf.extend_from_slice(&p.to_le_bytes());
-    buf.extend_from_slice(&i.to_le_bytes());
-    for v in row {
-        buf.extend_from_slice(&v.to_le_bytes());
-    }
-    Sha256::digest(&buf[..]).into()
-}
-
 /// `SHA-256(0x01 ‖ l ‖ r)`.
 pub fn node(l: &Hash, r: &Hash) -> Hash {
     Sha256::new().chain_update([0x01]).chain_update(l).chain_update(r).finalize().into()
-}
-
-/// `SHA-256(0x02 ‖ u32 p ‖ R_p)`: the leaf of product `p` in the top tree.
-pub fn product_leaf(p: u32, product_root: &Hash) -> Hash {
-    Sha256::new().chain_update([0x02]).chain_update(p.to_le_bytes()).chain_update(product_root).finalize().into()
 }
 
 /// The Merkle root of `leaves` (at least one).
@@ -39,6 +22,46 @@ pub fn root(leaves: &[Hash]) -> Hash {
 
 fn next_level(level: &[Hash]) -> Vec<Hash> {
     level.chunks(2).map(|pair| if pair.len() == 2 { node(&pair[0], &pair[1]) } else { pair[0] }).collect()
+}
+
+/// A whole tree kept in memory, for provers that open many paths of one tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    /// The leaves first, the root last.
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    /// The tree of `leaves` (at least one).
+    pub fn new(leaves: Vec<Hash>) -> Self {
+        assert!(!leaves.is_empty(), "a Merkle tree needs a leaf");
+        let mut levels = vec![leaves];
+        while let Some(last) = levels.last().filter(|l| l.len() > 1) {
+            levels.push(next_level(last));
+        }
+        Self { levels }
+    }
+
+    pub fn root(&self) -> Hash {
+        self.levels[self.levels.len() - 1][0]
+    }
+
+    pub fn leaves(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// Siblings from leaf `index` up, as [`path`] gives them.
+    pub fn path(&self, index: usize) -> Vec<Hash> {
+        let mut i = index;
+        let mut out = Vec::with_capacity(self.levels.len());
+        for level in &self.levels[..self.levels.len() - 1] {
+            if let Some(s) = level.get(i ^ 1) {
+                out.push(*s);
+            }
+            i /= 2;
+        }
+        out
+    }
 }
 
 /// Siblings from leaf `index` up to the root, skipping levels where the node is carried.
@@ -93,6 +116,8 @@ mod tests {
             let r = root(&l);
             for index in 0..count {
                 let p = path(&l, index);
+                let tree = Tree::new(l.clone());
+                assert_eq!((tree.path(index), tree.root(), tree.leaves()), (p.clone(), r, count));
                 assert_eq!(root_from_path(l[index], index, count, &p), Some(r), "count {count} index {index}");
                 // A wrong leaf, index or path length does not reach the root.
                 let mut other = l[index];

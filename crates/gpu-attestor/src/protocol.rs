@@ -1,7 +1,8 @@
-//! The interactive protocol (GPOW.md): line-delimited JSON over the prover's stdin/stdout,
-//! typically through SSH. `hello` → `challenge` → `commit` → `open` → `openings` → `report`,
-//! with `ping`/`pong` at any time. Every read has a deadline and a size limit; anything
-//! malformed, truncated, oversized or out of order ends the conversation with an `error`.
+//! Protocol 2 (GPOW.md "Interactive protocol", `docs/gpow2-protocol.md`): line-delimited JSON over
+//! the prover's stdin/stdout, typically through SSH. `hello` → `challenge` → `commit_a` → `built`
+//! → `walk` → `commit_b` → `open` → `openings` → `report`, with `ping`/`pong` while the prover
+//! waits. Every read has a deadline and a size limit; anything malformed, truncated, oversized or
+//! out of order ends the conversation with an `error`.
 
 use std::time::{Duration, Instant};
 
@@ -10,32 +11,43 @@ use common::identity::ExecutorIdentity;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::evidence::Evidence;
+use crate::gpow2::{Challenge, Isa};
+use crate::hex_serde::{hex32, hex32_list, hex32_option_list};
 use crate::host::{GpuFacts, HostFacts};
-use crate::opening::{Commitment, ProductOpening, ProductSample};
-use crate::params::{Params, hex32};
-use crate::prove;
-use crate::report::{BackendInfo, Report, SampleMode, Timings};
-use crate::verify::{self, OPENED_ROWS, SAMPLED_PRODUCTS};
+use crate::merkle::Hash;
+use crate::prover::{self, CpuProver};
+use crate::report::{self, BackendInfo, ProverTimings, Report, SampleMode, ValidatorTimes};
+use crate::sample::{self, GpuSample};
+use crate::verify::GpuOpenings;
 
 /// Version of this protocol, sent in `hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The longest line either side ever accepts (a commitment of a million products, which the
-/// validator reads, is ~66 MB). The prover reads far less: [`PROVER_LINE`], then
-/// [`open_line_limit`].
-pub const MAX_LINE: usize = 128 << 20;
-/// The longest line the prover reads until the challenge has fixed the sizes: a `challenge`
-/// (two keys, a seed, a nonce, a hotkey: well under 1 KiB) or a `ping`.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The longest line either side ever accepts (GPOW.md).
+pub const MAX_LINE: usize = 16 << 20;
+/// The longest line the prover reads until the challenge has fixed the number of GPUs: a
+/// `challenge` of 64 GPUs is under 8 KiB.
 pub const PROVER_LINE: usize = 64 << 10;
 
-/// The longest `open` line a validator can need for `params`: as many products as the prover
-/// answers, each with `n` entries of `r` (below 2^20: at most 7 digits and a comma) and 64 rows
-/// (below 32768: at most 5 digits and a comma), with room for the names around them.
-pub fn open_line_limit(params: &Params) -> usize {
-    let per_product = params.n as usize * 8 + OPENED_ROWS.max(64) * 6 + 64;
-    SAMPLED_PRODUCTS.max(64) * per_product + 1024
+/// The longest `open` a validator needs for `gpus` GPUs: 256 tiles (~40 bytes each) and 128
+/// lanes (~11 bytes each) per GPU, with room for the names around them.
+pub fn open_line_limit(gpus: usize) -> usize {
+    PROVER_LINE + gpus * (32 << 10)
 }
 
-/// One protocol message.
+/// One GPU's phase A commitment in `commit_a`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootsA {
+    #[serde(with = "hex32")]
+    pub root_a: Hash,
+    #[serde(with = "hex32_list")]
+    pub product_roots: Vec<Hash>,
+}
+
+/// One protocol message. A conversation holds a handful of them at once, so `hello`'s size (host
+/// facts and evidence inline) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
@@ -49,34 +61,51 @@ pub enum Message {
         backend: BackendInfo,
         gpus: Vec<GpuFacts>,
         host: HostFacts,
-    },
-    /// Validator: what to compute. `validator_hotkey` is an SS58 address or empty.
-    Challenge {
-        params: Params,
-        validator_hotkey: String,
-    },
-    /// Prover: the commitment, before it learns the sample.
-    Commit {
-        commitment: Commitment,
-        compute_ms: u64,
-    },
-    /// Validator: the sample.
-    Open {
-        samples: Vec<ProductSample>,
-    },
-    /// Prover: `y = C·r` and the opened rows.
-    Openings {
-        openings: Vec<ProductOpening>,
-    },
-    /// Prover: the signed report; the conversation ends.
-    Report {
-        report: Box<Report>,
+        evidence: Evidence,
     },
     Ping {
         id: u64,
     },
     Pong {
         id: u64,
+    },
+    /// Validator: the work. `validator_hotkey` is the SS58 address of `validator_key`, or empty.
+    Challenge {
+        challenge: Challenge,
+        validator_hotkey: String,
+    },
+    /// Prover: phase A of every GPU.
+    CommitA {
+        gpus: Vec<RootsA>,
+        elapsed_ms: u64,
+    },
+    /// Prover: every dataset is in memory.
+    Built {
+        elapsed_ms: u64,
+    },
+    /// Validator: the walk nonce, sent only now.
+    Walk {
+        #[serde(with = "hex32")]
+        walk_nonce: [u8; 32],
+    },
+    /// Prover: `R_B,g` of every GPU (null without phase B).
+    CommitB {
+        #[serde(with = "hex32_option_list")]
+        roots_b: Vec<Option<Hash>>,
+        elapsed_ms: u64,
+    },
+    /// Validator: the sample, and what it measured (copied into the report).
+    Open {
+        gpus: Vec<GpuSample>,
+        times: ValidatorTimes,
+    },
+    /// Prover: the paths.
+    Openings {
+        gpus: Vec<GpuOpenings>,
+    },
+    /// Prover: the signed report; the conversation ends.
+    Report {
+        report: Box<Report>,
     },
     Error {
         message: String,
@@ -109,13 +138,16 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "hello",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
             Message::Challenge { .. } => "challenge",
-            Message::Commit { .. } => "commit",
+            Message::CommitA { .. } => "commit_a",
+            Message::Built { .. } => "built",
+            Message::Walk { .. } => "walk",
+            Message::CommitB { .. } => "commit_b",
             Message::Open { .. } => "open",
             Message::Openings { .. } => "openings",
             Message::Report { .. } => "report",
-            Message::Ping { .. } => "ping",
-            Message::Pong { .. } => "pong",
             Message::Error { .. } => "error",
         }
     }
@@ -188,17 +220,19 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, message: &Message) -> Result
 #[derive(Debug)]
 pub struct ProverSetup {
     pub identity: ExecutorIdentity,
+    pub isa: Isa,
     pub threads: usize,
     /// Longest wait for each validator message.
     pub step_timeout: Duration,
     pub backend: BackendInfo,
     pub gpus: Vec<GpuFacts>,
     pub host: HostFacts,
+    pub evidence: Evidence,
     /// Bytes of memory the prover may use.
     pub available_memory: u64,
 }
 
-/// Reads the next message, answering pings on the way.
+/// Reads the next message, answering pings on the way, within one deadline for the whole step.
 async fn next_answering_pings<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
     reader: &mut Reader<R>,
     out: &mut W,
@@ -210,12 +244,30 @@ async fn next_answering_pings<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
         let left = deadline.saturating_duration_since(Instant::now());
         match reader.next(expected, left).await {
             Ok(Message::Ping { id }) => send(out, &Message::Pong { id }).await?,
-            Ok(message) => return Ok(message),
+            Ok(message) if message.kind() == expected => return Ok(message),
+            Ok(other) => return Err(ProtocolError::Unexpected { expected, got: other.kind() }),
             // Name the whole step's deadline, not what was left of it.
             Err(ProtocolError::Timeout { expected, .. }) => return Err(ProtocolError::Timeout { expected, timeout }),
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Runs `f` on the prover off the async threads and gives the prover back.
+async fn blocking<T: Send + 'static>(
+    mut prover: CpuProver,
+    f: impl FnOnce(&mut CpuProver) -> T + Send + 'static,
+) -> Result<(CpuProver, T), ProtocolError> {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&mut prover);
+        (prover, out)
+    })
+    .await
+    .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))
+}
+
+fn ms_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The prover side: runs the whole conversation; on any error, tells the validator before
@@ -234,138 +286,127 @@ where
     result
 }
 
+/// Refuses a challenge this prover must not answer: invalid work, another executor's key, a
+/// validator key that is not the hotkey's, or more memory than it has.
+fn check_challenge(challenge: &Challenge, validator_hotkey: &str, setup: &ProverSetup) -> Result<(), ProtocolError> {
+    let invalid = |reason: String| ProtocolError::Invalid { message: "challenge", reason };
+    challenge.validate().map_err(|e| invalid(e.to_string()))?;
+    if challenge.executor_key != setup.identity.public_key() {
+        return Err(invalid("executor_key is not this executor's public key".into()));
+    }
+    if validator_hotkey.is_empty() {
+        if challenge.validator_key != [0; 32] {
+            return Err(invalid("validator_key set without validator_hotkey".into()));
+        }
+    } else {
+        let hotkey: Hotkey = validator_hotkey.parse().map_err(|e| invalid(format!("validator_hotkey: {e}")))?;
+        if hotkey.public_key() != &challenge.validator_key {
+            return Err(invalid("validator_key is not the key of validator_hotkey".into()));
+        }
+    }
+    let needed = prover::memory_needed(challenge, setup.threads);
+    if needed > u128::from(setup.available_memory) {
+        return Err(invalid(format!(
+            "the work needs {} MiB of memory on the CPU with {} thread(s); {} MiB are available",
+            needed >> 20,
+            setup.threads,
+            setup.available_memory >> 20
+        )));
+    }
+    Ok(())
+}
+
 async fn prover_steps<R, W>(mut reader: Reader<R>, out: &mut W, setup: ProverSetup) -> Result<(), ProtocolError>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let public_key = setup.identity.public_key();
+    let step = setup.step_timeout;
     send(
         out,
         &Message::Hello {
             protocol: PROTOCOL_VERSION,
             version: common::VERSION.to_owned(),
             executor_id: setup.identity.executor_id(),
-            executor_public_key: public_key,
+            executor_public_key: setup.identity.public_key(),
             backend: setup.backend.clone(),
             gpus: setup.gpus.clone(),
             host: setup.host.clone(),
+            evidence: setup.evidence.clone(),
         },
     )
     .await?;
-    let (params, validator_hotkey) =
-        match next_answering_pings(&mut reader, out, "challenge", setup.step_timeout).await? {
-            Message::Challenge { params, validator_hotkey } => (params, validator_hotkey),
-            other => return Err(ProtocolError::Unexpected { expected: "challenge", got: other.kind() }),
-        };
-    let invalid = |reason: String| ProtocolError::Invalid { message: "challenge", reason };
-    params.validate().map_err(|e| invalid(e.to_string()))?;
-    params.check_memory(setup.threads, setup.available_memory).map_err(|e| invalid(e.to_string()))?;
-    if params.executor_key != public_key {
-        return Err(invalid("executor_key is not this executor's public key".into()));
-    }
-    if validator_hotkey.is_empty() {
-        if params.validator_key != [0; 32] {
-            return Err(invalid("validator_key set without validator_hotkey".into()));
-        }
-    } else {
-        let hotkey: Hotkey = validator_hotkey.parse().map_err(|e| invalid(format!("validator_hotkey: {e}")))?;
-        if hotkey.public_key() != &params.validator_key {
-            return Err(invalid("validator_key is not the key of validator_hotkey".into()));
-        }
-    }
-
-    // The challenge fixed how long an `open` can be: nothing longer is read.
-    reader.set_limit(open_line_limit(&params));
-    let started = Instant::now();
-    let threads = setup.threads;
-    let p = params.clone();
-    let commitment = tokio::task::spawn_blocking(move || prove::commit(&p, threads))
-        .await
-        .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?;
-    let compute_ms = started.elapsed().as_millis() as u64;
-    send(out, &Message::Commit { commitment: commitment.clone(), compute_ms }).await?;
-
-    let samples = match next_answering_pings(&mut reader, out, "open", setup.step_timeout).await? {
-        Message::Open { samples } => samples,
-        other => return Err(ProtocolError::Unexpected { expected: "open", got: other.kind() }),
+    let Message::Challenge { challenge, validator_hotkey } =
+        next_answering_pings(&mut reader, out, "challenge", step).await?
+    else {
+        unreachable!("next_answering_pings returns the expected kind")
     };
-    check_samples(&params, &samples).map_err(|e| ProtocolError::Invalid { message: "open", reason: e.to_string() })?;
+    check_challenge(&challenge, &validator_hotkey, &setup)?;
+    // The challenge fixed how long an `open` can be: nothing longer is read.
+    reader.set_limit(open_line_limit(challenge.gpus.len()));
+    let mut timings = ProverTimings::default();
+
+    let prover = CpuProver::new(challenge.clone(), setup.isa, setup.threads);
     let started = Instant::now();
-    let (p, s) = (params.clone(), samples.clone());
-    let openings =
-        tokio::task::spawn_blocking(move || s.iter().map(|x| prove::open(&p, x, threads)).collect::<Vec<_>>())
-            .await
-            .map_err(|e| ProtocolError::Io(std::io::Error::other(e)))?;
-    let open_ms = started.elapsed().as_millis() as u64;
-    send(out, &Message::Openings { openings: openings.clone() }).await?;
+    let (prover, ()) = blocking(prover, CpuProver::phase_a).await?;
+    timings.phase_a_ms = ms_since(started);
+    let commitments = prover.commitments();
+    let gpus =
+        commitments.iter().map(|c| RootsA { root_a: c.root_a, product_roots: c.product_roots.clone() }).collect();
+    send(out, &Message::CommitA { gpus, elapsed_ms: timings.phase_a_ms }).await?;
+
+    let started = Instant::now();
+    let (prover, built) = blocking(prover, CpuProver::build).await?;
+    built.map_err(|e| ProtocolError::Invalid { message: "challenge", reason: e.to_string() })?;
+    timings.build_ms = ms_since(started);
+    send(out, &Message::Built { elapsed_ms: timings.build_ms }).await?;
+
+    let Message::Walk { walk_nonce } = next_answering_pings(&mut reader, out, "walk", step).await? else {
+        unreachable!("next_answering_pings returns the expected kind")
+    };
+    let started = Instant::now();
+    let (prover, ()) = blocking(prover, move |p| p.walk(&walk_nonce)).await?;
+    timings.walk_ms = ms_since(started);
+    send(out, &Message::CommitB { roots_b: prover.roots_b(), elapsed_ms: timings.walk_ms }).await?;
+
+    let Message::Open { gpus: samples, times } = next_answering_pings(&mut reader, out, "open", step).await? else {
+        unreachable!("next_answering_pings returns the expected kind")
+    };
+    sample::check(&challenge, &samples, false)
+        .map_err(|e| ProtocolError::Invalid { message: "open", reason: e.to_string() })?;
+    let started = Instant::now();
+    let s = samples.clone();
+    let (prover, openings) = blocking(prover, move |p| p.open(&s)).await?;
+    timings.open_ms = ms_since(started);
+    send(out, &Message::Openings { gpus: openings.clone() }).await?;
 
     let mut report = Report {
-        schema_version: crate::report::SCHEMA_VERSION,
+        schema_version: report::SCHEMA_VERSION,
         executor_id: String::new(),
         executor_public_key: [0; 32],
         validator_hotkey,
         sample_mode: SampleMode::Interactive,
-        params,
-        commitment,
+        challenge,
+        walk_nonce,
+        commitments: prover.commitments(),
         samples,
         openings,
         gpus: setup.gpus,
         host: setup.host,
+        evidence: setup.evidence,
+        prover_timings: timings,
+        validator_times: Some(times),
         binary_version: common::VERSION.to_owned(),
-        timings: Timings { compute_ms, open_ms },
         backend: setup.backend,
         signature: String::new(),
+        validator_signature: String::new(),
     };
     report.sign(&setup.identity);
     send(out, &Message::Report { report: Box::new(report) }).await
 }
 
-/// Why the prover refuses a validator's sample.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SampleError {
-    #[error("{got} sampled products; expected 1 to {max}")]
-    Count { got: usize, max: usize },
-    #[error("product {product} does not exist (count {count})")]
-    UnknownProduct { product: u32, count: u32 },
-    #[error("product {product}: r has {got} entries, expected n = {n}")]
-    VectorLength { product: u32, got: usize, n: u32 },
-    #[error("product {product}: r entries must be below 2^{bits}")]
-    VectorBits { product: u32, bits: u32 },
-    #[error("product {product}: rows must be at most 64 indices below m = {m}")]
-    Rows { product: u32, m: u32 },
-}
-
-/// A sample the prover will answer: known products, vectors of n entries within the bit
-/// bound, known rows, and no more than a validator needs (so `open` cannot ask for all work
-/// to be redone).
-pub fn check_samples(params: &Params, samples: &[ProductSample]) -> Result<(), SampleError> {
-    let max = SAMPLED_PRODUCTS.max(64);
-    if samples.is_empty() || samples.len() > max {
-        return Err(SampleError::Count { got: samples.len(), max });
-    }
-    let bits = verify::vector_bits(params.k);
-    let bound = 1u64 << bits;
-    for s in samples {
-        let product = s.index;
-        if product >= params.count {
-            return Err(SampleError::UnknownProduct { product, count: params.count });
-        }
-        if s.r.len() != params.n as usize {
-            return Err(SampleError::VectorLength { product, got: s.r.len(), n: params.n });
-        }
-        if s.r.iter().any(|&v| u64::from(v) >= bound) {
-            return Err(SampleError::VectorBits { product, bits });
-        }
-        if s.rows.len() > OPENED_ROWS.max(64) || s.rows.iter().any(|&i| i >= params.m) {
-            return Err(SampleError::Rows { product, m: params.m });
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A small deterministic generator for the property test.
@@ -377,19 +418,38 @@ mod tests {
         }
     }
 
+    pub(crate) fn setup(identity_seed: u8) -> ProverSetup {
+        ProverSetup {
+            identity: ExecutorIdentity::from_seed([identity_seed; 32]),
+            isa: Isa::best(),
+            threads: 2,
+            step_timeout: Duration::from_secs(10),
+            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 2 },
+            gpus: Vec::new(),
+            host: crate::host::host(),
+            evidence: Evidence::default(),
+            available_memory: 1 << 30,
+        }
+    }
+
     #[test]
     fn parsing_never_panics_on_mutated_or_random_input() {
         let valid = [
             r#"{"type":"ping","id":1}"#.to_owned(),
             serde_json::to_string(&Message::Challenge {
-                params: Params::plain(1, 16, 1),
+                challenge: Challenge::plain(1, 16, 1, 32),
                 validator_hotkey: String::new(),
             })
             .unwrap(),
             serde_json::to_string(&Message::Open {
-                samples: vec![ProductSample { index: 0, r: vec![1, 2, 3], rows: vec![0] }],
+                gpus: vec![GpuSample {
+                    tiles: vec![crate::gpow2::phase_a::TileIndex { p: 0, ti: 0, tj: 0 }],
+                    lanes: vec![1],
+                }],
+                times: ValidatorTimes::default(),
             })
             .unwrap(),
+            serde_json::to_string(&Message::CommitB { roots_b: vec![None, Some([1; 32])], elapsed_ms: 3 }).unwrap(),
         ];
         let mut rng = Lcg(42);
         for round in 0..20_000 {
@@ -409,6 +469,10 @@ mod tests {
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             let _ = parse(&bytes);
         }
+        for line in &valid {
+            let m = parse(line.as_bytes()).unwrap();
+            assert_eq!(serde_json::to_string(&m).unwrap(), *line);
+        }
     }
 
     #[test]
@@ -417,6 +481,7 @@ mod tests {
         assert!(parse(br#"{"type":"ping","id":1,"extra":true}"#).is_err());
         assert!(parse(br#"{"id":1}"#).is_err());
         assert_eq!(parse(br#"{"type":"pong","id":9}"#).unwrap(), Message::Pong { id: 9 });
+        assert_eq!(parse(br#"{"type":"built","elapsed_ms":9}"#).unwrap().kind(), "built");
     }
 
     #[tokio::test]
@@ -435,42 +500,17 @@ mod tests {
         assert!(matches!(r.next("hello", Duration::from_millis(50)).await, Err(ProtocolError::Timeout { .. })));
     }
 
-    #[test]
-    fn samples_outside_the_challenge_are_refused() {
-        let params = Params::plain(1, 16, 2);
-        let ok = ProductSample { index: 1, r: vec![1; 16], rows: vec![0, 15] };
-        check_samples(&params, std::slice::from_ref(&ok)).unwrap();
-        for (bad, why) in [
-            (ProductSample { index: 2, ..ok.clone() }, "does not exist"),
-            (ProductSample { r: vec![1; 15], ..ok.clone() }, "r has 15"),
-            (ProductSample { r: vec![1 << 20; 16], ..ok.clone() }, "below 2^20"),
-            (ProductSample { rows: vec![16], ..ok.clone() }, "rows"),
-        ] {
-            assert!(check_samples(&params, &[bad]).unwrap_err().to_string().contains(why), "{why}");
-        }
-        assert!(check_samples(&params, &[]).is_err());
-    }
-
     /// The prover reads only what a validator needs: a `ping` padded with a megabyte of JSON
     /// whitespace (valid, and what a validator never sends) ends the conversation unread.
     #[tokio::test]
     async fn the_prover_refuses_lines_longer_than_a_validator_needs() {
-        use tokio::io::{AsyncBufReadExt, BufReader};
+        use tokio::io::BufReader;
         let (mut to_prover, prover_in) = tokio::io::duplex(1 << 16);
         let (prover_out, from_prover) = tokio::io::duplex(1 << 16);
-        let setup = ProverSetup {
-            identity: ExecutorIdentity::from_seed([1; 32]),
-            threads: 1,
-            step_timeout: Duration::from_secs(10),
-            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 1 },
-            gpus: Vec::new(),
-            host: crate::host::host(),
-            available_memory: 1 << 30,
-        };
-        let prover = tokio::spawn(run_prover(BufReader::new(prover_in), prover_out, setup));
+        let prover = tokio::spawn(run_prover(BufReader::new(prover_in), prover_out, setup(1)));
         let mut lines = BufReader::new(from_prover).lines();
         let hello = lines.next_line().await.unwrap().unwrap();
-        assert!(hello.contains("\"hello\""), "{hello}");
+        assert!(hello.contains("\"hello\"") && hello.contains("\"protocol\":2"), "{hello}");
         let padded = format!("{{\"type\":\"ping\",{}\"id\":1}}\n", " ".repeat(1 << 20));
         // The prover may stop reading half-way: the write's outcome does not matter.
         let _ = tokio::time::timeout(Duration::from_secs(10), to_prover.write_all(padded.as_bytes())).await;
@@ -482,16 +522,42 @@ mod tests {
         assert!(matches!(prover.await.unwrap(), Err(ProtocolError::TooLong { limit: PROVER_LINE })));
     }
 
-    /// The largest `open` the prover answers fits in the limit it reads with, at the largest n.
+    /// The largest `open` a prover answers (64 GPUs, 128 tiles and 128 lanes each, the largest
+    /// indices) fits the limit it reads with; the largest challenge fits before it.
     #[test]
-    fn the_largest_open_a_prover_answers_fits_its_line_limit() {
-        let params = Params::plain(1, 32768, 64);
-        let sample = |index| ProductSample { index, r: vec![(1 << 20) - 1; 32768], rows: vec![32767; 64] };
-        let open = Message::Open { samples: (0..64).map(sample).collect() };
-        let line = serde_json::to_vec(&open).unwrap().len() + 1;
-        let limit = open_line_limit(&params);
-        assert!(line <= limit && limit < line + line / 8, "{line} bytes, limit {limit}");
-        let challenge = Message::Challenge { params, validator_hotkey: "5".repeat(48) };
-        assert!(serde_json::to_vec(&challenge).unwrap().len() < PROVER_LINE / 16);
+    fn the_largest_messages_a_prover_reads_fit_its_limits() {
+        let tile = crate::gpow2::phase_a::TileIndex { p: 999_999, ti: 2047, tj: 2047 };
+        let one = GpuSample { tiles: vec![tile; 256], lanes: vec![u32::MAX; 128] };
+        let times = ValidatorTimes { rtt_us: u64::MAX, phase_a_us: u64::MAX, build_us: u64::MAX, walk_us: u64::MAX };
+        for gpus in [1, 64] {
+            let open = Message::Open { gpus: vec![one.clone(); gpus], times };
+            let line = serde_json::to_vec(&open).unwrap().len() + 1;
+            assert!(line <= open_line_limit(gpus), "{gpus} GPUs: {line} bytes > {}", open_line_limit(gpus));
+        }
+        let mut c = Challenge::plain(u64::MAX, 32768, 1_000_000, (1 << 32) - 32);
+        c.gpus = vec![c.gpus[0]; 64];
+        let challenge = Message::Challenge { challenge: c, validator_hotkey: "5".repeat(48) };
+        assert!(serde_json::to_vec(&challenge).unwrap().len() < PROVER_LINE / 4);
+    }
+
+    #[test]
+    fn challenges_the_prover_must_not_answer_are_refused() {
+        let s = setup(1);
+        let mut c = Challenge::plain(1, 16, 1, 32);
+        let refused = |c: &Challenge, hotkey: &str| check_challenge(c, hotkey, &s).unwrap_err().to_string();
+        assert!(refused(&c, "").contains("not this executor's public key"));
+        c.executor_key = s.identity.public_key();
+        check_challenge(&c, "", &s).unwrap();
+        let alice = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+        assert!(refused(&c, alice).contains("not the key of validator_hotkey"));
+        c.validator_key = *alice.parse::<Hotkey>().unwrap().public_key();
+        check_challenge(&c, alice, &s).unwrap();
+        assert!(refused(&c, "").contains("without validator_hotkey"));
+        let mut big = c.clone();
+        big.gpus[0].items = 1 << 31;
+        assert!(refused(&big, alice).contains("MiB of memory"));
+        let mut bad = c.clone();
+        bad.gpus[0].m = 24;
+        assert!(refused(&bad, alice).contains("gpus[0].m = 24"));
     }
 }

@@ -1,198 +1,131 @@
-//! The validator's side: choose a sample, then check openings against the commitment with
-//! Freivalds' algorithm, on the CPU, in O(n²) per sampled product instead of O(n³).
+//! The validator's CPU checks (GPOW.md, "Verification work"): the commitments' shape and `R_A,g`,
+//! then each sampled tile recomputed, hashed and climbed to its `R_p`, and each sampled lane
+//! replayed from the cache, hashed and climbed to `R_B,g`. The prover sends paths only: every leaf
+//! is the validator's own.
 
-use sha2::{Digest, Sha256};
+use serde::{Deserialize, Serialize};
 
-use crate::gemm;
+use crate::gpow2::phase_a::{self, TileIndex};
+use crate::gpow2::{Challenge, Isa, phase_b};
+use crate::hex_serde::{hex32, hex32_list, hex32_option, hex32_paths};
 use crate::merkle::{self, Hash};
-use crate::opening::{Commitment, ProductOpening, ProductSample};
-use crate::params::Params;
+use crate::sample::{self, GpuSample, SampleError};
 
-/// Products checked per challenge (all of them when there are fewer).
-pub const SAMPLED_PRODUCTS: usize = 16;
-/// Rows opened per sampled product.
-pub const OPENED_ROWS: usize = 4;
-
-/// Bits of each entry of `r`, so that A(Br) fits i64: 20 up to k = 4096, 16 up to 32768.
-pub fn vector_bits(k: u32) -> u32 {
-    if k <= 4096 { 20 } else { 16 }
+/// One GPU's commitments: `R_A,g` with every `R_p`, and `R_B,g` when it has phase B.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuCommitment {
+    #[serde(with = "hex32")]
+    pub root_a: Hash,
+    #[serde(with = "hex32_list")]
+    pub product_roots: Vec<Hash>,
+    #[serde(with = "hex32_option")]
+    pub root_b: Option<Hash>,
 }
 
-/// Why a proof is rejected.
+/// One GPU's answers to its sample: a Merkle path per tile (inside `R_p`) and per lane (inside
+/// `R_B,g`), in the sample's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuOpenings {
+    #[serde(with = "hex32_paths")]
+    pub tile_paths: Vec<Vec<Hash>>,
+    #[serde(with = "hex32_paths")]
+    pub lane_paths: Vec<Vec<Hash>>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
-    #[error("commitment lists {got} product roots, the challenge has {expected} products")]
-    RootCount { got: usize, expected: u32 },
-    #[error("the product roots do not hash to the committed root")]
-    Root,
-    #[error("{got} openings for {expected} sampled products")]
-    OpeningCount { got: usize, expected: usize },
-    #[error("sampled product {product}: not a product of the challenge, or r does not have n entries")]
-    BadSample { product: u32 },
-    #[error("opening {position} is for product {got}, product {expected} was sampled")]
-    WrongProduct { position: usize, got: u32, expected: u32 },
-    #[error("product {product}: y has {got} entries, expected {expected}")]
-    YLength { product: u32, got: usize, expected: u32 },
-    #[error("product {product}: C·r differs from A(Br) at row {row} (Freivalds)")]
-    Freivalds { product: u32, row: usize },
-    #[error("product {product}: rows {got:?} opened, rows {expected:?} were sampled")]
-    Rows { product: u32, got: Vec<u32>, expected: Vec<u32> },
-    #[error("product {product} row {row}: {got} values, expected {expected}")]
-    RowLength { product: u32, row: u32, got: usize, expected: u32 },
-    #[error("product {product} row {row}: its Merkle path does not reach R_{product}")]
-    Path { product: u32, row: u32 },
-    #[error("product {product} row {row}: row·r differs from y[{row}]")]
-    RowDot { product: u32, row: u32 },
+    #[error("{what}: {got} entries for a challenge of {expected} GPUs")]
+    Gpus { what: &'static str, got: usize, expected: usize },
+    #[error("gpu {gpu}: {got} product roots; the work has {expected} products")]
+    ProductRoots { gpu: usize, got: usize, expected: u32 },
+    #[error("gpu {gpu}: the product roots do not make the committed R_A")]
+    RootA { gpu: usize },
+    #[error("gpu {gpu}: R_B is {}, but the work has {} phase B", if *.present { "present" } else { "absent" }, if *.present { "no" } else { "a" })]
+    RootB { gpu: usize, present: bool },
+    #[error("gpu {gpu}: {got} {what} paths for {expected} sampled")]
+    Paths { gpu: usize, what: &'static str, got: usize, expected: usize },
+    #[error("gpu {gpu}: tile (p {}, ti {}, tj {}) does not reach its committed R_p", .tile.p, .tile.ti, .tile.tj)]
+    Tile { gpu: usize, tile: TileIndex },
+    #[error("gpu {gpu}: lane {lane} does not reach the committed R_B")]
+    Lane { gpu: usize, lane: u32 },
+    #[error("gpu {gpu}: {reason}")]
+    Work { gpu: usize, reason: String },
+    #[error("sample: {0}")]
+    Sample(#[from] SampleError),
 }
 
-/// A deterministic byte stream: SHA-256(seed ‖ u64 counter) blocks.
-struct Stream {
-    seed: [u8; 32],
-    counter: u64,
-    block: [u8; 32],
-    used: usize,
-}
-
-impl Stream {
-    fn new(seed: [u8; 32]) -> Self {
-        Self { seed, counter: 0, block: [0; 32], used: 32 }
+/// The commitments fit a validated `challenge`: one per GPU, a root per product that together make
+/// `R_A,g`, and `R_B,g` exactly where the work has phase B.
+pub fn check_commitments(challenge: &Challenge, commitments: &[GpuCommitment]) -> Result<(), VerifyError> {
+    if commitments.len() != challenge.gpus.len() {
+        return Err(VerifyError::Gpus { what: "commitments", got: commitments.len(), expected: challenge.gpus.len() });
     }
-
-    fn next_u32(&mut self) -> u32 {
-        if self.used == 32 {
-            self.block =
-                Sha256::new().chain_update(self.seed).chain_update(self.counter.to_le_bytes()).finalize().into();
-            self.counter += 1;
-            self.used = 0;
+    for (gpu, (work, c)) in challenge.gpus.iter().zip(commitments).enumerate() {
+        if c.product_roots.len() != work.count as usize {
+            return Err(VerifyError::ProductRoots { gpu, got: c.product_roots.len(), expected: work.count });
         }
-        let word = u32::from_le_bytes(self.block[self.used..self.used + 4].try_into().unwrap_or([0; 4]));
-        self.used += 4;
-        word
-    }
-
-    /// Uniform in [0, bound), by rejection.
-    fn below(&mut self, bound: u32) -> u32 {
-        let zone = u32::MAX - u32::MAX % bound;
-        loop {
-            let v = self.next_u32();
-            if v < zone {
-                return v % bound;
-            }
+        if phase_a::root_of(gpu as u32, &c.product_roots) != c.root_a {
+            return Err(VerifyError::RootA { gpu });
         }
-    }
-}
-
-/// The sample drawn from a 32-byte seed: distinct products, distinct rows, vectors of
-/// `vector_bits(k)`-bit entries. Interactive validators seed it from the OS; non-interactive
-/// mode from `SHA-256(root ‖ nonce)` (see [`fiat_shamir_seed`]).
-pub fn sample(params: &Params, seed: [u8; 32]) -> Vec<ProductSample> {
-    let mut stream = Stream::new(seed);
-    let mask = (1u32 << vector_bits(params.k)) - 1;
-    let mut products = distinct(&mut stream, params.count, SAMPLED_PRODUCTS);
-    products.sort_unstable();
-    products
-        .into_iter()
-        .map(|index| {
-            let r = (0..params.n).map(|_| stream.next_u32() & mask).collect();
-            let mut rows = distinct(&mut stream, params.m, OPENED_ROWS);
-            rows.sort_unstable();
-            ProductSample { index, r, rows }
-        })
-        .collect()
-}
-
-fn distinct(stream: &mut Stream, bound: u32, want: usize) -> Vec<u32> {
-    let want = want.min(bound as usize);
-    let mut picked = Vec::with_capacity(want);
-    while picked.len() < want {
-        let v = stream.below(bound);
-        if !picked.contains(&v) {
-            picked.push(v);
+        if c.root_b.is_some() != (work.items > 0) {
+            return Err(VerifyError::RootB { gpu, present: c.root_b.is_some() });
         }
-    }
-    picked
-}
-
-/// `SHA-256(root ‖ nonce)`: the sample seed of non-interactive mode. Weaker than an interactive
-/// sample: a prover can grind roots until it likes the sample.
-pub fn fiat_shamir_seed(root: &Hash, nonce: &[u8; 32]) -> [u8; 32] {
-    Sha256::new().chain_update(root).chain_update(nonce).finalize().into()
-}
-
-/// Checks the commitment's shape and root.
-pub fn check_commitment(params: &Params, commitment: &Commitment) -> Result<(), VerifyError> {
-    if commitment.product_roots.len() != params.count as usize {
-        return Err(VerifyError::RootCount { got: commitment.product_roots.len(), expected: params.count });
-    }
-    if Commitment::root_of(&commitment.product_roots) != commitment.root {
-        return Err(VerifyError::Root);
     }
     Ok(())
 }
 
-/// Checks openings of `samples` against `commitment`: regenerates A_p and B_p, checks
-/// `A(Br) == y` and every opened row against its path, `R_p` and `y`.
+/// Everything a validator checks of a conversation or report after the commitments: the sample's
+/// shape (at most the standard sizes; `exact` for reports), then each tile and lane recomputed on
+/// `threads` threads with `isa` and climbed to its committed root. Each check runs once.
+#[allow(clippy::too_many_arguments)]
 pub fn check_openings(
-    params: &Params,
-    commitment: &Commitment,
-    samples: &[ProductSample],
-    openings: &[ProductOpening],
+    isa: Isa,
+    threads: usize,
+    challenge: &Challenge,
+    walk_nonce: &[u8; 32],
+    commitments: &[GpuCommitment],
+    samples: &[GpuSample],
+    openings: &[GpuOpenings],
+    exact: bool,
 ) -> Result<(), VerifyError> {
-    check_commitment(params, commitment)?;
-    if openings.len() != samples.len() {
-        return Err(VerifyError::OpeningCount { got: openings.len(), expected: samples.len() });
+    check_commitments(challenge, commitments)?;
+    sample::check(challenge, samples, exact)?;
+    if openings.len() != challenge.gpus.len() {
+        return Err(VerifyError::Gpus { what: "openings", got: openings.len(), expected: challenge.gpus.len() });
     }
-    let keys = params.keys();
-    let (m, n, k) = (params.m as usize, params.n as usize, params.k as usize);
-    let mut a = vec![0i8; m * k];
-    let mut b = vec![0i8; k * n];
-    let mut buf = Vec::new();
-    for (position, (sample, opening)) in samples.iter().zip(openings).enumerate() {
-        let p = sample.index;
-        // A report's samples are data like the rest: an interactive one was chosen by the
-        // validator, but whoever verifies the report later must not trust their shape.
-        if p >= params.count || sample.r.len() != n {
-            return Err(VerifyError::BadSample { product: p });
-        }
-        if opening.index != p {
-            return Err(VerifyError::WrongProduct { position, got: opening.index, expected: p });
-        }
-        if opening.y.len() != m {
-            return Err(VerifyError::YLength { product: p, got: opening.y.len(), expected: params.m });
-        }
-        gemm::generate(params.m, params.k, p, keys.0, &mut a);
-        gemm::generate(params.k, params.n, p, keys.1, &mut b);
-        let br: Vec<i64> = b
-            .chunks_exact(n)
-            .map(|row| row.iter().zip(&sample.r).map(|(&x, &r)| i64::from(x) * i64::from(r)).sum())
-            .collect();
-        for (i, arow) in a.chunks_exact(k).enumerate() {
-            let abr: i64 = arow.iter().zip(&br).map(|(&x, &v)| i64::from(x) * v).sum();
-            if abr != opening.y[i] {
-                return Err(VerifyError::Freivalds { product: p, row: i });
+    let keys = challenge.gpu_keys();
+    for (gpu, work) in challenge.gpus.iter().enumerate() {
+        let (c, s, o) = (&commitments[gpu], &samples[gpu], &openings[gpu]);
+        for (what, got, expected) in
+            [("tile", o.tile_paths.len(), s.tiles.len()), ("lane", o.lane_paths.len(), s.lanes.len())]
+        {
+            if got != expected {
+                return Err(VerifyError::Paths { gpu, what, got, expected });
             }
         }
-        let opened: Vec<u32> = opening.rows.iter().map(|r| r.index).collect();
-        if opened != sample.rows {
-            return Err(VerifyError::Rows { product: p, got: opened, expected: sample.rows.clone() });
+        // Indices were checked against the work by the sample check: these cannot fail.
+        let tiles = phase_a::tiles(isa, &keys[gpu], work, &s.tiles, threads)
+            .map_err(|e| VerifyError::Work { gpu, reason: e.to_string() })?;
+        let per_product = work.tiles_per_product() as usize;
+        let columns = (work.n / 16) as usize;
+        for ((t, tile), path) in s.tiles.iter().zip(&tiles).zip(&o.tile_paths) {
+            let leaf = phase_a::tile_leaf(gpu as u32, *t, tile);
+            let index = t.ti as usize * columns + t.tj as usize;
+            if merkle::root_from_path(leaf, index, per_product, path) != Some(c.product_roots[t.p as usize]) {
+                return Err(VerifyError::Tile { gpu, tile: *t });
+            }
         }
-        let product_root = commitment.product_roots[p as usize];
-        for row in &opening.rows {
-            if row.values.len() != n {
-                return Err(VerifyError::RowLength {
-                    product: p,
-                    row: row.index,
-                    got: row.values.len(),
-                    expected: params.n,
-                });
-            }
-            let leaf = merkle::leaf(p, row.index, &row.values, &mut buf);
-            if merkle::root_from_path(leaf, row.index as usize, m, &row.path) != Some(product_root) {
-                return Err(VerifyError::Path { product: p, row: row.index });
-            }
-            let dot: i64 = row.values.iter().zip(&sample.r).map(|(&c, &r)| i64::from(c) * i64::from(r)).sum();
-            if dot != opening.y[row.index as usize] {
-                return Err(VerifyError::RowDot { product: p, row: row.index });
+        let Some(root_b) = c.root_b else { continue };
+        let walk_key = keys[gpu].walk_key(walk_nonce);
+        let cmixes = phase_b::replay(isa, &keys[gpu], work, walk_key, &s.lanes, threads)
+            .map_err(|e| VerifyError::Work { gpu, reason: e.to_string() })?;
+        let lanes = work.lanes() as usize;
+        for ((&lane, cmix), path) in s.lanes.iter().zip(&cmixes).zip(&o.lane_paths) {
+            let leaf = phase_b::lane_leaf(gpu as u32, lane, cmix);
+            if merkle::root_from_path(leaf, lane as usize, lanes, path) != Some(root_b) {
+                return Err(VerifyError::Lane { gpu, lane });
             }
         }
     }
@@ -202,80 +135,89 @@ pub fn check_openings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prove::{commit, open};
+    use crate::gpow2::GpuWork;
+    use crate::prover::CpuProver;
 
-    fn honest(params: &Params) -> (Commitment, Vec<ProductSample>, Vec<ProductOpening>) {
-        let commitment = commit(params, 2);
-        let samples = sample(params, fiat_shamir_seed(&commitment.root, &params.nonce));
-        let openings = samples.iter().map(|s| open(params, s, 2)).collect();
-        (commitment, samples, openings)
+    fn honest(challenge: &Challenge, seed: u8) -> (Vec<GpuCommitment>, Vec<GpuSample>, Vec<GpuOpenings>) {
+        let mut prover = CpuProver::new(challenge.clone(), Isa::best(), 2);
+        prover.phase_a();
+        prover.build().unwrap();
+        prover.walk(&[9; 32]);
+        let samples = sample::draw(challenge, &[seed; 32]);
+        let openings = prover.open(&samples);
+        (prover.commitments(), samples, openings)
     }
 
     #[test]
-    fn accepts_honest_work_and_rejects_tampering() {
-        let params = Params::plain(99, 32, 20);
-        let (commitment, samples, openings) = honest(&params);
-        assert_eq!(samples.len(), SAMPLED_PRODUCTS);
-        check_openings(&params, &commitment, &samples, &openings).unwrap();
+    fn honest_openings_verify_and_every_tampering_is_named() {
+        let w = GpuWork { m: 32, n: 16, k: 48, count: 40, items: 2048 };
+        let c = Challenge { gpus: vec![w, GpuWork { items: 0, ..w }], ..Challenge::plain(4, 16, 1, 0) };
+        let (commitments, samples, openings) = honest(&c, 1);
+        let run = |c2: &[GpuCommitment], s: &[GpuSample], o: &[GpuOpenings]| {
+            check_openings(Isa::best(), 2, &c, &[9; 32], c2, s, o, true)
+        };
+        run(&commitments, &samples, &openings).unwrap();
+        // The scalar path agrees.
+        check_openings(Isa::Scalar, 1, &c, &[9; 32], &commitments, &samples, &openings, true).unwrap();
 
-        // A single flipped element of C shows in y: Freivalds rejects it.
         let mut bad = openings.clone();
-        bad[3].y[5] += 1;
+        bad[0].tile_paths[3][0][0] ^= 1;
+        assert_eq!(run(&commitments, &samples, &bad), Err(VerifyError::Tile { gpu: 0, tile: samples[0].tiles[3] }));
+        let mut bad = openings.clone();
+        bad[0].lane_paths[5].pop();
+        assert_eq!(run(&commitments, &samples, &bad), Err(VerifyError::Lane { gpu: 0, lane: samples[0].lanes[5] }));
+        // Another walk nonce: every lane is wrong.
         assert!(matches!(
-            check_openings(&params, &commitment, &samples, &bad),
-            Err(VerifyError::Freivalds { row: 5, .. })
+            check_openings(Isa::best(), 2, &c, &[8; 32], &commitments, &samples, &openings, true),
+            Err(VerifyError::Lane { gpu: 0, .. })
         ));
-
-        // A flipped element in an opened row: the path no longer reaches R_p.
+        let mut bad = commitments.clone();
+        bad[1].product_roots[0][0] ^= 1;
+        assert_eq!(run(&bad, &samples, &openings), Err(VerifyError::RootA { gpu: 1 }));
+        let mut bad = commitments.clone();
+        bad[1].root_b = Some([0; 32]);
+        assert_eq!(run(&bad, &samples, &openings), Err(VerifyError::RootB { gpu: 1, present: true }));
         let mut bad = openings.clone();
-        bad[0].rows[1].values[0] ^= 1;
-        assert!(matches!(check_openings(&params, &commitment, &samples, &bad), Err(VerifyError::Path { .. })));
-
-        // Two rows swapped: each lands on the other's leaf index.
-        let mut bad = openings.clone();
-        let (r0, r1) = (bad[1].rows[0].values.clone(), bad[1].rows[1].values.clone());
-        bad[1].rows[0].values = r1;
-        bad[1].rows[1].values = r0;
-        assert!(matches!(check_openings(&params, &commitment, &samples, &bad), Err(VerifyError::Path { .. })));
-
-        // A product root changed after the fact.
-        let mut bad_commitment = commitment.clone();
-        bad_commitment.product_roots[0][0] ^= 1;
-        assert_eq!(check_openings(&params, &bad_commitment, &samples, &openings), Err(VerifyError::Root));
-
-        // Openings of other products than sampled.
-        let mut bad = openings.clone();
-        bad.swap(0, 1);
-        assert!(matches!(check_openings(&params, &commitment, &samples, &bad), Err(VerifyError::WrongProduct { .. })));
+        bad[1].tile_paths.pop();
+        assert!(matches!(run(&commitments, &samples, &bad), Err(VerifyError::Paths { gpu: 1, what: "tile", .. })));
+        // A short sample passes the protocol's check but not a report's.
+        let mut short = samples.clone();
+        short[0].tiles.truncate(1);
+        let mut short_openings = openings.clone();
+        short_openings[0].tile_paths.truncate(1);
         assert!(matches!(
-            check_openings(&params, &commitment, &samples, &openings[1..]),
-            Err(VerifyError::OpeningCount { .. })
+            run(&commitments, &short, &short_openings),
+            Err(VerifyError::Sample(SampleError::Size { .. }))
         ));
+        check_openings(Isa::best(), 2, &c, &[9; 32], &commitments, &short, &short_openings, false).unwrap();
     }
 
+    /// A prover that skipped one tile (committed garbage for it) passes exactly when the sample
+    /// misses that tile.
     #[test]
-    fn a_wrong_product_fails_freivalds_even_with_consistent_commitment() {
-        // The prover computes product 0 from the wrong seed, commits to it consistently: the
-        // rows and paths agree with R_0, but A(Br) != y.
-        let params = Params::plain(5, 16, 1);
-        let other = Params::plain(6, 16, 1);
-        let commitment = commit(&other, 1);
-        let samples = sample(&params, [7; 32]);
-        let openings: Vec<_> = samples.iter().map(|s| open(&other, s, 1)).collect();
-        assert!(matches!(
-            check_openings(&params, &commitment, &samples, &openings),
-            Err(VerifyError::Freivalds { .. })
-        ));
-    }
-
-    #[test]
-    fn samples_are_distinct_bounded_and_deterministic() {
-        let params = Params::plain(1, 4096 + 16, 3);
-        let s = sample(&params, [1; 32]);
-        assert_eq!(s.len(), 3);
-        assert!(s.iter().all(|p| p.r.iter().all(|&r| r < 1 << 16)));
-        assert!(s.iter().all(|p| p.rows.len() == OPENED_ROWS && p.rows.windows(2).all(|w| w[0] < w[1])));
-        assert_eq!(s, sample(&params, [1; 32]));
-        assert_ne!(s, sample(&params, [2; 32]));
+    fn a_skipped_tile_fails_when_sampled() {
+        let w = GpuWork { m: 16, n: 16, k: 16, count: 300, items: 0 };
+        let c = Challenge { gpus: vec![w], ..Challenge::plain(5, 16, 1, 0) };
+        let mut prover = CpuProver::new(c.clone(), Isa::best(), 2);
+        prover.phase_a();
+        let skipped = TileIndex { p: 7, ti: 0, tj: 0 };
+        prover.corrupt_tile(0, skipped);
+        prover.build().unwrap();
+        prover.walk(&[0; 32]);
+        let commitments = prover.commitments();
+        let (mut passed, mut failed) = (0, 0);
+        for seed in 0..20u8 {
+            let samples = sample::draw(&c, &[seed; 32]);
+            let openings = prover.open(&samples);
+            let result = check_openings(Isa::best(), 2, &c, &[0; 32], &commitments, &samples, &openings, true);
+            if samples[0].tiles.contains(&skipped) {
+                assert_eq!(result, Err(VerifyError::Tile { gpu: 0, tile: skipped }));
+                failed += 1;
+            } else {
+                result.unwrap();
+                passed += 1;
+            }
+        }
+        assert!(passed > 0 && failed > 0, "{passed} passed, {failed} failed");
     }
 }

@@ -1,5 +1,5 @@
-//! The `gpu-attestor` binary end to end: the guide's mode, reports, and the interactive
-//! protocol between `check` and `challenge` processes over pipes.
+//! The `gpu-attestor` binary end to end: the guide's mode, reports, and protocol 2 between
+//! `check` and `challenge` processes over pipes.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -23,21 +23,38 @@ fn identity(dir: &Path) -> String {
 }
 
 #[tokio::test]
-async fn guide_mode_prints_model_time_and_checksum() {
+async fn guide_mode_prints_model_time_and_checksums() {
     let out = run(&["--seed", "12345", "--matrix-dim", "16", "--num-matrices", "3", "--backend", "cpu"]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(out.status.success(), "{}", text(&out));
     assert!(lines[0].starts_with("GPU Model: CPU reference ("), "{stdout}");
     assert!(lines[1].starts_with("Challenge completed in ") && lines[1].ends_with(" ms"), "{stdout}");
-    assert_eq!(lines[2], "Checksum: f07eb69d98ffbe726c5137a0e86a5fb674b1e340e3094a369590982f3739ff25");
+    assert_eq!(lines[2], format!("Checksum: {CHECKSUM_16_3}"));
+    assert_eq!(lines.len(), 3, "no phase B, no memory checksum: {stdout}");
 
-    let out =
-        run(&["--seed", "12345", "--matrix-dim", "16", "--num-matrices", "3", "--backend", "cpu", "--json"]).await;
+    let args =
+        ["--seed", "12345", "--matrix-dim", "16", "--num-matrices", "3", "--dataset-items", "64", "--backend", "cpu"];
+    let out = run(&args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().nth(2), Some(format!("Checksum: {CHECKSUM_16_3_64}").as_str()), "{stdout}");
+    assert_eq!(stdout.lines().nth(3), Some(format!("Memory checksum: {MEMORY_CHECKSUM_64}").as_str()), "{stdout}");
+
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = run(&json_args).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["checksum"], "f07eb69d98ffbe726c5137a0e86a5fb674b1e340e3094a369590982f3739ff25");
+    assert_eq!(v["checksum"], CHECKSUM_16_3_64);
+    assert_eq!(v["memory_checksum"], MEMORY_CHECKSUM_64);
     assert_eq!(v["backend"]["kind"], "cpu");
 }
+
+/// `hex(R_A,0)` of `--seed 12345 --matrix-dim 16 --num-matrices 3`, without and with
+/// `--dataset-items 64` (the items enter the master key), and `hex(R_B,0)` with them: what
+/// `tests/python/gpow2_reference.py` computes (test_gpow2.py compares many more).
+const CHECKSUM_16_3: &str = "41ba8e07e064392fc57895821f449a3df2054c9c703e38eec32f08323dde044e";
+const CHECKSUM_16_3_64: &str = "c01b4c74cb393d1f305caecaae7fa32dfb4f4377d96fffe8efe73e784afa71f6";
+const MEMORY_CHECKSUM_64: &str = "8463d816747ff62c8eefb9f7f7819898fa750ac5fa3a16cf94f13bb3bea7705f";
 
 #[tokio::test]
 async fn no_gpu_and_bad_parameters_are_clear_errors() {
@@ -51,8 +68,8 @@ async fn no_gpu_and_bad_parameters_are_clear_errors() {
         eprintln!("SKIPPED the no-GPU check: this machine has an NVIDIA GPU");
     }
     for (args, expected) in [
-        (["--matrix-dim", "17", "--num-matrices", "1"], "m = 17: matrix dimensions must be multiples of 16"),
-        (["--matrix-dim", "16", "--num-matrices", "0"], "num-matrices = 0"),
+        (["--matrix-dim", "17", "--num-matrices", "1"], "gpus[0].m = 17: must be a multiple of 16"),
+        (["--matrix-dim", "16", "--num-matrices", "0"], "gpus[0].count = 0"),
     ] {
         let mut all = vec!["--seed", "1", "--backend", "cpu"];
         all.extend(args);
@@ -87,30 +104,38 @@ async fn no_gpu_and_bad_parameters_are_clear_errors() {
 }
 
 #[tokio::test]
-async fn reports_verify_and_tampered_reports_do_not() {
+async fn fiat_shamir_reports_verify_say_they_are_weak_and_tampered_ones_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let key = identity(dir.path());
     let report = dir.path().join("report.json");
     let report_s = report.display().to_string();
-    let out = run(&[
+    let nonce = "5a".repeat(32);
+    let mut args = vec![
         "--seed",
         "7",
         "--matrix-dim",
         "32",
         "--num-matrices",
         "20",
+        "--dataset-items",
+        "4096",
         "--backend",
         "cpu",
-        "--identity",
-        &key,
-        "--report",
-        &report_s,
-    ])
-    .await;
+    ];
+    args.extend(["--identity", &key, "--report", &report_s]);
+    // A report needs the requester's nonce, not zero.
+    let out = run(&args).await;
+    assert!(text(&out).contains("--report needs --nonce"), "{}", text(&out));
+    let zero = "00".repeat(32);
+    let out = run(&[&args[..], &["--nonce", &zero]].concat()).await;
+    assert!(text(&out).contains("non-zero nonce"), "{}", text(&out));
+    let out = run(&[&args[..], &["--nonce", &nonce]].concat()).await;
     assert!(out.status.success(), "{}", text(&out));
     let out = run(&["verify", &report_s]).await;
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).starts_with("OK: report of executor-"), "{}", text(&out));
+    let t = text(&out);
+    assert!(t.starts_with("OK: report of executor-") && t.contains("80 tiles and 128 lanes checked"), "{t}");
+    assert!(t.contains("weak: a Fiat-Shamir sample"), "{t}");
 
     let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let tampered = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -118,31 +143,32 @@ async fn reports_verify_and_tampered_reports_do_not() {
         f(&mut v);
         std::fs::write(&report, serde_json::to_vec(&v).unwrap()).unwrap();
     };
+    type Change = dyn Fn(&mut serde_json::Value);
     for (change, expected) in [
-        (
-            &(|v: &mut serde_json::Value| v["host"]["cpu_model"] = "Fake CPU".into())
-                as &dyn Fn(&mut serde_json::Value),
-            "bad signature",
-        ),
-        (&|v: &mut serde_json::Value| v["timings"]["compute_ms"] = 1.into(), "bad signature"),
-        (&|v: &mut serde_json::Value| v["openings"][0]["y"][0] = 0.into(), "bad signature"),
+        (&(|v: &mut serde_json::Value| v["host"]["cpu_model"] = "Fake CPU".into()) as &Change, "bad signature"),
+        (&|v: &mut serde_json::Value| v["prover_timings"]["phase_a_ms"] = 1.into(), "bad signature"),
+        (&|v: &mut serde_json::Value| v["evidence"]["ld_preload"] = "/x.so".into(), "bad signature"),
         (&|v: &mut serde_json::Value| v["executor_public_key"] = "00".repeat(32).into(), "executor id"),
+        (&|v: &mut serde_json::Value| v["sample_mode"] = "interactive".into(), "bad signature"),
     ] {
         tampered(change);
         let out = run(&["verify", &report_s]).await;
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains(expected), "{expected}: {}", text(&out));
     }
-    std::fs::write(&report, b"{\"schema_version\":1}").unwrap();
+    std::fs::write(&report, b"{\"schema_version\":2}").unwrap();
     let out = run(&["verify", &report_s]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("not a report"), "{}", text(&out));
 }
 
 #[tokio::test]
-async fn check_drives_challenge_over_pipes() {
+async fn check_drives_challenge_over_pipes_untimed_and_co_signed() {
     let dir = tempfile::tempdir().unwrap();
     let key = identity(dir.path());
+    let secret = dir.path().join("hotkey");
+    std::fs::write(&secret, format!("0x{}", "11".repeat(32))).unwrap();
+    let report = dir.path().join("report.json");
     let remote = format!("{BIN} challenge --backend cpu --identity {key}");
     let out = run(&[
         "check",
@@ -153,45 +179,47 @@ async fn check_drives_challenge_over_pipes() {
         "--seed",
         "12345",
         "--matrix-dim",
-        "64",
+        "32",
         "--num-matrices",
-        "30",
-        "--hotkey",
-        e2e::ALICE,
+        "20",
+        "--dataset-items",
+        "4096",
+        "--hotkey-secret-file",
+        &secret.display().to_string(),
+        "--report",
+        &report.display().to_string(),
     ])
     .await;
     let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    assert!(t.contains("Verdict: PASS"), "{t}");
-    assert!(t.contains("Products checked: 16"), "{t}");
-    assert!(t.contains("note: CPU backend, no time limit applies"), "{t}");
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("Verdict: UNTIMED"), "{t}");
+    assert!(t.contains("Checked: 80 tiles, 128 lanes"), "{t}");
+    assert!(t.contains("note: CPU backend: the proof holds, but proves work, not a GPU"), "{t}");
+    // The co-signed report verifies offline; without the co-signature its sample is the
+    // executor's word alone.
+    let out = run(&["verify", &report.display().to_string()]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("weak"), "{}", text(&out));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    v["validator_signature"] = "".into();
+    std::fs::write(&report, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = run(&["verify", &report.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("samples not authenticated"), "{}", text(&out));
 
-    let out = run(&[
-        "check",
-        "--ssh",
-        "exec",
-        "--remote-command",
-        &remote,
-        "--matrix-dim",
-        "16",
-        "--num-matrices",
-        "2",
-        "--json",
-    ])
-    .await;
+    // No sizes: a CPU prover gets the CPU default, still UNTIMED; --json is one object.
+    let out = run(&["check", "--ssh", "exec", "--remote-command", &remote, "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["passed"], true, "{}", text(&out));
+    assert_eq!(v["verdict"], "UNTIMED", "{}", text(&out));
+    assert!(v["notes"][0].as_str().unwrap().contains("CPU backend"), "{v}");
+    assert_eq!(out.status.code(), Some(3));
 
     // A prover that is not there, or that is not a prover.
-    let out =
-        run(&["check", "--ssh", "exec", "--remote-command", "/bin/false", "--matrix-dim", "16", "--num-matrices", "1"])
-            .await;
+    let out = run(&["check", "--ssh", "exec", "--remote-command", "/bin/false"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).contains("closed the stream before `hello`"), "{}", text(&out));
-    let out =
-        run(&["check", "--ssh", "exec", "--remote-command", "echo hi", "--matrix-dim", "16", "--num-matrices", "1"])
-            .await;
-    assert!(text(&out).contains("malformed message"), "{}", text(&out));
+    let out = run(&["check", "--ssh", "exec", "--remote-command", "echo hi"]).await;
+    assert!(text(&out).contains("FAIL: protocol: malformed message"), "{}", text(&out));
 }
 
 /// Sends `input` to `gpu-attestor challenge` after its hello and returns what it printed, its
@@ -217,14 +245,15 @@ async fn converse(key: &str, input: &[u8], close: bool, timeout: &str) -> (Strin
 async fn the_prover_refuses_bad_conversations_without_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let key = identity(dir.path());
-    let cases: [(&[u8], bool, &str, &str); 6] = [
+    let cases: [(&[u8], bool, &str, &str); 7] = [
         (b"this is not json\n", true, "10s", "malformed message"),
-        (b"{\"type\":\"open\",\"samples\":[]}\n", true, "10s", "expected `challenge`, got `open`"),
+        (b"{\"type\":\"walk\",\"walk_nonce\":\"00\"}\n", true, "10s", "malformed message"),
+        (b"{\"type\":\"built\",\"elapsed_ms\":1}\n", true, "10s", "expected `challenge`, got `built`"),
         (b"{\"type\":\"ping\",\"id\":1", true, "10s", "truncated message"),
         (b"", true, "10s", ""),
         (b"", false, "300ms", "no `challenge` within 300ms"),
         (
-            b"{\"type\":\"challenge\",\"validator_hotkey\":\"\",\"params\":{\"seed\":\"00\",\"m\":16,\"n\":16,\"k\":16,\"count\":1}}\n",
+            b"{\"type\":\"challenge\",\"validator_hotkey\":\"\",\"challenge\":{\"seed\":\"00\",\"gpus\":[]}}\n",
             true,
             "10s",
             "malformed message",
@@ -244,7 +273,7 @@ async fn the_prover_refuses_bad_conversations_without_hanging() {
     let other = "11".repeat(32);
     let zero = "00".repeat(32);
     let challenge = format!(
-        "{{\"type\":\"challenge\",\"validator_hotkey\":\"\",\"params\":{{\"seed\":\"{zero}\",\"m\":16,\"n\":16,\"k\":16,\"count\":1,\"nonce\":\"{zero}\",\"executor_key\":\"{other}\",\"validator_key\":\"{zero}\"}}}}\n"
+        "{{\"type\":\"challenge\",\"validator_hotkey\":\"\",\"challenge\":{{\"seed\":\"{zero}\",\"nonce\":\"{zero}\",\"executor_key\":\"{other}\",\"validator_key\":\"{zero}\",\"gpus\":[{{\"m\":16,\"n\":16,\"k\":16,\"count\":1,\"items\":0}}]}}}}\n"
     );
     let (out, code) = converse(&key, challenge.as_bytes(), true, "10s").await;
     assert_eq!(code, Some(1));

@@ -64,9 +64,15 @@ pub enum CtlCommand {
         matrix_dim: u32,
         #[arg(long, default_value_t = 16)]
         num_matrices: u32,
+        /// Phase B dataset items (a multiple of 32).
+        #[arg(long, default_value_t = 4096)]
+        dataset_items: u64,
         /// Challenge seed (u64).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Your nonce, 64 hex digits (not all zero), bound into the report; random when absent.
+        #[arg(long, value_name = "HEX")]
+        nonce: Option<String>,
     },
 }
 
@@ -195,6 +201,14 @@ pub enum CtlError {
     Env(String),
     #[error("--signature is not hex")]
     SignatureNotHex,
+    #[error("--nonce: expected 64 hex digits")]
+    Nonce,
+}
+
+/// Bytes of a hex string (`0x` optional), or None when it is not hex.
+fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
 }
 
 /// Why ctl could not run a command before calling the executor (exit code 2).
@@ -311,10 +325,14 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
         }
         CtlCommand::Containers(command) => return containers(client, command).await,
         CtlCommand::Grants(command) => grants(client, command).await?,
-        CtlCommand::Attest { matrix_dim, num_matrices, seed } => {
+        CtlCommand::Attest { matrix_dim, num_matrices, dataset_items, seed, nonce } => {
             let mut seed_bytes = seed.to_le_bytes().to_vec();
             seed_bytes.resize(32, 0);
-            let request = api::AttestationRequest { seed: seed_bytes, matrix_dim, num_matrices, nonce: Vec::new() };
+            let nonce = match nonce {
+                Some(text) => from_hex(&text).filter(|n| n.len() == 32).ok_or(CtlError::Nonce)?,
+                None => Vec::new(),
+            };
+            let request = api::AttestationRequest { seed: seed_bytes, matrix_dim, num_matrices, nonce, dataset_items };
             let report = client.run_attestation(request).await?;
             println!("{}", report.report_json);
         }
@@ -433,12 +451,7 @@ async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), C
             print(&json!({"challenge_id": c.challenge_id, "message": hex_of(&c.message), "expires_at": c.expires_at}));
         }
         GrantsCommand::Provision { validator_hotkey, ssh_public_key, ttl_seconds, challenge_id, signature } => {
-            let hex = signature.strip_prefix("0x").unwrap_or(&signature);
-            let signature = (0..hex.len())
-                .step_by(2)
-                .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-                .collect::<Option<Vec<u8>>>()
-                .ok_or(CtlError::SignatureNotHex)?;
+            let signature = from_hex(&signature).ok_or(CtlError::SignatureNotHex)?;
             let grant = client
                 .provision_validator_access(access::ProvisionRequest {
                     validator_hotkey,

@@ -174,13 +174,35 @@ async fn attestation_runs_the_bundled_prover() {
     let report = node.client.run_attestation(api::AttestationRequest::default()).await.unwrap().report_json;
     let report: serde_json::Value = serde_json::from_str(&report).unwrap();
     let argv = report["argv"].as_str().unwrap();
-    for arg in ["--seed 0", "--matrix-dim 256", "--num-matrices 16", "--backend cpu", "--json"] {
+    for arg in ["--seed 0", "--matrix-dim 256", "--num-matrices 16", "--dataset-items 4096", "--backend cpu", "--json"]
+    {
         assert!(argv.contains(arg), "{arg}: {argv}");
     }
+    // A fresh random nonce for each call without one; the caller's when given.
+    let nonce = |argv: &str| argv.split("--nonce ").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    assert_eq!(nonce(argv).len(), 64);
+    let again = node.client.run_attestation(api::AttestationRequest::default()).await.unwrap().report_json;
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_ne!(nonce(again["argv"].as_str().unwrap()), nonce(argv));
+    let mine = api::AttestationRequest { nonce: vec![0xab; 32], ..Default::default() };
+    let report = node.client.run_attestation(mine).await.unwrap().report_json;
+    assert!(report.contains(&format!("--nonce {}", "ab".repeat(32))), "{report}");
     assert!(node.fakes.gpu.take_calls().iter().any(|c| c.starts_with("Inventory")));
     // Bad sizes are refused before anything runs.
     let bad = node.client.run_attestation(api::AttestationRequest { matrix_dim: 17, ..Default::default() });
     let err = bad.await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().starts_with("matrix_dim: must be a multiple of 16"), "{err:?}");
+    for (bad, field) in [
+        (api::AttestationRequest { nonce: vec![0; 32], ..Default::default() }, "nonce: must not be all zero"),
+        (api::AttestationRequest { nonce: vec![1; 31], ..Default::default() }, "nonce: must be 32 bytes"),
+        (
+            api::AttestationRequest { dataset_items: 48, ..Default::default() },
+            "dataset_items: must be a multiple of 32",
+        ),
+    ] {
+        let err = node.client.run_attestation(bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with(field), "{field}: {err:?}");
+    }
 }

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::hex_serde::hex32;
 use crate::merkle::Hash;
-use crate::params::hex32;
 
 pub const MIN_DIM: u32 = 16;
 pub const MAX_DIM: u32 = 32768;

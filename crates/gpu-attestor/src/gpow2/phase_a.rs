@@ -207,25 +207,33 @@ pub fn commit(isa: Isa, keys: &GpuKeys, work: &GpuWork, threads: usize) -> Phase
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gemm;
     use crate::gpow2::Challenge;
 
     fn keys_of(c: &Challenge) -> GpuKeys {
         c.gpu_keys()[0]
     }
 
-    /// The whole product through GPoW-1's GEMM (same Philox layout), cut into tiles.
+    /// The whole product by the triple loop over matrices generated whole, cut into tiles: the
+    /// specification read another way than [`tile_reference`].
     fn tiles_via_full_gemm(keys: &GpuKeys, work: &GpuWork, p: u32) -> Vec<Tile> {
         let (m, n, k) = (work.m as usize, work.n as usize, work.k as usize);
-        let (mut a, mut b, mut bt, mut c) = (vec![0i8; m * k], vec![0i8; k * n], vec![0i8; n * k], vec![0i32; m * n]);
-        gemm::generate(work.m, work.k, p, keys.a, &mut a);
-        gemm::generate(work.k, work.n, p, keys.b, &mut b);
-        gemm::transpose(&b, k, n, &mut bt);
-        gemm::gemm(&a, &bt, m, n, k, 1, &mut c);
+        let matrix = |rows: usize, cols: usize, key: [u32; 2]| -> Vec<i8> {
+            let mut out = Vec::with_capacity(rows * cols);
+            for i in 0..rows {
+                for q in 0..cols / 16 {
+                    for w in philox4x32_10([i as u32, q as u32, p, 0], key) {
+                        out.extend(w.to_le_bytes().map(|b| b as i8));
+                    }
+                }
+            }
+            out
+        };
+        let (a, b) = (matrix(m, k, keys.a), matrix(k, n, keys.b));
+        let c = |i: usize, j: usize| (0..k).map(|t| i32::from(a[i * k + t]) * i32::from(b[t * n + j])).sum::<i32>();
         let mut out = Vec::new();
         for ti in 0..m / 16 {
             for tj in 0..n / 16 {
-                out.push(std::array::from_fn(|i| c[(16 * ti + i / 16) * n + 16 * tj + i % 16]));
+                out.push(std::array::from_fn(|x| c(16 * ti + x / 16, 16 * tj + x % 16)));
             }
         }
         out

@@ -8,8 +8,8 @@ use super::challenge::{Challenge, ChallengeError, GpuWork};
 use super::isa::Isa;
 use super::phase_b::LaneError;
 use super::{phase_a, phase_b};
+use crate::hex_serde::{hex32, hex32_list};
 use crate::merkle::Hash;
-use crate::params::{hex32, hex32_list};
 
 /// One GPU's keys and roots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
