@@ -27,9 +27,11 @@ GPU_MEMORY = 80 << 30
 HOTKEY_SEED = "0x" + "11" * 32
 
 # The test profile's work, small enough for a Python prover on two cores. Time references were
-# chosen from the honest prover's phase times measured on the 2-core development machine (phase
-# A ≈ 8 ms, build ≈ 50 ms, walk ≈ 3 ms; the lazy walk ≈ 320 ms) so that the honest prover passes
-# and `slow` and `lazy-phase-b` fail, each with at least 3× room (limits are 1.25 × reference).
+# chosen from the honest prover's phase times as `check` measured them on the 2-core development
+# machine (phase A ≈ 7.5 ms, build ≈ 40 ms, walk ≈ 2.3 ms; the lazy walk ≈ 300 ms) so that the
+# honest prover passes and `slow` and `lazy-phase-b` fail, each with at least 3× room (limits are
+# 1.25 × reference: phase A 250 ms (33×), build and walk 412.5 ms (9×), walk 37.5 ms (16× for the
+# honest walk, 8× under the lazy one).
 WORK = {"m": 16, "n": 16, "k": 16, "count": 512, "items": 2048}
 TIMES = {"phase_a": 200, "build": 300, "walk": 30}
 SLOW_DELAY_S = 3.0  # 12× phase A's limit of 250 ms
