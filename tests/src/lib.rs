@@ -2,7 +2,8 @@
 //! xtask): a config in a temporary directory with free ports, the real `executor` launcher from
 //! `target/<profile>/` driven the way operators do (control socket, HTTP health, metrics,
 //! signals); `keys` (the well-known test keys), `process` (run and capture, output as text),
-//! `sshd` (the distribution's sshd as a fixture), `runtime` and `registry` (Docker helpers).
+//! `sshd` (the distribution's sshd as a fixture), `ssh` (the OpenSSH client's options and a
+//! multiplexing master), `runtime` and `registry` (Docker helpers).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -347,6 +348,7 @@ pub async fn busybox_image() -> bool {
 pub mod keys;
 pub mod process;
 pub mod registry;
+pub mod ssh;
 pub mod sshd;
 
 /// Helpers for tests of container-runtime as a process on its socket.

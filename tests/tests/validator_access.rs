@@ -15,6 +15,7 @@ use common::ServiceName;
 use common::process::{CapturedOutput, ProcessSpec};
 use common::proto::access::v1 as pb;
 use common::proto::access::v1::validator_access_client::ValidatorAccessClient;
+use e2e::ssh::{Multiplexed, client_args as ssh_args};
 use e2e::{TestConfig, require_tool, wait_serving};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -110,16 +111,6 @@ impl Validator {
         };
         client.provision(request).await.unwrap().into_inner()
     }
-}
-
-fn ssh_args(port: u16, key: &Path) -> Vec<String> {
-    let mut args: Vec<String> = ["-i"].map(String::from).to_vec();
-    args.push(key.display().to_string());
-    for option in ["IdentitiesOnly=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"] {
-        args.extend(["-o".to_owned(), option.to_owned()]);
-    }
-    args.extend(["-p".to_owned(), port.to_string(), "validator@127.0.0.1".to_owned()]);
-    args
 }
 
 async fn ssh(port: u16, key: &Path, before: &[&str], command: &[&str]) -> CapturedOutput {
@@ -727,46 +718,6 @@ async fn detached_processes_die_with_the_expiry() {
     // The reaper looks every 500 ms.
     gone_within_a_second(&d.sleeper("86405"), Instant::now(), "the expiry").await;
     tokio::time::timeout(Duration::from_secs(10), running.wait()).await.unwrap().unwrap();
-}
-
-/// An OpenSSH connection that later `ssh -S` clients share (a channel each): the master.
-struct Multiplexed {
-    port: u16,
-    key: PathBuf,
-    control: PathBuf,
-    _master: tokio::process::Child,
-}
-
-impl Multiplexed {
-    async fn connect(port: u16, key: &Path, dir: &Path) -> Self {
-        let control = dir.join(format!("mux-{}", e2e::free_port()));
-        let master = ProcessSpec::new("ssh")
-            .args(["-M", "-N", "-S"])
-            .arg(&control)
-            .args(ssh_args(port, key))
-            .spawn_supervised()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !control.exists() {
-            assert!(Instant::now() < deadline, "the multiplexing master never connected");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { port, key: key.to_owned(), control, _master: master }
-    }
-
-    /// Runs `command` on a new channel of the master's connection. (A refused channel makes
-    /// ssh fall back to a connection of its own: it is pointed at port 1, where nothing
-    /// answers, so a refusal stays one.)
-    fn channel(&self, command: &str) -> tokio::process::Child {
-        let _ = self.port;
-        ProcessSpec::new("ssh")
-            .args(["-o", "ControlMaster=no", "-S"])
-            .arg(&self.control)
-            .args(ssh_args(1, &self.key))
-            .arg(command)
-            .spawn_supervised()
-            .unwrap()
-    }
 }
 
 /// The first line `child` prints on stdout, or None when it ends without one.

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::ServiceName;
 use common::audit::Audit;
 use common::config::ValidatorConfig;
-use common::process::{CapturedOutput, ProcessSpec};
 use tokio_util::sync::CancellationToken;
 use validator_access::access::{Access, AccessSetup, Provision};
 use validator_access::cgroup::{Cgroups, Limits};
@@ -83,27 +82,6 @@ impl Drop for Server {
     }
 }
 
-fn ssh_args(port: u16, key: &Path) -> Vec<String> {
-    let mut args = vec!["-i".to_owned(), key.display().to_string()];
-    for option in ["IdentitiesOnly=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"] {
-        args.extend(["-o".to_owned(), option.to_owned()]);
-    }
-    args.extend(["-p".to_owned(), port.to_string(), "validator@127.0.0.1".to_owned()]);
-    args
-}
-
-/// Runs `command` on a new channel of the connection behind `control`.
-async fn on_channel(control: &Path, port: u16, key: &Path, command: &str) -> CapturedOutput {
-    ProcessSpec::new("ssh")
-        .args(["-o", "ControlMaster=no", "-S"])
-        .arg(control)
-        .args(ssh_args(port, key))
-        .arg(command)
-        .output(Duration::from_secs(30), 1 << 16)
-        .await
-        .unwrap()
-}
-
 /// The grant is checked again at each exec request: once it has ended, an open connection runs
 /// nothing more, even before the reaper closes it.
 #[tokio::test]
@@ -115,19 +93,8 @@ async fn an_exec_after_the_grant_ended_is_refused_on_an_open_connection() {
     let server = Server::start(dir.path()).await;
     let key = dir.path().join("validator");
     server.grant(&key, 2).await;
-    let control = dir.path().join("mux");
-    let _master = ProcessSpec::new("ssh")
-        .args(["-M", "-N", "-S"])
-        .arg(&control)
-        .args(ssh_args(server.port, &key))
-        .spawn_supervised()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !control.exists() {
-        assert!(Instant::now() < deadline, "the multiplexing master never connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let first = on_channel(&control, server.port, &key, "echo ran").await;
+    let mux = e2e::ssh::Multiplexed::connect(server.port, &key, dir.path()).await;
+    let first = mux.output("echo ran").await;
     assert_eq!(e2e::process::stdout(&first), "ran\n", "{}", e2e::process::text(&first));
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,7 +102,7 @@ async fn an_exec_after_the_grant_ended_is_refused_on_an_open_connection() {
         assert!(Instant::now() < deadline, "the grant never expired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let late = on_channel(&control, server.port, &key, "echo ran").await;
+    let late = mux.output("echo ran").await;
     let (stdout, stderr) = (e2e::process::stdout(&late), e2e::process::stderr(&late));
     assert_eq!(stdout, "", "a command ran after its grant ended: {stdout}{stderr}");
     assert_eq!(late.status.code(), Some(126), "{stderr}");
