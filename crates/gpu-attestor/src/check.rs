@@ -447,7 +447,11 @@ where
                     verdict.reasons.push(format!("the report's `{field}` differ from hello"));
                 }
             }
-            if let Some(secret) = &setup.hotkey_secret
+            // The co-signature says "this report is my conversation": never on one that is not
+            // (its samples would then be the executor's own, vouched for by the validator).
+            let faithful = same && fields.iter().all(|(_, equal)| *equal);
+            if faithful
+                && let Some(secret) = &setup.hotkey_secret
                 && let Err(e) = report.cosign(secret)
             {
                 verdict.reasons.push(format!("co-signing the report: {e}"));
