@@ -30,6 +30,28 @@ async fn validate_prints_a_checklist_and_fails_on_a_busy_port() {
     assert!(text.contains(&format!("FAIL  port             server.port 127.0.0.1:{}", config.ports.grpc)), "{text}");
 }
 
+/// Issue 18 item 9: a runtime directory others can write fails `validate`, and the node does not
+/// start on it.
+#[tokio::test]
+async fn validate_fails_a_state_directory_others_can_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let config = TestConfig::new("");
+    let path = config.path.to_str().unwrap();
+    std::fs::create_dir_all(config.runtime_dir()).unwrap();
+    std::fs::set_permissions(config.runtime_dir(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run("executor", &["validate", "--config", path], &[]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  runtime_dir") && text.contains("is writable by group and others (mode 777)"),
+        "{text}"
+    );
+    let out = run("executor", &["--server", "--config", path], &[]).await;
+    let text = e2e::process::text(&out);
+    assert_ne!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("key `runtime_dir`") && text.contains("chmod go-w"), "{text}");
+}
+
 #[tokio::test]
 async fn validate_fails_without_nvml_when_gpu_monitoring_is_on() {
     let config = TestConfig::new("");

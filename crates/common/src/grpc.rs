@@ -46,8 +46,24 @@ pub async fn bind_unix(path: &Path) -> Result<UnixListener, GrpcError> {
         Err(e) => return Err(io_err(e)),
     }
     let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    set_socket_mode(path, 0o660).map_err(io_err)?;
     Ok(listener)
+}
+
+/// Sets the mode of the socket at `path` without following a symlink: `chmod` by path would
+/// change whatever a link swapped in after `bind` points to (issue 18 item 9). The socket is
+/// opened with `O_PATH | O_NOFOLLOW`, checked to be a socket, and changed through its descriptor.
+pub fn set_socket_mode(path: &Path, mode: u32) -> io::Result<()> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, SFlag, fstat};
+    use std::os::fd::AsRawFd;
+    let fd = open(path, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let stat = fstat(&fd)?;
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(io::Error::other(format!("{} is not a socket (replaced after bind?)", path.display())));
+    }
+    // An O_PATH descriptor takes no fchmod; its /proc entry names the inode itself.
+    std::fs::set_permissions(format!("/proc/self/fd/{}", fd.as_raw_fd()), std::fs::Permissions::from_mode(mode))
 }
 
 /// A channel to a Unix socket that connects on first use and reconnects after failures.
@@ -108,6 +124,37 @@ fn routes_describing(services: &[&str], descriptors: &'static [u8]) -> Result<(H
     let v1 = builder().build_v1().map_err(|e| GrpcError::Reflection(e.to_string()))?;
     let v1alpha = builder().build_v1alpha().map_err(|e| GrpcError::Reflection(e.to_string()))?;
     Ok((reporter, Routes::new(health).add_service(v1).add_service(v1alpha)))
+}
+
+#[cfg(test)]
+mod socket_mode_tests {
+    use super::*;
+
+    /// The attack: the socket's path swapped for a symlink to a file between `bind` and the
+    /// chmod. A chmod by path follows it and opens the file up; ours refuses and leaves it be.
+    #[tokio::test]
+    async fn a_socket_swapped_for_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("executor_identity.key");
+        std::fs::write(&victim, b"secret").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = bind_unix(&socket).await.unwrap();
+        assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+        std::fs::remove_file(&socket).unwrap();
+        std::os::unix::fs::symlink(&victim, &socket).unwrap();
+        // What the old code did.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o660)).unwrap();
+        assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o660, "the attack works by path");
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = set_socket_mode(&socket, 0o666).unwrap_err();
+        assert!(
+            err.to_string().contains("Too many levels of symbolic links") || err.to_string().contains("not a socket"),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o600);
+        drop(listener);
+    }
 }
 
 #[cfg(test)]

@@ -181,11 +181,9 @@ impl Service for ValidatorAccess {
                 let _ = std::fs::remove_file(&socket);
                 let listener = tokio::net::UnixListener::bind(&socket)
                     .map_err(|source| SetupError::GateSocket { socket: socket.clone(), source })?;
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    // Any local user may connect; the service answers only system_sshd_user.
-                    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
-                }
+                // Any local user may connect; the service answers only system_sshd_user. Set
+                // through the socket itself, never by following a link swapped in after bind.
+                common::grpc::set_socket_mode(&socket, 0o666)?;
                 tracing::info!(file = %keys_file.display(), user = %v.system_sshd_user, "validators come in through the host's sshd");
                 (Front::System { listener, uid, keys_file }, v.system_sshd_user.clone())
             }

@@ -141,14 +141,42 @@ impl Config {
     }
 }
 
-/// Creates `dir` with `mode` if missing, then proves it writable by creating a file in it.
+/// Creates `dir` with `mode` if missing; then checks that it is owned by the user this process
+/// runs as (root in production) and writable by nobody else, since whoever can write a state
+/// directory can replace the grants, the identity key or the sockets; then proves it writable
+/// by creating a file in it.
 pub fn check_writable_dir(dir: &Path, mode: u32) -> Result<(), InvalidValue> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(mode)
         .create(dir)
         .map_err(|e| InvalidValue::new(format!("cannot create {}: {e}", dir.display())))?;
+    let meta = std::fs::metadata(dir).map_err(|e| InvalidValue::new(format!("{}: {e}", dir.display())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(InvalidValue::new(format!(
+            "{} is owned by uid {}, not by the user the executor runs as (uid {me}): chown it",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    let loose = meta.mode() & 0o022;
+    if loose != 0 {
+        return Err(InvalidValue::new(format!(
+            "{} is writable by {} (mode {:o}): chmod go-w {}",
+            dir.display(),
+            if loose == 0o022 {
+                "group and others"
+            } else if loose == 0o020 {
+                "its group"
+            } else {
+                "others"
+            },
+            meta.mode() & 0o7777,
+            dir.display()
+        )));
+    }
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
     std::fs::write(&probe, b"").map_err(|e| InvalidValue::new(format!("{} is not writable: {e}", dir.display())))?;
     let _ = std::fs::remove_file(&probe);

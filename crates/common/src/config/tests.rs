@@ -131,6 +131,41 @@ fn unusable_data_dir_names_the_key() {
     assert!(err.contains("key `data_dir`: cannot create"), "{err}");
 }
 
+/// Issue 18 item 9: a state directory others can write (or that another user owns) was used as
+/// it was; whoever writes it can swap the grants, the key or the sockets. Now start and
+/// `validate` refuse it, naming the key.
+#[test]
+fn state_dirs_others_can_write_or_own_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    for (key, mode, expected) in [
+        ("data_dir", 0o777, "is writable by group and others (mode 777): chmod go-w"),
+        ("runtime_dir", 0o757, "is writable by others (mode 757)"),
+        ("data_dir", 0o770, "is writable by its group (mode 770)"),
+    ] {
+        let (dir, _) = load("");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (_dir2, loaded) = load(&format!("{key} = \"{}\"", state.display()));
+        let err = loaded.unwrap().prepare_dirs().unwrap_err().to_string();
+        assert!(err.contains(&format!("key `{key}`")) && err.contains(expected), "{err}");
+    }
+    // Owned by another user (the tests run as root; elsewhere chown is not ours to do).
+    if nix::unistd::geteuid().is_root() {
+        let (dir, _) = load("");
+        let state = dir.path().join("theirs");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).unwrap();
+        let (_dir2, loaded) = load(&format!("data_dir = \"{}\"", state.display()));
+        let err = loaded.unwrap().prepare_dirs().unwrap_err().to_string();
+        assert!(err.contains("is owned by uid 65534, not by the user the executor runs as (uid 0)"), "{err}");
+    }
+    // Tight modes are fine, and a missing directory is created tight.
+    let (dir, _) = load("");
+    let (_dir2, loaded) = load(&format!("data_dir = \"{}/new/data\"", dir.path().display()));
+    loaded.unwrap().prepare_dirs().unwrap();
+}
+
 #[test]
 fn every_issue_is_reported() {
     let (_dir, loaded) = load("[server]\nport = 0\nhealth_port = 0\n");
