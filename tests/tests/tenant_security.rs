@@ -5,7 +5,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
+use std::time::Duration;
+
 use common::ServiceName;
+use common::proto::runtime::v1 as pb;
 use e2e::runtime::{exec, remove_all, request, run, start_service};
 use e2e::{TestConfig, busybox_image};
 
@@ -46,4 +49,57 @@ async fn a_tenant_cannot_break_out() {
     // And it still works as a container: the same shell runs ordinary commands.
     assert_eq!(exec(&mut client, &c.id, "echo fine").await.exit_code, 0);
     remove_all(&mut client).await;
+}
+
+/// Issue 18 item 1, the bind-mount swap: Docker resolves a bind mount's source again at every
+/// start, so a tenant who writes under an allowed path swaps a mounted directory for a symlink to
+/// `/` and, at the next start (an engine restart starts containers again), gets the host's root:
+/// `/run/docker.sock`, the executor's key. Docker must be given something a tenant cannot change.
+#[tokio::test]
+async fn a_swapped_bind_mount_source_does_not_reach_the_host() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nallowed_host_paths = [\"{dir}/shared\"]\n");
+    let shared = config.dir.path().join("shared");
+    let victim_dir = shared.join("project");
+    std::fs::create_dir_all(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("mine"), "tenant data\n").unwrap();
+    let (_service, mut client) = start_service(&config).await;
+    let mut r = request("sleep 600");
+    r.mounts = vec![pb::Mount {
+        host_path: victim_dir.display().to_string(),
+        container_path: "/data".into(),
+        read_only: false,
+    }];
+    let c = run(&mut client, r).await;
+    assert_eq!(String::from_utf8_lossy(&exec(&mut client, &c.id, "cat /data/mine").await.stdout), "tenant data\n");
+
+    // Another tenant with write access under `shared` swaps the directory for a symlink to `/`
+    // while the container is stopped; the engine then starts it again.
+    async fn docker(args: &[&str]) -> common::process::CapturedOutput {
+        let spec = common::process::ProcessSpec::new("docker").args(args.iter().copied());
+        spec.output(Duration::from_secs(60), 1 << 16).await.unwrap()
+    }
+    assert!(docker(&["stop", "-t", "1", &c.id]).await.status.success());
+    std::fs::rename(&victim_dir, shared.join("project.old")).unwrap();
+    std::os::unix::fs::symlink("/", &victim_dir).unwrap();
+    let started = docker(&["start", &c.id]).await;
+    if started.status.success() {
+        let seen =
+            exec(&mut client, &c.id, "ls /data; test -e /data/run/docker.sock || test -e /data/etc/hostname").await;
+        assert_ne!(seen.exit_code, 0, "the container sees the host's root: {}", String::from_utf8_lossy(&seen.stdout));
+        let mine = exec(&mut client, &c.id, "cat /data/mine").await;
+        assert_eq!(String::from_utf8_lossy(&mine.stdout), "tenant data\n", "the mount is the object that was checked");
+    }
+    // (A start that fails is safe too; with the staging mount it succeeds and sees the original.)
+    assert!(started.status.success(), "{}", e2e::process::text(&started));
+
+    // Removing the container removes its staging mount.
+    let staging = config.runtime_dir().join("mounts").join(&c.id);
+    assert!(staging.exists());
+    remove_all(&mut client).await;
+    assert!(!staging.exists(), "the staging path outlived its container");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains(&staging.display().to_string()), "the staging mount outlived its container");
 }

@@ -29,6 +29,7 @@ pub mod gpu_monitor;
 pub mod gpus;
 pub mod grpc;
 pub mod labels;
+pub mod mounts;
 pub mod netpool;
 pub mod reaper;
 pub mod reference;

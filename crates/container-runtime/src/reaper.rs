@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::engine::{Engine, EngineError};
 use crate::labels::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL, now_secs};
+use crate::mounts::Staging;
 use crate::netpool::NetworkPool;
 use crate::stops::StopReasons;
 use crate::teardown::remove_everything;
@@ -24,16 +25,20 @@ pub struct Reaped {
     pub expired: Vec<String>,
     pub orphan_networks: Vec<String>,
     pub orphan_devices: Vec<String>,
+    /// Containers whose staged bind mounts were left behind.
+    pub orphan_mounts: Vec<String>,
     /// Our ids of the containers the round found running (and left running).
     pub running: Vec<String>,
 }
 
 /// One round over `engine`'s containers and networks of ours; `pool` holds networks that are
-/// never orphans, `stops` the stop reasons removed with their containers.
+/// never orphans, `stops` the stop reasons and `staging` the bind mounts removed with their
+/// containers.
 pub async fn reap_once(
     engine: &Engine,
     pool: Option<&NetworkPool>,
     stops: &StopReasons,
+    staging: &Staging,
 ) -> Result<Reaped, EngineError> {
     let mut reaped = Reaped::default();
     let now = now_secs();
@@ -51,7 +56,7 @@ pub async fn reap_once(
         if ttl > 0 && created + ttl <= now {
             tracing::info!(id = %id, ttl, "container reached its TTL; removing it");
             let _ = engine.stop(&id, 10).await;
-            match remove_everything(engine, stops, &id, &network).await {
+            match remove_everything(engine, stops, staging, &id, &network).await {
                 Ok(()) => {
                     metrics::counter!("executor_container_runtime_reaped_total", "reason" => "ttl").increment(1);
                     reaped.expired.push(id);
@@ -90,6 +95,8 @@ pub async fn reap_once(
             reaped.orphan_devices.push(device);
         }
     }
+    // Staged bind mounts whose container is gone.
+    reaped.orphan_mounts = staging.release_orphans(&live, ORPHAN_GRACE);
     Ok(reaped)
 }
 

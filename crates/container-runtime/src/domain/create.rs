@@ -131,7 +131,15 @@ impl Runtime {
             None if net.allow_internet => "bridge".to_owned(),
             None => "none".to_owned(),
         };
-        let created = self.engine.create(&spec, Some(&mode)).await;
+        // Docker gets the staged objects, never the paths a tenant might swap (see `mounts`).
+        let staged = self.stage_mounts(&mut spec);
+        let created = match staged {
+            Ok(()) => self.engine.create(&spec, Some(&mode)).await.map_err(RuntimeError::from),
+            Err(e) => Err(e),
+        };
+        if created.is_err() {
+            self.staging.release(&spec.id);
+        }
         if let (Some(pool), Some(name)) = (&self.pool, &spec.network) {
             if created.is_err() {
                 let _ = self.engine.remove_network(name).await;
@@ -141,6 +149,18 @@ impl Runtime {
         created?;
         tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %mode, gpus = ?spec.gpu_uuids, "container created");
         self.describe(&spec.id).await
+    }
+
+    /// Bind-mounts each checked host path onto its staging path and points the spec there.
+    fn stage_mounts(&self, spec: &mut ContainerSpec) -> Result<(), RuntimeError> {
+        for (index, m) in spec.mounts.iter_mut().enumerate() {
+            let staged = self.staging.stage(&spec.id, index, &m.host_path, m.read_only).map_err(|e| {
+                let field = format!("mounts[{index}].host_path");
+                RuntimeError::Mount(spec::MountError::Refused(SpecError { field, message: e.to_string() }))
+            })?;
+            m.host_path = staged;
+        }
+        Ok(())
     }
 
     /// Assigns GPUs for `request` (the create lock is held by the caller).

@@ -63,7 +63,7 @@ impl Runtime {
         if running && !force {
             return Err(RuntimeError::Running { id: id.to_owned() });
         }
-        remove_everything(&self.engine, &self.stops, id, &network).await?;
+        remove_everything(&self.engine, &self.stops, &self.staging, id, &network).await?;
         tracing::info!(id, "container removed");
         Ok(())
     }
@@ -145,7 +145,7 @@ impl Runtime {
 
     /// One round of the reaper (see `reaper`): expired containers and orphans removed.
     pub async fn reap(&self) -> Result<Reaped, RuntimeError> {
-        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.stops).await?)
+        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.stops, &self.staging).await?)
     }
 
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours

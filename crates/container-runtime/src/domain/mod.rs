@@ -26,6 +26,7 @@ use crate::admission::Admission;
 use crate::engine::{Engine, EngineError};
 use crate::gpu_monitor::GpuMonitor;
 use crate::labels::{self, LABEL_EXECUTOR, LABEL_ID, LABEL_NETWORK_BPS};
+use crate::mounts::Staging;
 use crate::netpool::NetworkPool;
 use crate::reference::RegistryPolicy;
 use crate::shaping::ShapingError;
@@ -39,6 +40,8 @@ pub struct Runtime {
     /// Spare networks for isolated containers; None without isolation.
     pool: Option<NetworkPool>,
     stops: StopReasons,
+    /// Host bind mounts staged under `runtime_dir` (see `mounts`).
+    staging: Staging,
     /// `data_dir` and `runtime_dir`: never bind-mounted.
     protected: Vec<PathBuf>,
     /// Whether `network_bps` can be enforced here (see `shaping::probe`), and if not why.
@@ -74,6 +77,7 @@ impl Runtime {
             gpu_monitor: GpuMonitor::new(&config.runtime_dir),
             pool,
             stops: StopReasons::open(&config.data_dir)?,
+            staging: Staging::new(&config.runtime_dir),
             protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
             shaping,
             config: docker,
