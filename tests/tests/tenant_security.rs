@@ -103,3 +103,57 @@ async fn a_swapped_bind_mount_source_does_not_reach_the_host() {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mountinfo.contains(&staging.display().to_string()), "the staging mount outlived its container");
 }
+
+/// Issue 18 item 7: containers had no log rotation and no disk limit, so a tenant could fill the
+/// host's disk (and the node then stops persisting grants). Now a container writing past
+/// `writable_layer_bytes` is stopped with `disk_quota`, and a chatty one's logs stay within
+/// `log_max_size × log_max_files`.
+#[tokio::test]
+async fn a_container_filling_the_disk_is_stopped_and_logs_stay_bounded() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new(
+        "\n[docker]\nreap_interval = \"1s\"\nlog_max_size = 65536\nlog_max_files = 2\n\
+         [docker.resource_limits]\nwritable_layer_bytes = 8388608\n",
+    );
+    let (_service, mut client) = start_service(&config).await;
+    // 16 MiB into the writable layer (not /tmp: that is a tmpfs with its own size).
+    let filler = run(&mut client, request("dd if=/dev/zero of=/fill bs=1M count=16 && sleep 600")).await;
+    // Two megabytes of log lines, then quiet.
+    let chatty = run(
+        &mut client,
+        request("i=0; while [ $i -lt 20000 ]; do echo \"line $i of a tenant that talks far too much\"; i=$((i+1)); done; sleep 600"),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stopped = loop {
+        let c = client.get(pb::ContainerRef { id: filler.id.clone() }).await.unwrap().into_inner();
+        if c.state() != pb::ContainerState::Running {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "a container over its writable layer limit still runs");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(stopped.stop_reason.starts_with("disk_quota: the writable layer holds "), "{stopped:?}");
+    assert!(stopped.stop_reason.ends_with("over the limit of 8388608"), "{stopped:?}");
+
+    // The chatty container keeps at most 2 files of 64 KiB (Docker rotates as it writes).
+    let chatty_running = client.get(pb::ContainerRef { id: chatty.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(chatty_running.state(), pb::ContainerState::Running, "{chatty_running:?}");
+    let inspect = common::process::ProcessSpec::new("docker")
+        .args(["inspect", "--format", "{{.LogPath}}", &chatty.id])
+        .output(Duration::from_secs(30), 1 << 16)
+        .await
+        .unwrap();
+    let log_path = std::path::PathBuf::from(String::from_utf8_lossy(&inspect.stdout).trim());
+    let dir = log_path.parent().unwrap();
+    let logs: u64 = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-json.log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(logs > 0 && logs <= 2 * 65536 + 4096, "{logs} bytes of logs in {}", dir.display());
+    remove_all(&mut client).await;
+}

@@ -62,6 +62,9 @@ pub struct Engine {
     /// Containers this process asked the engine to stop (until they are removed or started):
     /// never resumed after an engine restart.
     stopped_by_us: Arc<Mutex<HashSet<String>>>,
+    /// Every container's log driver: `json-file`, rotated (`[docker] log_max_size`,
+    /// `log_max_files`), whatever the daemon's default is.
+    log_config: bollard::models::HostConfigLogConfig,
 }
 
 impl Engine {
@@ -71,7 +74,21 @@ impl Engine {
         let info = docker.info().await.map_err(EngineError::Engine)?;
         let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
         let host_cpus = info.ncpu.filter(|n| *n > 0).map_or(1.0, |n| n as f64);
-        Ok(Self { docker, executor_id: executor_id.to_owned(), disk_device, host_cpus, stopped_by_us: Arc::default() })
+        let log_config = bollard::models::HostConfigLogConfig {
+            typ: Some("json-file".to_owned()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), config.log_max_size.get().to_string()),
+                ("max-file".to_owned(), config.log_max_files.to_string()),
+            ])),
+        };
+        Ok(Self {
+            docker,
+            executor_id: executor_id.to_owned(),
+            disk_device,
+            host_cpus,
+            stopped_by_us: Arc::default(),
+            log_config,
+        })
     }
 
     pub fn host_cpus(&self) -> f64 {
@@ -167,7 +184,10 @@ impl Engine {
 
     /// Creates the container (named by our id) without starting it; returns Docker's id.
     pub async fn create(&self, spec: &ContainerSpec, network: Option<&str>) -> Result<String, EngineError> {
-        let body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network);
+        let mut body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network);
+        if let Some(host) = body.host_config.as_mut() {
+            host.log_config = Some(self.log_config.clone());
+        }
         let options = CreateContainerOptions { name: Some(spec.id.clone()), ..CreateContainerOptions::default() };
         let created = self
             .docker
@@ -175,6 +195,18 @@ impl Engine {
             .await
             .map_err(|source| EngineError::Docker { id: spec.id.clone(), source })?;
         Ok(created.id)
+    }
+
+    /// Bytes in the container's writable layer (Docker's `SizeRw`, which walks the layer: a
+    /// reaper-interval cost, not a per-call one); None when the engine does not say.
+    pub async fn writable_layer_bytes(&self, id: &str) -> Result<Option<u64>, EngineError> {
+        let options = bollard::query_parameters::InspectContainerOptions { size: true };
+        let inspect = self
+            .docker
+            .inspect_container(id, Some(options))
+            .await
+            .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
+        Ok(inspect.size_rw.and_then(|b| u64::try_from(b).ok()))
     }
 
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {

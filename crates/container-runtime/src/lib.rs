@@ -170,6 +170,7 @@ impl Service for ContainerRuntime {
                     match self.runtime.reap().await {
                         Ok(round) => {
                             reaper::container_metrics(self.runtime.engine(), &round.running).await;
+                            self.runtime.enforce_disk(&round.running).await;
                         }
                         Err(e) => tracing::warn!(error = %e, "reaper round failed"),
                     }

@@ -8,7 +8,10 @@
 //! read-only when asked), flags a bind of it keeps.
 //!
 //! Staging paths are `<runtime_dir>/mounts/<container id>/<index>`; they go with their container
-//! (teardown) and the reaper removes those whose container is gone. After a host reboot the
+//! (teardown) and the reaper removes those whose container is gone. Mounts are made in the mount
+//! namespace of PID 1, where the engine looks: under the shipped systemd unit
+//! (`ProtectSystem=full`, `PrivateTmp=true`) this process has a namespace of its own, whose
+//! mounts the engine would never see. After a host reboot the
 //! staging paths no longer exist (`runtime_dir` is normally on tmpfs), so Docker cannot start a
 //! container with the old sources: it fails safe instead of following a swapped path.
 
@@ -36,6 +39,8 @@ pub enum StagingError {
 #[derive(Debug, Clone)]
 pub struct Staging {
     root: PathBuf,
+    /// Where mounts are made: the engine's mount namespace.
+    namespace: PathBuf,
 }
 
 /// Opens `path` (absolute, canonical) one component at a time without following any symlink;
@@ -71,10 +76,45 @@ fn open_no_follow(path: &Path) -> Result<(OwnedFd, bool), StagingError> {
     Ok((fd, is_dir))
 }
 
+/// The engine's mount namespace: PID 1's (dockerd is started by the init system).
+const ENGINE_NAMESPACE: &str = "/proc/1/ns/mnt";
+
+/// Runs `f` in the mount namespace `target` names: on a thread of its own that leaves this
+/// process's namespace alone, or on this thread when it is already there. A target that cannot be
+/// read (a sandbox hiding PID 1) leaves `f` in this thread's namespace, with a warning.
+fn in_mount_namespace<T: Send>(target: &Path, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    let ours = std::fs::read_link("/proc/thread-self/ns/mnt").map_err(|e| format!("/proc/thread-self/ns/mnt: {e}"))?;
+    let theirs = match std::fs::read_link(target) {
+        Ok(theirs) => theirs,
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(target = %target.display(), error = %e, "cannot see the engine's mount namespace; staging mounts are made in this process's");
+            });
+            return Ok(f());
+        }
+    };
+    if ours == theirs {
+        return Ok(f());
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            use nix::sched::{CloneFlags, setns, unshare};
+            // A thread may change its mount namespace only once it shares no filesystem state.
+            unshare(CloneFlags::CLONE_FS).map_err(|e| format!("unshare(CLONE_FS): {e}"))?;
+            let ns = std::fs::File::open(target).map_err(|e| format!("{}: {e}", target.display()))?;
+            setns(&ns, CloneFlags::CLONE_NEWNS).map_err(|e| format!("entering the engine's mount namespace: {e}"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
 impl Staging {
     /// The staging root under `runtime_dir` (created 0700 when first used).
     pub fn new(runtime_dir: &Path) -> Self {
-        Self { root: runtime_dir.join("mounts") }
+        Self { root: runtime_dir.join("mounts"), namespace: PathBuf::from(ENGINE_NAMESPACE) }
     }
 
     fn dir_of(&self, id: &str) -> PathBuf {
@@ -84,8 +124,19 @@ impl Staging {
     /// Bind-mounts the object at `source` (checked against the allow-list by the caller) onto
     /// the staging path of mount `index` of container `id`, and returns that path.
     pub fn stage(&self, id: &str, index: usize, source: &Path, read_only: bool) -> Result<PathBuf, StagingError> {
-        let (fd, is_dir) = open_no_follow(source)?;
         let staging = self.dir_of(id).join(index.to_string());
+        let fail = |reason: String| StagingError::Mount {
+            path: source.display().to_string(),
+            staging: staging.display().to_string(),
+            reason,
+        };
+        in_mount_namespace(&self.namespace, || self.stage_here(id, source, &staging, read_only)).map_err(fail)??;
+        Ok(staging)
+    }
+
+    /// [`Staging::stage`] in the current mount namespace.
+    fn stage_here(&self, id: &str, source: &Path, staging: &Path, read_only: bool) -> Result<(), StagingError> {
+        let (fd, is_dir) = open_no_follow(source)?;
         let fail = |reason: String| StagingError::Mount {
             path: source.display().to_string(),
             staging: staging.display().to_string(),
@@ -97,28 +148,34 @@ impl Staging {
             .create(self.dir_of(id))
             .map_err(|e| fail(e.to_string()))?;
         if is_dir {
-            std::fs::DirBuilder::new().mode(0o700).create(&staging).map_err(|e| fail(e.to_string()))?;
+            std::fs::DirBuilder::new().mode(0o700).create(staging).map_err(|e| fail(e.to_string()))?;
         } else {
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&staging).map_err(|e| fail(e.to_string()))?;
+            std::fs::OpenOptions::new().write(true).create_new(true).open(staging).map_err(|e| fail(e.to_string()))?;
         }
         // The descriptor's /proc entry names the object itself, whatever its path is now.
         let object = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        mount(Some(object.as_str()), &staging, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        mount(Some(object.as_str()), staging, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| fail(format!("bind: {e}")))?;
         let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
         if read_only {
             flags |= MsFlags::MS_RDONLY;
         }
-        if let Err(e) = mount(None::<&str>, &staging, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(&staging, MntFlags::MNT_DETACH);
+        if let Err(e) = mount(None::<&str>, staging, None::<&str>, flags, None::<&str>) {
+            let _ = umount2(staging, MntFlags::MNT_DETACH);
             return Err(fail(format!("remount nosuid,nodev: {e}")));
         }
-        Ok(staging)
+        Ok(())
     }
 
     /// Unmounts and removes every staging path of container `id`; what cannot go is logged and
     /// left to the reaper.
     pub fn release(&self, id: &str) {
+        if let Err(e) = in_mount_namespace(&self.namespace, || self.release_here(id)) {
+            tracing::warn!(id, error = %e, "cannot release a container's staged mounts");
+        }
+    }
+
+    fn release_here(&self, id: &str) {
         let dir = self.dir_of(id);
         let Ok(entries) = std::fs::read_dir(&dir) else { return };
         for entry in entries.flatten() {
@@ -216,5 +273,41 @@ mod tests {
             staging.release_orphans(&HashSet::new(), std::time::Duration::ZERO),
             vec!["c-00000000000a".to_owned()]
         );
+    }
+
+    /// Under the systemd unit this process has a mount namespace of its own: the staging mount
+    /// is still made where the engine sees it. Here a thread with a private namespace plays the
+    /// service and the test's main thread plays the engine.
+    #[test]
+    fn mounts_are_made_where_the_engine_sees_them() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: namespaces and bind mounts need root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        let shared = real.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::write(shared.join("mine"), b"data").unwrap();
+        let mut staging = Staging::new(&real.join("run"));
+        // The thread group leader's namespace: this test's main thread.
+        staging.namespace = PathBuf::from("/proc/self/ns/mnt");
+        let id = "c-0000000000ff";
+        let staged = std::thread::scope(|s| {
+            s.spawn(|| {
+                use nix::sched::{CloneFlags, unshare};
+                unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).unwrap();
+                mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).unwrap();
+                staging.stage(id, 0, &shared, true).unwrap()
+            })
+            .join()
+            .unwrap()
+        });
+        // This thread shares PID 1's namespace (as the engine does): the mount is here.
+        let mounts = std::fs::read_to_string("/proc/thread-self/mountinfo").unwrap();
+        assert!(mounts.contains(&staged.display().to_string()), "the staging mount stayed in a private namespace");
+        assert_eq!(std::fs::read(staged.join("mine")).unwrap(), b"data");
+        staging.release(id);
+        assert!(!staged.exists());
     }
 }

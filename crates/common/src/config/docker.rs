@@ -31,6 +31,11 @@ pub struct DockerConfig {
     /// Host directories tenants may bind-mount (each with what lies below it); empty: no host
     /// path is ever mounted. `data_dir` and `runtime_dir` are never mountable.
     pub allowed_host_paths: Vec<PathBuf>,
+    /// Largest log file of a container (Docker's `json-file` driver `max-size`), bytes.
+    pub log_max_size: ByteSize,
+    /// Log files kept per container (`max-file`): a container's logs never take more than
+    /// `log_max_size × log_max_files` of the host's disk.
+    pub log_max_files: u32,
 }
 
 impl Default for DockerConfig {
@@ -38,6 +43,8 @@ impl Default for DockerConfig {
         Self {
             reap_interval: Duration::from_secs(10),
             allowed_host_paths: Vec::new(),
+            log_max_size: ByteSize::new(10 << 20),
+            log_max_files: 3,
             socket: "unix:///var/run/docker.sock".to_owned(),
             enable_gpu_passthrough: false,
             max_concurrent_containers: 10,
@@ -63,6 +70,9 @@ pub struct ResourceLimits {
     pub disk_io_bps: u64,
     /// Bytes/s each way on the container's network interface.
     pub network_bps: u64,
+    /// The container's writable layer (what it writes outside its volumes and tmpfs), bytes;
+    /// measured every `reap_interval`, a container over it is stopped (`disk_quota`).
+    pub writable_layer_bytes: ByteSize,
 }
 
 impl Default for ResourceLimits {
@@ -73,6 +83,7 @@ impl Default for ResourceLimits {
             gpu_memory_bytes: ByteSize::new(4 << 30),
             disk_io_bps: 100 << 20,
             network_bps: 100 << 20,
+            writable_layer_bytes: ByteSize::new(20 << 30),
         }
     }
 }
@@ -168,6 +179,14 @@ impl DockerConfig {
         v.range("docker.resource_limits.gpu_memory_bytes", r.gpu_memory_bytes.get() as f64, 1.0, 1e15);
         v.range("docker.resource_limits.disk_io_bps", r.disk_io_bps as f64, 1024.0, 1e13);
         v.range("docker.resource_limits.network_bps", r.network_bps as f64, 1024.0, 1e13);
+        v.range(
+            "docker.resource_limits.writable_layer_bytes",
+            r.writable_layer_bytes.get() as f64,
+            (1 << 20) as f64,
+            1e15,
+        );
+        v.range("docker.log_max_size", self.log_max_size.get() as f64, 4096.0, (1u64 << 40) as f64);
+        v.range("docker.log_max_files", f64::from(self.log_max_files), 1.0, 100.0);
         if let Err(e) = parse_visible_devices(&self.gpu_config.visible_devices) {
             v.fail("docker.gpu_config.visible_devices", e);
         }

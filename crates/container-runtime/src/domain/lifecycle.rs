@@ -191,4 +191,39 @@ impl Runtime {
         }
         Ok(stopped)
     }
+
+    /// One round of the writable-layer limit (`[docker.resource_limits] writable_layer_bytes`):
+    /// stops each of `running` whose layer is over it, recording why (`disk_quota`). Docker's
+    /// `storage_opt size` would be exact but exists only on some storage drivers; measuring works
+    /// on all of them. Returns the ids stopped.
+    pub async fn enforce_disk(&self, running: &[String]) -> Vec<String> {
+        let limit = self.config.resource_limits.writable_layer_bytes.get();
+        let mut stopped = Vec::new();
+        for id in running {
+            let used = match self.engine.writable_layer_bytes(id).await {
+                Ok(Some(used)) => used,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(id, error = %e, "cannot measure a container's writable layer");
+                    continue;
+                }
+            };
+            if used <= limit {
+                continue;
+            }
+            let reason = format!("disk_quota: the writable layer holds {used} bytes, over the limit of {limit}");
+            tracing::warn!(id, used, limit, "stopping a container over its writable-layer limit");
+            if let Err(e) = self.stops.record(id, &reason) {
+                tracing::error!(id, error = %e, "cannot record the stop reason");
+            }
+            match self.engine.stop(id, 10).await {
+                Ok(()) => {
+                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "disk_quota").increment(1);
+                    stopped.push(id.clone());
+                }
+                Err(e) => tracing::error!(id, error = %e, "cannot stop a container over its writable-layer limit"),
+            }
+        }
+        stopped
+    }
 }
