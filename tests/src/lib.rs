@@ -345,6 +345,41 @@ pub async fn busybox_image() -> bool {
     true
 }
 
+/// Builds `tag` from [`BUSYBOX_IMAGE`] and `dockerfile` (instructions after its `FROM`): an
+/// image that sets what a tenant's image could (`ENV`, `LABEL`). Call after [`busybox_image`].
+pub async fn derived_image(tag: &str, dockerfile: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {BUSYBOX_IMAGE}\n{dockerfile}\n")).expect("Dockerfile");
+    let out = ProcessSpec::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .output(Duration::from_secs(300), 1 << 20)
+        .await
+        .expect("docker build");
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Makes `dir` a `nosuid,nodev` mount of its own (bound onto itself), as an operator prepares
+/// each of `docker.allowed_host_paths`; false (with a printed reason) when that is not possible
+/// here (needs root). Undo with [`unmount`].
+pub async fn nosuid_nodev_mount(dir: &Path) -> bool {
+    let bind = ProcessSpec::new("mount").arg("--bind").arg(dir).arg(dir);
+    let out = bind.output(Duration::from_secs(30), 1 << 16).await.expect("mount");
+    if !out.status.success() {
+        return require_tool("mount --bind (root)", false);
+    }
+    let remount = ProcessSpec::new("mount").args(["-o", "remount,bind,nosuid,nodev"]).arg(dir);
+    let out = remount.output(Duration::from_secs(30), 1 << 16).await.expect("mount");
+    assert!(out.status.success(), "remount: {}", String::from_utf8_lossy(&out.stderr));
+    true
+}
+
+/// Unmounts `dir` (lazily: a container may still hold it).
+pub async fn unmount(dir: &Path) {
+    let out = ProcessSpec::new("umount").arg("-l").arg(dir).output(Duration::from_secs(30), 1 << 16).await;
+    assert!(out.expect("umount").status.success(), "umount {}", dir.display());
+}
+
 pub mod keys;
 pub mod process;
 pub mod registry;

@@ -163,6 +163,9 @@ async fn host_paths_are_mounted_only_from_the_allow_list() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::write(shared.join("hello"), "from the host\n").unwrap();
     std::os::unix::fs::symlink("/etc", shared.join("etc")).unwrap();
+    if !e2e::nosuid_nodev_mount(&shared).await {
+        return;
+    }
     let (_service, mut client) = start_service(&config).await;
     let mount = |host: &std::path::Path, target: &str| pb::Mount {
         host_path: host.display().to_string(),
@@ -200,6 +203,7 @@ async fn host_paths_are_mounted_only_from_the_allow_list() {
     r.mounts = vec![mount(&shared, "/data")];
     let err = client.create(r).await.unwrap_err();
     assert!(err.message().contains("host bind mounts are off"), "{}", err.message());
+    e2e::unmount(&shared).await;
 }
 
 /// A network namespace reached through a veth pair, standing in for the provider's LAN and

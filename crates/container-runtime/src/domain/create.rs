@@ -63,8 +63,10 @@ impl Runtime {
             .enumerate()
             .map(|(i, m)| {
                 let allowed = &self.config.allowed_host_paths;
-                spec::check_mount(i, &m.host_path, &m.container_path, m.read_only, allowed, &protected)
-                    .map_err(RuntimeError::Mount)
+                let mount = spec::check_mount(i, &m.host_path, &m.container_path, m.read_only, allowed, &protected)
+                    .map_err(RuntimeError::Mount)?;
+                spec::require_nosuid_nodev(i, &mount.host_path).map_err(RuntimeError::Mount)?;
+                Ok(mount)
             })
             .collect::<Result<Vec<_>, RuntimeError>>()?;
         let res = r.resources.unwrap_or_default();
