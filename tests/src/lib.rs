@@ -345,6 +345,20 @@ pub async fn busybox_image() -> bool {
     true
 }
 
+/// Builds `tag` from [`BUSYBOX_IMAGE`] and `dockerfile` (instructions after its `FROM`): an
+/// image that sets what a tenant's image could (`ENV`, `LABEL`). Call after [`busybox_image`].
+pub async fn derived_image(tag: &str, dockerfile: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {BUSYBOX_IMAGE}\n{dockerfile}\n")).expect("Dockerfile");
+    let out = ProcessSpec::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(dir.path())
+        .output(Duration::from_secs(300), 1 << 20)
+        .await
+        .expect("docker build");
+    assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub mod keys;
 pub mod process;
 pub mod registry;

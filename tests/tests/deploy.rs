@@ -566,6 +566,33 @@ async fn compose(project: &str, overlay: Option<&Path>, env: &[(&str, String)], 
     run(spec, Duration::from_secs(300)).await
 }
 
+/// Issue 18 item 6: Watchtower shares the engine with tenant containers; it must watch the
+/// executor's container only (a tenant container it recreated would escape shaping and
+/// admission), whatever the container is named.
+#[tokio::test]
+async fn watchtower_watches_only_the_executor() {
+    if !e2e::require_tool("docker-compose", which("docker-compose")) {
+        return;
+    }
+    let env = [("BASILICA_CONTAINER_NAME", "node-7".to_owned())];
+    let out = compose("watchtower-scope", None, &env, &["config"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let config = e2e::process::stdout(&out);
+    let watchtower = &config[config.find("  watchtower:").expect("a watchtower service")..];
+    let command: Vec<&str> = watchtower
+        .lines()
+        .skip_while(|l| l.trim() != "command:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert_eq!(command.last(), Some(&"node-7"), "watchtower watches more than the executor: {command:?}");
+    let scope = command.iter().position(|a| *a == "--scope").map(|i| command[i + 1]);
+    assert_eq!(scope, Some("basilica-executor"), "{command:?}");
+    assert!(command.contains(&"--label-enable"), "{command:?}");
+    let executor = &config[config.find("  executor:").expect("an executor service")..];
+    assert!(executor.contains("com.centurylinklabs.watchtower.scope: basilica-executor"), "{executor}");
+}
+
 /// The image from the release tarball on a base made offline (debootstrap, cached by date under
 /// target/base-image), brought up by the distribution's docker-compose from compose.prod.yml:
 /// it runs the server (not the help text), on the mounted config, and `/health` answers 200.

@@ -16,8 +16,9 @@ use bollard::query_parameters::{
 };
 use common::config::DockerConfig;
 
+use crate::confinement::{Confinement, ConfinementError};
 use crate::labels::{LABEL_CREATED, LABEL_EXECUTOR, LABEL_MANAGED, LABEL_POOL, NameError};
-use crate::spec::ContainerSpec;
+use crate::spec::{ContainerSpec, Hardening};
 
 /// Errors from the engine, naming the container.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum EngineError {
     Engine(bollard::errors::Error),
     #[error(transparent)]
     Name(#[from] NameError),
+    #[error(transparent)]
+    Confinement(#[from] ConfinementError),
 }
 
 /// Errors reaching the Docker engine.
@@ -59,6 +62,8 @@ pub struct Engine {
     disk_device: Option<String>,
     /// CPUs the engine can give a container.
     host_cpus: f64,
+    /// Seccomp, AppArmor and capabilities of every container.
+    hardening: Hardening,
     /// Containers this process asked the engine to stop (until they are removed or started):
     /// never resumed after an engine restart.
     stopped_by_us: Arc<Mutex<HashSet<String>>>,
@@ -68,10 +73,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connects, and finds the block device under Docker's data root.
+    /// Connects, finds the block device under Docker's data root, and how the engine confines
+    /// containers (refused when it cannot pin seccomp, see `confinement`).
     pub async fn connect(config: &DockerConfig, executor_id: &str) -> Result<Self, EngineError> {
         let docker = connect(config).await?;
         let info = docker.info().await.map_err(EngineError::Engine)?;
+        let confinement = confinement(&docker, &info).await?;
+        let hardening = Hardening::new(confinement.security_opt(), &config.extra_capabilities);
         let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
         let host_cpus = info.ncpu.filter(|n| *n > 0).map_or(1.0, |n| n as f64);
         let log_config = bollard::models::HostConfigLogConfig {
@@ -86,6 +94,7 @@ impl Engine {
             executor_id: executor_id.to_owned(),
             disk_device,
             host_cpus,
+            hardening,
             stopped_by_us: Arc::default(),
             log_config,
         })
@@ -184,7 +193,7 @@ impl Engine {
 
     /// Creates the container (named by our id) without starting it; returns Docker's id.
     pub async fn create(&self, spec: &ContainerSpec, network: Option<&str>) -> Result<String, EngineError> {
-        let mut body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network);
+        let mut body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network, &self.hardening);
         if let Some(host) = body.host_config.as_mut() {
             host.log_config = Some(self.log_config.clone());
         }
@@ -261,6 +270,13 @@ impl Engine {
         let options = ListContainersOptions { all: true, filters: Some(filters), ..ListContainersOptions::default() };
         self.docker.list_containers(Some(options)).await.map_err(EngineError::Engine)
     }
+}
+
+/// How the engine confines containers, from its `info` and its own API version.
+pub async fn confinement(docker: &Docker, info: &bollard::models::SystemInfo) -> Result<Confinement, EngineError> {
+    let version = docker.version().await.map_err(EngineError::Engine)?;
+    let options = info.security_options.clone().unwrap_or_default();
+    Ok(Confinement::from_engine(&options, version.api_version.as_deref().unwrap_or(""))?)
 }
 
 /// A tenant network of this executor.

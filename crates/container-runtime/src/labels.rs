@@ -7,6 +7,15 @@ use std::time::SystemTime;
 
 /// Every label we set starts with this; tenants may not use it.
 pub const LABEL_PREFIX: &str = "ai.basilica.executor.";
+/// A tenant's labels all start with this; any other key is refused. Tools on the host act on
+/// labels of their own (Watchtower's `com.centurylinklabs.watchtower.*` recreates a container,
+/// Traefik's `traefik.*` routes to it, Compose's `com.docker.compose.*` adopts it), so a tenant
+/// may only name things in a namespace none of them reads.
+pub const TENANT_LABEL_PREFIX: &str = "ai.basilica.tenant.";
+/// Set to `false` on every tenant container: an image may carry Watchtower's label (`LABEL`
+/// in its Dockerfile, which Docker copies to the container), and a Watchtower run with
+/// `--label-enable` would then recreate the container outside the executor's control.
+pub const LABEL_WATCHTOWER_ENABLE: &str = "com.centurylinklabs.watchtower.enable";
 pub const LABEL_MANAGED: &str = "ai.basilica.executor.managed";
 pub const LABEL_EXECUTOR: &str = "ai.basilica.executor.executor_id";
 pub const LABEL_ID: &str = "ai.basilica.executor.id";

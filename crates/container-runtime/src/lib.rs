@@ -21,6 +21,7 @@
 //! `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and `firewall` use none.
 
 pub mod admission;
+pub mod confinement;
 pub mod domain;
 pub mod engine;
 pub mod firewall;
@@ -50,8 +51,8 @@ use common::service::{BoxError, Service, ServiceContext};
 /// How often the engine is pinged for the `docker_up` gauge.
 const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The Docker checks of `executor validate`: engine reachable, its cgroup driver, and the
-/// NVIDIA runtime when GPU passthrough is on.
+/// The Docker checks of `executor validate`: engine reachable, its cgroup driver, the NVIDIA
+/// runtime, user namespaces, and whether it can confine tenants (seccomp pinned, AppArmor).
 pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
     let docker = match engine::connect(config).await {
         Ok(docker) => docker,
@@ -70,17 +71,47 @@ pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
             docker.client_version()
         ),
     )];
+    checks.extend(engine_checks(config, &info));
+    checks.push(match engine::confinement(&docker, &info).await {
+        Ok(c) => Check::pass("docker confinement", c.describe()),
+        Err(e) => Check::fail("docker confinement", e.to_string()),
+    });
+    checks
+}
+
+/// What the engine's `info` says that `executor validate` reports: its cgroups, the NVIDIA
+/// runtime (registered; a warning when it is Docker's default runtime), and whether it remaps
+/// user namespaces.
+pub fn engine_checks(config: &DockerConfig, info: &bollard::models::SystemInfo) -> Vec<Check> {
+    let mut checks = Vec::new();
     let driver = info.cgroup_driver.map(|d| d.to_string()).unwrap_or_else(|| "unknown".to_owned());
     let version = info.cgroup_version.map(|v| v.to_string()).unwrap_or_else(|| "unknown".to_owned());
     checks.push(Check::pass("docker cgroups", format!("driver {driver}, cgroup v{version}")));
     let nvidia = info.runtimes.as_ref().is_some_and(|r| r.contains_key("nvidia"));
+    let nvidia_default = info.default_runtime.as_deref() == Some("nvidia");
     checks.push(match (config.enable_gpu_passthrough, nvidia) {
+        _ if nvidia_default => Check::warn(
+            "nvidia runtime",
+            "`nvidia` is Docker's default runtime: every container on this host whose environment names GPUs \
+             (NVIDIA_VISIBLE_DEVICES) gets them. Tenant containers are safe (told NVIDIA_VISIBLE_DEVICES=void unless \
+             GPUs are assigned), other containers are not; prefer the default `runc` (GPUs reach tenants by device \
+             request)",
+        ),
         (_, true) => Check::pass("nvidia runtime", "registered with Docker"),
         (true, false) => Check::fail(
             "nvidia runtime",
             "docker.enable_gpu_passthrough = true but Docker has no `nvidia` runtime (install nvidia-container-toolkit, run `nvidia-ctk runtime configure --runtime=docker`)",
         ),
         (false, false) => Check::skip("nvidia runtime", "not registered; docker.enable_gpu_passthrough = false"),
+    });
+    let userns = info.security_options.iter().flatten().any(|o| o.split(',').any(|kv| kv == "name=userns"));
+    checks.push(if userns {
+        Check::pass("docker userns", "on: root in a tenant container is an unprivileged user on the host (userns-remap)")
+    } else {
+        Check::warn(
+            "docker userns",
+            "off: root in a tenant container is root on the host's files it reaches; `userns-remap` in daemon.json turns it on",
+        )
     });
     checks
 }
@@ -262,6 +293,7 @@ mod tests {
     /// form (the crate root, which wires them together, is above them all).
     const LAYERS: &[&str] = &[
         "labels",
+        "confinement",
         "reference",
         "firewall",
         "shaping",
@@ -269,6 +301,7 @@ mod tests {
         "gpu_memory",
         "gpu_monitor",
         "stops",
+        "mounts",
         "status",
         "spec",
         "signatures",
@@ -298,6 +331,38 @@ mod tests {
             }
         }
         found
+    }
+
+    /// `executor validate` warns when the NVIDIA runtime is Docker's default.
+    #[test]
+    fn validate_warns_when_nvidia_is_the_default_runtime() {
+        use common::check::CheckStatus;
+        let nvidia = |default: &str| bollard::models::SystemInfo {
+            default_runtime: Some(default.to_owned()),
+            runtimes: Some(std::collections::HashMap::from([
+                ("nvidia".to_owned(), bollard::models::Runtime::default()),
+                ("runc".to_owned(), bollard::models::Runtime::default()),
+            ])),
+            ..Default::default()
+        };
+        let config = common::config::DockerConfig::default();
+        let check =
+            |info| super::engine_checks(&config, &info).into_iter().find(|c| c.name == "nvidia runtime").unwrap();
+        let default = check(nvidia("nvidia"));
+        assert_eq!(default.status, CheckStatus::Warn, "{default:?}");
+        assert!(default.detail.contains("`nvidia` is Docker's default runtime"), "{}", default.detail);
+        assert_eq!(check(nvidia("runc")).status, CheckStatus::Pass);
+        let userns = |options: &[&str]| {
+            let info = bollard::models::SystemInfo {
+                security_options: Some(options.iter().map(|o| (*o).to_owned()).collect()),
+                ..Default::default()
+            };
+            super::engine_checks(&config, &info).into_iter().find(|c| c.name == "docker userns").unwrap()
+        };
+        let on = userns(&["name=seccomp,profile=default", "name=userns"]);
+        assert_eq!(on.status, CheckStatus::Pass);
+        assert!(on.detail.starts_with("on:"), "{}", on.detail);
+        assert_eq!(userns(&["name=seccomp,profile=default"]).status, CheckStatus::Warn);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! What a tenant asks for ([`ContainerSpec`]), checked against the operator's limits, and the
 //! Docker create body built from it, hardened always: never privileged, every capability
-//! dropped but a short allow-list, `no-new-privileges`, Docker's default seccomp profile (never
-//! `unconfined`), an init process, a size-limited `/tmp`, host bind mounts only from the
-//! operator's allow-list, memory with no extra swap, CPU, pids and block-I/O limits, and GPUs
+//! dropped but a short allow-list, `no-new-privileges`, Docker's built-in seccomp profile pinned
+//! and AppArmor's `docker-default` where the host has it (`confinement`), an init process, a
+//! size-limited `/tmp`, host bind mounts only from the operator's allow-list and only from
+//! `nosuid,nodev` mounts, `NVIDIA_VISIBLE_DEVICES=void` without GPUs, memory with no extra swap, CPU, pids and block-I/O limits, and GPUs
 //! only by UUID.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,17 +14,50 @@ use bollard::models::{
     ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
     MountType, PortBinding, ThrottleDevice,
 };
-use common::config::ResourceLimits;
+use common::config::{Capability, ResourceLimits};
 
 use crate::labels::{
     LABEL_CREATED, LABEL_EXECUTOR, LABEL_GPU_MEMORY, LABEL_GPUS, LABEL_ID, LABEL_MANAGED, LABEL_NETWORK,
-    LABEL_NETWORK_BPS, LABEL_OWNER, LABEL_PREFIX, LABEL_TTL,
+    LABEL_NETWORK_BPS, LABEL_OWNER, LABEL_TTL, LABEL_WATCHTOWER_ENABLE, TENANT_LABEL_PREFIX,
 };
 use crate::reference::ImageRef;
 
 /// Capabilities a tenant keeps (Docker's default set minus everything that touches the host,
-/// the network stack or other processes): enough for images that drop root to a user.
-pub const CAPABILITIES: [&str; 6] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE"];
+/// the network stack, other processes or other users' files): enough for images that drop root
+/// to a user. `[docker] extra_capabilities` adds to them.
+pub const CAPABILITIES: [&str; 4] = ["CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE"];
+
+/// What every container gets from the host beyond its spec: the `security_opt` entries (see
+/// `confinement`: `no-new-privileges`, seccomp pinned, AppArmor) and the capabilities kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    pub security_opt: Vec<String>,
+    pub capabilities: Vec<String>,
+}
+
+impl Hardening {
+    /// [`CAPABILITIES`] and `extra` (the config's allow-listed names).
+    pub fn new(security_opt: Vec<String>, extra: &[Capability]) -> Self {
+        let mut capabilities: Vec<String> = CAPABILITIES.iter().map(|c| (*c).to_owned()).collect();
+        for c in extra {
+            if !capabilities.iter().any(|have| have == c.as_str()) {
+                capabilities.push(c.as_str().to_owned());
+            }
+        }
+        Self { security_opt, capabilities }
+    }
+}
+
+/// `NVIDIA_VISIBLE_DEVICES` of a container without GPUs. Where the NVIDIA runtime is Docker's
+/// default runtime it gives a container whatever this variable names, and images set it
+/// (`ENV NVIDIA_VISIBLE_DEVICES=all` in every `nvidia/cuda` image): `void` gives none.
+pub const NO_GPUS: &str = "void";
+/// `NVIDIA_DRIVER_CAPABILITIES` of every container: CUDA and `nvidia-smi`, nothing that reaches
+/// the display, video engines or the driver's management (`graphics`, `video`, `display`,
+/// `compat32`, `all`), whatever the image says.
+pub const NVIDIA_DRIVER_CAPABILITIES: &str = "compute,utility";
+/// Tenant environment keys starting with this are refused: the NVIDIA runtime reads them.
+pub const NVIDIA_ENV_PREFIX: &str = "NVIDIA_";
 
 /// Processes per container unless the request asks for fewer.
 pub const DEFAULT_PIDS: u64 = 4096;
@@ -161,15 +195,27 @@ impl ContainerSpec {
                 return Err(field_error("env", format!("`{key}` is not an environment variable name")));
             }
         }
+        if let Some(key) = self.env.keys().find(|k| k.to_ascii_uppercase().starts_with(NVIDIA_ENV_PREFIX)) {
+            return Err(field_error(
+                "env",
+                format!(
+                    "`{key}`: {NVIDIA_ENV_PREFIX}* variables are set by the executor (ask for GPUs with gpu_count or gpu_uuids)"
+                ),
+            ));
+        }
         if self.env.values().any(|v| v.contains('\0')) {
             return Err(field_error("env", "values may not contain NUL"));
         }
         for key in self.labels.keys() {
-            if key.starts_with(LABEL_PREFIX) {
-                return Err(field_error("labels", format!("`{key}`: the {LABEL_PREFIX} prefix is reserved")));
-            }
-            if key.is_empty() {
-                return Err(field_error("labels", "a label needs a name"));
+            let name = key.strip_prefix(TENANT_LABEL_PREFIX).unwrap_or_default();
+            let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                return Err(field_error(
+                    "labels",
+                    format!(
+                        "`{key}`: tenant labels are `{TENANT_LABEL_PREFIX}<name>` (letters, digits, `.`, `_`, `-`); other names belong to tools on the host"
+                    ),
+                ));
             }
         }
         for p in &self.ports {
@@ -193,6 +239,7 @@ impl ContainerSpec {
     /// Our labels plus the tenant's.
     pub fn all_labels(&self, executor_id: &str) -> HashMap<String, String> {
         let mut labels: HashMap<String, String> = self.labels.clone().into_iter().collect();
+        labels.insert(LABEL_WATCHTOWER_ENABLE.into(), "false".into());
         labels.insert(LABEL_MANAGED.into(), "true".into());
         labels.insert(LABEL_EXECUTOR.into(), executor_id.into());
         labels.insert(LABEL_ID.into(), self.id.clone());
@@ -207,19 +254,28 @@ impl ContainerSpec {
     }
 
     /// The create body. `disk_device` is the block device behind Docker's data root (for the
-    /// I/O limits); `network` the container's own network, if any.
+    /// I/O limits); `network` the container's own network, if any; `hardening` what the host
+    /// and the config add to every container.
     pub fn create_body(
         &self,
         executor_id: &str,
         disk_device: Option<&str>,
         network: Option<&str>,
+        hardening: &Hardening,
     ) -> ContainerCreateBody {
         let r = &self.resources;
-        let mut env: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // `validate` refuses tenant NVIDIA_* keys; these two override the image's, always.
+        let mut env: Vec<String> = self
+            .env
+            .iter()
+            .filter(|(k, _)| !k.to_ascii_uppercase().starts_with(NVIDIA_ENV_PREFIX))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let visible = if self.gpu_uuids.is_empty() { NO_GPUS.to_owned() } else { self.gpu_uuids.join(",") };
+        env.push(format!("NVIDIA_VISIBLE_DEVICES={visible}"));
+        env.push(format!("NVIDIA_DRIVER_CAPABILITIES={NVIDIA_DRIVER_CAPABILITIES}"));
         let mut device_requests = None;
         if !self.gpu_uuids.is_empty() {
-            env.retain(|e| !e.starts_with("NVIDIA_VISIBLE_DEVICES="));
-            env.push(format!("NVIDIA_VISIBLE_DEVICES={}", self.gpu_uuids.join(",")));
             device_requests = Some(vec![DeviceRequest {
                 driver: Some("nvidia".into()),
                 device_ids: Some(self.gpu_uuids.clone()),
@@ -249,8 +305,8 @@ impl ContainerSpec {
             host_config: Some(HostConfig {
                 privileged: Some(false),
                 cap_drop: Some(vec!["ALL".into()]),
-                cap_add: Some(CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()),
-                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                cap_add: Some(hardening.capabilities.clone()),
+                security_opt: Some(hardening.security_opt.clone()),
                 init: Some(true),
                 tmpfs: Some(HashMap::from([("/tmp".to_owned(), TMPFS_TMP.to_owned())])),
                 binds: Some(Vec::new()),
@@ -355,7 +411,7 @@ mod tests {
             command: vec!["python".into()],
             args: vec!["train.py".into()],
             env: BTreeMap::from([("EPOCHS".into(), "3".into())]),
-            labels: BTreeMap::from([("team".into(), "a".into())]),
+            labels: BTreeMap::from([("ai.basilica.tenant.team".into(), "a".into())]),
             ports: vec![Port { container_port: 8888, host_port: 0, udp: false }],
             mounts: vec![BindMount {
                 host_path: "/srv/datasets/imagenet".into(),
@@ -378,16 +434,29 @@ mod tests {
     fn create_body_snapshot() {
         let mut s = spec();
         s.apply_limits(&ResourceLimits::default(), 64.0).unwrap();
-        let body =
-            serde_json::to_value(s.create_body("executor-abc", Some("/dev/vda"), Some("basilica-c-0123456789ab")))
-                .unwrap();
+        let hardening = Hardening::new(
+            vec!["no-new-privileges:true".into(), "seccomp=builtin".into(), "apparmor=docker-default".into()],
+            &[],
+        );
+        let body = serde_json::to_value(s.create_body(
+            "executor-abc",
+            Some("/dev/vda"),
+            Some("basilica-c-0123456789ab"),
+            &hardening,
+        ))
+        .unwrap();
         let expected = serde_json::json!({
             "Image": "docker.io/nvidia/cuda:12.2-base-ubuntu20.04",
             "Cmd": ["python", "train.py"],
-            "Env": ["EPOCHS=3", "NVIDIA_VISIBLE_DEVICES=GPU-8f6d2a1b-0000-1111-2222-333344445555"],
+            "Env": [
+                "EPOCHS=3",
+                "NVIDIA_VISIBLE_DEVICES=GPU-8f6d2a1b-0000-1111-2222-333344445555",
+                "NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+            ],
             "ExposedPorts": {"8888/tcp": {}},
             "Labels": {
-                "team": "a",
+                "ai.basilica.tenant.team": "a",
+                "com.centurylinklabs.watchtower.enable": "false",
                 "ai.basilica.executor.managed": "true",
                 "ai.basilica.executor.executor_id": "executor-abc",
                 "ai.basilica.executor.id": "c-0123456789ab",
@@ -402,8 +471,8 @@ mod tests {
             "HostConfig": {
                 "Privileged": false,
                 "CapDrop": ["ALL"],
-                "CapAdd": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "NET_BIND_SERVICE"],
-                "SecurityOpt": ["no-new-privileges:true"],
+                "CapAdd": ["CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE"],
+                "SecurityOpt": ["no-new-privileges:true", "seccomp=builtin", "apparmor=docker-default"],
                 "Init": true,
                 "Tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=256m"},
                 "Binds": [],
@@ -433,6 +502,29 @@ mod tests {
         assert_eq!(body, expected, "\n{}", serde_json::to_string_pretty(&body).unwrap());
     }
 
+    /// Without GPUs the NVIDIA runtime (Docker's default on some hosts) is told `void`, whatever
+    /// the image's `ENV` says; the driver capabilities are fixed either way.
+    #[test]
+    fn a_container_without_gpus_is_told_void() {
+        let mut s = spec();
+        s.gpu_uuids.clear();
+        let body = s.create_body("executor-abc", None, None, &Hardening::new(Vec::new(), &[]));
+        assert_eq!(
+            body.env.unwrap(),
+            ["EPOCHS=3", "NVIDIA_VISIBLE_DEVICES=void", "NVIDIA_DRIVER_CAPABILITIES=compute,utility"]
+        );
+        assert_eq!(body.host_config.unwrap().device_requests, None);
+    }
+
+    /// `[docker] extra_capabilities` adds allow-listed capabilities, once each.
+    #[test]
+    fn extra_capabilities_are_added() {
+        let h = Hardening::new(Vec::new(), &[Capability::DacOverride, Capability::Fowner, Capability::DacOverride]);
+        assert_eq!(h.capabilities, ["CHOWN", "SETGID", "SETUID", "NET_BIND_SERVICE", "DAC_OVERRIDE", "FOWNER"]);
+        let body = spec().create_body("executor-abc", None, None, &h);
+        assert_eq!(body.host_config.unwrap().cap_add.unwrap(), h.capabilities);
+    }
+
     #[test]
     fn requests_beyond_the_limits_name_the_field() {
         fn check(change: impl Fn(&mut ContainerSpec), expected: &str) {
@@ -451,10 +543,24 @@ mod tests {
         check(|s| s.resources.disk_io_bps = u64::MAX, "resources.disk_io_bps");
         check(|s| s.resources.pids = 1 << 20, "resources.pids");
         check(|s| drop(s.env.insert("A=B".into(), "x".into())), "env: `A=B` is not an environment variable name");
+        check(|s| drop(s.env.insert("NVIDIA_VISIBLE_DEVICES".into(), "all".into())), "env: `NVIDIA_VISIBLE_DEVICES`");
+        check(|s| drop(s.env.insert("nvidia_driver_capabilities".into(), "all".into())), "env: `nvidia_driver_");
         check(
             |s| drop(s.labels.insert("ai.basilica.executor.id".into(), "x".into())),
             "labels: `ai.basilica.executor.id`",
         );
+        for key in [
+            "team",
+            "com.centurylinklabs.watchtower.enable",
+            "com.centurylinklabs.watchtower.scope",
+            "traefik.http.routers.x.rule",
+            "com.docker.compose.project",
+            "ai.basilica.tenant.",
+            "ai.basilica.tenant.a b",
+            "",
+        ] {
+            check(|s| drop(s.labels.insert(key.into(), "x".into())), &format!("labels: `{key}`: tenant labels are"));
+        }
         check(|s| s.ports[0].container_port = 0, "ports.container_port");
         check(|s| s.gpu_uuids = vec!["0".into()], "gpu_uuids: `0` is not a GPU UUID");
         check(|s| s.resources.gpu_memory_bytes = 5 << 30, "resources.gpu_memory_bytes: 5368709120 is more than");

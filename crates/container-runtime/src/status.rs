@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use bollard::models::{ContainerInspectResponse, ContainerStatsResponse, PortBinding};
 use common::proto::runtime::v1 as pb;
 
-use crate::labels::{LABEL_CREATED, LABEL_GPUS, LABEL_ID, LABEL_OWNER, LABEL_PREFIX, LABEL_SIGNATURE, LABEL_TTL};
+use crate::labels::{
+    LABEL_CREATED, LABEL_GPUS, LABEL_ID, LABEL_OWNER, LABEL_SIGNATURE, LABEL_TTL, TENANT_LABEL_PREFIX,
+};
 
 /// Inspect output as our `Container` (`stop_reason` is the service's, left empty here).
 pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
@@ -38,7 +40,7 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         ports: ports(inspect),
         labels: labels
             .iter()
-            .filter(|(k, _)| !k.starts_with(LABEL_PREFIX))
+            .filter(|(k, _)| k.starts_with(TENANT_LABEL_PREFIX))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         created_at: created,
@@ -168,7 +170,8 @@ mod tests {
             "Config": {"Image": "busybox", "Labels": {
                 "ai.basilica.executor.id": "c-1", "ai.basilica.executor.owner": "o",
                 "ai.basilica.executor.created": "100", "ai.basilica.executor.ttl_seconds": "60",
-                "ai.basilica.executor.gpus": "GPU-a,GPU-b", "team": "a"
+                "ai.basilica.executor.gpus": "GPU-a,GPU-b", "ai.basilica.tenant.team": "a",
+                "com.centurylinklabs.watchtower.enable": "false", "maintainer": "an image's label"
             }},
             "State": {"Status": "running", "ExitCode": 0},
             "HostConfig": {"PortBindings": {"22/tcp": [{"HostPort": "2222"}]}}
@@ -177,7 +180,7 @@ mod tests {
         assert_eq!(c.state, pb::ContainerState::Running as i32);
         assert_eq!((c.created_at, c.expires_at), (100, 160));
         assert_eq!(c.gpu_uuids, ["GPU-a", "GPU-b"]);
-        assert_eq!(c.labels, HashMap::from([("team".to_owned(), "a".to_owned())]));
+        assert_eq!(c.labels, HashMap::from([("ai.basilica.tenant.team".to_owned(), "a".to_owned())]));
         assert_eq!(c.ports, vec![port(22, 2222, "tcp")]);
     }
 }

@@ -29,13 +29,44 @@ pub struct DockerConfig {
     #[serde(with = "human_duration")]
     pub reap_interval: Duration,
     /// Host directories tenants may bind-mount (each with what lies below it); empty: no host
-    /// path is ever mounted. `data_dir` and `runtime_dir` are never mountable.
+    /// path is ever mounted. `data_dir` and `runtime_dir` are never mountable. Each source is
+    /// opened without following symlinks and bind-mounted, `nosuid,nodev`, onto a staging path
+    /// under `runtime_dir` that Docker mounts, so a tenant cannot swap it between check and use.
     pub allowed_host_paths: Vec<PathBuf>,
     /// Largest log file of a container (Docker's `json-file` driver `max-size`), bytes.
     pub log_max_size: ByteSize,
     /// Log files kept per container (`max-file`): a container's logs never take more than
     /// `log_max_size × log_max_files` of the host's disk.
     pub log_max_files: u32,
+    /// Capabilities tenant containers get beyond CHOWN, SETGID, SETUID and NET_BIND_SERVICE, from
+    /// Docker's default set: `DAC_OVERRIDE` and `FOWNER` (root in the container ignoring file
+    /// permissions and owners, which some images expect), `FSETID`, `KILL`, `SYS_CHROOT`.
+    pub extra_capabilities: Vec<Capability>,
+}
+
+/// A capability `[docker] extra_capabilities` may add: only ones of Docker's default set that
+/// touch nothing outside the container's own files and processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Capability {
+    DacOverride,
+    Fowner,
+    Fsetid,
+    Kill,
+    SysChroot,
+}
+
+impl Capability {
+    /// Docker's name for it (`CAP_` left off).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DacOverride => "DAC_OVERRIDE",
+            Self::Fowner => "FOWNER",
+            Self::Fsetid => "FSETID",
+            Self::Kill => "KILL",
+            Self::SysChroot => "SYS_CHROOT",
+        }
+    }
 }
 
 impl Default for DockerConfig {
@@ -45,6 +76,7 @@ impl Default for DockerConfig {
             allowed_host_paths: Vec::new(),
             log_max_size: ByteSize::new(10 << 20),
             log_max_files: 3,
+            extra_capabilities: Vec::new(),
             socket: "unix:///var/run/docker.sock".to_owned(),
             enable_gpu_passthrough: false,
             max_concurrent_containers: 10,

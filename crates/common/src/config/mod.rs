@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use docker::{DockerConfig, GpuConfig, NetworkConfig, ResourceLimits, parse_visible_devices};
+pub use docker::{Capability, DockerConfig, GpuConfig, NetworkConfig, ResourceLimits, parse_visible_devices};
 pub use endpoints::AdvertisedEndpointConfig;
 pub use error::{CONFIG_ERROR_EXIT_CODE, ConfigError, ConfigIssue};
 pub use launcher::LauncherConfig;

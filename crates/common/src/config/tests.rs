@@ -74,6 +74,11 @@ fn bad_values_name_key_and_file() {
     check_err("[docker.resource_limits]\nmemory_bytes = 1", &["key `docker.resource_limits.memory_bytes`"]);
     check_err("[docker]\nmax_concurrent_containers = 0", &["key `docker.max_concurrent_containers`"]);
     check_err(
+        "[docker]\nextra_capabilities = [\"SYS_ADMIN\"]",
+        &["key `docker.extra_capabilities", "SYS_ADMIN", "DAC_OVERRIDE"],
+    );
+    check_err("[docker]\nextra_capabilities = [\"CAP_FOWNER\"]", &["key `docker.extra_capabilities", "CAP_FOWNER"]);
+    check_err(
         "[advertised_endpoint]\ngrpc_endpoint = \"ftp://x:1\"",
         &["key `advertised_endpoint.grpc_endpoint`", "http://"],
     );
