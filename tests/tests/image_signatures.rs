@@ -237,6 +237,66 @@ cosign_public_keys = ["{{dir}}/cosign.pub"]
     docker(&["rmi", &pinned]).await;
 }
 
+/// Issue 18 item 3: the registry host is case-insensitive. An image named `LOCALHOST:<port>/…`
+/// passed the allow-list (compared lower-cased) but missed the per-registry signature mode
+/// (looked up as typed), so an unsigned image ran under the global `monitor`.
+#[tokio::test]
+async fn an_upper_case_registry_host_gets_the_mode_and_keys_of_its_registry() {
+    if !busybox_image().await {
+        return;
+    }
+    let Some(registry) = start_registry(None).await else {
+        return;
+    };
+    let port = registry.port;
+    let host = format!("localhost:{port}");
+    push(BUSYBOX_IMAGE, &format!("{host}/test/unsigned:v1")).await;
+    push(BUSYBOX_IMAGE, &format!("{host}/test/signed:v1")).await;
+    let digest = digest_of(&host, "test/signed", "v1").await;
+    let trusted = SigningKey::from_slice(&[7; 32]).unwrap();
+    sign(&host, "test/signed", &digest, &trusted).await;
+
+    // The global mode lets anything run and trusts another key; the registry's own mode and
+    // key do not.
+    let config = TestConfig::new(&format!(
+        r#"
+[docker.registry]
+allowed_registries = ["docker.io", "{host}"]
+verify_signatures = true
+signature_mode = "monitor"
+cosign_public_keys = ["{{dir}}/other.pub"]
+pull_timeout = "30s"
+[docker.registry.registries."{host}"]
+signature_mode = "enforce"
+cosign_public_keys = ["{{dir}}/cosign.pub"]
+"#
+    ));
+    std::fs::write(config.dir.path().join("cosign.pub"), public_key_pem(&trusted)).unwrap();
+    let other = SigningKey::from_slice(&[9; 32]).unwrap();
+    std::fs::write(config.dir.path().join("other.pub"), public_key_pem(&other)).unwrap();
+    let (_service, mut client) = start_service(&config).await;
+
+    for name in [format!("LOCALHOST:{port}"), format!("LocalHost:{port}"), host.clone()] {
+        let err = client.create(create(&format!("{name}/test/unsigned:v1"))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{name}: {err:?}");
+        assert!(
+            err.message().contains("no cosign signature in the registry")
+                && err.message().contains("signature_mode = enforce"),
+            "{name}: {}",
+            err.message()
+        );
+        // The registry's key, not the global one, verifies its images whatever the case.
+        let signed = client.create(create(&format!("{name}/test/signed:v1"))).await.unwrap().into_inner();
+        assert_eq!(signed.image, format!("{host}/test/signed@{digest}"), "{name}");
+        assert!(signed.image_signature.starts_with("verified: "), "{name}: {signed:?}");
+    }
+    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap();
+    assert_eq!(all.into_inner().containers.len(), 3);
+
+    e2e::runtime::remove_all(&mut client).await;
+    docker(&["rmi", &format!("{host}/test/signed@{digest}")]).await;
+}
+
 /// Awaits every task, in order.
 async fn futures_join<T: Send + 'static>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();
