@@ -345,6 +345,7 @@ pub async fn busybox_image() -> bool {
     true
 }
 
+pub mod hostile_registry;
 pub mod keys;
 pub mod process;
 pub mod registry;

@@ -32,6 +32,7 @@ pub mod labels;
 pub mod netpool;
 pub mod reaper;
 pub mod reference;
+pub mod registry;
 pub mod shaping;
 pub mod signatures;
 pub mod spec;
@@ -269,6 +270,7 @@ mod tests {
         "stops",
         "status",
         "spec",
+        "registry",
         "signatures",
         "admission",
         "engine",
