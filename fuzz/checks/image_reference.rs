@@ -1,7 +1,8 @@
 //! Image references (container-runtime `reference.rs`): any string either parses or is an
 //! error; a parsed reference reparses to itself from its canonical form, and its registry is
-//! exactly the host the text names (`docker.io.evil.com/x` is never `docker.io`).
+//! exactly the host the text names, normalised (`docker.io.evil.com/x` is never `docker.io`).
 
+use common::config::normalise_registry_host;
 use container_runtime::reference::{DOCKER_HUB, ImageRef, RegistryPolicy};
 
 pub(crate) fn check(data: &[u8]) {
@@ -27,11 +28,11 @@ pub(crate) fn check(data: &[u8]) {
         assert_eq!(again.tag, tag, "{text}");
         assert_eq!(again.canonical(), canonical, "{text}");
 
-        // The registry is the default or literally the first path element of the text.
+        // The registry is the default or the first path element of the text, in its one
+        // spelling (lower-case, `index.docker.io` as `docker.io`).
         if parsed.registry != default {
             let named = text.split('/').next().unwrap_or_default();
-            let named = if named == "index.docker.io" { DOCKER_HUB } else { named };
-            assert_eq!(parsed.registry, named, "{text}");
+            assert_eq!(parsed.registry, normalise_registry_host(named), "{text}");
         }
         assert!(!parsed.registry.contains('/'), "{text}");
         assert!(RegistryPolicy::new(std::slice::from_ref(&parsed.registry)).check(&parsed).is_ok());

@@ -237,6 +237,139 @@ cosign_public_keys = ["{{dir}}/cosign.pub"]
     docker(&["rmi", &pinned]).await;
 }
 
+/// Issue 18 item 3: the registry host is case-insensitive. An image named `LOCALHOST:<port>/…`
+/// passed the allow-list (compared lower-cased) but missed the per-registry signature mode
+/// (looked up as typed), so an unsigned image ran under the global `monitor`.
+#[tokio::test]
+async fn an_upper_case_registry_host_gets_the_mode_and_keys_of_its_registry() {
+    if !busybox_image().await {
+        return;
+    }
+    let Some(registry) = start_registry(None).await else {
+        return;
+    };
+    let port = registry.port;
+    let host = format!("localhost:{port}");
+    push(BUSYBOX_IMAGE, &format!("{host}/test/unsigned:v1")).await;
+    push(BUSYBOX_IMAGE, &format!("{host}/test/signed:v1")).await;
+    let digest = digest_of(&host, "test/signed", "v1").await;
+    let trusted = SigningKey::from_slice(&[7; 32]).unwrap();
+    sign(&host, "test/signed", &digest, &trusted).await;
+
+    // The global mode lets anything run and trusts another key; the registry's own mode and
+    // key do not.
+    let config = TestConfig::new(&format!(
+        r#"
+[docker.registry]
+allowed_registries = ["docker.io", "{host}"]
+verify_signatures = true
+signature_mode = "monitor"
+cosign_public_keys = ["{{dir}}/other.pub"]
+pull_timeout = "30s"
+[docker.registry.registries."{host}"]
+signature_mode = "enforce"
+cosign_public_keys = ["{{dir}}/cosign.pub"]
+"#
+    ));
+    std::fs::write(config.dir.path().join("cosign.pub"), public_key_pem(&trusted)).unwrap();
+    let other = SigningKey::from_slice(&[9; 32]).unwrap();
+    std::fs::write(config.dir.path().join("other.pub"), public_key_pem(&other)).unwrap();
+    let (_service, mut client) = start_service(&config).await;
+
+    for name in [format!("LOCALHOST:{port}"), format!("LocalHost:{port}"), host.clone()] {
+        let err = client.create(create(&format!("{name}/test/unsigned:v1"))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{name}: {err:?}");
+        assert!(
+            err.message().contains("no cosign signature in the registry")
+                && err.message().contains("signature_mode = enforce"),
+            "{name}: {}",
+            err.message()
+        );
+        // The registry's key, not the global one, verifies its images whatever the case.
+        let signed = client.create(create(&format!("{name}/test/signed:v1"))).await.unwrap().into_inner();
+        assert_eq!(signed.image, format!("{host}/test/signed@{digest}"), "{name}");
+        assert!(signed.image_signature.starts_with("verified: "), "{name}: {signed:?}");
+    }
+    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap();
+    assert_eq!(all.into_inner().containers.len(), 3);
+
+    e2e::runtime::remove_all(&mut client).await;
+    docker(&["rmi", &format!("{host}/test/signed@{digest}")]).await;
+}
+
+/// Peak resident memory of process `pid` (`VmHWM`), in bytes.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap();
+    kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() << 10
+}
+
+/// Issue 18 item 5: a registry that streams more than it declares (or more than a manifest or
+/// payload may be) is refused with what it did, and container-runtime stops reading: its memory
+/// does not grow with the stream. Before, every manifest and payload was read whole.
+#[tokio::test]
+async fn a_registry_that_sends_more_than_it_declares_is_refused_and_not_buffered() {
+    use e2e::hostile_registry::{DECLARED_PAYLOAD, FLOOD, HostileRegistry};
+    if !busybox_image().await {
+        return;
+    }
+    let registry = HostileRegistry::start().await;
+    let host = registry.host();
+    let key = SigningKey::from_slice(&[7; 32]).unwrap();
+    let config = TestConfig::new(&format!(
+        r#"
+[docker.registry]
+allowed_registries = ["docker.io", "{host}"]
+verify_signatures = true
+cosign_public_keys = ["{{dir}}/cosign.pub"]
+pull_timeout = "30s"
+"#
+    ));
+    std::fs::write(config.dir.path().join("cosign.pub"), public_key_pem(&key)).unwrap();
+    let (service, mut client) = start_service(&config).await;
+    let pid = service.id().unwrap();
+    let before = peak_memory(pid);
+
+    let digest = HostileRegistry::image_digest();
+    let payload = HostileRegistry::payload_digest();
+    let sig = format!("{host}/flood/signature:{}", digest.replacen(':', "-", 1) + ".sig");
+    let manifest_cap = format!("the {} bytes a manifest may have", 4 << 20);
+    let payload_cap = format!("the {DECLARED_PAYLOAD} bytes the signature manifest declares for it");
+    for (repo, expected) in [
+        ("flood/manifest", format!("manifest `{host}/flood/manifest:v1`: the registry sent more than {manifest_cap}")),
+        (
+            "flood/announced",
+            format!(
+                "manifest `{host}/flood/announced:v1`: the registry announced {} bytes (Content-Length), more than {manifest_cap}",
+                1u64 << 30
+            ),
+        ),
+        ("flood/signature", format!("manifest `{sig}`: the registry sent more than {manifest_cap}")),
+        ("flood/payload", format!("payload {payload}: the registry sent more than {payload_cap}")),
+        (
+            "flood/payload-announced",
+            format!(
+                "payload {payload}: the registry announced {} bytes (Content-Length), more than {payload_cap}",
+                10u64 << 20
+            ),
+        ),
+    ] {
+        let sent = registry.sent();
+        let err = client.create(create(&format!("{host}/{repo}:v1"))).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{repo}: {err:?}");
+        assert!(err.message().contains(&expected), "{repo}: expected `{expected}` in: {}", err.message());
+        // The client hung up: what the registry got out is the cap and the socket buffers.
+        let flooded = registry.sent() - sent;
+        eprintln!("{repo}: {} (the registry got {flooded} bytes out)", err.message());
+        assert!(flooded < FLOOD / 4, "{repo}: the registry sent {flooded} bytes before the client stopped reading");
+    }
+    let grown = peak_memory(pid).saturating_sub(before);
+    eprintln!("container-runtime's peak memory grew by {} KiB", grown >> 10);
+    assert!(grown < 48 << 20, "container-runtime's peak memory grew by {} MiB", grown >> 20);
+    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap();
+    assert!(all.into_inner().containers.is_empty());
+}
+
 /// Awaits every task, in order.
 async fn futures_join<T: Send + 'static>(tasks: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut out = Vec::new();

@@ -66,7 +66,7 @@ pub struct Admission {
     docker: Docker,
     /// The registry client for signature lookups; only built when signatures are verified (it
     /// loads the system's CA certificates, which a host that never verifies need not have).
-    client: Option<oci_client::Client>,
+    client: Option<crate::registry::RegistryClient>,
     credentials: Credentials,
     /// Trusted keys by registry host, for the registries that are verified.
     keys: BTreeMap<String, Vec<TrustedKey>>,
@@ -289,7 +289,7 @@ impl Admission {
 pub fn describe_metrics() {
     metrics::describe_counter!(
         "executor_container_runtime_image_verifications_total",
-        "Image signature verifications by registry, mode, result (verified, unsigned, bad_signature, digest_mismatch, registry_error, timeout) and decision (allowed, refused)."
+        "Image signature verifications by registry, mode, result (verified, unsigned, bad_signature, digest_mismatch, registry_error, oversized, timeout) and decision (allowed, refused)."
     );
     metrics::describe_counter!(
         "executor_container_runtime_image_pulls_total",

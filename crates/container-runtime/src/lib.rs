@@ -34,6 +34,7 @@ pub mod mounts;
 pub mod netpool;
 pub mod reaper;
 pub mod reference;
+pub mod registry;
 pub mod shaping;
 pub mod signatures;
 pub mod spec;
@@ -304,6 +305,7 @@ mod tests {
         "mounts",
         "status",
         "spec",
+        "registry",
         "signatures",
         "admission",
         "engine",

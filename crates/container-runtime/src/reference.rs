@@ -12,9 +12,13 @@
 //! ```
 //! The first component is a registry host when it contains `.` or `:`, is `localhost`, or has
 //! upper-case letters; otherwise the reference is on the default registry, where Docker Hub
-//! adds `library/` to one-component names.
+//! adds `library/` to one-component names. The host is case-insensitive and kept lower-cased
+//! (`index.docker.io` as `docker.io`): every per-registry setting is looked up by that one
+//! form; the repository path is case-sensitive, and must be lower-case, as Docker requires.
 
 use std::fmt;
+
+use common::config::normalise_registry_host;
 
 /// Docker Hub, as references name it after normalisation.
 pub const DOCKER_HUB: &str = "docker.io";
@@ -24,7 +28,8 @@ const MAX_NAME: usize = 255;
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    /// Host, with `:port` when given: `docker.io`, `ghcr.io`, `127.0.0.1:5000`.
+    /// Host, with `:port` when given, normalised (lower-case, Docker Hub as `docker.io`):
+    /// `docker.io`, `ghcr.io`, `127.0.0.1:5000`.
     pub registry: String,
     /// Path within the registry: `library/ubuntu`, `nvidia/cuda`.
     pub repository: String,
@@ -94,7 +99,9 @@ impl ImageRef {
             }
             _ => (default_registry.to_owned(), name.to_owned()),
         };
-        let registry = if registry == "index.docker.io" { DOCKER_HUB.to_owned() } else { registry };
+        // One spelling per host, the one per-registry settings are keyed by (the config's hosts
+        // are normalised the same way when loaded): `GHCR.IO` is `ghcr.io`.
+        let registry = normalise_registry_host(&registry);
         if path != path.to_lowercase() {
             return Err(ReferenceError::Uppercase { reference: reference.to_owned() });
         }
@@ -237,16 +244,12 @@ pub struct NotAllowed {
 
 impl RegistryPolicy {
     pub fn new(allowed: &[String]) -> Self {
-        let allowed = allowed
-            .iter()
-            .map(|r| if r == "index.docker.io" { DOCKER_HUB.to_owned() } else { r.to_lowercase() })
-            .collect();
-        Self { allowed }
+        Self { allowed: allowed.iter().map(|r| normalise_registry_host(r)).collect() }
     }
 
-    /// Exact host (and port) match; host names compare case-insensitively.
+    /// Exact host (and port) match of normalised hosts: host names compare case-insensitively.
     pub fn check(&self, image: &ImageRef) -> Result<(), NotAllowed> {
-        if self.allowed.iter().any(|a| *a == image.registry.to_lowercase()) {
+        if self.allowed.contains(&image.registry) {
             Ok(())
         } else {
             Err(NotAllowed {
@@ -287,7 +290,13 @@ mod tests {
         check(&format!("ghcr.io/o/r@{DIGEST}"), &format!("ghcr.io/o/r@{DIGEST}"));
         check(&format!("ghcr.io/o/r:v1@{DIGEST}"), &format!("ghcr.io/o/r:v1@{DIGEST}"));
         check("a/b__c/d-e--f.g_h", "docker.io/a/b__c/d-e--f.g_h:latest");
-        check("Registry.Example.com/app", "Registry.Example.com/app:latest");
+        // Issue 18 item 3: the host is case-insensitive and named in one form (per-registry
+        // settings are looked up by it); the repository path stays case-sensitive.
+        check("Registry.Example.com/app", "registry.example.com/app:latest");
+        check("GHCR.IO/owner/repo:V1", "ghcr.io/owner/repo:V1");
+        check("LocalHost:5000/app", "localhost:5000/app:latest");
+        check("Index.Docker.IO/ubuntu", "docker.io/library/ubuntu:latest");
+        check("[::AB]:5000/img", "[::ab]:5000/img:latest");
     }
 
     #[test]
@@ -343,6 +352,9 @@ mod tests {
         assert!(allowed("nvidia/cuda:12.2-base-ubuntu20.04"));
         assert!(allowed("busybox"));
         assert!(allowed("GHCR.io/o/r"));
+        // The error names the host in the one form the policy and the settings use.
+        let err = policy.check(&ImageRef::parse("QUAY.io/o/r", DOCKER_HUB).unwrap()).unwrap_err();
+        assert_eq!(err.registry, "quay.io");
         assert!(allowed("127.0.0.1:5000/test"));
         assert!(!allowed("docker.io.evil.com/library/ubuntu"));
         assert!(!allowed("evil.com/docker.io/ubuntu"));

@@ -10,28 +10,30 @@
 //! 3. the image passes when a trusted key verifies a payload whose
 //!    `critical.image.docker-manifest-digest` is the digest of step 1.
 //!
-//! The registry protocol (token auth, manifests, blobs with their digests checked) is
-//! `oci-client`'s; the crypto and the key format (SPKI PEM) are RustCrypto's `p256`. No
-//! transparency log is consulted (nothing outside the registry is reached): trust is the keys.
+//! The registry reads (manifests, payloads with their digests checked, each bounded: a
+//! registry that sends more than it declares is refused) are [`crate::registry`]'s; the crypto
+//! and the key format (SPKI PEM) are RustCrypto's `p256`. No transparency log is consulted
+//! (nothing outside the registry is reached): trust is the keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::Reference;
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE,
     OciImageManifest,
 };
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::pkcs8::DecodePublicKey as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::reference::ImageRef;
+pub use crate::registry::{ClientError, is_loopback_registry};
+use crate::registry::{MAX_PAYLOAD, ReadError, RegistryClient, Session};
 
 /// Media type of a cosign signature layer.
 pub const SIMPLESIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
@@ -42,10 +44,9 @@ pub const PAYLOAD_TYPE: &str = "cosign container image signature";
 /// Manifests an image reference may resolve to.
 const IMAGE_MEDIA_TYPES: &[&str] =
     &[OCI_IMAGE_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, IMAGE_MANIFEST_LIST_MEDIA_TYPE];
-/// Signature layers looked at, and the largest payload read: a hostile registry cannot make
-/// verification expensive.
+/// Signature layers looked at (each payload read is bounded by [`crate::registry`]): a hostile
+/// registry cannot make verification expensive.
 const MAX_SIGNATURES: usize = 32;
-const MAX_PAYLOAD: i64 = 64 << 10;
 
 /// A trusted cosign public key.
 #[derive(Debug, Clone)]
@@ -88,11 +89,6 @@ pub enum KeyError {
     NotP256 { path: PathBuf, source: p256::pkcs8::spki::Error },
 }
 
-/// The registry client cannot be set up (the system's CA certificates, TLS).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up the registry client: {0}")]
-pub struct ClientError(#[source] pub OciDistributionError);
-
 /// Why an image is not verified.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unverified {
@@ -104,6 +100,9 @@ pub enum Unverified {
     DigestMismatch { served: String, asked: String },
     #[error("registry lookup failed: {0}")]
     Registry(String),
+    /// The registry announced or sent more than a manifest or payload may have.
+    #[error("registry answer refused: {0}")]
+    Oversized(String),
     #[error("registry lookup took longer than {0:?}")]
     Timeout(Duration),
 }
@@ -116,6 +115,7 @@ impl Unverified {
             Unverified::BadSignature(_) => "bad_signature",
             Unverified::DigestMismatch { .. } => "digest_mismatch",
             Unverified::Registry(_) => "registry_error",
+            Unverified::Oversized(_) => "oversized",
             Unverified::Timeout(_) => "timeout",
         }
     }
@@ -194,45 +194,24 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
-/// Whether Docker talks plain HTTP to this registry by default: loopback hosts.
-pub fn is_loopback_registry(host: &str) -> bool {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// The registry client used for lookups: plain HTTP to loopback registries (as Docker does),
 /// HTTPS with the system's trust store everywhere else.
-pub fn client(registries: &[String], timeout: Duration) -> Result<Client, ClientError> {
-    // The ring provider is in the tree already (tonic); installing it twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let plain = registries.iter().filter(|r| is_loopback_registry(r)).cloned().collect();
-    let config = oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::HttpsExcept(plain),
-        read_timeout: Some(timeout),
-        connect_timeout: Some(Duration::from_secs(10).min(timeout)),
-        user_agent: concat!("basilica-executor/", env!("CARGO_PKG_VERSION")),
-        ..Default::default()
-    };
-    Client::try_from(config).map_err(ClientError)
+pub fn client(registries: &[String], timeout: Duration) -> Result<RegistryClient, ClientError> {
+    RegistryClient::new(registries, timeout)
 }
 
 /// Resolves `image` in its registry and checks its cosign signatures against `keys`.
-pub async fn verify(client: &Client, auth: &RegistryAuth, image: &ImageRef, keys: &[TrustedKey]) -> Verdict {
-    let reference = match &image.digest {
-        Some(digest) => Reference::with_digest(image.registry.clone(), image.repository.clone(), digest.clone()),
-        None => Reference::with_tag(
-            image.registry.clone(),
-            image.repository.clone(),
-            image.tag.clone().unwrap_or_else(|| "latest".to_owned()),
-        ),
+pub async fn verify(client: &RegistryClient, auth: &RegistryAuth, image: &ImageRef, keys: &[TrustedKey]) -> Verdict {
+    let failed = |e: ReadError| Verdict { digest: None, result: Err(unverified(e)) };
+    let repository = Reference::with_tag(image.registry.clone(), image.repository.clone(), "latest".to_owned());
+    let session = match client.session(&repository, auth).await {
+        Ok(session) => session,
+        Err(e) => return failed(e),
     };
-    let digest = match client.pull_manifest_raw(&reference, auth, IMAGE_MEDIA_TYPES).await {
-        Ok((bytes, _)) => sha256_digest(&bytes),
-        Err(e) => return Verdict { digest: None, result: Err(Unverified::Registry(describe(&e))) },
+    let asked = image.digest.clone().or_else(|| image.tag.clone()).unwrap_or_else(|| "latest".to_owned());
+    let digest = match session.manifest(&asked, IMAGE_MEDIA_TYPES).await {
+        Ok(bytes) => sha256_digest(&bytes),
+        Err(e) => return failed(e),
     };
     if let Some(asked) = &image.digest
         && *asked != digest
@@ -240,25 +219,22 @@ pub async fn verify(client: &Client, auth: &RegistryAuth, image: &ImageRef, keys
         let result = Err(Unverified::DigestMismatch { served: digest.clone(), asked: asked.clone() });
         return Verdict { digest: Some(digest), result };
     }
-    let result = signatures(client, auth, image, &digest, keys).await;
+    let result = signatures(&session, &digest, keys).await;
     Verdict { digest: Some(digest), result }
 }
 
-async fn signatures(
-    client: &Client,
-    auth: &RegistryAuth,
-    image: &ImageRef,
-    digest: &str,
-    keys: &[TrustedKey],
-) -> Result<String, Unverified> {
+/// A failed read as a verdict: what the registry sent too much of, or why the lookup failed.
+fn unverified(e: ReadError) -> Unverified {
+    if e.is_oversized() { Unverified::Oversized(e.to_string()) } else { Unverified::Registry(e.to_string()) }
+}
+
+async fn signatures(session: &Session<'_>, digest: &str, keys: &[TrustedKey]) -> Result<String, Unverified> {
     let tag = signature_tag(digest);
-    let sig_ref = Reference::with_tag(image.registry.clone(), image.repository.clone(), tag.clone());
-    let manifest =
-        match client.pull_manifest_raw(&sig_ref, auth, &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE]).await {
-            Ok((bytes, _)) => bytes,
-            Err(e) if is_not_found(&e) => return Err(Unverified::Unsigned(tag)),
-            Err(e) => return Err(Unverified::Registry(describe(&e))),
-        };
+    let manifest = match session.manifest(&tag, &[OCI_IMAGE_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE]).await {
+        Ok(bytes) => bytes,
+        Err(ReadError::NotFound { .. }) => return Err(Unverified::Unsigned(tag)),
+        Err(e) => return Err(unverified(e)),
+    };
     let manifest: OciImageManifest = serde_json::from_slice(&manifest)
         .map_err(|e| Unverified::BadSignature(format!("`{tag}` is not an image manifest: {e}")))?;
     let mut why = Vec::new();
@@ -267,16 +243,23 @@ async fn signatures(
             why.push(format!("layer {} has no signature annotation", layer.digest));
             continue;
         };
-        if layer.size > MAX_PAYLOAD {
-            why.push(format!("payload {} is larger than {MAX_PAYLOAD} bytes", layer.digest));
-            continue;
-        }
-        let mut payload = Vec::new();
-        // oci-client checks the blob against the layer's digest.
-        if let Err(e) = client.pull_blob(&sig_ref, layer, &mut payload).await {
-            why.push(format!("payload {}: {}", layer.digest, describe(&e)));
-            continue;
-        }
+        let declared = match u64::try_from(layer.size) {
+            Ok(size) if size <= MAX_PAYLOAD => size,
+            _ => {
+                why.push(format!("payload {} is declared {} bytes, more than {MAX_PAYLOAD}", layer.digest, layer.size));
+                continue;
+            }
+        };
+        // Read to the declared size at most, its digest checked; a registry that sends more
+        // than it declared is refused whole.
+        let payload = match session.payload(&layer.digest, declared).await {
+            Ok(payload) => payload,
+            Err(e) if e.is_oversized() => return Err(unverified(e)),
+            Err(e) => {
+                why.push(e.to_string());
+                continue;
+            }
+        };
         match check_payload(&payload, signature, digest, keys) {
             Ok(key) => return Ok(key),
             Err(e) => why.push(e.to_string()),
@@ -287,29 +270,6 @@ async fn signatures(
     }
     why.dedup();
     Err(Unverified::BadSignature(why.join("; ")))
-}
-
-fn is_not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.iter().any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown))
-        }
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        _ => false,
-    }
-}
-
-/// An error in one line, with its cause (reqwest's outer error says little alone).
-fn describe(e: &OciDistributionError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Registry logins: from `[docker.registry.registries."<host>"]`, else the Docker config file.

@@ -94,8 +94,11 @@ impl Config {
         let mut config: Config = figment.extract().map_err(|e| from_figment(e, &path))?;
         let cwd = std::env::current_dir().map_err(|e| file_issue(format!("no working directory: {e}")))?;
         config.absolutize(&cwd);
+        let mut normalising = super::error::Issues::default();
+        config.docker.registry.normalise_hosts(&mut normalising);
         let loaded = LoadedConfig { config, path, figment };
-        let issues = loaded.config.validate();
+        let mut issues = normalising.0;
+        issues.extend(loaded.config.validate());
         if issues.is_empty() {
             Ok(loaded)
         } else {

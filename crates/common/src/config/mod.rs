@@ -46,7 +46,9 @@ pub use validator::{
     AccessConfig, AccessLimits, HotkeyVerification, RateLimits, SshServerKind, ValidatorConfig, in_network,
     parse_network,
 };
-pub use values::{ByteSize, Fraction, HostName, Hotkey, InvalidValue, Percent, Port, RegistryHost, Validate};
+pub use values::{
+    ByteSize, Fraction, HostName, Hotkey, InvalidValue, Percent, Port, RegistryHost, Validate, normalise_registry_host,
+};
 
 use error::Issues;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::Issues;
-use super::values::{RegistryHost, human_duration};
+use super::values::{RegistryHost, human_duration, normalise_registry_host};
 
 /// `[docker.registry]`: where images may come from, how they are pulled, and their signatures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,7 +19,8 @@ pub struct RegistryConfig {
     /// Verify cosign signatures of images before they run (see `signature_mode`); an image that
     /// passes runs pinned by the digest that was verified.
     pub verify_signatures: bool,
-    /// Registry hosts images may come from (exact host match, optional `:port`).
+    /// Registry hosts images may come from (exact host match, optional `:port`; host names
+    /// compare case-insensitively, here and in the keys of `registries`).
     pub allowed_registries: Vec<String>,
     /// With `verify_signatures`: what an image without a valid signature gets. `enforce`
     /// (default): refused. `warn`: runs, pinned by digest, and the caller is told
@@ -105,6 +106,35 @@ impl SignatureMode {
             SignatureMode::Warn => "warn",
             SignatureMode::Monitor => "monitor",
         }
+    }
+}
+
+impl RegistryConfig {
+    /// Rewrites every registry host of this section (`url`, `allowed_registries`, the keys of
+    /// `registries`) in the form images are looked up by ([`normalise_registry_host`]), so that
+    /// a host's settings apply however either side spells it. Two `registries` keys naming one
+    /// host are an issue: which settings applied would be chance.
+    pub(super) fn normalise_hosts(&mut self, v: &mut Issues) {
+        self.url = RegistryHost::new(normalise_registry_host(&self.url));
+        for host in &mut self.allowed_registries {
+            *host = normalise_registry_host(host);
+        }
+        let mut registries: BTreeMap<String, RegistrySettings> = BTreeMap::new();
+        let mut spelled: BTreeMap<String, String> = BTreeMap::new();
+        for (host, settings) in std::mem::take(&mut self.registries) {
+            let normal = normalise_registry_host(&host);
+            match spelled.get(&normal) {
+                Some(first) => v.fail(
+                    &format!("docker.registry.registries.\"{host}\""),
+                    format!("`{first}` and `{host}` name one registry (`{normal}`): keep one"),
+                ),
+                None => {
+                    spelled.insert(normal.clone(), host);
+                    registries.insert(normal, settings);
+                }
+            }
+        }
+        self.registries = registries;
     }
 }
 

@@ -279,6 +279,39 @@ shutdown_timeout = "1m 30s"
     assert!(local.password_file.as_ref().unwrap().is_absolute());
 }
 
+/// Issue 18 item 3: registry hosts compare case-insensitively, and every key naming one is
+/// stored in the normal form images are looked up by (`ImageRef::parse` makes the same).
+#[test]
+fn registry_hosts_are_normalised_when_loaded() {
+    let (_dir, loaded) = load(
+        r#"
+[docker.registry]
+url = "Index.Docker.IO"
+verify_signatures = true
+cosign_public_keys = ["k.pub"]
+allowed_registries = ["Docker.IO", "GHCR.io", "LocalHost:5000"]
+[docker.registry.registries."ghcr.IO"]
+signature_mode = "warn"
+cosign_public_keys = ["ghcr.pub"]
+"#,
+    );
+    let registry = loaded.unwrap().config.docker.registry;
+    assert_eq!(registry.url.as_str(), "docker.io");
+    assert_eq!(registry.allowed_registries, ["docker.io", "ghcr.io", "localhost:5000"]);
+    assert_eq!(registry.registries.keys().collect::<Vec<_>>(), ["ghcr.io"]);
+    assert_eq!(registry.mode_for("ghcr.io"), Some(SignatureMode::Warn));
+    assert!(registry.keys_for("ghcr.io")[0].ends_with("ghcr.pub"));
+    assert_eq!(registry.mode_for("localhost:5000"), Some(SignatureMode::Enforce));
+    assert_eq!(normalise_registry_host("[::AB]:5000"), "[::ab]:5000");
+    assert_eq!(normalise_registry_host("INDEX.docker.io"), "docker.io");
+
+    // Two keys for one registry would leave which settings apply to chance.
+    check_err(
+        "[docker.registry]\nallowed_registries = [\"ghcr.io\"]\n[docker.registry.registries.\"ghcr.io\"]\n[docker.registry.registries.\"GHCR.io\"]",
+        &["key `docker.registry.registries.\"ghcr.io\"`", "`GHCR.io` and `ghcr.io` name one registry (`ghcr.io`)"],
+    );
+}
+
 #[test]
 fn every_unenforced_key_exists() {
     let value = serde_json::to_value(Config::default()).unwrap();

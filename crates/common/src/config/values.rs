@@ -184,6 +184,15 @@ impl Validate for RegistryHost {
     }
 }
 
+/// The one form of a registry host that settings are keyed by and images are looked up by:
+/// host names compare case-insensitively (DNS), so they are lower-cased, and
+/// `index.docker.io` is Docker Hub, `docker.io`. Docker's reference grammar keeps the case of
+/// the host; two spellings of one host must not be two registries here (issue 18 item 3).
+pub fn normalise_registry_host(host: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    if host == "index.docker.io" { "docker.io".to_owned() } else { host }
+}
+
 /// `value` within `[min, max]`, in the words every numeric bound uses.
 pub(crate) fn in_range(value: f64, min: f64, max: f64) -> Result<(), InvalidValue> {
     if value >= min && value <= max {
