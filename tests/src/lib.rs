@@ -346,6 +346,7 @@ pub async fn busybox_image() -> bool {
 }
 
 pub mod keys;
+pub mod lan;
 pub mod process;
 pub mod registry;
 pub mod ssh;

@@ -110,6 +110,8 @@ impl Engine {
             name: name.to_owned(),
             driver: Some("bridge".into()),
             internal: Some(!internet),
+            // Tenant networks are IPv4 only, whatever the engine's defaults (see `firewall`).
+            enable_ipv6: Some(false),
             labels: Some(all),
             options: Some(HashMap::from([
                 ("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned()),
@@ -167,7 +169,15 @@ impl Engine {
 
     /// Creates the container (named by our id) without starting it; returns Docker's id.
     pub async fn create(&self, spec: &ContainerSpec, network: Option<&str>) -> Result<String, EngineError> {
-        let body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network);
+        let mut body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network);
+        // No IPv6 inside, whatever the engine does for IPv4-only networks; a kernel without
+        // IPv6 has no such sysctls (and the engine would refuse them).
+        if crate::firewall::kernel_has_ipv6()
+            && let Some(host) = body.host_config.as_mut()
+        {
+            let sysctls = crate::firewall::TENANT_SYSCTLS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+            host.sysctls.get_or_insert_with(HashMap::new).extend(sysctls);
+        }
         let options = CreateContainerOptions { name: Some(spec.id.clone()), ..CreateContainerOptions::default() };
         let created = self
             .docker
