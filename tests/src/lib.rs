@@ -361,6 +361,7 @@ pub async fn derived_image(tag: &str, dockerfile: &str) {
 
 pub mod hostile_registry;
 pub mod keys;
+pub mod lan;
 pub mod process;
 pub mod registry;
 pub mod ssh;

@@ -11,66 +11,65 @@ use std::time::{Duration, Instant};
 use common::ServiceName;
 use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
+use e2e::lan::{self, Lan};
 use e2e::process::{is_root, sh, which};
 use e2e::runtime::{docker, exec, ifb_name, inspect, remove_all, request, run, start_service};
 use e2e::{TestConfig, busybox_image, require_tool, wait_serving};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tonic::Code;
 
 const MIB: u64 = 1 << 20;
 
 #[tokio::test]
 async fn network_bps_shapes_both_directions() {
-    if !busybox_image().await {
+    if !busybox_image().await || !require_tool("root (ip netns)", is_root()) {
         return;
     }
-    // Docker's default bridge (no isolation, online), so the host can talk to the container.
-    let config = TestConfig::new("\n[docker.network_config]\nenable_isolation = false\nallow_internet = true\n");
+    // An online tenant and the stand-in internet: the host itself is out of a tenant's reach.
+    let lan = Lan::new().await;
+    let config = TestConfig::new("\n[docker.network_config]\nallow_internet = true\n");
     let (_service, mut client) = start_service(&config).await;
-    let mut r = request("nc -l -p 5001 </dev/null | wc -c; sleep 600");
+    let mut r = request("sleep 600");
     r.resources.as_mut().unwrap().network_bps = MIB;
     let c = run(&mut client, r).await;
     let ifb = ifb_name(&c.id);
     let (_, tc) = sh("tc", &["qdisc", "show", "dev", &ifb]).await;
     assert!(tc.contains("tbf") && tc.contains("rate 8388Kbit"), "{tc}");
-    let ip = inspect(&c.id, "{{.NetworkSettings.IPAddress}}").await;
-    let gateway = inspect(&c.id, "{{.NetworkSettings.Gateway}}").await;
     const SIZE: usize = 3 << 20;
+    let blocks = (SIZE / 4096).to_string();
 
     // To the container: 3 MiB at 1 MiB/s take close to 3 s (unshaped: milliseconds).
+    let count = format!("count={blocks}");
+    let mut sender =
+        lan.spawn(&["busybox", "nc", "-l", "-p", "5002", "-e", "busybox", "dd", "if=/dev/zero", "bs=4096", &count]);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut stream = tokio::net::TcpStream::connect((ip.as_str(), 5001)).await.unwrap();
     let started = Instant::now();
-    stream.write_all(&vec![0u8; SIZE]).await.unwrap();
-    stream.shutdown().await.unwrap();
-    // Timed where the bytes arrive: `wc` prints the count once nc has read them all.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !docker(&["logs", &c.id]).await.1.contains(&SIZE.to_string()) {
-        assert!(Instant::now() < deadline, "the container never received {SIZE} bytes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let out = exec(&mut client, &c.id, &format!("nc -w 10 {} 5002 </dev/null | wc -c", lan::PUBLIC)).await;
     let down = started.elapsed();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), SIZE.to_string(), "{out:?}");
+    let _ = sender.start_kill();
 
-    // From the container: the same through the IFB device.
-    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
+    // From the container: the same through the IFB device, timed where the bytes arrive.
+    let mut receiver = lan.spawn(&["busybox", "nc", "-l", "-p", "5003"]);
+    let mut received = receiver.stdout.take().unwrap();
     let receive = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
         let mut first = [0u8; 1];
-        socket.read_exact(&mut first).await.unwrap();
+        received.read_exact(&mut first).await.unwrap();
         let started = Instant::now();
         let mut buf = vec![0u8; 1 << 16];
         let mut total = 1;
         while total < SIZE {
-            let n = socket.read(&mut buf).await.unwrap();
+            let n = received.read(&mut buf).await.unwrap();
             assert!(n > 0, "connection closed after {total} bytes");
             total += n;
         }
         started.elapsed()
     });
-    let script = format!("dd if=/dev/zero bs=4096 count={} 2>/dev/null | nc {gateway} {port}", SIZE / 4096);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let script = format!("dd if=/dev/zero bs=4096 count={blocks} 2>/dev/null | nc {} 5003", lan::PUBLIC);
     let out = exec(&mut client, &c.id, &script).await;
     let up = tokio::time::timeout(Duration::from_secs(30), receive).await.unwrap().unwrap();
+    let _ = receiver.start_kill();
     println!("3 MiB at network_bps = 1 MiB/s: to the container {down:?}, from it {up:?} ({out:?})");
     // Lower bounds only: shaping can only make a transfer slower, a slow machine never faster.
     assert!(down >= Duration::from_secs(2), "to the container in {down:?}: not shaped");
@@ -79,6 +78,7 @@ async fn network_bps_shapes_both_directions() {
     assert!(stats.contains("Sent "), "{stats}");
     remove_all(&mut client).await;
     assert!(!std::path::Path::new("/sys/class/net").join(&ifb).exists(), "{ifb} left behind");
+    lan.remove().await;
 }
 
 #[tokio::test]
@@ -202,88 +202,6 @@ async fn host_paths_are_mounted_only_from_the_allow_list() {
     assert!(err.message().contains("host bind mounts are off"), "{}", err.message());
 }
 
-/// A network namespace reached through a veth pair, standing in for the provider's LAN and
-/// the internet: 203.0.113.2 (public, TEST-NET-3), 10.211.0.2 (private), 169.254.169.254
-/// (cloud metadata), all answering `hello` on port 8080. Removed on drop.
-struct Lan {
-    name: String,
-    host_if: String,
-    listener: Option<tokio::process::Child>,
-}
-
-impl Lan {
-    async fn new() -> Self {
-        let tag = std::process::id() % 100_000;
-        let (name, host_if, ns_if) = (format!("btlan{tag}"), format!("btl{tag}h"), format!("btl{tag}n"));
-        // A run that crashed may have left one behind: its routes would clash.
-        for entry in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
-            let stale = entry.file_name().to_string_lossy().into_owned();
-            if stale.starts_with("btl") && stale.ends_with('h') {
-                sh("ip", &["link", "del", &stale]).await;
-            }
-        }
-        let (_, namespaces) = sh("ip", &["netns", "list"]).await;
-        for stale in namespaces.split_whitespace().filter(|n| n.starts_with("btlan")) {
-            sh("ip", &["netns", "del", stale]).await;
-        }
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["netns", "add", &name],
-            vec!["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if],
-            vec!["link", "set", &ns_if, "netns", &name],
-            vec!["addr", "add", "203.0.113.1/24", "dev", &host_if],
-            vec!["link", "set", &host_if, "up"],
-            vec!["-n", &name, "addr", "add", "203.0.113.2/24", "dev", &ns_if],
-            vec!["-n", &name, "addr", "add", "10.211.0.2/32", "dev", &ns_if],
-            vec!["-n", &name, "addr", "add", "169.254.169.254/32", "dev", &ns_if],
-            vec!["-n", &name, "link", "set", &ns_if, "up"],
-            vec!["-n", &name, "link", "set", "lo", "up"],
-            vec!["-n", &name, "route", "add", "default", "via", "203.0.113.1"],
-            vec!["route", "replace", "10.211.0.2/32", "via", "203.0.113.2"],
-            vec!["route", "replace", "169.254.169.254/32", "via", "203.0.113.2"],
-        ];
-        for step in steps {
-            let (ok, out) = sh("ip", &step).await;
-            assert!(ok, "ip {}: {out}", step.join(" "));
-        }
-        let mut lan = Self { name: name.clone(), host_if, listener: None };
-        let listener = ProcessSpec::new("ip")
-            .args(["netns", "exec", &name, "busybox", "nc", "-ll", "-p", "8080", "-e", "echo", "hello"])
-            .spawn_supervised()
-            .unwrap();
-        lan.listener = Some(listener);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        lan
-    }
-}
-
-impl Lan {
-    async fn remove(mut self) {
-        if let Some(mut child) = self.listener.take() {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-        sh("ip", &["link", "del", &self.host_if]).await;
-        sh("ip", &["netns", "del", &self.name]).await;
-        self.name.clear();
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.listener {
-            let _ = child.start_kill();
-        }
-        if self.name.is_empty() {
-            return;
-        }
-        // A failed test: Drop cannot wait for a process, so these run detached (and the next
-        // run removes what they miss).
-        for args in [vec!["link", "del", self.host_if.as_str()], vec!["netns", "del", self.name.as_str()]] {
-            let _ = ProcessSpec::new("ip").args(args).spawn_supervised();
-        }
-    }
-}
-
 #[tokio::test]
 async fn online_tenants_reach_the_internet_but_not_private_ranges() {
     if !busybox_image().await || !require_tool("root (ip netns)", is_root()) {
@@ -294,9 +212,9 @@ async fn online_tenants_reach_the_internet_but_not_private_ranges() {
     let (_service, mut client) = start_service(&config).await;
     let c = run(&mut client, request("sleep 600")).await;
     let probe = |ip: &str| format!("nc -w 3 {ip} 8080 </dev/null; true");
-    let public = exec(&mut client, &c.id, &probe("203.0.113.2")).await;
+    let public = exec(&mut client, &c.id, &probe(lan::PUBLIC)).await;
     assert_eq!(String::from_utf8_lossy(&public.stdout).trim(), "hello", "no egress at all: {public:?}");
-    for blocked in ["10.211.0.2", "169.254.169.254"] {
+    for blocked in lan::BLOCKED {
         let out = exec(&mut client, &c.id, &probe(blocked)).await;
         assert!(String::from_utf8_lossy(&out.stdout).trim().is_empty(), "reached {blocked}: {out:?}");
     }

@@ -136,6 +136,8 @@ impl Engine {
             name: name.to_owned(),
             driver: Some("bridge".into()),
             internal: Some(!internet),
+            // Tenant networks are IPv4 only, whatever the engine's defaults (see `firewall`).
+            enable_ipv6: Some(false),
             labels: Some(all),
             options: Some(HashMap::from([
                 ("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned()),
@@ -196,6 +198,12 @@ impl Engine {
         let mut body = spec.create_body(&self.executor_id, self.disk_device.as_deref(), network, &self.hardening);
         if let Some(host) = body.host_config.as_mut() {
             host.log_config = Some(self.log_config.clone());
+            // No IPv6 inside, whatever the engine does for IPv4-only networks; a kernel without
+            // IPv6 has no such sysctls (and the engine would refuse them).
+            if crate::firewall::kernel_has_ipv6() {
+                let sysctls = crate::firewall::TENANT_SYSCTLS.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+                host.sysctls.get_or_insert_with(HashMap::new).extend(sysctls);
+            }
         }
         let options = CreateContainerOptions { name: Some(spec.id.clone()), ..CreateContainerOptions::default() };
         let created = self

@@ -1,13 +1,22 @@
 //! Host firewall rules that Docker's networks leave out. Every tenant network's bridge is named
-//! `bas-…`; two kinds of rules match them by that prefix:
-//! - `INPUT -i bas-+ -j DROP`: a tenant cannot reach the host itself (Docker lets even an
-//!   internal network talk to its gateway, i.e. to every service the host binds on 0.0.0.0).
-//! - `DOCKER-USER -i bas-+ -d <range> -j DROP` for private, shared and link-local ranges: with
-//!   `allow_internet = true` a tenant still cannot reach the provider's LAN or the cloud
-//!   metadata address 169.254.169.254.
+//! `bas-…`; the rules match them by that prefix, in both address families:
+//! - `INPUT -i bas-+ -j DROP` (iptables and ip6tables): a tenant cannot reach the host itself
+//!   (Docker lets even an internal network talk to its gateway, i.e. to every service the host
+//!   binds on 0.0.0.0 or `::`, and over IPv6 the bridge's link-local address is always there).
+//! - `DOCKER-USER -i bas-+ -d <range> -j DROP` for the ranges of [`BLOCKED_RANGES`]: with
+//!   `allow_internet = true` a tenant still cannot reach the provider's LAN, the cloud metadata
+//!   and platform addresses, or anything that is not public unicast.
+//! - `-i bas-+ -j DROP` for every forwarded IPv6 packet (ip6tables `DOCKER-USER` where Docker
+//!   manages ip6tables, `FORWARD` where it does not): tenant networks are IPv4 only, so no IPv6
+//!   from a tenant bridge is legitimate, whatever the engine's IPv6 settings.
 //!
-//! Rules are checked with `iptables -C` and inserted only when missing, so restarts add nothing.
+//! Tenant containers also get IPv6 switched off inside (see [`TENANT_SYSCTLS`]), so a host whose
+//! ip6tables cannot be used (no binary, no `ip6table_filter`) is still not open over IPv6; that
+//! case is logged, not fatal. A host without IPv6 in its kernel has nothing to firewall there.
+//!
+//! Rules are checked with `-C` and inserted only when missing, so restarts add nothing.
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::process::{ProcessError, ProcessSpec};
@@ -15,9 +24,26 @@ use common::process::{ProcessError, ProcessSpec};
 /// Prefix of every tenant bridge interface.
 pub const BRIDGE_PREFIX: &str = "bas-";
 
-/// Destinations no tenant may reach even when online.
-pub const BLOCKED_RANGES: [&str; 5] =
-    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16"];
+/// IPv4 destinations no tenant may reach even when online: "this network", private, shared
+/// (CGNAT), link-local (169.254.169.254, the metadata address of most clouds), Azure's platform
+/// address (DHCP, DNS, metadata through the wire server), benchmarking (often routed to lab
+/// equipment), and multicast with the reserved block above it.
+pub const BLOCKED_RANGES: [&str; 9] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "168.63.129.16/32",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "224.0.0.0/3",
+];
+
+/// Sysctls every tenant container gets where the host kernel has IPv6: no IPv6 at all inside,
+/// on every interface present and to come. Docker allows these namespaced sysctls.
+pub const TENANT_SYSCTLS: [(&str, &str); 2] =
+    [("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")];
 
 /// The bridge name of a container's network: `bas-` and 11 characters of its id (interface
 /// names have at most 15).
@@ -27,17 +53,54 @@ pub fn bridge_name(id: &str) -> String {
     format!("{BRIDGE_PREFIX}{}", &tail[start..])
 }
 
-/// Each rule as `(chain, match arguments)`.
-pub fn rules() -> Vec<(&'static str, Vec<String>)> {
-    let iface = format!("{BRIDGE_PREFIX}+");
-    let mut rules = vec![("INPUT", vec!["-i".into(), iface.clone(), "-j".into(), "DROP".into()])];
-    for range in BLOCKED_RANGES {
-        rules.push((
-            "DOCKER-USER",
-            vec!["-i".into(), iface.clone(), "-d".into(), range.into(), "-j".into(), "DROP".into()],
-        ));
+/// Whether the host kernel has IPv6 (not booted with `ipv6.disable=1`, module present).
+pub fn kernel_has_ipv6() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// One address family's firewall tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn tool(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables",
+            Self::V6 => "ip6tables",
+        }
     }
+}
+
+/// One rule: the tool, its chain and the match arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub family: Family,
+    pub chain: &'static str,
+    pub args: Vec<String>,
+}
+
+fn drop_from_tenants(family: Family, chain: &'static str, destination: Option<&str>) -> Rule {
+    let mut args = vec!["-i".to_owned(), format!("{BRIDGE_PREFIX}+")];
+    if let Some(range) = destination {
+        args.extend(["-d".to_owned(), range.to_owned()]);
+    }
+    args.extend(["-j".to_owned(), "DROP".to_owned()]);
+    Rule { family, chain, args }
+}
+
+/// The IPv4 rules.
+pub fn rules_v4() -> Vec<Rule> {
+    let mut rules = vec![drop_from_tenants(Family::V4, "INPUT", None)];
+    rules.extend(BLOCKED_RANGES.iter().map(|r| drop_from_tenants(Family::V4, "DOCKER-USER", Some(r))));
     rules
+}
+
+/// The IPv6 rules; `forward_chain` is `DOCKER-USER` where ip6tables has it, else `FORWARD`.
+pub fn rules_v6(forward_chain: &'static str) -> Vec<Rule> {
+    vec![drop_from_tenants(Family::V6, "INPUT", None), drop_from_tenants(Family::V6, forward_chain, None)]
 }
 
 /// Why the host firewall rules cannot be put in place.
@@ -45,29 +108,79 @@ pub fn rules() -> Vec<(&'static str, Vec<String>)> {
 pub enum FirewallError {
     #[error(transparent)]
     Run(#[from] ProcessError),
-    #[error("cannot add the host firewall rule `iptables -I {chain} {rule}`: {stderr}")]
-    Insert { chain: &'static str, rule: String, stderr: String },
+    #[error("cannot add the host firewall rule `{tool} -I {chain} {rule}`: {stderr}")]
+    Insert { tool: &'static str, chain: &'static str, rule: String, stderr: String },
 }
 
-/// Inserts every missing rule; the error says which rule and why.
-pub async fn ensure() -> Result<(), FirewallError> {
-    for (chain, args) in rules() {
-        let run = |op: &str| ProcessSpec::new("iptables").arg("-w").arg(op).arg(chain).args(args.iter().cloned());
-        let check = run("-C").output(Duration::from_secs(20), 1 << 14).await?;
-        if check.status.success() {
-            continue;
-        }
-        let insert = run("-I").output(Duration::from_secs(20), 1 << 14).await?;
-        if !insert.status.success() {
-            return Err(FirewallError::Insert {
-                chain,
-                rule: args.join(" "),
-                stderr: String::from_utf8_lossy(&insert.stderr).trim().to_owned(),
-            });
-        }
-        tracing::info!(chain, rule = %args.join(" "), "host firewall rule added");
+/// What [`ensure`] did about IPv6.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv6Firewall {
+    /// The rules are in place; the forwarding one in this chain.
+    Rules { forward_chain: &'static str },
+    /// The kernel has no IPv6: nothing to firewall.
+    NoIpv6,
+    /// ip6tables cannot be used (why); tenants rely on IPv6 being off in their containers.
+    Unavailable(String),
+}
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+async fn run(family: Family, args: &[&str]) -> Result<common::process::CapturedOutput, ProcessError> {
+    ProcessSpec::new(family.tool()).arg("-w").args(args.iter().copied()).output(TIMEOUT, 1 << 14).await
+}
+
+/// Inserts `rule` unless it is there.
+async fn ensure_rule(rule: &Rule) -> Result<(), FirewallError> {
+    let with = |op: &'static str| {
+        let mut args = vec![op, rule.chain];
+        args.extend(rule.args.iter().map(String::as_str));
+        args
+    };
+    if run(rule.family, &with("-C")).await?.status.success() {
+        return Ok(());
     }
+    let insert = run(rule.family, &with("-I")).await?;
+    if !insert.status.success() {
+        return Err(FirewallError::Insert {
+            tool: rule.family.tool(),
+            chain: rule.chain,
+            rule: rule.args.join(" "),
+            stderr: String::from_utf8_lossy(&insert.stderr).trim().to_owned(),
+        });
+    }
+    tracing::info!(tool = rule.family.tool(), chain = rule.chain, rule = %rule.args.join(" "), "host firewall rule added");
     Ok(())
+}
+
+/// Inserts every missing rule; the error says which rule and why. IPv4 rules must go in; the
+/// IPv6 ones go in wherever ip6tables works (see [`Ipv6Firewall`]).
+pub async fn ensure() -> Result<Ipv6Firewall, FirewallError> {
+    for rule in rules_v4() {
+        ensure_rule(&rule).await?;
+    }
+    if !kernel_has_ipv6() {
+        return Ok(Ipv6Firewall::NoIpv6);
+    }
+    // `-S INPUT` needs the binary and the kernel's ip6tables filter table: the probe for both.
+    let usable = match run(Family::V6, &["-S", "INPUT"]).await {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        Err(ProcessError::Spawn { source, .. }) => Err(format!("cannot run ip6tables: {source}")),
+        Err(e) => return Err(e.into()),
+    };
+    if let Err(why) = usable {
+        tracing::warn!(
+            reason = %why,
+            "ip6tables is unavailable: no IPv6 host firewall rules; tenant containers have IPv6 switched off inside (net.ipv6.conf.all.disable_ipv6 = 1)"
+        );
+        return Ok(Ipv6Firewall::Unavailable(why));
+    }
+    let forward_chain =
+        if run(Family::V6, &["-S", "DOCKER-USER"]).await?.status.success() { "DOCKER-USER" } else { "FORWARD" };
+    for rule in rules_v6(forward_chain) {
+        ensure_rule(&rule).await?;
+    }
+    Ok(Ipv6Firewall::Rules { forward_chain })
 }
 
 #[cfg(test)]
@@ -79,5 +192,26 @@ mod tests {
         assert_eq!(bridge_name("c-0123456789ab"), "bas-123456789ab");
         assert!(bridge_name("c-0123456789ab").len() <= 15);
         assert_eq!(bridge_name("x"), "bas-x");
+    }
+
+    /// Every rule, as an operator would type it.
+    fn typed(rules: &[Rule]) -> Vec<String> {
+        rules.iter().map(|r| format!("{} -I {} {}", r.family.tool(), r.chain, r.args.join(" "))).collect()
+    }
+
+    #[test]
+    fn the_rules_cover_the_host_and_every_non_public_range_in_both_families() {
+        let v4 = typed(&rules_v4());
+        assert_eq!(v4[0], "iptables -I INPUT -i bas-+ -j DROP");
+        for range in ["0.0.0.0/8", "168.63.129.16/32", "198.18.0.0/15", "224.0.0.0/3", "169.254.0.0/16", "10.0.0.0/8"] {
+            let rule = format!("iptables -I DOCKER-USER -i bas-+ -d {range} -j DROP");
+            assert!(v4.contains(&rule), "{rule} missing from {v4:#?}");
+        }
+        assert_eq!(v4.len(), 1 + BLOCKED_RANGES.len());
+        assert_eq!(
+            typed(&rules_v6("FORWARD")),
+            ["ip6tables -I INPUT -i bas-+ -j DROP", "ip6tables -I FORWARD -i bas-+ -j DROP"]
+        );
+        assert_eq!(typed(&rules_v6("DOCKER-USER"))[1], "ip6tables -I DOCKER-USER -i bas-+ -j DROP");
     }
 }

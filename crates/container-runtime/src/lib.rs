@@ -142,7 +142,9 @@ impl Service for ContainerRuntime {
         let engine = engine::Engine::connect(config, &identity.executor_id()).await?;
         if config.network_config.enable_isolation {
             // Without these rules a tenant could reach every service the host binds on 0.0.0.0.
-            firewall::ensure().await.map_err(|e| format!("{e} (container-runtime needs root for iptables)"))?;
+            let ipv6 =
+                firewall::ensure().await.map_err(|e| format!("{e} (container-runtime needs root for iptables)"))?;
+            tracing::info!(?ipv6, "host firewall rules in place for tenant bridges");
         }
         match engine.disk_device() {
             Some(device) => tracing::info!(device, "disk I/O limits apply to the device behind Docker's data root"),

@@ -126,7 +126,8 @@ impl Default for ResourceLimits {
 pub struct NetworkConfig {
     /// Each container on its own bridge network.
     pub enable_isolation: bool,
-    /// Egress to the internet; false makes container networks internal.
+    /// Egress to the internet; false makes container networks internal. Needs
+    /// `enable_isolation`.
     pub allow_internet: bool,
     /// DNS servers for containers; empty means Docker's default.
     pub dns_servers: Vec<IpAddr>,
@@ -189,6 +190,14 @@ impl DockerConfig {
             v.fail("docker.reap_interval", "must be at least 100ms");
         }
         v.range("docker.network_config.spare_networks", self.network_config.spare_networks as f64, 0.0, 16.0);
+        if self.network_config.allow_internet && !self.network_config.enable_isolation {
+            v.fail(
+                "docker.network_config.allow_internet",
+                "`true` needs docker.network_config.enable_isolation = true: without isolation tenants would sit on \
+                 Docker's default bridge, where no host firewall rule keeps them from the host's services, the LAN \
+                 and the cloud metadata address",
+            );
+        }
         for path in &self.allowed_host_paths {
             if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                 v.fail(

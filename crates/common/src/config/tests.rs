@@ -33,6 +33,10 @@ fn bad_values_name_key_and_file() {
     check_err("[server]\nprot = 1", &["key `server.prot`", "unknown key", "port"]);
     check_err("[docker.resource_limits]\nmemroy_bytes = 1", &["key `docker.resource_limits.memroy_bytes`"]);
     check_err("[server]\nport = \"fifty\"", &["key `server.port`", "fifty"]);
+    check_err(
+        "[docker.network_config]\nenable_isolation = false\nallow_internet = true",
+        &["key `docker.network_config.allow_internet`", "docker.network_config.enable_isolation = true"],
+    );
     check_err("[server]\nport = 70000", &["key `server.port`", "70000"]);
     check_err("[server]\nport = 0", &["key `server.port`", "not 0"]);
     check_err("[server]\nport = -1", &["key `server.port`"]);

@@ -103,7 +103,8 @@ impl Runtime {
     pub async fn create(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
         let id = labels::random_name("c-").map_err(RuntimeError::Name)?;
         let (mut spec, gpus) = self.spec_from(request, id)?;
-        let online = self.config.network_config.enable_isolation || self.config.network_config.allow_internet;
+        // Online means a network of its own: `allow_internet` without isolation is a config error.
+        let online = self.config.network_config.enable_isolation;
         if online && let Err(e) = &self.shaping {
             return Err(RuntimeError::Shaping { id: None, source: e.clone() });
         }
@@ -121,14 +122,12 @@ impl Runtime {
         if gpus.count > 0 || !gpus.uuids.is_empty() {
             spec.gpu_uuids = self.assign_gpus(&gpus).await?;
         }
-        let net = &self.config.network_config;
         let mode = match &self.pool {
             Some(pool) => {
                 let name = pool.take().await?;
                 spec.network = Some(name.clone());
                 name
             }
-            None if net.allow_internet => "bridge".to_owned(),
             None => "none".to_owned(),
         };
         // Docker gets the staged objects, never the paths a tenant might swap (see `mounts`).
