@@ -12,8 +12,13 @@ use common::process::ProcessSpec;
 
 use crate::process::sh;
 
-/// A public address (TEST-NET-3) that tenants with `allow_internet = true` reach.
-pub const PUBLIC: &str = "203.0.113.2";
+/// A public address (TEST-NET-2) that tenants with `allow_internet = true` reach. The link is a
+/// /30: routing a whole /24 to the namespace would also capture whatever else of the machine's
+/// lives there (the package registries of this workplace answer on TEST-NET-3, 203.0.113.80,
+/// and a /24 of it here cut them off from every other test while a LAN existed).
+pub const PUBLIC: &str = "198.51.100.2";
+/// The host's end of the link.
+const HOST_END: &str = "198.51.100.1";
 
 /// Addresses no tenant may reach, one per kind: private, cloud metadata (169.254.169.254),
 /// Azure's platform address, benchmarking, "this network" and the reserved block above
@@ -55,12 +60,12 @@ impl Lan {
             vec!["netns", "add", &name],
             vec!["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if],
             vec!["link", "set", &ns_if, "netns", &name],
-            vec!["addr", "add", "203.0.113.1/24", "dev", &host_if],
+            vec!["addr", "add", &format!("{HOST_END}/30"), "dev", &host_if],
             vec!["link", "set", &host_if, "up"],
-            vec!["-n", &name, "addr", "add", "203.0.113.2/24", "dev", &ns_if],
+            vec!["-n", &name, "addr", "add", &format!("{PUBLIC}/30"), "dev", &ns_if],
             vec!["-n", &name, "link", "set", &ns_if, "up"],
             vec!["-n", &name, "link", "set", "lo", "up"],
-            vec!["-n", &name, "route", "add", "default", "via", "203.0.113.1"],
+            vec!["-n", &name, "route", "add", "default", "via", HOST_END],
         ]
         .iter()
         .map(|step| step.iter().map(|s| (*s).to_owned()).collect())
