@@ -33,7 +33,13 @@ pub struct Lan {
     listener: Option<tokio::process::Child>,
     /// One at a time in a test process: they share addresses and routes.
     _one_at_a_time: tokio::sync::OwnedMutexGuard<()>,
+    /// And one at a time on the machine: test binaries run in parallel, and two LANs' routes to
+    /// the same blocked addresses would send one test's probes into the other's namespace.
+    _machine_lock: std::fs::File,
 }
+
+/// The file whose exclusive lock is held while a LAN exists.
+const MACHINE_LOCK: &str = "/run/lock/basilica-test-lan.lock";
 
 static ONE_AT_A_TIME: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Arc::default);
 
@@ -42,6 +48,15 @@ impl Lan {
     /// run left behind is removed.
     pub async fn new() -> Self {
         let one_at_a_time = ONE_AT_A_TIME.clone().lock_owned().await;
+        let machine_lock = tokio::task::spawn_blocking(|| {
+            std::fs::create_dir_all("/run/lock").unwrap();
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(MACHINE_LOCK).unwrap();
+            // Released when the file closes, even if this process dies.
+            file.lock().unwrap();
+            file
+        })
+        .await
+        .unwrap();
         let pid = std::process::id();
         let (name, host_if, ns_if) = (format!("btlan{pid}"), format!("btl{pid}h"), format!("btl{pid}n"));
         // Left behind by a process that is gone (a running test's own stays): its routes would clash.
@@ -80,7 +95,13 @@ impl Lan {
             let (ok, out) = sh("ip", &step).await;
             assert!(ok, "ip {}: {out}", step.join(" "));
         }
-        let mut lan = Self { name: name.clone(), host_if, listener: None, _one_at_a_time: one_at_a_time };
+        let mut lan = Self {
+            name: name.clone(),
+            host_if,
+            listener: None,
+            _one_at_a_time: one_at_a_time,
+            _machine_lock: machine_lock,
+        };
         let listener = ProcessSpec::new("ip")
             .args(["netns", "exec", &name, "busybox", "nc", "-ll", "-p", "8080", "-e", "echo", "hello"])
             .spawn_supervised()
