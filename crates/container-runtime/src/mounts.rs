@@ -237,19 +237,26 @@ mod tests {
         assert!(open_no_follow(&real.join("missing")).is_err());
     }
 
-    /// The object opened is what is mounted: swapping the path for a symlink to `/` afterwards
-    /// changes nothing at the staging path.
-    #[test]
-    fn the_staged_object_survives_a_swap_of_its_path() {
+    /// A temporary directory (canonical) with `shared/mine` in it, or None with a printed reason
+    /// where bind mounts cannot be made (not root).
+    fn shared_dir() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: bind mounts need root");
-            return;
+            eprintln!("SKIPPED: namespaces and bind mounts need root");
+            return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().canonicalize().unwrap();
         let shared = real.join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::write(shared.join("mine"), b"data").unwrap();
+        Some((dir, real, shared))
+    }
+
+    /// The object opened is what is mounted: swapping the path for a symlink to `/` afterwards
+    /// changes nothing at the staging path.
+    #[test]
+    fn the_staged_object_survives_a_swap_of_its_path() {
+        let Some((_dir, real, shared)) = shared_dir() else { return };
         let staging = Staging::new(&real.join("run"));
         let id = "c-0123456789ab";
         let staged = staging.stage(id, 0, &shared, false).unwrap();
@@ -280,15 +287,7 @@ mod tests {
     /// service and the test's main thread plays the engine.
     #[test]
     fn mounts_are_made_where_the_engine_sees_them() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("SKIPPED: namespaces and bind mounts need root");
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let real = dir.path().canonicalize().unwrap();
-        let shared = real.join("shared");
-        std::fs::create_dir(&shared).unwrap();
-        std::fs::write(shared.join("mine"), b"data").unwrap();
+        let Some((_dir, real, shared)) = shared_dir() else { return };
         let mut staging = Staging::new(&real.join("run"));
         // The thread group leader's namespace: this test's main thread.
         staging.namespace = PathBuf::from("/proc/self/ns/mnt");
