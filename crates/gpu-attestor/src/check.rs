@@ -148,10 +148,11 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn failed(reason: String) -> Self {
+    /// A verdict with nothing judged yet: FAIL until the checks say otherwise.
+    fn undecided() -> Self {
         Self {
             verdict: Outcome::Fail,
-            reasons: vec![reason],
+            reasons: Vec::new(),
             notes: Vec::new(),
             executor_id: String::new(),
             backend: String::new(),
@@ -196,8 +197,7 @@ where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut verdict = Verdict::failed(String::new());
-    verdict.reasons.clear();
+    let mut verdict = Verdict::undecided();
     match conversation(input, &mut out, setup, &mut verdict).await {
         Ok(()) => {}
         Err(e) => {
@@ -608,7 +608,7 @@ mod tests {
 
     #[test]
     fn timing_rules_follow_gpow_md() {
-        let fresh = || Verdict { reasons: Vec::new(), ..Verdict::failed(String::new()) };
+        let fresh = Verdict::undecided;
         let secs = Duration::from_millis;
         // Two GPUs: the slowest profile sets each limit (max, never the sum): 1.25 × 1000 ms.
         let profiles = [profile(800, 100, 100), profile(1000, 200, 300)];

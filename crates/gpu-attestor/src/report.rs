@@ -360,6 +360,7 @@ impl Report {
                 hotkey
                     .verify(&self.transcript()?, &signature)
                     .map_err(|e| ReportError::ValidatorSignature(e.to_string()))?;
+                verify::check_commitments(&self.challenge, &self.commitments)?;
             }
             SampleMode::FiatShamir => {
                 if self.challenge.nonce == [0; 32] {
@@ -376,7 +377,8 @@ impl Report {
                 }
             }
         }
-        verify::check_openings(
+        // Both arms checked the commitments: once is enough.
+        verify::check_sampled(
             isa,
             threads,
             &self.challenge,

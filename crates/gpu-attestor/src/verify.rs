@@ -91,6 +91,21 @@ pub fn check_openings(
     exact: bool,
 ) -> Result<(), VerifyError> {
     check_commitments(challenge, commitments)?;
+    check_sampled(isa, threads, challenge, walk_nonce, commitments, samples, openings, exact)
+}
+
+/// [`check_openings`] for commitments the caller has already checked with [`check_commitments`].
+#[allow(clippy::too_many_arguments)]
+pub fn check_sampled(
+    isa: Isa,
+    threads: usize,
+    challenge: &Challenge,
+    walk_nonce: &[u8; 32],
+    commitments: &[GpuCommitment],
+    samples: &[GpuSample],
+    openings: &[GpuOpenings],
+    exact: bool,
+) -> Result<(), VerifyError> {
     sample::check(challenge, samples, exact)?;
     if openings.len() != challenge.gpus.len() {
         return Err(VerifyError::Gpus { what: "openings", got: openings.len(), expected: challenge.gpus.len() });
