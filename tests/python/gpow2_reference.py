@@ -68,6 +68,21 @@ def plain_challenge(seed, dim, count, items=0):
     }
 
 
+# Three GPUs with different shapes (m, n, k all different), one without phase B, non-zero nonce
+# and keys: a challenge that exercises the canonical encoding and every per-GPU key.
+MULTI_GPU_CHALLENGE = {
+    "seed": bytes(range(32)),
+    "nonce": bytes(range(32, 64)),
+    "executor_key": bytes([0xEE]) * 32,
+    "validator_key": bytes([0x5A]) * 32,
+    "gpus": [
+        {"m": 32, "n": 48, "k": 64, "count": 2, "items": 64},
+        {"m": 16, "n": 16, "k": 16, "count": 1, "items": 0},
+        {"m": 48, "n": 16, "k": 32, "count": 3, "items": 160},
+    ],
+}
+
+
 def canonical(ch):
     out = ch["seed"] + ch["nonce"] + ch["executor_key"] + ch["validator_key"] + u32(len(ch["gpus"]))
     for w in ch["gpus"]:

@@ -63,17 +63,7 @@ def test_plain_mode_matches_the_reference(seed, dim, count, items, isa):
 def test_multi_gpu_challenge_matches_the_reference(tmp_path):
     """Three GPUs with different shapes (m, n, k all different), one without phase B, non-zero
     nonce, keys and walk nonce: the canonical encoding and every per-GPU key are exercised."""
-    challenge = {
-        "seed": bytes(range(32)),
-        "nonce": bytes(range(32, 64)),
-        "executor_key": bytes([0xEE]) * 32,
-        "validator_key": bytes([0x5A]) * 32,
-        "gpus": [
-            {"m": 32, "n": 48, "k": 64, "count": 2, "items": 64},
-            {"m": 16, "n": 16, "k": 16, "count": 1, "items": 0},
-            {"m": 48, "n": 16, "k": 32, "count": 3, "items": 160},
-        ],
-    }
+    challenge = ref.MULTI_GPU_CHALLENGE
     walk_nonce = bytes([0xA5]) * 32
     as_json = dict(challenge)
     for field in ("seed", "nonce", "executor_key", "validator_key"):

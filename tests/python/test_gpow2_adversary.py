@@ -44,17 +44,7 @@ CHALLENGES = {
     # One GPU, plain-mode keys, several products and a dataset with 4 lanes.
     "plain": ref.plain_challenge(7, 32, 3, 64),
     # Three GPUs, m ≠ n ≠ k, one without phase B, non-zero nonce and keys.
-    "multi-gpu": {
-        "seed": bytes(range(32)),
-        "nonce": bytes(range(32, 64)),
-        "executor_key": bytes([0xEE]) * 32,
-        "validator_key": bytes([0x5A]) * 32,
-        "gpus": [
-            {"m": 32, "n": 48, "k": 64, "count": 2, "items": 64},
-            {"m": 16, "n": 16, "k": 16, "count": 1, "items": 0},
-            {"m": 48, "n": 16, "k": 32, "count": 3, "items": 160},
-        ],
-    },
+    "multi-gpu": ref.MULTI_GPU_CHALLENGE,
 }
 
 
