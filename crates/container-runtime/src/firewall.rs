@@ -3,7 +3,8 @@
 //! - `INPUT -i bas-+ -j DROP` (iptables and ip6tables): a tenant cannot reach the host itself
 //!   (Docker lets even an internal network talk to its gateway, i.e. to every service the host
 //!   binds on 0.0.0.0 or `::`, and over IPv6 the bridge's link-local address is always there).
-//! - `DOCKER-USER -i bas-+ -d <range> -j DROP` for the ranges of [`BLOCKED_RANGES`]: with
+//! - `FORWARD -i bas-+ -d <range> -j DROP` for the ranges of [`BLOCKED_RANGES`] (in FORWARD, since
+//!   Docker re-inserts its jump to DOCKER-USER whenever it makes a network, leaving a window): with
 //!   `allow_internet = true` a tenant still cannot reach the provider's LAN, the cloud metadata
 //!   and platform addresses, or anything that is not public unicast.
 //! - `-i bas-+ -j DROP` for every forwarded IPv6 packet (ip6tables `DOCKER-USER` where Docker
@@ -94,7 +95,9 @@ fn drop_from_tenants(family: Family, chain: &'static str, destination: Option<&s
 /// The IPv4 rules.
 pub fn rules_v4() -> Vec<Rule> {
     let mut rules = vec![drop_from_tenants(Family::V4, "INPUT", None)];
-    rules.extend(BLOCKED_RANGES.iter().map(|r| drop_from_tenants(Family::V4, "DOCKER-USER", Some(r))));
+    // In FORWARD itself, not DOCKER-USER: Docker deletes and re-inserts FORWARD's jump to
+    // DOCKER-USER whenever it makes a network, and a tenant's packet in that window passed.
+    rules.extend(BLOCKED_RANGES.iter().map(|r| drop_from_tenants(Family::V4, "FORWARD", Some(r))));
     rules
 }
 
@@ -204,7 +207,7 @@ mod tests {
         let v4 = typed(&rules_v4());
         assert_eq!(v4[0], "iptables -I INPUT -i bas-+ -j DROP");
         for range in ["0.0.0.0/8", "168.63.129.16/32", "198.18.0.0/15", "224.0.0.0/3", "169.254.0.0/16", "10.0.0.0/8"] {
-            let rule = format!("iptables -I DOCKER-USER -i bas-+ -d {range} -j DROP");
+            let rule = format!("iptables -I FORWARD -i bas-+ -d {range} -j DROP");
             assert!(v4.contains(&rule), "{rule} missing from {v4:#?}");
         }
         assert_eq!(v4.len(), 1 + BLOCKED_RANGES.len());
