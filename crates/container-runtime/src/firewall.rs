@@ -3,13 +3,18 @@
 //! - `INPUT -i bas-+ -j DROP` (iptables and ip6tables): a tenant cannot reach the host itself
 //!   (Docker lets even an internal network talk to its gateway, i.e. to every service the host
 //!   binds on 0.0.0.0 or `::`, and over IPv6 the bridge's link-local address is always there).
-//! - `FORWARD -i bas-+ -d <range> -j DROP` for the ranges of [`BLOCKED_RANGES`] (in FORWARD, since
-//!   Docker re-inserts its jump to DOCKER-USER whenever it makes a network, leaving a window): with
+//! - `-t mangle FORWARD -i bas-+ -d <range> -j DROP` for the ranges of [`BLOCKED_RANGES`]: with
 //!   `allow_internet = true` a tenant still cannot reach the provider's LAN, the cloud metadata
 //!   and platform addresses, or anything that is not public unicast.
-//! - `-i bas-+ -j DROP` for every forwarded IPv6 packet (ip6tables `DOCKER-USER` where Docker
-//!   manages ip6tables, `FORWARD` where it does not): tenant networks are IPv4 only, so no IPv6
-//!   from a tenant bridge is legitimate, whatever the engine's IPv6 settings.
+//! - `-t mangle FORWARD -i bas-+ -j DROP` for every forwarded IPv6 packet: tenant networks are
+//!   IPv4 only, so no IPv6 from a tenant bridge is legitimate, whatever the engine's IPv6 settings.
+//!
+//! The forwarding drops are in the mangle table because Docker never touches it. The filter
+//! table's FORWARD is Docker's: for every network it makes it inserts
+//! `-i <bridge> ! -o <bridge> -j ACCEPT` at the top of FORWARD (above anything we put there),
+//! and it deletes and re-inserts its jump to `DOCKER-USER` (the place its documentation offers),
+//! leaving a window in which a tenant's packet passes. mangle FORWARD sees every forwarded packet
+//! before filter FORWARD does, whatever Docker does to its own chains.
 //!
 //! Tenant containers also get IPv6 switched off inside (see [`TENANT_SYSCTLS`]), so a host whose
 //! ip6tables cannot be used (no binary, no `ip6table_filter`) is still not open over IPv6; that
@@ -75,35 +80,39 @@ impl Family {
     }
 }
 
-/// One rule: the tool, its chain and the match arguments.
+/// One rule: the tool, its table and chain, and the match arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub family: Family,
+    pub table: &'static str,
     pub chain: &'static str,
     pub args: Vec<String>,
 }
 
-fn drop_from_tenants(family: Family, chain: &'static str, destination: Option<&str>) -> Rule {
+/// Where a tenant's packets to the host are dropped.
+const HOST: (&str, &str) = ("filter", "INPUT");
+/// Where a tenant's forwarded packets are dropped: a chain Docker never touches.
+const FORWARDED: (&str, &str) = ("mangle", "FORWARD");
+
+fn drop_from_tenants(family: Family, (table, chain): (&'static str, &'static str), destination: Option<&str>) -> Rule {
     let mut args = vec!["-i".to_owned(), format!("{BRIDGE_PREFIX}+")];
     if let Some(range) = destination {
         args.extend(["-d".to_owned(), range.to_owned()]);
     }
     args.extend(["-j".to_owned(), "DROP".to_owned()]);
-    Rule { family, chain, args }
+    Rule { family, table, chain, args }
 }
 
 /// The IPv4 rules.
 pub fn rules_v4() -> Vec<Rule> {
-    let mut rules = vec![drop_from_tenants(Family::V4, "INPUT", None)];
-    // In FORWARD itself, not DOCKER-USER: Docker deletes and re-inserts FORWARD's jump to
-    // DOCKER-USER whenever it makes a network, and a tenant's packet in that window passed.
-    rules.extend(BLOCKED_RANGES.iter().map(|r| drop_from_tenants(Family::V4, "FORWARD", Some(r))));
+    let mut rules = vec![drop_from_tenants(Family::V4, HOST, None)];
+    rules.extend(BLOCKED_RANGES.iter().map(|r| drop_from_tenants(Family::V4, FORWARDED, Some(r))));
     rules
 }
 
-/// The IPv6 rules; `forward_chain` is `DOCKER-USER` where ip6tables has it, else `FORWARD`.
-pub fn rules_v6(forward_chain: &'static str) -> Vec<Rule> {
-    vec![drop_from_tenants(Family::V6, "INPUT", None), drop_from_tenants(Family::V6, forward_chain, None)]
+/// The IPv6 rules.
+pub fn rules_v6() -> Vec<Rule> {
+    vec![drop_from_tenants(Family::V6, HOST, None), drop_from_tenants(Family::V6, FORWARDED, None)]
 }
 
 /// Why the host firewall rules cannot be put in place.
@@ -111,15 +120,15 @@ pub fn rules_v6(forward_chain: &'static str) -> Vec<Rule> {
 pub enum FirewallError {
     #[error(transparent)]
     Run(#[from] ProcessError),
-    #[error("cannot add the host firewall rule `{tool} -I {chain} {rule}`: {stderr}")]
-    Insert { tool: &'static str, chain: &'static str, rule: String, stderr: String },
+    #[error("cannot add the host firewall rule `{tool} -t {table} -I {chain} {rule}`: {stderr}")]
+    Insert { tool: &'static str, table: &'static str, chain: &'static str, rule: String, stderr: String },
 }
 
 /// What [`ensure`] did about IPv6.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ipv6Firewall {
-    /// The rules are in place; the forwarding one in this chain.
-    Rules { forward_chain: &'static str },
+    /// The rules are in place.
+    Rules,
     /// The kernel has no IPv6: nothing to firewall.
     NoIpv6,
     /// ip6tables cannot be used (why); tenants rely on IPv6 being off in their containers.
@@ -135,7 +144,7 @@ async fn run(family: Family, args: &[&str]) -> Result<common::process::CapturedO
 /// Inserts `rule` unless it is there.
 async fn ensure_rule(rule: &Rule) -> Result<(), FirewallError> {
     let with = |op: &'static str| {
-        let mut args = vec![op, rule.chain];
+        let mut args = vec!["-t", rule.table, op, rule.chain];
         args.extend(rule.args.iter().map(String::as_str));
         args
     };
@@ -146,12 +155,13 @@ async fn ensure_rule(rule: &Rule) -> Result<(), FirewallError> {
     if !insert.status.success() {
         return Err(FirewallError::Insert {
             tool: rule.family.tool(),
+            table: rule.table,
             chain: rule.chain,
             rule: rule.args.join(" "),
             stderr: String::from_utf8_lossy(&insert.stderr).trim().to_owned(),
         });
     }
-    tracing::info!(tool = rule.family.tool(), chain = rule.chain, rule = %rule.args.join(" "), "host firewall rule added");
+    tracing::info!(tool = rule.family.tool(), table = rule.table, chain = rule.chain, rule = %rule.args.join(" "), "host firewall rule added");
     Ok(())
 }
 
@@ -164,13 +174,19 @@ pub async fn ensure() -> Result<Ipv6Firewall, FirewallError> {
     if !kernel_has_ipv6() {
         return Ok(Ipv6Firewall::NoIpv6);
     }
-    // `-S INPUT` needs the binary and the kernel's ip6tables filter table: the probe for both.
-    let usable = match run(Family::V6, &["-S", "INPUT"]).await {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        Err(ProcessError::Spawn { source, .. }) => Err(format!("cannot run ip6tables: {source}")),
-        Err(e) => return Err(e.into()),
-    };
+    // Listing both chains needs the binary and the kernel's ip6tables tables: the probe for all.
+    let mut usable = Ok(());
+    for (table, chain) in [HOST, FORWARDED] {
+        usable = match run(Family::V6, &["-t", table, "-S", chain]).await {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+            Err(ProcessError::Spawn { source, .. }) => Err(format!("cannot run ip6tables: {source}")),
+            Err(e) => return Err(e.into()),
+        };
+        if usable.is_err() {
+            break;
+        }
+    }
     if let Err(why) = usable {
         tracing::warn!(
             reason = %why,
@@ -178,12 +194,10 @@ pub async fn ensure() -> Result<Ipv6Firewall, FirewallError> {
         );
         return Ok(Ipv6Firewall::Unavailable(why));
     }
-    let forward_chain =
-        if run(Family::V6, &["-S", "DOCKER-USER"]).await?.status.success() { "DOCKER-USER" } else { "FORWARD" };
-    for rule in rules_v6(forward_chain) {
+    for rule in rules_v6() {
         ensure_rule(&rule).await?;
     }
-    Ok(Ipv6Firewall::Rules { forward_chain })
+    Ok(Ipv6Firewall::Rules)
 }
 
 #[cfg(test)]
@@ -199,22 +213,24 @@ mod tests {
 
     /// Every rule, as an operator would type it.
     fn typed(rules: &[Rule]) -> Vec<String> {
-        rules.iter().map(|r| format!("{} -I {} {}", r.family.tool(), r.chain, r.args.join(" "))).collect()
+        rules
+            .iter()
+            .map(|r| format!("{} -t {} -I {} {}", r.family.tool(), r.table, r.chain, r.args.join(" ")))
+            .collect()
     }
 
     #[test]
     fn the_rules_cover_the_host_and_every_non_public_range_in_both_families() {
         let v4 = typed(&rules_v4());
-        assert_eq!(v4[0], "iptables -I INPUT -i bas-+ -j DROP");
+        assert_eq!(v4[0], "iptables -t filter -I INPUT -i bas-+ -j DROP");
         for range in ["0.0.0.0/8", "168.63.129.16/32", "198.18.0.0/15", "224.0.0.0/3", "169.254.0.0/16", "10.0.0.0/8"] {
-            let rule = format!("iptables -I FORWARD -i bas-+ -d {range} -j DROP");
+            let rule = format!("iptables -t mangle -I FORWARD -i bas-+ -d {range} -j DROP");
             assert!(v4.contains(&rule), "{rule} missing from {v4:#?}");
         }
         assert_eq!(v4.len(), 1 + BLOCKED_RANGES.len());
         assert_eq!(
-            typed(&rules_v6("FORWARD")),
-            ["ip6tables -I INPUT -i bas-+ -j DROP", "ip6tables -I FORWARD -i bas-+ -j DROP"]
+            typed(&rules_v6()),
+            ["ip6tables -t filter -I INPUT -i bas-+ -j DROP", "ip6tables -t mangle -I FORWARD -i bas-+ -j DROP"]
         );
-        assert_eq!(typed(&rules_v6("DOCKER-USER"))[1], "ip6tables -I DOCKER-USER -i bas-+ -j DROP");
     }
 }
