@@ -18,7 +18,8 @@
 //! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
 //! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
 //! `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
-//! `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and `firewall` use none.
+//! `proctree`, `rootfs`, `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and
+//! `firewall` use none.
 
 pub mod admission;
 pub mod confinement;
@@ -32,9 +33,11 @@ pub mod grpc;
 pub mod labels;
 pub mod mounts;
 pub mod netpool;
+pub mod proctree;
 pub mod reaper;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod shaping;
 pub mod signatures;
 pub mod spec;
@@ -296,6 +299,8 @@ mod tests {
     /// form (the crate root, which wires them together, is above them all).
     const LAYERS: &[&str] = &[
         "labels",
+        "proctree",
+        "rootfs",
         "confinement",
         "reference",
         "firewall",
