@@ -15,6 +15,11 @@
 //! answers (`executor_container_runtime_docker_up`), follows its restarts, and checks the
 //! engine for `executor validate`.
 //!
+//! Commands run in tenant containers as a unary `Exec` or an `Attach` session (a command or a
+//! login shell, streamed both ways, with or without a TTY): the login shell is found from the
+//! host inside the container's root ([`rootfs`]), and an exec whose caller went (or whose
+//! deadline passed) has its processes killed from the host ([`proctree`]).
+//!
 //! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
 //! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
 //! `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
@@ -190,6 +195,7 @@ impl Service for ContainerRuntime {
         );
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
         admission::describe_metrics();
+        grpc::describe_metrics();
         metrics::describe_counter!(
             "executor_container_runtime_creates_total",
             "Create requests by result (ok or the gRPC code)."
