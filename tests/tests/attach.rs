@@ -2,7 +2,7 @@
 //! command without a TTY (stdin to `cat` and back, end of input, exit codes, stderr apart, a
 //! few MiB through without buffering), a login shell on a TTY (its size, a resize), the cut-off
 //! of a client that goes, and of a unary Exec past its deadline, a container stopped under a
-//! session, and the refusals, each naming its field.
+//! session, the service shut down under one, and the refusals, each naming its field.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -257,6 +257,31 @@ async fn a_stopped_container_ends_its_sessions() {
     for code in [shell_code, cat_code] {
         assert!(code == 137 || code == -1, "{code}");
     }
+    remove_all(&mut client).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_the_sessions_and_their_processes() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("");
+    let (mut service, mut client) = start_service(&config).await;
+    let c = run(&mut client, request("sleep 600")).await;
+    let mut session = open(&mut client, Input::Start(start(&c.id, &["sleep", "1002"], false))).await.unwrap();
+    assert!(runs_in(&c.id, "sleep 1002").await);
+    common::process::send_signal(service.id().unwrap(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), session.output.message()).await.unwrap();
+    let err = end.expect_err("the session ended without an error");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("shutting down"), "{}", err.message());
+    let exit = tokio::time::timeout(Duration::from_secs(10), service.wait()).await.unwrap().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    gone_within_2s(&c.id, "sleep 1002").await;
+    // The service is gone; its container is not (a shutdown stops no container), and the
+    // service started again removes it with its network.
+    assert!(runs_in(&c.id, "sleep 600").await);
+    let (_service, mut client) = start_service(&config).await;
     remove_all(&mut client).await;
 }
 

@@ -49,6 +49,8 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         // /proc or openat2 failed on this host: the OS's words are the cause.
         E::ContainerRoot { source, .. } => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
         E::NotAttached { .. } => Refusal::new(Reason::Engine, e.to_string()),
+        // Going away: the caller may try again once the service is back.
+        E::ShuttingDown => caller(Reason::PeerUnavailable),
         // What this host's configuration does not allow: no GPU passthrough, a host path off
         // the allow-list, a device list that does not parse.
         E::GpuPassthroughOff | E::VisibleDevices(_) => caller(Reason::HostUnsupported),
@@ -207,8 +209,9 @@ impl RuntimeApi for RuntimeGrpc {
     type AttachStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AttachOutput, Status>> + Send>>;
 
     /// The first message must be `start` (within [`START_TIMEOUT`]); the session then runs in
-    /// a task of its own that owns the stream's sender, so it ends when the command does or
-    /// when the client goes, never with the handler.
+    /// a task of its own (tracked by the runtime) that owns the stream's sender, so it ends
+    /// when the command does, when the client goes or when the service shuts down, never with
+    /// the handler.
     async fn attach(
         &self,
         request: Request<tonic::Streaming<pb::AttachInput>>,
@@ -230,7 +233,7 @@ impl RuntimeApi for RuntimeGrpc {
             status(e)
         })?;
         let (tx, rx) = tokio::sync::mpsc::channel(ATTACH_QUEUE);
-        tokio::spawn(async move {
+        self.runtime.spawn_session(async move {
             let _open = OpenSession::new();
             let exec_id = attachment.exec_id().to_owned();
             let end = attachment.run(input, tx).await;
@@ -358,6 +361,7 @@ mod tests {
                 "cannot look for a shell",
             ),
             (RuntimeError::NotAttached { id: "c-1".into() }, Reason::Engine, Code::Internal, "did not attach"),
+            (RuntimeError::ShuttingDown, Reason::PeerUnavailable, Code::Unavailable, "shutting down"),
             (RuntimeError::SinceOutOfRange, Reason::InvalidField, Code::InvalidArgument, "since"),
             (RuntimeError::NotFound { id: "c-1".into() }, Reason::NotFound, Code::NotFound, "container c-1 not found"),
             (RuntimeError::Running { id: "c-1".into() }, Reason::WrongState, Code::FailedPrecondition, "use force"),

@@ -60,6 +60,10 @@ use common::service::{BoxError, Service, ServiceContext};
 /// How often the engine is pinged for the `docker_up` gauge.
 const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long shutdown waits for the open Attach sessions to end (each kills its exec's
+/// processes and tells its client).
+const SESSIONS_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// The Docker checks of `executor validate`: engine reachable, its cgroup driver, the NVIDIA
 /// runtime, user namespaces, and whether it can confine tenants (seccomp pinned, AppArmor).
 pub async fn docker_checks(config: &DockerConfig) -> Vec<Check> {
@@ -237,6 +241,8 @@ impl Service for ContainerRuntime {
                     metrics::gauge!("executor_container_runtime_docker_up").set(if up.is_ok() { 1.0 } else { 0.0 });
                 }
                 () = ctx.shutdown.cancelled() => {
+                    // Open streams would hold the gRPC server's graceful shutdown open.
+                    self.runtime.close_sessions(SESSIONS_CLOSE_WAIT).await;
                     if let Some(pool) = self.runtime.pool() {
                         pool.drain().await;
                     }

@@ -3,7 +3,9 @@
 //! and starts the exec; [`Attachment::run`] carries the session to its end: `started`, the
 //! output as it comes, the exit code last. Nothing is buffered whole: stdin is written as it
 //! is read (the client waits while the command does not read), output waits for room in the
-//! caller's bounded queue.
+//! caller's bounded queue. Each session runs in a task of its own, tracked by the runtime
+//! ([`Sessions`]): the service's shutdown ends them all, their processes killed, and waits
+//! for them.
 //!
 //! The session ends when the command's main process ends (its output drained for a moment,
 //! so a background child holding the terminal does not hold the session), when the output
@@ -25,6 +27,8 @@ use pb::attach_output::Output;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::cutoff::ExecProcesses;
 use super::{Runtime, RuntimeError};
@@ -53,6 +57,14 @@ const DRAIN: Duration = Duration::from_millis(500);
 const ENGINE_WAIT: Duration = Duration::from_secs(5);
 const EXIT_CODE_WAIT: Duration = Duration::from_secs(2);
 
+/// The open sessions: each in a task of its own, tracked, so that the service's shutdown can
+/// end them all (their processes killed, their clients told) and wait for them.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    tasks: TaskTracker,
+    closing: CancellationToken,
+}
+
 /// An exec started for a session and attached, not yet run.
 pub struct Attachment {
     /// Our id of the container.
@@ -63,6 +75,8 @@ pub struct Attachment {
     output: Pin<Box<dyn Stream<Item = Result<LogOutput, bollard::errors::Error>> + Send>>,
     stdin: Pin<Box<dyn AsyncWrite + Send>>,
     processes: ExecProcesses,
+    /// Cancelled when the service shuts down.
+    closing: CancellationToken,
 }
 
 impl std::fmt::Debug for Attachment {
@@ -84,6 +98,8 @@ pub enum SessionEnd {
     ClientGone { why: String, killed: usize },
     /// The client sent something invalid; the error was sent and `killed` processes killed.
     Refused { why: String, killed: usize },
+    /// The service shut down: the client was told, `killed` processes were killed.
+    Closed { killed: usize },
 }
 
 /// What the engine knows of an exec.
@@ -219,6 +235,9 @@ impl Runtime {
     /// Starts `start.command` (or a login shell) in a running container of ours, attached:
     /// checked, created, started and, when a size is given, sized, before anything is sent.
     pub async fn attach(&self, start: pb::AttachStart) -> Result<Attachment, RuntimeError> {
+        if self.sessions.closing.is_cancelled() {
+            return Err(RuntimeError::ShuttingDown);
+        }
         let env = environment(&start.env, start.tty)?;
         check_command(&start.command)?;
         let size = match &start.size {
@@ -267,7 +286,33 @@ impl Runtime {
             resize(&docker, &exec.id, size).await;
         }
         tracing::info!(id, exec_id = exec.id, tty = start.tty, "attach session started");
-        Ok(Attachment { container: id, exec_id: exec.id, tty: start.tty, docker, output, stdin: input, processes })
+        let closing = self.sessions.closing.clone();
+        Ok(Attachment {
+            container: id,
+            exec_id: exec.id,
+            tty: start.tty,
+            docker,
+            output,
+            stdin: input,
+            processes,
+            closing,
+        })
+    }
+
+    /// Runs `session` (an [`Attachment::run`] and what goes with it) in a task of its own,
+    /// tracked among the open sessions.
+    pub fn spawn_session(&self, session: impl Future<Output = ()> + Send + 'static) {
+        self.sessions.tasks.spawn(session);
+    }
+
+    /// Ends every open session (their processes killed, their clients told the service is
+    /// shutting down) and refuses new ones; returns when all have ended, or after `wait`.
+    pub async fn close_sessions(&self, wait: Duration) {
+        self.sessions.closing.cancel();
+        self.sessions.tasks.close();
+        if tokio::time::timeout(wait, self.sessions.tasks.wait()).await.is_err() {
+            tracing::warn!(open = self.sessions.tasks.len(), "attach sessions still open at shutdown");
+        }
     }
 }
 
@@ -305,7 +350,7 @@ impl Attachment {
         input: impl Stream<Item = Result<pb::AttachInput, E>> + Send + Unpin,
         out: mpsc::Sender<Result<pb::AttachOutput, RuntimeError>>,
     ) -> SessionEnd {
-        let Self { exec_id, tty, docker, mut output, mut stdin, mut processes, container } = self;
+        let Self { exec_id, tty, docker, mut output, mut stdin, mut processes, container, closing } = self;
         let message = |output| Ok(pb::AttachOutput { output: Some(output) });
         if out.send(message(Output::Started(pb::AttachStarted { exec_id: exec_id.clone() }))).await.is_err() {
             let killed = processes.cut_off().await;
@@ -348,6 +393,11 @@ impl Attachment {
                 () = out.closed() => {
                     let killed = processes.cut_off().await;
                     return SessionEnd::ClientGone { why: "stopped listening".to_owned(), killed };
+                }
+                () = closing.cancelled() => {
+                    let killed = processes.cut_off().await;
+                    let _ = out.send(Err(RuntimeError::ShuttingDown)).await;
+                    return SessionEnd::Closed { killed };
                 }
             }
         }

@@ -39,6 +39,9 @@ pub enum RuntimeError {
     /// The container's root could not be looked into from the host.
     #[error("container {id}: cannot look for a shell in it")]
     ContainerRoot { id: String, source: RootError },
+    /// The service is shutting down: no new sessions, and the open ones end.
+    #[error("container-runtime is shutting down")]
+    ShuttingDown,
     /// The engine started an attached exec without attaching it.
     #[error("container {id}: the engine did not attach the command")]
     NotAttached { id: String },

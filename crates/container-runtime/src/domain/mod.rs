@@ -23,7 +23,7 @@ use common::config::DockerConfig;
 use common::proto::runtime::v1 as pb;
 use tokio::sync::Mutex;
 
-pub use self::attach::{Attachment, SessionEnd};
+pub use self::attach::{Attachment, SessionEnd, Sessions};
 pub use self::create::GpuRequest;
 pub use self::error::RuntimeError;
 pub use self::observe::LogChunks;
@@ -59,6 +59,8 @@ pub struct Runtime {
     create_lock: Arc<Mutex<()>>,
     /// The GPUs there are come from gpu-monitor's inventory.
     gpu_monitor: GpuMonitor,
+    /// The open Attach sessions.
+    sessions: Sessions,
 }
 
 impl Runtime {
@@ -86,6 +88,7 @@ impl Runtime {
             protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
             shaping,
             config: docker,
+            sessions: Sessions::default(),
         })
     }
 
