@@ -208,10 +208,9 @@ impl RuntimeApi for RuntimeGrpc {
 
     type AttachStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AttachOutput, Status>> + Send>>;
 
-    /// The first message must be `start` (within [`START_TIMEOUT`]); the session then runs in
-    /// a task of its own (tracked by the runtime) that owns the stream's sender, so it ends
-    /// when the command does, when the client goes or when the service shuts down, never with
-    /// the handler.
+    /// The first message must be `start` (within 10 s); the session then runs in a task of its
+    /// own (tracked by the runtime) that owns the stream's sender, so it ends when the command
+    /// does, when the client goes or when the service shuts down, never with the handler.
     async fn attach(
         &self,
         request: Request<tonic::Streaming<pb::AttachInput>>,
