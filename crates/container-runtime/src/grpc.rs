@@ -7,6 +7,7 @@ use common::proto::runtime::v1 as pb;
 use common::proto::runtime::v1::container_runtime_server::ContainerRuntime as RuntimeApi;
 use common::reason::{Reason, Refusal};
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::admission::AdmissionError;
@@ -43,6 +44,13 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         E::NotFound { .. } => caller(Reason::NotFound),
         // Running and not forced.
         E::Running { .. } => caller(Reason::WrongState),
+        // Attach needs the container running, and a login shell needs a shell in its image.
+        E::NotRunning { .. } | E::NoShell { .. } => caller(Reason::WrongState),
+        // /proc or openat2 failed on this host: the OS's words are the cause.
+        E::ContainerRoot { source, .. } => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
+        E::NotAttached { .. } => Refusal::new(Reason::Engine, e.to_string()),
+        // Going away: the caller may try again once the service is back.
+        E::ShuttingDown => caller(Reason::PeerUnavailable),
         // What this host's configuration does not allow: no GPU passthrough, a host path off
         // the allow-list, a device list that does not parse.
         E::GpuPassthroughOff | E::VisibleDevices(_) => caller(Reason::HostUnsupported),
@@ -197,6 +205,98 @@ impl RuntimeApi for RuntimeGrpc {
     async fn exec(&self, request: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
         self.runtime.exec(request.into_inner()).await.map(Response::new).map_err(status)
     }
+
+    type AttachStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AttachOutput, Status>> + Send>>;
+
+    /// The first message must be `start` (within 10 s); the session then runs in a task of its
+    /// own (tracked by the runtime) that owns the stream's sender, so it ends when the command
+    /// does, when the client goes or when the service shuts down, never with the handler.
+    async fn attach(
+        &self,
+        request: Request<tonic::Streaming<pb::AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut input = request.into_inner();
+        let start = match tokio::time::timeout(START_TIMEOUT, input.message()).await {
+            Ok(Ok(Some(pb::AttachInput { input: Some(pb::attach_input::Input::Start(start)) }))) => Ok(start),
+            Ok(Ok(_)) => Err(not_started("the first message must be `start`")),
+            // The client broke off before it said anything: nothing to refuse.
+            Ok(Err(status)) => return Err(status),
+            Err(_) => Err(not_started("no `start` within 10 s")),
+        };
+        let attachment = match start {
+            Ok(start) => self.runtime.attach(start).await,
+            Err(e) => Err(e),
+        };
+        let attachment = attachment.map_err(|e| {
+            attach_event(AttachEvent::Refused);
+            status(e)
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(ATTACH_QUEUE);
+        self.runtime.spawn_session(async move {
+            let _open = OpenSession::new();
+            let exec_id = attachment.exec_id().to_owned();
+            let end = attachment.run(input, tx).await;
+            tracing::info!(exec_id, ?end, "attach session ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(status)))))
+    }
+}
+
+/// How long an Attach client has to send its `start`.
+const START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers on their way to an Attach client: output waits for room here, so a client that
+/// reads slowly slows the command's output down rather than filling the memory.
+const ATTACH_QUEUE: usize = 16;
+
+fn not_started(message: &str) -> RuntimeError {
+    RuntimeError::Invalid(crate::spec::SpecError { field: "start".to_owned(), message: message.to_owned() })
+}
+
+/// What happened to an Attach request, logged and counted together.
+#[derive(Debug, Clone, Copy)]
+enum AttachEvent {
+    Started,
+    Refused,
+}
+
+/// Counts an Attach request by its result (`executor_container_runtime_attach_total`); the
+/// refusal itself is logged where it is mapped ([`refusal`]).
+fn attach_event(event: AttachEvent) {
+    let result = match event {
+        AttachEvent::Started => "started",
+        AttachEvent::Refused => "refused",
+    };
+    tracing::debug!(result, "attach");
+    metrics::counter!("executor_container_runtime_attach_total", "result" => result).increment(1);
+}
+
+/// An open Attach session, counted in `executor_container_runtime_attach_sessions` while it
+/// lives.
+#[derive(Debug)]
+struct OpenSession;
+
+impl OpenSession {
+    fn new() -> Self {
+        attach_event(AttachEvent::Started);
+        metrics::gauge!("executor_container_runtime_attach_sessions").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        metrics::gauge!("executor_container_runtime_attach_sessions").decrement(1.0);
+    }
+}
+
+/// Describes the metrics of Attach.
+pub fn describe_metrics() {
+    metrics::describe_gauge!("executor_container_runtime_attach_sessions", "Attach sessions open now.");
+    metrics::describe_counter!(
+        "executor_container_runtime_attach_total",
+        "Attach requests by result (started, refused)."
+    );
 }
 
 #[cfg(test)]
@@ -233,6 +333,34 @@ mod tests {
             ),
             (RuntimeError::BadId { id: "../x".into() }, Reason::InvalidField, Code::InvalidArgument, "id: `../x`"),
             (RuntimeError::EmptyCommand, Reason::InvalidField, Code::InvalidArgument, "command"),
+            (not_started("the first message must be `start`"), Reason::InvalidField, Code::InvalidArgument, "start:"),
+            (
+                RuntimeError::NotRunning { id: "c-1".into() },
+                Reason::WrongState,
+                Code::FailedPrecondition,
+                "container c-1 is not running",
+            ),
+            (
+                RuntimeError::NoShell { id: "c-1".into() },
+                Reason::WrongState,
+                Code::FailedPrecondition,
+                "the image has no shell (/bin/bash or /bin/sh)",
+            ),
+            (
+                RuntimeError::ContainerRoot {
+                    id: "c-1".into(),
+                    source: crate::rootfs::RootError::Resolve {
+                        root: "/proc/1/root".into(),
+                        path: "/bin/sh".into(),
+                        source: std::io::Error::other("SECRET"),
+                    },
+                },
+                Reason::Internal,
+                Code::Internal,
+                "cannot look for a shell",
+            ),
+            (RuntimeError::NotAttached { id: "c-1".into() }, Reason::Engine, Code::Internal, "did not attach"),
+            (RuntimeError::ShuttingDown, Reason::PeerUnavailable, Code::Unavailable, "shutting down"),
             (RuntimeError::SinceOutOfRange, Reason::InvalidField, Code::InvalidArgument, "since"),
             (RuntimeError::NotFound { id: "c-1".into() }, Reason::NotFound, Code::NotFound, "container c-1 not found"),
             (RuntimeError::Running { id: "c-1".into() }, Reason::WrongState, Code::FailedPrecondition, "use force"),

@@ -15,10 +15,16 @@
 //! answers (`executor_container_runtime_docker_up`), follows its restarts, and checks the
 //! engine for `executor validate`.
 //!
+//! Commands run in tenant containers as a unary `Exec` or an `Attach` session (a command or a
+//! login shell, streamed both ways, with or without a TTY): the login shell is found from the
+//! host inside the container's root ([`rootfs`]), and an exec whose caller went (or whose
+//! deadline passed) has its processes killed from the host ([`proctree`]).
+//!
 //! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
 //! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
 //! `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
-//! `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and `firewall` use none.
+//! `proctree`, `rootfs`, `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and
+//! `firewall` use none.
 
 pub mod admission;
 pub mod confinement;
@@ -32,9 +38,11 @@ pub mod grpc;
 pub mod labels;
 pub mod mounts;
 pub mod netpool;
+pub mod proctree;
 pub mod reaper;
 pub mod reference;
 pub mod registry;
+pub mod rootfs;
 pub mod shaping;
 pub mod signatures;
 pub mod spec;
@@ -51,6 +59,10 @@ use common::service::{BoxError, Service, ServiceContext};
 
 /// How often the engine is pinged for the `docker_up` gauge.
 const DOCKER_PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the open Attach sessions to end (each kills its exec's
+/// processes and tells its client).
+const SESSIONS_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// The Docker checks of `executor validate`: engine reachable, its cgroup driver, the NVIDIA
 /// runtime, user namespaces, and whether it can confine tenants (seccomp pinned, AppArmor).
@@ -187,6 +199,7 @@ impl Service for ContainerRuntime {
         );
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
         admission::describe_metrics();
+        grpc::describe_metrics();
         metrics::describe_counter!(
             "executor_container_runtime_creates_total",
             "Create requests by result (ok or the gRPC code)."
@@ -228,6 +241,8 @@ impl Service for ContainerRuntime {
                     metrics::gauge!("executor_container_runtime_docker_up").set(if up.is_ok() { 1.0 } else { 0.0 });
                 }
                 () = ctx.shutdown.cancelled() => {
+                    // Open streams would hold the gRPC server's graceful shutdown open.
+                    self.runtime.close_sessions(SESSIONS_CLOSE_WAIT).await;
                     if let Some(pool) = self.runtime.pool() {
                         pool.drain().await;
                     }
@@ -296,6 +311,8 @@ mod tests {
     /// form (the crate root, which wires them together, is above them all).
     const LAYERS: &[&str] = &[
         "labels",
+        "proctree",
+        "rootfs",
         "confinement",
         "reference",
         "firewall",

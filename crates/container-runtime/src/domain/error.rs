@@ -8,6 +8,7 @@ use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
 use crate::labels::NameError;
 use crate::reference::{NotAllowed, ReferenceError};
+use crate::rootfs::RootError;
 use crate::shaping::ShapingError;
 use crate::spec::{MountError, SpecError};
 
@@ -29,6 +30,21 @@ pub enum RuntimeError {
     NotFound { id: String },
     #[error("container {id} is running; stop it or use force")]
     Running { id: String },
+    /// A call that needs the container running (attach).
+    #[error("container {id} is not running")]
+    NotRunning { id: String },
+    /// A login shell was asked for and the container's image has none.
+    #[error("container {id}: the image has no shell (/bin/bash or /bin/sh)")]
+    NoShell { id: String },
+    /// The container's root could not be looked into from the host.
+    #[error("container {id}: cannot look for a shell in it")]
+    ContainerRoot { id: String, source: RootError },
+    /// The service is shutting down: no new sessions, and the open ones end.
+    #[error("container-runtime is shutting down")]
+    ShuttingDown,
+    /// The engine started an attached exec without attaching it.
+    #[error("container {id}: the engine did not attach the command")]
+    NotAttached { id: String },
     #[error("gpu_count/gpu_uuids: docker.enable_gpu_passthrough = false on this executor")]
     GpuPassthroughOff,
     /// A bind mount outside `docker.allowed_host_paths` or over the executor's own directories.

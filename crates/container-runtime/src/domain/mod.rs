@@ -1,14 +1,19 @@
 //! The container runtime's domain: tenant containers on the engine, by our id, within the
 //! operator's limits. Create (`create`), start, stop, remove, list, reconcile after a restart
 //! of the service or of the engine, reap and GPU memory enforcement (`lifecycle`), logs, stats
-//! and exec (`observe`). Containers are addressed by our id (their name) and must carry this
-//! executor's labels: a foreign container is [`RuntimeError::NotFound`]. No gRPC in here: the
-//! `grpc` module decodes requests, calls this and maps [`RuntimeError`] to a reason.
+//! and exec (`observe`), a command or shell attached both ways (`attach` starts it, `session`
+//! runs it), and the cut-off of an exec whose caller went (`cutoff`). Containers are
+//! addressed by our id (their name) and must carry this executor's labels: a foreign container
+//! is [`RuntimeError::NotFound`]. No gRPC in here: the `grpc` module decodes requests, calls
+//! this and maps [`RuntimeError`] to a reason.
 
+mod attach;
 mod create;
+mod cutoff;
 mod error;
 mod lifecycle;
 mod observe;
+mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,9 +24,11 @@ use common::config::DockerConfig;
 use common::proto::runtime::v1 as pb;
 use tokio::sync::Mutex;
 
+pub use self::attach::Sessions;
 pub use self::create::GpuRequest;
 pub use self::error::RuntimeError;
 pub use self::observe::LogChunks;
+pub use self::session::{Attachment, SessionEnd};
 use crate::admission::Admission;
 use crate::engine::{Engine, EngineError};
 use crate::gpu_monitor::GpuMonitor;
@@ -54,6 +61,8 @@ pub struct Runtime {
     create_lock: Arc<Mutex<()>>,
     /// The GPUs there are come from gpu-monitor's inventory.
     gpu_monitor: GpuMonitor,
+    /// The open Attach sessions.
+    sessions: Sessions,
 }
 
 impl Runtime {
@@ -81,6 +90,7 @@ impl Runtime {
             protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
             shaping,
             config: docker,
+            sessions: Sessions::default(),
         })
     }
 

@@ -1,5 +1,6 @@
 //! Looking into a container of ours: its logs (stdout and stderr apart, with Docker's
-//! timestamps), a stats sample, and a command run inside it with a deadline and an output cap.
+//! timestamps), a stats sample, and a command run inside it with a deadline and an output cap
+//! (killed at the deadline).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -10,6 +11,7 @@ use bollard::query_parameters::{LogsOptions, StatsOptions};
 use common::proto::runtime::v1 as pb;
 use tokio_stream::{Stream, StreamExt};
 
+use super::cutoff::ExecProcesses;
 use super::{Runtime, RuntimeError};
 use crate::engine::EngineError;
 
@@ -70,9 +72,12 @@ impl Runtime {
     }
 
     /// Runs `r.command` in a container of ours: its exit code and output, cut at the cap and
-    /// at the deadline (both said in the response).
+    /// at the deadline (both said in the response). At the deadline, or when the caller goes
+    /// before the end, the command's processes are killed.
     pub async fn exec(&self, r: pb::ExecRequest) -> Result<pb::ExecResponse, RuntimeError> {
-        self.ours(&r.id).await?;
+        let inspect = self.ours(&r.id).await?;
+        // Without a PID the container is not running, and the engine refuses the exec.
+        let container_pid = inspect.state.as_ref().and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
         if r.command.is_empty() {
             return Err(RuntimeError::EmptyCommand);
         }
@@ -93,6 +98,7 @@ impl Runtime {
             )
             .await
             .map_err(map)?;
+        let mut processes = ExecProcesses::new(docker.clone(), exec.id.clone(), container_pid);
         let mut out = pb::ExecResponse::default();
         let mut buffers: BTreeMap<bool, Vec<u8>> = BTreeMap::new();
         if let bollard::exec::StartExecResults::Attached { mut output, .. } =
@@ -113,9 +119,13 @@ impl Runtime {
             };
             match tokio::time::timeout(timeout, collect).await {
                 Ok(result) => result?,
-                Err(_) => out.timed_out = true,
+                Err(_) => {
+                    out.timed_out = true;
+                    processes.cut_off().await;
+                }
             }
         }
+        processes.release();
         out.stdout = buffers.remove(&false).unwrap_or_default();
         out.stderr = buffers.remove(&true).unwrap_or_default();
         let inspect = docker.inspect_exec(&exec.id).await.map_err(map)?;

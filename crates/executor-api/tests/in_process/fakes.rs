@@ -156,6 +156,16 @@ fake! {
         }
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
+
+    type AttachStream = BoxStream<runtime::AttachOutput>;
+
+    /// executor-api does not forward Attach (validator-access will): unimplemented here.
+    async fn attach(
+        &self,
+        _r: Request<tonic::Streaming<runtime::AttachInput>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        Err(Status::unimplemented("Attach"))
+    }
 }
 
 fake! {
