@@ -42,7 +42,7 @@ def write_config(root, system="enable_gpu_monitoring = false", server_extra="", 
     """A config in `root` on loopback with free ports; returns (path, ports by key).
     `server_extra` adds keys to `[server]`; `extra` adds tables at the end."""
     root = pathlib.Path(root)
-    names = ["grpc", "health", "ssh", "executor_api", "container_runtime", "gpu_monitor", "validator_access", "launcher"]
+    names = ["grpc", "health", "ssh", "tenant_ssh", "executor_api", "container_runtime", "gpu_monitor", "validator_access", "launcher"]
     ports = dict(zip(names, free_ports(len(names))))
     path = root / "executor.toml"
     path.write_text(
@@ -58,10 +58,12 @@ health_port = {ports['health']}
 {system}
 [validator]
 ssh_port = {ports['ssh']}
+[tenant_access]
+ssh_port = {ports['tenant_ssh']}
 [metrics]
 host = "127.0.0.1"
 """
-        + "".join(f"{name}_port = {ports[name]}\n" for name in names[3:])
+        + "".join(f"{name}_port = {ports[name]}\n" for name in names[4:])
         + extra
     )
     return path, ports

@@ -40,15 +40,17 @@ pub struct Ports {
     pub grpc: u16,
     pub health: u16,
     pub ssh: u16,
+    /// `[tenant_access] ssh_port`.
+    pub tenant_ssh: u16,
     pub metrics: [u16; 5],
 }
 
 impl Ports {
-    /// Eight distinct free ports: all are held until all are chosen, so none repeats.
+    /// Nine distinct free ports: all are held until all are chosen, so none repeats.
     pub fn free() -> Self {
-        let held: Vec<TcpListener> = (0..8).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+        let held: Vec<TcpListener> = (0..9).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
         let p: Vec<u16> = held.iter().map(|l| l.local_addr().expect("addr").port()).collect();
-        Self { grpc: p[0], health: p[1], ssh: p[2], metrics: [p[3], p[4], p[5], p[6], p[7]] }
+        Self { grpc: p[0], health: p[1], ssh: p[2], tenant_ssh: p[8], metrics: [p[3], p[4], p[5], p[6], p[7]] }
     }
 
     pub fn launcher_metrics(&self) -> u16 {
@@ -76,6 +78,15 @@ impl TestConfig {
     /// As [`TestConfig::new`] with `system` as the body of `[system]` (`{dir}` stands for the
     /// directory there too).
     pub fn with_system(system: &str, launcher_extra: &str) -> Self {
+        Self::build(system, "", launcher_extra)
+    }
+
+    /// As [`TestConfig::new`] with `tenant_access` added to the body of `[tenant_access]`.
+    pub fn with_tenant_access(tenant_access: &str, launcher_extra: &str) -> Self {
+        Self::build("enable_gpu_monitoring = false", tenant_access, launcher_extra)
+    }
+
+    fn build(system: &str, tenant_access: &str, launcher_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = Ports::free();
         let p = ports;
@@ -94,6 +105,10 @@ health_port = {health}
 
 [validator]
 ssh_port = {ssh}
+
+[tenant_access]
+ssh_port = {tenant_ssh}
+{tenant_access}
 
 [metrics]
 host = "127.0.0.1"
@@ -115,6 +130,7 @@ shutdown_timeout = "5s"
             grpc = p.grpc,
             health = p.health,
             ssh = p.ssh,
+            tenant_ssh = p.tenant_ssh,
             m0 = p.metrics[0],
             m1 = p.metrics[1],
             m2 = p.metrics[2],

@@ -8,11 +8,16 @@ use common::process::{CapturedOutput, ProcessSpec};
 
 /// `-i KEY`, no agent keys, no host key checks, no prompts, `-p PORT validator@127.0.0.1`.
 pub fn client_args(port: u16, key: &Path) -> Vec<String> {
+    client_args_as(port, key, "validator")
+}
+
+/// As [`client_args`], logging in as `user` (a renter: the container id).
+pub fn client_args_as(port: u16, key: &Path, user: &str) -> Vec<String> {
     let mut args = vec!["-i".to_owned(), key.display().to_string()];
     for option in ["IdentitiesOnly=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"] {
         args.extend(["-o".to_owned(), option.to_owned()]);
     }
-    args.extend(["-p".to_owned(), port.to_string(), "validator@127.0.0.1".to_owned()]);
+    args.extend(["-p".to_owned(), port.to_string(), format!("{user}@127.0.0.1")]);
     args
 }
 

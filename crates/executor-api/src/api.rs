@@ -15,6 +15,7 @@ use common::ServiceName;
 use common::config::Config;
 use common::process::ProcessSpec;
 use common::proto::access::v1 as access;
+use common::proto::access::v1::tenant_access_client::TenantAccessClient;
 use common::proto::access::v1::validator_access_client::ValidatorAccessClient;
 use common::proto::api::v1 as pb;
 use common::proto::api::v1::executor_api_server::ExecutorApi as ExecutorApiRpc;
@@ -43,7 +44,10 @@ struct Inner {
     probes: Probes,
     runtime: ContainerRuntimeClient<Channel>,
     gpu: GpuMonitorClient<Channel>,
-    access: ValidatorAccessClient<Channel>,
+    /// None with `[validator] enabled = false`.
+    access: Option<ValidatorAccessClient<Channel>>,
+    /// None with `[tenant_access] enabled = false`.
+    tenants: Option<TenantAccessClient<Channel>>,
     attestor: Attestor,
     /// `container-runtime` beside this binary and the config file, for Docker's facts.
     runtime_check: (PathBuf, PathBuf),
@@ -103,7 +107,14 @@ impl Api {
                 probes: Probes::new(config),
                 runtime: ContainerRuntimeClient::new(socket(ServiceName::ContainerRuntime)),
                 gpu: GpuMonitorClient::new(socket(ServiceName::GpuMonitor)),
-                access: ValidatorAccessClient::new(socket(ServiceName::ValidatorAccess)),
+                access: config
+                    .validator
+                    .enabled
+                    .then(|| ValidatorAccessClient::new(socket(ServiceName::ValidatorAccess))),
+                tenants: config
+                    .tenant_access
+                    .enabled
+                    .then(|| TenantAccessClient::new(socket(ServiceName::ValidatorAccess))),
                 attestor: Attestor { binary: bin_dir.join("gpu-attestor"), identity_file },
                 runtime_check: (bin_dir.join(ServiceName::ContainerRuntime.as_str()), config_file),
                 docker_facts: tokio::sync::OnceCell::new(),
@@ -212,7 +223,26 @@ impl ExecutorApiRpc for Api {
         {
             body.owner = caller;
         }
-        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().create(body)).await
+        // Renters' keys go to validator-access: checked before the container exists, stored
+        // once it does; a container whose keys cannot be stored is removed again.
+        let keys = std::mem::take(&mut body.ssh_public_keys);
+        if keys.is_empty() {
+            return forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().create(body)).await;
+        }
+        let mut tenants = self.tenants(&id)?;
+        let check = access::AddContainerKeyRequest { container_id: String::new(), ssh_public_keys: keys.clone() };
+        forward(ServiceName::ValidatorAccess, &id, tenants.check_container_keys(check)).await?;
+        let container =
+            forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().create(body)).await?.into_inner();
+        let add = access::AddContainerKeyRequest { container_id: container.id.clone(), ssh_public_keys: keys };
+        if let Err(status) = forward(ServiceName::ValidatorAccess, &id, tenants.add_container_key(add)).await {
+            let remove = runtime::RemoveContainerRequest { id: container.id.clone(), force: true };
+            if let Err(e) = self.inner.runtime.clone().remove(remove).await {
+                tracing::error!(container = %container.id, error = %e, "cannot remove a container whose keys were not stored");
+            }
+            return Err(status);
+        }
+        Ok(Response::new(container))
     }
 
     async fn start_container(
@@ -309,6 +339,30 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ValidatorAccess, &id, self.access(&id)?.list_grants(request.into_inner())).await
     }
 
+    async fn add_container_key(
+        &self,
+        request: Request<access::AddContainerKeyRequest>,
+    ) -> Result<Response<access::ContainerKeys>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.tenants(&id)?.add_container_key(request.into_inner())).await
+    }
+
+    async fn remove_container_key(
+        &self,
+        request: Request<access::RemoveContainerKeyRequest>,
+    ) -> Result<Response<access::ContainerKeys>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.tenants(&id)?.remove_container_key(request.into_inner())).await
+    }
+
+    async fn list_container_keys(
+        &self,
+        request: Request<access::ListContainerKeysRequest>,
+    ) -> Result<Response<access::ContainerKeys>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ValidatorAccess, &id, self.tenants(&id)?.list_container_keys(request.into_inner())).await
+    }
+
     async fn run_attestation(
         &self,
         request: Request<pb::AttestationRequest>,
@@ -344,11 +398,13 @@ impl Api {
             .cloned()
     }
 
-    /// validator-access runs only with `[validator] enabled = true`.
+    /// Validator grants exist only with `[validator] enabled = true`.
     fn access(&self, request_id: &str) -> Result<ValidatorAccessClient<Channel>, Status> {
-        if self.inner.probes.channel(ServiceName::ValidatorAccess).is_none() {
-            return Err(ApiError::ValidatorAccessDisabled.into_status(request_id));
-        }
-        Ok(self.inner.access.clone())
+        self.inner.access.clone().ok_or_else(|| ApiError::ValidatorAccessDisabled.into_status(request_id))
+    }
+
+    /// Renters' keys exist only with `[tenant_access] enabled = true`.
+    fn tenants(&self, request_id: &str) -> Result<TenantAccessClient<Channel>, Status> {
+        self.inner.tenants.clone().ok_or_else(|| ApiError::TenantAccessDisabled.into_status(request_id))
     }
 }

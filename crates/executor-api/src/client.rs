@@ -167,6 +167,9 @@ impl ExecutorClient {
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);
     unary!(list_validator_grants, "ListValidatorGrants", access::ListGrantsRequest => access::ListGrantsResponse);
+    unary!(add_container_key, "AddContainerKey", access::AddContainerKeyRequest => access::ContainerKeys);
+    unary!(remove_container_key, "RemoveContainerKey", access::RemoveContainerKeyRequest => access::ContainerKeys);
+    unary!(list_container_keys, "ListContainerKeys", access::ListContainerKeysRequest => access::ContainerKeys);
     unary!(run_attestation, "RunAttestation", pb::AttestationRequest => pb::AttestationResponse);
 
     /// A container's logs, streamed.

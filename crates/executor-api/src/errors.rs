@@ -126,6 +126,9 @@ pub enum ApiError {
     /// `[validator] enabled = false`: there is no validator-access to forward to.
     #[error("validator access is disabled ([validator] enabled = false)")]
     ValidatorAccessDisabled,
+    /// `[tenant_access] enabled = false`: renters' SSH keys are not taken.
+    #[error("renters' SSH access is disabled ([tenant_access] enabled = false)")]
+    TenantAccessDisabled,
     /// The Docker engine does not answer container-runtime's checks; `detail` is what they
     /// said (for the log).
     #[error("the Docker engine does not answer container-runtime: {detail}")]
@@ -151,7 +154,7 @@ impl ApiError {
             },
             ApiError::InvalidArgument { .. } => ("executor-api", Refusal::new(Reason::InvalidField, self.to_string())),
             ApiError::NotServed(_) => ("executor-api", Refusal::new(Reason::NotServed, self.to_string())),
-            ApiError::ValidatorAccessDisabled => {
+            ApiError::ValidatorAccessDisabled | ApiError::TenantAccessDisabled => {
                 ("executor-api", Refusal::new(Reason::HostUnsupported, self.to_string()))
             }
             ApiError::DockerUnavailable { .. } => {
@@ -343,6 +346,7 @@ mod tests {
         let status = ApiError::Internal("spawn /usr/bin/x: ENOENT".into()).into_status(ID);
         assert_eq!((status.code(), status.message()), (Code::Internal, internal_message(ID).as_str()));
         check(ApiError::ValidatorAccessDisabled, Code::FailedPrecondition, "[validator] enabled = false");
+        check(ApiError::TenantAccessDisabled, Code::FailedPrecondition, "[tenant_access] enabled = false");
         check(ApiError::NotServed("no CUDA backend".into()), Code::Unavailable, "no CUDA backend");
         let status =
             ApiError::DockerUnavailable { detail: "unix:///var/run/docker.sock: refused".into() }.into_status(ID);

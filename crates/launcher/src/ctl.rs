@@ -105,9 +105,16 @@ pub enum ContainersCommand {
         /// Start it right away.
         #[arg(long)]
         start: bool,
+        /// A renter's SSH public key (an OpenSSH line or a `.pub` file), repeatable: it opens
+        /// `ssh -p <tenant_access.ssh_port> <id>@host` into this container.
+        #[arg(long = "ssh-key", value_name = "KEY")]
+        ssh_keys: Vec<String>,
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Renters' SSH keys of a container.
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(SshKeyCommand),
     /// Start a created container.
     Start { id: String },
     /// Stop a running container (SIGTERM, then SIGKILL).
@@ -137,6 +144,22 @@ pub enum ContainersCommand {
         #[arg(long, default_value_t = 0)]
         tail: u64,
     },
+}
+
+/// `executor ctl containers ssh-key ...`.
+#[derive(Debug, Subcommand)]
+pub enum SshKeyCommand {
+    /// Add keys (OpenSSH lines or `.pub` files) to a container.
+    Add {
+        id: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
+    },
+    /// Remove a key (its fingerprint `SHA256:...`, its line, or its `.pub` file); its open
+    /// sessions close.
+    Remove { id: String, key: String },
+    /// The container's keys and the `ssh` command renters type.
+    List { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +226,8 @@ pub enum CtlError {
     SignatureNotHex,
     #[error("--nonce: expected 64 hex digits")]
     Nonce,
+    #[error("SSH key file {}: {source}", path.display())]
+    KeyFile { path: PathBuf, source: std::io::Error },
 }
 
 /// Bytes of a hex string (`0x` optional), or None when it is not hex.
@@ -369,7 +394,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 print(&container_json(c));
             }
         }
-        Create { image, memory_bytes, cpu_cores, gpus, ttl_seconds, env, start, command } => {
+        Create { image, memory_bytes, cpu_cores, gpus, ttl_seconds, env, start, ssh_keys, command } => {
             let mut vars = std::collections::HashMap::new();
             for pair in env {
                 let (k, v) = pair.split_once('=').ok_or_else(|| CtlError::Env(pair.clone()))?;
@@ -382,6 +407,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 resources: Some(runtime::ResourceRequest { memory_bytes, cpu_cores, ..Default::default() }),
                 gpu_count: gpus,
                 ttl_seconds,
+                ssh_public_keys: ssh_keys.iter().map(|k| key_line(k)).collect::<Result<_, _>>()?,
                 ..Default::default()
             };
             let created = client.create_container(request).await?;
@@ -409,6 +435,20 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             client.remove_container(runtime::RemoveContainerRequest { id: id.clone(), force }).await?;
             print(&json!({"removed": id}));
         }
+        SshKey(SshKeyCommand::Add { id, keys }) => {
+            let ssh_public_keys = keys.iter().map(|k| key_line(k)).collect::<Result<_, _>>()?;
+            let keys = client.add_container_key(access::AddContainerKeyRequest { container_id: id, ssh_public_keys });
+            print(&keys_json(&keys.await?));
+        }
+        SshKey(SshKeyCommand::Remove { id, key }) => {
+            let ssh_public_key = if key.starts_with("SHA256:") { key } else { key_line(&key)? };
+            let request = access::RemoveContainerKeyRequest { container_id: id, ssh_public_key };
+            print(&keys_json(&client.remove_container_key(request).await?));
+        }
+        SshKey(SshKeyCommand::List { id }) => {
+            let request = access::ListContainerKeysRequest { container_id: id };
+            print(&keys_json(&client.list_container_keys(request).await?));
+        }
         Logs { id, follow, tail } => {
             use std::io::Write;
             let mut stream = client.stream_logs(runtime::LogsRequest { id, follow, tail, since: 0 }).await?;
@@ -427,6 +467,26 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A key argument: an OpenSSH line as given, or the line of a `.pub` file.
+fn key_line(arg: &str) -> Result<String, CtlError> {
+    let path = Path::new(arg);
+    if arg.starts_with("ssh-") || arg.starts_with("ecdsa-") || !path.exists() {
+        return Ok(arg.to_owned());
+    }
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|source| CtlError::KeyFile { path: path.to_owned(), source })
+}
+
+fn keys_json(k: &access::ContainerKeys) -> Value {
+    let keys: Vec<Value> = k
+        .keys
+        .iter()
+        .map(|key| json!({"fingerprint": key.fingerprint, "comment": key.comment, "added_at": key.added_at}))
+        .collect();
+    json!({"container": k.container_id, "keys": keys, "ssh": k.ssh_command, "sessions_closed": k.sessions_closed})
 }
 
 fn grant_json(g: &access::Grant) -> Value {

@@ -53,7 +53,7 @@ pub struct AccessSetup {
     pub config: ValidatorConfig,
     pub executor_id: String,
     pub grants: GrantStore,
-    pub audit: Audit,
+    pub audit: Arc<Audit>,
     pub user: CommandUser,
     /// This executor's gpu-attestor binary.
     pub attestor: PathBuf,
@@ -132,7 +132,6 @@ impl Access {
         let limits = &v.access_config.limits;
         let commands =
             CommandLimits { per_session: limits.max_commands_per_session, per_grant: limits.max_commands_per_grant };
-        let audit = Arc::new(audit);
         let grants = Arc::new(grants);
         Self {
             max_grant_ttl: v.max_grant_ttl,

@@ -1,17 +1,15 @@
 //! Grants: a validator hotkey may log in with one SSH key until a time. Kept in
-//! `data_dir/validator-grants.json`, rewritten atomically (temporary file, fsync, rename, fsync
-//! of the directory) on every change, so a crash never leaves half a file, with a copy of the
-//! last good version beside it (`.bak`, written the same way). A file that cannot be parsed
-//! (a disk error, a hand edit) is moved aside (`.corrupt-<unix time>`, so nothing is lost) and
-//! the grants come back from the copy; when the copy is bad too the service refuses to start
-//! and says which files.
+//! `data_dir/validator-grants.json`, a [`DurableFile`]: written atomically with a last good
+//! copy, recovered from the copy when damaged; when the copy is bad too the service refuses to
+//! start and says which files.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 
 use russh::keys::{HashAlg, PublicKey};
 use serde::{Deserialize, Serialize};
+
+use crate::durable::DurableFile;
 
 /// File name under `data_dir`.
 pub const GRANTS_FILE: &str = "validator-grants.json";
@@ -31,16 +29,10 @@ pub struct GrantRecord {
     pub expires_at: i64,
 }
 
+/// What opening the store found.
+pub use crate::durable::Opened;
 /// Errors of the store, naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum GrantError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error(
-        "{path}: not a grants file ({source}), and no good copy in {backup}; fix or move them, nothing was changed"
-    )]
-    Corrupt { path: String, backup: String, source: serde_json::Error },
-}
+pub use crate::durable::StoreError as GrantError;
 
 /// Grants removed from memory whose removal could not be written to the grants file: they are
 /// gone for this process (sessions end), but the file still names them until the next write.
@@ -83,77 +75,17 @@ pub fn fingerprint(key: &PublicKey) -> String {
 /// The store.
 #[derive(Debug)]
 pub struct GrantStore {
-    path: PathBuf,
+    file: DurableFile,
     grants: Mutex<Vec<GrantRecord>>,
-}
-
-fn read_grants(path: &Path) -> Result<Option<Vec<GrantRecord>>, GrantError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| GrantError::Corrupt {
-            path: path.display().to_string(),
-            backup: String::new(),
-            source,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(GrantError::Io { path: path.display().to_string(), source }),
-    }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never half of
-/// one: `<path>.tmp`, fsync, rename, fsync of the directory. `mode` sets the permissions.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    if let Some(mode) = mode {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    }
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir).and_then(|d| d.sync_all())?;
-    }
-    Ok(())
-}
-
-/// What opening the store found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Opened {
-    /// The file was fine (or absent: no grants yet).
-    Clean,
-    /// The file was damaged: moved to `moved_to`, grants restored from the last good copy.
-    Recovered { moved_to: PathBuf, grants: usize },
 }
 
 impl GrantStore {
     /// Loads `data_dir/validator-grants.json` (none yet: no grants), recovering from the last
     /// good copy when it is damaged.
     pub fn open(data_dir: &Path) -> Result<(Self, Opened), GrantError> {
-        let path = data_dir.join(GRANTS_FILE);
-        let backup = path.with_extension("json.bak");
-        let (grants, opened) = match read_grants(&path) {
-            Ok(grants) => (grants.unwrap_or_default(), Opened::Clean),
-            Err(GrantError::Corrupt { source, .. }) => {
-                let Ok(Some(good)) = read_grants(&backup) else {
-                    return Err(GrantError::Corrupt {
-                        path: path.display().to_string(),
-                        backup: backup.display().to_string(),
-                        source,
-                    });
-                };
-                let moved_to = path.with_extension(format!("json.corrupt-{}", crate::time::now()));
-                let io = |source| GrantError::Io { path: path.display().to_string(), source };
-                std::fs::rename(&path, &moved_to).map_err(io)?;
-                let bytes = serde_json::to_vec_pretty(&good).map_err(|e| io(std::io::Error::other(e)))?;
-                write_atomically(&path, &bytes, None).map_err(io)?;
-                let n = good.len();
-                (good, Opened::Recovered { moved_to, grants: n })
-            }
-            Err(e) => return Err(e),
-        };
-        Ok((Self { path, grants: Mutex::new(grants) }, opened))
+        let file = DurableFile::new(data_dir.join(GRANTS_FILE), "grants");
+        let (grants, opened) = file.open(Vec::<GrantRecord>::len)?;
+        Ok((Self { file, grants: Mutex::new(grants) }, opened))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<GrantRecord>> {
@@ -161,11 +93,7 @@ impl GrantStore {
     }
 
     fn persist(&self, grants: &[GrantRecord]) -> Result<(), GrantError> {
-        let io = |source| GrantError::Io { path: self.path.display().to_string(), source };
-        let bytes = serde_json::to_vec_pretty(grants).map_err(|e| io(std::io::Error::other(e)))?;
-        write_atomically(&self.path, &bytes, None).map_err(io)?;
-        // The copy follows only once the file itself is safely down.
-        write_atomically(&self.path.with_extension("json.bak"), &bytes, None).map_err(io)
+        self.file.store(&grants)
     }
 
     /// Adds a grant; on a write failure nothing changes.
@@ -286,7 +214,7 @@ mod tests {
         let file = dir.path().join(GRANTS_FILE);
         std::fs::write(&file, "{torn wri").unwrap();
         let (store, opened) = GrantStore::open(dir.path()).unwrap();
-        let Opened::Recovered { moved_to, grants } = opened else { panic!("{opened:?}") };
+        let Opened::Recovered { moved_to, entries: grants } = opened else { panic!("{opened:?}") };
         assert_eq!(grants, 1);
         assert_eq!(store.live(0)[0].id, "g-1");
         assert_eq!(std::fs::read_to_string(moved_to).unwrap(), "{torn wri");

@@ -1,5 +1,6 @@
 //! validator-access: grants of short-lived SSH access to validators and the SSH fronts that
-//! honour them.
+//! honour them, and renters' SSH into their own containers ([`tenant`]). Each side runs only
+//! when enabled (`[validator] enabled`, `[tenant_access] enabled`).
 //!
 //! The miner provisions a grant (validator hotkey, SSH key, TTL) through executor-api after the
 //! validator signed a challenge with its hotkey ([`challenge`]); grants persist in `data_dir`
@@ -13,10 +14,11 @@
 //!
 //! Layers, each module importing only modules of the lines above it:
 //! - `time`, `challenge`, `grammar`, `cgroup`, `refusals`: nothing of this crate;
-//! - `grants` (time); `principal` (grants); `sessions` (principal);
+//! - `durable` (time); `grants` (durable, time); `principal` (grants); `sessions` (principal);
 //! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
 //! - `access` (all of the above);
 //! - `front::embedded`, `front::gate`, `api` (access and what it is made of);
+//! - `tenant` (durable, grants' key parsing, sessions' ids, time);
 //! - this file and `main.rs`.
 
 pub mod access;
@@ -25,12 +27,14 @@ pub mod api;
 pub mod cgroup;
 pub mod challenge;
 pub mod command;
+pub mod durable;
 pub mod front;
 pub mod grammar;
 pub mod grants;
 pub mod principal;
 pub mod refusals;
 pub mod sessions;
+pub mod tenant;
 pub mod time;
 
 use std::net::SocketAddr;
@@ -46,8 +50,10 @@ use common::service::{BoxError, Service, ServiceContext};
 use crate::command::CommandUser;
 use crate::front::gate::keys::AuthorizedKeysFile;
 
-/// The gRPC service name.
+/// The gRPC service name of validator grants.
 pub const GRPC_SERVICE: &str = "executor.access.v1.ValidatorAccess";
+/// The gRPC service name of renters' keys.
+pub const TENANT_GRPC_SERVICE: &str = "executor.access.v1.TenantAccess";
 /// How often expired grants and their sessions are reaped.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -60,6 +66,8 @@ pub enum SetupError {
     Sources(common::config::InvalidValue),
     #[error("validator.ssh_port: cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("tenant_access.ssh_port: cannot listen on {addr}: {source}")]
+    TenantListen { addr: SocketAddr, source: std::io::Error },
     #[error("validator.authorized_keys_file: no directory")]
     NoKeysDir,
     #[error("validator.authorized_keys_file: cannot create {dir}: {source}")]
@@ -83,9 +91,9 @@ enum Front {
     System { listener: tokio::net::UnixListener, uid: u32, keys_file: PathBuf },
 }
 
-/// The validator-access service.
+/// The validators' side: their grants, API and front.
 #[derive(Debug)]
-pub struct ValidatorAccess {
+struct Validators {
     api: api::Api,
     front: Front,
     /// The cgroups of validator commands, closed (every command killed) at shutdown.
@@ -96,12 +104,31 @@ pub struct ValidatorAccess {
     sources: Vec<String>,
 }
 
+/// The renters' side: their keys, API and SSH server.
+#[derive(Debug)]
+struct Renters {
+    tenants: Arc<tenant::access::Tenants>,
+    listener: tokio::net::TcpListener,
+    host_key: Box<russh::keys::PrivateKey>,
+}
+
+/// The validator-access service: validators (`[validator] enabled`) and renters
+/// (`[tenant_access] enabled`), each side only when enabled.
+#[derive(Debug)]
+pub struct ValidatorAccess {
+    validators: Option<Validators>,
+    renters: Option<Renters>,
+}
+
 impl Service for ValidatorAccess {
     const NAME: ServiceName = ServiceName::ValidatorAccess;
-    const GRPC_SERVICES: &'static [&'static str] = &[GRPC_SERVICE];
+    const GRPC_SERVICES: &'static [&'static str] = &[GRPC_SERVICE, TENANT_GRPC_SERVICE];
 
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
         let v = &loaded.config.validator;
+        if !v.enabled {
+            return Vec::new();
+        }
         let user = match CommandUser::lookup("validator.command_user", &v.command_user) {
             Ok(u) => Check::pass("validator command user", format!("{} (uid {})", u.name, u.uid)),
             Err(e) => Check::fail("validator command user", e.to_string()),
@@ -121,14 +148,199 @@ impl Service for ValidatorAccess {
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
         let config = ctx.config();
+        let audit = Arc::new(common::audit::Audit::open(&config.data_dir, common::ServiceName::ValidatorAccess)?);
+        let validators =
+            if config.validator.enabled { Some(Validators::build(config, audit.clone()).await?) } else { None };
+        let renters = if config.tenant_access.enabled { Some(Renters::build(config, audit).await?) } else { None };
+        Ok(Self { validators, renters })
+    }
+
+    fn add_routes(&self, mut routes: tonic::service::Routes) -> tonic::service::Routes {
+        use common::proto::access::v1::{tenant_access_server, validator_access_server};
+        if let Some(v) = &self.validators {
+            routes = routes.add_service(validator_access_server::ValidatorAccessServer::new(v.api.clone()));
+        }
+        if let Some(r) = &self.renters {
+            let api = tenant::api::Api::new(r.tenants.clone());
+            routes = routes.add_service(tenant_access_server::TenantAccessServer::new(api));
+        }
+        routes
+    }
+
+    async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
+        describe_metrics();
+        let mut validators = match self.validators {
+            Some(v) => Some(v.start(&ctx).await?),
+            None => None,
+        };
+        let renters = match self.renters {
+            Some(r) => Some(r.start(&ctx).await),
+            None => None,
+        };
+        let mut reap = tokio::time::interval(REAP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = reap.tick() => {
+                    if let Some(v) = &mut validators {
+                        v.reap().await;
+                    }
+                    if let Some((tenants, _)) = &renters {
+                        tenants.reap().await;
+                    }
+                }
+                () = ctx.shutdown.cancelled() => break,
+            }
+        }
+        if let Some((_, server)) = renters {
+            let _ = server.await;
+        }
+        if let Some(v) = validators {
+            v.stop().await;
+        }
+        Ok(())
+    }
+}
+
+/// The validators' side while it runs.
+struct RunningValidators {
+    access: Arc<access::Access>,
+    /// System mode: the `authorized_keys` file kept in step with the grants.
+    keys: Option<AuthorizedKeysFile>,
+    server: tokio::task::JoinHandle<()>,
+    refusals: tokio::task::JoinHandle<()>,
+    cgroups: Arc<cgroup::Cgroups>,
+}
+
+impl Validators {
+    async fn start(self, ctx: &ServiceContext) -> Result<RunningValidators, BoxError> {
+        ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
+        let access = self.api.access().clone();
+        let refusals = tokio::spawn(refusals::write(self.refusals, access.audit_log(), ctx.shutdown.clone()));
+        let mut keys = None;
+        let server = match self.front {
+            Front::Embedded { listener, host_key } => {
+                tokio::spawn(front::embedded::serve(access.clone(), listener, *host_key, ctx.shutdown.clone()))
+            }
+            Front::System { listener, uid, keys_file } => {
+                keys = Some(AuthorizedKeysFile::new(keys_file, std::env::current_exe()?, self.sources));
+                tokio::spawn(front::gate::serve(access.clone(), listener, uid, ctx.shutdown.clone()))
+            }
+        };
+        Ok(RunningValidators { access, keys, server, refusals, cgroups: self.cgroups })
+    }
+}
+
+impl RunningValidators {
+    async fn reap(&mut self) {
+        self.access.reap().await;
+        if let Some(file) = &mut self.keys
+            && let Err(e) = file.sync(&self.access.live_grants())
+        {
+            tracing::error!(error = %e, "cannot write the authorized_keys file");
+        }
+    }
+
+    /// After shutdown: the front and the refusal writer end, every validator command is killed.
+    async fn stop(self) {
+        let _ = self.server.await;
+        let _ = self.refusals.await;
+        let cgroups = self.cgroups;
+        match tokio::task::spawn_blocking(move || cgroups.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
+            Err(e) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
+        }
+    }
+}
+
+impl Renters {
+    async fn build(config: &common::config::Config, audit: Arc<common::audit::Audit>) -> Result<Self, BoxError> {
+        let t = config.tenant_access.clone();
+        let (keys, opened) = tenant::keys::TenantKeyStore::open(&config.data_dir, t.max_keys_per_container)?;
+        if let durable::Opened::Recovered { moved_to, entries } = &opened {
+            tracing::error!(moved_to = %moved_to.display(), keys = entries, "the tenant keys file was damaged: restored from its last good copy");
+            audit.record(
+                "tenant_keys_recovered",
+                serde_json::json!({"moved_to": moved_to.display().to_string(), "keys": entries}),
+            );
+        }
+        let addr = SocketAddr::new(config.server.host, t.ssh_port.get());
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::TenantListen { addr, source })?;
+        tracing::info!(port = t.ssh_port.get(), "tenant SSH server listening");
+        let host_key = front::embedded::host_key(&config.data_dir)?;
+        let runtime = common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient::new(
+            common::grpc::unix_channel(&ServiceName::ContainerRuntime.socket(&config.runtime_dir)),
+        );
+        let host = config.server.advertised_host.clone().map_or_else(|| config.server.host.to_string(), String::from);
+        let tenants = Arc::new(tenant::access::Tenants::new(keys, runtime, audit, t, host));
+        Ok(Self { tenants, listener, host_key: Box::new(host_key) })
+    }
+
+    /// Serves the renters' SSH until shutdown; the task ends with it.
+    async fn start(self, ctx: &ServiceContext) -> (Arc<tenant::access::Tenants>, tokio::task::JoinHandle<()>) {
+        ctx.health.set_service_status(TENANT_GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
+        let server = tokio::spawn(tenant::front::serve(
+            self.tenants.clone(),
+            self.listener,
+            *self.host_key,
+            ctx.shutdown.clone(),
+        ));
+        (self.tenants, server)
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!("executor_validator_access_connections_total", "SSH connections accepted.");
+    metrics::describe_counter!(
+        "executor_validator_access_auth_failures_total",
+        "SSH authentications refused, by reason."
+    );
+    metrics::describe_counter!(
+        "executor_validator_access_rate_limited_total",
+        "Connections closed by ssh_requests_per_minute, by scope (ip, hotkey)."
+    );
+    metrics::describe_counter!(
+        "executor_validator_access_refused_total",
+        "Requests refused (shell, pty, forwarding, command)."
+    );
+    metrics::describe_counter!("executor_validator_access_commands_total", "Commands run for validators.");
+    metrics::describe_counter!(
+        "executor_validator_access_sessions_closed_total",
+        "Sessions closed because their grant ended."
+    );
+    metrics::describe_counter!(
+        "executor_validator_access_refusals_dropped_total",
+        "Refusals not audited because their queue was full (still counted in the other metrics)."
+    );
+    metrics::describe_gauge!("executor_validator_access_sessions", "Open SSH sessions.");
+    metrics::describe_gauge!("executor_validator_access_grants", "Live grants.");
+    metrics::describe_gauge!("executor_validator_access_tenant_sessions", "Open renter SSH sessions.");
+    metrics::describe_gauge!("executor_validator_access_tenant_keys", "Renter SSH keys, over all containers.");
+    metrics::describe_counter!(
+        "executor_validator_access_tenant_connections_total",
+        "Renter SSH connections accepted."
+    );
+    metrics::describe_counter!("executor_validator_access_tenant_logins_total", "Renter SSH logins.");
+    metrics::describe_counter!(
+        "executor_validator_access_tenant_commands_total",
+        "Shells and commands started for renters."
+    );
+    metrics::describe_counter!(
+        "executor_validator_access_tenant_refused_total",
+        "Renter SSH connections, logins and requests refused, by reason."
+    );
+}
+
+impl Validators {
+    async fn build(config: &common::config::Config, audit: Arc<common::audit::Audit>) -> Result<Self, BoxError> {
         let v = config.validator.clone();
         let identity = common::identity::ExecutorIdentity::load_or_create(&config.data_dir)?;
         let user = CommandUser::lookup("validator.command_user", &v.command_user)?;
         let attestor =
             std::env::current_exe()?.parent().map(|d| d.join("gpu-attestor")).ok_or(SetupError::NoBinaryDir)?;
-        let audit = common::audit::Audit::open(&config.data_dir, common::ServiceName::ValidatorAccess)?;
         let (grants, opened) = grants::GrantStore::open(&config.data_dir)?;
-        if let grants::Opened::Recovered { moved_to, grants } = &opened {
+        if let grants::Opened::Recovered { moved_to, entries: grants } = &opened {
             tracing::error!(moved_to = %moved_to.display(), grants, "the grants file was damaged: restored from its last good copy");
             audit.record(
                 "grants_recovered",
@@ -204,77 +416,4 @@ impl Service for ValidatorAccess {
             sources: v.allowed_source_addresses,
         })
     }
-
-    fn add_routes(&self, routes: tonic::service::Routes) -> tonic::service::Routes {
-        routes.add_service(common::proto::access::v1::validator_access_server::ValidatorAccessServer::new(
-            self.api.clone(),
-        ))
-    }
-
-    async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
-        ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
-        describe_metrics();
-        let access = self.api.access().clone();
-        let refusals = tokio::spawn(refusals::write(self.refusals, access.audit_log(), ctx.shutdown.clone()));
-        let mut keys = None;
-        let server = match self.front {
-            Front::Embedded { listener, host_key } => {
-                tokio::spawn(front::embedded::serve(access.clone(), listener, *host_key, ctx.shutdown.clone()))
-            }
-            Front::System { listener, uid, keys_file } => {
-                keys = Some(AuthorizedKeysFile::new(keys_file, std::env::current_exe()?, self.sources));
-                tokio::spawn(front::gate::serve(access.clone(), listener, uid, ctx.shutdown.clone()))
-            }
-        };
-        let mut reap = tokio::time::interval(REAP_INTERVAL);
-        loop {
-            tokio::select! {
-                _ = reap.tick() => {
-                    access.reap().await;
-                    if let Some(file) = &mut keys
-                        && let Err(e) = file.sync(&access.live_grants())
-                    {
-                        tracing::error!(error = %e, "cannot write the authorized_keys file");
-                    }
-                }
-                () = ctx.shutdown.cancelled() => break,
-            }
-        }
-        let _ = server.await;
-        let _ = refusals.await;
-        let cgroups = self.cgroups.clone();
-        match tokio::task::spawn_blocking(move || cgroups.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
-            Err(e) => tracing::error!(error = %e, "cannot kill the validator commands at shutdown"),
-        }
-        Ok(())
-    }
-}
-
-fn describe_metrics() {
-    metrics::describe_counter!("executor_validator_access_connections_total", "SSH connections accepted.");
-    metrics::describe_counter!(
-        "executor_validator_access_auth_failures_total",
-        "SSH authentications refused, by reason."
-    );
-    metrics::describe_counter!(
-        "executor_validator_access_rate_limited_total",
-        "Connections closed by ssh_requests_per_minute, by scope (ip, hotkey)."
-    );
-    metrics::describe_counter!(
-        "executor_validator_access_refused_total",
-        "Requests refused (shell, pty, forwarding, command)."
-    );
-    metrics::describe_counter!("executor_validator_access_commands_total", "Commands run for validators.");
-    metrics::describe_counter!(
-        "executor_validator_access_sessions_closed_total",
-        "Sessions closed because their grant ended."
-    );
-    metrics::describe_counter!(
-        "executor_validator_access_refusals_dropped_total",
-        "Refusals not audited because their queue was full (still counted in the other metrics)."
-    );
-    metrics::describe_gauge!("executor_validator_access_sessions", "Open SSH sessions.");
-    metrics::describe_gauge!("executor_validator_access_grants", "Live grants.");
 }

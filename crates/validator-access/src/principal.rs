@@ -1,7 +1,7 @@
 //! Who a login and its session belong to. Admission turns a presented key into a principal;
 //! sessions, commands and audit lines name it.
-//! Today only validators log in, through a grant; renters (their own keys, their own
-//! container) become a second variant with their own rules beside the validator ones.
+//! Validators log in through a grant. Renters have a server, keys and sessions of their own
+//! ([`crate::tenant`]): nothing of theirs passes through the validators' grants or grammar.
 
 use serde_json::{Value, json};
 

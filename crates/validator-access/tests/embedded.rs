@@ -43,7 +43,7 @@ impl Server {
             config,
             executor_id: "executor-test".into(),
             grants,
-            audit: Audit::open(dir, ServiceName::ValidatorAccess).unwrap(),
+            audit: Arc::new(Audit::open(dir, ServiceName::ValidatorAccess).unwrap()),
             user: CommandUser::lookup("validator.command_user", "nobody").unwrap(),
             attestor: PathBuf::from("/nonexistent/gpu-attestor"),
             identity_key: dir.join("identity"),

@@ -44,7 +44,7 @@ impl Default for MetricsConfig {
 
 impl Config {
     /// Every TCP port the node listens on, with its key: the public ports, the metrics port of
-    /// each process that runs, and the validator SSH port when validator access is enabled.
+    /// each process that runs, and the SSH ports of validator and tenant access when enabled.
     pub fn listeners(&self) -> Vec<(&'static str, IpAddr, u16)> {
         let (s, m) = (&self.server, &self.metrics);
         let mut listeners = vec![
@@ -55,11 +55,14 @@ impl Config {
             ("metrics.gpu_monitor_port", m.host, m.gpu_monitor_port.get()),
             ("metrics.launcher_port", m.host, m.launcher_port.get()),
         ];
-        if self.validator.enabled {
+        if self.validator.enabled || self.tenant_access.enabled {
             listeners.push(("metrics.validator_access_port", m.host, m.validator_access_port.get()));
-            if self.validator.ssh_server == SshServerKind::Embedded {
-                listeners.push(("validator.ssh_port", s.host, self.validator.ssh_port.get()));
-            }
+        }
+        if self.validator.enabled && self.validator.ssh_server == SshServerKind::Embedded {
+            listeners.push(("validator.ssh_port", s.host, self.validator.ssh_port.get()));
+        }
+        if self.tenant_access.enabled {
+            listeners.push(("tenant_access.ssh_port", s.host, self.tenant_access.ssh_port.get()));
         }
         listeners
     }

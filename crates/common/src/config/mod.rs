@@ -22,6 +22,7 @@ pub mod logging;
 pub mod registry;
 pub mod server;
 pub mod system;
+pub mod tenant;
 pub mod validator;
 pub mod values;
 
@@ -42,6 +43,7 @@ pub use logging::{LogFormat, LoggingConfig};
 pub use registry::{RegistryConfig, RegistrySettings, SignatureMode};
 pub use server::ServerConfig;
 pub use system::{GpuBackendKind, SystemConfig};
+pub use tenant::TenantAccessConfig;
 pub use validator::{
     AccessConfig, AccessLimits, HotkeyVerification, RateLimits, SshServerKind, ValidatorConfig, in_network,
     parse_network,
@@ -76,6 +78,7 @@ pub struct Config {
     pub docker: DockerConfig,
     pub system: SystemConfig,
     pub validator: ValidatorConfig,
+    pub tenant_access: TenantAccessConfig,
     pub advertised_endpoint: AdvertisedEndpointConfig,
     pub logging: LoggingConfig,
     pub metrics: MetricsConfig,
@@ -92,6 +95,7 @@ impl Default for Config {
             docker: DockerConfig::default(),
             system: SystemConfig::default(),
             validator: ValidatorConfig::default(),
+            tenant_access: TenantAccessConfig::default(),
             advertised_endpoint: AdvertisedEndpointConfig::default(),
             logging: LoggingConfig::default(),
             metrics: MetricsConfig::default(),
@@ -120,6 +124,7 @@ impl Config {
         self.docker.validate([&self.data_dir, &self.runtime_dir], &mut v);
         self.system.validate(&mut v);
         self.validator.validate(&mut v);
+        self.tenant_access.validate(&mut v);
         self.advertised_endpoint.validate(&mut v);
         self.logging.validate(&mut v);
         self.launcher.validate(&mut v);
@@ -127,11 +132,13 @@ impl Config {
     }
 
     /// The services this configuration runs, in start order (validator-access only when
-    /// `[validator] enabled`).
+    /// `[validator] enabled` or `[tenant_access] enabled`).
     pub fn services(&self) -> Vec<crate::ServiceName> {
         crate::ServiceName::SUPERVISED
             .into_iter()
-            .filter(|s| *s != crate::ServiceName::ValidatorAccess || self.validator.enabled)
+            .filter(|s| {
+                *s != crate::ServiceName::ValidatorAccess || self.validator.enabled || self.tenant_access.enabled
+            })
             .collect()
     }
 }

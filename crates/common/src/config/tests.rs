@@ -38,6 +38,24 @@ fn bad_values_name_key_and_file() {
         &["key `docker.network_config.allow_internet`", "docker.network_config.enable_isolation = true"],
     );
     check_err("[server]\nport = 70000", &["key `server.port`", "70000"]);
+    check_err(
+        "[tenant_access]\nssh_port = 22",
+        &["key `tenant_access.ssh_port`", "already used by `validator.ssh_port`"],
+    );
+    check_err("[tenant_access]\nmax_keys_per_container = 0", &["key `tenant_access.max_keys_per_container`"]);
+    check_err(
+        "[tenant_access]\nmax_sessions_per_container = 2\nmax_sessions_per_key = 3",
+        &["key `tenant_access.max_sessions_per_key`"],
+    );
+    check_err("[tenant_access]\nidle_timeout = \"1s\"", &["key `tenant_access.idle_timeout`"]);
+    check_err("[tenant_access]\nlogin_grace_time = \"1h\"", &["key `tenant_access.login_grace_time`"]);
+    check_err("[tenant_access]\nmax_channels_per_session = 0", &["key `tenant_access.max_channels_per_session`"]);
+    check_err("[tenant_access]\nssh_requests_per_minute = 0", &["key `tenant_access.ssh_requests_per_minute`"]);
+    check_err(
+        "[tenant_access]\nmax_unauthenticated_connections = 2\nmax_unauthenticated_per_address = 3",
+        &["key `tenant_access.max_unauthenticated_per_address`"],
+    );
+    check_err("[tenant_access]\nshell = \"bash\"", &["key `tenant_access.shell`", "unknown key"]);
     check_err("[server]\nport = 0", &["key `server.port`", "not 0"]);
     check_err("[server]\nport = -1", &["key `server.port`"]);
     check_err("[server]\nhost = \"localhost:1\"", &["key `server.host`"]);
@@ -323,4 +341,26 @@ fn every_unenforced_key_exists() {
         let found = key.split('.').try_fold(&value, |v, k| v.get(k));
         assert!(found.is_some(), "{key} is not a config key");
     }
+}
+
+/// validator-access serves validators and renters: it runs while either side is enabled, and
+/// only the enabled sides' SSH ports are listeners.
+#[test]
+fn validator_access_runs_for_validators_or_renters() {
+    use crate::ServiceName::ValidatorAccess;
+    let with = |validator: bool, tenants: bool| {
+        let mut c = Config::default();
+        c.validator.enabled = validator;
+        c.tenant_access.enabled = tenants;
+        let ports: Vec<&str> = c.listeners().into_iter().map(|(key, _, _)| key).collect();
+        (c.services().contains(&ValidatorAccess), ports)
+    };
+    let (runs, ports) = with(true, true);
+    assert!(runs && ports.contains(&"validator.ssh_port") && ports.contains(&"tenant_access.ssh_port"));
+    let (runs, ports) = with(false, true);
+    assert!(runs && !ports.contains(&"validator.ssh_port") && ports.contains(&"tenant_access.ssh_port"));
+    let (runs, ports) = with(true, false);
+    assert!(runs && !ports.contains(&"tenant_access.ssh_port"));
+    let (runs, ports) = with(false, false);
+    assert!(!runs && !ports.contains(&"metrics.validator_access_port"));
 }

@@ -31,6 +31,13 @@ impl Runtime {
         r: pb::CreateContainerRequest,
         id: String,
     ) -> Result<(ContainerSpec, GpuRequest), RuntimeError> {
+        if !r.ssh_public_keys.is_empty() {
+            // executor-api takes them to validator-access; here they would be dropped unseen.
+            return Err(invalid(
+                "ssh_public_keys",
+                "renters' keys are taken by executor-api, not container-runtime".into(),
+            ));
+        }
         let image = ImageRef::parse(&r.image, &self.config.registry.url).map_err(RuntimeError::BadImage)?;
         self.policy.check(&image).map_err(RuntimeError::ImageNotAllowed)?;
         let gpus = GpuRequest { count: r.gpu_count, uuids: r.gpu_uuids.clone() };

@@ -1,0 +1,304 @@
+//! Renters get into their container (issue 19): the real launcher and every service, the real
+//! Docker engine with busybox-static images (no sshd inside, no passwd entry for anyone), keys
+//! given through the signed public API, and the stock OpenSSH client on
+//! `[tenant_access] ssh_port`.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::hotkey::HotkeyPair;
+use common::process::{CapturedOutput, ProcessSpec};
+use common::proto::access::v1 as access;
+use common::proto::runtime::v1 as pb;
+use e2e::keys::ssh_keygen;
+use e2e::process::{stdout, text, which};
+use e2e::ssh::client_args_as;
+use e2e::{BUSYBOX_IMAGE, Node, TestConfig, busybox_image, require_tool};
+use executor_api::client::ExecutorClient;
+use tonic::Code;
+
+async fn client(node: &Node) -> ExecutorClient {
+    let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
+    ExecutorClient::connect(&endpoint, None, HotkeyPair::parse(e2e::ALICE_SEED).unwrap()).await.unwrap()
+}
+
+/// A renter's key pair in `dir`: its private key file and public line.
+async fn renter_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let line = ssh_keygen(&path, &format!("{name}@laptop")).await;
+    (path, line)
+}
+
+/// A running busybox container with `keys`.
+async fn rented(client: &ExecutorClient, keys: &[&str]) -> String {
+    let created = client
+        .create_container(pb::CreateContainerRequest {
+            image: BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "600".into()],
+            ttl_seconds: 600,
+            ssh_public_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client.start_container(pb::ContainerRef { id: created.id.clone() }).await.unwrap();
+    created.id
+}
+
+/// `ssh` as the renter of `container` with `key`, running `command` (none: the login shell),
+/// with `extra` options before the destination and `input` on stdin.
+fn ssh(node: &Node, key: &Path, container: &str, extra: &[&str], command: Option<&str>) -> ProcessSpec {
+    let mut args = client_args_as(node.config.ports.tenant_ssh, key, container);
+    let destination = args.pop().unwrap();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.push(destination);
+    args.extend(command.map(str::to_owned));
+    ProcessSpec::new("ssh").args(args)
+}
+
+async fn output(spec: ProcessSpec, input: &[u8]) -> CapturedOutput {
+    use tokio::io::AsyncWriteExt;
+    let mut child = spec.spawn_interactive().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    CapturedOutput { status: out.status, stdout: out.stdout, stderr: out.stderr, truncated: false }
+}
+
+/// Waits for `child` to exit at most `limit` after `since`; how long after `since` it did.
+async fn exits_within(child: &mut tokio::process::Child, since: Instant, limit: Duration) -> Duration {
+    let left = limit.saturating_sub(since.elapsed());
+    tokio::time::timeout(left, child.wait()).await.expect("the session was not cut off in time").unwrap();
+    since.elapsed()
+}
+
+/// Starts `sleep 300` through SSH and waits until the container runs it.
+async fn open_session(node: &Node, key: &Path, container: &str) -> tokio::process::Child {
+    let child = ssh(node, key, container, &[], Some("sleep 300")).spawn_supervised().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, top) = e2e::process::sh("docker", &["top", container]).await;
+        if top.contains("sleep 300") {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "the session's command never started: {top}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_renter_gets_a_terminal_and_commands_in_their_container_and_nothing_else() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, line_a) = renter_key(dir.path(), "a").await;
+    let (key_b, line_b) = renter_key(dir.path(), "b").await;
+    let first = rented(&client, &[&line_a]).await;
+    let second = rented(&client, &[&line_b]).await;
+
+    // A command, without a terminal: the container's environment, its exit status.
+    let out = output(ssh(&node, &key_a, &first, &[], Some("echo $((6*7)) $HOSTNAME; tty; exit 3")), b"").await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines[0].split(' ').next(), Some("42"), "{lines:?}");
+    assert_eq!(lines[1], "not a tty", "{lines:?}");
+    // Standard input reaches it, and its end is the command's end of file.
+    let out = output(ssh(&node, &key_a, &first, &[], Some("wc -c")), &[b'x'; 100_000]).await;
+    assert_eq!(stdout(&out).trim(), "100000", "{}", text(&out));
+
+    // A login shell on a terminal (the image has no bash and no passwd entry).
+    let out = output(ssh(&node, &key_a, &first, &["-tt"], None), b"tty; stty size; exit 6\n").await;
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(stdout(&out).contains("/dev/pts/"), "{}", text(&out));
+
+    // Ctrl-C reaches what runs on the terminal, and the shell goes on.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut child = ssh(&node, &key_a, &first, &["-tt"], None).spawn_interactive().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"sleep 100\n").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stdin.write_all(b"\x03").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stdin.write_all(b"exit 9\n").await.unwrap();
+        // Without the interrupt, `sleep 100` would outlast the timeout.
+        let status =
+            tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("Ctrl-C did not interrupt sleep");
+        assert_eq!(status.unwrap().code(), Some(9));
+    }
+
+    // Another key, another container, a key on the wrong container: refused.
+    for (key, container) in [(&key_b, &first), (&key_a, &second)] {
+        let out = output(ssh(&node, key, container, &[], Some("true")), b"").await;
+        assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+        assert!(text(&out).contains("Permission denied"), "{}", text(&out));
+    }
+    let out = output(ssh(&node, &key_a, "c-000000000000", &[], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+    // No forwarding of any kind, no agent.
+    let out = output(
+        ssh(&node, &key_a, &first, &["-R", "0:127.0.0.1:1", "-o", "ExitOnForwardFailure=yes"], Some("true")),
+        b"",
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0), "remote forwarding was accepted: {}", text(&out));
+
+    // The keys through the API: listed, added, removed.
+    let keys =
+        client.list_container_keys(access::ListContainerKeysRequest { container_id: first.clone() }).await.unwrap();
+    assert_eq!(keys.keys.len(), 1, "{keys:?}");
+    assert_eq!(keys.keys[0].comment, "a@laptop");
+    assert!(keys.ssh_command.starts_with(&format!("ssh -p {} {first}@", node.config.ports.tenant_ssh)), "{keys:?}");
+    let added = client
+        .add_container_key(access::AddContainerKeyRequest {
+            container_id: first.clone(),
+            ssh_public_keys: vec![line_b.clone()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(added.keys.len(), 2);
+    let out = output(ssh(&node, &key_b, &first, &[], Some("echo in")), b"").await;
+    assert_eq!(stdout(&out).trim(), "in", "{}", text(&out));
+
+    // Removing a key cuts its open session off within a second, and takes what it started.
+    let mut session = open_session(&node, &key_a, &first).await;
+    let asked = Instant::now();
+    let removed = client
+        .remove_container_key(access::RemoveContainerKeyRequest {
+            container_id: first.clone(),
+            ssh_public_key: keys.keys[0].fingerprint.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed.sessions_closed, 1, "{removed:?}");
+    let took = exits_within(&mut session, asked, Duration::from_secs(1)).await;
+    println!("key removal asked to session end: {took:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, top) = e2e::process::sh("docker", &["top", &first]).await;
+    assert!(!top.contains("sleep 300"), "the session's command outlived it: {top}");
+    let out = output(ssh(&node, &key_a, &first, &[], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(255), "a removed key still logs in: {}", text(&out));
+
+    // Stopping the container cuts its sessions off; the second tenant is unaffected.
+    let mut session = open_session(&node, &key_b, &first).await;
+    let mut other = open_session(&node, &key_b, &second).await;
+    let asked = Instant::now();
+    client.stop_container(pb::StopContainerRequest { id: first.clone(), timeout_seconds: 0 }).await.unwrap();
+    let stopped = asked.elapsed();
+    let took = exits_within(&mut session, asked, stopped + Duration::from_secs(1)).await;
+    println!("stop asked to session end: {took:?} (the stop itself took {stopped:?})");
+    assert!(other.try_wait().unwrap().is_none(), "the other tenant's session ended too");
+    let out = output(ssh(&node, &key_b, &first, &[], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(255), "a stopped container still logs in: {}", text(&out));
+    let _ = other.start_kill();
+
+    // Bad keys name their field; unknown containers are not found.
+    let bad = client
+        .add_container_key(access::AddContainerKeyRequest {
+            container_id: second.clone(),
+            ssh_public_keys: vec![line_a.clone(), "ssh-ed25519 AAAA".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().starts_with("ssh_public_keys[1]: "), "{bad:?}");
+    let missing = client
+        .add_container_key(access::AddContainerKeyRequest {
+            container_id: "c-404".into(),
+            ssh_public_keys: vec![line_a.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let bad_create = client
+        .create_container(pb::CreateContainerRequest {
+            image: BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "600".into()],
+            ssh_public_keys: vec!["ssh-dss AAAA".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(bad_create.message().starts_with("ssh_public_keys[0]: "), "{bad_create:?}");
+
+    // Keys go with their container.
+    client.remove_container(pb::RemoveContainerRequest { id: first.clone(), force: true }).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gone = client.list_container_keys(access::ListContainerKeysRequest { container_id: first.clone() }).await;
+        if gone.as_ref().is_err_and(|s| s.code() == Code::NotFound) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the keys of a removed container stayed: {gone:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Every login, command and end is in the audit log.
+    let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    for event in
+        ["tenant_login", "tenant_command", "tenant_session_closed", "tenant_auth_failure", "tenant_keys_dropped"]
+    {
+        assert!(audit.contains(event), "{event} not audited");
+    }
+    client.remove_container(pb::RemoveContainerRequest { id: second, force: true }).await.unwrap();
+}
+
+/// `max_sessions_per_key` and `max_sessions_per_container` refuse logins past them, and a
+/// container's TTL ends its sessions within a second.
+#[tokio::test]
+async fn session_limits_hold_and_the_ttl_ends_sessions() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let node =
+        Node::start(TestConfig::with_tenant_access("max_sessions_per_container = 2\nmax_sessions_per_key = 1", ""))
+            .await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, line_a) = renter_key(dir.path(), "a").await;
+    let (key_b, line_b) = renter_key(dir.path(), "b").await;
+    let (key_c, line_c) = renter_key(dir.path(), "c").await;
+    let created = client
+        .create_container(pb::CreateContainerRequest {
+            image: BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "600".into()],
+            ttl_seconds: 6,
+            ssh_public_keys: vec![line_a, line_b, line_c],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = created.id.clone();
+    client.start_container(pb::ContainerRef { id: id.clone() }).await.unwrap();
+
+    let mut first = open_session(&node, &key_a, &id).await;
+    let out = output(ssh(&node, &key_a, &id, &[], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(255), "a second session of one key: {}", text(&out));
+    let mut second = ssh(&node, &key_b, &id, &[], Some("sleep 299")).spawn_supervised().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !e2e::process::sh("docker", &["top", &id]).await.1.contains("sleep 299") {
+        assert!(Instant::now() < deadline, "the second key's session never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = output(ssh(&node, &key_c, &id, &[], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(255), "a third session of the container: {}", text(&out));
+    let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    assert!(audit.contains("sessions_per_key") && audit.contains("sessions_per_container"), "{audit}");
+
+    // The TTL: both sessions end within a second of it.
+    let expires = std::time::UNIX_EPOCH + Duration::from_secs(created.expires_at.try_into().unwrap());
+    let until = expires.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    let since = Instant::now() + until;
+    tokio::time::sleep(until).await;
+    for session in [&mut first, &mut second] {
+        let took = exits_within(session, since, Duration::from_secs(1)).await;
+        println!("TTL to session end: {took:?}");
+    }
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
+}
