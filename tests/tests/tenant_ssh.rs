@@ -302,3 +302,108 @@ async fn session_limits_hold_and_the_ttl_ends_sessions() {
     }
     client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
 }
+
+/// `scp` (over SFTP, as OpenSSH 9 does) and `sftp` into the container's filesystem, with no
+/// helper in the image; paths stay inside its root whatever `..` and symlinks say.
+#[tokio::test]
+async fn files_move_with_scp_and_sftp_inside_the_container_only() {
+    if !busybox_image().await || !require_tool("ssh, scp, sftp", which("scp") && which("sftp")) {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = renter_key(dir.path(), "a").await;
+    let id = rented(&client, &[&line]).await;
+    let port = node.config.ports.tenant_ssh.to_string();
+    let options = |tool: &str| {
+        let mut args = vec!["-i".to_owned(), key.display().to_string()];
+        for option in
+            ["IdentitiesOnly=yes", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null", "BatchMode=yes"]
+        {
+            args.extend(["-o".to_owned(), option.to_owned()]);
+        }
+        args.extend(["-P".to_owned(), port.clone()]);
+        ProcessSpec::new(tool).args(args)
+    };
+    let remote = |path: &str| format!("{id}@127.0.0.1:{path}");
+
+    // 10 MiB both ways, checksums equal, owned by the container's root.
+    let big = dir.path().join("big");
+    let data: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&big, &data).unwrap();
+    let out = e2e::process::capture(options("scp").arg(&big).arg(remote("/tmp/big")), Duration::from_secs(60)).await;
+    assert!(out.status.success(), "scp up: {}", text(&out));
+    let out = output(ssh(&node, &key, &id, &[], Some("sha256sum /tmp/big; stat -c %u:%g /tmp/big")), b"").await;
+    let expected = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    let inside = stdout(&out);
+    assert!(inside.starts_with(&expected), "{inside}");
+    assert!(inside.contains("\n0:0"), "{inside}");
+    let back = dir.path().join("back");
+    let out = e2e::process::capture(options("scp").arg(remote("/tmp/big")).arg(&back), Duration::from_secs(60)).await;
+    assert!(out.status.success(), "scp down: {}", text(&out));
+    assert!(std::fs::read(&back).unwrap() == data, "the file came back changed");
+
+    // sftp: ls, put, get, rename, rm, mkdir, rmdir.
+    let batch = dir.path().join("batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "mkdir /tmp/d\nput {big} /tmp/d/x\nrename /tmp/d/x /tmp/d/y\nls -l /tmp/d\nget /tmp/d/y {got}\nrm /tmp/d/y\nrmdir /tmp/d\n",
+            big = big.display(),
+            got = dir.path().join("got").display()
+        ),
+    )
+    .unwrap();
+    let out = e2e::process::capture(
+        options("sftp").arg("-b").arg(&batch).arg(format!("{id}@127.0.0.1")),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.status.success(), "sftp: {}", text(&out));
+    assert!(stdout(&out).contains(" y"), "{}", text(&out));
+    assert!(std::fs::read(dir.path().join("got")).unwrap() == data);
+    let out = output(ssh(&node, &key, &id, &[], Some("ls /tmp/d 2>&1; true")), b"").await;
+    assert!(stdout(&out).contains("No such file"), "{}", text(&out));
+
+    // Escapes: `..` past the root, and symlinks to `/` and to host paths, stay inside.
+    let marker = format!("/tmp/basilica-host-marker-{}", std::process::id());
+    std::fs::write(&marker, "host\n").unwrap();
+    let out = output(
+        ssh(&node, &key, &id, &[], Some("ln -s / /tmp/hostroot; ln -s /etc /tmp/etc-link; echo container > /tmp/mine")),
+        b"",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    for (path, readable) in [
+        (format!("../../../..{marker}"), false),
+        (format!("/tmp/hostroot{marker}"), false),
+        ("/tmp/hostroot/tmp/mine".to_owned(), true),
+        ("/../../tmp/mine".to_owned(), true),
+    ] {
+        let local = dir.path().join("escape");
+        let _ = std::fs::remove_file(&local);
+        let out = e2e::process::capture(options("scp").arg(remote(&path)).arg(&local), Duration::from_secs(30)).await;
+        assert_eq!(out.status.success(), readable, "{path}: {}", text(&out));
+        if readable {
+            assert_eq!(std::fs::read_to_string(&local).unwrap(), "container\n", "{path}");
+        }
+    }
+    // Writing through a symlink to `/` lands in the container, not on the host.
+    let out = e2e::process::capture(
+        options("scp").arg(&big).arg(remote(&format!("/tmp/hostroot{marker}"))),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host\n", "a renter wrote a host file");
+    std::fs::remove_file(&marker).unwrap();
+
+    let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    assert!(audit.contains("\"written_bytes\":10485760"), "the upload is not audited with its size");
+    assert!(audit.contains("\"op\":\"rename\""), "the rename is not audited");
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.unwrap();
+}

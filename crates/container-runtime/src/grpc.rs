@@ -206,6 +206,11 @@ impl RuntimeApi for RuntimeGrpc {
         self.runtime.exec(request.into_inner()).await.map(Response::new).map_err(status)
     }
 
+    async fn pid(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerPid>, Status> {
+        let pid = self.runtime.pid(&request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(pb::ContainerPid { pid }))
+    }
+
     type AttachStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::AttachOutput, Status>> + Send>>;
 
     /// The first message must be `start` (within 10 s); the session then runs in a task of its

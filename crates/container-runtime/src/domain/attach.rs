@@ -122,6 +122,19 @@ fn login_shell(id: &str, pid: u32) -> Result<Vec<String>, RuntimeError> {
 }
 
 impl Runtime {
+    /// The host PID of the init of `id`, a running container of ours.
+    pub async fn pid(&self, id: &str) -> Result<u32, RuntimeError> {
+        let inspect = self.ours(id).await?;
+        inspect
+            .state
+            .as_ref()
+            .filter(|s| s.running == Some(true))
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| RuntimeError::NotRunning { id: id.to_owned() })
+    }
+
     /// Starts `start.command` (or a login shell) in a running container of ours, attached:
     /// checked, created, started and, when a size is given, sized, before anything is sent.
     pub async fn attach(&self, start: pb::AttachStart) -> Result<Attachment, RuntimeError> {
@@ -134,16 +147,8 @@ impl Runtime {
             Some(size) => terminal_size(size, "start.size", true)?,
             None => None,
         };
-        let inspect = self.ours(&start.id).await?;
+        let pid = self.pid(&start.id).await?;
         let id = start.id;
-        let pid = inspect
-            .state
-            .as_ref()
-            .filter(|s| s.running == Some(true))
-            .and_then(|s| s.pid)
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| RuntimeError::NotRunning { id: id.clone() })?;
         let command = if start.command.is_empty() { login_shell(&id, pid)? } else { start.command };
         let docker = self.engine.docker().clone();
         let map = |source| RuntimeError::Engine(EngineError::Docker { id: id.clone(), source });

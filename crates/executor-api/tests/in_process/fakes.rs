@@ -157,9 +157,14 @@ fake! {
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
 
+    /// executor-api never asks for a container's PID (validator-access does).
+    async fn pid(&self, _r: Request<runtime::ContainerRef>) -> Result<Response<runtime::ContainerPid>, Status> {
+        Err(Status::unimplemented("Pid"))
+    }
+
     type AttachStream = BoxStream<runtime::AttachOutput>;
 
-    /// executor-api does not forward Attach (validator-access will): unimplemented here.
+    /// executor-api does not forward Attach (validator-access does): unimplemented here.
     async fn attach(
         &self,
         _r: Request<tonic::Streaming<runtime::AttachInput>>,

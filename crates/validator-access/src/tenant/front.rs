@@ -2,7 +2,9 @@
 //! with a key given for that container opens a login shell inside it (a PTY when asked for),
 //! or runs `ssh ... cmd` there through `/bin/sh -c`. The shell and commands are streaming
 //! execs container-runtime runs ([`runtime::AttachInput`]): the image needs no sshd and no
-//! passwd entry. Public-key authentication only; no agent, X11 or remote forwarding.
+//! passwd entry. The `sftp` subsystem (also `scp`) works inside the container's root
+//! ([`crate::tenant::sftp`]). Public-key authentication only; no agent, X11 or remote
+//! forwarding.
 //!
 //! Before authentication a connection holds one of `max_unauthenticated_connections` slots
 //! (`max_unauthenticated_per_address` per address) for at most `login_grace_time`, and
@@ -34,6 +36,7 @@ use crate::grants::fingerprint;
 use crate::sessions::new_session_id;
 use crate::tenant::access::Tenants;
 use crate::tenant::sessions::TenantSession;
+use crate::tenant::sftp;
 use crate::time::now;
 
 /// The largest terminal a PTY request may ask for, each way.
@@ -148,6 +151,10 @@ struct Pty {
 /// One session channel: its PTY and environment until it starts, then its exec's input.
 #[derive(Debug, Default)]
 struct ChannelState {
+    /// The channel itself until it starts something: an SFTP session reads and writes it as a
+    /// stream; a shell or command gets its input through [`Self::input`] (russh would wait for
+    /// a channel nobody reads, so it is dropped then).
+    channel: Option<Channel<Msg>>,
     pty: Option<Pty>,
     env: Vec<String>,
     input: Option<mpsc::Sender<runtime::AttachInput>>,
@@ -222,6 +229,7 @@ impl Conn {
     fn start(&mut self, channel: ChannelId, command: Vec<String>, shown: &str, session: &mut SshSession) {
         let Some(login) = self.login.clone() else { return };
         let Some(state) = self.channels.get_mut(&channel) else { return };
+        state.channel = None;
         let size =
             state.pty.as_ref().filter(|p| p.cols > 0).map(|p| runtime::TerminalSize { cols: p.cols, rows: p.rows });
         let mut env = state.env.clone();
@@ -369,7 +377,7 @@ impl russh::server::Handler for Conn {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        self.channels.insert(channel.id(), ChannelState::default());
+        self.channels.insert(channel.id(), ChannelState { channel: Some(channel), ..ChannelState::default() });
         reply.accept().await;
         Ok(())
     }
@@ -533,11 +541,43 @@ impl russh::server::Handler for Conn {
         name: &str,
         session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        // File transfer (sftp, and scp through it) is not served yet: say so rather than hang.
-        self.refuse("subsystem");
-        let text = format!("executor: the `{name}` subsystem is not available on this node yet\r\n");
-        session.extended_data(channel, 1, text.into_bytes())?;
-        session.channel_failure(channel)
+        if name != "sftp" {
+            self.refuse("subsystem");
+            return session.channel_failure(channel);
+        }
+        if let Err(what) = self.may_start(channel) {
+            self.refuse(what);
+            return session.channel_failure(channel);
+        }
+        let Some(login) = self.login.clone() else { return session.channel_failure(channel) };
+        let Some(stream) = self.channels.get_mut(&channel).and_then(|s| s.channel.take()) else {
+            return session.channel_failure(channel);
+        };
+        let root = match sftp::open_root(&self.tenants, &login.container).await {
+            Ok(root) => root,
+            Err(e) => {
+                tracing::warn!(container = %login.container, error = %e, "cannot open a container's root for SFTP");
+                self.refuse("sftp_root");
+                return session.channel_failure(channel);
+            }
+        };
+        session.channel_success(channel)?;
+        self.tenants.audit().record(
+            "tenant_command",
+            json!({"session": self.session_id, "container": login.container, "fingerprint": login.fingerprint,
+                   "command": "sftp", "tty": false}),
+        );
+        metrics::counter!("executor_validator_access_tenant_commands_total").increment(1);
+        let files = sftp::ContainerFiles::new(self.tenants.clone(), self.session_id.clone(), login.container, root);
+        // The session ends with the channel's input (the client closed it, or a cut-off closed
+        // the connection): then, as OpenSSH's sftp-server exiting, status 0 before the close.
+        let handle = session.handle();
+        let on_end = async move {
+            let _ = handle.exit_status_request(channel, 0).await;
+            let _ = handle.eof(channel).await;
+        };
+        russh_sftp::server::run(sftp::Fused::new(stream.into_stream(), on_end), files).await;
+        Ok(())
     }
 
     async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut SshSession) -> Result<(), Self::Error> {
