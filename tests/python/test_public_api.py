@@ -146,6 +146,15 @@ def test_refusals_carry_their_reason(api):
     except grpc.RpcError as e:
         refused_code = e.code()
     assert refused_code == grpc.StatusCode.NOT_FOUND
+    # ExecContainer streams too: refused unsigned, and signed it reaches container-runtime's Attach.
+    exec_request = api.message("ExecContainer", id="c-000000000001", command=["true"], timeout_seconds=5)
+    refused(lambda: api.call("ExecContainer", exec_request, metadata=[]), U, "missing_signature")
+    refused_code = None
+    try:
+        list(api.call("ExecContainer", exec_request))
+    except grpc.RpcError as e:
+        refused_code = e.code()
+    assert refused_code == grpc.StatusCode.NOT_FOUND
 
 
 def metric(port, prefix):

@@ -320,3 +320,148 @@ async fn prover_running(args: &str) -> bool {
     let (_, out) = e2e::process::sh("ps", &["-eo", "args"]).await;
     out.lines().any(|l| l.contains("gpu-attestor") && l.contains(args))
 }
+
+/// Collects what one ExecContainer call streamed: stdout, stderr, and its end.
+async fn exec(
+    client: &ExecutorClient,
+    request: api::ExecContainerRequest,
+) -> Result<(Vec<u8>, Vec<u8>, api::ExecContainerEnd), tonic::Status> {
+    use api::exec_container_output::Output;
+    let mut stream = client.exec_container(request).await?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    while let Some(message) = stream.next().await {
+        match message?.output.unwrap() {
+            Output::Stdout(bytes) => stdout.extend(bytes),
+            Output::Stderr(bytes) => stderr.extend(bytes),
+            Output::End(end) => return Ok((stdout, stderr, end)),
+        }
+    }
+    panic!("the stream ended without an end");
+}
+
+/// A running busybox container `sleep 600` of the node's, through the public API.
+async fn running_busybox(client: &ExecutorClient) -> pb::Container {
+    let request = pb::CreateContainerRequest {
+        image: BUSYBOX_IMAGE.into(),
+        command: vec!["sleep".into(), "600".into()],
+        resources: Some(pb::ResourceRequest { memory_bytes: 64 << 20, cpu_cores: 0.5, ..Default::default() }),
+        ttl_seconds: 600,
+        ..Default::default()
+    };
+    let created = client.create_container(request).await.unwrap();
+    client.start_container(pb::ContainerRef { id: created.id }).await.unwrap()
+}
+
+/// Issue 19 item 6: ExecContainer on the real engine: output and exit code, stdin, the
+/// deadline and the output cap (the command killed at each), bad fields, an unknown container.
+#[tokio::test]
+async fn exec_container_through_the_public_api_on_the_real_engine() {
+    if !busybox_image().await {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node, e2e::ALICE_SEED).await;
+    let c = running_busybox(&client).await;
+    let request = |command: &str| api::ExecContainerRequest {
+        id: c.id.clone(),
+        command: vec!["sh".into(), "-c".into(), command.into()],
+        ..Default::default()
+    };
+
+    let (stdout, stderr, end) = exec(&client, request("echo out; echo err >&2; exit 3")).await.unwrap();
+    assert_eq!((stdout.as_slice(), stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    assert_eq!(end, api::ExecContainerEnd { exit_code: 3, timed_out: false, truncated: false });
+    let env = api::ExecContainerRequest { env: vec!["GREETING=hi there".into()], ..request("echo \"$GREETING\"") };
+    assert_eq!(exec(&client, env).await.unwrap().0, b"hi there\n");
+    let stdin = api::ExecContainerRequest { stdin: vec![b'x'; 100_000], ..request("wc -c") };
+    let (stdout, _, end) = exec(&client, stdin).await.unwrap();
+    assert_eq!((String::from_utf8_lossy(&stdout).trim(), end.exit_code), ("100000", 0));
+
+    // The deadline: the call ends about then, and the command is killed.
+    let started = std::time::Instant::now();
+    let sleeper = api::ExecContainerRequest { timeout_seconds: 1, ..request("sleep 100") };
+    let (_, _, end) = exec(&client, sleeper).await.unwrap();
+    assert_eq!(end, api::ExecContainerEnd { exit_code: -1, timed_out: true, truncated: false });
+    assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+    gone_within_2s(&c.docker_id, "sleep 100").await;
+
+    // The output cap: exactly that much is forwarded, and the command is killed.
+    let yes = api::ExecContainerRequest { max_output_bytes: 1000, ..request("yes") };
+    let (stdout, stderr, end) = exec(&client, yes).await.unwrap();
+    assert_eq!(stdout.len() + stderr.len(), 1000);
+    assert!(stdout.chunks(2).all(|c| c == b"y\n"), "{}", String::from_utf8_lossy(&stdout));
+    assert_eq!(end, api::ExecContainerEnd { exit_code: -1, timed_out: false, truncated: true });
+    gone_within_2s(&c.docker_id, "yes").await;
+
+    // A caller that goes away takes its command along.
+    let stream = client.exec_container(request("sleep 101")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(runs_in(&c.docker_id, "sleep 101").await);
+    drop(stream);
+    gone_within_2s(&c.docker_id, "sleep 101").await;
+
+    for (bad, field) in [
+        (api::ExecContainerRequest { command: Vec::new(), ..request("") }, "command: "),
+        (api::ExecContainerRequest { timeout_seconds: 3601, ..request("true") }, "timeout_seconds: "),
+        (api::ExecContainerRequest { max_output_bytes: 1 << 30, ..request("true") }, "max_output_bytes: "),
+        (api::ExecContainerRequest { env: vec!["NVIDIA_VISIBLE_DEVICES=all".into()], ..request("true") }, "env: "),
+        (api::ExecContainerRequest { env: vec!["1X=y".into()], ..request("true") }, "env: "),
+        (api::ExecContainerRequest { id: String::new(), ..request("true") }, "id: "),
+    ] {
+        let err = exec(&client, bad).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with(field), "{field}: {err:?}");
+    }
+    let unknown = api::ExecContainerRequest { id: "c-000000000000".into(), ..request("true") };
+    assert_eq!(exec(&client, unknown).await.unwrap_err().code(), Code::NotFound);
+    client.stop_container(pb::StopContainerRequest { id: c.id.clone(), timeout_seconds: 0 }).await.unwrap();
+    let err = exec(&client, request("true")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    let text = metrics(&node).await;
+    let line = r#"executor_api_requests_total{method="/executor.api.v1.ExecutorApi/ExecContainer",code="OK"}"#;
+    assert!(text.lines().any(|l| l.starts_with(line)), "{text}");
+    client.remove_container(pb::RemoveContainerRequest { id: c.id, force: true }).await.unwrap();
+}
+
+/// Whether a process whose command line is `args` runs in the Docker container `docker_id`.
+async fn runs_in(docker_id: &str, args: &str) -> bool {
+    // `docker top` needs the PID column; the command line follows it.
+    let (ok, top) = e2e::runtime::docker(&["top", docker_id, "-o", "pid,args"]).await;
+    assert!(ok, "docker top {docker_id}");
+    top.lines().skip(1).any(|l| l.trim().split_once(char::is_whitespace).is_some_and(|(_, a)| a.trim() == args))
+}
+
+/// Waits up to 2 s for `args` to be gone from the Docker container `docker_id`.
+async fn gone_within_2s(docker_id: &str, args: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while runs_in(docker_id, args).await {
+        assert!(std::time::Instant::now() < deadline, "`{args}` still runs in {docker_id} after 2 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `executor ctl containers exec`: output to the terminal's stdout and stderr, the command's
+/// exit code, 124 past the timeout.
+#[tokio::test]
+async fn executor_ctl_containers_exec() {
+    if !busybox_image().await {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let key = node.config.dir.path().join("miner.seed");
+    std::fs::write(&key, format!("{}\n", e2e::ALICE_SEED)).unwrap();
+    let c = running_busybox(&client(&node, e2e::ALICE_SEED).await).await;
+
+    let out =
+        ctl(&node, &key, &["containers", "exec", &c.id, "--", "sh", "-c", "echo out; echo err >&2; exit 3"]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    let out = ctl(&node, &key, &["containers", "exec", "--timeout-seconds", "1", &c.id, "--", "sleep", "100"]).await;
+    assert_eq!(out.status.code(), Some(124), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&node, &key, &["containers", "exec", "--timeout-seconds", "0", &c.id, "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&node, &key, &["containers", "exec", "c-000000000000", "--", "true"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&out.stderr));
+}

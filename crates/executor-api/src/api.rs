@@ -1,6 +1,7 @@
 //! `executor.api.v1.ExecutorApi`: identity, health and system profile answered here;
 //! containers forwarded to container-runtime, validator access to validator-access, both over
-//! their Unix sockets; attestation by running the bundled `gpu-attestor` ([`crate::attest`]);
+//! their Unix sockets; a command in a container through container-runtime's Attach
+//! ([`crate::exec`]); attestation by running the bundled `gpu-attestor` ([`crate::attest`]);
 //! the node's health from [`crate::probes`].
 //!
 //! Handlers run after the layer has authenticated the call ([`crate::layer`]); the caller's
@@ -23,12 +24,15 @@ use common::proto::gpu::v1 as gpu;
 use common::proto::gpu::v1::gpu_monitor_client::GpuMonitorClient;
 use common::proto::runtime::v1 as runtime;
 use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::attest::Attestor;
 use crate::errors::ApiError;
+use crate::exec::{ExecItem, ExecPlan, OUTPUT_QUEUE};
 use crate::layer::{Caller, RequestId};
 use crate::probes::{DockerFacts, Probes};
 
@@ -148,6 +152,7 @@ async fn forward<T>(
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<runtime::LogChunk, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = ExecItem> + Send>>;
 
 #[tonic::async_trait]
 impl ExecutorApiRpc for Api {
@@ -305,6 +310,28 @@ impl ExecutorApiRpc for Api {
     ) -> Result<Response<runtime::ContainerStats>, Status> {
         let id = request_id(&request);
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().stats(request.into_inner())).await
+    }
+
+    type ExecContainerStream = ExecStream;
+
+    /// Checks the request, starts the command through Attach (its refusals, an unknown or
+    /// stopped container among them, come back as the call's status), then streams: the
+    /// relay task belongs to the response stream and ends with it. The deadline counts from
+    /// here; `[server] request_timeout` bounds the call only up to the response's headers.
+    async fn exec_container(
+        &self,
+        request: Request<pb::ExecContainerRequest>,
+    ) -> Result<Response<Self::ExecContainerStream>, Status> {
+        let id = request_id(&request);
+        let plan = ExecPlan::check(request.into_inner()).map_err(|e| e.into_status(&id))?;
+        let deadline = tokio::time::Instant::now() + plan.timeout;
+        let mut runtime = self.inner.runtime.clone();
+        let attach = forward(ServiceName::ContainerRuntime, &id, runtime.attach(plan.input())).await?.into_inner();
+        tracing::info!(container = plan.container(), timeout = ?plan.timeout, max_output = plan.max_output, "exec started");
+        let (tx, rx) = tokio::sync::mpsc::channel(OUTPUT_QUEUE);
+        let relay = crate::exec::relay(attach, tx, plan.max_output, deadline, id);
+        tokio::spawn(relay.in_current_span());
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn request_validator_challenge(

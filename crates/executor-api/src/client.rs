@@ -172,6 +172,15 @@ impl ExecutorClient {
     unary!(list_container_keys, "ListContainerKeys", access::ListContainerKeysRequest => access::ContainerKeys);
     unary!(run_attestation, "RunAttestation", pb::AttestationRequest => pb::AttestationResponse);
 
+    /// A command in a running container: its output as it comes, its end last.
+    pub async fn exec_container(
+        &self,
+        request: pb::ExecContainerRequest,
+    ) -> Result<Streaming<pb::ExecContainerOutput>, Status> {
+        let request = self.signed("ExecContainer", request);
+        Ok(self.api.clone().exec_container(request).await?.into_inner())
+    }
+
     /// A container's logs, streamed.
     pub async fn stream_logs(&self, request: runtime::LogsRequest) -> Result<Streaming<runtime::LogChunk>, Status> {
         let request = self.signed("StreamLogs", request);

@@ -11,6 +11,7 @@ const RANKS: &[(&str, u8)] = &[
     ("client", 1),
     ("errors", 1),
     ("attest", 2),
+    ("exec", 2),
     ("layer", 2),
     ("api", 3),
     ("lib", 4),

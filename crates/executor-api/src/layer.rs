@@ -64,6 +64,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/ListContainers",
     "/executor.api.v1.ExecutorApi/StreamLogs",
     "/executor.api.v1.ExecutorApi/ContainerStats",
+    "/executor.api.v1.ExecutorApi/ExecContainer",
     "/executor.api.v1.ExecutorApi/RequestValidatorChallenge",
     "/executor.api.v1.ExecutorApi/ProvisionValidatorAccess",
     "/executor.api.v1.ExecutorApi/RevokeValidatorAccess",
@@ -200,7 +201,8 @@ where
         let id = request_id.clone();
         let call = async move {
             // `request_timeout` covers reading the request and authentication, and the handler
-            // up to its response headers (a stream's messages may come later); RunAttestation's
+            // up to its response headers (a stream's messages may come later; ExecContainer's
+            // stream ends at the caller's `timeout_seconds`, `exec::relay`); RunAttestation's
             // handler has a deadline of its own (`attest::ATTESTATION_TIMEOUT`).
             let deadline = tokio::time::Instant::now() + timeout;
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {

@@ -5,15 +5,16 @@
 //! - [`layer`]: request ids, authentication of every call but health and reflection
 //!   ([`auth`]), per-RPC metrics.
 //! - [`api`]: the `executor.api.v1.ExecutorApi` handlers, forwarding to the internal services;
-//!   [`probes`] (health, Docker's facts) and [`attest`] (the prover) behind them.
+//!   [`probes`] (health, Docker's facts), [`attest`] (the prover) and [`exec`] (a command in
+//!   a container, through container-runtime's Attach) behind them.
 //! - [`errors`]: the one mapping of errors to status codes.
 //! - [`connections`]: who may hold a connection (the caps, the handshake deadline, strangers
 //!   making room).
 //! - [`client`]: the miner-side client that signs calls (used by `executor ctl` and tests).
 //!
 //! Modules use only modules below them: `auth`, `connections`, `probes` at the bottom; `errors`
-//! and `client` on `auth`; `attest` on `errors`; `layer` on `auth` and `errors`; `api` on
-//! `attest`, `errors`, `layer` and `probes`; this file on all. `invariants` checks it, and that
+//! and `client` on `auth`; `attest` and `exec` on `errors`; `layer` on `auth` and `errors`;
+//! `api` on `attest`, `errors`, `exec`, `layer` and `probes`; this file on all. `invariants` checks it, and that
 //! no module but `errors` builds a status.
 
 pub mod api;
@@ -22,6 +23,7 @@ pub mod auth;
 pub mod client;
 pub mod connections;
 pub mod errors;
+pub mod exec;
 #[cfg(test)]
 mod invariants;
 pub mod layer;

@@ -1,6 +1,7 @@
 //! `executor ctl ...`: the public API from the command line, signed with the miner's hotkey,
 //! for operators and tests. Answers are printed as JSON (one object, or one per line for
-//! lists); container logs are written raw to stdout and stderr.
+//! lists); container logs, and the output of `containers exec`, are written raw to stdout and
+//! stderr.
 //!
 //! The secret comes from `--key-file FILE` (a hex seed, a hex 64-byte secret key, or a
 //! Bittensor hotkey file) or from the environment variable `MINER_HOTKEY_SECRET` (the same
@@ -135,6 +136,23 @@ pub enum ContainersCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Run a command in a running container: `containers exec ID -- CMD ARGS...`. Its output
+    /// goes to stdout/stderr as it comes; exits with its exit code (124 past the timeout, as
+    /// `timeout(1)` does; 1 when the output cap stopped it).
+    Exec {
+        id: String,
+        /// Seconds it may run, 1 to 3600 (0: 60).
+        #[arg(long, default_value_t = 0)]
+        timeout_seconds: u32,
+        /// Stdout and stderr together at most, up to 256 MiB (0: 16 MiB).
+        #[arg(long, default_value_t = 0)]
+        max_output_bytes: u64,
+        /// `KEY=VALUE`, repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Logs to stdout/stderr as the container wrote them.
     Logs {
         id: String,
@@ -226,6 +244,9 @@ pub enum CtlError {
     SignatureNotHex,
     #[error("--nonce: expected 64 hex digits")]
     Nonce,
+    /// The executor's stream ended without the command's end.
+    #[error("the executor ended the exec's stream without its exit code")]
+    ExecUnfinished,
     #[error("SSH key file {}: {source}", path.display())]
     KeyFile { path: PathBuf, source: std::io::Error },
 }
@@ -449,6 +470,11 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             let request = access::ListContainerKeysRequest { container_id: id };
             print(&keys_json(&client.list_container_keys(request).await?));
         }
+        Exec { id, timeout_seconds, max_output_bytes, env, command } => {
+            let request =
+                api::ExecContainerRequest { id, command, timeout_seconds, max_output_bytes, stdin: Vec::new(), env };
+            return exec(client, request).await;
+        }
         Logs { id, follow, tail } => {
             use std::io::Write;
             let mut stream = client.stream_logs(runtime::LogsRequest { id, follow, tail, since: 0 }).await?;
@@ -467,6 +493,42 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The exit code of `containers exec` when the command ran past its timeout, as `timeout(1)`.
+pub const EXEC_TIMED_OUT: u8 = 124;
+
+/// `containers exec`: the output written as it comes, then the command's exit code (124 when
+/// it timed out; 1 when it was stopped at the output cap or the executor cannot say).
+async fn exec(client: &ExecutorClient, request: api::ExecContainerRequest) -> Result<ExitCode, CtlError> {
+    use std::io::Write;
+
+    use api::exec_container_output::Output;
+    let mut stream = client.exec_container(request).await?;
+    while let Some(message) = stream.next().await {
+        // A closed pipe (`| head`) stops writing, not reading: the end is still to come.
+        match message?.output {
+            Some(Output::Stdout(bytes)) => {
+                let _ = std::io::stdout().write_all(&bytes).and_then(|()| std::io::stdout().flush());
+            }
+            Some(Output::Stderr(bytes)) => {
+                let _ = std::io::stderr().write_all(&bytes);
+            }
+            Some(Output::End(end)) => {
+                if end.timed_out {
+                    eprintln!("executor ctl: the command ran past its timeout and was stopped");
+                    return Ok(ExitCode::from(EXEC_TIMED_OUT));
+                }
+                if end.truncated {
+                    eprintln!("executor ctl: the output reached --max-output-bytes; the command was stopped");
+                    return Ok(ExitCode::FAILURE);
+                }
+                return Ok(u8::try_from(end.exit_code).map_or(ExitCode::FAILURE, ExitCode::from));
+            }
+            None => {}
+        }
+    }
+    Err(CtlError::ExecUnfinished)
 }
 
 /// A key argument: an OpenSSH line as given, or the line of a `.pub` file.

@@ -164,12 +164,55 @@ fake! {
 
     type AttachStream = BoxStream<runtime::AttachOutput>;
 
-    /// executor-api does not forward Attach (validator-access does): unimplemented here.
+    /// ExecContainer's peer, scripted by the command's first word: `echo` writes `out` and
+    /// `err` and exits 3; `cat` writes back its stdin; `yes` writes 512-byte chunks, and `sleep`
+    /// nothing, until the client goes, which is recorded as `Attach cut off`.
     async fn attach(
         &self,
-        _r: Request<tonic::Streaming<runtime::AttachInput>>,
+        r: Request<tonic::Streaming<runtime::AttachInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        Err(Status::unimplemented("Attach"))
+        use runtime::attach_input::Input;
+        use runtime::attach_output::Output;
+        let mut input = r.into_inner();
+        let Some(runtime::AttachInput { input: Some(Input::Start(start)) }) = input.message().await? else {
+            return Err(Status::invalid_argument("start: the first message must be `start`"));
+        };
+        self.0.call("Attach", Request::new(start.clone()))?;
+        let peer = self.0.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let send = |output| tx.send(Ok(runtime::AttachOutput { output: Some(output) }));
+            let _ = send(Output::Started(runtime::AttachStarted { exec_id: "fake-exec".into() })).await;
+            let mut stdin = Vec::new();
+            while let Ok(Some(message)) = input.message().await {
+                match message.input {
+                    Some(Input::Stdin(bytes)) => stdin.extend(bytes),
+                    Some(Input::CloseStdin(true)) => break,
+                    _ => {}
+                }
+            }
+            let ended = match start.command[0].as_str() {
+                "echo" => {
+                    let _ = send(Output::Stdout(b"out\n".to_vec())).await;
+                    let _ = send(Output::Stderr(b"err\n".to_vec())).await;
+                    send(Output::ExitCode(3)).await.is_ok()
+                }
+                "cat" => send(Output::Stdout(stdin)).await.is_ok() && send(Output::ExitCode(0)).await.is_ok(),
+                "yes" => loop {
+                    if send(Output::Stdout(vec![b'y'; 512])).await.is_err() {
+                        break false;
+                    }
+                },
+                _ => {
+                    tx.closed().await;
+                    false
+                }
+            };
+            if !ended {
+                peer.calls.lock().unwrap().push("Attach cut off".to_owned());
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 }
 

@@ -3,13 +3,15 @@
 //! validator-access servers on temporary Unix sockets ([`fakes`], [`node`]).
 //!
 //! This file: every public handler reaches its peer and brings its answer back. [`auth`]: the
-//! signature layer. [`errors`]: what a caller sees of each downstream reason.
+//! signature layer. [`errors`]: what a caller sees of each downstream reason. [`exec`]:
+//! ExecContainer's relay of the fake Attach.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
 mod auth;
 mod doors;
 mod errors;
+mod exec;
 mod fakes;
 mod node;
 
