@@ -166,6 +166,16 @@ fake! {
     ) -> Result<Response<Self::AttachStream>, Status> {
         Err(Status::unimplemented("Attach"))
     }
+
+    type ForwardStream = BoxStream<runtime::ForwardOutput>;
+
+    /// executor-api does not forward Forward (validator-access does): unimplemented here.
+    async fn forward(
+        &self,
+        _r: Request<tonic::Streaming<runtime::ForwardInput>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        Err(Status::unimplemented("Forward"))
+    }
 }
 
 fake! {
