@@ -53,7 +53,7 @@ pub enum RuntimeError {
     #[error("nothing listens on {address} in the container")]
     NothingListens { id: String, address: std::net::SocketAddr },
     /// A forward's target inside the container did not accept within the connect timeout.
-    #[error("{address} in the container did not accept the connection within 5 s")]
+    #[error("{address} in the container did not accept the connection within {} s", super::CONNECT_TIMEOUT.as_secs())]
     ConnectTimeout { id: String, address: std::net::SocketAddr },
     /// A forward's target inside the container cannot be reached (no IPv6 in it, say).
     #[error("cannot connect to {address} in the container")]
