@@ -407,3 +407,192 @@ async fn files_move_with_scp_and_sftp_inside_the_container_only() {
     assert!(audit.contains("\"op\":\"rename\""), "the rename is not audited");
     client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.unwrap();
 }
+
+/// Starts `command` inside `container` through SSH, left running, and waits until the
+/// container runs it (`marker` is in `docker top`).
+async fn run_inside(node: &Node, key: &Path, container: &str, command: &str, marker: &str) -> tokio::process::Child {
+    let child = ssh(node, key, container, &[], Some(command)).spawn_supervised().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !e2e::process::sh("docker", &["top", container]).await.1.contains(marker) {
+        assert!(Instant::now() < deadline, "`{command}` never started in {container}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child
+}
+
+/// What a connection to the local end of a forward on `port` gets after sending `send` and
+/// half-closing: everything until the far side closes (None: it did not within 15 s).
+async fn through(port: u16, send: &[u8]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(send).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut got)).await.ok()?;
+    // A refused forward's local end may be reset rather than closed: nothing came either way.
+    if let Err(e) = read {
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+    }
+    Some(got)
+}
+
+/// `ssh -N -L` as the renter of `container`, a free local port for each of `targets`, once it
+/// listens; tried again with other ports when one was taken before ssh bound it.
+async fn forwarding(
+    node: &Node,
+    key: &Path,
+    container: &str,
+    targets: &[(String, u16)],
+) -> (tokio::process::Child, Vec<u16>) {
+    for _ in 0..3 {
+        let locals: Vec<u16> = targets.iter().map(|_| e2e::free_port()).collect();
+        let mut options = vec!["-N".to_owned(), "-o".to_owned(), "ExitOnForwardFailure=yes".to_owned()];
+        for ((host, port), local) in targets.iter().zip(&locals) {
+            let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+            options.extend(["-L".to_owned(), format!("{local}:{host}:{port}")]);
+        }
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
+        let mut child = ssh(node, key, container, &options, None).spawn_supervised().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", locals[0])).await.is_ok() {
+                return (child, locals);
+            }
+            if child.try_wait().unwrap().is_some() {
+                println!("ssh -L exited (a local port taken?); again");
+                break;
+            }
+            assert!(Instant::now() < deadline, "ssh -L never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    panic!("ssh -L exited three times");
+}
+
+/// The node's output, once stopped: what a test that hangs shows.
+async fn node_log(mut node: Node) -> String {
+    node.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(10)).await.1
+}
+
+/// `ssh -L` reaches servers on the container's own loopback (not the host's, which listens on
+/// the same port), carries bytes both ways with half-close, and refuses every other target:
+/// the host (docker0 and the container's gateway), another container, the metadata address,
+/// `0.0.0.0`; a port where nothing listens fails to connect. All of it is audited.
+#[tokio::test]
+async fn a_renter_forwards_to_the_containers_loopback_and_nowhere_else() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = renter_key(dir.path(), "a").await;
+    let first = rented(&client, &[&line]).await;
+    let second = rented(&client, &[&line]).await;
+
+    // The host listens on its own loopback on the port the container's server will use: a
+    // forward made from the host's namespace would reach it.
+    let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = host.local_addr().unwrap().port();
+    let host_server = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut socket, _)) = host.accept().await {
+            let _ = socket.write_all(b"hello-from-the-host\n").await;
+        }
+    });
+    let echo_port = e2e::free_port();
+    let mut greeter = run_inside(
+        &node,
+        &key,
+        &first,
+        &format!("nc -ll -p {port} -e echo hello-from-inside"),
+        &format!("nc -ll -p {port}"),
+    )
+    .await;
+    let mut echo =
+        run_inside(&node, &key, &first, &format!("nc -ll -p {echo_port} -e cat"), &format!("nc -ll -p {echo_port}"))
+            .await;
+    let mut other = run_inside(&node, &key, &second, "nc -ll -p 8888 -e echo hello-from-other", "nc -ll -p 8888").await;
+    let ip_of = |id: String, what: &'static str| async move {
+        let format = format!("{{{{range .NetworkSettings.Networks}}}}{{{{.{what}}}}}{{{{end}}}}");
+        e2e::process::sh("docker", &["inspect", "-f", &format, &id]).await.1.trim().to_owned()
+    };
+    let gateway = ip_of(first.clone(), "Gateway").await;
+    let other_ip = ip_of(second.clone(), "IPAddress").await;
+    println!("the container's gateway {gateway:?}, the other container {other_ip:?}");
+
+    let allowed = [("localhost", port), ("127.0.0.1", port), ("localhost", echo_port)];
+    let mut refused = vec![
+        ("172.17.0.1".to_owned(), 22),
+        ("169.254.169.254".to_owned(), 80),
+        ("0.0.0.0".to_owned(), port),
+        ("example.com".to_owned(), 80),
+    ];
+    refused.extend([(gateway, port), (other_ip, 8888)].into_iter().filter(|(ip, _)| !ip.is_empty()));
+    let nothing_listens = ("localhost".to_owned(), 1);
+    let targets: Vec<(String, u16)> = allowed
+        .iter()
+        .map(|(h, p)| ((*h).to_owned(), *p))
+        .chain(refused.iter().cloned())
+        .chain([nothing_listens.clone()])
+        .collect();
+    let (mut forwarder, locals) = forwarding(&node, &key, &first, &targets).await;
+
+    // The container's loopback, by name and by address: the container's server, not the host's.
+    for local in &locals[..2] {
+        let got = through(*local, b"").await;
+        let got = match got {
+            Some(got) => got,
+            None => panic!("the forward neither answered nor closed\n{}", node_log(node).await),
+        };
+        assert_eq!(String::from_utf8_lossy(&got), "hello-from-inside\n");
+    }
+    // Both ways, large, with the client's end of file reaching the server.
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let started = Instant::now();
+    let echoed = through(locals[2], &sent).await.expect("the echo neither answered nor closed");
+    println!("300 kB echoed through the forward in {:?}", started.elapsed());
+    assert!(echoed == sent, "echoed {} bytes of {}", echoed.len(), sent.len());
+    // Anything else: the local connection closes with nothing.
+    for (local, target) in locals[3..].iter().zip(&targets[3..]) {
+        assert_eq!(through(*local, b"").await.unwrap(), b"", "{target:?} was forwarded");
+    }
+    assert!(forwarder.try_wait().unwrap().is_none(), "refused forwards ended the SSH session");
+
+    let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let field = |e: &serde_json::Value, name: &str| e.get(name).cloned().unwrap_or_default();
+    // The three above, and the connections made while waiting for `ssh -L` to listen.
+    let forwards: Vec<_> = events.iter().filter(|e| audit_event(e) == "tenant_forward").collect();
+    assert!(forwards.len() >= 3, "{audit}");
+    assert!(forwards.iter().all(|e| field(e, "address").as_str().unwrap().starts_with("127.0.0.1:")), "{audit}");
+    for (host, target_port) in &refused {
+        let refusal = events.iter().find(|e| {
+            audit_event(e) == "tenant_refused"
+                && field(e, "host") == host.as_str()
+                && field(e, "port") == u64::from(*target_port)
+        });
+        let refusal = refusal.unwrap_or_else(|| panic!("no refusal of {host}:{target_port} audited: {audit}"));
+        assert_eq!(field(refusal, "what"), "port_forwarding", "{refusal}");
+        assert_eq!(field(refusal, "reason"), "not_permitted", "{refusal}");
+    }
+    let failed = events
+        .iter()
+        .find(|e| audit_event(e) == "tenant_refused" && field(e, "port") == 1)
+        .unwrap_or_else(|| panic!("no failed connect audited: {audit}"));
+    assert_eq!(field(failed, "reason"), "wrong_state", "{failed}");
+    assert!(field(failed, "detail").as_str().unwrap().contains("nothing listens on 127.0.0.1:1"), "{failed}");
+
+    for child in [&mut forwarder, &mut greeter, &mut echo, &mut other] {
+        let _ = child.start_kill();
+    }
+    host_server.abort();
+    for id in [first, second] {
+        client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.unwrap();
+    }
+}
+
+/// The name of an audit event.
+fn audit_event(event: &serde_json::Value) -> &str {
+    event.get("event").and_then(serde_json::Value::as_str).unwrap_or_default()
+}

@@ -98,6 +98,9 @@ reasons! {
     Storage = "storage" => Internal,
     /// Our own failure (randomness, a child process, an invariant).
     Internal = "internal" => Internal,
+    /// What the request asks is never allowed here, whoever asks (a forward to anything but
+    /// the container's own loopback).
+    NotPermitted = "not_permitted" => PermissionDenied,
 }
 
 impl fmt::Display for Reason {

@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::admission::AdmissionError;
-use crate::domain::{LogChunks, Runtime, RuntimeError};
+use crate::domain::{ForwardEnd, LogChunks, Runtime, RuntimeError};
 use crate::engine::EngineError;
 use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
@@ -49,6 +49,15 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         // /proc or openat2 failed on this host: the OS's words are the cause.
         E::ContainerRoot { source, .. } => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
         E::NotAttached { .. } => Refusal::new(Reason::Engine, e.to_string()),
+        // A forward off the container's loopback is never allowed, whoever asks.
+        E::ForwardTarget { .. } | E::SharesHostNetwork { .. } => caller(Reason::NotPermitted),
+        // Nothing listens there, or the container cannot reach it (no IPv6): the container's
+        // state, which its renter changes; the OS's words are the cause.
+        E::NothingListens { .. } => caller(Reason::WrongState),
+        E::Connect { source, .. } => caller(Reason::WrongState).with_cause(source),
+        E::ConnectTimeout { .. } => caller(Reason::Timeout),
+        // setns or /proc failed on this host: the OS's words are the cause.
+        E::Namespace { source, .. } => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
         // Going away: the caller may try again once the service is back.
         E::ShuttingDown => caller(Reason::PeerUnavailable),
         // What this host's configuration does not allow: no GPU passthrough, a host path off
@@ -245,6 +254,84 @@ impl RuntimeApi for RuntimeGrpc {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(status)))))
     }
+
+    type ForwardStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardOutput, Status>> + Send>>;
+
+    /// The first message must be `start` (within 10 s); the connection is made before the
+    /// answer (an error status when it cannot be), then carried in a task of its own (tracked
+    /// by the runtime, with the Attach sessions) that owns the stream's sender and the socket.
+    async fn forward(
+        &self,
+        request: Request<tonic::Streaming<pb::ForwardInput>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut input = request.into_inner();
+        let start = match tokio::time::timeout(START_TIMEOUT, input.message()).await {
+            Ok(Ok(Some(pb::ForwardInput { input: Some(pb::forward_input::Input::Start(start)) }))) => Ok(start),
+            Ok(Ok(_)) => Err(not_started("the first message must be `start`")),
+            // The client broke off before it said anything: nothing to refuse.
+            Ok(Err(status)) => return Err(status),
+            Err(_) => Err(not_started("no `start` within 10 s")),
+        };
+        let forwarding = match start {
+            Ok(start) => self.runtime.forward(start).await,
+            Err(e) => Err(e),
+        };
+        let forwarding = forwarding.map_err(|e| {
+            let refusal = refusal(&e);
+            forward_event(ForwardEvent::Refused(refusal.reason));
+            refusal.into_status()
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(FORWARD_QUEUE);
+        self.runtime.spawn_session(async move {
+            let _open = OpenForward::new();
+            let address = forwarding.address();
+            let end: ForwardEnd = forwarding.run(input, tx).await;
+            tracing::info!(%address, ?end, "forward ended");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|item| item.map_err(status)))))
+    }
+}
+
+/// Data on its way to a Forward client, each at most 16 KiB: the container's side is read
+/// only when there is room, so a slow client slows it down.
+const FORWARD_QUEUE: usize = 16;
+
+/// What happened to a Forward request, logged and counted together.
+#[derive(Debug, Clone, Copy)]
+enum ForwardEvent {
+    Connected,
+    /// Refused or failed, for this reason.
+    Refused(Reason),
+}
+
+/// Counts a Forward request by its result (`executor_container_runtime_forwards_total`:
+/// `connected`, or the reason it was not); the refusal itself is logged where it is mapped
+/// ([`refusal`]).
+fn forward_event(event: ForwardEvent) {
+    let result = match event {
+        ForwardEvent::Connected => "connected",
+        ForwardEvent::Refused(reason) => reason.as_str(),
+    };
+    tracing::debug!(result, "forward");
+    metrics::counter!("executor_container_runtime_forwards_total", "result" => result).increment(1);
+}
+
+/// An open forward, counted in `executor_container_runtime_forwards` while it lives.
+#[derive(Debug)]
+struct OpenForward;
+
+impl OpenForward {
+    fn new() -> Self {
+        forward_event(ForwardEvent::Connected);
+        metrics::gauge!("executor_container_runtime_forwards").increment(1.0);
+        Self
+    }
+}
+
+impl Drop for OpenForward {
+    fn drop(&mut self) {
+        metrics::gauge!("executor_container_runtime_forwards").decrement(1.0);
+    }
 }
 
 /// How long an Attach client has to send its `start`.
@@ -295,8 +382,13 @@ impl Drop for OpenSession {
     }
 }
 
-/// Describes the metrics of Attach.
+/// Describes the metrics of Attach and Forward.
 pub fn describe_metrics() {
+    metrics::describe_gauge!("executor_container_runtime_forwards", "Forwards into containers open now.");
+    metrics::describe_counter!(
+        "executor_container_runtime_forwards_total",
+        "Forward requests by result (connected, or the reason: not_permitted, wrong_state, ...)."
+    );
     metrics::describe_gauge!("executor_container_runtime_attach_sessions", "Attach sessions open now.");
     metrics::describe_counter!(
         "executor_container_runtime_attach_total",
@@ -365,6 +457,46 @@ mod tests {
                 "cannot look for a shell",
             ),
             (RuntimeError::NotAttached { id: "c-1".into() }, Reason::Engine, Code::Internal, "did not attach"),
+            (
+                RuntimeError::ForwardTarget { host: "172.17.0.1".into() },
+                Reason::NotPermitted,
+                Code::PermissionDenied,
+                "start.host: only the container's own loopback (localhost, 127.0.0.1, ::1) can be forwarded to",
+            ),
+            (
+                RuntimeError::SharesHostNetwork { id: "c-1".into() },
+                Reason::NotPermitted,
+                Code::PermissionDenied,
+                "uses the host's network",
+            ),
+            (
+                RuntimeError::NothingListens { id: "c-1".into(), address: "127.0.0.1:8888".parse().unwrap() },
+                Reason::WrongState,
+                Code::FailedPrecondition,
+                "nothing listens on 127.0.0.1:8888 in the container",
+            ),
+            (
+                RuntimeError::ConnectTimeout { id: "c-1".into(), address: "127.0.0.1:8888".parse().unwrap() },
+                Reason::Timeout,
+                Code::DeadlineExceeded,
+                "did not accept the connection",
+            ),
+            (
+                RuntimeError::Connect {
+                    id: "c-1".into(),
+                    address: "[::1]:8888".parse().unwrap(),
+                    source: std::io::Error::other("SECRET"),
+                },
+                Reason::WrongState,
+                Code::FailedPrecondition,
+                "cannot connect to [::1]:8888 in the container",
+            ),
+            (
+                RuntimeError::Namespace { id: "c-1".into(), source: std::io::Error::other("SECRET") },
+                Reason::Internal,
+                Code::Internal,
+                "cannot enter its network namespace",
+            ),
             (RuntimeError::ShuttingDown, Reason::PeerUnavailable, Code::Unavailable, "shutting down"),
             (RuntimeError::SinceOutOfRange, Reason::InvalidField, Code::InvalidArgument, "since"),
             (RuntimeError::NotFound { id: "c-1".into() }, Reason::NotFound, Code::NotFound, "container c-1 not found"),

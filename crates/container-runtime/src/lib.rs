@@ -18,7 +18,9 @@
 //! Commands run in tenant containers as a unary `Exec` or an `Attach` session (a command or a
 //! login shell, streamed both ways, with or without a TTY): the login shell is found from the
 //! host inside the container's root ([`rootfs`]), and an exec whose caller went (or whose
-//! deadline passed) has its processes killed from the host ([`proctree`]).
+//! deadline passed) has its processes killed from the host ([`proctree`]). A `Forward` is a
+//! TCP connection to a container's own loopback, made inside its network namespace (a
+//! renter's `ssh -L`).
 //!
 //! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
 //! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,

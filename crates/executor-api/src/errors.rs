@@ -75,6 +75,9 @@ pub fn policy(reason: Reason) -> (Code, Told) {
         Reason::Storage => (Code::Internal, Told::RequestId),
         // Our own failure (randomness, a child process, an invariant).
         Reason::Internal => (Code::Internal, Told::RequestId),
+        // A rule of the node forbids it whoever asks (a forward off the container's
+        // loopback): the message says which rule.
+        Reason::NotPermitted => (Code::PermissionDenied, Told::Message),
     }
 }
 
@@ -287,6 +290,7 @@ mod tests {
             (Reason::Engine, Code::Internal, Told::RequestId),
             (Reason::Storage, Code::Internal, Told::RequestId),
             (Reason::Internal, Code::Internal, Told::RequestId),
+            (Reason::NotPermitted, Code::PermissionDenied, Told::Message),
         ];
         assert_eq!(expected.len(), Reason::ALL.len(), "a reason without a row");
         for (reason, code, told) in expected {

@@ -330,6 +330,10 @@ fn describe_metrics() {
         "executor_validator_access_tenant_refused_total",
         "Renter SSH connections, logins and requests refused, by reason."
     );
+    metrics::describe_counter!(
+        "executor_validator_access_tenant_forwards_total",
+        "Renters' ssh -L connections by result (connected, or why not: not_permitted, wrong_state, ...)."
+    );
 }
 
 impl Validators {

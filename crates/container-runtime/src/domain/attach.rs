@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ContainerInspectResponse;
 use common::proto::runtime::v1 as pb;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,12 +33,20 @@ const SHELLS: [&str; 2] = ["/bin/bash", "/bin/sh"];
 /// How long the engine may take to say an exec started.
 const ENGINE_WAIT: Duration = Duration::from_secs(5);
 
-/// The open sessions: each in a task of its own, tracked, so that the service's shutdown can
-/// end them all (their processes killed, their clients told) and wait for them.
+/// The open sessions (Attach's, and the forwards of `super::forward`): each in a task of its
+/// own, tracked, so that the service's shutdown can end them all (their processes killed,
+/// their connections closed, their clients told) and wait for them.
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     tasks: TaskTracker,
     closing: CancellationToken,
+}
+
+impl Sessions {
+    /// Cancelled when the service shuts down: a session watches it and ends.
+    pub(super) fn closing(&self) -> CancellationToken {
+        self.closing.clone()
+    }
 }
 
 pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> RuntimeError {
@@ -107,6 +116,19 @@ pub(super) fn terminal_size(
     Ok(Some((size.cols, size.rows)))
 }
 
+/// The host PID of the init of the container `id` (inspected as `inspect`), which must be
+/// running.
+pub(super) fn running_pid(id: &str, inspect: &ContainerInspectResponse) -> Result<u32, RuntimeError> {
+    inspect
+        .state
+        .as_ref()
+        .filter(|s| s.running == Some(true))
+        .and_then(|s| s.pid)
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| RuntimeError::NotRunning { id: id.to_owned() })
+}
+
 /// The login shell of the container whose init is `pid`, decided from the host: the first of
 /// [`SHELLS`] that is an executable file inside the container's root.
 fn login_shell(id: &str, pid: u32) -> Result<Vec<String>, RuntimeError> {
@@ -124,15 +146,7 @@ fn login_shell(id: &str, pid: u32) -> Result<Vec<String>, RuntimeError> {
 impl Runtime {
     /// The host PID of the init of `id`, a running container of ours.
     pub async fn pid(&self, id: &str) -> Result<u32, RuntimeError> {
-        let inspect = self.ours(id).await?;
-        inspect
-            .state
-            .as_ref()
-            .filter(|s| s.running == Some(true))
-            .and_then(|s| s.pid)
-            .and_then(|p| u32::try_from(p).ok())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| RuntimeError::NotRunning { id: id.to_owned() })
+        running_pid(id, &self.ours(id).await?)
     }
 
     /// Starts `start.command` (or a login shell) in a running container of ours, attached:
@@ -194,19 +208,20 @@ impl Runtime {
         })
     }
 
-    /// Runs `session` (an [`Attachment::run`] and what goes with it) in a task of its own,
-    /// tracked among the open sessions.
+    /// Runs `session` (an [`Attachment::run`] or a [`super::Forwarding::run`], and what goes
+    /// with it) in a task of its own, tracked among the open sessions.
     pub fn spawn_session(&self, session: impl Future<Output = ()> + Send + 'static) {
         self.sessions.tasks.spawn(session);
     }
 
-    /// Ends every open session (their processes killed, their clients told the service is
-    /// shutting down) and refuses new ones; returns when all have ended, or after `wait`.
+    /// Ends every open session (their processes killed, their forwards' connections closed,
+    /// their clients told the service is shutting down) and refuses new ones; returns when all
+    /// have ended, or after `wait`.
     pub async fn close_sessions(&self, wait: Duration) {
         self.sessions.closing.cancel();
         self.sessions.tasks.close();
         if tokio::time::timeout(wait, self.sessions.tasks.wait()).await.is_err() {
-            tracing::warn!(open = self.sessions.tasks.len(), "attach sessions still open at shutdown");
+            tracing::warn!(open = self.sessions.tasks.len(), "attach sessions or forwards still open at shutdown");
         }
     }
 }

@@ -42,6 +42,25 @@ pub enum RuntimeError {
     /// The service is shutting down: no new sessions, and the open ones end.
     #[error("container-runtime is shutting down")]
     ShuttingDown,
+    /// A forward to anything but the container's own loopback.
+    #[error("start.host: only the container's own loopback (localhost, 127.0.0.1, ::1) can be forwarded to")]
+    ForwardTarget { host: String },
+    /// The container shares this service's network namespace (the host's): its loopback is
+    /// not its own.
+    #[error("container {id} uses the host's network: its loopback is the host's and is not forwarded to")]
+    SharesHostNetwork { id: String },
+    /// A forward found nothing listening at its target inside the container.
+    #[error("nothing listens on {address} in the container")]
+    NothingListens { id: String, address: std::net::SocketAddr },
+    /// A forward's target inside the container did not accept within the connect timeout.
+    #[error("{address} in the container did not accept the connection within {} s", super::CONNECT_TIMEOUT.as_secs())]
+    ConnectTimeout { id: String, address: std::net::SocketAddr },
+    /// A forward's target inside the container cannot be reached (no IPv6 in it, say).
+    #[error("cannot connect to {address} in the container")]
+    Connect { id: String, address: std::net::SocketAddr, source: std::io::Error },
+    /// The container's network namespace could not be entered from the host.
+    #[error("container {id}: cannot enter its network namespace")]
+    Namespace { id: String, source: std::io::Error },
     /// The engine started an attached exec without attaching it.
     #[error("container {id}: the engine did not attach the command")]
     NotAttached { id: String },

@@ -2,7 +2,8 @@
 //! operator's limits. Create (`create`), start, stop, remove, list, reconcile after a restart
 //! of the service or of the engine, reap and GPU memory enforcement (`lifecycle`), logs, stats
 //! and exec (`observe`), a command or shell attached both ways (`attach` starts it, `session`
-//! runs it), and the cut-off of an exec whose caller went (`cutoff`). Containers are
+//! runs it), the cut-off of an exec whose caller went (`cutoff`), and a TCP connection to a
+//! container's own loopback (`forward`). Containers are
 //! addressed by our id (their name) and must carry this executor's labels: a foreign container
 //! is [`RuntimeError::NotFound`]. No gRPC in here: the `grpc` module decodes requests, calls
 //! this and maps [`RuntimeError`] to a reason.
@@ -11,6 +12,7 @@ mod attach;
 mod create;
 mod cutoff;
 mod error;
+mod forward;
 mod lifecycle;
 mod observe;
 mod session;
@@ -27,6 +29,7 @@ use tokio::sync::Mutex;
 pub use self::attach::Sessions;
 pub use self::create::GpuRequest;
 pub use self::error::RuntimeError;
+pub use self::forward::{CONNECT_TIMEOUT, ForwardEnd, Forwarding};
 pub use self::observe::LogChunks;
 pub use self::session::{Attachment, SessionEnd};
 use crate::admission::Admission;
@@ -61,7 +64,7 @@ pub struct Runtime {
     create_lock: Arc<Mutex<()>>,
     /// The GPUs there are come from gpu-monitor's inventory.
     gpu_monitor: GpuMonitor,
-    /// The open Attach sessions.
+    /// The open Attach sessions and forwards.
     sessions: Sessions,
 }
 

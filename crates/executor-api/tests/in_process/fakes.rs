@@ -214,6 +214,16 @@ fake! {
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
+
+    type ForwardStream = BoxStream<runtime::ForwardOutput>;
+
+    /// executor-api does not forward Forward (validator-access does): unimplemented here.
+    async fn forward(
+        &self,
+        _r: Request<tonic::Streaming<runtime::ForwardInput>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        Err(Status::unimplemented("Forward"))
+    }
 }
 
 fake! {

@@ -3,8 +3,10 @@
 //! or runs `ssh ... cmd` there through `/bin/sh -c`. The shell and commands are streaming
 //! execs container-runtime runs ([`runtime::AttachInput`]): the image needs no sshd and no
 //! passwd entry. The `sftp` subsystem (also `scp`) works inside the container's root
-//! ([`crate::tenant::sftp`]). Public-key authentication only; no agent, X11 or remote
-//! forwarding.
+//! ([`crate::tenant::sftp`]). `ssh -L port:localhost:port` reaches a server on the container's own loopback
+//! ([`crate::tenant::forward`]: container-runtime connects inside the container's network
+//! namespace); any other target (the host, other containers, the network) is refused, and so
+//! are remote forwarding, the agent and X11. Public-key authentication only.
 //!
 //! Before authentication a connection holds one of `max_unauthenticated_connections` slots
 //! (`max_unauthenticated_per_address` per address) for at most `login_grace_time`, and
@@ -35,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::grants::fingerprint;
 use crate::sessions::new_session_id;
 use crate::tenant::access::Tenants;
+use crate::tenant::forward;
 use crate::tenant::sessions::TenantSession;
 use crate::tenant::sftp;
 use crate::time::now;
@@ -148,7 +151,9 @@ struct Pty {
     rows: u32,
 }
 
-/// One session channel: its PTY and environment until it starts, then its exec's input.
+/// One channel: a session's PTY and environment until it starts, then its exec's input; or a
+/// forward's (`forward`), which starts nothing. `task` carries the exec or the forward and is
+/// aborted when the channel or the connection closes.
 #[derive(Debug, Default)]
 struct ChannelState {
     /// The channel itself until it starts something: an SFTP session reads and writes it as a
@@ -159,6 +164,8 @@ struct ChannelState {
     env: Vec<String>,
     input: Option<mpsc::Sender<runtime::AttachInput>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// A `direct-tcpip` channel: no command may start on it.
+    forward: bool,
 }
 
 /// One connection.
@@ -297,9 +304,16 @@ impl Conn {
             return Err("key_removed");
         }
         match self.channels.get(&channel) {
-            Some(state) if state.input.is_none() => Ok(()),
+            Some(state) if state.input.is_none() && !state.forward => Ok(()),
             _ => Err("second_command"),
         }
+    }
+
+    /// The channels open now. A forward whose task ended was refused (its channel never
+    /// opened, so no close will come for it) or has closed its channel: it no longer counts.
+    fn open_channels(&mut self) -> usize {
+        self.channels.retain(|_, s| !(s.forward && s.task.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)));
+        self.channels.len()
     }
 
     /// Sends `input` to `channel`'s exec, if it runs.
@@ -372,7 +386,7 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        if self.channels.len() >= self.tenants.config().max_channels_per_session as usize {
+        if self.open_channels() >= self.tenants.config().max_channels_per_session as usize {
             self.refuse("channel_limit");
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
@@ -391,18 +405,49 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
+    /// `ssh -L`: for a logged-in renter whose key still opens the container, within
+    /// `max_channels_per_session`; container-runtime decides the target (the container's own
+    /// loopback only) and the channel is answered once it has (see [`forward::carry`]).
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
-        _host: &str,
-        _port: u32,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
         _originator: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        self.refuse("port_forwarding");
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
+        let open = self.open_channels();
+        let peer = self.peer.to_string();
+        let container = self.login.as_ref().map(|l| l.container.as_str());
+        let refusal = match &self.login {
+            None => Some(("not_logged_in", ChannelOpenFailure::AdministrativelyProhibited)),
+            Some(login) if !self.tenants.keys().opens(&login.container, &login.fingerprint) => {
+                Some(("key_removed", ChannelOpenFailure::AdministrativelyProhibited))
+            }
+            Some(_) if open >= self.tenants.config().max_channels_per_session as usize => {
+                Some(("channel_limit", ChannelOpenFailure::ResourceShortage))
+            }
+            Some(_) => None,
+        };
+        if let Some((reason, failure)) = refusal {
+            forward::refused(&self.tenants, &self.session_id, &peer, container, (host, port), reason, reason);
+            reply.reject(failure).await;
+            return Ok(());
+        }
+        let Some(login) = self.login.clone() else { return Ok(()) };
+        let request = forward::Request {
+            session: self.session_id.clone(),
+            peer,
+            container: login.container,
+            fingerprint: login.fingerprint,
+            host: host.to_owned(),
+            port,
+        };
+        let id = channel.id();
+        let task = tokio::spawn(forward::carry(self.tenants.clone(), request, channel, reply));
+        self.channels.insert(id, ChannelState { forward: true, task: Some(task), ..ChannelState::default() });
         Ok(())
     }
 
