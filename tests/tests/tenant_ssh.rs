@@ -596,3 +596,148 @@ async fn a_renter_forwards_to_the_containers_loopback_and_nowhere_else() {
 fn audit_event(event: &serde_json::Value) -> &str {
     event.get("event").and_then(serde_json::Value::as_str).unwrap_or_default()
 }
+
+/// The pre-login caps, the login grace time, the channel limit and the idle timeout of
+/// `[tenant_access]`, and the per-address rate limit last (it spends the address's minute).
+#[tokio::test]
+async fn pre_login_caps_grace_channels_idle_and_rate_limit_hold() {
+    use tokio::io::AsyncReadExt;
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let tenant = "max_unauthenticated_connections = 4\nmax_unauthenticated_per_address = 2\nlogin_grace_time = \"2s\"\nmax_channels_per_session = 1\nidle_timeout = \"10s\"\nssh_requests_per_minute = 12";
+    let node = Node::start(TestConfig::with_tenant_access(tenant, "")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = renter_key(dir.path(), "a").await;
+    let id = rented(&client, &[&line]).await;
+    let port = node.config.ports.tenant_ssh;
+
+    // Silent connections: two from one address hold its two places (a third from it is closed
+    // at once), two from another fill the four in all (one from a third address is closed at
+    // once), and all are closed when the grace time is over.
+    let from = |source: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await.unwrap()
+    };
+    let closed_at_once = |mut stream: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await.expect("not closed at once");
+        assert_eq!(n.unwrap_or(0), 0, "got a banner");
+    };
+    let mut held = vec![from("127.0.0.1").await, from("127.0.0.1").await];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    closed_at_once(from("127.0.0.1").await).await;
+    held.extend([from("127.0.0.2").await, from("127.0.0.2").await]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    closed_at_once(from("127.0.0.3").await).await;
+    let since = Instant::now();
+    for stream in &mut held {
+        // The server's banner, then the end at the grace time.
+        let mut all = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut all)).await;
+        assert!(read.is_ok(), "a silent connection outlived login_grace_time");
+    }
+    assert!(since.elapsed() >= Duration::from_millis(1500), "closed before the grace time: {:?}", since.elapsed());
+
+    // One channel per connection: a second channel on a multiplexed connection is refused.
+    let mut args = client_args_as(port, &key, &id);
+    let destination = args.pop().unwrap();
+    let control = dir.path().join("mux");
+    let mut master = ProcessSpec::new("ssh")
+        .args(["-M", "-N", "-S"])
+        .arg(&control)
+        .args(args.clone())
+        .arg(&destination)
+        .spawn_supervised()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !control.exists() {
+        assert!(Instant::now() < deadline, "the master never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A refused channel makes ssh fall back to a connection of its own: pointed at port 1,
+    // where nothing answers, a refusal stays one.
+    let channel = |command: &str| {
+        ProcessSpec::new("ssh")
+            .args(["-o", "ControlMaster=no", "-S"])
+            .arg(&control)
+            .args(client_args_as(1, &key, &id))
+            .arg(command.to_owned())
+    };
+    let mut first = channel("sleep 3").spawn_supervised().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = e2e::process::capture(channel("echo second"), Duration::from_secs(20)).await;
+    assert!(!stdout(&second).contains("second"), "a second channel ran: {}", text(&second));
+    assert!(first.wait().await.unwrap().success());
+
+    // The idle timeout: the master, with no channel and no traffic, is closed.
+    let idle_since = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), master.wait())
+        .await
+        .expect("an idle connection stayed open")
+        .unwrap();
+    println!("idle connection closed after {:?}", idle_since.elapsed());
+
+    // The rate limit: this address's connections within the minute run out.
+    let mut refused = false;
+    for _ in 0..12 {
+        let out = output(ssh(&node, &key, &id, &[], Some("true")), b"").await;
+        if !out.status.success() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "ssh_requests_per_minute let every connection in");
+    let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    assert!(audit.contains("channel_limit"), "the refused channel is not audited");
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
+}
+
+/// `executor ctl containers create --ssh-key`, `ssh-key add|list|remove`.
+#[tokio::test]
+async fn executor_ctl_manages_renters_keys() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let seed = node.config.dir.path().join("miner.seed");
+    std::fs::write(&seed, format!("{}\n", e2e::ALICE_SEED)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, _) = renter_key(dir.path(), "a").await;
+    let (key_b, line_b) = renter_key(dir.path(), "b").await;
+    let ctl = |args: Vec<String>| {
+        let config = node.config.path.display().to_string();
+        let seed = seed.display().to_string();
+        async move {
+            let mut all = vec!["ctl".to_owned(), "--config".into(), config, "--key-file".into(), seed];
+            all.extend(args);
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            let out = e2e::run("executor", &all, &[]).await;
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    let pub_a = key_a.with_extension("pub").display().to_string();
+    let created =
+        ctl(["containers", "create", "--image", BUSYBOX_IMAGE, "--ssh-key", &pub_a, "--start", "--", "sleep", "600"]
+            .map(str::to_owned)
+            .to_vec())
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let out = output(ssh(&node, &key_a, &id, &[], Some("echo a")), b"").await;
+    assert_eq!(stdout(&out).trim(), "a", "{}", text(&out));
+    let added = ctl(vec!["containers".into(), "ssh-key".into(), "add".into(), id.clone(), line_b]).await;
+    assert_eq!(added["keys"].as_array().unwrap().len(), 2, "{added}");
+    let listed = ctl(vec!["containers".into(), "ssh-key".into(), "list".into(), id.clone()]).await;
+    assert!(listed["ssh"].as_str().unwrap().contains(&id), "{listed}");
+    let fingerprint = listed["keys"][0]["fingerprint"].as_str().unwrap().to_owned();
+    let removed = ctl(vec!["containers".into(), "ssh-key".into(), "remove".into(), id.clone(), fingerprint]).await;
+    assert_eq!(removed["keys"].as_array().unwrap().len(), 1, "{removed}");
+    let out = output(ssh(&node, &key_a, &id, &[], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(255), "a removed key still logs in");
+    let out = output(ssh(&node, &key_b, &id, &[], Some("echo b")), b"").await;
+    assert_eq!(stdout(&out).trim(), "b", "{}", text(&out));
+    ctl(vec!["containers".into(), "remove".into(), "--force".into(), id]).await;
+}

@@ -15,6 +15,8 @@
 //!   API against `docker run -d` of the same image, median of 30, side by side.
 //! - `bench-signatures`: release build; a create with `verify_signatures` (a signed image in a
 //!   local registry) beside one without, median of 30, interleaved.
+//! - `bench-tenant-ssh`: release build; a renter's ssh `true` into a container beside `docker
+//!   exec` and the validator path, and scp of 256 MiB beside `docker cp` (`bench_tenant.rs`).
 //! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
 //!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
 //!   same process with authentication left out.
@@ -30,6 +32,7 @@ mod bench_api;
 mod bench_doors;
 mod bench_gpow2;
 mod bench_signatures;
+mod bench_tenant;
 mod config_doc;
 mod dist;
 mod faults;
@@ -58,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
+        Some("bench-tenant-ssh") => runtime.block_on(bench_tenant::run()),
         Some("bench-signatures") => runtime.block_on(bench_signatures::bench_signatures()),
         Some("load") => runtime.block_on(load::load()),
         Some("faults") => runtime.block_on(faults::faults()),
@@ -69,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | bench-tenant-ssh | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }

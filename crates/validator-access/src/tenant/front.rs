@@ -304,7 +304,8 @@ impl Conn {
             return Err("key_removed");
         }
         match self.channels.get(&channel) {
-            Some(state) if state.input.is_none() && !state.forward => Ok(()),
+            // Its channel is taken by whatever it started (a shell, a command, sftp).
+            Some(state) if state.channel.is_some() && state.input.is_none() && !state.forward => Ok(()),
             _ => Err("second_command"),
         }
     }

@@ -1,0 +1,134 @@
+//! `cargo xtask bench-tenant-ssh` (`make bench-tenant-ssh`): a renter's way into their
+//! container beside Docker's own (issue 19's figures). A real node (release build, launcher and
+//! every service) with a busybox container holding the renter's key and a validator grant:
+//! - connect + authenticate + exec `true` inside the container (`ssh -p <tenant port>
+//!   <id>@127.0.0.1 true`), against `docker exec <id> true` and against the validator path
+//!   (`ssh -p <validator port> validator@127.0.0.1 true`, not strict), interleaved;
+//! - `scp` of a 256 MiB file into the container (SFTP, as OpenSSH 9 does) against `docker cp`
+//!   of the same file, interleaved.
+
+use std::time::{Duration, Instant};
+
+use common::hotkey::HotkeyPair;
+use common::process::ProcessSpec;
+use common::proto::access::v1 as access;
+use common::proto::runtime::v1 as pb;
+use e2e::{Node, TestConfig};
+use executor_api::client::ExecutorClient;
+
+use crate::{build_release, median, ssh_true, workspace_root};
+
+const RUNS: usize = 30;
+const COPIES: usize = 5;
+const COPY_BYTES: usize = 256 << 20;
+
+async fn timed(spec: ProcessSpec) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let out = spec.output(Duration::from_secs(300), 1 << 16).await?;
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+pub(crate) async fn run() -> anyhow::Result<()> {
+    let root = workspace_root();
+    build_release(&root, &["--workspace", "--bins"]).await?;
+    anyhow::ensure!(e2e::busybox_image().await, "needs the busybox test image (docker)");
+    let config = TestConfig::with_tenant_access(
+        "ssh_requests_per_minute = 100000",
+        "[validator.access_config.rate_limits]\nssh_requests_per_minute = 100000\n[logging]\nlevel = \"warn\"\n",
+    );
+    std::fs::write(
+        &config.path,
+        std::fs::read_to_string(&config.path)?
+            .replace("[validator]\n", "[validator]\nstrict_ssh_restrictions = false\n"),
+    )?;
+    let node = Node::start_from(&root.join("target/release"), config).await;
+    let endpoint = format!("http://127.0.0.1:{}", node.config.ports.grpc);
+    let client = ExecutorClient::connect(&endpoint, None, HotkeyPair::parse(e2e::ALICE_SEED)?).await?;
+    let dir = node.config.dir.path();
+    let key = dir.join("id_ed25519");
+    let public = e2e::keys::ssh_keygen(&key, "bench").await;
+
+    let created = client
+        .create_container(pb::CreateContainerRequest {
+            image: e2e::BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "3600".into()],
+            ssh_public_keys: vec![public.clone()],
+            ..Default::default()
+        })
+        .await?;
+    let id = created.id.clone();
+    client.start_container(pb::ContainerRef { id: id.clone() }).await?;
+
+    // The validator path: a grant for the same key.
+    let pair = e2e::keys::sr25519(42);
+    let hotkey = e2e::keys::hotkey_of(&pair);
+    let challenge = client
+        .request_validator_challenge(access::ChallengeRequest {
+            validator_hotkey: hotkey.clone(),
+            ssh_public_key: public.clone(),
+            ttl_seconds: 3600,
+        })
+        .await?;
+    client
+        .provision_validator_access(access::ProvisionRequest {
+            validator_hotkey: hotkey,
+            ssh_public_key: public,
+            ttl_seconds: 3600,
+            challenge_id: challenge.challenge_id,
+            signature: e2e::keys::sign(&pair, &challenge.message),
+        })
+        .await?;
+
+    let (mut tenant, mut docker, mut validator) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        tenant.push(ssh_true(node.config.ports.tenant_ssh, &key, &id).await?);
+        docker.push(timed(ProcessSpec::new("docker").args(["exec", &id, "true"])).await?);
+        validator.push(ssh_true(node.config.ports.ssh, &key, "validator").await?);
+    }
+    let (t, d, v) = (median(&mut tenant), median(&mut docker), median(&mut validator));
+    println!("connect + authenticate + exec `true` inside the container, median of {RUNS}, interleaved:");
+    println!("  renter ssh (russh, key lookup, container-runtime Attach): {t:.1} ms");
+    println!("  docker exec <id> true:                                    {d:.1} ms");
+    println!("  validator ssh (setpriv + sh -c true on the host):          {v:.1} ms");
+    println!("ratio to docker exec: {:.2}; to the validator path: {:.2}", t / d, t / v);
+
+    let file = dir.join("payload");
+    let data: Vec<u8> = (0..COPY_BYTES as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&file, &data)?;
+    drop(data);
+    let scp = |target: &str| {
+        ProcessSpec::new("scp")
+            .arg("-i")
+            .arg(&key)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "BatchMode=yes", "-P", &node.config.ports.tenant_ssh.to_string()])
+            .arg(&file)
+            .arg(format!("{id}@127.0.0.1:{target}"))
+    };
+    let (mut ours, mut cp) = (Vec::new(), Vec::new());
+    for _ in 0..COPIES {
+        ours.push(timed(scp("/tmp/payload-scp")).await?);
+        cp.push(timed(ProcessSpec::new("docker").arg("cp").arg(&file).arg(format!("{id}:/tmp/payload-cp"))).await?);
+    }
+    let (o, c) = (median(&mut ours), median(&mut cp));
+    let mib = (COPY_BYTES >> 20) as f64;
+    println!("{mib} MiB into the container, median of {COPIES}, interleaved:");
+    println!("  scp (SFTP, our server):  {o:.0} ms ({:.0} MiB/s)", mib / o * 1e3);
+    println!("  docker cp:               {c:.0} ms ({:.0} MiB/s)", mib / c * 1e3);
+    println!("ratio to docker cp: {:.2}", o / c);
+    check_copy(&id).await?;
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await?;
+    drop(node);
+    Ok(())
+}
+
+/// Both copies arrived whole.
+async fn check_copy(id: &str) -> anyhow::Result<()> {
+    let out = ProcessSpec::new("docker")
+        .args(["exec", id, "sh", "-c", "cmp /tmp/payload-scp /tmp/payload-cp && echo same"])
+        .output(Duration::from_secs(60), 1 << 12)
+        .await?;
+    anyhow::ensure!(String::from_utf8_lossy(&out.stdout).trim() == "same", "the copies differ");
+    Ok(())
+}
