@@ -77,16 +77,7 @@ async fn exits_within(child: &mut tokio::process::Child, since: Instant, limit: 
 
 /// Starts `sleep 300` through SSH and waits until the container runs it.
 async fn open_session(node: &Node, key: &Path, container: &str) -> tokio::process::Child {
-    let child = ssh(node, key, container, &[], Some("sleep 300")).spawn_supervised().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, top) = e2e::process::sh("docker", &["top", container]).await;
-        if top.contains("sleep 300") {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "the session's command never started: {top}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    run_inside(node, key, container, "sleep 300", "sleep 300").await
 }
 
 #[tokio::test]
@@ -280,12 +271,7 @@ async fn session_limits_hold_and_the_ttl_ends_sessions() {
     let mut first = open_session(&node, &key_a, &id).await;
     let out = output(ssh(&node, &key_a, &id, &[], Some("true")), b"").await;
     assert_eq!(out.status.code(), Some(255), "a second session of one key: {}", text(&out));
-    let mut second = ssh(&node, &key_b, &id, &[], Some("sleep 299")).spawn_supervised().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !e2e::process::sh("docker", &["top", &id]).await.1.contains("sleep 299") {
-        assert!(Instant::now() < deadline, "the second key's session never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut second = run_inside(&node, &key_b, &id, "sleep 299", "sleep 299").await;
     let out = output(ssh(&node, &key_c, &id, &[], Some("true")), b"").await;
     assert_eq!(out.status.code(), Some(255), "a third session of the container: {}", text(&out));
     let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();

@@ -5,3 +5,56 @@
 
 pub mod embedded;
 pub mod gate;
+
+/// The russh `Handler` methods both embedded SSH servers (validators' and renters') answer
+/// alike: X11 (channels and requests), remote forwarding and agent forwarding are refused,
+/// each through the server's own `refuse(what)`, which counts and audits it.
+macro_rules! refuse_x11_agent_and_remote_forwarding {
+    () => {
+        async fn channel_open_x11(
+            &mut self,
+            _channel: russh::Channel<russh::server::Msg>,
+            _originator: &str,
+            _originator_port: u32,
+            reply: russh::server::ChannelOpenHandle,
+            _session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            self.refuse("x11");
+            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            Ok(())
+        }
+
+        async fn tcpip_forward(
+            &mut self,
+            _address: &str,
+            _port: &mut u32,
+            _session: &mut russh::server::Session,
+        ) -> Result<bool, Self::Error> {
+            self.refuse("remote_port_forwarding");
+            Ok(false)
+        }
+
+        async fn agent_request(
+            &mut self,
+            _channel: russh::ChannelId,
+            _session: &mut russh::server::Session,
+        ) -> Result<bool, Self::Error> {
+            self.refuse("agent_forwarding");
+            Ok(false)
+        }
+
+        async fn x11_request(
+            &mut self,
+            channel: russh::ChannelId,
+            _single: bool,
+            _protocol: &str,
+            _cookie: &str,
+            _screen: u32,
+            session: &mut russh::server::Session,
+        ) -> Result<(), Self::Error> {
+            self.refuse("x11");
+            session.channel_failure(channel)
+        }
+    };
+}
+pub(crate) use refuse_x11_agent_and_remote_forwarding;

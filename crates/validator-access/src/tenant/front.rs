@@ -452,46 +452,7 @@ impl russh::server::Handler for Conn {
         Ok(())
     }
 
-    async fn channel_open_x11(
-        &mut self,
-        _channel: Channel<Msg>,
-        _originator: &str,
-        _originator_port: u32,
-        reply: ChannelOpenHandle,
-        _session: &mut SshSession,
-    ) -> Result<(), Self::Error> {
-        self.refuse("x11");
-        reply.reject(ChannelOpenFailure::AdministrativelyProhibited).await;
-        Ok(())
-    }
-
-    async fn tcpip_forward(
-        &mut self,
-        _address: &str,
-        _port: &mut u32,
-        _session: &mut SshSession,
-    ) -> Result<bool, Self::Error> {
-        self.refuse("remote_port_forwarding");
-        Ok(false)
-    }
-
-    async fn agent_request(&mut self, _channel: ChannelId, _session: &mut SshSession) -> Result<bool, Self::Error> {
-        self.refuse("agent_forwarding");
-        Ok(false)
-    }
-
-    async fn x11_request(
-        &mut self,
-        channel: ChannelId,
-        _single: bool,
-        _protocol: &str,
-        _cookie: &str,
-        _screen: u32,
-        session: &mut SshSession,
-    ) -> Result<(), Self::Error> {
-        self.refuse("x11");
-        session.channel_failure(channel)
-    }
+    crate::front::refuse_x11_agent_and_remote_forwarding!();
 
     async fn pty_request(
         &mut self,
