@@ -237,7 +237,13 @@ async fn a_renter_gets_a_terminal_and_commands_in_their_container_and_nothing_el
     {
         assert!(audit.contains(event), "{event} not audited");
     }
+    // Removing a container cuts its sessions off too.
+    let mut session = open_session(&node, &key_b, &second).await;
+    let asked = Instant::now();
     client.remove_container(pb::RemoveContainerRequest { id: second, force: true }).await.unwrap();
+    let removed = asked.elapsed();
+    let took = exits_within(&mut session, asked, removed + Duration::from_secs(1)).await;
+    println!("remove asked to session end: {took:?} (the remove itself took {removed:?})");
 }
 
 /// `max_sessions_per_key` and `max_sessions_per_container` refuse logins past them, and a
@@ -726,4 +732,63 @@ async fn executor_ctl_manages_renters_keys() {
     let out = output(ssh(&node, &key_b, &id, &[], Some("echo b")), b"").await;
     assert_eq!(stdout(&out).trim(), "b", "{}", text(&out));
     ctl(vec!["containers".into(), "remove".into(), "--force".into(), id]).await;
+}
+
+/// The OpenSSH client on a real terminal (a pseudo-terminal Python's `pty` gives it): the
+/// login shell sees the client's size, and a resize of the client's terminal reaches it.
+#[tokio::test]
+async fn a_terminal_resize_reaches_the_shell() {
+    if !busybox_image().await || !require_tool("ssh and python3", which("ssh") && which("python3")) {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = renter_key(dir.path(), "a").await;
+    let id = rented(&client, &[&line]).await;
+    let mut args = client_args_as(node.config.ports.tenant_ssh, &key, &id);
+    args.insert(0, "ssh".to_owned());
+    // ssh runs on a pty of 30x100; the script asks `stty size`, resizes the pty to 50x120
+    // (the kernel signals ssh, which sends window-change), asks again, and exits 4.
+    let script = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+def size(fd, rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("ssh", sys.argv[1:])
+size(fd, 30, 100)
+out = b""
+def pump(seconds):
+    global out
+    end = time.time() + seconds
+    while time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.1)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out += chunk
+pump(2)
+os.write(fd, b"echo first $(stty size)\n")
+pump(1.5)
+size(fd, 50, 120)
+pump(1)
+os.write(fd, b"echo second $(stty size); exit 4\n")
+pump(3)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.stdout.write("\nstatus %d\n" % os.waitstatus_to_exitcode(status))
+"#;
+    let out =
+        e2e::process::capture(ProcessSpec::new("python3").args(["-c", script]).args(args), Duration::from_secs(30))
+            .await;
+    let text = stdout(&out);
+    assert!(text.contains("first 30 100"), "{text}");
+    assert!(text.contains("second 50 120"), "{text}");
+    assert!(text.contains("status 4"), "{text}");
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
 }
