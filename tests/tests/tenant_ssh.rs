@@ -792,3 +792,78 @@ sys.stdout.write("\nstatus %d\n" % os.waitstatus_to_exitcode(status))
     assert!(text.contains("status 4"), "{text}");
     client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
 }
+
+/// The pid of the node's validator-access (its command line names the node's config).
+fn validator_access_pid(node: &Node) -> u32 {
+    let config = node.config.path.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("validator-access") && cmdline.contains(&config)
+        })
+        .expect("validator-access runs")
+}
+
+/// 1000 connections at once from 125 addresses: refused cleanly (the caps and the rate limit),
+/// nothing leaks once they are gone, and a renter still gets in.
+#[tokio::test]
+async fn a_thousand_connections_at_once_leave_nothing_behind() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    if !require_tool("4096 open files", hard >= 4096) {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = renter_key(dir.path(), "a").await;
+    let id = rented(&client, &[&line]).await;
+    let port = node.config.ports.tenant_ssh;
+    let pid = validator_access_pid(&node);
+    let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let before = fds();
+
+    let connect = |n: usize| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("127.0.0.{}:0", 10 + n / 8).parse().unwrap()).unwrap();
+        socket.connect(format!("127.0.0.1:{port}").parse().unwrap()).await
+    };
+    let streams: Vec<_> = futures_join_all((0..1000).map(connect)).await;
+    let connected = streams.iter().filter(|s| s.is_ok()).count();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!("{connected} of 1000 connected; validator-access holds {} descriptors (had {before})", fds());
+    assert!(fds() < before + 200, "validator-access holds a descriptor per connection past the caps");
+    drop(streams);
+
+    // A renter gets in, and once the strangers are gone so are their descriptors.
+    let out = output(ssh(&node, &key, &id, &[], Some("echo in")), b"").await;
+    assert_eq!(stdout(&out).trim(), "in", "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fds() > before + 8 {
+        assert!(Instant::now() < deadline, "descriptors leaked: {} now, {before} before", fds());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
+}
+
+/// Every future of `futures`, at once.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
