@@ -5,7 +5,8 @@
 //!   <id>@127.0.0.1 true`), against `docker exec <id> true` and against the validator path
 //!   (`ssh -p <validator port> validator@127.0.0.1 true`, not strict), interleaved;
 //! - `scp` of a 256 MiB file into the container (SFTP, as OpenSSH 9 does) against `docker cp`
-//!   of the same file, interleaved.
+//!   of the same file, interleaved (into the writable layer: `/tmp` is a tmpfs, which `docker cp`
+//!   does not see).
 
 use std::time::{Duration, Instant};
 
@@ -108,8 +109,8 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     };
     let (mut ours, mut cp) = (Vec::new(), Vec::new());
     for _ in 0..COPIES {
-        ours.push(timed(scp("/tmp/payload-scp")).await?);
-        cp.push(timed(ProcessSpec::new("docker").arg("cp").arg(&file).arg(format!("{id}:/tmp/payload-cp"))).await?);
+        ours.push(timed(scp("/payload-scp")).await?);
+        cp.push(timed(ProcessSpec::new("docker").arg("cp").arg(&file).arg(format!("{id}:/payload-cp"))).await?);
     }
     let (o, c) = (median(&mut ours), median(&mut cp));
     let mib = (COPY_BYTES >> 20) as f64;
@@ -126,7 +127,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 /// Both copies arrived whole.
 async fn check_copy(id: &str) -> anyhow::Result<()> {
     let out = ProcessSpec::new("docker")
-        .args(["exec", id, "sh", "-c", "cmp /tmp/payload-scp /tmp/payload-cp && echo same"])
+        .args(["exec", id, "sh", "-c", "cmp /payload-scp /payload-cp && echo same"])
         .output(Duration::from_secs(60), 1 << 12)
         .await?;
     anyhow::ensure!(String::from_utf8_lossy(&out.stdout).trim() == "same", "the copies differ");
