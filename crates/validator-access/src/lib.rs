@@ -18,7 +18,8 @@
 //! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
 //! - `access` (all of the above);
 //! - `front::embedded`, `front::gate`, `api` (access and what it is made of);
-//! - `tenant` (durable, grants' key parsing, sessions' ids, time);
+//! - `tenant` (durable, grants' key parsing, sessions' ids, the fronts' login grace and
+//!   refusals, time);
 //! - this file and `main.rs`.
 
 pub mod access;

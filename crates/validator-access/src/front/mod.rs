@@ -6,6 +6,38 @@
 pub mod embedded;
 pub mod gate;
 
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Runs `connection` (an SSH connection of one of the embedded servers) to its end. Past
+/// `grace` without `authenticated` cancelled, `socket` (a second handle on the connection's
+/// socket) is shut down under russh, whatever it waits for, which ends the connection, and
+/// `expired` runs (to count and report it).
+pub(crate) async fn with_login_grace(
+    connection: impl std::future::Future<Output = ()>,
+    socket: std::net::TcpStream,
+    grace: Duration,
+    authenticated: CancellationToken,
+    expired: impl FnOnce(),
+) {
+    // Never ends: the connection's end ends the select.
+    let grace_time = async {
+        tokio::select! {
+            () = tokio::time::sleep(grace) => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                expired();
+            }
+            () = authenticated.cancelled() => {}
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = connection => {}
+        () = grace_time => {}
+    }
+}
+
 /// The russh `Handler` methods both embedded SSH servers (validators' and renters') answer
 /// alike: X11 (channels and requests), remote forwarding and agent forwarding are refused,
 /// each through the server's own `refuse(what)`, which counts and audits it.

@@ -118,20 +118,8 @@ pub async fn serve(
                     let _ = session.await;
                 }
             };
-            let grace_time = async {
-                tokio::select! {
-                    () = tokio::time::sleep(grace) => {
-                        let _ = socket.shutdown(std::net::Shutdown::Both);
-                        refused("login_grace_time");
-                    }
-                    () = authenticated.cancelled() => {}
-                }
-                std::future::pending::<()>().await;
-            };
-            tokio::select! {
-                () = connection => {}
-                () = grace_time => {}
-            }
+            crate::front::with_login_grace(connection, socket, grace, authenticated, || refused("login_grace_time"))
+                .await;
         });
     }
 }
@@ -303,9 +291,10 @@ impl Conn {
         if !self.tenants.keys().opens(&login.container, &login.fingerprint) {
             return Err("key_removed");
         }
+        // A channel is taken by whatever it started (a shell, a command, sftp); a forward's is
+        // never kept.
         match self.channels.get(&channel) {
-            // Its channel is taken by whatever it started (a shell, a command, sftp).
-            Some(state) if state.channel.is_some() && state.input.is_none() && !state.forward => Ok(()),
+            Some(state) if state.channel.is_some() => Ok(()),
             _ => Err("second_command"),
         }
     }
@@ -317,10 +306,11 @@ impl Conn {
         self.channels.len()
     }
 
-    /// Sends `input` to `channel`'s exec, if it runs.
-    async fn send(&self, channel: ChannelId, input: Input) {
+    /// Sends what `input` makes to `channel`'s exec, if it runs; nothing is made for a channel
+    /// without one (an sftp session's or a forward's data goes by its own stream).
+    async fn send(&self, channel: ChannelId, input: impl FnOnce() -> Input) {
         if let Some(tx) = self.channels.get(&channel).and_then(|s| s.input.clone()) {
-            let _ = tx.send(runtime::AttachInput { input: Some(input) }).await;
+            let _ = tx.send(runtime::AttachInput { input: Some(input()) }).await;
         }
     }
 }
@@ -494,7 +484,7 @@ impl russh::server::Handler for Conn {
         if let Some(pty) = self.channels.get_mut(&channel).and_then(|s| s.pty.as_mut()) {
             (pty.cols, pty.rows) = (cols, rows);
         }
-        self.send(channel, Input::Resize(runtime::TerminalSize { cols, rows })).await;
+        self.send(channel, || Input::Resize(runtime::TerminalSize { cols, rows })).await;
         Ok(())
     }
 
@@ -588,12 +578,12 @@ impl russh::server::Handler for Conn {
     }
 
     async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut SshSession) -> Result<(), Self::Error> {
-        self.send(channel, Input::Stdin(data.to_vec())).await;
+        self.send(channel, || Input::Stdin(data.to_vec())).await;
         Ok(())
     }
 
     async fn channel_eof(&mut self, channel: ChannelId, _session: &mut SshSession) -> Result<(), Self::Error> {
-        self.send(channel, Input::CloseStdin(true)).await;
+        self.send(channel, || Input::CloseStdin(true)).await;
         Ok(())
     }
 }

@@ -158,25 +158,13 @@ pub async fn serve(
                     Err(e) => tracing::debug!(peer = %peer, error = %e, "SSH handshake failed"),
                 }
             };
-            // Never ends: the connection's end ends the select.
-            let grace_time = async {
-                tokio::select! {
-                    () = tokio::time::sleep(grace) => {
-                        let _ = socket.shutdown(std::net::Shutdown::Both);
-                        metrics::counter!("executor_validator_access_refused_total", "what" => "login_grace_time")
-                            .increment(1);
-                        let detail = json!({"what": "login_grace_time", "session": id});
-                        let refusal = Refusal { peer: peer.ip(), event: "refused", reason: "login_grace_time", detail };
-                        access.refusals().refuse(refusal);
-                    }
-                    () = authenticated.cancelled() => {}
-                }
-                std::future::pending::<()>().await;
+            let expired = || {
+                metrics::counter!("executor_validator_access_refused_total", "what" => "login_grace_time").increment(1);
+                let detail = json!({"what": "login_grace_time", "session": id});
+                let refusal = Refusal { peer: peer.ip(), event: "refused", reason: "login_grace_time", detail };
+                access.refusals().refuse(refusal);
             };
-            tokio::select! {
-                () = connection => {}
-                () = grace_time => {}
-            }
+            super::with_login_grace(connection, socket, grace, authenticated, expired).await;
         });
     }
 }
