@@ -47,6 +47,28 @@ async fn rented(client: &ExecutorClient, keys: &[&str]) -> String {
     created.id
 }
 
+/// A node, one renter's key, and a running container holding it.
+struct Rental {
+    node: Node,
+    client: ExecutorClient,
+    /// Holds the key files: bind it (`dir: _dir`, never `_` or `..`) for as long as the key is used.
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    line: String,
+    id: String,
+}
+
+impl Rental {
+    async fn start(config: TestConfig) -> Self {
+        let node = Node::start(config).await;
+        let client = client(&node).await;
+        let dir = tempfile::tempdir().unwrap();
+        let (key, line) = renter_key(dir.path(), "a").await;
+        let id = rented(&client, &[&line]).await;
+        Self { node, client, dir, key, line, id }
+    }
+}
+
 /// `ssh` as the renter of `container` with `key`, running `command` (none: the login shell),
 /// with `extra` options before the destination and `input` on stdin.
 fn ssh(node: &Node, key: &Path, container: &str, extra: &[&str], command: Option<&str>) -> ProcessSpec {
@@ -302,11 +324,7 @@ async fn files_move_with_scp_and_sftp_inside_the_container_only() {
     if !busybox_image().await || !require_tool("ssh, scp, sftp", which("scp") && which("sftp")) {
         return;
     }
-    let node = Node::start(TestConfig::new("")).await;
-    let client = client(&node).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (key, line) = renter_key(dir.path(), "a").await;
-    let id = rented(&client, &[&line]).await;
+    let Rental { node, client, dir, key, id, .. } = Rental::start(TestConfig::new("")).await;
     let port = node.config.ports.tenant_ssh.to_string();
     let options = |tool: &str| {
         let mut args = vec!["-i".to_owned(), key.display().to_string()];
@@ -475,11 +493,7 @@ async fn a_renter_forwards_to_the_containers_loopback_and_nowhere_else() {
     if !busybox_image().await || !require_tool("ssh", which("ssh")) {
         return;
     }
-    let node = Node::start(TestConfig::new("")).await;
-    let client = client(&node).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (key, line) = renter_key(dir.path(), "a").await;
-    let first = rented(&client, &[&line]).await;
+    let Rental { node, client, dir: _dir, key, line, id: first } = Rental::start(TestConfig::new("")).await;
     let second = rented(&client, &[&line]).await;
 
     // The host listens on its own loopback on the port the container's server will use: a
@@ -598,11 +612,7 @@ async fn pre_login_caps_grace_channels_idle_and_rate_limit_hold() {
         return;
     }
     let tenant = "max_unauthenticated_connections = 4\nmax_unauthenticated_per_address = 2\nlogin_grace_time = \"2s\"\nmax_channels_per_session = 1\nidle_timeout = \"10s\"\nssh_requests_per_minute = 12";
-    let node = Node::start(TestConfig::with_tenant_access(tenant, "")).await;
-    let client = client(&node).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (key, line) = renter_key(dir.path(), "a").await;
-    let id = rented(&client, &[&line]).await;
+    let Rental { node, client, dir, key, id, .. } = Rental::start(TestConfig::with_tenant_access(tenant, "")).await;
     let port = node.config.ports.tenant_ssh;
 
     // Silent connections: two from one address hold its two places (a third from it is closed
@@ -741,11 +751,7 @@ async fn a_terminal_resize_reaches_the_shell() {
     if !busybox_image().await || !require_tool("ssh and python3", which("ssh") && which("python3")) {
         return;
     }
-    let node = Node::start(TestConfig::new("")).await;
-    let client = client(&node).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (key, line) = renter_key(dir.path(), "a").await;
-    let id = rented(&client, &[&line]).await;
+    let Rental { node, client, dir: _dir, key, id, .. } = Rental::start(TestConfig::new("")).await;
     let mut args = client_args_as(node.config.ports.tenant_ssh, &key, &id);
     args.insert(0, "ssh".to_owned());
     // ssh runs on a pty of 30x100; the script asks `stty size`, resizes the pty to 50x120
@@ -821,11 +827,7 @@ async fn a_thousand_connections_at_once_leave_nothing_behind() {
     if !require_tool("4096 open files", hard >= 4096) {
         return;
     }
-    let node = Node::start(TestConfig::new("")).await;
-    let client = client(&node).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (key, line) = renter_key(dir.path(), "a").await;
-    let id = rented(&client, &[&line]).await;
+    let Rental { node, client, dir: _dir, key, id, .. } = Rental::start(TestConfig::new("")).await;
     let port = node.config.ports.tenant_ssh;
     let pid = validator_access_pid(&node);
     let fds = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();

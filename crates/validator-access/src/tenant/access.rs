@@ -136,7 +136,7 @@ impl Tenants {
         let added: Vec<&str> = keys.iter().map(|k| k.fingerprint.as_str()).collect();
         self.audit.record("tenant_keys_added", json!({"container": container, "fingerprints": added}));
         let all = self.keys.add(container, keys.clone())?;
-        metrics::gauge!("executor_validator_access_tenant_keys").set(self.count_keys() as f64);
+        metrics::gauge!("executor_validator_access_tenant_keys").set(self.keys.len() as f64);
         Ok(all)
     }
 
@@ -168,7 +168,7 @@ impl Tenants {
             "tenant_key_removed",
             json!({"container": container, "fingerprint": fp, "sessions_closed": closed.len()}),
         );
-        metrics::gauge!("executor_validator_access_tenant_keys").set(self.count_keys() as f64);
+        metrics::gauge!("executor_validator_access_tenant_keys").set(self.keys.len() as f64);
         stored.map_err(TenantError::StoreRemoval)?;
         Ok((self.keys.of(container), closed.len() as u32))
     }
@@ -182,15 +182,11 @@ impl Tenants {
         Ok(keys)
     }
 
-    fn count_keys(&self) -> usize {
-        self.keys.containers().iter().map(|c| self.keys.of(c).len()).sum()
-    }
-
     /// Closes the sessions of containers that are not running or passed their TTL, and drops
     /// the keys of containers that are gone. Does nothing when container-runtime does not
     /// answer (it is restarting: nothing is known to be gone).
     pub async fn reap(&self) {
-        if self.sessions.is_empty() && self.keys.containers().is_empty() {
+        if self.sessions.is_empty() && self.keys.is_empty() {
             return;
         }
         let asked_at = now();
@@ -230,6 +226,6 @@ impl Tenants {
             }
             Err(e) => tracing::error!(error = %e, "cannot store the keys of removed containers as dropped"),
         }
-        metrics::gauge!("executor_validator_access_tenant_keys").set(self.count_keys() as f64);
+        metrics::gauge!("executor_validator_access_tenant_keys").set(self.keys.len() as f64);
     }
 }

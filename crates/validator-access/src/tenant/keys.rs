@@ -150,6 +150,15 @@ impl TenantKeyStore {
         self.lock().get(container).is_some_and(|keys| keys.iter().any(|k| k.fingerprint == fingerprint))
     }
 
+    /// Keys over all containers.
+    pub fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// The containers holding keys.
     pub fn containers(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()

@@ -151,6 +151,11 @@ mod libc_mode {
     pub(super) const S_IFIFO: u32 = 0o010000;
 }
 
+/// The answer of a request that succeeded with nothing to return.
+fn ok(id: u32) -> Status {
+    Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() }
+}
+
 /// An open handle.
 enum Open {
     File { file: std::fs::File, path: String, read: u64, written: u64 },
@@ -325,7 +330,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
             Some(Open::Dir { .. }) => {}
             None => return Err(StatusCode::Failure.with_message("no such handle")),
         }
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Result<Data, Self::Error> {
@@ -352,7 +357,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
         *written += data.len() as u64;
         metrics::counter!("executor_validator_access_tenant_file_bytes_total", "direction" => "upload")
             .increment(data.len() as u64);
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Result<Attrs, Self::Error> {
@@ -381,7 +386,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
         let fd = self.resolve(&path, access | OFlag::O_NONBLOCK | OFlag::O_NOCTTY, 0)?;
         Self::apply(&fd, &attrs)?;
         self.audit("tenant_file_op", json!({"op": "setstat", "path": path}));
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn fsetstat(&mut self, id: u32, handle: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
@@ -390,7 +395,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
         };
         let fd = file.try_clone().map_err(|e| io_reply(&e))?;
         Self::apply(&OwnedFd::from(fd), &attrs)?;
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Result<Handle, Self::Error> {
@@ -422,7 +427,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
         let (dir, name) = self.parent(&filename)?;
         nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir).map_err(reply)?;
         self.audit("tenant_file_op", json!({"op": "remove", "path": self.path(&filename)}));
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn mkdir(&mut self, id: u32, path: String, attrs: FileAttributes) -> Result<Status, Self::Error> {
@@ -430,14 +435,14 @@ impl russh_sftp::server::Handler for ContainerFiles {
         let mode = Mode::from_bits_truncate(attrs.permissions.map_or(0o755, |p| p & 0o7777));
         nix::sys::stat::mkdirat(&dir, name.as_str(), mode).map_err(reply)?;
         self.audit("tenant_file_op", json!({"op": "mkdir", "path": self.path(&path)}));
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn rmdir(&mut self, id: u32, path: String) -> Result<Status, Self::Error> {
         let (dir, name) = self.parent(&path)?;
         nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir).map_err(reply)?;
         self.audit("tenant_file_op", json!({"op": "rmdir", "path": self.path(&path)}));
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn realpath(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
@@ -449,7 +454,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
         let (to_dir, to) = self.parent(&newpath)?;
         nix::fcntl::renameat(&from_dir, from.as_str(), &to_dir, to.as_str()).map_err(reply)?;
         self.audit("tenant_file_op", json!({"op": "rename", "path": self.path(&oldpath), "to": self.path(&newpath)}));
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 
     async fn readlink(&mut self, id: u32, path: String) -> Result<Name, Self::Error> {
@@ -465,7 +470,7 @@ impl russh_sftp::server::Handler for ContainerFiles {
         let (dir, name) = self.parent(&link)?;
         nix::unistd::symlinkat(target.as_str(), &dir, name.as_str()).map_err(reply)?;
         self.audit("tenant_file_op", json!({"op": "symlink", "path": self.path(&link), "target": target}));
-        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".into(), language_tag: "en-US".into() })
+        Ok(ok(id))
     }
 }
 
