@@ -379,6 +379,17 @@ async fn files_move_with_scp_and_sftp_inside_the_container_only() {
     let out = output(ssh(&node, &key, &id, &[], Some("ls /tmp/d 2>&1; true")), b"").await;
     assert!(stdout(&out).contains("No such file"), "{}", text(&out));
 
+    // A full file system fails the upload as a local disk would, although writes are gathered
+    // and written behind the answers (the error comes with a later write or the close).
+    let fill = "rm -f /tmp/big; dd if=/dev/zero of=/tmp/fill bs=1M count=250 2>/dev/null; df -k /tmp | tail -1";
+    let out = output(ssh(&node, &key, &id, &[], Some(fill)), b"").await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = e2e::process::capture(options("scp").arg(&big).arg(remote("/tmp/full")), Duration::from_secs(60)).await;
+    assert!(!out.status.success(), "an upload onto a full disk succeeded: {}", text(&out));
+    assert!(text(&out).contains("failed to upload"), "{}", text(&out));
+    let out = output(ssh(&node, &key, &id, &[], Some("rm /tmp/fill /tmp/full")), b"").await;
+    assert!(out.status.success(), "{}", text(&out));
+
     // Escapes: `..` past the root, and symlinks to `/` and to host paths, stay inside.
     let marker = format!("/tmp/basilica-host-marker-{}", std::process::id());
     std::fs::write(&marker, "host\n").unwrap();
