@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-api bench-doors load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-api bench-doors load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -85,7 +85,7 @@ fuzz-tools:
 ## Every benchmark below beside its baseline, one after another, then a summary
 ## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
 bench: docker packages
-	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-api bench-doors
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-api bench-doors
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
@@ -121,6 +121,11 @@ bench-ssh:
 ## 256 MiB beside `docker cp` (docs/benchmarks.md).
 bench-tenant-ssh:
 	$(CARGO) xtask bench-tenant-ssh
+
+## Published ports: create-to-running with 3 ports beside `docker run -d -p`, and throughput
+## through a published port beside `docker run -p` (as root; docs/benchmarks.md).
+bench-ports:
+	$(CARGO) xtask bench-ports
 
 ## Public API: signed unary call latency and throughput beside the same call unauthenticated.
 bench-api:

@@ -17,8 +17,8 @@ use crate::process::sh;
 /// lives there (the package registries of this workplace answer on TEST-NET-3, 203.0.113.80,
 /// and a /24 of it here cut them off from every other test while a LAN existed).
 pub const PUBLIC: &str = "198.51.100.2";
-/// The host's end of the link.
-const HOST_END: &str = "198.51.100.1";
+/// The host's end of the link: the node's address as the namespace sees it.
+pub const HOST_END: &str = "198.51.100.1";
 
 /// Addresses no tenant may reach, one per kind: private, cloud metadata (169.254.169.254),
 /// Azure's platform address, benchmarking, "this network" and the reserved block above

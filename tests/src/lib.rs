@@ -30,6 +30,13 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A port nobody listens on right now.
+/// The first of `n` (at most 100) consecutive ports for a test of its own to publish on, from
+/// 10000 to 19999 (below the nodes' blocks, see [`Ports::free`]), chosen by process id.
+pub fn free_block(n: u16) -> u16 {
+    assert!(n <= 100);
+    10000 + (std::process::id() % 100) as u16 * 100
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
@@ -43,14 +50,27 @@ pub struct Ports {
     /// `[tenant_access] ssh_port`.
     pub tenant_ssh: u16,
     pub metrics: [u16; 5],
+    /// The first of the node's [`POOL_PORTS`] published ports (`[docker.ports] ranges`).
+    pub pool: u16,
 }
+
+/// Host ports each test node's containers may publish: nodes of tests running at once share
+/// one Docker engine, so each gets its own block, chosen by process id (nextest runs each test
+/// in a process of its own) and a counter.
+pub const POOL_PORTS: u16 = 16;
 
 impl Ports {
     /// Nine distinct free ports: all are held until all are chosen, so none repeats.
     pub fn free() -> Self {
         let held: Vec<TcpListener> = (0..9).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
         let p: Vec<u16> = held.iter().map(|l| l.local_addr().expect("addr").port()).collect();
-        Self { grpc: p[0], health: p[1], ssh: p[2], tenant_ssh: p[8], metrics: [p[3], p[4], p[5], p[6], p[7]] }
+        static NODES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // 750 blocks from 20000 up, below the kernel's ephemeral ports (32768 on), where the
+        // listeners of tests take theirs.
+        let block = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 750;
+        let pool = 20000 + (block as u16) * POOL_PORTS;
+        Self { grpc: p[0], health: p[1], ssh: p[2], tenant_ssh: p[8], metrics: [p[3], p[4], p[5], p[6], p[7]], pool }
     }
 
     pub fn launcher_metrics(&self) -> u16 {
@@ -86,7 +106,18 @@ impl TestConfig {
         Self::build("enable_gpu_monitoring = false", tenant_access, launcher_extra)
     }
 
+    /// As [`TestConfig::new`] with `ports` as the body of `[docker.ports]`; where it has no
+    /// `ranges` the node's own block of host ports is added, and `external_host = "127.0.0.1"`
+    /// where it names none.
+    pub fn with_ports(ports: &str, launcher_extra: &str) -> Self {
+        Self::build_with("enable_gpu_monitoring = false", "", ports, launcher_extra)
+    }
+
     fn build(system: &str, tenant_access: &str, launcher_extra: &str) -> Self {
+        Self::build_with(system, tenant_access, "", launcher_extra)
+    }
+
+    fn build_with(system: &str, tenant_access: &str, docker_ports: &str, launcher_extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = Ports::free();
         let p = ports;
@@ -110,6 +141,9 @@ ssh_port = {ssh}
 ssh_port = {tenant_ssh}
 {tenant_access}
 
+[docker.ports]
+{docker_ports}
+
 [metrics]
 host = "127.0.0.1"
 executor_api_port = {m0}
@@ -131,6 +165,16 @@ shutdown_timeout = "5s"
             health = p.health,
             ssh = p.ssh,
             tenant_ssh = p.tenant_ssh,
+            docker_ports = {
+                let mut body = docker_ports.to_owned();
+                if !body.contains("ranges") {
+                    body.push_str(&format!("\nranges = [\"{}-{}\"]", p.pool, p.pool + POOL_PORTS - 1));
+                }
+                if !body.contains("external_host") {
+                    body.push_str("\nexternal_host = \"127.0.0.1\"");
+                }
+                body
+            },
             m0 = p.metrics[0],
             m1 = p.metrics[1],
             m2 = p.metrics[2],

@@ -23,13 +23,19 @@ async fn lifecycle_logs_exec_stats_and_bad_input() {
     let (_service, mut client) = start_service(&config).await;
 
     let mut r = request("echo out; echo err >&2; sleep 60");
-    let asked = vec![pb::PortMapping { container_port: 8080, host_port: 0, protocol: "tcp".into() }];
+    let asked =
+        vec![pb::PortMapping { container_port: 8080, host_port: 0, protocol: "tcp".into(), ..Default::default() }];
     r.ports = asked.clone();
     let created = client.create(r).await.unwrap().into_inner();
     assert!(created.id.starts_with("c-"), "{created:?}");
-    // The ports are reported as the engine holds them (on the internal network nothing is
-    // published, so Docker's choice of host port stays 0).
-    assert_eq!(created.ports, asked);
+    // The host port comes from the node's pool, with the endpoint renters use.
+    let host_port = created.ports[0].host_port;
+    assert_eq!(u32::from(config.ports.pool), host_port, "{created:?}");
+    let external = format!("127.0.0.1:{host_port}");
+    assert_eq!(
+        created.ports,
+        [pb::PortMapping { host_port, external_port: host_port, external_endpoint: external, ..asked[0].clone() }]
+    );
     assert_eq!(created.state, pb::ContainerState::Created as i32);
     assert_eq!(created.owner, "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY");
     assert_eq!(created.expires_at - created.created_at, 600);
@@ -100,7 +106,14 @@ async fn lifecycle_logs_exec_stats_and_bad_input() {
         (bad(&|r| r.resources.as_mut().unwrap().cpu_cores = -1.0), Code::InvalidArgument, "resources.cpu_cores"),
         (bad(&|r| r.gpu_count = 1), Code::FailedPrecondition, "gpu_count"),
         (
-            bad(&|r| r.ports = vec![pb::PortMapping { container_port: 70000, host_port: 0, protocol: "tcp".into() }]),
+            bad(&|r| {
+                r.ports = vec![pb::PortMapping {
+                    container_port: 70000,
+                    host_port: 0,
+                    protocol: "tcp".into(),
+                    ..Default::default()
+                }]
+            }),
             Code::InvalidArgument,
             "ports.container_port",
         ),
@@ -214,7 +227,7 @@ async fn tenants_are_isolated_and_offline_by_default() {
     // The listener works from inside its own container...
     let own = client.exec(exec(&ids[0], "nc -w 2 127.0.0.1 8080 </dev/null".into())).await.unwrap().into_inner();
     assert_eq!(String::from_utf8_lossy(&own.stdout).trim(), "hello", "{own:?}");
-    // ...but another tenant cannot reach it, and neither has a route out.
+    // ...but another tenant cannot reach it.
     let other = client.exec(exec(&ids[1], format!("nc -w 2 {ip_a} 8080 </dev/null"))).await.unwrap().into_inner();
     assert!(String::from_utf8_lossy(&other.stdout).trim().is_empty(), "tenant reached another: {other:?}");
     // The host itself is out of reach too: a listener on 0.0.0.0, tried through the gateway.
@@ -228,7 +241,7 @@ async fn tenants_are_isolated_and_offline_by_default() {
     assert!(text.starts_with("gw=") && text.lines().count() == 1, "reached the host: {text}");
     assert!(host.accept().is_err(), "the host saw a connection from a tenant");
     let rule = ProcessSpec::new("iptables")
-        .args(["-C", "INPUT", "-i", "bas-+", "-j", "DROP"])
+        .args(["-C", "INPUT", "-i", "bai-+", "-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED", "-j", "DROP"])
         .output(Duration::from_secs(20), 1 << 12)
         .await
         .unwrap();

@@ -359,15 +359,20 @@ async fn a_tenant_cannot_reach_the_host_over_ipv6() {
     assert!(sysctls.contains("\"net.ipv6.conf.all.disable_ipv6\":\"1\""), "{sysctls}");
     let inside = exec(&mut client, &c.id, "cat /proc/sys/net/ipv6/conf/all/disable_ipv6").await;
     assert_eq!(String::from_utf8_lossy(&inside.stdout).trim(), "1", "{inside:?}");
-    for rule in [["filter", "INPUT"], ["mangle", "FORWARD"]] {
-        let (ok, text) = sh("ip6tables", &["-t", rule[0], "-C", rule[1], "-i", "bas-+", "-j", "DROP"]).await;
+    for rule in [
+        ["filter", "INPUT", "bas-+"],
+        ["mangle", "FORWARD", "bas-+"],
+        ["filter", "INPUT", "bai-+"],
+        ["mangle", "FORWARD", "bai-+"],
+    ] {
+        let (ok, text) = sh("ip6tables", &["-t", rule[0], "-C", rule[1], "-i", rule[2], "-j", "DROP"]).await;
         assert!(ok, "ip6tables rule {rule:?} missing: {text}");
     }
 
     // The engine's part undone: IPv6 on, and a default route through the gateway.
     let pid = inspect(&c.id, "{{.State.Pid}}").await;
     let network = inspect(&c.id, "{{index .Config.Labels \"ai.basilica.executor.network\"}}").await;
-    let bridge = container_runtime::firewall::bridge_name(&network);
+    let bridge = container_runtime::firewall::bridge_name(&network, true);
     for key in ["all", "default", "eth0", "lo"] {
         let setting = format!("net.ipv6.conf.{key}.disable_ipv6=0");
         let (ok, text) = sh("nsenter", &["-t", &pid, "-n", "sysctl", "-qw", &setting]).await;

@@ -117,9 +117,10 @@ impl Engine {
         self.disk_device.as_deref()
     }
 
-    /// Creates one of our tenant networks: a bridge named `bas-…` (the prefix the host firewall
-    /// rules match, see `firewall`), no inter-container traffic even within it, internal (no
-    /// route out) unless `internet`. `labels` are added to ours.
+    /// Creates one of our tenant networks: a bridge named `bas-…` with `internet`, `bai-…`
+    /// without (the prefixes the host firewall rules match: an isolated tenant opens no
+    /// connection out, see `firewall`), no inter-container traffic even within it. Never
+    /// Docker's `internal`, which publishes no ports. `labels` are added to ours.
     pub async fn create_network(
         &self,
         name: &str,
@@ -135,13 +136,13 @@ impl Engine {
         let request = bollard::models::NetworkCreateRequest {
             name: name.to_owned(),
             driver: Some("bridge".into()),
-            internal: Some(!internet),
+            internal: Some(false),
             // Tenant networks are IPv4 only, whatever the engine's defaults (see `firewall`).
             enable_ipv6: Some(false),
             labels: Some(all),
             options: Some(HashMap::from([
                 ("com.docker.network.bridge.enable_icc".to_owned(), "false".to_owned()),
-                ("com.docker.network.bridge.name".to_owned(), crate::firewall::bridge_name(name)),
+                ("com.docker.network.bridge.name".to_owned(), crate::firewall::bridge_name(name, internet)),
             ])),
             ..Default::default()
         };
@@ -169,7 +170,13 @@ impl Engine {
                     .get(LABEL_CREATED)
                     .and_then(|s| s.parse::<u64>().ok())
                     .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
-                Some(OurNetwork { name: n.name?, created, internal: n.internal.unwrap_or(false) })
+                let bridge = n.options.and_then(|o| o.get("com.docker.network.bridge.name").cloned());
+                Some(OurNetwork {
+                    name: n.name?,
+                    created,
+                    internal: n.internal.unwrap_or(false),
+                    bridge: bridge.unwrap_or_default(),
+                })
             })
             .collect())
     }
@@ -292,7 +299,10 @@ pub async fn confinement(docker: &Docker, info: &bollard::models::SystemInfo) ->
 pub struct OurNetwork {
     pub name: String,
     pub created: Option<std::time::SystemTime>,
+    /// Docker's `internal`: what isolated networks were before published ports worked.
     pub internal: bool,
+    /// The bridge interface (`bas-…`, `bai-…`).
+    pub bridge: String,
 }
 
 /// `/dev/<disk>` holding `path`: its device number, then the whole disk when it is a partition.

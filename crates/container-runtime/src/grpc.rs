@@ -15,6 +15,7 @@ use crate::domain::{ForwardEnd, LogChunks, Runtime, RuntimeError};
 use crate::engine::EngineError;
 use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
+use crate::ports::PortError;
 use crate::spec::MountError;
 
 /// The gRPC face of the runtime.
@@ -82,6 +83,15 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
             Refusal::new(Reason::PeerUnavailable, message).with_cause(m)
         }
         E::TooMany { .. } => caller(Reason::LimitReached),
+        E::Ports(p) => match p {
+            PortError::OutsidePool { .. } | PortError::Reserved { .. } | PortError::Twice { .. } => {
+                caller(Reason::InvalidField)
+            }
+            PortError::InUse { .. } => caller(Reason::AlreadyExists),
+            // The pool is empty: a limit of the node, retry once a container is removed.
+            PortError::Exhausted { .. } => caller(Reason::LimitReached),
+            PortError::NoPool | PortError::NoNetwork | PortError::Check(_) => caller(Reason::HostUnsupported),
+        },
         // `network_bps` cannot be enforced here; `tc`'s and `ip`'s words are the cause.
         E::Shaping { source, .. } => caller(Reason::HostUnsupported).with_cause(source),
         E::Admission(a) => admission(a),
@@ -213,6 +223,13 @@ impl RuntimeApi for RuntimeGrpc {
 
     async fn exec(&self, request: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
         self.runtime.exec(request.into_inner()).await.map(Response::new).map_err(status)
+    }
+
+    async fn check_ports(
+        &self,
+        _request: Request<pb::CheckPortsRequest>,
+    ) -> Result<Response<pb::CheckPortsResponse>, Status> {
+        self.runtime.check_ports().await.map(Response::new).map_err(status)
     }
 
     async fn pid(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::ContainerPid>, Status> {

@@ -40,6 +40,7 @@ pub mod grpc;
 pub mod labels;
 pub mod mounts;
 pub mod netpool;
+pub mod ports;
 pub mod proctree;
 pub mod reaper;
 pub mod reference;
@@ -147,6 +148,7 @@ impl Service for ContainerRuntime {
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
         let mut checks = docker_checks(&loaded.config.docker).await;
         checks.extend(admission::checks(&loaded.config.docker.registry));
+        checks.push(ports::check(&loaded.config).await);
         checks
     }
 
@@ -169,6 +171,7 @@ impl Service for ContainerRuntime {
             tracing::error!(error = %e, "network_bps cannot be enforced: creates of containers with a network will fail");
         }
         let runtime = domain::Runtime::new(engine, ctx.config(), shaping)?;
+        metrics::gauge!("executor_container_runtime_ports_pool_size").set(runtime.ports().size() as f64);
         runtime.reconcile().await?;
         Ok(Self { runtime })
     }
@@ -324,6 +327,7 @@ mod tests {
         "gpu_monitor",
         "stops",
         "mounts",
+        "ports",
         "status",
         "spec",
         "registry",

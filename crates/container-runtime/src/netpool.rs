@@ -63,7 +63,8 @@ impl NetworkPool {
     }
 
     /// Adopts the spare pool networks a previous run left (those no container names and that
-    /// match `allow_internet` now); removes the ones that do not match.
+    /// are made as this version makes them for `allow_internet` now: not internal, with the
+    /// bridge prefix of the mode); removes the others.
     pub async fn adopt(&self, in_use: &HashSet<String>) -> Result<(), EngineError> {
         let engine = &self.inner.engine;
         let pool: HashSet<String> = engine.our_pool_networks().await?.into_iter().collect();
@@ -71,7 +72,8 @@ impl NetworkPool {
             if !pool.contains(&n.name) || in_use.contains(&n.name) {
                 continue;
             }
-            if n.internal != self.inner.internet && self.state().ready.len() < self.inner.target {
+            let current = !n.internal && n.bridge.starts_with(crate::firewall::bridge_prefix(self.inner.internet));
+            if current && self.state().ready.len() < self.inner.target {
                 self.state().ready.push(n.name);
             } else {
                 engine.remove_network(&n.name).await?;

@@ -47,6 +47,7 @@ pub async fn reap_once(
     // Networks that live containers name, and those the pool holds: never orphans.
     let mut in_use: HashSet<String> = pool.map(|p| p.held()).unwrap_or_default();
     let mut live: HashSet<String> = HashSet::new();
+    let mut ports = 0;
     for c in &containers {
         let labels = c.labels.clone().unwrap_or_default();
         let Some(id) = labels.get(LABEL_ID).cloned() else { continue };
@@ -66,6 +67,7 @@ pub async fn reap_once(
             continue;
         }
         in_use.insert(network);
+        ports += labels.get(crate::ports::LABEL_PORTS).map_or(0, |l| crate::ports::parse_label(l).len());
         if c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING) {
             reaped.running.push(id.clone());
         }
@@ -77,6 +79,7 @@ pub async fn reap_once(
         let n = by_state.get(state).copied().unwrap_or(0);
         metrics::gauge!("executor_container_runtime_containers", "state" => state).set(n as f64);
     }
+    metrics::gauge!("executor_container_runtime_ports_allocated").set(ports as f64);
     for network in engine.our_networks().await? {
         // Without a creation label the network is not ours to judge: leave it.
         let old_enough = network.created.is_some_and(|t| t.elapsed().unwrap_or_default() >= ORPHAN_GRACE);

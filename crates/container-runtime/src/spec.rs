@@ -84,14 +84,7 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
-/// A published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Port {
-    pub container_port: u16,
-    /// 0: Docker picks a free host port.
-    pub host_port: u16,
-    pub udp: bool,
-}
+pub use crate::ports::Port;
 
 /// A container as the tenant asked for it, after validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +108,8 @@ pub struct ContainerSpec {
     pub dns: Vec<std::net::IpAddr>,
     /// The container's own network, when it has one.
     pub network: Option<String>,
+    /// `[docker.ports] host_ip`: where the host ports are bound.
+    pub publish_ip: std::net::IpAddr,
 }
 
 /// A request that cannot be honoured, naming the field.
@@ -250,6 +245,7 @@ impl ContainerSpec {
         labels.insert(LABEL_GPU_MEMORY.into(), self.resources.gpu_memory_bytes.to_string());
         labels.insert(LABEL_NETWORK_BPS.into(), self.resources.network_bps.to_string());
         labels.insert(LABEL_NETWORK.into(), self.network.clone().unwrap_or_default());
+        labels.insert(crate::ports::LABEL_PORTS.into(), crate::ports::label(&self.ports));
         labels
     }
 
@@ -292,7 +288,8 @@ impl ContainerSpec {
             .iter()
             .map(|p| {
                 let host_port = if p.host_port == 0 { String::new() } else { p.host_port.to_string() };
-                (proto(p), Some(vec![PortBinding { host_ip: None, host_port: Some(host_port) }]))
+                let host_ip = Some(self.publish_ip.to_string());
+                (proto(p), Some(vec![PortBinding { host_ip, host_port: Some(host_port) }]))
             })
             .collect();
         let cmd: Vec<String> = self.command.iter().chain(&self.args).cloned().collect();
@@ -412,7 +409,7 @@ mod tests {
             args: vec!["train.py".into()],
             env: BTreeMap::from([("EPOCHS".into(), "3".into())]),
             labels: BTreeMap::from([("ai.basilica.tenant.team".into(), "a".into())]),
-            ports: vec![Port { container_port: 8888, host_port: 0, udp: false }],
+            ports: vec![Port { container_port: 8888, host_port: 40001, udp: false }],
             mounts: vec![BindMount {
                 host_path: "/srv/datasets/imagenet".into(),
                 container_path: "/data".into(),
@@ -425,6 +422,7 @@ mod tests {
             created_at: 1_800_000_000,
             dns: vec!["8.8.8.8".parse().unwrap()],
             network: Some("basilica-c-0123456789ab".into()),
+            publish_ip: std::net::IpAddr::from([0, 0, 0, 0]),
         }
     }
 
@@ -466,7 +464,8 @@ mod tests {
                 "ai.basilica.executor.gpus": "GPU-8f6d2a1b-0000-1111-2222-333344445555",
                 "ai.basilica.executor.gpu_memory_bytes": "4294967296",
                 "ai.basilica.executor.network_bps": "104857600",
-                "ai.basilica.executor.network": "basilica-c-0123456789ab"
+                "ai.basilica.executor.network": "basilica-c-0123456789ab",
+                "ai.basilica.executor.ports": "8888/tcp=40001"
             },
             "HostConfig": {
                 "Privileged": false,
@@ -496,7 +495,7 @@ mod tests {
                 }],
                 "NetworkMode": "basilica-c-0123456789ab",
                 "Dns": ["8.8.8.8"],
-                "PortBindings": {"8888/tcp": [{"HostPort": ""}]}
+                "PortBindings": {"8888/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40001"}]}
             }
         });
         assert_eq!(body, expected, "\n{}", serde_json::to_string_pretty(&body).unwrap());

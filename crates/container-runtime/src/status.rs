@@ -37,7 +37,10 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         state: status as i32,
         exit_code: state.and_then(|s| s.exit_code).unwrap_or(0),
         gpu_uuids: label(LABEL_GPUS).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-        ports: ports(inspect),
+        ports: match labels.get(crate::ports::LABEL_PORTS) {
+            Some(recorded) => crate::ports::parse_label(recorded).iter().map(mapping).collect(),
+            None => ports(inspect),
+        },
         labels: labels
             .iter()
             .filter(|(k, _)| k.starts_with(TENANT_LABEL_PREFIX))
@@ -51,7 +54,18 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
     }
 }
 
-/// The container's published ports, ordered by port and protocol. Every port we create is in
+/// A recorded port as our message (the external fields are the service's, left empty here).
+fn mapping(p: &crate::ports::Port) -> pb::PortMapping {
+    pb::PortMapping {
+        container_port: p.container_port.into(),
+        host_port: p.host_port.into(),
+        protocol: if p.udp { "udp" } else { "tcp" }.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// The published ports of a container made before the ports label (ours all carry
+/// `ai.basilica.executor.ports`), ordered by port and protocol. Every port we create is in
 /// `HostConfig.PortBindings` (host port empty when Docker picks one); while the container runs,
 /// `NetworkSettings.Ports` holds the host port Docker picked. A container on an `internal`
 /// network has no `NetworkSettings.Ports`, so its ports are reported as they were asked for.
@@ -68,7 +82,12 @@ pub fn ports(inspect: &ContainerInspectResponse) -> Vec<pb::PortMapping> {
         out.insert((port, protocol), host.unwrap_or(0));
     }
     out.into_iter()
-        .map(|((container_port, protocol), host_port)| pb::PortMapping { container_port, host_port, protocol })
+        .map(|((container_port, protocol), host_port)| pb::PortMapping {
+            container_port,
+            host_port,
+            protocol,
+            ..Default::default()
+        })
         .collect()
 }
 
@@ -131,7 +150,7 @@ mod tests {
     }
 
     fn port(container_port: u32, host_port: u32, protocol: &str) -> pb::PortMapping {
-        pb::PortMapping { container_port, host_port, protocol: protocol.into() }
+        pb::PortMapping { container_port, host_port, protocol: protocol.into(), ..Default::default() }
     }
 
     #[test]

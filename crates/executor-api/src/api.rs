@@ -312,6 +312,14 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().stats(request.into_inner())).await
     }
 
+    async fn check_ports(
+        &self,
+        request: Request<runtime::CheckPortsRequest>,
+    ) -> Result<Response<runtime::CheckPortsResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().check_ports(request.into_inner())).await
+    }
+
     type ExecContainerStream = ExecStream;
 
     /// Checks the request, starts the command through Attach (its refusals, an unknown or

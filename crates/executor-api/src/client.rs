@@ -163,6 +163,7 @@ impl ExecutorClient {
     unary!(get_container, "GetContainer", runtime::ContainerRef => runtime::Container);
     unary!(list_containers, "ListContainers", runtime::ListContainersRequest => runtime::ListContainersResponse);
     unary!(container_stats, "ContainerStats", runtime::ContainerRef => runtime::ContainerStats);
+    unary!(check_ports, "CheckPorts", runtime::CheckPortsRequest => runtime::CheckPortsResponse);
     unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);

@@ -65,6 +65,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/StreamLogs",
     "/executor.api.v1.ExecutorApi/ContainerStats",
     "/executor.api.v1.ExecutorApi/ExecContainer",
+    "/executor.api.v1.ExecutorApi/CheckPorts",
     "/executor.api.v1.ExecutorApi/RequestValidatorChallenge",
     "/executor.api.v1.ExecutorApi/ProvisionValidatorAccess",
     "/executor.api.v1.ExecutorApi/RevokeValidatorAccess",

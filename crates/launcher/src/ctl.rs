@@ -59,6 +59,10 @@ pub enum CtlCommand {
     /// Validator SSH grants.
     #[command(subcommand)]
     Grants(GrantsCommand),
+    /// Published ports: `ports check` listens on a spare port of `[docker.ports] ranges` and
+    /// connects to it through the external host; exit 1 unless TCP and UDP both got through.
+    #[command(subcommand)]
+    Ports(PortsCommand),
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -75,6 +79,12 @@ pub enum CtlCommand {
         #[arg(long, value_name = "HEX")]
         nonce: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortsCommand {
+    /// Whether renters can reach published ports, from this host's own view.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +120,14 @@ pub enum ContainersCommand {
         /// `ssh -p <tenant_access.ssh_port> <id>@host` into this container.
         #[arg(long = "ssh-key", value_name = "KEY")]
         ssh_keys: Vec<String>,
+        /// Publish a container port, repeatable: `8888`, `53/udp`, or `8888=40010` for that
+        /// host port of `[docker.ports] ranges` (else the lowest free one). The host port and
+        /// the `host:port` renters use are in `ports` of the answer.
+        #[arg(long = "port", value_name = "PORT[/udp][=HOST_PORT]")]
+        ports: Vec<String>,
+        /// The host port of the one `--port` given (as `--port PORT=HOST_PORT`).
+        #[arg(long)]
+        host_port: Option<u16>,
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -240,6 +258,10 @@ pub enum CtlError {
     Status(#[from] tonic::Status),
     #[error("--env `{0}` is not KEY=VALUE")]
     Env(String),
+    #[error("--port `{0}` is not PORT[/tcp|/udp][=HOST_PORT] (ports 1 to 65535)")]
+    Port(String),
+    #[error("--host-port goes with exactly one --port (for several, write --port PORT=HOST_PORT)")]
+    HostPort,
     #[error("--signature is not hex")]
     SignatureNotHex,
     #[error("--nonce: expected 64 hex digits")]
@@ -371,6 +393,17 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
         }
         CtlCommand::Containers(command) => return containers(client, command).await,
         CtlCommand::Grants(command) => grants(client, command).await?,
+        CtlCommand::Ports(PortsCommand::Check) => {
+            let r = client.check_ports(runtime::CheckPortsRequest {}).await?;
+            print(&json!({
+                "host_port": r.host_port, "target": r.target, "tcp_reachable": r.tcp_reachable,
+                "udp_reachable": r.udp_reachable, "tcp_error": r.tcp_error, "udp_error": r.udp_error,
+                "note": r.note, "pool_size": r.pool_size, "allocated": r.allocated,
+            }));
+            if !(r.tcp_reachable && r.udp_reachable) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         CtlCommand::Attest { matrix_dim, num_matrices, dataset_items, seed, nonce } => {
             let mut seed_bytes = seed.to_le_bytes().to_vec();
             seed_bytes.resize(32, 0);
@@ -402,6 +435,27 @@ pub fn container_json(c: &runtime::Container) -> Value {
         "expires_at": c.expires_at,
         "exit_code": c.exit_code,
         "stop_reason": c.stop_reason,
+        "ports": c.ports.iter().map(|p| json!({
+            "container_port": p.container_port, "protocol": p.protocol, "host_port": p.host_port,
+            "external_port": p.external_port, "external_endpoint": p.external_endpoint,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `--port PORT[/tcp|/udp][=HOST_PORT]` as a mapping (host port 0: the pool chooses).
+fn port_mapping(text: &str) -> Result<runtime::PortMapping, CtlError> {
+    let bad = || CtlError::Port(text.to_owned());
+    let (spec, host) = text.split_once('=').map_or((text, None), |(s, h)| (s, Some(h)));
+    let (port, protocol) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    if !matches!(protocol, "tcp" | "udp") {
+        return Err(bad());
+    }
+    let number = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(bad);
+    Ok(runtime::PortMapping {
+        container_port: number(port)?.into(),
+        host_port: host.map(number).transpose()?.map_or(0, u32::from),
+        protocol: protocol.to_owned(),
+        ..Default::default()
     })
 }
 
@@ -415,11 +469,30 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 print(&container_json(c));
             }
         }
-        Create { image, memory_bytes, cpu_cores, gpus, ttl_seconds, env, start, ssh_keys, command } => {
+        Create {
+            image,
+            memory_bytes,
+            cpu_cores,
+            gpus,
+            ttl_seconds,
+            env,
+            start,
+            ssh_keys,
+            ports,
+            host_port,
+            command,
+        } => {
             let mut vars = std::collections::HashMap::new();
             for pair in env {
                 let (k, v) = pair.split_once('=').ok_or_else(|| CtlError::Env(pair.clone()))?;
                 vars.insert(k.to_owned(), v.to_owned());
+            }
+            let mut ports = ports.iter().map(|p| port_mapping(p)).collect::<Result<Vec<_>, _>>()?;
+            if let Some(host_port) = host_port {
+                match ports.as_mut_slice() {
+                    [only] if only.host_port == 0 => only.host_port = host_port.into(),
+                    _ => return Err(CtlError::HostPort),
+                }
             }
             let request = runtime::CreateContainerRequest {
                 image,
@@ -429,6 +502,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 gpu_count: gpus,
                 ttl_seconds,
                 ssh_public_keys: ssh_keys.iter().map(|k| key_line(k)).collect::<Result<_, _>>()?,
+                ports,
                 ..Default::default()
             };
             let created = client.create_container(request).await?;
@@ -596,6 +670,18 @@ async fn grants(client: &ExecutorClient, command: GrantsCommand) -> Result<(), C
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_read_as_written() {
+        let read = |t: &str| port_mapping(t).map(|p| (p.container_port, p.protocol, p.host_port));
+        assert_eq!(read("8888").unwrap(), (8888, "tcp".to_owned(), 0));
+        assert_eq!(read("53/udp").unwrap(), (53, "udp".to_owned(), 0));
+        assert_eq!(read("8888/tcp=40010").unwrap(), (8888, "tcp".to_owned(), 40010));
+        for bad in ["", "0", "70000", "80/sctp", "80=", "80=x", "x"] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("--port `{bad}` is not")), "{err}");
+        }
+    }
 
     /// What `executor ctl: ...` prints for each error, as before the errors were typed.
     #[test]

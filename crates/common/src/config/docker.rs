@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::Issues;
+use super::ports::PortsConfig;
 use super::registry::RegistryConfig;
 use super::values::{ByteSize, Fraction, InvalidValue, human_duration};
 
@@ -23,6 +24,7 @@ pub struct DockerConfig {
     pub max_concurrent_containers: u32,
     pub resource_limits: ResourceLimits,
     pub network_config: NetworkConfig,
+    pub ports: PortsConfig,
     pub gpu_config: GpuConfig,
     pub registry: RegistryConfig,
     /// How often expired containers (TTL) and leftover networks are reaped.
@@ -82,6 +84,7 @@ impl Default for DockerConfig {
             max_concurrent_containers: 10,
             resource_limits: ResourceLimits::default(),
             network_config: NetworkConfig::default(),
+            ports: PortsConfig::default(),
             gpu_config: GpuConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -126,7 +129,8 @@ impl Default for ResourceLimits {
 pub struct NetworkConfig {
     /// Each container on its own bridge network.
     pub enable_isolation: bool,
-    /// Egress to the internet; false makes container networks internal. Needs
+    /// Egress to the internet (never to private, link-local or other reserved ranges); false:
+    /// a tenant opens no connection at all, while its published ports still answer. Needs
     /// `enable_isolation`.
     pub allow_internet: bool,
     /// DNS servers for containers; empty means Docker's default.
@@ -233,5 +237,6 @@ impl DockerConfig {
         }
         v.check("docker.gpu_config.memory_fraction", &self.gpu_config.memory_fraction);
         self.registry.validate(v);
+        self.ports.validate(v);
     }
 }

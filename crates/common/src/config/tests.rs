@@ -56,6 +56,26 @@ fn bad_values_name_key_and_file() {
         &["key `tenant_access.max_unauthenticated_per_address`"],
     );
     check_err("[tenant_access]\nshell = \"bash\"", &["key `tenant_access.shell`", "unknown key"]);
+    check_err("[docker.ports]\nranges = [\"80-90\"]", &["key `docker.ports.ranges`", "below 1024"]);
+    check_err("[docker.ports]\nranges = [\"40000-40010\", \"40005\"]", &["key `docker.ports.ranges`", "overlaps"]);
+    check_err("[docker.ports]\nranges = [\"40010-40000\"]", &["key `docker.ports.ranges.0`", "above the last"]);
+    check_err("[docker.ports]\nranges = [\"4x\"]", &["key `docker.ports.ranges.0`", "not a port range"]);
+    check_err("[docker.ports]\nreserved = [\"30000\"]", &["key `docker.ports.reserved`", "in no range"]);
+    check_err("[docker.ports]\nhost_ip = \"239.1.1.1\"", &["key `docker.ports.host_ip`", "multicast"]);
+    check_err("[docker.ports]\nexternal_host = \"bad host!\"", &["key `docker.ports.external_host`"]);
+    check_err(
+        "[[docker.ports.nat]]\nhost = \"40000-40009\"\nexternal = \"50000-50008\"",
+        &["key `docker.ports.nat`", "10 ports, external `50000-50008` 9"],
+    );
+    check_err(
+        "[[docker.ports.nat]]\nhost = \"41000-41009\"\nexternal = \"50000-50009\"",
+        &["key `docker.ports.nat`", "not within one range"],
+    );
+    check_err(
+        "[[docker.ports.nat]]\nhost = \"40000\"\nexternal = \"1\"\nproto = 1",
+        &["key `docker.ports.nat", "unknown"],
+    );
+    check_err("[docker.ports]\nrange = [\"40000\"]", &["key `docker.ports.range`", "unknown key"]);
     check_err("[server]\nport = 0", &["key `server.port`", "not 0"]);
     check_err("[server]\nport = -1", &["key `server.port`"]);
     check_err("[server]\nhost = \"localhost:1\"", &["key `server.host`"]);

@@ -98,6 +98,7 @@ impl Runtime {
             created_at: labels::now_secs(),
             dns: self.config.network_config.dns_servers.clone(),
             network: None,
+            publish_ip: self.ports.host_ip(),
         };
         spec.gpu_uuids = gpus.uuids.clone();
         spec.validate()?;
@@ -115,6 +116,9 @@ impl Runtime {
         if online && let Err(e) = &self.shaping {
             return Err(RuntimeError::Shaping { id: None, source: e.clone() });
         }
+        if !spec.ports.is_empty() && self.pool.is_none() {
+            return Err(crate::ports::PortError::NoNetwork.into());
+        }
         let admitted = self.admission.admit(&spec.image, &spec.owner).await?;
         spec.image = admitted.image;
         if !admitted.signature.is_empty() {
@@ -128,6 +132,9 @@ impl Runtime {
         }
         if gpus.count > 0 || !gpus.uuids.is_empty() {
             spec.gpu_uuids = self.assign_gpus(&gpus).await?;
+        }
+        if !spec.ports.is_empty() {
+            self.assign_ports(&mut spec.ports).await?;
         }
         let mode = match &self.pool {
             Some(pool) => {
@@ -167,6 +174,50 @@ impl Runtime {
             m.host_path = staged;
         }
         Ok(())
+    }
+
+    /// Gives `ports` their host ports (the create lock is held by the caller).
+    async fn assign_ports(&self, ports: &mut [Port]) -> Result<(), RuntimeError> {
+        let in_use = self.ports_in_use().await?;
+        let ip = self.ports.host_ip();
+        let assigned = self.ports.allocate(ports, &in_use, |port, udp| crate::ports::bindable(ip, port, udp));
+        if let Err(crate::ports::PortError::Exhausted { .. }) = &assigned {
+            metrics::counter!("executor_container_runtime_ports_exhausted_total").increment(1);
+        }
+        assigned?;
+        metrics::gauge!("executor_container_runtime_ports_allocated").set((in_use.len() + ports.len()) as f64);
+        Ok(())
+    }
+
+    /// Whether published ports can be reached (see `ports::check_reachable`); creates wait
+    /// meanwhile, so none takes the port the check listens on.
+    pub async fn check_ports(&self) -> Result<pb::CheckPortsResponse, RuntimeError> {
+        let _guard = self.create_lock.lock().await;
+        let in_use = self.ports_in_use().await?;
+        let found =
+            crate::ports::check_reachable(&self.ports, &in_use).await.map_err(crate::ports::PortError::Check)?;
+        Ok(pb::CheckPortsResponse {
+            host_port: found.host_port.into(),
+            target: found.target,
+            tcp_reachable: found.tcp.is_none(),
+            udp_reachable: found.udp.is_none(),
+            tcp_error: found.tcp.unwrap_or_default(),
+            udp_error: found.udp.unwrap_or_default(),
+            note: found.note,
+            pool_size: self.ports.size() as u32,
+            allocated: in_use.len() as u32,
+        })
+    }
+
+    /// The host ports our containers hold, from their labels.
+    pub async fn ports_in_use(&self) -> Result<std::collections::BTreeSet<u16>, RuntimeError> {
+        let mut in_use = std::collections::BTreeSet::new();
+        for c in self.engine.list_ours().await? {
+            let labels = c.labels.unwrap_or_default();
+            let recorded = labels.get(crate::ports::LABEL_PORTS).map(String::as_str).unwrap_or("");
+            in_use.extend(crate::ports::parse_label(recorded).into_iter().map(|p| p.host_port));
+        }
+        Ok(in_use)
     }
 
     /// Assigns GPUs for `request` (the create lock is held by the caller).

@@ -7,6 +7,7 @@ use crate::engine::EngineError;
 use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
 use crate::labels::NameError;
+use crate::ports::PortError;
 use crate::reference::{NotAllowed, ReferenceError};
 use crate::rootfs::RootError;
 use crate::shaping::ShapingError;
@@ -79,6 +80,9 @@ pub enum RuntimeError {
     /// gpu-monitor did not answer a round of GPU memory enforcement.
     #[error("GPU memory limits: {0}")]
     GpuUsage(#[source] GpuMonitorError),
+    /// Published ports the pool cannot give (outside it, reserved, in use, none left).
+    #[error(transparent)]
+    Ports(#[from] PortError),
     #[error("docker.max_concurrent_containers = {cap} containers exist already; remove one first")]
     TooMany { cap: usize },
     /// `network_bps` cannot be enforced on this host (`id` None: for any container).

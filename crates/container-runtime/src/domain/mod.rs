@@ -38,6 +38,7 @@ use crate::gpu_monitor::GpuMonitor;
 use crate::labels::{self, LABEL_EXECUTOR, LABEL_ID, LABEL_NETWORK_BPS};
 use crate::mounts::Staging;
 use crate::netpool::NetworkPool;
+use crate::ports::PortPool;
 use crate::reference::RegistryPolicy;
 use crate::shaping::ShapingError;
 use crate::stops::StopReasons;
@@ -66,6 +67,8 @@ pub struct Runtime {
     gpu_monitor: GpuMonitor,
     /// The open Attach sessions and forwards.
     sessions: Sessions,
+    /// Host ports for published container ports.
+    ports: PortPool,
 }
 
 impl Runtime {
@@ -94,11 +97,16 @@ impl Runtime {
             shaping,
             config: docker,
             sessions: Sessions::default(),
+            ports: PortPool::new(config),
         })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn ports(&self) -> &PortPool {
+        &self.ports
     }
 
     pub fn pool(&self) -> Option<&NetworkPool> {
@@ -129,6 +137,7 @@ impl Runtime {
     pub async fn describe(&self, id: &str) -> Result<pb::Container, RuntimeError> {
         let mut container = crate::status::container(&self.ours(id).await?);
         container.stop_reason = self.stops.get(id).unwrap_or_default();
+        self.ports.describe(&mut container.ports);
         Ok(container)
     }
 

@@ -140,6 +140,9 @@ fake! {
             runtime::ContainerStats { id: r.id, cpu_percent: 12.5, ..Default::default() }
         }
         fn exec("Exec", _r: runtime::ExecRequest) -> runtime::ExecResponse { runtime::ExecResponse::default() }
+        fn check_ports("CheckPorts", _r: runtime::CheckPortsRequest) -> runtime::CheckPortsResponse {
+            runtime::CheckPortsResponse { host_port: 40000, tcp_reachable: true, pool_size: 1000, ..Default::default() }
+        }
     }
 
     type LogsStream = BoxStream<runtime::LogChunk>;

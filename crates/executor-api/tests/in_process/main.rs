@@ -81,6 +81,8 @@ async fn container_calls_reach_container_runtime() {
     let logs = client.stream_logs(runtime::LogsRequest { id: "c-1".into(), tail: 5, ..Default::default() });
     let chunks: Vec<_> = logs.await.unwrap().map(|c| c.unwrap().data).collect().await;
     assert_eq!(chunks, [b"line 1\n".to_vec(), b"line 2\n".to_vec()]);
+    let check = client.check_ports(runtime::CheckPortsRequest {}).await.unwrap();
+    assert_eq!((check.host_port, check.tcp_reachable, check.pool_size), (40000, true, 1000));
     assert_eq!(
         runtime.take_calls(),
         [
@@ -91,6 +93,7 @@ async fn container_calls_reach_container_runtime() {
             r#"List ListContainersRequest { all: true, owner: "" }"#,
             r#"Stats ContainerRef { id: "c-1" }"#,
             r#"Logs LogsRequest { id: "c-1", follow: false, tail: 5, since: 0 }"#,
+            r#"CheckPorts CheckPortsRequest"#,
         ]
     );
 }

@@ -1,0 +1,227 @@
+//! Issue 20: published ports. Host ports come from `[docker.ports] ranges`, are reported back
+//! with the endpoint renters use, work with and without `allow_internet` (an isolated tenant
+//! still opens nothing), answer clients on private ranges, and are never handed out twice,
+//! also across a `kill -9` of container-runtime. The clients are in another network namespace
+//! (see `e2e::lan`): one standing in for the internet (198.51.100.2) and one for a LAN client
+//! (10.211.0.2), both reaching the node at its address on that link.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::process::ProcessSpec;
+use common::proto::runtime::v1 as pb;
+use e2e::lan::{self, Lan};
+use e2e::process::{is_root, sh, which};
+use e2e::runtime::{exec, remove_all, request, start_service};
+use e2e::{TestConfig, busybox_image, require_tool};
+use tonic::Code;
+
+/// A client in the namespace: one TCP exchange or one UDP datagram and its answer, sent from
+/// `source`; prints what came back (nothing when nothing did).
+const CLIENT: &str = r#"
+import socket, sys
+kind, host, port, source = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+s.settimeout(3)
+s.bind((source, 0))
+try:
+    if kind == "tcp":
+        s.connect((host, port))
+        print(s.recv(100).decode().strip())
+    else:
+        for _ in range(5):
+            s.sendto(b"ping", (host, port))
+            try:
+                print(s.recv(100).decode().strip())
+                break
+            except socket.timeout:
+                pass
+except OSError as e:
+    print("failed:", e, file=sys.stderr)
+"#;
+
+/// A UDP echo server, run in the container's network namespace (the test image has no UDP
+/// server of its own): each datagram comes back with `echo ` before it.
+const UDP_ECHO: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(b"echo " + data, peer)
+"#;
+
+fn port(container_port: u32, protocol: &str) -> pb::PortMapping {
+    pb::PortMapping { container_port, protocol: protocol.into(), ..Default::default() }
+}
+
+/// What the client in `lan` got back from `endpoint` (`host:port`) over `kind`, sent from `source`.
+async fn ask(lan: &Lan, script: &std::path::Path, kind: &str, endpoint: &str, source: &str) -> String {
+    let (host, port) = endpoint.rsplit_once(':').unwrap();
+    let child = lan.spawn(&["python3", &script.display().to_string(), kind, host, port, source]);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.unwrap().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Published TCP and UDP ports answer clients on the internet and on a private range, in both
+/// `allow_internet` modes, through the endpoint the container reports; an isolated tenant
+/// still cannot open a connection out.
+#[tokio::test]
+async fn published_ports_answer_public_and_private_clients_in_both_modes() {
+    if !busybox_image().await
+        || !require_tool("root (ip netns, nsenter)", is_root() && which("nsenter"))
+        || !require_tool("python3", which("python3"))
+    {
+        return;
+    }
+    let lan = Lan::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (client_py, echo_py) = (dir.path().join("client.py"), dir.path().join("echo.py"));
+    std::fs::write(&client_py, CLIENT).unwrap();
+    std::fs::write(&echo_py, UDP_ECHO).unwrap();
+    for internet in [false, true] {
+        let config = TestConfig::with_ports(
+            &format!("external_host = \"{}\"", lan::HOST_END),
+            &format!("\n[docker.network_config]\nallow_internet = {internet}\n"),
+        );
+        let (_service, mut client) = start_service(&config).await;
+        let mut r = request("nc -ll -p 8080 -e echo hello");
+        r.ports = vec![port(8080, "tcp"), port(5353, "udp")];
+        let created = client.create(r).await.unwrap().into_inner();
+        let c = client.start(pb::ContainerRef { id: created.id.clone() }).await.unwrap().into_inner();
+        assert_eq!(created.ports, c.ports, "the ports change between create and start");
+        let pool = config.ports.pool..config.ports.pool + e2e::POOL_PORTS;
+        let [tcp, udp] = [&c.ports[0], &c.ports[1]];
+        for (p, protocol) in [(tcp, "tcp"), (udp, "udp")] {
+            assert_eq!(p.protocol, protocol, "{c:?}");
+            assert!(pool.contains(&(p.host_port as u16)), "{p:?} outside {pool:?}");
+            assert_eq!(p.external_port, p.host_port, "no NAT: {p:?}");
+            assert_eq!(p.external_endpoint, format!("{}:{}", lan::HOST_END, p.host_port));
+        }
+        let pid = e2e::runtime::inspect(&c.id, "{{.State.Pid}}").await;
+        let mut echo = ProcessSpec::new("nsenter")
+            .args(["-t", &pid, "-n", "python3"])
+            .arg(&echo_py)
+            .arg("5353")
+            .spawn_supervised()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        for source in [lan::PUBLIC, lan::BLOCKED[0]] {
+            let mode = if internet { "online" } else { "isolated" };
+            let got = ask(&lan, &client_py, "tcp", &tcp.external_endpoint, source).await;
+            assert_eq!(got, "hello", "{mode}: TCP from {source}");
+            let got = ask(&lan, &client_py, "udp", &udp.external_endpoint, source).await;
+            assert_eq!(got, "echo ping", "{mode}: UDP from {source}");
+        }
+        // Out of the container: the internet only when online, the private range never.
+        let probe = format!(
+            "(nc -w 2 {} 8080 </dev/null | sed 's/^/public /') & (nc -w 2 {} 8080 </dev/null | sed 's/^/private /') & wait",
+            lan::PUBLIC,
+            lan::BLOCKED[0]
+        );
+        let out = exec(&mut client, &c.id, &probe).await;
+        let answers = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(answers, if internet { "public hello" } else { "" }, "{out:?}");
+
+        let _ = echo.start_kill();
+        let _ = echo.wait().await;
+        remove_all(&mut client).await;
+    }
+    lan.remove().await;
+}
+
+/// Concurrent creates never share a host port; a port asked for must be in the pool, free and
+/// not one of the node's own; an empty pool is RESOURCE_EXHAUSTED; a restarted service (after
+/// `kill -9`) reads what is held from the containers' labels; a removed container's ports are
+/// free again. 50 ports are asked for at once by 10 creates of 5 each: every container has a
+/// bridge network of its own, and the engine's address pools hold only about 30 networks.
+#[tokio::test]
+async fn ports_come_from_the_pool_once_each_and_survive_a_kill() {
+    if !busybox_image().await {
+        return;
+    }
+    let base = e2e::free_block(60);
+    let config = TestConfig::with_ports(
+        &format!("ranges = [\"{base}-{}\"]\nreserved = [\"{}\"]", base + 59, base + 59),
+        "\n[docker]\nmax_concurrent_containers = 20\n",
+    );
+    let ports = |n: u32, protocol: &str| (0..n).map(|i| port(80 + i, protocol)).collect::<Vec<_>>();
+    let (mut service, client) = start_service(&config).await;
+    let mut creates = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let mut client = client.clone();
+        let mut r = request("sleep 600");
+        r.ports = ports(5, "tcp");
+        creates.spawn(async move { client.create(r).await.unwrap().into_inner() });
+    }
+    let mut created = creates.join_all().await;
+    created.sort_by_key(|c| c.ports[0].host_port);
+    let held: BTreeSet<u32> = created.iter().flat_map(|c| c.ports.iter().map(|p| p.host_port)).collect();
+    assert_eq!(held.len(), 50, "a host port was given twice: {held:?}");
+    assert!(held.iter().all(|p| (u32::from(base)..u32::from(base) + 59).contains(p)), "{held:?}");
+
+    let mut client = client;
+    let ask = |host_port: u32| {
+        let mut r = request("sleep 600");
+        r.ports = vec![pb::PortMapping { host_port, ..port(80, "tcp") }];
+        r
+    };
+    let refused = |r: Result<tonic::Response<pb::Container>, tonic::Status>| r.unwrap_err();
+    let taken = *held.first().unwrap();
+    let e = refused(client.create(ask(taken)).await);
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::AlreadyExists, format!("ports[0].host_port: {taken} is in use").as_str())
+    );
+    let e = refused(client.create(ask(50051)).await);
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("ports[0].host_port: 50051 is not in docker.ports.ranges"), "{e:?}");
+    let e = refused(client.create(ask(u32::from(base) + 59)).await);
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("is reserved on this node (docker.ports.reserved)"), "{e:?}");
+
+    // kill -9, a new service: the 50 stay held; 9 are left, a 10th is refused by name.
+    let _ = service.start_kill();
+    let _ = service.wait().await;
+    let (_service, mut client) = start_service(&config).await;
+    let mut r = request("sleep 600");
+    r.ports = ports(9, "udp");
+    let rest: BTreeSet<u32> = client.create(r).await.unwrap().into_inner().ports.iter().map(|p| p.host_port).collect();
+    assert!(rest.is_disjoint(&held) && rest.len() == 9, "{rest:?} reuses {held:?}");
+    let mut r = request("sleep 600");
+    r.ports = ports(1, "tcp");
+    let e = refused(client.create(r.clone()).await);
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().starts_with("ports: no free host port left in docker.ports.ranges"), "{e:?}");
+    let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
+    assert!(metrics.contains("executor_container_runtime_ports_pool_size 59"), "{metrics}");
+    assert!(metrics.contains("executor_container_runtime_ports_exhausted_total 1"), "{metrics}");
+
+    // A removed container's ports are free again, and a running one publishes where it says.
+    client.remove(pb::RemoveContainerRequest { id: created[0].id.clone(), force: true }).await.unwrap();
+    let again = client.create(r).await.unwrap().into_inner();
+    assert_eq!(again.ports[0].host_port, created[0].ports[0].host_port);
+    client.start(pb::ContainerRef { id: again.id.clone() }).await.unwrap();
+    let (_, published) = sh("docker", &["port", &again.id, "80/tcp"]).await;
+    assert!(published.contains(&format!(":{}", again.ports[0].host_port)), "{published}");
+    remove_all(&mut client).await;
+}
+
+/// Without a network of its own a container has none at all: asking it to publish a port is
+/// refused by name rather than dropped.
+#[tokio::test]
+async fn ports_without_networks_are_refused() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker.network_config]\nenable_isolation = false\n");
+    let (_service, mut client) = start_service(&config).await;
+    let mut r = request("sleep 600");
+    r.ports = vec![port(80, "tcp")];
+    let e = client.create(r).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with("ports: docker.network_config.enable_isolation = false"), "{e:?}");
+}
