@@ -23,7 +23,8 @@ use tonic::Code;
 const CLIENT: &str = r#"
 import socket, sys
 kind, host, port, source = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
 s.settimeout(3)
 s.bind((source, 0))
 try:
@@ -115,6 +116,13 @@ async fn published_ports_answer_public_and_private_clients_in_both_modes() {
             assert_eq!(got, "hello", "{mode}: TCP from {source}");
             let got = ask(&lan, &client_py, "udp", &udp.external_endpoint, source).await;
             assert_eq!(got, "echo ping", "{mode}: UDP from {source}");
+        }
+        // Over IPv6 from the host (tenants have no IPv6; Docker's proxy takes the connection).
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            let (port, script) = (tcp.host_port.to_string(), client_py.display().to_string());
+            let out = ProcessSpec::new("python3").args([script.as_str(), "tcp", "::1", &port, "::1"]);
+            let out = out.output(Duration::from_secs(30), 1 << 12).await.unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello", "over IPv6: {out:?}");
         }
         // Out of the container: the internet only when online, the private range never.
         let probe = format!(
@@ -224,4 +232,90 @@ async fn ports_without_networks_are_refused() {
     let e = client.create(r).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
     assert!(e.message().starts_with("ports: docker.network_config.enable_isolation = false"), "{e:?}");
+}
+
+/// CheckPorts listens on a spare pool port and reaches it through the external host: on this
+/// machine's own address it gets through, on an address that is not this machine's it does not,
+/// and says why.
+#[tokio::test]
+async fn the_reachability_check_tells_a_reachable_pool_from_a_wrong_address() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("");
+    let (_service, mut client) = start_service(&config).await;
+    let r = client.check_ports(pb::CheckPortsRequest {}).await.unwrap().into_inner();
+    assert!(r.tcp_reachable && r.udp_reachable, "{r:?}");
+    assert_eq!(
+        (r.host_port, r.target.clone()),
+        (u32::from(config.ports.pool), format!("127.0.0.1:{}", config.ports.pool))
+    );
+    assert_eq!((r.pool_size, r.allocated), (u32::from(e2e::POOL_PORTS), 0), "{r:?}");
+    // A held port is not listened on: the check takes the next.
+    let mut req = request("sleep 600");
+    req.ports = vec![port(80, "tcp")];
+    client.create(req).await.unwrap();
+    let r = client.check_ports(pb::CheckPortsRequest {}).await.unwrap().into_inner();
+    assert_eq!((r.host_port, r.allocated), (u32::from(config.ports.pool) + 1, 1), "{r:?}");
+    remove_all(&mut client).await;
+
+    // An external host that is not this machine (TEST-NET-2, routed nowhere here).
+    let config = TestConfig::with_ports("external_host = \"198.51.100.77\"", "");
+    let (_service, mut client) = start_service(&config).await;
+    let r = client.check_ports(pb::CheckPortsRequest {}).await.unwrap().into_inner();
+    assert!(!r.tcp_reachable && !r.udp_reachable, "{r:?}");
+    assert!(!r.tcp_error.is_empty() && r.udp_error.contains("198.51.100.77"), "{r:?}");
+}
+
+/// What a miner types: `executor ctl containers create --port`, `ports check`.
+#[tokio::test]
+async fn executor_ctl_publishes_ports_and_checks_the_pool() {
+    if !busybox_image().await {
+        return;
+    }
+    let node = e2e::Node::start(TestConfig::new("")).await;
+    let seed = node.config.dir.path().join("miner.seed");
+    std::fs::write(&seed, format!("{}\n", e2e::ALICE_SEED)).unwrap();
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", "--config", node.config.path.to_str().unwrap(), "--key-file", seed.to_str().unwrap()];
+        all.extend(args);
+        let all: Vec<String> = all.iter().map(|a| (*a).to_owned()).collect();
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            e2e::run("executor", &all, &[]).await
+        }
+    };
+    let pool = node.config.ports.pool;
+    let wanted = (pool + 5).to_string();
+    let image = e2e::BUSYBOX_IMAGE;
+    let out =
+        ctl(&["containers", "create", "--image", image, "--port", "8080", "--port", "53/udp", "--", "sleep", "60"])
+            .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ports = created["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "{created}");
+    assert_eq!(ports[0]["external_endpoint"], format!("127.0.0.1:{pool}"), "{created}");
+    assert_eq!((ports[1]["container_port"].as_u64(), ports[1]["protocol"].as_str()), (Some(53), Some("udp")));
+    let out = ctl(&["containers", "create", "--image", image, "--port", "8080", "--host-port", &wanted]).await;
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["ports"][0]["host_port"].as_u64(), Some(u64::from(pool) + 5), "{created}");
+    let out = ctl(&["containers", "create", "--image", image, "--port", "8080", "--host-port", "50051"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ports[0].host_port: 50051 is not in docker.ports.ranges"));
+    let out = ctl(&["containers", "create", "--image", image, "--port", "80/sctp"]).await;
+    assert_eq!(out.status.code(), Some(2), "a bad --port is a usage error");
+    let out = ctl(&["ports", "check"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((check["tcp_reachable"].as_bool(), check["allocated"].as_u64()), (Some(true), Some(3)), "{check}");
+    let all: serde_json::Value = {
+        let out = ctl(&["containers", "list", "--all"]).await;
+        let lines = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        serde_json::Value::Array(lines)
+    };
+    for c in all.as_array().unwrap() {
+        let out = ctl(&["containers", "remove", "--force", c["id"].as_str().unwrap()]).await;
+        assert!(out.status.success());
+    }
 }

@@ -18,6 +18,8 @@ async fn validate_prints_a_checklist_and_fails_on_a_busy_port() {
     assert_eq!(text.matches("PASS  binaries").count(), 4, "{text}");
     if require_tool("Docker engine", docker_available()) {
         assert!(text.contains("PASS  docker ") && text.contains("PASS  docker cgroups"), "{text}");
+        let pool = format!("PASS  ports            16 ports; 127.0.0.1:{} reached over TCP and UDP", config.ports.pool);
+        assert!(text.contains(&pool), "{text}");
         assert!(out.status.success(), "{text}");
         assert!(text.contains("summary: ") && text.contains(" 0 fail"), "{text}");
     }

@@ -4,7 +4,9 @@
 //!   and the same containers and grants are there (none lost, none doubled);
 //! - the Docker engine restarted the way `scripts/ensure-docker.sh` runs it (systemd, the init
 //!   script, or a `dockerd` of its own): the node is healthy again, lists the same containers
-//!   (our ids and Docker's), those that were running run again, and no grant is lost;
+//!   (our ids and Docker's) with the same host ports, those that were running run again, a new
+//!   container gets a host port none of them holds (the pool lives in the containers' labels),
+//!   and no grant is lost;
 //! - the grants file torn while validator-access is down: restored from its last good copy;
 //! - the data directory full (a 2 MiB tmpfs filled up): a new grant is refused with an error
 //!   and nothing stored is lost; once space is back, grants work again.
@@ -70,6 +72,12 @@ async fn recovered(node: &Node, health_port: u16) -> anyhow::Result<Duration> {
 }
 
 /// Our ids of the containers the node lists as running.
+/// Each container's first host port, by id.
+async fn host_ports(client: &ExecutorClient) -> anyhow::Result<std::collections::BTreeMap<String, u32>> {
+    let list = client.list_containers(runtime::ListContainersRequest { all: true, owner: String::new() }).await?;
+    Ok(list.containers.into_iter().filter_map(|c| Some((c.id, c.ports.first()?.host_port))).collect())
+}
+
 async fn running(client: &ExecutorClient) -> anyhow::Result<Vec<String>> {
     let containers = client.list_containers(runtime::ListContainersRequest { all: true, owner: String::new() }).await?;
     let mut ids: Vec<String> = containers
@@ -185,6 +193,11 @@ async fn hurt(
                 image: e2e::BUSYBOX_IMAGE.into(),
                 command: vec!["sleep".into(), "3600".into()],
                 ttl_seconds: 3600,
+                ports: vec![runtime::PortMapping {
+                    container_port: 8080,
+                    protocol: "tcp".into(),
+                    ..Default::default()
+                }],
                 ..Default::default()
             })
             .await?;
@@ -247,8 +260,12 @@ async fn hurt(
     // expect their containers back as they were: the same ones, running again.
     let was_running = running(client).await?;
     ensure!(was_running.len() == 2, "expected 2 running containers before the engine restart, got {was_running:?}");
-    let firewall = || succeeds("iptables", &["-w", "-C", "INPUT", "-i", "bas-+", "-j", "DROP"]);
+    const RULE: [&str; 12] =
+        ["-w", "-C", "INPUT", "-i", "bai-+", "-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED", "-j", "DROP"];
+    let firewall = || succeeds("iptables", &RULE);
     let firewall_before = firewall().await;
+    let ports_before = host_ports(client).await?;
+    ensure!(ports_before.len() == 3, "expected a published port on each container: {ports_before:?}");
     let (how, down) = restart_docker(root).await?;
     let engine_back = Instant::now();
     loop {
@@ -271,8 +288,24 @@ async fn hurt(
     }
     let resumed_in = engine_back.elapsed();
     ensure!(!firewall_before || firewall().await, "the host firewall rule for tenant bridges is gone");
+    // The port pool survives too: each container keeps its host port, a new one gets another.
+    ensure!(host_ports(client).await? == ports_before, "published ports changed across the engine restart");
+    let fresh = client
+        .create_container(runtime::CreateContainerRequest {
+            image: e2e::BUSYBOX_IMAGE.into(),
+            command: vec!["sleep".into(), "60".into()],
+            ports: vec![runtime::PortMapping { container_port: 8080, protocol: "tcp".into(), ..Default::default() }],
+            ..Default::default()
+        })
+        .await?;
+    let fresh_port = fresh.ports[0].host_port;
+    ensure!(
+        !ports_before.values().any(|p| *p == fresh_port),
+        "host port {fresh_port} given twice after the engine restart"
+    );
+    client.remove_container(runtime::RemoveContainerRequest { id: fresh.id, force: true }).await?;
     println!(
-        "Docker engine restart ({how}): engine back after {down:?}; node healthy, the same {} containers and {} grants, the {} that ran running again {resumed_in:?} after the engine answered{}",
+        "Docker engine restart ({how}): engine back after {down:?}; node healthy, the same {} containers (and host ports) and {} grants, the {} that ran running again {resumed_in:?} after the engine answered{}",
         before.0.len(),
         before.1.len(),
         was_running.len(),

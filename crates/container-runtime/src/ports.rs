@@ -71,7 +71,7 @@ impl PortPool {
             .as_ref()
             .map(|h| h.to_string())
             .or_else(|| config.server.advertised_host.as_ref().map(|h| h.to_string()))
-            .or_else(|| (!ports.host_ip.is_unspecified()).then(|| ports.host_ip.to_string()));
+            .or_else(|| ports.host_ip.filter(|ip| !ip.is_unspecified()).map(|ip| ip.to_string()));
         Self { config: ports, reserved, external_host }
     }
 
@@ -88,8 +88,22 @@ impl PortPool {
         self.config.ranges.iter().flat_map(|r| r.ports()).filter(|p| self.reserved(*p).is_none()).count()
     }
 
-    pub fn host_ip(&self) -> IpAddr {
+    /// `[docker.ports] host_ip`; None: every address.
+    pub fn host_ip(&self) -> Option<IpAddr> {
         self.config.host_ip
+    }
+
+    /// Where a port is bound to see whether it is free: `host_ip`, or for every address `::`
+    /// where the kernel has IPv6 (a dual-stack socket, so a port taken on either family shows)
+    /// and `0.0.0.0` where it has not.
+    pub fn probe_ip(&self) -> IpAddr {
+        self.config.host_ip.unwrap_or_else(|| {
+            if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+                IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::from([0, 0, 0, 0])
+            }
+        })
     }
 
     /// Gives every port of `ports` a host port: the one it asks for (checked) or the lowest
@@ -156,7 +170,7 @@ impl PortPool {
     /// A pool port nothing holds (for the reachability check), if there is one.
     pub fn spare(&self, in_use: &BTreeSet<u16>) -> Option<u16> {
         let mut candidates = self.config.ranges.iter().flat_map(|r| r.ports());
-        candidates.find(|p| self.reserved(*p).is_none() && !in_use.contains(p) && bindable(self.host_ip(), *p, false))
+        candidates.find(|p| self.reserved(*p).is_none() && !in_use.contains(p) && bindable(self.probe_ip(), *p, false))
     }
 
     pub fn external_host(&self) -> Option<&str> {
@@ -194,8 +208,8 @@ pub async fn check_reachable(pool: &PortPool, in_use: &BTreeSet<u16>) -> Result<
     let Some(port) = pool.spare(in_use) else {
         return Err(format!("no spare port in docker.ports.ranges ({}) to listen on", pool.ranges()));
     };
-    let ip = pool.host_ip();
-    let host = pool.external_host().map_or_else(|| loopback(ip).to_string(), str::to_owned);
+    let ip = pool.probe_ip();
+    let host = pool.external_host().map_or_else(|| loopback(pool.host_ip()).to_string(), str::to_owned);
     let target = endpoint(&host, port);
     let mut note = String::new();
     if pool.config.external_port(port) != port {
@@ -250,12 +264,12 @@ pub async fn check(config: &Config) -> common::check::Check {
     }
 }
 
-fn loopback(ip: IpAddr) -> IpAddr {
+/// Where to reach ports bound on `ip` (None: every address) from the host itself.
+fn loopback(ip: Option<IpAddr>) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) if !v6.is_unspecified() => ip,
-        IpAddr::V6(_) => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-        IpAddr::V4(v4) if !v4.is_unspecified() => ip,
-        IpAddr::V4(_) => IpAddr::from([127, 0, 0, 1]),
+        Some(IpAddr::V6(v6)) if v6.is_unspecified() => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        Some(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::from([127, 0, 0, 1]),
     }
 }
 

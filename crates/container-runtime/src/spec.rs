@@ -108,8 +108,8 @@ pub struct ContainerSpec {
     pub dns: Vec<std::net::IpAddr>,
     /// The container's own network, when it has one.
     pub network: Option<String>,
-    /// `[docker.ports] host_ip`: where the host ports are bound.
-    pub publish_ip: std::net::IpAddr,
+    /// `[docker.ports] host_ip`: where the host ports are bound (None: every address).
+    pub publish_ip: Option<std::net::IpAddr>,
 }
 
 /// A request that cannot be honoured, naming the field.
@@ -288,7 +288,7 @@ impl ContainerSpec {
             .iter()
             .map(|p| {
                 let host_port = if p.host_port == 0 { String::new() } else { p.host_port.to_string() };
-                let host_ip = Some(self.publish_ip.to_string());
+                let host_ip = self.publish_ip.map(|ip| ip.to_string());
                 (proto(p), Some(vec![PortBinding { host_ip, host_port: Some(host_port) }]))
             })
             .collect();
@@ -422,7 +422,7 @@ mod tests {
             created_at: 1_800_000_000,
             dns: vec!["8.8.8.8".parse().unwrap()],
             network: Some("basilica-c-0123456789ab".into()),
-            publish_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+            publish_ip: None,
         }
     }
 
@@ -495,7 +495,7 @@ mod tests {
                 }],
                 "NetworkMode": "basilica-c-0123456789ab",
                 "Dns": ["8.8.8.8"],
-                "PortBindings": {"8888/tcp": [{"HostIp": "0.0.0.0", "HostPort": "40001"}]}
+                "PortBindings": {"8888/tcp": [{"HostPort": "40001"}]}
             }
         });
         assert_eq!(body, expected, "\n{}", serde_json::to_string_pretty(&body).unwrap());

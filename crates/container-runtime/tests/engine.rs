@@ -32,7 +32,7 @@ fn spec(id: &str, command: &str) -> ContainerSpec {
         created_at: 0,
         dns: Vec::new(),
         network: None,
-        publish_ip: std::net::IpAddr::from([0, 0, 0, 0]),
+        publish_ip: None,
     }
 }
 

@@ -123,8 +123,8 @@ pub enum ContainersCommand {
         /// Publish a container port, repeatable: `8888`, `53/udp`, or `8888=40010` for that
         /// host port of `[docker.ports] ranges` (else the lowest free one). The host port and
         /// the `host:port` renters use are in `ports` of the answer.
-        #[arg(long = "port", value_name = "PORT[/udp][=HOST_PORT]")]
-        ports: Vec<String>,
+        #[arg(long = "port", value_name = "PORT[/udp][=HOST_PORT]", value_parser = port_mapping)]
+        ports: Vec<runtime::PortMapping>,
         /// The host port of the one `--port` given (as `--port PORT=HOST_PORT`).
         #[arg(long)]
         host_port: Option<u16>,
@@ -487,7 +487,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 let (k, v) = pair.split_once('=').ok_or_else(|| CtlError::Env(pair.clone()))?;
                 vars.insert(k.to_owned(), v.to_owned());
             }
-            let mut ports = ports.iter().map(|p| port_mapping(p)).collect::<Result<Vec<_>, _>>()?;
+            let mut ports = ports;
             if let Some(host_port) = host_port {
                 match ports.as_mut_slice() {
                     [only] if only.host_port == 0 => only.host_port = host_port.into(),

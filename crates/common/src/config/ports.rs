@@ -101,9 +101,9 @@ pub struct PortsConfig {
     /// Host port pools, e.g. `["40000-40999"]`; each published container port gets one, or the
     /// one it asks for within them. Only ports from 1024 up; empty: no container may publish a port.
     pub ranges: Vec<PortRange>,
-    /// Address published ports bind to on the host (default `0.0.0.0`: every IPv4 address, and
-    /// IPv6 too through Docker's proxy where the engine has it).
-    pub host_ip: IpAddr,
+    /// Address published ports bind to on the host; unset: every address, IPv4 and IPv6 (IPv6
+    /// clients reach the IPv4-only containers through Docker's proxy).
+    pub host_ip: Option<IpAddr>,
     /// Ports within `ranges` never handed out. The node's own listeners (`[server]`, `[metrics]`,
     /// the SSH ports) are always left out as well.
     pub reserved: Vec<PortRange>,
@@ -120,7 +120,7 @@ impl Default for PortsConfig {
     fn default() -> Self {
         Self {
             ranges: vec![PortRange::new(40000, 40999)],
-            host_ip: IpAddr::from([0, 0, 0, 0]),
+            host_ip: None,
             reserved: Vec::new(),
             external_host: None,
             nat: Vec::new(),
@@ -149,8 +149,8 @@ impl PortsConfig {
                 v.fail(key, format!("`{r}` overlaps `{other}`"));
             }
         }
-        if self.host_ip.is_multicast() {
-            v.fail("docker.ports.host_ip", format!("`{}` is a multicast address", self.host_ip));
+        if let Some(ip) = self.host_ip.filter(IpAddr::is_multicast) {
+            v.fail("docker.ports.host_ip", format!("`{ip}` is a multicast address"));
         }
         for r in &self.reserved {
             if !self.ranges.iter().any(|p| p.overlaps(*r)) {

@@ -179,7 +179,7 @@ impl Runtime {
     /// Gives `ports` their host ports (the create lock is held by the caller).
     async fn assign_ports(&self, ports: &mut [Port]) -> Result<(), RuntimeError> {
         let in_use = self.ports_in_use().await?;
-        let ip = self.ports.host_ip();
+        let ip = self.ports.probe_ip();
         let assigned = self.ports.allocate(ports, &in_use, |port, udp| crate::ports::bindable(ip, port, udp));
         if let Err(crate::ports::PortError::Exhausted { .. }) = &assigned {
             metrics::counter!("executor_container_runtime_ports_exhausted_total").increment(1);
