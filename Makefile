@@ -32,9 +32,10 @@ setup: docker packages venv
 
 ## Distribution packages the tests use: Prometheus and promtool (a real scraper), busybox-static
 ## (test images are built from it: nothing can be pulled), systemd-analyze (the unit), sshd
-## (deploy.sh's test host), debootstrap and docker-compose (the executor image and compose file).
+## (deploy.sh's test host), debootstrap and docker-compose (the executor image and compose file),
+## rsync (renters' `rsync -e ssh`, with the host's rsync copied into a test image).
 packages:
-	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus systemd-analyze:systemd sshd:openssh-server debootstrap:debootstrap docker-compose:docker-compose -:busybox-static docker-registry:docker-registry ip:iproute2 tc:iproute2 ssh:openssh-client ssh-keygen:openssh-client
+	@scripts/ensure-packages.sh prometheus:prometheus promtool:prometheus systemd-analyze:systemd sshd:openssh-server debootstrap:debootstrap docker-compose:docker-compose -:busybox-static docker-registry:docker-registry ip:iproute2 tc:iproute2 ssh:openssh-client ssh-keygen:openssh-client rsync:rsync
 
 ## Start the Docker engine, installing it from the distribution if it is missing.
 docker:

@@ -880,3 +880,96 @@ where
     }
     out
 }
+
+/// An image with the host's rsync (and the libraries it links) over the busybox test image.
+async fn rsync_image() -> &'static str {
+    const TAG: &str = "basilica-test/rsync:latest";
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let rsync = which_path("rsync");
+    let (_, ldd) = e2e::process::sh("ldd", &[rsync.to_str().unwrap()]).await;
+    let libraries = ldd.split_whitespace().filter(|w| w.starts_with('/')).map(PathBuf::from);
+    for file in std::iter::once(rsync.clone()).chain(libraries) {
+        let target = root.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(std::fs::canonicalize(&file).unwrap(), &target).unwrap();
+    }
+    std::fs::write(dir.path().join("Dockerfile"), format!("FROM {BUSYBOX_IMAGE}\nCOPY root/ /\n")).unwrap();
+    let out = ProcessSpec::new("docker")
+        .args(["build", "-q", "-t", TAG])
+        .arg(dir.path())
+        .output(Duration::from_secs(300), 1 << 20)
+        .await
+        .unwrap();
+    assert!(out.status.success(), "docker build: {}", text(&out));
+    TAG
+}
+
+fn which_path(tool: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join(tool)).find(|p| p.is_file()).unwrap())
+        .unwrap()
+}
+
+/// `rsync -e ssh` both ways where the image has rsync: the remote rsync is a command the SSH
+/// server runs in the container, speaking its protocol over the session.
+#[tokio::test]
+async fn rsync_works_where_the_image_has_it() {
+    if !busybox_image().await || !require_tool("ssh, rsync", which("ssh") && which("rsync") && which("ldd")) {
+        return;
+    }
+    let image = rsync_image().await;
+    let node = Node::start(TestConfig::new("")).await;
+    let client = client(&node).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key, line) = renter_key(dir.path(), "a").await;
+    let created = client
+        .create_container(pb::CreateContainerRequest {
+            image: image.into(),
+            command: vec!["sleep".into(), "600".into()],
+            ssh_public_keys: vec![line],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = created.id;
+    client.start_container(pb::ContainerRef { id: id.clone() }).await.unwrap();
+    let local = dir.path().join("tree");
+    std::fs::create_dir_all(local.join("sub")).unwrap();
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    std::fs::write(local.join("sub/data.bin"), &data).unwrap();
+    std::fs::write(local.join("notes.txt"), "renter's notes\n").unwrap();
+    let transport = format!(
+        "ssh -p {} -i {} -o IdentitiesOnly=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes",
+        node.config.ports.tenant_ssh,
+        key.display()
+    );
+    let rsync = |from: String, to: String, extra: &[&str]| {
+        ProcessSpec::new("rsync").args(["-a", "-e", transport.as_str()]).args(extra.iter().copied()).arg(from).arg(to)
+    };
+    let out = e2e::process::capture(
+        rsync(format!("{}/", local.display()), format!("{id}@127.0.0.1:/tmp/tree/"), &[]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.status.success(), "rsync up: {}", text(&out));
+    let out =
+        output(ssh(&node, &key, &id, &[], Some("cat /tmp/tree/notes.txt; wc -c < /tmp/tree/sub/data.bin")), b"").await;
+    assert_eq!(stdout(&out), format!("renter's notes\n{}\n", data.len()), "{}", text(&out));
+    let back = dir.path().join("back");
+    let out = e2e::process::capture(
+        rsync(format!("{id}@127.0.0.1:/tmp/tree/"), format!("{}/", back.display()), &[]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.status.success(), "rsync down: {}", text(&out));
+    assert!(std::fs::read(back.join("sub/data.bin")).unwrap() == data, "the tree came back changed");
+    // A second run sends nothing that did not change.
+    let out = e2e::process::capture(
+        rsync(format!("{}/", local.display()), format!("{id}@127.0.0.1:/tmp/tree/"), &["--stats"]),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(stdout(&out).contains("Number of regular files transferred: 0"), "{}", text(&out));
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.unwrap();
+}

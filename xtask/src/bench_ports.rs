@@ -59,7 +59,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     let config = TestConfig::with_ports(
         "ranges = [\"46000-46999\"]",
         "\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n\
-         [docker.resource_limits]\nnetwork_bps = 100000000000\n",
+         [docker.resource_limits]\nnetwork_bps = 10000000000\n",
     );
     let (mut child, mut client) = start_runtime(&root, &config).await?;
     // A network like each tenant's own, for Docker alone.

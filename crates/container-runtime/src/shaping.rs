@@ -30,9 +30,10 @@ pub fn ifb_name(id: &str) -> String {
 }
 
 /// Bucket size for `rate` bytes/s: 50 ms of traffic, at least 32 KiB (a few full frames plus
-/// what the timer granularity needs).
+/// what the timer granularity needs), at most 1 GiB (`tc` takes a 32-bit burst: at the rates
+/// the config allows, up to 10 TB/s, 50 ms would not fit).
 pub fn burst_bytes(rate: u64) -> u64 {
-    (rate / 20).max(32 << 10)
+    (rate / 20).clamp(32 << 10, 1 << 30)
 }
 
 /// The `tc` argument lists that shape `veth` (and its `ifb`) to `rate` bytes/s each way, in order.
@@ -162,6 +163,7 @@ mod tests {
         assert!(ifb_name("c-0123456789ab").len() <= 15);
         assert_eq!(burst_bytes(1 << 20), 52_428);
         assert_eq!(burst_bytes(1000), 32 << 10);
+        assert_eq!(burst_bytes(10_000_000_000_000), 1 << 30, "the most the config allows fits tc's 32 bits");
     }
 
     #[test]
