@@ -165,15 +165,16 @@ shutdown_timeout = "5s"
             health = p.health,
             ssh = p.ssh,
             tenant_ssh = p.tenant_ssh,
+            // The defaults first: `docker_ports` may end in a table of its own (`[[docker.ports.nat]]`).
             docker_ports = {
-                let mut body = docker_ports.to_owned();
-                if !body.contains("ranges") {
-                    body.push_str(&format!("\nranges = [\"{}-{}\"]", p.pool, p.pool + POOL_PORTS - 1));
+                let mut body = String::new();
+                if !docker_ports.contains("ranges") {
+                    body.push_str(&format!("ranges = [\"{}-{}\"]\n", p.pool, p.pool + POOL_PORTS - 1));
                 }
-                if !body.contains("external_host") {
-                    body.push_str("\nexternal_host = \"127.0.0.1\"");
+                if !docker_ports.contains("external_host") {
+                    body.push_str("external_host = \"127.0.0.1\"\n");
                 }
-                body
+                body + docker_ports
             },
             m0 = p.metrics[0],
             m1 = p.metrics[1],

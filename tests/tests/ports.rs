@@ -207,6 +207,7 @@ async fn ports_come_from_the_pool_once_each_and_survive_a_kill() {
     let (_, metrics) = e2e::http_get(config.ports.metrics[1], "/metrics").await.unwrap();
     assert!(metrics.contains("executor_container_runtime_ports_pool_size 59"), "{metrics}");
     assert!(metrics.contains("executor_container_runtime_ports_exhausted_total 1"), "{metrics}");
+    assert!(metrics.contains("executor_container_runtime_ports_allocated 59"), "{metrics}");
 
     // A removed container's ports are free again, and a running one publishes where it says.
     client.remove(pb::RemoveContainerRequest { id: created[0].id.clone(), force: true }).await.unwrap();
@@ -257,6 +258,27 @@ async fn the_reachability_check_tells_a_reachable_pool_from_a_wrong_address() {
     client.create(req).await.unwrap();
     let r = client.check_ports(pb::CheckPortsRequest {}).await.unwrap().into_inner();
     assert_eq!((r.host_port, r.allocated), (u32::from(config.ports.pool) + 1, 1), "{r:?}");
+    remove_all(&mut client).await;
+
+    // Behind a router forwarding other port numbers: renters are told the router's port, and
+    // the check says what it cannot see.
+    let (pool, external) = (config.ports.pool, 50000 + config.ports.pool % 10000);
+    let last = pool + e2e::POOL_PORTS - 1;
+    let body = format!(
+        "ranges = [\"{pool}-{last}\"]\n[[docker.ports.nat]]\nhost = \"{pool}-{last}\"\nexternal = \"{external}-{}\"",
+        external + e2e::POOL_PORTS - 1
+    );
+    let config = TestConfig::with_ports(&body, "");
+    let (_service, mut client) = start_service(&config).await;
+    let mut req = request("sleep 600");
+    req.ports = vec![port(80, "tcp")];
+    let c = client.create(req).await.unwrap().into_inner();
+    assert_eq!(c.ports[0].host_port, u32::from(pool), "{c:?}");
+    assert_eq!(c.ports[0].external_port, u32::from(external), "{c:?}");
+    assert_eq!(c.ports[0].external_endpoint, format!("127.0.0.1:{external}"), "{c:?}");
+    let r = client.check_ports(pb::CheckPortsRequest {}).await.unwrap().into_inner();
+    assert!(r.tcp_reachable && r.udp_reachable, "{r:?}");
+    assert!(r.note.contains("(docker.ports.nat): the router's forward"), "{r:?}");
     remove_all(&mut client).await;
 
     // An external host that is not this machine (TEST-NET-2, routed nowhere here).

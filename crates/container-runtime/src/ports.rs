@@ -6,7 +6,7 @@
 //! A port that something else on the host holds is skipped: each candidate is bound once,
 //! with the protocol it is for, before it is handed out.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use common::config::{Config, PortsConfig};
@@ -53,7 +53,7 @@ pub enum PortError {
 pub struct PortPool {
     config: PortsConfig,
     /// Reserved port → why (the config key of the listener, or `docker.ports.reserved`).
-    reserved: Vec<(u16, String)>,
+    reserved: BTreeMap<u16, String>,
     /// Where a renter connects, when known.
     external_host: Option<String>,
 }
@@ -61,11 +61,10 @@ pub struct PortPool {
 impl PortPool {
     pub fn new(config: &Config) -> Self {
         let ports = config.docker.ports.clone();
-        let mut reserved: Vec<(u16, String)> =
-            config.listeners().into_iter().map(|(key, _, port)| (port, key.to_owned())).collect();
-        for r in &ports.reserved {
-            reserved.extend(r.ports().map(|p| (p, "docker.ports.reserved".to_owned())));
-        }
+        let mut reserved: BTreeMap<u16, String> =
+            ports.reserved.iter().flat_map(|r| r.ports()).map(|p| (p, "docker.ports.reserved".to_owned())).collect();
+        // A listener's own key says more than `reserved` does.
+        reserved.extend(config.listeners().into_iter().map(|(key, _, port)| (port, key.to_owned())));
         let external_host = ports
             .external_host
             .as_ref()
@@ -80,7 +79,7 @@ impl PortPool {
     }
 
     fn reserved(&self, port: u16) -> Option<&str> {
-        self.reserved.iter().find(|(p, _)| *p == port).map(|(_, why)| why.as_str())
+        self.reserved.get(&port).map(String::as_str)
     }
 
     /// Ports the pool can hand out.
