@@ -21,6 +21,18 @@ pub struct Port {
     pub udp: bool,
 }
 
+impl Port {
+    /// `tcp` or `udp`.
+    pub fn protocol(&self) -> &'static str {
+        if self.udp { "udp" } else { "tcp" }
+    }
+
+    /// Docker's name of the container side: `8888/tcp`.
+    pub fn container_side(&self) -> String {
+        format!("{}/{}", self.container_port, self.protocol())
+    }
+}
+
 /// The host ports a container got: `8888/tcp=40001,53/udp=40002`.
 pub const LABEL_PORTS: &str = "ai.basilica.executor.ports";
 
@@ -123,7 +135,7 @@ impl PortPool {
         let mut taken = in_use.clone();
         let mut seen = BTreeSet::new();
         for (index, p) in ports.iter().enumerate() {
-            let name = format!("{}/{}", p.container_port, if p.udp { "udp" } else { "tcp" });
+            let name = p.container_side();
             if !seen.insert(name.clone()) {
                 return Err(PortError::Twice { index, port: name });
             }
@@ -338,11 +350,7 @@ pub fn bindable(ip: IpAddr, port: u16, udp: bool) -> bool {
 
 /// The label value for `ports`.
 pub fn label(ports: &[Port]) -> String {
-    ports
-        .iter()
-        .map(|p| format!("{}/{}={}", p.container_port, if p.udp { "udp" } else { "tcp" }, p.host_port))
-        .collect::<Vec<_>>()
-        .join(",")
+    ports.iter().map(|p| format!("{}={}", p.container_side(), p.host_port)).collect::<Vec<_>>().join(",")
 }
 
 /// The ports a label value records; malformed entries are skipped.

@@ -282,14 +282,13 @@ impl ContainerSpec {
         let throttle = |rate: u64| {
             disk_device.map(|path| vec![ThrottleDevice { path: Some(path.to_owned()), rate: Some(rate as i64) }])
         };
-        let proto = |p: &Port| format!("{}/{}", p.container_port, if p.udp { "udp" } else { "tcp" });
         let port_bindings: HashMap<String, Option<Vec<PortBinding>>> = self
             .ports
             .iter()
             .map(|p| {
                 let host_port = if p.host_port == 0 { String::new() } else { p.host_port.to_string() };
                 let host_ip = self.publish_ip.map(|ip| ip.to_string());
-                (proto(p), Some(vec![PortBinding { host_ip, host_port: Some(host_port) }]))
+                (p.container_side(), Some(vec![PortBinding { host_ip, host_port: Some(host_port) }]))
             })
             .collect();
         let cmd: Vec<String> = self.command.iter().chain(&self.args).cloned().collect();
@@ -298,7 +297,7 @@ impl ContainerSpec {
             cmd: if cmd.is_empty() { None } else { Some(cmd) },
             env: Some(env),
             labels: Some(self.all_labels(executor_id)),
-            exposed_ports: Some(self.ports.iter().map(proto).collect()),
+            exposed_ports: Some(self.ports.iter().map(Port::container_side).collect()),
             host_config: Some(HostConfig {
                 privileged: Some(false),
                 cap_drop: Some(vec!["ALL".into()]),

@@ -59,7 +59,7 @@ fn mapping(p: &crate::ports::Port) -> pb::PortMapping {
     pb::PortMapping {
         container_port: p.container_port.into(),
         host_port: p.host_port.into(),
-        protocol: if p.udp { "udp" } else { "tcp" }.to_owned(),
+        protocol: p.protocol().to_owned(),
         ..Default::default()
     }
 }

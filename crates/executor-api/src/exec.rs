@@ -32,11 +32,9 @@ pub(crate) const MAX_OUTPUT_BYTES: u64 = 256 << 20;
 /// The most stdin a call may carry. The whole request is also bounded by the layer's
 /// [`crate::layer::MAX_REQUEST_BYTES`].
 pub(crate) const MAX_STDIN_BYTES: usize = 1 << 20;
-/// The most arguments of a command, and the most environment entries and the longest one: the
-/// bounds container-runtime's Attach sets, checked here so that refusals name our fields.
+/// The most arguments of a command: the bound container-runtime's Attach sets, checked here so
+/// that refusals name our fields (the environment's are `common::exec_env`'s, shared with it).
 pub(crate) const MAX_ARGS: usize = 1024;
-pub(crate) const MAX_ENV: usize = 64;
-const MAX_ENV_BYTES: usize = 32 << 10;
 /// Stdin goes to Attach in messages of this size, so that none is large.
 const STDIN_CHUNK: usize = 64 << 10;
 /// Messages on their way to the caller: output waits for room here, so a caller that reads
@@ -63,37 +61,21 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument { field, message: message.into() }
 }
 
-/// A variable name as shells take it: `[A-Za-z_][A-Za-z0-9_]*`.
-fn is_variable_name(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Checks `env`: `KEY=VALUE` entries by the grammar above. GPUs are the container's own
+/// Checks `env` by the grammar Attach takes (`common::exec_env`). GPUs are the container's own
 /// (`NVIDIA_*` at create): an exec may not name others. Values are never echoed, only keys.
 fn check_env(env: &[String]) -> Result<(), ApiError> {
-    if env.len() > MAX_ENV {
-        return Err(invalid("env", format!("{} entries, at most {MAX_ENV}", env.len())));
-    }
-    for (i, entry) in env.iter().enumerate() {
-        let Some((key, _)) = entry.split_once('=') else {
-            return Err(invalid("env", format!("entry {i} is not KEY=VALUE")));
+    use common::exec_env::{EnvProblem as P, MAX_ENTRIES, MAX_ENTRY_BYTES};
+    common::exec_env::check(env, Some("NVIDIA_")).map_err(|problem| {
+        let message = match problem {
+            P::TooMany(n) => format!("{n} entries, at most {MAX_ENTRIES}"),
+            P::NotKeyValue { index } => format!("entry {index} is not KEY=VALUE"),
+            P::BadKey { index } => format!("entry {index}: the key is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+            P::Forbidden { index, key } => format!("entry {index}: `{key}`: NVIDIA_ variables are the container's own"),
+            P::Nul { index, key } => format!("entry {index} (`{key}`) contains NUL"),
+            P::TooLong { index, key } => format!("entry {index} (`{key}`) is longer than {MAX_ENTRY_BYTES} bytes"),
         };
-        if !is_variable_name(key) {
-            return Err(invalid("env", format!("entry {i}: the key is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")));
-        }
-        if key.starts_with("NVIDIA_") {
-            return Err(invalid("env", format!("entry {i}: `{key}`: NVIDIA_ variables are the container's own")));
-        }
-        if entry.contains('\0') {
-            return Err(invalid("env", format!("entry {i} (`{key}`) contains NUL")));
-        }
-        if entry.len() > MAX_ENV_BYTES {
-            return Err(invalid("env", format!("entry {i} (`{key}`) is longer than {MAX_ENV_BYTES} bytes")));
-        }
-    }
-    Ok(())
+        invalid("env", message)
+    })
 }
 
 fn check_command(command: &[String]) -> Result<(), ApiError> {

@@ -21,9 +21,6 @@ use crate::engine::EngineError;
 use crate::rootfs::{self, RootError};
 use crate::spec::SpecError;
 
-/// The most `start.env` entries, and the longest one.
-const MAX_ENV: usize = 64;
-const MAX_ENV_BYTES: usize = 32 << 10;
 /// The most arguments of `start.command`.
 const MAX_ARGS: usize = 1024;
 /// The widest and tallest terminal, in characters.
@@ -53,30 +50,21 @@ pub(super) fn invalid(field: impl Into<String>, message: impl Into<String>) -> R
     RuntimeError::Invalid(SpecError { field: field.into(), message: message.into() })
 }
 
-/// A variable name as shells take it.
-fn is_variable_name(key: &str) -> bool {
-    let mut chars = key.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// The exec's environment: `start.env` checked, and TERM=xterm for a TTY that names none.
+/// The exec's environment: `start.env` checked (`common::exec_env`), and TERM=xterm for a TTY
+/// that names none.
 fn environment(env: &[String], tty: bool) -> Result<Vec<String>, RuntimeError> {
-    if env.len() > MAX_ENV {
-        return Err(invalid("start.env", format!("{} entries, at most {MAX_ENV}", env.len())));
-    }
-    for (i, entry) in env.iter().enumerate() {
-        let field = format!("start.env[{i}]");
-        let Some((key, _)) = entry.split_once('=') else { return Err(invalid(field, "not KEY=VALUE")) };
-        if !is_variable_name(key) {
-            return Err(invalid(field, "the key is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"));
-        }
-        if entry.contains('\0') {
-            return Err(invalid(field, "contains NUL"));
-        }
-        if entry.len() > MAX_ENV_BYTES {
-            return Err(invalid(field, format!("longer than {MAX_ENV_BYTES} bytes")));
-        }
+    use common::exec_env::{EnvProblem as P, MAX_ENTRIES, MAX_ENTRY_BYTES};
+    if let Err(problem) = common::exec_env::check(env, None) {
+        let entry = |index: usize, message: String| invalid(format!("start.env[{index}]"), message);
+        return Err(match problem {
+            P::TooMany(n) => invalid("start.env", format!("{n} entries, at most {MAX_ENTRIES}")),
+            P::NotKeyValue { index } => entry(index, "not KEY=VALUE".into()),
+            P::BadKey { index } => entry(index, "the key is not a variable name ([A-Za-z_][A-Za-z0-9_]*)".into()),
+            // No prefix is forbidden here: executor-api refuses NVIDIA_ keys for its callers.
+            P::Forbidden { index, .. } => entry(index, "a forbidden key".into()),
+            P::Nul { index, .. } => entry(index, "contains NUL".into()),
+            P::TooLong { index, .. } => entry(index, format!("longer than {MAX_ENTRY_BYTES} bytes")),
+        });
     }
     let mut env = env.to_vec();
     if tty && !env.iter().any(|e| e.starts_with("TERM=")) {
@@ -254,10 +242,10 @@ mod tests {
         ] {
             assert_eq!(field(env(entries, false).unwrap_err()), bad, "{entries:?}");
         }
-        let many: Vec<String> = (0..=MAX_ENV).map(|i| format!("V{i}=x")).collect();
+        let many: Vec<String> = (0..=common::exec_env::MAX_ENTRIES).map(|i| format!("V{i}=x")).collect();
         assert_eq!(field(environment(&many, false).unwrap_err()), "start.env");
-        assert!(environment(&many[..MAX_ENV], false).is_ok());
-        let long = vec![format!("A={}", "x".repeat(MAX_ENV_BYTES))];
+        assert!(environment(&many[..common::exec_env::MAX_ENTRIES], false).is_ok());
+        let long = vec![format!("A={}", "x".repeat(common::exec_env::MAX_ENTRY_BYTES))];
         assert_eq!(field(environment(&long, false).unwrap_err()), "start.env[0]");
     }
 
