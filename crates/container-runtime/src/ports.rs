@@ -353,6 +353,11 @@ pub fn label(ports: &[Port]) -> String {
     ports.iter().map(|p| format!("{}={}", p.container_side(), p.host_port)).collect::<Vec<_>>().join(",")
 }
 
+/// The host ports the containers with these labels hold.
+pub fn held<'a>(labels: impl Iterator<Item = &'a std::collections::HashMap<String, String>>) -> BTreeSet<u16> {
+    labels.filter_map(|l| l.get(LABEL_PORTS)).flat_map(|recorded| parse_label(recorded)).map(|p| p.host_port).collect()
+}
+
 /// The ports a label value records; malformed entries are skipped.
 pub fn parse_label(value: &str) -> Vec<Port> {
     value
@@ -429,6 +434,12 @@ mod tests {
         assert_eq!(label(&ports), "8888/tcp=40001,53/udp=40002");
         assert_eq!(parse_label(&label(&ports)), ports);
         assert_eq!(parse_label("junk,80/sctp=1,8888/tcp=40001"), vec![port(8888, 40001, false)]);
+        let containers = [
+            std::collections::HashMap::from([(LABEL_PORTS.to_owned(), label(&ports))]),
+            std::collections::HashMap::new(),
+            std::collections::HashMap::from([(LABEL_PORTS.to_owned(), "80/tcp=40007".to_owned())]),
+        ];
+        assert_eq!(held(containers.iter()), BTreeSet::from([40001, 40002, 40007]));
         let nat = vec![NatMapping { host: PortRange::new(40000, 40099), external: PortRange::new(50000, 50099) }];
         let pool = pool(&[PortRange::new(40000, 40999)], nat);
         let mut mappings = vec![pb::PortMapping {

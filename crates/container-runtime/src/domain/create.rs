@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bollard::models::ContainerSummary;
 use common::proto::runtime::v1 as pb;
 
 use super::{Runtime, RuntimeError};
@@ -125,16 +126,17 @@ impl Runtime {
             spec.labels.insert(LABEL_SIGNATURE.to_owned(), admitted.signature);
         }
         let _guard = self.create_lock.lock().await;
-        let existing = self.engine.list_ours().await?.len();
+        // One listing under the lock serves the cap, the GPUs and the ports held.
+        let ours = self.engine.list_ours().await?;
         let cap = self.config.max_concurrent_containers as usize;
-        if existing >= cap {
+        if ours.len() >= cap {
             return Err(RuntimeError::TooMany { cap });
         }
         if gpus.count > 0 || !gpus.uuids.is_empty() {
-            spec.gpu_uuids = self.assign_gpus(&gpus).await?;
+            spec.gpu_uuids = self.assign_gpus(&gpus, &ours).await?;
         }
         if !spec.ports.is_empty() {
-            self.assign_ports(&mut spec.ports).await?;
+            self.assign_ports(&mut spec.ports, &ours)?;
         }
         let mode = match &self.pool {
             Some(pool) => {
@@ -176,9 +178,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Gives `ports` their host ports (the create lock is held by the caller).
-    async fn assign_ports(&self, ports: &mut [Port]) -> Result<(), RuntimeError> {
-        let in_use = self.ports_in_use().await?;
+    /// Gives `ports` their host ports, given `ours`, every container of ours (the create lock is
+    /// held by the caller).
+    fn assign_ports(&self, ports: &mut [Port], ours: &[ContainerSummary]) -> Result<(), RuntimeError> {
+        let in_use = crate::ports::held(ours.iter().filter_map(|c| c.labels.as_ref()));
         let ip = self.ports.probe_ip();
         let assigned = self.ports.allocate(ports, &in_use, |port, udp| crate::ports::bindable(ip, port, udp));
         if let Err(crate::ports::PortError::Exhausted { .. }) = &assigned {
@@ -211,24 +214,19 @@ impl Runtime {
 
     /// The host ports our containers hold, from their labels.
     pub async fn ports_in_use(&self) -> Result<std::collections::BTreeSet<u16>, RuntimeError> {
-        let mut in_use = std::collections::BTreeSet::new();
-        for c in self.engine.list_ours().await? {
-            let labels = c.labels.unwrap_or_default();
-            let recorded = labels.get(crate::ports::LABEL_PORTS).map(String::as_str).unwrap_or("");
-            in_use.extend(crate::ports::parse_label(recorded).into_iter().map(|p| p.host_port));
-        }
-        Ok(in_use)
+        let ours = self.engine.list_ours().await?;
+        Ok(crate::ports::held(ours.iter().filter_map(|c| c.labels.as_ref())))
     }
 
-    /// Assigns GPUs for `request` (the create lock is held by the caller).
-    async fn assign_gpus(&self, request: &GpuRequest) -> Result<Vec<String>, RuntimeError> {
+    /// Assigns GPUs for `request`, given `ours`, every container of ours (the create lock is
+    /// held by the caller).
+    async fn assign_gpus(&self, request: &GpuRequest, ours: &[ContainerSummary]) -> Result<Vec<String>, RuntimeError> {
         let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuInventory)?;
         let visible = common::config::parse_visible_devices(&self.config.gpu_config.visible_devices)
             .map_err(RuntimeError::VisibleDevices)?;
         let candidates = crate::gpus::tenant_gpus(&inventory.gpus, visible.as_deref());
         let mut in_use = BTreeMap::new();
-        for c in self.engine.list_ours().await? {
-            let labels = c.labels.unwrap_or_default();
+        for labels in ours.iter().filter_map(|c| c.labels.as_ref()) {
             let owner = labels.get(LABEL_ID).cloned().unwrap_or_default();
             for uuid in labels.get(LABEL_GPUS).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty()) {
                 in_use.insert(uuid.to_owned(), owner.clone());
