@@ -187,8 +187,8 @@ impl Runtime {
         if let Err(crate::ports::PortError::Exhausted { .. }) = &assigned {
             metrics::counter!("executor_container_runtime_ports_exhausted_total").increment(1);
         }
+        // `…_ports_allocated` has one writer, the reaper's round, so it never goes back in time.
         assigned?;
-        metrics::gauge!("executor_container_runtime_ports_allocated").set((in_use.len() + ports.len()) as f64);
         Ok(())
     }
 
