@@ -121,6 +121,19 @@ async fn a_renter_gets_a_terminal_and_commands_in_their_container_and_nothing_el
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     assert_eq!(lines[0].split(' ').next(), Some("42"), "{lines:?}");
     assert_eq!(lines[1], "not a tty", "{lines:?}");
+    // By default only AES-GCM is offered: the stock client settles on it, and a client that
+    // insists on ChaCha20-Poly1305 or AES-CTR is told there is no match.
+    let out = output(ssh(&node, &key_a, &first, &["-v"], Some("true")), b"").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cipher: aes128-gcm@openssh.com MAC: <implicit>"), "{stderr}");
+    let out = output(ssh(&node, &key_a, &first, &["-c", "aes256-gcm@openssh.com"], Some("echo gcm")), b"").await;
+    assert_eq!(stdout(&out).trim(), "gcm", "{}", text(&out));
+    for cipher in ["chacha20-poly1305@openssh.com", "aes128-ctr"] {
+        let out = output(ssh(&node, &key_a, &first, &["-c", cipher], Some("true")), b"").await;
+        assert_eq!(out.status.code(), Some(255), "{}", text(&out));
+        assert!(text(&out).contains("no matching cipher found"), "{}", text(&out));
+    }
     // Standard input reaches it, and its end is the command's end of file.
     let out = output(ssh(&node, &key_a, &first, &[], Some("wc -c")), &[b'x'; 100_000]).await;
     assert_eq!(stdout(&out).trim(), "100000", "{}", text(&out));
@@ -622,7 +635,7 @@ async fn pre_login_caps_grace_channels_idle_and_rate_limit_hold() {
     if !busybox_image().await || !require_tool("ssh", which("ssh")) {
         return;
     }
-    let tenant = "max_unauthenticated_connections = 4\nmax_unauthenticated_per_address = 2\nlogin_grace_time = \"2s\"\nmax_channels_per_session = 1\nidle_timeout = \"10s\"\nssh_requests_per_minute = 12";
+    let tenant = "max_unauthenticated_connections = 4\nmax_unauthenticated_per_address = 2\nlogin_grace_time = \"2s\"\nmax_channels_per_session = 1\nidle_timeout = \"10s\"\nssh_requests_per_minute = 12\nciphers = [\"aes128-ctr\", \"chacha20-poly1305@openssh.com\"]";
     let Rental { node, client, dir, key, id, .. } = Rental::start(TestConfig::with_tenant_access(tenant, "")).await;
     let port = node.config.ports.tenant_ssh;
 
@@ -692,6 +705,14 @@ async fn pre_login_caps_grace_channels_idle_and_rate_limit_hold() {
         .expect("an idle connection stayed open")
         .unwrap();
     println!("idle connection closed after {:?}", idle_since.elapsed());
+
+    // `ciphers`: what is listed is offered (the stock client takes ChaCha20-Poly1305 first),
+    // what is not is refused.
+    let out = output(ssh(&node, &key, &id, &["-v"], Some("true")), b"").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cipher: chacha20-poly1305@openssh.com"), "{stderr}");
+    let out = output(ssh(&node, &key, &id, &["-c", "aes256-gcm@openssh.com"], Some("true")), b"").await;
+    assert!(text(&out).contains("no matching cipher found"), "{}", text(&out));
 
     // The rate limit: this address's connections within the minute run out.
     let mut refused = false;

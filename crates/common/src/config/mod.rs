@@ -45,7 +45,7 @@ pub use ports::{NatMapping, PortRange, PortsConfig};
 pub use registry::{RegistryConfig, RegistrySettings, SignatureMode};
 pub use server::ServerConfig;
 pub use system::{GpuBackendKind, SystemConfig};
-pub use tenant::TenantAccessConfig;
+pub use tenant::{SshCipher, TenantAccessConfig};
 pub use validator::{
     AccessConfig, AccessLimits, HotkeyVerification, RateLimits, SshServerKind, ValidatorConfig, in_network,
     parse_network,

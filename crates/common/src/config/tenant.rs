@@ -40,6 +40,32 @@ pub struct TenantAccessConfig {
     /// A connection that has not authenticated within this is closed.
     #[serde(with = "human_duration")]
     pub login_grace_time: Duration,
+    /// Ciphers the server offers renters, from `aes256-gcm@openssh.com`,
+    /// `aes128-gcm@openssh.com`, `aes256-ctr`, `aes192-ctr`, `aes128-ctr` and
+    /// `chacha20-poly1305@openssh.com`. The client takes the first of its own list that is
+    /// offered, and OpenSSH lists ChaCha20-Poly1305 and then AES-CTR (with HMAC-SHA2) before
+    /// AES-GCM: offering only AES-GCM (the default) has every recent client use the cipher the
+    /// processors of both ends run in hardware, about half the CPU of the others on a large
+    /// copy (docs/benchmarks.md, "Renters"). Clients without AES-GCM (PuTTY before 0.76,
+    /// libssh2 before 1.11) need `aes128-ctr` added.
+    pub ciphers: Vec<SshCipher>,
+}
+
+/// A cipher of the renters' SSH server, by its SSH name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SshCipher {
+    #[serde(rename = "aes256-gcm@openssh.com")]
+    Aes256Gcm,
+    #[serde(rename = "aes128-gcm@openssh.com")]
+    Aes128Gcm,
+    #[serde(rename = "aes256-ctr")]
+    Aes256Ctr,
+    #[serde(rename = "aes192-ctr")]
+    Aes192Ctr,
+    #[serde(rename = "aes128-ctr")]
+    Aes128Ctr,
+    #[serde(rename = "chacha20-poly1305@openssh.com")]
+    Chacha20Poly1305,
 }
 
 impl Default for TenantAccessConfig {
@@ -56,6 +82,7 @@ impl Default for TenantAccessConfig {
             max_unauthenticated_connections: 64,
             max_unauthenticated_per_address: 8,
             login_grace_time: Duration::from_secs(30),
+            ciphers: vec![SshCipher::Aes256Gcm, SshCipher::Aes128Gcm],
         }
     }
 }
@@ -79,5 +106,8 @@ impl TenantAccessConfig {
         v.range(&format!("{key}.max_unauthenticated_per_address"), per_address, 1.0, total.max(1.0));
         let grace = duration_between(self.login_grace_time, Duration::from_secs(1), Duration::from_secs(600));
         v.result(&format!("{key}.login_grace_time"), grace);
+        if self.ciphers.is_empty() {
+            v.fail(&format!("{key}.ciphers"), "must list at least one cipher (e.g. \"aes256-gcm@openssh.com\")");
+        }
     }
 }

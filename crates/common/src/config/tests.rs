@@ -76,6 +76,8 @@ fn bad_values_name_key_and_file() {
         &["key `docker.ports.nat", "unknown"],
     );
     check_err("[docker.ports]\nrange = [\"40000\"]", &["key `docker.ports.range`", "unknown key"]);
+    check_err("[tenant_access]\nciphers = []", &["key `tenant_access.ciphers`", "at least one"]);
+    check_err("[tenant_access]\nciphers = [\"3des-cbc\"]", &["key `tenant_access.ciphers", "unknown variant"]);
     check_err("[server]\nport = 0", &["key `server.port`", "not 0"]);
     check_err("[server]\nport = -1", &["key `server.port`"]);
     check_err("[server]\nhost = \"localhost:1\"", &["key `server.host`"]);

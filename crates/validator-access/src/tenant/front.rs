@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::clock::SystemClock;
+use common::config::SshCipher;
 use common::peers::{PeerKey, PeerSlots, Slot};
 use common::proto::runtime::v1 as runtime;
 use common::proto::runtime::v1::attach_input::Input;
@@ -41,6 +42,18 @@ use crate::tenant::forward;
 use crate::tenant::sessions::TenantSession;
 use crate::tenant::sftp;
 use crate::time::now;
+
+/// russh's name of a cipher of `[tenant_access] ciphers`.
+fn cipher_name(cipher: SshCipher) -> russh::cipher::Name {
+    match cipher {
+        SshCipher::Aes256Gcm => russh::cipher::AES_256_GCM,
+        SshCipher::Aes128Gcm => russh::cipher::AES_128_GCM,
+        SshCipher::Aes256Ctr => russh::cipher::AES_256_CTR,
+        SshCipher::Aes192Ctr => russh::cipher::AES_192_CTR,
+        SshCipher::Aes128Ctr => russh::cipher::AES_128_CTR,
+        SshCipher::Chacha20Poly1305 => russh::cipher::CHACHA20_POLY1305,
+    }
+}
 
 /// The largest terminal a PTY request may ask for, each way.
 const MAX_TERMINAL: u32 = 1000;
@@ -71,6 +84,10 @@ pub async fn serve(
         keepalive_interval: Some(Duration::from_secs(30)),
         max_auth_attempts: 6,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: c.ciphers.iter().copied().map(cipher_name).collect::<Vec<_>>().into(),
+            ..russh::Preferred::DEFAULT
+        },
         ..Default::default()
     });
     let by_ip = Arc::new(RateLimiter::<PeerKey>::new(c.ssh_requests_per_minute, Arc::new(SystemClock)));
