@@ -11,6 +11,7 @@ use common::proto::api::v1 as api;
 use common::proto::runtime::v1 as pb;
 use e2e::{ALICE, BUSYBOX_IMAGE, Node, TestConfig, busybox_image, http_get};
 use executor_api::client::ExecutorClient;
+use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -258,14 +259,44 @@ async fn executor_ctl_for_operators() {
         "0.5",
         "--ttl-seconds",
         "600",
+        "--shm-bytes",
+        "33554432",
+        "--ulimit",
+        "nofile=2048",
+        "--ulimit",
+        "stack=8388608",
+        "--ipc",
+        "shareable",
+        "--workdir",
+        "/var",
+        "--user",
+        "65534",
+        "--driver-capability",
+        "compute",
+        "--entrypoint",
+        "/bin/sh",
         "--start",
         "--",
-        "sh",
         "-c",
         "echo from ctl; sleep 60",
     ];
     let created = json(&ctl(&node, &key, &create).await);
     assert_eq!(created["state"], "running", "{created}");
+    // The workload options went through the public API to the engine and back.
+    let workload = &created["workload"];
+    assert_eq!(workload["shm_bytes"], 33554432, "{created}");
+    assert_eq!((workload["nofile"].as_u64(), workload["stack"].as_i64()), (Some(2048), Some(8388608)), "{created}");
+    assert_eq!(
+        (&workload["ipc"], &workload["working_dir"], &workload["user"]),
+        (&json!("shareable"), &json!("/var"), &json!("65534"))
+    );
+    assert_eq!((&workload["entrypoint"], &workload["driver_capabilities"]), (&json!(["/bin/sh"]), &json!(["compute"])));
+    let out = ctl(&node, &key, &["containers", "create", "--image", BUSYBOX_IMAGE, "--ulimit", "nproc=5"]).await;
+    assert_eq!(out.status.code(), Some(2), "a bad --ulimit is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ulimit"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = ctl(&node, &key, &["containers", "create", "--image", BUSYBOX_IMAGE, "--ipc", "host"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workload.ipc"), "{}", String::from_utf8_lossy(&out.stderr));
     let id = created["id"].as_str().unwrap();
     let mut logs = String::new();
     for _ in 0..50 {

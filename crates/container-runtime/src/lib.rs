@@ -52,6 +52,7 @@ pub mod spec;
 pub mod status;
 pub mod stops;
 pub mod teardown;
+pub mod workload;
 
 use std::time::Duration;
 

@@ -52,10 +52,6 @@ impl Hardening {
 /// default runtime it gives a container whatever this variable names, and images set it
 /// (`ENV NVIDIA_VISIBLE_DEVICES=all` in every `nvidia/cuda` image): `void` gives none.
 pub const NO_GPUS: &str = "void";
-/// `NVIDIA_DRIVER_CAPABILITIES` of every container: CUDA and `nvidia-smi`, nothing that reaches
-/// the display, video engines or the driver's management (`graphics`, `video`, `display`,
-/// `compat32`, `all`), whatever the image says.
-pub const NVIDIA_DRIVER_CAPABILITIES: &str = "compute,utility";
 /// Tenant environment keys starting with this are refused: the NVIDIA runtime reads them.
 pub const NVIDIA_ENV_PREFIX: &str = "NVIDIA_";
 
@@ -85,6 +81,7 @@ pub struct BindMount {
 }
 
 pub use crate::ports::Port;
+use crate::workload::Workload;
 
 /// A container as the tenant asked for it, after validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,6 +107,8 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     /// `[docker.ports] host_ip`: where the host ports are bound (None: every address).
     pub publish_ip: Option<std::net::IpAddr>,
+    /// `/dev/shm`, ulimits, IPC, entrypoint, working directory, user, driver capabilities.
+    pub workload: Workload,
 }
 
 /// A request that cannot be honoured, naming the field.
@@ -269,7 +268,7 @@ impl ContainerSpec {
             .collect();
         let visible = if self.gpu_uuids.is_empty() { NO_GPUS.to_owned() } else { self.gpu_uuids.join(",") };
         env.push(format!("NVIDIA_VISIBLE_DEVICES={visible}"));
-        env.push(format!("NVIDIA_DRIVER_CAPABILITIES={NVIDIA_DRIVER_CAPABILITIES}"));
+        env.push(format!("NVIDIA_DRIVER_CAPABILITIES={}", self.workload.driver_capabilities_env()));
         let mut device_requests = None;
         if !self.gpu_uuids.is_empty() {
             device_requests = Some(vec![DeviceRequest {
@@ -292,7 +291,7 @@ impl ContainerSpec {
             })
             .collect();
         let cmd: Vec<String> = self.command.iter().chain(&self.args).cloned().collect();
-        ContainerCreateBody {
+        let mut body = ContainerCreateBody {
             image: Some(self.image.to_string()),
             cmd: if cmd.is_empty() { None } else { Some(cmd) },
             env: Some(env),
@@ -320,7 +319,9 @@ impl ContainerSpec {
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
-        }
+        };
+        self.workload.apply(&mut body);
+        body
     }
 }
 
@@ -422,6 +423,7 @@ mod tests {
             dns: vec!["8.8.8.8".parse().unwrap()],
             network: Some("basilica-c-0123456789ab".into()),
             publish_ip: None,
+            workload: Workload::default(),
         }
     }
 
@@ -494,7 +496,14 @@ mod tests {
                 }],
                 "NetworkMode": "basilica-c-0123456789ab",
                 "Dns": ["8.8.8.8"],
-                "PortBindings": {"8888/tcp": [{"HostPort": "40001"}]}
+                "PortBindings": {"8888/tcp": [{"HostPort": "40001"}]},
+                "ShmSize": 67108864,
+                "IpcMode": "private",
+                "Ulimits": [
+                    {"Name": "memlock", "Soft": -1, "Hard": -1},
+                    {"Name": "nofile", "Soft": 1048576, "Hard": 1048576},
+                    {"Name": "stack", "Soft": 67108864, "Hard": 67108864}
+                ]
             }
         });
         assert_eq!(body, expected, "\n{}", serde_json::to_string_pretty(&body).unwrap());

@@ -51,6 +51,7 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         stop_reason: String::new(),
         owner: label(LABEL_OWNER),
         image_signature: label(LABEL_SIGNATURE),
+        workload: Some(crate::workload::from_inspect(inspect)),
     }
 }
 

@@ -33,6 +33,7 @@ fn spec(id: &str, command: &str) -> ContainerSpec {
         dns: Vec::new(),
         network: None,
         publish_ip: None,
+        workload: container_runtime::workload::Workload::default(),
     }
 }
 

@@ -87,6 +87,34 @@ pub enum PortsCommand {
     Check,
 }
 
+/// The workload options of `containers create` (`CreateContainerRequest.workload`).
+#[derive(Debug, clap::Args)]
+pub struct WorkloadArgs {
+    /// Size of /dev/shm, bytes (0: `[docker.workload] shm_fraction` of the memory).
+    #[arg(long, default_value_t = 0)]
+    pub shm_bytes: u64,
+    /// A ulimit, repeatable: `memlock=BYTES`, `nofile=N`, `stack=BYTES` (-1: unlimited for
+    /// memlock and stack); unset ones get `[docker.workload]`'s values.
+    #[arg(long = "ulimit", value_name = "NAME=VALUE", value_parser = ulimit)]
+    pub ulimits: Vec<(String, i64)>,
+    /// IPC namespace: `private` (the default) or `shareable`.
+    #[arg(long)]
+    pub ipc: Option<String>,
+    /// Run this instead of the image's ENTRYPOINT (the command after `--` is its arguments).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Working directory (absolute).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// `uid[:gid]` or `name[:group]` to run as.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// An NVIDIA driver capability (`compute`, `utility`, `video`, ...), repeatable; unset:
+    /// compute and utility.
+    #[arg(long = "driver-capability", value_name = "CAPABILITY")]
+    pub driver_capabilities: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ContainersCommand {
     /// One line per container.
@@ -128,6 +156,8 @@ pub enum ContainersCommand {
         /// The host port of the one `--port` given (as `--port PORT=HOST_PORT`).
         #[arg(long)]
         host_port: Option<u16>,
+        #[command(flatten)]
+        workload: Box<WorkloadArgs>,
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -262,6 +292,8 @@ pub enum CtlError {
     Port(String),
     #[error("--host-port goes with exactly one --port (for several, write --port PORT=HOST_PORT)")]
     HostPort,
+    #[error("--ulimit `{0}` is not memlock=BYTES, nofile=N or stack=BYTES (-1: unlimited)")]
+    Ulimit(String),
     #[error("--signature is not hex")]
     SignatureNotHex,
     #[error("--nonce: expected 64 hex digits")]
@@ -439,7 +471,44 @@ pub fn container_json(c: &runtime::Container) -> Value {
             "container_port": p.container_port, "protocol": p.protocol, "host_port": p.host_port,
             "external_port": p.external_port, "external_endpoint": p.external_endpoint,
         })).collect::<Vec<_>>(),
+        "workload": c.workload.as_ref().map(|w| json!({
+            "shm_bytes": w.shm_bytes, "memlock": w.memlock, "nofile": w.nofile, "stack": w.stack,
+            "ipc": w.ipc, "entrypoint": w.entrypoint, "working_dir": w.working_dir, "user": w.user,
+            "driver_capabilities": w.driver_capabilities,
+        })),
     })
+}
+
+/// The workload options of `containers create` as the request's.
+fn workload(options: WorkloadArgs) -> Result<runtime::Workload, CtlError> {
+    let WorkloadArgs { shm_bytes, ulimits, ipc, entrypoint, workdir, user, driver_capabilities } = options;
+    let mut w = runtime::Workload {
+        shm_bytes,
+        ipc: ipc.unwrap_or_default(),
+        entrypoint: entrypoint.into_iter().collect(),
+        working_dir: workdir.unwrap_or_default(),
+        user: user.unwrap_or_default(),
+        driver_capabilities,
+        ..Default::default()
+    };
+    for (name, value) in ulimits {
+        match name.as_str() {
+            "memlock" => w.memlock = value,
+            "stack" => w.stack = value,
+            _ => w.nofile = u64::try_from(value).map_err(|_| CtlError::Ulimit(format!("{name}={value}")))?,
+        }
+    }
+    Ok(w)
+}
+
+/// `--ulimit NAME=VALUE`, a name the workload has and a number.
+fn ulimit(text: &str) -> Result<(String, i64), CtlError> {
+    let bad = || CtlError::Ulimit(text.to_owned());
+    let (name, value) = text.split_once('=').ok_or_else(bad)?;
+    if !matches!(name, "memlock" | "nofile" | "stack") {
+        return Err(bad());
+    }
+    Ok((name.to_owned(), value.parse().map_err(|_| bad())?))
 }
 
 /// `--port PORT[/tcp|/udp][=HOST_PORT]` as a mapping (host port 0: the pool chooses).
@@ -480,6 +549,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             ssh_keys,
             ports,
             host_port,
+            workload: options,
             command,
         } => {
             let mut vars = std::collections::HashMap::new();
@@ -503,6 +573,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 ttl_seconds,
                 ssh_public_keys: ssh_keys.iter().map(|k| key_line(k)).collect::<Result<_, _>>()?,
                 ports,
+                workload: Some(workload(*options)?),
                 ..Default::default()
             };
             let created = client.create_container(request).await?;

@@ -11,6 +11,7 @@ use super::error::Issues;
 use super::ports::PortsConfig;
 use super::registry::RegistryConfig;
 use super::values::{ByteSize, Fraction, InvalidValue, human_duration};
+use super::workload::{DriverCapability, WorkloadConfig, default_driver_capabilities};
 
 /// `[docker]`: tenant containers (container-runtime).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +26,7 @@ pub struct DockerConfig {
     pub resource_limits: ResourceLimits,
     pub network_config: NetworkConfig,
     pub ports: PortsConfig,
+    pub workload: WorkloadConfig,
     pub gpu_config: GpuConfig,
     pub registry: RegistryConfig,
     /// How often expired containers (TTL) and leftover networks are reaped.
@@ -85,6 +87,7 @@ impl Default for DockerConfig {
             resource_limits: ResourceLimits::default(),
             network_config: NetworkConfig::default(),
             ports: PortsConfig::default(),
+            workload: WorkloadConfig::default(),
             gpu_config: GpuConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -154,11 +157,19 @@ pub struct GpuConfig {
     pub visible_devices: String,
     /// Share of each GPU's memory a container may use, in (0, 1].
     pub memory_fraction: Fraction,
+    /// NVIDIA driver capabilities (`NVIDIA_DRIVER_CAPABILITIES`) a create may ask for, from
+    /// `compute`, `utility`, `video`, `graphics`, `display`, `compat32` (never `all`). A create
+    /// that does not ask gets `compute` and `utility`, those of them listed here.
+    pub driver_capabilities: Vec<DriverCapability>,
 }
 
 impl Default for GpuConfig {
     fn default() -> Self {
-        Self { visible_devices: "all".to_owned(), memory_fraction: Fraction::new(1.0) }
+        Self {
+            visible_devices: "all".to_owned(),
+            memory_fraction: Fraction::new(1.0),
+            driver_capabilities: default_driver_capabilities(),
+        }
     }
 }
 
@@ -236,6 +247,10 @@ impl DockerConfig {
             v.fail("docker.gpu_config.visible_devices", e);
         }
         v.check("docker.gpu_config.memory_fraction", &self.gpu_config.memory_fraction);
+        if self.gpu_config.driver_capabilities.is_empty() {
+            v.fail("docker.gpu_config.driver_capabilities", "must list at least one capability (e.g. \"compute\")");
+        }
+        self.workload.validate(v);
         self.registry.validate(v);
         self.ports.validate(v);
     }

@@ -78,6 +78,17 @@ fn bad_values_name_key_and_file() {
     check_err("[docker.ports]\nrange = [\"40000\"]", &["key `docker.ports.range`", "unknown key"]);
     check_err("[tenant_access]\nciphers = []", &["key `tenant_access.ciphers`", "at least one"]);
     check_err("[tenant_access]\nciphers = [\"3des-cbc\"]", &["key `tenant_access.ciphers", "unknown variant"]);
+    check_err("[docker.workload]\nshm_fraction = 0.0", &["key `docker.workload.shm_fraction`", "not in (0, 1]"]);
+    check_err("[docker.workload]\nmemlock = -2", &["key `docker.workload.memlock`", "neither -1"]);
+    check_err("[docker.workload]\nstack = 4096", &["key `docker.workload.stack`", "neither -1"]);
+    check_err("[docker.workload]\nnofile = 2000000", &["key `docker.workload.nofile`", "out of range"]);
+    check_err("[docker.workload]\nipc_modes = [\"shareable\"]", &["key `docker.workload.ipc_modes`", "must list"]);
+    check_err("[docker.workload]\nipc_modes = [\"host\"]", &["key `docker.workload.ipc_modes", "unknown variant"]);
+    check_err(
+        "[docker.gpu_config]\ndriver_capabilities = [\"all\"]",
+        &["key `docker.gpu_config.driver_capabilities", "unknown variant"],
+    );
+    check_err("[docker.gpu_config]\ndriver_capabilities = []", &["key `docker.gpu_config.driver_capabilities`"]);
     check_err("[server]\nport = 0", &["key `server.port`", "not 0"]);
     check_err("[server]\nport = -1", &["key `server.port`"]);
     check_err("[server]\nhost = \"localhost:1\"", &["key `server.host`"]);

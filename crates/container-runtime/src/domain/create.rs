@@ -13,6 +13,7 @@ use super::{Runtime, RuntimeError};
 use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE};
 use crate::reference::ImageRef;
 use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
+use crate::workload::Workload;
 
 /// GPUs a request asks for, assigned under the create lock.
 #[derive(Debug, Clone, Default)]
@@ -100,11 +101,19 @@ impl Runtime {
             dns: self.config.network_config.dns_servers.clone(),
             network: None,
             publish_ip: self.ports.host_ip(),
+            workload: Workload::default(),
         };
         spec.gpu_uuids = gpus.uuids.clone();
         spec.validate()?;
         spec.gpu_uuids.clear();
         spec.apply_limits(&self.config.resource_limits, self.engine.host_cpus())?;
+        spec.workload = Workload::resolve(
+            &r.workload.unwrap_or_default(),
+            spec.resources.memory_bytes,
+            &self.config.workload,
+            &self.host_limits,
+            &self.config.gpu_config.driver_capabilities,
+        )?;
         Ok((spec, gpus))
     }
 

@@ -42,6 +42,7 @@ use crate::ports::PortPool;
 use crate::reference::RegistryPolicy;
 use crate::shaping::ShapingError;
 use crate::stops::StopReasons;
+use crate::workload::HostLimits;
 
 /// The runtime: the engine, the limits, and what is kept between calls.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ pub struct Runtime {
     sessions: Sessions,
     /// Host ports for published container ports.
     ports: PortPool,
+    /// What this host lets the engine raise a container's rlimits to.
+    host_limits: HostLimits,
 }
 
 impl Runtime {
@@ -84,7 +87,24 @@ impl Runtime {
         let pool = docker.network_config.enable_isolation.then(|| {
             NetworkPool::new(engine.clone(), docker.network_config.allow_internet, docker.network_config.spare_networks)
         });
+        let host_limits = HostLimits::probe();
+        let w = &docker.workload;
+        for (name, configured, host) in [
+            ("memlock", w.memlock, host_limits.memlock),
+            ("nofile", w.nofile as i64, host_limits.nofile),
+            ("stack", w.stack, host_limits.stack),
+        ] {
+            if let Some(host) = host.filter(|h| configured == -1 || *h < configured as u64) {
+                tracing::warn!(
+                    configured,
+                    host,
+                    "docker.workload.{name}: this host's hard limit is lower (container-runtime lacks \
+                     CAP_SYS_RESOURCE, so the engine cannot raise it); containers get at most the host's"
+                );
+            }
+        }
         Ok(Self {
+            host_limits,
             engine,
             policy,
             admission,

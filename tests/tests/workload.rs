@@ -1,0 +1,124 @@
+//! Issue 21 item 1: what GPU jobs need beyond CPU and memory. A create's `/dev/shm` size,
+//! ulimits, IPC mode, entrypoint, working directory, user and NVIDIA driver capabilities reach
+//! the container (seen from inside it, by the real engine), default to `[docker.workload]`'s
+//! values, are shown by GetContainer, and are refused by name past their bounds.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use common::proto::runtime::v1 as pb;
+use container_runtime::workload::HostLimits;
+use e2e::runtime::{exec, remove_all, request, start_service};
+use e2e::{TestConfig, busybox_image};
+use tonic::Code;
+
+const MIB: u64 = 1 << 20;
+
+/// `script`'s standard output inside `id`, its exit status checked.
+async fn inside(client: &mut e2e::runtime::Client, id: &str, script: &str) -> String {
+    let out = exec(client, id, script).await;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.exit_code, 0, "`{script}`: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// The size of `/dev/shm` in bytes, as `df` inside the container says.
+async fn shm_size(client: &mut e2e::runtime::Client, id: &str) -> u64 {
+    let df = inside(client, id, "df -B1 /dev/shm | tail -1").await;
+    df.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("df said {df:?}"))
+}
+
+#[tokio::test]
+async fn workload_options_reach_the_container_and_default_to_the_config() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker.workload]\nnofile = 65536\n");
+    let (_service, mut client) = start_service(&config).await;
+
+    // Asked for: each option as the renter gave it.
+    let mut r = request("");
+    r.command = vec!["-c".into(), "echo started > /tmp/started; exec sleep 600".into()];
+    r.resources.as_mut().unwrap().memory_bytes = 256 * MIB;
+    r.workload = Some(pb::Workload {
+        shm_bytes: 200 * MIB,
+        memlock: 4 * MIB as i64,
+        nofile: 4096,
+        stack: 16 * MIB as i64,
+        ipc: "shareable".into(),
+        entrypoint: vec!["/bin/sh".into()],
+        working_dir: "/work".into(),
+        user: "1000:1000".into(),
+        driver_capabilities: vec!["utility".into()],
+    });
+    let created = client.create(r).await.unwrap().into_inner();
+    let id = created.id.clone();
+    client.start(pb::ContainerRef { id: id.clone() }).await.unwrap();
+    assert_eq!(shm_size(&mut client, &id).await, 200 * MIB);
+    // busybox's `ulimit` counts -l and -s in KiB.
+    let limits = inside(&mut client, &id, "ulimit -l; ulimit -n; ulimit -s").await;
+    assert_eq!(limits.split_whitespace().collect::<Vec<_>>(), ["4096", "4096", "16384"], "{limits}");
+    let who = inside(&mut client, &id, "id -u; id -g; pwd; cat /tmp/started; echo $NVIDIA_DRIVER_CAPABILITIES").await;
+    assert_eq!(who.lines().collect::<Vec<_>>(), ["1000", "1000", "/work", "started", "utility"], "{who}");
+    let shown = client.get(pb::ContainerRef { id: id.clone() }).await.unwrap().into_inner().workload.unwrap();
+    assert_eq!(
+        shown,
+        pb::Workload {
+            shm_bytes: 200 * MIB,
+            memlock: 4 * MIB as i64,
+            nofile: 4096,
+            stack: 16 * MIB as i64,
+            ipc: "shareable".into(),
+            entrypoint: vec!["/bin/sh".into()],
+            working_dir: "/work".into(),
+            user: "1000:1000".into(),
+            driver_capabilities: vec!["utility".into()],
+        }
+    );
+
+    // Not asked for: the config's values (nofile set above, the rest its defaults), /dev/shm
+    // half the container's memory instead of Docker's 64 MiB. A host that withholds
+    // CAP_SYS_RESOURCE (as this test machine does) lowers them to its own hard limits, which
+    // container-runtime shares with this test.
+    let host = HostLimits::probe();
+    println!("this host's bounds on rlimits: {host:?}");
+    let memlock = host.memlock.map_or(-1, |m| m as i64);
+    let nofile = host.nofile.unwrap_or(65536).min(65536);
+    let stack = host.stack.map_or(64 * MIB, |s| s.min(64 * MIB)) as i64;
+    let kib = |bytes: i64| if bytes == -1 { "unlimited".to_owned() } else { (bytes >> 10).to_string() };
+    let mut r = request("sleep 600");
+    r.resources.as_mut().unwrap().memory_bytes = 256 * MIB;
+    let plain = client.create(r).await.unwrap().into_inner().id;
+    client.start(pb::ContainerRef { id: plain.clone() }).await.unwrap();
+    assert_eq!(shm_size(&mut client, &plain).await, 128 * MIB);
+    let limits =
+        inside(&mut client, &plain, "ulimit -l; ulimit -n; ulimit -s; id -u; echo $NVIDIA_DRIVER_CAPABILITIES").await;
+    let expected = [kib(memlock), nofile.to_string(), kib(stack), "0".to_owned(), "compute,utility".to_owned()];
+    assert_eq!(limits.split_whitespace().collect::<Vec<_>>(), expected, "{limits}");
+    let shown = client.get(pb::ContainerRef { id: plain.clone() }).await.unwrap().into_inner().workload.unwrap();
+    assert_eq!((shown.shm_bytes, shown.memlock, shown.nofile, shown.stack), (128 * MIB, memlock, nofile, stack));
+    assert_eq!(shown.ipc, "private");
+
+    // Past the bounds: refused by name, nothing made.
+    let refused = [
+        (pb::Workload { shm_bytes: 300 * MIB, ..Default::default() }, "workload.shm_bytes"),
+        (pb::Workload { nofile: 65537, ..Default::default() }, "workload.nofile"),
+        (pb::Workload { ipc: "host".into(), ..Default::default() }, "workload.ipc"),
+        (pb::Workload { user: "0;id".into(), ..Default::default() }, "workload.user"),
+        (pb::Workload { working_dir: "../x".into(), ..Default::default() }, "workload.working_dir"),
+        (
+            pb::Workload { driver_capabilities: vec!["video".into()], ..Default::default() },
+            "workload.driver_capabilities",
+        ),
+    ];
+    for (workload, field) in refused {
+        let mut r = request("sleep 600");
+        r.resources.as_mut().unwrap().memory_bytes = 256 * MIB;
+        r.workload = Some(workload);
+        let status = client.create(r).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().starts_with(field), "{field}: {}", status.message());
+    }
+    let all = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap().into_inner();
+    assert_eq!(all.containers.len(), 2, "a refused create left a container");
+    remove_all(&mut client).await;
+}
