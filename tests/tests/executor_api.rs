@@ -313,6 +313,24 @@ async fn executor_ctl_for_operators() {
     assert!(String::from_utf8_lossy(&list.stdout).contains(id));
     json(&ctl(&node, &key, &["containers", "remove", "--force", id]).await);
 
+    // Volumes through ctl and the public API (mounting one takes root).
+    if e2e::process::is_root() {
+        let made = json(&ctl(&node, &key, &["volumes", "create", "scratch", "--size-bytes", "33554432"]).await);
+        assert_eq!((&made["name"], &made["size_bytes"]), (&json!("scratch"), &json!(33554432)), "{made}");
+        let with = ["containers", "create", "--image", BUSYBOX_IMAGE, "--volume", "scratch:/scratch:ro", "--start"];
+        let user = json(&ctl(&node, &key, &[&with[..], &["--", "sleep", "60"]].concat()).await);
+        assert_eq!(user["volumes"], json!([{"volume": "scratch", "container_path": "/scratch", "read_only": true}]));
+        let listed = json(&ctl(&node, &key, &["volumes", "list"]).await);
+        assert_eq!(listed["containers"], json!([user["id"]]), "{listed}");
+        let out = ctl(&node, &key, &["volumes", "delete", "scratch"]).await;
+        assert_eq!(out.status.code(), Some(1), "a volume in use was deleted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is in use by"));
+        json(&ctl(&node, &key, &["containers", "remove", "--force", user["id"].as_str().unwrap()]).await);
+        assert_eq!(json(&ctl(&node, &key, &["volumes", "delete", "scratch"]).await)["deleted"], "scratch");
+        let out = ctl(&node, &key, &["containers", "create", "--image", BUSYBOX_IMAGE, "--volume", "scratch"]).await;
+        assert_eq!(out.status.code(), Some(2), "a bad --volume is a usage error");
+    }
+
     // Errors: the code and message of the status (exit 1); no key at all (exit 2).
     let out = ctl(&node, &key, &["containers", "get", id]).await;
     assert_eq!(out.status.code(), Some(1));

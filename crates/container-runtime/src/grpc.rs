@@ -17,6 +17,7 @@ use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
 use crate::ports::PortError;
 use crate::spec::MountError;
+use crate::volumes::VolumeError;
 
 /// The gRPC face of the runtime.
 #[derive(Debug, Clone)]
@@ -99,6 +100,14 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         E::NoStats { .. } => caller(Reason::PeerUnavailable),
         E::Engine(engine) => self::engine(engine),
         E::Name(source) => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
+        E::Volume(v) => match v {
+            VolumeError::Invalid { .. } => caller(Reason::InvalidField),
+            VolumeError::NotFound { .. } => caller(Reason::NotFound),
+            VolumeError::Exists(_) => caller(Reason::AlreadyExists),
+            VolumeError::OverTotal { .. } | VolumeError::NoRoom { .. } => caller(Reason::LimitReached),
+            VolumeError::InUse { .. } | VolumeError::Shared { .. } => caller(Reason::WrongState),
+            VolumeError::Host { .. } => Refusal::new(Reason::Storage, e.to_string()),
+        },
     };
     match refusal.reason {
         Reason::Engine | Reason::Internal => tracing::error!(refusal = %refusal, "container runtime failed"),
@@ -223,6 +232,27 @@ impl RuntimeApi for RuntimeGrpc {
 
     async fn exec(&self, request: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
         self.runtime.exec(request.into_inner()).await.map(Response::new).map_err(status)
+    }
+
+    async fn create_volume(&self, request: Request<pb::CreateVolumeRequest>) -> Result<Response<pb::Volume>, Status> {
+        let r = request.into_inner();
+        self.runtime.create_volume(&r.name, r.size_bytes).await.map(Response::new).map_err(status)
+    }
+
+    async fn list_volumes(
+        &self,
+        _request: Request<pb::ListVolumesRequest>,
+    ) -> Result<Response<pb::ListVolumesResponse>, Status> {
+        let volumes = self.runtime.list_volumes().await.map_err(status)?;
+        Ok(Response::new(pb::ListVolumesResponse { volumes }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<pb::DeleteVolumeRequest>,
+    ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
+        self.runtime.delete_volume(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteVolumeResponse {}))
     }
 
     async fn check_ports(

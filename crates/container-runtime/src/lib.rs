@@ -52,6 +52,7 @@ pub mod spec;
 pub mod status;
 pub mod stops;
 pub mod teardown;
+pub mod volumes;
 pub mod workload;
 
 use std::time::Duration;
@@ -174,6 +175,7 @@ impl Service for ContainerRuntime {
         let runtime = domain::Runtime::new(engine, ctx.config(), shaping)?;
         metrics::gauge!("executor_container_runtime_ports_pool_size").set(runtime.ports().size() as f64);
         runtime.reconcile().await?;
+        runtime.volumes().mount_all().await;
         Ok(Self { runtime })
     }
 

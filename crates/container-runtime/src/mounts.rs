@@ -77,12 +77,12 @@ fn open_no_follow(path: &Path) -> Result<(OwnedFd, bool), StagingError> {
 }
 
 /// The engine's mount namespace: PID 1's (dockerd is started by the init system).
-const ENGINE_NAMESPACE: &str = "/proc/1/ns/mnt";
+pub(crate) const ENGINE_NAMESPACE: &str = "/proc/1/ns/mnt";
 
 /// Runs `f` in the mount namespace `target` names: on a thread of its own that leaves this
 /// process's namespace alone, or on this thread when it is already there. A target that cannot be
 /// read (a sandbox hiding PID 1) leaves `f` in this thread's namespace, with a warning.
-fn in_mount_namespace<T: Send>(target: &Path, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+pub(crate) fn in_mount_namespace<T: Send>(target: &Path, f: impl FnOnce() -> T + Send) -> Result<T, String> {
     let ours = std::fs::read_link("/proc/thread-self/ns/mnt").map_err(|e| format!("/proc/thread-self/ns/mnt: {e}"))?;
     let theirs = match std::fs::read_link(target) {
         Ok(theirs) => theirs,

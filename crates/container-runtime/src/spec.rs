@@ -81,6 +81,7 @@ pub struct BindMount {
 }
 
 pub use crate::ports::Port;
+use crate::volumes::Attached;
 use crate::workload::Workload;
 
 /// A container as the tenant asked for it, after validation.
@@ -109,6 +110,8 @@ pub struct ContainerSpec {
     pub publish_ip: Option<std::net::IpAddr>,
     /// `/dev/shm`, ulimits, IPC, entrypoint, working directory, user, driver capabilities.
     pub workload: Workload,
+    /// Named volumes, each with the host path it is mounted on.
+    pub volumes: Vec<(Attached, PathBuf)>,
 }
 
 /// A request that cannot be honoured, naming the field.
@@ -245,6 +248,10 @@ impl ContainerSpec {
         labels.insert(LABEL_NETWORK_BPS.into(), self.resources.network_bps.to_string());
         labels.insert(LABEL_NETWORK.into(), self.network.clone().unwrap_or_default());
         labels.insert(crate::ports::LABEL_PORTS.into(), crate::ports::label(&self.ports));
+        if !self.volumes.is_empty() {
+            let attached: Vec<Attached> = self.volumes.iter().map(|(a, _)| a.clone()).collect();
+            labels.insert(crate::volumes::LABEL_VOLUMES.into(), crate::volumes::label(&attached));
+        }
         labels
     }
 
@@ -305,7 +312,19 @@ impl ContainerSpec {
                 init: Some(true),
                 tmpfs: Some(HashMap::from([("/tmp".to_owned(), TMPFS_TMP.to_owned())])),
                 binds: Some(Vec::new()),
-                mounts: Some(self.mounts.iter().map(bind_mount).collect()),
+                mounts: Some(
+                    self.mounts
+                        .iter()
+                        .map(bind_mount)
+                        .chain(self.volumes.iter().map(|(v, host_path)| {
+                            bind_mount(&BindMount {
+                                host_path: host_path.clone(),
+                                container_path: v.container_path.clone(),
+                                read_only: v.read_only,
+                            })
+                        }))
+                        .collect(),
+                ),
                 memory: Some(r.memory_bytes as i64),
                 memory_swap: Some(r.memory_bytes as i64),
                 nano_cpus: Some((r.cpu_cores * 1e9).round() as i64),
@@ -424,6 +443,7 @@ mod tests {
             network: Some("basilica-c-0123456789ab".into()),
             publish_ip: None,
             workload: Workload::default(),
+            volumes: Vec::new(),
         }
     }
 

@@ -52,6 +52,10 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         owner: label(LABEL_OWNER),
         image_signature: label(LABEL_SIGNATURE),
         workload: Some(crate::workload::from_inspect(inspect)),
+        volumes: crate::volumes::parse_label(labels.get(crate::volumes::LABEL_VOLUMES).map_or("", String::as_str))
+            .iter()
+            .map(crate::volumes::Attached::to_proto)
+            .collect(),
     }
 }
 

@@ -34,6 +34,7 @@ fn spec(id: &str, command: &str) -> ContainerSpec {
         network: None,
         publish_ip: None,
         workload: container_runtime::workload::Workload::default(),
+        volumes: Vec::new(),
     }
 }
 

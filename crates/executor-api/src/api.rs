@@ -320,6 +320,32 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().check_ports(request.into_inner())).await
     }
 
+    async fn create_volume(
+        &self,
+        request: Request<runtime::CreateVolumeRequest>,
+    ) -> Result<Response<runtime::Volume>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().create_volume(request.into_inner()))
+            .await
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<runtime::ListVolumesRequest>,
+    ) -> Result<Response<runtime::ListVolumesResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().list_volumes(request.into_inner())).await
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<runtime::DeleteVolumeRequest>,
+    ) -> Result<Response<runtime::DeleteVolumeResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().delete_volume(request.into_inner()))
+            .await
+    }
+
     type ExecContainerStream = ExecStream;
 
     /// Checks the request, starts the command through Attach (its refusals, an unknown or

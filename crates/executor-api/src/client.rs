@@ -164,6 +164,9 @@ impl ExecutorClient {
     unary!(list_containers, "ListContainers", runtime::ListContainersRequest => runtime::ListContainersResponse);
     unary!(container_stats, "ContainerStats", runtime::ContainerRef => runtime::ContainerStats);
     unary!(check_ports, "CheckPorts", runtime::CheckPortsRequest => runtime::CheckPortsResponse);
+    unary!(create_volume, "CreateVolume", runtime::CreateVolumeRequest => runtime::Volume);
+    unary!(list_volumes, "ListVolumes", runtime::ListVolumesRequest => runtime::ListVolumesResponse);
+    unary!(delete_volume, "DeleteVolume", runtime::DeleteVolumeRequest => runtime::DeleteVolumeResponse);
     unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);

@@ -63,6 +63,9 @@ pub enum CtlCommand {
     /// connects to it through the external host; exit 1 unless TCP and UDP both got through.
     #[command(subcommand)]
     Ports(PortsCommand),
+    /// Named volumes with a hard size (`containers create --volume NAME:/path`).
+    #[command(subcommand)]
+    Volumes(VolumesCommand),
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -79,6 +82,20 @@ pub enum CtlCommand {
         #[arg(long, value_name = "HEX")]
         nonce: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumesCommand {
+    /// Make a volume: `volumes create NAME --size-bytes N`.
+    Create {
+        name: String,
+        #[arg(long)]
+        size_bytes: u64,
+    },
+    /// One line per volume, with its use and the containers that have it.
+    List,
+    /// Delete a volume no container has; its bytes are wiped.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +173,9 @@ pub enum ContainersCommand {
         /// The host port of the one `--port` given (as `--port PORT=HOST_PORT`).
         #[arg(long)]
         host_port: Option<u16>,
+        /// A volume (`volumes create`), repeatable: `NAME:/path`, or `NAME:/path:ro` read-only.
+        #[arg(long = "volume", value_name = "NAME:/PATH[:ro]", value_parser = volume_mount)]
+        volumes: Vec<runtime::VolumeMount>,
         #[command(flatten)]
         workload: Box<WorkloadArgs>,
         #[arg(last = true)]
@@ -292,6 +312,8 @@ pub enum CtlError {
     Port(String),
     #[error("--host-port goes with exactly one --port (for several, write --port PORT=HOST_PORT)")]
     HostPort,
+    #[error("--volume `{0}` is not NAME:/PATH or NAME:/PATH:ro")]
+    Volume(String),
     #[error("--ulimit `{0}` is not memlock=BYTES, nofile=N or stack=BYTES (-1: unlimited)")]
     Ulimit(String),
     #[error("--signature is not hex")]
@@ -425,6 +447,26 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
         }
         CtlCommand::Containers(command) => return containers(client, command).await,
         CtlCommand::Grants(command) => grants(client, command).await?,
+        CtlCommand::Volumes(command) => {
+            let volume = |v: &runtime::Volume| {
+                json!({"name": v.name, "size_bytes": v.size_bytes, "used_bytes": v.used_bytes,
+                       "created_at": v.created_at, "containers": v.containers})
+            };
+            match command {
+                VolumesCommand::Create { name, size_bytes } => {
+                    print(&volume(&client.create_volume(runtime::CreateVolumeRequest { name, size_bytes }).await?))
+                }
+                VolumesCommand::List => {
+                    for v in &client.list_volumes(runtime::ListVolumesRequest {}).await?.volumes {
+                        print(&volume(v));
+                    }
+                }
+                VolumesCommand::Delete { name } => {
+                    client.delete_volume(runtime::DeleteVolumeRequest { name: name.clone() }).await?;
+                    print(&json!({"deleted": name}));
+                }
+            }
+        }
         CtlCommand::Ports(PortsCommand::Check) => {
             let r = client.check_ports(runtime::CheckPortsRequest {}).await?;
             print(&json!({
@@ -471,6 +513,9 @@ pub fn container_json(c: &runtime::Container) -> Value {
             "container_port": p.container_port, "protocol": p.protocol, "host_port": p.host_port,
             "external_port": p.external_port, "external_endpoint": p.external_endpoint,
         })).collect::<Vec<_>>(),
+        "volumes": c.volumes.iter().map(|v| json!({
+            "volume": v.volume, "container_path": v.container_path, "read_only": v.read_only,
+        })).collect::<Vec<_>>(),
         "workload": c.workload.as_ref().map(|w| json!({
             "shm_bytes": w.shm_bytes, "memlock": w.memlock, "nofile": w.nofile, "stack": w.stack,
             "ipc": w.ipc, "entrypoint": w.entrypoint, "working_dir": w.working_dir, "user": w.user,
@@ -499,6 +544,20 @@ fn workload(options: WorkloadArgs) -> Result<runtime::Workload, CtlError> {
         }
     }
     Ok(w)
+}
+
+/// `--volume NAME:/PATH[:ro]`.
+fn volume_mount(text: &str) -> Result<runtime::VolumeMount, CtlError> {
+    let bad = || CtlError::Volume(text.to_owned());
+    let (volume, rest) = text.split_once(':').ok_or_else(bad)?;
+    let (path, read_only) = match rest.strip_suffix(":ro") {
+        Some(path) => (path, true),
+        None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
+    };
+    if volume.is_empty() || !path.starts_with('/') {
+        return Err(bad());
+    }
+    Ok(runtime::VolumeMount { volume: volume.to_owned(), container_path: path.to_owned(), read_only })
 }
 
 /// `--ulimit NAME=VALUE`, a name the workload has and a number.
@@ -550,6 +609,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             ports,
             host_port,
             workload: options,
+            volumes,
             command,
         } => {
             let mut vars = std::collections::HashMap::new();
@@ -574,6 +634,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 ssh_public_keys: ssh_keys.iter().map(|k| key_line(k)).collect::<Result<_, _>>()?,
                 ports,
                 workload: Some(workload(*options)?),
+                volumes,
                 ..Default::default()
             };
             let created = client.create_container(request).await?;

@@ -11,6 +11,7 @@ use super::error::Issues;
 use super::ports::PortsConfig;
 use super::registry::RegistryConfig;
 use super::values::{ByteSize, Fraction, InvalidValue, human_duration};
+use super::volumes::VolumesConfig;
 use super::workload::{DriverCapability, WorkloadConfig, default_driver_capabilities};
 
 /// `[docker]`: tenant containers (container-runtime).
@@ -27,6 +28,7 @@ pub struct DockerConfig {
     pub network_config: NetworkConfig,
     pub ports: PortsConfig,
     pub workload: WorkloadConfig,
+    pub volumes: VolumesConfig,
     pub gpu_config: GpuConfig,
     pub registry: RegistryConfig,
     /// How often expired containers (TTL) and leftover networks are reaped.
@@ -88,6 +90,7 @@ impl Default for DockerConfig {
             network_config: NetworkConfig::default(),
             ports: PortsConfig::default(),
             workload: WorkloadConfig::default(),
+            volumes: VolumesConfig::default(),
             gpu_config: GpuConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -251,6 +254,7 @@ impl DockerConfig {
             v.fail("docker.gpu_config.driver_capabilities", "must list at least one capability (e.g. \"compute\")");
         }
         self.workload.validate(v);
+        self.volumes.validate(v);
         self.registry.validate(v);
         self.ports.validate(v);
     }

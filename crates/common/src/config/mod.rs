@@ -26,6 +26,7 @@ pub mod system;
 pub mod tenant;
 pub mod validator;
 pub mod values;
+pub mod volumes;
 pub mod workload;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use validator::{
 pub use values::{
     ByteSize, Fraction, HostName, Hotkey, InvalidValue, Percent, Port, RegistryHost, Validate, normalise_registry_host,
 };
+pub use volumes::VolumesConfig;
 pub use workload::{DriverCapability, IpcMode, WorkloadConfig};
 
 use error::Issues;

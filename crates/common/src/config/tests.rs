@@ -78,6 +78,11 @@ fn bad_values_name_key_and_file() {
     check_err("[docker.ports]\nrange = [\"40000\"]", &["key `docker.ports.range`", "unknown key"]);
     check_err("[tenant_access]\nciphers = []", &["key `tenant_access.ciphers`", "at least one"]);
     check_err("[tenant_access]\nciphers = [\"3des-cbc\"]", &["key `tenant_access.ciphers", "unknown variant"]);
+    check_err("[docker.volumes]\nmax_volume_bytes = 1024", &["key `docker.volumes.max_volume_bytes`", "out of range"]);
+    check_err(
+        "[docker.volumes]\nmax_volume_bytes = 1073741824\nmax_total_bytes = 536870912",
+        &["key `docker.volumes.max_total_bytes`", "out of range"],
+    );
     check_err("[docker.workload]\nshm_fraction = 0.0", &["key `docker.workload.shm_fraction`", "not in (0, 1]"]);
     check_err("[docker.workload]\nmemlock = -2", &["key `docker.workload.memlock`", "neither -1"]);
     check_err("[docker.workload]\nstack = 4096", &["key `docker.workload.stack`", "neither -1"]);

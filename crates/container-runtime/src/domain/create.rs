@@ -13,6 +13,7 @@ use super::{Runtime, RuntimeError};
 use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE};
 use crate::reference::ImageRef;
 use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
+use crate::volumes::{Attached, LABEL_VOLUMES};
 use crate::workload::Workload;
 
 /// GPUs a request asks for, assigned under the create lock.
@@ -102,6 +103,7 @@ impl Runtime {
             network: None,
             publish_ip: self.ports.host_ip(),
             workload: Workload::default(),
+            volumes: Vec::new(),
         };
         spec.gpu_uuids = gpus.uuids.clone();
         spec.validate()?;
@@ -118,8 +120,9 @@ impl Runtime {
     }
 
     /// Create: validate, pull, then count and create under the lock.
-    pub async fn create(&self, request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
+    pub async fn create(&self, mut request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
         let id = labels::random_name("c-").map_err(RuntimeError::Name)?;
+        let asked_volumes = std::mem::take(&mut request.volumes);
         let (mut spec, gpus) = self.spec_from(request, id)?;
         // Online means a network of its own: `allow_internet` without isolation is a config error.
         let online = self.config.network_config.enable_isolation;
@@ -147,6 +150,13 @@ impl Runtime {
         if !spec.ports.is_empty() {
             self.assign_ports(&mut spec.ports, &ours)?;
         }
+        // Held until the engine has the container (and so its label): no delete in between.
+        let _volumes = self.volumes.lock().lock().await;
+        if !asked_volumes.is_empty() {
+            let others = volumes_of(&ours);
+            let paths: Vec<String> = spec.mounts.iter().map(|m| m.container_path.clone()).collect();
+            spec.volumes = self.volumes.attach(&asked_volumes, &others, &paths).await?;
+        }
         let mode = match &self.pool {
             Some(pool) => {
                 let name = pool.take().await?;
@@ -173,6 +183,25 @@ impl Runtime {
         created?;
         tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %mode, gpus = ?spec.gpu_uuids, "container created");
         self.describe(&spec.id).await
+    }
+
+    /// Makes volume `name` (see `volumes`).
+    pub async fn create_volume(&self, name: &str, size_bytes: u64) -> Result<pb::Volume, RuntimeError> {
+        let _held = self.volumes.lock().lock().await;
+        Ok(self.volumes.create(name, size_bytes).await?)
+    }
+
+    /// Every volume, with the containers that have it.
+    pub async fn list_volumes(&self) -> Result<Vec<pb::Volume>, RuntimeError> {
+        let ours = self.engine.list_ours().await?;
+        Ok(self.volumes.list(&users_of(&ours)))
+    }
+
+    /// Deletes volume `name`, refused while a container has it; its bytes are wiped.
+    pub async fn delete_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        let _held = self.volumes.lock().lock().await;
+        let ours = self.engine.list_ours().await?;
+        Ok(self.volumes.delete(name, &users_of(&ours)).await?)
     }
 
     /// Bind-mounts each checked host path onto its staging path and points the spec there.
@@ -243,4 +272,26 @@ impl Runtime {
         }
         Ok(crate::gpus::assign(&candidates, &in_use, request.count, &request.uuids)?)
     }
+}
+
+/// Each of our containers' volumes, by our id.
+fn volumes_of(ours: &[ContainerSummary]) -> Vec<(String, Vec<Attached>)> {
+    ours.iter()
+        .filter_map(|c| c.labels.as_ref())
+        .filter_map(|l| {
+            let attached = crate::volumes::parse_label(l.get(LABEL_VOLUMES)?);
+            Some((l.get(LABEL_ID).cloned().unwrap_or_default(), attached))
+        })
+        .collect()
+}
+
+/// Volume name → the ids of our containers that have it.
+fn users_of(ours: &[ContainerSummary]) -> std::collections::HashMap<String, Vec<String>> {
+    let mut users: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for (id, attached) in volumes_of(ours) {
+        for a in attached {
+            users.entry(a.volume).or_default().push(id.clone());
+        }
+    }
+    users
 }

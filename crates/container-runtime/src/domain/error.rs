@@ -12,6 +12,7 @@ use crate::reference::{NotAllowed, ReferenceError};
 use crate::rootfs::RootError;
 use crate::shaping::ShapingError;
 use crate::spec::{MountError, SpecError};
+use crate::volumes::VolumeError;
 
 /// Why a call on the runtime failed. The `Display` of the variants the caller caused is worded
 /// for the caller; the engine's text is only ever in a `source`.
@@ -101,4 +102,6 @@ pub enum RuntimeError {
     Engine(#[from] EngineError),
     #[error("cannot name a new container")]
     Name(#[source] NameError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
 }

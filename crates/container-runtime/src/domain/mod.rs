@@ -42,6 +42,7 @@ use crate::ports::PortPool;
 use crate::reference::RegistryPolicy;
 use crate::shaping::ShapingError;
 use crate::stops::StopReasons;
+use crate::volumes::Volumes;
 use crate::workload::HostLimits;
 
 /// The runtime: the engine, the limits, and what is kept between calls.
@@ -72,6 +73,8 @@ pub struct Runtime {
     ports: PortPool,
     /// What this host lets the engine raise a container's rlimits to.
     host_limits: HostLimits,
+    /// Named volumes.
+    volumes: Arc<Volumes>,
 }
 
 impl Runtime {
@@ -104,6 +107,7 @@ impl Runtime {
             }
         }
         Ok(Self {
+            volumes: Arc::new(Volumes::new(&config.data_dir, &config.runtime_dir, &docker.volumes)),
             host_limits,
             engine,
             policy,
@@ -123,6 +127,10 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn volumes(&self) -> &Volumes {
+        &self.volumes
     }
 
     pub fn ports(&self) -> &PortPool {

@@ -143,6 +143,15 @@ fake! {
         fn check_ports("CheckPorts", _r: runtime::CheckPortsRequest) -> runtime::CheckPortsResponse {
             runtime::CheckPortsResponse { host_port: 40000, tcp_reachable: true, pool_size: 1000, ..Default::default() }
         }
+        fn create_volume("CreateVolume", r: runtime::CreateVolumeRequest) -> runtime::Volume {
+            runtime::Volume { name: r.name, size_bytes: r.size_bytes, ..Default::default() }
+        }
+        fn list_volumes("ListVolumes", _r: runtime::ListVolumesRequest) -> runtime::ListVolumesResponse {
+            runtime::ListVolumesResponse { volumes: vec![runtime::Volume { name: "data".into(), ..Default::default() }] }
+        }
+        fn delete_volume("DeleteVolume", _r: runtime::DeleteVolumeRequest) -> runtime::DeleteVolumeResponse {
+            runtime::DeleteVolumeResponse {}
+        }
     }
 
     type LogsStream = BoxStream<runtime::LogChunk>;

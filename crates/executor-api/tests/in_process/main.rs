@@ -83,6 +83,10 @@ async fn container_calls_reach_container_runtime() {
     assert_eq!(chunks, [b"line 1\n".to_vec(), b"line 2\n".to_vec()]);
     let check = client.check_ports(runtime::CheckPortsRequest {}).await.unwrap();
     assert_eq!((check.host_port, check.tcp_reachable, check.pool_size), (40000, true, 1000));
+    let volume = runtime::CreateVolumeRequest { name: "data".into(), size_bytes: 1 << 30 };
+    assert_eq!(client.create_volume(volume).await.unwrap().size_bytes, 1 << 30);
+    assert_eq!(client.list_volumes(runtime::ListVolumesRequest {}).await.unwrap().volumes[0].name, "data");
+    client.delete_volume(runtime::DeleteVolumeRequest { name: "data".into() }).await.unwrap();
     assert_eq!(
         runtime.take_calls(),
         [
@@ -94,6 +98,9 @@ async fn container_calls_reach_container_runtime() {
             r#"Stats ContainerRef { id: "c-1" }"#,
             r#"Logs LogsRequest { id: "c-1", follow: false, tail: 5, since: 0 }"#,
             r#"CheckPorts CheckPortsRequest"#,
+            r#"CreateVolume CreateVolumeRequest { name: "data", size_bytes: 1073741824 }"#,
+            r#"ListVolumes ListVolumesRequest"#,
+            r#"DeleteVolume DeleteVolumeRequest { name: "data" }"#,
         ]
     );
 }
