@@ -112,7 +112,7 @@ async fn volumes_have_a_hard_size_outlive_containers_and_are_wiped() {
     assert!(size <= 32 * MIB && size > 24 * MIB, "the filesystem is {size} bytes: {df}");
     let listed = client.list_volumes(pb::ListVolumesRequest {}).await.unwrap().into_inner().volumes;
     let data = listed.iter().find(|v| v.name == "data").unwrap();
-    assert_eq!(data.containers, [writer.id.clone()]);
+    assert_eq!(data.containers, std::slice::from_ref(&writer.id));
     assert!(data.used_bytes > 24 * MIB, "{data:?}");
 
     // A second writer, or a reader beside a writer: refused by name.

@@ -15,6 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use common::process::ProcessSpec;
 
 use common::config::VolumesConfig;
 use common::config::volumes::MIN_VOLUME_BYTES;
@@ -27,6 +30,8 @@ use crate::mounts::{ENGINE_NAMESPACE, in_mount_namespace};
 pub const LABEL_VOLUMES: &str = "ai.basilica.executor.volumes";
 /// The longest volume name.
 const MAX_NAME: usize = 64;
+/// How long making a volume's filesystem may take.
+const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Why a volume call failed.
 #[derive(Debug, thiserror::Error)]
@@ -211,9 +216,7 @@ impl Volumes {
         }
         let record = Record { name: name.to_owned(), size_bytes, created_at: crate::labels::now_secs() as i64 };
         let (image, record_path, dir) = (self.image(name), self.record_path(name), self.dir.clone());
-        let made = tokio::task::spawn_blocking(move || make(&dir, &image, &record_path, &record))
-            .await
-            .map_err(|e| host(name, e.to_string()))?;
+        let made = make(&dir, &image, &record_path, &record).await;
         if let Err(e) = made {
             let _ = std::fs::remove_file(self.image(name));
             let _ = std::fs::remove_file(self.record_path(name));
@@ -292,6 +295,9 @@ impl Volumes {
                 if is_mount_point(&point) {
                     return Ok(());
                 }
+                // Started from this thread, which entered the engine's mount namespace: a
+                // ProcessSpec child is started by tokio's threads, in this process's namespace.
+                #[allow(clippy::disallowed_methods)]
                 run(Command::new("mount")
                     .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
                     .arg(&image)
@@ -392,30 +398,36 @@ fn run(command: &mut Command) -> Result<(), String> {
 }
 
 /// The image reserved in full, the filesystem made, the record written (atomically, last).
-fn make(dir: &Path, image: &Path, record_path: &Path, record: &Record) -> Result<(), VolumeError> {
+async fn make(dir: &Path, image: &Path, record_path: &Path, record: &Record) -> Result<(), VolumeError> {
     let name = &record.name;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| host(name, e.to_string()))?;
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(image)
-        .map_err(|e| host(name, format!("{}: {e}", image.display())))?;
-    match nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, record.size_bytes as i64) {
-        Ok(()) => {}
-        Err(nix::errno::Errno::ENOSPC) => return Err(VolumeError::NoRoom { size: record.size_bytes }),
-        Err(e) => return Err(host(name, format!("reserving {} bytes: {e}", record.size_bytes))),
-    }
-    drop(file);
-    // No reserved blocks (the tenant is the filesystem's only user), no lazy init left to a
-    // kernel thread that would write behind the tenant's back.
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0", "-L"])
+    let (dir_, image_, size) = (dir.to_owned(), image.to_owned(), record.size_bytes);
+    tokio::task::spawn_blocking(move || reserve(&dir_, &image_, size))
+        .await
+        .map_err(|e| host(name, e.to_string()))?
+        .map_err(|e| match e {
+            nix::errno::Errno::ENOSPC => VolumeError::NoRoom { size },
+            e => host(name, format!("reserving {size} bytes: {e}")),
+        })?;
+    // No blocks reserved for root: the tenant is the filesystem's only user.
+    let mkfs = ProcessSpec::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-L"])
         .arg(name.chars().take(16).collect::<String>())
-        .arg(image))
-    .map_err(|e| host(name, e))?;
+        .arg(image);
+    let out = mkfs.output(MKFS_TIMEOUT, 1 << 16).await.map_err(|e| host(name, format!("mkfs.ext4: {e}")))?;
+    if !out.status.success() {
+        return Err(host(name, format!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim())));
+    }
     let tmp = record_path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(record).map_err(|e| host(name, e.to_string()))?;
     std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, record_path)).map_err(|e| host(name, e.to_string()))
+}
+
+/// Creates the image file (never over an existing one) and reserves `size` bytes for it.
+fn reserve(dir: &Path, image: &Path, size: u64) -> Result<(), nix::errno::Errno> {
+    let io = |e: std::io::Error| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(nix::errno::Errno::EIO as i32));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).open(image).map_err(io)?;
+    nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, size as i64)
 }
 
 /// Deallocates every block of the image (reads of the range are zeros after it), synced.
