@@ -331,6 +331,8 @@ mod tests {
         "stops",
         "mounts",
         "ports",
+        "volumes",
+        "workload",
         "status",
         "spec",
         "registry",

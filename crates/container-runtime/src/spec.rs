@@ -133,6 +133,12 @@ pub enum MountError {
     Unresolvable { field: String, host_path: String, source: std::io::Error },
 }
 
+impl From<crate::workload::WorkloadError> for SpecError {
+    fn from(e: crate::workload::WorkloadError) -> Self {
+        Self { field: e.field, message: e.message }
+    }
+}
+
 fn field_error(field: impl Into<String>, message: impl Into<String>) -> SpecError {
     SpecError { field: field.into(), message: message.into() }
 }

@@ -9,7 +9,13 @@ use common::config::workload::{MAX_NOFILE, MIN_NOFILE, MIN_RLIMIT_BYTES, rlimit_
 use common::config::{DriverCapability, IpcMode, WorkloadConfig};
 use common::proto::runtime::v1 as pb;
 
-use crate::spec::SpecError;
+/// A workload option that cannot be honoured, naming the field (`workload.…`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct WorkloadError {
+    pub field: String,
+    pub message: String,
+}
 
 /// The least `/dev/shm` a create may ask for: Docker's own default is 64 MiB.
 pub const MIN_SHM_BYTES: u64 = 1 << 20;
@@ -58,8 +64,8 @@ impl Default for Workload {
     }
 }
 
-fn error(field: &str, message: impl Into<String>) -> SpecError {
-    SpecError { field: format!("workload.{field}"), message: message.into() }
+fn error(field: &str, message: impl Into<String>) -> WorkloadError {
+    WorkloadError { field: format!("workload.{field}"), message: message.into() }
 }
 
 /// The most this host lets the engine give a container, per rlimit (None: no bound of its
@@ -135,7 +141,7 @@ impl Bound {
 
 /// An rlimit in bytes as asked (`0` the default, `-1` unlimited) against its bound, which is
 /// also the default.
-fn rlimit_bytes(field: &str, asked: i64, bound: Bound) -> Result<i64, SpecError> {
+fn rlimit_bytes(field: &str, asked: i64, bound: Bound) -> Result<i64, WorkloadError> {
     let shown = |v: i64| if v == -1 { "unlimited".to_owned() } else { v.to_string() };
     match (asked, bound.value) {
         (0, _) => Ok(bound.as_rlimit()),
@@ -173,7 +179,7 @@ impl Workload {
         config: &WorkloadConfig,
         host: &HostLimits,
         allowed_capabilities: &[DriverCapability],
-    ) -> Result<Self, SpecError> {
+    ) -> Result<Self, WorkloadError> {
         let shm_bytes = match asked.shm_bytes {
             0 => ((memory_bytes as f64 * config.shm_fraction.get()) as u64).max(MIN_SHM_BYTES).min(memory_bytes),
             n if n > memory_bytes => {
@@ -333,7 +339,7 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
-    fn resolve(asked: pb::Workload) -> Result<Workload, SpecError> {
+    fn resolve(asked: pb::Workload) -> Result<Workload, WorkloadError> {
         let allowed = [DriverCapability::Compute, DriverCapability::Utility, DriverCapability::Video];
         Workload::resolve(&asked, 8 * GIB, &WorkloadConfig::default(), &HostLimits::default(), &allowed)
     }

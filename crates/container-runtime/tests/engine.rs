@@ -33,7 +33,16 @@ fn spec(id: &str, command: &str) -> ContainerSpec {
         dns: Vec::new(),
         network: None,
         publish_ip: None,
-        workload: container_runtime::workload::Workload::default(),
+        // What a create resolves with the default config on this host (whose hard rlimits may
+        // be all a container can get).
+        workload: container_runtime::workload::Workload::resolve(
+            &Default::default(),
+            64 << 20,
+            &Default::default(),
+            &container_runtime::workload::HostLimits::probe(),
+            &[],
+        )
+        .unwrap(),
         volumes: Vec::new(),
     }
 }

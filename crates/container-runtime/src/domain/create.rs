@@ -115,7 +115,8 @@ impl Runtime {
             &self.config.workload,
             &self.host_limits,
             &self.config.gpu_config.driver_capabilities,
-        )?;
+        )
+        .map_err(SpecError::from)?;
         Ok((spec, gpus))
     }
 
