@@ -240,11 +240,23 @@ async fn a_container_filling_the_disk_is_stopped_and_logs_stay_bounded() {
     }
     let config = TestConfig::new(
         "\n[docker]\nreap_interval = \"1s\"\nlog_max_size = 65536\nlog_max_files = 2\n\
-         [docker.resource_limits]\nwritable_layer_bytes = 8388608\n",
+         [docker.resource_limits]\nwritable_layer_bytes = 33554432\n",
     );
     let (_service, mut client) = start_service(&config).await;
-    // 16 MiB into the writable layer (not /tmp: that is a tmpfs with its own size).
-    let filler = run(&mut client, request("dd if=/dev/zero of=/fill bs=1M count=16 && sleep 600")).await;
+    // A create may ask for less than the configured limit, never more.
+    let with_disk = |command: &str, disk_bytes: u64| {
+        let mut r = request(command);
+        r.resources.as_mut().unwrap().disk_bytes = disk_bytes;
+        r
+    };
+    let e = client.create(with_disk("true", 64 << 20)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.message(), "resources.disk_bytes: 67108864 is more than the limit of 33554432");
+    // 16 MiB into the writable layer (not /tmp: that is a tmpfs with its own size): over the
+    // 8 MiB this one asked for, under the 32 MiB the other one has.
+    let fill = "dd if=/dev/zero of=/fill bs=1M count=16 && sleep 600";
+    let filler = run(&mut client, with_disk(fill, 8 << 20)).await;
+    let roomy = run(&mut client, request(fill)).await;
     // Two megabytes of log lines, then quiet.
     let chatty = run(
         &mut client,
@@ -262,6 +274,13 @@ async fn a_container_filling_the_disk_is_stopped_and_logs_stay_bounded() {
     };
     assert!(stopped.stop_reason.starts_with("disk_quota: the writable layer holds "), "{stopped:?}");
     assert!(stopped.stop_reason.ends_with("over the limit of 8388608"), "{stopped:?}");
+    let stats = client.stats(pb::ContainerRef { id: roomy.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(
+        client.get(pb::ContainerRef { id: roomy.id.clone() }).await.unwrap().into_inner().state(),
+        pb::ContainerState::Running
+    );
+    assert!(stats.writable_layer_bytes >= 16 << 20, "{stats:?}");
+    assert_eq!(stats.writable_layer_limit_bytes, 32 << 20, "{stats:?}");
 
     // The chatty container keeps at most 2 files of 64 KiB (Docker rotates as it writes).
     let chatty_running = client.get(pb::ContainerRef { id: chatty.id.clone() }).await.unwrap().into_inner();

@@ -114,6 +114,11 @@ async fn volumes_have_a_hard_size_outlive_containers_and_are_wiped() {
     let data = listed.iter().find(|v| v.name == "data").unwrap();
     assert_eq!(data.containers, std::slice::from_ref(&writer.id));
     assert!(data.used_bytes > 24 * MIB, "{data:?}");
+    let stats = client.stats(pb::ContainerRef { id: writer.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(stats.volumes.len(), 1, "{stats:?}");
+    let usage = &stats.volumes[0];
+    assert_eq!((usage.volume.as_str(), usage.container_path.as_str(), usage.size_bytes), ("data", "/data", 32 * MIB));
+    assert_eq!(usage.used_bytes, data.used_bytes, "{stats:?}");
 
     // A second writer, or a reader beside a writer: refused by name.
     for read_only in [false, true] {

@@ -222,15 +222,22 @@ impl Engine {
     }
 
     /// Bytes in the container's writable layer (Docker's `SizeRw`, which walks the layer: a
-    /// reaper-interval cost, not a per-call one); None when the engine does not say.
-    pub async fn writable_layer_bytes(&self, id: &str) -> Result<Option<u64>, EngineError> {
+    /// reaper-interval or on-demand cost, not a per-call one), None when the engine does not
+    /// say; and the container's limit on it from its label (None: made before the label).
+    pub async fn writable_layer(&self, id: &str) -> Result<(Option<u64>, Option<u64>), EngineError> {
         let options = bollard::query_parameters::InspectContainerOptions { size: true };
         let inspect = self
             .docker
             .inspect_container(id, Some(options))
             .await
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
-        Ok(inspect.size_rw.and_then(|b| u64::try_from(b).ok()))
+        let limit = inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get(crate::labels::LABEL_DISK))
+            .and_then(|v| v.parse().ok());
+        Ok((inspect.size_rw.and_then(|b| u64::try_from(b).ok()), limit))
     }
 
     pub async fn start(&self, id: &str) -> Result<(), EngineError> {

@@ -29,6 +29,8 @@ pub const LABEL_SIGNATURE: &str = "ai.basilica.executor.image_signature";
 /// restarted service enforces them again.
 pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";
 pub const LABEL_NETWORK_BPS: &str = "ai.basilica.executor.network_bps";
+/// The container's writable-layer limit, bytes (`resources.disk_bytes`, resolved).
+pub const LABEL_DISK: &str = "ai.basilica.executor.disk_bytes";
 /// The container's own network (one of the pool's, see `netpool`), empty when it has none.
 pub const LABEL_NETWORK: &str = "ai.basilica.executor.network";
 /// Label marking a network made for the pool (see `netpool`).

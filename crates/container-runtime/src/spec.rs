@@ -17,7 +17,7 @@ use bollard::models::{
 use common::config::{Capability, ResourceLimits};
 
 use crate::labels::{
-    LABEL_CREATED, LABEL_EXECUTOR, LABEL_GPU_MEMORY, LABEL_GPUS, LABEL_ID, LABEL_MANAGED, LABEL_NETWORK,
+    LABEL_CREATED, LABEL_DISK, LABEL_EXECUTOR, LABEL_GPU_MEMORY, LABEL_GPUS, LABEL_ID, LABEL_MANAGED, LABEL_NETWORK,
     LABEL_NETWORK_BPS, LABEL_OWNER, LABEL_TTL, LABEL_WATCHTOWER_ENABLE, TENANT_LABEL_PREFIX,
 };
 use crate::reference::ImageRef;
@@ -55,6 +55,8 @@ pub const NO_GPUS: &str = "void";
 /// Tenant environment keys starting with this are refused: the NVIDIA runtime reads them.
 pub const NVIDIA_ENV_PREFIX: &str = "NVIDIA_";
 
+/// The least writable-layer limit a create may ask for.
+pub const MIN_DISK_BYTES: u64 = 1 << 20;
 /// Processes per container unless the request asks for fewer.
 pub const DEFAULT_PIDS: u64 = 4096;
 /// `/tmp` inside every container.
@@ -69,6 +71,8 @@ pub struct Resources {
     pub network_bps: u64,
     pub gpu_memory_bytes: u64,
     pub pids: u64,
+    /// The writable layer's limit.
+    pub disk_bytes: u64,
 }
 
 /// A host directory bind-mounted into the container, after the allow-list check.
@@ -183,6 +187,14 @@ impl ContainerSpec {
                 return Err(over(field, asked.to_string(), limit.to_string()));
             }
         }
+        let disk = limits.writable_layer_bytes.get();
+        if r.disk_bytes == 0 {
+            r.disk_bytes = disk;
+        } else if r.disk_bytes > disk {
+            return Err(over("disk_bytes", r.disk_bytes.to_string(), disk.to_string()));
+        } else if r.disk_bytes < MIN_DISK_BYTES {
+            return Err(field_error("resources.disk_bytes", format!("must be at least {MIN_DISK_BYTES} bytes")));
+        }
         if r.pids == 0 {
             r.pids = DEFAULT_PIDS;
         } else if r.pids > DEFAULT_PIDS {
@@ -252,6 +264,7 @@ impl ContainerSpec {
         labels.insert(LABEL_GPUS.into(), self.gpu_uuids.join(","));
         labels.insert(LABEL_GPU_MEMORY.into(), self.resources.gpu_memory_bytes.to_string());
         labels.insert(LABEL_NETWORK_BPS.into(), self.resources.network_bps.to_string());
+        labels.insert(LABEL_DISK.into(), self.resources.disk_bytes.to_string());
         labels.insert(LABEL_NETWORK.into(), self.network.clone().unwrap_or_default());
         labels.insert(crate::ports::LABEL_PORTS.into(), crate::ports::label(&self.ports));
         if !self.volumes.is_empty() {
@@ -491,6 +504,7 @@ mod tests {
                 "ai.basilica.executor.gpus": "GPU-8f6d2a1b-0000-1111-2222-333344445555",
                 "ai.basilica.executor.gpu_memory_bytes": "4294967296",
                 "ai.basilica.executor.network_bps": "104857600",
+                "ai.basilica.executor.disk_bytes": "21474836480",
                 "ai.basilica.executor.network": "basilica-c-0123456789ab",
                 "ai.basilica.executor.ports": "8888/tcp=40001"
             },

@@ -143,6 +143,8 @@ pub fn stats(id: String, stats: &ContainerStatsResponse) -> pb::ContainerStats {
         block_read_bytes: read,
         block_write_bytes: write,
         pids: stats.pids_stats.as_ref().and_then(|p| p.current).unwrap_or(0),
+        // The writable layer and the volumes are the runtime's to fill in (another inspect).
+        ..Default::default()
     }
 }
 

@@ -236,6 +236,17 @@ impl Volumes {
         pb::Volume { name: name.to_owned(), size_bytes, used_bytes, created_at, containers }
     }
 
+    /// Volume `name`'s size and the bytes in use on it (zeros when it is gone or not mounted).
+    pub fn usage(&self, name: &str) -> (u64, u64) {
+        match self.records().get(name) {
+            Some(r) => {
+                let described = self.describe(name, r.size_bytes, r.created_at, Vec::new());
+                (described.size_bytes, described.used_bytes)
+            }
+            None => (0, 0),
+        }
+    }
+
     /// Every volume, with the containers that have it (`users`: volume name → our ids).
     pub fn list(&self, users: &HashMap<String, Vec<String>>) -> Vec<pb::Volume> {
         self.records()

@@ -150,6 +150,10 @@ pub enum ContainersCommand {
         /// CPU cores (0: the configured maximum).
         #[arg(long, default_value_t = 0.0)]
         cpu_cores: f64,
+        /// Writable-layer limit, bytes (0: the configured maximum); over it the container is
+        /// stopped (`disk_quota`).
+        #[arg(long, default_value_t = 0)]
+        disk_bytes: u64,
         #[arg(long, default_value_t = 0)]
         gpus: u32,
         /// Seconds until it is reaped; 0: never.
@@ -601,6 +605,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             image,
             memory_bytes,
             cpu_cores,
+            disk_bytes,
             gpus,
             ttl_seconds,
             env,
@@ -628,7 +633,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 image,
                 command,
                 env: vars,
-                resources: Some(runtime::ResourceRequest { memory_bytes, cpu_cores, ..Default::default() }),
+                resources: Some(runtime::ResourceRequest { memory_bytes, cpu_cores, disk_bytes, ..Default::default() }),
                 gpu_count: gpus,
                 ttl_seconds,
                 ssh_public_keys: ssh_keys.iter().map(|k| key_line(k)).collect::<Result<_, _>>()?,
@@ -656,6 +661,12 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 "memory_limit_bytes": s.memory_limit_bytes, "network_rx_bytes": s.network_rx_bytes,
                 "network_tx_bytes": s.network_tx_bytes, "block_read_bytes": s.block_read_bytes,
                 "block_write_bytes": s.block_write_bytes, "pids": s.pids,
+                "writable_layer_bytes": s.writable_layer_bytes,
+                "writable_layer_limit_bytes": s.writable_layer_limit_bytes,
+                "volumes": s.volumes.iter().map(|v| json!({
+                    "volume": v.volume, "container_path": v.container_path,
+                    "size_bytes": v.size_bytes, "used_bytes": v.used_bytes,
+                })).collect::<Vec<_>>(),
             }));
         }
         Remove { id, force } => {

@@ -112,7 +112,8 @@ pub struct ResourceLimits {
     /// Bytes/s each way on the container's network interface.
     pub network_bps: u64,
     /// The container's writable layer (what it writes outside its volumes and tmpfs), bytes;
-    /// measured every `reap_interval`, a container over it is stopped (`disk_quota`).
+    /// measured every `reap_interval`, a container over it is stopped (`disk_quota`). A create
+    /// may ask for less (`resources.disk_bytes`).
     pub writable_layer_bytes: ByteSize,
 }
 

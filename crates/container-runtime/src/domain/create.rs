@@ -93,6 +93,7 @@ impl Runtime {
                 network_bps: res.network_bps,
                 gpu_memory_bytes: res.gpu_memory_bytes,
                 pids: res.pids,
+                disk_bytes: res.disk_bytes,
             },
             mounts,
             gpu_uuids: Vec::new(),

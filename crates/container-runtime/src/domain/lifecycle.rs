@@ -192,17 +192,18 @@ impl Runtime {
         Ok(stopped)
     }
 
-    /// One round of the writable-layer limit (`[docker.resource_limits] writable_layer_bytes`):
-    /// stops each of `running` whose layer is over it, recording why (`disk_quota`). Docker's
+    /// One round of the writable-layer limit (each container's `resources.disk_bytes`, by
+    /// default `[docker.resource_limits] writable_layer_bytes`): stops each of `running` whose
+    /// layer is over its limit, recording why (`disk_quota`). Docker's
     /// `storage_opt size` would be exact but exists only on some storage drivers; measuring works
     /// on all of them. Returns the ids stopped.
     pub async fn enforce_disk(&self, running: &[String]) -> Vec<String> {
-        let limit = self.config.resource_limits.writable_layer_bytes.get();
+        let configured = self.config.resource_limits.writable_layer_bytes.get();
         let mut stopped = Vec::new();
         for id in running {
-            let used = match self.engine.writable_layer_bytes(id).await {
-                Ok(Some(used)) => used,
-                Ok(None) => continue,
+            let (used, limit) = match self.engine.writable_layer(id).await {
+                Ok((Some(used), limit)) => (used, limit.unwrap_or(configured)),
+                Ok((None, _)) => continue,
                 Err(e) => {
                     tracing::debug!(id, error = %e, "cannot measure a container's writable layer");
                     continue;

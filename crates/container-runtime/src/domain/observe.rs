@@ -58,7 +58,7 @@ impl Runtime {
 
     /// One stats sample of a container of ours.
     pub async fn stats(&self, id: &str) -> Result<pb::ContainerStats, RuntimeError> {
-        self.ours(id).await?;
+        let inspect = self.ours(id).await?;
         let options = StatsOptions { stream: false, one_shot: false };
         let stats = self
             .engine
@@ -68,7 +68,20 @@ impl Runtime {
             .await
             .ok_or_else(|| RuntimeError::NoStats { id: id.to_owned() })?
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
-        Ok(crate::status::stats(id.to_owned(), &stats))
+        let mut out = crate::status::stats(id.to_owned(), &stats);
+        let (used, limit) = self.engine.writable_layer(id).await?;
+        out.writable_layer_bytes = used.unwrap_or(0);
+        out.writable_layer_limit_bytes = limit.unwrap_or(self.config.resource_limits.writable_layer_bytes.get());
+        let labels = inspect.config.as_ref().and_then(|c| c.labels.as_ref());
+        let attached = labels.and_then(|l| l.get(crate::volumes::LABEL_VOLUMES)).map_or("", String::as_str);
+        out.volumes = crate::volumes::parse_label(attached)
+            .into_iter()
+            .map(|a| {
+                let (size_bytes, used_bytes) = self.volumes().usage(&a.volume);
+                pb::VolumeUsage { volume: a.volume, container_path: a.container_path, size_bytes, used_bytes }
+            })
+            .collect();
+        Ok(out)
     }
 
     /// Runs `r.command` in a container of ours: its exit code and output, cut at the cap and
