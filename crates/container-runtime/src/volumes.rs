@@ -222,7 +222,12 @@ impl Volumes {
             let _ = std::fs::remove_file(self.record_path(name));
             return Err(e);
         }
-        self.mount(name).await?;
+        // A volume that cannot be mounted is not made: the caller may ask again.
+        if let Err(e) = self.mount(name).await {
+            let _ = std::fs::remove_file(self.record_path(name));
+            let _ = std::fs::remove_file(self.image(name));
+            return Err(e);
+        }
         tracing::info!(name, size_bytes, "volume created");
         Ok(self.describe(name, size_bytes, record_created(&self.record_path(name)), Vec::new()))
     }

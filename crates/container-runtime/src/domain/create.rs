@@ -153,7 +153,8 @@ impl Runtime {
             self.assign_ports(&mut spec.ports, &ours)?;
         }
         // Held until the engine has the container (and so its label): no delete in between.
-        let _volumes = self.volumes.lock().lock().await;
+        // Creates without volumes need not wait for one being made.
+        let _volumes = if asked_volumes.is_empty() { None } else { Some(self.volumes.lock().lock().await) };
         if !asked_volumes.is_empty() {
             let others = volumes_of(&ours);
             let paths: Vec<String> = spec.mounts.iter().map(|m| m.container_path.clone()).collect();
