@@ -13,6 +13,7 @@ pub mod check;
 pub mod clock;
 #[cfg(feature = "service")]
 pub mod config;
+pub mod durable;
 pub mod exec_env;
 #[cfg(feature = "service")]
 pub mod grpc;

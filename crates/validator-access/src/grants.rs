@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use russh::keys::{HashAlg, PublicKey};
 use serde::{Deserialize, Serialize};
 
-use crate::durable::DurableFile;
+use common::durable::DurableFile;
 
 /// File name under `data_dir`.
 pub const GRANTS_FILE: &str = "validator-grants.json";
@@ -30,9 +30,9 @@ pub struct GrantRecord {
 }
 
 /// What opening the store found.
-pub use crate::durable::Opened;
+pub use common::durable::Opened;
 /// Errors of the store, naming the file.
-pub use crate::durable::StoreError as GrantError;
+pub use common::durable::StoreError as GrantError;
 
 /// Grants removed from memory whose removal could not be written to the grants file: they are
 /// gone for this process (sessions end), but the file still names them until the next write.

@@ -14,11 +14,11 @@
 //!
 //! Layers, each module importing only modules of the lines above it:
 //! - `time`, `challenge`, `grammar`, `cgroup`, `refusals`: nothing of this crate;
-//! - `durable` (time); `grants` (durable, time); `principal` (grants); `sessions` (principal);
+//! - `grants` (time; its file is a `common::durable` one); `principal` (grants); `sessions` (principal);
 //! - `admission` (grants, principal, time); `command` (grammar, principal, sessions);
 //! - `access` (all of the above);
 //! - `front::embedded`, `front::gate`, `api` (access and what it is made of);
-//! - `tenant` (durable, grants' key parsing, sessions' ids, the fronts' login grace and
+//! - `tenant` (grants' key parsing, sessions' ids, the fronts' login grace and
 //!   refusals, time);
 //! - this file and `main.rs`.
 
@@ -28,7 +28,6 @@ pub mod api;
 pub mod cgroup;
 pub mod challenge;
 pub mod command;
-pub mod durable;
 pub mod front;
 pub mod grammar;
 pub mod grants;
@@ -258,7 +257,7 @@ impl Renters {
     async fn build(config: &common::config::Config, audit: Arc<common::audit::Audit>) -> Result<Self, BoxError> {
         let t = config.tenant_access.clone();
         let (keys, opened) = tenant::keys::TenantKeyStore::open(&config.data_dir, t.max_keys_per_container)?;
-        if let durable::Opened::Recovered { moved_to, entries } = &opened {
+        if let common::durable::Opened::Recovered { moved_to, entries } = &opened {
             tracing::error!(moved_to = %moved_to.display(), keys = entries, "the tenant keys file was damaged: restored from its last good copy");
             audit.record(
                 "tenant_keys_recovered",

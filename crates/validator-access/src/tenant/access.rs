@@ -13,11 +13,11 @@ use common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient
 use serde_json::json;
 use tonic::transport::Channel;
 
-use crate::durable::StoreError;
 use crate::grants::{KeyError, fingerprint, parse_key};
 use crate::tenant::keys::{AddError, TenantKey, TenantKeyStore, parse_keys};
 use crate::tenant::sessions::TenantSessions;
 use crate::time::now;
+use common::durable::StoreError;
 
 /// Why a call about renters' keys is refused or failed.
 #[derive(Debug, thiserror::Error)]

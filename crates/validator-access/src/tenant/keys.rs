@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{DurableFile, Opened, StoreError};
 use crate::grants::{KeyError, fingerprint, parse_key};
+use common::durable::{DurableFile, Opened, StoreError};
 
 /// File name under `data_dir`.
 pub const KEYS_FILE: &str = "tenant-keys.json";

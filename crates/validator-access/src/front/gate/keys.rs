@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use super::wire::socket_path;
-use crate::durable::write_atomically;
 use crate::grants::GrantRecord;
+use common::durable::write_atomically;
 
 /// The `authorized_keys` text for `grants`: `gate` is this binary, `socket` the relay socket.
 pub fn authorized_keys(grants: &[GrantRecord], gate: &Path, socket: &Path, sources: &[String]) -> String {

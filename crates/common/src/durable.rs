@@ -3,9 +3,8 @@
 //! file, with a copy of the last good version beside it (`.bak`, written the same way). A file
 //! that cannot be parsed (a disk error, a hand edit) is moved aside (`.corrupt-<unix time>`, so
 //! nothing is lost) and the contents come back from the copy; when the copy is bad too, opening
-//! fails and says which files. Grants and tenant keys are kept this way.
+//! fails and says which files. validator-access keeps grants and tenant keys this way, container-runtime its image cache.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -34,11 +33,11 @@ pub enum Opened {
 
 /// Replaces `path` with `bytes` so that a crash leaves the old or the new file, never half of
 /// one: `<path>.tmp`, fsync, rename, fsync of the directory. `mode` sets the permissions.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
+    std::io::Write::write_all(&mut file, bytes)?;
     if let Some(mode) = mode {
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -106,7 +105,10 @@ impl DurableFile {
                         source,
                     });
                 };
-                let moved_to = self.path.with_extension(format!("json.corrupt-{}", crate::time::now()));
+                let moved_to = self.path.with_extension(format!(
+                    "json.corrupt-{}",
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+                ));
                 std::fs::rename(&self.path, &moved_to).map_err(|e| self.io(e))?;
                 let bytes = serde_json::to_vec_pretty(&good).map_err(|e| self.io(std::io::Error::other(e)))?;
                 write_atomically(&self.path, &bytes, None).map_err(|e| self.io(e))?;
