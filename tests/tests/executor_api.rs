@@ -331,6 +331,20 @@ async fn executor_ctl_for_operators() {
         assert_eq!(out.status.code(), Some(2), "a bad --volume is a usage error");
     }
 
+    // Images through ctl and the public API: the operator's own image is never the cache's.
+    let pulled = json(&ctl(&node, &key, &["images", "pull", BUSYBOX_IMAGE]).await);
+    assert_eq!(
+        (&pulled["reference"], &pulled["state"]),
+        (&json!(format!("docker.io/{BUSYBOX_IMAGE}")), &json!("not cached"))
+    );
+    let listed = json(&ctl(&node, &key, &["images", "list"]).await);
+    assert_eq!(listed, json!({"cache_bytes": 0, "high_water_bytes": 200u64 << 30}));
+    let out = ctl(&node, &key, &["images", "remove", BUSYBOX_IMAGE]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in the executor's image cache"));
+    let out = ctl(&node, &key, &["images", "pull", "registry.example/x:1"]).await;
+    assert_eq!(out.status.code(), Some(1), "an image off the allow-list was pulled");
+
     // Errors: the code and message of the status (exit 1); no key at all (exit 2).
     let out = ctl(&node, &key, &["containers", "get", id]).await;
     assert_eq!(out.status.code(), Some(1));

@@ -58,7 +58,22 @@ pub struct Admitted {
     pub image: ImageRef,
     /// What verification found, for `Container.image_signature`; empty when nothing is verified.
     pub signature: String,
+    /// Whether this admission pulled it (the engine did not have it).
+    pub pulled: bool,
 }
+
+/// One step of a pull as the engine reports it (`PullImage`'s progress).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullStep {
+    pub status: String,
+    pub layer: String,
+    pub current: u64,
+    pub total: u64,
+}
+
+/// Where a pull's steps go; a step the receiver has no room for is left out (progress is
+/// advisory: a slow reader never slows the pull).
+pub type Progress = tokio::sync::mpsc::Sender<PullStep>;
 
 /// The image gate of the service.
 pub struct Admission {
@@ -141,8 +156,14 @@ impl Admission {
         Ok(Self { config: registry, docker, client, credentials, keys, audit, in_flight: Mutex::new(HashMap::new()) })
     }
 
-    /// Verifies (in the registry's mode) and pulls `image` for `owner`'s create.
-    pub async fn admit(&self, image: &ImageRef, owner: &str) -> Result<Admitted, AdmissionError> {
+    /// Verifies (in the registry's mode) and pulls `image` for `owner`'s create or pull, the
+    /// engine's steps sent to `progress`.
+    pub async fn admit(
+        &self,
+        image: &ImageRef,
+        owner: &str,
+        progress: Option<&Progress>,
+    ) -> Result<Admitted, AdmissionError> {
         let key = image.to_string();
         let lock = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -150,7 +171,7 @@ impl Admission {
         };
         let result = {
             let _turn = lock.lock().await;
-            self.admit_now(image, owner).await
+            self.admit_now(image, owner, progress).await
         };
         let mut in_flight = self.in_flight.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // The map's copy and ours: nobody else is waiting on this image.
@@ -160,7 +181,12 @@ impl Admission {
         result
     }
 
-    async fn admit_now(&self, image: &ImageRef, owner: &str) -> Result<Admitted, AdmissionError> {
+    async fn admit_now(
+        &self,
+        image: &ImageRef,
+        owner: &str,
+        progress: Option<&Progress>,
+    ) -> Result<Admitted, AdmissionError> {
         let login = self.credentials.login(&image.registry).map_err(|source| {
             tracing::error!(error = %source, registry = %image.registry, "registry credentials");
             AdmissionError::Credentials { registry: image.registry.clone(), source: Box::new(source) }
@@ -175,10 +201,10 @@ impl Admission {
                         .unwrap_or(Verdict { digest: None, result: Err(Unverified::Timeout(timeout)) });
                 self.decide(image, owner, mode, verdict)?
             }
-            _ => Admitted { image: image.clone(), signature: String::new() },
+            _ => Admitted { image: image.clone(), signature: String::new(), pulled: false },
         };
-        self.pull(&admitted.image, &login).await?;
-        Ok(admitted)
+        let pulled = self.pull(&admitted.image, &login, progress).await?;
+        Ok(Admitted { pulled, ..admitted })
     }
 
     /// The mode's decision on a verdict, recorded (log, metric, audit) before it takes effect.
@@ -201,13 +227,16 @@ impl Admission {
             (Ok(key), _) => Ok(Admitted {
                 image: pinned(&verdict.digest),
                 signature: format!("verified: {} signed by {key}", verdict.digest.as_deref().unwrap_or("the image")),
+                pulled: false,
             }),
             (Err(why), SignatureMode::Enforce) => Err(why.clone()),
-            (Err(why), SignatureMode::Warn) => {
-                Ok(Admitted { image: pinned(&verdict.digest), signature: format!("unverified (warn): {why}") })
-            }
+            (Err(why), SignatureMode::Warn) => Ok(Admitted {
+                image: pinned(&verdict.digest),
+                signature: format!("unverified (warn): {why}"),
+                pulled: false,
+            }),
             (Err(why), SignatureMode::Monitor) => {
-                Ok(Admitted { image: image.clone(), signature: format!("unverified (monitor): {why}") })
+                Ok(Admitted { image: image.clone(), signature: format!("unverified (monitor): {why}"), pulled: false })
             }
         };
         let decision = if outcome.is_ok() { "allowed" } else { "refused" };
@@ -243,31 +272,46 @@ impl Admission {
         })
     }
 
-    /// Pulls `image` unless the engine has it already, with the registry's login.
-    async fn pull(&self, image: &ImageRef, login: &signatures::Login) -> Result<(), AdmissionError> {
+    /// Pulls `image` unless the engine has it already, with the registry's login; true when
+    /// it pulled.
+    async fn pull(
+        &self,
+        image: &ImageRef,
+        login: &signatures::Login,
+        progress: Option<&Progress>,
+    ) -> Result<bool, AdmissionError> {
         let name = image.to_string();
         if self.docker.inspect_image(&name).await.is_ok() {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         let options =
             bollard::query_parameters::CreateImageOptions { from_image: Some(name.clone()), ..Default::default() };
         let credentials = login.docker_credentials(&image.registry);
         let pull = async {
-            let mut progress = self.docker.create_image(Some(options), None, credentials);
-            while let Some(step) = progress.next().await {
-                step?;
+            let mut steps = self.docker.create_image(Some(options), None, credentials);
+            while let Some(step) = steps.next().await {
+                let step = step?;
+                if let Some(progress) = progress {
+                    let detail = step.progress_detail.unwrap_or_default();
+                    let _ = progress.try_send(PullStep {
+                        status: step.status.unwrap_or_default(),
+                        layer: step.id.unwrap_or_default(),
+                        current: detail.current.and_then(|c| u64::try_from(c).ok()).unwrap_or(0),
+                        total: detail.total.and_then(|t| u64::try_from(t).ok()).unwrap_or(0),
+                    });
+                }
             }
             Ok::<(), bollard::errors::Error>(())
         };
         let timeout = self.config.pull_timeout;
         let result = match tokio::time::timeout(timeout, pull).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(true),
             Ok(Err(source)) => Err(AdmissionError::Pull { image: name.clone(), source }),
             Err(_) => Err(AdmissionError::PullTimeout { image: name.clone(), timeout }),
         };
         let label = match &result {
-            Ok(()) => "ok",
+            Ok(_) => "ok",
             Err(AdmissionError::PullTimeout { .. }) => "timeout",
             Err(_) => "error",
         };
@@ -275,7 +319,7 @@ impl Admission {
         metrics::histogram!("executor_container_runtime_image_pull_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         match &result {
-            Ok(()) => tracing::info!(image = %name, elapsed = ?started.elapsed(), "image pulled"),
+            Ok(_) => tracing::info!(image = %name, elapsed = ?started.elapsed(), "image pulled"),
             Err(e) => {
                 let cause = std::error::Error::source(e).map(ToString::to_string).unwrap_or_default();
                 tracing::warn!(image = %name, error = %e, cause, "image pull failed")

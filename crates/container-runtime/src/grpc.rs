@@ -15,6 +15,7 @@ use crate::domain::{ForwardEnd, LogChunks, Runtime, RuntimeError};
 use crate::engine::EngineError;
 use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
+use crate::images::ImageError;
 use crate::ports::PortError;
 use crate::spec::MountError;
 use crate::volumes::VolumeError;
@@ -107,6 +108,13 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
             VolumeError::OverTotal { .. } | VolumeError::NoRoom { .. } => caller(Reason::LimitReached),
             VolumeError::InUse { .. } | VolumeError::Shared { .. } => caller(Reason::WrongState),
             VolumeError::Host { .. } => Refusal::new(Reason::Storage, e.to_string()),
+        },
+        E::Image(i) => match i {
+            ImageError::NotCached { .. } => caller(Reason::NotFound),
+            ImageError::Prefetched { .. } | ImageError::InUse { .. } => caller(Reason::WrongState),
+            ImageError::Conflict { source, .. } => caller(Reason::WrongState).with_cause(source),
+            ImageError::Engine { source, .. } => Refusal::new(Reason::Engine, e.to_string()).with_cause(source),
+            ImageError::Store(source) => Refusal::new(Reason::Storage, e.to_string()).with_cause(source),
         },
     };
     match refusal.reason {
@@ -253,6 +261,31 @@ impl RuntimeApi for RuntimeGrpc {
     ) -> Result<Response<pb::DeleteVolumeResponse>, Status> {
         self.runtime.delete_volume(&request.into_inner().name).await.map_err(status)?;
         Ok(Response::new(pb::DeleteVolumeResponse {}))
+    }
+
+    type PullImageStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::PullProgress, Status>> + Send>>;
+
+    async fn pull_image(
+        &self,
+        request: Request<pb::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        let steps = self.runtime.pull_image(request.into_inner()).await.map_err(status)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(steps).map(|item| item.map_err(status)))))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        self.runtime.list_images().await.map(Response::new).map_err(status)
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        self.runtime.remove_image(&request.into_inner().image).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveImageResponse {}))
     }
 
     async fn check_ports(

@@ -6,7 +6,8 @@
 //! the rules (create, start, stop, remove, list, reconcile, reap, GPU memory enforcement) and
 //! [`status`] turns what the engine says into proto messages. Containers are hardened
 //! ([`spec`]), from allowed registries ([`reference`](mod@reference)), with their image's cosign signature
-//! verified and pulled ([`admission`], [`signatures`]), on the engine ([`engine`]), within the
+//! verified and pulled ([`admission`], [`signatures`]) into the image cache ([`images`]:
+//! prefetch, garbage collection), on the engine ([`engine`]), within the
 //! configured limits: GPUs by UUID from gpu-monitor's inventory ([`gpus`], [`gpu_monitor`]), a
 //! network of their own ([`netpool`], [`firewall`]) shaped to `network_bps` ([`shaping`]), GPU
 //! memory watched ([`gpu_memory`], [`stops`]). Docker is the only state, read back through our
@@ -24,7 +25,7 @@
 //!
 //! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
 //! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
-//! `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
+//! `images`, `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
 //! `proctree`, `rootfs`, `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and
 //! `firewall` use none.
 
@@ -37,6 +38,7 @@ pub mod gpu_memory;
 pub mod gpu_monitor;
 pub mod gpus;
 pub mod grpc;
+pub mod images;
 pub mod labels;
 pub mod mounts;
 pub mod netpool;
@@ -150,6 +152,7 @@ impl Service for ContainerRuntime {
     async fn check(loaded: &LoadedConfig) -> Vec<Check> {
         let mut checks = docker_checks(&loaded.config.docker).await;
         checks.extend(admission::checks(&loaded.config.docker.registry));
+        checks.push(images::check(&loaded.config.docker));
         checks.push(ports::check(&loaded.config).await);
         checks
     }
@@ -207,6 +210,7 @@ impl Service for ContainerRuntime {
         );
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
         admission::describe_metrics();
+        images::describe_metrics();
         grpc::describe_metrics();
         metrics::describe_counter!(
             "executor_container_runtime_creates_total",
@@ -218,9 +222,13 @@ impl Service for ContainerRuntime {
         );
         let follow = follow_engine(&self.runtime, ctx.config().docker.network_config.enable_isolation);
         tokio::pin!(follow);
+        let prefetch = std::sync::Arc::clone(self.runtime.images()).prefetch();
+        tokio::pin!(prefetch);
+        let mut prefetching = true;
         loop {
             tokio::select! {
                 () = &mut follow => {}
+                () = &mut prefetch, if prefetching => prefetching = false,
                 _ = reap.tick() => {
                     match self.runtime.reap().await {
                         Ok(round) => {
@@ -228,6 +236,9 @@ impl Service for ContainerRuntime {
                             self.runtime.enforce_disk(&round.running).await;
                         }
                         Err(e) => tracing::warn!(error = %e, "reaper round failed"),
+                    }
+                    if let Err(e) = self.runtime.collect_images().await {
+                        tracing::warn!(error = %e, "image collector round failed");
                     }
                 }
                 _ = gpu_watch.tick(), if watch_gpus => {
@@ -339,6 +350,7 @@ mod tests {
         "signatures",
         "admission",
         "engine",
+        "images",
         "netpool",
         "teardown",
         "reaper",

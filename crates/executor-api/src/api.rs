@@ -152,6 +152,7 @@ async fn forward<T>(
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<runtime::LogChunk, Status>> + Send>>;
+type PullStream = Pin<Box<dyn Stream<Item = Result<runtime::PullProgress, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = ExecItem> + Send>>;
 
 #[tonic::async_trait]
@@ -344,6 +345,44 @@ impl ExecutorApiRpc for Api {
         let id = request_id(&request);
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().delete_volume(request.into_inner()))
             .await
+    }
+
+    type PullImageStream = PullStream;
+
+    async fn pull_image(
+        &self,
+        request: Request<runtime::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        let id = request_id(&request);
+        let caller = request.extensions().get::<Caller>().map(|c| c.0.to_string());
+        let mut body = request.into_inner();
+        // As for a create: the signature decision is recorded for whoever asked.
+        if body.owner.is_empty()
+            && let Some(caller) = caller
+        {
+            body.owner = caller;
+        }
+        let service = ServiceName::ContainerRuntime;
+        let stream = forward(service, &id, self.inner.runtime.clone().pull_image(body)).await?.into_inner();
+        let mapped =
+            stream.map(move |item| item.map_err(|status| ApiError::Downstream { service, status }.into_status(&id)));
+        Ok(Response::new(Box::pin(mapped)))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<runtime::ListImagesRequest>,
+    ) -> Result<Response<runtime::ListImagesResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().list_images(request.into_inner())).await
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<runtime::RemoveImageRequest>,
+    ) -> Result<Response<runtime::RemoveImageResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().remove_image(request.into_inner())).await
     }
 
     type ExecContainerStream = ExecStream;

@@ -167,6 +167,8 @@ impl ExecutorClient {
     unary!(create_volume, "CreateVolume", runtime::CreateVolumeRequest => runtime::Volume);
     unary!(list_volumes, "ListVolumes", runtime::ListVolumesRequest => runtime::ListVolumesResponse);
     unary!(delete_volume, "DeleteVolume", runtime::DeleteVolumeRequest => runtime::DeleteVolumeResponse);
+    unary!(list_images, "ListImages", runtime::ListImagesRequest => runtime::ListImagesResponse);
+    unary!(remove_image, "RemoveImage", runtime::RemoveImageRequest => runtime::RemoveImageResponse);
     unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);
@@ -186,6 +188,14 @@ impl ExecutorClient {
     }
 
     /// A container's logs, streamed.
+    pub async fn pull_image(
+        &self,
+        request: runtime::PullImageRequest,
+    ) -> Result<Streaming<runtime::PullProgress>, Status> {
+        let request = self.signed("PullImage", request);
+        Ok(self.api.clone().pull_image(request).await?.into_inner())
+    }
+
     pub async fn stream_logs(&self, request: runtime::LogsRequest) -> Result<Streaming<runtime::LogChunk>, Status> {
         let request = self.signed("StreamLogs", request);
         Ok(self.api.clone().stream_logs(request).await?.into_inner())

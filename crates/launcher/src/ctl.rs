@@ -66,6 +66,9 @@ pub enum CtlCommand {
     /// Named volumes with a hard size (`containers create --volume NAME:/path`).
     #[command(subcommand)]
     Volumes(VolumesCommand),
+    /// The image cache: pull ahead of creates, list (with `[docker.images] prefetch`), remove.
+    #[command(subcommand)]
+    Images(ImagesCommand),
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -96,6 +99,18 @@ pub enum VolumesCommand {
     List,
     /// Delete a volume no container has; its bytes are wiped.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImagesCommand {
+    /// Pull an image as a create would (allow-list, signature policy): the engine's steps on
+    /// stderr, the image as JSON on stdout.
+    Pull { image: String },
+    /// One line per cached image (least recently used first), then prefetch-listed images not
+    /// there yet, then the cache's total against its high-water mark.
+    List,
+    /// Remove a cached image no container has and `prefetch` does not list.
+    Remove { image: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -471,6 +486,7 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
                 }
             }
         }
+        CtlCommand::Images(command) => images(client, command).await?,
         CtlCommand::Ports(PortsCommand::Check) => {
             let r = client.check_ports(runtime::CheckPortsRequest {}).await?;
             print(&json!({
@@ -548,6 +564,44 @@ fn workload(options: WorkloadArgs) -> Result<runtime::Workload, CtlError> {
         }
     }
     Ok(w)
+}
+
+fn image_json(i: &runtime::Image) -> Value {
+    json!({
+        "reference": i.reference, "pulled": i.pulled, "id": i.id, "size_bytes": i.size_bytes,
+        "pulled_at": i.pulled_at, "last_used_at": i.last_used_at, "containers": i.containers,
+        "prefetch": i.prefetch, "state": i.state, "signature": i.signature,
+    })
+}
+
+async fn images(client: &ExecutorClient, command: ImagesCommand) -> Result<(), CtlError> {
+    match command {
+        ImagesCommand::Pull { image } => {
+            let mut steps = client.pull_image(runtime::PullImageRequest { image, owner: String::new() }).await?;
+            while let Some(step) = steps.next().await {
+                let step = step?;
+                match &step.image {
+                    Some(image) => print(&image_json(image)),
+                    None if step.total_bytes > 0 => {
+                        eprintln!("{} {} {}/{}", step.layer, step.status, step.current_bytes, step.total_bytes)
+                    }
+                    None => eprintln!("{} {}", step.layer, step.status),
+                }
+            }
+        }
+        ImagesCommand::List => {
+            let list = client.list_images(runtime::ListImagesRequest {}).await?;
+            for image in &list.images {
+                print(&image_json(image));
+            }
+            print(&json!({"cache_bytes": list.cache_bytes, "high_water_bytes": list.high_water_bytes}));
+        }
+        ImagesCommand::Remove { image } => {
+            client.remove_image(runtime::RemoveImageRequest { image: image.clone() }).await?;
+            print(&json!({"removed": image}));
+        }
+    }
+    Ok(())
 }
 
 /// `--volume NAME:/PATH[:ro]`.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::Issues;
+use super::images::ImagesConfig;
 use super::ports::PortsConfig;
 use super::registry::RegistryConfig;
 use super::values::{ByteSize, Fraction, InvalidValue, human_duration};
@@ -29,6 +30,7 @@ pub struct DockerConfig {
     pub ports: PortsConfig,
     pub workload: WorkloadConfig,
     pub volumes: VolumesConfig,
+    pub images: ImagesConfig,
     pub gpu_config: GpuConfig,
     pub registry: RegistryConfig,
     /// How often expired containers (TTL) and leftover networks are reaped.
@@ -91,6 +93,7 @@ impl Default for DockerConfig {
             ports: PortsConfig::default(),
             workload: WorkloadConfig::default(),
             volumes: VolumesConfig::default(),
+            images: ImagesConfig::default(),
             gpu_config: GpuConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -256,6 +259,7 @@ impl DockerConfig {
         }
         self.workload.validate(v);
         self.volumes.validate(v);
+        self.images.validate(v);
         self.registry.validate(v);
         self.ports.validate(v);
     }

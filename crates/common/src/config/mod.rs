@@ -15,6 +15,7 @@
 pub mod docker;
 pub mod endpoints;
 pub mod error;
+pub mod images;
 pub mod launcher;
 pub mod listeners;
 pub mod load;
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 pub use docker::{Capability, DockerConfig, GpuConfig, NetworkConfig, ResourceLimits, parse_visible_devices};
 pub use endpoints::AdvertisedEndpointConfig;
 pub use error::{CONFIG_ERROR_EXIT_CODE, ConfigError, ConfigIssue};
+pub use images::ImagesConfig;
 pub use launcher::LauncherConfig;
 pub use listeners::MetricsConfig;
 pub use load::{LoadedConfig, check_writable_dir};

@@ -83,6 +83,9 @@ fn bad_values_name_key_and_file() {
         "[docker.volumes]\nmax_volume_bytes = 1073741824\nmax_total_bytes = 536870912",
         &["key `docker.volumes.max_total_bytes`", "out of range"],
     );
+    check_err("[docker.images]\nprefetch = [\"a b\"]", &["key `docker.images.prefetch[0]`", "not an image reference"]);
+    check_err("[docker.images]\nprefetch = [\"x:1\", \"x:1\"]", &["key `docker.images.prefetch[1]`", "listed twice"]);
+    check_err("[docker.images]\ngc_high_water_bytes = -1", &["docker.images.gc_high_water_bytes"]);
     check_err("[docker.workload]\nshm_fraction = 0.0", &["key `docker.workload.shm_fraction`", "not in (0, 1]"]);
     check_err("[docker.workload]\nmemlock = -2", &["key `docker.workload.memlock`", "neither -1"]);
     check_err("[docker.workload]\nstack = 4096", &["key `docker.workload.stack`", "neither -1"]);

@@ -11,7 +11,6 @@ use common::proto::runtime::v1 as pb;
 
 use super::{Runtime, RuntimeError};
 use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE};
-use crate::reference::ImageRef;
 use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
 use crate::volumes::{Attached, LABEL_VOLUMES};
 use crate::workload::Workload;
@@ -41,8 +40,7 @@ impl Runtime {
                 "renters' keys are taken by executor-api, not container-runtime".into(),
             ));
         }
-        let image = ImageRef::parse(&r.image, &self.config.registry.url).map_err(RuntimeError::BadImage)?;
-        self.policy.check(&image).map_err(RuntimeError::ImageNotAllowed)?;
+        let image = self.allowed_image(&r.image)?;
         let gpus = GpuRequest { count: r.gpu_count, uuids: r.gpu_uuids.clone() };
         if (gpus.count > 0 || !gpus.uuids.is_empty()) && !self.config.enable_gpu_passthrough {
             return Err(RuntimeError::GpuPassthroughOff);
@@ -134,7 +132,9 @@ impl Runtime {
         if !spec.ports.is_empty() && self.pool.is_none() {
             return Err(crate::ports::PortError::NoNetwork.into());
         }
-        let admitted = self.admission.admit(&spec.image, &spec.owner).await?;
+        // Prefetch yields and the image collector waits until the container exists.
+        let _demand = self.images.demand().await;
+        let admitted = self.images.admit(&spec.image, &spec.owner, None).await?;
         spec.image = admitted.image;
         if !admitted.signature.is_empty() {
             spec.labels.insert(LABEL_SIGNATURE.to_owned(), admitted.signature);

@@ -6,6 +6,7 @@ use crate::admission::AdmissionError;
 use crate::engine::EngineError;
 use crate::gpu_monitor::GpuMonitorError;
 use crate::gpus::GpuError;
+use crate::images::ImageError;
 use crate::labels::NameError;
 use crate::ports::PortError;
 use crate::reference::{NotAllowed, ReferenceError};
@@ -104,4 +105,6 @@ pub enum RuntimeError {
     Name(#[source] NameError),
     #[error(transparent)]
     Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
 }

@@ -13,6 +13,7 @@ mod create;
 mod cutoff;
 mod error;
 mod forward;
+mod images;
 mod lifecycle;
 mod observe;
 mod session;
@@ -30,11 +31,13 @@ pub use self::attach::Sessions;
 pub use self::create::GpuRequest;
 pub use self::error::RuntimeError;
 pub use self::forward::{CONNECT_TIMEOUT, ForwardEnd, Forwarding};
+pub use self::images::PullSteps;
 pub use self::observe::LogChunks;
 pub use self::session::{Attachment, SessionEnd};
 use crate::admission::Admission;
 use crate::engine::{Engine, EngineError};
 use crate::gpu_monitor::GpuMonitor;
+use crate::images::Images;
 use crate::labels::{self, LABEL_EXECUTOR, LABEL_ID, LABEL_NETWORK_BPS};
 use crate::mounts::Staging;
 use crate::netpool::NetworkPool;
@@ -60,8 +63,6 @@ pub struct Runtime {
     /// Whether `network_bps` can be enforced here (see `shaping::probe`), and if not why.
     shaping: Result<(), ShapingError>,
     policy: RegistryPolicy,
-    /// Signatures and pulls.
-    admission: Arc<Admission>,
     /// Held while counting, assigning GPUs and creating, so the cap is exact and no GPU is
     /// given twice under concurrent creates.
     create_lock: Arc<Mutex<()>>,
@@ -75,6 +76,8 @@ pub struct Runtime {
     host_limits: HostLimits,
     /// Named volumes.
     volumes: Arc<Volumes>,
+    /// The image cache: prefetch, the collector, `PullImage`.
+    images: Arc<Images>,
 }
 
 impl Runtime {
@@ -87,6 +90,9 @@ impl Runtime {
         let docker = config.docker.clone();
         let admission = Arc::new(Admission::new(config, engine.docker().clone())?);
         let policy = RegistryPolicy::new(&docker.registry.allowed_registries);
+        let prefetch = crate::images::parse_prefetch(&docker.images, &docker.registry.url, &policy)?;
+        let images =
+            Images::open(engine.docker().clone(), Arc::clone(&admission), &config.data_dir, &docker.images, prefetch)?;
         let pool = docker.network_config.enable_isolation.then(|| {
             NetworkPool::new(engine.clone(), docker.network_config.allow_internet, docker.network_config.spare_networks)
         });
@@ -107,11 +113,11 @@ impl Runtime {
             }
         }
         Ok(Self {
+            images: Arc::new(images),
             volumes: Arc::new(Volumes::new(&config.data_dir, &config.runtime_dir, &docker.volumes)),
             host_limits,
             engine,
             policy,
-            admission,
             create_lock: Arc::new(Mutex::new(())),
             gpu_monitor: GpuMonitor::new(&config.runtime_dir),
             pool,
@@ -127,6 +133,10 @@ impl Runtime {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub fn images(&self) -> &Arc<Images> {
+        &self.images
     }
 
     pub fn volumes(&self) -> &Volumes {

@@ -152,6 +152,26 @@ fake! {
         fn delete_volume("DeleteVolume", _r: runtime::DeleteVolumeRequest) -> runtime::DeleteVolumeResponse {
             runtime::DeleteVolumeResponse {}
         }
+        fn list_images("ListImages", _r: runtime::ListImagesRequest) -> runtime::ListImagesResponse {
+            runtime::ListImagesResponse { cache_bytes: 7, ..Default::default() }
+        }
+        fn remove_image("RemoveImage", _r: runtime::RemoveImageRequest) -> runtime::RemoveImageResponse {
+            runtime::RemoveImageResponse {}
+        }
+    }
+
+    type PullImageStream = BoxStream<runtime::PullProgress>;
+
+    /// One step, then the image, named as asked and owned by whoever the request names.
+    async fn pull_image(
+        &self,
+        r: Request<runtime::PullImageRequest>,
+    ) -> Result<Response<Self::PullImageStream>, Status> {
+        let request = self.0.call("PullImage", r)?;
+        let step = runtime::PullProgress { status: "Downloading".into(), current_bytes: 1, ..Default::default() };
+        let image = runtime::Image { reference: request.image, signature: request.owner, ..Default::default() };
+        let last = runtime::PullProgress { status: "ready".into(), image: Some(image), ..Default::default() };
+        Ok(Response::new(Box::pin(tokio_stream::iter([Ok(step), Ok(last)]))))
     }
 
     type LogsStream = BoxStream<runtime::LogChunk>;

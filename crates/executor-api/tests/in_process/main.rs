@@ -87,6 +87,14 @@ async fn container_calls_reach_container_runtime() {
     assert_eq!(client.create_volume(volume).await.unwrap().size_bytes, 1 << 30);
     assert_eq!(client.list_volumes(runtime::ListVolumesRequest {}).await.unwrap().volumes[0].name, "data");
     client.delete_volume(runtime::DeleteVolumeRequest { name: "data".into() }).await.unwrap();
+    let pull = client.pull_image(runtime::PullImageRequest { image: "busybox:1".into(), ..Default::default() });
+    let steps: Vec<_> = pull.await.unwrap().map(|p| p.unwrap()).collect().await;
+    assert_eq!(steps.iter().map(|s| s.status.as_str()).collect::<Vec<_>>(), ["Downloading", "ready"]);
+    // The owner of a pull, as of a create, defaults to the caller.
+    let pulled = steps[1].image.as_ref().unwrap();
+    assert_eq!((pulled.reference.as_str(), pulled.signature.as_str()), ("busybox:1", &*alice));
+    assert_eq!(client.list_images(runtime::ListImagesRequest {}).await.unwrap().cache_bytes, 7);
+    client.remove_image(runtime::RemoveImageRequest { image: "busybox:1".into() }).await.unwrap();
     assert_eq!(
         runtime.take_calls(),
         [
@@ -101,6 +109,9 @@ async fn container_calls_reach_container_runtime() {
             r#"CreateVolume CreateVolumeRequest { name: "data", size_bytes: 1073741824 }"#,
             r#"ListVolumes ListVolumesRequest"#,
             r#"DeleteVolume DeleteVolumeRequest { name: "data" }"#,
+            format!(r#"PullImage PullImageRequest {{ image: "busybox:1", owner: "{alice}" }}"#).as_str(),
+            r#"ListImages ListImagesRequest"#,
+            r#"RemoveImage RemoveImageRequest { image: "busybox:1" }"#,
         ]
     );
 }
