@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-api bench-doors load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-api bench-doors load faults clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -86,7 +86,7 @@ fuzz-tools:
 ## Every benchmark below beside its baseline, one after another, then a summary
 ## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
 bench: docker packages
-	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-api bench-doors
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-api bench-doors
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
@@ -127,6 +127,11 @@ bench-tenant-ssh:
 ## through a published port beside `docker run -p` (as root; docs/benchmarks.md).
 bench-ports:
 	$(CARGO) xtask bench-ports
+
+## Volumes: dd onto a volume inside a container beside the same on the host's disk, and
+## create-to-running with one volume beside none (as root; docs/benchmarks.md).
+bench-volumes:
+	$(CARGO) xtask bench-volumes
 
 ## Public API: signed unary call latency and throughput beside the same call unauthenticated.
 bench-api:

@@ -8,8 +8,10 @@
 //!   container gets a host port none of them holds (the pool lives in the containers' labels),
 //!   and no grant is lost;
 //! - the grants file torn while validator-access is down: restored from its last good copy;
-//! - the data directory full (a 2 MiB tmpfs filled up): a new grant is refused with an error
-//!   and nothing stored is lost; once space is back, grants work again.
+//! - the data directory full (a small tmpfs filled up): a new grant is refused with an error
+//!   and nothing stored is lost; once space is back, grants work again;
+//! - throughout, a volume of one container keeps what was written on it before the first kill
+//!   (read back after the engine restart, on the volume's own filesystem).
 //!
 //! Prints counts and recovery times; any broken expectation fails the command. Needs root
 //! (tmpfs, Docker). Outside `make test`: it takes a few minutes.
@@ -29,6 +31,29 @@ use nix::sys::signal::Signal;
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl faults";
 
 /// A grant for a fresh validator hotkey, signed as the validator would.
+/// A volume of the first container, and what is written on it before the faults.
+const VOLUME_BYTES: u64 = 16 << 20;
+const MARKER: &str = "faults-volume-marker";
+
+/// `sh -c script` in container `id` through ExecContainer: stdout and stderr.
+async fn exec(client: &ExecutorClient, id: &str, script: &str) -> anyhow::Result<String> {
+    use common::proto::api::v1::exec_container_output::Output;
+    let request = common::proto::api::v1::ExecContainerRequest {
+        id: id.to_owned(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        timeout_seconds: 30,
+        ..Default::default()
+    };
+    let mut stream = client.exec_container(request).await?;
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        if let Some(Output::Stdout(bytes) | Output::Stderr(bytes)) = message.output {
+            out.extend_from_slice(&bytes);
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 async fn grant(client: &ExecutorClient, seed: u8) -> Result<access::Grant, tonic::Status> {
     let pair = e2e::keys::sr25519(seed);
     let hotkey = e2e::keys::hotkey_of(&pair);
@@ -141,11 +166,12 @@ pub(crate) async fn faults() -> anyhow::Result<()> {
     let config = TestConfig::new(
         "crash_loop_max_restarts = 100\n[logging]\nlevel = \"warn\"\n[validator.access_config.rate_limits]\napi_requests_per_minute = 10000000\n",
     );
-    // The data directory on a small filesystem of its own, so it can be filled.
+    // The data directory on a small filesystem of its own, so it can be filled (room for the
+    // volume's image, reserved in full, and 4 MiB more).
     let data = config.dir.path().join("data");
     std::fs::create_dir_all(&data)?;
-    crate::run_checked("mount", &["-t", "tmpfs", "-o", "size=2m,mode=0700", "faults", &data.display().to_string()])
-        .await?;
+    let size = format!("size={}k,mode=0700", (VOLUME_BYTES >> 10) + 4096);
+    crate::run_checked("mount", &["-t", "tmpfs", "-o", &size, "faults", &data.display().to_string()]).await?;
     let result = run(&root, config).await;
     // Whatever happened, leave an engine running for whoever comes next.
     if result.is_err() {
@@ -158,6 +184,7 @@ pub(crate) async fn faults() -> anyhow::Result<()> {
 async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
     let (grpc, health) = (config.ports.grpc, config.ports.health);
     let data = config.dir.path().join("data");
+    let volume_mount = config.runtime_dir().join("volumes/faults");
     let node = Node::start_from(&root.join("target/debug"), config).await;
     let key = e2e::keys::alice();
     let client = Arc::new(ExecutorClient::connect(&format!("http://127.0.0.1:{grpc}"), None, key).await?);
@@ -176,6 +203,8 @@ async fn run(root: &std::path::Path, config: TestConfig) -> anyhow::Result<()> {
             let _ = ProcessSpec::new("docker").args(rm).output(Duration::from_secs(60), 1 << 12).await;
         }
     }
+    // The volume's filesystem is mounted under runtime_dir until it is deleted.
+    let _ = ProcessSpec::new("umount").arg(&volume_mount).output(Duration::from_secs(60), 1 << 12).await;
     result
 }
 
@@ -187,7 +216,16 @@ async fn hurt(
     health: u16,
 ) -> anyhow::Result<()> {
     // Two running, one only created: an engine restart must bring back exactly the first two.
+    // The first has a volume, whose data must outlive the kills and the engine restart.
+    client.create_volume(runtime::CreateVolumeRequest { name: "faults".into(), size_bytes: VOLUME_BYTES }).await?;
+    let mut with_volume = String::new();
     for n in 0..3 {
+        let volumes = match n {
+            0 => {
+                vec![runtime::VolumeMount { volume: "faults".into(), container_path: "/vol".into(), read_only: false }]
+            }
+            _ => Vec::new(),
+        };
         let created = client
             .create_container(runtime::CreateContainerRequest {
                 image: e2e::BUSYBOX_IMAGE.into(),
@@ -198,13 +236,19 @@ async fn hurt(
                     protocol: "tcp".into(),
                     ..Default::default()
                 }],
+                volumes,
                 ..Default::default()
             })
             .await?;
+        if n == 0 {
+            with_volume = created.id.clone();
+        }
         if n < 2 {
             client.start_container(runtime::ContainerRef { id: created.id }).await?;
         }
     }
+    let wrote = exec(client, &with_volume, &format!("echo {MARKER} > /vol/marker && sync && echo ok")).await?;
+    ensure!(wrote.trim() == "ok", "cannot write the volume: {wrote}");
     for seed in 1..=3 {
         grant(client, seed).await?;
     }
@@ -288,6 +332,13 @@ async fn hurt(
     }
     let resumed_in = engine_back.elapsed();
     ensure!(!firewall_before || firewall().await, "the host firewall rule for tenant bridges is gone");
+    // The volume's data is there, on the volume's own filesystem (not the directory under it).
+    let seen = exec(client, &with_volume, "cat /vol/marker; df -B1 /vol | tail -1").await?;
+    let size: u64 = seen.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    ensure!(
+        seen.starts_with(MARKER) && size > 0 && size <= VOLUME_BYTES,
+        "the volume after the engine restart: {seen:?}"
+    );
     // The port pool survives too: each container keeps its host port, a new one gets another.
     ensure!(host_ports(client).await? == ports_before, "published ports changed across the engine restart");
     let fresh = client
@@ -305,7 +356,7 @@ async fn hurt(
     );
     client.remove_container(runtime::RemoveContainerRequest { id: fresh.id, force: true }).await?;
     println!(
-        "Docker engine restart ({how}): engine back after {down:?}; node healthy, the same {} containers (and host ports) and {} grants, the {} that ran running again {resumed_in:?} after the engine answered{}",
+        "Docker engine restart ({how}): engine back after {down:?}; node healthy, the same {} containers (and host ports) and {} grants, the {} that ran running again {resumed_in:?} after the engine answered, the volume's data there{}",
         before.0.len(),
         before.1.len(),
         was_running.len(),

@@ -326,6 +326,16 @@ impl Volumes {
         Ok(self.mount_point(name))
     }
 
+    /// Mounts the volumes a container has (its [`LABEL_VOLUMES`]) before it starts again: a
+    /// mount lost meanwhile (an engine whose mount namespace went with it) must never leave
+    /// the container writing into the empty directory under `runtime_dir`.
+    pub async fn mount_for(&self, labels: &HashMap<String, String>) -> Result<(), VolumeError> {
+        for attached in labels.get(LABEL_VOLUMES).map(|l| parse_label(l)).unwrap_or_default() {
+            self.mount(&attached.volume).await?;
+        }
+        Ok(())
+    }
+
     /// Mounts every volume (at start); what fails is logged and tried again at its next use.
     pub async fn mount_all(&self) {
         for name in self.records().into_keys() {

@@ -22,7 +22,8 @@ impl Runtime {
     /// Starts a container of ours and shapes it; one that cannot be shaped is stopped again:
     /// never left running unshaped.
     pub async fn start(&self, id: &str) -> Result<pb::Container, RuntimeError> {
-        self.ours(id).await?;
+        let inspect = self.ours(id).await?;
+        self.volumes.mount_for(&labels_of(&inspect)).await?;
         self.engine.start(id).await?;
         self.stops.forget(id);
         if let Err(source) = self.shape(&self.ours(id).await?).await {
@@ -127,6 +128,10 @@ impl Runtime {
             if running || state.and_then(|s| s.oom_killed).unwrap_or(false) {
                 continue;
             }
+            if let Err(e) = self.volumes.mount_for(&labels_of(&inspect)).await {
+                tracing::error!(id, error = %e, "cannot mount a volume of a container after the engine restart; left stopped");
+                continue;
+            }
             if let Err(e) = self.engine.start(id).await {
                 tracing::error!(id, error = %e, "cannot start a container again after the engine restart");
                 continue;
@@ -227,4 +232,9 @@ impl Runtime {
         }
         stopped
     }
+}
+
+/// A container's labels.
+fn labels_of(inspect: &bollard::models::ContainerInspectResponse) -> std::collections::HashMap<String, String> {
+    inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default()
 }
