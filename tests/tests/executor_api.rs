@@ -327,7 +327,8 @@ async fn executor_ctl_for_operators() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("is in use by"));
         json(&ctl(&node, &key, &["containers", "remove", "--force", user["id"].as_str().unwrap()]).await);
         assert_eq!(json(&ctl(&node, &key, &["volumes", "delete", "scratch"]).await)["deleted"], "scratch");
-        let out = ctl(&node, &key, &["containers", "create", "--image", BUSYBOX_IMAGE, "--volume", "scratch"]).await;
+        let out =
+            ctl(&node, &key, &["containers", "create", "--image", BUSYBOX_IMAGE, "--volume", "scratch:data"]).await;
         assert_eq!(out.status.code(), Some(2), "a bad --volume is a usage error");
     }
 
@@ -344,6 +345,13 @@ async fn executor_ctl_for_operators() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in the executor's image cache"));
     let out = ctl(&node, &key, &["images", "pull", "registry.example/x:1"]).await;
     assert_eq!(out.status.code(), Some(1), "an image off the allow-list was pulled");
+    // Templates: none here, and a create naming one is refused by name.
+    let listed = ctl(&node, &key, &["templates", "list"]).await;
+    assert!(listed.status.success() && listed.stdout.is_empty(), "{listed:?}");
+    let out = ctl(&node, &key, &["containers", "create", "--template", "lab"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("template: `lab` is not a template of this executor (templates: none)"), "{stderr}");
 
     // Errors: the code and message of the status (exit 1); no key at all (exit 2).
     let out = ctl(&node, &key, &["containers", "get", id]).await;

@@ -111,3 +111,101 @@ async fn workload_options_reach_the_container_and_default_to_the_config() {
     assert_eq!(all.containers.len(), 2, "a refused create left a container");
     remove_all(&mut client).await;
 }
+
+/// Issue 21 item 5: a template of `[docker.templates]` fills what a create leaves empty (image,
+/// command, env, ports, shm, volume paths); the request's own fields win, everything is checked
+/// against the same bounds, and an unknown template is refused by name.
+#[tokio::test]
+async fn a_template_fills_what_the_request_leaves_empty() {
+    if !busybox_image().await {
+        return;
+    }
+    let root = e2e::process::is_root();
+    let config = TestConfig::new(&format!(
+        r#"
+[docker.templates.lab]
+image = "{image}"
+command = ["sh", "-c", "echo $GREETING $KEEP > /tmp/env; exec sleep 600"]
+env = {{ GREETING = "from-template", KEEP = "kept" }}
+ports = ["8888", "6006/udp"]
+shm_bytes = 33554432
+volume_paths = ["/workspace"]
+"#,
+        image = e2e::BUSYBOX_IMAGE
+    ));
+    let (_service, mut client) = start_service(&config).await;
+
+    let templates = client.list_templates(pb::ListTemplatesRequest {}).await.unwrap().into_inner().templates;
+    assert_eq!(templates.len(), 1);
+    let lab = &templates[0];
+    assert_eq!(
+        (lab.name.as_str(), lab.shm_bytes, lab.volume_paths.as_slice()),
+        ("lab", 32 * MIB, &["/workspace".to_owned()][..])
+    );
+    let ports: Vec<(u32, &str)> = lab.ports.iter().map(|p| (p.container_port, p.protocol.as_str())).collect();
+    assert_eq!(ports, [(8888, "tcp"), (6006, "udp")]);
+
+    // Only the template named, one variable and the volume's name given.
+    let mut r = pb::CreateContainerRequest {
+        template: "lab".into(),
+        owner: e2e::ALICE.into(),
+        resources: Some(pb::ResourceRequest { memory_bytes: 64 * MIB, cpu_cores: 0.5, ..Default::default() }),
+        ..Default::default()
+    };
+    r.env.insert("GREETING".into(), "from-request".into());
+    if root {
+        client.create_volume(pb::CreateVolumeRequest { name: "ws".into(), size_bytes: 16 * MIB }).await.unwrap();
+        r.volumes = vec![pb::VolumeMount { volume: "ws".into(), ..Default::default() }];
+    }
+    let created = client.create(r.clone()).await.unwrap().into_inner();
+    let c = client.start(pb::ContainerRef { id: created.id.clone() }).await.unwrap().into_inner();
+    assert_eq!((c.template.as_str(), c.image.as_str()), ("lab", "docker.io/basilica-test/busybox:latest"));
+    let published: Vec<(u32, &str, bool)> =
+        c.ports.iter().map(|p| (p.container_port, p.protocol.as_str(), p.host_port > 0)).collect();
+    assert_eq!(published, [(8888, "tcp", true), (6006, "udp", true)], "{c:?}");
+    assert_eq!(shm_size(&mut client, &c.id).await, 32 * MIB);
+    let mut env = String::new();
+    for _ in 0..50 {
+        env = inside(&mut client, &c.id, "cat /tmp/env 2>/dev/null || true").await;
+        if !env.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(env, "from-request kept\n");
+    if root {
+        assert_eq!(
+            c.volumes,
+            [pb::VolumeMount { volume: "ws".into(), container_path: "/workspace".into(), read_only: false }]
+        );
+        let df = inside(&mut client, &c.id, "touch /workspace/x && df -B1 /workspace | tail -1").await;
+        let size: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(size <= 16 * MIB, "/workspace is not the volume: {df}");
+    }
+
+    // Within bounds: the template's shm does not fit a container of 16 MiB; the request's own
+    // command wins over the template's.
+    let small = pb::CreateContainerRequest {
+        template: "lab".into(),
+        resources: Some(pb::ResourceRequest { memory_bytes: 16 * MIB, ..Default::default() }),
+        ..Default::default()
+    };
+    let e = client.create(small).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("workload.shm_bytes"), "{}", e.message());
+    let own = pb::CreateContainerRequest {
+        template: "lab".into(),
+        command: vec!["sh".into(), "-c".into(), "exec sleep 600".into()],
+        ports: vec![pb::PortMapping { container_port: 80, protocol: "tcp".into(), ..Default::default() }],
+        ..request("")
+    };
+    let own = client.create(own).await.unwrap().into_inner();
+    assert_eq!(own.ports.len(), 1, "{own:?}");
+    let e = client.create(pb::CreateContainerRequest { template: "nope".into(), ..request("true") }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "template: `nope` is not a template of this executor (templates: lab)");
+    remove_all(&mut client).await;
+    if root {
+        client.delete_volume(pb::DeleteVolumeRequest { name: "ws".into() }).await.unwrap();
+    }
+}

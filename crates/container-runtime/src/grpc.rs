@@ -288,6 +288,13 @@ impl RuntimeApi for RuntimeGrpc {
         Ok(Response::new(pb::RemoveImageResponse {}))
     }
 
+    async fn list_templates(
+        &self,
+        _request: Request<pb::ListTemplatesRequest>,
+    ) -> Result<Response<pb::ListTemplatesResponse>, Status> {
+        Ok(Response::new(pb::ListTemplatesResponse { templates: self.runtime.list_templates() }))
+    }
+
     async fn check_ports(
         &self,
         _request: Request<pb::CheckPortsRequest>,

@@ -44,6 +44,8 @@ const PREFETCH_RETRY_MAX: Duration = Duration::from_secs(3600);
 pub enum SetupError {
     #[error("docker.images.prefetch[{index}]: {message}")]
     Prefetch { index: usize, message: String },
+    #[error("docker.templates.{name}.image: {message}")]
+    Template { name: String, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -145,6 +147,16 @@ pub fn parse_prefetch(
             Ok(image)
         })
         .collect()
+}
+
+/// Every template's image parses and is on the allow-list; errors name the template.
+pub fn check_templates(config: &common::config::DockerConfig, policy: &RegistryPolicy) -> Result<(), SetupError> {
+    for (name, template) in &config.templates {
+        let failed = |message: String| SetupError::Template { name: name.clone(), message };
+        let image = ImageRef::parse(&template.image, &config.registry.url).map_err(|e| failed(e.to_string()))?;
+        policy.check(&image).map_err(|e| failed(e.to_string()))?;
+    }
+    Ok(())
 }
 
 impl Images {
@@ -494,10 +506,14 @@ impl Images {
     }
 }
 
-/// `executor validate`: every prefetch-listed image parses and is on the allow-list.
+/// `executor validate`: every template's and every prefetch-listed image parses and is on the
+/// allow-list.
 pub fn check(config: &common::config::DockerConfig) -> common::check::Check {
     use common::check::Check;
     let policy = RegistryPolicy::new(&config.registry.allowed_registries);
+    if let Err(e) = check_templates(config, &policy) {
+        return Check::fail("templates", e.to_string());
+    }
     match parse_prefetch(&config.images, &config.registry.url, &policy) {
         Ok(list) if list.is_empty() => Check::skip("image prefetch", "docker.images.prefetch is empty"),
         Ok(list) => Check::pass("image prefetch", format!("{} image(s) pulled while idle", list.len())),

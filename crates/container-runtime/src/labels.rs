@@ -25,6 +25,8 @@ pub const LABEL_TTL: &str = "ai.basilica.executor.ttl_seconds";
 pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
 /// What signature verification found (`Container.image_signature`); absent when not verified.
 pub const LABEL_SIGNATURE: &str = "ai.basilica.executor.image_signature";
+/// The `[docker.templates]` template a container was created from (`Container.template`).
+pub const LABEL_TEMPLATE: &str = "ai.basilica.executor.template";
 /// The limits enforced after start (GPU memory, network shaping), kept with the container so a
 /// restarted service enforces them again.
 pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";

@@ -8,7 +8,7 @@ use bollard::models::{ContainerInspectResponse, ContainerStatsResponse, PortBind
 use common::proto::runtime::v1 as pb;
 
 use crate::labels::{
-    LABEL_CREATED, LABEL_GPUS, LABEL_ID, LABEL_OWNER, LABEL_SIGNATURE, LABEL_TTL, TENANT_LABEL_PREFIX,
+    LABEL_CREATED, LABEL_GPUS, LABEL_ID, LABEL_OWNER, LABEL_SIGNATURE, LABEL_TEMPLATE, LABEL_TTL, TENANT_LABEL_PREFIX,
 };
 
 /// Inspect output as our `Container` (`stop_reason` is the service's, left empty here).
@@ -51,6 +51,7 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         stop_reason: String::new(),
         owner: label(LABEL_OWNER),
         image_signature: label(LABEL_SIGNATURE),
+        template: label(LABEL_TEMPLATE),
         workload: Some(crate::workload::from_inspect(inspect)),
         volumes: crate::volumes::parse_label(labels.get(crate::volumes::LABEL_VOLUMES).map_or("", String::as_str))
             .iter()

@@ -385,6 +385,15 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().remove_image(request.into_inner())).await
     }
 
+    async fn list_templates(
+        &self,
+        request: Request<runtime::ListTemplatesRequest>,
+    ) -> Result<Response<runtime::ListTemplatesResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().list_templates(request.into_inner()))
+            .await
+    }
+
     type ExecContainerStream = ExecStream;
 
     /// Checks the request, starts the command through Attach (its refusals, an unknown or

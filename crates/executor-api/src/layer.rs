@@ -72,6 +72,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/PullImage",
     "/executor.api.v1.ExecutorApi/ListImages",
     "/executor.api.v1.ExecutorApi/RemoveImage",
+    "/executor.api.v1.ExecutorApi/ListTemplates",
     "/executor.api.v1.ExecutorApi/RequestValidatorChallenge",
     "/executor.api.v1.ExecutorApi/ProvisionValidatorAccess",
     "/executor.api.v1.ExecutorApi/RevokeValidatorAccess",

@@ -69,6 +69,9 @@ pub enum CtlCommand {
     /// The image cache: pull ahead of creates, list (with `[docker.images] prefetch`), remove.
     #[command(subcommand)]
     Images(ImagesCommand),
+    /// Ready-made creates of `[docker.templates]` (`containers create --template NAME`).
+    #[command(subcommand)]
+    Templates(TemplatesCommand),
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -114,6 +117,12 @@ pub enum ImagesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TemplatesCommand {
+    /// One line per template.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum PortsCommand {
     /// Whether renters can reach published ports, from this host's own view.
     Check,
@@ -155,10 +164,15 @@ pub enum ContainersCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Create a container (started only with --start): `containers create --image IMG -- CMD ARGS...`.
+    /// Create a container (started only with --start): `containers create --image IMG -- CMD ARGS...`,
+    /// or `containers create --template NAME` (see `templates list`).
     Create {
-        #[arg(long)]
+        /// The image; may be left out with --template.
+        #[arg(long, required_unless_present = "template", default_value = "")]
         image: String,
+        /// A template of `[docker.templates]`: it fills what the other options leave empty.
+        #[arg(long)]
+        template: Option<String>,
         /// Memory limit, bytes (0: the configured maximum).
         #[arg(long, default_value_t = 0)]
         memory_bytes: u64,
@@ -192,7 +206,8 @@ pub enum ContainersCommand {
         /// The host port of the one `--port` given (as `--port PORT=HOST_PORT`).
         #[arg(long)]
         host_port: Option<u16>,
-        /// A volume (`volumes create`), repeatable: `NAME:/path`, or `NAME:/path:ro` read-only.
+        /// A volume (`volumes create`), repeatable: `NAME:/path`, or `NAME:/path:ro` read-only;
+        /// `NAME` alone goes to the template's next `volume_paths` entry.
         #[arg(long = "volume", value_name = "NAME:/PATH[:ro]", value_parser = volume_mount)]
         volumes: Vec<runtime::VolumeMount>,
         #[command(flatten)]
@@ -331,7 +346,7 @@ pub enum CtlError {
     Port(String),
     #[error("--host-port goes with exactly one --port (for several, write --port PORT=HOST_PORT)")]
     HostPort,
-    #[error("--volume `{0}` is not NAME:/PATH or NAME:/PATH:ro")]
+    #[error("--volume `{0}` is not NAME:/PATH, NAME:/PATH:ro or NAME (the path from --template)")]
     Volume(String),
     #[error("--ulimit `{0}` is not memlock=BYTES, nofile=N or stack=BYTES (-1: unlimited)")]
     Ulimit(String),
@@ -487,6 +502,16 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
             }
         }
         CtlCommand::Images(command) => images(client, command).await?,
+        CtlCommand::Templates(TemplatesCommand::List) => {
+            for t in client.list_templates(runtime::ListTemplatesRequest {}).await?.templates {
+                let ports: Vec<String> =
+                    t.ports.iter().map(|p| format!("{}/{}", p.container_port, p.protocol)).collect();
+                print(&json!({
+                    "name": t.name, "image": t.image, "command": t.command, "env": t.env, "ports": ports,
+                    "shm_bytes": t.shm_bytes, "volume_paths": t.volume_paths,
+                }));
+            }
+        }
         CtlCommand::Ports(PortsCommand::Check) => {
             let r = client.check_ports(runtime::CheckPortsRequest {}).await?;
             print(&json!({
@@ -529,6 +554,7 @@ pub fn container_json(c: &runtime::Container) -> Value {
         "expires_at": c.expires_at,
         "exit_code": c.exit_code,
         "stop_reason": c.stop_reason,
+        "template": c.template,
         "ports": c.ports.iter().map(|p| json!({
             "container_port": p.container_port, "protocol": p.protocol, "host_port": p.host_port,
             "external_port": p.external_port, "external_endpoint": p.external_endpoint,
@@ -607,7 +633,13 @@ async fn images(client: &ExecutorClient, command: ImagesCommand) -> Result<(), C
 /// `--volume NAME:/PATH[:ro]`.
 fn volume_mount(text: &str) -> Result<runtime::VolumeMount, CtlError> {
     let bad = || CtlError::Volume(text.to_owned());
-    let (volume, rest) = text.split_once(':').ok_or_else(bad)?;
+    let Some((volume, rest)) = text.split_once(':') else {
+        // The path from the template's `volume_paths`.
+        if text.is_empty() || text.contains('/') {
+            return Err(bad());
+        }
+        return Ok(runtime::VolumeMount { volume: text.to_owned(), ..Default::default() });
+    };
     let (path, read_only) = match rest.strip_suffix(":ro") {
         Some(path) => (path, true),
         None => (rest.strip_suffix(":rw").unwrap_or(rest), false),
@@ -657,6 +689,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
         }
         Create {
             image,
+            template,
             memory_bytes,
             cpu_cores,
             disk_bytes,
@@ -694,6 +727,7 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
                 ports,
                 workload: Some(workload(*options)?),
                 volumes,
+                template: template.unwrap_or_default(),
                 ..Default::default()
             };
             let created = client.create_container(request).await?;

@@ -1,6 +1,7 @@
 //! `[docker]` and its tables but the registry: the engine socket, tenant container limits,
 //! networks and GPUs (container-runtime), with their checks.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use super::error::Issues;
 use super::images::ImagesConfig;
 use super::ports::PortsConfig;
 use super::registry::RegistryConfig;
+use super::templates::Template;
 use super::values::{ByteSize, Fraction, InvalidValue, human_duration};
 use super::volumes::VolumesConfig;
 use super::workload::{DriverCapability, WorkloadConfig, default_driver_capabilities};
@@ -31,6 +33,12 @@ pub struct DockerConfig {
     pub workload: WorkloadConfig,
     pub volumes: VolumesConfig,
     pub images: ImagesConfig,
+    /// Ready-made creates, `[docker.templates.<name>]`, chosen by `CreateContainerRequest.template`:
+    /// `image`, `command`, `env`, `ports` (`"8888"`, `"6006/udp"`), `shm_bytes` and
+    /// `volume_paths` fill what the request leaves empty (its `env` is added to, the request
+    /// winning on a name; its `volumes[i]` without a path go to `volume_paths[i]`). What comes
+    /// from a template is checked like the request's own fields, against the same bounds.
+    pub templates: BTreeMap<String, Template>,
     pub gpu_config: GpuConfig,
     pub registry: RegistryConfig,
     /// How often expired containers (TTL) and leftover networks are reaped.
@@ -94,6 +102,7 @@ impl Default for DockerConfig {
             workload: WorkloadConfig::default(),
             volumes: VolumesConfig::default(),
             images: ImagesConfig::default(),
+            templates: BTreeMap::new(),
             gpu_config: GpuConfig::default(),
             registry: RegistryConfig::default(),
         }
@@ -260,6 +269,7 @@ impl DockerConfig {
         self.workload.validate(v);
         self.volumes.validate(v);
         self.images.validate(v);
+        super::templates::validate(&self.templates, v);
         self.registry.validate(v);
         self.ports.validate(v);
     }

@@ -24,6 +24,7 @@ pub mod ports;
 pub mod registry;
 pub mod server;
 pub mod system;
+pub mod templates;
 pub mod tenant;
 pub mod validator;
 pub mod values;
@@ -49,6 +50,7 @@ pub use ports::{NatMapping, PortRange, PortsConfig};
 pub use registry::{RegistryConfig, RegistrySettings, SignatureMode};
 pub use server::ServerConfig;
 pub use system::{GpuBackendKind, SystemConfig};
+pub use templates::Template;
 pub use tenant::{SshCipher, TenantAccessConfig};
 pub use validator::{
     AccessConfig, AccessLimits, HotkeyVerification, RateLimits, SshServerKind, ValidatorConfig, in_network,

@@ -86,6 +86,21 @@ fn bad_values_name_key_and_file() {
     check_err("[docker.images]\nprefetch = [\"a b\"]", &["key `docker.images.prefetch[0]`", "not an image reference"]);
     check_err("[docker.images]\nprefetch = [\"x:1\", \"x:1\"]", &["key `docker.images.prefetch[1]`", "listed twice"]);
     check_err("[docker.images]\ngc_high_water_bytes = -1", &["docker.images.gc_high_water_bytes"]);
+    check_err("[docker.templates.t]\nimage = \"\"", &["key `docker.templates.t.image`", "not an image reference"]);
+    check_err(
+        "[docker.templates.t]\nimage = \"x:1\"\nports = [\"8888/sctp\"]",
+        &["key `docker.templates.t.ports[0]`", "tcp or udp"],
+    );
+    check_err(
+        "[docker.templates.t]\nimage = \"x:1\"\nvolume_paths = [\"data\"]",
+        &["key `docker.templates.t.volume_paths[0]`", "not an absolute path"],
+    );
+    check_err(
+        "[docker.templates.t]\nimage = \"x:1\"\nenv = { NVIDIA_VISIBLE_DEVICES = \"all\" }",
+        &["key `docker.templates.t.env`", "NVIDIA_"],
+    );
+    check_err("[docker.templates.\"a b\"]\nimage = \"x:1\"", &["docker.templates.a b", "template name"]);
+    check_err("[docker.templates.t]\nimage = \"x:1\"\nshell = \"bash\"", &["docker.templates.t.shell", "unknown"]);
     check_err("[docker.workload]\nshm_fraction = 0.0", &["key `docker.workload.shm_fraction`", "not in (0, 1]"]);
     check_err("[docker.workload]\nmemlock = -2", &["key `docker.workload.memlock`", "neither -1"]);
     check_err("[docker.workload]\nstack = 4096", &["key `docker.workload.stack`", "neither -1"]);

@@ -10,7 +10,7 @@ use bollard::models::ContainerSummary;
 use common::proto::runtime::v1 as pb;
 
 use super::{Runtime, RuntimeError};
-use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE};
+use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE, LABEL_TEMPLATE};
 use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
 use crate::volumes::{Attached, LABEL_VOLUMES};
 use crate::workload::Workload;
@@ -119,11 +119,70 @@ impl Runtime {
         Ok((spec, gpus))
     }
 
+    /// Fills what `r` leaves empty from the template it names (see `[docker.templates]`);
+    /// the template's name, if it names one.
+    fn apply_template(&self, r: &mut pb::CreateContainerRequest) -> Result<Option<String>, RuntimeError> {
+        if r.template.is_empty() {
+            return Ok(None);
+        }
+        let Some(t) = self.config.templates.get(&r.template) else {
+            let known: Vec<&str> = self.config.templates.keys().map(String::as_str).collect();
+            let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+            return Err(invalid(
+                "template",
+                format!("`{}` is not a template of this executor (templates: {known})", r.template),
+            ));
+        };
+        if r.image.is_empty() {
+            r.image.clone_from(&t.image);
+        }
+        if r.command.is_empty() && r.args.is_empty() {
+            r.command.clone_from(&t.command);
+        }
+        for (name, value) in &t.env {
+            r.env.entry(name.clone()).or_insert_with(|| value.clone());
+        }
+        if r.ports.is_empty() {
+            r.ports = template_ports(t);
+        }
+        let workload = r.workload.get_or_insert_default();
+        if workload.shm_bytes == 0 {
+            workload.shm_bytes = t.shm_bytes.get();
+        }
+        for (volume, path) in r.volumes.iter_mut().zip(&t.volume_paths) {
+            if volume.container_path.is_empty() {
+                volume.container_path.clone_from(path);
+            }
+        }
+        Ok(Some(std::mem::take(&mut r.template)))
+    }
+
+    /// The templates of `[docker.templates]`.
+    pub fn list_templates(&self) -> Vec<pb::Template> {
+        self.config
+            .templates
+            .iter()
+            .map(|(name, t)| pb::Template {
+                name: name.clone(),
+                image: t.image.clone(),
+                command: t.command.clone(),
+                env: t.env.clone().into_iter().collect(),
+                ports: template_ports(t),
+                shm_bytes: t.shm_bytes.get(),
+                volume_paths: t.volume_paths.clone(),
+            })
+            .collect()
+    }
+
     /// Create: validate, pull, then count and create under the lock.
     pub async fn create(&self, mut request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
         let id = labels::random_name("c-").map_err(RuntimeError::Name)?;
+        let template = self.apply_template(&mut request)?;
         let asked_volumes = std::mem::take(&mut request.volumes);
         let (mut spec, gpus) = self.spec_from(request, id)?;
+        if let Some(template) = template {
+            spec.labels.insert(LABEL_TEMPLATE.to_owned(), template);
+        }
         // Online means a network of its own: `allow_internet` without isolation is a config error.
         let online = self.config.network_config.enable_isolation;
         if online && let Err(e) = &self.shaping {
@@ -275,6 +334,20 @@ impl Runtime {
         }
         Ok(crate::gpus::assign(&candidates, &in_use, request.count, &request.uuids)?)
     }
+}
+
+/// A template's ports as a request has them (host ports from the pool); the config checked
+/// that each parses.
+fn template_ports(t: &common::config::Template) -> Vec<pb::PortMapping> {
+    t.ports
+        .iter()
+        .filter_map(|p| common::config::templates::parse_port(p).ok())
+        .map(|(port, udp)| pb::PortMapping {
+            container_port: port.into(),
+            protocol: if udp { "udp" } else { "tcp" }.to_owned(),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// Each of our containers' volumes, by our id.

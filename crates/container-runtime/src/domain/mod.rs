@@ -90,6 +90,7 @@ impl Runtime {
         let docker = config.docker.clone();
         let admission = Arc::new(Admission::new(config, engine.docker().clone())?);
         let policy = RegistryPolicy::new(&docker.registry.allowed_registries);
+        crate::images::check_templates(&docker, &policy)?;
         let prefetch = crate::images::parse_prefetch(&docker.images, &docker.registry.url, &policy)?;
         let images =
             Images::open(engine.docker().clone(), Arc::clone(&admission), &config.data_dir, &docker.images, prefetch)?;

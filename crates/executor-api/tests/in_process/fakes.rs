@@ -158,6 +158,9 @@ fake! {
         fn remove_image("RemoveImage", _r: runtime::RemoveImageRequest) -> runtime::RemoveImageResponse {
             runtime::RemoveImageResponse {}
         }
+        fn list_templates("ListTemplates", _r: runtime::ListTemplatesRequest) -> runtime::ListTemplatesResponse {
+            runtime::ListTemplatesResponse { templates: vec![runtime::Template { name: "lab".into(), ..Default::default() }] }
+        }
     }
 
     type PullImageStream = BoxStream<runtime::PullProgress>;

@@ -95,6 +95,7 @@ async fn container_calls_reach_container_runtime() {
     assert_eq!((pulled.reference.as_str(), pulled.signature.as_str()), ("busybox:1", &*alice));
     assert_eq!(client.list_images(runtime::ListImagesRequest {}).await.unwrap().cache_bytes, 7);
     client.remove_image(runtime::RemoveImageRequest { image: "busybox:1".into() }).await.unwrap();
+    assert_eq!(client.list_templates(runtime::ListTemplatesRequest {}).await.unwrap().templates[0].name, "lab");
     assert_eq!(
         runtime.take_calls(),
         [
@@ -112,6 +113,7 @@ async fn container_calls_reach_container_runtime() {
             format!(r#"PullImage PullImageRequest {{ image: "busybox:1", owner: "{alice}" }}"#).as_str(),
             r#"ListImages ListImagesRequest"#,
             r#"RemoveImage RemoveImageRequest { image: "busybox:1" }"#,
+            r#"ListTemplates ListTemplatesRequest"#,
         ]
     );
 }
