@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-api bench-doors load faults clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-api bench-doors load faults engine-tests clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -26,7 +26,7 @@ dist:
 ## corpora are replayed by an ordinary test (tests/tests/fuzz_corpora.rs); fuzzing itself is
 ## `make fuzz`.
 test:
-	@MAKE="$(MAKE)" scripts/steps.sh setup lint build unit-tests python-tests
+	@MAKE="$(MAKE)" scripts/steps.sh setup lint build unit-tests python-tests engine-tests
 
 setup: docker packages venv
 
@@ -69,6 +69,15 @@ unit-tests: build
 
 python-tests: build venv
 	$(PYTHON) -m pytest -q tests/python
+
+## Tests that restart the Docker engine (ignored by unit-tests): run alone, after the others,
+## since every other test would see the engine go.
+engine-tests: build
+	if command -v cargo-nextest >/dev/null; then \
+		$(CARGO) nextest run --workspace --run-ignored only -E 'binary(engine_restart)'; \
+	else \
+		$(CARGO) test -p e2e --test engine_restart -- --ignored; \
+	fi
 
 ## Fuzz targets of fuzz/ (docs/reliability.md): config, image references, attestor messages,
 ## report verification, the SSH command allow-list, signed request metadata, cosign payloads.

@@ -420,6 +420,7 @@ pub async fn derived_image(tag: &str, dockerfile: &str) {
     assert!(out.status.success(), "docker build: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+pub mod engine;
 pub mod hostile_registry;
 pub mod keys;
 pub mod lan;

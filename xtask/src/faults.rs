@@ -121,38 +121,6 @@ async fn succeeds(program: &str, args: &[&str]) -> bool {
     out.is_ok_and(|o| o.status.success())
 }
 
-/// Restarts the Docker engine the way `scripts/ensure-docker.sh` starts it: through systemd
-/// when it runs, else the init script when that one manages the engine, else the engine runs
-/// on its own: SIGTERM to the pid in /var/run/docker.pid, then the script starts it again.
-/// Returns how, and how long the engine did not answer.
-async fn restart_docker(root: &std::path::Path) -> anyhow::Result<(&'static str, Duration)> {
-    let started = Instant::now();
-    let how = if succeeds("systemctl", &["is-system-running"]).await {
-        crate::run_checked("systemctl", &["restart", "docker"]).await?;
-        "systemctl restart docker"
-    } else if succeeds("service", &["docker", "status"]).await {
-        ProcessSpec::new("service").args(["docker", "restart"]).output(Duration::from_secs(120), 1 << 16).await?;
-        "service docker restart"
-    } else {
-        let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
-            .context("no systemd, no init script, and no /var/run/docker.pid")?
-            .trim()
-            .parse()
-            .context("/var/run/docker.pid")?;
-        send_signal(pid as u32, Signal::SIGTERM)?;
-        // dockerd stops its containers first (up to their stop timeout), then exits.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-            ensure!(Instant::now() < deadline, "dockerd {pid} still running 90 s after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        "SIGTERM to dockerd, then scripts/ensure-docker.sh"
-    };
-    let script = root.join("scripts/ensure-docker.sh");
-    crate::run_checked(&script.display().to_string(), &[]).await?;
-    Ok((how, started.elapsed()))
-}
-
 pub(crate) async fn faults() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let out = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -310,7 +278,7 @@ async fn hurt(
     let firewall_before = firewall().await;
     let ports_before = host_ports(client).await?;
     ensure!(ports_before.len() == 3, "expected a published port on each container: {ports_before:?}");
-    let (how, down) = restart_docker(root).await?;
+    let (how, down) = e2e::engine::restart_docker(root).await.map_err(anyhow::Error::msg)?;
     let engine_back = Instant::now();
     loop {
         let healthy = recovered(node, health).await.is_ok();

@@ -1,0 +1,68 @@
+//! Issue 21: a volume's data survives a restart of the Docker engine, and its container runs
+//! again on the volume's own filesystem. Restarting the engine would break every other test
+//! running beside it, so this one is ignored by the unit-tests step and run alone by `make
+//! test`'s `engine-tests` step (after every other test), as root.
+
+#![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
+
+use std::time::{Duration, Instant};
+
+use common::proto::runtime::v1 as pb;
+use e2e::process::is_root;
+use e2e::runtime::{exec, remove_all, request, start_service};
+use e2e::{TestConfig, busybox_image, require_tool};
+
+const SIZE: u64 = 16 << 20;
+const MARKER: &str = "engine-restart-marker-3c9a";
+
+async fn with_volume(client: &mut e2e::runtime::Client) -> pb::Container {
+    let mut r = request("sleep 600");
+    r.volumes = vec![pb::VolumeMount { volume: "keep".into(), container_path: "/vol".into(), read_only: false }];
+    let created = client.create(r).await.unwrap().into_inner();
+    client.start(pb::ContainerRef { id: created.id }).await.unwrap().into_inner()
+}
+
+/// The marker and the size of the filesystem at /vol, from inside `id`.
+async fn seen(client: &mut e2e::runtime::Client, id: &str) -> (String, u64) {
+    let out = exec(client, id, "cat /vol/marker; df -B1 /vol | tail -1").await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let size = text.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    (text.lines().next().unwrap_or_default().to_owned(), size)
+}
+
+#[tokio::test]
+#[ignore = "restarts the Docker engine: make test runs it alone after the other tests (engine-tests)"]
+async fn engine_restart_keeps_a_volume_and_runs_its_container_again() {
+    if !busybox_image().await || !require_tool("root (mount, loop devices)", is_root()) {
+        return;
+    }
+    let config = TestConfig::new("");
+    let (_service, mut client) = start_service(&config).await;
+    client.create_volume(pb::CreateVolumeRequest { name: "keep".into(), size_bytes: SIZE }).await.unwrap();
+    let c = with_volume(&mut client).await;
+    let out = exec(&mut client, &c.id, &format!("echo {MARKER} > /vol/marker && sync")).await;
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (how, down) = e2e::engine::restart_docker(e2e::engine::workspace_root()).await.unwrap();
+    println!("engine restarted ({how}), back after {down:?}");
+    // The container runs again (container-runtime follows the engine), on its volume.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = client.get(pb::ContainerRef { id: c.id.clone() }).await.map(|r| r.into_inner().state);
+        if state.as_ref().is_ok_and(|s| *s == pb::ContainerState::Running as i32) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not running again 60 s after the engine restart: {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (marker, size) = seen(&mut client, &c.id).await;
+    assert_eq!(marker, MARKER);
+    assert!(size > 0 && size <= SIZE, "/vol is not the volume's filesystem ({size} bytes)");
+
+    // And a new container after removing this one finds the data too.
+    client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await.unwrap();
+    let again = with_volume(&mut client).await;
+    assert_eq!(seen(&mut client, &again.id).await.0, MARKER);
+    remove_all(&mut client).await;
+    client.delete_volume(pb::DeleteVolumeRequest { name: "keep".into() }).await.unwrap();
+}
