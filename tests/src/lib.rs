@@ -337,6 +337,12 @@ pub async fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> CapturedOut
     spec.output(Duration::from_secs(60), 1 << 20).await.expect("run binary")
 }
 
+/// The value of the first line of a Prometheus text page that starts with `prefix` (a metric
+/// name, with its labels where they tell series apart); 0 when there is none.
+pub fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
 /// A minimal HTTP/1.1 GET: status code and body.
 pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;

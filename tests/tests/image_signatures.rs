@@ -12,16 +12,11 @@ use e2e::registry::{
     RegistryAuth, SigningKey, digest_as, digest_of, public_key_pem, push, push_as, sign, sign_as, start_registry,
 };
 use e2e::runtime::{docker, request, start_service};
-use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image};
+use e2e::{BUSYBOX_IMAGE, TestConfig, busybox_image, metric_value as counter};
 use tonic::Code;
 
 fn create(image: &str) -> pb::CreateContainerRequest {
     pb::CreateContainerRequest { image: image.to_owned(), ..request("sleep 30") }
-}
-
-/// The value of a counter line that starts with `prefix` (0 when absent).
-fn counter(metrics: &str, prefix: &str) -> f64 {
-    metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
 
 #[tokio::test]

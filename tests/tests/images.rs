@@ -52,7 +52,7 @@ fn refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, frag
 /// The value of the metric line that starts with `prefix`.
 async fn metric(port: u16, prefix: &str) -> f64 {
     let (_, text) = e2e::http_get(port, "/metrics").await.unwrap();
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    e2e::metric_value(&text, prefix)
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
 use e2e::TestConfig;
 
-use crate::{RuntimeClient, build_release, median, start_runtime, workspace_root};
+use crate::{RuntimeClient, build_release, create_to_running, median, start_runtime, workspace_root};
 
 const WRITES: usize = 5;
 const WRITE_MIB: u64 = 512;
@@ -43,21 +43,6 @@ async fn on_host(dir: &std::path::Path) -> anyhow::Result<f64> {
     let out = ProcessSpec::new("sh").args(["-c", &script]).output(Duration::from_secs(300), 1 << 16).await?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     anyhow::ensure!(out.status.success(), "dd on the host: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(ms)
-}
-
-async fn create_to_running(client: &mut RuntimeClient, volumes: Vec<pb::VolumeMount>) -> anyhow::Result<f64> {
-    let start = Instant::now();
-    let request = pb::CreateContainerRequest {
-        image: e2e::BUSYBOX_IMAGE.into(),
-        command: vec!["sleep".into(), "60".into()],
-        volumes,
-        ..Default::default()
-    };
-    let c = client.create(request).await?.into_inner();
-    client.start(pb::ContainerRef { id: c.id.clone() }).await?;
-    let ms = start.elapsed().as_secs_f64() * 1e3;
-    client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
     Ok(ms)
 }
 

@@ -329,13 +329,18 @@ pub(crate) async fn start_runtime(
     Ok((child, RuntimeClient::new(common::grpc::unix_channel(&socket))))
 }
 
-/// Milliseconds from the create request to a running container; the container is removed.
-async fn create_to_running(client: &mut RuntimeClient) -> anyhow::Result<f64> {
+/// Milliseconds from the create request to a running container with `volumes`; the container
+/// is removed.
+pub(crate) async fn create_to_running(
+    client: &mut RuntimeClient,
+    volumes: Vec<common::proto::runtime::v1::VolumeMount>,
+) -> anyhow::Result<f64> {
     use common::proto::runtime::v1 as pb;
     let start = Instant::now();
     let request = pb::CreateContainerRequest {
         image: e2e::BUSYBOX_IMAGE.into(),
         command: vec!["sleep".into(), "60".into()],
+        volumes,
         ..Default::default()
     };
     let c = client.create(request).await?.into_inner();
@@ -379,7 +384,7 @@ async fn bench_containers() -> anyhow::Result<()> {
     let idle = Duration::from_secs(1);
     for _ in 0..runs {
         for (_, _, client, times) in &mut services {
-            times.push(create_to_running(client).await?);
+            times.push(create_to_running(client, Vec::new()).await?);
             tokio::time::sleep(idle).await;
         }
         // docker run -d of the same image and command, on the default bridge and on a network
