@@ -536,3 +536,62 @@ async fn executor_ctl_containers_exec() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 22 item 6: a drained node refuses new creates (UNAVAILABLE `draining`), leaves the
+/// running container alone, answers 503 on `/readyz`, stays drained across a `kill -9` of
+/// container-runtime, and takes creates again once undrained.
+#[tokio::test]
+async fn a_drained_node_takes_no_new_containers_until_undrained() {
+    if !busybox_image().await {
+        return;
+    }
+    let node = Node::start(TestConfig::new("")).await;
+    let key = node.config.dir.path().join("miner.seed");
+    std::fs::write(&key, format!("{}\n", e2e::ALICE_SEED)).unwrap();
+    let create = ["containers", "create", "--image", BUSYBOX_IMAGE, "--start", "--", "sleep", "600"];
+    let running = json(&ctl(&node, &key, &create).await);
+    let ready = || http_get(node.config.ports.health, "/readyz");
+    assert_eq!(ready().await.unwrap(), (200, "ready\n".to_owned()));
+
+    let drained = json(&ctl(&node, &key, &["drain", "--reason", "disk swap"]).await);
+    assert_eq!((&drained["draining"], &drained["reason"]), (&json!(true), &json!("disk swap")), "{drained}");
+    let out = ctl(&node, &key, &create).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Unavailable") && stderr.contains("draining: this executor takes no new containers"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("disk swap"), "{stderr}");
+    // /readyz is probed at most once a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ready().await.unwrap(), (503, "draining\n".to_owned()));
+    let (code, health) = http_get(node.config.ports.health, "/health").await.unwrap();
+    assert!(code == 200 && health.contains(r#""draining":true"#), "{code} {health}");
+    let id = running["id"].as_str().unwrap();
+    assert_eq!(json(&ctl(&node, &key, &["containers", "get", id]).await)["state"], "running");
+    let metrics = http_get(node.config.ports.metrics[1], "/metrics").await.unwrap().1;
+    assert_eq!(e2e::metric_value(&metrics, "executor_container_runtime_draining"), 1.0, "{metrics}");
+
+    // container-runtime killed and restarted by the launcher: still drained.
+    let status = node.status().await.unwrap();
+    let victim = status.services.iter().find(|s| s.name == "container-runtime").unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    node.wait_until(Duration::from_secs(20), |s| {
+        let cr = s.services.iter().find(|x| x.name == "container-runtime").unwrap();
+        cr.pid != victim && e2e::all_serving(s)
+    })
+    .await;
+    assert_eq!(json(&ctl(&node, &key, &["health"]).await)["draining"], true);
+    assert_eq!(ctl(&node, &key, &create).await.status.code(), Some(1), "a create went through while drained");
+
+    let undrained = json(&ctl(&node, &key, &["undrain"]).await);
+    assert_eq!(undrained["draining"], false);
+    let fresh = json(&ctl(&node, &key, &create).await);
+    assert_eq!(fresh["state"], "running", "{fresh}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ready().await.unwrap().0, 200);
+    for id in [id, fresh["id"].as_str().unwrap()] {
+        json(&ctl(&node, &key, &["containers", "remove", "--force", id]).await);
+    }
+}

@@ -92,6 +92,8 @@ reasons! {
     PeerUnavailable = "peer_unavailable" => Unavailable,
     /// The node does not do this in its configuration or build.
     NotServed = "not_served" => Unavailable,
+    /// The node is drained (`Drain`): it takes no new containers until `Undrain`.
+    Draining = "draining" => Unavailable,
     /// The container engine failed; its text is the cause, never the message.
     Engine = "engine" => Internal,
     /// Persisting state failed (a full or read-only disk); the cause says where.

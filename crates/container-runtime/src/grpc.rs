@@ -109,6 +109,8 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
             VolumeError::InUse { .. } | VolumeError::Shared { .. } => caller(Reason::WrongState),
             VolumeError::Host { .. } => Refusal::new(Reason::Storage, e.to_string()),
         },
+        E::Draining { .. } => caller(Reason::Draining),
+        E::DrainStore(source) => Refusal::new(Reason::Storage, e.to_string()).with_cause(source),
         E::Image(i) => match i {
             ImageError::NotCached { .. } => caller(Reason::NotFound),
             ImageError::Prefetched { .. } | ImageError::InUse { .. } => caller(Reason::WrongState),
@@ -286,6 +288,15 @@ impl RuntimeApi for RuntimeGrpc {
     ) -> Result<Response<pb::RemoveImageResponse>, Status> {
         self.runtime.remove_image(&request.into_inner().image).await.map_err(status)?;
         Ok(Response::new(pb::RemoveImageResponse {}))
+    }
+
+    async fn set_drain(&self, request: Request<pb::SetDrainRequest>) -> Result<Response<pb::DrainState>, Status> {
+        let r = request.into_inner();
+        self.runtime.set_drain(r.draining, &r.reason).map(Response::new).map_err(status)
+    }
+
+    async fn get_drain(&self, _request: Request<pb::GetDrainRequest>) -> Result<Response<pb::DrainState>, Status> {
+        Ok(Response::new(self.runtime.drain_state()))
     }
 
     async fn list_templates(

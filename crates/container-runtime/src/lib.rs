@@ -26,12 +26,13 @@
 //! Modules only use modules below them (the test `modules_only_use_modules_below_them` holds
 //! the order): `grpc` over `domain`; `domain` over `reaper`, `teardown`, `netpool`, `engine`,
 //! `images`, `admission`, `status` and the leaves; `engine` over `spec`, `firewall`, `labels`; `labels`,
-//! `proctree`, `rootfs`, `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor` and
-//! `firewall` use none.
+//! `proctree`, `rootfs`, `reference`, `shaping`, `gpus`, `gpu_memory`, `gpu_monitor`, `drain`
+//! and `firewall` use none.
 
 pub mod admission;
 pub mod confinement;
 pub mod domain;
+pub mod drain;
 pub mod engine;
 pub mod firewall;
 pub mod gpu_memory;
@@ -211,6 +212,7 @@ impl Service for ContainerRuntime {
         metrics::describe_gauge!("executor_container_runtime_containers", "Containers of this executor by state.");
         admission::describe_metrics();
         images::describe_metrics();
+        drain::describe_metrics();
         grpc::describe_metrics();
         metrics::describe_counter!(
             "executor_container_runtime_creates_total",
@@ -340,6 +342,7 @@ mod tests {
         "gpu_memory",
         "gpu_monitor",
         "stops",
+        "drain",
         "mounts",
         "ports",
         "volumes",

@@ -152,6 +152,15 @@ async fn forward<T>(
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<runtime::LogChunk, Status>> + Send>>;
+/// An `owner` the request left empty becomes the signed caller's hotkey.
+fn owner_or_caller(owner: &mut String, caller: Option<String>) {
+    if owner.is_empty()
+        && let Some(caller) = caller
+    {
+        *owner = caller;
+    }
+}
+
 type PullStream = Pin<Box<dyn Stream<Item = Result<runtime::PullProgress, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = ExecItem> + Send>>;
 
@@ -191,6 +200,7 @@ impl ExecutorApiRpc for Api {
             components,
             version: common::VERSION.to_owned(),
             gpu_count: health.gpu_count.unwrap_or(0),
+            draining: health.draining,
         }))
     }
 
@@ -224,11 +234,7 @@ impl ExecutorApiRpc for Api {
         let caller = request.extensions().get::<Caller>().map(|c| c.0.to_string());
         let mut body = request.into_inner();
         // The container belongs to whoever asked unless the miner names an owner itself.
-        if body.owner.is_empty()
-            && let Some(caller) = caller
-        {
-            body.owner = caller;
-        }
+        owner_or_caller(&mut body.owner, caller);
         // Renters' keys go to validator-access: checked before the container exists, stored
         // once it does; a container whose keys cannot be stored is removed again.
         let keys = std::mem::take(&mut body.ssh_public_keys);
@@ -357,11 +363,7 @@ impl ExecutorApiRpc for Api {
         let caller = request.extensions().get::<Caller>().map(|c| c.0.to_string());
         let mut body = request.into_inner();
         // As for a create: the signature decision is recorded for whoever asked.
-        if body.owner.is_empty()
-            && let Some(caller) = caller
-        {
-            body.owner = caller;
-        }
+        owner_or_caller(&mut body.owner, caller);
         let service = ServiceName::ContainerRuntime;
         let stream = forward(service, &id, self.inner.runtime.clone().pull_image(body)).await?.into_inner();
         let mapped =
@@ -383,6 +385,18 @@ impl ExecutorApiRpc for Api {
     ) -> Result<Response<runtime::RemoveImageResponse>, Status> {
         let id = request_id(&request);
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().remove_image(request.into_inner())).await
+    }
+
+    async fn drain(&self, request: Request<pb::DrainRequest>) -> Result<Response<runtime::DrainState>, Status> {
+        let id = request_id(&request);
+        let set = runtime::SetDrainRequest { draining: true, reason: request.into_inner().reason };
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().set_drain(set)).await
+    }
+
+    async fn undrain(&self, request: Request<pb::UndrainRequest>) -> Result<Response<runtime::DrainState>, Status> {
+        let id = request_id(&request);
+        let set = runtime::SetDrainRequest { draining: false, reason: String::new() };
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().set_drain(set)).await
     }
 
     async fn list_templates(

@@ -170,6 +170,8 @@ impl ExecutorClient {
     unary!(list_images, "ListImages", runtime::ListImagesRequest => runtime::ListImagesResponse);
     unary!(remove_image, "RemoveImage", runtime::RemoveImageRequest => runtime::RemoveImageResponse);
     unary!(list_templates, "ListTemplates", runtime::ListTemplatesRequest => runtime::ListTemplatesResponse);
+    unary!(drain, "Drain", pb::DrainRequest => runtime::DrainState);
+    unary!(undrain, "Undrain", pb::UndrainRequest => runtime::DrainState);
     unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);

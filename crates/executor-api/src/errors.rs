@@ -69,6 +69,8 @@ pub fn policy(reason: Reason) -> (Code, Told) {
         // The node does not do this in its configuration or build: not the caller's mistake,
         // and the message says what is missing.
         Reason::NotServed => (Code::Unavailable, Told::Message),
+        // The operator drained the node: the message says so and since when; try another node.
+        Reason::Draining => (Code::Unavailable, Told::Message),
         // The container engine failed: its text may name paths and internals, never shown.
         Reason::Engine => (Code::Internal, Told::RequestId),
         // Persisting state failed (a full or read-only disk): the operator's business.
@@ -287,6 +289,7 @@ mod tests {
             (Reason::Timeout, Code::DeadlineExceeded, Told::Message),
             (Reason::PeerUnavailable, Code::Unavailable, Told::RetryShortly),
             (Reason::NotServed, Code::Unavailable, Told::Message),
+            (Reason::Draining, Code::Unavailable, Told::Message),
             (Reason::Engine, Code::Internal, Told::RequestId),
             (Reason::Storage, Code::Internal, Told::RequestId),
             (Reason::Internal, Code::Internal, Told::RequestId),

@@ -273,12 +273,14 @@ impl HealthState {
     }
 }
 
-/// `GET /readyz`: 200 `ready` when the node serves, 503 `not ready` otherwise.
+/// `GET /readyz`: 200 `ready` when the node serves and takes new containers; 503 `draining`
+/// while it is drained, `not ready` otherwise.
 async fn ready(axum::extract::State(state): axum::extract::State<Arc<HealthState>>) -> (StatusCode, &'static str) {
-    if state.probe().await.healthy() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let health = state.probe().await;
+    match (health.healthy(), health.draining) {
+        (true, false) => (StatusCode::OK, "ready\n"),
+        (true, true) => (StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
     }
 }
 
@@ -297,6 +299,7 @@ async fn health(
         "services": health.services,
         "docker": health.docker,
         "gpu_count": health.gpu_count,
+        "draining": health.draining,
         "endpoints": {
             "grpc": endpoints.grpc_endpoint,
             "ssh": endpoints.ssh_endpoint,

@@ -64,6 +64,8 @@ pub struct NodeHealth {
     pub docker: String,
     /// GPUs gpu-monitor sees; `None` when it cannot be asked.
     pub gpu_count: Option<u32>,
+    /// The node is drained (`Drain`); false when container-runtime cannot be asked.
+    pub draining: bool,
 }
 
 impl NodeHealth {
@@ -115,7 +117,7 @@ impl Probes {
                 Err(_) => format!("down: no answer within {PROBE_TIMEOUT:?}"),
             }
         };
-        let (docker, gpu_count) = tokio::join!(docker, self.gpu_count());
+        let (docker, gpu_count, draining) = tokio::join!(docker, self.gpu_count(), self.draining());
         let mut services = BTreeMap::new();
         for (name, task) in checks {
             let status = match task.await {
@@ -127,11 +129,23 @@ impl Probes {
             services.insert(name, status);
         }
         services.insert(ServiceName::ExecutorApi.as_str(), "SERVING".to_owned());
-        NodeHealth { services, docker, gpu_count }
+        NodeHealth { services, docker, gpu_count, draining }
     }
 }
 
 impl Probes {
+    /// Whether container-runtime says the node is drained.
+    async fn draining(&self) -> bool {
+        let Some(channel) = self.channel(ServiceName::ContainerRuntime) else { return false };
+        let mut client = ContainerRuntimeClient::new(channel);
+        let call = client.get_drain(runtime::GetDrainRequest {});
+        tokio::time::timeout(PROBE_TIMEOUT, call)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_some_and(|r| r.into_inner().draining)
+    }
+
     /// GPUs in gpu-monitor's inventory; `None` when it does not answer in time.
     pub(crate) async fn gpu_count(&self) -> Option<u32> {
         let channel = self.channel(ServiceName::GpuMonitor)?;

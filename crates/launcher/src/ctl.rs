@@ -72,6 +72,15 @@ pub enum CtlCommand {
     /// Ready-made creates of `[docker.templates]` (`containers create --template NAME`).
     #[command(subcommand)]
     Templates(TemplatesCommand),
+    /// Take no new containers (running ones are left alone; `/readyz` answers 503) until
+    /// `undrain`; kept across restarts.
+    Drain {
+        /// Why, shown with the state.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Take new containers again.
+    Undrain,
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -457,9 +466,10 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
                 .iter()
                 .map(|c| (c.name.clone(), json!({"serving": c.serving, "detail": c.detail})))
                 .collect();
-            print(
-                &json!({"healthy": h.healthy, "version": h.version, "gpu_count": h.gpu_count, "components": components}),
-            );
+            print(&json!({
+                "healthy": h.healthy, "version": h.version, "gpu_count": h.gpu_count, "draining": h.draining,
+                "components": components,
+            }));
             if !h.healthy {
                 return Ok(ExitCode::FAILURE);
             }
@@ -502,6 +512,14 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
             }
         }
         CtlCommand::Images(command) => images(client, command).await?,
+        CtlCommand::Drain { reason } => {
+            let s = client.drain(api::DrainRequest { reason }).await?;
+            print(&json!({"draining": s.draining, "reason": s.reason, "since": s.since}));
+        }
+        CtlCommand::Undrain => {
+            let s = client.undrain(api::UndrainRequest {}).await?;
+            print(&json!({"draining": s.draining, "reason": s.reason, "since": s.since}));
+        }
         CtlCommand::Templates(TemplatesCommand::List) => {
             for t in client.list_templates(runtime::ListTemplatesRequest {}).await?.templates {
                 let ports: Vec<String> =

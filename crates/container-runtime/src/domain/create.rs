@@ -157,6 +157,21 @@ impl Runtime {
         Ok(Some(std::mem::take(&mut r.template)))
     }
 
+    /// Turns drain on or off (see `drain`); `reason` at most 256 bytes.
+    pub fn set_drain(&self, draining: bool, reason: &str) -> Result<pb::DrainState, RuntimeError> {
+        if reason.len() > crate::drain::MAX_REASON || reason.contains(['\n', '\0']) {
+            return Err(invalid("reason", format!("at most {} bytes on one line", crate::drain::MAX_REASON)));
+        }
+        let now = labels::now_secs() as i64;
+        let state = self.drain.set(draining, reason, now).map_err(RuntimeError::DrainStore)?;
+        Ok(pb::DrainState { draining: state.draining, reason: state.reason, since: state.since })
+    }
+
+    pub fn drain_state(&self) -> pb::DrainState {
+        let state = self.drain.get();
+        pb::DrainState { draining: state.draining, reason: state.reason, since: state.since }
+    }
+
     /// The templates of `[docker.templates]`.
     pub fn list_templates(&self) -> Vec<pb::Template> {
         self.config
@@ -176,6 +191,10 @@ impl Runtime {
 
     /// Create: validate, pull, then count and create under the lock.
     pub async fn create(&self, mut request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
+        let drain = self.drain.get();
+        if drain.draining {
+            return Err(RuntimeError::Draining { reason: drain.reason, since: drain.since });
+        }
         let id = labels::random_name("c-").map_err(RuntimeError::Name)?;
         let template = self.apply_template(&mut request)?;
         let asked_volumes = std::mem::take(&mut request.volumes);

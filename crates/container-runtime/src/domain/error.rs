@@ -107,4 +107,9 @@ pub enum RuntimeError {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The node is drained: no new containers until it is undrained.
+    #[error("draining: this executor takes no new containers (drained at {since}{})", if .reason.is_empty() { String::new() } else { format!(": {}", .reason) })]
+    Draining { reason: String, since: i64 },
+    #[error("drain state: {0}")]
+    DrainStore(#[source] common::durable::StoreError),
 }

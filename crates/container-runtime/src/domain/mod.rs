@@ -35,6 +35,7 @@ pub use self::images::PullSteps;
 pub use self::observe::LogChunks;
 pub use self::session::{Attachment, SessionEnd};
 use crate::admission::Admission;
+use crate::drain::Drain;
 use crate::engine::{Engine, EngineError};
 use crate::gpu_monitor::GpuMonitor;
 use crate::images::Images;
@@ -78,6 +79,8 @@ pub struct Runtime {
     volumes: Arc<Volumes>,
     /// The image cache: prefetch, the collector, `PullImage`.
     images: Arc<Images>,
+    /// Whether creates are refused (`Drain`), kept in `data_dir`.
+    drain: Arc<Drain>,
 }
 
 impl Runtime {
@@ -114,6 +117,7 @@ impl Runtime {
             }
         }
         Ok(Self {
+            drain: Arc::new(Drain::open(&config.data_dir)?),
             images: Arc::new(images),
             volumes: Arc::new(Volumes::new(&config.data_dir, &config.runtime_dir, &docker.volumes)),
             host_limits,

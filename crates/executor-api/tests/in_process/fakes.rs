@@ -158,6 +158,10 @@ fake! {
         fn remove_image("RemoveImage", _r: runtime::RemoveImageRequest) -> runtime::RemoveImageResponse {
             runtime::RemoveImageResponse {}
         }
+        fn set_drain("SetDrain", r: runtime::SetDrainRequest) -> runtime::DrainState {
+            runtime::DrainState { draining: r.draining, reason: r.reason, since: 1 }
+        }
+        fn get_drain("GetDrain", _r: runtime::GetDrainRequest) -> runtime::DrainState { runtime::DrainState::default() }
         fn list_templates("ListTemplates", _r: runtime::ListTemplatesRequest) -> runtime::ListTemplatesResponse {
             runtime::ListTemplatesResponse { templates: vec![runtime::Template { name: "lab".into(), ..Default::default() }] }
         }

@@ -96,6 +96,9 @@ async fn container_calls_reach_container_runtime() {
     assert_eq!(client.list_images(runtime::ListImagesRequest {}).await.unwrap().cache_bytes, 7);
     client.remove_image(runtime::RemoveImageRequest { image: "busybox:1".into() }).await.unwrap();
     assert_eq!(client.list_templates(runtime::ListTemplatesRequest {}).await.unwrap().templates[0].name, "lab");
+    let drained = client.drain(api::DrainRequest { reason: "maintenance".into() }).await.unwrap();
+    assert_eq!((drained.draining, drained.reason.as_str()), (true, "maintenance"));
+    assert!(!client.undrain(api::UndrainRequest {}).await.unwrap().draining);
     assert_eq!(
         runtime.take_calls(),
         [
@@ -114,6 +117,8 @@ async fn container_calls_reach_container_runtime() {
             r#"ListImages ListImagesRequest"#,
             r#"RemoveImage RemoveImageRequest { image: "busybox:1" }"#,
             r#"ListTemplates ListTemplatesRequest"#,
+            r#"SetDrain SetDrainRequest { draining: true, reason: "maintenance" }"#,
+            r#"SetDrain SetDrainRequest { draining: false, reason: "" }"#,
         ]
     );
 }
