@@ -406,6 +406,15 @@ async fn gpus_are_assigned_by_uuid_once_and_released_on_removal() {
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     }
 
+    // Capacity: the two visible GPUs, one held by the container.
+    let capacity = client.capacity(pb::CapacityRequest {}).await.unwrap().into_inner();
+    let gpus = capacity.gpus.unwrap();
+    assert_eq!((gpus.total, gpus.allocated, gpus.free), (2.0, 1.0, 1.0), "{capacity:?}");
+    let holders: Vec<(&str, &str)> =
+        capacity.gpu_slots.iter().map(|g| (g.uuid.as_str(), g.container.as_str())).collect();
+    assert_eq!(holders, [(a, first.id.as_str()), (c, "")]);
+    assert_eq!(capacity.containers.unwrap().allocated, 1.0);
+
     let mut r = request("sleep 60");
     r.gpu_uuids = vec![a.into()];
     let err = client.create(r).await.unwrap_err();

@@ -537,7 +537,7 @@ async fn executor_ctl_containers_exec() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Issue 22 item 6: a drained node refuses new creates (UNAVAILABLE `draining`), leaves the
+/// Issue 22 items 5 and 6: the capacity adds up; a drained node refuses new creates (UNAVAILABLE `draining`), leaves the
 /// running container alone, answers 503 on `/readyz`, stays drained across a `kill -9` of
 /// container-runtime, and takes creates again once undrained.
 #[tokio::test]
@@ -552,6 +552,26 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
     let running = json(&ctl(&node, &key, &create).await);
     let ready = || http_get(node.config.ports.health, "/readyz");
     assert_eq!(ready().await.unwrap(), (200, "ready\n".to_owned()));
+
+    // Issue 22 item 5: the capacity adds up, with the one container holding its share.
+    let capacity = json(&ctl(&node, &key, &["capacity"]).await);
+    for resource in ["cpu_cores", "memory_bytes", "volume_bytes", "ports", "containers", "gpus"] {
+        let a = &capacity[resource];
+        let (total, allocated, free) =
+            (a["total"].as_f64().unwrap(), a["allocated"].as_f64().unwrap(), a["free"].as_f64().unwrap());
+        assert_eq!(total, allocated + free, "{resource}: {capacity}");
+    }
+    assert_eq!(capacity["containers"]["allocated"], 1.0, "{capacity}");
+    assert_eq!(
+        capacity["cpu_cores"]["total"].as_f64(),
+        Some(std::thread::available_parallelism().unwrap().get() as f64)
+    );
+    let memory = &capacity["memory_bytes"];
+    assert!(memory["allocated"].as_f64().unwrap() > 0.0 && memory["total"].as_f64().unwrap() > 0.0, "{capacity}");
+    let disk = &capacity["disk_bytes"];
+    assert!(disk["total"].as_f64().unwrap() >= disk["free"].as_f64().unwrap(), "{capacity}");
+    assert_eq!(disk["allocated"].as_f64(), Some((20u64 << 30) as f64), "{capacity}");
+    assert!(capacity["note"].as_str().unwrap().contains("enable_gpu_passthrough = false"), "{capacity}");
 
     let drained = json(&ctl(&node, &key, &["drain", "--reason", "disk swap"]).await);
     assert_eq!((&drained["draining"], &drained["reason"]), (&json!(true), &json!("disk swap")), "{drained}");

@@ -62,6 +62,10 @@ pub struct Engine {
     disk_device: Option<String>,
     /// CPUs the engine can give a container.
     host_cpus: f64,
+    /// The host's memory, bytes, as the engine reports it.
+    host_memory: u64,
+    /// Docker's data root (images, writable layers), when the engine says.
+    data_root: Option<std::path::PathBuf>,
     /// Seccomp, AppArmor and capabilities of every container.
     hardening: Hardening,
     /// Containers this process asked the engine to stop (until they are removed or started):
@@ -82,6 +86,8 @@ impl Engine {
         let hardening = Hardening::new(confinement.security_opt(), &config.extra_capabilities);
         let disk_device = info.docker_root_dir.as_deref().and_then(|root| block_device_of(Path::new(root)));
         let host_cpus = info.ncpu.filter(|n| *n > 0).map_or(1.0, |n| n as f64);
+        let host_memory = info.mem_total.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
+        let data_root = info.docker_root_dir.as_deref().map(std::path::PathBuf::from);
         let log_config = bollard::models::HostConfigLogConfig {
             typ: Some("json-file".to_owned()),
             config: Some(HashMap::from([
@@ -94,6 +100,8 @@ impl Engine {
             executor_id: executor_id.to_owned(),
             disk_device,
             host_cpus,
+            host_memory,
+            data_root,
             hardening,
             stopped_by_us: Arc::default(),
             log_config,
@@ -102,6 +110,15 @@ impl Engine {
 
     pub fn host_cpus(&self) -> f64 {
         self.host_cpus
+    }
+
+    pub fn host_memory(&self) -> u64 {
+        self.host_memory
+    }
+
+    /// Docker's data root, when the engine said where it is.
+    pub fn data_root(&self) -> Option<&Path> {
+        self.data_root.as_deref()
     }
 
     pub fn executor_id(&self) -> &str {

@@ -299,6 +299,10 @@ impl RuntimeApi for RuntimeGrpc {
         Ok(Response::new(self.runtime.drain_state()))
     }
 
+    async fn capacity(&self, _request: Request<pb::CapacityRequest>) -> Result<Response<pb::CapacityResponse>, Status> {
+        self.runtime.capacity().await.map(Response::new).map_err(status)
+    }
+
     async fn list_templates(
         &self,
         _request: Request<pb::ListTemplatesRequest>,

@@ -399,6 +399,14 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().set_drain(set)).await
     }
 
+    async fn capacity(
+        &self,
+        request: Request<runtime::CapacityRequest>,
+    ) -> Result<Response<runtime::CapacityResponse>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().capacity(request.into_inner())).await
+    }
+
     async fn list_templates(
         &self,
         request: Request<runtime::ListTemplatesRequest>,

@@ -172,6 +172,7 @@ impl ExecutorClient {
     unary!(list_templates, "ListTemplates", runtime::ListTemplatesRequest => runtime::ListTemplatesResponse);
     unary!(drain, "Drain", pb::DrainRequest => runtime::DrainState);
     unary!(undrain, "Undrain", pb::UndrainRequest => runtime::DrainState);
+    unary!(capacity, "Capacity", runtime::CapacityRequest => runtime::CapacityResponse);
     unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);

@@ -75,6 +75,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/ListTemplates",
     "/executor.api.v1.ExecutorApi/Drain",
     "/executor.api.v1.ExecutorApi/Undrain",
+    "/executor.api.v1.ExecutorApi/Capacity",
     "/executor.api.v1.ExecutorApi/RequestValidatorChallenge",
     "/executor.api.v1.ExecutorApi/ProvisionValidatorAccess",
     "/executor.api.v1.ExecutorApi/RevokeValidatorAccess",

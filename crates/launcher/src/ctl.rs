@@ -81,6 +81,8 @@ pub enum CtlCommand {
     },
     /// Take new containers again.
     Undrain,
+    /// GPUs, CPU, memory, disk, volume bytes, ports and containers: total, allocated, free.
+    Capacity,
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -515,6 +517,24 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
         CtlCommand::Drain { reason } => {
             let s = client.drain(api::DrainRequest { reason }).await?;
             print(&json!({"draining": s.draining, "reason": s.reason, "since": s.since}));
+        }
+        CtlCommand::Capacity => {
+            let c = client.capacity(runtime::CapacityRequest {}).await?;
+            let amount = |a: &Option<runtime::Amount>| match a {
+                Some(a) => json!({"total": a.total, "allocated": a.allocated, "free": a.free}),
+                None => Value::Null,
+            };
+            let slots: Vec<Value> = c
+                .gpu_slots
+                .iter()
+                .map(|g| json!({"uuid": g.uuid, "index": g.index, "name": g.name, "container": g.container}))
+                .collect();
+            print(&json!({
+                "gpus": amount(&c.gpus), "gpu_slots": slots, "cpu_cores": amount(&c.cpu_cores),
+                "memory_bytes": amount(&c.memory_bytes), "disk_bytes": amount(&c.disk_bytes),
+                "volume_bytes": amount(&c.volume_bytes), "ports": amount(&c.ports),
+                "containers": amount(&c.containers), "note": c.note,
+            }));
         }
         CtlCommand::Undrain => {
             let s = client.undrain(api::UndrainRequest {}).await?;

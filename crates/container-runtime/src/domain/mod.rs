@@ -9,6 +9,7 @@
 //! this and maps [`RuntimeError`] to a reason.
 
 mod attach;
+mod capacity;
 mod create;
 mod cutoff;
 mod error;

@@ -161,6 +161,9 @@ fake! {
         fn set_drain("SetDrain", r: runtime::SetDrainRequest) -> runtime::DrainState {
             runtime::DrainState { draining: r.draining, reason: r.reason, since: 1 }
         }
+        fn capacity("Capacity", _r: runtime::CapacityRequest) -> runtime::CapacityResponse {
+            runtime::CapacityResponse { note: "fake".into(), ..Default::default() }
+        }
         fn get_drain("GetDrain", _r: runtime::GetDrainRequest) -> runtime::DrainState { runtime::DrainState::default() }
         fn list_templates("ListTemplates", _r: runtime::ListTemplatesRequest) -> runtime::ListTemplatesResponse {
             runtime::ListTemplatesResponse { templates: vec![runtime::Template { name: "lab".into(), ..Default::default() }] }

@@ -99,6 +99,7 @@ async fn container_calls_reach_container_runtime() {
     let drained = client.drain(api::DrainRequest { reason: "maintenance".into() }).await.unwrap();
     assert_eq!((drained.draining, drained.reason.as_str()), (true, "maintenance"));
     assert!(!client.undrain(api::UndrainRequest {}).await.unwrap().draining);
+    assert_eq!(client.capacity(runtime::CapacityRequest {}).await.unwrap().note, "fake");
     assert_eq!(
         runtime.take_calls(),
         [
@@ -119,6 +120,7 @@ async fn container_calls_reach_container_runtime() {
             r#"ListTemplates ListTemplatesRequest"#,
             r#"SetDrain SetDrainRequest { draining: true, reason: "maintenance" }"#,
             r#"SetDrain SetDrainRequest { draining: false, reason: "" }"#,
+            r#"Capacity CapacityRequest"#,
         ]
     );
 }

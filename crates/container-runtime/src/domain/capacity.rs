@@ -1,0 +1,98 @@
+//! Capacity: what the node has for tenants, what the containers of this executor hold (running
+//! or stopped, until removed, as creates count them) and what is left, resource by resource.
+
+use std::collections::HashMap;
+
+use bollard::query_parameters::InspectContainerOptions;
+use common::proto::runtime::v1 as pb;
+
+use super::{Runtime, RuntimeError};
+use crate::labels::{LABEL_GPUS, LABEL_ID};
+
+fn amount(total: f64, allocated: f64) -> Option<pb::Amount> {
+    Some(pb::Amount { total, allocated, free: (total - allocated).max(0.0) })
+}
+
+impl Runtime {
+    /// The node's capacity; what cannot be counted (gpu-monitor down) is said in `note`.
+    pub async fn capacity(&self) -> Result<pb::CapacityResponse, RuntimeError> {
+        let ours = self.engine.list_ours().await?;
+        let mut notes = Vec::new();
+        let (mut cpu, mut memory, mut disk) = (0.0, 0u64, 0u64);
+        let configured_disk = self.config.resource_limits.writable_layer_bytes.get();
+        for c in &ours {
+            let Some(id) = c.labels.as_ref().and_then(|l| l.get(LABEL_ID)) else { continue };
+            let Ok(inspect) = self.engine.docker().inspect_container(id, None::<InspectContainerOptions>).await else {
+                continue;
+            };
+            let host = inspect.host_config.unwrap_or_default();
+            cpu += host.nano_cpus.unwrap_or(0) as f64 / 1e9;
+            memory += host.memory.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
+            let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
+            disk += labels.get(crate::labels::LABEL_DISK).and_then(|d| d.parse().ok()).unwrap_or(configured_disk);
+        }
+
+        // GPUs: the visible ones of gpu-monitor's inventory, each with the container holding it.
+        let mut slots = Vec::new();
+        if self.config.enable_gpu_passthrough {
+            match self.gpu_monitor.inventory().await {
+                Ok(inventory) => {
+                    let visible = common::config::parse_visible_devices(&self.config.gpu_config.visible_devices)
+                        .map_err(RuntimeError::VisibleDevices)?;
+                    let tenants = crate::gpus::tenant_gpus(&inventory.gpus, visible.as_deref());
+                    let mut holder: HashMap<&str, &str> = HashMap::new();
+                    for labels in ours.iter().filter_map(|c| c.labels.as_ref()) {
+                        let id = labels.get(LABEL_ID).map_or("", String::as_str);
+                        for uuid in
+                            labels.get(LABEL_GPUS).map_or("", String::as_str).split(',').filter(|u| !u.is_empty())
+                        {
+                            holder.insert(uuid, id);
+                        }
+                    }
+                    for g in inventory.gpus.iter().filter(|g| tenants.contains(&g.uuid)) {
+                        slots.push(pb::GpuSlot {
+                            uuid: g.uuid.clone(),
+                            index: g.index,
+                            name: g.name.clone(),
+                            memory_total_bytes: g.memory_total_bytes,
+                            container: holder.get(g.uuid.as_str()).map_or(String::new(), |c| (*c).to_owned()),
+                        });
+                    }
+                }
+                Err(e) => notes.push(format!("GPUs: {e}")),
+            }
+        } else {
+            notes.push("GPUs: docker.enable_gpu_passthrough = false".to_owned());
+        }
+        let held = slots.iter().filter(|s| !s.container.is_empty()).count();
+
+        let disk_total = match self.engine.data_root().map(nix::sys::statvfs::statvfs) {
+            Some(Ok(fs)) => {
+                let block = fs.fragment_size() as f64;
+                let (total, avail) = (fs.blocks() as f64 * block, fs.blocks_available() as f64 * block);
+                Some(pb::Amount { total, allocated: disk as f64, free: avail })
+            }
+            Some(Err(e)) => {
+                notes.push(format!("disk: Docker's data root: {e}"));
+                None
+            }
+            None => {
+                notes.push("disk: the engine did not say where its data root is".to_owned());
+                None
+            }
+        };
+        let volumes: u64 = self.volumes.list(&HashMap::new()).iter().map(|v| v.size_bytes).sum();
+        let ports = crate::ports::held(ours.iter().filter_map(|c| c.labels.as_ref())).len();
+        Ok(pb::CapacityResponse {
+            gpus: amount(slots.len() as f64, held as f64),
+            gpu_slots: slots,
+            cpu_cores: amount(self.engine.host_cpus(), cpu),
+            memory_bytes: amount(self.engine.host_memory() as f64, memory as f64),
+            disk_bytes: disk_total,
+            volume_bytes: amount(self.config.volumes.max_total_bytes.get() as f64, volumes as f64),
+            ports: amount(self.ports.size() as f64, ports as f64),
+            containers: amount(f64::from(self.config.max_concurrent_containers), ours.len() as f64),
+            note: notes.join("; "),
+        })
+    }
+}
