@@ -225,23 +225,29 @@ impl Images {
             };
             self.update(|records| {
                 records.insert(key, record);
+                true
             });
         } else {
-            self.update(|records| {
-                if let Some(record) = records.get_mut(&key) {
+            // An image the executor did not pull costs no write.
+            self.update(|records| match records.get_mut(&key) {
+                Some(record) => {
                     record.last_used_at = now;
+                    true
                 }
+                None => false,
             });
         }
         Ok(admitted)
     }
 
-    /// Changes the records and writes them; a write that fails is logged (the records in
-    /// memory stay right, and the next change writes them again).
-    fn update(&self, change: impl FnOnce(&mut BTreeMap<String, Record>)) {
+    /// Changes the records and, when `change` says it changed them, writes them; a write that
+    /// fails is logged (the records in memory stay right, and the next change writes them
+    /// again).
+    fn update(&self, change: impl FnOnce(&mut BTreeMap<String, Record>) -> bool) {
         let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        change(&mut records);
-        if let Err(e) = self.file.store(&*records) {
+        if change(&mut records)
+            && let Err(e) = self.file.store(&*records)
+        {
             tracing::error!(error = %e, "cannot write the image cache");
         }
         let total: u64 = records.values().map(|r| r.size_bytes).sum();
@@ -249,7 +255,7 @@ impl Images {
     }
 
     fn set_gauge(&self) {
-        self.update(|_| {});
+        self.update(|_| false);
     }
 
     fn is_prefetch(&self, reference: &str) -> bool {
@@ -309,7 +315,10 @@ impl Images {
         }
         if !gone.is_empty() {
             tracing::warn!(?gone, "cached images were removed outside the executor; forgotten");
-            self.update(|r| gone.iter().for_each(|g| drop(r.remove(g))));
+            self.update(|r| {
+                gone.iter().for_each(|g| drop(r.remove(g)));
+                true
+            });
         }
         let mut images: Vec<pb::Image> = records
             .iter()
@@ -370,7 +379,7 @@ impl Images {
             }
             Err(source) => return Err(ImageError::Engine { image: reference.to_owned(), source }),
         }
-        self.update(|r| drop(r.remove(reference)));
+        self.update(|r| r.remove(reference).is_some());
         metrics::counter!("executor_container_runtime_images_removed_total", "reason" => reason).increment(1);
         tracing::info!(image = reference, size_bytes = record.size_bytes, reason, "image removed");
         Ok(())
