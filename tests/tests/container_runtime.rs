@@ -438,3 +438,48 @@ async fn tc(args: &[&str]) -> (bool, String) {
     let out = e2e::process::capture(ProcessSpec::new("tc").args(args.iter().copied()), Duration::from_secs(20)).await;
     (out.status.success(), e2e::process::stdout(&out))
 }
+
+/// Issue 22 item 2 (the TTL): `Update` extends a container's TTL past the one it was created
+/// with, or shortens it, kept across a `kill -9` of the service; 0 takes it away.
+#[tokio::test]
+async fn a_ttl_update_extends_or_shortens_a_rental_and_survives_a_restart() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("\n[docker]\nreap_interval = \"300ms\"\n");
+    let (mut service, mut client) = start_service(&config).await;
+    let mut short = request("sleep 600");
+    short.ttl_seconds = 3;
+    let extended = client.create(short.clone()).await.unwrap().into_inner();
+    let shortened = client.create(request("sleep 600")).await.unwrap().into_inner();
+    let forever = client.create(short).await.unwrap().into_inner();
+    let update = |id: &str, ttl_seconds| pb::UpdateContainerRequest { id: id.to_owned(), ttl_seconds };
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let got = client.update(update(&extended.id, 600)).await.unwrap().into_inner();
+    assert!((now + 599..=now + 601).contains(&got.expires_at), "{got:?}");
+    let got = client.update(update(&shortened.id, 2)).await.unwrap().into_inner();
+    assert!((now + 1..=now + 3).contains(&got.expires_at), "{got:?}");
+    assert_eq!(client.update(update(&forever.id, 0)).await.unwrap().into_inner().expires_at, 0);
+    let e = client.update(update("c-nope", 10)).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let e = client.update(update(&forever.id, 400_000_000)).await.unwrap_err();
+    assert!(e.message().starts_with("ttl_seconds:"), "{}", e.message());
+
+    // A restart of the service forgets nothing; the reaper goes by the new TTLs.
+    service.kill().await.unwrap();
+    let (_service, mut client) = start_service(&config).await;
+    let get = |id: &str| pb::ContainerRef { id: id.to_owned() };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while client.get(get(&shortened.id)).await.is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the shortened container was not reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Both created with 3 s, now well past it: still there.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in [&extended.id, &forever.id] {
+        assert!(client.get(get(id)).await.is_ok(), "{id} was reaped by its old TTL");
+    }
+    assert!((now + 599..=now + 601).contains(&client.get(get(&extended.id)).await.unwrap().into_inner().expires_at));
+    remove_all(&mut client).await;
+}

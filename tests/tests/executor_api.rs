@@ -590,6 +590,9 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
     assert!(code == 200 && health.contains(r#""draining":true"#), "{code} {health}");
     let id = running["id"].as_str().unwrap();
     assert_eq!(json(&ctl(&node, &key, &["containers", "get", id]).await)["state"], "running");
+    // A rental extended through ctl while drained: running ones are the miner's to manage.
+    let updated = json(&ctl(&node, &key, &["containers", "update", id, "--ttl-seconds", "7200"]).await);
+    assert!(updated["expires_at"].as_i64().unwrap() > updated["created_at"].as_i64().unwrap() + 7000, "{updated}");
     let metrics = http_get(node.config.ports.metrics[1], "/metrics").await.unwrap().1;
     assert_eq!(e2e::metric_value(&metrics, "executor_container_runtime_draining"), 1.0, "{metrics}");
 

@@ -111,6 +111,7 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         },
         E::Draining { .. } => caller(Reason::Draining),
         E::DrainStore(source) => Refusal::new(Reason::Storage, e.to_string()).with_cause(source),
+        E::Record { source, .. } => Refusal::new(Reason::Storage, e.to_string()).with_cause(source),
         E::Image(i) => match i {
             ImageError::NotCached { .. } => caller(Reason::NotFound),
             ImageError::Prefetched { .. } | ImageError::InUse { .. } => caller(Reason::WrongState),
@@ -200,6 +201,11 @@ impl RuntimeApi for RuntimeGrpc {
 
     async fn start(&self, request: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
         self.runtime.start(&request.into_inner().id).await.map(Response::new).map_err(status)
+    }
+
+    async fn update(&self, request: Request<pb::UpdateContainerRequest>) -> Result<Response<pb::Container>, Status> {
+        let r = request.into_inner();
+        self.runtime.update(&r.id, r.ttl_seconds).await.map(Response::new).map_err(status)
     }
 
     async fn stop(&self, request: Request<pb::StopContainerRequest>) -> Result<Response<pb::Container>, Status> {

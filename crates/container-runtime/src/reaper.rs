@@ -12,7 +12,7 @@ use crate::engine::{Engine, EngineError};
 use crate::labels::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL, now_secs};
 use crate::mounts::Staging;
 use crate::netpool::NetworkPool;
-use crate::stops::StopReasons;
+use crate::stops::{Expiries, StopReasons};
 use crate::teardown::remove_everything;
 
 /// A network without its container is left alone this long (its container may be being
@@ -33,11 +33,12 @@ pub struct Reaped {
 
 /// One round over `engine`'s containers and networks of ours; `pool` holds networks that are
 /// never orphans, `stops` the stop reasons and `staging` the bind mounts removed with their
-/// containers.
+/// containers, `expiries` the TTLs changed after create (which win over the labels').
 pub async fn reap_once(
     engine: &Engine,
     pool: Option<&NetworkPool>,
     stops: &StopReasons,
+    expiries: &Expiries,
     staging: &Staging,
 ) -> Result<Reaped, EngineError> {
     let mut reaped = Reaped::default();
@@ -54,7 +55,12 @@ pub async fn reap_once(
         let created: u64 = labels.get(LABEL_CREATED).and_then(|v| v.parse().ok()).unwrap_or(0);
         let ttl: u64 = labels.get(LABEL_TTL).and_then(|v| v.parse().ok()).unwrap_or(0);
         let network = labels.get(LABEL_NETWORK).cloned().unwrap_or_default();
-        if ttl > 0 && created + ttl <= now {
+        let expires = match expiries.get(&id).and_then(|e| e.trim().parse::<u64>().ok()) {
+            Some(updated) => updated,
+            None if ttl > 0 => created + ttl,
+            None => 0,
+        };
+        if expires > 0 && expires <= now {
             tracing::info!(id = %id, ttl, "container reached its TTL; removing it");
             let _ = engine.stop(&id, 10).await;
             match remove_everything(engine, stops, staging, &id, &network).await {
@@ -100,6 +106,8 @@ pub async fn reap_once(
     }
     // Staged bind mounts whose container is gone.
     reaped.orphan_mounts = staging.release_orphans(&live, ORPHAN_GRACE);
+    // Expiries of containers that are gone (written a while ago: not one made meanwhile).
+    expiries.forget_orphans(&live, ORPHAN_GRACE);
     Ok(reaped)
 }
 

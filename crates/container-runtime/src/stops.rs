@@ -1,25 +1,53 @@
-//! Why the executor stopped a container (GPU memory over its limit, ...), kept in
-//! `data_dir/stop-reasons/<id>` so `get` and `list` report it across restarts of the service.
-//! Docker labels cannot change after create, hence a file per container, written atomically
-//! (temporary file, fsync, rename) and removed with the container.
+//! What the executor says of a container after its create, kept in a file per container because
+//! Docker labels cannot change after create: why it stopped it (GPU memory over its limit,
+//! ...) in `data_dir/stop-reasons/<id>`, and when it expires once `UpdateContainer` changed its
+//! TTL in `data_dir/expiry/<id>`, so `get`, `list` and the reaper have them across restarts of
+//! the service. Each written atomically (temporary file, fsync, rename) and removed with the
+//! container (the reaper forgets the files of containers that are gone).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::labels::is_container_id;
 
-/// The store.
+/// A store: one short text per container.
 #[derive(Debug, Clone)]
-pub struct StopReasons {
+pub struct PerContainer {
     dir: PathBuf,
 }
 
-impl StopReasons {
-    /// The store under `data_dir`, created (mode 0700) if needed.
+/// Why the executor stopped a container.
+pub type StopReasons = PerContainer;
+/// When a container expires (Unix seconds, 0 for never) after `UpdateContainer`.
+pub type Expiries = PerContainer;
+
+impl PerContainer {
+    /// The stop reasons under `data_dir`, created if needed.
     pub fn open(data_dir: &Path) -> std::io::Result<Self> {
-        let dir = data_dir.join("stop-reasons");
+        Self::open_dir(data_dir.join("stop-reasons"))
+    }
+
+    /// The expiries under `data_dir`, created if needed.
+    pub fn expiries(data_dir: &Path) -> std::io::Result<Self> {
+        Self::open_dir(data_dir.join("expiry"))
+    }
+
+    fn open_dir(dir: PathBuf) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
         Ok(Self { dir })
+    }
+
+    /// Forgets the files of containers not in `live` that were written more than `grace` ago.
+    pub fn forget_orphans(&self, live: &std::collections::HashSet<String>, grace: std::time::Duration) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let Ok(id) = entry.file_name().into_string() else { continue };
+            let old =
+                entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().unwrap_or_default() >= grace);
+            if is_container_id(&id) && !live.contains(&id) && old {
+                self.forget(&id);
+            }
+        }
     }
 
     pub fn record(&self, id: &str, reason: &str) -> std::io::Result<()> {

@@ -265,6 +265,14 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().start(request.into_inner())).await
     }
 
+    async fn update_container(
+        &self,
+        request: Request<runtime::UpdateContainerRequest>,
+    ) -> Result<Response<runtime::Container>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().update(request.into_inner())).await
+    }
+
     async fn stop_container(
         &self,
         request: Request<runtime::StopContainerRequest>,

@@ -159,6 +159,7 @@ impl ExecutorClient {
     unary!(create_container, "CreateContainer", runtime::CreateContainerRequest => runtime::Container);
     unary!(start_container, "StartContainer", runtime::ContainerRef => runtime::Container);
     unary!(stop_container, "StopContainer", runtime::StopContainerRequest => runtime::Container);
+    unary!(update_container, "UpdateContainer", runtime::UpdateContainerRequest => runtime::Container);
     unary!(remove_container, "RemoveContainer", runtime::RemoveContainerRequest => runtime::RemoveContainerResponse);
     unary!(get_container, "GetContainer", runtime::ContainerRef => runtime::Container);
     unary!(list_containers, "ListContainers", runtime::ListContainersRequest => runtime::ListContainersResponse);

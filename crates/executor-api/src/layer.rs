@@ -59,6 +59,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/CreateContainer",
     "/executor.api.v1.ExecutorApi/StartContainer",
     "/executor.api.v1.ExecutorApi/StopContainer",
+    "/executor.api.v1.ExecutorApi/UpdateContainer",
     "/executor.api.v1.ExecutorApi/RemoveContainer",
     "/executor.api.v1.ExecutorApi/GetContainer",
     "/executor.api.v1.ExecutorApi/ListContainers",

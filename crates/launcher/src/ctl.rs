@@ -231,6 +231,12 @@ pub enum ContainersCommand {
     SshKey(SshKeyCommand),
     /// Start a created container.
     Start { id: String },
+    /// A new TTL: `--ttl-seconds N` from now (0: never reaped).
+    Update {
+        id: String,
+        #[arg(long)]
+        ttl_seconds: u64,
+    },
     /// Stop a running container (SIGTERM, then SIGKILL).
     Stop {
         id: String,
@@ -776,6 +782,9 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             }
         }
         Start { id } => container(client.start_container(runtime::ContainerRef { id }).await)?,
+        Update { id, ttl_seconds } => {
+            container(client.update_container(runtime::UpdateContainerRequest { id, ttl_seconds }).await)?
+        }
         Stop { id, timeout_seconds } => {
             container(client.stop_container(runtime::StopContainerRequest { id, timeout_seconds }).await)?
         }

@@ -112,4 +112,7 @@ pub enum RuntimeError {
     Draining { reason: String, since: i64 },
     #[error("drain state: {0}")]
     DrainStore(#[source] common::durable::StoreError),
+    /// What is kept of a container in `data_dir` could not be written.
+    #[error("container {id}: cannot record the change")]
+    Record { id: String, source: std::io::Error },
 }

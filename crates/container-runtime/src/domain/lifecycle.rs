@@ -34,6 +34,24 @@ impl Runtime {
         self.describe(id).await
     }
 
+    /// Gives a container of ours a new TTL, `ttl_seconds` from now (0: never reaped); it
+    /// outlives restarts (see `stops`) and wins over the TTL it was created with.
+    pub async fn update(&self, id: &str, ttl_seconds: u64) -> Result<pb::Container, RuntimeError> {
+        self.ours(id).await?;
+        if ttl_seconds > MAX_TTL_SECONDS {
+            return Err(RuntimeError::Invalid(crate::spec::SpecError {
+                field: "ttl_seconds".to_owned(),
+                message: format!("{ttl_seconds} is more than {MAX_TTL_SECONDS} (10 years)"),
+            }));
+        }
+        let expires = if ttl_seconds == 0 { 0 } else { crate::labels::now_secs() + ttl_seconds };
+        self.expiries
+            .record(id, &expires.to_string())
+            .map_err(|source| RuntimeError::Record { id: id.to_owned(), source })?;
+        tracing::info!(id, ttl_seconds, expires, "container TTL updated");
+        self.describe(id).await
+    }
+
     /// Stops a container of ours: SIGTERM, SIGKILL after `timeout_seconds` (at most 600).
     /// Stopping a stopped container is fine: stop is idempotent.
     pub async fn stop(&self, id: &str, timeout_seconds: u32) -> Result<pb::Container, RuntimeError> {
@@ -150,7 +168,7 @@ impl Runtime {
 
     /// One round of the reaper (see `reaper`): expired containers and orphans removed.
     pub async fn reap(&self) -> Result<Reaped, RuntimeError> {
-        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.stops, &self.staging).await?)
+        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.stops, &self.expiries, &self.staging).await?)
     }
 
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
@@ -233,6 +251,9 @@ impl Runtime {
         stopped
     }
 }
+
+/// The longest TTL an update may give.
+const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
 /// A container's labels.
 fn labels_of(inspect: &bollard::models::ContainerInspectResponse) -> std::collections::HashMap<String, String> {

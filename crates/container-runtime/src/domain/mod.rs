@@ -46,7 +46,7 @@ use crate::netpool::NetworkPool;
 use crate::ports::PortPool;
 use crate::reference::RegistryPolicy;
 use crate::shaping::ShapingError;
-use crate::stops::StopReasons;
+use crate::stops::{Expiries, StopReasons};
 use crate::volumes::Volumes;
 use crate::workload::HostLimits;
 
@@ -58,6 +58,8 @@ pub struct Runtime {
     /// Spare networks for isolated containers; None without isolation.
     pool: Option<NetworkPool>,
     stops: StopReasons,
+    /// TTLs changed after create (`UpdateContainer`).
+    expiries: Expiries,
     /// Host bind mounts staged under `runtime_dir` (see `mounts`).
     staging: Staging,
     /// `data_dir` and `runtime_dir`: never bind-mounted.
@@ -128,6 +130,7 @@ impl Runtime {
             gpu_monitor: GpuMonitor::new(&config.runtime_dir),
             pool,
             stops: StopReasons::open(&config.data_dir)?,
+            expiries: Expiries::expiries(&config.data_dir)?,
             staging: Staging::new(&config.runtime_dir),
             protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
             shaping,
@@ -181,6 +184,9 @@ impl Runtime {
     pub async fn describe(&self, id: &str) -> Result<pb::Container, RuntimeError> {
         let mut container = crate::status::container(&self.ours(id).await?);
         container.stop_reason = self.stops.get(id).unwrap_or_default();
+        if let Some(expires) = self.expiries.get(id).and_then(|e| e.trim().parse::<i64>().ok()) {
+            container.expires_at = expires;
+        }
         self.ports.describe(&mut container.ports);
         Ok(container)
     }

@@ -129,6 +129,7 @@ fake! {
         }
         fn start("Start", r: runtime::ContainerRef) -> runtime::Container { container(&r.id) }
         fn stop("Stop", r: runtime::StopContainerRequest) -> runtime::Container { container(&r.id) }
+        fn update("Update", r: runtime::UpdateContainerRequest) -> runtime::Container { container(&r.id) }
         fn remove("Remove", _r: runtime::RemoveContainerRequest) -> runtime::RemoveContainerResponse {
             runtime::RemoveContainerResponse {}
         }

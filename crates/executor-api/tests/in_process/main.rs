@@ -73,6 +73,8 @@ async fn container_calls_reach_container_runtime() {
     assert_eq!(client.start_container(c1()).await.unwrap().id, "c-1");
     let stop = runtime::StopContainerRequest { id: "c-1".into(), timeout_seconds: 3 };
     assert_eq!(client.stop_container(stop).await.unwrap().id, "c-1");
+    let update = runtime::UpdateContainerRequest { id: "c-1".into(), ttl_seconds: 3600 };
+    assert_eq!(client.update_container(update).await.unwrap().id, "c-1");
     client.remove_container(runtime::RemoveContainerRequest { id: "c-1".into(), force: true }).await.unwrap();
     assert_eq!(client.get_container(c1()).await.unwrap().docker_id, "fake-docker-id");
     let list = client.list_containers(runtime::ListContainersRequest { all: true, ..Default::default() });
@@ -105,6 +107,7 @@ async fn container_calls_reach_container_runtime() {
         [
             r#"Start ContainerRef { id: "c-1" }"#,
             r#"Stop StopContainerRequest { id: "c-1", timeout_seconds: 3 }"#,
+            r#"Update UpdateContainerRequest { id: "c-1", ttl_seconds: 3600 }"#,
             r#"Remove RemoveContainerRequest { id: "c-1", force: true }"#,
             r#"Get ContainerRef { id: "c-1" }"#,
             r#"List ListContainersRequest { all: true, owner: "" }"#,
