@@ -9,7 +9,7 @@ use common::process::{ProcessSpec, send_signal};
 use nix::sys::signal::Signal;
 
 /// Whether `program args` exits 0 (false when it cannot run at all).
-async fn succeeds(program: &str, args: &[&str]) -> bool {
+pub async fn succeeds(program: &str, args: &[&str]) -> bool {
     let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(120), 1 << 16).await;
     out.is_ok_and(|o| o.status.success())
 }

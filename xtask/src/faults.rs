@@ -115,12 +115,6 @@ async fn running(client: &ExecutorClient) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-/// Whether `program args` exits 0 (false when it cannot run at all).
-async fn succeeds(program: &str, args: &[&str]) -> bool {
-    let out = ProcessSpec::new(program).args(args.iter().copied()).output(Duration::from_secs(120), 1 << 16).await;
-    out.is_ok_and(|o| o.status.success())
-}
-
 pub(crate) async fn faults() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let out = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -274,7 +268,7 @@ async fn hurt(
     ensure!(was_running.len() == 2, "expected 2 running containers before the engine restart, got {was_running:?}");
     const RULE: [&str; 12] =
         ["-w", "-C", "INPUT", "-i", "bai-+", "-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED", "-j", "DROP"];
-    let firewall = || succeeds("iptables", &RULE);
+    let firewall = || e2e::engine::succeeds("iptables", &RULE);
     let firewall_before = firewall().await;
     let ports_before = host_ports(client).await?;
     ensure!(ports_before.len() == 3, "expected a published port on each container: {ports_before:?}");

@@ -248,12 +248,7 @@ impl Engine {
             .inspect_container(id, Some(options))
             .await
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
-        let limit = inspect
-            .config
-            .as_ref()
-            .and_then(|c| c.labels.as_ref())
-            .and_then(|l| l.get(crate::labels::LABEL_DISK))
-            .and_then(|v| v.parse().ok());
+        let limit = inspect.config.as_ref().and_then(|c| c.labels.as_ref()).and_then(crate::labels::disk_limit);
         Ok((inspect.size_rw.and_then(|b| u64::try_from(b).ok()), limit))
     }
 

@@ -250,8 +250,7 @@ impl Images {
         {
             tracing::error!(error = %e, "cannot write the image cache");
         }
-        let total: u64 = records.values().map(|r| r.size_bytes).sum();
-        metrics::gauge!("executor_container_runtime_image_cache_bytes").set(total as f64);
+        metrics::gauge!("executor_container_runtime_image_cache_bytes").set(total(&records) as f64);
     }
 
     fn set_gauge(&self) {
@@ -387,8 +386,7 @@ impl Images {
 
     /// Whether the cache is past its high-water mark (the collector has work).
     pub fn over_high_water(&self) -> bool {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner).values().map(|r| r.size_bytes).sum::<u64>()
-            > self.high_water
+        total(&self.records.lock().unwrap_or_else(PoisonError::into_inner)) > self.high_water
     }
 
     /// One round of the collector; `in_use`: the references our containers were created from.
@@ -396,10 +394,7 @@ impl Images {
     /// reaper), so a slow pull never holds creates up behind the collector.
     /// Returns the references it removed.
     pub async fn collect(&self, in_use: &HashSet<String>) -> Vec<String> {
-        let total = || -> u64 {
-            self.records.lock().unwrap_or_else(PoisonError::into_inner).values().map(|r| r.size_bytes).sum()
-        };
-        if total() <= self.high_water {
+        if !self.over_high_water() {
             return Vec::new();
         }
         let Ok(_write) = self.lock.try_write() else { return Vec::new() };
@@ -414,7 +409,7 @@ impl Images {
         candidates.sort_by_key(|(_, r)| r.last_used_at);
         let mut removed = Vec::new();
         for (reference, record) in candidates {
-            if total() <= self.high_water {
+            if !self.over_high_water() {
                 break;
             }
             match self.remove_now(&reference, &record, "gc").await {
@@ -424,10 +419,10 @@ impl Images {
                 Err(e) => tracing::warn!(error = %e, "image collector"),
             }
         }
-        let over = total() > self.high_water;
+        let over = self.over_high_water();
         if over && !self.stays_over.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(
-                cache_bytes = total(),
+                cache_bytes = total(&self.records.lock().unwrap_or_else(PoisonError::into_inner)),
                 high_water = self.high_water,
                 "the image cache stays over docker.images.gc_high_water_bytes: what is left is in use or prefetch-listed"
             );
@@ -513,6 +508,11 @@ impl Images {
         }
         None
     }
+}
+
+/// What the cached images take together.
+fn total(records: &BTreeMap<String, Record>) -> u64 {
+    records.values().map(|r| r.size_bytes).sum()
 }
 
 /// `executor validate`: every template's and every prefetch-listed image parses and is on the

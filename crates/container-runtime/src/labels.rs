@@ -33,6 +33,12 @@ pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";
 pub const LABEL_NETWORK_BPS: &str = "ai.basilica.executor.network_bps";
 /// The container's writable-layer limit, bytes (`resources.disk_bytes`, resolved).
 pub const LABEL_DISK: &str = "ai.basilica.executor.disk_bytes";
+/// A container's writable-layer limit from its [`LABEL_DISK`]; None for one made before the
+/// label (the configured limit applies to it).
+pub fn disk_limit(labels: &std::collections::HashMap<String, String>) -> Option<u64> {
+    labels.get(LABEL_DISK).and_then(|v| v.parse().ok())
+}
+
 /// The container's own network (one of the pool's, see `netpool`), empty when it has none.
 pub const LABEL_NETWORK: &str = "ai.basilica.executor.network";
 /// Label marking a network made for the pool (see `netpool`).

@@ -20,6 +20,7 @@ use std::time::Duration;
 use common::process::ProcessSpec;
 
 use common::config::VolumesConfig;
+use common::config::values::{MAX_PLAIN_NAME, is_mount_path, is_plain_name};
 use common::config::volumes::MIN_VOLUME_BYTES;
 use common::proto::runtime::v1 as pb;
 use serde::{Deserialize, Serialize};
@@ -28,8 +29,6 @@ use crate::mounts::{ENGINE_NAMESPACE, in_mount_namespace};
 
 /// A container's volumes: `name:path:ro|rw`, comma-separated (paths have no commas: checked).
 pub const LABEL_VOLUMES: &str = "ai.basilica.executor.volumes";
-/// The longest volume name.
-const MAX_NAME: usize = 64;
 /// How long making a volume's filesystem may take.
 const MKFS_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -110,13 +109,6 @@ pub fn parse_label(value: &str) -> Vec<Attached> {
         .collect()
 }
 
-fn name_ok(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> VolumeError {
     VolumeError::Invalid { field: field.into(), message: message.into() }
 }
@@ -177,7 +169,7 @@ impl Volumes {
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
             {
-                Ok(record) if name_ok(&record.name) && self.image(&record.name).exists() => {
+                Ok(record) if is_plain_name(&record.name) && self.image(&record.name).exists() => {
                     records.insert(record.name.clone(), record);
                 }
                 Ok(_) => tracing::warn!(path = %path.display(), "a volume record without its image; left alone"),
@@ -190,11 +182,11 @@ impl Volumes {
     /// Makes volume `name` of `size_bytes`: the image reserved in full, an ext4 filesystem in
     /// it, its record, and its mount. Call under [`Volumes::lock`], as [`Volumes::delete`].
     pub async fn create(&self, name: &str, size_bytes: u64) -> Result<pb::Volume, VolumeError> {
-        if !name_ok(name) {
+        if !is_plain_name(name) {
             return Err(invalid(
                 "name",
                 format!(
-                    "`{name}` is not a volume name (letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most {MAX_NAME})"
+                    "`{name}` is not a volume name (letters, digits, `_`, `.`, `-`, starting with a letter or digit, at most {MAX_PLAIN_NAME})"
                 ),
             ));
         }
@@ -209,7 +201,7 @@ impl Volumes {
         if records.contains_key(name) || self.image(name).exists() {
             return Err(VolumeError::Exists(name.to_owned()));
         }
-        let used: u64 = records.values().map(|r| r.size_bytes).sum();
+        let used = reserved(&records);
         let total = self.config.max_total_bytes.get();
         if used + size_bytes > total {
             return Err(VolumeError::OverTotal { asked: size_bytes, used, max: total });
@@ -229,7 +221,7 @@ impl Volumes {
             return Err(e);
         }
         tracing::info!(name, size_bytes, "volume created");
-        Ok(self.describe(name, size_bytes, record_created(&self.record_path(name)), Vec::new()))
+        Ok(self.describe(name, size_bytes, record.created_at, Vec::new()))
     }
 
     fn describe(&self, name: &str, size_bytes: u64, created_at: i64, containers: Vec<String>) -> pb::Volume {
@@ -250,6 +242,11 @@ impl Volumes {
             }
             None => (0, 0),
         }
+    }
+
+    /// The bytes all volumes take together (each is reserved in full).
+    pub fn reserved_bytes(&self) -> u64 {
+        reserved(&self.records())
     }
 
     /// Every volume, with the containers that have it (`users`: volume name → our ids).
@@ -359,12 +356,7 @@ impl Volumes {
         for (i, v) in asked.iter().enumerate() {
             let field = |f: &str| format!("volumes[{i}].{f}");
             let path = &v.container_path;
-            let clean = path.starts_with('/')
-                && path != "/"
-                && path.len() <= 4096
-                && !path.split('/').any(|c| c == "..")
-                && !path.contains([',', ':', '\0']);
-            if !clean {
+            if !is_mount_path(path) {
                 return Err(invalid(
                     field("container_path"),
                     format!("`{path}` is not an absolute path below / (without `..`, `,` or `:`)"),
@@ -397,12 +389,12 @@ impl Volumes {
     }
 }
 
-fn host(name: &str, reason: impl Into<String>) -> VolumeError {
-    VolumeError::Host { name: name.to_owned(), reason: reason.into() }
+fn reserved(records: &BTreeMap<String, Record>) -> u64 {
+    records.values().map(|r| r.size_bytes).sum()
 }
 
-fn record_created(path: &Path) -> i64 {
-    std::fs::read(path).ok().and_then(|b| serde_json::from_slice::<Record>(&b).ok()).map_or(0, |r| r.created_at)
+fn host(name: &str, reason: impl Into<String>) -> VolumeError {
+    VolumeError::Host { name: name.to_owned(), reason: reason.into() }
 }
 
 /// Whether `path` is a mount point (its device differs from its parent's).
@@ -443,9 +435,8 @@ async fn make(dir: &Path, image: &Path, record_path: &Path, record: &Record) -> 
     if !out.status.success() {
         return Err(host(name, format!("mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
-    let tmp = record_path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(record).map_err(|e| host(name, e.to_string()))?;
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, record_path)).map_err(|e| host(name, e.to_string()))
+    common::durable::write_atomically(record_path, &bytes, None).map_err(|e| host(name, e.to_string()))
 }
 
 /// Creates the image file (never over an existing one) and reserves `size` bytes for it.
@@ -484,10 +475,10 @@ mod tests {
     #[test]
     fn names() {
         for good in ["a", "data", "ds.v2", "my_vol-1", &"x".repeat(64)] {
-            assert!(name_ok(good), "{good}");
+            assert!(is_plain_name(good), "{good}");
         }
         for bad in ["", ".hidden", "-x", "a/b", "a:b", "a,b", "..", &"x".repeat(65), "vol name"] {
-            assert!(!name_ok(bad), "{bad}");
+            assert!(!is_plain_name(bad), "{bad}");
         }
     }
 }

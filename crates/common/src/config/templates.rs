@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::Issues;
-use super::values::ByteSize;
-
-/// The longest template name.
-const MAX_NAME: usize = 64;
+use super::values::{ByteSize, is_mount_path, is_plain_name};
+use crate::exec_env::is_variable_name;
 
 /// One template: what a create that names it gets where the request leaves a field empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,18 +56,10 @@ pub fn parse_port(text: &str) -> Result<(u16, bool), String> {
     }
 }
 
-/// Whether `name` may name a template: letters, digits, `_`, `.`, `-`, starting with a letter
-/// or digit.
-pub fn is_template_name(name: &str) -> bool {
-    name.len() <= MAX_NAME
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-}
-
 pub(super) fn validate(templates: &BTreeMap<String, Template>, v: &mut Issues) {
     for (name, t) in templates {
         let key = |field: &str| format!("docker.templates.{name}.{field}");
-        if !is_template_name(name) {
+        if !is_plain_name(name) {
             v.fail(
                 &format!("docker.templates.{name}"),
                 "a template name has letters, digits, `_`, `.` and `-`, starts with a letter or digit, at most 64",
@@ -86,11 +76,7 @@ pub(super) fn validate(templates: &BTreeMap<String, Template>, v: &mut Issues) {
             }
         }
         for (i, path) in t.volume_paths.iter().enumerate() {
-            let clean = path.starts_with('/')
-                && path != "/"
-                && !path.split('/').any(|c| c == "..")
-                && !path.contains([',', ':', '\0']);
-            if !clean {
+            if !is_mount_path(path) {
                 v.fail(
                     &format!("{}[{i}]", key("volume_paths")),
                     format!("`{path}` is not an absolute path below / (without `..`, `,` or `:`)"),
@@ -100,11 +86,9 @@ pub(super) fn validate(templates: &BTreeMap<String, Template>, v: &mut Issues) {
             }
         }
         for variable in t.env.keys() {
-            let valid = variable.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && variable.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !is_variable_name(variable) {
                 v.fail(&key("env"), format!("`{variable}` is not a variable name"));
-            } else if variable.starts_with("NVIDIA_") {
+            } else if variable.to_ascii_uppercase().starts_with("NVIDIA_") {
                 v.fail(&key("env"), format!("`{variable}`: NVIDIA_ variables are the executor's to set"));
             }
         }

@@ -245,6 +245,27 @@ pub(crate) mod human_duration {
     }
 }
 
+/// The longest [`is_plain_name`].
+pub const MAX_PLAIN_NAME: usize = 64;
+
+/// A name the node keeps things under (volumes, templates): letters, digits, `_`, `.`, `-`,
+/// starting with a letter or digit, at most [`MAX_PLAIN_NAME`] bytes.
+pub fn is_plain_name(name: &str) -> bool {
+    name.len() <= MAX_PLAIN_NAME
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// A path inside a container a volume may be mounted at: absolute, below `/`, without `..`,
+/// and without `,`, `:` or NUL (the separators of the volumes label), at most 4096 bytes.
+pub fn is_mount_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path != "/"
+        && path.len() <= 4096
+        && !path.split('/').any(|c| c == "..")
+        && !path.contains([',', ':', '\0'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ impl Runtime {
             cpu += host.nano_cpus.unwrap_or(0) as f64 / 1e9;
             memory += host.memory.and_then(|m| u64::try_from(m).ok()).unwrap_or(0);
             let labels = inspect.config.and_then(|c| c.labels).unwrap_or_default();
-            disk += labels.get(crate::labels::LABEL_DISK).and_then(|d| d.parse().ok()).unwrap_or(configured_disk);
+            disk += crate::labels::disk_limit(&labels).unwrap_or(configured_disk);
         }
 
         // GPUs: the visible ones of gpu-monitor's inventory, each with the container holding it.
@@ -81,7 +81,7 @@ impl Runtime {
                 None
             }
         };
-        let volumes: u64 = self.volumes.list(&HashMap::new()).iter().map(|v| v.size_bytes).sum();
+        let volumes = self.volumes.reserved_bytes();
         let ports = crate::ports::held(ours.iter().filter_map(|c| c.labels.as_ref())).len();
         Ok(pb::CapacityResponse {
             gpus: amount(slots.len() as f64, held as f64),
