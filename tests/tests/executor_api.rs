@@ -226,7 +226,8 @@ async fn ctl(node: &Node, key_file: &std::path::Path, args: &[&str]) -> common::
 }
 
 fn json(out: &common::process::CapturedOutput) -> serde_json::Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{}\nstdout: {stdout}\nstderr: {stderr}", out.status);
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -301,7 +302,8 @@ async fn executor_ctl_for_operators() {
     let mut logs = String::new();
     for _ in 0..50 {
         let out = ctl(&node, &key, &["containers", "logs", id]).await;
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{}\nstdout: {stdout}\nstderr: {stderr}", out.status);
         logs = String::from_utf8_lossy(&out.stdout).into_owned();
         if logs.contains("from ctl") {
             break;
@@ -485,7 +487,10 @@ async fn exec_container_through_the_public_api_on_the_real_engine() {
     }
     let unknown = api::ExecContainerRequest { id: "c-000000000000".into(), ..request("true") };
     assert_eq!(exec(&client, unknown).await.unwrap_err().code(), Code::NotFound);
-    client.stop_container(pb::StopContainerRequest { id: c.id.clone(), timeout_seconds: 0 }).await.unwrap();
+    client
+        .stop_container(pb::StopContainerRequest { id: c.id.clone(), timeout_seconds: 0, ..Default::default() })
+        .await
+        .unwrap();
     let err = exec(&client, request("true")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 
@@ -605,7 +610,17 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
         cr.pid != victim && e2e::all_serving(s)
     })
     .await;
-    assert_eq!(json(&ctl(&node, &key, &["health"]).await)["draining"], true);
+    // The launcher sees the new container-runtime serve before executor-api's probe does: ctl
+    // health exits 1 until that probe answers, and only then reads the drain from it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let out = ctl(&node, &key, &["health"]).await;
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break json(&out);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["draining"], true, "{health}");
     assert_eq!(ctl(&node, &key, &create).await.status.code(), Some(1), "a create went through while drained");
 
     let undrained = json(&ctl(&node, &key, &["undrain"]).await);
