@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-api bench-doors load faults engine-tests clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-api bench-doors load faults engine-tests clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -74,9 +74,9 @@ python-tests: build venv
 ## since every other test would see the engine go.
 engine-tests: build
 	if command -v cargo-nextest >/dev/null; then \
-		$(CARGO) nextest run --workspace --run-ignored only -E 'binary(engine_restart)'; \
+		$(CARGO) nextest run --workspace --run-ignored only --test-threads 1 -E 'binary(engine_restart)'; \
 	else \
-		$(CARGO) test -p e2e --test engine_restart -- --ignored; \
+		$(CARGO) test -p e2e --test engine_restart -- --ignored --test-threads=1; \
 	fi
 
 ## Fuzz targets of fuzz/ (docs/reliability.md): config, image references, attestor messages,
@@ -95,7 +95,7 @@ fuzz-tools:
 ## Every benchmark below beside its baseline, one after another, then a summary
 ## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
 bench: docker packages
-	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-api bench-doors
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-api bench-doors
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
@@ -141,6 +141,11 @@ bench-ports:
 ## create-to-running with one volume beside none (as root; docs/benchmarks.md).
 bench-volumes:
 	$(CARGO) xtask bench-volumes
+
+## Rentals after a reboot: ten containers stopped by the engine while container-runtime is down,
+## from its start until all run again, beside `docker start` of the ten (as root; docs/benchmarks.md).
+bench-resume:
+	$(CARGO) xtask bench-resume
 
 ## Public API: signed unary call latency and throughput beside the same call unauthenticated.
 bench-api:

@@ -26,37 +26,48 @@ async fn run_checked(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Restarts the Docker engine the way `scripts/ensure-docker.sh` starts it: through systemd
-/// when it runs, else the init script when that one manages the engine, else the engine runs
-/// on its own: SIGTERM to the pid in /var/run/docker.pid, then the script starts it again.
-/// Returns how, and how long the engine did not answer.
+/// Restarts the Docker engine the way `scripts/ensure-docker.sh` starts it (see
+/// [`stop_docker`]). Returns how, and how long the engine did not answer.
 pub async fn restart_docker(root: &Path) -> Result<(&'static str, Duration), String> {
     let started = Instant::now();
-    let how = if succeeds("systemctl", &["is-system-running"]).await {
-        run_checked("systemctl", &["restart", "docker"]).await?;
-        "systemctl restart docker"
-    } else if succeeds("service", &["docker", "status"]).await {
-        run_checked("service", &["docker", "restart"]).await?;
-        "service docker restart"
-    } else {
-        let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
-            .map_err(|e| format!("no systemd, no init script, and no /var/run/docker.pid ({e})"))?
-            .trim()
-            .parse()
-            .map_err(|e| format!("/var/run/docker.pid: {e}"))?;
-        send_signal(pid as u32, Signal::SIGTERM).map_err(|e| format!("SIGTERM to dockerd {pid}: {e}"))?;
-        // dockerd stops its containers first (up to their stop timeout), then exits.
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
-            if Instant::now() > deadline {
-                return Err(format!("dockerd {pid} still running 90 s after SIGTERM"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        "SIGTERM to dockerd, then scripts/ensure-docker.sh"
-    };
-    run_checked(&root.join("scripts/ensure-docker.sh").display().to_string(), &[]).await?;
+    let how = stop_docker().await?;
+    start_docker(root).await?;
     Ok((how, started.elapsed()))
+}
+
+/// Stops the Docker engine as a host going down would: through systemd when it runs, else the
+/// init script when that one manages the engine, else SIGTERM to the pid in
+/// /var/run/docker.pid. Returns once the engine is gone, saying how it was stopped.
+pub async fn stop_docker() -> Result<&'static str, String> {
+    if succeeds("systemctl", &["is-system-running"]).await {
+        run_checked("systemctl", &["stop", "docker"]).await?;
+        return Ok("systemctl stop docker");
+    }
+    if succeeds("service", &["docker", "status"]).await {
+        run_checked("service", &["docker", "stop"]).await?;
+        return Ok("service docker stop");
+    }
+    let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
+        .map_err(|e| format!("no systemd, no init script, and no /var/run/docker.pid ({e})"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("/var/run/docker.pid: {e}"))?;
+    send_signal(pid as u32, Signal::SIGTERM).map_err(|e| format!("SIGTERM to dockerd {pid}: {e}"))?;
+    // dockerd stops its containers first (up to their stop timeout), then exits.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+        if Instant::now() > deadline {
+            return Err(format!("dockerd {pid} still running 90 s after SIGTERM"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok("SIGTERM to dockerd")
+}
+
+/// Starts the Docker engine with `scripts/ensure-docker.sh` (systemd, the init script, or
+/// dockerd on its own, as that script finds the host) and waits until it answers.
+pub async fn start_docker(root: &Path) -> Result<(), String> {
+    run_checked(&root.join("scripts/ensure-docker.sh").display().to_string(), &[]).await
 }
 
 /// The workspace root (this crate is `tests/`).

@@ -249,7 +249,7 @@ async fn a_stopped_container_ends_its_sessions() {
     let mut cat = open(&mut client, Input::Start(start(&c.id, &["cat"], false))).await.unwrap();
     shell.stdin("echo ready\n").await;
     assert!(shell.until(|s| s.stdout().contains("ready\r\n")).await);
-    client.stop(pb::StopContainerRequest { id: c.id.clone(), timeout_seconds: 0 }).await.unwrap();
+    client.stop(pb::StopContainerRequest { id: c.id.clone(), timeout_seconds: 0, ..Default::default() }).await.unwrap();
     let stopped = Instant::now();
     let (shell_code, cat_code) = tokio::join!(shell.exit(), cat.exit());
     assert!(stopped.elapsed() < Duration::from_secs(2), "the sessions ended {:?} after the stop", stopped.elapsed());
@@ -297,7 +297,10 @@ async fn refusals_name_what_is_wrong() {
     let (_service, mut client) = start_service(&config).await;
     let running = run(&mut client, request("sleep 600")).await;
     let stopped = run(&mut client, request("sleep 600")).await;
-    client.stop(pb::StopContainerRequest { id: stopped.id.clone(), timeout_seconds: 0 }).await.unwrap();
+    client
+        .stop(pb::StopContainerRequest { id: stopped.id.clone(), timeout_seconds: 0, ..Default::default() })
+        .await
+        .unwrap();
     let mut r = request("");
     r.image = image.into();
     r.command = vec![];

@@ -132,8 +132,11 @@ async fn lifecycle_logs_exec_stats_and_bad_input() {
     let err = client.get(pb::ContainerRef { id: "../etc".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
-    let stopped =
-        client.stop(pb::StopContainerRequest { id: id.clone(), timeout_seconds: 1 }).await.unwrap().into_inner();
+    let stopped = client
+        .stop(pb::StopContainerRequest { id: id.clone(), timeout_seconds: 1, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(stopped.state, pb::ContainerState::Exited as i32);
     client.remove(pb::RemoveContainerRequest { id: id.clone(), force: false }).await.unwrap();
     assert_eq!(client.get(pb::ContainerRef { id }).await.unwrap_err().code(), Code::NotFound);

@@ -1,7 +1,9 @@
 //! Issue 21: a volume's data survives a restart of the Docker engine, and its container runs
-//! again on the volume's own filesystem. Restarting the engine would break every other test
-//! running beside it, so this one is ignored by the unit-tests step and run alone by `make
-//! test`'s `engine-tests` step (after every other test), as root.
+//! again on the volume's own filesystem. Issue 22: after a "reboot" (the node and the engine
+//! stopped, then started) what ran runs again and what was stopped stays stopped. Restarting
+//! the engine would break every other test running beside it, so these are ignored by the
+//! unit-tests step and run alone, one after the other, by `make test`'s `engine-tests` step
+//! (after every other test), as root.
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -63,6 +65,63 @@ async fn engine_restart_keeps_a_volume_and_runs_its_container_again() {
     client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await.unwrap();
     let again = with_volume(&mut client).await;
     assert_eq!(seen(&mut client, &again.id).await.0, MARKER);
+    remove_all(&mut client).await;
+    client.delete_volume(pb::DeleteVolumeRequest { name: "keep".into() }).await.unwrap();
+}
+
+/// Issue 22 item 1, a reboot as the tests can make one: the node goes away, the engine stops
+/// (stopping every container) and the volume's mount goes; the engine starts, then the node.
+/// The rental that ran runs again on its volume and its port; the one the miner stopped and
+/// the one that ended on its own stay stopped.
+#[tokio::test]
+#[ignore = "stops the Docker engine: make test runs it alone after the other tests (engine-tests)"]
+async fn a_reboot_runs_again_what_ran_and_leaves_stopped_what_was_stopped() {
+    if !busybox_image().await || !require_tool("root (mount, loop devices)", is_root()) {
+        return;
+    }
+    let config = TestConfig::new("");
+    let (mut service, mut client) = start_service(&config).await;
+    client.create_volume(pb::CreateVolumeRequest { name: "keep".into(), size_bytes: SIZE }).await.unwrap();
+    let rental = with_volume(&mut client).await;
+    let out = exec(&mut client, &rental.id, &format!("echo {MARKER} > /vol/marker && sync")).await;
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let stopped = e2e::runtime::run(&mut client, request("sleep 600")).await;
+    let stop = pb::StopContainerRequest { id: stopped.id.clone(), timeout_seconds: 0, requested_by: "miner".into() };
+    client.stop(stop).await.unwrap();
+    let ended = e2e::runtime::run(&mut client, request("exit 7")).await;
+    let intent = |id: &str| std::fs::read_to_string(config.dir.path().join("data/intent").join(id)).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while intent(&ended.id) != "stopped: exited with code 7" {
+        assert!(Instant::now() < deadline, "the end was not recorded: {}", intent(&ended.id));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let _ = service.start_kill();
+    let _ = service.wait().await;
+    let how = e2e::engine::stop_docker().await.unwrap();
+    let point = config.runtime_dir().join("volumes/keep");
+    let umount = e2e::process::sh("umount", &[point.to_str().unwrap()]).await;
+    assert!(umount.0, "{umount:?}");
+    e2e::engine::start_docker(e2e::engine::workspace_root()).await.unwrap();
+    println!("engine stopped ({how}) and started again");
+    let (_service, mut client) = start_service(&config).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = client.get(pb::ContainerRef { id: rental.id.clone() }).await.map(|r| r.into_inner().state);
+        if state.as_ref().is_ok_and(|s| *s == pb::ContainerState::Running as i32) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not running 60 s after the node started: {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (marker, size) = seen(&mut client, &rental.id).await;
+    assert_eq!(marker, MARKER);
+    assert!(size > 0 && size <= SIZE, "/vol is not the volume's filesystem ({size} bytes)");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for c in [&stopped, &ended] {
+        let state = client.get(pb::ContainerRef { id: c.id.clone() }).await.unwrap().into_inner().state;
+        assert_eq!(state, pb::ContainerState::Exited as i32, "{} ({})", c.id, intent(&c.id));
+    }
     remove_all(&mut client).await;
     client.delete_volume(pb::DeleteVolumeRequest { name: "keep".into() }).await.unwrap();
 }

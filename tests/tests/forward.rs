@@ -81,7 +81,10 @@ async fn forwards_reach_the_loopback_and_nothing_else() {
     let (_service, mut client) = start_service(&config).await;
     let c = run(&mut client, request("nc -ll -p 8888 -e cat & exec sleep 600")).await;
     let stopped = run(&mut client, request("sleep 600")).await;
-    client.stop(pb::StopContainerRequest { id: stopped.id.clone(), timeout_seconds: 0 }).await.unwrap();
+    client
+        .stop(pb::StopContainerRequest { id: stopped.id.clone(), timeout_seconds: 0, ..Default::default() })
+        .await
+        .unwrap();
 
     // Both ways through `cat`, a few hundred KiB, the half-close reaching it.
     let (mut forward, address) = connect(&mut client, &c.id, 8888).await;

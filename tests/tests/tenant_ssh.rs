@@ -215,7 +215,10 @@ async fn a_renter_gets_a_terminal_and_commands_in_their_container_and_nothing_el
     let mut session = open_session(&node, &key_b, &first).await;
     let mut other = open_session(&node, &key_b, &second).await;
     let asked = Instant::now();
-    client.stop_container(pb::StopContainerRequest { id: first.clone(), timeout_seconds: 0 }).await.unwrap();
+    client
+        .stop_container(pb::StopContainerRequest { id: first.clone(), timeout_seconds: 0, ..Default::default() })
+        .await
+        .unwrap();
     let stopped = asked.elapsed();
     let took = exits_within(&mut session, asked, stopped + Duration::from_secs(1)).await;
     println!("stop asked to session end: {took:?} (the stop itself took {stopped:?})");

@@ -21,6 +21,8 @@
 //!   ports beside `docker run -d -p`, and throughput through a published port (issue 20).
 //! - `bench-volumes`: release build of container-runtime; `dd` onto a volume inside a container
 //!   beside the same on the host's disk, and create-to-running with one volume beside none.
+//! - `bench-resume`: release build of container-runtime; ten rentals stopped by the engine while
+//!   the service is down run again when it starts, beside `docker start` of the same ten.
 //! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
 //!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
 //!   same process with authentication left out.
@@ -36,6 +38,7 @@ mod bench_api;
 mod bench_doors;
 mod bench_gpow2;
 mod bench_ports;
+mod bench_resume;
 mod bench_signatures;
 mod bench_tenant;
 mod bench_volumes;
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-tenant-ssh") => runtime.block_on(bench_tenant::run()),
         Some("bench-ports") => runtime.block_on(bench_ports::run()),
         Some("bench-volumes") => runtime.block_on(bench_volumes::run()),
+        Some("bench-resume") => runtime.block_on(bench_resume::run()),
         Some("bench-signatures") => runtime.block_on(bench_signatures::bench_signatures()),
         Some("load") => runtime.block_on(load::load()),
         Some("faults") => runtime.block_on(faults::faults()),
@@ -81,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | bench-tenant-ssh | bench-ports | bench-volumes | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | bench-tenant-ssh | bench-ports | bench-volumes | bench-resume | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api"
         ),
     }
 }

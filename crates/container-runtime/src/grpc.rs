@@ -210,7 +210,7 @@ impl RuntimeApi for RuntimeGrpc {
 
     async fn stop(&self, request: Request<pb::StopContainerRequest>) -> Result<Response<pb::Container>, Status> {
         let r = request.into_inner();
-        self.runtime.stop(&r.id, r.timeout_seconds).await.map(Response::new).map_err(status)
+        self.runtime.stop(&r.id, r.timeout_seconds, &r.requested_by).await.map(Response::new).map_err(status)
     }
 
     async fn remove(

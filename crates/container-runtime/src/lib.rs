@@ -222,6 +222,12 @@ impl Service for ContainerRuntime {
             "executor_container_runtime_create_duration_seconds",
             "Time to create a container (validation, pull, network, create)."
         );
+        // Rentals that went down with the host, the engine, or while the node was away.
+        let started = std::time::Instant::now();
+        let resumed = self.runtime.resume().await;
+        if !resumed.is_empty() {
+            tracing::info!(resumed = ?resumed, ms = started.elapsed().as_millis() as u64, "containers meant to run are running again");
+        }
         let follow = follow_engine(&self.runtime, ctx.config().docker.network_config.enable_isolation);
         tokio::pin!(follow);
         let prefetch = std::sync::Arc::clone(self.runtime.images()).prefetch();
@@ -276,45 +282,72 @@ impl Service for ContainerRuntime {
 
 /// How long before the engine's API went away a kill by the engine counts as part of its
 /// shutdown: dockerd stops containers (SIGTERM, SIGKILL after their 10 s stop timeout, within
-/// its 15 s shutdown timeout) before it closes its API.
+/// its 15 s shutdown timeout) before it closes its API. A kill the executor did not ask for,
+/// with the engine still up this long after, came from outside (`docker stop`, `docker kill`).
 const ENGINE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(30);
 
-/// Follows the engine's events of our containers. The stream ends when the engine goes away
-/// (a restart, an upgrade); the containers it killed just before are the ones it stopped on
-/// the way down. Once the engine answers again they are started and shaped again, and the host
-/// firewall rules put back if they went. Never returns.
+/// Follows the engine's events of our containers and records why each one that stops on its
+/// own stopped (its exit code, out of memory, stopped outside the executor), so it is not run
+/// again (see `stops::Intent`). The stream ends when the engine goes away (a restart, an
+/// upgrade); the containers it stopped on its way down were killed by it, not ended on their
+/// own, so they are still meant to run: once the engine answers again they are started and
+/// shaped again, and the host firewall rules put back if they went. Never returns.
 async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
     use tokio_stream::StreamExt;
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
     loop {
         // Our id → when the engine signalled the container (`kill`, without being asked by us).
         let mut killed: std::collections::HashMap<String, tokio::time::Instant> = std::collections::HashMap::new();
+        // Our ids whose last end was the kernel's OOM killer.
+        let mut oom: std::collections::HashSet<String> = std::collections::HashSet::new();
         let events = runtime.engine().events();
         tokio::pin!(events);
-        while let Some(Ok(event)) = events.next().await {
+        loop {
+            let event = tokio::select! {
+                event = events.next() => match event {
+                    Some(Ok(event)) => event,
+                    _ => break,
+                },
+                _ = sweep.tick() => {
+                    stopped_outside(runtime, &mut killed).await;
+                    continue;
+                }
+            };
             let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
             let Some(id) = attributes.get(labels::LABEL_ID) else { continue };
             match event.action.as_deref() {
-                Some("kill") => {
+                Some("kill") if !runtime.engine().stopped_by_us(id) => {
                     killed.insert(id.clone(), tokio::time::Instant::now());
+                }
+                Some("oom") => {
+                    oom.insert(id.clone());
+                }
+                Some("die") if !killed.contains_key(id) && !runtime.engine().stopped_by_us(id) => {
+                    let why = match (oom.remove(id), attributes.get("exitCode")) {
+                        (true, _) => "out of memory".to_owned(),
+                        (false, Some(code)) => format!("exited with code {code}"),
+                        (false, None) => "exited".to_owned(),
+                    };
+                    tracing::info!(id, why, "container ended on its own; it stays stopped");
+                    runtime.intend(id, &stops::Intent::Stopped(why));
                 }
                 Some("start" | "destroy") => {
                     killed.remove(id);
+                    oom.remove(id);
                 }
                 _ => {}
             }
-            killed.retain(|_, at| at.elapsed() <= ENGINE_SHUTDOWN_WINDOW);
         }
-        let stopped: Vec<String> =
-            killed.into_iter().filter(|(_, at)| at.elapsed() <= ENGINE_SHUTDOWN_WINDOW).map(|(id, _)| id).collect();
+        let in_shutdown = killed.values().any(|at| at.elapsed() <= ENGINE_SHUTDOWN_WINDOW);
         let lost = tokio::time::Instant::now();
         while runtime.engine().docker().ping().await.is_err() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        if lost.elapsed() > Duration::from_millis(500) || !stopped.is_empty() {
+        if lost.elapsed() > Duration::from_millis(500) || in_shutdown {
             if isolation && let Err(e) = firewall::ensure().await {
                 tracing::error!(error = %e, "cannot put the host firewall rules back after the engine restart");
             }
-            let resumed = runtime.resume(&stopped).await;
+            let resumed = runtime.resume().await;
             tracing::warn!(
                 down_ms = lost.elapsed().as_millis() as u64,
                 resumed = ?resumed,
@@ -323,6 +356,30 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
         }
         // A stream that ends at once with the engine up (an old engine, a proxy) is not retried hot.
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Kills in `killed` older than [`ENGINE_SHUTDOWN_WINDOW`] with the engine still up came from
+/// outside the executor: a container they stopped is recorded as stopped (not run again).
+async fn stopped_outside(
+    runtime: &domain::Runtime,
+    killed: &mut std::collections::HashMap<String, tokio::time::Instant>,
+) {
+    let old: Vec<String> =
+        killed.iter().filter(|(_, at)| at.elapsed() > ENGINE_SHUTDOWN_WINDOW).map(|(id, _)| id.clone()).collect();
+    if old.is_empty() || runtime.engine().docker().ping().await.is_err() {
+        return;
+    }
+    for id in old {
+        killed.remove(&id);
+        if runtime
+            .describe(&id)
+            .await
+            .is_ok_and(|c| c.state != common::proto::runtime::v1::ContainerState::Running as i32)
+        {
+            tracing::warn!(id, "container stopped outside the executor (docker stop or kill); it stays stopped");
+            runtime.intend(&id, &stops::Intent::Stopped("stopped outside the executor".to_owned()));
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::engine::{Engine, EngineError};
 use crate::labels::{LABEL_CREATED, LABEL_ID, LABEL_NETWORK, LABEL_TTL, now_secs};
 use crate::mounts::Staging;
 use crate::netpool::NetworkPool;
-use crate::stops::{Expiries, StopReasons};
+use crate::stops::{Expiries, PerContainer};
 use crate::teardown::remove_everything;
 
 /// A network without its container is left alone this long (its container may be being
@@ -32,12 +32,13 @@ pub struct Reaped {
 }
 
 /// One round over `engine`'s containers and networks of ours; `pool` holds networks that are
-/// never orphans, `stops` the stop reasons and `staging` the bind mounts removed with their
-/// containers, `expiries` the TTLs changed after create (which win over the labels').
+/// never orphans, `records` the files kept per container (stop reasons, expiries, intents) and
+/// `staging` the bind mounts, removed with their containers; `expiries` the TTLs changed after
+/// create (which win over the labels').
 pub async fn reap_once(
     engine: &Engine,
     pool: Option<&NetworkPool>,
-    stops: &StopReasons,
+    records: &[&PerContainer],
     expiries: &Expiries,
     staging: &Staging,
 ) -> Result<Reaped, EngineError> {
@@ -63,7 +64,7 @@ pub async fn reap_once(
         if expires > 0 && expires <= now {
             tracing::info!(id = %id, ttl, "container reached its TTL; removing it");
             let _ = engine.stop(&id, 10).await;
-            match remove_everything(engine, stops, staging, &id, &network).await {
+            match remove_everything(engine, records, staging, &id, &network).await {
                 Ok(()) => {
                     metrics::counter!("executor_container_runtime_reaped_total", "reason" => "ttl").increment(1);
                     reaped.expired.push(id);
@@ -106,8 +107,10 @@ pub async fn reap_once(
     }
     // Staged bind mounts whose container is gone.
     reaped.orphan_mounts = staging.release_orphans(&live, ORPHAN_GRACE);
-    // Expiries of containers that are gone (written a while ago: not one made meanwhile).
-    expiries.forget_orphans(&live, ORPHAN_GRACE);
+    // Files of containers that are gone (written a while ago: not of one made meanwhile).
+    for record in records {
+        record.forget_orphans(&live, ORPHAN_GRACE);
+    }
     Ok(reaped)
 }
 

@@ -278,7 +278,9 @@ impl ExecutorApiRpc for Api {
         request: Request<runtime::StopContainerRequest>,
     ) -> Result<Response<runtime::Container>, Status> {
         let id = request_id(&request);
-        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().stop(request.into_inner())).await
+        let caller = request.extensions().get::<Caller>().map(|c| c.0.to_string()).unwrap_or_default();
+        let request = runtime::StopContainerRequest { requested_by: caller, ..request.into_inner() };
+        forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().stop(request)).await
     }
 
     async fn remove_container(

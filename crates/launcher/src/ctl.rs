@@ -785,9 +785,9 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
         Update { id, ttl_seconds } => {
             container(client.update_container(runtime::UpdateContainerRequest { id, ttl_seconds }).await)?
         }
-        Stop { id, timeout_seconds } => {
-            container(client.stop_container(runtime::StopContainerRequest { id, timeout_seconds }).await)?
-        }
+        Stop { id, timeout_seconds } => container(
+            client.stop_container(runtime::StopContainerRequest { id, timeout_seconds, ..Default::default() }).await,
+        )?,
         Get { id } => container(client.get_container(runtime::ContainerRef { id }).await)?,
         Stats { id } => {
             let s = client.container_stats(runtime::ContainerRef { id }).await?;

@@ -13,10 +13,15 @@ use crate::engine::EngineError;
 use crate::gpu_memory::{Tenant, violations};
 use crate::labels::{LABEL_GPU_MEMORY, LABEL_ID, LABEL_NETWORK};
 use crate::reaper::{self, Reaped};
+use crate::stops::Intent;
 use crate::teardown::remove_everything;
 
 /// The longest stop timeout a caller may ask for, in seconds.
 const MAX_STOP_TIMEOUT: u32 = 600;
+
+/// How many containers [`Runtime::resume`] starts at once: the engine serialises much of a
+/// start, so more would only queue there.
+const RESUME_PARALLELISM: usize = 4;
 
 impl Runtime {
     /// Starts a container of ours and shapes it; one that cannot be shaped is stopped again:
@@ -24,14 +29,39 @@ impl Runtime {
     pub async fn start(&self, id: &str) -> Result<pb::Container, RuntimeError> {
         let inspect = self.ours(id).await?;
         self.volumes.mount_for(&labels_of(&inspect)).await?;
-        self.engine.start(id).await?;
+        // Recorded first, so that the end of a container that ends at once (recorded from the
+        // engine's events) comes after it.
+        self.intend(id, &Intent::Running);
+        if let Err(e) = self.engine.start(id).await {
+            self.intend(id, &Intent::Stopped(format!("its start failed: {e}")));
+            return Err(e.into());
+        }
         self.stops.forget(id);
         if let Err(source) = self.shape(&self.ours(id).await?).await {
+            if self.ended_meanwhile(id).await {
+                // Ended already (before or while it was shaped): its end is its own.
+                return self.describe(id).await;
+            }
             tracing::error!(id, error = %source, "cannot shape the container; stopping it");
+            self.intend(id, &Intent::Stopped(format!("cannot shape its network: {source}")));
             let _ = self.engine.stop(id, 0).await;
             return Err(RuntimeError::Shaping { id: Some(id.to_owned()), source });
         }
         self.describe(id).await
+    }
+
+    /// Whether container `id`, which could not be shaped, has ended meanwhile: a process on its
+    /// way out loses its network before the engine sees it end, so the engine is asked for a
+    /// little while.
+    async fn ended_meanwhile(&self, id: &str) -> bool {
+        for _ in 0..10 {
+            match self.ours(id).await {
+                Ok(i) if i.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+                _ => return true,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
     }
 
     /// Gives a container of ours a new TTL, `ttl_seconds` from now (0: never reaped); it
@@ -53,9 +83,12 @@ impl Runtime {
     }
 
     /// Stops a container of ours: SIGTERM, SIGKILL after `timeout_seconds` (at most 600).
-    /// Stopping a stopped container is fine: stop is idempotent.
-    pub async fn stop(&self, id: &str, timeout_seconds: u32) -> Result<pb::Container, RuntimeError> {
+    /// Stopping a stopped container is fine: stop is idempotent. `by` (the caller's hotkey) is
+    /// recorded: the container stays stopped across restarts of the node and the host.
+    pub async fn stop(&self, id: &str, timeout_seconds: u32, by: &str) -> Result<pb::Container, RuntimeError> {
         self.ours(id).await?;
+        let by = if by.is_empty() { "a stop request".to_owned() } else { format!("by {by}") };
+        self.intend(id, &Intent::Stopped(by));
         let timeout = i32::try_from(timeout_seconds.min(MAX_STOP_TIMEOUT)).unwrap_or(600);
         match self.engine.stop(id, timeout).await {
             Ok(()) => {}
@@ -82,7 +115,7 @@ impl Runtime {
         if running && !force {
             return Err(RuntimeError::Running { id: id.to_owned() });
         }
-        remove_everything(&self.engine, &self.stops, &self.staging, id, &network).await?;
+        remove_everything(&self.engine, &self.records(), &self.staging, id, &network).await?;
         tracing::info!(id, "container removed");
         Ok(())
     }
@@ -104,7 +137,8 @@ impl Runtime {
     }
 
     /// At start: adopt the spare networks a previous run left, and shape the running containers
-    /// again (shaping is idempotent).
+    /// again (shaping is idempotent). A running container without a recorded intent (made by
+    /// a version that kept none) is recorded as meant to run.
     pub async fn reconcile(&self) -> Result<(), RuntimeError> {
         let containers = self.engine.list_ours().await?;
         if let Some(pool) = &self.pool {
@@ -120,10 +154,14 @@ impl Runtime {
             if c.state != Some(ContainerSummaryStateEnum::RUNNING) {
                 continue;
             }
+            if self.intent(&id).is_none() {
+                self.intend(&id, &Intent::Running);
+            }
             if let Ok(inspect) = self.ours(&id).await
                 && let Err(e) = self.shape(&inspect).await
             {
                 tracing::error!(id, error = %e, "cannot shape a running container again; stopping it");
+                self.intend(&id, &Intent::Stopped(format!("cannot shape its network: {e}")));
                 let _ = self.engine.stop(&id, 10).await;
             }
         }
@@ -131,44 +169,74 @@ impl Runtime {
         Ok(())
     }
 
-    /// After an engine restart: starts again the containers of ours in `stopped` (those the
-    /// engine signalled on its way down) unless this process stopped them itself or they died
-    /// of memory, and shapes them again. Returns the ids started.
-    pub async fn resume(&self, stopped: &[String]) -> Vec<String> {
-        let mut resumed = Vec::new();
+    /// When the node starts and after an engine restart: starts again every container of ours
+    /// that is stopped although the executor meant it to run ([`Intent::Running`]: it went
+    /// down with the host, the engine, or while the node was away), at most
+    /// `RESUME_PARALLELISM` at a time, each with its volumes mounted and its network shaped
+    /// (ports, GPUs and the network come with the container). Those the tenant, the miner, the
+    /// executor or their own end stopped stay stopped. Returns the ids started.
+    pub async fn resume(&self) -> Vec<String> {
+        let ours = match self.engine.list_ours().await {
+            Ok(ours) => ours,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the containers to resume");
+                return Vec::new();
+            }
+        };
+        let stopped = ours
+            .iter()
+            .filter(|c| c.state != Some(ContainerSummaryStateEnum::RUNNING))
+            .filter_map(|c| c.labels.as_ref()?.get(LABEL_ID).cloned())
+            .filter(|id| self.intent(id) == Some(Intent::Running));
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(RESUME_PARALLELISM));
+        let mut starts = tokio::task::JoinSet::new();
         for id in stopped {
-            if self.engine.stopped_by_us(id) {
-                continue;
-            }
-            let Ok(inspect) = self.ours(id).await else { continue };
-            let state = inspect.state.as_ref();
-            let running = state.and_then(|s| s.running).unwrap_or(false);
-            if running || state.and_then(|s| s.oom_killed).unwrap_or(false) {
-                continue;
-            }
-            if let Err(e) = self.volumes.mount_for(&labels_of(&inspect)).await {
-                tracing::error!(id, error = %e, "cannot mount a volume of a container after the engine restart; left stopped");
-                continue;
-            }
-            if let Err(e) = self.engine.start(id).await {
-                tracing::error!(id, error = %e, "cannot start a container again after the engine restart");
-                continue;
-            }
-            if let Ok(inspect) = self.ours(id).await
-                && let Err(e) = self.shape(&inspect).await
-            {
-                tracing::error!(id, error = %e, "cannot shape a resumed container; stopping it");
-                let _ = self.engine.stop(id, 10).await;
-                continue;
-            }
-            resumed.push(id.clone());
+            let (runtime, permits) = (self.clone(), std::sync::Arc::clone(&permits));
+            starts.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                runtime.resume_one(&id).await.then_some(id)
+            });
         }
+        let mut resumed: Vec<String> = starts.join_all().await.into_iter().flatten().collect();
+        resumed.sort();
         resumed
+    }
+
+    /// Starts `id` again for [`Runtime::resume`]; false when it stays stopped (and why is logged,
+    /// and recorded when it is for good: it died of memory, or cannot be shaped).
+    async fn resume_one(&self, id: &str) -> bool {
+        let Ok(inspect) = self.ours(id).await else { return false };
+        let state = inspect.state.as_ref();
+        if state.and_then(|s| s.running).unwrap_or(false) {
+            return false;
+        }
+        if state.and_then(|s| s.oom_killed).unwrap_or(false) {
+            self.intend(id, &Intent::Stopped("out of memory".to_owned()));
+            return false;
+        }
+        if let Err(e) = self.volumes.mount_for(&labels_of(&inspect)).await {
+            tracing::error!(id, error = %e, "cannot mount a volume of a container to resume; left stopped");
+            return false;
+        }
+        if let Err(e) = self.engine.start(id).await {
+            tracing::error!(id, error = %e, "cannot start a container to resume; left stopped");
+            return false;
+        }
+        if let Ok(inspect) = self.ours(id).await
+            && let Err(e) = self.shape(&inspect).await
+        {
+            tracing::error!(id, error = %e, "cannot shape a resumed container; stopping it");
+            self.intend(id, &Intent::Stopped(format!("cannot shape its network: {e}")));
+            let _ = self.engine.stop(id, 10).await;
+            return false;
+        }
+        tracing::info!(id, "container resumed");
+        true
     }
 
     /// One round of the reaper (see `reaper`): expired containers and orphans removed.
     pub async fn reap(&self) -> Result<Reaped, RuntimeError> {
-        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.stops, &self.expiries, &self.staging).await?)
+        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.records(), &self.expiries, &self.staging).await?)
     }
 
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
@@ -204,6 +272,7 @@ impl Runtime {
             if let Err(e) = self.stops.record(&v.id, &v.reason) {
                 tracing::error!(id = %v.id, error = %e, "cannot record the stop reason");
             }
+            self.intend(&v.id, &Intent::Stopped(v.reason.clone()));
             match self.engine.stop(&v.id, 10).await {
                 Ok(()) => {
                     metrics::counter!("executor_container_runtime_stops_total", "reason" => "gpu_memory").increment(1);
@@ -240,6 +309,7 @@ impl Runtime {
             if let Err(e) = self.stops.record(id, &reason) {
                 tracing::error!(id, error = %e, "cannot record the stop reason");
             }
+            self.intend(id, &Intent::Stopped(reason.clone()));
             match self.engine.stop(id, 10).await {
                 Ok(()) => {
                     metrics::counter!("executor_container_runtime_stops_total", "reason" => "disk_quota").increment(1);

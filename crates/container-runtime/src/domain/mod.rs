@@ -46,7 +46,7 @@ use crate::netpool::NetworkPool;
 use crate::ports::PortPool;
 use crate::reference::RegistryPolicy;
 use crate::shaping::ShapingError;
-use crate::stops::{Expiries, StopReasons};
+use crate::stops::{Expiries, Intent, Intents, StopReasons};
 use crate::volumes::Volumes;
 use crate::workload::HostLimits;
 
@@ -60,6 +60,8 @@ pub struct Runtime {
     stops: StopReasons,
     /// TTLs changed after create (`UpdateContainer`).
     expiries: Expiries,
+    /// What the executor last meant for each container: which to run again at start.
+    intents: Intents,
     /// Host bind mounts staged under `runtime_dir` (see `mounts`).
     staging: Staging,
     /// `data_dir` and `runtime_dir`: never bind-mounted.
@@ -131,6 +133,7 @@ impl Runtime {
             pool,
             stops: StopReasons::open(&config.data_dir)?,
             expiries: Expiries::expiries(&config.data_dir)?,
+            intents: Intents::intents(&config.data_dir)?,
             staging: Staging::new(&config.runtime_dir),
             protected: vec![config.data_dir.clone(), config.runtime_dir.clone()],
             shaping,
@@ -158,6 +161,24 @@ impl Runtime {
 
     pub fn pool(&self) -> Option<&NetworkPool> {
         self.pool.as_ref()
+    }
+
+    /// Records what the executor means for container `id` from now on (see [`Intent`]); a
+    /// record that cannot be written is logged: the container is not held up for it.
+    pub fn intend(&self, id: &str, intent: &Intent) {
+        if let Err(e) = self.intents.record(id, &intent.text()) {
+            tracing::error!(id, error = %e, ?intent, "cannot record what the executor means for the container");
+        }
+    }
+
+    /// What was recorded for container `id`.
+    pub fn intent(&self, id: &str) -> Option<Intent> {
+        self.intents.intent(id)
+    }
+
+    /// The files kept per container, removed with it.
+    fn records(&self) -> [&crate::stops::PerContainer; 3] {
+        [&self.stops, &self.expiries, &self.intents]
     }
 
     /// Inspects a container of ours by our id; anything else is NOT_FOUND.

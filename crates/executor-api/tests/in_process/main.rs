@@ -71,7 +71,8 @@ async fn container_calls_reach_container_runtime() {
 
     let c1 = || runtime::ContainerRef { id: "c-1".into() };
     assert_eq!(client.start_container(c1()).await.unwrap().id, "c-1");
-    let stop = runtime::StopContainerRequest { id: "c-1".into(), timeout_seconds: 3 };
+    // Who stops is the signed caller, whatever the request says.
+    let stop = runtime::StopContainerRequest { id: "c-1".into(), timeout_seconds: 3, requested_by: "mallory".into() };
     assert_eq!(client.stop_container(stop).await.unwrap().id, "c-1");
     let update = runtime::UpdateContainerRequest { id: "c-1".into(), ttl_seconds: 3600 };
     assert_eq!(client.update_container(update).await.unwrap().id, "c-1");
@@ -106,7 +107,8 @@ async fn container_calls_reach_container_runtime() {
         runtime.take_calls(),
         [
             r#"Start ContainerRef { id: "c-1" }"#,
-            r#"Stop StopContainerRequest { id: "c-1", timeout_seconds: 3 }"#,
+            format!(r#"Stop StopContainerRequest {{ id: "c-1", timeout_seconds: 3, requested_by: "{alice}" }}"#)
+                .as_str(),
             r#"Update UpdateContainerRequest { id: "c-1", ttl_seconds: 3600 }"#,
             r#"Remove RemoveContainerRequest { id: "c-1", force: true }"#,
             r#"Get ContainerRef { id: "c-1" }"#,
