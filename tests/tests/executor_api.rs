@@ -577,6 +577,11 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
     assert!(disk["total"].as_f64().unwrap() >= disk["free"].as_f64().unwrap(), "{capacity}");
     assert_eq!(disk["allocated"].as_f64(), Some((20u64 << 30) as f64), "{capacity}");
     assert!(capacity["note"].as_str().unwrap().contains("enable_gpu_passthrough = false"), "{capacity}");
+    // Issue 22 item 4 through ctl: a GPU this node has never seen cannot be quarantined.
+    let out = ctl(&node, &key, &["gpus", "quarantine", "GPU-0000", "--reason", "fan"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("uuid: `GPU-0000` is not a GPU of this node"), "{stderr}");
 
     let drained = json(&ctl(&node, &key, &["drain", "--reason", "disk swap"]).await);
     assert_eq!((&drained["draining"], &drained["reason"]), (&json!(true), &json!("disk swap")), "{drained}");

@@ -11,6 +11,11 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     fn system_time(&self) -> SystemTime;
 }
 
+/// Unix seconds now, on the system clock (0 before 1970).
+pub fn unix_seconds() -> i64 {
+    SystemClock.system_time().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The operating system's clocks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -74,6 +74,8 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
             // Fewer free GPUs than asked: a limit of the node, retry later.
             GpuError::NotEnough { .. } => caller(Reason::LimitReached),
             GpuError::Unknown(_) | GpuError::Both | GpuError::Duplicate(_) => caller(Reason::InvalidField),
+            // Unhealthy or in MIG mode: this node cannot give that GPU now.
+            GpuError::Unavailable { .. } => caller(Reason::HostUnsupported),
         },
         // gpu-monitor's own message is its business: the caller hears that it did not answer.
         E::GpuInventory(m) | E::GpuUsage(m) => {
@@ -639,12 +641,18 @@ mod tests {
                 "is assigned to container c-2",
             ),
             (
-                RuntimeError::Gpu(GpuError::NotEnough { asked: 3, free: 2, total: 2 }),
+                RuntimeError::Gpu(GpuError::NotEnough { asked: 3, free: 2, total: 2, unusable: 0 }),
                 Reason::LimitReached,
                 Code::ResourceExhausted,
                 "gpu_count: 3 requested, 2 free of 2",
             ),
             (RuntimeError::Gpu(GpuError::Both), Reason::InvalidField, Code::InvalidArgument, "gpu_count and gpu_uuids"),
+            (
+                RuntimeError::Gpu(GpuError::Unavailable { uuid: "GPU-a".into(), why: "unhealthy: Xid 79".into() }),
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "gpu_uuids: `GPU-a` cannot be given to a container: unhealthy: Xid 79",
+            ),
             (
                 RuntimeError::GpuInventory(GpuMonitorError::Failed(Status::internal("SECRET"))),
                 Reason::PeerUnavailable,

@@ -250,7 +250,10 @@ impl Service for ContainerRuntime {
                     }
                 }
                 _ = gpu_watch.tick(), if watch_gpus => {
-                    let result = self.runtime.enforce_gpu_memory().await;
+                    let result = match self.runtime.enforce_gpu_health().await {
+                        Ok(_) => self.runtime.enforce_gpu_memory().await,
+                        Err(e) => Err(e),
+                    };
                     if let Err(e) = &result && gpu_monitor_ok {
                         tracing::warn!(error = %e, "cannot check GPU memory limits (gpu-monitor)");
                     }

@@ -417,6 +417,19 @@ impl ExecutorApiRpc for Api {
         forward(ServiceName::ContainerRuntime, &id, self.inner.runtime.clone().capacity(request.into_inner())).await
     }
 
+    async fn quarantine_gpu(
+        &self,
+        request: Request<gpu::QuarantineGpuRequest>,
+    ) -> Result<Response<gpu::GpuHealth>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::GpuMonitor, &id, self.inner.gpu.clone().quarantine_gpu(request.into_inner())).await
+    }
+
+    async fn release_gpu(&self, request: Request<gpu::ReleaseGpuRequest>) -> Result<Response<gpu::GpuHealth>, Status> {
+        let id = request_id(&request);
+        forward(ServiceName::GpuMonitor, &id, self.inner.gpu.clone().release_gpu(request.into_inner())).await
+    }
+
     async fn list_templates(
         &self,
         request: Request<runtime::ListTemplatesRequest>,

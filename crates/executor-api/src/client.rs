@@ -25,6 +25,7 @@ use common::hotkey::HotkeyPair;
 use common::proto::access::v1 as access;
 use common::proto::api::v1 as pb;
 use common::proto::api::v1::executor_api_client::ExecutorApiClient;
+use common::proto::gpu::v1 as gpu;
 use common::proto::runtime::v1 as runtime;
 use prost::Message;
 use tonic::metadata::MetadataValue;
@@ -174,6 +175,8 @@ impl ExecutorClient {
     unary!(drain, "Drain", pb::DrainRequest => runtime::DrainState);
     unary!(undrain, "Undrain", pb::UndrainRequest => runtime::DrainState);
     unary!(capacity, "Capacity", runtime::CapacityRequest => runtime::CapacityResponse);
+    unary!(quarantine_gpu, "QuarantineGpu", gpu::QuarantineGpuRequest => gpu::GpuHealth);
+    unary!(release_gpu, "ReleaseGpu", gpu::ReleaseGpuRequest => gpu::GpuHealth);
     unary!(request_validator_challenge, "RequestValidatorChallenge", access::ChallengeRequest => access::Challenge);
     unary!(provision_validator_access, "ProvisionValidatorAccess", access::ProvisionRequest => access::Grant);
     unary!(revoke_validator_access, "RevokeValidatorAccess", access::RevokeRequest => access::RevokeResponse);

@@ -77,6 +77,8 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/Drain",
     "/executor.api.v1.ExecutorApi/Undrain",
     "/executor.api.v1.ExecutorApi/Capacity",
+    "/executor.api.v1.ExecutorApi/QuarantineGpu",
+    "/executor.api.v1.ExecutorApi/ReleaseGpu",
     "/executor.api.v1.ExecutorApi/RequestValidatorChallenge",
     "/executor.api.v1.ExecutorApi/ProvisionValidatorAccess",
     "/executor.api.v1.ExecutorApi/RevokeValidatorAccess",

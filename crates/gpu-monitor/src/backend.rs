@@ -67,7 +67,14 @@ const XIDS_KEPT: usize = 32;
 pub struct NvmlBackend {
     nvml: &'static nvml_wrapper::Nvml,
     /// Xid errors by GPU UUID, filled by the watcher thread.
-    xids: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u64>>>>,
+    xids: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, XidLog>>>,
+}
+
+/// One GPU's Xid errors: the most recent ones and how many there were.
+#[derive(Debug, Default)]
+struct XidLog {
+    recent: Vec<u64>,
+    total: u64,
 }
 
 impl std::fmt::Debug for NvmlBackend {
@@ -118,10 +125,11 @@ impl NvmlBackend {
                         let uuid = event.device.uuid().unwrap_or_default();
                         tracing::warn!(uuid = %uuid, xid, "GPU Xid error");
                         let mut xids = xids.lock().unwrap_or_else(|e| e.into_inner());
-                        let list = xids.entry(uuid).or_default();
-                        list.push(xid);
-                        if list.len() > XIDS_KEPT {
-                            list.remove(0);
+                        let log = xids.entry(uuid).or_default();
+                        log.recent.push(xid);
+                        log.total += 1;
+                        if log.recent.len() > XIDS_KEPT {
+                            log.recent.remove(0);
                         }
                     }
                     Err(nvml_wrapper::error::NvmlError::Timeout) => {}
@@ -207,6 +215,12 @@ impl GpuBackend for NvmlBackend {
                 let util = d.utilization_rates().ok();
                 let throttle = d.current_throttle_reasons().unwrap_or(ThrottleReasons::empty());
                 let remapped = self.remapped_rows(d);
+                let (xid_events, xid_count) = self
+                    .xids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&d.uuid().unwrap_or_default())
+                    .map_or((Vec::new(), 0), |log| (log.recent.clone(), log.total));
                 GpuSample {
                     index: index as u32,
                     uuid: d.uuid().unwrap_or_default(),
@@ -230,13 +244,8 @@ impl GpuBackend for NvmlBackend {
                         .map(|cause| d.retired_pages(cause).map_or(0, |p| p.len() as u64))
                         .sum(),
                     pcie_replay_count: d.pcie_replay_counter().map_or(0, u64::from),
-                    xid_events: self
-                        .xids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&d.uuid().unwrap_or_default())
-                        .cloned()
-                        .unwrap_or_default(),
+                    xid_events,
+                    xid_count,
                     container: String::new(),
                     remapped_rows_correctable: remapped.map_or(0, |r| r.0),
                     remapped_rows_uncorrectable: remapped.map_or(0, |r| r.1),
@@ -392,6 +401,7 @@ impl GpuBackend for SimulatedBackend {
                 retired_pages: g.retired_pages,
                 pcie_replay_count: g.pcie_replay_count,
                 xid_events: g.xid_events.clone(),
+                xid_count: g.xid_events.len() as u64,
                 container: String::new(),
                 remapped_rows_correctable: g.remapped_rows_correctable,
                 remapped_rows_uncorrectable: g.remapped_rows_uncorrectable,

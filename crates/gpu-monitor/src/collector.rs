@@ -1,8 +1,9 @@
 //! Collection in the background, never on the scrape path: every `[system] update_interval`
 //! each collector (gpu, processes, kernel, host) runs on a blocking thread under
 //! `collector_timeout`; one that hangs is reported failed and is not started again until it
-//! returns, while the others keep going. The result is one published [`Snapshot`], its
-//! metrics, and threshold alerts.
+//! returns, while the others keep going. The GPU inventory is read again every round, so a GPU
+//! that leaves the bus is noticed. The result is one published [`Snapshot`], its metrics,
+//! threshold alerts, and each GPU's health ([`crate::health`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::backend::{BackendError, GpuBackend, GpuInventory};
 use crate::collector_run::{COLLECTORS, CollectorRun};
+use crate::health::{Health, Round};
 use crate::host::{HostCollector, HostError};
 
 /// Why a collector has no result this round.
@@ -63,10 +65,11 @@ pub struct Monitor {
     snapshots: watch::Sender<Arc<Snapshot>>,
     in_flight: [Arc<AtomicBool>; 4],
     active_alerts: Mutex<BTreeSet<String>>,
+    health: Health,
 }
 
 impl Monitor {
-    pub fn new(source: GpuSource, settings: MonitorSettings) -> Result<Arc<Self>, HostError> {
+    pub fn new(source: GpuSource, settings: MonitorSettings, health: Health) -> Result<Arc<Self>, HostError> {
         let host = HostCollector::new()?;
         let inventory = Inventory {
             host: Some(host.info()),
@@ -86,11 +89,19 @@ impl Monitor {
             snapshots,
             in_flight: Default::default(),
             active_alerts: Mutex::new(BTreeSet::new()),
+            health,
         }))
     }
 
+    /// The GPUs, the host, and every GPU's health.
     pub fn inventory(&self) -> Inventory {
-        self.inventory.read().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut inventory = self.inventory.read().unwrap_or_else(|e| e.into_inner()).clone();
+        inventory.health = self.health.current();
+        inventory
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -148,24 +159,23 @@ impl Monitor {
             ..Snapshot::default()
         };
         if let GpuSource::Backend(backend) = &self.source {
-            // Static facts until they have been read once, then the figures: one blocking call.
+            // The inventory (every round: a GPU may leave the bus), then the figures: one
+            // blocking call.
             let b = backend.clone();
-            let need_inventory = self.inventory().gpus.is_empty();
-            let (gpu, run) = self
-                .run(0, move || {
-                    let inventory = if need_inventory { Some(b.inventory()?) } else { None };
-                    Ok((inventory, b.samples()?))
-                })
-                .await;
+            let (gpu, run) = self.run(0, move || Ok((b.inventory()?, b.samples()?))).await;
             runs.push(run);
+            let mut listed = None;
+            let mut error = None;
             match gpu {
                 Ok((inventory, samples)) => {
-                    if let Some(inventory) = inventory {
-                        self.set_inventory(inventory);
-                    }
+                    listed = Some(inventory.gpus.clone());
+                    self.set_inventory(inventory);
                     snapshot.gpus = samples;
                 }
-                Err(e) => snapshot.gpu_unavailable_reason = format!("GPU collection failed: {e}"),
+                Err(e) => {
+                    snapshot.gpu_unavailable_reason = format!("GPU collection failed: {e}");
+                    error = Some(e.to_string());
+                }
             }
             let b = backend.clone();
             let (procs, run) = self.run(1, move || b.processes()).await;
@@ -185,9 +195,26 @@ impl Monitor {
             let b = backend.clone();
             let (kernel, run) = self.run(2, move || b.kernel_pci_bus_ids()).await;
             runs.push(run);
-            if let Ok(kernel) = kernel {
+            if let Ok(kernel) = &kernel {
                 let ours: Vec<String> = self.inventory().gpus.iter().map(|g| g.pci_bus_id.clone()).collect();
-                snapshot.kernel_gpu_mismatch = crate::kernel::mismatch(&ours, &kernel);
+                snapshot.kernel_gpu_mismatch = crate::kernel::mismatch(&ours, kernel);
+            }
+            let round = Round {
+                inventory: listed.as_deref(),
+                samples: &snapshot.gpus,
+                kernel_bus_ids: kernel.as_deref().ok(),
+                error: error.as_deref(),
+                now: (snapshot.collected_at_ms / 1000),
+            };
+            match self.health.judge(round) {
+                Ok(changes) => {
+                    for c in changes {
+                        tracing::warn!(uuid = %c.uuid, from = %c.from, to = %c.to.state, reason = %c.to.reason, "GPU health changed");
+                        metrics::counter!("executor_gpu_monitor_health_changes_total", "state" => c.to.state.clone())
+                            .increment(1);
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot keep the GPUs' health in data_dir"),
             }
         } else {
             snapshot.gpu_unavailable_reason = self.inventory().gpu_unavailable_reason;
@@ -198,6 +225,14 @@ impl Monitor {
         snapshot.host = sample.ok();
         snapshot.alerts = alerts(&self.inventory(), &snapshot.gpus, self.settings.max_gpu_memory_usage);
         self.log_alert_changes(&snapshot.alerts);
+        let health = self.health.current();
+        crate::exporter::export_health(&health);
+        snapshot.alerts.extend(
+            health
+                .iter()
+                .filter(|h| h.state == crate::health::UNHEALTHY)
+                .map(|h| format!("gpu {} ({}) unhealthy: {}", h.index, h.uuid, h.reason)),
+        );
         let snapshot = Arc::new(snapshot);
         crate::exporter::export(&self.inventory(), &snapshot, &self.processes(), &runs);
         self.snapshots.send_replace(snapshot.clone());

@@ -4,7 +4,7 @@
 //! `docs/gpu-monitor.md`.
 
 use common::metrics::{Family, Series};
-use common::proto::gpu::v1::{GpuProcess, Inventory, Snapshot};
+use common::proto::gpu::v1::{GpuHealth, GpuProcess, Inventory, Snapshot};
 use metrics::{counter, gauge};
 
 use crate::collector_run::CollectorRun;
@@ -46,6 +46,25 @@ families! {
     CONTAINER_MEMORY_USED_BYTES: gauge "executor_gpu_container_memory_used_bytes", "GPU memory used by a container's processes, per GPU.";
 }
 
+/// One series per GPU and state, 1 for the state it is in: every GPU this node has seen, a GPU
+/// gone from the bus included (it is unhealthy).
+static HEALTH: Family = Family::gauge(
+    "executor_gpu_health",
+    "1 for the GPU's health state (healthy, degraded, unhealthy), 0 for the others; see executor ctl capacity for why.",
+);
+
+/// [`HEALTH`] from each GPU's health.
+pub fn export_health(health: &[GpuHealth]) {
+    let mut series = Vec::new();
+    for h in health {
+        for state in [crate::health::HEALTHY, crate::health::DEGRADED, crate::health::UNHEALTHY] {
+            let labels = vec![("gpu", h.index.to_string()), ("uuid", h.uuid.clone()), ("state", state.to_owned())];
+            series.push((labels, if h.state == state { 1.0 } else { 0.0 }));
+        }
+    }
+    HEALTH.replace(series);
+}
+
 /// The per-GPU series of one round, published together.
 #[derive(Default)]
 struct Round(Vec<(&'static Family, Series)>);
@@ -79,7 +98,10 @@ pub fn describe() {
         "executor_gpu_kernel_mismatch",
         "1 when the kernel driver's GPU list disagrees with NVML's (a shimmed NVML?)."
     );
-    metrics::describe_gauge!("executor_gpu_monitor_degraded", "1 while a threshold alert is active.");
+    metrics::describe_gauge!(
+        "executor_gpu_monitor_degraded",
+        "1 while a threshold alert is active or a GPU is unhealthy."
+    );
     metrics::describe_gauge!("executor_host_cpu_usage_ratio", "Host CPU busy share, 0-1.");
     metrics::describe_gauge!("executor_host_cpu_cores", "Logical CPUs.");
     metrics::describe_gauge!("executor_host_memory_total_bytes", "Host memory (node_memory_MemTotal_bytes).");
@@ -160,11 +182,11 @@ pub fn export(inventory: &Inventory, snapshot: &Snapshot, processes: &[GpuProces
         round.set(&REMAPPED_ROWS, l(&[("kind", "uncorrectable".into())]), g.remapped_rows_uncorrectable as f64);
         round.set(&REMAPPING_PENDING, l(&[]), if g.remapping_pending { 1.0 } else { 0.0 });
         round.set(&PCIE_REPLAYS_TOTAL, l(&[]), g.pcie_replay_count as f64);
-        round.set(&XID_EVENTS_TOTAL, l(&[]), g.xid_events.len() as f64);
+        round.set(&XID_EVENTS_TOTAL, l(&[]), g.xid_count as f64);
         for reason in &g.throttle_reasons {
             round.set(&THROTTLED, l(&[("reason", reason.clone())]), 1.0);
         }
-        let alerting = snapshot.alerts.iter().any(|a| a.contains(&format!("({})", g.uuid)));
+        let alerting = snapshot.alerts.iter().any(|a| a.contains(&format!("({}) memory ", g.uuid)));
         round.set(&MEMORY_ALERT, l(&[]), if alerting { 1.0 } else { 0.0 });
     }
     for p in processes.iter().filter(|p| !p.container.is_empty()) {

@@ -35,6 +35,12 @@ pub fn normalize_bus_id(id: &str) -> String {
     }
 }
 
+/// Whether the kernel's list holds `bus_id`.
+pub fn lists(kernel: &[String], bus_id: &str) -> bool {
+    let wanted = normalize_bus_id(bus_id);
+    kernel.iter().any(|k| normalize_bus_id(k) == wanted)
+}
+
 /// Whether the backend's GPUs and the kernel's disagree.
 pub fn mismatch(backend: &[String], kernel: &[String]) -> bool {
     let a: BTreeSet<String> = backend.iter().map(|s| normalize_bus_id(s)).collect();

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod collector;
 pub mod collector_run;
 pub mod exporter;
+pub mod health;
 pub mod host;
 pub mod kernel;
 
@@ -21,7 +22,8 @@ use common::check::Check;
 use common::config::{GpuBackendKind, LoadedConfig, SystemConfig};
 use common::proto::gpu::v1::gpu_monitor_server::{GpuMonitor as GpuMonitorApi, GpuMonitorServer};
 use common::proto::gpu::v1::{
-    GpuProcessesRequest, GpuProcessesResponse, Inventory, InventoryRequest, Snapshot, SnapshotRequest,
+    GpuHealth, GpuProcessesRequest, GpuProcessesResponse, Inventory, InventoryRequest, QuarantineGpuRequest,
+    ReleaseGpuRequest, Snapshot, SnapshotRequest,
 };
 use common::service::{BoxError, Service, ServiceContext};
 use tokio_stream::StreamExt;
@@ -107,6 +109,31 @@ impl GpuMonitorApi for Api {
     ) -> Result<tonic::Response<GpuProcessesResponse>, tonic::Status> {
         Ok(tonic::Response::new(GpuProcessesResponse { processes: self.monitor.processes() }))
     }
+
+    async fn quarantine_gpu(
+        &self,
+        request: tonic::Request<QuarantineGpuRequest>,
+    ) -> Result<tonic::Response<GpuHealth>, tonic::Status> {
+        let r = request.into_inner();
+        let now = common::clock::unix_seconds();
+        self.monitor.health().quarantine(&r.uuid, &r.reason, now).map(tonic::Response::new).map_err(health_status)
+    }
+
+    async fn release_gpu(
+        &self,
+        request: tonic::Request<ReleaseGpuRequest>,
+    ) -> Result<tonic::Response<GpuHealth>, tonic::Status> {
+        self.monitor.health().release(&request.into_inner().uuid).map(tonic::Response::new).map_err(health_status)
+    }
+}
+
+/// A refused quarantine or release, by its field.
+fn health_status(e: health::HealthError) -> tonic::Status {
+    match &e {
+        health::HealthError::Unknown(_) => tonic::Status::not_found(e.to_string()),
+        health::HealthError::ReasonTooLong => tonic::Status::invalid_argument(e.to_string()),
+        health::HealthError::Store(_) => tonic::Status::internal(e.to_string()),
+    }
 }
 
 impl Service for GpuMonitor {
@@ -130,7 +157,8 @@ impl Service for GpuMonitor {
             max_gpu_memory_usage: system.max_gpu_memory_usage.get(),
         };
         crate::exporter::describe();
-        let monitor = Monitor::new(source, settings)?;
+        let health = health::Health::open(&ctx.config().data_dir, &system.ignored_xids)?;
+        let monitor = Monitor::new(source, settings, health)?;
         // The first snapshot is there before the service reports SERVING.
         monitor.collect_once().await;
         Ok(Self { monitor })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gpu_monitor::backend::SimulatedBackend;
 use gpu_monitor::collector::{GpuSource, Monitor, MonitorSettings};
+use gpu_monitor::health::Health;
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 fn write_gpus(path: &Path, used: u64, extra: &str) {
@@ -29,7 +30,8 @@ fn write_gpus(path: &Path, used: u64, extra: &str) {
 
 fn monitor(file: &Path, timeout: Duration) -> Arc<Monitor> {
     let settings = MonitorSettings { interval: Duration::from_secs(1), timeout, max_gpu_memory_usage: 90.0 };
-    Monitor::new(GpuSource::Backend(Arc::new(SimulatedBackend::new(file.to_owned()))), settings).unwrap()
+    let health = Health::open(file.parent().unwrap(), &common::config::system::DEFAULT_IGNORED_XIDS).unwrap();
+    Monitor::new(GpuSource::Backend(Arc::new(SimulatedBackend::new(file.to_owned()))), settings, health).unwrap()
 }
 
 #[tokio::test]
@@ -59,7 +61,10 @@ async fn prometheus_text_for_simulated_gpus() {
         .collect();
     let expected = r#"executor_gpus 2
 executor_gpu_kernel_mismatch 0
-executor_gpu_monitor_degraded 0
+executor_gpu_monitor_degraded 1
+executor_gpu_health{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",state="healthy"} 0
+executor_gpu_health{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",state="degraded"} 0
+executor_gpu_health{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",state="unhealthy"} 1
 executor_gpu_memory_total_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 85899345920
 executor_gpu_memory_used_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 42949672960
 executor_gpu_memory_free_bytes{gpu="0",uuid="GPU-11111111-2222-3333-4444-555555555555",model="Simulated H100"} 42949672960
@@ -136,14 +141,19 @@ async fn crossing_the_memory_threshold_raises_an_alert() {
     let file = dir.path().join("gpus.json");
     write_gpus(&file, 40 << 30, "");
     let m = monitor(&file, Duration::from_secs(2));
+    // GPU 0 of the fixture has had Xid 79 and waits for a row remap: unhealthy, an alert too.
+    let sick = "gpu 0 (GPU-11111111-2222-3333-4444-555555555555) unhealthy: Xid 79".to_owned();
     let (s, _) = m.collect_once().await;
-    assert!(s.alerts.is_empty());
+    assert_eq!(s.alerts, std::slice::from_ref(&sick));
     write_gpus(&file, 78 << 30, "");
     let (s, _) = m.collect_once().await;
-    assert_eq!(s.alerts, vec!["gpu 0 (GPU-11111111-2222-3333-4444-555555555555) memory 97.5% > 90.0%".to_owned()]);
+    assert_eq!(
+        s.alerts,
+        vec!["gpu 0 (GPU-11111111-2222-3333-4444-555555555555) memory 97.5% > 90.0%".to_owned(), sick.clone()]
+    );
     write_gpus(&file, 1 << 30, "");
     let (s, _) = m.collect_once().await;
-    assert!(s.alerts.is_empty());
+    assert_eq!(s.alerts, [sick]);
 }
 
 #[tokio::test]
@@ -187,6 +197,7 @@ async fn no_nvml_means_zero_gpus_and_a_reason() {
             timeout: Duration::from_secs(2),
             max_gpu_memory_usage: 90.0,
         },
+        Health::open(tempfile::tempdir().unwrap().path(), &[]).unwrap(),
     )
     .unwrap();
     let (s, runs) = m.collect_once().await;

@@ -16,6 +16,7 @@ use common::config::{CONFIG_ERROR_EXIT_CODE, Config, ConfigError};
 use common::hotkey::{HotkeyPair, SecretError};
 use common::proto::access::v1 as access;
 use common::proto::api::v1 as api;
+use common::proto::gpu::v1 as gpu;
 use common::proto::runtime::v1 as runtime;
 use executor_api::client::{ClientError, ExecutorClient};
 use serde_json::{Value, json};
@@ -83,6 +84,9 @@ pub enum CtlCommand {
     Undrain,
     /// GPUs, CPU, memory, disk, volume bytes, ports and containers: total, allocated, free.
     Capacity,
+    /// Take a GPU out of rentals, or put it back.
+    #[command(subcommand)]
+    Gpus(GpusCommand),
     /// Run the proof of work here and print the signed report.
     Attest {
         #[arg(long, default_value_t = 256)]
@@ -128,6 +132,21 @@ pub enum ImagesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum GpusCommand {
+    /// Take GPU `UUID` out of rentals until released (kept across restarts); a container
+    /// running on it is handled as for an unhealthy GPU (`on_gpu_error`).
+    Quarantine {
+        uuid: String,
+        /// Why, shown with its health.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Put GPU `UUID` back: its quarantine and any unhealthy state end (after a reset, a
+    /// reboot or a swap).
+    Release { uuid: String },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum TemplatesCommand {
     /// One line per template.
     List,
@@ -533,14 +552,27 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
             let slots: Vec<Value> = c
                 .gpu_slots
                 .iter()
-                .map(|g| json!({"uuid": g.uuid, "index": g.index, "name": g.name, "container": g.container}))
+                .map(|g| {
+                    json!({"uuid": g.uuid, "index": g.index, "name": g.name, "container": g.container,
+                           "health": g.health, "health_reason": g.health_reason})
+                })
                 .collect();
             print(&json!({
-                "gpus": amount(&c.gpus), "gpu_slots": slots, "cpu_cores": amount(&c.cpu_cores),
+                "gpus": amount(&c.gpus), "gpus_healthy": c.gpus_healthy, "gpu_slots": slots, "cpu_cores": amount(&c.cpu_cores),
                 "memory_bytes": amount(&c.memory_bytes), "disk_bytes": amount(&c.disk_bytes),
                 "volume_bytes": amount(&c.volume_bytes), "ports": amount(&c.ports),
                 "containers": amount(&c.containers), "note": c.note,
             }));
+        }
+        CtlCommand::Gpus(command) => {
+            let h = match command {
+                GpusCommand::Quarantine { uuid, reason } => {
+                    client.quarantine_gpu(gpu::QuarantineGpuRequest { uuid, reason }).await?
+                }
+                GpusCommand::Release { uuid } => client.release_gpu(gpu::ReleaseGpuRequest { uuid }).await?,
+            };
+            print(&json!({"uuid": h.uuid, "index": h.index, "state": h.state, "reason": h.reason,
+                          "since": h.since, "quarantined": h.quarantined}));
         }
         CtlCommand::Undrain => {
             let s = client.undrain(api::UndrainRequest {}).await?;

@@ -177,6 +177,19 @@ pub struct GpuConfig {
     /// `compute`, `utility`, `video`, `graphics`, `display`, `compat32` (never `all`). A create
     /// that does not ask gets `compute` and `utility`, those of them listed here.
     pub driver_capabilities: Vec<DriverCapability>,
+    /// What happens to a running container whose GPU turns unhealthy (a critical Xid, new
+    /// uncorrectable ECC errors, a pending row remap, the GPU gone): `stop` it, its
+    /// `stop_reason` saying `gpu_error: ...` (the work on it is lost either way), or only `flag`
+    /// it (log, metric, the GPU's health in Capacity) and leave it to the miner.
+    pub on_gpu_error: OnGpuError,
+}
+
+/// `[docker.gpu_config] on_gpu_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnGpuError {
+    Stop,
+    Flag,
 }
 
 impl Default for GpuConfig {
@@ -185,11 +198,13 @@ impl Default for GpuConfig {
             visible_devices: "all".to_owned(),
             memory_fraction: Fraction::new(1.0),
             driver_capabilities: default_driver_capabilities(),
+            on_gpu_error: OnGpuError::Stop,
         }
     }
 }
 
-/// Parses `[docker.gpu_config] visible_devices`: `all`, or indices and `GPU-`/`MIG-` UUIDs.
+/// Parses `[docker.gpu_config] visible_devices`: `all`, or indices and `GPU-` UUIDs (`MIG-`
+/// instances are refused by name: GPUs are rented whole).
 pub fn parse_visible_devices(value: &str) -> Result<Option<Vec<String>>, InvalidValue> {
     let value = value.trim();
     if value == "all" {
@@ -197,9 +212,14 @@ pub fn parse_visible_devices(value: &str) -> Result<Option<Vec<String>>, Invalid
     }
     let mut devices = Vec::new();
     for item in value.split(',').map(str::trim) {
-        let uuid = (item.starts_with("GPU-") || item.starts_with("MIG-"))
-            && item.len() > 4
-            && item[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        if item.starts_with("MIG-") {
+            return Err(InvalidValue::new(format!(
+                "`{item}` is a MIG instance: this executor rents whole GPUs; turn MIG mode off on \
+                 that GPU and name it by its `GPU-` UUID or index, or leave it out"
+            )));
+        }
+        let uuid =
+            item.starts_with("GPU-") && item.len() > 4 && item[4..].chars().all(|c| c.is_ascii_hexdigit() || c == '-');
         if !(uuid || (!item.is_empty() && item.parse::<u32>().is_ok())) {
             return Err(InvalidValue::new(format!(
                 "`{item}` is not a GPU index or UUID (expected `all` or e.g. `0,1` or `GPU-...`)"

@@ -38,7 +38,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use docker::{Capability, DockerConfig, GpuConfig, NetworkConfig, ResourceLimits, parse_visible_devices};
+pub use docker::{
+    Capability, DockerConfig, GpuConfig, NetworkConfig, OnGpuError, ResourceLimits, parse_visible_devices,
+};
 pub use endpoints::AdvertisedEndpointConfig;
 pub use error::{CONFIG_ERROR_EXIT_CODE, ConfigError, ConfigIssue};
 pub use images::ImagesConfig;

@@ -28,6 +28,11 @@ pub struct SystemConfig {
     pub gpu_backend: GpuBackendKind,
     /// The JSON file of the `simulated` backend; only with `gpu_backend = "simulated"`.
     pub simulated_gpus_file: Option<PathBuf>,
+    /// Xid errors that do not make a GPU unhealthy: those a tenant's own program causes (13
+    /// graphics engine exception, 31 memory page fault, 43 stopped channel, 45 preemptive
+    /// cleanup, 68 video processor exception, 109 context switch timeout). Any other Xid takes
+    /// the GPU out of rentals until the miner releases it.
+    pub ignored_xids: Vec<u64>,
 }
 
 /// Source of GPU figures.
@@ -38,6 +43,9 @@ pub enum GpuBackendKind {
     Simulated,
 }
 
+/// The application Xids: what a tenant's own program causes, not the GPU's failure.
+pub const DEFAULT_IGNORED_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
+
 impl Default for SystemConfig {
     fn default() -> Self {
         Self {
@@ -47,6 +55,7 @@ impl Default for SystemConfig {
             collector_timeout: Duration::from_secs(2),
             gpu_backend: GpuBackendKind::Nvml,
             simulated_gpus_file: None,
+            ignored_xids: DEFAULT_IGNORED_XIDS.to_vec(),
         }
     }
 }
@@ -59,6 +68,13 @@ impl SystemConfig {
         }
         if self.collector_timeout.is_zero() || self.collector_timeout > self.update_interval {
             v.fail("system.collector_timeout", "must be longer than 0s and at most system.update_interval");
+        }
+        for (i, xid) in self.ignored_xids.iter().enumerate() {
+            if *xid == 0 || *xid > 999 {
+                v.fail(&format!("system.ignored_xids[{i}]"), format!("{xid} is not an Xid (1 to 999)"));
+            } else if self.ignored_xids[..i].contains(xid) {
+                v.fail(&format!("system.ignored_xids[{i}]"), format!("{xid} is listed twice"));
+            }
         }
         match (self.gpu_backend, &self.simulated_gpus_file) {
             (GpuBackendKind::Simulated, None) => {

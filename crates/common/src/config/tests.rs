@@ -122,6 +122,16 @@ fn bad_values_name_key_and_file() {
     check_err("[docker.gpu_config]\nmemory_fraction = 1.5", &["(0, 1]"]);
     check_err("[docker.gpu_config]\nvisible_devices = \"0,x\"", &["key `docker.gpu_config.visible_devices`", "`x`"]);
     check_err(
+        "[docker.gpu_config]\nvisible_devices = \"MIG-4f1e-0000\"",
+        &["key `docker.gpu_config.visible_devices`", "`MIG-4f1e-0000` is a MIG instance", "rents whole GPUs"],
+    );
+    check_err(
+        "[docker.gpu_config]\non_gpu_error = \"ignore\"",
+        &["key `docker.gpu_config.on_gpu_error`", "found `ignore`"],
+    );
+    check_err("[system]\nignored_xids = [13, 0]", &["key `system.ignored_xids[1]`", "0 is not an Xid"]);
+    check_err("[system]\nignored_xids = [13, 13]", &["key `system.ignored_xids[1]`", "13 is listed twice"]);
+    check_err(
         "[docker.registry]\nallowed_registries = [\"https://docker.io\"]",
         &["key `docker.registry.allowed_registries`", "not a registry host"],
     );

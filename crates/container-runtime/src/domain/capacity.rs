@@ -32,8 +32,11 @@ impl Runtime {
             disk += crate::labels::disk_limit(&labels).unwrap_or(configured_disk);
         }
 
-        // GPUs: the visible ones of gpu-monitor's inventory, each with the container holding it.
+        // GPUs: the visible ones of gpu-monitor's inventory, each with the container holding it
+        // and its health.
         let mut slots = Vec::new();
+        // Unhealthy or in MIG mode: counted, never given.
+        let (mut unusable, mut free) = (0, 0);
         if self.config.enable_gpu_passthrough {
             match self.gpu_monitor.inventory().await {
                 Ok(inventory) => {
@@ -49,13 +52,23 @@ impl Runtime {
                             holder.insert(uuid, id);
                         }
                     }
+                    let unavailable = crate::gpus::unavailable(&inventory);
                     for g in inventory.gpus.iter().filter(|g| tenants.contains(&g.uuid)) {
+                        let health = inventory.health.iter().find(|h| h.uuid == g.uuid);
+                        let held = holder.contains_key(g.uuid.as_str());
+                        match (unavailable.contains_key(&g.uuid), held) {
+                            (true, _) => unusable += 1,
+                            (false, false) => free += 1,
+                            (false, true) => {}
+                        }
                         slots.push(pb::GpuSlot {
                             uuid: g.uuid.clone(),
                             index: g.index,
                             name: g.name.clone(),
                             memory_total_bytes: g.memory_total_bytes,
                             container: holder.get(g.uuid.as_str()).map_or(String::new(), |c| (*c).to_owned()),
+                            health: health.map_or("healthy".to_owned(), |h| h.state.clone()),
+                            health_reason: unavailable.get(&g.uuid).cloned().unwrap_or_default(),
                         });
                     }
                 }
@@ -65,6 +78,7 @@ impl Runtime {
             notes.push("GPUs: docker.enable_gpu_passthrough = false".to_owned());
         }
         let held = slots.iter().filter(|s| !s.container.is_empty()).count();
+        let gpus_healthy = (slots.len() - unusable) as f64;
 
         let disk_total = match self.engine.data_root().map(nix::sys::statvfs::statvfs) {
             Some(Ok(fs)) => {
@@ -84,7 +98,8 @@ impl Runtime {
         let volumes = self.volumes.reserved_bytes();
         let ports = crate::ports::held(ours.iter().filter_map(|c| c.labels.as_ref())).len();
         Ok(pb::CapacityResponse {
-            gpus: amount(slots.len() as f64, held as f64),
+            // Free: neither held nor unusable (so total = allocated + free + unusable ones not held).
+            gpus: Some(pb::Amount { total: slots.len() as f64, allocated: held as f64, free: f64::from(free) }),
             gpu_slots: slots,
             cpu_cores: amount(self.engine.host_cpus(), cpu),
             memory_bytes: amount(self.engine.host_memory() as f64, memory as f64),
@@ -93,6 +108,7 @@ impl Runtime {
             ports: amount(self.ports.size() as f64, ports as f64),
             containers: amount(f64::from(self.config.max_concurrent_containers), ours.len() as f64),
             note: notes.join("; "),
+            gpus_healthy,
         })
     }
 }

@@ -351,7 +351,8 @@ impl Runtime {
                 in_use.insert(uuid.to_owned(), owner.clone());
             }
         }
-        Ok(crate::gpus::assign(&candidates, &in_use, request.count, &request.uuids)?)
+        let unavailable = crate::gpus::unavailable(&inventory);
+        Ok(crate::gpus::assign(&candidates, &in_use, &unavailable, request.count, &request.uuids)?)
     }
 }
 

@@ -188,13 +188,20 @@ impl Runtime {
             .filter(|c| c.state != Some(ContainerSummaryStateEnum::RUNNING))
             .filter_map(|c| c.labels.as_ref()?.get(LABEL_ID).cloned())
             .filter(|id| self.intent(id) == Some(Intent::Running));
+        // GPUs gpu-monitor judges unhealthy (when it answers): work on them is not started again.
+        let unhealthy: std::collections::BTreeMap<String, String> = match self.config.enable_gpu_passthrough {
+            true => self.gpu_monitor.inventory().await.map(|i| crate::gpus::unavailable(&i)).unwrap_or_default(),
+            false => Default::default(),
+        };
+        let unhealthy = std::sync::Arc::new(unhealthy);
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(RESUME_PARALLELISM));
         let mut starts = tokio::task::JoinSet::new();
         for id in stopped {
-            let (runtime, permits) = (self.clone(), std::sync::Arc::clone(&permits));
+            let (runtime, permits, unhealthy) =
+                (self.clone(), std::sync::Arc::clone(&permits), std::sync::Arc::clone(&unhealthy));
             starts.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                runtime.resume_one(&id).await.then_some(id)
+                runtime.resume_one(&id, &unhealthy).await.then_some(id)
             });
         }
         let mut resumed: Vec<String> = starts.join_all().await.into_iter().flatten().collect();
@@ -204,7 +211,7 @@ impl Runtime {
 
     /// Starts `id` again for [`Runtime::resume`]; false when it stays stopped (and why is logged,
     /// and recorded when it is for good: it died of memory, or cannot be shaped).
-    async fn resume_one(&self, id: &str) -> bool {
+    async fn resume_one(&self, id: &str, unhealthy: &std::collections::BTreeMap<String, String>) -> bool {
         let Ok(inspect) = self.ours(id).await else { return false };
         let state = inspect.state.as_ref();
         if state.and_then(|s| s.running).unwrap_or(false) {
@@ -214,7 +221,14 @@ impl Runtime {
             self.intend(id, &Intent::Stopped("out of memory".to_owned()));
             return false;
         }
-        if let Err(e) = self.volumes.mount_for(&labels_of(&inspect)).await {
+        let labels = labels_of(&inspect);
+        if let Some(reason) = gpu_error(&labels, unhealthy) {
+            tracing::warn!(id, reason, "not resuming a container whose GPU cannot be given");
+            let _ = self.stops.record(id, &reason);
+            self.intend(id, &Intent::Stopped(reason));
+            return false;
+        }
+        if let Err(e) = self.volumes.mount_for(&labels).await {
             tracing::error!(id, error = %e, "cannot mount a volume of a container to resume; left stopped");
             return false;
         }
@@ -284,6 +298,54 @@ impl Runtime {
         Ok(stopped)
     }
 
+    /// One round of GPU health: each running container of ours holding a GPU that gpu-monitor
+    /// judges unhealthy is stopped, its stop reason `gpu_error: GPU <uuid> unhealthy: <why>`
+    /// (`[docker.gpu_config] on_gpu_error = "stop"`), or only flagged in the log and
+    /// `executor_container_runtime_gpu_errors_total` (`"flag"`). Returns the ids stopped.
+    pub async fn enforce_gpu_health(&self) -> Result<Vec<String>, RuntimeError> {
+        let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuUsage)?;
+        let unhealthy = crate::gpus::unavailable(&inventory);
+        if unhealthy.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stop = self.config.gpu_config.on_gpu_error == common::config::OnGpuError::Stop;
+        let mut stopped = Vec::new();
+        for c in self.engine.list_ours().await? {
+            if c.state != Some(ContainerSummaryStateEnum::RUNNING) {
+                continue;
+            }
+            let labels = c.labels.unwrap_or_default();
+            let Some(id) = labels.get(LABEL_ID) else { continue };
+            let Some(reason) = gpu_error(&labels, &unhealthy) else { continue };
+            if !stop {
+                if self.stops.get(id).as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(
+                        id,
+                        reason,
+                        "a running container's GPU is unhealthy (on_gpu_error = flag: left running)"
+                    );
+                    metrics::counter!("executor_container_runtime_gpu_errors_total", "action" => "flag").increment(1);
+                    let _ = self.stops.record(id, &reason);
+                }
+                continue;
+            }
+            tracing::warn!(id, reason, "stopping a container whose GPU is unhealthy");
+            if let Err(e) = self.stops.record(id, &reason) {
+                tracing::error!(id, error = %e, "cannot record the stop reason");
+            }
+            self.intend(id, &Intent::Stopped(reason.clone()));
+            match self.engine.stop(id, 10).await {
+                Ok(()) => {
+                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "gpu_error").increment(1);
+                    metrics::counter!("executor_container_runtime_gpu_errors_total", "action" => "stop").increment(1);
+                    stopped.push(id.clone());
+                }
+                Err(e) => tracing::error!(id, error = %e, "cannot stop a container whose GPU is unhealthy"),
+            }
+        }
+        Ok(stopped)
+    }
+
     /// One round of the writable-layer limit (each container's `resources.disk_bytes`, by
     /// default `[docker.resource_limits] writable_layer_bytes`): stops each of `running` whose
     /// layer is over its limit, recording why (`disk_quota`). Docker's
@@ -325,7 +387,35 @@ impl Runtime {
 /// The longest TTL an update may give.
 const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
 
+/// Why a container with `labels` cannot run on its GPUs (`gpu_error: GPU <uuid> unhealthy:
+/// <why>`), given the GPUs nobody may have and why (`gpus::unavailable`); None when it can.
+fn gpu_error(
+    labels: &std::collections::HashMap<String, String>,
+    unavailable: &std::collections::BTreeMap<String, String>,
+) -> Option<String> {
+    let gpus = labels.get(crate::labels::LABEL_GPUS).map_or("", String::as_str);
+    let (uuid, why) = gpus.split(',').find_map(|u| unavailable.get_key_value(u))?;
+    Some(format!("gpu_error: GPU {uuid} {why}"))
+}
+
 /// A container's labels.
 fn labels_of(inspect: &bollard::models::ContainerInspectResponse) -> std::collections::HashMap<String, String> {
     inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    #[test]
+    fn work_on_an_unhealthy_gpu_is_named_with_the_gpu_and_why() {
+        let unavailable = BTreeMap::from([("GPU-b".to_owned(), "unhealthy: Xid 79".to_owned())]);
+        let labels = |gpus: &str| HashMap::from([(crate::labels::LABEL_GPUS.to_owned(), gpus.to_owned())]);
+        assert_eq!(
+            super::gpu_error(&labels("GPU-a,GPU-b"), &unavailable).as_deref(),
+            Some("gpu_error: GPU GPU-b unhealthy: Xid 79")
+        );
+        assert_eq!(super::gpu_error(&labels("GPU-a"), &unavailable), None);
+        assert_eq!(super::gpu_error(&HashMap::new(), &unavailable), None);
+    }
 }

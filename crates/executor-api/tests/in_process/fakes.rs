@@ -280,6 +280,12 @@ fake! {
         fn gpu_processes("GpuProcesses", _r: gpu::GpuProcessesRequest) -> gpu::GpuProcessesResponse {
             gpu::GpuProcessesResponse::default()
         }
+        fn quarantine_gpu("QuarantineGpu", r: gpu::QuarantineGpuRequest) -> gpu::GpuHealth {
+            gpu::GpuHealth { uuid: r.uuid, state: "unhealthy".into(), reason: format!("quarantined: {}", r.reason), quarantined: true, ..Default::default() }
+        }
+        fn release_gpu("ReleaseGpu", r: gpu::ReleaseGpuRequest) -> gpu::GpuHealth {
+            gpu::GpuHealth { uuid: r.uuid, state: "healthy".into(), ..Default::default() }
+        }
     }
 
     type WatchSnapshotsStream = BoxStream<gpu::Snapshot>;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::proto::access::v1 as access;
 use common::proto::api::v1 as api;
+use common::proto::gpu::v1 as gpu;
 use common::proto::runtime::v1 as runtime;
 use tokio_stream::StreamExt;
 
@@ -51,6 +52,22 @@ async fn identity_health_and_profile() {
     let mut calls = node.fakes.gpu.take_calls();
     calls.sort();
     assert_eq!(calls, ["Inventory InventoryRequest", "Snapshot SnapshotRequest"]);
+
+    // Quarantine and release reach gpu-monitor as sent.
+    let q = gpu::QuarantineGpuRequest { uuid: "GPU-a".into(), reason: "fan".into() };
+    let health = node.client.quarantine_gpu(q).await.unwrap();
+    assert_eq!((health.state.as_str(), health.reason.as_str()), ("unhealthy", "quarantined: fan"));
+    assert_eq!(
+        node.client.release_gpu(gpu::ReleaseGpuRequest { uuid: "GPU-a".into() }).await.unwrap().state,
+        "healthy"
+    );
+    assert_eq!(
+        node.fakes.gpu.take_calls(),
+        [
+            r#"QuarantineGpu QuarantineGpuRequest { uuid: "GPU-a", reason: "fan" }"#,
+            r#"ReleaseGpu ReleaseGpuRequest { uuid: "GPU-a" }"#
+        ]
+    );
 }
 
 #[tokio::test]
