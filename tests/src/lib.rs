@@ -474,6 +474,19 @@ pub mod runtime {
         }
     }
 
+    /// Waits until container `id` is in `want`, `within` at most (then panics naming it).
+    pub async fn wait_state(client: &mut Client, id: &str, want: pb::ContainerState, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let state = client.get(pb::ContainerRef { id: id.into() }).await.map(|r| r.into_inner().state);
+            if state.as_ref().is_ok_and(|s| *s == want as i32) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "{id} not {want:?} within {within:?}: {state:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Creates and starts `request`.
     pub async fn run(client: &mut Client, request: pb::CreateContainerRequest) -> pb::Container {
         let created = client.create(request).await.expect("create").into_inner();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::proto::runtime::v1 as pb;
 use e2e::process::is_root;
-use e2e::runtime::{exec, remove_all, request, start_service};
+use e2e::runtime::{exec, remove_all, request, start_service, wait_state};
 use e2e::{TestConfig, busybox_image, require_tool};
 
 const SIZE: u64 = 16 << 20;
@@ -48,15 +48,7 @@ async fn engine_restart_keeps_a_volume_and_runs_its_container_again() {
     let (how, down) = e2e::engine::restart_docker(e2e::engine::workspace_root()).await.unwrap();
     println!("engine restarted ({how}), back after {down:?}");
     // The container runs again (container-runtime follows the engine), on its volume.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = client.get(pb::ContainerRef { id: c.id.clone() }).await.map(|r| r.into_inner().state);
-        if state.as_ref().is_ok_and(|s| *s == pb::ContainerState::Running as i32) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not running again 60 s after the engine restart: {state:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_state(&mut client, &c.id, pb::ContainerState::Running, Duration::from_secs(60)).await;
     let (marker, size) = seen(&mut client, &c.id).await;
     assert_eq!(marker, MARKER);
     assert!(size > 0 && size <= SIZE, "/vol is not the volume's filesystem ({size} bytes)");
@@ -105,15 +97,7 @@ async fn a_reboot_runs_again_what_ran_and_leaves_stopped_what_was_stopped() {
     e2e::engine::start_docker(e2e::engine::workspace_root()).await.unwrap();
     println!("engine stopped ({how}) and started again");
     let (_service, mut client) = start_service(&config).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = client.get(pb::ContainerRef { id: rental.id.clone() }).await.map(|r| r.into_inner().state);
-        if state.as_ref().is_ok_and(|s| *s == pb::ContainerState::Running as i32) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not running 60 s after the node started: {state:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_state(&mut client, &rental.id, pb::ContainerState::Running, Duration::from_secs(60)).await;
     let (marker, size) = seen(&mut client, &rental.id).await;
     assert_eq!(marker, MARKER);
     assert!(size > 0 && size <= SIZE, "/vol is not the volume's filesystem ({size} bytes)");

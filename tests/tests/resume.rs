@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::proto::runtime::v1 as pb;
 use e2e::process::{is_root, sh};
-use e2e::runtime::{Client, docker, exec, remove_all, request, run, start_service};
+use e2e::runtime::{Client, docker, exec, remove_all, request, run, start_service, wait_state};
 use e2e::{TestConfig, busybox_image, require_tool};
 use tokio::io::AsyncReadExt;
 
@@ -35,15 +35,6 @@ async fn wait_intent(config: &TestConfig, id: &str, within: Duration, check: imp
 
 async fn state(client: &mut Client, id: &str) -> i32 {
     client.get(pb::ContainerRef { id: id.into() }).await.unwrap().into_inner().state
-}
-
-/// Waits up to 30 s for container `id` to reach `want`.
-async fn wait_state(client: &mut Client, id: &str, want: pb::ContainerState) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while state(client, id).await != want as i32 {
-        assert!(Instant::now() < deadline, "{id} not {want:?} within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// What a TCP client on this host reads from `port`, asked until it says something (10 s at
@@ -107,7 +98,7 @@ async fn rentals_meant_to_run_run_again_when_the_node_comes_back() {
 
     let started = Instant::now();
     let (_service, mut client) = start_service(&config).await;
-    wait_state(&mut client, &rental.id, pb::ContainerState::Running).await;
+    wait_state(&mut client, &rental.id, pb::ContainerState::Running, Duration::from_secs(30)).await;
     println!("the rental runs again {:?} after the service was started", started.elapsed());
     let back = client.get(pb::ContainerRef { id: rental.id.clone() }).await.unwrap().into_inner();
     assert_eq!(back.ports, rental.ports, "the ports changed");

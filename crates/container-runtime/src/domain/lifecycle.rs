@@ -253,6 +253,26 @@ impl Runtime {
         Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.records(), &self.expiries, &self.staging).await?)
     }
 
+    /// Stops container `id` for `reason` (its stop reason, and what the executor means for
+    /// it: stay stopped), counted in `executor_container_runtime_stops_total{reason = kind}`;
+    /// false when the engine could not stop it.
+    async fn stop_for(&self, id: &str, reason: &str, kind: &'static str) -> bool {
+        if let Err(e) = self.stops.record(id, reason) {
+            tracing::error!(id, error = %e, "cannot record the stop reason");
+        }
+        self.intend(id, &Intent::Stopped(reason.to_owned()));
+        match self.engine.stop(id, 10).await {
+            Ok(()) => {
+                metrics::counter!("executor_container_runtime_stops_total", "reason" => kind).increment(1);
+                true
+            }
+            Err(e) => {
+                tracing::error!(id, reason, error = %e, "cannot stop the container");
+                false
+            }
+        }
+    }
+
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
     /// over its limit, recording why. Returns the ids stopped.
     pub async fn enforce_gpu_memory(&self) -> Result<Vec<String>, RuntimeError> {
@@ -283,16 +303,8 @@ impl Runtime {
         let fraction = self.config.gpu_config.memory_fraction.get();
         for v in violations(&tenants, &processes, &inventory.gpus, fraction) {
             tracing::warn!(id = %v.id, reason = %v.reason, "stopping a container over its GPU memory limit");
-            if let Err(e) = self.stops.record(&v.id, &v.reason) {
-                tracing::error!(id = %v.id, error = %e, "cannot record the stop reason");
-            }
-            self.intend(&v.id, &Intent::Stopped(v.reason.clone()));
-            match self.engine.stop(&v.id, 10).await {
-                Ok(()) => {
-                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "gpu_memory").increment(1);
-                    stopped.push(v.id);
-                }
-                Err(e) => tracing::error!(id = %v.id, error = %e, "cannot stop a container over its GPU memory limit"),
+            if self.stop_for(&v.id, &v.reason, "gpu_memory").await {
+                stopped.push(v.id);
             }
         }
         Ok(stopped)
@@ -330,17 +342,9 @@ impl Runtime {
                 continue;
             }
             tracing::warn!(id, reason, "stopping a container whose GPU is unhealthy");
-            if let Err(e) = self.stops.record(id, &reason) {
-                tracing::error!(id, error = %e, "cannot record the stop reason");
-            }
-            self.intend(id, &Intent::Stopped(reason.clone()));
-            match self.engine.stop(id, 10).await {
-                Ok(()) => {
-                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "gpu_error").increment(1);
-                    metrics::counter!("executor_container_runtime_gpu_errors_total", "action" => "stop").increment(1);
-                    stopped.push(id.clone());
-                }
-                Err(e) => tracing::error!(id, error = %e, "cannot stop a container whose GPU is unhealthy"),
+            if self.stop_for(id, &reason, "gpu_error").await {
+                metrics::counter!("executor_container_runtime_gpu_errors_total", "action" => "stop").increment(1);
+                stopped.push(id.clone());
             }
         }
         Ok(stopped)
@@ -368,16 +372,8 @@ impl Runtime {
             }
             let reason = format!("disk_quota: the writable layer holds {used} bytes, over the limit of {limit}");
             tracing::warn!(id, used, limit, "stopping a container over its writable-layer limit");
-            if let Err(e) = self.stops.record(id, &reason) {
-                tracing::error!(id, error = %e, "cannot record the stop reason");
-            }
-            self.intend(id, &Intent::Stopped(reason.clone()));
-            match self.engine.stop(id, 10).await {
-                Ok(()) => {
-                    metrics::counter!("executor_container_runtime_stops_total", "reason" => "disk_quota").increment(1);
-                    stopped.push(id.clone());
-                }
-                Err(e) => tracing::error!(id, error = %e, "cannot stop a container over its writable-layer limit"),
+            if self.stop_for(id, &reason, "disk_quota").await {
+                stopped.push(id.clone());
             }
         }
         stopped
