@@ -65,7 +65,7 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         E::ShuttingDown => caller(Reason::PeerUnavailable),
         // What this host's configuration does not allow: no GPU passthrough, a host path off
         // the allow-list, a device list that does not parse.
-        E::GpuPassthroughOff | E::VisibleDevices(_) => caller(Reason::HostUnsupported),
+        E::GpuPassthroughOff | E::VisibleDevices(_) | E::AgentOnly => caller(Reason::HostUnsupported),
         // A host path that does not resolve: the OS's words are the cause.
         E::Mount(MountError::Unresolvable { source, .. }) => caller(Reason::HostUnsupported).with_cause(source),
         E::Mount(MountError::Refused(_)) => caller(Reason::HostUnsupported),
@@ -612,6 +612,12 @@ mod tests {
             (RuntimeError::NotFound { id: "c-1".into() }, Reason::NotFound, Code::NotFound, "container c-1 not found"),
             (RuntimeError::Running { id: "c-1".into() }, Reason::WrongState, Code::FailedPrecondition, "use force"),
             (RuntimeError::GpuPassthroughOff, Reason::HostUnsupported, Code::FailedPrecondition, "gpu_count"),
+            (
+                RuntimeError::AgentOnly,
+                Reason::HostUnsupported,
+                Code::FailedPrecondition,
+                "docker.mode: this executor runs agent-only",
+            ),
             (
                 RuntimeError::Mount(MountError::Refused(spec("mounts[0].host_path"))),
                 Reason::HostUnsupported,

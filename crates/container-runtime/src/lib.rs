@@ -155,11 +155,16 @@ impl Service for ContainerRuntime {
         checks.extend(admission::checks(&loaded.config.docker.registry));
         checks.push(images::check(&loaded.config.docker));
         checks.push(ports::check(&loaded.config).await);
+        checks.push(mode_check(&loaded.config.docker));
         checks
     }
 
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
         let config = &ctx.config().docker;
+        let mode = mode_check(config);
+        if mode.status == common::check::CheckStatus::Fail {
+            return Err(mode.detail.into());
+        }
         let identity = common::identity::ExecutorIdentity::load_or_create(&ctx.config().data_dir)?;
         let engine = engine::Engine::connect(config, &identity.executor_id()).await?;
         if config.network_config.enable_isolation {
@@ -232,7 +237,8 @@ impl Service for ContainerRuntime {
         tokio::pin!(follow);
         let prefetch = std::sync::Arc::clone(self.runtime.images()).prefetch();
         tokio::pin!(prefetch);
-        let mut prefetching = true;
+        // Agent-only: no container is made here, so no image is pulled ahead for one.
+        let mut prefetching = ctx.config().docker.mode == common::config::DockerMode::Exclusive;
         loop {
             tokio::select! {
                 () = &mut follow => {}
@@ -279,6 +285,28 @@ impl Service for ContainerRuntime {
                     return Ok(());
                 }
             }
+        }
+    }
+}
+
+/// The `docker mode` line of `executor validate`: `exclusive` where the kubelet runs the
+/// NVIDIA device plugin would hand out GPUs Kubernetes also hands out, so it fails (and
+/// container-runtime does not start).
+fn mode_check(config: &common::config::DockerConfig) -> common::check::Check {
+    use common::check::Check;
+    use common::config::DockerMode;
+    let plugin = common::config::nvidia_device_plugin(&config.device_plugins_dir);
+    match (config.mode, plugin) {
+        (DockerMode::Exclusive, Some(found)) => Check::fail(
+            "docker mode",
+            format!(
+                "docker.mode = \"exclusive\", but this node's kubelet advertises nvidia.com/gpu ({found}): \
+                 Kubernetes hands out these GPUs; set [docker] mode = \"agent-only\""
+            ),
+        ),
+        (DockerMode::Exclusive, None) => Check::pass("docker mode", "exclusive: this executor makes the containers"),
+        (DockerMode::AgentOnly, _) => {
+            Check::pass("docker mode", "agent-only: no containers are made here (the orchestrator places workloads)")
         }
     }
 }

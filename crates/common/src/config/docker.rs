@@ -23,6 +23,16 @@ use super::workload::{DriverCapability, WorkloadConfig, default_driver_capabilit
 pub struct DockerConfig {
     /// Docker engine endpoint: `unix:///path/to/docker.sock`.
     pub socket: String,
+    /// `exclusive`: this executor owns the host's GPUs and makes the tenant containers (it
+    /// refuses to start where the kubelet runs the NVIDIA device plugin, which would hand the
+    /// same GPUs out). `agent-only`: under an orchestrator that places the workloads itself
+    /// (Kubernetes with the NVIDIA device plugin): telemetry, health, validator access, GPU
+    /// attestation and capacity, but no container is created (creates are FAILED_PRECONDITION).
+    pub mode: DockerMode,
+    /// Where the kubelet keeps device plugin sockets; in `exclusive` mode a socket of the
+    /// NVIDIA plugin here (a name starting `nvidia`), or `nvidia.com/gpu` in the kubelet's
+    /// checkpoint file, stops container-runtime from starting.
+    pub device_plugins_dir: PathBuf,
     /// Give tenant containers GPUs. Off by default: no GPU leaves the host unless asked.
     pub enable_gpu_passthrough: bool,
     /// Containers running at once; creates past it fail with RESOURCE_EXHAUSTED.
@@ -60,6 +70,30 @@ pub struct DockerConfig {
     pub extra_capabilities: Vec<Capability>,
 }
 
+/// `[docker] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DockerMode {
+    Exclusive,
+    AgentOnly,
+}
+
+/// What in `dir` (`[docker] device_plugins_dir`) says the kubelet advertises `nvidia.com/gpu`:
+/// a device plugin socket whose name starts `nvidia`, or the resource in the kubelet's
+/// checkpoint; None when nothing does (or the directory is not there).
+pub fn nvidia_device_plugin(dir: &Path) -> Option<String> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.to_ascii_lowercase().starts_with("nvidia") {
+            return Some(dir.join(name).display().to_string());
+        }
+    }
+    let checkpoint = dir.join("kubelet_internal_checkpoint");
+    let text = std::fs::read_to_string(&checkpoint).ok()?;
+    text.contains("nvidia.com/gpu").then(|| format!("{} (nvidia.com/gpu)", checkpoint.display()))
+}
+
 /// A capability `[docker] extra_capabilities` may add: only ones of Docker's default set that
 /// touch nothing outside the container's own files and processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +128,8 @@ impl Default for DockerConfig {
             log_max_files: 3,
             extra_capabilities: Vec::new(),
             socket: "unix:///var/run/docker.sock".to_owned(),
+            mode: DockerMode::Exclusive,
+            device_plugins_dir: PathBuf::from("/var/lib/kubelet/device-plugins"),
             enable_gpu_passthrough: false,
             max_concurrent_containers: 10,
             resource_limits: ResourceLimits::default(),

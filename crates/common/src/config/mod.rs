@@ -39,7 +39,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use docker::{
-    Capability, DockerConfig, GpuConfig, NetworkConfig, OnGpuError, ResourceLimits, parse_visible_devices,
+    Capability, DockerConfig, DockerMode, GpuConfig, NetworkConfig, OnGpuError, ResourceLimits, nvidia_device_plugin,
+    parse_visible_devices,
 };
 pub use endpoints::AdvertisedEndpointConfig;
 pub use error::{CONFIG_ERROR_EXIT_CODE, ConfigError, ConfigIssue};

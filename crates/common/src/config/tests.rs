@@ -125,6 +125,7 @@ fn bad_values_name_key_and_file() {
         "[docker.gpu_config]\nvisible_devices = \"MIG-4f1e-0000\"",
         &["key `docker.gpu_config.visible_devices`", "`MIG-4f1e-0000` is a MIG instance", "rents whole GPUs"],
     );
+    check_err("[docker]\nmode = \"shared\"", &["key `docker.mode`", "found `shared`"]);
     check_err(
         "[docker.gpu_config]\non_gpu_error = \"ignore\"",
         &["key `docker.gpu_config.on_gpu_error`", "found `ignore`"],

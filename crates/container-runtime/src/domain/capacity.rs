@@ -18,6 +18,12 @@ impl Runtime {
     pub async fn capacity(&self) -> Result<pb::CapacityResponse, RuntimeError> {
         let ours = self.engine.list_ours().await?;
         let mut notes = Vec::new();
+        if self.config.mode == common::config::DockerMode::AgentOnly {
+            notes.push(
+                "docker.mode = agent-only: the orchestrator places workloads and its device plugin allocates GPUs"
+                    .to_owned(),
+            );
+        }
         let (mut cpu, mut memory, mut disk) = (0.0, 0u64, 0u64);
         let configured_disk = self.config.resource_limits.writable_layer_bytes.get();
         for c in &ours {

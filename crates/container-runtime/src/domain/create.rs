@@ -191,6 +191,9 @@ impl Runtime {
 
     /// Create: validate, pull, then count and create under the lock.
     pub async fn create(&self, mut request: pb::CreateContainerRequest) -> Result<pb::Container, RuntimeError> {
+        if self.config.mode == common::config::DockerMode::AgentOnly {
+            return Err(RuntimeError::AgentOnly);
+        }
         let drain = self.drain.get();
         if drain.draining {
             return Err(RuntimeError::Draining { reason: drain.reason, since: drain.since });
@@ -268,6 +271,9 @@ impl Runtime {
 
     /// Makes volume `name` (see `volumes`).
     pub async fn create_volume(&self, name: &str, size_bytes: u64) -> Result<pb::Volume, RuntimeError> {
+        if self.config.mode == common::config::DockerMode::AgentOnly {
+            return Err(RuntimeError::AgentOnly);
+        }
         let _held = self.volumes.lock().lock().await;
         Ok(self.volumes.create(name, size_bytes).await?)
     }

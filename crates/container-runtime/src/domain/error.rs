@@ -69,6 +69,9 @@ pub enum RuntimeError {
     NotAttached { id: String },
     #[error("gpu_count/gpu_uuids: docker.enable_gpu_passthrough = false on this executor")]
     GpuPassthroughOff,
+    /// `[docker] mode = "agent-only"`: the orchestrator places the workloads, not this executor.
+    #[error("docker.mode: this executor runs agent-only and creates no containers (the orchestrator places workloads)")]
+    AgentOnly,
     /// A bind mount outside `docker.allowed_host_paths` or over the executor's own directories.
     #[error(transparent)]
     Mount(MountError),
