@@ -47,6 +47,20 @@ pub fn unavailable(inventory: &common::proto::gpu::v1::Inventory) -> BTreeMap<St
     out
 }
 
+/// GPU UUID → our id of the container holding it, from every container's labels.
+pub fn holders<'a>(
+    labels: impl IntoIterator<Item = &'a std::collections::HashMap<String, String>>,
+) -> BTreeMap<String, String> {
+    let mut held = BTreeMap::new();
+    for l in labels {
+        let id = l.get(crate::labels::LABEL_ID).cloned().unwrap_or_default();
+        for uuid in crate::labels::gpus(l) {
+            held.insert(uuid.to_owned(), id.clone());
+        }
+    }
+    held
+}
+
 /// The GPUs tenants may have: `visible` is `None` for all, or indices and UUIDs.
 pub fn tenant_gpus(inventory: &[GpuInfo], visible: Option<&[String]>) -> Vec<String> {
     inventory

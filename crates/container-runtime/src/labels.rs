@@ -33,6 +33,11 @@ pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";
 pub const LABEL_NETWORK_BPS: &str = "ai.basilica.executor.network_bps";
 /// The container's writable-layer limit, bytes (`resources.disk_bytes`, resolved).
 pub const LABEL_DISK: &str = "ai.basilica.executor.disk_bytes";
+/// The GPU UUIDs a container's [`LABEL_GPUS`] names.
+pub fn gpus(labels: &std::collections::HashMap<String, String>) -> impl Iterator<Item = &str> {
+    labels.get(LABEL_GPUS).map_or("", String::as_str).split(',').filter(|u| !u.is_empty())
+}
+
 /// A container's writable-layer limit from its [`LABEL_DISK`]; None for one made before the
 /// label (the configured limit applies to it).
 pub fn disk_limit(labels: &std::collections::HashMap<String, String>) -> Option<u64> {

@@ -256,12 +256,9 @@ impl Service for ContainerRuntime {
                     }
                 }
                 _ = gpu_watch.tick(), if watch_gpus => {
-                    let result = match self.runtime.enforce_gpu_health().await {
-                        Ok(_) => self.runtime.enforce_gpu_memory().await,
-                        Err(e) => Err(e),
-                    };
+                    let result = self.runtime.enforce_gpus().await;
                     if let Err(e) = &result && gpu_monitor_ok {
-                        tracing::warn!(error = %e, "cannot check GPU memory limits (gpu-monitor)");
+                        tracing::warn!(error = %e, "cannot check GPU health and memory limits (gpu-monitor)");
                     }
                     gpu_monitor_ok = result.is_ok();
                 }

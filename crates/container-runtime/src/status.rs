@@ -8,7 +8,7 @@ use bollard::models::{ContainerInspectResponse, ContainerStatsResponse, PortBind
 use common::proto::runtime::v1 as pb;
 
 use crate::labels::{
-    LABEL_CREATED, LABEL_GPUS, LABEL_ID, LABEL_OWNER, LABEL_SIGNATURE, LABEL_TEMPLATE, LABEL_TTL, TENANT_LABEL_PREFIX,
+    LABEL_CREATED, LABEL_ID, LABEL_OWNER, LABEL_SIGNATURE, LABEL_TEMPLATE, LABEL_TTL, TENANT_LABEL_PREFIX,
 };
 
 /// Inspect output as our `Container` (`stop_reason` is the service's, left empty here).
@@ -36,7 +36,7 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         image_digest: inspect.image.clone().unwrap_or_default(),
         state: status as i32,
         exit_code: state.and_then(|s| s.exit_code).unwrap_or(0),
-        gpu_uuids: label(LABEL_GPUS).split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        gpu_uuids: crate::labels::gpus(&labels).map(str::to_owned).collect(),
         ports: match labels.get(crate::ports::LABEL_PORTS) {
             Some(recorded) => crate::ports::parse_label(recorded).iter().map(mapping).collect(),
             None => ports(inspect),

@@ -1,13 +1,11 @@
 //! Capacity: what the node has for tenants, what the containers of this executor hold (running
 //! or stopped, until removed, as creates count them) and what is left, resource by resource.
 
-use std::collections::HashMap;
-
 use bollard::query_parameters::InspectContainerOptions;
 use common::proto::runtime::v1 as pb;
 
 use super::{Runtime, RuntimeError};
-use crate::labels::{LABEL_GPUS, LABEL_ID};
+use crate::labels::LABEL_ID;
 
 fn amount(total: f64, allocated: f64) -> Option<pb::Amount> {
     Some(pb::Amount { total, allocated, free: (total - allocated).max(0.0) })
@@ -49,19 +47,11 @@ impl Runtime {
                     let visible = common::config::parse_visible_devices(&self.config.gpu_config.visible_devices)
                         .map_err(RuntimeError::VisibleDevices)?;
                     let tenants = crate::gpus::tenant_gpus(&inventory.gpus, visible.as_deref());
-                    let mut holder: HashMap<&str, &str> = HashMap::new();
-                    for labels in ours.iter().filter_map(|c| c.labels.as_ref()) {
-                        let id = labels.get(LABEL_ID).map_or("", String::as_str);
-                        for uuid in
-                            labels.get(LABEL_GPUS).map_or("", String::as_str).split(',').filter(|u| !u.is_empty())
-                        {
-                            holder.insert(uuid, id);
-                        }
-                    }
+                    let holder = crate::gpus::holders(ours.iter().filter_map(|c| c.labels.as_ref()));
                     let unavailable = crate::gpus::unavailable(&inventory);
                     for g in inventory.gpus.iter().filter(|g| tenants.contains(&g.uuid)) {
                         let health = inventory.health.iter().find(|h| h.uuid == g.uuid);
-                        let held = holder.contains_key(g.uuid.as_str());
+                        let held = holder.contains_key(&g.uuid);
                         match (unavailable.contains_key(&g.uuid), held) {
                             (true, _) => unusable += 1,
                             (false, false) => free += 1,
@@ -72,7 +62,7 @@ impl Runtime {
                             index: g.index,
                             name: g.name.clone(),
                             memory_total_bytes: g.memory_total_bytes,
-                            container: holder.get(g.uuid.as_str()).map_or(String::new(), |c| (*c).to_owned()),
+                            container: holder.get(&g.uuid).cloned().unwrap_or_default(),
                             health: health.map_or("healthy".to_owned(), |h| h.state.clone()),
                             health_reason: unavailable.get(&g.uuid).cloned().unwrap_or_default(),
                         });

@@ -2,7 +2,6 @@
 //! on the allow-list, limits applied), the image admitted (signature, pull), then under the
 //! create lock the cap counted, GPUs assigned and the container created on its own network.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use bollard::models::ContainerSummary;
 use common::proto::runtime::v1 as pb;
 
 use super::{Runtime, RuntimeError};
-use crate::labels::{self, LABEL_GPUS, LABEL_ID, LABEL_SIGNATURE, LABEL_TEMPLATE};
+use crate::labels::{self, LABEL_ID, LABEL_SIGNATURE, LABEL_TEMPLATE};
 use crate::spec::{self, ContainerSpec, Port, Resources, SpecError};
 use crate::volumes::{Attached, LABEL_VOLUMES};
 use crate::workload::Workload;
@@ -350,13 +349,7 @@ impl Runtime {
         let visible = common::config::parse_visible_devices(&self.config.gpu_config.visible_devices)
             .map_err(RuntimeError::VisibleDevices)?;
         let candidates = crate::gpus::tenant_gpus(&inventory.gpus, visible.as_deref());
-        let mut in_use = BTreeMap::new();
-        for labels in ours.iter().filter_map(|c| c.labels.as_ref()) {
-            let owner = labels.get(LABEL_ID).cloned().unwrap_or_default();
-            for uuid in labels.get(LABEL_GPUS).map(String::as_str).unwrap_or("").split(',').filter(|u| !u.is_empty()) {
-                in_use.insert(uuid.to_owned(), owner.clone());
-            }
-        }
+        let in_use = crate::gpus::holders(ours.iter().filter_map(|c| c.labels.as_ref()));
         let unavailable = crate::gpus::unavailable(&inventory);
         Ok(crate::gpus::assign(&candidates, &in_use, &unavailable, request.count, &request.uuids)?)
     }

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bollard::models::ContainerSummaryStateEnum;
+use common::proto::gpu::v1::Inventory;
 use common::proto::runtime::v1 as pb;
 
 use super::{Runtime, RuntimeError};
@@ -273,14 +274,22 @@ impl Runtime {
         }
     }
 
+    /// One round of GPU enforcement, on one reading of gpu-monitor's inventory: work on
+    /// unhealthy GPUs, then GPU memory limits. Returns the ids stopped.
+    pub async fn enforce_gpus(&self) -> Result<Vec<String>, RuntimeError> {
+        let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuUsage)?;
+        let mut stopped = self.enforce_gpu_health(&inventory).await?;
+        stopped.extend(self.enforce_gpu_memory(&inventory).await?);
+        Ok(stopped)
+    }
+
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours
     /// over its limit, recording why. Returns the ids stopped.
-    pub async fn enforce_gpu_memory(&self) -> Result<Vec<String>, RuntimeError> {
+    async fn enforce_gpu_memory(&self, inventory: &Inventory) -> Result<Vec<String>, RuntimeError> {
         let processes = self.gpu_monitor.processes().await.map_err(RuntimeError::GpuUsage)?;
         if processes.is_empty() {
             return Ok(Vec::new());
         }
-        let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuUsage)?;
         let tenants: Vec<Tenant> = self
             .engine
             .list_ours()
@@ -314,9 +323,8 @@ impl Runtime {
     /// judges unhealthy is stopped, its stop reason `gpu_error: GPU <uuid> unhealthy: <why>`
     /// (`[docker.gpu_config] on_gpu_error = "stop"`), or only flagged in the log and
     /// `executor_container_runtime_gpu_errors_total` (`"flag"`). Returns the ids stopped.
-    pub async fn enforce_gpu_health(&self) -> Result<Vec<String>, RuntimeError> {
-        let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuUsage)?;
-        let unhealthy = crate::gpus::unavailable(&inventory);
+    async fn enforce_gpu_health(&self, inventory: &Inventory) -> Result<Vec<String>, RuntimeError> {
+        let unhealthy = crate::gpus::unavailable(inventory);
         if unhealthy.is_empty() {
             return Ok(Vec::new());
         }
@@ -389,8 +397,7 @@ fn gpu_error(
     labels: &std::collections::HashMap<String, String>,
     unavailable: &std::collections::BTreeMap<String, String>,
 ) -> Option<String> {
-    let gpus = labels.get(crate::labels::LABEL_GPUS).map_or("", String::as_str);
-    let (uuid, why) = gpus.split(',').find_map(|u| unavailable.get_key_value(u))?;
+    let (uuid, why) = crate::labels::gpus(labels).find_map(|u| unavailable.get_key_value(u))?;
     Some(format!("gpu_error: GPU {uuid} {why}"))
 }
 
