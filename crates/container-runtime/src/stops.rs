@@ -3,10 +3,10 @@
 //! ...) in `data_dir/stop-reasons/<id>`, and when it expires once `UpdateContainer` changed its
 //! TTL in `data_dir/expiry/<id>`, so `get`, `list` and the reaper have them across restarts of
 //! the service; and what the executor last meant for it in `data_dir/intent/<id>` (see
-//! [`Intent`]), so a node that starts after a reboot knows which rentals to run again. Each written atomically (temporary file, fsync, rename) and removed with the
-//! container (the reaper forgets the files of containers that are gone).
+//! [`Intent`]), so a node that starts after a reboot knows which rentals to run again. Each is
+//! written atomically (`common::durable::write_atomically`) and removed with the container (the
+//! reaper forgets the files of containers that are gone).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::labels::is_container_id;
@@ -99,11 +99,7 @@ impl PerContainer {
         if !is_container_id(id) {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("`{id}` is not a container id")));
         }
-        let tmp = self.dir.join(format!(".{id}.tmp"));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(reason.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(id))
+        common::durable::write_atomically(&self.dir.join(id), reason.as_bytes(), None)
     }
 
     pub fn get(&self, id: &str) -> Option<String> {
