@@ -12,6 +12,7 @@ use common::proto::runtime::v1 as pb;
 use e2e::{ALICE, BUSYBOX_IMAGE, Node, TestConfig, busybox_image, http_get};
 use executor_api::client::ExecutorClient;
 use serde_json::json;
+use tokio::io::AsyncBufReadExt;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -637,4 +638,33 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
     for id in [id, fresh["id"].as_str().unwrap()] {
         json(&ctl(&node, &key, &["containers", "remove", "--force", id]).await);
     }
+
+    // Issue 22 item 3 through the signed public call: `executor ctl events` from the start has
+    // it all, in order, across the restart of container-runtime.
+    let config = node.config.path.display().to_string();
+    let key_file = key.display().to_string();
+    let mut watch = common::process::ProcessSpec::new(e2e::binary("executor"))
+        .args(["ctl", "--config", &config, "--key-file", &key_file, "events", "--after", "0"])
+        .spawn_supervised()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    while events.last().is_none_or(|e: &serde_json::Value| e["kind"] != "removed" || e["container_id"] != fresh["id"]) {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+        let line = line.expect("an event within 10 s").unwrap().expect("ctl events goes on");
+        events.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{events:?}");
+    let drains: Vec<(&serde_json::Value, &serde_json::Value)> =
+        events.iter().filter(|e| e["kind"] == "drain").map(|e| (&e["draining"], &e["reason"])).collect();
+    assert_eq!(drains, [(&json!(true), &json!("disk swap")), (&json!(false), &serde_json::Value::Null)], "{events:?}");
+    let of = |id: &str| -> Vec<String> {
+        events.iter().filter(|e| e["container_id"] == id).map(|e| e["kind"].as_str().unwrap().to_owned()).collect()
+    };
+    // Removed while running: its end comes from the engine, beside the removal.
+    let mut its = of(id);
+    its[2..].sort();
+    assert_eq!(its, ["created", "started", "died", "removed"], "{events:?}");
+    let _ = watch.kill().await;
 }

@@ -3,7 +3,7 @@
 //! create gets another GPU and naming the sick one is refused with why; a GPU in MIG mode is
 //! refused by name; the miner's quarantine survives a restart of gpu-monitor and ends with a
 //! release; a GPU gone from the inventory is unhealthy and never assigned; capacity and the
-//! metric say it all. (A running container on a GPU that turns unhealthy cannot be made here:
+//! metric say it all; each change of a GPU's health is an event. (A running container on a GPU that turns unhealthy cannot be made here:
 //! without the NVIDIA runtime no GPU container starts; `domain::lifecycle::tests` covers the
 //! stop decision.)
 
@@ -61,6 +61,17 @@ async fn wait_health(monitor: &mut GpuMonitorClient<Channel>, hex: char, state: 
     }
 }
 
+/// The next GPU health event on `events` (5 s at most; container events are passed over).
+async fn next_gpu_event(events: &mut tonic::Streaming<pb::Event>) -> pb::Event {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.message()).await;
+        let event = event.expect("a GPU health event within 5 s").unwrap().unwrap();
+        if event.kind() == pb::EventKind::GpuHealth {
+            return event;
+        }
+    }
+}
+
 async fn create_with(client: &mut Client, count: u32, uuids: &[String]) -> Result<pb::Container, tonic::Status> {
     let mut r = request("sleep 60");
     r.gpu_count = count;
@@ -82,6 +93,8 @@ async fn unhealthy_quarantined_missing_and_mig_gpus_are_never_given() {
     write_gpus(&file, &[('a', 10, fine, 0), ('b', 11, fine, 0), ('c', 12, fine, 0), ('d', 13, fine, 2)]);
     let (mut monitor_process, mut monitor) = start_monitor(&config).await;
     let (_service, mut client) = start_service(&config).await;
+    let watch = pb::WatchEventsRequest { only_new: true, ..Default::default() };
+    let mut events = client.events(watch).await.unwrap().into_inner();
 
     // An application Xid leaves GPU a healthy; Xid 79 (fell off the bus) does not.
     write_gpus(&file, &[('a', 10, &[13], 0), ('b', 11, fine, 0), ('c', 12, fine, 0), ('d', 13, fine, 2)]);
@@ -89,6 +102,12 @@ async fn unhealthy_quarantined_missing_and_mig_gpus_are_never_given() {
     assert_eq!(wait_health(&mut monitor, 'a', "healthy").await, "");
     write_gpus(&file, &[('a', 10, &[13, 79], 0), ('b', 11, fine, 0), ('c', 12, fine, 0), ('d', 13, fine, 2)]);
     assert_eq!(wait_health(&mut monitor, 'a', "unhealthy").await, "Xid 79");
+    // The change is an event (the application Xid was none).
+    let event = next_gpu_event(&mut events).await;
+    assert_eq!(
+        (event.gpu_uuid.as_str(), event.gpu_state.as_str(), event.reason.as_str()),
+        (uuid('a').as_str(), "unhealthy", "Xid 79")
+    );
 
     // The next create gets another GPU; naming the sick one or the MIG one is refused with why.
     let first = create_with(&mut client, 1, &[]).await.unwrap();
@@ -105,6 +124,11 @@ async fn unhealthy_quarantined_missing_and_mig_gpus_are_never_given() {
     let q = gpu::QuarantineGpuRequest { uuid: uuid('c'), reason: "fan noise".into() };
     let health = monitor.quarantine_gpu(q).await.unwrap().into_inner();
     assert_eq!((health.state.as_str(), health.reason.as_str()), ("unhealthy", "quarantined: fan noise"));
+    let event = next_gpu_event(&mut events).await;
+    assert_eq!(
+        (event.gpu_uuid, event.gpu_state, event.reason),
+        (uuid('c'), "unhealthy".into(), "quarantined: fan noise".into())
+    );
     let err = create_with(&mut client, 1, &[]).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(err.message(), "gpu_count: 1 requested, 0 free of 4 (3 unhealthy or in MIG mode)");

@@ -103,6 +103,9 @@ reasons! {
     /// What the request asks is never allowed here, whoever asks (a forward to anything but
     /// the container's own loopback).
     NotPermitted = "not_permitted" => PermissionDenied,
+    /// The events a watch asks for are no longer kept, or were never there; the message names
+    /// the numbers to ask with.
+    EventsGone = "events_gone" => OutOfRange,
 }
 
 impl fmt::Display for Reason {

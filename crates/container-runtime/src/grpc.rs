@@ -300,7 +300,20 @@ impl RuntimeApi for RuntimeGrpc {
 
     async fn set_drain(&self, request: Request<pb::SetDrainRequest>) -> Result<Response<pb::DrainState>, Status> {
         let r = request.into_inner();
-        self.runtime.set_drain(r.draining, &r.reason).map(Response::new).map_err(status)
+        self.runtime.set_drain(r.draining, &r.reason).await.map(Response::new).map_err(status)
+    }
+
+    type EventsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::Event, Status>> + Send>>;
+
+    async fn events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(EVENTS_QUEUE);
+        let watch = self
+            .runtime
+            .events()
+            .watch(&request.into_inner(), tx)
+            .map_err(|e| Refusal::new(Reason::EventsGone, e.to_string()).into_status())?;
+        tokio::spawn(watch);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
     }
 
     async fn get_drain(&self, _request: Request<pb::GetDrainRequest>) -> Result<Response<pb::DrainState>, Status> {
@@ -405,6 +418,10 @@ impl RuntimeApi for RuntimeGrpc {
 /// Data on its way to a Forward client, each at most 16 KiB: the container's side is read
 /// only when there is room, so a slow client slows it down.
 const FORWARD_QUEUE: usize = 16;
+
+/// Events a watcher's stream holds before the watch waits for it (it reads on from the events
+/// kept when it falls further behind).
+const EVENTS_QUEUE: usize = 64;
 
 /// What happened to a Forward request, logged and counted together.
 #[derive(Debug, Clone, Copy)]

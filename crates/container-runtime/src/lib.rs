@@ -34,6 +34,7 @@ pub mod confinement;
 pub mod domain;
 pub mod drain;
 pub mod engine;
+pub mod events;
 pub mod firewall;
 pub mod gpu_memory;
 pub mod gpu_monitor;
@@ -321,6 +322,7 @@ const ENGINE_SHUTDOWN_WINDOW: Duration = Duration::from_secs(30);
 /// own, so they are still meant to run: once the engine answers again they are started and
 /// shaped again, and the host firewall rules put back if they went. Never returns.
 async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
+    use common::proto::runtime::v1 as pb;
     use tokio_stream::StreamExt;
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -350,16 +352,36 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
                 Some("oom") => {
                     oom.insert(id.clone());
                 }
-                Some("die") if !killed.contains_key(id) && !runtime.engine().stopped_by_us(id) => {
-                    let why = match (oom.remove(id), attributes.get("exitCode")) {
-                        (true, _) => "out of memory".to_owned(),
-                        (false, Some(code)) => format!("exited with code {code}"),
-                        (false, None) => "exited".to_owned(),
+                Some("die") => {
+                    let by_us = runtime.engine().stopped_by_us(id);
+                    let code = attributes.get("exitCode").and_then(|c| c.parse::<i64>().ok());
+                    let oom = oom.remove(id);
+                    let why = match (by_us, killed.contains_key(id), oom, code) {
+                        (true, ..) => runtime.stopped_because(id),
+                        (false, _, true, _) => "out of memory".to_owned(),
+                        (false, true, false, _) => {
+                            "killed outside the executor (docker stop or kill, or the engine stopping)".to_owned()
+                        }
+                        (false, false, false, Some(code)) => format!("exited with code {code}"),
+                        (false, false, false, None) => "exited".to_owned(),
                     };
-                    tracing::info!(id, why, "container ended on its own; it stays stopped");
-                    runtime.intend(id, &stops::Intent::Stopped(why));
+                    if !by_us && !killed.contains_key(id) {
+                        tracing::info!(id, why, "container ended on its own; it stays stopped");
+                        runtime.intend(id, &stops::Intent::Stopped(why.clone()));
+                    }
+                    runtime
+                        .container_event(pb::EventKind::Died, id, &attributes, |e| {
+                            e.exit_code = code.unwrap_or_default();
+                            e.reason = why;
+                        })
+                        .await;
                 }
-                Some("start" | "destroy") => {
+                Some("start") => {
+                    killed.remove(id);
+                    oom.remove(id);
+                    runtime.container_event(pb::EventKind::Started, id, &attributes, |_| {}).await;
+                }
+                Some("destroy") => {
                     killed.remove(id);
                     oom.remove(id);
                 }
@@ -400,13 +422,20 @@ async fn stopped_outside(
     }
     for id in old {
         killed.remove(&id);
-        if runtime
-            .describe(&id)
-            .await
-            .is_ok_and(|c| c.state != common::proto::runtime::v1::ContainerState::Running as i32)
+        if let Ok(c) = runtime.describe(&id).await
+            && c.state != common::proto::runtime::v1::ContainerState::Running as i32
         {
             tracing::warn!(id, "container stopped outside the executor (docker stop or kill); it stays stopped");
             runtime.intend(&id, &stops::Intent::Stopped("stopped outside the executor".to_owned()));
+            let event = common::proto::runtime::v1::Event {
+                kind: common::proto::runtime::v1::EventKind::Stopped as i32,
+                container_id: id.clone(),
+                owner: c.owner,
+                by: "outside the executor".to_owned(),
+                reason: "docker stop or kill".to_owned(),
+                ..Default::default()
+            };
+            runtime.events().record(event).await;
         }
     }
 }
@@ -416,6 +445,7 @@ mod tests {
     /// The modules from the bottom up: each may use only the ones before it, so no circle can
     /// form (the crate root, which wires them together, is above them all).
     const LAYERS: &[&str] = &[
+        "events",
         "labels",
         "proctree",
         "rootfs",

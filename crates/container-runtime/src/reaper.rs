@@ -5,7 +5,7 @@
 //! period; so are the shaping devices of containers that are gone. Unlabelled containers and
 //! other executors' are never touched. It also keeps the per-state container gauges.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::engine::{Engine, EngineError};
@@ -22,7 +22,8 @@ pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 /// What one round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Reaped {
-    pub expired: Vec<String>,
+    /// Removed for their TTL: our id and the container's labels.
+    pub expired: Vec<(String, HashMap<String, String>)>,
     pub orphan_networks: Vec<String>,
     pub orphan_devices: Vec<String>,
     /// Containers whose staged bind mounts were left behind.
@@ -67,7 +68,7 @@ pub async fn reap_once(
             match remove_everything(engine, records, staging, &id, &network).await {
                 Ok(()) => {
                     metrics::counter!("executor_container_runtime_reaped_total", "reason" => "ttl").increment(1);
-                    reaped.expired.push(id);
+                    reaped.expired.push((id, labels));
                 }
                 Err(e) => tracing::warn!(id = %id, error = %e, "cannot remove an expired container"),
             }

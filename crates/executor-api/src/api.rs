@@ -162,6 +162,7 @@ fn owner_or_caller(owner: &mut String, caller: Option<String>) {
 }
 
 type PullStream = Pin<Box<dyn Stream<Item = Result<runtime::PullProgress, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<runtime::Event, Status>> + Send>>;
 type ExecStream = Pin<Box<dyn Stream<Item = ExecItem> + Send>>;
 
 #[tonic::async_trait]
@@ -428,6 +429,20 @@ impl ExecutorApiRpc for Api {
     async fn release_gpu(&self, request: Request<gpu::ReleaseGpuRequest>) -> Result<Response<gpu::GpuHealth>, Status> {
         let id = request_id(&request);
         forward(ServiceName::GpuMonitor, &id, self.inner.gpu.clone().release_gpu(request.into_inner())).await
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<runtime::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let id = request_id(&request);
+        let service = ServiceName::ContainerRuntime;
+        let stream = forward(service, &id, self.inner.runtime.clone().events(request.into_inner())).await?.into_inner();
+        let mapped =
+            stream.map(move |item| item.map_err(|status| ApiError::Downstream { service, status }.into_status(&id)));
+        Ok(Response::new(Box::pin(mapped)))
     }
 
     async fn list_templates(

@@ -204,6 +204,15 @@ impl ExecutorClient {
         Ok(self.api.clone().pull_image(request).await?.into_inner())
     }
 
+    /// The node's events after `request.after_seq` (or only new ones), then each as it happens.
+    pub async fn watch_events(
+        &self,
+        request: runtime::WatchEventsRequest,
+    ) -> Result<Streaming<runtime::Event>, Status> {
+        let request = self.signed("WatchEvents", request);
+        Ok(self.api.clone().watch_events(request).await?.into_inner())
+    }
+
     pub async fn stream_logs(&self, request: runtime::LogsRequest) -> Result<Streaming<runtime::LogChunk>, Status> {
         let request = self.signed("StreamLogs", request);
         Ok(self.api.clone().stream_logs(request).await?.into_inner())

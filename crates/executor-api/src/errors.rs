@@ -71,6 +71,9 @@ pub fn policy(reason: Reason) -> (Code, Told) {
         Reason::NotServed => (Code::Unavailable, Told::Message),
         // The operator drained the node: the message says so and since when; try another node.
         Reason::Draining => (Code::Unavailable, Told::Message),
+        // A watch asked for events the node no longer keeps: the message says which number
+        // to ask with after listing the containers again.
+        Reason::EventsGone => (Code::OutOfRange, Told::Message),
         // The container engine failed: its text may name paths and internals, never shown.
         Reason::Engine => (Code::Internal, Told::RequestId),
         // Persisting state failed (a full or read-only disk): the operator's business.
@@ -294,6 +297,7 @@ mod tests {
             (Reason::Storage, Code::Internal, Told::RequestId),
             (Reason::Internal, Code::Internal, Told::RequestId),
             (Reason::NotPermitted, Code::PermissionDenied, Told::Message),
+            (Reason::EventsGone, Code::OutOfRange, Told::Message),
         ];
         assert_eq!(expected.len(), Reason::ALL.len(), "a reason without a row");
         for (reason, code, told) in expected {

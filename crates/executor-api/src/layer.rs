@@ -79,6 +79,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/Capacity",
     "/executor.api.v1.ExecutorApi/QuarantineGpu",
     "/executor.api.v1.ExecutorApi/ReleaseGpu",
+    "/executor.api.v1.ExecutorApi/WatchEvents",
     "/executor.api.v1.ExecutorApi/RequestValidatorChallenge",
     "/executor.api.v1.ExecutorApi/ProvisionValidatorAccess",
     "/executor.api.v1.ExecutorApi/RevokeValidatorAccess",

@@ -84,6 +84,19 @@ pub enum CtlCommand {
     Undrain,
     /// GPUs, CPU, memory, disk, volume bytes, ports and containers: total, allocated, free.
     Capacity,
+    /// The node's events, one JSON object a line: those kept after `--after` (all kept ones
+    /// by default), then each as it happens, until interrupted.
+    Events {
+        /// The last sequence number already seen.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Only events from now on.
+        #[arg(long)]
+        new: bool,
+        /// Only this container's events.
+        #[arg(long, default_value = "")]
+        container: String,
+    },
     /// Take a GPU out of rentals, or put it back.
     #[command(subcommand)]
     Gpus(GpusCommand),
@@ -465,6 +478,33 @@ pub fn ctl_command(config_path: &Path, args: CtlArgs) -> ExitCode {
     }
 }
 
+/// One event as `executor ctl events` prints it: the fields that are set.
+fn event_json(e: &runtime::Event) -> Value {
+    let kind = e.kind().as_str_name().trim_start_matches("EVENT_KIND_").to_ascii_lowercase();
+    let mut v = json!({"seq": e.seq, "time_ms": e.time_ms, "kind": kind});
+    let map = v.as_object_mut().expect("an object");
+    for (key, value) in [
+        ("container_id", &e.container_id),
+        ("owner", &e.owner),
+        ("image", &e.image),
+        ("reason", &e.reason),
+        ("by", &e.by),
+        ("gpu_uuid", &e.gpu_uuid),
+        ("gpu_state", &e.gpu_state),
+    ] {
+        if !value.is_empty() {
+            map.insert(key.to_owned(), json!(value));
+        }
+    }
+    if e.kind() == runtime::EventKind::Died {
+        map.insert("exit_code".to_owned(), json!(e.exit_code));
+    }
+    if e.kind() == runtime::EventKind::Drain {
+        map.insert("draining".to_owned(), json!(e.draining));
+    }
+    v
+}
+
 fn print(value: &Value) {
     println!("{value}");
 }
@@ -542,6 +582,18 @@ async fn run(client: &ExecutorClient, command: CtlCommand) -> Result<ExitCode, C
         CtlCommand::Drain { reason } => {
             let s = client.drain(api::DrainRequest { reason }).await?;
             print(&json!({"draining": s.draining, "reason": s.reason, "since": s.since}));
+        }
+        CtlCommand::Events { after, new, container } => {
+            let request = runtime::WatchEventsRequest { after_seq: after, only_new: new, container_id: container };
+            let mut stream = client.watch_events(request).await?;
+            while let Some(event) = stream.next().await {
+                use std::io::Write;
+                let line = format!("{}\n", event_json(&event?));
+                // A closed pipe (`| head`) ends the command quietly.
+                if std::io::stdout().write_all(line.as_bytes()).and_then(|()| std::io::stdout().flush()).is_err() {
+                    break;
+                }
+            }
         }
         CtlCommand::Capacity => {
             let c = client.capacity(runtime::CapacityRequest {}).await?;

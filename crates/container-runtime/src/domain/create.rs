@@ -157,12 +157,22 @@ impl Runtime {
     }
 
     /// Turns drain on or off (see `drain`); `reason` at most 256 bytes.
-    pub fn set_drain(&self, draining: bool, reason: &str) -> Result<pb::DrainState, RuntimeError> {
+    pub async fn set_drain(&self, draining: bool, reason: &str) -> Result<pb::DrainState, RuntimeError> {
         if reason.len() > crate::drain::MAX_REASON || reason.contains(['\n', '\0']) {
             return Err(invalid("reason", format!("at most {} bytes on one line", crate::drain::MAX_REASON)));
         }
         let now = labels::now_secs() as i64;
+        let before = self.drain.get();
         let state = self.drain.set(draining, reason, now).map_err(RuntimeError::DrainStore)?;
+        if (before.draining, &before.reason) != (state.draining, &state.reason) {
+            let event = pb::Event {
+                kind: pb::EventKind::Drain as i32,
+                draining: state.draining,
+                reason: state.reason.clone(),
+                ..Default::default()
+            };
+            self.events.record(event).await;
+        }
         Ok(pb::DrainState { draining: state.draining, reason: state.reason, since: state.since })
     }
 
@@ -265,6 +275,14 @@ impl Runtime {
         }
         created?;
         tracing::info!(id = %spec.id, image = %spec.image, owner = %spec.owner, network = %mode, gpus = ?spec.gpu_uuids, "container created");
+        let event = pb::Event {
+            kind: pb::EventKind::Created as i32,
+            container_id: spec.id.clone(),
+            owner: spec.owner.clone(),
+            image: spec.image.to_string(),
+            ..Default::default()
+        };
+        self.events.record(event).await;
         self.describe(&spec.id).await
     }
 

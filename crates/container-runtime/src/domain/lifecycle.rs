@@ -87,9 +87,16 @@ impl Runtime {
     /// Stopping a stopped container is fine: stop is idempotent. `by` (the caller's hotkey) is
     /// recorded: the container stays stopped across restarts of the node and the host.
     pub async fn stop(&self, id: &str, timeout_seconds: u32, by: &str) -> Result<pb::Container, RuntimeError> {
-        self.ours(id).await?;
-        let by = if by.is_empty() { "a stop request".to_owned() } else { format!("by {by}") };
-        self.intend(id, &Intent::Stopped(by));
+        let inspect = self.ours(id).await?;
+        let who = if by.is_empty() { "a stop request".to_owned() } else { format!("by {by}") };
+        self.intend(id, &Intent::Stopped(who));
+        if inspect.state.as_ref().and_then(|s| s.running) == Some(true) {
+            self.container_event(pb::EventKind::Stopped, id, &labels_of(&inspect), |e| {
+                e.by = if by.is_empty() { "a stop request".to_owned() } else { by.to_owned() };
+                e.reason = "a stop request".to_owned();
+            })
+            .await;
+        }
         let timeout = i32::try_from(timeout_seconds.min(MAX_STOP_TIMEOUT)).unwrap_or(600);
         match self.engine.stop(id, timeout).await {
             Ok(()) => {}
@@ -118,6 +125,7 @@ impl Runtime {
         }
         remove_everything(&self.engine, &self.records(), &self.staging, id, &network).await?;
         tracing::info!(id, "container removed");
+        self.container_event(pb::EventKind::Removed, id, &labels_of(&inspect), |_| {}).await;
         Ok(())
     }
 
@@ -251,7 +259,25 @@ impl Runtime {
 
     /// One round of the reaper (see `reaper`): expired containers and orphans removed.
     pub async fn reap(&self) -> Result<Reaped, RuntimeError> {
-        Ok(reaper::reap_once(&self.engine, self.pool.as_ref(), &self.records(), &self.expiries, &self.staging).await?)
+        let round =
+            reaper::reap_once(&self.engine, self.pool.as_ref(), &self.records(), &self.expiries, &self.staging).await?;
+        for (id, labels) in &round.expired {
+            self.container_event(pb::EventKind::Reaped, id, labels, |e| e.reason = "its TTL ran out".to_owned()).await;
+        }
+        Ok(round)
+    }
+
+    /// Why container `id` ended when the executor stopped it: the reason it recorded (a GPU
+    /// error, a limit), or who asked.
+    pub fn stopped_because(&self, id: &str) -> String {
+        if let Some(reason) = self.stops.get(id).filter(|r| !r.is_empty()) {
+            return reason;
+        }
+        match self.intent(id) {
+            Some(Intent::Stopped(why)) if why.starts_with("by ") || why == "a stop request" => format!("stopped {why}"),
+            Some(Intent::Stopped(why)) => why,
+            _ => "stopped by the executor".to_owned(),
+        }
     }
 
     /// Stops container `id` for `reason` (its stop reason, and what the executor means for
@@ -262,6 +288,12 @@ impl Runtime {
             tracing::error!(id, error = %e, "cannot record the stop reason");
         }
         self.intend(id, &Intent::Stopped(reason.to_owned()));
+        let labels = self.ours(id).await.map(|i| labels_of(&i)).unwrap_or_default();
+        self.container_event(pb::EventKind::Stopped, id, &labels, |e| {
+            e.by = "executor".to_owned();
+            e.reason = reason.to_owned();
+        })
+        .await;
         match self.engine.stop(id, 10).await {
             Ok(()) => {
                 metrics::counter!("executor_container_runtime_stops_total", "reason" => kind).increment(1);
@@ -278,9 +310,38 @@ impl Runtime {
     /// unhealthy GPUs, then GPU memory limits. Returns the ids stopped.
     pub async fn enforce_gpus(&self) -> Result<Vec<String>, RuntimeError> {
         let inventory = self.gpu_monitor.inventory().await.map_err(RuntimeError::GpuUsage)?;
+        self.gpu_health_events(&inventory).await;
         let mut stopped = self.enforce_gpu_health(&inventory).await?;
         stopped.extend(self.enforce_gpu_memory(&inventory).await?);
         Ok(stopped)
+    }
+
+    /// A `GPU_HEALTH` event for each GPU whose state or reason differs from the last one told
+    /// (a GPU first seen healthy is not news).
+    async fn gpu_health_events(&self, inventory: &Inventory) {
+        let changed: Vec<pb::Event> = {
+            let mut last = self.gpu_health.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            inventory
+                .health
+                .iter()
+                .filter_map(|h| {
+                    let now = (h.state.clone(), h.reason.clone());
+                    let before = last.insert(h.uuid.clone(), now.clone());
+                    let before = before.unwrap_or_else(|| ("healthy".to_owned(), String::new()));
+                    (before != now).then(|| pb::Event {
+                        kind: pb::EventKind::GpuHealth as i32,
+                        gpu_uuid: h.uuid.clone(),
+                        gpu_state: now.0,
+                        reason: now.1,
+                        ..Default::default()
+                    })
+                })
+                .collect()
+        };
+        for event in changed {
+            tracing::info!(uuid = event.gpu_uuid, state = event.gpu_state, reason = event.reason, "GPU health changed");
+            self.events.record(event).await;
+        }
     }
 
     /// One round of GPU memory enforcement (see `gpu_memory`): stops each container of ours

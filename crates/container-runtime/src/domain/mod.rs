@@ -38,6 +38,7 @@ pub use self::session::{Attachment, SessionEnd};
 use crate::admission::Admission;
 use crate::drain::Drain;
 use crate::engine::{Engine, EngineError};
+use crate::events::Events;
 use crate::gpu_monitor::GpuMonitor;
 use crate::images::Images;
 use crate::labels::{self, LABEL_EXECUTOR, LABEL_ID, LABEL_NETWORK_BPS};
@@ -86,6 +87,10 @@ pub struct Runtime {
     images: Arc<Images>,
     /// Whether creates are refused (`Drain`), kept in `data_dir`.
     drain: Arc<Drain>,
+    /// What happened, numbered, for `WatchEvents`.
+    events: Events,
+    /// The last GPU health seen (uuid → state and reason), to tell changes as events.
+    gpu_health: Arc<std::sync::Mutex<std::collections::BTreeMap<String, (String, String)>>>,
 }
 
 impl Runtime {
@@ -121,7 +126,12 @@ impl Runtime {
                 );
             }
         }
+        let events = Events::open(&config.data_dir)
+            .map_err(|e| format!("cannot open {}: {e}", config.data_dir.join("events.jsonl").display()))?;
+        let gpu_health = Arc::new(std::sync::Mutex::new(crate::events::last_gpu_health(&events)));
         Ok(Self {
+            events,
+            gpu_health,
             drain: Arc::new(Drain::open(&config.data_dir)?),
             images: Arc::new(images),
             volumes: Arc::new(Volumes::new(&config.data_dir, &config.runtime_dir, &docker.volumes)),
@@ -161,6 +171,29 @@ impl Runtime {
 
     pub fn pool(&self) -> Option<&NetworkPool> {
         self.pool.as_ref()
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// Records a container's event of `kind`, its owner from `labels`, with
+    /// `fill` setting the rest.
+    pub async fn container_event(
+        &self,
+        kind: pb::EventKind,
+        id: &str,
+        labels: &std::collections::HashMap<String, String>,
+        fill: impl FnOnce(&mut pb::Event),
+    ) {
+        let mut event = pb::Event {
+            kind: kind as i32,
+            container_id: id.to_owned(),
+            owner: labels.get(labels::LABEL_OWNER).cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        fill(&mut event);
+        self.events.record(event).await;
     }
 
     /// Records what the executor means for container `id` from now on (see [`Intent`]); a

@@ -55,6 +55,8 @@ async fn refusals_have_their_codes_and_reach_no_peer() {
     refused(err, Code::Unauthenticated, "missing_signature", "bad_signature");
     let err = raw.stream_logs(runtime::LogsRequest { id: "c-1".into(), ..Default::default() }).await.unwrap_err();
     refused(err, Code::Unauthenticated, "missing_signature", "bad_signature");
+    let err = raw.watch_events(runtime::WatchEventsRequest::default()).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "missing_signature", "bad_signature");
 
     // A body other than the one signed.
     let mut request = node.client.signed("GetContainer", c1());

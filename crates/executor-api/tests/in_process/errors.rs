@@ -60,6 +60,12 @@ async fn engine_text_never_reaches_the_caller() {
     node.fakes.runtime.fail_with(Status::not_found("container c-9 not found"));
     let status = node.client.get_container(c1()).await.unwrap_err();
     assert_eq!((status.code(), status.message()), (Code::NotFound, "container c-9 not found"));
+    // A watch asking for events no longer kept is told which number to ask with.
+    let gone = "after_seq 3: events up to 9 are no longer kept (the node keeps the last 10000); list the containers again and watch with after_seq = 9";
+    node.fakes.runtime.fail_with(Refusal::new(Reason::EventsGone, gone).into_status());
+    let status = node.client.watch_events(runtime::WatchEventsRequest::default()).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::OutOfRange, gone));
+    assert_eq!(header(&status, "x-executor-reason"), "events_gone");
     // UNAUTHENTICATED between our own services is not the caller's.
     node.fakes.access.fail_with(Status::unauthenticated("peer said no"));
     let status = node.client.list_validator_grants(access::ListGrantsRequest {}).await.unwrap_err();

@@ -185,6 +185,21 @@ fake! {
         Ok(Response::new(Box::pin(tokio_stream::iter([Ok(step), Ok(last)]))))
     }
 
+    type EventsStream = BoxStream<runtime::Event>;
+
+    /// The event after the one asked for, for the request's container.
+    async fn events(&self, r: Request<runtime::WatchEventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let request = self.0.call("Events", r)?;
+        let event = runtime::Event {
+            seq: request.after_seq + 1,
+            kind: runtime::EventKind::Died as i32,
+            container_id: request.container_id,
+            exit_code: 137,
+            ..Default::default()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter([Ok(event)]))))
+    }
+
     type LogsStream = BoxStream<runtime::LogChunk>;
 
     /// Two chunks, then the scripted status (if any) as the stream's end: an error after the

@@ -101,6 +101,10 @@ async fn container_calls_reach_container_runtime() {
     let logs = client.stream_logs(runtime::LogsRequest { id: "c-1".into(), tail: 5, ..Default::default() });
     let chunks: Vec<_> = logs.await.unwrap().map(|c| c.unwrap().data).collect().await;
     assert_eq!(chunks, [b"line 1\n".to_vec(), b"line 2\n".to_vec()]);
+    let watch = runtime::WatchEventsRequest { after_seq: 41, container_id: "c-1".into(), ..Default::default() };
+    let events: Vec<_> = client.watch_events(watch).await.unwrap().map(|e| e.unwrap()).collect().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].seq, events[0].container_id.as_str(), events[0].exit_code), (42, "c-1", 137));
     let check = client.check_ports(runtime::CheckPortsRequest {}).await.unwrap();
     assert_eq!((check.host_port, check.tcp_reachable, check.pool_size), (40000, true, 1000));
     let volume = runtime::CreateVolumeRequest { name: "data".into(), size_bytes: 1 << 30 };
@@ -132,6 +136,7 @@ async fn container_calls_reach_container_runtime() {
             r#"List ListContainersRequest { all: true, owner: "" }"#,
             r#"Stats ContainerRef { id: "c-1" }"#,
             r#"Logs LogsRequest { id: "c-1", follow: false, tail: 5, since: 0 }"#,
+            r#"Events WatchEventsRequest { after_seq: 41, only_new: false, container_id: "c-1" }"#,
             r#"CheckPorts CheckPortsRequest"#,
             r#"CreateVolume CreateVolumeRequest { name: "data", size_bytes: 1073741824 }"#,
             r#"ListVolumes ListVolumesRequest"#,
