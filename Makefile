@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-api bench-doors load faults engine-tests clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -95,7 +95,7 @@ fuzz-tools:
 ## Every benchmark below beside its baseline, one after another, then a summary
 ## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
 bench: docker packages
-	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-api bench-doors
+	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
@@ -146,6 +146,11 @@ bench-volumes:
 ## from its start until all run again, beside `docker start` of the ten (as root; docs/benchmarks.md).
 bench-resume:
 	$(CARGO) xtask bench-resume
+
+## Events: a container killed through the engine's API to the DIED event at a signed
+## WatchEvents client, p50/p99, beside the engine's own die event (docs/benchmarks.md).
+bench-events:
+	$(CARGO) xtask-release bench-events
 
 ## Public API: signed unary call latency and throughput beside the same call unauthenticated.
 bench-api:

@@ -456,7 +456,11 @@ async fn a_ttl_update_extends_or_shortens_a_rental_and_survives_a_restart() {
     let extended = client.create(short.clone()).await.unwrap().into_inner();
     let shortened = client.create(request("sleep 600")).await.unwrap().into_inner();
     let forever = client.create(short).await.unwrap().into_inner();
-    let update = |id: &str, ttl_seconds| pb::UpdateContainerRequest { id: id.to_owned(), ttl_seconds };
+    let update = |id: &str, ttl_seconds| pb::UpdateContainerRequest {
+        id: id.to_owned(),
+        ttl_seconds: Some(ttl_seconds),
+        ..Default::default()
+    };
 
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let got = client.update(update(&extended.id, 600)).await.unwrap().into_inner();
@@ -468,6 +472,10 @@ async fn a_ttl_update_extends_or_shortens_a_rental_and_survives_a_restart() {
     assert_eq!(e.code(), Code::NotFound);
     let e = client.update(update(&forever.id, 400_000_000)).await.unwrap_err();
     assert!(e.message().starts_with("ttl_seconds:"), "{}", e.message());
+    let nothing = pb::UpdateContainerRequest { id: forever.id.clone(), ..Default::default() };
+    let e = client.update(nothing).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(e.message(), "ttl_seconds: nothing to update: give ttl_seconds, add_ports or both");
 
     // A restart of the service forgets nothing; the reaper goes by the new TTLs.
     service.kill().await.unwrap();

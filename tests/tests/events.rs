@@ -107,7 +107,7 @@ async fn events_tell_a_containers_life_and_resume_after_a_disconnect_and_a_resta
     assert_eq!(drains, [(K::Drain, true, "new disks"), (K::Drain, false, "")]);
 
     // Live again on the same stream: the reaper and a removal.
-    let update = pb::UpdateContainerRequest { id: exited.id.clone(), ttl_seconds: 1 };
+    let update = pb::UpdateContainerRequest { id: exited.id.clone(), ttl_seconds: Some(1), ..Default::default() };
     client.update(update).await.unwrap();
     let reaped = until(&mut resumed, K::Reaped, &exited.id).await.pop().unwrap();
     assert_eq!((reaped.reason.as_str(), reaped.owner.as_str()), ("its TTL ran out", ALICE));

@@ -112,6 +112,12 @@ async fn unhealthy_quarantined_missing_and_mig_gpus_are_never_given() {
     // The next create gets another GPU; naming the sick one or the MIG one is refused with why.
     let first = create_with(&mut client, 1, &[]).await.unwrap();
     assert_eq!(first.gpu_uuids, [uuid('b')]);
+    // Issue 22 item 2: a port added makes it again with the same GPU (not started: it was not).
+    let port = pb::PortMapping { container_port: 8888, ..Default::default() };
+    let add = pb::UpdateContainerRequest { id: first.id.clone(), add_ports: vec![port], ..Default::default() };
+    let again = client.update(add).await.unwrap().into_inner();
+    assert_eq!((again.gpu_uuids.as_slice(), again.state), (first.gpu_uuids.as_slice(), first.state));
+    assert!(again.recreated_at > 0 && again.docker_id != first.docker_id, "{again:?}");
     let err = create_with(&mut client, 0, &[uuid('a')]).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let why = format!("gpu_uuids: `{}` cannot be given to a container: unhealthy: Xid 79", uuid('a'));

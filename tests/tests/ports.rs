@@ -350,3 +350,96 @@ async fn executor_ctl_publishes_ports_and_checks_the_pool() {
         assert!(out.status.success());
     }
 }
+
+/// What a TCP client on this host reads from `port`, asked until it says something (10 s at
+/// most: a container just started may not listen yet).
+async fn greeting(port: u32) -> String {
+    use tokio::io::AsyncReadExt;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let read = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port as u16)).await?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await?;
+            Ok::<_, std::io::Error>(text.trim().to_owned())
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(3), read).await;
+        match answer {
+            Ok(Ok(text)) if !text.is_empty() => return text,
+            _ if std::time::Instant::now() > deadline => return format!("nothing within 10 s: {answer:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Issue 22 item 2: a port added to a running rental makes it again under the same id, with
+/// its volume, its other port on the same host port and its TTL; it runs again and says so
+/// (`recreated_at`, a `RECREATED` event). Its writable layer starts fresh. A port published
+/// already is refused by name, and nothing changes.
+#[tokio::test]
+async fn a_port_added_to_a_rental_recreates_it_keeping_its_volume_and_ports() {
+    if !busybox_image().await || !require_tool("root (mount, loop devices)", is_root()) {
+        return;
+    }
+    let config = TestConfig::with_ports("", "");
+    let (_service, mut client) = start_service(&config).await;
+    client.create_volume(pb::CreateVolumeRequest { name: "keep".into(), size_bytes: 16 << 20 }).await.unwrap();
+    let mut r = request("nc -ll -p 8080 -e echo first & nc -ll -p 9090 -e echo second");
+    r.ports = vec![port(8080, "tcp")];
+    r.volumes = vec![pb::VolumeMount { volume: "keep".into(), container_path: "/vol".into(), read_only: false }];
+    let created = client.create(r).await.unwrap().into_inner();
+    let rental = client.start(pb::ContainerRef { id: created.id.clone() }).await.unwrap().into_inner();
+    let first_port = rental.ports[0].host_port;
+    assert_eq!(greeting(first_port).await, "first");
+    let out = exec(&mut client, &rental.id, "echo kept > /vol/marker && echo lost > /layer && sync").await;
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let mut events = client
+        .events(pb::WatchEventsRequest { only_new: true, container_id: rental.id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Published already: refused by name, the container untouched.
+    let again =
+        pb::UpdateContainerRequest { id: rental.id.clone(), add_ports: vec![port(8080, "tcp")], ..Default::default() };
+    let err = client.update(again).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(err.message(), format!("add_ports[0]: 8080/tcp is published already, on host port {first_port}"));
+    let bad =
+        pb::UpdateContainerRequest { id: rental.id.clone(), add_ports: vec![port(70000, "tcp")], ..Default::default() };
+    let err = client.update(bad).await.unwrap_err();
+    assert_eq!(err.message(), "add_ports.container_port: 70000 is not a port");
+    let same = client.get(pb::ContainerRef { id: rental.id.clone() }).await.unwrap().into_inner();
+    assert_eq!((same.docker_id.as_str(), same.recreated_at), (rental.docker_id.as_str(), 0));
+
+    let add =
+        pb::UpdateContainerRequest { id: rental.id.clone(), add_ports: vec![port(9090, "tcp")], ..Default::default() };
+    let updated = client.update(add).await.unwrap().into_inner();
+    assert_ne!(updated.docker_id, rental.docker_id, "not made again");
+    assert!(updated.recreated_at > 0, "{updated:?}");
+    assert_eq!(updated.state, pb::ContainerState::Running as i32, "{updated:?}");
+    assert_eq!((updated.expires_at, updated.owner.as_str()), (rental.expires_at, rental.owner.as_str()));
+    let published: Vec<(u32, u32)> = updated.ports.iter().map(|p| (p.container_port, p.host_port)).collect();
+    assert_eq!(published.len(), 2, "{published:?}");
+    assert_eq!(published[0], (8080, first_port));
+    assert_eq!(greeting(first_port).await, "first");
+    assert_eq!(greeting(published[1].1).await, "second");
+    let out = exec(&mut client, &rental.id, "cat /vol/marker; cat /layer 2>/dev/null || echo fresh").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\nfresh\n");
+    let listed = client.list(pb::ListContainersRequest { all: true, owner: String::new() }).await.unwrap();
+    assert_eq!(listed.into_inner().containers.len(), 1, "the replaced container is gone");
+
+    // Said in the events: the old one's end, then the recreation, then the new one's start.
+    let mut kinds = Vec::new();
+    while kinds.last() != Some(&pb::EventKind::Started) {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.message()).await.unwrap().unwrap().unwrap();
+        if event.kind() == pb::EventKind::Recreated {
+            let why = format!("recreated to publish 9090/tcp on host port {}", published[1].1);
+            assert!(event.reason.starts_with(&why), "{event:?}");
+        }
+        kinds.push(event.kind());
+    }
+    assert_eq!(kinds, [pb::EventKind::Died, pb::EventKind::Recreated, pb::EventKind::Started]);
+    remove_all(&mut client).await;
+    client.delete_volume(pb::DeleteVolumeRequest { name: "keep".into() }).await.unwrap();
+}

@@ -776,6 +776,16 @@ async fn executor_ctl_manages_renters_keys() {
     assert_eq!(out.status.code(), Some(255), "a removed key still logs in");
     let out = output(ssh(&node, &key_b, &id, &[], Some("echo b")), b"").await;
     assert_eq!(stdout(&out).trim(), "b", "{}", text(&out));
+    // Issue 22 item 2: a port added makes the container again; the renter's key still opens it.
+    let args = ["containers", "update", &id, "--add-port", "8080"].map(str::to_owned).to_vec();
+    let updated = ctl(args).await;
+    assert!(updated["recreated_at"].as_i64().unwrap() > 0, "{updated}");
+    assert_eq!(
+        (&updated["state"], &updated["ports"][0]["container_port"]),
+        (&serde_json::json!("running"), &serde_json::json!(8080))
+    );
+    let out = output(ssh(&node, &key_b, &id, &[], Some("echo again")), b"").await;
+    assert_eq!(stdout(&out).trim(), "again", "{}", text(&out));
     ctl(vec!["containers".into(), "remove".into(), "--force".into(), id]).await;
 }
 

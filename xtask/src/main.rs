@@ -23,6 +23,9 @@
 //!   beside the same on the host's disk, and create-to-running with one volume beside none.
 //! - `bench-resume`: release build of container-runtime; ten rentals stopped by the engine while
 //!   the service is down run again when it starts, beside `docker start` of the same ten.
+//! - `bench-events`: (release, as `make bench-events` runs it) a container's death through the
+//!   engine's kill call to the `DIED` event at a signed `WatchEvents` client, p50 and p99, beside
+//!   the engine's own `die` event at a client of its event stream.
 //! - `bench-api`: (release, as `make bench-api` runs it) authenticated unary RPC latency (p50,
 //!   p99) and throughput with many concurrent clients, beside the same RPC, same layer and
 //!   same process with authentication left out.
@@ -36,6 +39,7 @@
 
 mod bench_api;
 mod bench_doors;
+mod bench_events;
 mod bench_gpow2;
 mod bench_ports;
 mod bench_resume;
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
         Some("bench-doors") => bench_doors::run(),
+        Some("bench-events") => bench_events::run(),
         Some("bench-monitor") => runtime.block_on(bench_monitor()),
         Some("bench-containers") => runtime.block_on(bench_containers()),
         Some("bench-ssh") => runtime.block_on(bench_ssh()),
@@ -85,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(bench_startup(runs))
         }
         _ => bail!(
-            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | bench-tenant-ssh | bench-ports | bench-volumes | bench-resume | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api"
+            "usage: cargo xtask dist [--out DIR] | config-reference [--check] | invariants | bench-startup [--runs N] | bench-monitor | bench-containers | bench-signatures | bench-ssh | bench-tenant-ssh | bench-ports | bench-volumes | bench-resume | load | faults | bench-doors | cargo xtask-release bench-gpow | bench-api | bench-events"
         ),
     }
 }

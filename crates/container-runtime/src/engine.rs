@@ -270,6 +270,45 @@ impl Engine {
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })
     }
 
+    /// Makes container `id` again from its own configuration (`inspect`: what it was created
+    /// with, hardening, limits, GPUs, mounts and network included) with `change` applied: the
+    /// old one (stopped) is renamed aside, the new one created under `id`, then the old one is
+    /// removed. When the create fails the old one gets its name back, untouched.
+    pub async fn recreate(
+        &self,
+        id: &str,
+        inspect: &bollard::models::ContainerInspectResponse,
+        change: impl FnOnce(&mut bollard::models::ContainerCreateBody),
+    ) -> Result<(), EngineError> {
+        let docker = |source| EngineError::Docker { id: id.to_owned(), source };
+        // The two messages have the same fields under the same names.
+        let config = serde_json::to_value(inspect.config.clone().unwrap_or_default())
+            .map_err(|err| docker(bollard::errors::Error::JsonSerdeError { err }))?;
+        let mut body: bollard::models::ContainerCreateBody =
+            serde_json::from_value(config).map_err(|err| docker(bollard::errors::Error::JsonSerdeError { err }))?;
+        body.host_config = inspect.host_config.clone();
+        change(&mut body);
+        let aside = format!("{id}-replaced");
+        let rename = |from: &str, to: &str| {
+            let options = bollard::query_parameters::RenameContainerOptions { name: to.to_owned() };
+            let from = from.to_owned();
+            async move { self.docker.rename_container(&from, options).await }
+        };
+        rename(id, &aside).await.map_err(docker)?;
+        let options = CreateContainerOptions { name: Some(id.to_owned()), ..CreateContainerOptions::default() };
+        if let Err(source) = self.docker.create_container(Some(options), body).await {
+            if let Err(e) = rename(&aside, id).await {
+                tracing::error!(id, aside, error = %e, "cannot give a container its name back after a failed recreate");
+            }
+            return Err(docker(source));
+        }
+        let options = RemoveContainerOptions { force: true, v: true, ..RemoveContainerOptions::default() };
+        if let Err(e) = self.docker.remove_container(&aside, Some(options)).await {
+            tracing::error!(id, aside, error = %e, "cannot remove the container a recreate replaced");
+        }
+        Ok(())
+    }
+
     /// Whether this process stopped `id` (and has not started it since).
     pub fn stopped_by_us(&self, id: &str) -> bool {
         self.stopped_by_us.lock().unwrap_or_else(|e| e.into_inner()).contains(id)

@@ -87,7 +87,7 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
             Refusal::new(Reason::PeerUnavailable, message).with_cause(m)
         }
         E::TooMany { .. } => caller(Reason::LimitReached),
-        E::Ports(p) => match p {
+        E::Ports(p) | E::AddPorts(p) => match p {
             PortError::OutsidePool { .. } | PortError::Reserved { .. } | PortError::Twice { .. } => {
                 caller(Reason::InvalidField)
             }
@@ -207,7 +207,7 @@ impl RuntimeApi for RuntimeGrpc {
 
     async fn update(&self, request: Request<pb::UpdateContainerRequest>) -> Result<Response<pb::Container>, Status> {
         let r = request.into_inner();
-        self.runtime.update(&r.id, r.ttl_seconds).await.map(Response::new).map_err(status)
+        self.runtime.update(&r.id, r.ttl_seconds, &r.add_ports).await.map(Response::new).map_err(status)
     }
 
     async fn stop(&self, request: Request<pb::StopContainerRequest>) -> Result<Response<pb::Container>, Status> {

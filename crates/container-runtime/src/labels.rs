@@ -27,6 +27,8 @@ pub const LABEL_GPUS: &str = "ai.basilica.executor.gpus";
 pub const LABEL_SIGNATURE: &str = "ai.basilica.executor.image_signature";
 /// The `[docker.templates]` template a container was created from (`Container.template`).
 pub const LABEL_TEMPLATE: &str = "ai.basilica.executor.template";
+/// Unix seconds the container was last made again to publish more ports (`Container.recreated_at`).
+pub const LABEL_RECREATED: &str = "ai.basilica.executor.recreated";
 /// The limits enforced after start (GPU memory, network shaping), kept with the container so a
 /// restarted service enforces them again.
 pub const LABEL_GPU_MEMORY: &str = "ai.basilica.executor.gpu_memory_bytes";

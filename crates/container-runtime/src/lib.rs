@@ -234,15 +234,20 @@ impl Service for ContainerRuntime {
         if !resumed.is_empty() {
             tracing::info!(resumed = ?resumed, ms = started.elapsed().as_millis() as u64, "containers meant to run are running again");
         }
-        let follow = follow_engine(&self.runtime, ctx.config().docker.network_config.enable_isolation);
-        tokio::pin!(follow);
+        // A task of its own: the rounds below (the reaper measuring writable layers takes
+        // seconds) would hold up the engine's events, and with them the events watchers wait for.
+        let follow = tokio::spawn({
+            let runtime = self.runtime.clone();
+            let isolation = ctx.config().docker.network_config.enable_isolation;
+            async move { follow_engine(&runtime, isolation).await }
+        });
+        let _follow = AbortOnDrop(follow);
         let prefetch = std::sync::Arc::clone(self.runtime.images()).prefetch();
         tokio::pin!(prefetch);
         // Agent-only: no container is made here, so no image is pulled ahead for one.
         let mut prefetching = ctx.config().docker.mode == common::config::DockerMode::Exclusive;
         loop {
             tokio::select! {
-                () = &mut follow => {}
                 () = &mut prefetch, if prefetching => prefetching = false,
                 _ = reap.tick() => {
                     match self.runtime.reap().await {
@@ -284,6 +289,15 @@ impl Service for ContainerRuntime {
                 }
             }
         }
+    }
+}
+
+/// Aborts its task when dropped (the service's run ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -330,6 +344,8 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
         let mut killed: std::collections::HashMap<String, tokio::time::Instant> = std::collections::HashMap::new();
         // Our ids whose last end was the kernel's OOM killer.
         let mut oom: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Our id → the engine's id of the container last started under it.
+        let mut started: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         let events = runtime.engine().events();
         tokio::pin!(events);
         loop {
@@ -343,7 +359,9 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
                     continue;
                 }
             };
-            let attributes = event.actor.and_then(|a| a.attributes).unwrap_or_default();
+            let actor = event.actor.unwrap_or_default();
+            let docker_id = actor.id.unwrap_or_default();
+            let attributes = actor.attributes.unwrap_or_default();
             let Some(id) = attributes.get(labels::LABEL_ID) else { continue };
             match event.action.as_deref() {
                 Some("kill") if !runtime.engine().stopped_by_us(id) => {
@@ -356,7 +374,11 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
                     let by_us = runtime.engine().stopped_by_us(id);
                     let code = attributes.get("exitCode").and_then(|c| c.parse::<i64>().ok());
                     let oom = oom.remove(id);
-                    let why = match (by_us, killed.contains_key(id), oom, code) {
+                    // The container an update replaced (see `domain::recreate`), its end seen
+                    // after the new one started under its id: not the rental's end.
+                    let replaced = !by_us && started.get(id).is_some_and(|now| *now != docker_id);
+                    let why = match (by_us || replaced, killed.contains_key(id), oom, code) {
+                        _ if replaced => "replaced by its recreation".to_owned(),
                         (true, ..) => runtime.stopped_because(id),
                         (false, _, true, _) => "out of memory".to_owned(),
                         (false, true, false, _) => {
@@ -365,25 +387,30 @@ async fn follow_engine(runtime: &domain::Runtime, isolation: bool) {
                         (false, false, false, Some(code)) => format!("exited with code {code}"),
                         (false, false, false, None) => "exited".to_owned(),
                     };
-                    if !by_us && !killed.contains_key(id) {
-                        tracing::info!(id, why, "container ended on its own; it stays stopped");
-                        runtime.intend(id, &stops::Intent::Stopped(why.clone()));
-                    }
+                    // The event first: watchers wait for it, the intent matters at the next start.
                     runtime
                         .container_event(pb::EventKind::Died, id, &attributes, |e| {
                             e.exit_code = code.unwrap_or_default();
-                            e.reason = why;
+                            e.reason = why.clone();
                         })
                         .await;
+                    if !by_us && !replaced && !killed.contains_key(id) {
+                        tracing::info!(id, why, "container ended on its own; it stays stopped");
+                        runtime.intend(id, &stops::Intent::Stopped(why));
+                    }
                 }
                 Some("start") => {
                     killed.remove(id);
                     oom.remove(id);
+                    started.insert(id.clone(), docker_id.clone());
                     runtime.container_event(pb::EventKind::Started, id, &attributes, |_| {}).await;
                 }
                 Some("destroy") => {
                     killed.remove(id);
                     oom.remove(id);
+                    if started.get(id) == Some(&docker_id) {
+                        started.remove(id);
+                    }
                 }
                 _ => {}
             }

@@ -52,6 +52,7 @@ pub fn container(inspect: &ContainerInspectResponse) -> pb::Container {
         owner: label(LABEL_OWNER),
         image_signature: label(LABEL_SIGNATURE),
         template: label(LABEL_TEMPLATE),
+        recreated_at: labels.get(crate::labels::LABEL_RECREATED).and_then(|v| v.parse().ok()).unwrap_or(0),
         workload: Some(crate::workload::from_inspect(inspect)),
         volumes: crate::volumes::parse_label(labels.get(crate::volumes::LABEL_VOLUMES).map_or("", String::as_str))
             .iter()

@@ -263,11 +263,16 @@ pub enum ContainersCommand {
     SshKey(SshKeyCommand),
     /// Start a created container.
     Start { id: String },
-    /// A new TTL: `--ttl-seconds N` from now (0: never reaped).
+    /// A new TTL (`--ttl-seconds N` from now, 0: never reaped), more published ports
+    /// (`--add-port`: the container is made again with the same id, volumes, keys and GPUs,
+    /// started again if it ran; its writable layer starts fresh from its image), or both.
     Update {
         id: String,
-        #[arg(long)]
-        ttl_seconds: u64,
+        #[arg(long, required_unless_present = "add_ports")]
+        ttl_seconds: Option<u64>,
+        /// A container port to publish as well, repeatable, as `create --port`.
+        #[arg(long = "add-port", value_name = "PORT[/udp][=HOST_PORT]", value_parser = port_mapping)]
+        add_ports: Vec<runtime::PortMapping>,
     },
     /// Stop a running container (SIGTERM, then SIGKILL).
     Stop {
@@ -683,6 +688,7 @@ pub fn container_json(c: &runtime::Container) -> Value {
         "exit_code": c.exit_code,
         "stop_reason": c.stop_reason,
         "template": c.template,
+        "recreated_at": c.recreated_at,
         "ports": c.ports.iter().map(|p| json!({
             "container_port": p.container_port, "protocol": p.protocol, "host_port": p.host_port,
             "external_port": p.external_port, "external_endpoint": p.external_endpoint,
@@ -866,8 +872,8 @@ async fn containers(client: &ExecutorClient, command: ContainersCommand) -> Resu
             }
         }
         Start { id } => container(client.start_container(runtime::ContainerRef { id }).await)?,
-        Update { id, ttl_seconds } => {
-            container(client.update_container(runtime::UpdateContainerRequest { id, ttl_seconds }).await)?
+        Update { id, ttl_seconds, add_ports } => {
+            container(client.update_container(runtime::UpdateContainerRequest { id, ttl_seconds, add_ports }).await)?
         }
         Stop { id, timeout_seconds } => container(
             client.stop_container(runtime::StopContainerRequest { id, timeout_seconds, ..Default::default() }).await,

@@ -21,7 +21,29 @@ pub struct GpuRequest {
     pub uuids: Vec<String>,
 }
 
-fn invalid(field: &str, message: String) -> RuntimeError {
+/// The published ports of a request (`field`: `ports` or `add_ports`), each checked.
+pub(super) fn ports_from(mappings: &[pb::PortMapping], field: &str) -> Result<Vec<Port>, RuntimeError> {
+    mappings
+        .iter()
+        .map(|p| {
+            let port = |v: u32, f: &str| {
+                u16::try_from(v).map_err(|_| invalid(&format!("{field}.{f}"), format!("{v} is not a port")))
+            };
+            let udp = match p.protocol.as_str() {
+                "" | "tcp" => false,
+                "udp" => true,
+                other => return Err(invalid(&format!("{field}.protocol"), format!("`{other}` is not tcp or udp"))),
+            };
+            Ok(Port {
+                container_port: port(p.container_port, "container_port")?,
+                host_port: port(p.host_port, "host_port")?,
+                udp,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn invalid(field: &str, message: String) -> RuntimeError {
     RuntimeError::Invalid(SpecError { field: field.to_owned(), message })
 }
 
@@ -44,25 +66,7 @@ impl Runtime {
         if (gpus.count > 0 || !gpus.uuids.is_empty()) && !self.config.enable_gpu_passthrough {
             return Err(RuntimeError::GpuPassthroughOff);
         }
-        let ports = r
-            .ports
-            .iter()
-            .map(|p| {
-                let port = |v: u32, f: &str| {
-                    u16::try_from(v).map_err(|_| invalid(&format!("ports.{f}"), format!("{v} is not a port")))
-                };
-                let udp = match p.protocol.as_str() {
-                    "" | "tcp" => false,
-                    "udp" => true,
-                    other => return Err(invalid("ports.protocol", format!("`{other}` is not tcp or udp"))),
-                };
-                Ok(Port {
-                    container_port: port(p.container_port, "container_port")?,
-                    host_port: port(p.host_port, "host_port")?,
-                    udp,
-                })
-            })
-            .collect::<Result<Vec<_>, RuntimeError>>()?;
+        let ports = ports_from(&r.ports, "ports")?;
         let protected: Vec<&Path> = self.protected.iter().map(PathBuf::as_path).collect();
         let mounts = r
             .mounts

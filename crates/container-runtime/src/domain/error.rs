@@ -88,6 +88,9 @@ pub enum RuntimeError {
     /// Published ports the pool cannot give (outside it, reserved, in use, none left).
     #[error(transparent)]
     Ports(#[from] PortError),
+    /// The same for `UpdateContainer.add_ports` (the field named so).
+    #[error("add_{0}")]
+    AddPorts(PortError),
     #[error("docker.max_concurrent_containers = {cap} containers exist already; remove one first")]
     TooMany { cap: usize },
     /// `network_bps` cannot be enforced on this host (`id` None: for any container).

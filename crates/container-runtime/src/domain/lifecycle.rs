@@ -65,24 +65,6 @@ impl Runtime {
         false
     }
 
-    /// Gives a container of ours a new TTL, `ttl_seconds` from now (0: never reaped); it
-    /// outlives restarts (see `stops`) and wins over the TTL it was created with.
-    pub async fn update(&self, id: &str, ttl_seconds: u64) -> Result<pb::Container, RuntimeError> {
-        self.ours(id).await?;
-        if ttl_seconds > MAX_TTL_SECONDS {
-            return Err(RuntimeError::Invalid(crate::spec::SpecError {
-                field: "ttl_seconds".to_owned(),
-                message: format!("{ttl_seconds} is more than {MAX_TTL_SECONDS} (10 years)"),
-            }));
-        }
-        let expires = if ttl_seconds == 0 { 0 } else { crate::labels::now_secs() + ttl_seconds };
-        self.expiries
-            .record(id, &expires.to_string())
-            .map_err(|source| RuntimeError::Record { id: id.to_owned(), source })?;
-        tracing::info!(id, ttl_seconds, expires, "container TTL updated");
-        self.describe(id).await
-    }
-
     /// Stops a container of ours: SIGTERM, SIGKILL after `timeout_seconds` (at most 600).
     /// Stopping a stopped container is fine: stop is idempotent. `by` (the caller's hotkey) is
     /// recorded: the container stays stopped across restarts of the node and the host.
@@ -449,9 +431,6 @@ impl Runtime {
     }
 }
 
-/// The longest TTL an update may give.
-const MAX_TTL_SECONDS: u64 = 10 * 365 * 24 * 3600;
-
 /// Why a container with `labels` cannot run on its GPUs (`gpu_error: GPU <uuid> unhealthy:
 /// <why>`), given the GPUs nobody may have and why (`gpus::unavailable`); None when it can.
 fn gpu_error(
@@ -463,7 +442,9 @@ fn gpu_error(
 }
 
 /// A container's labels.
-fn labels_of(inspect: &bollard::models::ContainerInspectResponse) -> std::collections::HashMap<String, String> {
+pub(super) fn labels_of(
+    inspect: &bollard::models::ContainerInspectResponse,
+) -> std::collections::HashMap<String, String> {
     inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default()
 }
 

@@ -2,7 +2,8 @@
 //! operator's limits. Create (`create`), start, stop, remove, list, reconcile after a restart
 //! of the service or of the engine, reap and GPU memory enforcement (`lifecycle`), logs, stats
 //! and exec (`observe`), a command or shell attached both ways (`attach` starts it, `session`
-//! runs it), the cut-off of an exec whose caller went (`cutoff`), and a TCP connection to a
+//! runs it), an update's new TTL and more published ports (`recreate`), the cut-off of an
+//! exec whose caller went (`cutoff`), and a TCP connection to a
 //! container's own loopback (`forward`). Containers are
 //! addressed by our id (their name) and must carry this executor's labels: a foreign container
 //! is [`RuntimeError::NotFound`]. No gRPC in here: the `grpc` module decodes requests, calls
@@ -17,6 +18,7 @@ mod forward;
 mod images;
 mod lifecycle;
 mod observe;
+mod recreate;
 mod session;
 
 use std::path::PathBuf;

@@ -91,7 +91,7 @@ async fn container_calls_reach_container_runtime() {
     // Who stops is the signed caller, whatever the request says.
     let stop = runtime::StopContainerRequest { id: "c-1".into(), timeout_seconds: 3, requested_by: "mallory".into() };
     assert_eq!(client.stop_container(stop).await.unwrap().id, "c-1");
-    let update = runtime::UpdateContainerRequest { id: "c-1".into(), ttl_seconds: 3600 };
+    let update = runtime::UpdateContainerRequest { id: "c-1".into(), ttl_seconds: Some(3600), ..Default::default() };
     assert_eq!(client.update_container(update).await.unwrap().id, "c-1");
     client.remove_container(runtime::RemoveContainerRequest { id: "c-1".into(), force: true }).await.unwrap();
     assert_eq!(client.get_container(c1()).await.unwrap().docker_id, "fake-docker-id");
@@ -130,7 +130,7 @@ async fn container_calls_reach_container_runtime() {
             r#"Start ContainerRef { id: "c-1" }"#,
             format!(r#"Stop StopContainerRequest {{ id: "c-1", timeout_seconds: 3, requested_by: "{alice}" }}"#)
                 .as_str(),
-            r#"Update UpdateContainerRequest { id: "c-1", ttl_seconds: 3600 }"#,
+            r#"Update UpdateContainerRequest { id: "c-1", ttl_seconds: Some(3600), add_ports: [] }"#,
             r#"Remove RemoveContainerRequest { id: "c-1", force: true }"#,
             r#"Get ContainerRef { id: "c-1" }"#,
             r#"List ListContainersRequest { all: true, owner: "" }"#,
