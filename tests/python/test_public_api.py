@@ -306,3 +306,32 @@ def test_ctl_reads_a_bittensor_hotkey_file(node, tmp_path):
     )
     assert out.returncode == 1, out
     assert f"hotkey_not_allowed: hotkey {address} does not manage this executor" in out.stderr, out.stderr
+
+
+def test_events_are_signed_numbered_and_resumable(api):
+    """WatchEvents from grpcio: drain on and off are events; a watch from a number misses
+    nothing after it, and one past the newest is OUT_OF_RANGE naming the numbers."""
+    refused(lambda: api.call("WatchEvents", api.message("WatchEvents"), metadata=[]), grpc.StatusCode.UNAUTHENTICATED, "missing_signature")
+    api.call("Drain", api.message("Drain", reason="python"))
+    api.call("Undrain")
+    drains = []
+    stream = api.call("WatchEvents", api.message("WatchEvents", after_seq=0))
+    for event in stream:
+        if event.kind == event.DESCRIPTOR.fields_by_name["kind"].enum_type.values_by_name["EVENT_KIND_DRAIN"].number:
+            drains.append(event)
+            if not event.draining and any(d.draining and d.reason == "python" for d in drains):
+                break
+    stream.cancel()
+    on = next(d for d in drains if d.draining and d.reason == "python")
+    off = drains[-1]
+    assert off.seq > on.seq and off.time_ms >= on.time_ms > 0
+    # From the "on" event's number: the next one is there again.
+    stream = api.call("WatchEvents", api.message("WatchEvents", after_seq=on.seq))
+    again = next(iter(stream))
+    stream.cancel()
+    assert again.seq == on.seq + 1
+    with pytest.raises(grpc.RpcError) as info:
+        list(api.call("WatchEvents", api.message("WatchEvents", after_seq=off.seq + 10_000)))
+    assert info.value.code() == grpc.StatusCode.OUT_OF_RANGE, info.value
+    assert "past the newest event" in info.value.details(), info.value.details()
+    assert dict(info.value.trailing_metadata()).get("x-executor-reason") == "events_gone"
