@@ -522,6 +522,27 @@ pub mod runtime {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// What a TCP client on this host reads from `port`, asked until it says something (10 s
+    /// at most: a container just started may not listen yet).
+    pub async fn greeting(port: u32) -> String {
+        use tokio::io::AsyncReadExt;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let read = async {
+                let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port as u16)).await?;
+                let mut text = String::new();
+                stream.read_to_string(&mut text).await?;
+                Ok::<_, std::io::Error>(text.trim().to_owned())
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(3), read).await;
+            match answer {
+                Ok(Ok(text)) if !text.is_empty() => return text,
+                _ if std::time::Instant::now() > deadline => return format!("nothing within 10 s: {answer:?}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
     /// The IFB device that carries a container's upload shaping (`bif-` + the id's last 11).
     pub fn ifb_name(id: &str) -> String {
         format!("bif-{}", &id[id.len().saturating_sub(11)..])

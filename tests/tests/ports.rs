@@ -14,7 +14,7 @@ use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
 use e2e::lan::{self, Lan};
 use e2e::process::{is_root, sh, which};
-use e2e::runtime::{exec, remove_all, request, start_service};
+use e2e::runtime::{exec, greeting, remove_all, request, start_service};
 use e2e::{TestConfig, busybox_image, require_tool};
 use tonic::Code;
 
@@ -348,27 +348,6 @@ async fn executor_ctl_publishes_ports_and_checks_the_pool() {
     for c in all.as_array().unwrap() {
         let out = ctl(&["containers", "remove", "--force", c["id"].as_str().unwrap()]).await;
         assert!(out.status.success());
-    }
-}
-
-/// What a TCP client on this host reads from `port`, asked until it says something (10 s at
-/// most: a container just started may not listen yet).
-async fn greeting(port: u32) -> String {
-    use tokio::io::AsyncReadExt;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let read = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port as u16)).await?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).await?;
-            Ok::<_, std::io::Error>(text.trim().to_owned())
-        };
-        let answer = tokio::time::timeout(Duration::from_secs(3), read).await;
-        match answer {
-            Ok(Ok(text)) if !text.is_empty() => return text,
-            _ if std::time::Instant::now() > deadline => return format!("nothing within 10 s: {answer:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
     }
 }
 

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::proto::runtime::v1 as pb;
 use e2e::process::{is_root, sh};
-use e2e::runtime::{Client, docker, exec, remove_all, request, run, start_service, wait_state};
+use e2e::runtime::{Client, docker, exec, greeting, remove_all, request, run, start_service, wait_state};
 use e2e::{TestConfig, busybox_image, require_tool};
-use tokio::io::AsyncReadExt;
 
 const MARKER: &str = "resume-marker-51d2";
 
@@ -35,26 +34,6 @@ async fn wait_intent(config: &TestConfig, id: &str, within: Duration, check: imp
 
 async fn state(client: &mut Client, id: &str) -> i32 {
     client.get(pb::ContainerRef { id: id.into() }).await.unwrap().into_inner().state
-}
-
-/// What a TCP client on this host reads from `port`, asked until it says something (10 s at
-/// most: a container just started may not listen yet).
-async fn greeting(port: u32) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let read = async {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port as u16)).await?;
-            let mut text = String::new();
-            stream.read_to_string(&mut text).await?;
-            Ok::<_, std::io::Error>(text.trim().to_owned())
-        };
-        let answer = tokio::time::timeout(Duration::from_secs(3), read).await;
-        match answer {
-            Ok(Ok(text)) if !text.is_empty() => return text,
-            _ if Instant::now() > deadline => return format!("nothing within 10 s: {answer:?}"),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 #[tokio::test]

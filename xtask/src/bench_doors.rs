@@ -235,8 +235,8 @@ async fn sample(
     }
 }
 
-/// (p50, p99) of `values`, in their unit.
-fn percentiles(values: &[f64]) -> (f64, f64) {
+/// (p50, p99) of `values`, in their unit (NaN for none).
+pub(crate) fn percentiles(values: &[f64]) -> (f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let at = |q: f64| sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied();

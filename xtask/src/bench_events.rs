@@ -65,13 +65,6 @@ async fn engine_deaths(socket: String, tx: mpsc::UnboundedSender<(String, Instan
     Ok(())
 }
 
-fn percentiles(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
-    (at(0.50), at(0.99))
-}
-
 async fn bench() -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         println!("note: debug build; run `cargo xtask-release bench-events` (make bench-events) for figures");
@@ -132,7 +125,7 @@ async fn bench() -> anyhow::Result<()> {
         }
         kill_each(&socket, &rentals, &mut engine_rx, &mut ours_rx, &mut engine, &mut ours).await?;
     }
-    let ((o50, o99), (e50, e99)) = (percentiles(&ours), percentiles(&engine));
+    let ((o50, o99), (e50, e99)) = (crate::bench_doors::percentiles(&ours), crate::bench_doors::percentiles(&engine));
     println!(
         "{RENTALS} containers killed one at a time through the engine's API, {ROUNDS} rounds, {} cores:",
         num_cpus()
