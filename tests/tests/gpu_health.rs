@@ -3,9 +3,10 @@
 //! create gets another GPU and naming the sick one is refused with why; a GPU in MIG mode is
 //! refused by name; the miner's quarantine survives a restart of gpu-monitor and ends with a
 //! release; a GPU gone from the inventory is unhealthy and never assigned; capacity and the
-//! metric say it all; each change of a GPU's health is an event. (A running container on a GPU that turns unhealthy cannot be made here:
-//! without the NVIDIA runtime no GPU container starts; `domain::lifecycle::tests` covers the
-//! stop decision.)
+//! metric say it all; each change of a GPU's health is an event. Work running on a GPU that
+//! turns unhealthy is stopped with `gpu_error: ...`, and its watchers hear it (a container made
+//! with this executor's labels stands in for a GPU rental, which cannot start without the
+//! NVIDIA runtime).
 
 #![allow(clippy::unwrap_used)] // test helpers panic on setup failures by design
 
@@ -176,5 +177,79 @@ async fn unhealthy_quarantined_missing_and_mig_gpus_are_never_given() {
     let err = create_with(&mut client, 0, &[uuid('b')]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert_eq!(create_with(&mut client, 1, &[]).await.unwrap().gpu_uuids, [uuid('c')]);
+    remove_all(&mut client).await;
+}
+
+/// Running work on a GPU that turns unhealthy is stopped with the reason, and the watchers hear
+/// it. Without the NVIDIA runtime no container with a GPU starts here, so the running "rental"
+/// is a busybox container made with `docker run` and this executor's labels naming GPU b: the
+/// executor goes by those labels, as it does for the containers it makes.
+#[tokio::test]
+async fn work_on_a_gpu_that_turns_unhealthy_is_stopped_and_told() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::with_system(
+        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"200ms\"\ncollector_timeout = \"150ms\"",
+        "\n[docker]\nenable_gpu_passthrough = true\n",
+    );
+    let file = config.dir.path().join("gpus.json");
+    let fine: &[u64] = &[];
+    write_gpus(&file, &[('a', 10, fine, 0), ('b', 11, fine, 0)]);
+    let (_monitor_process, mut monitor) = start_monitor(&config).await;
+    let (_service, mut client) = start_service(&config).await;
+    // The executor's id, from a container it made.
+    let made = create_with(&mut client, 0, &[]).await.unwrap();
+    let (_, executor_id) = e2e::runtime::docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"ai.basilica.executor.executor_id\"}}",
+        &made.id,
+    ])
+    .await;
+    let id = "c-0123456789ab";
+    let label = |k: &str, v: &str| format!("--label=ai.basilica.executor.{k}={v}");
+    let (ok, out) = e2e::runtime::docker(&[
+        "run",
+        "-d",
+        "--name",
+        id,
+        &label("managed", "true"),
+        &label("executor_id", &executor_id),
+        &label("id", id),
+        &label("owner", e2e::ALICE),
+        &label("gpus", &uuid('b')),
+        e2e::BUSYBOX_IMAGE,
+        "sleep",
+        "600",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let watch = pb::WatchEventsRequest { only_new: true, ..Default::default() };
+    let mut events = client.events(watch).await.unwrap().into_inner();
+
+    write_gpus(&file, &[('a', 10, fine, 0), ('b', 11, &[79], 0)]);
+    assert_eq!(wait_health(&mut monitor, 'b', "unhealthy").await, "Xid 79");
+    let why = format!("gpu_error: GPU {} unhealthy: Xid 79", uuid('b'));
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|e: &pb::Event| e.kind() != pb::EventKind::Died) {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.message()).await;
+        seen.push(event.expect("events within 20 s").unwrap().unwrap());
+    }
+    let kinds: Vec<(pb::EventKind, &str, &str)> =
+        seen.iter().map(|e| (e.kind(), e.reason.as_str(), e.by.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (pb::EventKind::GpuHealth, "Xid 79", ""),
+            (pb::EventKind::Stopped, why.as_str(), "executor"),
+            (pb::EventKind::Died, why.as_str(), ""),
+        ],
+        "{seen:?}"
+    );
+    assert_eq!((seen[1].container_id.as_str(), seen[1].owner.as_str()), (id, e2e::ALICE));
+    let stopped = client.get(pb::ContainerRef { id: id.into() }).await.unwrap().into_inner();
+    assert_eq!(stopped.state, pb::ContainerState::Exited as i32, "{stopped:?}");
+    assert_eq!(stopped.stop_reason, why);
     remove_all(&mut client).await;
 }

@@ -85,7 +85,11 @@ impl Runtime {
         if running {
             // Its end is the executor's doing; it is meant to run again right after.
             self.intend(id, &Intent::Stopped(why.clone()));
-            self.engine.stop(id, 10).await?;
+            if let Err(e) = self.engine.stop(id, 10).await {
+                // Still running, and still meant to.
+                self.intend(id, &Intent::Running);
+                return Err(e.into());
+            }
         }
         let publish_ip = self.ports.host_ip().map(|ip| ip.to_string());
         let now = crate::labels::now_secs();
