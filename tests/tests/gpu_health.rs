@@ -38,7 +38,11 @@ fn write_gpus(path: &Path, gpus: &[(char, u32, &[u64], u32)]) {
             )
         })
         .collect();
-    std::fs::write(path, format!(r#"{{"gpus":[{}]}}"#, list.join(","))).unwrap();
+    // Written aside and renamed: gpu-monitor must never read half a file (it would judge the
+    // GPUs degraded by an NVML error, and say so in an event).
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, format!(r#"{{"gpus":[{}]}}"#, list.join(","))).unwrap();
+    std::fs::rename(&aside, path).unwrap();
 }
 
 async fn start_monitor(config: &TestConfig) -> (tokio::process::Child, GpuMonitorClient<Channel>) {
