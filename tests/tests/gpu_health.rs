@@ -77,6 +77,17 @@ async fn next_gpu_event(events: &mut tonic::Streaming<pb::Event>) -> pb::Event {
     }
 }
 
+/// A config with simulated GPUs (collected every 200 ms) and GPU passthrough, and the file the
+/// GPUs are read from.
+fn simulated_node() -> (TestConfig, std::path::PathBuf) {
+    let config = TestConfig::with_system(
+        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"200ms\"\ncollector_timeout = \"150ms\"",
+        "\n[docker]\nenable_gpu_passthrough = true\n",
+    );
+    let file = config.dir.path().join("gpus.json");
+    (config, file)
+}
+
 async fn create_with(client: &mut Client, count: u32, uuids: &[String]) -> Result<pb::Container, tonic::Status> {
     let mut r = request("sleep 60");
     r.gpu_count = count;
@@ -89,11 +100,7 @@ async fn unhealthy_quarantined_missing_and_mig_gpus_are_never_given() {
     if !busybox_image().await {
         return;
     }
-    let config = TestConfig::with_system(
-        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"200ms\"\ncollector_timeout = \"150ms\"",
-        "\n[docker]\nenable_gpu_passthrough = true\n",
-    );
-    let file = config.dir.path().join("gpus.json");
+    let (config, file) = simulated_node();
     let fine: &[u64] = &[];
     write_gpus(&file, &[('a', 10, fine, 0), ('b', 11, fine, 0), ('c', 12, fine, 0), ('d', 13, fine, 2)]);
     let (mut monitor_process, mut monitor) = start_monitor(&config).await;
@@ -193,11 +200,7 @@ async fn work_on_a_gpu_that_turns_unhealthy_is_stopped_and_told() {
     if !busybox_image().await {
         return;
     }
-    let config = TestConfig::with_system(
-        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"200ms\"\ncollector_timeout = \"150ms\"",
-        "\n[docker]\nenable_gpu_passthrough = true\n",
-    );
-    let file = config.dir.path().join("gpus.json");
+    let (config, file) = simulated_node();
     let fine: &[u64] = &[];
     write_gpus(&file, &[('a', 10, fine, 0), ('b', 11, fine, 0)]);
     let (_monitor_process, mut monitor) = start_monitor(&config).await;
@@ -211,7 +214,10 @@ async fn work_on_a_gpu_that_turns_unhealthy_is_stopped_and_told() {
         &made.id,
     ])
     .await;
-    let id = "c-0123456789ab";
+    // A name of our form no other run uses (the engine is shared).
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let id = format!("c-{:012x}", nanos & 0xffff_ffff_ffff);
+    let id = id.as_str();
     let label = |k: &str, v: &str| format!("--label=ai.basilica.executor.{k}={v}");
     let (ok, out) = e2e::runtime::docker(&[
         "run",

@@ -264,7 +264,13 @@ impl Engine {
     pub async fn stop(&self, id: &str, timeout_seconds: i32) -> Result<(), EngineError> {
         self.stopped_by_us.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned());
         let options = StopContainerOptions { t: Some(timeout_seconds), ..StopContainerOptions::default() };
+        // The engine answers once the container is gone: after the grace period when it ignores
+        // SIGTERM. The client's own timeout (10 s) would end the call first and call a stop that
+        // worked a failure (and a GPU round would stop the container a second time).
+        let wait = std::time::Duration::from_secs(timeout_seconds.max(0) as u64 + 10);
         self.docker
+            .clone()
+            .with_timeout(wait)
             .stop_container(id, Some(options))
             .await
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })
