@@ -263,7 +263,7 @@ impl Events {
             let (mut backlog, mut live) = first;
             loop {
                 for event in backlog.drain(..) {
-                    if !events.send(&tx, event, &only, &mut last).await {
+                    if !send(&tx, event, &only, &mut last).await {
                         return;
                     }
                 }
@@ -271,7 +271,7 @@ impl Events {
                     tokio::select! {
                         received = live.recv() => match received {
                             Ok(event) if event.seq > last => {
-                                if !events.send(&tx, event, &only, &mut last).await {
+                                if !send(&tx, event, &only, &mut last).await {
                                     return;
                                 }
                             }
@@ -284,7 +284,7 @@ impl Events {
                     }
                 }
                 match events.subscribe(last) {
-                    Ok((b, l)) => (backlog, live) = (b.into_iter().collect(), l),
+                    Ok(next) => (backlog, live) = next,
                     Err(e) => {
                         tracing::warn!(error = %e, "a watcher fell too far behind; its stream ends");
                         return;
@@ -293,22 +293,16 @@ impl Events {
             }
         })
     }
+}
 
-    /// Sends `event` to `tx` when it is `only`'s (or `only` is empty); false when the
-    /// receiver went.
-    async fn send(
-        &self,
-        tx: &tokio::sync::mpsc::Sender<pb::Event>,
-        event: pb::Event,
-        only: &str,
-        last: &mut u64,
-    ) -> bool {
-        *last = event.seq;
-        if !only.is_empty() && event.container_id != only {
-            return true;
-        }
-        tx.send(event).await.is_ok()
+/// Sends `event` to `tx` when it is `only`'s (or `only` is empty); false when the
+/// receiver went.
+async fn send(tx: &tokio::sync::mpsc::Sender<pb::Event>, event: pb::Event, only: &str, last: &mut u64) -> bool {
+    *last = event.seq;
+    if !only.is_empty() && event.container_id != only {
+        return true;
     }
+    tx.send(event).await.is_ok()
 }
 
 impl Inner {

@@ -326,7 +326,7 @@ impl Runtime {
 
     /// Gives `ports` their host ports, given `ours`, every container of ours (the create lock is
     /// held by the caller).
-    fn assign_ports(&self, ports: &mut [Port], ours: &[ContainerSummary]) -> Result<(), RuntimeError> {
+    pub(super) fn assign_ports(&self, ports: &mut [Port], ours: &[ContainerSummary]) -> Result<(), RuntimeError> {
         let in_use = crate::ports::held(ours.iter().filter_map(|c| c.labels.as_ref()));
         let ip = self.ports.probe_ip();
         let assigned = self.ports.allocate(ports, &in_use, |port, udp| crate::ports::bindable(ip, port, udp));

@@ -70,12 +70,13 @@ impl Runtime {
     /// recorded: the container stays stopped across restarts of the node and the host.
     pub async fn stop(&self, id: &str, timeout_seconds: u32, by: &str) -> Result<pb::Container, RuntimeError> {
         let inspect = self.ours(id).await?;
-        let who = if by.is_empty() { "a stop request".to_owned() } else { format!("by {by}") };
+        const REQUEST: &str = "a stop request";
+        let who = if by.is_empty() { REQUEST.to_owned() } else { format!("by {by}") };
         self.intend(id, &Intent::Stopped(who));
         if inspect.state.as_ref().and_then(|s| s.running) == Some(true) {
             self.container_event(pb::EventKind::Stopped, id, &labels_of(&inspect), |e| {
-                e.by = if by.is_empty() { "a stop request".to_owned() } else { by.to_owned() };
-                e.reason = "a stop request".to_owned();
+                e.by = if by.is_empty() { REQUEST } else { by }.to_owned();
+                e.reason = REQUEST.to_owned();
             })
             .await;
         }

@@ -72,11 +72,11 @@ impl Runtime {
                 return Err(invalid(&format!("add_ports[{i}]"), message));
             }
         }
-        let held = crate::ports::held(self.engine.list_ours().await?.iter().filter_map(|c| c.labels.as_ref()));
-        let ip = self.ports.probe_ip();
-        self.ports
-            .allocate(&mut ports, &held, |port, udp| crate::ports::bindable(ip, port, udp))
-            .map_err(RuntimeError::AddPorts)?;
+        // As a create's: the ports every container of ours holds are skipped.
+        self.assign_ports(&mut ports, &self.engine.list_ours().await?).map_err(|e| match e {
+            RuntimeError::Ports(p) => RuntimeError::AddPorts(p),
+            other => other,
+        })?;
         all.extend(ports.iter().copied());
         let running = inspect.state.as_ref().and_then(|s| s.running) == Some(true);
         let added: Vec<String> =
