@@ -241,6 +241,11 @@ def curl_health(port):
 
 
 def service_pids(node):
+    return {s.name: s.pid for s in service_statuses(node)}
+
+
+def service_statuses(node):
+    """The launcher's `Status` of each service (pid, state, restarts)."""
     from test_grpc_clients import SERVICES  # noqa: F401 (the same node layout)
 
     with open_channel(node.socket("launcher")) as channel:
@@ -253,7 +258,7 @@ def service_pids(node):
             request_serializer=lambda r: r.SerializeToString(),
             response_deserializer=response.FromString,
         )
-        return {s.name: s.pid for s in call(request, timeout=5).services}
+        return list(call(request, timeout=5).services)
 
 
 def wait_health(port, code, timeout=20):
@@ -283,10 +288,20 @@ def test_curl_health_follows_services_down_and_back(node):
     finally:
         os.kill(pids["gpu-monitor"], signal.SIGCONT)
     wait_health(node.health_port, 200)
-    # A killed service is restarted by the launcher and /health comes back to 200.
+    # A killed service is restarted by the launcher and /health comes back to 200. /health
+    # answers from a probe at most a second old (HEALTH_CACHE), so a 200 right after the kill
+    # may be from before it: the 200 counted is one probed after the new process is SERVING.
+    runtime = next(s for s in service_statuses(node) if s.name == "container-runtime")
     os.kill(pids["container-runtime"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while True:
+        now = next(s for s in service_statuses(node) if s.name == "container-runtime")
+        if now.restarts > runtime.restarts and now.pid not in (0, runtime.pid) and now.state == runtime.state:
+            break
+        assert time.monotonic() < deadline, f"container-runtime not restarted: {now}"
+        time.sleep(0.05)
+    time.sleep(1.1)
     wait_health(node.health_port, 200)
-    assert service_pids(node)["container-runtime"] != pids["container-runtime"]
 
 
 def test_ctl_reads_a_bittensor_hotkey_file(node, tmp_path):
