@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::clock::ManualClock;
 use common::hotkey::HotkeyPair;
+use common::identity::ExecutorIdentity;
 use executor_api::auth::{
     Authenticator, HOTKEY_HEADER, NONCE_HEADER, Policy, Reason, SCHEME, SCHEME_HEADER, SIGNATURE_HEADER,
     TIMESTAMP_HEADER, canonical_string, sha256,
@@ -20,7 +21,8 @@ use http::{HeaderMap, HeaderValue};
 const ALICE_SEED: &str = "0xe5be9a5092b81bca64be81d212e7f2f9eba183bb7a90954f7b76361f6edb5c0a";
 const NOW: u64 = 1_800_000_000;
 const WINDOW: u64 = 60;
-const EXECUTOR_ID: &str = "executor-fuzz";
+/// The identity seed of the executor under test; another seed is another executor.
+const EXECUTOR_SEED: [u8; 32] = [1; 32];
 const HEADERS: [&str; 4] = [HOTKEY_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER];
 
 fn alice() -> &'static HotkeyPair {
@@ -30,20 +32,26 @@ fn alice() -> &'static HotkeyPair {
 
 /// A fresh authenticator of this executor at `NOW`, so every input starts with no nonce seen.
 fn authenticator() -> Authenticator {
-    authenticator_of(EXECUTOR_ID)
+    authenticator_of(EXECUTOR_SEED)
 }
 
-/// A fresh authenticator of the executor `executor_id` at `NOW`; its process started an hour
-/// before, so that the whole window is after the start.
-fn authenticator_of(executor_id: &str) -> Authenticator {
+fn executor_id() -> String {
+    ExecutorIdentity::from_seed(EXECUTOR_SEED).executor_id()
+}
+
+/// A fresh authenticator of the executor with the identity `seed` at `NOW`; its process
+/// started an hour before, so that the whole window is after the start.
+fn authenticator_of(seed: [u8; 32]) -> Authenticator {
     let clock = Arc::new(ManualClock::default());
     clock.advance(Duration::from_secs(NOW - 3600));
     let policy = Policy {
         miner: alice().hotkey().clone(),
-        executor_id: executor_id.into(),
+        identity: Arc::new(ExecutorIdentity::from_seed(seed)),
         window: Duration::from_secs(WINDOW),
         per_minute: 1000,
         failures_per_minute: 1000,
+        session_ttl: Duration::from_secs(3600),
+        max_sessions: 4,
     };
     let auth = Authenticator::new(policy, clock.clone()).expect("//Alice is a valid miner key");
     clock.advance(Duration::from_secs(3600));
@@ -102,7 +110,8 @@ pub(crate) fn check(data: &[u8]) {
         (16..=64).contains(&nonce.len()) && nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     let skew = raw[1].len() as u64 * 7;
     let timestamp = if raw[1].first() == Some(&b'-') { NOW - skew } else { NOW + skew };
-    let signature = alice().sign(canonical_string(EXECUTOR_ID, &method, timestamp, &nonce, &sha256(body)).as_bytes());
+    let signature =
+        alice().sign(canonical_string(&executor_id(), &method, timestamp, &nonce, &sha256(body)).as_bytes());
     let hex = match raw[3].len() % 3 {
         0 => hex::encode(signature),
         1 => format!("0x{}", hex::encode(signature)),
@@ -129,7 +138,7 @@ pub(crate) fn check(data: &[u8]) {
         expect_refused(&auth, &method, &signed, &tampered, Reason::BadSignature);
         expect_refused(&auth, &format!("{method}x"), &signed, body, Reason::BadSignature);
         // Signed for another executor of the same miner.
-        let elsewhere = authenticator_of("executor-other");
+        let elsewhere = authenticator_of([2; 32]);
         expect_refused(&elsewhere, &method, &signed, body, Reason::BadSignature);
         assert_eq!(auth.check(&method, &signed, body).as_ref().map_err(|f| f.reason), Ok(alice().hotkey()));
         expect_refused(&auth, &method, &signed, body, Reason::ReplayedNonce);

@@ -1,12 +1,14 @@
 """The public API with an independent client: grpcio, descriptors from server reflection only
 (no .proto files), requests signed with a real Bittensor keypair (`bittensor-wallet`).
 
-Covers what docs/api.md promises: signed calls work; unsigned, foreign, stale, replayed and
-tampered ones are refused with their reason codes, streaming calls included; the rate limit
-holds; TLS works; `GET /health` follows services going down and back. The connection caps and
-deadlines: test_doors.py."""
+Covers what docs/api.md promises: signed calls work, alone (scheme v2) or in a signed session
+(scheme v3, implemented here from the document with `cryptography`: X25519, HKDF-SHA256,
+HMAC-SHA256, ed25519); unsigned, foreign, stale, replayed and tampered ones are refused with
+their reason codes, streaming calls included; the rate limit holds; TLS works; `GET /health`
+follows services going down and back. The connection caps and deadlines: test_doors.py."""
 
 import hashlib
+import hmac
 import json
 import pathlib
 import secrets
@@ -52,14 +54,60 @@ def executor_id(channel):
     return dict(call.initial_metadata())["x-executor-id"]
 
 
-class Api:
-    """ExecutorApi from reflection alone, signing for the executor on the other end."""
+def executor_id_of(public_key):
+    """The id an ed25519 identity key gives (docs/api.md)."""
+    return "executor-" + hashlib.sha256(b"basilica/executor-id/v1" + public_key).digest()[:16].hex()
 
-    def __init__(self, channel):
+
+class Session:
+    """A signed session (scheme v3 of docs/api.md) opened by `keypair` with `api`'s executor."""
+
+    def __init__(self, api, keypair=ALICE):
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        secret = X25519PrivateKey.generate()
+        raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        client_key = secret.public_key().public_bytes(*raw)
+        answer = api.call("OpenSession", api.message("OpenSession", client_key=client_key), keypair=keypair, session=False)
+        self.answer = answer
+        # The executor is who its id says: the id derives from the key that signed the answer.
+        assert executor_id_of(answer.public_key) == api.executor_id, answer
+        lines = [api.executor_id, keypair.ss58_address, answer.session_id]
+        transcript = "\n".join(["basilica-executor-session-v1", *lines, client_key.hex(), answer.executor_key.hex(), str(answer.expires_at)])
+        Ed25519PublicKey.from_public_bytes(answer.public_key).verify(answer.signature, transcript.encode())
+        shared = secret.exchange(X25519PublicKey.from_public_bytes(answer.executor_key))
+        info = "\n".join(["basilica-executor-session-v1", *lines]).encode()
+        self.key = HKDF(hashes.SHA256(), 32, salt=client_key + answer.executor_key, info=info).derive(shared)
+        self.id = answer.session_id
+        self.executor_id = api.executor_id
+        self.counter = 0
+
+    def headers(self, method, request, counter=None):
+        """The four metadata entries of a call in this session (the next counter by default)."""
+        if counter is None:
+            self.counter += 1
+            counter = self.counter
+        digest = hashlib.sha256(request.SerializeToString()).hexdigest()
+        canonical = f"basilica-executor-api-v3\n{self.executor_id}\n{self.id}\n/{SERVICE}/{method}\n{counter}\n{digest}"
+        mac = hmac.new(self.key, canonical.encode(), hashlib.sha256).hexdigest()
+        return [("x-executor-auth", "v3"), ("x-executor-session", self.id), ("x-executor-counter", str(counter)), ("x-executor-mac", mac)]
+
+
+class Api:
+    """ExecutorApi from reflection alone, for the executor on the other end: //Alice's calls in
+    a signed session (opened with the first one), or each signed on its own (`sessions=False`,
+    or another keypair)."""
+
+    def __init__(self, channel, sessions=True):
         self.channel = channel
         self.executor_id = executor_id(channel)
         self.pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
         self.service = self.pool.FindServiceByName(SERVICE)
+        self.sessions = sessions
+        self.session = None
 
     def message(self, method, **fields):
         return message_factory.GetMessageClass(self.service.FindMethodByName(method).input_type)(**fields)
@@ -70,10 +118,15 @@ class Api:
         kind = self.channel.unary_stream if m.server_streaming else self.channel.unary_unary
         return kind(f"/{SERVICE}/{method}", request_serializer=lambda r: r.SerializeToString(), response_deserializer=response.FromString)
 
-    def call(self, method, request=None, metadata=None, keypair=ALICE):
+    def call(self, method, request=None, metadata=None, keypair=ALICE, session=None):
         request = request if request is not None else self.message(method)
         if metadata is None:
-            metadata = sign(keypair, self.executor_id, method, request)
+            if (self.sessions if session is None else session) and keypair is ALICE:
+                if self.session is None:
+                    self.session = Session(self, keypair)
+                metadata = self.session.headers(method, request)
+            else:
+                metadata = sign(keypair, self.executor_id, method, request)
         return self.stub(method)(request, metadata=metadata, timeout=10)
 
 
@@ -102,6 +155,35 @@ def test_signed_calls_with_a_bittensor_keypair(api):
     assert health.healthy, health
     listed = api.call("ListContainers", api.message("ListContainers", all=True))
     assert listed is not None
+
+
+def test_calls_in_a_signed_session(api):
+    """Scheme v3 from this independent implementation: the session's calls are answered, once
+    each, in any order within the window; a replay, a wrong MAC, an unknown session and a bad
+    client key are refused with their reasons; the per-call signature works beside it."""
+    session = Session(api)
+    assert session.answer.counter_window == 1024 and session.answer.expires_at > time.time() + 3000
+    identity = api.message("Identity")
+    for counter in (2, 1, 3):
+        answer = api.call("Identity", identity, metadata=session.headers("Identity", identity, counter))
+        assert answer.managing_miner_hotkey == ALICE.ss58_address
+    refused(lambda: api.call("Identity", identity, metadata=session.headers("Identity", identity, 2)), grpc.StatusCode.UNAUTHENTICATED, "replayed_counter")
+    forged = session.headers("Identity", identity, 4)
+    forged[3] = ("x-executor-mac", "00" * 32)
+    refused(lambda: api.call("Identity", identity, metadata=forged), grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
+    # The MAC covers the method: moved to another one, it fails.
+    moved = session.headers("Identity", identity, 5)
+    refused(lambda: api.call("DetailedHealth", api.message("DetailedHealth"), metadata=moved), grpc.StatusCode.UNAUTHENTICATED, "bad_signature")
+    gone = session.headers("Identity", identity, 6)
+    gone[1] = ("x-executor-session", "0" * 32)
+    refused(lambda: api.call("Identity", identity, metadata=gone), grpc.StatusCode.UNAUTHENTICATED, "unknown_session")
+    # A streaming call in the session.
+    stream = api.call("WatchEvents", api.message("WatchEvents", after_seq=0), metadata=session.headers("WatchEvents", api.message("WatchEvents", after_seq=0)))
+    stream.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        api.call("OpenSession", api.message("OpenSession", client_key=b"short"), session=False)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and info.value.details().startswith("client_key: 5 bytes"), info.value
+    assert api.call("Identity", session=False).managing_miner_hotkey == ALICE.ss58_address
 
 
 def test_the_guides_health_name_through_reflection(api):
@@ -199,7 +281,7 @@ def health_check(port):
 
 def test_more_than_the_rate_limit_is_refused(small_node):
     with open_channel(f"127.0.0.1:{small_node.grpc_port}") as channel:
-        api = Api(channel)
+        api = Api(channel, sessions=False)
         for _ in range(5):
             api.call("Identity")
         refused(lambda: api.call("Identity"), grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited")

@@ -2,15 +2,18 @@
 //!
 //! One process serves the public API twice on loopback, through the same [`serve_public`] (same
 //! layer, metrics recorder, limits and handlers): once with the authenticator, once without it.
-//! [`CLIENTS`] concurrent callers over [`CONNECTIONS`] connections, the two modes alternating
-//! [`ROUNDS`] times, for two calls:
+//! [`CLIENTS`] concurrent callers over [`CONNECTIONS`] connections, three modes alternating
+//! [`ROUNDS`] times (no authentication; each call signed on its own, scheme v2; calls in one
+//! signed session, scheme v3), for two calls:
 //! - `Identity`, answered from memory: the API's own path is all there is, so this is the worst
 //!   case for the relative cost of a signature check;
 //! - `ListContainers`, forwarded to a real container-runtime (release build) and Docker: a call
 //!   that does something.
 //!
-//! Requests are signed before a phase starts, so the figures are the server's cost; what signing
-//! costs the client is printed on its own line.
+//! Per-call signatures are made before a phase starts, so the figures are the server's cost;
+//! what signing costs the client is printed on its own line. Session calls take their counter
+//! and MAC when they are sent, as a client does (a counter made long before its call could fall
+//! behind the window): that microsecond of the client's is inside their figures.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +51,16 @@ enum Workload {
 enum Call {
     Identity(tonic::Request<api::IdentityRequest>),
     List(tonic::Request<runtime::ListContainersRequest>),
+    /// In the client's session, authorized when sent.
+    InSession(Workload),
+}
+
+/// How calls are authenticated in a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    PerCall,
+    Session,
 }
 
 struct Phase {
@@ -64,13 +77,15 @@ async fn bench() -> anyhow::Result<()> {
     anyhow::ensure!(e2e::busybox_image().await, "needs the Docker engine (and busybox-static)");
     let _metrics = common::metrics::install("executor-api")?;
     let key = e2e::keys::alice();
+    // An executor identity of the bench's own, which signs the sessions it opens.
+    let identity = Arc::new(common::identity::ExecutorIdentity::from_seed([9; 32]));
     // A real container-runtime for the forwarded call; quiet logs.
     let test_config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n");
     let (_runtime_child, _) = crate::start_runtime(&root, &test_config).await?;
     let mut config: Config = Config::load(&test_config.path).map_err(anyhow::Error::msg)?.config;
     config.server.max_connections = 10_000;
     // The limit is far above what the bench sends: this measures authentication, not refusal.
-    let policy = Policy { per_minute: u32::MAX / 2, ..Policy::of(key.hotkey().clone(), "bench".into(), &config) };
+    let policy = Policy { per_minute: u32::MAX / 2, ..Policy::of(key.hotkey().clone(), identity.clone(), &config) };
     let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).map_err(anyhow::Error::msg)?);
     let shutdown = CancellationToken::new();
     let mut endpoints = Vec::new();
@@ -79,7 +94,14 @@ async fn bench() -> anyhow::Result<()> {
         endpoints.push(listener.local_addr()?);
         let server = config.server.clone();
         let dir = test_config.dir.path();
-        let api = Api::new(&config, "bench".into(), [0; 32], dir, dir.join("key"), test_config.path.clone());
+        let api = Api::new(
+            &config,
+            identity.executor_id(),
+            identity.public_key(),
+            dir,
+            dir.join("key"),
+            test_config.path.clone(),
+        );
         let shutdown = shutdown.clone();
         tokio::spawn(async move { executor_api::serve_public(listener, api, auth, &server, None, shutdown).await });
     }
@@ -91,7 +113,9 @@ async fn bench() -> anyhow::Result<()> {
         }
         channels.push(set);
     }
-    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice(), "bench");
+    let client = ExecutorClient::new(channels[1][0].clone(), e2e::keys::alice(), identity.executor_id());
+    // The session is opened before the figures: one OpenSession for the whole run.
+    client.identity().await.context("open the session")?;
     println!(
         "{CLIENTS} concurrent clients over {CONNECTIONS} connections, {ROUNDS} rounds per mode, {} cores, same process",
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -101,29 +125,33 @@ async fn bench() -> anyhow::Result<()> {
     let mut signed_calls = 0;
     for (workload, calls) in [(Workload::Identity, 20_000), (Workload::ListContainers, 2_000)] {
         // Warm-up: connections, allocators, caches.
-        run_phase(&channels[0], prepare(&client, false, workload, calls / 10)).await?;
-        run_phase(&channels[1], prepare(&client, true, workload, calls / 10)).await?;
-        let (mut plain, mut signed) = (Vec::new(), Vec::new());
+        for mode in [Mode::Off, Mode::PerCall, Mode::Session] {
+            let channels = if mode == Mode::Off { &channels[0] } else { &channels[1] };
+            run_phase(channels, &client, prepare(&client, mode, workload, calls / 10)).await?;
+        }
+        let (mut plain, mut signed, mut session) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            plain.push(run_phase(&channels[0], prepare(&client, false, workload, calls)).await?);
+            plain.push(run_phase(&channels[0], &client, prepare(&client, Mode::Off, workload, calls)).await?);
             let started = Instant::now();
-            let requests = prepare(&client, true, workload, calls);
+            let requests = prepare(&client, Mode::PerCall, workload, calls);
             sign_time += started.elapsed();
             signed_calls += calls;
-            signed.push(run_phase(&channels[1], requests).await?);
+            signed.push(run_phase(&channels[1], &client, requests).await?);
+            session.push(run_phase(&channels[1], &client, prepare(&client, Mode::Session, workload, calls)).await?);
         }
-        let (p, s) = (summary(&plain), summary(&signed));
+        let (p, s, v) = (summary(&plain), summary(&signed), summary(&session));
         println!("{workload:?}, {calls} calls a round:");
-        for (mode, (p50, p99, rate)) in [("authentication off", p), ("authentication on", s)] {
+        let rows = [("authentication off", p), ("signed per call (v2)", s), ("signed session (v3)", v)];
+        for (mode, (p50, p99, rate)) in rows {
             println!("  {mode:<34} {p50:>7.3} ms {p99:>7.3} ms {rate:>9.0} /s");
         }
-        println!(
-            "  {:<34} {:>9.2}x {:>9.2}x {:>12.2}x",
-            "on / off (throughput: off / on)",
-            s.0 / p.0,
-            s.1 / p.1,
-            p.2 / s.2
-        );
+        for (label, on, off) in [
+            ("per call / off (throughput: off / on)", s, p),
+            ("session / off (throughput: off / on)", v, p),
+            ("session / per call", v, s),
+        ] {
+            println!("  {label:<34} {:>9.2}x {:>9.2}x {:>12.2}x", on.0 / off.0, on.1 / off.1, off.2 / on.2);
+        }
     }
     shutdown.cancel();
     println!(
@@ -133,9 +161,11 @@ async fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prepare(client: &ExecutorClient, sign: bool, workload: Workload, calls: usize) -> Vec<Call> {
+fn prepare(client: &ExecutorClient, mode: Mode, workload: Workload, calls: usize) -> Vec<Call> {
+    let sign = mode == Mode::PerCall;
     (0..calls)
         .map(|_| match workload {
+            _ if mode == Mode::Session => Call::InSession(workload),
             Workload::Identity => {
                 let m = api::IdentityRequest {};
                 Call::Identity(if sign { client.signed("Identity", m) } else { tonic::Request::new(m) })
@@ -149,7 +179,7 @@ fn prepare(client: &ExecutorClient, sign: bool, workload: Workload, calls: usize
 }
 
 /// Sends `calls` with [`CLIENTS`] callers, each waiting for its answer before the next call.
-async fn run_phase(channels: &[Channel], calls: Vec<Call>) -> anyhow::Result<Phase> {
+async fn run_phase(channels: &[Channel], client: &ExecutorClient, calls: Vec<Call>) -> anyhow::Result<Phase> {
     let mut shares: Vec<Vec<Call>> = (0..CLIENTS).map(|_| Vec::new()).collect();
     for (i, call) in calls.into_iter().enumerate() {
         shares[i % CLIENTS].push(call);
@@ -160,6 +190,7 @@ async fn run_phase(channels: &[Channel], calls: Vec<Call>) -> anyhow::Result<Pha
         .enumerate()
         .map(|(i, share)| {
             let mut api = ExecutorApiClient::new(channels[i % channels.len()].clone());
+            let client = client.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(share.len());
                 for call in share {
@@ -167,6 +198,14 @@ async fn run_phase(channels: &[Channel], calls: Vec<Call>) -> anyhow::Result<Pha
                     match call {
                         Call::Identity(r) => drop(api.identity(r).await?),
                         Call::List(r) => drop(api.list_containers(r).await?),
+                        Call::InSession(Workload::Identity) => {
+                            let r = client.authorized("Identity", api::IdentityRequest {}).await?;
+                            drop(api.identity(r).await?)
+                        }
+                        Call::InSession(Workload::ListContainers) => {
+                            let m = runtime::ListContainersRequest { all: true, owner: String::new() };
+                            drop(api.list_containers(client.authorized("ListContainers", m).await?).await?)
+                        }
                     }
                     latencies.push(t.elapsed().as_secs_f64() * 1e3);
                 }

@@ -74,21 +74,30 @@ async fn bench() -> anyhow::Result<()> {
     anyhow::ensure!(e2e::busybox_image().await, "needs the Docker engine (and busybox-static)");
     let _metrics = common::metrics::install("executor-api")?;
     let key = e2e::keys::alice();
+    // An executor identity of the bench's own, which signs the sessions it opens.
+    let identity = Arc::new(common::identity::ExecutorIdentity::from_seed([9; 32]));
     let test_config = TestConfig::new("\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n");
     let (_runtime_child, mut runtime) = crate::start_runtime(&root, &test_config).await?;
     let config: Config = Config::load(&test_config.path).map_err(anyhow::Error::msg)?.config;
     let socket = config.docker.socket.trim_start_matches("unix://").to_owned();
-    let policy = Policy::of(key.hotkey().clone(), "bench".into(), &config);
+    let policy = Policy::of(key.hotkey().clone(), identity.clone(), &config);
     let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).map_err(anyhow::Error::msg)?);
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (server, dir) = (config.server.clone(), test_config.dir.path());
-    let api = Api::new(&config, "bench".into(), [0; 32], dir, dir.join("key"), test_config.path.clone());
+    let api = Api::new(
+        &config,
+        identity.executor_id(),
+        identity.public_key(),
+        dir,
+        dir.join("key"),
+        test_config.path.clone(),
+    );
     let stop = shutdown.clone();
     tokio::spawn(async move { executor_api::serve_public(listener, api, Some(auth), &server, None, stop).await });
     let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await.context("connect")?;
-    let client = ExecutorClient::new(channel, key, "bench");
+    let client = ExecutorClient::new(channel, key, identity.executor_id());
 
     let mut rentals = Vec::new();
     for _ in 0..RENTALS {

@@ -31,9 +31,10 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::attest::Attestor;
+use crate::auth::OpenError;
 use crate::errors::ApiError;
 use crate::exec::{ExecItem, ExecPlan, OUTPUT_QUEUE};
-use crate::layer::{Caller, RequestId};
+use crate::layer::{Caller, RequestId, SessionDoor};
 use crate::probes::{DockerFacts, Probes};
 
 /// Everything the handlers share.
@@ -169,6 +170,26 @@ type ExecStream = Pin<Box<dyn Stream<Item = ExecItem> + Send>>;
 impl ExecutorApiRpc for Api {
     async fn identity(&self, _request: Request<pb::IdentityRequest>) -> Result<Response<pb::IdentityResponse>, Status> {
         Ok(Response::new(self.inner.identity.clone()))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::OpenSessionResponse>, Status> {
+        let id = request_id(&request);
+        let (Some(Caller(hotkey)), Some(SessionDoor(auth))) =
+            (request.extensions().get::<Caller>(), request.extensions().get::<SessionDoor>())
+        else {
+            let message = "signed sessions need authentication, which this server does not do".to_owned();
+            return Err(ApiError::NotServed(message).into_status(&id));
+        };
+        auth.open_session(hotkey, &request.get_ref().client_key).map(Response::new).map_err(|e| {
+            match e {
+                OpenError::ClientKey(message) => ApiError::InvalidArgument { field: "client_key", message },
+                OpenError::Random(message) => ApiError::Internal(message),
+            }
+            .into_status(&id)
+        })
     }
 
     async fn detailed_health(

@@ -1,6 +1,14 @@
-//! The miner-side client of the public API: every call signed with the miner's hotkey for one
-//! executor, as [`crate::auth`] describes. `executor ctl` and the end-to-end tests use it; a
-//! miner written in Rust can too.
+//! The miner-side client of the public API: calls authenticated for one executor, as
+//! [`crate::auth`] describes. `executor ctl` and the end-to-end tests use it; a miner written in
+//! Rust can too.
+//!
+//! By default the client opens a signed session (scheme v3) with its first call and puts its
+//! calls in it: one sr25519 signature for `OpenSession`, then an HMAC per call. It checks the
+//! executor's answer against the executor id (the id derives from the ed25519 key that signs
+//! the answer), opens a new session when the old one is about to expire, and, when the
+//! executor says it no longer knows the session (it restarted), opens a new one and sends the
+//! call again: the executor refused it before doing anything. [`ExecutorClient::per_call`]
+//! signs every call instead (scheme v2).
 //!
 //! Signatures name the executor, so the client needs its id: [`ExecutorClient::connect`]
 //! learns it from the `x-executor-id` header of a health check, and
@@ -18,7 +26,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use common::hotkey::HotkeyPair;
@@ -30,7 +40,9 @@ use common::proto::runtime::v1 as runtime;
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Request, Status, Streaming};
+use tonic::{Code, Request, Status, Streaming};
+
+use crate::errors::client_side;
 
 /// Why a connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +63,22 @@ pub struct ExecutorClient {
     api: ExecutorApiClient<Channel>,
     key: Arc<HotkeyPair>,
     executor_id: Arc<str>,
+    /// The signed session calls go in; `None`: every call signed on its own.
+    sessions: Option<Arc<tokio::sync::Mutex<Option<Arc<ClientSession>>>>>,
 }
+
+/// A session this client opened.
+#[derive(Debug)]
+struct ClientSession {
+    id: String,
+    key: [u8; 32],
+    /// The last counter used.
+    counter: AtomicU64,
+    expires_at: u64,
+}
+
+/// A session this close to its end is not used for new calls: a new one is opened.
+const SESSION_MARGIN: Duration = Duration::from_secs(60);
 
 const PREFIX: &str = "/executor.api.v1.ExecutorApi/";
 
@@ -59,8 +86,7 @@ macro_rules! unary {
     ($(#[$doc:meta])* $name:ident, $method:literal, $req:ty => $resp:ty) => {
         $(#[$doc])*
         pub async fn $name(&self, request: $req) -> Result<$resp, Status> {
-            let request = self.signed($method, request);
-            Ok(self.api.clone().$name(request).await?.into_inner())
+            self.call($method, request, |mut api, r| async move { api.$name(r).await }).await
         }
     };
 }
@@ -106,9 +132,21 @@ impl ExecutorClient {
         Ok(Self::new(channel, key, found))
     }
 
-    /// A client over an existing channel, signing for the executor `executor_id`.
+    /// A client over an existing channel, for the executor `executor_id`, its calls in a
+    /// signed session.
     pub fn new(channel: Channel, key: HotkeyPair, executor_id: impl Into<Arc<str>>) -> Self {
-        Self { api: ExecutorApiClient::new(channel), key: Arc::new(key), executor_id: executor_id.into() }
+        Self {
+            api: ExecutorApiClient::new(channel),
+            key: Arc::new(key),
+            executor_id: executor_id.into(),
+            sessions: Some(Arc::default()),
+        }
+    }
+
+    /// This client with every call signed on its own (scheme v2) rather than in a session.
+    pub fn per_call(mut self) -> Self {
+        self.sessions = None;
+        self
     }
 
     /// A client over an existing channel, for the executor that answers on it.
@@ -133,28 +171,129 @@ impl ExecutorClient {
         let timestamp = std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let path = format!("{PREFIX}{method}");
         let headers = crate::auth::sign(&self.key, &self.executor_id, &path, &message.encode_to_vec(), timestamp);
-        let mut request = Request::new(message);
-        for (name, value) in headers {
-            if let Ok(value) = MetadataValue::try_from(value.as_str()) {
-                request.metadata_mut().insert(name, value);
+        with_metadata(Request::new(message), headers)
+    }
+
+    /// `message` as a request to `method` in this client's session (opened or renewed first
+    /// if need be), or signed on its own for a per-call client; with the session's id.
+    pub async fn authorized<T: Message>(&self, method: &str, message: T) -> Result<Request<T>, Status> {
+        Ok(self.authorize(method, message, None).await?.0)
+    }
+
+    async fn authorize<T: Message>(
+        &self,
+        method: &str,
+        message: T,
+        stale: Option<&str>,
+    ) -> Result<(Request<T>, Option<String>), Status> {
+        let Some(slot) = &self.sessions else {
+            return Ok((self.signed(method, message), None));
+        };
+        let session = {
+            let mut current = slot.lock().await;
+            let now = unix_now();
+            match current.as_ref() {
+                Some(s) if Some(s.id.as_str()) != stale && s.expires_at > now + SESSION_MARGIN.as_secs() => s.clone(),
+                _ => {
+                    let opened = Arc::new(self.open_session().await?);
+                    *current = Some(opened.clone());
+                    opened
+                }
             }
+        };
+        let counter = session.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let path = format!("{PREFIX}{method}");
+        let headers = crate::auth::signing::session_headers(
+            &session.key,
+            &self.executor_id,
+            &session.id,
+            &path,
+            counter,
+            &message.encode_to_vec(),
+        );
+        Ok((with_metadata(Request::new(message), headers), Some(session.id.clone())))
+    }
+
+    /// `OpenSession`, signed on its own; the answer checked against this executor's id.
+    async fn open_session(&self) -> Result<ClientSession, Status> {
+        use crate::auth::signing;
+        let (secret, client_key) = signing::session_keypair()
+            .map_err(|e| client_side(Code::Internal, format!("no randomness for a session key: {e}")))?;
+        let request = self.signed("OpenSession", pb::OpenSessionRequest { client_key: client_key.to_vec() });
+        let answer = self.api.clone().open_session(request).await?.into_inner();
+        let bad = |why: String| client_side(Code::Unauthenticated, format!("the executor's OpenSession answer: {why}"));
+        let public_key: [u8; 32] =
+            answer.public_key.as_slice().try_into().map_err(|_| bad("public_key is not 32 bytes".into()))?;
+        let found = common::identity::executor_id_of(&public_key);
+        if found != *self.executor_id {
+            return Err(bad(format!("signed by {found}, not {}", self.executor_id)));
         }
-        request
+        let executor_key: [u8; 32] =
+            answer.executor_key.as_slice().try_into().map_err(|_| bad("executor_key is not 32 bytes".into()))?;
+        if answer.session_id.len() != 32 || !answer.session_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("session_id is not 32 hex digits".into()));
+        }
+        let hotkey = self.key.hotkey().to_string();
+        let transcript = signing::session_transcript(
+            &self.executor_id,
+            &hotkey,
+            &answer.session_id,
+            &client_key,
+            &executor_key,
+            answer.expires_at,
+        );
+        let verifying = ed25519_dalek::VerifyingKey::from_bytes(&public_key).map_err(|e| bad(e.to_string()))?;
+        let signature = ed25519_dalek::Signature::from_slice(&answer.signature).map_err(|e| bad(e.to_string()))?;
+        verifying
+            .verify_strict(transcript.as_bytes(), &signature)
+            .map_err(|_| bad("the signature does not verify".into()))?;
+        let key = signing::session_key(
+            &secret,
+            &executor_key,
+            &client_key,
+            &executor_key,
+            &self.executor_id,
+            &hotkey,
+            &answer.session_id,
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(ClientSession { id: answer.session_id, key, counter: AtomicU64::new(0), expires_at: answer.expires_at })
+    }
+
+    /// Sends `message` to `method` with `send`; a call refused because the executor no longer
+    /// knows the session (it restarted) is sent again in a new one.
+    async fn call<T, R, F, Fut>(&self, method: &str, message: T, send: F) -> Result<R, Status>
+    where
+        T: Message + Clone,
+        F: Fn(ExecutorApiClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let (request, session) = self.authorize(method, message.clone(), None).await?;
+        match send(self.api.clone(), request).await {
+            Err(status) if session.is_some() && session_gone(&status) => {
+                let (request, _) = self.authorize(method, message, session.as_deref()).await?;
+                Ok(send(self.api.clone(), request).await?.into_inner())
+            }
+            answer => Ok(answer?.into_inner()),
+        }
     }
 
     pub async fn identity(&self) -> Result<pb::IdentityResponse, Status> {
-        let request = self.signed("Identity", pb::IdentityRequest {});
-        Ok(self.api.clone().identity(request).await?.into_inner())
+        self.call("Identity", pb::IdentityRequest {}, |mut api, r| async move { api.identity(r).await }).await
     }
 
     pub async fn detailed_health(&self) -> Result<pb::DetailedHealthResponse, Status> {
-        let request = self.signed("DetailedHealth", pb::DetailedHealthRequest {});
-        Ok(self.api.clone().detailed_health(request).await?.into_inner())
+        self.call(
+            "DetailedHealth",
+            pb::DetailedHealthRequest {},
+            |mut api, r| async move { api.detailed_health(r).await },
+        )
+        .await
     }
 
     pub async fn system_profile(&self) -> Result<pb::SystemProfileResponse, Status> {
-        let request = self.signed("SystemProfile", pb::SystemProfileRequest {});
-        Ok(self.api.clone().system_profile(request).await?.into_inner())
+        self.call("SystemProfile", pb::SystemProfileRequest {}, |mut api, r| async move { api.system_profile(r).await })
+            .await
     }
 
     unary!(create_container, "CreateContainer", runtime::CreateContainerRequest => runtime::Container);
@@ -191,8 +330,7 @@ impl ExecutorClient {
         &self,
         request: pb::ExecContainerRequest,
     ) -> Result<Streaming<pb::ExecContainerOutput>, Status> {
-        let request = self.signed("ExecContainer", request);
-        Ok(self.api.clone().exec_container(request).await?.into_inner())
+        self.call("ExecContainer", request, |mut api, r| async move { api.exec_container(r).await }).await
     }
 
     /// A container's logs, streamed.
@@ -200,8 +338,7 @@ impl ExecutorClient {
         &self,
         request: runtime::PullImageRequest,
     ) -> Result<Streaming<runtime::PullProgress>, Status> {
-        let request = self.signed("PullImage", request);
-        Ok(self.api.clone().pull_image(request).await?.into_inner())
+        self.call("PullImage", request, |mut api, r| async move { api.pull_image(r).await }).await
     }
 
     /// The node's events after `request.after_seq` (or only new ones), then each as it happens.
@@ -209,14 +346,30 @@ impl ExecutorClient {
         &self,
         request: runtime::WatchEventsRequest,
     ) -> Result<Streaming<runtime::Event>, Status> {
-        let request = self.signed("WatchEvents", request);
-        Ok(self.api.clone().watch_events(request).await?.into_inner())
+        self.call("WatchEvents", request, |mut api, r| async move { api.watch_events(r).await }).await
     }
 
     pub async fn stream_logs(&self, request: runtime::LogsRequest) -> Result<Streaming<runtime::LogChunk>, Status> {
-        let request = self.signed("StreamLogs", request);
-        Ok(self.api.clone().stream_logs(request).await?.into_inner())
+        self.call("StreamLogs", request, |mut api, r| async move { api.stream_logs(r).await }).await
     }
+}
+
+fn with_metadata<T, const N: usize>(mut request: Request<T>, headers: [(&'static str, String); N]) -> Request<T> {
+    for (name, value) in headers {
+        if let Ok(value) = MetadataValue::try_from(value.as_str()) {
+            request.metadata_mut().insert(name, value);
+        }
+    }
+    request
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Whether the executor refused a call because it does not know its session (any more).
+fn session_gone(status: &Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated && status.message().starts_with("unknown_session:")
 }
 
 /// The executor id in the `x-executor-id` header of a health check's answer (health is open).

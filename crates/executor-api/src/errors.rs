@@ -105,7 +105,9 @@ pub fn auth_code(reason: AuthReason) -> (Code, Reason) {
         | AuthReason::MalformedBody
         | AuthReason::StaleTimestamp
         | AuthReason::BadSignature
-        | AuthReason::ReplayedNonce => (Code::Unauthenticated, Reason::BadSignature),
+        | AuthReason::ReplayedNonce
+        | AuthReason::UnknownSession
+        | AuthReason::ReplayedCounter => (Code::Unauthenticated, Reason::BadSignature),
     }
 }
 
@@ -175,6 +177,12 @@ impl ApiError {
         };
         refused(peer, refusal, request_id)
     }
+}
+
+/// A status the miner-side client makes itself (the executor's answer to OpenSession did not
+/// check out, the client had no randomness): never sent by a server.
+pub fn client_side(code: Code, message: String) -> Status {
+    Status::new(code, message)
 }
 
 /// The public status of `refusal`, which `peer` gave, by [`policy`].

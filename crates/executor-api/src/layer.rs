@@ -42,6 +42,11 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct Caller(pub Hotkey);
 
+/// The authenticator, in the extensions of an authenticated `OpenSession` call only: its
+/// handler opens the session there.
+#[derive(Debug, Clone)]
+pub struct SessionDoor(pub Arc<Authenticator>);
+
 /// The id of one call, in the request extensions, the span, the response header and any
 /// internal-error status message.
 #[derive(Debug, Clone)]
@@ -88,6 +93,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/executor.api.v1.ExecutorApi/RemoveContainerKey",
     "/executor.api.v1.ExecutorApi/ListContainerKeys",
     "/executor.api.v1.ExecutorApi/RunAttestation",
+    "/executor.api.v1.ExecutorApi/OpenSession",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/health.v1.Health/Check",
@@ -108,6 +114,11 @@ pub fn describe_metrics() {
         "Public gRPC call latency by method, from request headers to the final status."
     );
     metrics::describe_counter!("executor_api_auth_failures_total", "Refused public gRPC calls by reason code.");
+    metrics::describe_counter!(
+        "executor_api_sessions_opened_total",
+        "Signed sessions opened (OpenSession), since executor-api started."
+    );
+    metrics::counter!("executor_api_sessions_opened_total").absolute(0);
     for reason in Reason::ALL {
         metrics::counter!("executor_api_auth_failures_total", "reason" => reason.as_str()).absolute(0);
     }
@@ -229,6 +240,9 @@ where
                             peer.authenticated();
                         }
                         request = admitted;
+                        if path == auth::OPEN_SESSION_METHOD {
+                            request.extensions_mut().insert(SessionDoor(auth.clone()));
+                        }
                     }
                     Ok(Err(failure)) => {
                         if let Some(key) = key.filter(|_| failure.reason.is_failure()) {

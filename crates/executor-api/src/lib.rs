@@ -114,7 +114,7 @@ impl Service for ExecutorApi {
     async fn build(ctx: &ServiceContext) -> Result<Self, BoxError> {
         let miner = ctx.loaded.require_miner_hotkey()?.clone();
         let config = ctx.config();
-        let identity = ExecutorIdentity::load_or_create(&config.data_dir)?;
+        let identity = Arc::new(ExecutorIdentity::load_or_create(&config.data_dir)?);
         let tls = tls_config(&config.server)?;
         let grpc = bind(SocketAddr::new(config.server.host, *config.server.port), "server.port").await?;
         let http = bind(SocketAddr::new(config.server.host, *config.server.health_port), "server.health_port").await?;
@@ -128,7 +128,7 @@ impl Service for ExecutorApi {
             config.data_dir.join(IDENTITY_FILE),
             ctx.loaded.path.clone(),
         );
-        let policy = auth::Policy::of(miner, identity.executor_id(), config);
+        let policy = auth::Policy::of(miner, identity.clone(), config);
         let auth = Arc::new(Authenticator::new(policy, Arc::new(SystemClock))?);
         Ok(Self { grpc, http, api, auth, tls })
     }

@@ -64,6 +64,12 @@ pub struct ServerConfig {
     /// IPv4 address, or an IPv6 /64) may make a minute, a burst of that many; past it the
     /// address's calls are refused before their bodies are read or their signatures checked.
     pub auth_failures_per_minute: u32,
+    /// A signed session (`OpenSession`, scheme v3 of docs/api.md) ends this long after it was
+    /// opened; calls on it are then refused (`unknown_session`) and the client opens another.
+    #[serde(with = "human_duration")]
+    pub session_ttl: Duration,
+    /// Signed sessions open at once; opening one more ends the one used least recently.
+    pub max_sessions: u32,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +92,8 @@ impl Default for ServerConfig {
             tls_key_path: None,
             auth_time_window: Duration::from_secs(60),
             auth_failures_per_minute: 60,
+            session_ttl: Duration::from_secs(3600),
+            max_sessions: 64,
         }
     }
 }
@@ -108,11 +116,13 @@ impl ServerConfig {
             v.range("server.max_connections_per_ip", self.max_connections_per_ip as f64, 1.0, 1_000_000.0);
         }
         v.range("server.auth_failures_per_minute", self.auth_failures_per_minute as f64, 1.0, 1_000_000.0);
+        v.range("server.max_sessions", self.max_sessions as f64, 1.0, 100_000.0);
         for (key, value, min, max) in [
             ("server.request_timeout", self.request_timeout, Duration::from_millis(100), Duration::from_secs(3600)),
             ("server.keepalive_interval", self.keepalive_interval, Duration::from_secs(1), Duration::from_secs(86_400)),
             ("server.keepalive_timeout", self.keepalive_timeout, Duration::from_secs(1), Duration::from_secs(3600)),
             ("server.auth_time_window", self.auth_time_window, Duration::from_secs(1), Duration::from_secs(3600)),
+            ("server.session_ttl", self.session_ttl, Duration::from_secs(60), Duration::from_secs(86_400)),
             ("server.handshake_timeout", self.handshake_timeout, Duration::from_millis(100), Duration::from_secs(300)),
             (
                 "server.max_connection_age",

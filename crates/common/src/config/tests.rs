@@ -210,6 +210,8 @@ fn bad_values_name_key_and_file() {
     check_err("[server]\nhandshake_timeout = \"10ms\"", &["key `server.handshake_timeout`", "between 100ms and 5m"]);
     check_err("[server]\nauth_failures_per_minute = 0", &["key `server.auth_failures_per_minute`", "out of range"]);
     check_err("[server]\nmax_connection_age = \"1s\"", &["key `server.max_connection_age`", "between 1m and 30days"]);
+    check_err("[server]\nsession_ttl = \"10s\"", &["key `server.session_ttl`", "between 1m and 1day"]);
+    check_err("[server]\nmax_sessions = 0", &["key `server.max_sessions`", "out of range"]);
     check_err("[server]\ntls_cert_path = \"c.pem\"", &["key `server.tls_key_path`: required"]);
     check_err("[server]\ntls_key_path = \"k.pem\"", &["key `server.tls_cert_path`: required"]);
 }

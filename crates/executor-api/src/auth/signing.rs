@@ -93,6 +93,131 @@ pub fn sign(
     ]
 }
 
+/// The value of [`SCHEME_HEADER`] for a call in a signed session (scheme v3): the call carries
+/// [`SESSION_HEADER`], [`COUNTER_HEADER`] and [`MAC_HEADER`] instead of the per-call signature.
+pub const SESSION_SCHEME: &str = "v3";
+/// The session id `OpenSession` answered.
+pub const SESSION_HEADER: &str = "x-executor-session";
+/// Decimal, from 1; each counter is accepted once (see [`COUNTER_WINDOW`]).
+pub const COUNTER_HEADER: &str = "x-executor-counter";
+/// Hex of HMAC-SHA256 under the session key over [`session_canonical_string`].
+pub const MAC_HEADER: &str = "x-executor-mac";
+/// First line of a session call's canonical string.
+pub const SESSION_PREFIX: &str = "basilica-executor-api-v3";
+/// First line of the transcript the executor signs when it opens a session, and of the HKDF
+/// info: never the first line of anything else signed or derived here.
+pub const TRANSCRIPT_PREFIX: &str = "basilica-executor-session-v1";
+/// How far behind the highest counter seen a counter is still accepted (once): calls sent at
+/// once over HTTP/2 may arrive in any order.
+pub const COUNTER_WINDOW: u64 = 1024;
+/// The method that opens sessions: per-call signature only.
+pub const OPEN_SESSION_METHOD: &str = "/executor.api.v1.ExecutorApi/OpenSession";
+
+/// The string a session call's MAC covers: `basilica-executor-api-v3\n<executor id>\n<session
+/// id>\n<method path>\n<counter>\n<hex sha256 of the message>`.
+pub fn session_canonical_string(
+    executor_id: &str,
+    session_id: &str,
+    method: &str,
+    counter: u64,
+    message_sha256: &[u8; 32],
+) -> String {
+    format!("{SESSION_PREFIX}\n{executor_id}\n{session_id}\n{method}\n{counter}\n{}", hex::encode(message_sha256))
+}
+
+/// What the executor signs (ed25519, its identity key) when it opens a session:
+/// `basilica-executor-session-v1\n<executor id>\n<hotkey>\n<session id>\n<hex client key>\n<hex
+/// executor key>\n<expires at>`.
+pub fn session_transcript(
+    executor_id: &str,
+    hotkey: &str,
+    session_id: &str,
+    client_key: &[u8; 32],
+    executor_key: &[u8; 32],
+    expires_at: u64,
+) -> String {
+    format!(
+        "{TRANSCRIPT_PREFIX}\n{executor_id}\n{hotkey}\n{session_id}\n{}\n{}\n{expires_at}",
+        hex::encode(client_key),
+        hex::encode(executor_key)
+    )
+}
+
+/// A fresh X25519 key pair: the secret and its public key.
+pub fn session_keypair() -> Result<(x25519_dalek::StaticSecret, [u8; 32]), getrandom::Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)?;
+    let secret = x25519_dalek::StaticSecret::from(seed);
+    let public = x25519_dalek::PublicKey::from(&secret).to_bytes();
+    Ok((secret, public))
+}
+
+/// Why two keys give no session key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the other side's X25519 key is a low-order point (no shared secret)")]
+pub struct LowOrderKey;
+
+/// The session key: HKDF-SHA256 with the X25519 shared secret of `secret` and `peer` as input,
+/// `client_key ‖ executor_key` as salt and `basilica-executor-session-v1\n<executor id>\n<hotkey>
+/// \n<session id>` as info; 32 bytes. A low-order `peer` (which forces a known secret) is refused.
+pub fn session_key(
+    secret: &x25519_dalek::StaticSecret,
+    peer: &[u8; 32],
+    client_key: &[u8; 32],
+    executor_key: &[u8; 32],
+    executor_id: &str,
+    hotkey: &str,
+    session_id: &str,
+) -> Result<[u8; 32], LowOrderKey> {
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(*peer));
+    if !shared.was_contributory() {
+        return Err(LowOrderKey);
+    }
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(client_key);
+    salt[32..].copy_from_slice(executor_key);
+    let info = format!("{TRANSCRIPT_PREFIX}\n{executor_id}\n{hotkey}\n{session_id}");
+    let mut key = [0u8; 32];
+    hkdf::Hkdf::<sha2_11::Sha256>::new(Some(&salt), shared.as_bytes())
+        .expand(info.as_bytes(), &mut key)
+        .map_err(|_| LowOrderKey)?;
+    Ok(key)
+}
+
+/// HMAC-SHA256 of `canonical` under `key`.
+pub fn session_mac(key: &[u8; 32], canonical: &str) -> [u8; 32] {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2_11::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(canonical.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// Whether `tag` is the MAC of `canonical` under `key`, compared in constant time.
+pub fn session_mac_matches(key: &[u8; 32], canonical: &str, tag: &[u8]) -> bool {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2_11::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(canonical.as_bytes());
+    mac.verify_slice(tag).is_ok()
+}
+
+/// The four metadata values of a call in a session.
+pub fn session_headers(
+    key: &[u8; 32],
+    executor_id: &str,
+    session_id: &str,
+    method: &str,
+    counter: u64,
+    message: &[u8],
+) -> [(&'static str, String); 4] {
+    let canonical = session_canonical_string(executor_id, session_id, method, counter, &sha256(message));
+    [
+        (SCHEME_HEADER, SESSION_SCHEME.to_owned()),
+        (SESSION_HEADER, session_id.to_owned()),
+        (COUNTER_HEADER, counter.to_string()),
+        (MAC_HEADER, hex::encode(session_mac(key, &canonical))),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,11 +13,9 @@ use common::hotkey::HotkeyPair;
 
 use common::proto::api::v1::executor_api_client::ExecutorApiClient;
 
-use crate::node::{Node, Options, channel_from};
+use crate::node::{Node, Options, channel_from, test_id};
 
 const GET: &str = "/executor.api.v1.ExecutorApi/GetContainer";
-/// The in-process node's executor id.
-const ID: &str = "executor-test";
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -64,14 +62,14 @@ async fn refusals_have_their_codes_and_reach_no_peer() {
     refused(raw.get_container(request).await.unwrap_err(), Code::Unauthenticated, "bad_signature", "bad_signature");
 
     // Malformed metadata: a signature that is not hex.
-    let mut headers = sign(alice, ID, GET, &c1().encode_to_vec(), now());
+    let mut headers = sign(alice, &test_id(), GET, &c1().encode_to_vec(), now());
     headers[4].1 = "zz".into();
     let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
     refused(err, Code::Unauthenticated, "malformed_metadata", "bad_signature");
 
     // Signed an hour ago, and an hour ahead.
     for timestamp in [now() - 3600, now() + 3600] {
-        let headers = sign(alice, ID, GET, &c1().encode_to_vec(), timestamp);
+        let headers = sign(alice, &test_id(), GET, &c1().encode_to_vec(), timestamp);
         let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
         refused(err, Code::Unauthenticated, "stale_timestamp", "bad_signature");
     }
@@ -88,7 +86,7 @@ async fn refusals_have_their_codes_and_reach_no_peer() {
 async fn a_nonce_is_spent_once() {
     let node = Node::start().await;
     let mut raw = node.raw();
-    let headers = sign(&node.alice, ID, GET, &c1().encode_to_vec(), now());
+    let headers = sign(&node.alice, &node.executor_id, GET, &c1().encode_to_vec(), now());
     raw.get_container(with_headers(c1(), &headers)).await.unwrap();
     let err = raw.get_container(with_headers(c1(), &headers)).await.unwrap_err();
     refused(err, Code::Unauthenticated, "replayed_nonce", "bad_signature");
@@ -102,12 +100,48 @@ async fn the_rate_limit_counts_signed_calls() {
     for _ in 0..3 {
         node.raw().get_container(c1()).await.unwrap_err();
     }
-    node.client.get_container(c1()).await.unwrap();
-    node.client.get_container(c1()).await.unwrap();
-    let err = node.client.get_container(c1()).await.unwrap_err();
+    let per_call = node.client.clone().per_call();
+    per_call.get_container(c1()).await.unwrap();
+    per_call.get_container(c1()).await.unwrap();
+    let err = per_call.get_container(c1()).await.unwrap_err();
     assert!(err.message().starts_with("rate_limited: more than 2 calls a minute"), "{err:?}");
     refused(err, Code::ResourceExhausted, "rate_limited", "limit_reached");
     assert_eq!(node.fakes.runtime.take_calls().len(), 2);
+    // Calls in a session count the same, OpenSession included.
+    let node = Node::with(Options { per_minute: 3, ..Options::default() }).await;
+    node.client.get_container(c1()).await.unwrap();
+    node.client.get_container(c1()).await.unwrap();
+    let err = node.client.get_container(c1()).await.unwrap_err();
+    refused(err, Code::ResourceExhausted, "rate_limited", "limit_reached");
+    assert_eq!(node.fakes.runtime.take_calls().len(), 2);
+}
+
+/// Issue 25 item 1: the client's calls go in a signed session; a captured session call is
+/// refused when replayed; a session the executor no longer knows (ended for a newer one, as
+/// after a restart) is reopened by the client, which sends the call again.
+#[tokio::test]
+async fn calls_in_a_session_are_replay_proof_and_reopened_when_gone() {
+    let node = Node::with(Options { max_sessions: Some(1), ..Options::default() }).await;
+    let captured = node.client.authorized("GetContainer", c1()).await.unwrap();
+    assert_eq!(captured.metadata().get("x-executor-auth").unwrap(), "v3");
+    let headers = captured.metadata().clone();
+    node.raw().get_container(captured).await.unwrap();
+    let mut replay = Request::new(c1());
+    *replay.metadata_mut() = headers;
+    let err = node.raw().get_container(replay).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "replayed_counter", "bad_signature");
+    assert_eq!(node.fakes.runtime.take_calls().len(), 1);
+    // Another client opens a session: max_sessions = 1 ends the first one.
+    let other = node.client_of(HotkeyPair::parse(e2e::ALICE_SEED).unwrap());
+    other.get_container(c1()).await.unwrap();
+    let stale = node.client.authorized("GetContainer", c1()).await.unwrap();
+    let err = node.raw().get_container(stale).await.unwrap_err();
+    refused(err, Code::Unauthenticated, "unknown_session", "bad_signature");
+    // The client itself reopens and sends the call again: the caller sees an answer.
+    node.client.get_container(c1()).await.unwrap();
+    assert_eq!(node.fakes.runtime.take_calls().len(), 2);
+    // The per-call signature keeps working beside sessions.
+    node.client.clone().per_call().get_container(c1()).await.unwrap();
 }
 
 #[tokio::test]
@@ -132,18 +166,18 @@ async fn every_answer_names_the_executor_and_clients_learn_it() {
     let node = Node::start().await;
     let mut health = tonic_health::pb::health_client::HealthClient::new(node.channel.clone());
     let answer = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
-    assert_eq!(answer.metadata().get("x-executor-id").unwrap(), ID);
+    assert_eq!(answer.metadata().get("x-executor-id").unwrap(), node.executor_id.as_str());
     let refusal = node.raw().get_container(c1()).await.unwrap_err();
-    assert_eq!(refusal.metadata().get("x-executor-id").unwrap(), ID);
+    assert_eq!(refusal.metadata().get("x-executor-id").unwrap(), node.executor_id.as_str());
 
     let endpoint = format!("http://{}", node.addr);
     let alice = || HotkeyPair::parse(e2e::ALICE_SEED).unwrap();
     let client = ExecutorClient::connect(&endpoint, None, alice()).await.unwrap();
-    assert_eq!(client.executor_id(), ID);
+    assert_eq!(client.executor_id(), node.executor_id);
     client.get_container(c1()).await.unwrap();
-    ExecutorClient::connect_pinned(&endpoint, None, alice(), Some(ID)).await.unwrap();
+    ExecutorClient::connect_pinned(&endpoint, None, alice(), Some(&node.executor_id)).await.unwrap();
     let other = ExecutorClient::connect_pinned(&endpoint, None, alice(), Some("executor-other")).await.unwrap_err();
-    assert_eq!(other.to_string(), format!("{endpoint} is {ID}, not the executor executor-other"));
+    assert_eq!(other.to_string(), format!("{endpoint} is {}, not the executor executor-other", node.executor_id));
 }
 
 /// Issue 17 item 9: the miner's hotkey is public, so a stranger's calls pass the header checks
@@ -157,8 +191,8 @@ async fn a_bad_signature_flood_is_refused_before_bodies_are_read() {
     let mut raw = ExecutorApiClient::new(channel);
     // A well-formed sr25519 signature by the miner, over another call: it takes a full check.
     let forged = || {
-        let mut headers = sign(&node.alice, ID, GET, &c1().encode_to_vec(), now());
-        headers[4].1 = sign(&node.alice, ID, GET, b"another body", now())[4].1.clone();
+        let mut headers = sign(&node.alice, &node.executor_id, GET, &c1().encode_to_vec(), now());
+        headers[4].1 = sign(&node.alice, &node.executor_id, GET, b"another body", now())[4].1.clone();
         headers
     };
     for i in 0..20 {
@@ -178,8 +212,8 @@ async fn a_bad_signature_flood_is_refused_before_bodies_are_read() {
 /// of the same miner, is refused: the signed string names the executor.
 #[tokio::test]
 async fn a_call_signed_for_one_executor_is_refused_by_another() {
-    let a = Node::with(Options { executor_id: "executor-a", ..Options::default() }).await;
-    let b = Node::with(Options { executor_id: "executor-b", ..Options::default() }).await;
+    let a = Node::with(Options { identity_seed: [10; 32], ..Options::default() }).await;
+    let b = Node::with(Options { identity_seed: [11; 32], ..Options::default() }).await;
     let captured = a.client.signed("GetContainer", c1());
     let replayed = b.raw().get_container(captured).await;
     let err = replayed.map(|_| ()).expect_err("executor-b answered a call signed for executor-a");

@@ -57,7 +57,7 @@ async fn one_address_cannot_take_every_connection() {
     let identity = client.identity().await;
     let identity =
         identity.unwrap_or_else(|e| panic!("the miner was refused while 127.0.0.2 held {}: {e:?}", held.len()));
-    assert_eq!(identity.executor_id, "executor-test");
+    assert_eq!(identity.executor_id, node.executor_id);
     assert_eq!(held.len(), 4, "127.0.0.2 holds {} connections; max_connections_per_ip is 4", held.len());
 }
 

@@ -29,8 +29,9 @@ use crate::node::{Node, Options};
 async fn identity_health_and_profile() {
     let node = Node::start().await;
     let identity = node.client.identity().await.unwrap();
-    assert_eq!(identity.executor_id, "executor-test");
-    assert_eq!(identity.public_key, vec![7; 32]);
+    assert_eq!(identity.executor_id, node.executor_id);
+    let key = common::identity::ExecutorIdentity::from_seed(node::TEST_SEED).public_key();
+    assert_eq!(identity.public_key, key.to_vec());
     assert_eq!(identity.managing_miner_hotkey, node.alice.hotkey().to_string());
     assert_eq!(identity.version, common::VERSION);
 

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::clock::SystemClock;
 use common::config::Config;
 use common::hotkey::HotkeyPair;
+use common::identity::ExecutorIdentity;
 use executor_api::api::Api;
 use executor_api::auth::{Authenticator, Policy};
 use executor_api::client::ExecutorClient;
@@ -69,8 +70,18 @@ pub(crate) struct Options {
     pub(crate) max_connection_age: Option<std::time::Duration>,
     /// `[server] auth_failures_per_minute`, when not the default.
     pub(crate) auth_failures_per_minute: Option<u32>,
-    /// The executor's id.
-    pub(crate) executor_id: &'static str,
+    /// `[server] max_sessions`, when not the default.
+    pub(crate) max_sessions: Option<u32>,
+    /// The seed of the executor's identity key, which its id derives from.
+    pub(crate) identity_seed: [u8; 32],
+}
+
+/// The identity seed of a node by default.
+pub(crate) const TEST_SEED: [u8; 32] = [7; 32];
+
+/// The id of a node with the default identity.
+pub(crate) fn test_id() -> String {
+    ExecutorIdentity::from_seed(TEST_SEED).executor_id()
 }
 
 impl Default for Options {
@@ -88,7 +99,8 @@ impl Default for Options {
             handshake_timeout: None,
             max_connection_age: None,
             auth_failures_per_minute: None,
-            executor_id: "executor-test",
+            identity_seed: TEST_SEED,
+            max_sessions: None,
         }
     }
 }
@@ -106,7 +118,7 @@ pub(crate) struct Node {
     pub(crate) addr: SocketAddr,
     /// Connections `channel` has made.
     connects: Arc<AtomicUsize>,
-    executor_id: &'static str,
+    pub(crate) executor_id: String,
     dir: tempfile::TempDir,
     config: Config,
     shutdown: CancellationToken,
@@ -157,21 +169,23 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         config.server.port = addr.port().into();
+        let identity = Arc::new(ExecutorIdentity::from_seed(options.identity_seed));
+        let executor_id = identity.executor_id();
         let api = Api::new(
             &config,
-            options.executor_id.into(),
-            [7; 32],
+            executor_id.clone(),
+            identity.public_key(),
             &bin,
             dir.path().join("identity.key"),
             dir.path().join("executor.toml"),
         );
+        if let Some(max) = options.max_sessions {
+            config.server.max_sessions = max;
+        }
         if let Some(failures) = options.auth_failures_per_minute {
             config.server.auth_failures_per_minute = failures;
         }
-        let policy = Policy {
-            per_minute: options.per_minute,
-            ..Policy::of(alice.hotkey().clone(), options.executor_id.into(), &config)
-        };
+        let policy = Policy { per_minute: options.per_minute, ..Policy::of(alice.hotkey().clone(), identity, &config) };
         let auth = Some(Arc::new(Authenticator::new(policy, Arc::new(SystemClock)).unwrap()));
         let server = config.server.clone();
         let node_config = config.clone();
@@ -181,19 +195,8 @@ impl Node {
         let connects = Arc::new(AtomicUsize::new(0));
         let channel = counted_channel(addr, [127, 0, 0, 1], connects.clone()).await.unwrap();
         let client =
-            ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), options.executor_id);
-        Node {
-            fakes,
-            client,
-            channel,
-            alice,
-            addr,
-            connects,
-            executor_id: options.executor_id,
-            dir,
-            config: node_config,
-            shutdown,
-        }
+            ExecutorClient::new(channel.clone(), HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), executor_id.as_str());
+        Node { fakes, client, channel, alice, addr, connects, executor_id, dir, config: node_config, shutdown }
     }
 
     /// The HTTP routes of `health_port` (`/health`, `/livez`, `/readyz`) served for this node
@@ -202,7 +205,7 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let probes = executor_api::probes::Probes::new(&self.config);
-        let app = executor_api::health_routes(probes, &self.config, self.executor_id.into());
+        let app = executor_api::health_routes(probes, &self.config, self.executor_id.clone());
         let stop = self.shutdown.clone();
         tokio::spawn(common::http::serve(listener, app, "health", common::http::HttpLimits::DEFAULT, stop));
         port
@@ -216,7 +219,7 @@ impl Node {
     /// A signing client (//Alice) on a connection of its own from the loopback address `source`.
     pub(crate) async fn client_from(&self, source: [u8; 4]) -> Result<ExecutorClient, tonic::transport::Error> {
         let channel = channel_from(self.addr, source).await?;
-        Ok(ExecutorClient::new(channel, HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), self.executor_id))
+        Ok(ExecutorClient::new(channel, HotkeyPair::parse(e2e::ALICE_SEED).unwrap(), self.executor_id.as_str()))
     }
 
     /// How many connections [`Node::channel`] has made so far (1 until the server closes one).
@@ -226,7 +229,7 @@ impl Node {
 
     /// A client of the same node signing with `key`.
     pub(crate) fn client_of(&self, key: HotkeyPair) -> ExecutorClient {
-        ExecutorClient::new(self.channel.clone(), key, self.executor_id)
+        ExecutorClient::new(self.channel.clone(), key, self.executor_id.as_str())
     }
 
     /// The generated client, unsigned.
