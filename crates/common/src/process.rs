@@ -99,17 +99,37 @@ impl ProcessSpec {
     /// Runs to completion with stdin closed, keeping at most `max_output` bytes of each stream.
     /// The process is killed when `timeout` passes.
     pub async fn output(&self, timeout: Duration, max_output: usize) -> Result<CapturedOutput, ProcessError> {
+        self.output_with_input(None, timeout, max_output).await
+    }
+
+    /// As [`Self::output`], with `input` written to its stdin (then closed): a batch of
+    /// commands for `ip -batch -` or `tc -batch -`.
+    pub async fn output_with_input(
+        &self,
+        input: Option<&[u8]>,
+        timeout: Duration,
+        max_output: usize,
+    ) -> Result<CapturedOutput, ProcessError> {
+        use tokio::io::AsyncWriteExt;
         let mut child = self
             .command()
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| ProcessError::Spawn { program: self.program.clone(), source })?;
+        let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let run = async {
-            let (out, err) = tokio::join!(read_capped(stdout, max_output), read_capped(stderr, max_output));
+            let feed = async {
+                if let (Some(mut stdin), Some(input)) = (stdin, input) {
+                    // A child that exits without reading all of it says why on stderr.
+                    let _ = stdin.write_all(input).await;
+                }
+            };
+            let ((), out, err) =
+                tokio::join!(feed, read_capped(stdout, max_output), read_capped(stderr, max_output));
             let status = child.wait().await;
             (status, out, err)
         };

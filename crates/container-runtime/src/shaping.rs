@@ -9,6 +9,11 @@
 //! ifindex of its peer (the container's sysfs is mounted in its own network namespace). Every
 //! command is idempotent (`replace`, delete-then-add), so shaping is applied again after a
 //! restart of the service without stacking anything.
+//!
+//! A start pays for this after the engine has started the container, so it is kept short: the
+//! IFB device needs no container and is made while the engine starts it ([`prepare`]), and the
+//! four `tc` commands go to one `tc -batch -` ([`shape`]): two processes in all, one of them
+//! beside the engine's start.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +63,22 @@ pub fn commands(veth: &str, ifb: &str, rate: u64) -> Vec<Vec<String>> {
     ]
 }
 
+/// Runs `program -batch -` with `lines`, one command each; the first that fails stops it.
+async fn run_batch(program: &str, lines: &[Vec<String>]) -> Result<(), ShapingError> {
+    let input: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+    let out = ProcessSpec::new(program)
+        .args(["-batch", "-"])
+        .output_with_input(Some(input.as_bytes()), Duration::from_secs(20), 1 << 14)
+        .await
+        .map_err(|e| ShapingError(format!("`{program}`: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(ShapingError(format!("`{program} -batch` of `{}`: {}", input.trim().replace('\n', "; "), stderr.trim())))
+    }
+}
+
 async fn run(program: &str, args: &[String]) -> Result<(), ShapingError> {
     let out = ProcessSpec::new(program)
         .args(args.iter().cloned())
@@ -91,19 +112,33 @@ pub fn host_veth(pid: i64) -> Result<String, ShapingError> {
         .ok_or_else(|| ShapingError(format!("no host interface has ifindex {index} (the container's veth peer)")))
 }
 
-/// Shapes the running container `id` (init process `pid`) to `rate` bytes/s each way. The IFB
-/// device carries `executor_id` as its alias, so only this executor ever removes it.
-pub async fn apply(id: &str, pid: i64, rate: u64, executor_id: &str) -> Result<String, ShapingError> {
-    let veth = host_veth(pid)?;
+/// Makes the IFB device of container `id` (if it is not there) and sets it up, with
+/// `executor_id` as its alias, so only this executor ever removes it; one `ip -batch -`.
+/// Needs no container: a start does it while the engine starts the container. Returns its name.
+pub async fn prepare(id: &str, executor_id: &str) -> Result<String, ShapingError> {
     let ifb = ifb_name(id);
+    let mut lines = Vec::new();
     if !Path::new("/sys/class/net").join(&ifb).exists() {
-        run("ip", &["link", "add", &ifb, "type", "ifb"].map(str::to_owned)).await?;
+        lines.push(["link", "add", &ifb, "type", "ifb"].map(str::to_owned).to_vec());
     }
-    run("ip", &["link", "set", "dev", &ifb, "alias", executor_id, "up"].map(str::to_owned)).await?;
-    for args in commands(&veth, &ifb, rate) {
-        run("tc", &args).await?;
-    }
+    lines.push(["link", "set", "dev", &ifb, "alias", executor_id, "up"].map(str::to_owned).to_vec());
+    run_batch("ip", &lines).await?;
+    Ok(ifb)
+}
+
+/// Shapes the running container whose init process is `pid` to `rate` bytes/s each way, its
+/// upload through `ifb` (from [`prepare`]); one `tc -batch -`. Returns the host veth.
+pub async fn shape(pid: i64, ifb: &str, rate: u64) -> Result<String, ShapingError> {
+    let veth = host_veth(pid)?;
+    run_batch("tc", &commands(&veth, ifb, rate)).await?;
     Ok(veth)
+}
+
+/// [`prepare`] then [`shape`]: a running container `id` shaped from nothing (after a restart
+/// of the service, or of the container by the engine).
+pub async fn apply(id: &str, pid: i64, rate: u64, executor_id: &str) -> Result<String, ShapingError> {
+    let ifb = prepare(id, executor_id).await?;
+    shape(pid, &ifb, rate).await
 }
 
 /// Removes a container's IFB device; one that is not there is fine.
@@ -142,10 +177,8 @@ pub async fn probe() -> Result<(), ShapingError> {
     run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &peer].map(str::to_owned)).await?;
     let result = async {
         run("ip", &["link", "add", &ifb, "type", "ifb"].map(str::to_owned)).await?;
-        for args in commands(&veth, &ifb, 1 << 20) {
-            run("tc", &args).await?;
-        }
-        Ok(())
+        // As a start does it: one batch.
+        run_batch("tc", &commands(&veth, &ifb, 1 << 20)).await
     }
     .await;
     let _ = run("ip", &["link", "del", "dev", &veth].map(str::to_owned)).await;
@@ -164,6 +197,39 @@ mod tests {
         assert_eq!(burst_bytes(1 << 20), 52_428);
         assert_eq!(burst_bytes(1000), 32 << 10);
         assert_eq!(burst_bytes(10_000_000_000_000), 1 << 30, "the most the config allows fits tc's 32 bits");
+    }
+
+    /// A batch stops at its first failing command, and the error names the batch and what
+    /// `tc` said.
+    #[tokio::test]
+    async fn a_failing_batch_says_which_commands_and_why() {
+        if ProcessSpec::new("tc").arg("-V").output(Duration::from_secs(5), 1024).await.is_err() {
+            println!("SKIPPED: no `tc` on this host (iproute2)");
+            return;
+        }
+        let lines = [
+            ["qdisc", "show", "dev", "lo"].map(str::to_owned).to_vec(),
+            [
+                "qdisc",
+                "replace",
+                "dev",
+                "bnosuchdev0",
+                "root",
+                "tbf",
+                "rate",
+                "8bit",
+                "burst",
+                "4096",
+                "latency",
+                "1ms",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ];
+        let error = run_batch("tc", &lines).await.unwrap_err().to_string();
+        assert!(error.contains("`tc -batch` of `qdisc show dev lo; qdisc replace dev bnosuchdev0"), "{error}");
+        assert!(error.contains("bnosuchdev0"), "{error}");
+        run_batch("tc", &lines[..1]).await.unwrap();
     }
 
     #[test]

@@ -33,12 +33,15 @@ impl Runtime {
         // Recorded first, so that the end of a container that ends at once (recorded from the
         // engine's events) comes after it.
         self.intend(id, &Intent::Running);
-        if let Err(e) = self.engine.start(id).await {
+        // The IFB device needs no container: made while the engine starts it.
+        let (started, prepared) = tokio::join!(self.engine.start(id), self.prepare_shaping(&inspect));
+        if let Err(e) = started {
             self.intend(id, &Intent::Stopped(format!("its start failed: {e}")));
             return Err(e.into());
         }
         self.stops.forget(id);
-        if let Err(source) = self.shape(&self.ours(id).await?).await {
+        let inspect = self.ours(id).await?;
+        if let Err(source) = self.shape_with(&inspect, prepared).await {
             if self.ended_meanwhile(id).await {
                 // Ended already (before or while it was shaped): its end is its own.
                 return self.describe(id).await;
@@ -48,7 +51,7 @@ impl Runtime {
             let _ = self.engine.stop(id, 0).await;
             return Err(RuntimeError::Shaping { id: Some(id.to_owned()), source });
         }
-        self.describe(id).await
+        Ok(self.described(id, &inspect))
     }
 
     /// Whether container `id`, which could not be shaped, has ended meanwhile: a process on its

@@ -238,21 +238,47 @@ impl Runtime {
 
     /// A container of ours as the caller sees it, with the stop reason we recorded.
     pub async fn describe(&self, id: &str) -> Result<pb::Container, RuntimeError> {
-        let mut container = crate::status::container(&self.ours(id).await?);
+        Ok(self.described(id, &self.ours(id).await?))
+    }
+
+    /// As [`Runtime::describe`], from an inspection of container `id` already made.
+    fn described(&self, id: &str, inspect: &ContainerInspectResponse) -> pb::Container {
+        let mut container = crate::status::container(inspect);
         container.stop_reason = self.stops.get(id).unwrap_or_default();
         if let Some(expires) = self.expiries.get(id).and_then(|e| e.trim().parse::<i64>().ok()) {
             container.expires_at = expires;
         }
         self.ports.describe(&mut container.ports);
-        Ok(container)
+        container
     }
 
     /// Shapes a running container to its `network_bps` (from its label); containers without a
     /// network are left alone.
     async fn shape(&self, inspect: &ContainerInspectResponse) -> Result<(), ShapingError> {
+        self.shape_with(inspect, None).await
+    }
+
+    /// The IFB device of a container about to start (see `shaping::prepare`), made while the
+    /// engine starts it; `None` for a container without a network.
+    async fn prepare_shaping(&self, inspect: &ContainerInspectResponse) -> Option<Result<String, ShapingError>> {
         let id = inspect.name.as_deref().unwrap_or_default().trim_start_matches('/');
-        let mode = inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()).unwrap_or("none");
-        if mode == "none" {
+        if network_mode(inspect) == "none" {
+            return None;
+        }
+        if let Err(e) = &self.shaping {
+            return Some(Err(e.clone()));
+        }
+        Some(crate::shaping::prepare(id, self.engine.executor_id()).await)
+    }
+
+    /// As [`Runtime::shape`], with the IFB device `prepared` already (or not).
+    async fn shape_with(
+        &self,
+        inspect: &ContainerInspectResponse,
+        prepared: Option<Result<String, ShapingError>>,
+    ) -> Result<(), ShapingError> {
+        let id = inspect.name.as_deref().unwrap_or_default().trim_start_matches('/');
+        if network_mode(inspect) == "none" {
             return Ok(());
         }
         let labels = inspect.config.as_ref().and_then(|c| c.labels.as_ref());
@@ -263,8 +289,17 @@ impl Runtime {
         let pid = inspect.state.as_ref().and_then(|s| s.pid).filter(|p| *p > 0);
         let pid = pid.ok_or_else(|| ShapingError(format!("container {id} has no running process")))?;
         self.shaping.clone()?;
-        let veth = crate::shaping::apply(id, pid, rate, self.engine.executor_id()).await?;
+        let ifb = match prepared {
+            Some(ifb) => ifb?,
+            None => crate::shaping::prepare(id, self.engine.executor_id()).await?,
+        };
+        let veth = crate::shaping::shape(pid, &ifb, rate).await?;
         tracing::info!(id, veth, rate, "network shaped");
         Ok(())
     }
+}
+
+/// A container's network mode (`none` when it has none).
+fn network_mode(inspect: &ContainerInspectResponse) -> &str {
+    inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()).unwrap_or("none")
 }
