@@ -668,3 +668,42 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
     assert_eq!(its, ["created", "started", "died", "removed"], "{events:?}");
     let _ = watch.kill().await;
 }
+
+/// Issue 25 item 1: a miner's client keeps working across a restart of executor-api, which
+/// ends every session: its next call is refused `unknown_session` by the new process, and the
+/// client opens a new session and sends the call again by itself. Counted by the executor:
+/// two sessions opened in all.
+#[tokio::test]
+async fn the_client_reopens_its_session_after_executor_api_restarts() {
+    let node = Node::start(TestConfig::new("")).await;
+    let alice = client(&node, e2e::ALICE_SEED).await;
+    alice.identity().await.unwrap();
+    let opened = |text: &str| e2e::metric_value(text, "executor_api_sessions_opened_total");
+    assert_eq!(opened(&metrics(&node).await), 1.0);
+    // The same session for the next calls.
+    alice.detailed_health().await.unwrap();
+    let stale = alice.authorized("Identity", api::IdentityRequest {}).await.unwrap().metadata().clone();
+    let status = node.status().await.unwrap();
+    let victim = status.services.iter().find(|s| s.name == "executor-api").unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    node.wait_until(Duration::from_secs(20), |s| {
+        let api = s.services.iter().find(|x| x.name == "executor-api").unwrap();
+        api.pid != victim && e2e::all_serving(s)
+    })
+    .await;
+    // Across the restart: a call of the old session is refused as such ...
+    let err = loop {
+        let mut request = tonic::Request::new(api::IdentityRequest {});
+        *request.metadata_mut() = stale.clone();
+        match alice.raw().identity(request).await {
+            Err(e) if e.code() == Code::Unavailable => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => break other.unwrap_err(),
+        }
+    };
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().starts_with("unknown_session: "), "{err:?}");
+    // ... and the client's own call goes through in a new one.
+    let identity = alice.identity().await.unwrap();
+    assert_eq!(identity.managing_miner_hotkey, ALICE);
+    assert_eq!(opened(&metrics(&node).await), 1.0, "the new process opened one session");
+}

@@ -128,8 +128,7 @@ impl ProcessSpec {
                     let _ = stdin.write_all(input).await;
                 }
             };
-            let ((), out, err) =
-                tokio::join!(feed, read_capped(stdout, max_output), read_capped(stderr, max_output));
+            let ((), out, err) = tokio::join!(feed, read_capped(stdout, max_output), read_capped(stderr, max_output));
             let status = child.wait().await;
             (status, out, err)
         };

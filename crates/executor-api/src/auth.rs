@@ -449,8 +449,7 @@ impl Authenticator {
                 "OpenSession carries the per-call signature (`x-executor-auth: v2`), not a session's MAC; see docs/api.md",
             ));
         }
-        let canonical = session_canonical_string(&self.executor_id, &session.id, method, counter, &sha256(message));
-        if !session.mac_matches(&canonical, &mac) {
+        if !session.mac_matches(&self.executor_id, method, counter, &sha256(message), &mac) {
             return Err(AuthFailure::new(
                 Reason::BadSignature,
                 "the MAC does not match (signed string: scheme v3, executor id, session id, method, counter, body \

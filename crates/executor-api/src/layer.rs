@@ -230,10 +230,17 @@ where
             // up to its response headers (a stream's messages may come later; ExecContainer's
             // stream ends at the caller's `timeout_seconds`, `exec::relay`); RunAttestation's
             // handler has a deadline of its own (`attest::ATTESTATION_TIMEOUT`).
-            let deadline = tokio::time::Instant::now() + timeout;
+            // One timer for the whole call, authentication and handler.
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
             if let Some(auth) = auth.filter(|_| !auth::is_open(&path)) {
                 let key = peer.as_ref().map(Peer::key);
-                match tokio::time::timeout_at(deadline, authenticate(&auth, &path, key, request)).await {
+                let authenticated = tokio::select! {
+                    biased;
+                    result = authenticate(&auth, &path, key, request) => Ok(result),
+                    () = &mut deadline => Err(()),
+                };
+                match authenticated {
                     Ok(Ok(admitted)) => {
                         // The miner's connection: never evicted to make room for strangers.
                         if let Some(peer) = &peer {
@@ -266,9 +273,10 @@ where
                 let Ok(response) = inner.call(request).await;
                 return response;
             }
-            match tokio::time::timeout_at(deadline, inner.call(request)).await {
-                Ok(Ok(response)) => response,
-                Err(_) => timed_out(&id),
+            tokio::select! {
+                biased;
+                Ok(response) = inner.call(request) => response,
+                () = &mut deadline => timed_out(&id),
             }
         };
         Box::pin(
@@ -306,15 +314,31 @@ async fn authenticate(
     let (mut parts, body) = request.into_parts();
     // Refuse what we can before reading anything.
     let claim = auth.precheck(&parts.headers)?;
-    let bytes = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
-        .collect()
-        .await
-        .map_err(|e| malformed(format!("cannot read the request: {e}")))?
-        .to_bytes();
+    let bytes = read_body(body).await.map_err(|e| malformed(format!("cannot read the request: {e}")))?;
     let message = single_message(&bytes).map_err(malformed)?;
     let hotkey = auth.verify_batched(path, claim, message).await?;
     parts.extensions.insert(Caller(hotkey));
     Ok(Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes))))
+}
+
+/// The whole request body, at most [`MAX_REQUEST_BYTES`]: a unary call's single DATA frame as
+/// it came, without a copy; more frames are gathered.
+async fn read_body(body: Body) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let mut body = http_body_util::Limited::new(body, MAX_REQUEST_BYTES);
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        match first.take() {
+            None if gathered.is_empty() => first = Some(data),
+            None => gathered.extend_from_slice(&data),
+            Some(earlier) => {
+                gathered.extend_from_slice(&earlier);
+                gathered.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(gathered)))
 }
 
 /// The message of a body holding exactly one uncompressed gRPC frame.

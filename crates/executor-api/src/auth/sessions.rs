@@ -29,9 +29,16 @@ pub struct Session {
 }
 
 impl Session {
-    /// Whether `tag` is the MAC of `canonical` under this session's key.
-    pub fn mac_matches(&self, canonical: &str, tag: &[u8]) -> bool {
-        session_mac_matches(&self.key, canonical, tag)
+    /// Whether `tag` is this session's MAC of the call (see `signing::session_mac_matches`).
+    pub fn mac_matches(
+        &self,
+        executor_id: &str,
+        method: &str,
+        counter: u64,
+        message_sha256: &[u8; 32],
+        tag: &[u8],
+    ) -> bool {
+        session_mac_matches(&self.key, executor_id, &self.id, method, counter, message_sha256, tag)
     }
 
     /// Accepts `counter` once: refused when it was seen, or is [`COUNTER_WINDOW`] or more

@@ -192,11 +192,47 @@ pub fn session_mac(key: &[u8; 32], canonical: &str) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// Whether `tag` is the MAC of `canonical` under `key`, compared in constant time.
-pub fn session_mac_matches(key: &[u8; 32], canonical: &str, tag: &[u8]) -> bool {
+/// Whether `tag` is the MAC under `key` of the call's [`session_canonical_string`], compared in
+/// constant time; the string is fed to the MAC piece by piece, never built.
+pub fn session_mac_matches(
+    key: &[u8; 32],
+    executor_id: &str,
+    session_id: &str,
+    method: &str,
+    counter: u64,
+    message_sha256: &[u8; 32],
+    tag: &[u8],
+) -> bool {
     use hmac::{KeyInit, Mac};
     let mut mac = hmac::Hmac::<sha2_11::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(canonical.as_bytes());
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = counter;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut hash = [0u8; 64];
+    hex::encode_to_slice(message_sha256, &mut hash).expect("64 hex digits for 32 bytes");
+    for piece in [
+        SESSION_PREFIX.as_bytes(),
+        b"\n",
+        executor_id.as_bytes(),
+        b"\n",
+        session_id.as_bytes(),
+        b"\n",
+        method.as_bytes(),
+        b"\n",
+        &digits[at..],
+        b"\n",
+        &hash,
+    ] {
+        mac.update(piece);
+    }
     mac.verify_slice(tag).is_ok()
 }
 
@@ -223,6 +259,18 @@ mod tests {
     use super::*;
 
     const METHOD: &str = "/executor.api.v1.ExecutorApi/Identity";
+
+    #[test]
+    fn the_mac_fed_in_pieces_is_the_mac_of_the_canonical_string() {
+        let key = [5u8; 32];
+        for counter in [1, 9, 10, 1234567890, u64::MAX] {
+            let digest = sha256(b"body");
+            let canonical = session_canonical_string("executor-x", "ab12", METHOD, counter, &digest);
+            let tag = session_mac(&key, &canonical);
+            assert!(session_mac_matches(&key, "executor-x", "ab12", METHOD, counter, &digest, &tag), "{counter}");
+            assert!(!session_mac_matches(&key, "executor-x", "ab12", METHOD, counter ^ 1, &digest, &tag));
+        }
+    }
 
     #[test]
     fn canonical_string_is_as_documented() {
