@@ -21,6 +21,18 @@ async fn client(node: &Node, seed: &str) -> ExecutorClient {
     ExecutorClient::connect(&endpoint, None, HotkeyPair::parse(seed).unwrap()).await.unwrap()
 }
 
+/// SIGKILLs the node's `service` and waits until the launcher has it serving again.
+async fn kill_and_wait_restarted(node: &Node, service: &str) {
+    let status = node.status().await.unwrap();
+    let victim = status.services.iter().find(|s| s.name == service).unwrap().pid;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    node.wait_until(Duration::from_secs(20), |s| {
+        let now = s.services.iter().find(|x| x.name == service).unwrap();
+        now.pid != victim && e2e::all_serving(s)
+    })
+    .await;
+}
+
 async fn metrics(node: &Node) -> String {
     http_get(node.config.ports.metrics[0], "/metrics").await.unwrap().1
 }
@@ -608,14 +620,7 @@ async fn a_drained_node_takes_no_new_containers_until_undrained() {
     assert_eq!(e2e::metric_value(&metrics, "executor_container_runtime_draining"), 1.0, "{metrics}");
 
     // container-runtime killed and restarted by the launcher: still drained.
-    let status = node.status().await.unwrap();
-    let victim = status.services.iter().find(|s| s.name == "container-runtime").unwrap().pid;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    node.wait_until(Duration::from_secs(20), |s| {
-        let cr = s.services.iter().find(|x| x.name == "container-runtime").unwrap();
-        cr.pid != victim && e2e::all_serving(s)
-    })
-    .await;
+    kill_and_wait_restarted(&node, "container-runtime").await;
     // The launcher sees the new container-runtime serve before executor-api's probe does: ctl
     // health exits 1 until that probe answers, and only then reads the drain from it.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -683,14 +688,7 @@ async fn the_client_reopens_its_session_after_executor_api_restarts() {
     // The same session for the next calls.
     alice.detailed_health().await.unwrap();
     let stale = alice.authorized("Identity", api::IdentityRequest {}).await.unwrap().metadata().clone();
-    let status = node.status().await.unwrap();
-    let victim = status.services.iter().find(|s| s.name == "executor-api").unwrap().pid;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    node.wait_until(Duration::from_secs(20), |s| {
-        let api = s.services.iter().find(|x| x.name == "executor-api").unwrap();
-        api.pid != victim && e2e::all_serving(s)
-    })
-    .await;
+    kill_and_wait_restarted(&node, "executor-api").await;
     // Across the restart: a call of the old session is refused as such ...
     let err = loop {
         let mut request = tonic::Request::new(api::IdentityRequest {});

@@ -25,7 +25,6 @@ use common::proto::api::v1 as api;
 use common::proto::api::v1::executor_api_client::ExecutorApiClient;
 use common::proto::runtime::v1 as runtime;
 use e2e::TestConfig;
-use executor_api::api::Api;
 use executor_api::auth::{Authenticator, Policy};
 use executor_api::client::ExecutorClient;
 use tokio::net::TcpListener;
@@ -91,15 +90,7 @@ async fn bench() -> anyhow::Result<()> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         endpoints.push(listener.local_addr()?);
         let server = config.server.clone();
-        let dir = test_config.dir.path();
-        let api = Api::new(
-            &config,
-            identity.executor_id(),
-            identity.public_key(),
-            dir,
-            dir.join("key"),
-            test_config.path.clone(),
-        );
+        let api = crate::bench_handlers(&config, &identity, &test_config);
         let shutdown = shutdown.clone();
         tokio::spawn(async move { executor_api::serve_public(listener, api, auth, &server, None, shutdown).await });
     }

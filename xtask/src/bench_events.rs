@@ -19,7 +19,6 @@ use common::clock::SystemClock;
 use common::config::Config;
 use common::proto::runtime::v1 as pb;
 use e2e::TestConfig;
-use executor_api::api::Api;
 use executor_api::auth::{Authenticator, Policy};
 use executor_api::client::ExecutorClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -85,15 +84,8 @@ async fn bench() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (server, dir) = (config.server.clone(), test_config.dir.path());
-    let api = Api::new(
-        &config,
-        identity.executor_id(),
-        identity.public_key(),
-        dir,
-        dir.join("key"),
-        test_config.path.clone(),
-    );
+    let server = config.server.clone();
+    let api = crate::bench_handlers(&config, &identity, &test_config);
     let stop = shutdown.clone();
     tokio::spawn(async move { executor_api::serve_public(listener, api, Some(auth), &server, None, stop).await });
     let channel = Endpoint::from_shared(format!("http://{addr}"))?.connect().await.context("connect")?;

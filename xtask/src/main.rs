@@ -338,6 +338,24 @@ pub(crate) async fn start_runtime(
     Ok((child, RuntimeClient::new(common::grpc::unix_channel(&socket))))
 }
 
+/// The public API's handlers for a node served in-process by a bench, as the executor
+/// `identity`, on `config` (from `test_config`).
+pub(crate) fn bench_handlers(
+    config: &common::config::Config,
+    identity: &common::identity::ExecutorIdentity,
+    test_config: &TestConfig,
+) -> executor_api::api::Api {
+    let dir = test_config.dir.path();
+    executor_api::api::Api::new(
+        config,
+        identity.executor_id(),
+        identity.public_key(),
+        dir,
+        dir.join("key"),
+        test_config.path.clone(),
+    )
+}
+
 /// Milliseconds from the create request to a running container with `volumes`; the container
 /// is removed.
 pub(crate) async fn create_to_running(
