@@ -518,6 +518,7 @@ impl Authenticator {
             signature: self.identity.sign(transcript.as_bytes()).to_vec(),
             expires_at: session.expires_at,
             counter_window: COUNTER_WINDOW,
+            ttl_seconds: self.sessions.ttl().as_secs(),
         })
     }
 }
@@ -766,7 +767,10 @@ mod tests {
     fn session_calls_are_accepted_once_with_the_sessions_key() {
         let (_clock, auth, alice) = setup(1000);
         let (session, key, answer) = open(&auth, &alice);
-        assert_eq!((answer.expires_at, answer.counter_window), (1_800_000_000 + 600, COUNTER_WINDOW));
+        assert_eq!(
+            (answer.expires_at, answer.counter_window, answer.ttl_seconds),
+            (1_800_000_000 + 600, COUNTER_WINDOW, 600)
+        );
         for counter in [1, 3, 2] {
             let call = in_session(&key, &session, METHOD, counter, b"body");
             assert_eq!(auth.check(METHOD, &call, b"body").unwrap(), *alice.hotkey());

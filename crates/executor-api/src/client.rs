@@ -74,10 +74,12 @@ struct ClientSession {
     key: [u8; 32],
     /// The last counter used.
     counter: AtomicU64,
-    expires_at: u64,
+    /// When a new session is opened for new calls: a little before this one ends, on this
+    /// machine's monotonic clock (its wall clock may differ from the executor's).
+    renew_at: std::time::Instant,
 }
 
-/// A session this close to its end is not used for new calls: a new one is opened.
+/// A session is renewed this long before it ends, or a quarter of its life if that is less.
 const SESSION_MARGIN: Duration = Duration::from_secs(60);
 
 const PREFIX: &str = "/executor.api.v1.ExecutorApi/";
@@ -191,9 +193,9 @@ impl ExecutorClient {
         };
         let session = {
             let mut current = slot.lock().await;
-            let now = unix_now();
+            let now = std::time::Instant::now();
             match current.as_ref() {
-                Some(s) if Some(s.id.as_str()) != stale && s.expires_at > now + SESSION_MARGIN.as_secs() => s.clone(),
+                Some(s) if Some(s.id.as_str()) != stale && now < s.renew_at => s.clone(),
                 _ => {
                     let opened = Arc::new(self.open_session().await?);
                     *current = Some(opened.clone());
@@ -220,7 +222,10 @@ impl ExecutorClient {
         let (secret, client_key) = signing::session_keypair()
             .map_err(|e| client_side(Code::Internal, format!("no randomness for a session key: {e}")))?;
         let request = self.signed("OpenSession", pb::OpenSessionRequest { client_key: client_key.to_vec() });
+        let sent = std::time::Instant::now();
         let answer = self.api.clone().open_session(request).await?.into_inner();
+        let life = Duration::from_secs(answer.ttl_seconds);
+        let renew_at = sent + life - SESSION_MARGIN.min(life / 4);
         let bad = |why: String| client_side(Code::Unauthenticated, format!("the executor's OpenSession answer: {why}"));
         let public_key: [u8; 32] =
             answer.public_key.as_slice().try_into().map_err(|_| bad("public_key is not 32 bytes".into()))?;
@@ -257,7 +262,7 @@ impl ExecutorClient {
             &answer.session_id,
         )
         .map_err(|e| bad(e.to_string()))?;
-        Ok(ClientSession { id: answer.session_id, key, counter: AtomicU64::new(0), expires_at: answer.expires_at })
+        Ok(ClientSession { id: answer.session_id, key, counter: AtomicU64::new(0), renew_at })
     }
 
     /// Sends `message` to `method` with `send`; a call refused because the executor no longer
@@ -361,10 +366,6 @@ fn with_metadata<T, const N: usize>(mut request: Request<T>, headers: [(&'static
         }
     }
     request
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Whether the executor refused a call because it does not know its session (any more).

@@ -144,6 +144,24 @@ async fn calls_in_a_session_are_replay_proof_and_reopened_when_gone() {
     node.client.clone().per_call().get_container(c1()).await.unwrap();
 }
 
+/// The client renews its session before it ends, counting the session's life on its own
+/// clock (`ttl_seconds`), never by comparing its wall clock with the executor's.
+#[tokio::test]
+async fn the_client_renews_its_session_before_it_ends() {
+    let ttl = std::time::Duration::from_secs(4);
+    let node = Node::with(Options { session_ttl: Some(ttl), ..Options::default() }).await;
+    let session = |r: &Request<runtime::ContainerRef>| r.metadata().get("x-executor-session").unwrap().clone();
+    let first = session(&node.client.authorized("GetContainer", c1()).await.unwrap());
+    let again = session(&node.client.authorized("GetContainer", c1()).await.unwrap());
+    assert_eq!(first, again, "one session for calls within its life");
+    // Renewed a quarter of its life before it ends (a minute for the usual hour).
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let renewed = node.client.authorized("GetContainer", c1());
+    let renewed = renewed.await.unwrap();
+    assert_ne!(session(&renewed), first);
+    node.raw().get_container(renewed).await.unwrap();
+}
+
 #[tokio::test]
 async fn health_is_open_and_every_answer_names_its_request_id() {
     let node = Node::start().await;

@@ -72,6 +72,9 @@ pub(crate) struct Options {
     pub(crate) auth_failures_per_minute: Option<u32>,
     /// `[server] max_sessions`, when not the default.
     pub(crate) max_sessions: Option<u32>,
+    /// `[server] session_ttl`, when not the default (set directly: shorter than the config
+    /// allows, for tests of renewal).
+    pub(crate) session_ttl: Option<std::time::Duration>,
     /// The seed of the executor's identity key, which its id derives from.
     pub(crate) identity_seed: [u8; 32],
 }
@@ -101,6 +104,7 @@ impl Default for Options {
             auth_failures_per_minute: None,
             identity_seed: TEST_SEED,
             max_sessions: None,
+            session_ttl: None,
         }
     }
 }
@@ -181,6 +185,9 @@ impl Node {
         );
         if let Some(max) = options.max_sessions {
             config.server.max_sessions = max;
+        }
+        if let Some(ttl) = options.session_ttl {
+            config.server.session_ttl = ttl;
         }
         if let Some(failures) = options.auth_failures_per_minute {
             config.server.auth_failures_per_minute = failures;
