@@ -119,9 +119,28 @@ impl Runtime {
     /// is not empty. A container that goes away while listing is left out.
     pub async fn list(&self, all: bool, owner: &str) -> Result<Vec<pb::Container>, RuntimeError> {
         let mut containers = Vec::new();
+        let mut listed = HashSet::new();
         for summary in self.engine.list_ours().await? {
             let Some(id) = summary.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else { continue };
-            let Ok(c) = self.describe(&id).await else { continue };
+            if listed.contains(&id) {
+                // A recreate's old and new container, for a moment both there: one rental.
+                continue;
+            }
+            let inspect = match self.ours(&id).await {
+                Ok(inspect) => inspect,
+                // Between a recreate's rename and its create, only the container it replaces,
+                // renamed aside, carries the id: it stands for the rental, which is not gone
+                // (validator-access drops the renters' keys of containers a list leaves out).
+                Err(_) => match summary.id.as_deref() {
+                    Some(engine_id) => match self.ours_as(engine_id, &id).await {
+                        Ok(inspect) => inspect,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                },
+            };
+            let c = self.described(&id, &inspect);
+            listed.insert(id);
             let running = c.state == pb::ContainerState::Running as i32;
             if (all || running) && (owner.is_empty() || owner == c.owner) {
                 containers.push(c);

@@ -221,10 +221,16 @@ impl Runtime {
         if !labels::is_container_id(id) {
             return Err(RuntimeError::BadId { id: id.to_owned() });
         }
+        self.ours_as(id, id).await
+    }
+
+    /// Inspects the engine's container `docker_ref` (a name or an engine id) if it is ours,
+    /// with our id `id`; anything else is NOT_FOUND.
+    async fn ours_as(&self, docker_ref: &str, id: &str) -> Result<ContainerInspectResponse, RuntimeError> {
         let inspect = self
             .engine
             .docker()
-            .inspect_container(id, None::<InspectContainerOptions>)
+            .inspect_container(docker_ref, None::<InspectContainerOptions>)
             .await
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
         let labels = inspect.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
