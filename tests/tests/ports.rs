@@ -422,3 +422,51 @@ async fn a_port_added_to_a_rental_recreates_it_keeping_its_volume_and_ports() {
     remove_all(&mut client).await;
     client.delete_volume(pb::DeleteVolumeRequest { name: "keep".into() }).await.unwrap();
 }
+
+/// While an update makes a rental again, its old container is renamed aside before the new one
+/// is created (`Engine::recreate`): a listing in that moment must still show the rental, or
+/// validator-access takes it for removed and drops its renters' keys. The moment is made here
+/// by renaming the container as the recreate does; with the new one there too, it is listed once.
+#[tokio::test]
+async fn a_rental_renamed_aside_by_a_recreate_is_still_listed_once() {
+    if !busybox_image().await {
+        return;
+    }
+    let config = TestConfig::new("");
+    let (_service, mut client) = start_service(&config).await;
+    let created = client.create(request("sleep 600")).await.unwrap().into_inner();
+    let id = created.id.clone();
+    let listed = |client: &mut e2e::runtime::Client| {
+        let mut client = client.clone();
+        async move {
+            let all = pb::ListContainersRequest { all: true, owner: String::new() };
+            client.list(all).await.unwrap().into_inner().containers.into_iter().map(|c| c.id).collect::<Vec<_>>()
+        }
+    };
+    let aside = format!("{id}-replaced");
+    let (ok, out) = e2e::runtime::docker(&["rename", &id, &aside]).await;
+    assert!(ok, "{out}");
+    assert_eq!(listed(&mut client).await, vec![id.clone()], "the rental is left out while renamed aside");
+    // The new container of the same rental (made here as the recreate makes it): one entry.
+    let (ok, out) = e2e::runtime::docker(&[
+        "create",
+        "--name",
+        &id,
+        "--label=ai.basilica.executor.managed=true",
+        &format!("--label=ai.basilica.executor.executor_id={}", executor_id_of(&aside).await),
+        &format!("--label=ai.basilica.executor.id={id}"),
+        e2e::BUSYBOX_IMAGE,
+        "sleep",
+        "600",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    assert_eq!(listed(&mut client).await, vec![id.clone()], "listed twice while both are there");
+    e2e::runtime::docker(&["rm", "-f", &aside]).await;
+    client.remove(pb::RemoveContainerRequest { id, force: true }).await.unwrap();
+}
+
+async fn executor_id_of(container: &str) -> String {
+    let format = "{{index .Config.Labels \"ai.basilica.executor.executor_id\"}}";
+    e2e::runtime::docker(&["inspect", "-f", format, container]).await.1.trim().to_owned()
+}
