@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-packages bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -92,22 +92,32 @@ fuzz: fuzz-tools
 fuzz-tools:
 	@scripts/ensure-cargo-fuzz.sh
 
-## Every benchmark below beside its baseline, one after another, then a summary
-## (docs/benchmarks.md). A missing optional baseline (node_exporter) is a note, not a failure.
-bench: docker packages
+## Benchmarks run the xtask of the workspace's one release build (`--workspace --bins`), the
+## build whose binaries they measure (build_release in xtask/src/main.rs): a build of one package
+## (`cargo run -p xtask`) resolves features apart and would compile the shared crates again.
+XTASK_RELEASE = $(CARGO) build --release --quiet --workspace --bins && ./target/release/xtask
+
+## One release build, then every benchmark below beside its baseline, one after another; their
+## headline figures become the table at the top of docs/benchmarks.md (scripts/bench.sh). A
+## missing optional baseline (node_exporter, when not root) is a note, not a failure.
+bench: docker packages bench-packages
 	@scripts/bench.sh bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors
+
+## The benchmarks' optional baseline packages: node_exporter beside gpu-monitor.
+bench-packages:
+	@scripts/ensure-packages.sh prometheus-node-exporter:prometheus-node-exporter
 
 ## Cold start to all SERVING and resident memory, release build (docs/benchmarks.md).
 bench-startup:
-	$(CARGO) xtask bench-startup
+	$(XTASK_RELEASE) bench-startup
 
 ## gpu-monitor: CPU cost at 1 Hz and scrape latency, beside node_exporter when installed.
 bench-monitor:
-	$(CARGO) xtask bench-monitor
+	$(XTASK_RELEASE) bench-monitor
 
 ## Create-to-running through container-runtime against docker run -d.
 bench-containers:
-	$(CARGO) xtask bench-containers
+	$(XTASK_RELEASE) bench-containers
 
 ## The whole node under load: 100 creates against a cap of 10, thousands of signed RPCs,
 ## 100 SSH attempts against the rate limit, peak memory of each process (docs/reliability.md).
@@ -121,49 +131,49 @@ faults:
 
 ## Create with verify_signatures (signed image, local registry) against a create without.
 bench-signatures:
-	$(CARGO) xtask bench-signatures
+	$(XTASK_RELEASE) bench-signatures
 
 ## validator-access's SSH server against the distribution's sshd (needs openssh-server).
 bench-ssh:
-	$(CARGO) xtask bench-ssh
+	$(XTASK_RELEASE) bench-ssh
 
 ## Renters: ssh `true` into a container beside `docker exec` and the validator path; scp of
 ## 256 MiB beside `docker cp` (docs/benchmarks.md).
 bench-tenant-ssh:
-	$(CARGO) xtask bench-tenant-ssh
+	$(XTASK_RELEASE) bench-tenant-ssh
 
 ## Published ports: create-to-running with 3 ports beside `docker run -d -p`, and throughput
 ## through a published port beside `docker run -p` (as root; docs/benchmarks.md).
 bench-ports:
-	$(CARGO) xtask bench-ports
+	$(XTASK_RELEASE) bench-ports
 
 ## Volumes: dd onto a volume inside a container beside the same on the host's disk, and
 ## create-to-running with one volume beside none (as root; docs/benchmarks.md).
 bench-volumes:
-	$(CARGO) xtask bench-volumes
+	$(XTASK_RELEASE) bench-volumes
 
 ## Rentals after a reboot: ten containers stopped by the engine while container-runtime is down,
 ## from its start until all run again, beside `docker start` of the ten (as root; docs/benchmarks.md).
 bench-resume:
-	$(CARGO) xtask bench-resume
+	$(XTASK_RELEASE) bench-resume
 
 ## Events: a container killed through the engine's API to the DIED event at a signed
 ## WatchEvents client, p50/p99, beside the engine's own die event (docs/benchmarks.md).
 bench-events:
-	$(CARGO) xtask-release bench-events
+	$(XTASK_RELEASE) bench-events
 
 ## Public API: signed unary call latency and throughput beside the same call unauthenticated.
 bench-api:
-	$(CARGO) xtask-release bench-api
+	$(XTASK_RELEASE) bench-api
 
 ## The public port under attack: `executor ctl identity` p50/p99 with no attack, then while 1000
 ## idle connections and a 2000-call bad-signature flood hit it, in one run (docs/benchmarks.md).
 bench-doors:
-	$(CARGO) xtask-release bench-doors
+	$(XTASK_RELEASE) bench-doors
 
 ## GPoW-1 and the GPoW-2 reference on the CPU: GEMM throughput, prover and validator times, per code path (docs/benchmarks.md).
 bench-gpow:
-	$(CARGO) xtask-release bench-gpow
+	$(XTASK_RELEASE) bench-gpow
 
 clean:
 	$(CARGO) clean

@@ -31,6 +31,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::report::{Value, figure};
+
 const CLIENTS: usize = 64;
 const CONNECTIONS: usize = 8;
 const ROUNDS: usize = 2;
@@ -41,7 +43,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
 }
 
 /// The two calls measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload {
     Identity,
     ListContainers,
@@ -70,7 +72,7 @@ async fn bench() -> anyhow::Result<()> {
         println!("note: debug build; run `cargo xtask-release bench-api` (make bench-api) for figures");
     }
     let root = crate::workspace_root();
-    crate::build_release(&root, &["-p", "container-runtime"]).await?;
+    crate::build_release(&root).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs the Docker engine (and busybox-static)");
     let _metrics = common::metrics::install("executor-api")?;
     let key = e2e::keys::alice();
@@ -143,6 +145,7 @@ async fn bench() -> anyhow::Result<()> {
         for (mode, (p50, p99, rate)) in rows {
             println!("  {mode:<34} {p50:>7.3} ms {p99:>7.3} ms {rate:>9.0} /s");
         }
+        record(workload, calls, p, s, v)?;
         for (label, on, off) in [
             ("per call / off (throughput: off / on)", s, p),
             ("session / off (throughput: off / on)", v, p),
@@ -157,6 +160,30 @@ async fn bench() -> anyhow::Result<()> {
         sign_time.as_secs_f64() * 1e6 / signed_calls as f64,
         mac_time.as_secs_f64() * 1e6 / signed_calls as f64
     );
+    Ok(())
+}
+
+/// The table's figures of one workload: the session and the per-call signature, each beside
+/// no authentication (p50, p99 and throughput: off / on, so higher is slower, as for latency).
+fn record(workload: Workload, calls: usize, off: Summary, per_call: Summary, session: Summary) -> anyhow::Result<()> {
+    let goal = if workload == Workload::Identity { "≤ 1.3" } else { "" };
+    for (mode, on, goal) in [("signed session (v3)", session, goal), ("signed per call (v2)", per_call, "")] {
+        for (what, ours, base) in [("p50", on.0, off.0), ("p99", on.1, off.1)] {
+            figure(
+                &format!("{workload:?}, {mode}, {what} of {calls} calls, 64 clients"),
+                Value(ours, "ms"),
+                Some(("authentication off", Value(base, "ms"))),
+                goal,
+            )?;
+        }
+        // Throughput as time a call (1/rate), so that its ratio reads like the others.
+        figure(
+            &format!("{workload:?}, {mode}, throughput as time a call (1 / calls a second), 64 clients"),
+            Value(1e6 / on.2, "us"),
+            Some(("authentication off", Value(1e6 / off.2, "us"))),
+            goal,
+        )?;
+    }
     Ok(())
 }
 
@@ -232,7 +259,10 @@ async fn run_phase(channels: &[Channel], calls: Vec<Call>) -> anyhow::Result<Pha
 }
 
 /// (p50 ms, p99 ms, calls per second) over all phases of one mode.
-fn summary(phases: &[Phase]) -> (f64, f64, f64) {
+/// p50 and p99 in ms, throughput in calls a second.
+type Summary = (f64, f64, f64);
+
+fn summary(phases: &[Phase]) -> Summary {
     let mut all: Vec<f64> = phases.iter().flat_map(|p| p.latencies_ms.iter().copied()).collect();
     all.sort_by(f64::total_cmp);
     let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];

@@ -29,6 +29,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::Endpoint;
 
+use crate::report::{Value, figure};
+
 /// Samples of each of the miner's calls in each phase (at least; the attacked phase lasts as
 /// long as the flood).
 const SAMPLES: usize = 300;
@@ -74,9 +76,7 @@ struct Idle {
 
 async fn bench() -> anyhow::Result<()> {
     let root = crate::workspace_root();
-    let packages = ["executor", "executor-api", "container-runtime", "gpu-monitor", "validator-access", "gpu-attestor"];
-    let args: Vec<&str> = packages.iter().flat_map(|p| ["-p", *p]).collect();
-    crate::build_release(&root, &args).await?;
+    crate::build_release(&root).await?;
     let config = TestConfig::new(
         "[logging]\nlevel = \"warn\"\n[validator.access_config.rate_limits]\napi_requests_per_minute = 10000000\n",
     );
@@ -155,6 +155,14 @@ async fn bench() -> anyhow::Result<()> {
         row("  of which during the bad-signature flood", &during);
         row("  of which after it (idle connections only)", &after);
         println!("  {:<60} {:>9.2}x {:>9.2}x", "attacked / no attack", attacked.0 / base.0, attacked.1 / base.1);
+        for (what, ours, calm) in [("p50", attacked.0, base.0), ("p99", attacked.1, base.1)] {
+            figure(
+                &format!("{name}, {what}, under 1000 idle connections and a bad-signature flood"),
+                Value(ours, "ms"),
+                Some(("no attack", Value(calm, "ms"))),
+                "",
+            )?;
+        }
     }
     println!(
         "miner calls that failed: {calm_failures} with no attack, {} attacked {:?}",

@@ -9,6 +9,7 @@ use gpu_attestor::gpow2::phase_b::{self, Dataset};
 use gpu_attestor::gpow2::{Challenge, GpuKeys, GpuWork, Isa};
 use gpu_attestor::philox::philox4x32_10;
 
+use super::report::{Value, figure};
 use super::time_median;
 
 /// GPOW.md's production work for an H100 SXM (80 GiB): m = n = 4096, k = 32768, 2560 products,
@@ -59,6 +60,14 @@ fn sample(work: &GpuWork, seed: u32, n: usize, lanes: usize) -> (Vec<TileIndex>,
     (tiles, picked)
 }
 
+/// A code path as the table names it: the AVX-512 path is taken only with VNNI.
+fn path_name(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Avx512 => "avx512 (VNNI)",
+        other => other.name(),
+    }
+}
+
 /// The validator's recomputation for one GPU: the sampled tiles and lanes.
 fn verify_gpu(isa: Isa, keys: &GpuKeys, work: &GpuWork, tiles: &[TileIndex], lanes: &[u32], threads: usize) {
     let walk_key = keys.walk_key(&[9; 32]);
@@ -76,6 +85,7 @@ pub(crate) fn run(threads: usize) -> anyhow::Result<()> {
     let keys = challenge.gpu_keys()[0];
     let (tiles, lanes) = sample(&H100, 1, 256, 128);
     let mut scalar = (0.0, 0.0);
+    let mut validator = Vec::new();
     for &isa in &paths {
         let t = cpu_median(3, || verify_gpu(isa, &keys, &H100, &tiles, &[], 1))?;
         let l = cpu_median(3, || verify_gpu(isa, &keys, &H100, &[], &lanes, 1))?;
@@ -93,6 +103,15 @@ pub(crate) fn run(threads: usize) -> anyhow::Result<()> {
             scalar.1 / l,
             (t + l) * 1e3
         );
+        validator.push((isa, t + l));
+    }
+    if let (Some(&(best, b)), Some(&(_, s))) = (validator.last(), validator.first()) {
+        figure(
+            &format!("GPoW-2 validator, 1 GPU at production size (256 tiles, 128 lanes), 1 thread, {}", best.name()),
+            Value(b * 1e3, "ms"),
+            Some(("the scalar path", Value(s * 1e3, "ms"))),
+            "≤ 300 ms",
+        )?;
     }
 
     // Eight GPUs (128 tiles and 128 lanes each, G > 1), best path, one thread and all.
@@ -115,20 +134,34 @@ pub(crate) fn run(threads: usize) -> anyhow::Result<()> {
         wall_one * 1e3,
         wall_all * 1e3
     );
+    figure(
+        &format!("GPoW-2 validator, 8 GPUs (128 tiles + 128 lanes each), {}, 1 thread, CPU time", best.name()),
+        Value(cpu * 1e3, "ms"),
+        None,
+        "≤ 1500 ms",
+    )?;
 
     // The CPU prover: one 1024^3 product, tiles and leaves, one thread, against the
     // specification written out (tile_reference: Philox a block at a time, the triple loop).
     let work = GpuWork { m: 1024, n: 1024, k: 1024, count: 1, items: 0 };
     let ops = 2.0 * 1024f64.powi(3);
+    let mut previous: Option<(Isa, f64)> = None;
     for &isa in &paths {
         let s = cpu_median(3, || {
             std::hint::black_box(phase_a::product_leaves(isa, &keys, &work, 0, 1));
         })?;
-        println!(
-            "prover, tile GEMM + leaves of a 1024^3 product, 1 thread, {:>6}: {:.2} Gop/s",
-            isa.name(),
-            ops / s / 1e9
-        );
+        let rate = ops / s / 1e9;
+        println!("prover, tile GEMM + leaves of a 1024^3 product, 1 thread, {:>6}: {rate:.2} Gop/s", isa.name());
+        // Each path beside the one before it (AVX2 beside scalar, AVX-512 VNNI beside AVX2).
+        if let Some((before, before_rate)) = previous {
+            figure(
+                &format!("int8 GEMM (tiles and leaves of a 1024^3 product), 1 core, {}", path_name(isa)),
+                Value(rate, "Gop/s"),
+                Some((before.name(), Value(before_rate, "Gop/s"))),
+                "",
+            )?;
+        }
+        previous = Some((isa, rate));
     }
     let t = cpu_median(3, || {
         std::hint::black_box(phase_a::tile_reference(&keys, 1024, TileIndex { p: 0, ti: 1, tj: 2 }));

@@ -16,6 +16,7 @@ use common::proto::runtime::v1 as pb;
 use e2e::TestConfig;
 use e2e::lan::{self, Lan};
 
+use crate::report::{Value, figure};
 use crate::{build_release, median, start_runtime, workspace_root};
 
 const RUNS: usize = 30;
@@ -54,7 +55,7 @@ while s.recv(65536):
 
 pub(crate) async fn run() -> anyhow::Result<()> {
     let root = workspace_root();
-    build_release(&root, &["-p", "container-runtime"]).await?;
+    build_release(&root).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
     let config = TestConfig::with_ports(
         "ranges = [\"46000-46999\"]",
@@ -124,6 +125,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     println!("  container-runtime API (pool, labels, firewall, shaping): {o:.1} ms");
     println!("  docker run -d -p -p -p on a network like ours:            {t:.1} ms");
     println!("ratio: {:.2}", o / t);
+    figure(
+        &format!("create-to-running with 3 published ports, median of {RUNS}"),
+        Value(o, "ms"),
+        Some(("`docker run -d -p -p -p` on a network like ours", Value(t, "ms"))),
+        "",
+    )?;
 
     // Throughput through a published port, from another network namespace.
     let lan = Lan::new().await;
@@ -156,6 +163,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     println!("  ours:            {o:.0} ms ({:.0} MiB/s)", mib / o * 1e3);
     println!("  docker run -p:   {t:.0} ms ({:.0} MiB/s)", mib / t * 1e3);
     println!("throughput ratio (ours / docker): {:.2}", t / o);
+    figure(
+        &format!("{mib} MiB through a published port from another netns, median of {COPIES}"),
+        Value(mib / o * 1e3, "MiB/s"),
+        Some(("`docker run -p`", Value(mib / t * 1e3, "MiB/s"))),
+        "",
+    )?;
     docker(&["rm", "-f", &id]).await?;
     client.remove(pb::RemoveContainerRequest { id: c.id, force: true }).await?;
     docker(&["network", "rm", &network]).await?;

@@ -18,6 +18,7 @@ use common::proto::runtime::v1 as pb;
 use e2e::{Node, TestConfig};
 use executor_api::client::ExecutorClient;
 
+use crate::report::{Value, figure};
 use crate::{build_release, median, ssh_true, workspace_root};
 
 const RUNS: usize = 30;
@@ -33,7 +34,7 @@ async fn timed(spec: ProcessSpec) -> anyhow::Result<f64> {
 
 pub(crate) async fn run() -> anyhow::Result<()> {
     let root = workspace_root();
-    build_release(&root, &["--workspace", "--bins"]).await?;
+    build_release(&root).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs the busybox test image (docker)");
     // Every cipher offered, so that each can be measured; under the default (AES-GCM only) a
     // stock OpenSSH client takes aes128-gcm (e2e::tenant_ssh checks it).
@@ -96,6 +97,9 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     println!("  docker exec <id> true:                                    {d:.1} ms");
     println!("  validator ssh (setpriv + sh -c true on the host):          {v:.1} ms");
     println!("ratio to docker exec: {:.2}; to the validator path: {:.2}", t / d, t / v);
+    let measure = format!("renter ssh `true` into a container (connect, authenticate, exec), median of {RUNS}");
+    figure(&measure, Value(t, "ms"), Some(("`docker exec <id> true`", Value(d, "ms"))), "")?;
+    figure(&measure, Value(t, "ms"), Some(("validator ssh on the host", Value(v, "ms"))), "")?;
 
     let file = dir.join("payload");
     let data: Vec<u8> = (0..COPY_BYTES as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
@@ -130,6 +134,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         println!("  scp -c {cipher:30} {ms:5.0} ms ({:3.0} MiB/s), {:.2} x docker cp", mib / ms * 1e3, ms / cp);
     }
     println!("  docker cp:                         {cp:5.0} ms ({:3.0} MiB/s)", mib / cp * 1e3);
+    figure(
+        &format!("scp of {mib} MiB into a container, default cipher ({}), median of {COPIES}", ciphers[0]),
+        Value(medians[0], "ms"),
+        Some(("`docker cp`", Value(cp, "ms"))),
+        "",
+    )?;
     check_copy(&id).await?;
     client.remove_container(pb::RemoveContainerRequest { id, force: true }).await?;
     drop(node);

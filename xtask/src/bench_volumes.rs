@@ -12,6 +12,7 @@ use common::process::ProcessSpec;
 use common::proto::runtime::v1 as pb;
 use e2e::TestConfig;
 
+use crate::report::{Value, figure};
 use crate::{RuntimeClient, build_release, create_to_running, median, start_runtime, workspace_root};
 
 const WRITES: usize = 5;
@@ -48,7 +49,7 @@ async fn on_host(dir: &std::path::Path) -> anyhow::Result<f64> {
 
 pub(crate) async fn run() -> anyhow::Result<()> {
     let root = workspace_root();
-    build_release(&root, &["-p", "container-runtime"]).await?;
+    build_release(&root).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
     let config = TestConfig::new(
         "\n[logging]\nlevel = \"warn\"\n[docker.resource_limits]\ndisk_io_bps = 10000000000000\n\
@@ -81,6 +82,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     println!("  inside a container, onto its volume: {o:.0} ms ({:.0} MiB/s)", mib / o * 1e3);
     println!("  on the host, a file on the same disk: {h:.0} ms ({:.0} MiB/s)", mib / h * 1e3);
     println!("throughput ratio (volume / host): {:.2}", h / o);
+    figure(
+        &format!("{WRITE_MIB} MiB dd onto a volume inside a container, median of {WRITES}"),
+        Value(mib / o * 1e3, "MiB/s"),
+        Some(("the same on the host's disk", Value(mib / h * 1e3, "MiB/s"))),
+        "",
+    )?;
 
     // Create-to-running with one volume against none.
     let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -93,6 +100,12 @@ pub(crate) async fn run() -> anyhow::Result<()> {
     println!("  with one volume: {w:.1} ms");
     println!("  without:         {n:.1} ms");
     println!("ratio: {:.2}", w / n);
+    figure(
+        &format!("create-to-running with one volume, median of {CREATES}"),
+        Value(w, "ms"),
+        Some(("the same without a volume", Value(n, "ms"))),
+        "",
+    )?;
 
     client.delete_volume(pb::DeleteVolumeRequest { name: "bench".into() }).await?;
     if let Some(pid) = child.id() {

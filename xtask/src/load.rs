@@ -42,9 +42,7 @@ async fn our_docker_objects(executor_id: &str) -> anyhow::Result<(usize, usize)>
 
 pub(crate) async fn load() -> anyhow::Result<()> {
     let root = crate::workspace_root();
-    let packages = ["executor", "executor-api", "container-runtime", "gpu-monitor", "validator-access", "gpu-attestor"];
-    let args: Vec<&str> = packages.iter().flat_map(|p| ["-p", *p]).collect();
-    crate::build_release(&root, &args).await?;
+    crate::build_release(&root).await?;
     ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
     let config = TestConfig::new(
         "[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 10\n[validator.access_config.rate_limits]\nssh_requests_per_minute = 10\napi_requests_per_minute = 10000000\n",

@@ -51,6 +51,7 @@ mod dist;
 mod faults;
 mod invariants;
 mod load;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,6 +61,7 @@ use common::ServiceName;
 use common::process::{ProcessSpec, send_signal};
 use e2e::{Node, TestConfig, wait_serving};
 use nix::sys::signal::Signal;
+use report::{Value, figure};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Some("dist") => runtime.block_on(dist::run(&args[1..])),
         Some("config-reference") => config_doc::run(&args[1..]),
         Some("invariants") => runtime.block_on(invariants::run()),
+        Some("bench-table") => report::run(&args[1..]),
         Some("bench-gpow") => bench_gpow(),
         Some("bench-api") => bench_api::run(),
         Some("bench-doors") => bench_doors::run(),
@@ -99,11 +102,14 @@ pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
-/// `cargo build --release` of `what` in the workspace at `root`.
-pub(crate) async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<()> {
+/// `cargo build --release` of every binary of the workspace at `root`, xtask included: every
+/// benchmark measures binaries of this one build, whichever it needs, and `make bench` runs
+/// the xtask it built, so the build is done once and is a no-op here. A build of one package
+/// alone resolves features apart: it would compile the shared crates again, and the next
+/// workspace build again.
+pub(crate) async fn build_release(root: &Path) -> anyhow::Result<()> {
     let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet"])
-        .args(what.iter().copied())
+        .args(["build", "--release", "--quiet", "--workspace", "--bins"])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"));
     let out = spec.output(Duration::from_secs(1800), 1 << 20).await?;
@@ -113,10 +119,17 @@ pub(crate) async fn build_release(root: &Path, what: &[&str]) -> anyhow::Result<
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// Resident memory of `pid` in KiB: all of it (`VmRSS`) and its anonymous part (`RssAnon`,
+/// the process's own heap and stacks; the rest is file pages, mostly its binary's code mapped
+/// from the page cache, which the kernel can drop and which other processes of the same
+/// binary share).
+fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
-    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status.lines().find(|l| l.starts_with(name)).with_context(|| format!("no {name}"))?;
+        Ok(line.split_whitespace().nth(1).with_context(|| format!("{name} value"))?.parse()?)
+    };
+    Ok((field("VmRSS:")?, field("RssAnon:")?))
 }
 
 /// Child processes of `pid`, whichever of its threads started them.
@@ -137,9 +150,9 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 async fn bench_startup(runs: usize) -> anyhow::Result<()> {
     let root = workspace_root();
     println!("building release binaries ...");
-    build_release(&root, &["--workspace", "--bins"]).await?;
+    build_release(&root).await?;
     let bin = root.join("target/release");
-    let (mut launcher_ms, mut baseline_ms, mut rss_mb) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut launcher_ms, mut baseline_ms, mut rss_mb, mut anon_mb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let quiet = "\n[logging]\nlevel = \"warn\"\n";
     for _ in 0..runs {
         // Launcher: sequential, health-gated start of the four services.
@@ -148,13 +161,16 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
         launcher_ms.push(start.elapsed().as_secs_f64() * 1e3);
         tokio::time::sleep(Duration::from_millis(500)).await; // settle to idle
         let pid = node.pid();
-        let mut total = rss_kib(pid)?;
+        let (mut total, mut anon) = rss_kib(pid)?;
         let kids = children(pid)?;
         anyhow::ensure!(kids.len() == 4, "expected 4 services, found {kids:?}");
         for kid in kids {
-            total += rss_kib(kid)?;
+            let (rss, a) = rss_kib(kid)?;
+            total += rss;
+            anon += a;
         }
         rss_mb.push(total as f64 / 1024.0);
+        anon_mb.push(anon as f64 / 1024.0);
         let (status, output) = node.stop_with(Signal::SIGTERM, Duration::from_secs(15)).await;
         anyhow::ensure!(status.success(), "launcher failed: {output}");
 
@@ -180,7 +196,7 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
             kid.wait().await?;
         }
     }
-    let (l, b, r) = (median(&mut launcher_ms), median(&mut baseline_ms), median(&mut rss_mb));
+    let (l, b, r, a) = (median(&mut launcher_ms), median(&mut baseline_ms), median(&mut rss_mb), median(&mut anon_mb));
     println!("runs: {runs}");
     println!(
         "cold start to all SERVING, launcher (sequential, health-gated): median {l:.1} ms (min {:.1}, max {:.1})",
@@ -198,6 +214,15 @@ async fn bench_startup(runs: usize) -> anyhow::Result<()> {
         rss_mb[0],
         rss_mb[runs - 1]
     );
+    figure(
+        &format!("cold start to all SERVING, median of {runs}"),
+        Value(l, "ms"),
+        Some(("the 4 services started directly, in parallel", Value(b, "ms"))),
+        "< 1 s",
+    )?;
+    println!("  of which anonymous (heap and stacks; the rest is mapped file pages): median {a:.1} MiB");
+    figure("resident memory (VmRSS) of the 5 idle processes", Value(r, "MiB"), None, "< 60 MiB")?;
+    figure("anonymous resident memory (RssAnon) of the 5 idle processes", Value(a, "MiB"), None, "")?;
     Ok(())
 }
 
@@ -258,7 +283,7 @@ async fn scrape_latency(port: u16, n: usize) -> anyhow::Result<(f64, f64, usize)
 
 async fn bench_monitor() -> anyhow::Result<()> {
     let root = workspace_root();
-    build_release(&root, &["-p", "gpu-monitor"]).await?;
+    build_release(&root).await?;
     let config = TestConfig::with_system(
         "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"\nupdate_interval = \"1s\"\ncollector_timeout = \"500ms\"",
         "\n[logging]\nlevel = \"warn\"\n",
@@ -291,12 +316,33 @@ async fn bench_monitor() -> anyhow::Result<()> {
     child.wait().await?;
 
     // Baseline: the distribution's node_exporter, which collects on the scrape path.
-    let Some(exporter) =
-        ["/usr/bin/prometheus-node-exporter", "/usr/bin/node_exporter"].into_iter().map(Path::new).find(|p| p.exists())
-    else {
-        println!("baseline: node_exporter is not installed (apt-get install prometheus-node-exporter)");
-        return Ok(());
+    let baseline = match ["/usr/bin/prometheus-node-exporter", "/usr/bin/node_exporter"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+    {
+        Some(exporter) => Some(node_exporter(exporter).await?),
+        None => {
+            println!("baseline: node_exporter is not installed (apt-get install prometheus-node-exporter)");
+            None
+        }
     };
+    if let Some((b_cpu, b99)) = baseline {
+        println!("ratios gpu-monitor / node_exporter: CPU {:.2}, scrape p99 {:.2}", cpu_percent / b_cpu, p99 / b99);
+    }
+    let name = "node_exporter scraped at 1 Hz";
+    figure(
+        "gpu-monitor CPU, 8 simulated GPUs and the host at 1 Hz",
+        Value(cpu_percent, "% of a core"),
+        baseline.map(|(cpu, _)| (name, Value(cpu, "% of a core"))),
+        "< 0.5 %",
+    )?;
+    figure("gpu-monitor scrape p99", Value(p99, "ms"), baseline.map(|(_, p99)| (name, Value(p99, "ms"))), "< 5 ms")
+}
+
+/// node_exporter scraped at 1 Hz for 30 s, then 500 times in a row: its CPU (% of a core)
+/// and its scrape p99 (ms).
+async fn node_exporter(exporter: &Path) -> anyhow::Result<(f64, f64)> {
     let port = e2e::free_port();
     let mut baseline =
         ProcessSpec::new(exporter).arg(format!("--web.listen-address=127.0.0.1:{port}")).spawn_supervised()?;
@@ -314,10 +360,9 @@ async fn bench_monitor() -> anyhow::Result<()> {
     println!(
         "baseline node_exporter, scraped at 1 Hz: {b_cpu:.3} % of one core; scrape p50 {b50:.3} ms, p99 {b99:.3} ms, {bsize} bytes"
     );
-    println!("ratios gpu-monitor / node_exporter: CPU {:.2}, scrape p99 {:.2}", cpu_percent / b_cpu, p99 / b99);
     send_signal(bpid, Signal::SIGTERM)?;
     baseline.wait().await?;
-    Ok(())
+    Ok((b_cpu, b99))
 }
 
 pub(crate) type RuntimeClient =
@@ -379,7 +424,7 @@ pub(crate) async fn create_to_running(
 
 async fn bench_containers() -> anyhow::Result<()> {
     let root = workspace_root();
-    build_release(&root, &["-p", "container-runtime"]).await?;
+    build_release(&root).await?;
     anyhow::ensure!(e2e::busybox_image().await, "needs Docker and busybox-static");
     let quiet = "\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n";
     let runs = 30;
@@ -433,8 +478,23 @@ async fn bench_containers() -> anyhow::Result<()> {
     let b = median(&mut baseline);
     let bi = median(&mut baseline_isolated);
     println!("create-to-running, median of {runs}, interleaved:");
-    for ((name, _), (_, child, _, times)) in variants.iter().zip(&mut services) {
+    for (i, ((name, _), (_, child, _, times))) in variants.iter().zip(&mut services).enumerate() {
         let m = median(times);
+        let goal = if i == 0 { "≤ 1.15" } else { "" };
+        figure(
+            &format!("create-to-running through the API, {name}, median of {runs}"),
+            Value(m, "ms"),
+            Some(("`docker run -d`, default bridge", Value(b, "ms"))),
+            goal,
+        )?;
+        if i == 0 {
+            figure(
+                &format!("the same, beside Docker on a network like ours, median of {runs}"),
+                Value(m, "ms"),
+                Some(("`docker run -d` on a bridge without inter-container traffic", Value(bi, "ms"))),
+                "",
+            )?;
+        }
         println!(
             "  container-runtime API, {name}: {m:.1} ms = {:.2} x docker run, {:.2} x docker run on a network like ours",
             m / b,
@@ -477,7 +537,7 @@ pub(crate) async fn run_checked(program: &str, args: &[&str]) -> anyhow::Result<
 async fn bench_ssh() -> anyhow::Result<()> {
     use common::proto::access::v1 as pb;
     let root = workspace_root();
-    build_release(&root, &["-p", "validator-access"]).await?;
+    build_release(&root).await?;
     anyhow::ensure!(Path::new("/usr/sbin/sshd").exists(), "needs the distribution's sshd (openssh-server)");
     let config = TestConfig::new(
         "[validator.access_config.rate_limits]\nssh_requests_per_minute = 100000\n[logging]\nlevel = \"warn\"\n",
@@ -528,6 +588,12 @@ async fn bench_ssh() -> anyhow::Result<()> {
     println!("  validator-access (russh, grant lookup, setpriv + env -i + sh -c true): {o:.1} ms");
     println!("  OpenSSH sshd (root, login shell runs true):                          {b:.1} ms");
     println!("ratio: {:.2}", o / b);
+    figure(
+        &format!("validator ssh: connect, authenticate, exec `true`, median of {runs}"),
+        Value(o, "ms"),
+        Some(("OpenSSH sshd", Value(b, "ms"))),
+        "",
+    )?;
     drop(ours);
     drop(sshd);
     Ok(())
