@@ -97,7 +97,7 @@ pub async fn carry(tenants: Arc<Tenants>, request: Request, channel: Channel<Msg
         }
         Err(status) => Err(status),
     };
-    let (mut output, address) = match answer {
+    let (output, address) = match answer {
         Ok(answer) => answer,
         Err(status) => {
             let refusal = Refusal::from_status(&status)
@@ -119,16 +119,68 @@ pub async fn carry(tenants: Arc<Tenants>, request: Request, channel: Channel<Msg
     reply.accept().await;
     connected(&tenants, &request, &address);
     let (mut from_client, to_client) = channel.split();
+    pump(&mut from_client, tx, output, &to_client, &request.session).await;
+    tracing::debug!(session = request.session, address, "forward ended");
+}
+
+/// The renter's side of a forward's channel as [`pump`] reads it: russh's read half (a
+/// script in the tests).
+trait FromClient {
+    async fn next(&mut self) -> Option<ChannelMsg>;
+}
+
+/// The renter's side of a forward's channel as [`pump`] writes it.
+trait ToClient {
+    /// False once the channel is gone.
+    async fn data(&self, data: Vec<u8>) -> bool;
+    /// End of file, then close.
+    async fn end(&self);
+}
+
+impl FromClient for russh::ChannelReadHalf {
+    async fn next(&mut self) -> Option<ChannelMsg> {
+        self.wait().await
+    }
+}
+
+impl ToClient for russh::ChannelWriteHalf<Msg> {
+    async fn data(&self, data: Vec<u8>) -> bool {
+        self.data_bytes(data).await.is_ok()
+    }
+
+    async fn end(&self) {
+        let _ = self.eof().await;
+        let _ = self.close().await;
+    }
+}
+
+/// Carries bytes both ways once the forward is made: the channel's data to the container
+/// (`tx`), its end of file as a half-close; the container's data (`output`) to the channel,
+/// its end as the channel's end of file and close. The channel closing ends it at once; the
+/// container's side ending ends it once the channel was told. container-runtime may be done
+/// with the request stream (`tx` closed) before the renter's end of file arrives: that does
+/// not end the forward, or what the container said last would never reach the renter.
+async fn pump(
+    from_client: &mut impl FromClient,
+    tx: mpsc::Sender<runtime::ForwardInput>,
+    mut output: impl tokio_stream::Stream<Item = Result<runtime::ForwardOutput, tonic::Status>> + Unpin,
+    to_client: &impl ToClient,
+    session: &str,
+) {
     let inbound = async {
-        while let Some(message) = from_client.wait().await {
+        let mut tx = Some(tx);
+        while let Some(message) = from_client.next().await {
             let input = match message {
                 ChannelMsg::Data { data } => Input::Data(data.to_vec()),
                 ChannelMsg::Eof => Input::CloseWrite(true),
                 ChannelMsg::Close => break,
                 _ => continue,
             };
-            if tx.send(runtime::ForwardInput { input: Some(input) }).await.is_err() {
-                break;
+            if let Some(open) = &tx
+                && open.send(runtime::ForwardInput { input: Some(input) }).await.is_err()
+            {
+                // container-runtime finished the forward; what it sent still goes out.
+                tx = None;
             }
         }
     };
@@ -136,25 +188,91 @@ pub async fn carry(tenants: Arc<Tenants>, request: Request, channel: Channel<Msg
         while let Some(item) = output.next().await {
             match item.map(|o| o.output) {
                 Ok(Some(Output::Data(data))) => {
-                    if to_client.data_bytes(data).await.is_err() {
+                    if !to_client.data(data).await {
                         return;
                     }
                 }
                 Ok(Some(Output::Connected(_)) | None) => {}
                 Err(status) => {
-                    tracing::debug!(session = request.session, error = %status, "forward broke off");
+                    tracing::debug!(session, error = %status, "forward broke off");
                     break;
                 }
             }
         }
-        let _ = to_client.eof().await;
-        let _ = to_client.close().await;
+        to_client.end().await;
     };
-    // The channel closing ends the forward at once; the container's side closing ends it once
-    // the channel was told.
     tokio::select! {
         () = inbound => {}
         () = outbound => {}
     }
-    tracing::debug!(session = request.session, address, "forward ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The client's messages, then nothing more (the channel stays open).
+    struct Script(std::vec::IntoIter<ChannelMsg>);
+
+    impl FromClient for Script {
+        async fn next(&mut self) -> Option<ChannelMsg> {
+            match self.0.next() {
+                Some(message) => Some(message),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl ToClient for Recorder {
+        async fn data(&self, data: Vec<u8>) -> bool {
+            self.0.lock().unwrap().push(String::from_utf8_lossy(&data).into_owned());
+            true
+        }
+
+        async fn end(&self) {
+            self.0.lock().unwrap().extend(["eof".to_owned(), "close".to_owned()]);
+        }
+    }
+
+    /// The race CI met once: the container's server answered and closed, container-runtime
+    /// ended the forward (and with it the request stream), and the renter's end of file
+    /// arrived at the same moment. Both sides are ready at the first poll; whichever the task
+    /// takes, the answer, the end of file and the close reach the renter.
+    #[tokio::test]
+    async fn what_the_container_said_last_reaches_the_renter_when_its_end_of_file_comes_late() {
+        for _ in 0..64 {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            drop(rx);
+            let answer = runtime::ForwardOutput { output: Some(Output::Data(b"hello-from-inside\n".to_vec())) };
+            let output = tokio_stream::iter([Ok(answer)]);
+            let mut client = Script(vec![ChannelMsg::Eof].into_iter());
+            let recorder = Recorder::default();
+            tokio::time::timeout(Duration::from_secs(5), pump(&mut client, tx, output, &recorder, "s"))
+                .await
+                .expect("the forward ended");
+            assert_eq!(*recorder.0.lock().unwrap(), ["hello-from-inside\n", "eof", "close"]);
+        }
+    }
+
+    /// The renter closing the channel ends the forward even while the container says nothing.
+    #[tokio::test]
+    async fn the_renter_closing_the_channel_ends_the_forward() {
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let mut client =
+            Script(vec![ChannelMsg::Data { data: b"ping".as_slice().into() }, ChannelMsg::Close].into_iter());
+        let recorder = Recorder::default();
+        let silent = tokio_stream::pending::<Result<runtime::ForwardOutput, tonic::Status>>();
+        tokio::time::timeout(Duration::from_secs(5), pump(&mut client, tx, silent, &recorder, "s"))
+            .await
+            .expect("the forward ended");
+        let sent = rx.recv().await.and_then(|i| i.input);
+        assert!(matches!(sent, Some(Input::Data(ref d)) if d == b"ping"), "{sent:?}");
+        assert!(recorder.0.lock().unwrap().is_empty());
+    }
 }
