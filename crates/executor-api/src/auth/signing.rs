@@ -184,25 +184,16 @@ pub fn session_key(
     Ok(key)
 }
 
-/// HMAC-SHA256 of `canonical` under `key`.
-pub fn session_mac(key: &[u8; 32], canonical: &str) -> [u8; 32] {
-    use hmac::{KeyInit, Mac};
-    let mut mac = hmac::Hmac::<sha2_11::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
-    mac.update(canonical.as_bytes());
-    mac.finalize().into_bytes().into()
-}
-
-/// Whether `tag` is the MAC under `key` of the call's [`session_canonical_string`], compared in
-/// constant time; the string is fed to the MAC piece by piece, never built.
-pub fn session_mac_matches(
+/// The HMAC-SHA256 under `key` of a call's [`session_canonical_string`], fed to the MAC piece
+/// by piece: the string is never built (this is every session call's work, on both sides).
+fn session_hmac(
     key: &[u8; 32],
     executor_id: &str,
     session_id: &str,
     method: &str,
     counter: u64,
     message_sha256: &[u8; 32],
-    tag: &[u8],
-) -> bool {
+) -> hmac::Hmac<sha2_11::Sha256> {
     use hmac::{KeyInit, Mac};
     let mut mac = hmac::Hmac::<sha2_11::Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
     let mut digits = [0u8; 20];
@@ -233,7 +224,22 @@ pub fn session_mac_matches(
     ] {
         mac.update(piece);
     }
-    mac.verify_slice(tag).is_ok()
+    mac
+}
+
+/// Whether `tag` is the MAC under `key` of the call's [`session_canonical_string`], compared in
+/// constant time.
+pub fn session_mac_matches(
+    key: &[u8; 32],
+    executor_id: &str,
+    session_id: &str,
+    method: &str,
+    counter: u64,
+    message_sha256: &[u8; 32],
+    tag: &[u8],
+) -> bool {
+    use hmac::Mac;
+    session_hmac(key, executor_id, session_id, method, counter, message_sha256).verify_slice(tag).is_ok()
 }
 
 /// The four metadata values of a call in a session.
@@ -245,12 +251,13 @@ pub fn session_headers(
     counter: u64,
     message: &[u8],
 ) -> [(&'static str, String); 4] {
-    let canonical = session_canonical_string(executor_id, session_id, method, counter, &sha256(message));
+    use hmac::Mac;
+    let mac = session_hmac(key, executor_id, session_id, method, counter, &sha256(message)).finalize().into_bytes();
     [
         (SCHEME_HEADER, SESSION_SCHEME.to_owned()),
         (SESSION_HEADER, session_id.to_owned()),
         (COUNTER_HEADER, counter.to_string()),
-        (MAC_HEADER, hex::encode(session_mac(key, &canonical))),
+        (MAC_HEADER, hex::encode(mac)),
     ]
 }
 
@@ -266,7 +273,12 @@ mod tests {
         for counter in [1, 9, 10, 1234567890, u64::MAX] {
             let digest = sha256(b"body");
             let canonical = session_canonical_string("executor-x", "ab12", METHOD, counter, &digest);
-            let tag = session_mac(&key, &canonical);
+            let tag = {
+                use hmac::{KeyInit, Mac};
+                let mut mac = hmac::Hmac::<sha2_11::Sha256>::new_from_slice(&key).unwrap();
+                mac.update(canonical.as_bytes());
+                mac.finalize().into_bytes()
+            };
             assert!(session_mac_matches(&key, "executor-x", "ab12", METHOD, counter, &digest, &tag), "{counter}");
             assert!(!session_mac_matches(&key, "executor-x", "ab12", METHOD, counter ^ 1, &digest, &tag));
         }
