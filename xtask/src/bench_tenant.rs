@@ -138,7 +138,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
         &format!("scp of {mib} MiB into a container, default cipher ({}), median of {COPIES}", ciphers[0]),
         Value(medians[0], "ms"),
         Some(("`docker cp`", Value(cp, "ms"))),
-        "",
+        "≤ 1.5",
     )?;
     check_copy(&id).await?;
     client.remove_container(pb::RemoveContainerRequest { id, force: true }).await?;

@@ -592,7 +592,7 @@ async fn bench_ssh() -> anyhow::Result<()> {
         &format!("validator ssh: connect, authenticate, exec `true`, median of {runs}"),
         Value(o, "ms"),
         Some(("OpenSSH sshd", Value(b, "ms"))),
-        "",
+        "≤ 1.5",
     )?;
     drop(ours);
     drop(sshd);

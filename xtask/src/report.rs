@@ -119,20 +119,28 @@ fn parse_status(text: &str) -> anyhow::Result<Vec<Outcome>> {
         .collect()
 }
 
-/// The new table section: for each target in run order, this run's rows where it passed and
-/// left figures, else the rows the document had for it (older, with their own dates).
+/// The new table section: the benchmarks in the table's order (those new to it after, in run
+/// order); for each, this run's rows where it ran, passed and left figures, else the rows the
+/// table had (older, with their own dates). A run of some benchmarks leaves the others' rows.
 fn section(
     summary: &str,
     outcomes: &[Outcome],
     fresh: &dyn Fn(&str) -> anyhow::Result<Option<Vec<Row>>>,
     old: &[Row],
 ) -> anyhow::Result<String> {
+    let mut order: Vec<String> = Vec::new();
+    let commands = old.iter().map(|r| r.command.clone()).chain(outcomes.iter().map(|o| format!("`make {}`", o.target)));
+    for command in commands {
+        if !order.contains(&command) {
+            order.push(command);
+        }
+    }
     let mut out = format!("{BEGIN}\n{summary}\n\n{HEADER}");
-    for outcome in outcomes {
-        let command = format!("`make {}`", outcome.target);
-        let rows = match outcome.ok.then(|| fresh(&outcome.target)).transpose()?.flatten() {
+    for command in &order {
+        let outcome = outcomes.iter().find(|o| &format!("`make {}`", o.target) == command);
+        let rows = match outcome.filter(|o| o.ok).map(|o| fresh(&o.target)).transpose()?.flatten() {
             Some(rows) => rows,
-            None => old.iter().filter(|r| r.command == command).cloned().collect(),
+            None => old.iter().filter(|r| &r.command == command).cloned().collect(),
         };
         for row in rows {
             writeln!(out, "{}", row.line())?;
@@ -217,12 +225,12 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_or_silent_benchmark_keeps_its_earlier_rows_and_a_passed_one_replaces_them() {
+    fn a_failed_silent_or_not_run_benchmark_keeps_its_earlier_rows_and_a_passed_one_replaces_them() {
         let old = vec![
             row("bench-a", "old a", "2026-11-28 10:00"),
             row("bench-b", "old b", "2026-11-28 10:00"),
             row("bench-c", "old c", "2026-11-28 10:00"),
-            row("bench-gone", "dropped from make bench", "2026-11-28 10:00"),
+            row("bench-other", "not in this run", "2026-11-28 10:00"),
         ];
         let outcomes = parse_status("bench-a\tok\t12\nbench-b\tfailed\t3\nbench-c\tok\t5\nbench-d\tok\t7\n").unwrap();
         let fresh = |target: &str| -> anyhow::Result<Option<Vec<Row>>> {
@@ -236,10 +244,10 @@ mod tests {
         let text = section("run line", &outcomes, &fresh, &old).unwrap();
         let measures: Vec<String> =
             text.lines().filter(|l| l.starts_with("| `make ")).map(|l| Row::parse(l).unwrap().measure).collect();
-        assert_eq!(measures, ["new a", "old b", "old c", "new d"]);
+        assert_eq!(measures, ["new a", "old b", "old c", "not in this run", "new d"]);
         assert!(text.starts_with(BEGIN) && text.ends_with(END) && text.contains("run line"));
         let (rows, start, end) = current(&format!("intro\n{text}\nrest")).unwrap();
-        assert_eq!((rows.len(), start), (4, 6));
+        assert_eq!((rows.len(), start), (5, 6));
         assert_eq!(end, 6 + text.len());
     }
 
