@@ -16,6 +16,36 @@ pub async fn capture(spec: ProcessSpec, timeout: Duration) -> CapturedOutput {
     spec.output(timeout, OUTPUT_CAP).await.unwrap_or_else(|e| panic!("{program}: {e}"))
 }
 
+/// `cargo` (the one that runs us, where one does) as a person runs it from a shell: without the
+/// variables cargo gives the program it runs or tests (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...).
+/// ring's build script reruns when those change, and everything above ring with it, so a nested
+/// build carrying a test's or xtask's own variables would compile the tree again, and the next
+/// ordinary build again (`make test` spent minutes on that between its steps).
+pub fn cargo() -> ProcessSpec {
+    let unset: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| set_by_cargo_for_its_program(name))
+        .flat_map(|name| ["-u".to_owned(), name])
+        .collect();
+    ProcessSpec::new("env").args(unset).arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Whether cargo sets the variable `name` for a program it runs (`cargo run`, `cargo test`): the
+/// package's own description, not the caller's environment.
+fn set_by_cargo_for_its_program(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_TARGET_TMPDIR"
+        )
+}
+
 /// Runs `program args...` for at most two minutes: (success, stdout and stderr as text).
 pub async fn sh(program: &str, args: &[&str]) -> (bool, String) {
     let out = capture(ProcessSpec::new(program).args(args.iter().copied()), Duration::from_secs(120)).await;
@@ -48,4 +78,17 @@ pub fn which(program: &str) -> bool {
 /// Whether the tests run as root (Docker's firewall, `tc`, sshd and user changes need it).
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_package_variables_cargo_sets_are_dropped_and_the_callers_kept() {
+        for name in ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_PKG_VERSION_MAJOR"] {
+            assert!(super::set_by_cargo_for_its_program(name), "{name}");
+        }
+        for name in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL", "PATH", "RUSTFLAGS"] {
+            assert!(!super::set_by_cargo_for_its_program(name), "{name}");
+        }
+    }
 }

@@ -77,8 +77,7 @@ async fn systemd_unit_verifies() {
 
 /// `cargo xtask dist --out DIR`: the release tarball (one release build, cached afterwards).
 async fn dist(out: &Path) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let spec = ProcessSpec::new(cargo)
+    let spec = e2e::process::cargo()
         .args(["run", "--quiet", "--package", "xtask", "--manifest-path"])
         .arg(repo().join("Cargo.toml"))
         .args(["--", "dist", "--out"])
@@ -719,8 +718,7 @@ file = "/var/log/basilica/executor.log"
 /// docs/executor.md's configuration reference is what the config's doc comments generate.
 #[tokio::test]
 async fn config_reference_in_the_operator_guide_is_current() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let spec = ProcessSpec::new(cargo)
+    let spec = e2e::process::cargo()
         .args(["run", "--quiet", "--package", "xtask", "--manifest-path"])
         .arg(repo().join("Cargo.toml"))
         .args(["--", "config-reference", "--check"]);

@@ -67,7 +67,7 @@ async fn build(root: &Path, target: &Path, profile: &str, what: &[&str]) -> anyh
         root.display(),
         cargo_home.display()
     );
-    let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let spec = e2e::process::cargo()
         .args(["build", "--profile", profile, "--quiet", "--locked"])
         .args(what.iter().copied())
         .arg("--manifest-path")

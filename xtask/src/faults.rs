@@ -117,7 +117,7 @@ async fn running(client: &ExecutorClient) -> anyhow::Result<Vec<String>> {
 
 pub(crate) async fn faults() -> anyhow::Result<()> {
     let root = crate::workspace_root();
-    let out = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let out = e2e::process::cargo()
         .args(["build", "--quiet", "--workspace", "--bins", "--manifest-path"])
         .arg(root.join("Cargo.toml"))
         .output(Duration::from_secs(1800), 1 << 20)

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use common::process::ProcessSpec;
 
 /// Crates that may depend directly on each guarded crate.
 const DEPENDENCY_RULES: &[(&str, &[&str], &str)] = &[
@@ -45,10 +44,7 @@ pub(crate) async fn run() -> anyhow::Result<()> {
 }
 
 async fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let spec = ProcessSpec::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(args.iter().copied())
-        .arg("--manifest-path")
-        .arg(root.join("Cargo.toml"));
+    let spec = e2e::process::cargo().args(args.iter().copied()).arg("--manifest-path").arg(root.join("Cargo.toml"));
     let out = spec.output(Duration::from_secs(300), 64 << 20).await?;
     if !out.status.success() {
         bail!("cargo {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));

@@ -108,19 +108,9 @@ pub(crate) fn workspace_root() -> PathBuf {
 /// alone resolves features apart: it would compile the shared crates again, and the next
 /// workspace build again.
 ///
-/// Run from `cargo xtask` (`cargo run`), this process has the variables cargo gives what it
-/// runs (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`); ring's build script reruns when
-/// `CARGO_MANIFEST_DIR` changes, and everything above ring with it, so the nested build would
-/// compile the whole release tree again (and the next plain build again). They are dropped.
+/// Run through [`e2e::process::cargo`]: without the variables `cargo xtask` gave this process.
 pub(crate) async fn build_release(root: &Path) -> anyhow::Result<()> {
-    let unset: Vec<String> = std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|name| set_by_cargo_run(name))
-        .flat_map(|name| ["-u".to_owned(), name])
-        .collect();
-    let spec = ProcessSpec::new("env")
-        .args(unset)
-        .arg(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let spec = e2e::process::cargo()
         .args(["build", "--release", "--quiet", "--workspace", "--bins"])
         .arg("--manifest-path")
         .arg(root.join("Cargo.toml"));
@@ -135,20 +125,6 @@ pub(crate) async fn build_release(root: &Path) -> anyhow::Result<()> {
 /// the process's own heap and stacks; the rest is file pages, mostly its binary's code mapped
 /// from the page cache, which the kernel can drop and which other processes of the same
 /// binary share).
-/// Whether `cargo run` sets the variable `name` for the program it runs (the package's own
-/// description, not the caller's environment).
-fn set_by_cargo_run(name: &str) -> bool {
-    name.starts_with("CARGO_PKG_")
-        || matches!(
-            name,
-            "CARGO_MANIFEST_DIR"
-                | "CARGO_MANIFEST_PATH"
-                | "CARGO_PRIMARY_PACKAGE"
-                | "CARGO_CRATE_NAME"
-                | "CARGO_BIN_NAME"
-        )
-}
-
 fn rss_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
@@ -623,17 +599,4 @@ async fn bench_ssh() -> anyhow::Result<()> {
     drop(ours);
     drop(sshd);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_package_variables_of_cargo_run_are_dropped_and_the_callers_kept() {
-        for name in ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_PKG_VERSION_MAJOR"] {
-            assert!(super::set_by_cargo_run(name), "{name}");
-        }
-        for name in ["CARGO", "CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_INCREMENTAL", "PATH", "RUSTFLAGS"] {
-            assert!(!super::set_by_cargo_run(name), "{name}");
-        }
-    }
 }
