@@ -284,6 +284,48 @@ async fn a_renter_gets_a_terminal_and_commands_in_their_container_and_nothing_el
     println!("remove asked to session end: {took:?} (the remove itself took {removed:?})");
 }
 
+/// A renter who stops reading a command's output is still cut off within a second: with the
+/// client's window and its stdout pipe full, the server holds output it cannot send, and the
+/// SSH library takes no message for the connection (a disconnect included) until the client
+/// reads again. The cut-off must not wait on the client.
+#[tokio::test]
+async fn a_renter_who_stops_reading_is_cut_off_all_the_same() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let Rental { node, client, dir: _dir, key, line: _, id } = Rental::start(TestConfig::new("")).await;
+    let fingerprint =
+        client.list_container_keys(access::ListContainerKeysRequest { container_id: id.clone() }).await.unwrap().keys
+            [0]
+        .fingerprint
+        .clone();
+    // `yes` into a pipe this test never reads (spawn_supervised pipes stdout).
+    let mut session = run_inside(&node, &key, &id, "yes", "yes").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(session.try_wait().unwrap().is_none(), "the session ended by itself");
+
+    let asked = Instant::now();
+    let removed = client
+        .remove_container_key(access::RemoveContainerKeyRequest {
+            container_id: id.clone(),
+            ssh_public_key: fingerprint,
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed.sessions_closed, 1, "{removed:?}");
+    let took = exits_within(&mut session, asked, Duration::from_secs(1)).await;
+    println!("key removal asked to the end of a session that stopped reading: {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, top) = e2e::process::sh("docker", &["top", &id]).await;
+        if !top.lines().any(|l| l.ends_with(" yes")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session's command outlived it: {top}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `max_sessions_per_key` and `max_sessions_per_container` refuse logins past them, and a
 /// container's TTL ends its sessions within a second.
 #[tokio::test]

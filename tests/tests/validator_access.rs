@@ -140,9 +140,19 @@ async fn revoke_while_running(client: &mut Client, grant_id: &str, command: &mut
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let revoked_at = Instant::now();
-    let revoked = client.revoke(pb::RevokeRequest { grant_id: grant_id.to_owned() }).await.unwrap().into_inner();
+    let revoked = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.revoke(pb::RevokeRequest { grant_id: grant_id.to_owned() }),
+    )
+    .await
+    .expect("the revocation hung")
+    .unwrap()
+    .into_inner();
     assert_eq!(revoked.sessions_closed, 1);
-    tokio::time::timeout(Duration::from_secs(10), command.wait()).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), command.wait())
+        .await
+        .expect("the session outlived its grant")
+        .unwrap();
     let ended = revoked_at.elapsed();
     println!("revocation ended the session in {ended:?}");
     assert!(ended < Duration::from_secs(2), "session outlived its grant by {ended:?}");
@@ -360,6 +370,15 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     assert_eq!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.code(), Some(255));
     let err = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+
+    // A validator who stops reading a command's output is cut off all the same: with the
+    // client's window and its stdout pipe full, the SSH library takes no message for the
+    // connection (a disconnect included) until the client reads again.
+    let grant = v.grant(&mut client, 600).await;
+    let mut unread = ProcessSpec::new("ssh").args(ssh_args(port, &v.ssh_key)).arg("yes").spawn_supervised().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(unread.try_wait().unwrap().is_none(), "the session ended by itself");
+    revoke_while_running(&mut client, &grant.grant_id, &mut unread).await;
 
     // Expiry ends access on its own.
     v.grant(&mut client, 4).await;

@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use common::audit::Audit;
-use russh::Disconnect;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,7 @@ pub fn new_session_id() -> String {
 /// How a session is ended from outside.
 pub enum Closer {
     /// A connection to the embedded server: disconnect it.
-    Disconnect(russh::server::Handle),
+    Disconnect(crate::front::Cut),
     /// A relay (the system-sshd gate): cancel it.
     Cancel(CancellationToken),
 }
@@ -227,9 +226,7 @@ impl Sessions {
         kill_all(session.running.clone()).await;
         if ending.is_external() {
             match &session.closer {
-                Closer::Disconnect(handle) => {
-                    let _ = handle.disconnect(Disconnect::ByApplication, "access ended".into(), "en".into()).await;
-                }
+                Closer::Disconnect(cut) => cut.now("access ended"),
                 Closer::Cancel(token) => token.cancel(),
             }
         }

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::front::Leash;
 use crate::grants::fingerprint;
 use crate::sessions::new_session_id;
 use crate::tenant::access::Tenants;
@@ -115,7 +116,7 @@ pub async fn serve(
         // A second handle on the socket, to shut it down under russh when the grace is over.
         let Ok(socket) = stream.as_fd().try_clone_to_owned().map(std::net::TcpStream::from) else { continue };
         metrics::counter!("executor_validator_access_tenant_connections_total").increment(1);
-        let authenticated = CancellationToken::new();
+        let leash = Leash::default();
         let conn = Conn {
             tenants: tenants.clone(),
             peer,
@@ -123,7 +124,7 @@ pub async fn serve(
             login: None,
             channels: HashMap::new(),
             unauthenticated: Some(slot),
-            authenticated: authenticated.clone(),
+            leash: leash.clone(),
             by_ip: by_ip.clone(),
             started: None,
         };
@@ -135,8 +136,7 @@ pub async fn serve(
                     let _ = session.await;
                 }
             };
-            crate::front::with_login_grace(connection, socket, grace, authenticated, || refused("login_grace_time"))
-                .await;
+            crate::front::run_connection(connection, socket, grace, leash, || refused("login_grace_time")).await;
         });
     }
 }
@@ -182,8 +182,8 @@ struct Conn {
     channels: HashMap<ChannelId, ChannelState>,
     /// Its place among the connections that have not authenticated, given back at login.
     unauthenticated: Option<Slot>,
-    /// Cancelled at login: the login grace time no longer applies.
-    authenticated: CancellationToken,
+    /// What ends the connection from outside russh: the login grace, a cut-off.
+    leash: Leash,
     by_ip: Arc<RateLimiter<PeerKey>>,
     /// When the session was registered (Unix seconds).
     started: Option<i64>,
@@ -363,7 +363,7 @@ impl russh::server::Handler for Conn {
 
     async fn auth_succeeded(&mut self, session: &mut SshSession) -> Result<(), Self::Error> {
         self.unauthenticated = None;
-        self.authenticated.cancel();
+        self.leash.logged_in();
         let Some(login) = &self.login else { return Err(russh::Error::Disconnect) };
         let started = now();
         let entry = TenantSession::new(
@@ -371,7 +371,7 @@ impl russh::server::Handler for Conn {
             login.fingerprint.clone(),
             self.peer.to_string(),
             started,
-            session.handle(),
+            self.leash.cut(session.handle()),
         );
         if let Err(full) = self.tenants.sessions().insert(self.session_id.clone(), entry) {
             // Another login took the last place since this one was checked.

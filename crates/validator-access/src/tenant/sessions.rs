@@ -6,8 +6,6 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use russh::Disconnect;
-
 /// One live session.
 #[derive(Debug)]
 pub struct TenantSession {
@@ -16,18 +14,12 @@ pub struct TenantSession {
     pub peer: String,
     /// Unix seconds.
     pub started_at: i64,
-    handle: russh::server::Handle,
+    cut: crate::front::Cut,
 }
 
 impl TenantSession {
-    pub fn new(
-        container: String,
-        fingerprint: String,
-        peer: String,
-        started_at: i64,
-        handle: russh::server::Handle,
-    ) -> Self {
-        Self { container, fingerprint, peer, started_at, handle }
+    pub fn new(container: String, fingerprint: String, peer: String, started_at: i64, cut: crate::front::Cut) -> Self {
+        Self { container, fingerprint, peer, started_at, cut }
     }
 }
 
@@ -115,7 +107,7 @@ impl TenantSessions {
     }
 
     /// Closes every session `matches` picks, telling the client `why`; returns them as
-    /// `(id, session)`. The disconnects are sent off this call: it never waits on a client.
+    /// `(id, session)`. It never waits on a client ([`crate::front::Cut`]).
     pub fn close_where(&self, matches: impl Fn(&TenantSession) -> bool, why: &str) -> Vec<(String, TenantSession)> {
         let mut live = self.lock();
         let ids: Vec<String> = live.iter().filter(|(_, s)| matches(s)).map(|(id, _)| id.clone()).collect();
@@ -124,11 +116,7 @@ impl TenantSessions {
         metrics::gauge!("executor_validator_access_tenant_sessions").set(live.len() as f64);
         drop(live);
         for (_, session) in &closed {
-            let handle = session.handle.clone();
-            let why = why.to_owned();
-            tokio::spawn(async move {
-                let _ = handle.disconnect(Disconnect::ByApplication, why, "en".into()).await;
-            });
+            session.cut.now(why);
         }
         closed
     }

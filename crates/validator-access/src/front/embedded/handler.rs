@@ -13,10 +13,10 @@ use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session as Ssh
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
 use crate::command::{Job, Output, Stream};
+use crate::front::Leash;
 use crate::grammar::Planned;
 use crate::grants::fingerprint;
 use crate::principal::Principal;
@@ -60,8 +60,8 @@ pub(super) struct Conn {
     stdin: HashMap<ChannelId, mpsc::Sender<Vec<u8>>>,
     /// Its place among the connections that have not authenticated, given back at login.
     unauthenticated: Option<Slot>,
-    /// Cancelled at login: the login grace time no longer applies.
-    authenticated: CancellationToken,
+    /// What ends the connection from outside russh: the login grace, a cut-off.
+    leash: Leash,
 }
 
 impl Conn {
@@ -70,7 +70,7 @@ impl Conn {
         peer: SocketAddr,
         max_channels: usize,
         unauthenticated: Slot,
-        authenticated: CancellationToken,
+        leash: Leash,
     ) -> Self {
         Self {
             access,
@@ -82,7 +82,7 @@ impl Conn {
             used: HashSet::new(),
             stdin: HashMap::new(),
             unauthenticated: Some(unauthenticated),
-            authenticated,
+            leash,
         }
     }
 
@@ -203,9 +203,9 @@ impl russh::server::Handler for Conn {
 
     async fn auth_succeeded(&mut self, session: &mut SshSession) -> Result<(), Self::Error> {
         self.unauthenticated = None;
-        self.authenticated.cancel();
+        self.leash.logged_in();
         if let Some(principal) = &self.principal {
-            let closer = Closer::Disconnect(session.handle());
+            let closer = Closer::Disconnect(self.leash.cut(session.handle()));
             let info = Session::new(principal.clone(), self.peer.to_string(), now(), closer);
             self.access.sessions().insert(self.session_id.clone(), info);
         }

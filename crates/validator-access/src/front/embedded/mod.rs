@@ -135,15 +135,10 @@ pub async fn serve(
             }
         };
         metrics::counter!("executor_validator_access_connections_total").increment(1);
-        let authenticated = CancellationToken::new();
+        let leash = super::Leash::default();
         let limits = access.limits();
-        let conn = handler::Conn::new(
-            access.clone(),
-            peer,
-            limits.max_channels_per_session as usize,
-            slot,
-            authenticated.clone(),
-        );
+        let conn =
+            handler::Conn::new(access.clone(), peer, limits.max_channels_per_session as usize, slot, leash.clone());
         let config = config.clone();
         let access = access.clone();
         let grace = limits.login_grace_time;
@@ -164,7 +159,7 @@ pub async fn serve(
                 let refusal = Refusal { peer: peer.ip(), event: "refused", reason: "login_grace_time", detail };
                 access.refusals().refuse(refusal);
             };
-            super::with_login_grace(connection, socket, grace, authenticated, expired).await;
+            super::run_connection(connection, socket, grace, leash, expired).await;
         });
     }
 }
