@@ -33,11 +33,16 @@ impl Multiplexed {
     /// Connects to `port` with `key`; the control socket goes in `dir`. Panics when the master
     /// has not connected within 20 s.
     pub async fn connect(port: u16, key: &Path, dir: &Path) -> Self {
+        Self::connect_as(port, key, "validator", dir).await
+    }
+
+    /// As [`Self::connect`], logging in as `user` (a renter: the container id).
+    pub async fn connect_as(port: u16, key: &Path, user: &str, dir: &Path) -> Self {
         let control = dir.join(format!("mux-{}", crate::free_port()));
         let master = ProcessSpec::new("ssh")
             .args(["-M", "-N", "-S"])
             .arg(&control)
-            .args(client_args(port, key))
+            .args(client_args_as(port, key, user))
             .spawn_supervised()
             .expect("start the ssh master");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -326,6 +326,27 @@ async fn a_renter_who_stops_reading_is_cut_off_all_the_same() {
     }
 }
 
+/// A channel the client closes while the server still holds output for it leaves the rest of
+/// the connection working: `yes` on one channel of a shared connection (OpenSSH's multiplexing
+/// master, as editors' remote plugins use), its client killed unread, then another command on
+/// the same connection.
+#[tokio::test]
+async fn a_channel_closed_with_output_waiting_leaves_the_connection_working() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let Rental { node, client: _client, dir, key, line: _, id } = Rental::start(TestConfig::new("")).await;
+    let master = e2e::ssh::Multiplexed::connect_as(node.config.ports.tenant_ssh, &key, &id, dir.path()).await;
+    let out = master.output("echo first").await;
+    assert_eq!(stdout(&out).trim(), "first", "{}", text(&out));
+    let mut unread = master.channel("yes");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    unread.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = master.output("echo second").await;
+    assert_eq!(stdout(&out).trim(), "second", "{}", text(&out));
+}
+
 /// `max_sessions_per_key` and `max_sessions_per_container` refuse logins past them, and a
 /// container's TTL ends its sessions within a second.
 #[tokio::test]

@@ -363,6 +363,17 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     assert_eq!(stdout.lines().next(), Some("65534"), "{stdout}{stderr}");
     assert!(stdout.lines().nth(1).unwrap().trim().parse::<u32>().unwrap() <= 5, "environment leaked: {stdout}");
 
+    // A channel the client closes while the server still holds output for it leaves the rest
+    // of the connection working.
+    let master = e2e::ssh::Multiplexed::connect(port, &v.ssh_key, config.dir.path()).await;
+    let mut unread = master.channel("yes");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    unread.kill().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = master.output("echo second").await;
+    assert_eq!(text(&out).0.trim(), "second", "{:?}", text(&out));
+    drop(master);
+
     // Revocation ends a running command within 2 s.
     let mut sleeper =
         ProcessSpec::new("ssh").args(ssh_args(port, &v.ssh_key)).arg("sleep 60").spawn_supervised().unwrap();

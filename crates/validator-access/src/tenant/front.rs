@@ -238,10 +238,16 @@ impl Conn {
     }
 
     /// Starts `command` (empty: the login shell) in the container on `channel`.
-    fn start(&mut self, channel: ChannelId, command: Vec<String>, shown: &str, session: &mut SshSession) {
+    fn start(&mut self, channel: ChannelId, command: Vec<String>, shown: &str) {
         let Some(login) = self.login.clone() else { return };
         let Some(state) = self.channels.get_mut(&channel) else { return };
-        state.channel = None;
+        let Some(open) = state.channel.take() else { return };
+        // The output goes out through the channel's write half, which waits for room in the
+        // client's window. Output handed to russh past the window waits in the connection, and
+        // while any does russh takes no message for the connection at all: once the client
+        // closed such a channel, every other channel of the connection stopped. The input comes
+        // through `input`; the read half is dropped (russh would wait for one nobody reads).
+        let (_, out) = open.split();
         let size =
             state.pty.as_ref().filter(|p| p.cols > 0).map(|p| runtime::TerminalSize { cols: p.cols, rows: p.rows });
         let mut env = state.env.clone();
@@ -259,7 +265,6 @@ impl Conn {
                    "command": shown, "tty": state.pty.is_some()}),
         );
         metrics::counter!("executor_validator_access_tenant_commands_total").increment(1);
-        let handle = session.handle();
         let mut runtime = self.tenants.runtime();
         state.task = Some(tokio::spawn(async move {
             let code = match runtime.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
@@ -269,18 +274,18 @@ impl Conn {
                     while let Some(item) = output.next().await {
                         match item.map(|o| o.output) {
                             Ok(Some(Output::Stdout(data))) => {
-                                if handle.data(channel, data).await.is_err() {
+                                if out.data_bytes(data).await.is_err() {
                                     break;
                                 }
                             }
                             Ok(Some(Output::Stderr(data))) => {
-                                let _ = handle.extended_data(channel, 1, data).await;
+                                let _ = out.extended_data_bytes(1, data).await;
                             }
                             Ok(Some(Output::ExitCode(c))) => code = Some(c),
                             Ok(Some(Output::Started(_)) | None) => {}
                             Err(status) => {
                                 let text = format!("executor: {}\r\n", status.message());
-                                let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+                                let _ = out.extended_data_bytes(1, text.into_bytes()).await;
                                 code = Some(255);
                                 break;
                             }
@@ -290,14 +295,14 @@ impl Conn {
                 }
                 Err(status) => {
                     let text = format!("executor: {}\r\n", status.message());
-                    let _ = handle.extended_data(channel, 1, text.into_bytes()).await;
+                    let _ = out.extended_data_bytes(1, text.into_bytes()).await;
                     // 127: what a shell says of a command it cannot start.
                     if status.code() == tonic::Code::FailedPrecondition { 127 } else { 255 }
                 }
             };
-            let _ = handle.exit_status_request(channel, u32::try_from(code).unwrap_or(255)).await;
-            let _ = handle.eof(channel).await;
-            let _ = handle.close(channel).await;
+            let _ = out.exit_status(u32::try_from(code).unwrap_or(255)).await;
+            let _ = out.eof().await;
+            let _ = out.close().await;
         }));
     }
 
@@ -529,7 +534,7 @@ impl russh::server::Handler for Conn {
             return session.channel_failure(channel);
         }
         session.channel_success(channel)?;
-        self.start(channel, Vec::new(), "(login shell)", session);
+        self.start(channel, Vec::new(), "(login shell)");
         Ok(())
     }
 
@@ -545,7 +550,7 @@ impl russh::server::Handler for Conn {
         }
         let line = String::from_utf8_lossy(data).into_owned();
         session.channel_success(channel)?;
-        self.start(channel, vec!["/bin/sh".into(), "-c".into(), line.clone()], &line, session);
+        self.start(channel, vec!["/bin/sh".into(), "-c".into(), line.clone()], &line);
         Ok(())
     }
 

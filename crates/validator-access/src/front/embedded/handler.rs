@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use common::peers::Slot;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session as SshSession, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelOpenFailure};
+use russh::{Channel, ChannelId, ChannelOpenFailure, ChannelWriteHalf};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::Access;
 use crate::command::{Job, Output, Stream};
@@ -24,25 +25,43 @@ use crate::refusals::Refusal;
 use crate::sessions::{Closer, Session, new_session_id};
 use crate::time::now;
 
-/// A command's output on an SSH channel.
+/// A command's output on an SSH channel, through the channel's write half, which waits for
+/// room in the client's window. Output handed to russh past the window waits in the
+/// connection, and while any does russh takes no message for the connection at all: once the
+/// client closed such a channel, every other channel of the connection stopped. A write stops
+/// waiting when the channel or the connection is gone (`gone`), so the command's runner
+/// always gets to its end.
 struct ChannelOutput {
-    handle: russh::server::Handle,
-    channel: ChannelId,
+    out: ChannelWriteHalf<Msg>,
+    gone: CancellationToken,
 }
 
 impl Output for ChannelOutput {
     async fn out(&self, stream: Stream, data: Vec<u8>) {
-        let _ = match stream {
-            Stream::Stdout => self.handle.data(self.channel, data).await,
-            Stream::Stderr => self.handle.extended_data(self.channel, 1, data).await,
+        let write = async {
+            let _ = match stream {
+                Stream::Stdout => self.out.data_bytes(data).await,
+                Stream::Stderr => self.out.extended_data_bytes(1, data).await,
+            };
         };
+        tokio::select! {
+            () = write => {}
+            () = self.gone.cancelled() => {}
+        }
     }
 
     async fn finish(&self, code: u32) {
-        let _ = self.handle.exit_status_request(self.channel, code).await;
-        let _ = self.handle.eof(self.channel).await;
-        let _ = self.handle.close(self.channel).await;
+        let _ = self.out.exit_status(code).await;
+        let _ = self.out.eof().await;
+        let _ = self.out.close().await;
     }
+}
+
+/// An open session channel: its write half until a command takes it, and what tells the
+/// command's output that the channel is gone.
+struct OpenChannel {
+    out: Option<ChannelWriteHalf<Msg>>,
+    gone: CancellationToken,
 }
 
 /// One connection.
@@ -54,7 +73,7 @@ pub(super) struct Conn {
     /// `max_channels_per_session`.
     max_channels: usize,
     /// The channels open now.
-    channels: HashSet<ChannelId>,
+    channels: HashMap<ChannelId, OpenChannel>,
     /// The channels that ran a command (one each).
     used: HashSet<ChannelId>,
     stdin: HashMap<ChannelId, mpsc::Sender<Vec<u8>>>,
@@ -62,6 +81,14 @@ pub(super) struct Conn {
     unauthenticated: Option<Slot>,
     /// What ends the connection from outside russh: the login grace, a cut-off.
     leash: Leash,
+    /// Cancelled when the connection is gone (this is dropped); each channel's `gone` is a child.
+    gone: CancellationToken,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.gone.cancel();
+    }
 }
 
 impl Conn {
@@ -78,11 +105,12 @@ impl Conn {
             session_id: new_session_id(),
             principal: None,
             max_channels,
-            channels: HashSet::new(),
+            channels: HashMap::new(),
             used: HashSet::new(),
             stdin: HashMap::new(),
             unauthenticated: Some(unauthenticated),
             leash,
+            gone: CancellationToken::new(),
         }
     }
 
@@ -116,7 +144,7 @@ impl Conn {
     }
 
     /// Starts a command on `channel`, its stdin fed from the channel.
-    fn spawn(&mut self, channel: ChannelId, planned: Planned, line: &str, session: &mut SshSession) {
+    fn spawn(&mut self, channel: ChannelId, planned: Planned, line: &str) {
         let access = self.access.clone();
         let job = Job {
             session_id: self.session_id.clone(),
@@ -124,7 +152,9 @@ impl Conn {
             line: line.to_owned(),
             spec: access.runner().spec(planned),
         };
-        let output = ChannelOutput { handle: session.handle(), channel };
+        let Some(open) = self.channels.get_mut(&channel) else { return };
+        let Some(out) = open.out.take() else { return };
+        let output = ChannelOutput { out, gone: open.gone.clone() };
         let (tx, rx) = mpsc::channel::<Vec<u8>>(16);
         self.stdin.insert(channel, tx);
         access.sessions().add_command(&self.session_id, line);
@@ -223,13 +253,18 @@ impl russh::server::Handler for Conn {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        self.channels.insert(channel.id());
+        // The read half is dropped: a command's input comes through `data` (russh would wait for
+        // a read half nobody reads).
+        let (_, out) = channel.split();
+        self.channels.insert(out.id(), OpenChannel { out: Some(out), gone: self.gone.child_token() });
         reply.accept().await;
         Ok(())
     }
 
     async fn channel_close(&mut self, channel: ChannelId, _session: &mut SshSession) -> Result<(), Self::Error> {
-        self.channels.remove(&channel);
+        if let Some(open) = self.channels.remove(&channel) {
+            open.gone.cancel();
+        }
         self.used.remove(&channel);
         self.stdin.remove(&channel);
         Ok(())
@@ -286,7 +321,7 @@ impl russh::server::Handler for Conn {
             Ok(planned) => {
                 session.channel_success(channel)?;
                 self.used.insert(channel);
-                self.spawn(channel, planned, "sh", session);
+                self.spawn(channel, planned, "sh");
                 Ok(())
             }
             Err(why) => {
@@ -311,7 +346,7 @@ impl russh::server::Handler for Conn {
             Ok(planned) => {
                 session.channel_success(channel)?;
                 self.used.insert(channel);
-                self.spawn(channel, planned, &line, session);
+                self.spawn(channel, planned, &line);
                 Ok(())
             }
             Err(why) => self.refuse_command(channel, &why.to_string(), session),
