@@ -68,6 +68,18 @@ impl Multiplexed {
         self.spec(command).spawn_supervised().expect("start an ssh channel")
     }
 
+    /// Runs `command` on a new channel whose output nobody reads, then, once the client's window
+    /// is full and the server holds output for it, kills that channel's client: the master
+    /// closes the channel with output waiting. Then runs `next` on another channel and returns
+    /// what it gave.
+    pub async fn abandon_unread_then(&self, command: &str, next: &str) -> CapturedOutput {
+        let mut unread = self.channel(command);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        unread.kill().await.expect("kill the unread channel's client");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.output(next).await
+    }
+
     /// Runs `command` on a new channel and waits for it (at most 30 s).
     pub async fn output(&self, command: &str) -> CapturedOutput {
         self.spec(command).output(Duration::from_secs(30), 1 << 16).await.expect("run an ssh channel")

@@ -339,11 +339,7 @@ async fn a_channel_closed_with_output_waiting_leaves_the_connection_working() {
     let master = e2e::ssh::Multiplexed::connect_as(node.config.ports.tenant_ssh, &key, &id, dir.path()).await;
     let out = master.output("echo first").await;
     assert_eq!(stdout(&out).trim(), "first", "{}", text(&out));
-    let mut unread = master.channel("yes");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    unread.kill().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let out = master.output("echo second").await;
+    let out = master.abandon_unread_then("yes", "echo second").await;
     assert_eq!(stdout(&out).trim(), "second", "{}", text(&out));
 }
 

@@ -366,11 +366,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     // A channel the client closes while the server still holds output for it leaves the rest
     // of the connection working.
     let master = e2e::ssh::Multiplexed::connect(port, &v.ssh_key, config.dir.path()).await;
-    let mut unread = master.channel("yes");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    unread.kill().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let out = master.output("echo second").await;
+    let out = master.abandon_unread_then("yes", "echo second").await;
     assert_eq!(text(&out).0.trim(), "second", "{:?}", text(&out));
     drop(master);
 
