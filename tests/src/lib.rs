@@ -194,6 +194,33 @@ shutdown_timeout = "5s"
     }
 }
 
+/// The label the node's containers and networks carry its executor id in
+/// (`container_runtime::labels::LABEL_EXECUTOR`, which this crate does not link).
+pub const EXECUTOR_LABEL: &str = "ai.basilica.executor.executor_id";
+
+impl Drop for TestConfig {
+    /// Removes the Docker containers and networks of the node this config made, if it made
+    /// one: once its directory (its identity and records) is gone no node adopts or reaps
+    /// them, and networks left by nodes a test killed would use up the engine's address pools
+    /// run after run on a developer's machine. Waited for (on a thread of its own, as a drop
+    /// cannot await), so a test's process does not end before they are removed.
+    fn drop(&mut self) {
+        let key = self.dir.path().join("data").join(common::identity::IDENTITY_FILE);
+        let Ok(identity) = common::identity::ExecutorIdentity::load(&key) else {
+            return;
+        };
+        let label = format!("label={EXECUTOR_LABEL}={}", identity.executor_id());
+        let script = "docker ps -aq --filter \"$1\" | xargs -r docker rm -f; \
+                      docker network ls -q --filter \"$1\" | xargs -r docker network rm";
+        let remove = ProcessSpec::new("sh").args(["-c", script, "sh", &label]);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(remove.output(Duration::from_secs(60), 1 << 16)).map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
 /// Tests run container-runtime without spare networks (a config override from the
 /// environment): a test that fails half-way, or a service killed with SIGKILL, would leave
 /// them behind, and a host has room for only a few dozen bridge networks. The pool has a test

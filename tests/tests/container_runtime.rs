@@ -494,3 +494,35 @@ async fn a_ttl_update_extends_or_shortens_a_rental_and_survives_a_restart() {
     assert!((now + 599..=now + 601).contains(&client.get(get(&extended.id)).await.unwrap().into_inner().expires_at));
     remove_all(&mut client).await;
 }
+
+/// What a killed test node leaves in Docker (a running container and its network) goes when
+/// its `TestConfig` does, so runs of the suite do not use up the engine's address pools.
+#[tokio::test]
+async fn a_killed_test_nodes_containers_and_networks_go_with_its_config() {
+    if !busybox_image().await {
+        return;
+    }
+    assert_eq!(e2e::EXECUTOR_LABEL, container_runtime::labels::LABEL_EXECUTOR);
+    let config = TestConfig::new("");
+    let (mut service, mut client) = start_service(&config).await;
+    let id = client.create(request("sleep 60")).await.unwrap().into_inner().id;
+    client.start(pb::ContainerRef { id }).await.unwrap();
+    service.kill().await.unwrap();
+    let key = config.dir.path().join("data").join(common::identity::IDENTITY_FILE);
+    let label = format!(
+        "label={}={}",
+        e2e::EXECUTOR_LABEL,
+        common::identity::ExecutorIdentity::load(&key).unwrap().executor_id()
+    );
+    let left = |what: &'static [&'static str]| {
+        let label = label.clone();
+        async move {
+            let (ok, out) = docker(&[what, &["-q", "--filter", &label]].concat()).await;
+            assert!(ok, "docker {what:?}: {out}");
+            out.split_whitespace().count()
+        }
+    };
+    assert_eq!((left(&["ps", "-a"]).await, left(&["network", "ls"]).await), (1, 1));
+    drop(config);
+    assert_eq!((left(&["ps", "-a"]).await, left(&["network", "ls"]).await), (0, 0));
+}
