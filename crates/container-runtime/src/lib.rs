@@ -167,18 +167,23 @@ impl Service for ContainerRuntime {
             return Err(mode.detail.into());
         }
         let identity = common::identity::ExecutorIdentity::load_or_create(&ctx.config().data_dir)?;
-        let engine = engine::Engine::connect(config, &identity.executor_id()).await?;
-        if config.network_config.enable_isolation {
-            // Without these rules a tenant could reach every service the host binds on 0.0.0.0.
-            let ipv6 =
-                firewall::ensure().await.map_err(|e| format!("{e} (container-runtime needs root for iptables)"))?;
-            tracing::info!(?ipv6, "host firewall rules in place for tenant bridges");
-        }
+        let engine = async {
+            let engine = engine::Engine::connect(config, &identity.executor_id()).await?;
+            if config.network_config.enable_isolation {
+                // Without these rules a tenant could reach every service the host binds on 0.0.0.0.
+                let ipv6 =
+                    firewall::ensure().await.map_err(|e| format!("{e} (container-runtime needs root for iptables)"))?;
+                tracing::info!(?ipv6, "host firewall rules in place for tenant bridges");
+            }
+            Ok::<_, BoxError>(engine)
+        };
+        // The probe touches only its own devices: it runs beside the engine and the firewall.
+        let (engine, shaping) = tokio::join!(engine, shaping::probe());
+        let engine = engine?;
         match engine.disk_device() {
             Some(device) => tracing::info!(device, "disk I/O limits apply to the device behind Docker's data root"),
             None => tracing::warn!("no block device found behind Docker's data root: disk I/O limits cannot apply"),
         }
-        let shaping = shaping::probe().await;
         if let Err(e) = &shaping {
             tracing::error!(error = %e, "network_bps cannot be enforced: creates of containers with a network will fail");
         }

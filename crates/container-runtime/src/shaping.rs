@@ -170,19 +170,32 @@ pub async fn remove_device(name: &str) -> Result<(), ShapingError> {
 }
 
 /// Whether this host can shape at all (root, `ip` and `tc`, IFB devices, `tbf`, `mirred`): a
-/// throwaway veth pair is shaped and removed. The error says what is missing.
+/// throwaway veth pair is shaped and removed. The error says what is missing. Three processes
+/// (the devices made in one `ip -batch`, shaped in one `tc -batch`, removed in one `ip -batch`):
+/// the service is not SERVING before this ends.
 pub async fn probe() -> Result<(), ShapingError> {
     let tag = format!("{:05}", std::process::id() % 100_000);
     let (veth, peer, ifb) = (format!("bprobe{tag}a"), format!("bprobe{tag}b"), format!("{IFB_PREFIX}probe{tag}"));
-    run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", &peer].map(str::to_owned)).await?;
-    let result = async {
-        run("ip", &["link", "add", &ifb, "type", "ifb"].map(str::to_owned)).await?;
+    let add = [
+        ["link", "add", &veth, "type", "veth", "peer", "name", &peer].map(str::to_owned).to_vec(),
+        ["link", "add", &ifb, "type", "ifb"].map(str::to_owned).to_vec(),
+    ];
+    let mut result = run_batch("ip", &add).await;
+    if result.is_ok() {
         // As a start does it: one batch.
-        run_batch("tc", &commands(&veth, &ifb, 1 << 20)).await
+        result = run_batch("tc", &commands(&veth, &ifb, 1 << 20)).await;
     }
-    .await;
-    let _ = run("ip", &["link", "del", "dev", &veth].map(str::to_owned)).await;
-    let _ = run("ip", &["link", "del", "dev", &ifb].map(str::to_owned)).await;
+    // What the batch made, whichever command of it failed (the peer goes with the veth).
+    let made: Vec<Vec<String>> = [&veth, &ifb]
+        .into_iter()
+        .filter(|name| Path::new("/sys/class/net").join(name).exists())
+        .map(|name| ["link", "del", "dev", name].map(str::to_owned).to_vec())
+        .collect();
+    if !made.is_empty()
+        && let Err(e) = run_batch("ip", &made).await
+    {
+        tracing::warn!(error = %e, "cannot remove the devices of the shaping probe");
+    }
     result
 }
 
@@ -230,6 +243,20 @@ mod tests {
         assert!(error.contains("`tc -batch` of `qdisc show dev lo; qdisc replace dev bnosuchdev0"), "{error}");
         assert!(error.contains("bnosuchdev0"), "{error}");
         run_batch("tc", &lines[..1]).await.unwrap();
+    }
+
+    /// The probe passes on a host that can shape (root, iproute2, IFB) and leaves no device.
+    #[tokio::test]
+    async fn the_probe_shapes_a_throwaway_pair_and_removes_it() {
+        if !nix::unistd::Uid::effective().is_root() || !Path::new("/sys/class/net").exists() {
+            println!("SKIPPED: the probe makes network devices: needs root and sysfs");
+            return;
+        }
+        probe().await.unwrap();
+        let tag = format!("{:05}", std::process::id() % 100_000);
+        for name in [format!("bprobe{tag}a"), format!("bprobe{tag}b"), format!("{IFB_PREFIX}probe{tag}")] {
+            assert!(!Path::new("/sys/class/net").join(&name).exists(), "{name} left behind");
+        }
     }
 
     #[test]
