@@ -46,6 +46,12 @@ async fn lifecycle_logs_exec_stats_and_bad_input() {
         started.ports.iter().map(|p| (p.container_port, p.protocol.as_str())).collect::<Vec<_>>(),
         [(8080, "tcp")]
     );
+    // A list for an owner has that owner's rentals only.
+    for (owner, expected) in [(e2e::ALICE, vec![id.clone()]), ("5Someone-else", vec![]), ("", vec![id.clone()])] {
+        let listed = client.list(pb::ListContainersRequest { all: false, owner: owner.into() }).await.unwrap();
+        let ids: Vec<String> = listed.into_inner().containers.into_iter().map(|c| c.id).collect();
+        assert_eq!(ids, expected, "owner {owner:?}");
+    }
 
     // Logs: stdout and stderr kept apart, each with Docker's timestamp.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -12,7 +12,7 @@ use common::proto::runtime::v1 as pb;
 use super::{Runtime, RuntimeError};
 use crate::engine::EngineError;
 use crate::gpu_memory::{Tenant, violations};
-use crate::labels::{LABEL_GPU_MEMORY, LABEL_ID, LABEL_NETWORK};
+use crate::labels::{LABEL_GPU_MEMORY, LABEL_ID, LABEL_NETWORK, LABEL_OWNER};
 use crate::reaper::{self, Reaped};
 use crate::stops::Intent;
 use crate::teardown::remove_everything;
@@ -121,9 +121,13 @@ impl Runtime {
         let mut containers = Vec::new();
         let mut listed = HashSet::new();
         for summary in self.engine.list_ours().await? {
-            let Some(id) = summary.labels.as_ref().and_then(|l| l.get(LABEL_ID)).cloned() else { continue };
-            if listed.contains(&id) {
-                // A recreate's old and new container, for a moment both there: one rental.
+            let Some(labels) = summary.labels.as_ref() else { continue };
+            let Some(id) = labels.get(LABEL_ID).cloned() else { continue };
+            // Another owner's rental is left out uninspected: a container's owner label never
+            // changes. One listed already: a recreate's old and new container, for a moment
+            // both there, are one rental.
+            let others = !owner.is_empty() && labels.get(LABEL_OWNER).map(String::as_str) != Some(owner);
+            if others || listed.contains(&id) {
                 continue;
             }
             let inspect = match self.ours(&id).await {
@@ -131,18 +135,15 @@ impl Runtime {
                 // Between a recreate's rename and its create, only the container it replaces,
                 // renamed aside, carries the id: it stands for the rental, which is not gone
                 // (validator-access drops the renters' keys of containers a list leaves out).
-                Err(_) => match summary.id.as_deref() {
-                    Some(engine_id) => match self.ours_as(engine_id, &id).await {
-                        Ok(inspect) => inspect,
-                        Err(_) => continue,
-                    },
-                    None => continue,
-                },
+                Err(_) => {
+                    let Some(engine_id) = summary.id.as_deref() else { continue };
+                    let Ok(inspect) = self.ours_as(engine_id, &id).await else { continue };
+                    inspect
+                }
             };
             let c = self.described(&id, &inspect);
             listed.insert(id);
-            let running = c.state == pb::ContainerState::Running as i32;
-            if (all || running) && (owner.is_empty() || owner == c.owner) {
+            if all || c.state == pb::ContainerState::Running as i32 {
                 containers.push(c);
             }
         }
