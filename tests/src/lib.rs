@@ -192,6 +192,14 @@ shutdown_timeout = "5s"
     pub fn runtime_dir(&self) -> PathBuf {
         self.dir.path().join("run")
     }
+
+    /// The `docker --filter` that picks the containers and networks of the node this config
+    /// made, once the node has made its identity.
+    pub fn executor_filter(&self) -> Option<String> {
+        let key = self.dir.path().join("data").join(common::identity::IDENTITY_FILE);
+        let identity = common::identity::ExecutorIdentity::load(&key).ok()?;
+        Some(format!("label={EXECUTOR_LABEL}={}", identity.executor_id()))
+    }
 }
 
 /// The label the node's containers and networks carry its executor id in
@@ -205,11 +213,7 @@ impl Drop for TestConfig {
     /// run after run on a developer's machine. Waited for (on a thread of its own, as a drop
     /// cannot await), so a test's process does not end before they are removed.
     fn drop(&mut self) {
-        let key = self.dir.path().join("data").join(common::identity::IDENTITY_FILE);
-        let Ok(identity) = common::identity::ExecutorIdentity::load(&key) else {
-            return;
-        };
-        let label = format!("label={EXECUTOR_LABEL}={}", identity.executor_id());
+        let Some(label) = self.executor_filter() else { return };
         let script = "docker ps -aq --filter \"$1\" | xargs -r docker rm -f; \
                       docker network ls -q --filter \"$1\" | xargs -r docker network rm";
         let remove = ProcessSpec::new("sh").args(["-c", script, "sh", &label]);

@@ -514,12 +514,7 @@ async fn a_killed_test_nodes_containers_and_networks_go_with_its_config() {
     let id = client.create(request("sleep 60")).await.unwrap().into_inner().id;
     client.start(pb::ContainerRef { id }).await.unwrap();
     service.kill().await.unwrap();
-    let key = config.dir.path().join("data").join(common::identity::IDENTITY_FILE);
-    let label = format!(
-        "label={}={}",
-        e2e::EXECUTOR_LABEL,
-        common::identity::ExecutorIdentity::load(&key).unwrap().executor_id()
-    );
+    let label = config.executor_filter().expect("the service made its identity");
     let left = |what: &'static [&'static str]| {
         let label = label.clone();
         async move {

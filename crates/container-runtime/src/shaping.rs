@@ -174,8 +174,7 @@ pub async fn remove_device(name: &str) -> Result<(), ShapingError> {
 /// (the devices made in one `ip -batch`, shaped in one `tc -batch`, removed in one `ip -batch`):
 /// the service is not SERVING before this ends.
 pub async fn probe() -> Result<(), ShapingError> {
-    let tag = format!("{:05}", std::process::id() % 100_000);
-    let (veth, peer, ifb) = (format!("bprobe{tag}a"), format!("bprobe{tag}b"), format!("{IFB_PREFIX}probe{tag}"));
+    let [veth, peer, ifb] = probe_devices();
     let add = [
         ["link", "add", &veth, "type", "veth", "peer", "name", &peer].map(str::to_owned).to_vec(),
         ["link", "add", &ifb, "type", "ifb"].map(str::to_owned).to_vec(),
@@ -197,6 +196,12 @@ pub async fn probe() -> Result<(), ShapingError> {
         tracing::warn!(error = %e, "cannot remove the devices of the shaping probe");
     }
     result
+}
+
+/// The probe's veth pair and IFB device, named after this process.
+fn probe_devices() -> [String; 3] {
+    let tag = format!("{:05}", std::process::id() % 100_000);
+    [format!("bprobe{tag}a"), format!("bprobe{tag}b"), format!("{IFB_PREFIX}probe{tag}")]
 }
 
 #[cfg(test)]
@@ -253,8 +258,7 @@ mod tests {
             return;
         }
         probe().await.unwrap();
-        let tag = format!("{:05}", std::process::id() % 100_000);
-        for name in [format!("bprobe{tag}a"), format!("bprobe{tag}b"), format!("{IFB_PREFIX}probe{tag}")] {
+        for name in probe_devices() {
             assert!(!Path::new("/sys/class/net").join(&name).exists(), "{name} left behind");
         }
     }
