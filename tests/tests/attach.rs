@@ -327,6 +327,11 @@ async fn refusals_name_what_is_wrong() {
             Code::FailedPrecondition,
             "the image has no shell (/bin/bash or /bin/sh)",
         ),
+        (
+            Input::Start(start(&no_shell.id, &["/bin/sh", "-c", "true"], false)),
+            Code::FailedPrecondition,
+            "/bin/sh is not an executable file in the container",
+        ),
     ];
     let refused = cases.len();
     for (first, code, words) in cases {

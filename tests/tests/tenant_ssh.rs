@@ -653,7 +653,6 @@ async fn a_renter_forwards_to_the_containers_loopback_and_nowhere_else() {
 
     let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
     let events: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let field = |e: &serde_json::Value, name: &str| e.get(name).cloned().unwrap_or_default();
     // The three above, and the connections made while waiting for `ssh -L` to listen.
     let forwards: Vec<_> = events.iter().filter(|e| audit_event(e) == "tenant_forward").collect();
     assert!(forwards.len() >= 3, "{audit}");
@@ -687,6 +686,11 @@ async fn a_renter_forwards_to_the_containers_loopback_and_nowhere_else() {
 /// The name of an audit event.
 fn audit_event(event: &serde_json::Value) -> &str {
     event.get("event").and_then(serde_json::Value::as_str).unwrap_or_default()
+}
+
+/// The field `name` of an audit event (null where it has none).
+fn field(event: &serde_json::Value, name: &str) -> serde_json::Value {
+    event.get(name).cloned().unwrap_or_default()
 }
 
 /// The pre-login caps, the login grace time, the channel limit and the idle timeout of
@@ -905,17 +909,19 @@ sys.stdout.write("\nstatus %d\n" % os.waitstatus_to_exitcode(status))
 
 /// The pid of the node's validator-access (its command line names the node's config).
 fn validator_access_pid(node: &Node) -> u32 {
+    validator_access_pid_now(node).expect("validator-access runs")
+}
+
+/// The pid of the node's validator-access, if one runs now.
+fn validator_access_pid_now(node: &Node) -> Option<u32> {
     let config = node.config.path.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
+    std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).find(
+        |pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
             cmdline.contains("validator-access") && cmdline.contains(&config)
-        })
-        .expect("validator-access runs")
+        },
+    )
 }
 
 /// 1000 connections at once from 125 addresses: refused cleanly (the caps and the rate limit),
@@ -1065,4 +1071,130 @@ async fn rsync_works_where_the_image_has_it() {
     .await;
     assert!(stdout(&out).contains("Number of regular files transferred: 0"), "{}", text(&out));
     client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.unwrap();
+}
+
+/// What a session cannot do is refused in it, with the reason, and audited: a login or a
+/// command in an image with no shell, a terminal of absurd size (the command runs without it).
+#[tokio::test]
+async fn what_cannot_be_done_is_refused_in_the_session_and_audited() {
+    if !busybox_image().await || !require_tool("ssh and python3", which("ssh") && which("python3")) {
+        return;
+    }
+    let image = "basilica-test/no-shell:latest";
+    e2e::derived_image(
+        image,
+        "RUN [\"/bin/busybox\", \"rm\", \"/bin/sh\"]\nCMD [\"/bin/busybox\", \"sleep\", \"600\"]",
+    )
+    .await;
+    let Rental { node, client, dir: _dir, key, line, id } = Rental::start(TestConfig::new("")).await;
+    let created = client
+        .create_container(pb::CreateContainerRequest {
+            image: image.into(),
+            ttl_seconds: 600,
+            ssh_public_keys: vec![line],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client.start_container(pb::ContainerRef { id: created.id.clone() }).await.unwrap();
+    let no_shell = created.id;
+
+    // No shell: neither a login nor a command (`/bin/sh -c`), each told why.
+    let login = output(ssh(&node, &key, &no_shell, &["-tt"], None), b"").await;
+    assert_eq!(login.status.code(), Some(127), "{}", text(&login));
+    assert!(text(&login).contains("the image has no shell (/bin/bash or /bin/sh)"), "{}", text(&login));
+    let command = output(ssh(&node, &key, &no_shell, &[], Some("echo hi")), b"").await;
+    assert_eq!(command.status.code(), Some(127), "{}", text(&command));
+    assert!(text(&command).contains("/bin/sh is not an executable file in the container"), "{}", text(&command));
+
+    // A terminal 2000 columns wide (ssh on a terminal asks for one by itself): refused, and
+    // the login shell runs without one (`ssh -t` would give up instead).
+    let mut args = client_args_as(node.config.ports.tenant_ssh, &key, &id);
+    args.insert(0, "ssh".to_owned());
+    let script = r#"
+import fcntl, os, pty, struct, sys, termios, time
+pid, fd = pty.fork()
+if pid == 0:
+    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 2000, 0, 0))
+    os.execvp("ssh", sys.argv[1:])
+time.sleep(1.5)
+os.write(fd, b"tty; echo ran; exit 5\n")
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.stdout.write("\nstatus %d\n" % os.waitstatus_to_exitcode(status))
+"#;
+    let out =
+        e2e::process::capture(ProcessSpec::new("python3").args(["-c", script]).args(args), Duration::from_secs(30))
+            .await;
+    let shown = stdout(&out);
+    assert!(shown.contains("PTY allocation request failed"), "{shown}");
+    assert!(shown.contains("not a tty") && shown.contains("ran"), "{shown}");
+    assert!(shown.contains("status 5"), "{shown}");
+
+    let audit = std::fs::read_to_string(node.config.dir.path().join("data/audit/validator-access.jsonl")).unwrap();
+    let events: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|e| audit_event(e) == "tenant_command_failed" && field(e, "container") == no_shell.as_str())
+        .collect();
+    assert_eq!(failed.len(), 2, "{audit}");
+    assert!(field(failed[0], "message").as_str().unwrap().contains("no shell"), "{audit}");
+    assert_eq!(field(failed[0], "command"), "(login shell)", "{audit}");
+    assert_eq!(field(failed[1], "command"), "echo hi", "{audit}");
+    assert!(
+        events.iter().any(|e| audit_event(e) == "tenant_refused" && field(e, "what") == "pty_size"),
+        "no pty_size refusal audited: {audit}"
+    );
+    for id in [id, no_shell] {
+        client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
+    }
+}
+
+/// A renter's keys survive validator-access killed with SIGKILL (the launcher restarts it)
+/// and the node stopped and started again: the same key logs in to the same container.
+#[tokio::test]
+async fn keys_survive_a_killed_service_and_a_restarted_node() {
+    if !busybox_image().await || !require_tool("ssh", which("ssh")) {
+        return;
+    }
+    let Rental { mut node, client, dir: _dir, key, id, .. } = Rental::start(TestConfig::new("")).await;
+    let echo = |node: &Node, word: &'static str| {
+        let command = format!("echo {word}");
+        let spec = ssh(node, &key, &id, &[], Some(command.as_str()));
+        async move {
+            let out = output(spec, b"").await;
+            assert_eq!(stdout(&out).trim(), word, "{}", text(&out));
+        }
+    };
+    echo(&node, "before").await;
+
+    let killed = validator_access_pid(&node);
+    common::process::send_signal(killed, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while validator_access_pid_now(&node).is_none_or(|pid| pid == killed) {
+        assert!(Instant::now() < deadline, "validator-access was not restarted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    node.wait_until(Duration::from_secs(20), e2e::all_serving).await;
+    echo(&node, "after-kill").await;
+
+    let (status, log) = node.stop_with(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(20)).await;
+    assert!(status.success(), "{log}");
+    let node = Node::start(node.config).await;
+    let client_again = self::client(&node).await;
+    let keys =
+        client_again.list_container_keys(access::ListContainerKeysRequest { container_id: id.clone() }).await.unwrap();
+    assert_eq!(keys.keys.len(), 1, "{keys:?}");
+    echo(&node, "after-restart").await;
+    drop(client);
+    client_again.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
 }

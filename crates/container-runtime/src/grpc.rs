@@ -47,8 +47,8 @@ pub fn refusal(e: &RuntimeError) -> Refusal {
         E::NotFound { .. } => caller(Reason::NotFound),
         // Running and not forced.
         E::Running { .. } => caller(Reason::WrongState),
-        // Attach needs the container running, and a login shell needs a shell in its image.
-        E::NotRunning { .. } | E::NoShell { .. } => caller(Reason::WrongState),
+        // Attach needs the container running, and a login shell or a command its file there.
+        E::NotRunning { .. } | E::NoShell { .. } | E::NotExecutable { .. } => caller(Reason::WrongState),
         // /proc or openat2 failed on this host: the OS's words are the cause.
         E::ContainerRoot { source, .. } => Refusal::new(Reason::Internal, e.to_string()).with_cause(source),
         E::NotAttached { .. } => Refusal::new(Reason::Engine, e.to_string()),
@@ -569,6 +569,12 @@ mod tests {
                 Reason::WrongState,
                 Code::FailedPrecondition,
                 "the image has no shell (/bin/bash or /bin/sh)",
+            ),
+            (
+                RuntimeError::NotExecutable { id: "c-1".into(), path: "/bin/sh".into() },
+                Reason::WrongState,
+                Code::FailedPrecondition,
+                "container c-1: /bin/sh is not an executable file in the container",
             ),
             (
                 RuntimeError::ContainerRoot {

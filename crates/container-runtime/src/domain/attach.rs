@@ -117,18 +117,35 @@ pub(super) fn running_pid(id: &str, inspect: &ContainerInspectResponse) -> Resul
         .ok_or_else(|| RuntimeError::NotRunning { id: id.to_owned() })
 }
 
+/// Whether `path` is an executable file inside the root of container `id`, whose init is `pid`.
+fn is_executable(id: &str, pid: u32, path: &str) -> Result<bool, RuntimeError> {
+    rootfs::executable(pid, path).map_err(|e| match e {
+        RootError::Gone { .. } => RuntimeError::NotRunning { id: id.to_owned() },
+        source => RuntimeError::ContainerRoot { id: id.to_owned(), source },
+    })
+}
+
 /// The login shell of the container whose init is `pid`, decided from the host: the first of
 /// [`SHELLS`] that is an executable file inside the container's root.
 fn login_shell(id: &str, pid: u32) -> Result<Vec<String>, RuntimeError> {
     for shell in SHELLS {
-        match rootfs::executable(pid, shell) {
-            Ok(true) => return Ok(vec![shell.to_owned(), "-l".to_owned()]),
-            Ok(false) => {}
-            Err(RootError::Gone { .. }) => return Err(RuntimeError::NotRunning { id: id.to_owned() }),
-            Err(source) => return Err(RuntimeError::ContainerRoot { id: id.to_owned(), source }),
+        if is_executable(id, pid, shell)? {
+            return Ok(vec![shell.to_owned(), "-l".to_owned()]);
         }
     }
     Err(RuntimeError::NoShell { id: id.to_owned() })
+}
+
+/// Refuses a command named by an absolute path that is no executable file inside the
+/// container's root (as `/bin/sh` in an image without a shell), in words of ours rather than
+/// the engine's; a name looked up in `PATH` is left to the engine.
+fn check_executable(id: &str, pid: u32, command: &[String]) -> Result<(), RuntimeError> {
+    match command.first().filter(|p| p.starts_with('/')) {
+        Some(path) if !is_executable(id, pid, path)? => {
+            Err(RuntimeError::NotExecutable { id: id.to_owned(), path: path.clone() })
+        }
+        _ => Ok(()),
+    }
 }
 
 impl Runtime {
@@ -151,7 +168,12 @@ impl Runtime {
         };
         let pid = self.pid(&start.id).await?;
         let id = start.id;
-        let command = if start.command.is_empty() { login_shell(&id, pid)? } else { start.command };
+        let command = if start.command.is_empty() {
+            login_shell(&id, pid)?
+        } else {
+            check_executable(&id, pid, &start.command)?;
+            start.command
+        };
         let docker = self.engine.docker().clone();
         let map = |source| RuntimeError::Engine(EngineError::Docker { id: id.clone(), source });
         let config = bollard::models::ExecConfig {

@@ -39,8 +39,11 @@ pub enum RuntimeError {
     /// A login shell was asked for and the container's image has none.
     #[error("container {id}: the image has no shell (/bin/bash or /bin/sh)")]
     NoShell { id: String },
+    /// A command named by its absolute path where the container has no executable file.
+    #[error("container {id}: {path} is not an executable file in the container")]
+    NotExecutable { id: String, path: String },
     /// The container's root could not be looked into from the host.
-    #[error("container {id}: cannot look for a shell in it")]
+    #[error("container {id}: cannot look for a shell or command in it")]
     ContainerRoot { id: String, source: RootError },
     /// The service is shutting down: no new sessions, and the open ones end.
     #[error("container-runtime is shutting down")]

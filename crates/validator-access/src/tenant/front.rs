@@ -266,11 +266,27 @@ impl Conn {
         );
         metrics::counter!("executor_validator_access_tenant_commands_total").increment(1);
         let mut runtime = self.tenants.runtime();
+        let tenants = Arc::clone(&self.tenants);
+        let failed = json!({"session": self.session_id, "container": login.container, "command": shown});
         state.task = Some(tokio::spawn(async move {
+            // A start container-runtime refuses (no shell in the image, the container stopped
+            // meanwhile) is counted as a refusal; it, and an exec that fails once started, is
+            // told to the renter on stderr and audited with its reason.
+            let failure = |status: &tonic::Status, started: bool| {
+                if !started {
+                    refused("command_failed");
+                }
+                let mut fields = failed.clone();
+                fields["started"] = json!(started);
+                fields["code"] = json!(format!("{:?}", status.code()));
+                fields["message"] = json!(status.message());
+                tenants.audit().record("tenant_command_failed", fields);
+                format!("executor: {}\r\n", status.message())
+            };
             let code = match runtime.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
                 Ok(response) => {
                     let mut output = response.into_inner();
-                    let mut code = None;
+                    let (mut code, mut started) = (None, false);
                     while let Some(item) = output.next().await {
                         match item.map(|o| o.output) {
                             Ok(Some(Output::Stdout(data))) => {
@@ -282,10 +298,10 @@ impl Conn {
                                 let _ = out.extended_data_bytes(1, data).await;
                             }
                             Ok(Some(Output::ExitCode(c))) => code = Some(c),
-                            Ok(Some(Output::Started(_)) | None) => {}
+                            Ok(Some(Output::Started(_))) => started = true,
+                            Ok(None) => {}
                             Err(status) => {
-                                let text = format!("executor: {}\r\n", status.message());
-                                let _ = out.extended_data_bytes(1, text.into_bytes()).await;
+                                let _ = out.extended_data_bytes(1, failure(&status, started).into_bytes()).await;
                                 code = Some(255);
                                 break;
                             }
@@ -294,8 +310,7 @@ impl Conn {
                     code.unwrap_or(255)
                 }
                 Err(status) => {
-                    let text = format!("executor: {}\r\n", status.message());
-                    let _ = out.extended_data_bytes(1, text.into_bytes()).await;
+                    let _ = out.extended_data_bytes(1, failure(&status, false).into_bytes()).await;
                     // 127: what a shell says of a command it cannot start.
                     if status.code() == tonic::Code::FailedPrecondition { 127 } else { 255 }
                 }
