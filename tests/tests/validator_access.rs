@@ -127,17 +127,17 @@ fn text(out: &CapturedOutput) -> (String, String) {
     (e2e::process::stdout(out), e2e::process::stderr(out))
 }
 
-/// Waits until `command` shows as the grant's only session, revokes `grant_id`, and checks that
-/// the command's ssh client ends within 2 s. Only: a connection of the grant the test closed just
-/// before may still be ending, and would count as a session the revocation closed, or be taken
-/// for `command`'s before that one has logged in.
-async fn revoke_while_running(client: &mut Client, grant_id: &str, command: &mut tokio::process::Child) {
+/// Waits until the grant's only session is the one running `line` (the ssh client `command`),
+/// revokes `grant_id`, and checks that the client ends within 2 s. Only, and running `line`: a
+/// connection of the grant the test closed just before may still be listed, with commands of
+/// its own, before the new one has logged in, and end on its own before the revocation.
+async fn revoke_while_running(client: &mut Client, grant_id: &str, line: &str, command: &mut tokio::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let sessions = client.list_sessions(pb::ListSessionsRequest {}).await.unwrap().into_inner().sessions;
         let of_grant: Vec<_> = sessions.iter().filter(|s| s.grant_id == grant_id).collect();
         if let [session] = of_grant[..]
-            && !session.commands.is_empty()
+            && session.commands.iter().any(|c| c == line)
         {
             break;
         }
@@ -378,7 +378,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     // Revocation ends a running command within 2 s.
     let mut sleeper =
         ProcessSpec::new("ssh").args(ssh_args(port, &v.ssh_key)).arg("sleep 60").spawn_supervised().unwrap();
-    revoke_while_running(&mut client, &grant.grant_id, &mut sleeper).await;
+    revoke_while_running(&mut client, &grant.grant_id, "sleep 60", &mut sleeper).await;
     assert_eq!(ssh(port, &v.ssh_key, &[], &["true"]).await.status.code(), Some(255));
     let err = client.revoke(pb::RevokeRequest { grant_id: grant.grant_id }).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -390,7 +390,7 @@ async fn access_ends_with_the_grant_and_grants_survive_kill_9() {
     let mut unread = ProcessSpec::new("ssh").args(ssh_args(port, &v.ssh_key)).arg("yes").spawn_supervised().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(unread.try_wait().unwrap().is_none(), "the session ended by itself");
-    revoke_while_running(&mut client, &grant.grant_id, &mut unread).await;
+    revoke_while_running(&mut client, &grant.grant_id, "yes", &mut unread).await;
 
     // Expiry ends access on its own.
     v.grant(&mut client, 4).await;
@@ -566,7 +566,7 @@ async fn system_sshd_mode_keeps_authorized_keys_and_relays_through_the_gate() {
         .arg("gpu-attestor challenge --backend cpu")
         .spawn_interactive()
         .unwrap();
-    revoke_while_running(&mut client, &grant.grant_id, &mut waiting).await;
+    revoke_while_running(&mut client, &grant.grant_id, "gpu-attestor challenge --backend cpu", &mut waiting).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::fs::read_to_string(&keys_file).unwrap().contains(&grant.grant_id) {
         assert!(Instant::now() < deadline, "revoked key still in {}", keys_file.display());
