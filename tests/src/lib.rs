@@ -200,7 +200,17 @@ shutdown_timeout = "5s"
         let identity = common::identity::ExecutorIdentity::load(&key).ok()?;
         Some(format!("label={EXECUTOR_LABEL}={}", identity.executor_id()))
     }
+
+    /// The `docker --filter` that picks the network holders of the node this config made
+    /// (`container_runtime::holder::LABEL_HOLDER_OF`).
+    pub fn holder_filter(&self) -> Option<String> {
+        let executor = self.executor_filter()?;
+        Some(executor.replace(EXECUTOR_LABEL, HOLDER_LABEL))
+    }
 }
+
+/// The label a network holder carries its node's executor id in.
+pub const HOLDER_LABEL: &str = "ai.basilica.executor.holder_of";
 
 /// The label the node's containers and networks carry its executor id in
 /// (`container_runtime::labels::LABEL_EXECUTOR`, which this crate does not link).
@@ -213,10 +223,11 @@ impl Drop for TestConfig {
     /// run after run on a developer's machine. Waited for (on a thread of its own, as a drop
     /// cannot await), so a test's process does not end before they are removed.
     fn drop(&mut self) {
-        let Some(label) = self.executor_filter() else { return };
+        let (Some(label), Some(holders)) = (self.executor_filter(), self.holder_filter()) else { return };
         let script = "docker ps -aq --filter \"$1\" | xargs -r docker rm -f; \
+                      docker ps -aq --filter \"$2\" | xargs -r docker rm -f; \
                       docker network ls -q --filter \"$1\" | xargs -r docker network rm";
-        let remove = ProcessSpec::new("sh").args(["-c", script, "sh", &label]);
+        let remove = ProcessSpec::new("sh").args(["-c", script, "sh", &label, &holders]);
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(remove.output(Duration::from_secs(60), 1 << 16)).map_err(std::io::Error::other)

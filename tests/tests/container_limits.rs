@@ -290,6 +290,35 @@ async fn wait_for<T, F: std::future::Future<Output = T>>(
     }
 }
 
+/// container-runtime with its spare networks (not `start_service`: that turns the pool off
+/// for the other tests).
+async fn start_pooled(config: &TestConfig) -> (tokio::process::Child, e2e::runtime::Client) {
+    let child = ProcessSpec::new(e2e::binary("container-runtime"))
+        .arg("--config")
+        .arg(&config.path)
+        .spawn_supervised()
+        .unwrap();
+    let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
+    wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
+    let client = common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient::new(
+        common::grpc::unix_channel(&socket),
+    );
+    (child, client)
+}
+
+/// The network holders of `executor`: (name, running), sorted.
+async fn holders(executor: &str) -> Vec<(String, bool)> {
+    let filter = format!("label={}={executor}", e2e::HOLDER_LABEL);
+    let (_, out) = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}} {{.State}}"]).await;
+    let mut holders: Vec<(String, bool)> = out
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, state)| (name.to_owned(), state == "running"))
+        .collect();
+    holders.sort();
+    holders
+}
+
 #[tokio::test]
 async fn spare_networks_are_used_refilled_adopted_and_removed_on_shutdown() {
     if !busybox_image().await {
@@ -298,20 +327,7 @@ async fn spare_networks_are_used_refilled_adopted_and_removed_on_shutdown() {
     let config = TestConfig::new("\n[docker.network_config]\nspare_networks = 2\n");
     let identity = common::identity::ExecutorIdentity::load_or_create(&config.dir.path().join("data")).unwrap();
     let executor = identity.executor_id();
-    // Not `start_service`: that turns the pool off for the other tests.
-    let start = || async {
-        let child = ProcessSpec::new(e2e::binary("container-runtime"))
-            .arg("--config")
-            .arg(&config.path)
-            .spawn_supervised()
-            .unwrap();
-        let socket = ServiceName::ContainerRuntime.socket(&config.runtime_dir());
-        wait_serving(&socket, Duration::from_secs(30)).await.unwrap();
-        let client = common::proto::runtime::v1::container_runtime_client::ContainerRuntimeClient::new(
-            common::grpc::unix_channel(&socket),
-        );
-        (child, client)
-    };
+    let start = || start_pooled(&config);
     let (mut service, mut client) = start().await;
     let spares = wait_for("two spare networks", || pool_networks(&executor), |n| n.len() == 2).await;
     let c = run(&mut client, request("sleep 600")).await;
@@ -335,4 +351,95 @@ async fn spare_networks_are_used_refilled_adopted_and_removed_on_shutdown() {
     common::process::send_signal(service.id().unwrap(), nix::sys::signal::Signal::SIGTERM).unwrap();
     tokio::time::timeout(Duration::from_secs(30), service.wait()).await.unwrap().unwrap();
     assert_eq!(pool_networks(&executor).await, Vec::<String>::new());
+}
+
+/// Spare networks come with a running holder (its image made from the executor's own program,
+/// nothing pulled). A create without ports joins it (`container:<network>-holder`) and has the
+/// network: an address, shaping, traffic counted. A create with ports, and ports added later,
+/// get an endpoint of their own beside it. A holder stopped under its tenant is started with
+/// it. A holder goes with its network, and the spares' with them at shutdown.
+#[tokio::test]
+async fn creates_join_the_running_holder_of_a_spare_network() {
+    if !busybox_image().await {
+        return;
+    }
+    if container_runtime::holder::program().is_none() {
+        println!("SKIPPED: no network holder program for this architecture");
+        return;
+    }
+    assert_eq!(e2e::HOLDER_LABEL, container_runtime::holder::LABEL_HOLDER_OF);
+    let config = TestConfig::new("\n[docker.network_config]\nspare_networks = 2\n");
+    let identity = common::identity::ExecutorIdentity::load_or_create(&config.dir.path().join("data")).unwrap();
+    let executor = identity.executor_id();
+    // Another image under the holders' name (a pull of an image named so): not run, made again.
+    assert!(docker(&["tag", e2e::BUSYBOX_IMAGE, container_runtime::holder::HOLDER_IMAGE]).await.0);
+    let (mut service, mut client) = start_pooled(&config).await;
+    let all_running = |h: &Vec<(String, bool)>| h.len() == 2 && h.iter().all(|(_, running)| *running);
+    let spares = wait_for("two spare networks with running holders", || holders(&executor), all_running).await;
+    // Made from the program's one layer, and run by the image's id.
+    let image = inspect(&spares[0].0, "{{.Image}}").await;
+    let layers = docker(&["image", "inspect", "--format", "{{json .RootFS.Layers}}", &image]).await.1;
+    assert_eq!(layers, format!("[\"{}\"]", container_runtime::holder::layer().unwrap()));
+    assert_eq!(inspect(&spares[0].0, "{{.Config.Image}}").await, image);
+
+    let network_of = |id: String| async move {
+        let label = inspect(&id, "{{index .Config.Labels \"ai.basilica.executor.network\"}}").await;
+        (label, inspect(&id, "{{.HostConfig.NetworkMode}}").await)
+    };
+    let mut r = request("sleep 600");
+    r.resources.as_mut().unwrap().network_bps = MIB;
+    let joined = run(&mut client, r).await;
+    let (network, mode) = network_of(joined.id.clone()).await;
+    // The engine keeps the holder's id for its name.
+    assert_eq!(mode, format!("container:{}", inspect(&format!("{network}-holder"), "{{.Id}}").await));
+    let (_, tc) = sh("tc", &["qdisc", "show", "dev", &ifb_name(&joined.id)]).await;
+    assert!(tc.contains("tbf") && tc.contains("rate 8388Kbit"), "not shaped: {tc}");
+    let (_, gateway) =
+        docker(&["network", "inspect", "--format", "{{(index .IPAM.Config 0).Gateway}}", &network]).await;
+    let prefix = gateway.trim().rsplit_once('.').unwrap().0.to_owned();
+    let out =
+        exec(&mut client, &joined.id, &format!("ip -4 addr show eth0; nc -w 1 {} 9 </dev/null; true", gateway.trim()))
+            .await;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("inet {prefix}.")), "no address on {network}: {shown}");
+    let stats = client.stats(pb::ContainerRef { id: joined.id.clone() }).await.unwrap().into_inner();
+    assert!(stats.network_tx_bytes > 0, "the traffic of a joined namespace is not counted: {stats:?}");
+
+    // Ports: an endpoint of its own on a spare network, served.
+    let mut r = request("nc -ll -p 8080 -e echo hello");
+    r.ports = vec![pb::PortMapping { container_port: 8080, protocol: "tcp".into(), ..Default::default() }];
+    let published = run(&mut client, r).await;
+    let (own, mode) = network_of(published.id.clone()).await;
+    assert_eq!(mode, own);
+    assert_eq!(e2e::runtime::greeting(published.ports[0].host_port).await, "hello");
+    // Ports added to one that joined: made again with an endpoint of its own.
+    let add = pb::PortMapping { container_port: 9090, protocol: "tcp".into(), ..Default::default() };
+    let update = pb::UpdateContainerRequest { id: joined.id.clone(), add_ports: vec![add], ..Default::default() };
+    let updated = client.update(update).await.unwrap().into_inner();
+    assert_eq!(updated.state, pb::ContainerState::Running as i32, "{updated:?}");
+    assert_eq!(network_of(joined.id.clone()).await, (network.clone(), network.clone()));
+
+    // A holder stopped (by hand, or a reboot) is started with its tenant.
+    let again = run(&mut client, request("sleep 600")).await;
+    let (network, _) = network_of(again.id.clone()).await;
+    let holder = format!("{network}-holder");
+    client
+        .stop(pb::StopContainerRequest { id: again.id.clone(), timeout_seconds: 0, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(docker(&["stop", "-t", "0", &holder]).await.0);
+    let started = client.start(pb::ContainerRef { id: again.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(started.state, pb::ContainerState::Running as i32, "{started:?}");
+    assert_eq!(inspect(&holder, "{{.State.Running}}").await, "true");
+
+    // The holder goes with its network.
+    client.remove(pb::RemoveContainerRequest { id: again.id.clone(), force: true }).await.unwrap();
+    assert!(!docker(&["inspect", &holder]).await.0, "{holder} left behind");
+    assert!(!docker(&["network", "inspect", &network]).await.0, "{network} left behind");
+    remove_all(&mut client).await;
+
+    // SIGTERM: the spares go, and their holders with them.
+    common::process::send_signal(service.id().unwrap(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), service.wait()).await.unwrap().unwrap();
+    assert_eq!(holders(&executor).await, Vec::<(String, bool)>::new());
 }

@@ -431,8 +431,11 @@ async fn bench_containers() -> anyhow::Result<()> {
     let quiet = "\n[logging]\nlevel = \"warn\"\n[docker]\nmax_concurrent_containers = 100\n";
     let runs = 30;
     let variants = [
-        ("own network per container, spare networks (default)", ""),
-        ("own network per container, no spares", "[docker.network_config]\nspare_networks = 0\n"),
+        ("own network per container, joining a spare's holder (default)", ""),
+        (
+            "own network per container, no spares (a namespace of its own)",
+            "[docker.network_config]\nspare_networks = 0\n",
+        ),
         ("no isolation (none network, nothing to shape)", "[docker.network_config]\nenable_isolation = false\n"),
     ];
     let mut services = Vec::new();
@@ -441,8 +444,9 @@ async fn bench_containers() -> anyhow::Result<()> {
         let (child, client) = start_runtime(&root, &config).await?;
         services.push((config, child, client, Vec::new()));
     }
-    // Let the pool fill before the first measurement, as it is on a node that has been up.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the pool fill (networks and their holders) before the first measurement, as it is on
+    // a node that has been up.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     // docker run on a network like each tenant's own (a bridge `bai-…`, no inter-container
     // traffic): what Docker alone costs for the isolation, with none of our work.
     let network = format!("basilica-bench-{}", std::process::id());

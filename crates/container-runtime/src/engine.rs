@@ -33,6 +33,8 @@ pub enum EngineError {
     Name(#[from] NameError),
     #[error(transparent)]
     Confinement(#[from] ConfinementError),
+    #[error(transparent)]
+    Holder(#[from] crate::holder::HolderError),
 }
 
 /// Errors reaching the Docker engine.
@@ -209,8 +211,10 @@ impl Engine {
         Ok(networks.into_iter().filter_map(|n| n.name).collect())
     }
 
-    /// Removes one of our networks; one that is already gone is fine.
+    /// Removes one of our networks with its holder (see `holder`); one that is already gone
+    /// is fine.
     pub async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        crate::holder::remove(&self.docker, name).await?;
         match self.docker.remove_network(name).await {
             Ok(()) | Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => Ok(()),
             Err(source) => Err(EngineError::Docker { id: name.to_owned(), source }),

@@ -40,6 +40,7 @@ pub mod gpu_memory;
 pub mod gpu_monitor;
 pub mod gpus;
 pub mod grpc;
+pub mod holder;
 pub mod images;
 pub mod labels;
 pub mod mounts;
@@ -479,6 +480,7 @@ mod tests {
     const LAYERS: &[&str] = &[
         "events",
         "labels",
+        "holder",
         "proctree",
         "rootfs",
         "confinement",

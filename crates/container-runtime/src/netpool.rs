@@ -4,7 +4,9 @@
 //! the background. Pool networks carry the label `ai.basilica.executor.pool`; a container
 //! records the network it got in its own label, so the pool, the reaper and a restarted service
 //! all know which are in use. On shutdown the spare networks are removed (a host has room for
-//! only a few dozen bridge networks); after a `kill -9` the next start adopts them.
+//! only a few dozen bridge networks); after a `kill -9` the next start adopts them. Each
+//! spare network made here gets a running holder (see `holder`), which a create without
+//! published ports joins instead of paying for a network namespace of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -28,13 +30,24 @@ struct Inner {
     engine: Engine,
     internet: bool,
     target: usize,
+    /// `[docker.network_config] dns_servers`, for the holders.
+    dns: Vec<String>,
+    /// The holders' image (made on first use); None: spares get no holders.
+    holders: tokio::sync::OnceCell<Option<String>>,
     state: Mutex<State>,
     refilling: tokio::sync::Mutex<()>,
 }
 
+/// A network for a create, and whether its holder runs (see `holder`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spare {
+    pub network: String,
+    pub holder: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    ready: Vec<String>,
+    ready: Vec<Spare>,
     /// Taken by a create that has not finished: neither ready nor yet named by a container.
     claimed: HashSet<String>,
     /// Drained for shutdown: no more refills.
@@ -46,12 +59,15 @@ fn new_name() -> Result<String, EngineError> {
 }
 
 impl NetworkPool {
-    /// A pool keeping `target` networks ready (0: every create makes its own).
-    pub fn new(engine: Engine, internet: bool, target: usize) -> Self {
+    /// A pool keeping `target` networks ready (0: every create makes its own), their holders
+    /// given the DNS servers `dns`.
+    pub fn new(engine: Engine, internet: bool, target: usize, dns: &[std::net::IpAddr]) -> Self {
         let inner = Inner {
             engine,
             internet,
             target,
+            dns: dns.iter().map(ToString::to_string).collect(),
+            holders: tokio::sync::OnceCell::new(),
             state: Mutex::new(State::default()),
             refilling: tokio::sync::Mutex::new(()),
         };
@@ -62,9 +78,25 @@ impl NetworkPool {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The image holders are made from, made once; None: spares get no holders (not on this
+    /// architecture, or the engine refused the image).
+    async fn holder_image(&self) -> Option<String> {
+        self.inner
+            .holders
+            .get_or_init(|| async {
+                crate::holder::ensure_image(self.inner.engine.docker()).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot make the network holder image; spare networks go without");
+                    None
+                })
+            })
+            .await
+            .clone()
+    }
+
     /// Adopts the spare pool networks a previous run left (those no container names and that
     /// are made as this version makes them for `allow_internet` now: not internal, with the
-    /// bridge prefix of the mode); removes the others.
+    /// bridge prefix of the mode), with their holders where these run or start again; removes
+    /// the others.
     pub async fn adopt(&self, in_use: &HashSet<String>) -> Result<(), EngineError> {
         let engine = &self.inner.engine;
         let pool: HashSet<String> = engine.our_pool_networks().await?.into_iter().collect();
@@ -74,7 +106,19 @@ impl NetworkPool {
             }
             let current = !n.internal && n.bridge.starts_with(crate::firewall::bridge_prefix(self.inner.internet));
             if current && self.state().ready.len() < self.inner.target {
-                self.state().ready.push(n.name);
+                let docker = engine.docker();
+                let holder = match crate::holder::state(docker, &n.name).await {
+                    Some(true) => true,
+                    Some(false) => {
+                        let started = crate::holder::restart(docker, &n.name).await.is_ok();
+                        if !started {
+                            crate::holder::remove(docker, &n.name).await?;
+                        }
+                        started
+                    }
+                    None => false,
+                };
+                self.state().ready.push(Spare { network: n.name, holder });
             } else {
                 engine.remove_network(&n.name).await?;
             }
@@ -82,21 +126,22 @@ impl NetworkPool {
         Ok(())
     }
 
-    /// A network for a new container: a ready one, or a new one made now. Call [`Self::settled`]
-    /// once the create has finished, whatever its outcome.
-    pub async fn take(&self) -> Result<String, EngineError> {
+    /// A network for a new container: a ready one (with its holder when it has one), or a
+    /// new one made now (without). Call [`Self::settled`] once the create has finished,
+    /// whatever its outcome.
+    pub async fn take(&self) -> Result<Spare, EngineError> {
         let ready = self.state().ready.pop();
-        let name = match ready {
-            Some(name) => name,
+        let spare = match ready {
+            Some(spare) => spare,
             None => {
                 let name = new_name()?;
                 self.inner.engine.create_network(&name, self.inner.internet, HashMap::new()).await?;
-                name
+                Spare { network: name, holder: false }
             }
         };
-        self.state().claimed.insert(name.clone());
+        self.state().claimed.insert(spare.network.clone());
         self.refill_in_background(REFILL_DELAY);
-        Ok(name)
+        Ok(spare)
     }
 
     /// The create that took `name` is over: the container names it now, or it was removed.
@@ -107,7 +152,7 @@ impl NetworkPool {
     /// Networks the reaper must leave alone: ready or being used by a create right now.
     pub fn held(&self) -> HashSet<String> {
         let state = self.state();
-        state.ready.iter().chain(&state.claimed).cloned().collect()
+        state.ready.iter().map(|s| &s.network).chain(&state.claimed).cloned().collect()
     }
 
     /// Tops the pool up to its target in the background, after `delay`.
@@ -138,7 +183,17 @@ impl NetworkPool {
             let name = new_name()?;
             let labels = HashMap::from([(LABEL_POOL.to_owned(), "true".to_owned())]);
             self.inner.engine.create_network(&name, self.inner.internet, labels).await?;
-            self.state().ready.push(name);
+            let holder = match self.holder_image().await {
+                Some(image) => {
+                    let engine = &self.inner.engine;
+                    crate::holder::start(engine.docker(), &image, engine.executor_id(), &name, &self.inner.dns)
+                        .await
+                        .inspect_err(|e| tracing::warn!(network = %name, error = %e, "cannot start a network holder"))
+                        .is_ok()
+                }
+                None => false,
+            };
+            self.state().ready.push(Spare { network: name, holder });
         }
     }
 
@@ -147,9 +202,9 @@ impl NetworkPool {
         self.state().closed = true;
         let _no_refill = self.inner.refilling.lock().await;
         let ready = std::mem::take(&mut self.state().ready);
-        for name in ready {
-            if let Err(e) = self.inner.engine.remove_network(&name).await {
-                tracing::warn!(network = %name, error = %e, "cannot remove a spare network");
+        for spare in ready {
+            if let Err(e) = self.inner.engine.remove_network(&spare.network).await {
+                tracing::warn!(network = %spare.network, error = %e, "cannot remove a spare network");
             }
         }
     }

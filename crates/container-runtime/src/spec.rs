@@ -275,8 +275,8 @@ impl ContainerSpec {
     }
 
     /// The create body. `disk_device` is the block device behind Docker's data root (for the
-    /// I/O limits); `network` the container's own network, if any; `hardening` what the host
-    /// and the config add to every container.
+    /// I/O limits); `network` its network mode (its own network, or a holder's, see `holder`),
+    /// if any; `hardening` what the host and the config add to every container.
     pub fn create_body(
         &self,
         executor_id: &str,
@@ -317,12 +317,14 @@ impl ContainerSpec {
             })
             .collect();
         let cmd: Vec<String> = self.command.iter().chain(&self.args).cloned().collect();
+        // A container that joins a holder's namespace takes its DNS servers and has no ports.
+        let joins = crate::holder::joins(network);
         let mut body = ContainerCreateBody {
             image: Some(self.image.to_string()),
             cmd: if cmd.is_empty() { None } else { Some(cmd) },
             env: Some(env),
             labels: Some(self.all_labels(executor_id)),
-            exposed_ports: Some(self.ports.iter().map(Port::container_side).collect()),
+            exposed_ports: (!joins).then(|| self.ports.iter().map(Port::container_side).collect()),
             host_config: Some(HostConfig {
                 privileged: Some(false),
                 cap_drop: Some(vec!["ALL".into()]),
@@ -352,8 +354,8 @@ impl ContainerSpec {
                 blkio_device_write_bps: throttle(r.disk_io_bps),
                 device_requests,
                 network_mode: network.map(str::to_owned),
-                dns: (!self.dns.is_empty()).then(|| self.dns.iter().map(|ip| ip.to_string()).collect()),
-                port_bindings: Some(port_bindings),
+                dns: (!self.dns.is_empty() && !joins).then(|| self.dns.iter().map(|ip| ip.to_string()).collect()),
+                port_bindings: (!joins).then_some(port_bindings),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

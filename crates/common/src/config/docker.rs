@@ -190,8 +190,10 @@ pub struct NetworkConfig {
     pub allow_internet: bool,
     /// DNS servers for containers; empty means Docker's default.
     pub dns_servers: Vec<IpAddr>,
-    /// With isolation: networks kept made ahead of time so a create need not wait for one
-    /// (about 120 ms each); removed on shutdown. 0 makes each create make its own.
+    /// With isolation: networks kept made ahead of time, each with a running holder whose
+    /// network namespace a create without published ports joins, so a create waits neither for
+    /// a network (about 120 ms) nor for a namespace of its own (about 170 ms of its start);
+    /// removed on shutdown. 0 makes each create make its own.
     pub spare_networks: usize,
 }
 

@@ -256,9 +256,15 @@ impl Runtime {
         }
         let mode = match &self.pool {
             Some(pool) => {
-                let name = pool.take().await?;
-                spec.network = Some(name.clone());
-                name
+                let spare = pool.take().await?;
+                spec.network = Some(spare.network.clone());
+                // Ports belong to whoever owns the namespace: a container that publishes some
+                // gets an endpoint of its own on the network, beside the holder.
+                if spare.holder && spec.ports.is_empty() {
+                    crate::holder::joining(&spare.network)
+                } else {
+                    spare.network
+                }
             }
             None => "none".to_owned(),
         };

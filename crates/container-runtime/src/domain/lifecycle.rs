@@ -34,7 +34,7 @@ impl Runtime {
         // engine's events) comes after it.
         self.intend(id, &Intent::Running);
         // The IFB device needs no container: made while the engine starts it.
-        let (started, prepared) = tokio::join!(self.engine.start(id), self.prepare_shaping(&inspect));
+        let (started, prepared) = tokio::join!(self.start_engine(id, &inspect), self.prepare_shaping(&inspect));
         if let Err(e) = started {
             self.intend(id, &Intent::Stopped(format!("its start failed: {e}")));
             return Err(e.into());
@@ -52,6 +52,25 @@ impl Runtime {
             return Err(RuntimeError::Shaping { id: Some(id.to_owned()), source });
         }
         Ok(self.described(id, &inspect))
+    }
+
+    /// Has the engine start `id` (`inspect`: as it is now). One that joins a holder the engine
+    /// has stopped (or a reboot did) gets the holder started first: it cannot start without.
+    async fn start_engine(
+        &self,
+        id: &str,
+        inspect: &bollard::models::ContainerInspectResponse,
+    ) -> Result<(), EngineError> {
+        let started = self.engine.start(id).await;
+        let joins = crate::holder::joins(inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()));
+        let network = labels_of(inspect).get(LABEL_NETWORK).cloned().unwrap_or_default();
+        let docker = self.engine.docker();
+        if started.is_err() && joins && crate::holder::state(docker, &network).await == Some(false) {
+            tracing::info!(id, network, "starting the network holder the container joins");
+            crate::holder::restart(docker, &network).await?;
+            return self.engine.start(id).await;
+        }
+        started
     }
 
     /// Whether container `id`, which could not be shaped, has ended meanwhile: a process on its
@@ -247,7 +266,7 @@ impl Runtime {
             tracing::error!(id, error = %e, "cannot mount a volume of a container to resume; left stopped");
             return false;
         }
-        if let Err(e) = self.engine.start(id).await {
+        if let Err(e) = self.start_engine(id, &inspect).await {
             tracing::error!(id, error = %e, "cannot start a container to resume; left stopped");
             return false;
         }

@@ -110,7 +110,8 @@ impl Runtime {
         let images =
             Images::open(engine.docker().clone(), Arc::clone(&admission), &config.data_dir, &docker.images, prefetch)?;
         let pool = docker.network_config.enable_isolation.then(|| {
-            NetworkPool::new(engine.clone(), docker.network_config.allow_internet, docker.network_config.spare_networks)
+            let n = &docker.network_config;
+            NetworkPool::new(engine.clone(), n.allow_internet, n.spare_networks, &n.dns_servers)
         });
         let host_limits = HostLimits::probe();
         let w = &docker.workload;

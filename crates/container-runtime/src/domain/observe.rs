@@ -69,6 +69,15 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::NoStats { id: id.to_owned() })?
             .map_err(|source| EngineError::Docker { id: id.to_owned(), source })?;
         let mut out = crate::status::stats(id.to_owned(), &stats);
+        // The engine counts the traffic of a container's own endpoints only: one that joins a
+        // holder's namespace is counted from the namespace.
+        let host = inspect.host_config.as_ref();
+        let pid = inspect.state.as_ref().and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
+        if crate::holder::joins(host.and_then(|h| h.network_mode.as_deref()))
+            && let Some((rx, tx)) = pid.and_then(crate::holder::namespace_bytes)
+        {
+            (out.network_rx_bytes, out.network_tx_bytes) = (rx, tx);
+        }
         let (used, limit) = self.engine.writable_layer(id).await?;
         out.writable_layer_bytes = used.unwrap_or(0);
         out.writable_layer_limit_bytes = limit.unwrap_or(self.config.resource_limits.writable_layer_bytes.get());

@@ -93,6 +93,10 @@ impl Runtime {
         }
         let publish_ip = self.ports.host_ip().map(|ip| ip.to_string());
         let now = crate::labels::now_secs();
+        // One that joined its network's holder gets an endpoint of its own there: ports
+        // belong to whoever owns the namespace (see `holder`).
+        let network = labels.get(LABEL_NETWORK).cloned().unwrap_or_default();
+        let dns: Vec<String> = self.config.network_config.dns_servers.iter().map(ToString::to_string).collect();
         let made = self
             .engine
             .recreate(id, &inspect, |body| {
@@ -101,6 +105,10 @@ impl Runtime {
                 labels.insert(LABEL_RECREATED.to_owned(), now.to_string());
                 let exposed = body.exposed_ports.get_or_insert_with(Vec::new);
                 let host = body.host_config.get_or_insert_with(Default::default);
+                if crate::holder::joins(host.network_mode.as_deref()) {
+                    host.network_mode = Some(network.clone());
+                    host.dns = (!dns.is_empty()).then(|| dns.clone());
+                }
                 let bindings = host.port_bindings.get_or_insert_with(HashMap::new);
                 for p in &ports {
                     exposed.push(p.container_side());
