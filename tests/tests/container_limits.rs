@@ -336,7 +336,11 @@ async fn spare_networks_are_used_refilled_adopted_and_removed_on_shutdown() {
     // The pool refills: two spares plus the one in use.
     wait_for("the pool refilled", || pool_networks(&executor), |n| n.len() == 3).await;
 
-    // kill -9, start again: the spares are adopted, not made again; the container keeps its own.
+    // kill -9, start again: the spares are adopted, not made again, with their running
+    // holders; the container keeps its own.
+    let with_holders = if container_runtime::holder::program().is_some() { 3 } else { 0 };
+    let all_running = |h: &Vec<(String, bool)>| h.len() == with_holders && h.iter().all(|(_, running)| *running);
+    let held = wait_for("the holders running", || holders(&executor), all_running).await;
     service.start_kill().unwrap();
     service.wait().await.unwrap();
     let (mut service, mut client) = start().await;
@@ -344,6 +348,7 @@ async fn spare_networks_are_used_refilled_adopted_and_removed_on_shutdown() {
     let after = pool_networks(&executor).await;
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(after.contains(&network));
+    assert_eq!(holders(&executor).await, held);
     client.remove(pb::RemoveContainerRequest { id: c.id.clone(), force: true }).await.unwrap();
     assert!(!docker(&["network", "inspect", &network]).await.0, "{network} left behind");
 

@@ -860,18 +860,39 @@ async fn a_terminal_resize_reaches_the_shell() {
         return;
     }
     let Rental { node, client, dir: _dir, key, id, .. } = Rental::start(TestConfig::new("")).await;
-    let mut args = client_args_as(node.config.ports.tenant_ssh, &key, &id);
+    // ssh runs on a pty of 30x100; the steps ask `stty size`, resize the pty to 50x120 (the
+    // kernel signals ssh, which sends window-change), ask again, and exit 4.
+    let steps = r#"
+pump(2)
+os.write(fd, b"echo first $(stty size)\n")
+pump(1.5)
+size(fd, 50, 120)
+pump(1)
+os.write(fd, b"echo second $(stty size); exit 4\n")
+"#;
+    let text = ssh_on_a_terminal(&node, &key, &id, (30, 100), steps).await;
+    assert!(text.contains("first 30 100"), "{text}");
+    assert!(text.contains("second 50 120"), "{text}");
+    assert!(text.contains("status 4"), "{text}");
+    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
+}
+
+/// `ssh` as the renter of `container` with `key` on a pseudo-terminal of `rows` x `cols`
+/// (Python's `pty`), driven by the Python statements `steps` (`pump(seconds)` reads what the
+/// terminal shows meanwhile, `size(fd, rows, cols)` resizes it, `os.write(fd, ...)` types),
+/// then read to its end: everything it showed, and `status N`, ssh's exit status.
+async fn ssh_on_a_terminal(node: &Node, key: &Path, container: &str, (rows, cols): (u16, u16), steps: &str) -> String {
+    let mut args = client_args_as(node.config.ports.tenant_ssh, key, container);
     args.insert(0, "ssh".to_owned());
-    // ssh runs on a pty of 30x100; the script asks `stty size`, resizes the pty to 50x120
-    // (the kernel signals ssh, which sends window-change), asks again, and exits 4.
-    let script = r#"
+    let script = format!(
+        r#"
 import fcntl, os, pty, select, struct, sys, termios, time
 def size(fd, rows, cols):
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 pid, fd = pty.fork()
 if pid == 0:
+    size(0, {rows}, {cols})
     os.execvp("ssh", sys.argv[1:])
-size(fd, 30, 100)
 out = b""
 def pump(seconds):
     global out
@@ -886,25 +907,15 @@ def pump(seconds):
             if not chunk:
                 return
             out += chunk
-pump(2)
-os.write(fd, b"echo first $(stty size)\n")
-pump(1.5)
-size(fd, 50, 120)
-pump(1)
-os.write(fd, b"echo second $(stty size); exit 4\n")
-pump(3)
+{steps}
+pump(20)
 _, status = os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors="replace"))
 sys.stdout.write("\nstatus %d\n" % os.waitstatus_to_exitcode(status))
-"#;
-    let out =
-        e2e::process::capture(ProcessSpec::new("python3").args(["-c", script]).args(args), Duration::from_secs(30))
-            .await;
-    let text = stdout(&out);
-    assert!(text.contains("first 30 100"), "{text}");
-    assert!(text.contains("second 50 120"), "{text}");
-    assert!(text.contains("status 4"), "{text}");
-    client.remove_container(pb::RemoveContainerRequest { id, force: true }).await.ok();
+"#
+    );
+    let spec = ProcessSpec::new("python3").arg("-c").arg(script).args(args);
+    stdout(&e2e::process::capture(spec, Duration::from_secs(40)).await)
 }
 
 /// The pid of the node's validator-access (its command line names the node's config).
@@ -1109,33 +1120,11 @@ async fn what_cannot_be_done_is_refused_in_the_session_and_audited() {
 
     // A terminal 2000 columns wide (ssh on a terminal asks for one by itself): refused, and
     // the login shell runs without one (`ssh -t` would give up instead).
-    let mut args = client_args_as(node.config.ports.tenant_ssh, &key, &id);
-    args.insert(0, "ssh".to_owned());
-    let script = r#"
-import fcntl, os, pty, struct, sys, termios, time
-pid, fd = pty.fork()
-if pid == 0:
-    fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 2000, 0, 0))
-    os.execvp("ssh", sys.argv[1:])
-time.sleep(1.5)
+    let steps = r#"
+pump(1.5)
 os.write(fd, b"tty; echo ran; exit 5\n")
-out = b""
-while True:
-    try:
-        chunk = os.read(fd, 4096)
-    except OSError:
-        break
-    if not chunk:
-        break
-    out += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors="replace"))
-sys.stdout.write("\nstatus %d\n" % os.waitstatus_to_exitcode(status))
 "#;
-    let out =
-        e2e::process::capture(ProcessSpec::new("python3").args(["-c", script]).args(args), Duration::from_secs(30))
-            .await;
-    let shown = stdout(&out);
+    let shown = ssh_on_a_terminal(&node, &key, &id, (30, 2000), steps).await;
     assert!(shown.contains("PTY allocation request failed"), "{shown}");
     assert!(shown.contains("not a tty") && shown.contains("ran"), "{shown}");
     assert!(shown.contains("status 5"), "{shown}");

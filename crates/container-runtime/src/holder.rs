@@ -210,6 +210,21 @@ pub async fn state(docker: &Docker, network: &str) -> Option<bool> {
     Some(inspect.state.and_then(|s| s.running).unwrap_or(false))
 }
 
+/// Whether the holder a previous run left on spare `network` can serve: there, given the DNS
+/// servers `dns` of the config now, and running (or started again). One that cannot is removed.
+pub async fn adoptable(docker: &Docker, network: &str, dns: &[String]) -> Result<bool, HolderError> {
+    let Ok(inspect) = docker.inspect_container(&name(network), None::<InspectContainerOptions>).await else {
+        return Ok(false);
+    };
+    let had = inspect.host_config.and_then(|h| h.dns).unwrap_or_default();
+    let running = inspect.state.and_then(|s| s.running).unwrap_or(false);
+    if had == dns && (running || restart(docker, network).await.is_ok()) {
+        return Ok(true);
+    }
+    remove(docker, network).await?;
+    Ok(false)
+}
+
 /// Starts the holder of `network` again (a container that joins it cannot start without it);
 /// one the engine started meanwhile (its restart policy) is fine.
 pub async fn restart(docker: &Docker, network: &str) -> Result<(), HolderError> {

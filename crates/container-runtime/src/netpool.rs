@@ -95,8 +95,8 @@ impl NetworkPool {
 
     /// Adopts the spare pool networks a previous run left (those no container names and that
     /// are made as this version makes them for `allow_internet` now: not internal, with the
-    /// bridge prefix of the mode), with their holders where these run or start again; removes
-    /// the others.
+    /// bridge prefix of the mode), with their holders where these can serve (see
+    /// `holder::adoptable`); removes the others.
     pub async fn adopt(&self, in_use: &HashSet<String>) -> Result<(), EngineError> {
         let engine = &self.inner.engine;
         let pool: HashSet<String> = engine.our_pool_networks().await?.into_iter().collect();
@@ -106,18 +106,7 @@ impl NetworkPool {
             }
             let current = !n.internal && n.bridge.starts_with(crate::firewall::bridge_prefix(self.inner.internet));
             if current && self.state().ready.len() < self.inner.target {
-                let docker = engine.docker();
-                let holder = match crate::holder::state(docker, &n.name).await {
-                    Some(true) => true,
-                    Some(false) => {
-                        let started = crate::holder::restart(docker, &n.name).await.is_ok();
-                        if !started {
-                            crate::holder::remove(docker, &n.name).await?;
-                        }
-                        started
-                    }
-                    None => false,
-                };
+                let holder = crate::holder::adoptable(engine.docker(), &n.name, &self.inner.dns).await?;
                 self.state().ready.push(Spare { network: n.name, holder });
             } else {
                 engine.remove_network(&n.name).await?;
