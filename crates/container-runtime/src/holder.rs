@@ -1,13 +1,15 @@
 //! Network holders: a tiny container kept running on each spare network, whose network
 //! namespace a tenant container joins (`--network container:<holder>`). Starting a container
 //! on a network of its own costs the engine a new namespace, a veth pair on the bridge and the
-//! embedded DNS set-up inside it (about 290 ms of a start here, against 120 ms for a start
-//! that joins a namespace already there: docs/benchmarks.md, "Network holders"); a holder pays
-//! that ahead, off the create path, like the spare network itself.
+//! embedded DNS set-up inside it (a `docker run -d` on such a network takes about 290 ms here,
+//! one that joins a namespace already there 120 ms: docs/benchmarks.md, "Network holders"); a
+//! holder pays that ahead, off the create path, like the spare network itself.
 //!
 //! The holder runs a program of ours, 129 bytes of machine code that waits for signals for
 //! ever, imported as the image [`HOLDER_IMAGE`] from memory: nothing is pulled, and nothing of
-//! a tenant's image runs in it. It is named after its network (`<network>-holder`), carries
+//! a tenant's image runs in it. Holders are made from the image's id, and only while its one
+//! layer is our program's archive ([`ensure_image`]): a holder shares a tenant's network
+//! namespace, and a name can be moved by a pull. It is named after its network (`<network>-holder`), carries
 //! [`LABEL_HOLDER_OF`] (never our container labels, so no listing, reaper round or event
 //! stream of tenants sees it) and goes with its network (`Engine::remove_network`).
 //! A tenant joins it only when it publishes no ports (ports belong to whoever owns the
