@@ -196,17 +196,25 @@ shutdown_timeout = "5s"
     /// The `docker --filter` that picks the containers and networks of the node this config
     /// made, once the node has made its identity.
     pub fn executor_filter(&self) -> Option<String> {
-        let key = self.dir.path().join("data").join(common::identity::IDENTITY_FILE);
-        let identity = common::identity::ExecutorIdentity::load(&key).ok()?;
-        Some(format!("label={EXECUTOR_LABEL}={}", identity.executor_id()))
+        self.executor_id().map(|id| filter(EXECUTOR_LABEL, &id))
     }
 
     /// The `docker --filter` that picks the network holders of the node this config made
     /// (`container_runtime::holder::LABEL_HOLDER_OF`).
     pub fn holder_filter(&self) -> Option<String> {
-        let executor = self.executor_filter()?;
-        Some(executor.replace(EXECUTOR_LABEL, HOLDER_LABEL))
+        self.executor_id().map(|id| filter(HOLDER_LABEL, &id))
     }
+
+    /// The executor id of the node this config made, once it has made its identity.
+    fn executor_id(&self) -> Option<String> {
+        let key = self.dir.path().join("data").join(common::identity::IDENTITY_FILE);
+        Some(common::identity::ExecutorIdentity::load(&key).ok()?.executor_id())
+    }
+}
+
+/// The `docker --filter` for the things whose label `key` is `executor_id`.
+fn filter(key: &str, executor_id: &str) -> String {
+    format!("label={key}={executor_id}")
 }
 
 /// The label a network holder carries its node's executor id in.
@@ -223,7 +231,8 @@ impl Drop for TestConfig {
     /// run after run on a developer's machine. Waited for (on a thread of its own, as a drop
     /// cannot await), so a test's process does not end before they are removed.
     fn drop(&mut self) {
-        let (Some(label), Some(holders)) = (self.executor_filter(), self.holder_filter()) else { return };
+        let Some(id) = self.executor_id() else { return };
+        let (label, holders) = (filter(EXECUTOR_LABEL, &id), filter(HOLDER_LABEL, &id));
         let script = "docker ps -aq --filter \"$1\" | xargs -r docker rm -f; \
                       docker ps -aq --filter \"$2\" | xargs -r docker rm -f; \
                       docker network ls -q --filter \"$1\" | xargs -r docker network rm";

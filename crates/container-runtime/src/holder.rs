@@ -9,13 +9,13 @@
 //! ever, imported as the image [`HOLDER_IMAGE`] from memory: nothing is pulled, and nothing of
 //! a tenant's image runs in it. Holders are made from the image's id, and only while its one
 //! layer is our program's archive ([`ensure_image`]): a holder shares a tenant's network
-//! namespace, and a name can be moved by a pull. It is named after its network (`<network>-holder`), carries
-//! [`LABEL_HOLDER_OF`] (never our container labels, so no listing, reaper round or event
-//! stream of tenants sees it) and goes with its network (`Engine::remove_network`).
-//! A tenant joins it only when it publishes no ports (ports belong to whoever owns the
-//! namespace); one with ports gets an endpoint of its own on the same network, beside the
-//! holder. Only x86-64 has the program; elsewhere spare networks have no holder and creates
-//! take the network the usual way.
+//! namespace, and a name can be moved by a pull. It is named after its network
+//! (`<network>-holder`), carries [`LABEL_HOLDER_OF`] (never our container labels, so no
+//! listing, reaper round or event stream of tenants sees it) and goes with its network
+//! (`Engine::remove_network`). A tenant joins it only when it publishes no ports (ports
+//! belong to whoever owns the namespace); one with ports gets an endpoint of its own on the
+//! same network, beside the holder. Only x86-64 has the program; elsewhere spare networks
+//! have no holder and creates take the network the usual way.
 
 use std::collections::HashMap;
 
@@ -59,6 +59,11 @@ pub fn joining(network: &str) -> String {
 /// Whether a container's network mode joins another container's namespace.
 pub fn joins(network_mode: Option<&str>) -> bool {
     network_mode.is_some_and(|m| m.starts_with("container:"))
+}
+
+/// Whether the container `inspect` describes joins another container's namespace.
+pub fn joined(inspect: &bollard::models::ContainerInspectResponse) -> bool {
+    joins(inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()))
 }
 
 /// The holder's program for this machine: a static ELF executable whose one instruction loop
@@ -120,12 +125,21 @@ fn tar_of(name: &str, data: &[u8]) -> Vec<u8> {
     tar
 }
 
-/// The digest of the holders' one image layer: the archive of [`program`], as the engine
-/// names an imported layer (`sha256:` and the hex of the uncompressed archive's SHA-256).
-pub fn layer() -> Option<String> {
+/// The holders' one image layer: the archive of [`program`]. None where there is none.
+fn archive() -> Option<Vec<u8>> {
+    Some(tar_of(PROGRAM_PATH, &program()?))
+}
+
+/// The digest of a layer made of `archive`, as the engine names an imported layer (`sha256:`
+/// and the hex of the uncompressed archive's SHA-256).
+fn digest(archive: &[u8]) -> String {
     use sha2::Digest;
-    let archive = tar_of(PROGRAM_PATH, &program()?);
-    Some(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&archive))))
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(archive)))
+}
+
+/// The digest of the holders' one image layer (see [`archive`]).
+pub fn layer() -> Option<String> {
+    archive().as_deref().map(digest)
 }
 
 /// The id of the image holders run: [`HOLDER_IMAGE`], made (again) unless the engine has it
@@ -133,7 +147,8 @@ pub fn layer() -> Option<String> {
 /// can be moved (a pull of an image of the same name), and a holder shares a tenant's network
 /// namespace. None where there is no [`program`].
 pub async fn ensure_image(docker: &Docker) -> Result<Option<String>, HolderError> {
-    let (Some(program), Some(layer)) = (program(), layer()) else { return Ok(None) };
+    let Some(archive) = archive() else { return Ok(None) };
+    let layer = digest(&archive);
     let ours = |image: &bollard::models::ImageInspect| {
         let layers = image.root_fs.as_ref().and_then(|r| r.layers.as_deref()).unwrap_or_default();
         (layers == [layer.clone()]).then(|| image.id.clone()).flatten()
@@ -149,7 +164,7 @@ pub async fn ensure_image(docker: &Docker) -> Result<Option<String>, HolderError
         changes: vec![format!("CMD [\"/{PROGRAM_PATH}\"]")],
         ..Default::default()
     };
-    let body = bollard::body_full(tar_of(PROGRAM_PATH, &program).into());
+    let body = bollard::body_full(archive.into());
     let mut progress = docker.create_image(Some(options), Some(body), None);
     while let Some(step) = progress.next().await {
         step.map_err(failed(HOLDER_IMAGE))?;

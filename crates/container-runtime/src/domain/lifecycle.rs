@@ -62,10 +62,12 @@ impl Runtime {
         inspect: &bollard::models::ContainerInspectResponse,
     ) -> Result<(), EngineError> {
         let started = self.engine.start(id).await;
-        let joins = crate::holder::joins(inspect.host_config.as_ref().and_then(|h| h.network_mode.as_deref()));
         let network = labels_of(inspect).get(LABEL_NETWORK).cloned().unwrap_or_default();
         let docker = self.engine.docker();
-        if started.is_err() && joins && crate::holder::state(docker, &network).await == Some(false) {
+        if started.is_err()
+            && crate::holder::joined(inspect)
+            && crate::holder::state(docker, &network).await == Some(false)
+        {
             tracing::info!(id, network, "starting the network holder the container joins");
             crate::holder::restart(docker, &network).await?;
             return self.engine.start(id).await;

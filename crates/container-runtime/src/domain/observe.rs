@@ -71,10 +71,9 @@ impl Runtime {
         let mut out = crate::status::stats(id.to_owned(), &stats);
         // The engine counts the traffic of a container's own endpoints only: one that joins a
         // holder's namespace is counted from the namespace.
-        let host = inspect.host_config.as_ref();
-        let pid = inspect.state.as_ref().and_then(|s| s.pid).and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0);
-        if crate::holder::joins(host.and_then(|h| h.network_mode.as_deref()))
-            && let Some((rx, tx)) = pid.and_then(crate::holder::namespace_bytes)
+        if crate::holder::joined(&inspect)
+            && let Some((rx, tx)) =
+                super::attach::running_pid(id, &inspect).ok().and_then(crate::holder::namespace_bytes)
         {
             (out.network_rx_bytes, out.network_tx_bytes) = (rx, tx);
         }
