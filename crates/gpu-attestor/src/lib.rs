@@ -16,6 +16,7 @@
 pub mod check;
 pub mod evidence;
 pub mod gpow2;
+pub mod gpu;
 pub mod hex_serde;
 pub mod host;
 pub mod merkle;

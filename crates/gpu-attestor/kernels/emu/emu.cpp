@@ -1,0 +1,93 @@
+// The kernels of gpow2.cu as a host library for the tests: `emu_launch` runs a kernel by name
+// over a grid, with kernel parameters passed as cuLaunchKernel takes them (an array of
+// pointers to the values), so the Rust backend drives this library and the GPU alike.
+#include <barrier>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#define GPOW_EMULATION
+#include "../gpow2.cu"
+
+namespace emu {
+thread_local dim3 thread_idx;
+thread_local dim3 block_idx;
+dim3 block_dim;
+dim3 grid_dim;
+static std::barrier<>* block_barrier;
+static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+
+void syncthreads() { block_barrier->arrive_and_wait(); }
+void syncwarp() { warp_barriers[thread_idx.x / 32]->arrive_and_wait(); }
+}  // namespace emu
+
+namespace {
+
+// The parameters read once at launch, then the kernel called with them on every thread.
+template <typename... A, size_t... I>
+std::function<void()> bind_args(void (*f)(A...), void** args, std::index_sequence<I...>) {
+    std::tuple<A...> values{*static_cast<A*>(args[I])...};
+    return [f, values]() { std::apply(f, values); };
+}
+
+template <typename... A>
+std::function<void()> bind_args(void (*f)(A...), void** args) {
+    return bind_args(f, args, std::index_sequence_for<A...>{});
+}
+
+std::function<void()> kernel(const char* name, void** args) {
+#define KERNEL(k) \
+    if (std::strcmp(name, #k) == 0) return bind_args(k, args);
+    KERNEL(fill_a)
+    KERNEL(fill_bt)
+    KERNEL(gemm_dp4a)
+    KERNEL(merkle_reduce)
+    KERNEL(cache_build)
+    KERNEL(dataset_build)
+    KERNEL(walk)
+#undef KERNEL
+    return nullptr;
+}
+
+std::mutex launches;
+
+}  // namespace
+
+// 0 on success, 1 for an unknown kernel, 2 for a bad shape.
+extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x, void** args) {
+    std::lock_guard<std::mutex> one_at_a_time(launches);
+    const std::function<void()> run = kernel(name, args);
+    if (!run) return 1;
+    if (grid_x == 0 || grid_y == 0 || block_x == 0 || block_x > 1024) return 2;
+    emu::block_dim = dim3{block_x, 1, 1};
+    emu::grid_dim = dim3{grid_x, grid_y, 1};
+    std::barrier<> block_barrier(block_x);
+    emu::block_barrier = &block_barrier;
+    emu::warp_barriers.clear();
+    for (u32 w = 0; w < (block_x + 31) / 32; w++) {
+        const u32 lanes = block_x - 32 * w < 32 ? block_x - 32 * w : 32;
+        emu::warp_barriers.push_back(std::make_unique<std::barrier<>>(lanes));
+    }
+    std::vector<std::thread> threads;
+    threads.reserve(block_x);
+    for (u32 t = 0; t < block_x; t++) {
+        threads.emplace_back([&, t]() {
+            emu::thread_idx = dim3{t, 0, 0};
+            for (u32 y = 0; y < grid_y; y++) {
+                for (u32 x = 0; x < grid_x; x++) {
+                    emu::block_idx = dim3{x, y, 0};
+                    run();
+                    // No thread starts the next block while another still uses the statics.
+                    block_barrier.arrive_and_wait();
+                }
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    return 0;
+}

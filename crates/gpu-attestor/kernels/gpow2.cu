@@ -1,0 +1,411 @@
+// GPoW-2 kernels (GPOW.md): the Philox fill of A_p and B_p, the int8 GEMM with SHA-256 tile
+// hashing in its epilogue, the Merkle reduction, and phase B (cache, dataset, walk, lane leaves).
+//
+// One source, two compilers: NVRTC compiles it to PTX (`cargo xtask ptx`, checked in under
+// `ptx/`), and g++ compiles it as host C++ with `GPOW_EMULATION` (kernels/emu/emu.cpp), where
+// thread blocks run on real threads meeting at real barriers. So: no includes, no early return
+// before a barrier, 1-D thread blocks, and every warp-level instruction behind a function that
+// emu.h implements for the host.
+//
+// Layouts in device memory (all little-endian words):
+// - A_p: m x k int8, row-major (row i, bytes 16q..16q+15 = Philox(i, q, p, 0; key_A)).
+// - BT_p: B_p transposed, n x k int8 (column j of B_p is k contiguous bytes), so both operands
+//   of every dot product are contiguous in k (what dp4a and mma .row.col read).
+// - A hash: 32 bytes in SHA-256 output order, i.e. 8 words each the byte swap of a state word.
+// - A cache or dataset item: 16 words.
+
+#ifdef GPOW_EMULATION
+#include "emu/emu.h"
+#else
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef int i32;
+typedef unsigned char u8;
+#endif
+
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+// ---------------------------------------------------------------------------------------------
+// Primitives
+
+__device__ __forceinline__ void philox(u32 c[4], u32 k0, u32 k1) {
+#pragma unroll
+    for (int round = 0; round < 10; round++) {
+        if (round > 0) {
+            k0 += PHILOX_W0;
+            k1 += PHILOX_W1;
+        }
+        const u32 hi0 = __umulhi(PHILOX_M0, c[0]);
+        const u32 lo0 = PHILOX_M0 * c[0];
+        const u32 hi1 = __umulhi(PHILOX_M1, c[2]);
+        const u32 lo1 = PHILOX_M1 * c[2];
+        const u32 c1 = c[1], c3 = c[3];
+        c[0] = hi1 ^ c1 ^ k0;
+        c[1] = lo1;
+        c[2] = hi0 ^ c3 ^ k1;
+        c[3] = lo0;
+    }
+}
+
+__device__ __forceinline__ u32 fnv(u32 a, u32 b) { return (a * 0x01000193u) ^ b; }
+
+// pick(x, N) = (u64(x) * N) >> 32 for 1 <= N <= 2^32.
+__device__ __forceinline__ u32 pick(u32 x, u64 n) { return (u32)(((u64)x * n) >> 32); }
+
+__device__ __forceinline__ u32 bswap32(u32 x) { return __byte_perm(x, 0, 0x0123); }
+
+__device__ __forceinline__ u32 rotr(u32 x, int n) { return (x >> n) | (x << (32 - n)); }
+
+__device__ const u32 SHA256_K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+};
+
+__device__ __forceinline__ void sha256_init(u32 s[8]) {
+    s[0] = 0x6a09e667; s[1] = 0xbb67ae85; s[2] = 0x3c6ef372; s[3] = 0xa54ff53a;
+    s[4] = 0x510e527f; s[5] = 0x9b05688c; s[6] = 0x1f83d9ab; s[7] = 0x5be0cd19;
+}
+
+// One compression of the 16 big-endian message words `w` (overwritten: the schedule rolls in place).
+__device__ void sha256_block(u32 s[8], u32 w[16]) {
+    u32 a = s[0], b = s[1], c = s[2], d = s[3], e = s[4], f = s[5], g = s[6], h = s[7];
+#pragma unroll
+    for (int i = 0; i < 64; i++) {
+        u32 wi;
+        if (i < 16) {
+            wi = w[i];
+        } else {
+            const u32 w15 = w[(i + 1) & 15], w2 = w[(i + 14) & 15];
+            const u32 s0 = rotr(w15, 7) ^ rotr(w15, 18) ^ (w15 >> 3);
+            const u32 s1 = rotr(w2, 17) ^ rotr(w2, 19) ^ (w2 >> 10);
+            wi = w[i & 15] + s0 + w[(i + 9) & 15] + s1;
+            w[i & 15] = wi;
+        }
+        const u32 t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + SHA256_K[i] + wi;
+        const u32 t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    s[0] += a; s[1] += b; s[2] += c; s[3] += d; s[4] += e; s[5] += f; s[6] += g; s[7] += h;
+}
+
+// Hashes are stored as their 32 output bytes: word i in memory is the byte swap of state word i.
+__device__ __forceinline__ void store_hash(u32* out, const u32 s[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = bswap32(s[i]);
+}
+
+// Messages of the form `tag byte ‖ v[0] ‖ v[1] ‖ ... (u32 LE each)` are one byte off the words
+// of the SHA-256 block: big-endian word 0 is `tag, v0 bytes 0..2`, word i is `v[i-1] byte 3,
+// v[i] bytes 0..2`, and the word after the last value is `v[last] byte 3, 0x80, 0, 0`.
+__device__ __forceinline__ u32 tagged_word(u32 prev, u32 cur) { return (prev & 0xff000000u) | (bswap32(cur) >> 8); }
+
+// Merkle node: SHA-256(0x01 ‖ l ‖ r), l and r stored hashes.
+__device__ void merkle_node(const u32* l, const u32* r, u32 out[8]) {
+    u32 v[16];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        v[i] = l[i];
+        v[8 + i] = r[i];
+    }
+    u32 s[8], w[16];
+    sha256_init(s);
+    // The stored words are LE bytes of the hash; as message bytes they are v[i] LE, so the
+    // tagged form applies with the values as they are in memory.
+    w[0] = 0x01000000u | (bswap32(v[0]) >> 8);
+#pragma unroll
+    for (int i = 1; i < 16; i++) w[i] = tagged_word(v[i - 1], v[i]);
+    sha256_block(s, w);
+    w[0] = (v[15] & 0xff000000u) | 0x00800000u;
+#pragma unroll
+    for (int i = 1; i < 15; i++) w[i] = 0;
+    w[15] = 65 * 8;
+    sha256_block(s, w);
+#pragma unroll
+    for (int i = 0; i < 8; i++) out[i] = bswap32(s[i]);
+}
+
+// 16 bytes from a 16-byte aligned address.
+__device__ __forceinline__ void load16(const u32* p, u32 v[4]) {
+#ifdef GPOW_EMULATION
+    for (int i = 0; i < 4; i++) v[i] = p[i];
+#else
+    const uint4 x = *(const uint4*)p;
+    v[0] = x.x;
+    v[1] = x.y;
+    v[2] = x.z;
+    v[3] = x.w;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase A: the fill
+
+// A_p: one thread per 16-byte Philox block, grid-stride.
+extern "C" __global__ void fill_a(u32* a, u32 m, u32 k, u32 p, u32 k0, u32 k1) {
+    const u32 blocks_per_row = k / 16;
+    const u64 total = (u64)m * blocks_per_row;
+    for (u64 l = (u64)blockIdx.x * blockDim.x + threadIdx.x; l < total; l += (u64)gridDim.x * blockDim.x) {
+        u32 c[4] = {(u32)(l / blocks_per_row), (u32)(l % blocks_per_row), p, 0};
+        philox(c, k0, k1);
+        a[4 * l + 0] = c[0];
+        a[4 * l + 1] = c[1];
+        a[4 * l + 2] = c[2];
+        a[4 * l + 3] = c[3];
+    }
+}
+
+#define FILL_ROWS 256
+
+// BT_p: block (tj, y) makes rows 256y..256y+255 of column block tj of B_p (one Philox block per
+// thread), transposes them in shared memory and writes 16 runs of 256 contiguous bytes of BT_p.
+// blockDim.x = FILL_ROWS, grid (n / 16, ceil(k / 256)).
+extern "C" __global__ void fill_bt(u32* bt, u32 k, u32 p, u32 k0, u32 k1) {
+    // cols[c] holds column 16tj + c of rows t0..t0+255, one byte per row.
+    __shared__ u32 cols[16][FILL_ROWS / 4];
+    const u32 tj = blockIdx.x, t0 = blockIdx.y * FILL_ROWS, x = threadIdx.x;
+    u32 c[4] = {t0 + x, tj, p, 0};
+    philox(c, k0, k1);
+    for (int col = 0; col < 16; col++) ((u8*)cols[col])[x] = (u8)(c[col / 4] >> (8 * (col % 4)));
+    __syncthreads();
+    // 16 columns x 64 words; a group of 4 rows is either wholly inside k or wholly outside.
+    for (u32 i = x; i < 16 * (FILL_ROWS / 4); i += FILL_ROWS) {
+        const u32 col = i / (FILL_ROWS / 4), r4 = i % (FILL_ROWS / 4), row = t0 + 4 * r4;
+        if (row < k) bt[((u64)(16 * tj + col) * k + row) / 4] = cols[col][r4];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase A: the GEMM and its epilogue
+
+#define GEMM_BM 64
+#define GEMM_BN 64
+#define GEMM_BK 64
+#define GEMM_THREADS 256
+
+// Hashes the 16x16 tile (row-major in `c`, row stride `ld`) with its header into `out`:
+// SHA-256(0x03 ‖ u32 g ‖ u32 p ‖ u32 ti ‖ u32 tj ‖ 256 i32), 1041 bytes, 17 blocks.
+__device__ void tile_leaf(const i32* c, u32 ld, u32 g, u32 p, u32 ti, u32 tj, u32* out) {
+    // The values in message order: the header's four words, then the tile.
+#define TILE_VALUE(v) ((v) == 0 ? g : (v) == 1 ? p : (v) == 2 ? ti : (v) == 3 ? tj : (u32)c[((v) - 4) / 16 * ld + ((v) - 4) % 16])
+    u32 s[8], w[16];
+    sha256_init(s);
+    u32 prev = 0;
+    for (int block = 0; block < 17; block++) {
+        for (int i = 0; i < 16; i++) {
+            const int word = 16 * block + i;
+            u32 out_word;
+            if (word == 0) {
+                prev = TILE_VALUE(0);
+                out_word = 0x03000000u | (bswap32(prev) >> 8);
+            } else if (word < 260) {
+                const u32 cur = TILE_VALUE(word);
+                out_word = tagged_word(prev, cur);
+                prev = cur;
+            } else if (word == 260) {
+                out_word = (prev & 0xff000000u) | 0x00800000u;
+            } else if (word == 271) {
+                out_word = 1041 * 8;
+            } else {
+                out_word = 0;
+            }
+            w[i] = out_word;
+        }
+        sha256_block(s, w);
+    }
+#undef TILE_VALUE
+    store_hash(out, s);
+}
+
+// The 16 tiles of a 64x64 block of C in shared memory, hashed by 16 threads, leaves in the
+// order ti * (n / 16) + tj.
+__device__ __forceinline__ void hash_block_tiles(const i32* cs, u32 m, u32 n, u32 g, u32 p, u32* leaves) {
+    const u32 t = threadIdx.x;
+    if (t < 16) {
+        const u32 a = t / 4, b = t % 4;
+        const u32 ti = blockIdx.y * 4 + a, tj = blockIdx.x * 4 + b;
+        if (ti < m / 16 && tj < n / 16) {
+            tile_leaf(cs + (16 * a) * GEMM_BN + 16 * b, GEMM_BN, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
+        }
+    }
+}
+
+// Stages a 64 x 64-byte slab of rows [row0, row0 + 64) of an operand with `rows` rows and
+// depth k (contiguous), from depth kk, as 16 words per row; what lies outside is zero.
+__device__ __forceinline__ void stage(u32 (*s)[GEMM_BK / 4 + 1], const u32* src, u32 rows, u32 k, u32 row0, u32 kk) {
+    // 64 rows x 4 pieces of 16 bytes: one piece per thread.
+    const u32 t = threadIdx.x, r = t / 4, piece = t % 4;
+    const u32 row = row0 + r, depth = kk + 16 * piece;
+    u32 v[4] = {0, 0, 0, 0};
+    if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v);
+    for (int i = 0; i < 4; i++) s[r][4 * piece + i] = v[i];
+}
+
+// C_p = A_p · B_p with dp4a, 64x64 per block of 256 threads (4x4 each), then the tile leaves
+// of the block. grid (ceil(n / 64), ceil(m / 64)).
+extern "C" __global__ void gemm_dp4a(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    __shared__ u32 as[GEMM_BM][GEMM_BK / 4 + 1];
+    __shared__ u32 bs[GEMM_BN][GEMM_BK / 4 + 1];
+    __shared__ i32 cs[GEMM_BM * GEMM_BN];
+    const u32 tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+    i32 acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = 0;
+    for (u32 kk = 0; kk < k; kk += GEMM_BK) {
+        stage(as, a, m, k, blockIdx.y * GEMM_BM, kk);
+        stage(bs, bt, n, k, blockIdx.x * GEMM_BN, kk);
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < GEMM_BK / 4; w++) {
+            i32 av[4], bv[4];
+            for (int i = 0; i < 4; i++) av[i] = (i32)as[ty + 16 * i][w];
+            for (int j = 0; j < 4; j++) bv[j] = (i32)bs[tx + 16 * j][w];
+            for (int i = 0; i < 4; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] = __dp4a(av[i], bv[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) cs[(ty + 16 * i) * GEMM_BN + tx + 16 * j] = acc[i][j];
+    __syncthreads();
+    hash_block_tiles(cs, m, n, g, p, leaves);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merkle reduction
+
+#define MERKLE_THREADS 256
+#define MERKLE_SPAN (2 * MERKLE_THREADS)
+
+// Block b reduces nodes [512b, min(count, 512b + 512)) of a level to one node of the level
+// nine above (the carry rule holds inside the block: it starts at an even index, and only the
+// last block can be short). out[b] = that node. 256 threads.
+extern "C" __global__ void merkle_reduce(const u32* in, u64 count, u32* out) {
+    __shared__ u32 nodes[MERKLE_SPAN][8];
+    const u32 t = threadIdx.x;
+    const u64 first = (u64)blockIdx.x * MERKLE_SPAN;
+    u32 live = (u32)(count - first < MERKLE_SPAN ? count - first : MERKLE_SPAN);
+    for (u32 i = t; i < MERKLE_SPAN; i += MERKLE_THREADS) {
+        if (i < live) {
+            for (int w = 0; w < 8; w++) nodes[i][w] = in[8 * (first + i) + w];
+        }
+    }
+    __syncthreads();
+    while (live > 1) {
+        const u32 next = (live + 1) / 2;
+        u32 h[8];
+        const bool busy = t < next;
+        if (busy) {
+            if (2 * t + 1 < live) {
+                merkle_node(nodes[2 * t], nodes[2 * t + 1], h);
+            } else {
+                for (int w = 0; w < 8; w++) h[w] = nodes[2 * t][w];
+            }
+        }
+        __syncthreads();
+        if (busy) {
+            for (int w = 0; w < 8; w++) nodes[t][w] = h[w];
+        }
+        __syncthreads();
+        live = next;
+    }
+    if (t == 0) {
+        for (int w = 0; w < 8; w++) out[8 * (u64)blockIdx.x + w] = nodes[0][w];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase B
+
+#define CACHE_ITEMS (1u << 22)
+
+// cache[x] = SHA-256(0x10 ‖ master_g ‖ u32 x ‖ 0x00) ‖ SHA-256(0x10 ‖ master_g ‖ u32 x ‖ 0x01).
+// `master_g` is a stored hash (8 words). One thread per item, grid-stride.
+extern "C" __global__ void cache_build(const u32* master_g, u32* cache) {
+    u32 mg[8];
+    for (int i = 0; i < 8; i++) mg[i] = master_g[i];
+    for (u32 x = blockIdx.x * blockDim.x + threadIdx.x; x < CACHE_ITEMS; x += gridDim.x * blockDim.x) {
+        for (u32 half = 0; half < 2; half++) {
+            // Bytes: 0x10, master_g (32), x (4 LE), half, then the padding; 38 bytes.
+            u32 s[8], w[16];
+            sha256_init(s);
+            w[0] = 0x10000000u | (bswap32(mg[0]) >> 8);
+            for (int i = 1; i < 8; i++) w[i] = tagged_word(mg[i - 1], mg[i]);
+            w[8] = tagged_word(mg[7], x);
+            w[9] = (x & 0xff000000u) | (half << 16) | 0x8000u;
+            for (int i = 10; i < 15; i++) w[i] = 0;
+            w[15] = 38 * 8;
+            sha256_block(s, w);
+            store_hash(cache + 16 * (u64)x + 8 * half, s);
+        }
+    }
+}
+
+// Dataset items [first, first + count), GPOW.md "Dataset" steps 1-3. Grid-stride.
+extern "C" __global__ void dataset_build(const u32* cache, u32* dataset, u64 first, u64 count, u32 k0, u32 k1) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
+        const u32 j = (u32)(first + i);
+        u32 mix[16];
+        for (u32 q = 0; q < 4; q++) {
+            u32 c[4] = {j, q, 0, 0xD0};
+            philox(c, k0, k1);
+            for (int w = 0; w < 4; w++) mix[4 * q + w] = c[w];
+        }
+        for (u32 t = 0; t < 16; t++) {
+            const u32 x = pick(fnv(j ^ t, mix[t]), CACHE_ITEMS);
+            const u32* item = cache + 16 * (u64)x;
+            for (int w = 0; w < 16; w++) mix[w] = fnv(mix[w], item[w]);
+        }
+        u32* out = dataset + 16 * (u64)j;
+        for (int q = 0; q < 4; q++) {
+            u32 c[4] = {mix[4 * q], mix[4 * q + 1], mix[4 * q + 2], mix[4 * q + 3]};
+            philox(c, mix[(4 * q + 4) % 16] ^ k0, mix[(4 * q + 5) % 16] ^ k1);
+            for (int w = 0; w < 4; w++) out[4 * q + w] = c[w];
+        }
+    }
+}
+
+#define WALK_STEPS 128
+
+// Lanes [first, first + count) of the walk over `items` dataset items; leaves[ℓ] =
+// lane_leaf(g, ℓ). Grid-stride.
+extern "C" __global__ void walk(const u32* dataset, u64 items, u64 first, u64 count, u32 k0, u32 k1, u32 g, u32* leaves) {
+    const u64 pages = items / 2;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
+        const u64 l = first + i;
+        const u32 lane = (u32)l;
+        u32 mix[32];
+        for (u32 s = 0; s < 8; s++) {
+            u32 c[4] = {lane, s, 1, 0x57};
+            philox(c, k0, k1);
+            for (int w = 0; w < 4; w++) mix[4 * s + w] = c[w];
+        }
+        for (u32 a = 0; a < WALK_STEPS; a++) {
+            const u32 pg = pick(fnv(a ^ lane, mix[a % 32]), pages);
+            const u32* page = dataset + 32 * (u64)pg;
+            for (int w = 0; w < 32; w++) mix[w] = fnv(mix[w], page[w]);
+        }
+        u32 v[10];
+        v[0] = g;
+        v[1] = lane;
+        for (int i = 0; i < 8; i++) v[2 + i] = fnv(fnv(fnv(mix[4 * i], mix[4 * i + 1]), mix[4 * i + 2]), mix[4 * i + 3]);
+        // SHA-256(0x13 ‖ u32 g ‖ u32 ℓ ‖ cmix), 41 bytes.
+        u32 s[8], w[16];
+        sha256_init(s);
+        w[0] = 0x13000000u | (bswap32(v[0]) >> 8);
+        for (int i = 1; i < 10; i++) w[i] = tagged_word(v[i - 1], v[i]);
+        w[10] = (v[9] & 0xff000000u) | 0x00800000u;
+        for (int i = 11; i < 15; i++) w[i] = 0;
+        w[15] = 41 * 8;
+        sha256_block(s, w);
+        store_hash(leaves + 8 * l, s);
+    }
+}

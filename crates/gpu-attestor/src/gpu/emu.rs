@@ -1,0 +1,198 @@
+//! A [`Device`] for the tests: `kernels/gpow2.cu` compiled for the host by g++
+//! (`kernels/emu/emu.cpp`), its blocks run on real threads meeting at real barriers. Memory is
+//! host memory, filled with 0xA5 when allocated so a kernel that reads what nobody wrote gives
+//! the wrong roots instead of lucky zeros; copies are checked against the allocations. Streams
+//! and events are trivially honoured: every call completes before it returns.
+//!
+//! The library is built once per source content under `target/<profile>/gpu-emu/` (g++ is a
+//! test tool, like the Docker engine: `make test` has it).
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use common::process::ProcessSpec;
+
+use sha2::{Digest, Sha256};
+
+use super::{Device, DeviceError, DevicePtr, Launch, Param, Stream};
+
+type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, *mut *mut c_void) -> c_int;
+
+const SOURCES: [&str; 3] = ["gpow2.cu", "emu/emu.h", "emu/emu.cpp"];
+
+fn kernels_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels")
+}
+
+/// Builds the library if this content has not been built yet; its path.
+fn build() -> PathBuf {
+    let dir = kernels_dir();
+    let mut hash = Sha256::new();
+    for s in SOURCES {
+        hash.update(std::fs::read(dir.join(s)).unwrap_or_else(|e| panic!("reading kernels/{s}: {e}")));
+    }
+    let digest = hex::encode(&hash.finalize()[..8]);
+    // target/<profile>/deps/<test binary> → target/<profile>/gpu-emu
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out_dir = exe.parent().and_then(Path::parent).expect("target/<profile>").join("gpu-emu");
+    std::fs::create_dir_all(&out_dir).expect("creating target/<profile>/gpu-emu");
+    let lib = out_dir.join(format!("gpow2-emu-{digest}.so"));
+    if lib.exists() {
+        return lib;
+    }
+    let partial = out_dir.join(format!("gpow2-emu-{digest}.{}.so", std::process::id()));
+    let g = ProcessSpec::new("g++")
+        .args([
+            "-std=c++20",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-Wno-unknown-pragmas",
+        ])
+        .arg("-o")
+        .arg(&partial)
+        .arg(dir.join("emu/emu.cpp"));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for g++");
+    let out = runtime
+        .block_on(g.output(Duration::from_secs(300), 1 << 20))
+        .unwrap_or_else(|e| panic!("g++ (the host emulation of the kernels needs it): {e}"));
+    assert!(out.status.success(), "g++ failed on kernels/emu/emu.cpp:\n{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::rename(&partial, &lib).expect("renaming the emulation library into place");
+    lib
+}
+
+fn library() -> &'static libloading::Library {
+    static LIB: OnceLock<libloading::Library> = OnceLock::new();
+    LIB.get_or_init(|| {
+        let path = build();
+        // SAFETY: our own library, built just now from kernels/emu; its initialisers only set
+        // up globals.
+        #[allow(unsafe_code)]
+        unsafe { libloading::Library::new(&path) }.unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    })
+}
+
+/// The emulated GPU.
+#[derive(Debug, Default)]
+pub(crate) struct EmuDevice {
+    /// Allocations by address; u64 words keep every address 8-byte aligned (16-byte loads in
+    /// the kernels are done word by word under emulation).
+    memory: BTreeMap<DevicePtr, Vec<u64>>,
+    /// Bytes asked for, per allocation.
+    sizes: BTreeMap<DevicePtr, u64>,
+}
+
+impl EmuDevice {
+    pub(crate) fn new() -> Self {
+        library();
+        Self::default()
+    }
+
+    /// The allocation holding `[ptr, ptr + len)`, as a host pointer.
+    fn host(&self, call: &'static str, ptr: DevicePtr, len: usize) -> Result<*mut u8, DeviceError> {
+        let (&base, _) = self
+            .sizes
+            .range(..=ptr)
+            .next_back()
+            .ok_or_else(|| DeviceError::new(call, format!("{ptr:#x} is in no allocation")))?;
+        let size = self.sizes[&base];
+        if ptr + len as u64 > base + size {
+            return Err(DeviceError::new(
+                call,
+                format!("{len} bytes at {ptr:#x} pass the end of a {size}-byte allocation"),
+            ));
+        }
+        Ok(ptr as *mut u8)
+    }
+}
+
+impl Device for EmuDevice {
+    fn name(&self) -> String {
+        "host emulation".into()
+    }
+
+    fn memory(&self) -> Result<(u64, u64), DeviceError> {
+        let used: u64 = self.sizes.values().sum();
+        let total = 16 << 30;
+        Ok((total - used.min(total), total))
+    }
+
+    fn alloc(&mut self, bytes: u64) -> Result<DevicePtr, DeviceError> {
+        let words = vec![0xA5A5_A5A5_A5A5_A5A5u64; bytes.div_ceil(8) as usize];
+        let ptr = words.as_ptr() as DevicePtr;
+        self.memory.insert(ptr, words);
+        self.sizes.insert(ptr, bytes);
+        Ok(ptr)
+    }
+
+    fn free(&mut self, ptr: DevicePtr) {
+        self.memory.remove(&ptr);
+        self.sizes.remove(&ptr);
+    }
+
+    fn upload(&mut self, dst: DevicePtr, src: &[u8]) -> Result<(), DeviceError> {
+        let to = self.host("upload", dst, src.len())?;
+        // SAFETY: `host` checked that the range lies inside one of our live allocations.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), to, src.len())
+        };
+        Ok(())
+    }
+
+    fn download(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<(), DeviceError> {
+        let from = self.host("download", src, dst.len())?;
+        // SAFETY: as in `upload`.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::ptr::copy_nonoverlapping(from, dst.as_mut_ptr(), dst.len())
+        };
+        Ok(())
+    }
+
+    fn launch(&mut self, _stream: Stream, launch: &Launch) -> Result<(), DeviceError> {
+        let mut values: Vec<u64> = launch
+            .params
+            .iter()
+            .map(|p| match *p {
+                Param::U32(v) => u64::from(v),
+                Param::U64(v) => v,
+            })
+            .collect();
+        // Each parameter's address, as cuLaunchKernel takes them (a u32 is the low half of its
+        // little-endian u64).
+        let mut args: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
+        let name = CString::new(launch.kernel).map_err(|e| DeviceError::new("launch", e))?;
+        // SAFETY: the symbol has this signature (emu.cpp); `args` points at live values that
+        // outlive the call, one per parameter of the kernel as the backend declares them.
+        #[allow(unsafe_code)]
+        let code = unsafe {
+            let run = library().get::<LaunchFn>(b"emu_launch\0").map_err(|e| DeviceError::new("launch", e))?;
+            run(name.as_ptr(), launch.grid.0, launch.grid.1, launch.block, args.as_mut_ptr())
+        };
+        match code {
+            0 => Ok(()),
+            1 => Err(DeviceError::new("launch", format!("no kernel named {}", launch.kernel))),
+            _ => Err(DeviceError::new("launch", format!("bad shape for {}: {:?}", launch.kernel, launch))),
+        }
+    }
+
+    fn record(&mut self, _stream: Stream, _event: usize) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    fn wait(&mut self, _stream: Stream, _event: usize) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    fn synchronize(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The GPU backend of GPoW-2: the kernels of `kernels/gpow2.cu` driven on a [`Device`].
+//!
+//! - [`Device`]: what the backend needs of a GPU (memory, copies, launches by name, two streams
+//!   and events). The CUDA driver implements it in production; the tests implement it with the
+//!   same `.cu` source compiled for the host (`emu`, test builds only), so the backend's own
+//!   launches, batching and reductions are what the emulation checks.
+//! - [`worker`]: one GPU's work: phase A (fill one product ahead of the GEMM, tile leaves in
+//!   the GEMM's epilogue, the Merkle reduction on the device), the cache, the dataset, the walk
+//!   and the openings, with buffers kept between challenges.
+
+pub mod worker;
+
+#[cfg(test)]
+pub(crate) mod emu;
+
+use std::fmt;
+
+/// A device address.
+pub type DevicePtr = u64;
+
+/// The GEMM kernels, in the order `auto` prefers them when they agree with the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GemmKernel {
+    /// Portable: `dp4a`, every GPU since Pascal.
+    Dp4a,
+}
+
+impl GemmKernel {
+    pub const ALL: [GemmKernel; 1] = [GemmKernel::Dp4a];
+
+    /// The name in `--kernel`, `hello` and the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            GemmKernel::Dp4a => "dp4a",
+        }
+    }
+
+    /// The kernel's entry point in the PTX.
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            GemmKernel::Dp4a => "gemm_dp4a",
+        }
+    }
+}
+
+impl fmt::Display for GemmKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A kernel parameter: a value or a device address (passed as a u64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Param {
+    U32(u32),
+    U64(u64),
+}
+
+/// A launch: kernel entry point, grid (x, y), threads per block (x).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Launch {
+    pub kernel: &'static str,
+    pub grid: (u32, u32),
+    pub block: u32,
+    pub params: Vec<Param>,
+}
+
+/// The two streams of a worker: fills run on one, GEMMs and everything else on the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Fill = 0,
+    Main = 1,
+}
+
+/// Events a worker records and waits on; four are enough (two products in flight, each with a
+/// fill and a GEMM).
+pub const EVENTS: usize = 4;
+
+/// A device failure, with the call that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{call}: {message}")]
+pub struct DeviceError {
+    pub call: &'static str,
+    pub message: String,
+}
+
+impl DeviceError {
+    pub fn new(call: &'static str, message: impl fmt::Display) -> Self {
+        Self { call, message: message.to_string() }
+    }
+}
+
+/// What the backend needs of one GPU. Calls are made from one thread at a time (a worker owns
+/// its device); copies to the host wait for the work before them on every stream.
+pub trait Device: Send {
+    /// The device's name, for messages.
+    fn name(&self) -> String;
+    /// Free and total device memory in bytes.
+    fn memory(&self) -> Result<(u64, u64), DeviceError>;
+    fn alloc(&mut self, bytes: u64) -> Result<DevicePtr, DeviceError>;
+    fn free(&mut self, ptr: DevicePtr);
+    /// Copies `src` to `dst` (synchronous with respect to both streams).
+    fn upload(&mut self, dst: DevicePtr, src: &[u8]) -> Result<(), DeviceError>;
+    /// Copies from `src` into `dst` after all work submitted so far.
+    fn download(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<(), DeviceError>;
+    fn launch(&mut self, stream: Stream, launch: &Launch) -> Result<(), DeviceError>;
+    /// Records event `event` (< [`EVENTS`]) on `stream`.
+    fn record(&mut self, stream: Stream, event: usize) -> Result<(), DeviceError>;
+    /// Makes `stream` wait for the last recording of `event`.
+    fn wait(&mut self, stream: Stream, event: usize) -> Result<(), DeviceError>;
+    /// Waits for all work submitted so far.
+    fn synchronize(&mut self) -> Result<(), DeviceError>;
+}

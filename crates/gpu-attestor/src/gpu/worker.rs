@@ -1,0 +1,511 @@
+//! One GPU's GPoW-2 work on a [`Device`]: what the kernels are launched with, in which order,
+//! and what comes back to the host.
+//!
+//! - Phase A: product `p + 1` is filled (A_p and BT_p, one stream) while product `p` is
+//!   multiplied (the other stream), in two buffer slots guarded by events; the GEMM hashes
+//!   its tiles in its epilogue and the leaves are reduced on the device to `R_p`, written into
+//!   a table of roots that comes back once, after the last product.
+//! - Phase B: the cache and the dataset in batches, the walk in batches, lane leaves kept on
+//!   the device; the tree's lowest nine levels are reduced on the device and the levels above
+//!   kept on the host, so a lane's path needs one 512-leaf block from the device.
+//! - Openings: a sampled product is computed again and its leaves come back whole.
+//!
+//! Buffers are kept between challenges and grown when a challenge needs more.
+
+use super::{Device, DeviceError, DevicePtr, GemmKernel, Launch, Param, Stream};
+use crate::gpow2::challenge::{GpuKeys, GpuWork};
+use crate::gpow2::phase_b::CACHE_ITEMS;
+use crate::merkle::{self, Hash, Tree};
+
+/// Threads per block of every kernel (the kernels assume it where they use shared memory).
+const THREADS: u32 = 256;
+/// Rows of BT made by one block of `fill_bt`.
+const FILL_ROWS: u32 = 256;
+/// The GEMM's output block (both sides).
+const GEMM_BLOCK: u32 = 64;
+/// Nodes one block of `merkle_reduce` reduces to one (nine levels).
+const MERKLE_SPAN: u64 = 512;
+
+/// Sizes of the backend's launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Most blocks of a grid-stride kernel: enough threads to fill the largest GPU.
+    pub max_blocks: u32,
+    /// Dataset items per `dataset_build` launch.
+    pub build_batch: u64,
+    /// Lanes per `walk` launch.
+    pub walk_batch: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self { max_blocks: 1024, build_batch: 1 << 24, walk_batch: 1 << 22 }
+    }
+}
+
+/// A device allocation the worker owns.
+#[derive(Debug, Default, Clone, Copy)]
+struct Buffer {
+    ptr: DevicePtr,
+    bytes: u64,
+}
+
+/// The worker's buffers, by use.
+#[derive(Debug, Default)]
+struct Buffers {
+    a: [Buffer; 2],
+    bt: [Buffer; 2],
+    tile_leaves: Buffer,
+    tile_scratch: Buffer,
+    product_roots: Buffer,
+    master: Buffer,
+    cache: Buffer,
+    dataset: Buffer,
+    lane_leaves: Buffer,
+    lane_scratch: Buffer,
+}
+
+impl Buffers {
+    fn all_mut(&mut self) -> [&mut Buffer; 12] {
+        let [a0, a1] = &mut self.a;
+        let [b0, b1] = &mut self.bt;
+        [
+            a0,
+            a1,
+            b0,
+            b1,
+            &mut self.tile_leaves,
+            &mut self.tile_scratch,
+            &mut self.product_roots,
+            &mut self.master,
+            &mut self.cache,
+            &mut self.dataset,
+            &mut self.lane_leaves,
+            &mut self.lane_scratch,
+        ]
+    }
+}
+
+/// The walk's state between `walk` and the openings: lanes, and the tree above level nine.
+#[derive(Debug)]
+struct Walked {
+    lanes: u64,
+    upper: Tree,
+}
+
+/// One GPU's worker.
+#[derive(Debug)]
+pub struct Worker<D: Device> {
+    device: D,
+    kernel: GemmKernel,
+    tuning: Tuning,
+    buffers: Buffers,
+    /// The GPU (`g`) and dataset the device holds, once built.
+    built: Option<(u32, [u32; 2], u64)>,
+    walked: Option<Walked>,
+}
+
+fn bytes_to_hashes(bytes: &[u8]) -> Vec<Hash> {
+    bytes.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect()
+}
+
+fn ceil_div(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+/// Blocks for `threads` threads of a grid-stride kernel.
+fn stride_blocks(threads: u64, tuning: &Tuning) -> u32 {
+    ceil_div(threads, u64::from(THREADS)).clamp(1, u64::from(tuning.max_blocks)) as u32
+}
+
+impl<D: Device> Worker<D> {
+    pub fn new(device: D, kernel: GemmKernel, tuning: Tuning) -> Self {
+        Self { device, kernel, tuning, buffers: Buffers::default(), built: None, walked: None }
+    }
+
+    pub fn kernel(&self) -> GemmKernel {
+        self.kernel
+    }
+
+    pub fn set_kernel(&mut self, kernel: GemmKernel) {
+        self.kernel = kernel;
+    }
+
+    pub fn device(&self) -> &D {
+        &self.device
+    }
+
+    /// Makes `buffer` at least `bytes` long (its content is not kept).
+    fn ensure(device: &mut D, buffer: &mut Buffer, bytes: u64) -> Result<DevicePtr, DeviceError> {
+        let bytes = bytes.max(32);
+        if buffer.bytes < bytes {
+            if buffer.bytes > 0 {
+                device.free(buffer.ptr);
+                *buffer = Buffer::default();
+            }
+            let ptr = device.alloc(bytes)?;
+            *buffer = Buffer { ptr, bytes };
+        }
+        Ok(buffer.ptr)
+    }
+
+    /// Gives back the phase-B buffers (the dataset is most of the GPU's memory).
+    pub fn release_dataset(&mut self) {
+        for b in [
+            &mut self.buffers.cache,
+            &mut self.buffers.dataset,
+            &mut self.buffers.lane_leaves,
+            &mut self.buffers.lane_scratch,
+        ] {
+            if b.bytes > 0 {
+                self.device.free(b.ptr);
+                *b = Buffer::default();
+            }
+        }
+        self.built = None;
+        self.walked = None;
+    }
+
+    fn fill(&mut self, keys: &GpuKeys, work: &GpuWork, p: u32, slot: usize) -> Result<(), DeviceError> {
+        let (a, bt) = (self.buffers.a[slot].ptr, self.buffers.bt[slot].ptr);
+        let blocks = u64::from(work.m) * u64::from(work.k / 16);
+        self.device.launch(
+            Stream::Fill,
+            &Launch {
+                kernel: "fill_a",
+                grid: (stride_blocks(blocks, &self.tuning), 1),
+                block: THREADS,
+                params: vec![
+                    Param::U64(a),
+                    Param::U32(work.m),
+                    Param::U32(work.k),
+                    Param::U32(p),
+                    Param::U32(keys.a[0]),
+                    Param::U32(keys.a[1]),
+                ],
+            },
+        )?;
+        self.device.launch(
+            Stream::Fill,
+            &Launch {
+                kernel: "fill_bt",
+                grid: (work.n / 16, work.k.div_ceil(FILL_ROWS)),
+                block: FILL_ROWS,
+                params: vec![
+                    Param::U64(bt),
+                    Param::U32(work.k),
+                    Param::U32(p),
+                    Param::U32(keys.b[0]),
+                    Param::U32(keys.b[1]),
+                ],
+            },
+        )
+    }
+
+    fn gemm(&mut self, keys: &GpuKeys, work: &GpuWork, p: u32, slot: usize) -> Result<(), DeviceError> {
+        let params = vec![
+            Param::U64(self.buffers.a[slot].ptr),
+            Param::U64(self.buffers.bt[slot].ptr),
+            Param::U32(work.m),
+            Param::U32(work.n),
+            Param::U32(work.k),
+            Param::U32(keys.g),
+            Param::U32(p),
+            Param::U64(self.buffers.tile_leaves.ptr),
+        ];
+        let grid = (work.n.div_ceil(GEMM_BLOCK), work.m.div_ceil(GEMM_BLOCK));
+        self.device.launch(Stream::Main, &Launch { kernel: self.kernel.entry(), grid, block: THREADS, params })
+    }
+
+    /// Reduces `count` nodes at `from` (overwritten) to their root at `root`, with `scratch`.
+    fn reduce_to_root(
+        &mut self,
+        mut from: DevicePtr,
+        count: u64,
+        mut scratch: DevicePtr,
+        root: DevicePtr,
+    ) -> Result<(), DeviceError> {
+        let mut count = count;
+        loop {
+            let blocks = ceil_div(count, MERKLE_SPAN);
+            let out = if blocks == 1 { root } else { scratch };
+            self.merkle_reduce(from, count, out)?;
+            if blocks == 1 {
+                return Ok(());
+            }
+            count = blocks;
+            std::mem::swap(&mut from, &mut scratch);
+        }
+    }
+
+    fn merkle_reduce(&mut self, from: DevicePtr, count: u64, out: DevicePtr) -> Result<(), DeviceError> {
+        let blocks = u32::try_from(ceil_div(count, MERKLE_SPAN))
+            .map_err(|_| DeviceError::new("merkle_reduce", format!("{count} nodes is too many for one level")))?;
+        self.device.launch(
+            Stream::Main,
+            &Launch {
+                kernel: "merkle_reduce",
+                grid: (blocks, 1),
+                block: THREADS,
+                params: vec![Param::U64(from), Param::U64(count), Param::U64(out)],
+            },
+        )
+    }
+
+    /// Buffers for phase A of `work`.
+    fn prepare_phase_a(&mut self, work: &GpuWork) -> Result<(), DeviceError> {
+        let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));
+        let tiles = work.tiles_per_product();
+        for slot in 0..2 {
+            Self::ensure(&mut self.device, &mut self.buffers.a[slot], m * k)?;
+            Self::ensure(&mut self.device, &mut self.buffers.bt[slot], n * k)?;
+        }
+        Self::ensure(&mut self.device, &mut self.buffers.tile_leaves, tiles * 32)?;
+        Self::ensure(&mut self.device, &mut self.buffers.tile_scratch, ceil_div(tiles, MERKLE_SPAN) * 32)?;
+        Self::ensure(&mut self.device, &mut self.buffers.product_roots, u64::from(work.count) * 32)?;
+        Ok(())
+    }
+
+    /// Phase A of GPU `keys.g`: every `R_p`, in order. `work` is validated work.
+    pub fn phase_a(&mut self, keys: &GpuKeys, work: &GpuWork) -> Result<Vec<Hash>, DeviceError> {
+        self.prepare_phase_a(work)?;
+        let tiles = work.tiles_per_product();
+        let roots = self.buffers.product_roots.ptr;
+        // Events: 0 and 1 = slot filled, 2 and 3 = slot's GEMM done.
+        self.fill(keys, work, 0, 0)?;
+        self.device.record(Stream::Fill, 0)?;
+        for p in 0..work.count {
+            let slot = (p % 2) as usize;
+            if p + 1 < work.count {
+                let next = 1 - slot;
+                if p >= 1 {
+                    // Slot `next` was product p - 1's: its GEMM must be done with it.
+                    self.device.wait(Stream::Fill, 2 + next)?;
+                }
+                self.fill(keys, work, p + 1, next)?;
+                self.device.record(Stream::Fill, next)?;
+            }
+            self.device.wait(Stream::Main, slot)?;
+            self.gemm(keys, work, p, slot)?;
+            self.device.record(Stream::Main, 2 + slot)?;
+            let (leaves, scratch) = (self.buffers.tile_leaves.ptr, self.buffers.tile_scratch.ptr);
+            self.reduce_to_root(leaves, tiles, scratch, roots + 32 * u64::from(p))?;
+        }
+        let mut out = vec![0u8; 32 * work.count as usize];
+        self.device.download(roots, &mut out)?;
+        Ok(bytes_to_hashes(&out))
+    }
+
+    /// The tile leaves of product `p`, computed again (for openings).
+    pub fn product_leaves(&mut self, keys: &GpuKeys, work: &GpuWork, p: u32) -> Result<Vec<Hash>, DeviceError> {
+        self.prepare_phase_a(work)?;
+        self.device.synchronize()?;
+        self.fill(keys, work, p, 0)?;
+        self.device.record(Stream::Fill, 0)?;
+        self.device.wait(Stream::Main, 0)?;
+        self.gemm(keys, work, p, 0)?;
+        let mut out = vec![0u8; 32 * work.tiles_per_product() as usize];
+        self.device.download(self.buffers.tile_leaves.ptr, &mut out)?;
+        Ok(bytes_to_hashes(&out))
+    }
+
+    /// Bytes phase B of `work` needs on the device.
+    pub fn dataset_bytes(work: &GpuWork) -> u64 {
+        let lanes = work.lanes();
+        CACHE_ITEMS * 64 + work.items * 64 + lanes * 32 + ceil_div(lanes, MERKLE_SPAN) * 32 + 32
+    }
+
+    /// The cache and the dataset of GPU `keys.g` on the device; `work.items > 0`.
+    pub fn build(&mut self, keys: &GpuKeys, work: &GpuWork) -> Result<(), DeviceError> {
+        self.walked = None;
+        let lanes = work.lanes();
+        let master = Self::ensure(&mut self.device, &mut self.buffers.master, 32)?;
+        let cache = Self::ensure(&mut self.device, &mut self.buffers.cache, CACHE_ITEMS * 64)?;
+        let dataset = Self::ensure(&mut self.device, &mut self.buffers.dataset, work.items * 64)?;
+        Self::ensure(&mut self.device, &mut self.buffers.lane_leaves, lanes * 32)?;
+        Self::ensure(&mut self.device, &mut self.buffers.lane_scratch, ceil_div(lanes, MERKLE_SPAN) * 32)?;
+        self.device.synchronize()?;
+        self.device.upload(master, &keys.master_g)?;
+        self.device.launch(
+            Stream::Main,
+            &Launch {
+                kernel: "cache_build",
+                grid: (stride_blocks(CACHE_ITEMS, &self.tuning), 1),
+                block: THREADS,
+                params: vec![Param::U64(master), Param::U64(cache)],
+            },
+        )?;
+        let mut first = 0;
+        while first < work.items {
+            let count = self.tuning.build_batch.min(work.items - first);
+            self.device.launch(
+                Stream::Main,
+                &Launch {
+                    kernel: "dataset_build",
+                    grid: (stride_blocks(count, &self.tuning), 1),
+                    block: THREADS,
+                    params: vec![
+                        Param::U64(cache),
+                        Param::U64(dataset),
+                        Param::U64(first),
+                        Param::U64(count),
+                        Param::U32(keys.d[0]),
+                        Param::U32(keys.d[1]),
+                    ],
+                },
+            )?;
+            first += count;
+        }
+        self.device.synchronize()?;
+        self.built = Some((keys.g, keys.d, work.items));
+        Ok(())
+    }
+
+    /// The walk after the walk key over the dataset [`Self::build`] made: `R_B,g`.
+    pub fn walk(&mut self, g: u32, walk_key: [u32; 2]) -> Result<Hash, DeviceError> {
+        let Some((built_g, _, items)) = self.built else {
+            return Err(DeviceError::new("walk", "no dataset is built"));
+        };
+        if built_g != g {
+            return Err(DeviceError::new("walk", format!("the dataset is GPU {built_g}'s, not GPU {g}'s")));
+        }
+        let lanes = items / 16;
+        let (dataset, leaves, scratch) =
+            (self.buffers.dataset.ptr, self.buffers.lane_leaves.ptr, self.buffers.lane_scratch.ptr);
+        let mut first = 0;
+        while first < lanes {
+            let count = self.tuning.walk_batch.min(lanes - first);
+            self.device.launch(
+                Stream::Main,
+                &Launch {
+                    kernel: "walk",
+                    grid: (stride_blocks(count, &self.tuning), 1),
+                    block: THREADS,
+                    params: vec![
+                        Param::U64(dataset),
+                        Param::U64(items),
+                        Param::U64(first),
+                        Param::U64(count),
+                        Param::U32(walk_key[0]),
+                        Param::U32(walk_key[1]),
+                        Param::U32(g),
+                        Param::U64(leaves),
+                    ],
+                },
+            )?;
+            first += count;
+        }
+        // Nine levels on the device; the rest on the host.
+        self.merkle_reduce(leaves, lanes, scratch)?;
+        let mut level9 = vec![0u8; 32 * ceil_div(lanes, MERKLE_SPAN) as usize];
+        self.device.download(scratch, &mut level9)?;
+        let upper = Tree::new(bytes_to_hashes(&level9));
+        let root = upper.root();
+        self.walked = Some(Walked { lanes, upper });
+        Ok(root)
+    }
+
+    /// Lane `lane`'s path inside `R_B,g` (after [`Self::walk`]).
+    pub fn lane_path(&mut self, lane: u64) -> Result<Vec<Hash>, DeviceError> {
+        let Some(walked) = &self.walked else {
+            return Err(DeviceError::new("lane_path", "the dataset has not been walked"));
+        };
+        if lane >= walked.lanes {
+            return Err(DeviceError::new("lane_path", format!("lane {lane}: the walk has {} lanes", walked.lanes)));
+        }
+        let block = lane / MERKLE_SPAN;
+        let first = block * MERKLE_SPAN;
+        let count = MERKLE_SPAN.min(walked.lanes - first);
+        let mut bytes = vec![0u8; 32 * count as usize];
+        let upper = walked.upper.path(block as usize);
+        self.device.download(self.buffers.lane_leaves.ptr + 32 * first, &mut bytes)?;
+        let mut path = merkle::path(&bytes_to_hashes(&bytes), (lane - first) as usize);
+        path.extend(upper);
+        Ok(path)
+    }
+}
+
+impl<D: Device> Drop for Worker<D> {
+    fn drop(&mut self) {
+        let device = &mut self.device;
+        for b in self.buffers.all_mut() {
+            if b.bytes > 0 {
+                device.free(b.ptr);
+                *b = Buffer::default();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpow2::phase_b::{self, Dataset};
+    use crate::gpow2::{Challenge, Isa, phase_a};
+    use crate::gpu::emu::EmuDevice;
+
+    fn worker(tuning: Tuning) -> Worker<EmuDevice> {
+        Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning)
+    }
+
+    fn challenge(seed: u64, work: GpuWork) -> Challenge {
+        Challenge { gpus: vec![work], ..Challenge::plain(seed, 16, 1, 0) }
+    }
+
+    /// Phase A on the emulated device gives the CPU reference's roots on shapes that cut the
+    /// GEMM's 64x64 blocks and the fill's 256-row blocks short, more tiles than one reduction
+    /// block holds, odd counts and the largest seed.
+    #[test]
+    fn phase_a_gives_the_cpu_reference_roots() {
+        let mut w = worker(Tuning::default());
+        for (seed, m, n, k, count) in [
+            (1, 16, 16, 16, 1),
+            (u64::MAX, 48, 80, 272, 3),
+            (7, 64, 64, 64, 2),
+            (9, 384, 400, 16, 1),
+            (3, 80, 16, 528, 1),
+        ] {
+            let work = GpuWork { m, n, k, count, items: 0 };
+            let c = challenge(seed, work);
+            let keys = c.gpu_keys()[0];
+            let want = phase_a::commit(Isa::best(), &keys, &work, 2);
+            let got = w.phase_a(&keys, &work).unwrap();
+            assert_eq!(got, want.product_roots, "seed {seed} {work:?}");
+            assert_eq!(phase_a::root_of(0, &got), want.root);
+            let p = count - 1;
+            assert_eq!(
+                w.product_leaves(&keys, &work, p).unwrap(),
+                phase_a::product_leaves(Isa::best(), &keys, &work, p, 2),
+                "leaves of product {p}, {work:?}"
+            );
+        }
+    }
+
+    /// Phase B in batches that end inside the dataset and the lanes, lane paths across the
+    /// device's nine levels and the host's, against the CPU reference.
+    #[test]
+    fn phase_b_gives_the_cpu_reference_roots_and_paths() {
+        let tuning = Tuning { max_blocks: 8, build_batch: 4000, walk_batch: 300 };
+        let mut w = worker(tuning);
+        for (seed, items) in [(u64::MAX, 32), (5, 16 * 600 + 32)] {
+            let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
+            let c = challenge(seed, work);
+            let keys = c.gpu_keys()[0];
+            let nonce = [seed as u8; 32];
+            let walk_key = keys.walk_key(&nonce);
+            let dataset = Dataset::build(Isa::best(), &keys, &work, 2).unwrap();
+            let leaves = dataset.lane_leaves(Isa::best(), walk_key, 2);
+            w.build(&keys, &work).unwrap();
+            let root = w.walk(0, walk_key).unwrap();
+            assert_eq!(root, merkle::root(&leaves), "items {items}");
+            assert_eq!(Some(root), Some(phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).unwrap().root));
+            let lanes = leaves.len() as u64;
+            for lane in [0, 1, lanes - 1, lanes / 2, 511, 512, 513] {
+                if lane < lanes {
+                    assert_eq!(w.lane_path(lane).unwrap(), merkle::path(&leaves, lane as usize), "lane {lane}");
+                }
+            }
+            assert!(w.lane_path(lanes).is_err());
+        }
+    }
+}
