@@ -4,6 +4,8 @@
 //!   (`target/dist/executor-<version>-x86_64-linux.tar.gz`, see `dist.rs`).
 //! - `config-reference [--check]`: the configuration reference in docs/executor.md, from the
 //!   doc comments of `common::config` (see `config_doc.rs`).
+//! - `ptx [--check]`: the PTX of the GPU kernels with NVRTC from the pinned wheel, into `ptx/`
+//!   (see `ptx.rs`).
 //! - `invariants`: the architecture's boundaries (who links Docker, NVML, CUDA; the standalone
 //!   attestor; gRPC on the network only in executor-api), checked (see `invariants.rs`).
 //! - `bench-startup [--runs N]`: release build; cold start of the launcher until every service
@@ -51,6 +53,7 @@ mod dist;
 mod faults;
 mod invariants;
 mod load;
+mod ptx;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("dist") => runtime.block_on(dist::run(&args[1..])),
         Some("config-reference") => config_doc::run(&args[1..]),
+        Some("ptx") => ptx::run(&args[1..]),
         Some("invariants") => runtime.block_on(invariants::run()),
         Some("bench-table") => report::run(&args[1..]),
         Some("bench-gpow") => bench_gpow(),

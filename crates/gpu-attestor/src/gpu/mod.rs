@@ -15,6 +15,11 @@ pub(crate) mod emu;
 
 use std::fmt;
 
+/// The kernels' PTX (`ptx/gpow2.ptx`, made by `cargo xtask ptx` from `kernels/gpow2.cu` for
+/// compute_80: the driver compiles it for the GPU it is loaded on). Its first line is the
+/// source's SHA-256.
+pub const PTX: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.ptx"));
+
 /// A device address.
 pub type DevicePtr = u64;
 
@@ -110,4 +115,21 @@ pub trait Device: Send {
     fn wait(&mut self, stream: Stream, event: usize) -> Result<(), DeviceError>;
     /// Waits for all work submitted so far.
     fn synchronize(&mut self) -> Result<(), DeviceError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// The embedded PTX was made from the kernels as they are (`cargo xtask ptx` after every
+    /// change to them; the xtask's own test checks the bytes with NVRTC).
+    #[test]
+    fn the_embedded_ptx_is_of_the_current_source() {
+        let source = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/gpow2.cu")).unwrap();
+        let expected = format!("// gpow2.cu sha256 {}", hex::encode(Sha256::digest(source)));
+        assert_eq!(super::PTX.lines().next(), Some(expected.as_str()), "ptx/gpow2.ptx is stale: run `cargo xtask ptx`");
+        for entry in ["fill_a", "fill_bt", "gemm_dp4a", "merkle_reduce", "cache_build", "dataset_build", "walk"] {
+            assert!(super::PTX.contains(&format!(".entry {entry}(")), "no kernel {entry} in the PTX");
+        }
+    }
 }
