@@ -13,9 +13,11 @@ use common::process::ProcessSpec;
 #[cfg(feature = "validator")]
 use gpu_attestor::check::{CustomWork, ValidatorSetup, Verdict, run_validator};
 use gpu_attestor::gpow2::{self, Challenge, Isa};
+use gpu_attestor::gpu::backend::{CudaBackend, KernelChoice};
+use gpu_attestor::host::GpuFacts;
 use gpu_attestor::merkle::Hash;
 use gpu_attestor::protocol::{ProverSetup, run_prover};
-use gpu_attestor::prover::{self, CpuProver};
+use gpu_attestor::prover::{CpuProver, Prover};
 use gpu_attestor::report::{self, BackendInfo, ProverTimings, Report, SampleMode};
 use gpu_attestor::{evidence, host, sample};
 
@@ -48,9 +50,17 @@ enum BackendArg {
 
 #[derive(Debug, Args)]
 struct Work {
-    /// `--backend auto|cuda|cpu`.
+    /// `--backend auto|cuda|cpu`: auto is CUDA when it can run, else the CPU reference (saying
+    /// why on stderr).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendArg,
+    /// The GPUs to claim, as indices in `gpu-attestor info`'s list (default: every GPU).
+    #[arg(long, value_delimiter = ',', value_name = "INDEX,...")]
+    device: Option<Vec<u32>>,
+    /// The GEMM kernel: `auto` (the fastest that agrees with the CPU reference in the
+    /// self-test) or one by name (dp4a).
+    #[arg(long, default_value = "auto")]
+    kernel: KernelChoice,
     /// Worker threads (default: every core; never more than the cores there are).
     #[arg(long)]
     threads: Option<usize>,
@@ -228,19 +238,61 @@ fn threads(asked: Option<usize>) -> usize {
     asked.unwrap_or(cores).clamp(1, cores)
 }
 
-/// The backend to run, or why there is none.
-fn select_backend(work: &Work) -> anyhow::Result<BackendInfo> {
-    let threads = threads(work.threads) as u32;
-    match work.backend {
-        BackendArg::Cpu => {
-            Ok(BackendInfo { kind: "cpu".into(), kernel: format!("cpu-{}", Isa::best().name()), threads })
-        }
-        BackendArg::Auto | BackendArg::Cuda => match host::gpus() {
-            Ok(gpus) if !gpus.is_empty() => {
-                bail!("this build has no CUDA backend yet; run with --backend cpu")
-            }
-            _ => bail!("No NVIDIA GPU found"),
+/// The backend chosen: what it is, its prover, the GPUs it claims, the model line.
+struct Selected {
+    info: BackendInfo,
+    prover: Box<dyn Prover>,
+    gpus: Vec<GpuFacts>,
+    model: String,
+}
+
+fn cpu_backend(work: &Work) -> Selected {
+    let threads = threads(work.threads);
+    Selected {
+        info: BackendInfo {
+            kind: "cpu".into(),
+            kernel: format!("cpu-{}", Isa::best().name()),
+            threads: threads as u32,
+            disabled: Vec::new(),
         },
+        prover: Box::new(CpuProver::idle(Isa::best(), threads, host::available_memory())),
+        gpus: Vec::new(),
+        model: format!("CPU reference ({}, {threads} threads)", host::host().cpu_model),
+    }
+}
+
+/// The backend to run, or why there is none: `cuda` without a usable GPU is an error naming
+/// what is missing; `auto` says it on stderr and runs the CPU reference.
+fn select_backend(work: &Work) -> anyhow::Result<Selected> {
+    if work.backend == BackendArg::Cpu {
+        if work.device.is_some() || work.kernel != KernelChoice::Auto {
+            bail!("--device and --kernel are for the CUDA backend");
+        }
+        return Ok(cpu_backend(work));
+    }
+    match CudaBackend::open(work.device.as_deref(), work.kernel) {
+        Ok(cuda) => {
+            let (kernel, disabled) = cuda.kernels();
+            for d in &disabled {
+                eprintln!("gpu-attestor: self-test disabled {d}");
+            }
+            let mut names: Vec<&str> = cuda.gpus.iter().map(|g| g.name.as_str()).collect();
+            names.dedup();
+            Ok(Selected {
+                info: BackendInfo { kind: "cuda".into(), kernel, threads: cuda.gpus.len() as u32, disabled },
+                model: format!("{} x{}", names.join(", "), cuda.gpus.len()),
+                gpus: cuda.gpus,
+                prover: Box::new(cuda.prover),
+            })
+        }
+        Err(why) if work.backend == BackendArg::Cuda => bail!("No NVIDIA GPU found: {why}"),
+        Err(why) => {
+            eprintln!("gpu-attestor: No NVIDIA GPU found ({why}): running the CPU reference");
+            if work.device.is_some() || work.kernel != KernelChoice::Auto {
+                bail!("--device and --kernel are for the CUDA backend, which cannot run here");
+            }
+            Ok(cpu_backend(work))
+        }
     }
 }
 
@@ -256,8 +308,6 @@ fn hex32_arg(name: &str, text: &str) -> anyhow::Result<[u8; 32]> {
 
 /// The guide's mode: compute, print the model, the time and the checksums.
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let backend = select_backend(&args.work)?;
-    let threads = backend.threads as usize;
     let seed = args.seed.context("--seed is required")?;
     let mut challenge = Challenge::plain(seed, args.matrix_dim, args.num_matrices, args.dataset_items);
     challenge.validate()?;
@@ -275,21 +325,16 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         None if args.nonce.is_some() => bail!("--nonce is only for --report"),
         None => None,
     };
-    let needed = prover::memory_needed(&challenge, threads);
-    let available = host::available_memory();
-    if needed > u128::from(available) {
-        bail!(
-            "the challenge needs {} MiB of memory with {threads} thread(s); {} MiB are available",
-            needed >> 20,
-            available >> 20
-        );
+    let Selected { info: backend, mut prover, gpus, model } = select_backend(&args.work)?;
+    if gpus.len() > 1 {
+        // The guide's mode is one GPU's work; more would be a challenge, not a plain run.
+        bail!("the guide's mode proves one GPU; pick it with --device (the GPUs: {})", gpus.len());
     }
+    prover.start(&challenge)?;
     let host_facts = host::host();
-    let model = format!("CPU reference ({}, {threads} threads)", host_facts.cpu_model);
     let mut timings = ProverTimings::default();
     let started = Instant::now();
-    let mut prover = CpuProver::new(challenge.clone(), Isa::best(), threads);
-    prover.phase_a();
+    prover.phase_a()?;
     timings.phase_a_ms = started.elapsed().as_millis() as u64;
     // Plain mode walks after a zero nonce; a report's walk nonce is bound to its roots.
     let roots_a: Vec<Hash> = prover.commitments().iter().map(|c| c.root_a).collect();
@@ -299,7 +344,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     prover.build()?;
     timings.build_ms = build.elapsed().as_millis() as u64;
     let walk = Instant::now();
-    prover.walk(&walk_nonce);
+    prover.walk(&walk_nonce)?;
     timings.walk_ms = walk.elapsed().as_millis() as u64;
     let elapsed = started.elapsed();
     let commitments = prover.commitments();
@@ -309,7 +354,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let (Some(path), Some(identity)) = (&args.report, &identity) {
         let open = Instant::now();
         let samples = sample::draw(&challenge, &report::fiat_shamir_sample_seed(&challenge.nonce, &commitments));
-        let openings = prover.open(&samples);
+        let openings = prover.open(&samples)?;
         timings.open_ms = open.elapsed().as_millis() as u64;
         let mut report = Report {
             schema_version: report::SCHEMA_VERSION,
@@ -322,7 +367,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             commitments,
             samples,
             openings,
-            gpus: Vec::new(),
+            gpus,
             host: host_facts,
             evidence: evidence::collect(),
             prover_timings: timings,
@@ -370,19 +415,18 @@ fn info() -> anyhow::Result<ExitCode> {
 }
 
 fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let backend = select_backend(work)?;
     let identity = ExecutorIdentity::load(identity)?;
+    // Driver, module, buffers and self-test before `hello`: none of it is timed.
+    let Selected { info, prover, gpus, model: _ } = select_backend(work)?;
     let setup = ProverSetup {
         identity,
-        isa: Isa::best(),
-        threads: backend.threads as usize,
+        prover,
         step_timeout: timeout,
-        backend,
+        backend: info,
         // The CPU backend claims no GPU.
-        gpus: Vec::new(),
+        gpus,
         host: host::host(),
         evidence: evidence::collect(),
-        available_memory: host::available_memory(),
     };
     let runtime = runtime()?;
     let result = runtime.block_on(async {

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::evidence::Evidence;
-use crate::gpow2::{Challenge, Isa};
+use crate::gpow2::Challenge;
 use crate::hex_serde::{hex32, hex32_list, hex32_option_list};
 use crate::host::{GpuFacts, HostFacts};
 use crate::merkle::Hash;
-use crate::prover::{self, CpuProver};
+use crate::prover::{Prover, ProverError};
 use crate::report::{self, BackendInfo, ProverTimings, Report, SampleMode, ValidatorTimes};
 use crate::sample::{self, GpuSample};
 use crate::verify::GpuOpenings;
@@ -130,6 +130,9 @@ pub enum ProtocolError {
     Remote(String),
     #[error("invalid `{message}`: {reason}")]
     Invalid { message: &'static str, reason: String },
+    /// The prover failed a step (a GPU error): its own fault, not the challenge's.
+    #[error("the prover failed at `{step}`: {message}")]
+    Prover { step: &'static str, message: String },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -220,16 +223,15 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, message: &Message) -> Result
 #[derive(Debug)]
 pub struct ProverSetup {
     pub identity: ExecutorIdentity,
-    pub isa: Isa,
-    pub threads: usize,
+    /// The backend's prover, set up (for a GPU: driver, module, buffers and self-test) before
+    /// `hello`, so none of that is timed.
+    pub prover: Box<dyn Prover>,
     /// Longest wait for each validator message.
     pub step_timeout: Duration,
     pub backend: BackendInfo,
     pub gpus: Vec<GpuFacts>,
     pub host: HostFacts,
     pub evidence: Evidence,
-    /// Bytes of memory the prover may use.
-    pub available_memory: u64,
 }
 
 /// Reads the next message, answering pings on the way, within one deadline for the whole step.
@@ -255,11 +257,11 @@ async fn next_answering_pings<R: AsyncBufRead + Unpin, W: AsyncWrite + Unpin>(
 
 /// Runs `f` on the prover off the async threads and gives the prover back.
 async fn blocking<T: Send + 'static>(
-    mut prover: CpuProver,
-    f: impl FnOnce(&mut CpuProver) -> T + Send + 'static,
-) -> Result<(CpuProver, T), ProtocolError> {
+    mut prover: Box<dyn Prover>,
+    f: impl FnOnce(&mut dyn Prover) -> T + Send + 'static,
+) -> Result<(Box<dyn Prover>, T), ProtocolError> {
     tokio::task::spawn_blocking(move || {
-        let out = f(&mut prover);
+        let out = f(prover.as_mut());
         (prover, out)
     })
     .await
@@ -304,16 +306,17 @@ fn check_challenge(challenge: &Challenge, validator_hotkey: &str, setup: &Prover
             return Err(invalid("validator_key is not the key of validator_hotkey".into()));
         }
     }
-    let needed = prover::memory_needed(challenge, setup.threads);
-    if needed > u128::from(setup.available_memory) {
-        return Err(invalid(format!(
-            "the work needs {} MiB of memory on the CPU with {} thread(s); {} MiB are available",
-            needed >> 20,
-            setup.threads,
-            setup.available_memory >> 20
-        )));
-    }
     Ok(())
+}
+
+/// A step the prover could not do: a refusal is the challenge's fault, anything else the
+/// prover's.
+fn step_error(step: &'static str, e: ProverError) -> ProtocolError {
+    match e {
+        ProverError::Refused(reason) => ProtocolError::Invalid { message: "challenge", reason },
+        ProverError::Lane(e) => ProtocolError::Invalid { message: "challenge", reason: e.to_string() },
+        other => ProtocolError::Prover { step, message: other.to_string() },
+    }
 }
 
 async fn prover_steps<R, W>(mut reader: Reader<R>, out: &mut W, setup: ProverSetup) -> Result<(), ProtocolError>
@@ -346,9 +349,11 @@ where
     reader.set_limit(open_line_limit(challenge.gpus.len()));
     let mut timings = ProverTimings::default();
 
-    let prover = CpuProver::new(challenge.clone(), setup.isa, setup.threads);
+    let mut prover = setup.prover;
+    prover.start(&challenge).map_err(|e| step_error("start", e))?;
     let started = Instant::now();
-    let (prover, ()) = blocking(prover, CpuProver::phase_a).await?;
+    let (prover, done) = blocking(prover, |p| p.phase_a()).await?;
+    done.map_err(|e| step_error("phase_a", e))?;
     timings.phase_a_ms = ms_since(started);
     let commitments = prover.commitments();
     let gpus =
@@ -356,8 +361,8 @@ where
     send(out, &Message::CommitA { gpus, elapsed_ms: timings.phase_a_ms }).await?;
 
     let started = Instant::now();
-    let (prover, built) = blocking(prover, CpuProver::build).await?;
-    built.map_err(|e| ProtocolError::Invalid { message: "challenge", reason: e.to_string() })?;
+    let (prover, built) = blocking(prover, |p| p.build()).await?;
+    built.map_err(|e| step_error("build", e))?;
     timings.build_ms = ms_since(started);
     send(out, &Message::Built { elapsed_ms: timings.build_ms }).await?;
 
@@ -365,7 +370,8 @@ where
         unreachable!("next_answering_pings returns the expected kind")
     };
     let started = Instant::now();
-    let (prover, ()) = blocking(prover, move |p| p.walk(&walk_nonce)).await?;
+    let (prover, walked) = blocking(prover, move |p| p.walk(&walk_nonce)).await?;
+    walked.map_err(|e| step_error("walk", e))?;
     timings.walk_ms = ms_since(started);
     send(out, &Message::CommitB { roots_b: prover.roots_b(), elapsed_ms: timings.walk_ms }).await?;
 
@@ -377,6 +383,7 @@ where
     let started = Instant::now();
     let s = samples.clone();
     let (prover, openings) = blocking(prover, move |p| p.open(&s)).await?;
+    let openings = openings.map_err(|e| step_error("open", e))?;
     timings.open_ms = ms_since(started);
     send(out, &Message::Openings { gpus: openings.clone() }).await?;
 
@@ -421,14 +428,12 @@ pub(crate) mod tests {
     pub(crate) fn setup(identity_seed: u8) -> ProverSetup {
         ProverSetup {
             identity: ExecutorIdentity::from_seed([identity_seed; 32]),
-            isa: Isa::best(),
-            threads: 2,
+            prover: Box::new(crate::prover::CpuProver::idle(crate::gpow2::Isa::best(), 2, 1 << 30)),
             step_timeout: Duration::from_secs(10),
-            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 2 },
+            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 2, disabled: Vec::new() },
             gpus: Vec::new(),
             host: crate::host::host(),
             evidence: Evidence::default(),
-            available_memory: 1 << 30,
         }
     }
 
@@ -542,7 +547,7 @@ pub(crate) mod tests {
 
     #[test]
     fn challenges_the_prover_must_not_answer_are_refused() {
-        let s = setup(1);
+        let mut s = setup(1);
         let mut c = Challenge::plain(1, 16, 1, 32);
         let refused = |c: &Challenge, hotkey: &str| check_challenge(c, hotkey, &s).unwrap_err().to_string();
         assert!(refused(&c, "").contains("not this executor's public key"));
@@ -553,11 +558,17 @@ pub(crate) mod tests {
         c.validator_key = *alice.parse::<Hotkey>().unwrap().public_key();
         check_challenge(&c, alice, &s).unwrap();
         assert!(refused(&c, "").contains("without validator_hotkey"));
-        let mut big = c.clone();
-        big.gpus[0].items = 1 << 31;
-        assert!(refused(&big, alice).contains("MiB of memory"));
         let mut bad = c.clone();
         bad.gpus[0].m = 24;
         assert!(refused(&bad, alice).contains("gpus[0].m = 24"));
+        // What the prover cannot hold is refused when it starts, as the challenge's fault.
+        let mut big = c.clone();
+        big.gpus[0].items = 1 << 31;
+        let e = step_error("start", s.prover.start(&big).unwrap_err());
+        assert!(
+            e.to_string()
+                .starts_with("invalid `challenge`: the work needs 139264 MiB of memory on the CPU with 2 thread(s)"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,7 @@
-//! The CPU prover of a challenge, step by step as the protocol drives it: phase A of every GPU,
-//! the datasets, the walk after the validator's nonce, and the openings of a sample. It claims no
-//! GPU: it is the reference prover for tests and for `--backend cpu`.
+//! Provers of a challenge, step by step as the protocol drives them ([`Prover`]): phase A of
+//! every GPU, the datasets, the walk after the validator's nonce, and the openings of a sample.
+//! [`CpuProver`] claims no GPU: it is the reference prover for tests and for `--backend cpu`;
+//! the CUDA backend's is `gpu::backend::GpuProver`.
 //!
 //! It keeps what the openings need: every `R_p` (a sampled product's tiles are recomputed, which
 //! costs one product per sampled product) and every lane leaf (`items / 16` hashes per GPU).
@@ -14,6 +15,41 @@ use crate::merkle::{Hash, Tree};
 use crate::sample::GpuSample;
 use crate::verify::{GpuCommitment, GpuOpenings};
 
+/// Why a prover could not do a step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProverError {
+    /// The challenge asks for what this prover cannot do (more GPUs or memory than it has).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Lane(#[from] LaneError),
+    /// A GPU failed mid-step.
+    #[error("GPU {gpu} ({device}): {source}")]
+    Device { gpu: usize, device: String, source: crate::gpu::DeviceError },
+}
+
+/// A prover as the protocol and the guide's mode drive it: `start` with a validated challenge,
+/// then the steps in order.
+pub trait Prover: Send + std::fmt::Debug {
+    /// Takes a new challenge (validated by the caller); refuses one it cannot prove.
+    fn start(&mut self, challenge: &Challenge) -> Result<(), ProverError>;
+    /// Phase A of every GPU.
+    fn phase_a(&mut self) -> Result<(), ProverError>;
+    /// Every dataset, in memory.
+    fn build(&mut self) -> Result<(), ProverError>;
+    /// The walk of every dataset after `walk_nonce`.
+    fn walk(&mut self, walk_nonce: &[u8; 32]) -> Result<(), ProverError>;
+    /// `R_A,g` with every `R_p`, and `R_B,g` once walked.
+    fn commitments(&self) -> Vec<GpuCommitment>;
+    /// The openings of a sample the caller has checked (`sample::check`).
+    fn open(&mut self, samples: &[GpuSample]) -> Result<Vec<GpuOpenings>, ProverError>;
+
+    /// The roots of `R_B,g` alone, for `commit_b`.
+    fn roots_b(&self) -> Vec<Option<Hash>> {
+        self.commitments().into_iter().map(|c| c.root_b).collect()
+    }
+}
+
 #[derive(Debug)]
 pub struct CpuProver {
     challenge: Challenge,
@@ -23,6 +59,8 @@ pub struct CpuProver {
     product_roots: Vec<Vec<Hash>>,
     datasets: Vec<Option<Dataset>>,
     lane_trees: Vec<Option<Tree>>,
+    /// Bytes of host memory a challenge may take ([`Prover::start`] refuses more).
+    memory_limit: u64,
     /// Tile leaves replaced by tests that play a cheating prover, per (GPU, product).
     #[cfg(test)]
     corrupted: BTreeMap<(usize, u32), Vec<Hash>>,
@@ -56,9 +94,16 @@ impl CpuProver {
             product_roots: vec![Vec::new(); g],
             datasets: (0..g).map(|_| None).collect(),
             lane_trees: (0..g).map(|_| None).collect(),
+            memory_limit: u64::MAX,
             #[cfg(test)]
             corrupted: BTreeMap::new(),
         }
+    }
+
+    /// An idle prover that may use `memory_limit` bytes: no challenge yet ([`Prover::start`]
+    /// gives it one).
+    pub fn idle(isa: Isa, threads: usize, memory_limit: u64) -> Self {
+        Self { memory_limit, ..Self::new(Challenge::plain(0, 16, 1, 0), isa, threads) }
     }
 
     /// Phase A of every GPU, one after another, each on every thread.
@@ -145,6 +190,45 @@ impl CpuProver {
         leaves[t.ti as usize * columns + t.tj as usize] = [0xEE; 32];
         self.product_roots[g][t.p as usize] = crate::merkle::root(&leaves);
         self.corrupted.insert((g, t.p), leaves);
+    }
+}
+
+impl Prover for CpuProver {
+    fn start(&mut self, challenge: &Challenge) -> Result<(), ProverError> {
+        let needed = memory_needed(challenge, self.threads);
+        let available = self.memory_limit;
+        if needed > u128::from(available) {
+            return Err(ProverError::Refused(format!(
+                "the work needs {} MiB of memory on the CPU with {} thread(s); {} MiB are available",
+                needed >> 20,
+                self.threads,
+                available >> 20
+            )));
+        }
+        *self = Self { memory_limit: self.memory_limit, ..Self::new(challenge.clone(), self.isa, self.threads) };
+        Ok(())
+    }
+
+    fn phase_a(&mut self) -> Result<(), ProverError> {
+        CpuProver::phase_a(self);
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<(), ProverError> {
+        Ok(CpuProver::build(self)?)
+    }
+
+    fn walk(&mut self, walk_nonce: &[u8; 32]) -> Result<(), ProverError> {
+        CpuProver::walk(self, walk_nonce);
+        Ok(())
+    }
+
+    fn commitments(&self) -> Vec<GpuCommitment> {
+        CpuProver::commitments(self)
+    }
+
+    fn open(&mut self, samples: &[GpuSample]) -> Result<Vec<GpuOpenings>, ProverError> {
+        Ok(CpuProver::open(self, samples))
     }
 }
 

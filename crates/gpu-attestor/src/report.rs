@@ -44,9 +44,14 @@ impl SampleMode {
 pub struct BackendInfo {
     /// `cpu` or `cuda`.
     pub kind: String,
-    /// The kernel or code path, e.g. `cpu-avx512`.
+    /// The kernel or code path, e.g. `cpu-avx512`, `dp4a` (per GPU, comma-separated, where
+    /// the GPUs' self-tests chose differently).
     pub kernel: String,
+    /// Host threads (the CPU backend) or GPUs (the CUDA backend, one host thread each).
     pub threads: u32,
+    /// Kernels the self-test disabled: `GPU g: kernel: why`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disabled: Vec<String>,
 }
 
 /// The prover's own clock: informational.
@@ -284,6 +289,13 @@ impl Report {
         c.str(&self.backend.kind);
         c.str(&self.backend.kernel);
         c.u64(self.backend.threads);
+        // Last, and only when there is one: reports without any keep their bytes.
+        if !self.backend.disabled.is_empty() {
+            c.list(self.backend.disabled.len());
+            for d in &self.backend.disabled {
+                c.str(d);
+            }
+        }
         c.0
     }
 
@@ -442,7 +454,7 @@ mod tests {
             prover_timings: ProverTimings::default(),
             validator_times: None,
             binary_version: common::VERSION.into(),
-            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 1 },
+            backend: BackendInfo { kind: "cpu".into(), kernel: "cpu".into(), threads: 1, disabled: Vec::new() },
             signature: String::new(),
             validator_signature: String::new(),
         };

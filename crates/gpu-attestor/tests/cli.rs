@@ -59,14 +59,36 @@ const MEMORY_CHECKSUM_64: &str = "8463d816747ff62c8eefb9f7f7819898fa750ac5fa3a16
 #[tokio::test]
 async fn no_gpu_and_bad_parameters_are_clear_errors() {
     if !Path::new("/dev/nvidiactl").exists() {
-        for backend in ["auto", "cuda"] {
-            let out = run(&["--seed", "1", "--matrix-dim", "16", "--num-matrices", "1", "--backend", backend]).await;
-            assert_eq!(out.status.code(), Some(1));
-            assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "Error: No NVIDIA GPU found");
+        // `cuda` names what is missing and exits 1; `auto` says it and runs the CPU reference.
+        let out = run(&["--seed", "1", "--matrix-dim", "16", "--num-matrices", "1", "--backend", "cuda"]).await;
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim(),
+            "Error: No NVIDIA GPU found: the CUDA driver library (libcuda.so.1, installed with the NVIDIA driver) could not be loaded"
+        );
+        let out = run(&["--seed", "1", "--matrix-dim", "16", "--num-matrices", "1", "--backend", "auto"]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .starts_with("gpu-attestor: No NVIDIA GPU found (the CUDA driver library"),
+            "{}",
+            text(&out)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("GPU Model: CPU reference ("), "{}", text(&out));
+        for extra in [["--device", "0"], ["--kernel", "dp4a"]] {
+            let mut args = vec!["--seed", "1", "--matrix-dim", "16", "--num-matrices", "1", "--backend", "auto"];
+            args.extend(extra);
+            let out = run(&args).await;
+            assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+            assert!(text(&out).contains("--device and --kernel are for the CUDA backend, which cannot run here"));
         }
     } else {
         eprintln!("SKIPPED the no-GPU check: this machine has an NVIDIA GPU");
     }
+    let out =
+        run(&["--seed", "1", "--matrix-dim", "16", "--num-matrices", "1", "--backend", "cpu", "--kernel", "mma"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("unknown kernel `mma` (auto, dp4a"), "{}", text(&out));
     for (args, expected) in [
         (["--matrix-dim", "17", "--num-matrices", "1"], "gpus[0].m = 17: must be a multiple of 16"),
         (["--matrix-dim", "16", "--num-matrices", "0"], "gpus[0].count = 0"),

@@ -87,12 +87,20 @@ pub(crate) struct EmuDevice {
     memory: BTreeMap<DevicePtr, Vec<u64>>,
     /// Bytes asked for, per allocation.
     sizes: BTreeMap<DevicePtr, u64>,
+    /// A kernel that computes wrong here: after it runs, the first byte at its last pointer
+    /// parameter (its output) is flipped. Plays a GPU on which a kernel is miscompiled.
+    broken: Option<&'static str>,
 }
 
 impl EmuDevice {
     pub(crate) fn new() -> Self {
         library();
         Self::default()
+    }
+
+    /// A device on which `kernel` gives wrong output.
+    pub(crate) fn broken(kernel: &'static str) -> Self {
+        Self { broken: Some(kernel), ..Self::new() }
     }
 
     /// The allocation holding `[ptr, ptr + len)`, as a host pointer.
@@ -177,6 +185,17 @@ impl Device for EmuDevice {
             let run = library().get::<LaunchFn>(b"emu_launch\0").map_err(|e| DeviceError::new("launch", e))?;
             run(name.as_ptr(), launch.grid.0, launch.grid.1, launch.block, args.as_mut_ptr())
         };
+        if code == 0
+            && self.broken == Some(launch.kernel)
+            && let Some(Param::U64(out)) = launch.params.last()
+        {
+            let byte = self.host("launch", *out, 1)?;
+            // SAFETY: `host` checked the byte lies in a live allocation.
+            #[allow(unsafe_code)]
+            unsafe {
+                *byte ^= 1
+            };
+        }
         match code {
             0 => Ok(()),
             1 => Err(DeviceError::new("launch", format!("no kernel named {}", launch.kernel))),

@@ -8,6 +8,8 @@
 //!   the GEMM's epilogue, the Merkle reduction on the device), the cache, the dataset, the walk
 //!   and the openings, with buffers kept between challenges.
 
+pub mod backend;
+pub mod cuda;
 pub mod worker;
 
 #[cfg(test)]
@@ -37,6 +39,14 @@ impl GemmKernel {
     pub fn name(self) -> &'static str {
         match self {
             GemmKernel::Dp4a => "dp4a",
+        }
+    }
+
+    /// Whether a GPU of compute capability `cc` has the instructions.
+    pub fn runs_on(self, cc: (u32, u32)) -> bool {
+        match self {
+            // The PTX is for compute_80.
+            GemmKernel::Dp4a => cc.0 >= 8,
         }
     }
 
@@ -97,7 +107,7 @@ impl DeviceError {
 
 /// What the backend needs of one GPU. Calls are made from one thread at a time (a worker owns
 /// its device); copies to the host wait for the work before them on every stream.
-pub trait Device: Send {
+pub trait Device: Send + fmt::Debug {
     /// The device's name, for messages.
     fn name(&self) -> String;
     /// Free and total device memory in bytes.

@@ -252,6 +252,18 @@ impl<D: Device> Worker<D> {
         )
     }
 
+    /// Bytes phase A of `work` needs on the device.
+    pub fn phase_a_bytes(work: &GpuWork) -> u64 {
+        let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));
+        let tiles = work.tiles_per_product();
+        2 * (m * k + n * k) + tiles * 32 + ceil_div(tiles, MERKLE_SPAN) * 32 + u64::from(work.count) * 32
+    }
+
+    /// Bytes the worker holds on the device now.
+    pub fn held_bytes(&mut self) -> u64 {
+        self.buffers.all_mut().iter().map(|b| b.bytes).sum()
+    }
+
     /// Buffers for phase A of `work`.
     fn prepare_phase_a(&mut self, work: &GpuWork) -> Result<(), DeviceError> {
         let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));

@@ -1,0 +1,527 @@
+//! Every claimed GPU at once: [`GpuProver`] runs each step on one host thread per GPU (claimed
+//! GPU `g` is worker `g`), and [`self_test`] decides which GEMM kernels a GPU may use.
+//!
+//! The self-test runs a small challenge (phase A with each candidate kernel, and phase B) on a
+//! GPU and compares every root with the CPU reference. A kernel that disagrees is disabled and
+//! named; of those that agree, `auto` takes the fastest on a product of production shape. A
+//! kernel never run on real hardware before can therefore ship: on a GPU where it is wrong, it
+//! is simply not used.
+
+use std::time::Instant;
+
+use super::worker::Worker;
+use super::{Device, DeviceError, GemmKernel};
+use crate::gpow2::challenge::{GpuKeys, GpuWork};
+use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
+use crate::merkle::{Hash, Tree};
+use crate::prover::{Prover, ProverError};
+use crate::sample::GpuSample;
+use crate::verify::{GpuCommitment, GpuOpenings};
+
+/// The prover of the CUDA backend (or of the emulated device in tests).
+#[derive(Debug)]
+pub struct GpuProver<D: Device> {
+    workers: Vec<Worker<D>>,
+    challenge: Option<Challenge>,
+    keys: Vec<GpuKeys>,
+    product_roots: Vec<Vec<Hash>>,
+    roots_b: Vec<Option<Hash>>,
+}
+
+impl<D: Device> GpuProver<D> {
+    /// One worker per GPU, in the order of the GPUs the prover claims.
+    pub fn new(workers: Vec<Worker<D>>) -> Self {
+        Self { workers, challenge: None, keys: Vec::new(), product_roots: Vec::new(), roots_b: Vec::new() }
+    }
+
+    pub fn workers(&self) -> &[Worker<D>] {
+        &self.workers
+    }
+
+    fn challenge(&self) -> Result<&Challenge, ProverError> {
+        self.challenge.as_ref().ok_or_else(|| ProverError::Refused("no challenge has been started".into()))
+    }
+
+    /// `f` on every worker at once (one scoped thread each), results in order.
+    fn each<T: Send>(
+        &mut self,
+        f: impl Fn(usize, &mut Worker<D>) -> Result<T, DeviceError> + Sync,
+    ) -> Result<Vec<T>, ProverError> {
+        let f = &f;
+        let results: Vec<(String, Result<T, DeviceError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .workers
+                .iter_mut()
+                .enumerate()
+                .map(|(g, w)| s.spawn(move || (w.device().name(), f(g, w))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(gpu, (device, r))| r.map_err(|source| ProverError::Device { gpu, device, source }))
+            .collect()
+    }
+}
+
+impl<D: Device> Prover for GpuProver<D> {
+    fn start(&mut self, challenge: &Challenge) -> Result<(), ProverError> {
+        if challenge.gpus.len() != self.workers.len() {
+            return Err(ProverError::Refused(format!(
+                "the challenge has work for {} GPU(s); this prover claims {}",
+                challenge.gpus.len(),
+                self.workers.len()
+            )));
+        }
+        for (g, (w, work)) in self.workers.iter_mut().zip(&challenge.gpus).enumerate() {
+            // The last challenge's dataset is given back first: it is most of the memory.
+            w.release_dataset();
+            let (free, total) = w.device().memory().map_err(|source| ProverError::Device {
+                gpu: g,
+                device: w.device().name(),
+                source,
+            })?;
+            let needed =
+                Worker::<D>::phase_a_bytes(work) + if work.items > 0 { Worker::<D>::dataset_bytes(work) } else { 0 };
+            let held = w.held_bytes();
+            if needed > free + held {
+                return Err(ProverError::Refused(format!(
+                    "GPU {g} ({}): the work needs {} MiB of GPU memory; {} MiB of {} MiB are free",
+                    w.device().name(),
+                    needed >> 20,
+                    (free + held) >> 20,
+                    total >> 20
+                )));
+            }
+        }
+        self.keys = challenge.gpu_keys();
+        self.product_roots = vec![Vec::new(); challenge.gpus.len()];
+        self.roots_b = vec![None; challenge.gpus.len()];
+        self.challenge = Some(challenge.clone());
+        Ok(())
+    }
+
+    fn phase_a(&mut self) -> Result<(), ProverError> {
+        let (keys, gpus) = (self.keys.clone(), self.challenge()?.gpus.clone());
+        self.product_roots = self.each(|g, w| w.phase_a(&keys[g], &gpus[g]))?;
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<(), ProverError> {
+        let (keys, gpus) = (self.keys.clone(), self.challenge()?.gpus.clone());
+        self.each(|g, w| if gpus[g].items > 0 { w.build(&keys[g], &gpus[g]) } else { Ok(()) })?;
+        Ok(())
+    }
+
+    fn walk(&mut self, walk_nonce: &[u8; 32]) -> Result<(), ProverError> {
+        let (keys, gpus) = (self.keys.clone(), self.challenge()?.gpus.clone());
+        self.roots_b = self.each(|g, w| {
+            if gpus[g].items > 0 { w.walk(g as u32, keys[g].walk_key(walk_nonce)).map(Some) } else { Ok(None) }
+        })?;
+        Ok(())
+    }
+
+    fn commitments(&self) -> Vec<GpuCommitment> {
+        self.product_roots
+            .iter()
+            .enumerate()
+            .map(|(g, roots)| GpuCommitment {
+                root_a: if roots.is_empty() { [0; 32] } else { phase_a::root_of(g as u32, roots) },
+                product_roots: roots.clone(),
+                root_b: self.roots_b.get(g).copied().flatten(),
+            })
+            .collect()
+    }
+
+    fn open(&mut self, samples: &[GpuSample]) -> Result<Vec<GpuOpenings>, ProverError> {
+        let (keys, gpus) = (self.keys.clone(), self.challenge()?.gpus.clone());
+        self.each(|g, w| {
+            let Some(s) = samples.get(g) else {
+                return Ok(GpuOpenings { tile_paths: Vec::new(), lane_paths: Vec::new() });
+            };
+            let columns = (gpus[g].n / 16) as usize;
+            let mut products = std::collections::BTreeMap::new();
+            let mut tile_paths = Vec::with_capacity(s.tiles.len());
+            for t in &s.tiles {
+                if let std::collections::btree_map::Entry::Vacant(e) = products.entry(t.p) {
+                    e.insert(Tree::new(w.product_leaves(&keys[g], &gpus[g], t.p)?));
+                }
+                tile_paths.push(products[&t.p].path(t.ti as usize * columns + t.tj as usize));
+            }
+            let lane_paths = if gpus[g].items > 0 {
+                s.lanes.iter().map(|&l| w.lane_path(u64::from(l))).collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            };
+            Ok(GpuOpenings { tile_paths, lane_paths })
+        })
+    }
+}
+
+/// The self-test's small challenge: shapes that cut the GEMM's blocks short, three products,
+/// and a dataset of 64 lanes.
+pub fn self_test_work() -> GpuWork {
+    GpuWork { m: 80, n: 112, k: 528, count: 3, items: 1024 }
+}
+
+/// How one kernel did in a self-test.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KernelCheck {
+    pub kernel: String,
+    /// The roots equal the CPU reference's.
+    pub agrees: bool,
+    /// Why not, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Milliseconds for the timing product (kernels that agree).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub product_ms: Option<f64>,
+}
+
+/// One GPU's self-test.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SelfTest {
+    pub device: String,
+    pub kernels: Vec<KernelCheck>,
+    /// Phase B's roots equal the CPU reference's (no choice of kernel there).
+    pub phase_b_agrees: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_b_reason: Option<String>,
+    /// The kernel the GPU uses: the fastest that agrees.
+    pub chosen: Option<String>,
+    pub elapsed_ms: f64,
+}
+
+impl SelfTest {
+    /// `kernel: reason` for each kernel that disagreed.
+    pub fn disabled(&self) -> Vec<String> {
+        self.kernels
+            .iter()
+            .filter(|k| !k.agrees)
+            .map(|k| format!("{}: {}", k.kernel, k.reason.as_deref().unwrap_or("roots differ from the CPU reference")))
+            .collect()
+    }
+
+    /// The GPU can prove: phase B agrees and a kernel does.
+    pub fn usable(&self) -> bool {
+        self.phase_b_agrees && self.chosen.is_some()
+    }
+}
+
+/// Runs the self-test on `worker` for `candidates` (in order of preference on ties), then
+/// times each kernel that agrees on `timing` (a product of production shape on a GPU) and sets
+/// the worker's kernel to the fastest. Device errors count as disagreement, with the error.
+pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[GemmKernel], timing: GpuWork) -> SelfTest {
+    let started = Instant::now();
+    let work = self_test_work();
+    let challenge = Challenge { gpus: vec![work], ..Challenge::plain(0x5e1f_7e57, 16, 1, 0) };
+    let keys = challenge.gpu_keys()[0];
+    let want_a = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
+    let nonce = [0x5e; 32];
+    let want_b = phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).map(|b| b.root);
+    let mut kernels = Vec::new();
+    for &kernel in candidates {
+        worker.set_kernel(kernel);
+        let check = match worker.phase_a(&keys, &work) {
+            Ok(roots) if roots == want_a => {
+                KernelCheck { kernel: kernel.name().into(), agrees: true, reason: None, product_ms: None }
+            }
+            Ok(_) => KernelCheck {
+                kernel: kernel.name().into(),
+                agrees: false,
+                reason: Some("roots differ from the CPU reference".into()),
+                product_ms: None,
+            },
+            Err(e) => KernelCheck {
+                kernel: kernel.name().into(),
+                agrees: false,
+                reason: Some(e.to_string()),
+                product_ms: None,
+            },
+        };
+        kernels.push(check);
+    }
+    let timing_keys = Challenge { gpus: vec![timing], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
+    for (check, &kernel) in kernels.iter_mut().zip(candidates) {
+        if !check.agrees {
+            continue;
+        }
+        worker.set_kernel(kernel);
+        // Once to warm up (allocations, the module's first launch), then timed.
+        let timed = worker.phase_a(&timing_keys, &timing).and_then(|_| {
+            let t = Instant::now();
+            worker.phase_a(&timing_keys, &timing)?;
+            Ok(t.elapsed().as_secs_f64() * 1e3 / f64::from(timing.count))
+        });
+        match timed {
+            Ok(ms) => check.product_ms = Some(ms),
+            Err(e) => {
+                check.agrees = false;
+                check.reason = Some(e.to_string());
+            }
+        }
+    }
+    let chosen = kernels
+        .iter()
+        .zip(candidates)
+        .filter(|(c, _)| c.agrees)
+        .min_by(|(a, _), (b, _)| a.product_ms.unwrap_or(f64::MAX).total_cmp(&b.product_ms.unwrap_or(f64::MAX)))
+        .map(|(_, &k)| k);
+    if let Some(k) = chosen {
+        worker.set_kernel(k);
+    }
+    let got_b = worker.build(&keys, &work).and_then(|()| worker.walk(0, keys.walk_key(&nonce)));
+    worker.release_dataset();
+    let (phase_b_agrees, phase_b_reason) = match (got_b, want_b) {
+        (Ok(got), Ok(want)) if got == want => (true, None),
+        (Ok(_), _) => (false, Some("phase B roots differ from the CPU reference".to_owned())),
+        (Err(e), _) => (false, Some(e.to_string())),
+    };
+    SelfTest {
+        device: worker.device().name(),
+        kernels,
+        phase_b_agrees,
+        phase_b_reason,
+        chosen: chosen.map(|k| k.name().to_owned()),
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+/// The timing product of the self-test on a GPU: the production shape.
+pub const TIMING_WORK: GpuWork = GpuWork { m: 4096, n: 4096, k: 32768, count: 2, items: 0 };
+
+/// `--kernel`: one kernel, or the fastest that agrees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelChoice {
+    Auto,
+    Only(GemmKernel),
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(KernelChoice::Auto);
+        }
+        GemmKernel::ALL.iter().find(|k| k.name() == s).map(|&k| KernelChoice::Only(k)).ok_or_else(|| {
+            let names: Vec<&str> = GemmKernel::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown kernel `{s}` (auto, {})", names.join(", "))
+        })
+    }
+}
+
+impl KernelChoice {
+    /// The kernels to self-test on a GPU of compute capability `cc`.
+    pub fn candidates(self, cc: (u32, u32)) -> Vec<GemmKernel> {
+        let supported: Vec<GemmKernel> = GemmKernel::ALL.into_iter().filter(|k| k.runs_on(cc)).collect();
+        match self {
+            KernelChoice::Auto => supported,
+            KernelChoice::Only(k) => vec![k],
+        }
+    }
+}
+
+/// The CUDA backend, opened and self-tested: the prover of the GPUs it claims.
+#[derive(Debug)]
+pub struct CudaBackend {
+    pub prover: GpuProver<super::cuda::CudaDevice>,
+    /// The claimed GPUs' facts, in the prover's order (NVML's where it answers).
+    pub gpus: Vec<crate::host::GpuFacts>,
+    pub self_tests: Vec<SelfTest>,
+    pub driver_version: i32,
+}
+
+/// `0000:3b:00.0` and `00000000:3B:00.0` name the same device.
+fn same_pci(a: &str, b: &str) -> bool {
+    let split = |s: &str| -> Option<(u32, String)> {
+        let (domain, rest) = s.split_once(':')?;
+        Some((u32::from_str_radix(domain, 16).ok()?, rest.to_ascii_lowercase()))
+    };
+    matches!((split(a), split(b)), (Some(x), Some(y)) if x == y)
+}
+
+impl CudaBackend {
+    /// Loads the driver, opens the GPUs (`devices`: indices into the GPU list, NVML's order, or
+    /// all), self-tests each at once and keeps the kernel each chose. A GPU on which nothing
+    /// agrees with the CPU reference is an error naming it.
+    pub fn open(devices: Option<&[u32]>, kernel: KernelChoice) -> Result<Self, String> {
+        let driver = super::cuda::Driver::load().map_err(|e| e.to_string())?;
+        let mut cuda = driver.devices().map_err(|e| e.to_string())?;
+        cuda.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
+        // NVML's facts where it answers, matched by PCI address; the driver's otherwise.
+        let nvml = crate::host::gpus().unwrap_or_default();
+        let mut listed: Vec<(super::cuda::CudaDeviceInfo, crate::host::GpuFacts)> = Vec::new();
+        for (i, info) in cuda.into_iter().enumerate() {
+            let facts = nvml.iter().find(|f| same_pci(&f.pci_bus_id, &info.pci_bus_id)).cloned().unwrap_or_else(|| {
+                crate::host::GpuFacts {
+                    index: i as u32,
+                    uuid: String::new(),
+                    name: info.name.clone(),
+                    pci_bus_id: info.pci_bus_id.clone(),
+                    memory_bytes: info.memory_bytes,
+                    compute_capability: format!("{}.{}", info.compute_capability.0, info.compute_capability.1),
+                    cuda_cores: 0,
+                    max_sm_clock_mhz: 0,
+                    max_memory_clock_mhz: 0,
+                    power_limit_mw: 0,
+                    driver_version: String::new(),
+                    cuda_version: format!("{}.{}", driver.version / 1000, (driver.version % 1000) / 10),
+                    mig_mode: "unknown".into(),
+                }
+            });
+            listed.push((info, facts));
+        }
+        listed.sort_by_key(|(_, f)| f.index);
+        let chosen: Vec<_> = match devices {
+            None => listed,
+            Some(wanted) => {
+                let mut out = Vec::new();
+                for &d in wanted {
+                    let found = listed.iter().find(|(_, f)| f.index == d).cloned();
+                    out.push(found.ok_or_else(|| {
+                        format!(
+                            "--device {d}: no such GPU (the GPUs are {:?})",
+                            listed.iter().map(|(_, f)| f.index).collect::<Vec<_>>()
+                        )
+                    })?);
+                }
+                out
+            }
+        };
+        let mut workers = Vec::new();
+        let mut candidates = Vec::new();
+        for (info, _) in &chosen {
+            let device = driver.open(info).map_err(|e| format!("GPU {} ({}): {e}", info.pci_bus_id, info.name))?;
+            let list = kernel.candidates(info.compute_capability);
+            if list.is_empty() {
+                return Err(format!(
+                    "GPU {} ({}): compute capability {}.{} runs none of the kernels (A100 and later)",
+                    info.pci_bus_id, info.name, info.compute_capability.0, info.compute_capability.1
+                ));
+            }
+            workers.push(Worker::new(device, list[0], super::worker::Tuning::default()));
+            candidates.push(list);
+        }
+        let self_tests: Vec<SelfTest> = std::thread::scope(|s| {
+            let handles: Vec<_> = workers
+                .iter_mut()
+                .zip(&candidates)
+                .map(|(w, c)| s.spawn(move || self_test(w, c, TIMING_WORK)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        });
+        for t in &self_tests {
+            if !t.usable() {
+                let mut why = t.disabled();
+                why.extend(t.phase_b_reason.clone());
+                return Err(format!("{}: the self-test failed: {}", t.device, why.join("; ")));
+            }
+        }
+        Ok(Self {
+            prover: GpuProver::new(workers),
+            gpus: chosen.into_iter().map(|(_, f)| f).collect(),
+            self_tests,
+            driver_version: driver.version,
+        })
+    }
+
+    /// The kernels in use (one name, or one per GPU where they differ) and those disabled.
+    pub fn kernels(&self) -> (String, Vec<String>) {
+        let mut used: Vec<String> = self.self_tests.iter().filter_map(|t| t.chosen.clone()).collect();
+        used.dedup();
+        let disabled = self
+            .self_tests
+            .iter()
+            .enumerate()
+            .flat_map(|(g, t)| t.disabled().into_iter().map(move |d| format!("GPU {g}: {d}")))
+            .collect();
+        (used.join(","), disabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpow2::prove;
+    use crate::gpu::emu::EmuDevice;
+    use crate::gpu::worker::Tuning;
+    use crate::prover::CpuProver;
+    use crate::sample;
+
+    fn emulated(gpus: usize) -> GpuProver<EmuDevice> {
+        GpuProver::new((0..gpus).map(|_| Worker::new(EmuDevice::new(), GemmKernel::Dp4a, Tuning::default())).collect())
+    }
+
+    /// Three GPUs at once, one without phase B: every root, and openings that verify, as the
+    /// CPU prover gives them.
+    #[test]
+    fn every_gpu_at_once_gives_the_cpu_provers_roots_and_openings() {
+        let w = GpuWork { m: 32, n: 48, k: 64, count: 3, items: 64 };
+        let c = Challenge {
+            gpus: vec![w, GpuWork { items: 0, ..w }, GpuWork { m: 16, ..w }],
+            ..Challenge::plain(4, 16, 1, 0)
+        };
+        let mut gpu = emulated(3);
+        let mut cpu = CpuProver::idle(Isa::best(), 2, u64::MAX);
+        let nonce = [9; 32];
+        for p in [&mut gpu as &mut dyn Prover, &mut cpu] {
+            p.start(&c).unwrap();
+            p.phase_a().unwrap();
+            p.build().unwrap();
+            p.walk(&nonce).unwrap();
+        }
+        assert_eq!(gpu.commitments(), cpu.commitments());
+        let reference = prove::prove(&c, &nonce, Isa::Scalar, 1, u64::MAX).unwrap();
+        assert_eq!(gpu.commitments()[2].root_b, reference.gpus[2].root_b);
+        let samples = sample::draw(&c, &[7; 32]);
+        assert_eq!(gpu.open(&samples).unwrap(), Prover::open(&mut cpu, &samples).unwrap());
+    }
+
+    #[test]
+    fn kernel_choices_and_pci_addresses_parse() {
+        assert_eq!("auto".parse(), Ok(KernelChoice::Auto));
+        assert_eq!("dp4a".parse(), Ok(KernelChoice::Only(GemmKernel::Dp4a)));
+        assert!("tensor".parse::<KernelChoice>().unwrap_err().starts_with("unknown kernel `tensor` (auto, dp4a"));
+        assert_eq!(KernelChoice::Auto.candidates((9, 0))[0], GemmKernel::Dp4a);
+        assert!(same_pci("0000:3b:00.0", "00000000:3B:00.0"));
+        assert!(!same_pci("0000:3b:00.0", "00000000:3C:00.0"));
+        assert!(!same_pci("", "0000:3b:00.0"));
+    }
+
+    #[test]
+    fn a_challenge_for_other_gpus_or_more_memory_is_refused() {
+        let mut gpu = emulated(2);
+        let e = gpu.start(&Challenge::plain(1, 16, 1, 0)).unwrap_err();
+        assert_eq!(e.to_string(), "the challenge has work for 1 GPU(s); this prover claims 2");
+        let huge = GpuWork { m: 16, n: 16, k: 16, count: 1, items: 1 << 31 };
+        let c = Challenge { gpus: vec![huge, huge], ..Challenge::plain(1, 16, 1, 0) };
+        let e = gpu.start(&c).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "GPU 0 (host emulation): the work needs 135432 MiB of GPU memory; 16384 MiB of 16384 MiB are free"
+        );
+        assert!(matches!(gpu.phase_a(), Err(ProverError::Refused(_))));
+    }
+
+    /// The self-test passes every kernel that gives the reference roots, and disables one that
+    /// does not, by name.
+    #[test]
+    fn the_self_test_keeps_kernels_that_agree_and_disables_the_others() {
+        let mut w = Worker::new(EmuDevice::new(), GemmKernel::Dp4a, Tuning::default());
+        let timing = GpuWork { m: 64, n: 64, k: 64, count: 1, items: 0 };
+        let t = self_test(&mut w, &GemmKernel::ALL, timing);
+        assert!(t.usable(), "{t:?}");
+        assert_eq!(t.chosen.as_deref(), Some("dp4a"));
+        assert!(t.kernels.iter().all(|k| k.agrees && k.product_ms.is_some()), "{t:?}");
+        assert!(t.disabled().is_empty());
+
+        let mut broken = Worker::new(EmuDevice::broken("gemm_dp4a"), GemmKernel::Dp4a, Tuning::default());
+        let t = self_test(&mut broken, &GemmKernel::ALL, timing);
+        assert!(!t.usable());
+        assert_eq!(t.chosen, None);
+        assert_eq!(t.disabled(), vec!["dp4a: roots differ from the CPU reference".to_owned()]);
+        assert!(t.phase_b_agrees);
+    }
+}
