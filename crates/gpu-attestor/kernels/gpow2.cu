@@ -279,6 +279,101 @@ extern "C" __global__ void gemm_dp4a(const u32* a, const u32* bt, u32 m, u32 n, 
     hash_block_tiles(cs, m, n, g, p, leaves);
 }
 
+// One warp-wide mma.sync.m16n8k32 (s8 x s8 + s32): d = a · b + c for a 16x32 A fragment
+// (4 registers a lane), a 32x8 B fragment (2) and a 16x8 accumulator (4), in the fragment
+// layouts of the PTX ISA. emu.h emulates it from that definition.
+__device__ __forceinline__ void mma_16832(i32 d[4], const u32 a[4], const u32 b[2], const i32 c[4]) {
+#ifdef GPOW_EMULATION
+    emu::mma_m16n8k32_s8(d, a, b, c);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};\n"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
+#endif
+}
+
+#define MMA_BM 128
+#define MMA_BN 128
+#define MMA_BK 64
+// Words per staged row: 16 of data and 4 of padding, so the 32 lanes' fragment loads (rows
+// gid, words tig) fall in 32 different banks.
+#define MMA_STRIDE 20
+
+// C_p = A_p · B_p with mma.sync m16n8k32 (sm_80+): 128x128 per block of 8 warps, each warp
+// 64 rows x 32 columns (4 x 4 fragments), A and BT staged in shared memory 64 bytes of depth
+// at a time; then the block's C, half at a time in the same shared memory, hashed into tile
+// leaves. grid (ceil(n / 128), ceil(m / 128)), 256 threads.
+extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    // 32 KiB: the staging of A and BT (2 x 128 x 20 words), or half of the block's C.
+    __shared__ u32 smem[MMA_BM / 2 * MMA_BN];
+    u32 (*as)[MMA_STRIDE] = (u32 (*)[MMA_STRIDE])smem;
+    u32 (*bs)[MMA_STRIDE] = (u32 (*)[MMA_STRIDE])(smem + MMA_BM * MMA_STRIDE);
+    const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    const u32 wm = warp / 4, wn = warp % 4;
+    i32 acc[4][4][4];
+    for (int mi = 0; mi < 4; mi++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int c = 0; c < 4; c++) acc[mi][ni][c] = 0;
+    for (u32 kk = 0; kk < k; kk += MMA_BK) {
+        // 128 rows x 4 pieces of 16 bytes, for each operand: two pieces per thread.
+        for (u32 r = 0; r < 2; r++) {
+            const u32 idx = t + 256 * r, row = idx / 4, piece = idx % 4, depth = kk + 16 * piece;
+            u32 v[4] = {0, 0, 0, 0};
+            const u32 arow = blockIdx.y * MMA_BM + row;
+            if (arow < m && depth < k) load16(a + ((u64)arow * k + depth) / 4, v);
+            for (int i = 0; i < 4; i++) as[row][4 * piece + i] = v[i];
+            u32 w[4] = {0, 0, 0, 0};
+            const u32 brow = blockIdx.x * MMA_BN + row;
+            if (brow < n && depth < k) load16(bt + ((u64)brow * k + depth) / 4, w);
+            for (int i = 0; i < 4; i++) bs[row][4 * piece + i] = w[i];
+        }
+        __syncthreads();
+        for (u32 ks = 0; ks < MMA_BK / 32; ks++) {
+            u32 af[4][4], bf[4][2];
+            for (u32 mi = 0; mi < 4; mi++) {
+                const u32 r0 = 64 * wm + 16 * mi + gid;
+                af[mi][0] = as[r0][8 * ks + tig];
+                af[mi][1] = as[r0 + 8][8 * ks + tig];
+                af[mi][2] = as[r0][8 * ks + 4 + tig];
+                af[mi][3] = as[r0 + 8][8 * ks + 4 + tig];
+            }
+            for (u32 ni = 0; ni < 4; ni++) {
+                const u32 c0 = 32 * wn + 8 * ni + gid;
+                bf[ni][0] = bs[c0][8 * ks + tig];
+                bf[ni][1] = bs[c0][8 * ks + 4 + tig];
+            }
+            for (int mi = 0; mi < 4; mi++)
+                for (int ni = 0; ni < 4; ni++) mma_16832(acc[mi][ni], af[mi], bf[ni], acc[mi][ni]);
+        }
+        __syncthreads();
+    }
+    // The block's C half by half (rows 64h..64h+63, the warps with wm = h), 32 tiles each.
+    i32* cs = (i32*)smem;
+    for (u32 h = 0; h < 2; h++) {
+        if (wm == h) {
+            for (u32 mi = 0; mi < 4; mi++) {
+                for (u32 ni = 0; ni < 4; ni++) {
+                    const u32 r = 16 * mi + gid, c = 32 * wn + 8 * ni + 2 * tig;
+                    cs[r * MMA_BN + c] = acc[mi][ni][0];
+                    cs[r * MMA_BN + c + 1] = acc[mi][ni][1];
+                    cs[(r + 8) * MMA_BN + c] = acc[mi][ni][2];
+                    cs[(r + 8) * MMA_BN + c + 1] = acc[mi][ni][3];
+                }
+            }
+        }
+        __syncthreads();
+        if (t < 32) {
+            const u32 ta = t / 8, tb = t % 8;
+            const u32 ti = blockIdx.y * 8 + 4 * h + ta, tj = blockIdx.x * 8 + tb;
+            if (ti < m / 16 && tj < n / 16) {
+                tile_leaf(cs + 16 * ta * MMA_BN + 16 * tb, MMA_BN, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
+            }
+        }
+        __syncthreads();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Merkle reduction
 

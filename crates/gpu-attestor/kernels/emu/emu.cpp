@@ -24,6 +24,49 @@ static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 
 void syncthreads() { block_barrier->arrive_and_wait(); }
 void syncwarp() { warp_barriers[thread_idx.x / 32]->arrive_and_wait(); }
+
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32, from the PTX ISA's fragment layouts for
+// .m16n8k32 with 8-bit types (groupID = lane >> 2, threadID_in_group = lane % 4):
+// - A (16x32): a_i, i in 0..15, byte i % 4 of register i / 4, is at row groupID for i < 4 and
+//   8 <= i < 12, groupID + 8 otherwise; column threadID_in_group * 4 + (i & 3), plus 16 for
+//   i >= 8.
+// - B (32x8): b_i, i in 0..7, byte i % 4 of register i / 4, is at row threadID_in_group * 4 +
+//   (i & 3), plus 16 for i >= 4; column groupID.
+// - C, D (16x8): c_i, i in 0..3, at row groupID for i < 2, groupID + 8 otherwise; column
+//   threadID_in_group * 2 + (i & 1).
+// Every lane publishes its fragments, the warp meets, each lane computes its four results
+// from the whole matrices, and the warp meets again before the fragments can change.
+void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], const int32_t c[4]) {
+    static uint32_t frag_a[32][32][4];
+    static uint32_t frag_b[32][32][2];
+    const u32 warp = thread_idx.x / 32, lane = thread_idx.x % 32;
+    for (int i = 0; i < 4; i++) frag_a[warp][lane][i] = a[i];
+    for (int i = 0; i < 2; i++) frag_b[warp][lane][i] = b[i];
+    syncwarp();
+    int8_t am[16][32], bm[32][8];
+    for (u32 l = 0; l < 32; l++) {
+        const u32 group = l >> 2, tig = l % 4;
+        for (u32 i = 0; i < 16; i++) {
+            const u32 row = (i < 4 || (i >= 8 && i < 12)) ? group : group + 8;
+            const u32 col = tig * 4 + (i & 3) + (i >= 8 ? 16 : 0);
+            am[row][col] = (int8_t)(frag_a[warp][l][i / 4] >> (8 * (i % 4)));
+        }
+        for (u32 i = 0; i < 8; i++) {
+            const u32 row = tig * 4 + (i & 3) + (i >= 4 ? 16 : 0);
+            bm[row][group] = (int8_t)(frag_b[warp][l][i / 4] >> (8 * (i % 4)));
+        }
+    }
+    const u32 group = lane >> 2, tig = lane % 4;
+    int32_t out[4];
+    for (u32 i = 0; i < 4; i++) {
+        const u32 row = i < 2 ? group : group + 8, col = tig * 2 + (i & 1);
+        int32_t sum = c[i];
+        for (u32 x = 0; x < 32; x++) sum += (int32_t)am[row][x] * (int32_t)bm[x][col];
+        out[i] = sum;
+    }
+    syncwarp();
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
 }  // namespace emu
 
 namespace {
@@ -46,6 +89,7 @@ std::function<void()> kernel(const char* name, void** args) {
     KERNEL(fill_a)
     KERNEL(fill_bt)
     KERNEL(gemm_dp4a)
+    KERNEL(gemm_mma)
     KERNEL(merkle_reduce)
     KERNEL(cache_build)
     KERNEL(dataset_build)

@@ -26,6 +26,7 @@ extern dim3 block_dim;
 extern dim3 grid_dim;
 void syncthreads();
 void syncwarp();
+void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], const int32_t c[4]);
 }  // namespace emu
 
 #define threadIdx (emu::thread_idx)

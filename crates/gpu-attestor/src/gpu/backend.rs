@@ -513,15 +513,23 @@ mod tests {
         let timing = GpuWork { m: 64, n: 64, k: 64, count: 1, items: 0 };
         let t = self_test(&mut w, &GemmKernel::ALL, timing);
         assert!(t.usable(), "{t:?}");
-        assert_eq!(t.chosen.as_deref(), Some("dp4a"));
+        assert!(t.chosen.is_some());
         assert!(t.kernels.iter().all(|k| k.agrees && k.product_ms.is_some()), "{t:?}");
         assert!(t.disabled().is_empty());
 
-        let mut broken = Worker::new(EmuDevice::broken("gemm_dp4a"), GemmKernel::Dp4a, Tuning::default());
+        // mma.sync wrong on this GPU: disabled, dp4a used.
+        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, Tuning::default());
         let t = self_test(&mut broken, &GemmKernel::ALL, timing);
+        assert!(t.usable());
+        assert_eq!(t.chosen.as_deref(), Some("dp4a"));
+        assert_eq!(broken.kernel(), GemmKernel::Dp4a);
+        assert_eq!(t.disabled(), vec!["mma-sync: roots differ from the CPU reference".to_owned()]);
+
+        // The only kernel asked for is wrong: the GPU cannot prove.
+        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, Tuning::default());
+        let t = self_test(&mut broken, &[GemmKernel::MmaSync], timing);
         assert!(!t.usable());
         assert_eq!(t.chosen, None);
-        assert_eq!(t.disabled(), vec!["dp4a: roots differ from the CPU reference".to_owned()]);
         assert!(t.phase_b_agrees);
     }
 }

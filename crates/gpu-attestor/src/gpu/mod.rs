@@ -28,17 +28,20 @@ pub type DevicePtr = u64;
 /// The GEMM kernels, in the order `auto` prefers them when they agree with the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GemmKernel {
-    /// Portable: `dp4a`, every GPU since Pascal.
+    /// Portable: `dp4a`, four int8 products a thread and instruction.
     Dp4a,
+    /// Tensor cores through `mma.sync.m16n8k32` (sm_80+): A100, RTX 4090, H100, H200.
+    MmaSync,
 }
 
 impl GemmKernel {
-    pub const ALL: [GemmKernel; 1] = [GemmKernel::Dp4a];
+    pub const ALL: [GemmKernel; 2] = [GemmKernel::Dp4a, GemmKernel::MmaSync];
 
     /// The name in `--kernel`, `hello` and the report.
     pub fn name(self) -> &'static str {
         match self {
             GemmKernel::Dp4a => "dp4a",
+            GemmKernel::MmaSync => "mma-sync",
         }
     }
 
@@ -46,7 +49,7 @@ impl GemmKernel {
     pub fn runs_on(self, cc: (u32, u32)) -> bool {
         match self {
             // The PTX is for compute_80.
-            GemmKernel::Dp4a => cc.0 >= 8,
+            GemmKernel::Dp4a | GemmKernel::MmaSync => cc.0 >= 8,
         }
     }
 
@@ -54,6 +57,15 @@ impl GemmKernel {
     pub(crate) fn entry(self) -> &'static str {
         match self {
             GemmKernel::Dp4a => "gemm_dp4a",
+            GemmKernel::MmaSync => "gemm_mma",
+        }
+    }
+
+    /// Rows and columns of C one block of the kernel makes.
+    pub(crate) fn block_size(self) -> u32 {
+        match self {
+            GemmKernel::Dp4a => 64,
+            GemmKernel::MmaSync => 128,
         }
     }
 }
@@ -138,7 +150,9 @@ mod tests {
         let source = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/gpow2.cu")).unwrap();
         let expected = format!("// gpow2.cu sha256 {}", hex::encode(Sha256::digest(source)));
         assert_eq!(super::PTX.lines().next(), Some(expected.as_str()), "ptx/gpow2.ptx is stale: run `cargo xtask ptx`");
-        for entry in ["fill_a", "fill_bt", "gemm_dp4a", "merkle_reduce", "cache_build", "dataset_build", "walk"] {
+        for entry in
+            ["fill_a", "fill_bt", "gemm_dp4a", "gemm_mma", "merkle_reduce", "cache_build", "dataset_build", "walk"]
+        {
             assert!(super::PTX.contains(&format!(".entry {entry}(")), "no kernel {entry} in the PTX");
         }
     }

@@ -21,8 +21,6 @@ use crate::merkle::{self, Hash, Tree};
 const THREADS: u32 = 256;
 /// Rows of BT made by one block of `fill_bt`.
 const FILL_ROWS: u32 = 256;
-/// The GEMM's output block (both sides).
-const GEMM_BLOCK: u32 = 64;
 /// Nodes one block of `merkle_reduce` reduces to one (nine levels).
 const MERKLE_SPAN: u64 = 512;
 
@@ -213,7 +211,8 @@ impl<D: Device> Worker<D> {
             Param::U32(p),
             Param::U64(self.buffers.tile_leaves.ptr),
         ];
-        let grid = (work.n.div_ceil(GEMM_BLOCK), work.m.div_ceil(GEMM_BLOCK));
+        let side = self.kernel.block_size();
+        let grid = (work.n.div_ceil(side), work.m.div_ceil(side));
         self.device.launch(Stream::Main, &Launch { kernel: self.kernel.entry(), grid, block: THREADS, params })
     }
 
@@ -458,6 +457,21 @@ mod tests {
 
     fn worker(tuning: Tuning) -> Worker<EmuDevice> {
         Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning)
+    }
+
+    /// Every kernel gives the CPU reference's roots: shapes that cut its blocks (64 and 128)
+    /// short, a depth that is no multiple of its staging (64), several products.
+    #[test]
+    fn every_gemm_kernel_gives_the_cpu_reference_roots() {
+        for kernel in GemmKernel::ALL {
+            let mut w = Worker::new(EmuDevice::new(), kernel, Tuning::default());
+            for (seed, m, n, k, count) in [(u64::MAX, 144, 80, 80, 2), (2, 16, 272, 32, 1), (3, 128, 128, 128, 1)] {
+                let work = GpuWork { m, n, k, count, items: 0 };
+                let keys = challenge(seed, work).gpu_keys()[0];
+                let want = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
+                assert_eq!(w.phase_a(&keys, &work).unwrap(), want, "{kernel} {work:?}");
+            }
+        }
     }
 
     fn challenge(seed: u64, work: GpuWork) -> Challenge {
