@@ -10,13 +10,18 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-packages bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-packages bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean gpu-check
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
 	$(CARGO) build --workspace --bins
 	mkdir -p var
 	exec ./target/debug/executor --server --config config/executor.dev.toml
+
+## The one prepared run for a lent GPU machine (scripts/gpu-check.sh): every kernel against the
+## CPU reference, the guide's example, TOPS and GB/s, time references; JSON to $$OUT.
+gpu-check:
+	scripts/gpu-check.sh
 
 ## The release tarball operators deploy (docs/executor.md): target/dist/executor-<version>-x86_64-linux.tar.gz.
 dist:

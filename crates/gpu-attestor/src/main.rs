@@ -200,6 +200,18 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Everything a GPU machine is lent for, as JSON on stdout (`make gpu-check`): roots of every
+    /// kernel against the CPU, the guide's example, throughput, time references. Exit 1 on any
+    /// failure.
+    #[command(hide = true)]
+    GpuCheck {
+        /// Runs per time reference.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Products per throughput measurement (production shape).
+        #[arg(long, default_value_t = 64)]
+        products: u32,
+    },
     /// The validator side: run `gpu-attestor challenge` through SSH, time it, verify it. Exit 0
     /// PASS, 1 FAIL, 3 UNTIMED. Only in validators' builds (the default `validator` feature): the
     /// executor's package leaves it out, since it hands `--ssh` to a shell.
@@ -214,6 +226,7 @@ fn main() -> ExitCode {
         Some(Command::Challenge { work, identity, timeout }) => challenge(&work, &identity, timeout),
         Some(Command::Verify { report, threads }) => verify_report(&report, threads),
         Some(Command::Roots(args)) => roots(&args),
+        Some(Command::GpuCheck { runs, products }) => gpu_check(runs, products),
         #[cfg(feature = "validator")]
         Some(Command::Check(args)) => check(&args),
         None if cli.run.seed.is_some() => run(&cli.run),
@@ -438,6 +451,17 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
     runtime.shutdown_background();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn gpu_check(runs: usize, products: u32) -> anyhow::Result<ExitCode> {
+    let options = gpu_attestor::gpu::gpu_check::Options::production(runs, products, threads(None));
+    let report =
+        gpu_attestor::gpu::gpu_check::run(&options).map_err(|e| anyhow::anyhow!("No NVIDIA GPU found: {e}"))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    for f in &report.failures {
+        eprintln!("FAIL: {f}");
+    }
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn read_capped(path: &Path, limit: u64, what: &str) -> anyhow::Result<Vec<u8>> {

@@ -38,6 +38,10 @@ impl<D: Device> GpuProver<D> {
         &self.workers
     }
 
+    pub fn workers_mut(&mut self) -> &mut [Worker<D>] {
+        &mut self.workers
+    }
+
     fn challenge(&self) -> Result<&Challenge, ProverError> {
         self.challenge.as_ref().ok_or_else(|| ProverError::Refused("no challenge has been started".into()))
     }
@@ -323,10 +327,10 @@ impl KernelChoice {
     }
 }
 
-/// The CUDA backend, opened and self-tested: the prover of the GPUs it claims.
+/// A GPU backend, opened and self-tested: the prover of the GPUs it claims.
 #[derive(Debug)]
-pub struct CudaBackend {
-    pub prover: GpuProver<super::cuda::CudaDevice>,
+pub struct Backend<D: Device> {
+    pub prover: GpuProver<D>,
     /// The claimed GPUs' facts, in the prover's order (NVML's where it answers).
     pub gpus: Vec<crate::host::GpuFacts>,
     pub self_tests: Vec<SelfTest>,
@@ -341,6 +345,9 @@ fn same_pci(a: &str, b: &str) -> bool {
     };
     matches!((split(a), split(b)), (Some(x), Some(y)) if x == y)
 }
+
+/// The CUDA backend.
+pub type CudaBackend = Backend<super::cuda::CudaDevice>;
 
 impl CudaBackend {
     /// Loads the driver, opens the GPUs (`devices`: indices into the GPU list, NVML's order, or
@@ -426,7 +433,9 @@ impl CudaBackend {
             driver_version: driver.version,
         })
     }
+}
 
+impl<D: Device> Backend<D> {
     /// The kernels in use (one name, or one per GPU where they differ) and those disabled.
     pub fn kernels(&self) -> (String, Vec<String>) {
         let mut used: Vec<String> = self.self_tests.iter().filter_map(|t| t.chosen.clone()).collect();
@@ -451,7 +460,8 @@ mod tests {
     use crate::sample;
 
     fn emulated(gpus: usize) -> GpuProver<EmuDevice> {
-        GpuProver::new((0..gpus).map(|_| Worker::new(EmuDevice::new(), GemmKernel::Dp4a, Tuning::default())).collect())
+        let tuning = Tuning { max_blocks: 8, ..Tuning::default() };
+        GpuProver::new((0..gpus).map(|_| Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning)).collect())
     }
 
     /// Three GPUs at once, one without phase B: every root, and openings that verify, as the
@@ -509,7 +519,8 @@ mod tests {
     /// does not, by name.
     #[test]
     fn the_self_test_keeps_kernels_that_agree_and_disables_the_others() {
-        let mut w = Worker::new(EmuDevice::new(), GemmKernel::Dp4a, Tuning::default());
+        let tuning = Tuning { max_blocks: 8, ..Tuning::default() };
+        let mut w = Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning);
         let timing = GpuWork { m: 64, n: 64, k: 64, count: 1, items: 0 };
         let t = self_test(&mut w, &GemmKernel::ALL, timing);
         assert!(t.usable(), "{t:?}");
@@ -518,7 +529,7 @@ mod tests {
         assert!(t.disabled().is_empty());
 
         // mma.sync wrong on this GPU: disabled, dp4a used.
-        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, Tuning::default());
+        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning);
         let t = self_test(&mut broken, &GemmKernel::ALL, timing);
         assert!(t.usable());
         assert_eq!(t.chosen.as_deref(), Some("dp4a"));
@@ -526,7 +537,7 @@ mod tests {
         assert_eq!(t.disabled(), vec!["mma-sync: roots differ from the CPU reference".to_owned()]);
 
         // The only kernel asked for is wrong: the GPU cannot prove.
-        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, Tuning::default());
+        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning);
         let t = self_test(&mut broken, &[GemmKernel::MmaSync], timing);
         assert!(!t.usable());
         assert_eq!(t.chosen, None);

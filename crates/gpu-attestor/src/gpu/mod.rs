@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod cuda;
+pub mod gpu_check;
 pub mod worker;
 
 #[cfg(test)]

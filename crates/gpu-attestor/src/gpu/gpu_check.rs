@@ -1,0 +1,476 @@
+//! `gpu-attestor gpu-check`: everything a GPU machine is lent for, in one run (`make gpu-check`,
+//! `scripts/gpu-check.sh`), as one JSON document.
+//!
+//! 1. The backend opens and self-tests every GPU (time per GPU).
+//! 2. Every kernel against the CPU reference on a ladder of shapes up to the production one,
+//!    and phase B on a ladder of dataset sizes: every root must agree.
+//! 3. The guide's example (`--seed 12345 --matrix-dim 256 --num-matrices 1000`) end to end
+//!    after set-up, checksum against the CPU's.
+//! 4. Phase A throughput of each kernel at the production shape (TOPS, and the fraction of the
+//!    profile's dense int8 peak), phase B at the production dataset size (walk GB/s, and the
+//!    fraction of the profile's memory bandwidth).
+//! 5. The time references for `profiles.json`: the median of `runs` runs of the profile's own
+//!    work (phase A, build, walk), with the driver version.
+//!
+//! Any disagreement or failure is listed in `failures`; the command exits 1 when there is one.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::backend::{Backend, CudaBackend, KernelChoice, SelfTest};
+use super::{Device, GemmKernel};
+use crate::gpow2::challenge::GpuWork;
+use crate::gpow2::profiles::ProfilesFile;
+use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
+use crate::prover::Prover;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Runs per time reference (GPOW.md asks for at least 20).
+    pub runs: usize,
+    /// Phase A shapes whose roots are compared with the CPU's.
+    pub ladder: Vec<GpuWork>,
+    /// Phase B dataset sizes whose roots are compared with the CPU's.
+    pub items_ladder: Vec<u64>,
+    /// The throughput measurement's work (the production shape).
+    pub throughput: GpuWork,
+    /// Phase B's measurement: this many items, or the profile's share of the GPU's memory.
+    pub memory_items: Option<u64>,
+    /// The time references' work: this, or each GPU's profile's own.
+    pub reference_work: Option<GpuWork>,
+    /// The guide's example: (seed, dim, products).
+    pub guide: (u64, u32, u32),
+    /// CPU threads for the references.
+    pub threads: usize,
+}
+
+impl Options {
+    /// What `gpu-attestor gpu-check` runs on a GPU.
+    pub fn production(runs: usize, products: u32, threads: usize) -> Self {
+        Self {
+            runs,
+            ladder: LADDER.to_vec(),
+            items_ladder: ITEMS_LADDER.to_vec(),
+            throughput: GpuWork { m: 4096, n: 4096, k: 32768, count: products, items: 0 },
+            memory_items: None,
+            reference_work: None,
+            guide: (12345, 256, 1000),
+            threads,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RootCheck {
+    pub gpu: usize,
+    pub kernel: String,
+    pub work: GpuWork,
+    pub agrees: bool,
+    pub gpu_ms: f64,
+    pub cpu_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Guide {
+    pub checksum: String,
+    pub cpu_checksum: String,
+    pub agrees: bool,
+    /// Phase A of the example after set-up, best of five.
+    pub ms: f64,
+    /// The guide's figure.
+    pub guide_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    pub gpu: usize,
+    pub kernel: String,
+    pub work: GpuWork,
+    pub ms_per_product: f64,
+    pub tops: f64,
+    pub peak_tops: Option<f64>,
+    pub fraction_of_peak: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    pub gpu: usize,
+    pub items: u64,
+    pub build_ms: f64,
+    pub walk_ms: f64,
+    /// Walk traffic (16 x the dataset) per second, 10^9 B/s.
+    pub walk_gb_s: f64,
+    pub peak_gb_s: Option<f64>,
+    pub fraction_of_peak: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeReference {
+    pub profile: String,
+    pub gpu_name: String,
+    pub work: GpuWork,
+    pub runs: usize,
+    pub phase_a_ms: f64,
+    pub build_ms: f64,
+    pub walk_ms: f64,
+    pub driver_version: i32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub gpus: Vec<crate::host::GpuFacts>,
+    pub driver_version: i32,
+    pub open_ms: f64,
+    pub self_tests: Vec<SelfTest>,
+    pub phase_a_roots: Vec<RootCheck>,
+    pub phase_b_roots: Vec<RootCheck>,
+    pub guide: Option<Guide>,
+    pub throughput: Vec<Throughput>,
+    pub memory: Vec<Memory>,
+    pub time_references: Vec<TimeReference>,
+    pub failures: Vec<String>,
+    pub elapsed_ms: f64,
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The shapes of the ladder: small and odd first, the production shape last.
+pub const LADDER: [GpuWork; 5] = [
+    GpuWork { m: 16, n: 16, k: 16, count: 1, items: 0 },
+    GpuWork { m: 80, n: 112, k: 528, count: 3, items: 0 },
+    GpuWork { m: 256, n: 256, k: 256, count: 4, items: 0 },
+    GpuWork { m: 1040, n: 976, k: 4112, count: 2, items: 0 },
+    GpuWork { m: 4096, n: 4096, k: 32768, count: 1, items: 0 },
+];
+
+/// Dataset sizes of the ladder.
+pub const ITEMS_LADDER: [u64; 3] = [32, 1056, (1 << 20) + 32];
+
+/// Runs the whole check on the machine's GPUs.
+pub fn run(options: &Options) -> Result<Report, String> {
+    let opened = Instant::now();
+    let backend = CudaBackend::open(None, KernelChoice::Auto)?;
+    check(backend, ms(opened), options)
+}
+
+/// The check on an opened backend (`open_ms`: what opening and self-testing took).
+pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options) -> Result<Report, String> {
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let profiles = ProfilesFile::builtin().map_err(|e| e.to_string())?;
+    let threads = options.threads.max(1);
+    let gpus = backend.gpus.clone();
+    let chosen: Vec<GemmKernel> = backend.prover.workers().iter().map(|w| w.kernel()).collect();
+
+    // 2. Roots on the ladders, every kernel each GPU supports.
+    let mut phase_a_roots = Vec::new();
+    for &work in &options.ladder {
+        let c = Challenge { gpus: vec![work], ..Challenge::plain(0x01ad_de12, 16, 1, 0) };
+        let keys = c.gpu_keys()[0];
+        let t = Instant::now();
+        let want = phase_a::commit(Isa::best(), &keys, &work, threads).product_roots;
+        let cpu_ms = ms(t);
+        for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
+            for kernel in GemmKernel::ALL {
+                w.set_kernel(kernel);
+                let t = Instant::now();
+                let got = w.phase_a(&keys, &work);
+                let gpu_ms = ms(t);
+                let agrees = matches!(&got, Ok(r) if *r == want);
+                if !agrees {
+                    failures.push(format!(
+                        "GPU {g} {kernel} {work:?}: {}",
+                        got.err().map_or("roots differ".into(), |e| e.to_string())
+                    ));
+                }
+                phase_a_roots.push(RootCheck { gpu: g, kernel: kernel.name().into(), work, agrees, gpu_ms, cpu_ms });
+            }
+        }
+    }
+    let mut phase_b_roots = Vec::new();
+    for &items in &options.items_ladder {
+        let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
+        let c = Challenge { gpus: vec![work], ..Challenge::plain(0xb1ad_de12, 16, 1, 0) };
+        let keys = c.gpu_keys()[0];
+        let nonce = [0x42; 32];
+        let t = Instant::now();
+        let want =
+            phase_b::commit(Isa::best(), &keys, &work, &nonce, threads).map(|b| b.root).map_err(|e| e.to_string())?;
+        let cpu_ms = ms(t);
+        for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
+            let t = Instant::now();
+            let got = w.build(&keys, &work).and_then(|()| w.walk(0, keys.walk_key(&nonce)));
+            let gpu_ms = ms(t);
+            let agrees = matches!(&got, Ok(r) if *r == want);
+            if !agrees {
+                failures.push(format!(
+                    "GPU {g} phase B, {items} items: {}",
+                    got.err().map_or("root differs".into(), |e| e.to_string())
+                ));
+            }
+            phase_b_roots.push(RootCheck { gpu: g, kernel: "phase-b".into(), work, agrees, gpu_ms, cpu_ms });
+            w.release_dataset();
+        }
+    }
+    for (w, &k) in backend.prover.workers_mut().iter_mut().zip(&chosen) {
+        w.set_kernel(k);
+    }
+
+    // 3. The guide's example on GPU 0, after set-up.
+    let example = Challenge::plain(options.guide.0, options.guide.1, options.guide.2, 0);
+    let cpu_checksum = crate::gpow2::prove::prove(&example, &[0; 32], Isa::best(), threads, u64::MAX)
+        .map_err(|e| e.to_string())?
+        .checksum();
+    let guide = match backend.prover.workers_mut().first_mut() {
+        Some(w) => {
+            let keys = example.gpu_keys()[0];
+            let mut best = f64::MAX;
+            let mut checksum = String::new();
+            for _ in 0..5 {
+                let t = Instant::now();
+                match w.phase_a(&keys, &example.gpus[0]) {
+                    Ok(roots) => {
+                        best = best.min(ms(t));
+                        checksum = hex::encode(phase_a::root_of(0, &roots));
+                    }
+                    Err(e) => {
+                        failures.push(format!("guide example: {e}"));
+                        break;
+                    }
+                }
+            }
+            if checksum != cpu_checksum {
+                failures.push(format!("guide example: checksum {checksum}, the CPU's {cpu_checksum}"));
+            }
+            Some(Guide { agrees: checksum == cpu_checksum, checksum, cpu_checksum, ms: best, guide_ms: 150.0 })
+        }
+        None => None,
+    };
+
+    // 4. Throughput at the production shape, every kernel; phase B at the production size.
+    let mut throughput = Vec::new();
+    let mut memory = Vec::new();
+    for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
+        let profile = profiles.lookup(&gpus[g].name).cloned();
+        let work = options.throughput;
+        let keys = Challenge { gpus: vec![work], ..Challenge::plain(7, 16, 1, 0) }.gpu_keys()[0];
+        for kernel in GemmKernel::ALL {
+            w.set_kernel(kernel);
+            if let Err(e) = w.phase_a(&keys, &GpuWork { count: 1, ..work }) {
+                failures.push(format!("GPU {g} {kernel} throughput: {e}"));
+                continue;
+            }
+            let t = Instant::now();
+            if let Err(e) = w.phase_a(&keys, &work) {
+                failures.push(format!("GPU {g} {kernel} throughput: {e}"));
+                continue;
+            }
+            let elapsed = ms(t);
+            let tops = work.ops() as f64 / (elapsed / 1e3) / 1e12;
+            let peak = profile.as_ref().map(|p| f64::from(p.int8_dense_tops));
+            throughput.push(Throughput {
+                gpu: g,
+                kernel: kernel.name().into(),
+                work,
+                ms_per_product: elapsed / f64::from(work.count),
+                tops,
+                peak_tops: peak,
+                fraction_of_peak: peak.map(|p| tops / p),
+            });
+        }
+        w.set_kernel(chosen[g]);
+        let items =
+            options.memory_items.unwrap_or_else(|| crate::gpow2::profiles::production_items(gpus[g].memory_bytes));
+        let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
+        let keys = Challenge { gpus: vec![work], ..Challenge::plain(8, 16, 1, 0) }.gpu_keys()[0];
+        let t = Instant::now();
+        match w.build(&keys, &work) {
+            Ok(()) => {
+                let build_ms = ms(t);
+                let t = Instant::now();
+                match w.walk(0, keys.walk_key(&[1; 32])) {
+                    Ok(_) => {
+                        let walk_ms = ms(t);
+                        let gb_s = (16 * items * 64) as f64 / (walk_ms / 1e3) / 1e9;
+                        let peak = profile.as_ref().map(|p| f64::from(p.memory_bandwidth_gb_s));
+                        memory.push(Memory {
+                            gpu: g,
+                            items,
+                            build_ms,
+                            walk_ms,
+                            walk_gb_s: gb_s,
+                            peak_gb_s: peak,
+                            fraction_of_peak: peak.map(|p| gb_s / p),
+                        });
+                    }
+                    Err(e) => failures.push(format!("GPU {g} walk of {items} items: {e}")),
+                }
+            }
+            Err(e) => failures.push(format!("GPU {g} build of {items} items: {e}")),
+        }
+        w.release_dataset();
+    }
+
+    // 5. Time references: the profile's work on every GPU at once, as the protocol runs it.
+    let mut time_references = Vec::new();
+    let works: Vec<Option<crate::gpow2::profiles::Profile>> =
+        gpus.iter().map(|f| profiles.lookup(&f.name).cloned()).collect();
+    if works.iter().all(Option::is_some) && !works.is_empty() {
+        let c = Challenge {
+            gpus: works.iter().flatten().map(|p| options.reference_work.unwrap_or(p.work)).collect(),
+            ..Challenge::plain(0x7e4e, 16, 1, 0)
+        };
+        let (mut a, mut b, mut wk) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..options.runs {
+            let nonce = [run as u8; 32];
+            let step = |r: Result<(), crate::prover::ProverError>| r.map_err(|e| e.to_string());
+            let result = (|| -> Result<(), String> {
+                step(backend.prover.start(&c))?;
+                let t = Instant::now();
+                step(backend.prover.phase_a())?;
+                a.push(ms(t));
+                let t = Instant::now();
+                step(backend.prover.build())?;
+                b.push(ms(t));
+                let t = Instant::now();
+                step(backend.prover.walk(&nonce))?;
+                wk.push(ms(t));
+                Ok(())
+            })();
+            if let Err(e) = result {
+                failures.push(format!("time references, run {run}: {e}"));
+                break;
+            }
+        }
+        if a.len() == options.runs {
+            for (g, p) in works.iter().flatten().enumerate() {
+                time_references.push(TimeReference {
+                    profile: p.id.clone(),
+                    gpu_name: gpus[g].name.clone(),
+                    work: options.reference_work.unwrap_or(p.work),
+                    runs: options.runs,
+                    phase_a_ms: median(a.clone()),
+                    build_ms: median(b.clone()),
+                    walk_ms: median(wk.clone()),
+                    driver_version: backend.driver_version,
+                });
+            }
+        }
+    } else {
+        failures.push(format!(
+            "no time references: GPUs without a profile: {:?}",
+            gpus.iter().zip(&works).filter(|(_, p)| p.is_none()).map(|(f, _)| f.name.clone()).collect::<Vec<_>>()
+        ));
+    }
+    for t in &backend.self_tests {
+        failures.extend(t.disabled().into_iter().map(|d| format!("{}: self-test disabled {d}", t.device)));
+    }
+    Ok(Report {
+        gpus,
+        driver_version: backend.driver_version,
+        open_ms,
+        self_tests: backend.self_tests.clone(),
+        phase_a_roots,
+        phase_b_roots,
+        guide,
+        throughput,
+        memory,
+        time_references,
+        failures,
+        elapsed_ms: ms(started),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ladders cut blocks short and end at the production shape, which the profiles use.
+    #[test]
+    fn the_ladders_are_valid_work_ending_at_production_size() {
+        for (i, w) in LADDER.iter().enumerate() {
+            w.validate(i).unwrap();
+        }
+        assert_eq!(LADDER[4], GpuWork { count: 1, items: 0, ..ProfilesFile::builtin().unwrap().profiles[0].work });
+        assert!(LADDER.iter().any(|w| w.m % 128 != 0 && w.n % 64 != 0));
+        for items in ITEMS_LADDER {
+            GpuWork { m: 16, n: 16, k: 16, count: 1, items }.validate(0).unwrap();
+        }
+        // Without a GPU, the check says why instead of passing.
+        if super::super::cuda::Driver::load().is_err() {
+            let e = run(&Options::production(1, 1, 1)).unwrap_err();
+            assert!(e.contains("libcuda.so.1"), "{e}");
+        }
+    }
+
+    /// The whole check on the emulated device with small sizes: everything agrees, every
+    /// figure is there, and a kernel that computes wrong is a failure by name.
+    #[test]
+    fn the_check_runs_whole_on_an_emulated_gpu_and_names_a_wrong_kernel() {
+        use crate::gpu::emu::EmuDevice;
+        use crate::gpu::worker::{Tuning, Worker};
+        let small = GpuWork { m: 48, n: 32, k: 64, count: 2, items: 0 };
+        let options = Options {
+            runs: 2,
+            ladder: vec![small, GpuWork { m: 144, ..small }],
+            items_ladder: vec![64],
+            throughput: small,
+            memory_items: Some(96),
+            reference_work: Some(GpuWork { items: 64, ..small }),
+            guide: (12345, 32, 3),
+            threads: 2,
+        };
+        let backend = |device: EmuDevice| {
+            // Few blocks: the emulator's cost is its barriers between blocks.
+            let mut worker = Worker::new(device, GemmKernel::Dp4a, Tuning { max_blocks: 8, ..Tuning::default() });
+            let test = super::super::backend::self_test(&mut worker, &GemmKernel::ALL, small);
+            let facts = crate::host::GpuFacts {
+                index: 0,
+                uuid: String::new(),
+                name: "NVIDIA H100 80GB HBM3".into(),
+                pci_bus_id: String::new(),
+                memory_bytes: 16 << 30,
+                compute_capability: "9.0".into(),
+                cuda_cores: 0,
+                max_sm_clock_mhz: 0,
+                max_memory_clock_mhz: 0,
+                power_limit_mw: 0,
+                driver_version: String::new(),
+                cuda_version: String::new(),
+                mig_mode: "disabled".into(),
+            };
+            Backend {
+                prover: super::super::backend::GpuProver::new(vec![worker]),
+                gpus: vec![facts],
+                self_tests: vec![test],
+                driver_version: 0,
+            }
+        };
+        let r = check(backend(EmuDevice::new()), 1.0, &options).unwrap();
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+        assert_eq!(r.phase_a_roots.len(), 2 * GemmKernel::ALL.len());
+        assert!(r.phase_a_roots.iter().chain(&r.phase_b_roots).all(|c| c.agrees));
+        assert!(r.guide.as_ref().is_some_and(|g| g.agrees && g.checksum == g.cpu_checksum));
+        assert_eq!(r.throughput.len(), GemmKernel::ALL.len());
+        assert!(r.throughput.iter().all(|t| t.tops > 0.0 && t.peak_tops == Some(1979.0)));
+        assert_eq!(r.memory.len(), 1);
+        assert_eq!(r.memory[0].peak_gb_s, Some(3350.0));
+        assert_eq!(r.time_references.len(), 1);
+        assert_eq!(r.time_references[0].profile, "h100-sxm");
+        assert!(r.time_references[0].phase_a_ms > 0.0 && r.time_references[0].walk_ms > 0.0);
+        serde_json::to_string(&r).unwrap();
+
+        let r = check(backend(EmuDevice::broken("gemm_mma")), 1.0, &Options { runs: 1, ..options }).unwrap();
+        assert!(r.failures.iter().any(|f| f.starts_with("GPU 0 mma-sync GpuWork { m: 48")), "{:?}", r.failures);
+        assert!(r.failures.iter().any(|f| f.contains("self-test disabled mma-sync")), "{:?}", r.failures);
+    }
+}
