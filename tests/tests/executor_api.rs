@@ -705,3 +705,35 @@ async fn the_client_reopens_its_session_after_executor_api_restarts() {
     assert_eq!(identity.managing_miner_hotkey, ALICE);
     assert_eq!(opened(&metrics(&node).await), 1.0, "the new process opened one session");
 }
+
+/// Issue 24 item 6: where gpu-monitor sees GPUs (simulated here) the attestation runs the CUDA
+/// backend, which cannot run on this machine: UNAVAILABLE with gpu-attestor's words for why,
+/// not an internal error and not a silent CPU run.
+#[tokio::test]
+async fn attestation_on_gpus_the_cuda_backend_cannot_use_says_why() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("SKIPPED: this machine has an NVIDIA GPU, the CUDA backend can run");
+        return;
+    }
+    let config = TestConfig::with_system(
+        "gpu_backend = \"simulated\"\nsimulated_gpus_file = \"{dir}/gpus.json\"",
+        "\n[docker]\nenable_gpu_passthrough = true\n",
+    );
+    std::fs::write(
+        config.dir.path().join("gpus.json"),
+        r#"{"gpus":[{"uuid":"GPU-aaaaaaaa-0000-0000-0000-000000000000","name":"Simulated H100","pci_bus_id":"00000000:10:00.0","memory_total_bytes":1000,"xid_events":[],"mig_instances":0}]}"#,
+    )
+    .unwrap();
+    let node = Node::start(config).await;
+    let alice = client(&node, e2e::ALICE_SEED).await;
+    let err = alice
+        .run_attestation(api::AttestationRequest { matrix_dim: 16, num_matrices: 1, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "the GPU backend cannot run: No NVIDIA GPU found: the CUDA driver library (libcuda.so.1, installed with the NVIDIA driver) could not be loaded",
+        "{err:?}"
+    );
+}

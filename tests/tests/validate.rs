@@ -16,6 +16,15 @@ async fn validate_prints_a_checklist_and_fails_on_a_busy_port() {
     assert!(text.contains("will be created on first start"), "{text}");
     assert!(text.contains("SKIP  nvml             system.enable_gpu_monitoring = false"), "{text}");
     assert_eq!(text.matches("PASS  binaries").count(), 4, "{text}");
+    // The GPU self-test of gpu-attestor (beside the binaries): skipped, saying why, without a GPU.
+    if !std::path::Path::new("/dev/nvidiactl").exists() {
+        assert!(
+            text.contains("SKIP  gpu self-test    no NVIDIA GPU (the CUDA driver library (libcuda.so.1, installed with the NVIDIA driver) could not be loaded): attestation runs the CPU reference"),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("PASS  gpu self-test"), "{text}");
+    }
     if require_tool("Docker engine", docker_available()) {
         assert!(text.contains("PASS  docker ") && text.contains("PASS  docker cgroups"), "{text}");
         let pool = format!("PASS  ports            16 ports; 127.0.0.1:{} reached over TCP and UDP", config.ports.pool);

@@ -106,11 +106,13 @@ impl Attestor {
             e => ApiError::Internal(format!("gpu-attestor: {e}")),
         })?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        if !output.status.success() && stderr.contains("no CUDA backend") {
-            // A GPU machine with this build: the operator's situation, not a fault.
-            return Err(ApiError::NotServed(
-                "this build's gpu-attestor has no CUDA backend: attestation cannot run on this GPU machine yet".into(),
-            ));
+        if !output.status.success() && stderr.contains("No NVIDIA GPU found") {
+            // gpu-monitor sees GPUs the CUDA backend cannot use (no driver library, or a GPU
+            // whose self-test failed): the machine's situation, not a fault of the call.
+            return Err(ApiError::NotServed(format!(
+                "the GPU backend cannot run: {}",
+                stderr.trim().trim_start_matches("Error: ")
+            )));
         }
         if !output.status.success() {
             return Err(ApiError::Internal(format!(

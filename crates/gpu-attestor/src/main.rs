@@ -200,6 +200,17 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Opens the CUDA backend and self-tests every GPU (each kernel and phase B against the CPU
+    /// reference), as JSON: `executor validate` runs it. Exit 0 when every GPU can prove or
+    /// there is no GPU (`"backend": "none"` and why), 1 when a GPU cannot.
+    SelfTest {
+        /// JSON (the only format; accepted so scripts can say so).
+        #[arg(long)]
+        json: bool,
+        /// The GPUs to test, as indices in `info`'s list (default: every GPU).
+        #[arg(long, value_delimiter = ',', value_name = "INDEX,...")]
+        device: Option<Vec<u32>>,
+    },
     /// Everything a GPU machine is lent for, as JSON on stdout (`make gpu-check`): roots of every
     /// kernel against the CPU, the guide's example, throughput, time references. Exit 1 on any
     /// failure.
@@ -227,6 +238,7 @@ fn main() -> ExitCode {
         Some(Command::Verify { report, threads }) => verify_report(&report, threads),
         Some(Command::Roots(args)) => roots(&args),
         Some(Command::GpuCheck { runs, products }) => gpu_check(runs, products),
+        Some(Command::SelfTest { json: _, device }) => self_test(device.as_deref()),
         #[cfg(feature = "validator")]
         Some(Command::Check(args)) => check(&args),
         None if cli.run.seed.is_some() => run(&cli.run),
@@ -451,6 +463,34 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
     runtime.shutdown_background();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn self_test(devices: Option<&[u32]>) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    if devices.is_some() && gpu_attestor::gpu::cuda::Driver::load().is_err() {
+        bail!("--device: no NVIDIA GPU found");
+    }
+    match CudaBackend::open(devices, KernelChoice::Auto) {
+        Ok(cuda) => {
+            let (kernel, disabled) = cuda.kernels();
+            let out = serde_json::json!({
+                "backend": "cuda",
+                "kernel": kernel,
+                "disabled": disabled,
+                "gpus": cuda.gpus,
+                "self_tests": cuda.self_tests,
+                "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+            });
+            println!("{out}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(why) => {
+            // No driver or no device: nothing to test. A GPU that fails its self-test: a failure.
+            let none = gpu_attestor::gpu::cuda::Driver::load().and_then(|d| d.devices()).is_err();
+            println!("{}", serde_json::json!({ "backend": if none { "none" } else { "cuda" }, "reason": why }));
+            Ok(if none { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
 }
 
 fn gpu_check(runs: usize, products: u32) -> anyhow::Result<ExitCode> {
