@@ -708,7 +708,8 @@ async fn the_client_reopens_its_session_after_executor_api_restarts() {
 
 /// Issue 24 item 6: where gpu-monitor sees GPUs (simulated here) the attestation runs the CUDA
 /// backend, which cannot run on this machine: UNAVAILABLE with gpu-attestor's words for why,
-/// not an internal error and not a silent CPU run.
+/// not an internal error and not a silent CPU run. gpu-monitor reports the same state (its
+/// self-test at start) in its metrics.
 #[tokio::test]
 async fn attestation_on_gpus_the_cuda_backend_cannot_use_says_why() {
     if std::path::Path::new("/dev/nvidiactl").exists() {
@@ -736,4 +737,15 @@ async fn attestation_on_gpus_the_cuda_backend_cannot_use_says_why() {
         "the GPU backend cannot run: No NVIDIA GPU found: the CUDA driver library (libcuda.so.1, installed with the NVIDIA driver) could not be loaded",
         "{err:?}"
     );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let info = r#"executor_gpu_attestation_backend_info{backend="none",kernel="",reason="the CUDA driver library (libcuda.so.1, installed with the NVIDIA driver) could not be loaded"} 1"#;
+    loop {
+        let text = http_get(node.config.ports.metrics[2], "/metrics").await.unwrap().1;
+        if text.contains(info) {
+            assert!(text.lines().any(|l| l == "executor_gpu_attestation_ready 0"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no attestation state in gpu-monitor's metrics:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -6,6 +6,7 @@
 //! Collection runs in the background ([`collector`]); the gRPC API (inventory, snapshot, a
 //! stream of snapshots, per-process GPU memory) and the Prometheus series read its results.
 
+pub mod attestation;
 pub mod backend;
 pub mod collector;
 pub mod collector_run;
@@ -157,6 +158,7 @@ impl Service for GpuMonitor {
             max_gpu_memory_usage: system.max_gpu_memory_usage.get(),
         };
         crate::exporter::describe();
+        crate::attestation::describe();
         let health = health::Health::open(&ctx.config().data_dir, &system.ignored_xids)?;
         let monitor = Monitor::new(source, settings, health)?;
         // The first snapshot is there before the service reports SERVING.
@@ -170,6 +172,15 @@ impl Service for GpuMonitor {
 
     async fn run(self, ctx: ServiceContext) -> Result<(), BoxError> {
         ctx.health.set_service_status(GRPC_SERVICE, tonic_health::ServingStatus::Serving).await;
+        // With GPUs, the attestation backend's state once, in the background.
+        if !self.monitor.inventory().gpus.is_empty() {
+            match std::env::current_exe().map(|exe| exe.with_file_name("gpu-attestor")) {
+                Ok(binary) if binary.is_file() => {
+                    tokio::spawn(async move { crate::attestation::self_test(&binary).await });
+                }
+                _ => tracing::warn!("no gpu-attestor beside gpu-monitor: the attestation backend is not reported"),
+            }
+        }
         self.monitor.run_forever(ctx.health.clone(), GRPC_SERVICE, ctx.shutdown.clone()).await;
         Ok(())
     }
