@@ -375,6 +375,128 @@ extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u
 }
 
 // ---------------------------------------------------------------------------------------------
+// Phase A: wgmma (sm_90a: H100, H200)
+
+#if defined(GPOW_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+#define WG_BM 64
+#define WG_BN 128
+#define WG_BK 64
+
+// The shared-memory address of `p` (the 32-bit window wgmma's descriptors name).
+__device__ __forceinline__ u32 shared_address(const void* p) {
+#ifdef GPOW_EMULATION
+    return emu::shared_address(p);
+#else
+    return (u32)__cvta_generic_to_shared(p);
+#endif
+}
+
+// A wgmma matrix descriptor for a K-major operand without swizzling: core matrices of 8 rows x
+// 16 bytes (128 contiguous bytes each), `lbo` bytes between core matrices adjacent in K, `sbo`
+// bytes between those adjacent in M or N (PTX ISA, "Matrix Descriptor Format").
+__device__ __forceinline__ u64 wgmma_descriptor(u32 address, u32 lbo, u32 sbo) {
+    return (u64)((address & 0x3FFFF) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32);
+}
+
+// One warpgroup-wide wgmma.m64n128k32 (s8 x s8 + s32), A and B from shared memory; d is the
+// thread's 64 accumulators in the ISA's m64nN layout; `accumulate` = 0 ignores d's input.
+__device__ __forceinline__ void wgmma_64128(i32 d[64], u64 desc_a, u64 desc_b, u32 accumulate) {
+#ifdef GPOW_EMULATION
+    emu::wgmma_m64n128k32_s8(d, desc_a, desc_b, accumulate);
+#else
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+#ifndef GPOW_EMULATION
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_commit_and_wait() {
+#ifndef GPOW_EMULATION
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+// Generic-proxy writes to shared memory made visible to wgmma (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifndef GPOW_EMULATION
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// Stages rows [row0, row0 + rows_here) of an operand (depth k contiguous) from depth kk as core
+// matrices: row r, bytes 16q..16q+15 of the slab at ((r / 8) * 4 + q) * 128 + (r % 8) * 16.
+__device__ __forceinline__ void stage_core(u8* s, const u32* src, u32 rows_here, u32 rows, u32 k, u32 row0, u32 kk) {
+    for (u32 i = threadIdx.x; i < rows_here * 4; i += blockDim.x) {
+        const u32 r = i / 4, q = i % 4, row = row0 + r, depth = kk + 16 * q;
+        u32 v[4] = {0, 0, 0, 0};
+        if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v);
+        u32* out = (u32*)(s + ((r / 8) * 4 + q) * 128 + (r % 8) * 16);
+        for (int w = 0; w < 4; w++) out[w] = v[w];
+    }
+}
+
+// C_p = A_p · B_p with wgmma m64n128k32: 64 x 128 of C per block of one warpgroup (128
+// threads), 64 bytes of depth staged as core matrices; then the block's C in the same shared
+// memory, its 32 tiles hashed. grid (ceil(n / 128), ceil(m / 64)).
+extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    // 32 KiB: A (64 x 64 bytes) and BT (128 x 64 bytes) staged, or the block's C.
+    __shared__ __align__(128) u32 smem[WG_BM * WG_BN];
+    u8* as = (u8*)smem;
+    u8* bs = as + WG_BM * WG_BK;
+#ifdef GPOW_EMULATION
+    emu::set_shared_base(smem);
+#endif
+    const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    i32 acc[64];
+    for (int i = 0; i < 64; i++) acc[i] = 0;
+    for (u32 kk = 0; kk < k; kk += WG_BK) {
+        stage_core(as, a, WG_BM, m, k, blockIdx.y * WG_BM, kk);
+        stage_core(bs, bt, WG_BN, n, k, blockIdx.x * WG_BN, kk);
+        fence_proxy_async();
+        __syncthreads();
+        wgmma_fence();
+        for (u32 ks = 0; ks < WG_BK / 32; ks++) {
+            // Two core matrices of depth per k32 step: 256 bytes further each step.
+            const u64 da = wgmma_descriptor(shared_address(as + 256 * ks), 128, 512);
+            const u64 db = wgmma_descriptor(shared_address(bs + 256 * ks), 128, 512);
+            wgmma_64128(acc, da, db, 1);
+        }
+        wgmma_commit_and_wait();
+        __syncthreads();
+    }
+    // Accumulator i of a thread: warp w's rows 16w + gid (+ 8 for i % 4 >= 2), column
+    // 8 (i / 4) + 2 tig + (i % 2).
+    i32* cs = (i32*)smem;
+    for (u32 i = 0; i < 64; i++) {
+        const u32 row = 16 * warp + gid + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i % 2);
+        cs[row * WG_BN + col] = acc[i];
+    }
+    __syncthreads();
+    if (t < 32) {
+        const u32 ta = t / 8, tb = t % 8;
+        const u32 ti = blockIdx.y * 4 + ta, tj = blockIdx.x * 8 + tb;
+        if (ti < m / 16 && tj < n / 16) {
+            tile_leaf(cs + 16 * ta * WG_BN + 16 * tb, WG_BN, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
+        }
+    }
+}
+
+#endif
+
+// ---------------------------------------------------------------------------------------------
 // Merkle reduction
 
 #define MERKLE_THREADS 256

@@ -67,6 +67,43 @@ void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], con
     syncwarp();
     for (int i = 0; i < 4; i++) d[i] = out[i];
 }
+// The block's shared memory, as wgmma's descriptors address it: offsets from the kernel's
+// shared buffer (one per kernel here; the GPU's window holds every __shared__ variable).
+static const uint8_t* shared_base;
+void set_shared_base(const void* base) { shared_base = static_cast<const uint8_t*>(base); }
+uint32_t shared_address(const void* p) { return (uint32_t)(static_cast<const uint8_t*>(p) - shared_base); }
+
+// The element (r, kbyte) of a K-major operand a no-swizzle descriptor names (PTX ISA, "Matrix
+// Descriptor Format" and the shared-memory layouts of wgmma): core matrices of 8 rows x 16
+// bytes, 128 contiguous bytes each; the leading dimension byte offset (bits 16-29, >> 4)
+// between core matrices adjacent in K, the stride dimension byte offset (bits 32-45, >> 4)
+// between those adjacent in M or N; the start address in bits 0-13 (>> 4).
+static int8_t described(uint64_t desc, uint32_t r, uint32_t kbyte) {
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4;
+    const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
+    const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
+    const uint32_t address = start + (r / 8) * sbo + (kbyte / 16) * lbo + (r % 8) * 16 + kbyte % 16;
+    return (int8_t)shared_base[address];
+}
+
+// wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 with A and B from shared memory, for the
+// warpgroup of the calling thread (the block's 128 threads here). D's layout for m64nN (PTX
+// ISA): warp w of the warpgroup holds rows 16w..16w+15; its lane (groupID = lane >> 2,
+// threadID_in_group = lane % 4) holds, for each 8-column chunk i, d[4i + j] at row 16w +
+// groupID (+ 8 for j >= 2) and column 8i + 2 threadID_in_group + (j & 1).
+void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate) {
+    syncthreads();
+    const u32 warp = thread_idx.x / 32, lane = thread_idx.x % 32, group = lane >> 2, tig = lane % 4;
+    int32_t out[64];
+    for (u32 i = 0; i < 64; i++) {
+        const u32 row = 16 * warp + group + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i & 1);
+        int32_t sum = accumulate ? d[i] : 0;
+        for (u32 x = 0; x < 32; x++) sum += (int32_t)described(desc_a, row, x) * (int32_t)described(desc_b, col, x);
+        out[i] = sum;
+    }
+    syncthreads();
+    for (u32 i = 0; i < 64; i++) d[i] = out[i];
+}
 }  // namespace emu
 
 namespace {
@@ -90,6 +127,7 @@ std::function<void()> kernel(const char* name, void** args) {
     KERNEL(fill_bt)
     KERNEL(gemm_dp4a)
     KERNEL(gemm_mma)
+    KERNEL(gemm_wgmma)
     KERNEL(merkle_reduce)
     KERNEL(cache_build)
     KERNEL(dataset_build)

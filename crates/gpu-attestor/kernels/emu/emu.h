@@ -27,7 +27,11 @@ extern dim3 grid_dim;
 void syncthreads();
 void syncwarp();
 void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], const int32_t c[4]);
+void set_shared_base(const void* base);
+uint32_t shared_address(const void* p);
+void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate);
 }  // namespace emu
+#define __align__(n) __attribute__((aligned(n)))
 
 #define threadIdx (emu::thread_idx)
 #define blockIdx (emu::block_idx)

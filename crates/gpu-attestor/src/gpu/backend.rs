@@ -494,7 +494,11 @@ mod tests {
         assert_eq!("auto".parse(), Ok(KernelChoice::Auto));
         assert_eq!("dp4a".parse(), Ok(KernelChoice::Only(GemmKernel::Dp4a)));
         assert!("tensor".parse::<KernelChoice>().unwrap_err().starts_with("unknown kernel `tensor` (auto, dp4a"));
-        assert_eq!(KernelChoice::Auto.candidates((9, 0))[0], GemmKernel::Dp4a);
+        assert_eq!(KernelChoice::Auto.candidates((9, 0)), GemmKernel::ALL);
+        assert_eq!(KernelChoice::Auto.candidates((8, 0)), [GemmKernel::Dp4a, GemmKernel::MmaSync]);
+        assert_eq!(KernelChoice::Auto.candidates((8, 9)), [GemmKernel::Dp4a, GemmKernel::MmaSync]);
+        assert!(KernelChoice::Auto.candidates((7, 5)).is_empty());
+        assert_eq!("wgmma".parse(), Ok(KernelChoice::Only(GemmKernel::Wgmma)));
         assert!(same_pci("0000:3b:00.0", "00000000:3B:00.0"));
         assert!(!same_pci("0000:3b:00.0", "00000000:3C:00.0"));
         assert!(!same_pci("", "0000:3b:00.0"));
@@ -528,12 +532,12 @@ mod tests {
         assert!(t.kernels.iter().all(|k| k.agrees && k.product_ms.is_some()), "{t:?}");
         assert!(t.disabled().is_empty());
 
-        // mma.sync wrong on this GPU: disabled, dp4a used.
+        // mma.sync wrong on this GPU: disabled, the faster of the others used.
         let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning);
         let t = self_test(&mut broken, &GemmKernel::ALL, timing);
         assert!(t.usable());
-        assert_eq!(t.chosen.as_deref(), Some("dp4a"));
-        assert_eq!(broken.kernel(), GemmKernel::Dp4a);
+        assert!(matches!(t.chosen.as_deref(), Some("dp4a" | "wgmma")), "{t:?}");
+        assert_eq!(broken.kernel().name(), t.chosen.as_deref().unwrap());
         assert_eq!(t.disabled(), vec!["mma-sync: roots differ from the CPU reference".to_owned()]);
 
         // The only kernel asked for is wrong: the GPU cannot prove.

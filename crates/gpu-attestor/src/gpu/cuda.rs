@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 
-use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, PTX, Param, Stream};
+use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, Param, Stream};
 
 /// Every driver function this module calls, by the symbol cudarc loads.
 const SYMBOLS: [&str; 28] = [
@@ -181,7 +181,7 @@ impl Driver {
             streams: [std::ptr::null_mut(); 2],
             events: [std::ptr::null_mut(); EVENTS],
         };
-        let ptx = CString::new(PTX).expect("the PTX has no NUL byte");
+        let ptx = CString::new(super::ptx_for(info.compute_capability)).expect("the PTX has no NUL byte");
         // SAFETY: as in `devices`; each handle is stored in `device` as soon as it exists, so
         // its Drop releases whatever was made before a failure.
         #[allow(unsafe_code)]
@@ -193,7 +193,7 @@ impl Driver {
             check("cuModuleLoadData", sys::cuModuleLoadData(&mut device.module, ptx.as_ptr().cast()))?;
             let kernels = ["fill_a", "fill_bt", "merkle_reduce", "cache_build", "dataset_build", "walk"]
                 .into_iter()
-                .chain(GemmKernel::ALL.iter().map(|k| k.entry()));
+                .chain(GemmKernel::ALL.iter().filter(|k| k.runs_on(info.compute_capability)).map(|k| k.entry()));
             for name in kernels {
                 let c_name = CString::new(name).expect("kernel names have no NUL");
                 let mut f = std::ptr::null_mut();

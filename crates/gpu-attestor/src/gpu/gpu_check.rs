@@ -170,6 +170,12 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
     let threads = options.threads.max(1);
     let gpus = backend.gpus.clone();
     let chosen: Vec<GemmKernel> = backend.prover.workers().iter().map(|w| w.kernel()).collect();
+    // The kernels each GPU can run: those its self-test tried.
+    let kernels: Vec<Vec<GemmKernel>> = backend
+        .self_tests
+        .iter()
+        .map(|t| t.kernels.iter().filter_map(|k| GemmKernel::ALL.into_iter().find(|g| g.name() == k.kernel)).collect())
+        .collect();
 
     // 2. Roots on the ladders, every kernel each GPU supports.
     let mut phase_a_roots = Vec::new();
@@ -180,7 +186,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         let want = phase_a::commit(Isa::best(), &keys, &work, threads).product_roots;
         let cpu_ms = ms(t);
         for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
-            for kernel in GemmKernel::ALL {
+            for &kernel in &kernels[g] {
                 w.set_kernel(kernel);
                 let t = Instant::now();
                 let got = w.phase_a(&keys, &work);
@@ -263,7 +269,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         let profile = profiles.lookup(&gpus[g].name).cloned();
         let work = options.throughput;
         let keys = Challenge { gpus: vec![work], ..Challenge::plain(7, 16, 1, 0) }.gpu_keys()[0];
-        for kernel in GemmKernel::ALL {
+        for &kernel in &kernels[g] {
             w.set_kernel(kernel);
             if let Err(e) = w.phase_a(&keys, &GpuWork { count: 1, ..work }) {
                 failures.push(format!("GPU {g} {kernel} throughput: {e}"));

@@ -23,6 +23,15 @@ use std::fmt;
 /// source's SHA-256.
 pub const PTX: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.ptx"));
 
+/// The same kernels for sm_90a (`ptx/gpow2.sm_90a.ptx`, compute_90a), with `gemm_wgmma`: loaded
+/// on GPUs of compute capability 9.0 (H100, H200).
+pub const PTX_SM90A: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.sm_90a.ptx"));
+
+/// The PTX to load on a GPU of compute capability `cc`.
+pub fn ptx_for(cc: (u32, u32)) -> &'static str {
+    if cc == (9, 0) { PTX_SM90A } else { PTX }
+}
+
 /// A device address.
 pub type DevicePtr = u64;
 
@@ -33,16 +42,19 @@ pub enum GemmKernel {
     Dp4a,
     /// Tensor cores through `mma.sync.m16n8k32` (sm_80+): A100, RTX 4090, H100, H200.
     MmaSync,
+    /// Hopper's warpgroup MMA, `wgmma.mma_async.m64n128k32` (sm_90a: H100, H200).
+    Wgmma,
 }
 
 impl GemmKernel {
-    pub const ALL: [GemmKernel; 2] = [GemmKernel::Dp4a, GemmKernel::MmaSync];
+    pub const ALL: [GemmKernel; 3] = [GemmKernel::Dp4a, GemmKernel::MmaSync, GemmKernel::Wgmma];
 
     /// The name in `--kernel`, `hello` and the report.
     pub fn name(self) -> &'static str {
         match self {
             GemmKernel::Dp4a => "dp4a",
             GemmKernel::MmaSync => "mma-sync",
+            GemmKernel::Wgmma => "wgmma",
         }
     }
 
@@ -51,6 +63,8 @@ impl GemmKernel {
         match self {
             // The PTX is for compute_80.
             GemmKernel::Dp4a | GemmKernel::MmaSync => cc.0 >= 8,
+            // sm_90a instructions run on 9.0 alone.
+            GemmKernel::Wgmma => cc == (9, 0),
         }
     }
 
@@ -59,14 +73,16 @@ impl GemmKernel {
         match self {
             GemmKernel::Dp4a => "gemm_dp4a",
             GemmKernel::MmaSync => "gemm_mma",
+            GemmKernel::Wgmma => "gemm_wgmma",
         }
     }
 
-    /// Rows and columns of C one block of the kernel makes.
-    pub(crate) fn block_size(self) -> u32 {
+    /// Rows and columns of C one block of the kernel makes, and its threads.
+    pub(crate) fn block(self) -> (u32, u32, u32) {
         match self {
-            GemmKernel::Dp4a => 64,
-            GemmKernel::MmaSync => 128,
+            GemmKernel::Dp4a => (64, 64, 256),
+            GemmKernel::MmaSync => (128, 128, 256),
+            GemmKernel::Wgmma => (64, 128, 128),
         }
     }
 }

@@ -211,9 +211,9 @@ impl<D: Device> Worker<D> {
             Param::U32(p),
             Param::U64(self.buffers.tile_leaves.ptr),
         ];
-        let side = self.kernel.block_size();
-        let grid = (work.n.div_ceil(side), work.m.div_ceil(side));
-        self.device.launch(Stream::Main, &Launch { kernel: self.kernel.entry(), grid, block: THREADS, params })
+        let (rows, columns, threads) = self.kernel.block();
+        let grid = (work.n.div_ceil(columns), work.m.div_ceil(rows));
+        self.device.launch(Stream::Main, &Launch { kernel: self.kernel.entry(), grid, block: threads, params })
     }
 
     /// Reduces `count` nodes at `from` (overwritten) to their root at `root`, with `scratch`.
@@ -465,7 +465,9 @@ mod tests {
     fn every_gemm_kernel_gives_the_cpu_reference_roots() {
         for kernel in GemmKernel::ALL {
             let mut w = Worker::new(EmuDevice::new(), kernel, Tuning::default());
-            for (seed, m, n, k, count) in [(u64::MAX, 144, 80, 80, 2), (2, 16, 272, 32, 1), (3, 128, 128, 128, 1)] {
+            for (seed, m, n, k, count) in
+                [(u64::MAX, 144, 80, 80, 2), (2, 16, 272, 32, 1), (3, 128, 128, 128, 1), (4, 80, 144, 48, 1)]
+            {
                 let work = GpuWork { m, n, k, count, items: 0 };
                 let keys = challenge(seed, work).gpu_keys()[0];
                 let want = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
