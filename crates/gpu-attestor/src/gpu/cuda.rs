@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 
-use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, Param, Stream};
+use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, Stream};
 
 /// Every driver function this module calls, by the symbol cudarc loads.
 const SYMBOLS: [&str; 28] = [
@@ -303,16 +303,7 @@ impl Device for CudaDevice {
             .functions
             .get(launch.kernel)
             .ok_or_else(|| DeviceError::new("cuLaunchKernel", format!("no kernel {}", launch.kernel)))?;
-        let mut values: Vec<u64> = launch
-            .params
-            .iter()
-            .map(|p| match *p {
-                Param::U32(v) => u64::from(v),
-                Param::U64(v) => v,
-            })
-            .collect();
-        // The driver reads each parameter's size from the kernel; a u32 is the low half of its
-        // little-endian u64.
+        let mut values = launch.param_values();
         let mut args: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
         let (gx, gy) = launch.grid;
         // SAFETY: a function of this module, parameters as the kernel declares them (the

@@ -166,16 +166,7 @@ impl Device for EmuDevice {
     }
 
     fn launch(&mut self, _stream: Stream, launch: &Launch) -> Result<(), DeviceError> {
-        let mut values: Vec<u64> = launch
-            .params
-            .iter()
-            .map(|p| match *p {
-                Param::U32(v) => u64::from(v),
-                Param::U64(v) => v,
-            })
-            .collect();
-        // Each parameter's address, as cuLaunchKernel takes them (a u32 is the low half of its
-        // little-endian u64).
+        let mut values = launch.param_values();
         let mut args: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
         let name = CString::new(launch.kernel).map_err(|e| DeviceError::new("launch", e))?;
         // SAFETY: the symbol has this signature (emu.cpp); `args` points at live values that

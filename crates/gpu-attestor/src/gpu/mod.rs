@@ -109,6 +109,21 @@ pub struct Launch {
     pub params: Vec<Param>,
 }
 
+impl Launch {
+    /// Each parameter as a u64: a u32 is the low half of its little-endian u64, so pointers to
+    /// these values are what cuLaunchKernel takes (the driver reads each parameter's size from
+    /// the kernel) and what the emulated device takes too.
+    pub(crate) fn param_values(&self) -> Vec<u64> {
+        self.params
+            .iter()
+            .map(|p| match *p {
+                Param::U32(v) => u64::from(v),
+                Param::U64(v) => v,
+            })
+            .collect()
+    }
+}
+
 /// The two streams of a worker: fills run on one, GEMMs and everything else on the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
