@@ -576,10 +576,16 @@ extern "C" __global__ void dataset_build(const u32* cache, u32* dataset, u64 fir
             philox(c, k0, k1);
             for (int w = 0; w < 4; w++) mix[4 * q + w] = c[w];
         }
+#pragma unroll
         for (u32 t = 0; t < 16; t++) {
             const u32 x = pick(fnv(j ^ t, mix[t]), CACHE_ITEMS);
             const u32* item = cache + 16 * (u64)x;
-            for (int w = 0; w < 16; w++) mix[w] = fnv(mix[w], item[w]);
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                u32 v[4];
+                load16(item + 4 * q, v);
+                for (int w = 0; w < 4; w++) mix[4 * q + w] = fnv(mix[4 * q + w], v[w]);
+            }
         }
         u32* out = dataset + 16 * (u64)j;
         for (int q = 0; q < 4; q++) {
@@ -605,10 +611,20 @@ extern "C" __global__ void walk(const u32* dataset, u64 items, u64 first, u64 co
             philox(c, k0, k1);
             for (int w = 0; w < 4; w++) mix[4 * s + w] = c[w];
         }
-        for (u32 a = 0; a < WALK_STEPS; a++) {
-            const u32 pg = pick(fnv(a ^ lane, mix[a % 32]), pages);
-            const u32* page = dataset + 32 * (u64)pg;
-            for (int w = 0; w < 32; w++) mix[w] = fnv(mix[w], page[w]);
+        // Unrolled by 32 so that mix[a % 32] is a register, not local memory; a page is 128
+        // aligned bytes, read 16 at a time.
+        for (u32 a0 = 0; a0 < WALK_STEPS; a0 += 32) {
+#pragma unroll
+            for (u32 j = 0; j < 32; j++) {
+                const u32 pg = pick(fnv((a0 + j) ^ lane, mix[j]), pages);
+                const u32* page = dataset + 32 * (u64)pg;
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    u32 v[4];
+                    load16(page + 4 * q, v);
+                    for (int w = 0; w < 4; w++) mix[4 * q + w] = fnv(mix[4 * q + w], v[w]);
+                }
+            }
         }
         u32 v[10];
         v[0] = g;

@@ -42,6 +42,9 @@ pub struct Options {
     pub reference_work: Option<GpuWork>,
     /// The guide's example: (seed, dim, products).
     pub guide: (u64, u32, u32),
+    /// No time-reference run starts after this much of the check (the run has a hard limit):
+    /// fewer runs are reported as such.
+    pub budget: std::time::Duration,
     /// CPU threads for the references.
     pub threads: usize,
 }
@@ -57,6 +60,7 @@ impl Options {
             memory_items: None,
             reference_work: None,
             guide: (12345, 256, 1000),
+            budget: std::time::Duration::from_secs(420),
             threads,
         }
     }
@@ -337,6 +341,13 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         };
         let (mut a, mut b, mut wk) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..options.runs {
+            if started.elapsed() > options.budget {
+                failures.push(format!(
+                    "time references: {run} of {} runs within the check's budget of {:?}",
+                    options.runs, options.budget
+                ));
+                break;
+            }
             let nonce = [run as u8; 32];
             let step = |r: Result<(), crate::prover::ProverError>| r.map_err(|e| e.to_string());
             let result = (|| -> Result<(), String> {
@@ -357,13 +368,13 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
                 break;
             }
         }
-        if a.len() == options.runs {
+        if !a.is_empty() && a.len() == b.len() && b.len() == wk.len() {
             for (g, p) in works.iter().flatten().enumerate() {
                 time_references.push(TimeReference {
                     profile: p.id.clone(),
                     gpu_name: gpus[g].name.clone(),
                     work: options.reference_work.unwrap_or(p.work),
-                    runs: options.runs,
+                    runs: a.len(),
                     phase_a_ms: median(a.clone()),
                     build_ms: median(b.clone()),
                     walk_ms: median(wk.clone()),
@@ -433,6 +444,7 @@ mod tests {
             memory_items: Some(96),
             reference_work: Some(GpuWork { items: 64, ..small }),
             guide: (12345, 32, 3),
+            budget: std::time::Duration::from_secs(3600),
             threads: 2,
         };
         let backend = |device: EmuDevice| {
@@ -475,7 +487,14 @@ mod tests {
         assert!(r.time_references[0].phase_a_ms > 0.0 && r.time_references[0].walk_ms > 0.0);
         serde_json::to_string(&r).unwrap();
 
-        let r = check(backend(EmuDevice::broken("gemm_mma")), 1.0, &Options { runs: 1, ..options }).unwrap();
+        let r = check(
+            backend(EmuDevice::broken("gemm_mma")),
+            1.0,
+            &Options { runs: 1, budget: std::time::Duration::ZERO, ..options },
+        )
+        .unwrap();
+        assert!(r.failures.iter().any(|f| f.starts_with("time references: 0 of 1 runs within")), "{:?}", r.failures);
+        assert!(r.time_references.is_empty());
         assert!(r.failures.iter().any(|f| f.starts_with("GPU 0 mma-sync GpuWork { m: 48")), "{:?}", r.failures);
         assert!(r.failures.iter().any(|f| f.contains("self-test disabled mma-sync")), "{:?}", r.failures);
     }
