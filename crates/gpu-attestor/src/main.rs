@@ -287,15 +287,21 @@ fn cpu_backend(work: &Work) -> Selected {
 }
 
 /// The backend to run, or why there is none: `cuda` without a usable GPU is an error naming
-/// what is missing; `auto` says it on stderr and runs the CPU reference.
-fn select_backend(work: &Work) -> anyhow::Result<Selected> {
+/// what is missing; `auto` says it on stderr and runs the CPU reference. `one_gpu`: the guide's
+/// mode, which proves one GPU: the first unless `--device` names another.
+fn select_backend(work: &Work, one_gpu: bool) -> anyhow::Result<Selected> {
     if work.backend == BackendArg::Cpu {
         if work.device.is_some() || work.kernel != KernelChoice::Auto {
             bail!("--device and --kernel are for the CUDA backend");
         }
         return Ok(cpu_backend(work));
     }
-    match CudaBackend::open(work.device.as_deref(), work.kernel) {
+    let devices = match (&work.device, one_gpu) {
+        (Some(d), _) => Some(d.clone()),
+        (None, true) => Some(vec![0]),
+        (None, false) => None,
+    };
+    match CudaBackend::open(devices.as_deref(), work.kernel) {
         Ok(cuda) => {
             let (kernel, disabled) = cuda.kernels();
             for d in &disabled {
@@ -350,10 +356,10 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         None if args.nonce.is_some() => bail!("--nonce is only for --report"),
         None => None,
     };
-    let Selected { info: backend, mut prover, gpus, model } = select_backend(&args.work)?;
+    let Selected { info: backend, mut prover, gpus, model } = select_backend(&args.work, true)?;
     if gpus.len() > 1 {
         // The guide's mode is one GPU's work; more would be a challenge, not a plain run.
-        bail!("the guide's mode proves one GPU; pick it with --device (the GPUs: {})", gpus.len());
+        bail!("--device: the guide's mode proves one GPU; name one ({} named)", gpus.len());
     }
     prover.start(&challenge)?;
     let host_facts = host::host();
@@ -442,7 +448,7 @@ fn info() -> anyhow::Result<ExitCode> {
 fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<ExitCode> {
     let identity = ExecutorIdentity::load(identity)?;
     // Driver, module, buffers and self-test before `hello`: none of it is timed.
-    let Selected { info, prover, gpus, model: _ } = select_backend(work)?;
+    let Selected { info, prover, gpus, model: _ } = select_backend(work, false)?;
     let setup = ProverSetup {
         identity,
         prover,
