@@ -146,6 +146,17 @@ __device__ __forceinline__ void load16(const u32* p, u32 v[4]) {
 #endif
 }
 
+// mix[w] = fnv(mix[w], src[w]) for w < 4 * quads; src 16-byte aligned. Inlined with a
+// constant count, mix stays in registers.
+__device__ __forceinline__ void fnv_into(u32* mix, const u32* src, int quads) {
+#pragma unroll
+    for (int q = 0; q < quads; q++) {
+        u32 v[4];
+        load16(src + 4 * q, v);
+        for (int w = 0; w < 4; w++) mix[4 * q + w] = fnv(mix[4 * q + w], v[w]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Phase A: the fill
 
@@ -579,13 +590,7 @@ extern "C" __global__ void dataset_build(const u32* cache, u32* dataset, u64 fir
 #pragma unroll
         for (u32 t = 0; t < 16; t++) {
             const u32 x = pick(fnv(j ^ t, mix[t]), CACHE_ITEMS);
-            const u32* item = cache + 16 * (u64)x;
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                u32 v[4];
-                load16(item + 4 * q, v);
-                for (int w = 0; w < 4; w++) mix[4 * q + w] = fnv(mix[4 * q + w], v[w]);
-            }
+            fnv_into(mix, cache + 16 * (u64)x, 4);
         }
         u32* out = dataset + 16 * (u64)j;
         for (int q = 0; q < 4; q++) {
@@ -617,13 +622,7 @@ extern "C" __global__ void walk(const u32* dataset, u64 items, u64 first, u64 co
 #pragma unroll
             for (u32 j = 0; j < 32; j++) {
                 const u32 pg = pick(fnv((a0 + j) ^ lane, mix[j]), pages);
-                const u32* page = dataset + 32 * (u64)pg;
-#pragma unroll
-                for (int q = 0; q < 8; q++) {
-                    u32 v[4];
-                    load16(page + 4 * q, v);
-                    for (int w = 0; w < 4; w++) mix[4 * q + w] = fnv(mix[4 * q + w], v[w]);
-                }
+                fnv_into(mix, dataset + 32 * (u64)pg, 8);
             }
         }
         u32 v[10];
