@@ -227,24 +227,12 @@ pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[GemmKernel], t
     let mut kernels = Vec::new();
     for &kernel in candidates {
         worker.set_kernel(kernel);
-        let check = match worker.phase_a(&keys, &work) {
-            Ok(roots) if roots == want_a => {
-                KernelCheck { kernel: kernel.name().into(), agrees: true, reason: None, product_ms: None }
-            }
-            Ok(_) => KernelCheck {
-                kernel: kernel.name().into(),
-                agrees: false,
-                reason: Some("roots differ from the CPU reference".into()),
-                product_ms: None,
-            },
-            Err(e) => KernelCheck {
-                kernel: kernel.name().into(),
-                agrees: false,
-                reason: Some(e.to_string()),
-                product_ms: None,
-            },
+        let reason = match worker.phase_a(&keys, &work) {
+            Ok(roots) if roots == want_a => None,
+            Ok(_) => Some("roots differ from the CPU reference".to_owned()),
+            Err(e) => Some(e.to_string()),
         };
-        kernels.push(check);
+        kernels.push(KernelCheck { kernel: kernel.name().into(), agrees: reason.is_none(), reason, product_ms: None });
     }
     let timing_keys = Challenge { gpus: vec![timing], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
     for (check, &kernel) in kernels.iter_mut().zip(candidates) {
@@ -309,7 +297,7 @@ impl std::str::FromStr for KernelChoice {
         if s == "auto" {
             return Ok(KernelChoice::Auto);
         }
-        GemmKernel::ALL.iter().find(|k| k.name() == s).map(|&k| KernelChoice::Only(k)).ok_or_else(|| {
+        GemmKernel::from_name(s).map(KernelChoice::Only).ok_or_else(|| {
             let names: Vec<&str> = GemmKernel::ALL.iter().map(|k| k.name()).collect();
             format!("unknown kernel `{s}` (auto, {})", names.join(", "))
         })

@@ -82,11 +82,9 @@ fn library() -> &'static libloading::Library {
 /// The emulated GPU.
 #[derive(Debug, Default)]
 pub(crate) struct EmuDevice {
-    /// Allocations by address; u64 words keep every address 8-byte aligned (16-byte loads in
-    /// the kernels are done word by word under emulation).
-    memory: BTreeMap<DevicePtr, Vec<u64>>,
-    /// Bytes asked for, per allocation.
-    sizes: BTreeMap<DevicePtr, u64>,
+    /// Allocations by address, with the bytes asked for; u64 words keep every address 8-byte
+    /// aligned (16-byte loads in the kernels are done word by word under emulation).
+    memory: BTreeMap<DevicePtr, (Vec<u64>, u64)>,
     /// A kernel that computes wrong here: after it runs, the first byte at its last pointer
     /// parameter (its output) is flipped. Plays a GPU on which a kernel is miscompiled.
     broken: Option<&'static str>,
@@ -105,12 +103,11 @@ impl EmuDevice {
 
     /// The allocation holding `[ptr, ptr + len)`, as a host pointer.
     fn host(&self, call: &'static str, ptr: DevicePtr, len: usize) -> Result<*mut u8, DeviceError> {
-        let (&base, _) = self
-            .sizes
+        let (&base, &(_, size)) = self
+            .memory
             .range(..=ptr)
             .next_back()
             .ok_or_else(|| DeviceError::new(call, format!("{ptr:#x} is in no allocation")))?;
-        let size = self.sizes[&base];
         if ptr + len as u64 > base + size {
             return Err(DeviceError::new(
                 call,
@@ -127,7 +124,7 @@ impl Device for EmuDevice {
     }
 
     fn memory(&self) -> Result<(u64, u64), DeviceError> {
-        let used: u64 = self.sizes.values().sum();
+        let used: u64 = self.memory.values().map(|(_, bytes)| bytes).sum();
         let total = 16 << 30;
         Ok((total - used.min(total), total))
     }
@@ -135,14 +132,12 @@ impl Device for EmuDevice {
     fn alloc(&mut self, bytes: u64) -> Result<DevicePtr, DeviceError> {
         let words = vec![0xA5A5_A5A5_A5A5_A5A5u64; bytes.div_ceil(8) as usize];
         let ptr = words.as_ptr() as DevicePtr;
-        self.memory.insert(ptr, words);
-        self.sizes.insert(ptr, bytes);
+        self.memory.insert(ptr, (words, bytes));
         Ok(ptr)
     }
 
     fn free(&mut self, ptr: DevicePtr) {
         self.memory.remove(&ptr);
-        self.sizes.remove(&ptr);
     }
 
     fn upload(&mut self, dst: DevicePtr, src: &[u8]) -> Result<(), DeviceError> {

@@ -178,7 +178,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
     let kernels: Vec<Vec<GemmKernel>> = backend
         .self_tests
         .iter()
-        .map(|t| t.kernels.iter().filter_map(|k| GemmKernel::ALL.into_iter().find(|g| g.name() == k.kernel)).collect())
+        .map(|t| t.kernels.iter().filter_map(|k| GemmKernel::from_name(&k.kernel)).collect())
         .collect();
 
     // 2. Roots on the ladders, every kernel each GPU supports.

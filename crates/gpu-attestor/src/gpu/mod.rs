@@ -68,6 +68,11 @@ impl GemmKernel {
         }
     }
 
+    /// The kernel named `name` (`--kernel`, self-test results).
+    pub fn from_name(name: &str) -> Option<GemmKernel> {
+        GemmKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// The kernel's entry point in the PTX.
     pub(crate) fn entry(self) -> &'static str {
         match self {

@@ -98,8 +98,8 @@ pub struct Worker<D: Device> {
     kernel: GemmKernel,
     tuning: Tuning,
     buffers: Buffers,
-    /// The GPU (`g`) and dataset the device holds, once built.
-    built: Option<(u32, [u32; 2], u64)>,
+    /// The GPU (`g`) and the items of the dataset the device holds, once built.
+    built: Option<(u32, u64)>,
     walked: Option<Walked>,
 }
 
@@ -107,13 +107,9 @@ fn bytes_to_hashes(bytes: &[u8]) -> Vec<Hash> {
     bytes.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect()
 }
 
-fn ceil_div(a: u64, b: u64) -> u64 {
-    a.div_ceil(b)
-}
-
 /// Blocks for `threads` threads of a grid-stride kernel.
 fn stride_blocks(threads: u64, tuning: &Tuning) -> u32 {
-    ceil_div(threads, u64::from(THREADS)).clamp(1, u64::from(tuning.max_blocks)) as u32
+    threads.div_ceil(u64::from(THREADS)).clamp(1, u64::from(tuning.max_blocks)) as u32
 }
 
 impl<D: Device> Worker<D> {
@@ -226,7 +222,7 @@ impl<D: Device> Worker<D> {
     ) -> Result<(), DeviceError> {
         let mut count = count;
         loop {
-            let blocks = ceil_div(count, MERKLE_SPAN);
+            let blocks = count.div_ceil(MERKLE_SPAN);
             let out = if blocks == 1 { root } else { scratch };
             self.merkle_reduce(from, count, out)?;
             if blocks == 1 {
@@ -238,7 +234,7 @@ impl<D: Device> Worker<D> {
     }
 
     fn merkle_reduce(&mut self, from: DevicePtr, count: u64, out: DevicePtr) -> Result<(), DeviceError> {
-        let blocks = u32::try_from(ceil_div(count, MERKLE_SPAN))
+        let blocks = u32::try_from(count.div_ceil(MERKLE_SPAN))
             .map_err(|_| DeviceError::new("merkle_reduce", format!("{count} nodes is too many for one level")))?;
         self.device.launch(
             Stream::Main,
@@ -255,7 +251,7 @@ impl<D: Device> Worker<D> {
     pub fn phase_a_bytes(work: &GpuWork) -> u64 {
         let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));
         let tiles = work.tiles_per_product();
-        2 * (m * k + n * k) + tiles * 32 + ceil_div(tiles, MERKLE_SPAN) * 32 + u64::from(work.count) * 32
+        2 * (m * k + n * k) + tiles * 32 + tiles.div_ceil(MERKLE_SPAN) * 32 + u64::from(work.count) * 32
     }
 
     /// Bytes the worker holds on the device now.
@@ -272,7 +268,7 @@ impl<D: Device> Worker<D> {
             Self::ensure(&mut self.device, &mut self.buffers.bt[slot], n * k)?;
         }
         Self::ensure(&mut self.device, &mut self.buffers.tile_leaves, tiles * 32)?;
-        Self::ensure(&mut self.device, &mut self.buffers.tile_scratch, ceil_div(tiles, MERKLE_SPAN) * 32)?;
+        Self::ensure(&mut self.device, &mut self.buffers.tile_scratch, tiles.div_ceil(MERKLE_SPAN) * 32)?;
         Self::ensure(&mut self.device, &mut self.buffers.product_roots, u64::from(work.count) * 32)?;
         Ok(())
     }
@@ -323,7 +319,7 @@ impl<D: Device> Worker<D> {
     /// Bytes phase B of `work` needs on the device.
     pub fn dataset_bytes(work: &GpuWork) -> u64 {
         let lanes = work.lanes();
-        CACHE_ITEMS * 64 + work.items * 64 + lanes * 32 + ceil_div(lanes, MERKLE_SPAN) * 32 + 32
+        CACHE_ITEMS * 64 + work.items * 64 + lanes * 32 + lanes.div_ceil(MERKLE_SPAN) * 32 + 32
     }
 
     /// The cache and the dataset of GPU `keys.g` on the device; `work.items > 0`.
@@ -334,8 +330,8 @@ impl<D: Device> Worker<D> {
         let cache = Self::ensure(&mut self.device, &mut self.buffers.cache, CACHE_ITEMS * 64)?;
         let dataset = Self::ensure(&mut self.device, &mut self.buffers.dataset, work.items * 64)?;
         Self::ensure(&mut self.device, &mut self.buffers.lane_leaves, lanes * 32)?;
-        Self::ensure(&mut self.device, &mut self.buffers.lane_scratch, ceil_div(lanes, MERKLE_SPAN) * 32)?;
-        self.device.synchronize()?;
+        Self::ensure(&mut self.device, &mut self.buffers.lane_scratch, lanes.div_ceil(MERKLE_SPAN) * 32)?;
+        // The upload waits for the work before it (Device::upload).
         self.device.upload(master, &keys.master_g)?;
         self.device.launch(
             Stream::Main,
@@ -346,8 +342,7 @@ impl<D: Device> Worker<D> {
                 params: vec![Param::U64(master), Param::U64(cache)],
             },
         )?;
-        let mut first = 0;
-        while first < work.items {
+        for first in (0..work.items).step_by(self.tuning.build_batch as usize) {
             let count = self.tuning.build_batch.min(work.items - first);
             self.device.launch(
                 Stream::Main,
@@ -365,16 +360,15 @@ impl<D: Device> Worker<D> {
                     ],
                 },
             )?;
-            first += count;
         }
         self.device.synchronize()?;
-        self.built = Some((keys.g, keys.d, work.items));
+        self.built = Some((keys.g, work.items));
         Ok(())
     }
 
     /// The walk after the walk key over the dataset [`Self::build`] made: `R_B,g`.
     pub fn walk(&mut self, g: u32, walk_key: [u32; 2]) -> Result<Hash, DeviceError> {
-        let Some((built_g, _, items)) = self.built else {
+        let Some((built_g, items)) = self.built else {
             return Err(DeviceError::new("walk", "no dataset is built"));
         };
         if built_g != g {
@@ -383,8 +377,7 @@ impl<D: Device> Worker<D> {
         let lanes = items / 16;
         let (dataset, leaves, scratch) =
             (self.buffers.dataset.ptr, self.buffers.lane_leaves.ptr, self.buffers.lane_scratch.ptr);
-        let mut first = 0;
-        while first < lanes {
+        for first in (0..lanes).step_by(self.tuning.walk_batch as usize) {
             let count = self.tuning.walk_batch.min(lanes - first);
             self.device.launch(
                 Stream::Main,
@@ -404,11 +397,10 @@ impl<D: Device> Worker<D> {
                     ],
                 },
             )?;
-            first += count;
         }
         // Nine levels on the device; the rest on the host.
         self.merkle_reduce(leaves, lanes, scratch)?;
-        let mut level9 = vec![0u8; 32 * ceil_div(lanes, MERKLE_SPAN) as usize];
+        let mut level9 = vec![0u8; 32 * lanes.div_ceil(MERKLE_SPAN) as usize];
         self.device.download(scratch, &mut level9)?;
         let upper = Tree::new(bytes_to_hashes(&level9));
         let root = upper.root();
