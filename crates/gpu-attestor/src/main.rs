@@ -13,7 +13,7 @@ use common::process::ProcessSpec;
 #[cfg(feature = "validator")]
 use gpu_attestor::check::{CustomWork, ValidatorSetup, Verdict, run_validator};
 use gpu_attestor::gpow2::{self, Challenge, Isa};
-use gpu_attestor::gpu::backend::{CudaBackend, KernelChoice};
+use gpu_attestor::gpu::backend::{CudaBackend, KernelChoice, OpenError};
 use gpu_attestor::host::GpuFacts;
 use gpu_attestor::merkle::Hash;
 use gpu_attestor::protocol::{ProverSetup, run_prover};
@@ -473,9 +473,6 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
 
 fn self_test(devices: Option<&[u32]>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    if devices.is_some() && gpu_attestor::gpu::cuda::Driver::load().is_err() {
-        bail!("--device: no NVIDIA GPU found");
-    }
     match CudaBackend::open(devices, KernelChoice::Auto) {
         Ok(cuda) => {
             let (kernel, disabled) = cuda.kernels();
@@ -490,10 +487,12 @@ fn self_test(devices: Option<&[u32]>) -> anyhow::Result<ExitCode> {
             println!("{out}");
             Ok(ExitCode::SUCCESS)
         }
+        Err(OpenError::NoGpu(_)) if devices.is_some() => bail!("--device: no NVIDIA GPU found"),
         Err(why) => {
             // No driver or no device: nothing to test. A GPU that fails its self-test: a failure.
-            let none = gpu_attestor::gpu::cuda::Driver::load().and_then(|d| d.devices()).is_err();
-            println!("{}", serde_json::json!({ "backend": if none { "none" } else { "cuda" }, "reason": why }));
+            let none = matches!(why, OpenError::NoGpu(_));
+            let reason = why.to_string();
+            println!("{}", serde_json::json!({ "backend": if none { "none" } else { "cuda" }, "reason": reason }));
             Ok(if none { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }

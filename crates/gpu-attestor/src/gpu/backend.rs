@@ -337,13 +337,25 @@ fn same_pci(a: &str, b: &str) -> bool {
 /// The CUDA backend.
 pub type CudaBackend = Backend<super::cuda::CudaDevice>;
 
+/// Why the CUDA backend did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    /// No driver library, a driver without a function the backend calls, or no device:
+    /// nothing to test here.
+    #[error(transparent)]
+    NoGpu(#[from] super::cuda::CudaError),
+    /// There are GPUs, and one cannot be used (named): a failure.
+    #[error("{0}")]
+    Unusable(String),
+}
+
 impl CudaBackend {
     /// Loads the driver, opens the GPUs (`devices`: indices into the GPU list, NVML's order, or
     /// all), self-tests each at once and keeps the kernel each chose. A GPU on which nothing
     /// agrees with the CPU reference is an error naming it.
-    pub fn open(devices: Option<&[u32]>, kernel: KernelChoice) -> Result<Self, String> {
-        let driver = super::cuda::Driver::load().map_err(|e| e.to_string())?;
-        let mut cuda = driver.devices().map_err(|e| e.to_string())?;
+    pub fn open(devices: Option<&[u32]>, kernel: KernelChoice) -> Result<Self, OpenError> {
+        let driver = super::cuda::Driver::load()?;
+        let mut cuda = driver.devices()?;
         cuda.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
         // NVML's facts where it answers, matched by PCI address; the driver's otherwise.
         let nvml = crate::host::gpus().unwrap_or_default();
@@ -376,10 +388,10 @@ impl CudaBackend {
                 for &d in wanted {
                     let found = listed.iter().find(|(_, f)| f.index == d).cloned();
                     out.push(found.ok_or_else(|| {
-                        format!(
+                        OpenError::Unusable(format!(
                             "--device {d}: no such GPU (the GPUs are {:?})",
                             listed.iter().map(|(_, f)| f.index).collect::<Vec<_>>()
-                        )
+                        ))
                     })?);
                 }
                 out
@@ -388,13 +400,15 @@ impl CudaBackend {
         let mut workers = Vec::new();
         let mut candidates = Vec::new();
         for (info, _) in &chosen {
-            let device = driver.open(info).map_err(|e| format!("GPU {} ({}): {e}", info.pci_bus_id, info.name))?;
+            let device = driver
+                .open(info)
+                .map_err(|e| OpenError::Unusable(format!("GPU {} ({}): {e}", info.pci_bus_id, info.name)))?;
             let list = kernel.candidates(info.compute_capability);
             if list.is_empty() {
-                return Err(format!(
+                return Err(OpenError::Unusable(format!(
                     "GPU {} ({}): compute capability {}.{} runs none of the kernels (A100 and later)",
                     info.pci_bus_id, info.name, info.compute_capability.0, info.compute_capability.1
-                ));
+                )));
             }
             workers.push(Worker::new(device, list[0], super::worker::Tuning::default()));
             candidates.push(list);
@@ -411,7 +425,7 @@ impl CudaBackend {
             if !t.usable() {
                 let mut why = t.disabled();
                 why.extend(t.phase_b_reason.clone());
-                return Err(format!("{}: the self-test failed: {}", t.device, why.join("; ")));
+                return Err(OpenError::Unusable(format!("{}: the self-test failed: {}", t.device, why.join("; "))));
             }
         }
         Ok(Self {

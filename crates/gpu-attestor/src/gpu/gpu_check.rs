@@ -162,7 +162,7 @@ pub const ITEMS_LADDER: [u64; 3] = [32, 1056, (1 << 20) + 32];
 /// Runs the whole check on the machine's GPUs.
 pub fn run(options: &Options) -> Result<Report, String> {
     let opened = Instant::now();
-    let backend = CudaBackend::open(None, KernelChoice::Auto)?;
+    let backend = CudaBackend::open(None, KernelChoice::Auto).map_err(|e| e.to_string())?;
     check(backend, ms(opened), options)
 }
 
