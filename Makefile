@@ -10,7 +10,7 @@ PYTHON := $(VENV)/bin/python
 export REQUIRE_TEST_TOOLS := 1
 export TEST_PYTHON := $(abspath $(PYTHON))
 
-.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-packages bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean gpu-check
+.PHONY: run test dist setup docker packages venv lint build unit-tests python-tests fuzz fuzz-tools bench bench-packages bench-startup bench-gpow bench-monitor bench-containers bench-signatures bench-ssh bench-tenant-ssh bench-ports bench-volumes bench-resume bench-events bench-api bench-doors load faults engine-tests clean gpu-check gpu-check-build
 
 ## Build everything and start the executor on the embedded dev config (no GPU needed).
 run:
@@ -22,6 +22,10 @@ run:
 ## CPU reference, the guide's example, TOPS and GB/s, time references; JSON to $$OUT.
 gpu-check:
 	scripts/gpu-check.sh
+
+## What gpu-check runs, built here (GPU machines have no Rust): carry target/gpu-check-bin.
+gpu-check-build:
+	scripts/gpu-check.sh build
 
 ## The release tarball operators deploy (docs/executor.md): target/dist/executor-<version>-x86_64-linux.tar.gz.
 dist:

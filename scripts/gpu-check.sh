@@ -1,33 +1,71 @@
 #!/usr/bin/env bash
 # `make gpu-check`: the one prepared run for a lent GPU machine (issue 24), ten minutes at most.
 #
-# 1. The release binary: target/release/gpu-attestor (or $GPU_ATTESTOR). GPU machines have no
-#    Rust toolchain: build it here (`cargo build --release -p gpu-attestor`) and carry it; where
-#    cargo exists and the binary does not, it is built.
+# GPU machines have no Rust toolchain, so the binaries are built here first and carried:
+#   scripts/gpu-check.sh build   (`make gpu-check-build`): the release binary and the release
+#                                build of gpu-attestor's unit tests, into target/gpu-check-bin/
+#                                (carry that folder to the GPU machine).
+# Then on the GPU machine, `make gpu-check`:
+# 1. The GPU tests: the unit tests named `cuda_*` (every kernel against the CPU reference on the
+#    shapes the emulation tests use, every GPU at once, the self-test passing every kernel) with
+#    GPOW_REQUIRE_GPU=1, so a test that finds no GPU fails instead of skipping; a run in which no
+#    test ran fails too.
 # 2. `gpu-attestor gpu-check` (crates/gpu-attestor/src/gpu/gpu_check.rs): the backend opens and
 #    self-tests every GPU; every kernel's roots against the CPU reference on a ladder of shapes
 #    up to the production one, phase B on a ladder of dataset sizes; the guide's example end to
 #    end after set-up; phase A TOPS and phase B GB/s at production size against the profile's
 #    peaks; the time references for profiles.json (median of $RUNS runs). Nothing is skipped:
 #    without a GPU it fails, naming what is missing.
-# 3. JSON to $OUT (default target/gpu-check): gpu-check.json, its log, nvidia-smi's view.
+# 3. JSON to $OUT (default target/gpu-check): gpu-check.json, the logs, nvidia-smi's view.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BIN_DIR=target/gpu-check-bin
+BIN=${GPU_ATTESTOR:-$BIN_DIR/gpu-attestor}
+TESTS=$BIN_DIR/gpu-attestor-tests
+
+build() {
+	cargo build --release -p gpu-attestor
+	# The unit tests' executable: cargo names it on stderr ("Executable unittests src/lib.rs (PATH)").
+	local exe
+	exe=$(cargo test --release -p gpu-attestor --lib --no-run 2>&1 | tee /dev/stderr |
+		sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p')
+	[ -x "$exe" ] || { echo "gpu-check build: cargo named no unit-test executable" >&2; exit 1; }
+	mkdir -p "$BIN_DIR"
+	cp target/release/gpu-attestor "$BIN_DIR/gpu-attestor"
+	cp "$exe" "$TESTS"
+	ls -l "$BIN_DIR"
+}
+
+if [ "${1:-}" = build ]; then
+	build
+	exit 0
+fi
 OUT=${OUT:-target/gpu-check}
 mkdir -p "$OUT"
-BIN=${GPU_ATTESTOR:-target/release/gpu-attestor}
-if [ ! -x "$BIN" ]; then
+if [ ! -x "$BIN" ] || [ ! -x "$TESTS" ]; then
 	if ! command -v cargo >/dev/null; then
-		echo "gpu-check: no $BIN and no cargo to build it (build it with cargo build --release -p gpu-attestor and carry it)" >&2
+		echo "gpu-check: no $BIN or $TESTS and no cargo to build them (run scripts/gpu-check.sh build here and carry $BIN_DIR)" >&2
 		exit 1
 	fi
-	cargo build --release -p gpu-attestor
+	build
 fi
 nvidia-smi --query-gpu=index,name,pci.bus_id,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit \
 	--format=csv >"$OUT/nvidia-smi.csv" 2>&1 || echo "gpu-check: nvidia-smi failed (see $OUT/nvidia-smi.csv)" >&2
 started=$(date +%s)
 set +e
-timeout 540 "$BIN" gpu-check --runs "${RUNS:-20}" --products "${PRODUCTS:-64}" >"$OUT/gpu-check.json" 2>"$OUT/gpu-check.log"
+GPOW_REQUIRE_GPU=1 timeout 120 "$TESTS" cuda_ --test-threads 1 --nocapture >"$OUT/gpu-tests.log" 2>&1
+tests_rc=$?
+set -e
+passed=$(sed -n 's/^test result: .* \([0-9]*\) passed.*/\1/p' "$OUT/gpu-tests.log" | head -1)
+echo "gpu-check: GPU tests exit $tests_rc, ${passed:-0} passed, after $(($(date +%s) - started)) s; $OUT/gpu-tests.log"
+grep -E '^(test |skipped|\{"device")' "$OUT/gpu-tests.log" || true
+if [ "$tests_rc" -eq 0 ] && [ "${passed:-0}" -eq 0 ]; then
+	echo "gpu-check: no GPU test ran" >&2
+	tests_rc=1
+fi
+started=$(date +%s)
+set +e
+timeout 450 "$BIN" gpu-check --runs "${RUNS:-20}" --products "${PRODUCTS:-64}" >"$OUT/gpu-check.json" 2>"$OUT/gpu-check.log"
 rc=$?
 set -e
 echo "gpu-check: exit $rc after $(($(date +%s) - started)) s; $OUT/gpu-check.json"
@@ -56,4 +94,5 @@ for f in r["failures"]:
     print("FAIL:", f)
 PY
 fi
+[ "$rc" -ne 0 ] || rc=$tests_rc
 exit "$rc"

@@ -457,6 +457,7 @@ mod tests {
     use super::*;
     use crate::gpow2::prove;
     use crate::gpu::emu::EmuDevice;
+    use crate::gpu::test_gpus::cuda_workers;
     use crate::gpu::worker::Tuning;
     use crate::prover::CpuProver;
     use crate::sample;
@@ -466,19 +467,18 @@ mod tests {
         GpuProver::new((0..gpus).map(|_| Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning)).collect())
     }
 
-    /// Three GPUs at once, one without phase B: every root, and openings that verify, as the
-    /// CPU prover gives them.
-    #[test]
-    fn every_gpu_at_once_gives_the_cpu_provers_roots_and_openings() {
+    /// Every GPU at once, one in three without phase B and one in three with fewer rows: every
+    /// root, and openings that verify, as the CPU prover gives them.
+    fn every_gpu_at_once_agrees<D: Device>(gpu: &mut GpuProver<D>) {
         let w = GpuWork { m: 32, n: 48, k: 64, count: 3, items: 64 };
+        let works = [w, GpuWork { items: 0, ..w }, GpuWork { m: 16, ..w }];
         let c = Challenge {
-            gpus: vec![w, GpuWork { items: 0, ..w }, GpuWork { m: 16, ..w }],
+            gpus: (0..gpu.workers().len()).map(|g| works[g % 3]).collect(),
             ..Challenge::plain(4, 16, 1, 0)
         };
-        let mut gpu = emulated(3);
         let mut cpu = CpuProver::idle(Isa::best(), 2, u64::MAX);
         let nonce = [9; 32];
-        for p in [&mut gpu as &mut dyn Prover, &mut cpu] {
+        for p in [gpu as &mut dyn Prover, &mut cpu] {
             p.start(&c).unwrap();
             p.phase_a().unwrap();
             p.build().unwrap();
@@ -486,9 +486,30 @@ mod tests {
         }
         assert_eq!(gpu.commitments(), cpu.commitments());
         let reference = prove::prove(&c, &nonce, Isa::Scalar, 1, u64::MAX).unwrap();
-        assert_eq!(gpu.commitments()[2].root_b, reference.gpus[2].root_b);
+        let last = c.gpus.len() - 1;
+        assert_eq!(gpu.commitments()[last].root_b, reference.gpus[last].root_b);
         let samples = sample::draw(&c, &[7; 32]);
         assert_eq!(gpu.open(&samples).unwrap(), Prover::open(&mut cpu, &samples).unwrap());
+    }
+
+    #[test]
+    fn every_gpu_at_once_gives_the_cpu_provers_roots_and_openings() {
+        every_gpu_at_once_agrees(&mut emulated(3));
+    }
+
+    /// Every GPU of the machine at once, in rounds: round r gives each GPU its r-th kernel (its
+    /// last, past the end of its list).
+    #[test]
+    fn cuda_every_gpu_at_once_gives_the_cpu_provers_roots_and_openings() {
+        let test = "cuda_every_gpu_at_once_gives_the_cpu_provers_roots_and_openings";
+        let (workers, kernels): (Vec<_>, Vec<_>) = cuda_workers(test, Tuning::default()).into_iter().unzip();
+        let mut gpu = GpuProver::new(workers);
+        for round in 0..kernels.iter().map(Vec::len).max().unwrap_or(0) {
+            for (w, k) in gpu.workers_mut().iter_mut().zip(&kernels) {
+                w.set_kernel(k[round.min(k.len() - 1)]);
+            }
+            every_gpu_at_once_agrees(&mut gpu);
+        }
     }
 
     #[test]
@@ -548,5 +569,18 @@ mod tests {
         assert!(!t.usable());
         assert_eq!(t.chosen, None);
         assert!(t.phase_b_agrees);
+    }
+
+    /// On a GPU the self-test passes every kernel it runs (the first run on real tensor cores
+    /// tells whether the fragment layouts and wgmma's descriptors are read right). It prints the
+    /// self-test, with its time.
+    #[test]
+    fn cuda_the_self_test_passes_every_kernel_the_gpu_runs() {
+        for (mut w, kernels) in cuda_workers("cuda_the_self_test_passes_every_kernel_the_gpu_runs", Tuning::default()) {
+            let t = self_test(&mut w, &kernels, TIMING_WORK);
+            eprintln!("{}", serde_json::to_string(&t).unwrap());
+            assert!(t.usable() && t.disabled().is_empty(), "{t:?}");
+            assert_eq!(t.kernels.len(), kernels.len());
+        }
     }
 }

@@ -60,7 +60,7 @@ impl Options {
             memory_items: None,
             reference_work: None,
             guide: (12345, 256, 1000),
-            budget: std::time::Duration::from_secs(420),
+            budget: std::time::Duration::from_secs(360),
             threads,
         }
     }

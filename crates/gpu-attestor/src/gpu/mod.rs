@@ -15,6 +15,8 @@ pub mod worker;
 
 #[cfg(test)]
 pub(crate) mod emu;
+#[cfg(test)]
+pub(crate) mod test_gpus;
 
 use std::fmt;
 

@@ -446,38 +446,49 @@ mod tests {
     use crate::gpow2::phase_b::{self, Dataset};
     use crate::gpow2::{Challenge, Isa, phase_a};
     use crate::gpu::emu::EmuDevice;
+    use crate::gpu::test_gpus::cuda_workers;
 
-    fn worker(tuning: Tuning) -> Worker<EmuDevice> {
+    fn emulated(tuning: Tuning) -> Worker<EmuDevice> {
         Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning)
-    }
-
-    /// Every kernel gives the CPU reference's roots: shapes that cut its blocks (64 and 128)
-    /// short, a depth that is no multiple of its staging (64), several products.
-    #[test]
-    fn every_gemm_kernel_gives_the_cpu_reference_roots() {
-        for kernel in GemmKernel::ALL {
-            let mut w = Worker::new(EmuDevice::new(), kernel, Tuning::default());
-            for (seed, m, n, k, count) in
-                [(u64::MAX, 144, 80, 80, 2), (2, 16, 272, 32, 1), (3, 128, 128, 128, 1), (4, 80, 144, 48, 1)]
-            {
-                let work = GpuWork { m, n, k, count, items: 0 };
-                let keys = challenge(seed, work).gpu_keys()[0];
-                let want = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
-                assert_eq!(w.phase_a(&keys, &work).unwrap(), want, "{kernel} {work:?}");
-            }
-        }
     }
 
     fn challenge(seed: u64, work: GpuWork) -> Challenge {
         Challenge { gpus: vec![work], ..Challenge::plain(seed, 16, 1, 0) }
     }
 
-    /// Phase A on the emulated device gives the CPU reference's roots on shapes that cut the
-    /// GEMM's 64x64 blocks and the fill's 256-row blocks short, more tiles than one reduction
-    /// block holds, odd counts and the largest seed.
+    /// Each of `kernels` gives the CPU reference's roots: shapes that cut its blocks (64 and
+    /// 128) short, a depth that is no multiple of its staging (64), several products.
+    fn every_gemm_kernel_agrees<D: Device>(w: &mut Worker<D>, kernels: &[GemmKernel]) {
+        for &kernel in kernels {
+            w.set_kernel(kernel);
+            for (seed, m, n, k, count) in
+                [(u64::MAX, 144, 80, 80, 2), (2, 16, 272, 32, 1), (3, 128, 128, 128, 1), (4, 80, 144, 48, 1)]
+            {
+                let work = GpuWork { m, n, k, count, items: 0 };
+                let keys = challenge(seed, work).gpu_keys()[0];
+                let want = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
+                assert_eq!(w.phase_a(&keys, &work).unwrap(), want, "{} {kernel} {work:?}", w.device().name());
+            }
+        }
+    }
+
     #[test]
-    fn phase_a_gives_the_cpu_reference_roots() {
-        let mut w = worker(Tuning::default());
+    fn every_gemm_kernel_gives_the_cpu_reference_roots() {
+        every_gemm_kernel_agrees(&mut emulated(Tuning::default()), &GemmKernel::ALL);
+    }
+
+    #[test]
+    fn cuda_every_gemm_kernel_gives_the_cpu_reference_roots() {
+        for (mut w, kernels) in cuda_workers("cuda_every_gemm_kernel_gives_the_cpu_reference_roots", Tuning::default())
+        {
+            every_gemm_kernel_agrees(&mut w, &kernels);
+        }
+    }
+
+    /// Phase A with the worker's kernel gives the CPU reference's roots and leaves on shapes
+    /// that cut the GEMM's blocks and the fill's 256-row blocks short, more tiles than one
+    /// reduction block holds, odd counts and the largest seed.
+    fn phase_a_agrees<D: Device>(w: &mut Worker<D>) {
         for (seed, m, n, k, count) in [
             (1, 16, 16, 16, 1),
             (u64::MAX, 48, 80, 272, 3),
@@ -490,23 +501,40 @@ mod tests {
             let keys = c.gpu_keys()[0];
             let want = phase_a::commit(Isa::best(), &keys, &work, 2);
             let got = w.phase_a(&keys, &work).unwrap();
-            assert_eq!(got, want.product_roots, "seed {seed} {work:?}");
+            let kernel = w.kernel();
+            assert_eq!(got, want.product_roots, "{} {kernel} seed {seed} {work:?}", w.device().name());
             assert_eq!(phase_a::root_of(0, &got), want.root);
             let p = count - 1;
             assert_eq!(
                 w.product_leaves(&keys, &work, p).unwrap(),
                 phase_a::product_leaves(Isa::best(), &keys, &work, p, 2),
-                "leaves of product {p}, {work:?}"
+                "{kernel}: leaves of product {p}, {work:?}"
             );
         }
     }
 
+    #[test]
+    fn phase_a_gives_the_cpu_reference_roots() {
+        phase_a_agrees(&mut emulated(Tuning::default()));
+    }
+
+    /// On a GPU, with every kernel it runs.
+    #[test]
+    fn cuda_phase_a_gives_the_cpu_reference_roots() {
+        for (mut w, kernels) in cuda_workers("cuda_phase_a_gives_the_cpu_reference_roots", Tuning::default()) {
+            for kernel in kernels {
+                w.set_kernel(kernel);
+                phase_a_agrees(&mut w);
+            }
+        }
+    }
+
+    /// Batches that end inside the dataset and the lanes, as the tests' tuning makes them.
+    const SMALL_BATCHES: Tuning = Tuning { max_blocks: 8, build_batch: 4000, walk_batch: 300 };
+
     /// Phase B in batches that end inside the dataset and the lanes, lane paths across the
     /// device's nine levels and the host's, against the CPU reference.
-    #[test]
-    fn phase_b_gives_the_cpu_reference_roots_and_paths() {
-        let tuning = Tuning { max_blocks: 8, build_batch: 4000, walk_batch: 300 };
-        let mut w = worker(tuning);
+    fn phase_b_agrees<D: Device>(w: &mut Worker<D>) {
         for (seed, items) in [(u64::MAX, 32), (5, 16 * 600 + 32)] {
             let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
             let c = challenge(seed, work);
@@ -517,7 +545,7 @@ mod tests {
             let leaves = dataset.lane_leaves(Isa::best(), walk_key, 2);
             w.build(&keys, &work).unwrap();
             let root = w.walk(0, walk_key).unwrap();
-            assert_eq!(root, merkle::root(&leaves), "items {items}");
+            assert_eq!(root, merkle::root(&leaves), "{}: items {items}", w.device().name());
             assert_eq!(Some(root), Some(phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).unwrap().root));
             let lanes = leaves.len() as u64;
             for lane in [0, 1, lanes - 1, lanes / 2, 511, 512, 513] {
@@ -526,6 +554,21 @@ mod tests {
                 }
             }
             assert!(w.lane_path(lanes).is_err());
+        }
+    }
+
+    #[test]
+    fn phase_b_gives_the_cpu_reference_roots_and_paths() {
+        phase_b_agrees(&mut emulated(SMALL_BATCHES));
+    }
+
+    /// On a GPU, in the small batches and in the production ones.
+    #[test]
+    fn cuda_phase_b_gives_the_cpu_reference_roots_and_paths() {
+        for tuning in [SMALL_BATCHES, Tuning::default()] {
+            for (mut w, _) in cuda_workers("cuda_phase_b_gives_the_cpu_reference_roots_and_paths", tuning) {
+                phase_b_agrees(&mut w);
+            }
         }
     }
 }
