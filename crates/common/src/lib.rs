@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod durable;
 pub mod exec_env;
+pub mod gpu_self_test;
 #[cfg(feature = "service")]
 pub mod grpc;
 pub mod hotkey;

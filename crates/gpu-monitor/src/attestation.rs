@@ -10,18 +10,14 @@
 //! - `executor_gpu_attestation_disabled_kernels`: kernels the self-test disabled.
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::process::ProcessSpec;
+use common::gpu_self_test::SelfTest;
 use metrics::gauge;
 
-/// Driver, module and every GPU's small challenge and timing product.
-const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// What the self-test said.
+/// What the metrics say of the self-test.
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
-    pub backend: String,
+    pub backend: &'static str,
     pub kernel: String,
     pub reason: String,
     pub disabled: usize,
@@ -29,36 +25,13 @@ pub struct State {
 }
 
 impl State {
-    /// From `gpu-attestor self-test --json`'s output and exit status.
-    pub fn parse(stdout: &[u8], success: bool) -> State {
-        let failed = |reason: String| State {
-            backend: "failed".into(),
-            kernel: String::new(),
-            reason,
-            disabled: 0,
-            ready: false,
+    pub fn of(test: SelfTest) -> State {
+        let (backend, kernel, reason, disabled, ready) = match test {
+            SelfTest::NoGpu { reason } => ("none", String::new(), reason, 0, false),
+            SelfTest::Ready { kernel, disabled, .. } => ("cuda", kernel, String::new(), disabled.len(), true),
+            SelfTest::Failed { reason } => ("failed", String::new(), reason, 0, false),
         };
-        let Ok(json) = serde_json::from_slice::<serde_json::Value>(stdout) else {
-            return failed(format!("unreadable self-test output: {}", String::from_utf8_lossy(stdout).trim()));
-        };
-        let text = |k: &str| json[k].as_str().unwrap_or_default().to_owned();
-        match (json["backend"].as_str(), success) {
-            (Some("none"), _) => State {
-                backend: "none".into(),
-                kernel: String::new(),
-                reason: text("reason"),
-                disabled: 0,
-                ready: false,
-            },
-            (Some("cuda"), true) => State {
-                backend: "cuda".into(),
-                kernel: text("kernel"),
-                reason: String::new(),
-                disabled: json["disabled"].as_array().map_or(0, Vec::len),
-                ready: true,
-            },
-            _ => failed(text("reason")),
-        }
+        State { backend, kernel, reason, disabled, ready }
     }
 
     fn export(&self) {
@@ -66,7 +39,7 @@ impl State {
         gauge!("executor_gpu_attestation_disabled_kernels").set(self.disabled as f64);
         gauge!(
             "executor_gpu_attestation_backend_info",
-            "backend" => self.backend.clone(),
+            "backend" => self.backend,
             "kernel" => self.kernel.clone(),
             "reason" => self.reason.clone()
         )
@@ -88,14 +61,8 @@ pub fn describe() {
 
 /// Runs the self-test with the `gpu-attestor` at `binary` and reports it.
 pub async fn self_test(binary: &Path) -> State {
-    let spec = ProcessSpec::new(binary).args(["self-test", "--json"]);
-    let state = match spec.output(SELF_TEST_TIMEOUT, 1 << 20).await {
-        Ok(out) => State::parse(&out.stdout, out.status.success()),
-        Err(e) => {
-            State { backend: "failed".into(), kernel: String::new(), reason: e.to_string(), disabled: 0, ready: false }
-        }
-    };
-    match (state.ready, state.backend.as_str()) {
+    let state = State::of(SelfTest::run(binary).await);
+    match (state.ready, state.backend) {
         (true, _) => tracing::info!(kernel = %state.kernel, disabled = state.disabled, "GPU attestation backend ready"),
         (false, "none") => {
             tracing::warn!(reason = %state.reason, "no GPU attestation backend: attestation runs the CPU reference")
@@ -112,21 +79,18 @@ mod tests {
 
     #[test]
     fn every_answer_of_the_self_test_is_a_state() {
-        let none = State::parse(br#"{"backend":"none","reason":"no libcuda"}"#, true);
-        assert_eq!((none.backend.as_str(), none.reason.as_str(), none.ready), ("none", "no libcuda", false));
-        let cuda =
-            State::parse(br#"{"backend":"cuda","kernel":"mma-sync","disabled":["GPU 0: dp4a: roots differ"]}"#, true);
+        let none = State::of(SelfTest::NoGpu { reason: "no libcuda".into() });
+        assert_eq!((none.backend, none.reason.as_str(), none.ready), ("none", "no libcuda", false));
+        let cuda = State::of(SelfTest::Ready {
+            kernel: "mma-sync".into(),
+            disabled: vec!["GPU 0: dp4a: roots differ".into()],
+            gpus: Vec::new(),
+        });
+        assert_eq!((cuda.backend, cuda.kernel.as_str(), cuda.disabled, cuda.ready), ("cuda", "mma-sync", 1, true));
+        let failed = State::of(SelfTest::Failed { reason: "GPU 0: the self-test failed".into() });
         assert_eq!(
-            (cuda.backend.as_str(), cuda.kernel.as_str(), cuda.disabled, cuda.ready),
-            ("cuda", "mma-sync", 1, true)
-        );
-        let failed = State::parse(br#"{"backend":"cuda","reason":"GPU 0: the self-test failed"}"#, false);
-        assert_eq!(
-            (failed.backend.as_str(), failed.reason.as_str(), failed.ready),
+            (failed.backend, failed.reason.as_str(), failed.ready),
             ("failed", "GPU 0: the self-test failed", false)
         );
-        let garbage = State::parse(b"Segmentation fault", false);
-        assert_eq!(garbage.backend, "failed");
-        assert!(garbage.reason.contains("Segmentation fault"));
     }
 }

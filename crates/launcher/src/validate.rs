@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::ServiceName;
 use common::check::{Check, CheckStatus};
 use common::config::{CONFIG_ERROR_EXIT_CODE, Config, LoadedConfig, check_writable_dir};
+use common::gpu_self_test::SelfTest;
 use common::identity::{ExecutorIdentity, IDENTITY_FILE};
 use common::process::ProcessSpec;
 
@@ -88,55 +89,25 @@ pub async fn checks(loaded: &LoadedConfig) -> Vec<Check> {
     checks
 }
 
-/// How long the GPU self-test may take: driver, module and every GPU's small challenge.
-const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// `gpu-attestor self-test --json`: each GPU's kernels and phase B against the CPU reference
 /// (GPOW.md, Kernels). No GPU: a skip. A kernel disabled: a warning. A GPU that cannot prove:
 /// a failure.
 async fn gpu_self_test(attestor: &Path) -> Vec<Check> {
     const NAME: &str = "gpu self-test";
-    let spec = ProcessSpec::new(attestor).args(["self-test", "--json"]);
-    let output = match spec.output(SELF_TEST_TIMEOUT, 1 << 20).await {
-        Ok(output) => output,
-        Err(e) => return vec![Check::fail(NAME, e.to_string())],
-    };
-    let json: serde_json::Value = match serde_json::from_slice(&output.stdout) {
-        Ok(json) => json,
-        Err(_) => {
-            return vec![Check::fail(
-                NAME,
-                format!(
-                    "`gpu-attestor self-test` {}: {}",
-                    common::process::describe_exit(output.status),
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
-            )];
-        }
-    };
-    let reason = json["reason"].as_str().unwrap_or_default();
-    match (json["backend"].as_str(), output.status.success()) {
-        (Some("none"), _) => {
+    match SelfTest::run(attestor).await {
+        SelfTest::NoGpu { reason } => {
             vec![Check::skip(NAME, format!("no NVIDIA GPU ({reason}): attestation runs the CPU reference"))]
         }
-        (_, false) => vec![Check::fail(NAME, reason.to_owned())],
-        _ => {
-            let mut checks = Vec::new();
-            for t in json["self_tests"].as_array().into_iter().flatten() {
-                checks.push(Check::pass(
+        SelfTest::Failed { reason } => vec![Check::fail(NAME, reason)],
+        SelfTest::Ready { disabled, gpus, .. } => {
+            let passed = gpus.into_iter().map(|g| {
+                let kernel = g.chosen.unwrap_or_default();
+                Check::pass(
                     NAME,
-                    format!(
-                        "{}: kernel {} agrees with the CPU reference ({:.0} ms)",
-                        t["device"].as_str().unwrap_or_default(),
-                        t["chosen"].as_str().unwrap_or_default(),
-                        t["elapsed_ms"].as_f64().unwrap_or_default()
-                    ),
-                ));
-            }
-            for d in json["disabled"].as_array().into_iter().flatten() {
-                checks.push(Check::warn(NAME, format!("disabled {}", d.as_str().unwrap_or_default())));
-            }
-            checks
+                    format!("{}: kernel {kernel} agrees with the CPU reference ({:.0} ms)", g.device, g.elapsed_ms),
+                )
+            });
+            passed.chain(disabled.into_iter().map(|d| Check::warn(NAME, format!("disabled {d}")))).collect()
         }
     }
 }

@@ -440,15 +440,19 @@ impl CudaBackend {
 impl<D: Device> Backend<D> {
     /// The kernels in use (one name, or one per GPU where they differ) and those disabled.
     pub fn kernels(&self) -> (String, Vec<String>) {
-        let mut used: Vec<String> = self.self_tests.iter().filter_map(|t| t.chosen.clone()).collect();
-        used.dedup();
+        let used: Vec<&str> = self.self_tests.iter().filter_map(|t| t.chosen.as_deref()).collect();
+        let kernel = if used.windows(2).all(|pair| pair[0] == pair[1]) {
+            used.first().copied().unwrap_or_default().to_owned()
+        } else {
+            used.join(",")
+        };
         let disabled = self
             .self_tests
             .iter()
             .enumerate()
             .flat_map(|(g, t)| t.disabled().into_iter().map(move |d| format!("GPU {g}: {d}")))
             .collect();
-        (used.join(","), disabled)
+        (kernel, disabled)
     }
 }
 
@@ -582,5 +586,29 @@ mod tests {
             assert!(t.usable() && t.disabled().is_empty(), "{t:?}");
             assert_eq!(t.kernels.len(), kernels.len());
         }
+    }
+
+    /// One kernel name where every GPU kept the same, one per GPU in order where they differ.
+    #[test]
+    fn the_kernels_in_use_are_one_name_or_one_per_gpu() {
+        let test = |chosen: Option<&str>, disabled: bool| SelfTest {
+            device: "GPU".into(),
+            kernels: vec![KernelCheck { kernel: "dp4a".into(), agrees: !disabled, reason: None, product_ms: None }],
+            phase_b_agrees: true,
+            phase_b_reason: None,
+            chosen: chosen.map(str::to_owned),
+            elapsed_ms: 1.0,
+        };
+        let backend = |self_tests| Backend::<EmuDevice> {
+            prover: GpuProver::new(Vec::new()),
+            gpus: Vec::new(),
+            self_tests,
+            driver_version: 12080,
+        };
+        let same = backend(vec![test(Some("wgmma"), false), test(Some("wgmma"), true)]);
+        assert_eq!(same.kernels(), ("wgmma".into(), vec!["GPU 1: dp4a: roots differ from the CPU reference".into()]));
+        let mixed =
+            backend(vec![test(Some("wgmma"), false), test(Some("wgmma"), false), test(Some("mma-sync"), false)]);
+        assert_eq!(mixed.kernels(), ("wgmma,wgmma,mma-sync".into(), Vec::new()));
     }
 }

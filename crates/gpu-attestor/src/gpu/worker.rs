@@ -130,7 +130,7 @@ impl<D: Device> Worker<D> {
     }
 
     /// Makes `buffer` at least `bytes` long (its content is not kept).
-    fn ensure(device: &mut D, buffer: &mut Buffer, bytes: u64) -> Result<DevicePtr, DeviceError> {
+    fn ensure(device: &mut D, buffer: &mut Buffer, bytes: u64) -> Result<(), DeviceError> {
         let bytes = bytes.max(32);
         if buffer.bytes < bytes {
             if buffer.bytes > 0 {
@@ -140,7 +140,7 @@ impl<D: Device> Worker<D> {
             let ptr = device.alloc(bytes)?;
             *buffer = Buffer { ptr, bytes };
         }
-        Ok(buffer.ptr)
+        Ok(())
     }
 
     /// Gives back the phase-B buffers (the dataset is most of the GPU's memory).
@@ -247,11 +247,27 @@ impl<D: Device> Worker<D> {
         )
     }
 
-    /// Bytes phase A of `work` needs on the device.
-    pub fn phase_a_bytes(work: &GpuWork) -> u64 {
+    /// Phase A's buffers for `work`, with their sizes: what [`Self::prepare_phase_a`] allocates
+    /// and [`Self::phase_a_bytes`] counts.
+    fn phase_a_buffers<'b>(buffers: &'b mut Buffers, work: &GpuWork) -> [(&'b mut Buffer, u64); 7] {
         let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));
         let tiles = work.tiles_per_product();
-        2 * (m * k + n * k) + tiles * 32 + tiles.div_ceil(MERKLE_SPAN) * 32 + u64::from(work.count) * 32
+        let [a0, a1] = &mut buffers.a;
+        let [b0, b1] = &mut buffers.bt;
+        [
+            (a0, m * k),
+            (a1, m * k),
+            (b0, n * k),
+            (b1, n * k),
+            (&mut buffers.tile_leaves, tiles * 32),
+            (&mut buffers.tile_scratch, tiles.div_ceil(MERKLE_SPAN) * 32),
+            (&mut buffers.product_roots, u64::from(work.count) * 32),
+        ]
+    }
+
+    /// Bytes phase A of `work` needs on the device.
+    pub fn phase_a_bytes(work: &GpuWork) -> u64 {
+        Self::phase_a_buffers(&mut Buffers::default(), work).iter().map(|(_, bytes)| bytes).sum()
     }
 
     /// Bytes the worker holds on the device now.
@@ -261,15 +277,9 @@ impl<D: Device> Worker<D> {
 
     /// Buffers for phase A of `work`.
     fn prepare_phase_a(&mut self, work: &GpuWork) -> Result<(), DeviceError> {
-        let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));
-        let tiles = work.tiles_per_product();
-        for slot in 0..2 {
-            Self::ensure(&mut self.device, &mut self.buffers.a[slot], m * k)?;
-            Self::ensure(&mut self.device, &mut self.buffers.bt[slot], n * k)?;
+        for (buffer, bytes) in Self::phase_a_buffers(&mut self.buffers, work) {
+            Self::ensure(&mut self.device, buffer, bytes)?;
         }
-        Self::ensure(&mut self.device, &mut self.buffers.tile_leaves, tiles * 32)?;
-        Self::ensure(&mut self.device, &mut self.buffers.tile_scratch, tiles.div_ceil(MERKLE_SPAN) * 32)?;
-        Self::ensure(&mut self.device, &mut self.buffers.product_roots, u64::from(work.count) * 32)?;
         Ok(())
     }
 
@@ -316,21 +326,31 @@ impl<D: Device> Worker<D> {
         Ok(bytes_to_hashes(&out))
     }
 
+    /// Phase B's buffers for `work`, with their sizes: what [`Self::build`] allocates and
+    /// [`Self::dataset_bytes`] counts.
+    fn phase_b_buffers<'b>(buffers: &'b mut Buffers, work: &GpuWork) -> [(&'b mut Buffer, u64); 5] {
+        let lanes = work.lanes();
+        [
+            (&mut buffers.master, 32),
+            (&mut buffers.cache, CACHE_ITEMS * 64),
+            (&mut buffers.dataset, work.items * 64),
+            (&mut buffers.lane_leaves, lanes * 32),
+            (&mut buffers.lane_scratch, lanes.div_ceil(MERKLE_SPAN) * 32),
+        ]
+    }
+
     /// Bytes phase B of `work` needs on the device.
     pub fn dataset_bytes(work: &GpuWork) -> u64 {
-        let lanes = work.lanes();
-        CACHE_ITEMS * 64 + work.items * 64 + lanes * 32 + lanes.div_ceil(MERKLE_SPAN) * 32 + 32
+        Self::phase_b_buffers(&mut Buffers::default(), work).iter().map(|(_, bytes)| bytes).sum()
     }
 
     /// The cache and the dataset of GPU `keys.g` on the device; `work.items > 0`.
     pub fn build(&mut self, keys: &GpuKeys, work: &GpuWork) -> Result<(), DeviceError> {
         self.walked = None;
-        let lanes = work.lanes();
-        let master = Self::ensure(&mut self.device, &mut self.buffers.master, 32)?;
-        let cache = Self::ensure(&mut self.device, &mut self.buffers.cache, CACHE_ITEMS * 64)?;
-        let dataset = Self::ensure(&mut self.device, &mut self.buffers.dataset, work.items * 64)?;
-        Self::ensure(&mut self.device, &mut self.buffers.lane_leaves, lanes * 32)?;
-        Self::ensure(&mut self.device, &mut self.buffers.lane_scratch, lanes.div_ceil(MERKLE_SPAN) * 32)?;
+        for (buffer, bytes) in Self::phase_b_buffers(&mut self.buffers, work) {
+            Self::ensure(&mut self.device, buffer, bytes)?;
+        }
+        let (master, cache, dataset) = (self.buffers.master.ptr, self.buffers.cache.ptr, self.buffers.dataset.ptr);
         // The upload waits for the work before it (Device::upload).
         self.device.upload(master, &keys.master_g)?;
         self.device.launch(
