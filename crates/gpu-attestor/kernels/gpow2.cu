@@ -311,10 +311,34 @@ __device__ __forceinline__ void mma_16832(i32 d[4], const u32 a[4], const u32 b[
 // gid, words tig) fall in 32 different banks.
 #define MMA_STRIDE 20
 
+// This thread's two 16-byte pieces of A's and of BT's 128-row slabs at depth kk, into
+// registers (zero outside the operands).
+__device__ __forceinline__ void mma_load(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 kk, u32 va[2][4], u32 vb[2][4]) {
+    for (u32 r = 0; r < 2; r++) {
+        const u32 idx = threadIdx.x + 256 * r, row = idx / 4, depth = kk + 16 * (idx % 4);
+        const u32 arow = blockIdx.y * MMA_BM + row, brow = blockIdx.x * MMA_BN + row;
+        for (int i = 0; i < 4; i++) va[r][i] = vb[r][i] = 0;
+        if (arow < m && depth < k) load16(a + ((u64)arow * k + depth) / 4, va[r]);
+        if (brow < n && depth < k) load16(bt + ((u64)brow * k + depth) / 4, vb[r]);
+    }
+}
+
+// The pieces `mma_load` took, into the staging: 128 rows x 4 pieces for each operand.
+__device__ __forceinline__ void mma_store(u32 (*as)[MMA_STRIDE], u32 (*bs)[MMA_STRIDE], const u32 va[2][4], const u32 vb[2][4]) {
+    for (u32 r = 0; r < 2; r++) {
+        const u32 idx = threadIdx.x + 256 * r, row = idx / 4, piece = idx % 4;
+        for (int i = 0; i < 4; i++) {
+            as[row][4 * piece + i] = va[r][i];
+            bs[row][4 * piece + i] = vb[r][i];
+        }
+    }
+}
+
 // C_p = A_p · B_p with mma.sync m16n8k32 (sm_80+): 128x128 per block of 8 warps, each warp
 // 64 rows x 32 columns (4 x 4 fragments), A and BT staged in shared memory 64 bytes of depth
-// at a time; then the block's C, half at a time in the same shared memory, hashed into tile
-// leaves. grid (ceil(n / 128), ceil(m / 128)), 256 threads.
+// at a time, the next 64 bytes loaded into registers while the tensor cores work on these;
+// then the block's C, half at a time in the same shared memory, hashed into tile leaves.
+// grid (ceil(n / 128), ceil(m / 128)), 256 threads.
 extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
     // 32 KiB: the staging of A and BT (2 x 128 x 20 words), or half of the block's C.
     __shared__ u32 smem[MMA_BM / 2 * MMA_BN];
@@ -326,20 +350,12 @@ extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u
     for (int mi = 0; mi < 4; mi++)
         for (int ni = 0; ni < 4; ni++)
             for (int c = 0; c < 4; c++) acc[mi][ni][c] = 0;
+    u32 va[2][4], vb[2][4];
+    mma_load(a, bt, m, n, k, 0, va, vb);
     for (u32 kk = 0; kk < k; kk += MMA_BK) {
-        // 128 rows x 4 pieces of 16 bytes, for each operand: two pieces per thread.
-        for (u32 r = 0; r < 2; r++) {
-            const u32 idx = t + 256 * r, row = idx / 4, piece = idx % 4, depth = kk + 16 * piece;
-            u32 v[4] = {0, 0, 0, 0};
-            const u32 arow = blockIdx.y * MMA_BM + row;
-            if (arow < m && depth < k) load16(a + ((u64)arow * k + depth) / 4, v);
-            for (int i = 0; i < 4; i++) as[row][4 * piece + i] = v[i];
-            u32 w[4] = {0, 0, 0, 0};
-            const u32 brow = blockIdx.x * MMA_BN + row;
-            if (brow < n && depth < k) load16(bt + ((u64)brow * k + depth) / 4, w);
-            for (int i = 0; i < 4; i++) bs[row][4 * piece + i] = w[i];
-        }
+        mma_store(as, bs, va, vb);
         __syncthreads();
+        if (kk + MMA_BK < k) mma_load(a, bt, m, n, k, kk + MMA_BK, va, vb);
         for (u32 ks = 0; ks < MMA_BK / 32; ks++) {
             u32 af[4][4], bf[4][2];
             for (u32 mi = 0; mi < 4; mi++) {
@@ -433,9 +449,14 @@ __device__ __forceinline__ void wgmma_fence() {
 #endif
 }
 
-__device__ __forceinline__ void wgmma_commit_and_wait() {
+__device__ __forceinline__ void wgmma_commit() {
 #ifndef GPOW_EMULATION
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_wait() {
+#ifndef GPOW_EMULATION
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
@@ -447,21 +468,39 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
-// Stages rows [row0, row0 + rows_here) of an operand (depth k contiguous) from depth kk as core
-// matrices: row r, bytes 16q..16q+15 of the slab at ((r / 8) * 4 + q) * 128 + (r % 8) * 16.
-__device__ __forceinline__ void stage_core(u8* s, const u32* src, u32 rows_here, u32 rows, u32 k, u32 row0, u32 kk) {
-    for (u32 i = threadIdx.x; i < rows_here * 4; i += blockDim.x) {
-        const u32 r = i / 4, q = i % 4, row = row0 + r, depth = kk + 16 * q;
-        u32 v[4] = {0, 0, 0, 0};
-        if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v);
-        u32* out = (u32*)(s + ((r / 8) * 4 + q) * 128 + (r % 8) * 16);
-        for (int w = 0; w < 4; w++) out[w] = v[w];
+#define WG_THREADS 128
+
+// This thread's PIECES 16-byte pieces of rows [row0, row0 + PIECES * 32) of an operand (depth
+// k contiguous) at depth kk, into registers (zero outside the operand): piece i of the block is
+// row i / 4, bytes 16 (i % 4) onwards.
+template <int PIECES>
+__device__ __forceinline__ void core_load(const u32* src, u32 rows, u32 k, u32 row0, u32 kk, u32 v[PIECES][4]) {
+    for (int j = 0; j < PIECES; j++) {
+        const u32 i = threadIdx.x + WG_THREADS * j, row = row0 + i / 4, depth = kk + 16 * (i % 4);
+        for (int w = 0; w < 4; w++) v[j][w] = 0;
+        if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v[j]);
     }
 }
 
+// The pieces `core_load` took, staged as core matrices: row r, bytes 16q..16q+15 of the slab
+// at ((r / 8) * 4 + q) * 128 + (r % 8) * 16.
+template <int PIECES>
+__device__ __forceinline__ void core_store(u8* s, const u32 v[PIECES][4]) {
+    for (int j = 0; j < PIECES; j++) {
+        const u32 i = threadIdx.x + WG_THREADS * j, r = i / 4, q = i % 4;
+        u32* out = (u32*)(s + ((r / 8) * 4 + q) * 128 + (r % 8) * 16);
+        for (int w = 0; w < 4; w++) out[w] = v[j][w];
+    }
+}
+
+// Pieces per thread of A's 64-row and BT's 128-row slabs.
+#define WG_PIECES_A (WG_BM * 4 / WG_THREADS)
+#define WG_PIECES_B (WG_BN * 4 / WG_THREADS)
+
 // C_p = A_p · B_p with wgmma m64n128k32: 64 x 128 of C per block of one warpgroup (128
-// threads), 64 bytes of depth staged as core matrices; then the block's C in the same shared
-// memory, its 32 tiles hashed. grid (ceil(n / 128), ceil(m / 64)).
+// threads), 64 bytes of depth staged as core matrices, the next 64 bytes loaded into registers
+// while the tensor cores work on these; then the block's C in the same shared memory, its 32
+// tiles hashed. grid (ceil(n / 128), ceil(m / 64)).
 extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
     // 32 KiB: A (64 x 64 bytes) and BT (128 x 64 bytes) staged, or the block's C.
     __shared__ __align__(128) u32 smem[WG_BM * WG_BN];
@@ -473,9 +512,12 @@ extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n,
     const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
     i32 acc[64];
     for (int i = 0; i < 64; i++) acc[i] = 0;
+    u32 va[WG_PIECES_A][4], vb[WG_PIECES_B][4];
+    core_load<WG_PIECES_A>(a, m, k, blockIdx.y * WG_BM, 0, va);
+    core_load<WG_PIECES_B>(bt, n, k, blockIdx.x * WG_BN, 0, vb);
     for (u32 kk = 0; kk < k; kk += WG_BK) {
-        stage_core(as, a, WG_BM, m, k, blockIdx.y * WG_BM, kk);
-        stage_core(bs, bt, WG_BN, n, k, blockIdx.x * WG_BN, kk);
+        core_store<WG_PIECES_A>(as, va);
+        core_store<WG_PIECES_B>(bs, vb);
         fence_proxy_async();
         __syncthreads();
         wgmma_fence();
@@ -485,7 +527,12 @@ extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n,
             const u64 db = wgmma_descriptor(shared_address(bs + 256 * ks), 128, 512);
             wgmma_64128(acc, da, db, 1);
         }
-        wgmma_commit_and_wait();
+        wgmma_commit();
+        if (kk + WG_BK < k) {
+            core_load<WG_PIECES_A>(a, m, k, blockIdx.y * WG_BM, kk + WG_BK, va);
+            core_load<WG_PIECES_B>(bt, n, k, blockIdx.x * WG_BN, kk + WG_BK, vb);
+        }
+        wgmma_wait();
         __syncthreads();
     }
     // Accumulator i of a thread: warp w's rows 16w + gid (+ 8 for i % 4 >= 2), column
