@@ -274,7 +274,8 @@ async fn pool_networks(executor_id: &str) -> Vec<String> {
     names
 }
 
-async fn wait_for<T, F: std::future::Future<Output = T>>(
+/// Probes until `ok` holds, for 30 s; a failure says what the last probe saw.
+async fn wait_for<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     what: &str,
     mut probe: impl FnMut() -> F,
     ok: impl Fn(&T) -> bool,
@@ -285,7 +286,7 @@ async fn wait_for<T, F: std::future::Future<Output = T>>(
         if ok(&value) {
             return value;
         }
-        assert!(Instant::now() < deadline, "{what}");
+        assert!(Instant::now() < deadline, "{what}: not after 30 s; the last probe saw {value:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
