@@ -249,15 +249,37 @@ __device__ __forceinline__ void hash_block_tiles(const i32* cs, u32 m, u32 n, u3
     }
 }
 
+// The GEMMs stage 64 bytes of depth of a slab of rows of each operand at a time, as 16-byte
+// pieces: piece i of the slab (i = threadIdx.x + THREADS * j for a thread's j-th) is row i / 4,
+// bytes 16 (i % 4) onwards.
+
+// This thread's PIECES pieces of the slab of rows from row0 of an operand with `rows` rows and
+// depth k (contiguous), from depth kk, into registers; what lies outside the operand is zero.
+template <int PIECES, int THREADS>
+__device__ __forceinline__ void load_pieces(const u32* src, u32 rows, u32 k, u32 row0, u32 kk, u32 v[PIECES][4]) {
+    for (int j = 0; j < PIECES; j++) {
+        const u32 i = threadIdx.x + THREADS * j, row = row0 + i / 4, depth = kk + 16 * (i % 4);
+        for (int w = 0; w < 4; w++) v[j][w] = 0;
+        if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v[j]);
+    }
+}
+
+// The pieces `load_pieces` took, into shared memory as rows of STRIDE words (16 of data).
+template <int PIECES, int THREADS, int STRIDE>
+__device__ __forceinline__ void store_rows(u32 (*s)[STRIDE], const u32 v[PIECES][4]) {
+    for (int j = 0; j < PIECES; j++) {
+        const u32 i = threadIdx.x + THREADS * j;
+        for (int w = 0; w < 4; w++) s[i / 4][4 * (i % 4) + w] = v[j][w];
+    }
+}
+
 // Stages a 64 x 64-byte slab of rows [row0, row0 + 64) of an operand with `rows` rows and
 // depth k (contiguous), from depth kk, as 16 words per row; what lies outside is zero.
 __device__ __forceinline__ void stage(u32 (*s)[GEMM_BK / 4 + 1], const u32* src, u32 rows, u32 k, u32 row0, u32 kk) {
-    // 64 rows x 4 pieces of 16 bytes: one piece per thread.
-    const u32 t = threadIdx.x, r = t / 4, piece = t % 4;
-    const u32 row = row0 + r, depth = kk + 16 * piece;
-    u32 v[4] = {0, 0, 0, 0};
-    if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v);
-    for (int i = 0; i < 4; i++) s[r][4 * piece + i] = v[i];
+    // 64 rows x 4 pieces: one piece per thread.
+    u32 v[1][4];
+    load_pieces<1, 256>(src, rows, k, row0, kk, v);
+    store_rows<1, 256, GEMM_BK / 4 + 1>(s, v);
 }
 
 // C_p = A_p · B_p with dp4a, 64x64 per block of 256 threads (4x4 each), then the tile leaves
@@ -311,27 +333,10 @@ __device__ __forceinline__ void mma_16832(i32 d[4], const u32 a[4], const u32 b[
 // gid, words tig) fall in 32 different banks.
 #define MMA_STRIDE 20
 
-// This thread's two 16-byte pieces of A's and of BT's 128-row slabs at depth kk, into
-// registers (zero outside the operands).
+// This thread's two pieces of A's and of BT's 128-row slabs at depth kk, into registers.
 __device__ __forceinline__ void mma_load(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 kk, u32 va[2][4], u32 vb[2][4]) {
-    for (u32 r = 0; r < 2; r++) {
-        const u32 idx = threadIdx.x + 256 * r, row = idx / 4, depth = kk + 16 * (idx % 4);
-        const u32 arow = blockIdx.y * MMA_BM + row, brow = blockIdx.x * MMA_BN + row;
-        for (int i = 0; i < 4; i++) va[r][i] = vb[r][i] = 0;
-        if (arow < m && depth < k) load16(a + ((u64)arow * k + depth) / 4, va[r]);
-        if (brow < n && depth < k) load16(bt + ((u64)brow * k + depth) / 4, vb[r]);
-    }
-}
-
-// The pieces `mma_load` took, into the staging: 128 rows x 4 pieces for each operand.
-__device__ __forceinline__ void mma_store(u32 (*as)[MMA_STRIDE], u32 (*bs)[MMA_STRIDE], const u32 va[2][4], const u32 vb[2][4]) {
-    for (u32 r = 0; r < 2; r++) {
-        const u32 idx = threadIdx.x + 256 * r, row = idx / 4, piece = idx % 4;
-        for (int i = 0; i < 4; i++) {
-            as[row][4 * piece + i] = va[r][i];
-            bs[row][4 * piece + i] = vb[r][i];
-        }
-    }
+    load_pieces<2, 256>(a, m, k, blockIdx.y * MMA_BM, kk, va);
+    load_pieces<2, 256>(bt, n, k, blockIdx.x * MMA_BN, kk, vb);
 }
 
 // C_p = A_p · B_p with mma.sync m16n8k32 (sm_80+): 128x128 per block of 8 warps, each warp
@@ -353,7 +358,8 @@ extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u
     u32 va[2][4], vb[2][4];
     mma_load(a, bt, m, n, k, 0, va, vb);
     for (u32 kk = 0; kk < k; kk += MMA_BK) {
-        mma_store(as, bs, va, vb);
+        store_rows<2, 256, MMA_STRIDE>(as, va);
+        store_rows<2, 256, MMA_STRIDE>(bs, vb);
         __syncthreads();
         if (kk + MMA_BK < k) mma_load(a, bt, m, n, k, kk + MMA_BK, va, vb);
         for (u32 ks = 0; ks < MMA_BK / 32; ks++) {
@@ -470,19 +476,7 @@ __device__ __forceinline__ void fence_proxy_async() {
 
 #define WG_THREADS 128
 
-// This thread's PIECES 16-byte pieces of rows [row0, row0 + PIECES * 32) of an operand (depth
-// k contiguous) at depth kk, into registers (zero outside the operand): piece i of the block is
-// row i / 4, bytes 16 (i % 4) onwards.
-template <int PIECES>
-__device__ __forceinline__ void core_load(const u32* src, u32 rows, u32 k, u32 row0, u32 kk, u32 v[PIECES][4]) {
-    for (int j = 0; j < PIECES; j++) {
-        const u32 i = threadIdx.x + WG_THREADS * j, row = row0 + i / 4, depth = kk + 16 * (i % 4);
-        for (int w = 0; w < 4; w++) v[j][w] = 0;
-        if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v[j]);
-    }
-}
-
-// The pieces `core_load` took, staged as core matrices: row r, bytes 16q..16q+15 of the slab
+// The pieces `load_pieces` took, staged as core matrices: row r, bytes 16q..16q+15 of the slab
 // at ((r / 8) * 4 + q) * 128 + (r % 8) * 16.
 template <int PIECES>
 __device__ __forceinline__ void core_store(u8* s, const u32 v[PIECES][4]) {
@@ -513,8 +507,8 @@ extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n,
     i32 acc[64];
     for (int i = 0; i < 64; i++) acc[i] = 0;
     u32 va[WG_PIECES_A][4], vb[WG_PIECES_B][4];
-    core_load<WG_PIECES_A>(a, m, k, blockIdx.y * WG_BM, 0, va);
-    core_load<WG_PIECES_B>(bt, n, k, blockIdx.x * WG_BN, 0, vb);
+    load_pieces<WG_PIECES_A, WG_THREADS>(a, m, k, blockIdx.y * WG_BM, 0, va);
+    load_pieces<WG_PIECES_B, WG_THREADS>(bt, n, k, blockIdx.x * WG_BN, 0, vb);
     for (u32 kk = 0; kk < k; kk += WG_BK) {
         core_store<WG_PIECES_A>(as, va);
         core_store<WG_PIECES_B>(bs, vb);
@@ -529,8 +523,8 @@ extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n,
         }
         wgmma_commit();
         if (kk + WG_BK < k) {
-            core_load<WG_PIECES_A>(a, m, k, blockIdx.y * WG_BM, kk + WG_BK, va);
-            core_load<WG_PIECES_B>(bt, n, k, blockIdx.x * WG_BN, kk + WG_BK, vb);
+            load_pieces<WG_PIECES_A, WG_THREADS>(a, m, k, blockIdx.y * WG_BM, kk + WG_BK, va);
+            load_pieces<WG_PIECES_B, WG_THREADS>(bt, n, k, blockIdx.x * WG_BN, kk + WG_BK, vb);
         }
         wgmma_wait();
         __syncthreads();
