@@ -307,9 +307,8 @@ impl std::str::FromStr for KernelChoice {
 impl KernelChoice {
     /// The kernels to self-test on a GPU of compute capability `cc`.
     pub fn candidates(self, cc: (u32, u32)) -> Vec<GemmKernel> {
-        let supported: Vec<GemmKernel> = GemmKernel::ALL.into_iter().filter(|k| k.runs_on(cc)).collect();
         match self {
-            KernelChoice::Auto => supported,
+            KernelChoice::Auto => GemmKernel::supported(cc),
             KernelChoice::Only(k) => vec![k],
         }
     }

@@ -193,7 +193,7 @@ impl Driver {
             check("cuModuleLoadData", sys::cuModuleLoadData(&mut device.module, ptx.as_ptr().cast()))?;
             let kernels = ["fill_a", "fill_bt", "merkle_reduce", "cache_build", "dataset_build", "walk"]
                 .into_iter()
-                .chain(GemmKernel::ALL.iter().filter(|k| k.runs_on(info.compute_capability)).map(|k| k.entry()));
+                .chain(GemmKernel::supported(info.compute_capability).into_iter().map(GemmKernel::entry));
             for name in kernels {
                 let c_name = CString::new(name).expect("kernel names have no NUL");
                 let mut f = std::ptr::null_mut();

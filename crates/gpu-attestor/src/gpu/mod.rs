@@ -70,6 +70,11 @@ impl GemmKernel {
         }
     }
 
+    /// The kernels a GPU of compute capability `cc` runs, in order of preference on ties.
+    pub fn supported(cc: (u32, u32)) -> Vec<GemmKernel> {
+        GemmKernel::ALL.into_iter().filter(|k| k.runs_on(cc)).collect()
+    }
+
     /// The kernel named `name` (`--kernel`, self-test results).
     pub fn from_name(name: &str) -> Option<GemmKernel> {
         GemmKernel::ALL.into_iter().find(|k| k.name() == name)

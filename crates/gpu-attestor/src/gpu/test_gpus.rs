@@ -30,8 +30,7 @@ fn cuda_devices(test: &str) -> Vec<(CudaDevice, Vec<GemmKernel>)> {
     };
     let mut out = Vec::new();
     for info in &infos {
-        let kernels: Vec<GemmKernel> =
-            GemmKernel::ALL.into_iter().filter(|k| k.runs_on(info.compute_capability)).collect();
+        let kernels = GemmKernel::supported(info.compute_capability);
         if kernels.is_empty() {
             let (major, minor) = info.compute_capability;
             eprintln!(
