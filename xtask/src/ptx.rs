@@ -7,7 +7,9 @@
 //! bytes, which `--check` (and the test below) confirms. The first line of each PTX file is the
 //! SHA-256 of its source, so a test without NVRTC still sees a kernel changed without its PTX.
 //! `ptxas` from the pinned `nvidia-cuda-nvcc-cu12` wheel validates the PTX for every target the
-//! backend loads it on (the tests).
+//! backend loads it on (the tests): a warning (a register spill among them) or a notice that
+//! wgmma instructions are serialised or waited for early (`(C75..)`: C7515, C7517) fails the
+//! check, since both cost the GEMMs their speed.
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::path::{Path, PathBuf};
@@ -221,12 +223,14 @@ pub(crate) fn validate(unit: &Unit) -> anyhow::Result<()> {
             ProcessSpec::new(&ptxas)
                 .arg(format!("--gpu-name={target}"))
                 .arg("--warn-on-spills")
+                .arg("--warning-as-error")
                 .arg("-o")
                 .arg(out_dir.path().join(format!("{}.{target}.cubin", unit.ptx)))
                 .arg(workspace().join("ptx").join(unit.ptx)),
         )?;
-        if !out.status.success() {
-            bail!("ptxas --gpu-name={target} ptx/{}:\n{}", unit.ptx, String::from_utf8_lossy(&out.stderr));
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() || said.contains("(C75") {
+            bail!("ptxas --gpu-name={target} ptx/{}:\n{said}", unit.ptx);
         }
     }
     Ok(())

@@ -249,37 +249,14 @@ __device__ __forceinline__ void hash_block_tiles(const i32* cs, u32 m, u32 n, u3
     }
 }
 
-// The GEMMs stage 64 bytes of depth of a slab of rows of each operand at a time, as 16-byte
-// pieces: piece i of the slab (i = threadIdx.x + THREADS * j for a thread's j-th) is row i / 4,
-// bytes 16 (i % 4) onwards.
-
-// This thread's PIECES pieces of the slab of rows from row0 of an operand with `rows` rows and
-// depth k (contiguous), from depth kk, into registers; what lies outside the operand is zero.
-template <int PIECES, int THREADS>
-__device__ __forceinline__ void load_pieces(const u32* src, u32 rows, u32 k, u32 row0, u32 kk, u32 v[PIECES][4]) {
-    for (int j = 0; j < PIECES; j++) {
-        const u32 i = threadIdx.x + THREADS * j, row = row0 + i / 4, depth = kk + 16 * (i % 4);
-        for (int w = 0; w < 4; w++) v[j][w] = 0;
-        if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v[j]);
-    }
-}
-
-// The pieces `load_pieces` took, into shared memory as rows of STRIDE words (16 of data).
-template <int PIECES, int THREADS, int STRIDE>
-__device__ __forceinline__ void store_rows(u32 (*s)[STRIDE], const u32 v[PIECES][4]) {
-    for (int j = 0; j < PIECES; j++) {
-        const u32 i = threadIdx.x + THREADS * j;
-        for (int w = 0; w < 4; w++) s[i / 4][4 * (i % 4) + w] = v[j][w];
-    }
-}
-
 // Stages a 64 x 64-byte slab of rows [row0, row0 + 64) of an operand with `rows` rows and
 // depth k (contiguous), from depth kk, as 16 words per row; what lies outside is zero.
 __device__ __forceinline__ void stage(u32 (*s)[GEMM_BK / 4 + 1], const u32* src, u32 rows, u32 k, u32 row0, u32 kk) {
-    // 64 rows x 4 pieces: one piece per thread.
-    u32 v[1][4];
-    load_pieces<1, 256>(src, rows, k, row0, kk, v);
-    store_rows<1, 256, GEMM_BK / 4 + 1>(s, v);
+    // 64 rows x 4 pieces of 16 bytes: piece t is row t / 4, bytes 16 (t % 4) onwards.
+    const u32 t = threadIdx.x, row = row0 + t / 4, depth = kk + 16 * (t % 4);
+    u32 v[4] = {0, 0, 0, 0};
+    if (row < rows && depth < k) load16(src + ((u64)row * k + depth) / 4, v);
+    for (int w = 0; w < 4; w++) s[t / 4][4 * (t % 4) + w] = v[w];
 }
 
 // C_p = A_p · B_p with dp4a, 64x64 per block of 256 threads (4x4 each), then the tile leaves
@@ -312,6 +289,119 @@ extern "C" __global__ void gemm_dp4a(const u32* a, const u32* bt, u32 m, u32 n, 
     hash_block_tiles(cs, m, n, g, p, leaves);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Phase A: the tensor-core GEMMs' staging (sm_80+)
+//
+// gemm_mma and gemm_wgmma keep STAGES buffers of 64 bytes of depth of A's and BT's slabs in
+// dynamic shared memory (the launch gives `shared_bytes`, above the 48 KiB a block gets by
+// default), filled by asynchronous copies (cp.async) several steps ahead of the tensor cores,
+// and reuse the same memory for the block's C once the last step is done.
+
+// The block's dynamic shared memory, which the launch sizes; `bytes` is what the kernel uses
+// (the emulation checks the launch gave that much).
+#ifndef GPOW_EMULATION
+extern __shared__ __align__(128) u8 gpow_dynamic_shared[];
+#endif
+__device__ __forceinline__ u8* dynamic_shared(u32 bytes) {
+#ifdef GPOW_EMULATION
+    return emu::dynamic_shared(bytes);
+#else
+    return gpow_dynamic_shared;
+#endif
+}
+
+// The shared-memory address of `p` (the 32-bit window cp.async and wgmma's descriptors name).
+__device__ __forceinline__ u32 shared_address(const void* p) {
+#ifdef GPOW_EMULATION
+    return emu::shared_address(p);
+#else
+    return (u32)__cvta_generic_to_shared(p);
+#endif
+}
+
+// Starts copying 16 bytes from global `src` to shared `dst` (both 16-byte aligned), or zeros
+// when `inside` is false (then nothing is read). The bytes are there once a cp_async_wait
+// covering this copy's commit group returns in this thread, and visible to the block after a
+// barrier that follows it.
+__device__ __forceinline__ void cp_async16(u8* dst, const u32* src, bool inside) {
+#ifdef GPOW_EMULATION
+    emu::cp_async16(dst, src, inside ? 16 : 0);
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src), "r"(inside ? 16 : 0)
+                 : "memory");
+#endif
+}
+
+// Closes this thread's current group of copies (an empty group is fine: it keeps the count).
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef GPOW_EMULATION
+    emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's commit groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifdef GPOW_EMULATION
+    emu::cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Where in a stage piece q (bytes 16q..16q+15) of row r of a 64-byte-deep slab goes.
+// - SwizzledRows (mma.sync): row r at 64r, its piece q at piece q ^ ((r / 2) % 4). A warp's
+//   fragment loads (rows gid, word tig of one piece) then fall in 32 different banks, with no
+//   padding; a warp's copies fill 512 contiguous bytes.
+// - CoreMatrices (wgmma without swizzling): core matrices of 8 rows x 16 bytes, 128 contiguous
+//   bytes each, the four of a row group adjacent in depth: ((r / 8) * 4 + q) * 128 + (r % 8) * 16.
+struct SwizzledRows {
+    __device__ __forceinline__ u32 operator()(u32 r, u32 q) const { return 64 * r + 16 * (q ^ ((r >> 1) & 3)); }
+};
+struct CoreMatrices {
+    __device__ __forceinline__ u32 operator()(u32 r, u32 q) const { return ((r / 8) * 4 + q) * 128 + (r % 8) * 16; }
+};
+
+// Starts this thread's PIECES copies of the 64-byte-deep slab of rows [row0, row0 + 4 * THREADS *
+// PIECES / 16) of an operand with `rows` rows and depth k (contiguous), from depth kk, into
+// `stage` as `place` lays it out; piece i = threadIdx.x + THREADS * j is row i / 4, bytes
+// 16 (i % 4) onwards, and what lies outside the operand is zero.
+template <int PIECES, int THREADS, typename Place>
+__device__ __forceinline__ void copy_pieces(u8* stage, const u32* src, u32 rows, u32 k, u32 row0, u32 kk, Place place) {
+#pragma unroll
+    for (int j = 0; j < PIECES; j++) {
+        const u32 i = threadIdx.x + THREADS * j, r = i / 4, q = i % 4, row = row0 + r, depth = kk + 16 * q;
+        const bool inside = row < rows && depth < k;
+        cp_async16(stage + place(r, q), inside ? src + ((u64)row * k + depth) / 4 : src, inside);
+    }
+}
+
+// C of a 128 x 128 block in shared memory, tile by tile: tile T = 8 (row / 16) + column / 16
+// at word 257 T, row-major inside. The one word of padding puts the 32 tiles a warp hashes at
+// once in 32 different banks.
+#define C_TILE_STRIDE 257
+#define C_BLOCK_BYTES (64 * C_TILE_STRIDE * 4)
+
+__device__ __forceinline__ void c_store(i32* cs, u32 row, u32 col, i32 v) {
+    cs[(8 * (row / 16) + col / 16) * C_TILE_STRIDE + 16 * (row % 16) + col % 16] = v;
+}
+
+// The 64 tile leaves of a 128 x 128 block of C (`c_store`d), by 64 threads.
+__device__ __forceinline__ void hash_c_block(const i32* cs, u32 m, u32 n, u32 g, u32 p, u32* leaves) {
+    const u32 t = threadIdx.x;
+    if (t < 64) {
+        const u32 ti = blockIdx.y * 8 + t / 8, tj = blockIdx.x * 8 + t % 8;
+        if (ti < m / 16 && tj < n / 16) {
+            tile_leaf(cs + t * C_TILE_STRIDE, 16, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase A: mma.sync (sm_80+)
+
 // One warp-wide mma.sync.m16n8k32 (s8 x s8 + s32): d = a · b + c for a 16x32 A fragment
 // (4 registers a lane), a 32x8 B fragment (2) and a 16x8 accumulator (4), in the fragment
 // layouts of the PTX ISA. emu.h emulates it from that definition.
@@ -329,82 +419,89 @@ __device__ __forceinline__ void mma_16832(i32 d[4], const u32 a[4], const u32 b[
 #define MMA_BM 128
 #define MMA_BN 128
 #define MMA_BK 64
-// Words per staged row: 16 of data and 4 of padding, so the 32 lanes' fragment loads (rows
-// gid, words tig) fall in 32 different banks.
-#define MMA_STRIDE 20
+// Four buffers: the copies run three steps ahead of the tensor cores.
+#define MMA_STAGES 4
+#define MMA_STAGE_BYTES ((MMA_BM + MMA_BN) * MMA_BK)
+#define MMA_SMEM_BYTES (MMA_STAGES * MMA_STAGE_BYTES > C_BLOCK_BYTES ? MMA_STAGES * MMA_STAGE_BYTES : C_BLOCK_BYTES)
 
-// This thread's two pieces of A's and of BT's 128-row slabs at depth kk, into registers.
-__device__ __forceinline__ void mma_load(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 kk, u32 va[2][4], u32 vb[2][4]) {
-    load_pieces<2, 256>(a, m, k, blockIdx.y * MMA_BM, kk, va);
-    load_pieces<2, 256>(bt, n, k, blockIdx.x * MMA_BN, kk, vb);
+// Word w (0..15) of row r of a SwizzledRows slab.
+__device__ __forceinline__ u32 swizzled_word(const u8* slab, u32 r, u32 w) {
+    return *(const u32*)(slab + 64 * r + 16 * ((w / 4) ^ ((r >> 1) & 3)) + 4 * (w % 4));
+}
+
+// Starts the copies of step `step` (depth 64 step) into its buffer, and commits them.
+__device__ __forceinline__ void mma_copy_step(u8* smem, const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 step) {
+    u8* stage = smem + (step % MMA_STAGES) * MMA_STAGE_BYTES;
+    copy_pieces<2, 256>(stage, a, m, k, blockIdx.y * MMA_BM, step * MMA_BK, SwizzledRows());
+    copy_pieces<2, 256>(stage + MMA_BM * MMA_BK, bt, n, k, blockIdx.x * MMA_BN, step * MMA_BK, SwizzledRows());
 }
 
 // C_p = A_p · B_p with mma.sync m16n8k32 (sm_80+): 128x128 per block of 8 warps, each warp
-// 64 rows x 32 columns (4 x 4 fragments), A and BT staged in shared memory 64 bytes of depth
-// at a time, the next 64 bytes loaded into registers while the tensor cores work on these;
-// then the block's C, half at a time in the same shared memory, hashed into tile leaves.
-// grid (ceil(n / 128), ceil(m / 128)), 256 threads.
-extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
-    // 32 KiB: the staging of A and BT (2 x 128 x 20 words), or half of the block's C.
-    __shared__ u32 smem[MMA_BM / 2 * MMA_BN];
-    u32 (*as)[MMA_STRIDE] = (u32 (*)[MMA_STRIDE])smem;
-    u32 (*bs)[MMA_STRIDE] = (u32 (*)[MMA_STRIDE])(smem + MMA_BM * MMA_STRIDE);
+// 64 rows x 32 columns (4 x 4 fragments); A and BT come through MMA_STAGES buffers of 64 bytes
+// of depth, copied asynchronously three steps ahead; then the block's C in the same shared
+// memory, its 64 tiles hashed at once. grid (ceil(n / 128), ceil(m / 128)), 256 threads,
+// MMA_SMEM_BYTES of dynamic shared memory; two blocks fit an SM's registers.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    u8* smem = dynamic_shared(MMA_SMEM_BYTES);
     const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
     const u32 wm = warp / 4, wn = warp % 4;
     i32 acc[4][4][4];
     for (int mi = 0; mi < 4; mi++)
         for (int ni = 0; ni < 4; ni++)
             for (int c = 0; c < 4; c++) acc[mi][ni][c] = 0;
-    u32 va[2][4], vb[2][4];
-    mma_load(a, bt, m, n, k, 0, va, vb);
-    for (u32 kk = 0; kk < k; kk += MMA_BK) {
-        store_rows<2, 256, MMA_STRIDE>(as, va);
-        store_rows<2, 256, MMA_STRIDE>(bs, vb);
+    const u32 steps = (k + MMA_BK - 1) / MMA_BK;
+    for (u32 s = 0; s < MMA_STAGES - 1; s++) {
+        if (s < steps) mma_copy_step(smem, a, bt, m, n, k, s);
+        cp_async_commit();
+    }
+    for (u32 step = 0; step < steps; step++) {
+        // This thread's copies of this step are in; after the barrier everyone's are, and no
+        // one still reads the buffer of the step before, which the copies below refill.
+        cp_async_wait<MMA_STAGES - 2>();
         __syncthreads();
-        if (kk + MMA_BK < k) mma_load(a, bt, m, n, k, kk + MMA_BK, va, vb);
+        if (step + MMA_STAGES - 1 < steps) mma_copy_step(smem, a, bt, m, n, k, step + MMA_STAGES - 1);
+        cp_async_commit();
+        const u8* as = smem + (step % MMA_STAGES) * MMA_STAGE_BYTES;
+        const u8* bs = as + MMA_BM * MMA_BK;
+#pragma unroll
         for (u32 ks = 0; ks < MMA_BK / 32; ks++) {
             u32 af[4][4], bf[4][2];
+#pragma unroll
             for (u32 mi = 0; mi < 4; mi++) {
                 const u32 r0 = 64 * wm + 16 * mi + gid;
-                af[mi][0] = as[r0][8 * ks + tig];
-                af[mi][1] = as[r0 + 8][8 * ks + tig];
-                af[mi][2] = as[r0][8 * ks + 4 + tig];
-                af[mi][3] = as[r0 + 8][8 * ks + 4 + tig];
+                af[mi][0] = swizzled_word(as, r0, 8 * ks + tig);
+                af[mi][1] = swizzled_word(as, r0 + 8, 8 * ks + tig);
+                af[mi][2] = swizzled_word(as, r0, 8 * ks + 4 + tig);
+                af[mi][3] = swizzled_word(as, r0 + 8, 8 * ks + 4 + tig);
             }
+#pragma unroll
             for (u32 ni = 0; ni < 4; ni++) {
                 const u32 c0 = 32 * wn + 8 * ni + gid;
-                bf[ni][0] = bs[c0][8 * ks + tig];
-                bf[ni][1] = bs[c0][8 * ks + 4 + tig];
+                bf[ni][0] = swizzled_word(bs, c0, 8 * ks + tig);
+                bf[ni][1] = swizzled_word(bs, c0, 8 * ks + 4 + tig);
             }
+#pragma unroll
             for (int mi = 0; mi < 4; mi++)
+#pragma unroll
                 for (int ni = 0; ni < 4; ni++) mma_16832(acc[mi][ni], af[mi], bf[ni], acc[mi][ni]);
         }
-        __syncthreads();
     }
-    // The block's C half by half (rows 64h..64h+63, the warps with wm = h), 32 tiles each.
+    // Only empty groups are left; the barrier ends every read of the buffers.
+    cp_async_wait<0>();
+    __syncthreads();
     i32* cs = (i32*)smem;
-    for (u32 h = 0; h < 2; h++) {
-        if (wm == h) {
-            for (u32 mi = 0; mi < 4; mi++) {
-                for (u32 ni = 0; ni < 4; ni++) {
-                    const u32 r = 16 * mi + gid, c = 32 * wn + 8 * ni + 2 * tig;
-                    cs[r * MMA_BN + c] = acc[mi][ni][0];
-                    cs[r * MMA_BN + c + 1] = acc[mi][ni][1];
-                    cs[(r + 8) * MMA_BN + c] = acc[mi][ni][2];
-                    cs[(r + 8) * MMA_BN + c + 1] = acc[mi][ni][3];
-                }
-            }
+    for (u32 mi = 0; mi < 4; mi++) {
+        for (u32 ni = 0; ni < 4; ni++) {
+            const u32 r = 64 * wm + 16 * mi + gid, c = 32 * wn + 8 * ni + 2 * tig;
+            c_store(cs, r, c, acc[mi][ni][0]);
+            c_store(cs, r, c + 1, acc[mi][ni][1]);
+            c_store(cs, r + 8, c, acc[mi][ni][2]);
+            c_store(cs, r + 8, c + 1, acc[mi][ni][3]);
         }
-        __syncthreads();
-        if (t < 32) {
-            const u32 ta = t / 8, tb = t % 8;
-            const u32 ti = blockIdx.y * 8 + 4 * h + ta, tj = blockIdx.x * 8 + tb;
-            if (ti < m / 16 && tj < n / 16) {
-                tile_leaf(cs + 16 * ta * MMA_BN + 16 * tb, MMA_BN, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
-            }
-        }
-        __syncthreads();
     }
+    __syncthreads();
+    hash_c_block(cs, m, n, g, p, leaves);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -412,18 +509,15 @@ extern "C" __global__ void gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u
 
 #if defined(GPOW_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-#define WG_BM 64
+#define WG_BM 128
 #define WG_BN 128
 #define WG_BK 64
-
-// The shared-memory address of `p` (the 32-bit window wgmma's descriptors name).
-__device__ __forceinline__ u32 shared_address(const void* p) {
-#ifdef GPOW_EMULATION
-    return emu::shared_address(p);
-#else
-    return (u32)__cvta_generic_to_shared(p);
-#endif
-}
+// Five buffers: the copies run three steps ahead, and one step's wgmma group is in flight
+// while the next is issued.
+#define WG_STAGES 5
+#define WG_AHEAD (WG_STAGES - 2)
+#define WG_STAGE_BYTES ((WG_BM + WG_BN) * WG_BK)
+#define WG_SMEM_BYTES (WG_STAGES * WG_STAGE_BYTES > C_BLOCK_BYTES ? WG_STAGES * WG_STAGE_BYTES : C_BLOCK_BYTES)
 
 // A wgmma matrix descriptor for a K-major operand without swizzling: core matrices of 8 rows x
 // 16 bytes (128 contiguous bytes each), `lbo` bytes between core matrices adjacent in K, `sbo`
@@ -434,6 +528,8 @@ __device__ __forceinline__ u64 wgmma_descriptor(u32 address, u32 lbo, u32 sbo) {
 
 // One warpgroup-wide wgmma.m64n128k32 (s8 x s8 + s32), A and B from shared memory; d is the
 // thread's 64 accumulators in the ISA's m64nN layout; `accumulate` = 0 ignores d's input.
+// Asynchronous: d and the shared memory it reads are the tensor cores' until a wgmma_wait
+// covering its commit group returns.
 __device__ __forceinline__ void wgmma_64128(i32 d[64], u64 desc_a, u64 desc_b, u32 accumulate) {
 #ifdef GPOW_EMULATION
     emu::wgmma_m64n128k32_s8(d, desc_a, desc_b, accumulate);
@@ -456,65 +552,72 @@ __device__ __forceinline__ void wgmma_fence() {
 }
 
 __device__ __forceinline__ void wgmma_commit() {
-#ifndef GPOW_EMULATION
+#ifdef GPOW_EMULATION
+    emu::wgmma_commit();
+#else
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
 
+// Waits until at most N of the warpgroup's wgmma commit groups are in flight.
+template <int N>
 __device__ __forceinline__ void wgmma_wait() {
-#ifndef GPOW_EMULATION
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#ifdef GPOW_EMULATION
+    emu::wgmma_wait(N);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
-// Generic-proxy writes to shared memory made visible to wgmma (the async proxy).
+// Generic-proxy writes to shared memory (cp.async's among them) made visible to wgmma (the
+// async proxy).
 __device__ __forceinline__ void fence_proxy_async() {
 #ifndef GPOW_EMULATION
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
 
-#define WG_THREADS 128
-
-// The pieces `load_pieces` took, staged as core matrices: row r, bytes 16q..16q+15 of the slab
-// at ((r / 8) * 4 + q) * 128 + (r % 8) * 16.
-template <int PIECES>
-__device__ __forceinline__ void core_store(u8* s, const u32 v[PIECES][4]) {
-    for (int j = 0; j < PIECES; j++) {
-        const u32 i = threadIdx.x + WG_THREADS * j, r = i / 4, q = i % 4;
-        u32* out = (u32*)(s + ((r / 8) * 4 + q) * 128 + (r % 8) * 16);
-        for (int w = 0; w < 4; w++) out[w] = v[j][w];
-    }
+// Starts the copies of step `step` (depth 64 step) into its buffer: A's 128 rows as core
+// matrices (rows 64w.. of warpgroup w at 4096 w), then BT's.
+__device__ __forceinline__ void wg_copy_step(u8* smem, const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 step) {
+    u8* stage = smem + (step % WG_STAGES) * WG_STAGE_BYTES;
+    copy_pieces<2, 256>(stage, a, m, k, blockIdx.y * WG_BM, step * WG_BK, CoreMatrices());
+    copy_pieces<2, 256>(stage + WG_BM * WG_BK, bt, n, k, blockIdx.x * WG_BN, step * WG_BK, CoreMatrices());
 }
 
-// Pieces per thread of A's 64-row and BT's 128-row slabs.
-#define WG_PIECES_A (WG_BM * 4 / WG_THREADS)
-#define WG_PIECES_B (WG_BN * 4 / WG_THREADS)
-
-// C_p = A_p · B_p with wgmma m64n128k32: 64 x 128 of C per block of one warpgroup (128
-// threads), 64 bytes of depth staged as core matrices, the next 64 bytes loaded into registers
-// while the tensor cores work on these; then the block's C in the same shared memory, its 32
-// tiles hashed. grid (ceil(n / 128), ceil(m / 64)).
-extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
-    // 32 KiB: A (64 x 64 bytes) and BT (128 x 64 bytes) staged, or the block's C.
-    __shared__ __align__(128) u32 smem[WG_BM * WG_BN];
-    u8* as = (u8*)smem;
-    u8* bs = as + WG_BM * WG_BK;
+// C_p = A_p · B_p with wgmma m64n128k32: 128 x 128 of C per block of two warpgroups (256
+// threads), warpgroup w making rows 64w..64w+63 with the B both read; A and BT come through
+// WG_STAGES buffers of 64 bytes of depth, copied asynchronously three steps ahead, and each
+// step's two wgmmas run while the next step's are issued; then the block's C in the same
+// shared memory, its 64 tiles hashed at once. grid (ceil(n / 128), ceil(m / 128)),
+// WG_SMEM_BYTES of dynamic shared memory; two blocks fit an SM.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    u8* smem = dynamic_shared(WG_SMEM_BYTES);
 #ifdef GPOW_EMULATION
     emu::set_shared_base(smem);
 #endif
-    const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
+    const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4, wg = warp / 4;
     i32 acc[64];
     for (int i = 0; i < 64; i++) acc[i] = 0;
-    u32 va[WG_PIECES_A][4], vb[WG_PIECES_B][4];
-    load_pieces<WG_PIECES_A, WG_THREADS>(a, m, k, blockIdx.y * WG_BM, 0, va);
-    load_pieces<WG_PIECES_B, WG_THREADS>(bt, n, k, blockIdx.x * WG_BN, 0, vb);
-    for (u32 kk = 0; kk < k; kk += WG_BK) {
-        core_store<WG_PIECES_A>(as, va);
-        core_store<WG_PIECES_B>(bs, vb);
+    const u32 steps = (k + WG_BK - 1) / WG_BK;
+    for (u32 s = 0; s < WG_AHEAD; s++) {
+        if (s < steps) wg_copy_step(smem, a, bt, m, n, k, s);
+        cp_async_commit();
+    }
+    for (u32 step = 0; step < steps; step++) {
+        // This thread's copies of this step are in and visible to the tensor cores; after the
+        // barrier everyone's are, and every warpgroup's wgmmas of two steps back are done, so
+        // their buffer can be refilled.
+        cp_async_wait<WG_AHEAD - 1>();
         fence_proxy_async();
         __syncthreads();
+        if (step + WG_AHEAD < steps) wg_copy_step(smem, a, bt, m, n, k, step + WG_AHEAD);
+        cp_async_commit();
+        const u8* as = smem + (step % WG_STAGES) * WG_STAGE_BYTES + 4096 * wg;
+        const u8* bs = smem + (step % WG_STAGES) * WG_STAGE_BYTES + WG_BM * WG_BK;
         wgmma_fence();
+#pragma unroll
         for (u32 ks = 0; ks < WG_BK / 32; ks++) {
             // Two core matrices of depth per k32 step: 256 bytes further each step.
             const u64 da = wgmma_descriptor(shared_address(as + 256 * ks), 128, 512);
@@ -522,28 +625,21 @@ extern "C" __global__ void gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n,
             wgmma_64128(acc, da, db, 1);
         }
         wgmma_commit();
-        if (kk + WG_BK < k) {
-            load_pieces<WG_PIECES_A, WG_THREADS>(a, m, k, blockIdx.y * WG_BM, kk + WG_BK, va);
-            load_pieces<WG_PIECES_B, WG_THREADS>(bt, n, k, blockIdx.x * WG_BN, kk + WG_BK, vb);
-        }
-        wgmma_wait();
-        __syncthreads();
+        wgmma_wait<1>();
     }
-    // Accumulator i of a thread: warp w's rows 16w + gid (+ 8 for i % 4 >= 2), column
-    // 8 (i / 4) + 2 tig + (i % 2).
+    wgmma_wait<0>();
+    cp_async_wait<0>();
+    __syncthreads();
+    // Accumulator i of a thread: rows 64 wg + 16 (warp % 4) + gid (+ 8 for i % 4 >= 2),
+    // column 8 (i / 4) + 2 tig + (i % 2).
     i32* cs = (i32*)smem;
+#pragma unroll
     for (u32 i = 0; i < 64; i++) {
-        const u32 row = 16 * warp + gid + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i % 2);
-        cs[row * WG_BN + col] = acc[i];
+        const u32 row = 64 * wg + 16 * (warp % 4) + gid + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i % 2);
+        c_store(cs, row, col, acc[i]);
     }
     __syncthreads();
-    if (t < 32) {
-        const u32 ta = t / 8, tb = t % 8;
-        const u32 ti = blockIdx.y * 4 + ta, tj = blockIdx.x * 8 + tb;
-        if (ti < m / 16 && tj < n / 16) {
-            tile_leaf(cs + 16 * ta * WG_BN + 16 * tb, WG_BN, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
-        }
-    }
+    hash_c_block(cs, m, n, g, p, leaves);
 }
 
 #endif

@@ -3,9 +3,11 @@
 // pointers to the values), so the Rust backend drives this library and the GPU alike.
 #include <barrier>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -24,6 +26,60 @@ static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 
 void syncthreads() { block_barrier->arrive_and_wait(); }
 void syncwarp() { warp_barriers[thread_idx.x / 32]->arrive_and_wait(); }
+
+// The first thing a launch did that a GPU would not do right; the launch then fails with it.
+static std::mutex violation_lock;
+static std::string violation_text;
+static void violation(const std::string& what) {
+    std::lock_guard<std::mutex> hold(violation_lock);
+    if (violation_text.empty()) violation_text = what;
+}
+
+// The block's dynamic shared memory: as much as a GPU gives a block at most (an H100's
+// 227 KiB), of which the launch gives `launch_shared` bytes.
+constexpr uint32_t MAX_DYNAMIC_SHARED = 227 * 1024;
+alignas(128) static uint8_t dynamic_shared_memory[MAX_DYNAMIC_SHARED];
+static uint32_t launch_shared;
+
+uint8_t* dynamic_shared(uint32_t bytes) {
+    if (bytes > launch_shared) {
+        violation("the kernel uses " + std::to_string(bytes) + " bytes of dynamic shared memory; the launch gave " +
+                  std::to_string(launch_shared));
+    }
+    return dynamic_shared_memory;
+}
+
+// cp.async: the source is read at issue (global memory does not change under a kernel), the
+// destination filled with junk, and the bytes land when a wait covers the copy's group.
+struct Copy {
+    uint8_t* dst;
+    uint8_t bytes[16];
+};
+static thread_local std::vector<Copy> open_copies;
+static thread_local std::deque<std::vector<Copy>> copy_groups;
+
+void cp_async16(uint8_t* dst, const uint32_t* src, uint32_t src_bytes) {
+    Copy copy{dst, {}};
+    if (src_bytes == 16) {
+        std::memcpy(copy.bytes, src, 16);
+    } else if (src_bytes != 0) {
+        violation("cp.async of " + std::to_string(src_bytes) + " source bytes (the kernels copy 16 or 0)");
+    }
+    std::memset(dst, 0x5A, 16);
+    open_copies.push_back(copy);
+}
+
+void cp_async_commit() {
+    copy_groups.push_back(std::move(open_copies));
+    open_copies.clear();
+}
+
+void cp_async_wait(uint32_t pending) {
+    while (copy_groups.size() > pending) {
+        for (const Copy& c : copy_groups.front()) std::memcpy(c.dst, c.bytes, 16);
+        copy_groups.pop_front();
+    }
+}
 
 // mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32, from the PTX ISA's fragment layouts for
 // .m16n8k32 with 8-bit types (groupID = lane >> 2, threadID_in_group = lane % 4):
@@ -83,26 +139,89 @@ static int8_t described(uint64_t desc, uint32_t r, uint32_t kbyte) {
     const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
     const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
     const uint32_t address = start + (r / 8) * sbo + (kbyte / 16) * lbo + (r % 8) * 16 + kbyte % 16;
+    if (shared_base == dynamic_shared_memory && address >= launch_shared) {
+        violation("a wgmma descriptor names shared byte " + std::to_string(address) + ", past the launch's " +
+                  std::to_string(launch_shared));
+        return 0;
+    }
     return (int8_t)shared_base[address];
 }
 
 // wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 with A and B from shared memory, for the
-// warpgroup of the calling thread (the block's 128 threads here). D's layout for m64nN (PTX
-// ISA): warp w of the warpgroup holds rows 16w..16w+15; its lane (groupID = lane >> 2,
+// warpgroup of the calling thread (threads 128w..128w+127 of the block). D's layout for m64nN
+// (PTX ISA): warp w of the warpgroup holds rows 16w..16w+15; its lane (groupID = lane >> 2,
 // threadID_in_group = lane % 4) holds, for each 8-column chunk i, d[4i + j] at row 16w +
 // groupID (+ 8 for j >= 2) and column 8i + 2 threadID_in_group + (j & 1).
-void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate) {
-    syncthreads();
-    const u32 warp = thread_idx.x / 32, lane = thread_idx.x % 32, group = lane >> 2, tig = lane % 4;
-    int32_t out[64];
+struct Wgmma {
+    int32_t* d;
+    uint64_t desc_a, desc_b;
+    int32_t in[64], out[64];
+};
+static thread_local std::vector<Wgmma> open_wgmma;
+static thread_local std::deque<std::vector<Wgmma>> wgmma_groups;
+
+static void wgmma_compute(const Wgmma& w, int32_t out[64]) {
+    const u32 warp = (thread_idx.x / 32) % 4, lane = thread_idx.x % 32, group = lane >> 2, tig = lane % 4;
     for (u32 i = 0; i < 64; i++) {
         const u32 row = 16 * warp + group + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i & 1);
-        int32_t sum = accumulate ? d[i] : 0;
-        for (u32 x = 0; x < 32; x++) sum += (int32_t)described(desc_a, row, x) * (int32_t)described(desc_b, col, x);
+        int32_t sum = w.in[i];
+        for (u32 x = 0; x < 32; x++) sum += (int32_t)described(w.desc_a, row, x) * (int32_t)described(w.desc_b, col, x);
         out[i] = sum;
     }
-    syncthreads();
-    for (u32 i = 0; i < 64; i++) d[i] = out[i];
+}
+
+// Issued: computed now from shared memory and from d as the wgmmas before it in this thread
+// leave it; delivered into d by the wait that covers it.
+void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate) {
+    Wgmma w{d, desc_a, desc_b, {}, {}};
+    // The newest wgmma in flight into d, if any, is what this one adds to.
+    const int32_t* before = d;
+    for (const std::vector<Wgmma>& group : wgmma_groups) {
+        for (const Wgmma& o : group) {
+            if (o.d == d) before = o.out;
+        }
+    }
+    for (const Wgmma& o : open_wgmma) {
+        if (o.d == d) before = o.out;
+    }
+    for (u32 i = 0; i < 64; i++) w.in[i] = accumulate ? before[i] : 0;
+    wgmma_compute(w, w.out);
+    open_wgmma.push_back(w);
+}
+
+void wgmma_commit() {
+    wgmma_groups.push_back(std::move(open_wgmma));
+    open_wgmma.clear();
+}
+
+// Delivers the groups the wait covers, each computed again from shared memory as it is now.
+void wgmma_wait(uint32_t pending) {
+    while (wgmma_groups.size() > pending) {
+        for (const Wgmma& w : wgmma_groups.front()) {
+            int32_t again[64];
+            wgmma_compute(w, again);
+            if (std::memcmp(again, w.out, sizeof again) != 0) {
+                violation("a wgmma's shared-memory operands changed while it was in flight (thread " +
+                          std::to_string(thread_idx.x) + ")");
+            }
+            std::memcpy(w.d, w.out, sizeof w.out);
+        }
+        wgmma_groups.pop_front();
+    }
+}
+
+// What a thread leaves in flight at the end of a block is lost with it: a kernel bug.
+static void end_block() {
+    if (!open_copies.empty() || !copy_groups.empty()) {
+        violation("a block ended with cp.async copies in flight (thread " + std::to_string(thread_idx.x) + ")");
+    }
+    if (!open_wgmma.empty() || !wgmma_groups.empty()) {
+        violation("a block ended with wgmma in flight (thread " + std::to_string(thread_idx.x) + ")");
+    }
+    open_copies.clear();
+    copy_groups.clear();
+    open_wgmma.clear();
+    wgmma_groups.clear();
 }
 }  // namespace emu
 
@@ -140,12 +259,15 @@ std::mutex launches;
 
 }  // namespace
 
-// 0 on success, 1 for an unknown kernel, 2 for a bad shape.
-extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x, void** args) {
+// 0 on success, 1 for an unknown kernel, 2 for a bad shape, 3 when the kernel did what a GPU
+// would not do right (`emu_violation` says what).
+extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x, u32 shared, void** args) {
     std::lock_guard<std::mutex> one_at_a_time(launches);
     const std::function<void()> run = kernel(name, args);
     if (!run) return 1;
-    if (grid_x == 0 || grid_y == 0 || block_x == 0 || block_x > 1024) return 2;
+    if (grid_x == 0 || grid_y == 0 || block_x == 0 || block_x > 1024 || shared > emu::MAX_DYNAMIC_SHARED) return 2;
+    emu::launch_shared = shared;
+    emu::violation_text.clear();
     emu::block_dim = dim3{block_x, 1, 1};
     emu::grid_dim = dim3{grid_x, grid_y, 1};
     std::barrier<> block_barrier(block_x);
@@ -164,6 +286,7 @@ extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x,
                 for (u32 x = 0; x < grid_x; x++) {
                     emu::block_idx = dim3{x, y, 0};
                     run();
+                    emu::end_block();
                     // No thread starts the next block while another still uses the statics.
                     block_barrier.arrive_and_wait();
                 }
@@ -171,5 +294,8 @@ extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x,
         });
     }
     for (auto& t : threads) t.join();
-    return 0;
+    return emu::violation_text.empty() ? 0 : 3;
 }
+
+// What the last launch that returned 3 did wrong.
+extern "C" const char* emu_violation() { return emu::violation_text.c_str(); }

@@ -3,9 +3,15 @@
 // A launch runs the grid's blocks one after another on blockDim.x real threads (emu.cpp), so
 // `__shared__` variables become function statics: one copy, used by one block at a time.
 // `__syncthreads()` is a barrier of the block's threads; `__syncwarp()` a barrier of the
-// calling thread's warp (32 consecutive threads). What this cannot show: timing, memory
-// ordering beyond barriers, and a warp-level instruction whose layout emu.h and the kernel
-// misread the same way (the self-test on a GPU is what catches that).
+// calling thread's warp (32 consecutive threads). The asynchronous instructions are played
+// adversarially: a cp.async fills its destination with junk when issued and writes its bytes
+// only when a wait covers it (reading a buffer before its wait, or refilling one that is still
+// read, gives wrong roots), and a wgmma delivers its accumulators at the wait that covers it,
+// computed from shared memory both at issue and then, and the launch fails if the two differ
+// (a buffer refilled under a wgmma in flight). A launch that gives less dynamic shared memory
+// than the kernel uses fails too. What this cannot show: timing, memory ordering beyond
+// barriers, and a warp-level instruction whose layout emu.h and the kernel misread the same way
+// (the self-test on a GPU is what catches that).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +36,12 @@ void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], con
 void set_shared_base(const void* base);
 uint32_t shared_address(const void* p);
 void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate);
+void wgmma_commit();
+void wgmma_wait(uint32_t pending);
+uint8_t* dynamic_shared(uint32_t bytes);
+void cp_async16(uint8_t* dst, const uint32_t* src, uint32_t src_bytes);
+void cp_async_commit();
+void cp_async_wait(uint32_t pending);
 }  // namespace emu
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -38,6 +50,7 @@ void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32
 #define blockDim (emu::block_dim)
 #define gridDim (emu::grid_dim)
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static

@@ -13,7 +13,7 @@ use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, Stream};
 
 /// Every driver function this module calls, by the symbol cudarc loads.
-const SYMBOLS: [&str; 28] = [
+const SYMBOLS: [&str; 29] = [
     "cuInit",
     "cuDriverGetVersion",
     "cuGetErrorString",
@@ -29,6 +29,7 @@ const SYMBOLS: [&str; 28] = [
     "cuCtxSynchronize",
     "cuModuleLoadData",
     "cuModuleGetFunction",
+    "cuFuncSetAttribute",
     "cuModuleUnload",
     "cuMemAlloc_v2",
     "cuMemFree_v2",
@@ -178,6 +179,7 @@ impl Driver {
             context: std::ptr::null_mut(),
             module: std::ptr::null_mut(),
             functions: BTreeMap::new(),
+            shared_allowed: BTreeMap::new(),
             streams: [std::ptr::null_mut(); 2],
             events: [std::ptr::null_mut(); EVENTS],
         };
@@ -219,6 +221,8 @@ pub struct CudaDevice {
     context: sys::CUcontext,
     module: sys::CUmodule,
     functions: BTreeMap<&'static str, sys::CUfunction>,
+    /// The dynamic shared memory each kernel has been allowed so far (48 KiB without asking).
+    shared_allowed: BTreeMap<&'static str, u32>,
     streams: [sys::CUstream; 2],
     events: [sys::CUevent; EVENTS],
 }
@@ -303,6 +307,24 @@ impl Device for CudaDevice {
             .functions
             .get(launch.kernel)
             .ok_or_else(|| DeviceError::new("cuLaunchKernel", format!("no kernel {}", launch.kernel)))?;
+        if launch.shared > 48 * 1024 && self.shared_allowed.get(launch.kernel).is_none_or(|&a| a < launch.shared) {
+            // SAFETY: a function of this module; the attribute takes a byte count.
+            #[allow(unsafe_code)]
+            let code = unsafe {
+                sys::cuFuncSetAttribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    launch.shared as c_int,
+                )
+            };
+            check("cuFuncSetAttribute", code).map_err(|e| {
+                DeviceError::new(
+                    "cuFuncSetAttribute",
+                    format!("{} needs {} bytes of shared memory a block: {e}", launch.kernel, launch.shared),
+                )
+            })?;
+            self.shared_allowed.insert(launch.kernel, launch.shared);
+        }
         let mut values = launch.param_values();
         let mut args: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
         let (gx, gy) = launch.grid;
@@ -318,7 +340,7 @@ impl Device for CudaDevice {
                 launch.block,
                 1,
                 1,
-                0,
+                launch.shared,
                 self.streams[stream as usize],
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),

@@ -19,7 +19,8 @@ use sha2::{Digest, Sha256};
 
 use super::{Device, DeviceError, DevicePtr, Launch, Param, Stream};
 
-type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, *mut *mut c_void) -> c_int;
+type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *mut *mut c_void) -> c_int;
+type ViolationFn = unsafe extern "C" fn() -> *const c_char;
 
 const SOURCES: [&str; 3] = ["gpow2.cu", "emu/emu.h", "emu/emu.cpp"];
 
@@ -77,6 +78,19 @@ fn library() -> &'static libloading::Library {
         #[allow(unsafe_code)]
         unsafe { libloading::Library::new(&path) }.unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
     })
+}
+
+/// What the last launch that failed with 3 did wrong (emu.cpp's `emu_violation`).
+fn violation() -> String {
+    // SAFETY: the symbol has this signature (emu.cpp); it returns a NUL-terminated string that
+    // lives until the next launch clears it, and the text is copied out at once.
+    #[allow(unsafe_code)]
+    unsafe {
+        match library().get::<ViolationFn>(b"emu_violation\0") {
+            Ok(f) => std::ffi::CStr::from_ptr(f()).to_string_lossy().into_owned(),
+            Err(e) => format!("(emu_violation: {e})"),
+        }
+    }
 }
 
 /// The emulated GPU.
@@ -169,7 +183,7 @@ impl Device for EmuDevice {
         #[allow(unsafe_code)]
         let code = unsafe {
             let run = library().get::<LaunchFn>(b"emu_launch\0").map_err(|e| DeviceError::new("launch", e))?;
-            run(name.as_ptr(), launch.grid.0, launch.grid.1, launch.block, args.as_mut_ptr())
+            run(name.as_ptr(), launch.grid.0, launch.grid.1, launch.block, launch.shared, args.as_mut_ptr())
         };
         if code == 0
             && self.broken == Some(launch.kernel)
@@ -185,6 +199,7 @@ impl Device for EmuDevice {
         match code {
             0 => Ok(()),
             1 => Err(DeviceError::new("launch", format!("no kernel named {}", launch.kernel))),
+            3 => Err(DeviceError::new("launch", format!("{} would go wrong on a GPU: {}", launch.kernel, violation()))),
             _ => Err(DeviceError::new("launch", format!("bad shape for {}: {:?}", launch.kernel, launch))),
         }
     }
@@ -199,5 +214,48 @@ impl Device for EmuDevice {
 
     fn synchronize(&mut self) -> Result<(), DeviceError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::GemmKernel;
+
+    /// A tensor-core GEMM launched with less dynamic shared memory than it uses fails, naming
+    /// both sizes (on a GPU it would read and write past its block's shared memory); with what
+    /// `shared_bytes` says, it runs.
+    #[test]
+    fn a_launch_short_of_shared_memory_fails() {
+        let mut device = EmuDevice::new();
+        for kernel in [GemmKernel::MmaSync, GemmKernel::Wgmma] {
+            let (a, bt, leaves) = (device.alloc(256).unwrap(), device.alloc(256).unwrap(), device.alloc(32).unwrap());
+            let launch = |shared| Launch {
+                kernel: kernel.entry(),
+                grid: (1, 1),
+                block: kernel.block().2,
+                shared,
+                params: vec![
+                    Param::U64(a),
+                    Param::U64(bt),
+                    Param::U32(16),
+                    Param::U32(16),
+                    Param::U32(16),
+                    Param::U32(0),
+                    Param::U32(0),
+                    Param::U64(leaves),
+                ],
+            };
+            let short = kernel.shared_bytes() - 16;
+            let err = device.launch(Stream::Main, &launch(short)).unwrap_err();
+            assert!(
+                err.message.contains(&format!(
+                    "uses {} bytes of dynamic shared memory; the launch gave {short}",
+                    kernel.shared_bytes()
+                )),
+                "{kernel}: {err}"
+            );
+            device.launch(Stream::Main, &launch(kernel.shared_bytes())).unwrap();
+        }
     }
 }

@@ -94,7 +94,20 @@ impl GemmKernel {
         match self {
             GemmKernel::Dp4a => (64, 64, 256),
             GemmKernel::MmaSync => (128, 128, 256),
-            GemmKernel::Wgmma => (64, 128, 128),
+            GemmKernel::Wgmma => (128, 128, 256),
+        }
+    }
+
+    /// Bytes of dynamic shared memory a block of the kernel uses (`MMA_SMEM_BYTES` and
+    /// `WG_SMEM_BYTES` in the kernels): the larger of its buffers (4 and 5 of 16 KiB) and the
+    /// block's C (64 tiles of 257 words), which takes the same memory after the last step.
+    /// Above the 48 KiB a block gets by default, so the driver is asked to allow it first.
+    pub(crate) fn shared_bytes(self) -> u32 {
+        const C_BLOCK: u32 = 64 * 257 * 4;
+        match self {
+            GemmKernel::Dp4a => 0,
+            GemmKernel::MmaSync => C_BLOCK.max(4 * 16384),
+            GemmKernel::Wgmma => C_BLOCK.max(5 * 16384),
         }
     }
 }
@@ -112,12 +125,14 @@ pub enum Param {
     U64(u64),
 }
 
-/// A launch: kernel entry point, grid (x, y), threads per block (x).
+/// A launch: kernel entry point, grid (x, y), threads per block (x), bytes of dynamic shared
+/// memory per block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
     pub kernel: &'static str,
     pub grid: (u32, u32),
     pub block: u32,
+    pub shared: u32,
     pub params: Vec<Param>,
 }
 

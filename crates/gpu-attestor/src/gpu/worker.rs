@@ -169,6 +169,7 @@ impl<D: Device> Worker<D> {
                 kernel: "fill_a",
                 grid: (stride_blocks(blocks, &self.tuning), 1),
                 block: THREADS,
+                shared: 0,
                 params: vec![
                     Param::U64(a),
                     Param::U32(work.m),
@@ -185,6 +186,7 @@ impl<D: Device> Worker<D> {
                 kernel: "fill_bt",
                 grid: (work.n / 16, work.k.div_ceil(FILL_ROWS)),
                 block: FILL_ROWS,
+                shared: 0,
                 params: vec![
                     Param::U64(bt),
                     Param::U32(work.k),
@@ -209,7 +211,9 @@ impl<D: Device> Worker<D> {
         ];
         let (rows, columns, threads) = self.kernel.block();
         let grid = (work.n.div_ceil(columns), work.m.div_ceil(rows));
-        self.device.launch(Stream::Main, &Launch { kernel: self.kernel.entry(), grid, block: threads, params })
+        let launch =
+            Launch { kernel: self.kernel.entry(), grid, block: threads, shared: self.kernel.shared_bytes(), params };
+        self.device.launch(Stream::Main, &launch)
     }
 
     /// Reduces `count` nodes at `from` (overwritten) to their root at `root`, with `scratch`.
@@ -242,6 +246,7 @@ impl<D: Device> Worker<D> {
                 kernel: "merkle_reduce",
                 grid: (blocks, 1),
                 block: THREADS,
+                shared: 0,
                 params: vec![Param::U64(from), Param::U64(count), Param::U64(out)],
             },
         )
@@ -359,6 +364,7 @@ impl<D: Device> Worker<D> {
                 kernel: "cache_build",
                 grid: (stride_blocks(CACHE_ITEMS, &self.tuning), 1),
                 block: THREADS,
+                shared: 0,
                 params: vec![Param::U64(master), Param::U64(cache)],
             },
         )?;
@@ -370,6 +376,7 @@ impl<D: Device> Worker<D> {
                     kernel: "dataset_build",
                     grid: (stride_blocks(count, &self.tuning), 1),
                     block: THREADS,
+                    shared: 0,
                     params: vec![
                         Param::U64(cache),
                         Param::U64(dataset),
@@ -405,6 +412,7 @@ impl<D: Device> Worker<D> {
                     kernel: "walk",
                     grid: (stride_blocks(count, &self.tuning), 1),
                     block: THREADS,
+                    shared: 0,
                     params: vec![
                         Param::U64(dataset),
                         Param::U64(items),
@@ -477,13 +485,18 @@ mod tests {
     }
 
     /// Each of `kernels` gives the CPU reference's roots: shapes that cut its blocks (64 and
-    /// 128) short, a depth that is no multiple of its staging (64), several products.
+    /// 128) short, a depth that is no multiple of its staging (64), several products, and a
+    /// depth of 12 steps, which cycles the tensor-core kernels' buffers (4 and 5) more than twice.
     fn every_gemm_kernel_agrees<D: Device>(w: &mut Worker<D>, kernels: &[GemmKernel]) {
         for &kernel in kernels {
             w.set_kernel(kernel);
-            for (seed, m, n, k, count) in
-                [(u64::MAX, 144, 80, 80, 2), (2, 16, 272, 32, 1), (3, 128, 128, 128, 1), (4, 80, 144, 48, 1)]
-            {
+            for (seed, m, n, k, count) in [
+                (u64::MAX, 144, 80, 80, 2),
+                (2, 16, 272, 32, 1),
+                (3, 128, 128, 128, 1),
+                (4, 80, 144, 48, 1),
+                (5, 48, 32, 720, 1),
+            ] {
                 let work = GpuWork { m, n, k, count, items: 0 };
                 let keys = challenge(seed, work).gpu_keys()[0];
                 let want = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
