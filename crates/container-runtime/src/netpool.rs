@@ -79,18 +79,9 @@ impl NetworkPool {
     }
 
     /// The image holders are made from, made once; None: spares get no holders (not on this
-    /// architecture, or the engine refused the image).
+    /// architecture, or the engine refused the image this time: a later refill asks again).
     async fn holder_image(&self) -> Option<String> {
-        self.inner
-            .holders
-            .get_or_init(|| async {
-                crate::holder::ensure_image(self.inner.engine.docker()).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot make the network holder image; spare networks go without");
-                    None
-                })
-            })
-            .await
-            .clone()
+        cached_image(&self.inner.holders, || crate::holder::ensure_image(self.inner.engine.docker())).await
     }
 
     /// Adopts the spare pool networks a previous run left (those no container names and that
@@ -196,5 +187,53 @@ impl NetworkPool {
                 tracing::warn!(network = %spare.network, error = %e, "cannot remove a spare network");
             }
         }
+    }
+}
+
+/// What `make` gives, kept in `cell` once it has answered (an image, or None where holders
+/// cannot run); a failure is logged and not kept, so the next call tries again: an engine that
+/// was busy once must not leave the pool without holders until the service restarts.
+async fn cached_image<F, Fut>(cell: &tokio::sync::OnceCell<Option<String>>, make: F) -> Option<String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<String>, crate::holder::HolderError>>,
+{
+    match cell.get_or_try_init(make).await {
+        Ok(image) => image.clone(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot make the network holder image; spare networks go without until a later refill");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::holder::HolderError;
+
+    fn refused() -> HolderError {
+        HolderError {
+            name: "holder".into(),
+            source: bollard::errors::Error::DockerResponseServerError { status_code: 500, message: "busy".into() },
+        }
+    }
+
+    /// A failure to make the holders' image is not kept (the next refill asks again); an
+    /// answer, an image or None, is kept and the engine is not asked again.
+    #[tokio::test]
+    async fn a_failed_holder_image_is_tried_again_and_an_answer_is_kept() {
+        let cell = tokio::sync::OnceCell::new();
+        assert_eq!(cached_image(&cell, || async { Err(refused()) }).await, None);
+        assert_eq!(
+            cached_image(&cell, || async { Ok(Some("sha256:ab".to_owned())) }).await.as_deref(),
+            Some("sha256:ab")
+        );
+        let asked_again = || async { panic!("the engine was asked again") };
+        assert_eq!(cached_image(&cell, asked_again).await.as_deref(), Some("sha256:ab"));
+
+        let none = tokio::sync::OnceCell::new();
+        assert_eq!(cached_image(&none, || async { Ok(None) }).await, None);
+        assert_eq!(cached_image(&none, asked_again).await, None);
     }
 }
