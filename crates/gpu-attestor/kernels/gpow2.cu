@@ -378,6 +378,21 @@ __device__ __forceinline__ void copy_pieces(u8* stage, const u32* src, u32 rows,
     }
 }
 
+// Both tensor-core GEMMs make 128 x 128 of C a block and take 64 bytes of depth a step: a
+// step's buffer holds A's 128 rows, then BT's (16 KiB).
+#define TC_BLOCK 128
+#define TC_BK 64
+#define TC_STAGE_BYTES (2 * TC_BLOCK * TC_BK)
+
+// Starts this thread's copies of step `step` (depth TC_BK step) into buffer step % STAGES,
+// laid out by Place.
+template <int STAGES, typename Place>
+__device__ __forceinline__ void copy_step(u8* smem, const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 step) {
+    u8* stage = smem + (step % STAGES) * TC_STAGE_BYTES;
+    copy_pieces<2, 256>(stage, a, m, k, blockIdx.y * TC_BLOCK, step * TC_BK, Place());
+    copy_pieces<2, 256>(stage + TC_BLOCK * TC_BK, bt, n, k, blockIdx.x * TC_BLOCK, step * TC_BK, Place());
+}
+
 // C of a 128 x 128 block in shared memory, tile by tile: tile T = 8 (row / 16) + column / 16
 // at word 257 T, row-major inside. The one word of padding puts the 32 tiles a warp hashes at
 // once in 32 different banks.
@@ -416,24 +431,13 @@ __device__ __forceinline__ void mma_16832(i32 d[4], const u32 a[4], const u32 b[
 #endif
 }
 
-#define MMA_BM 128
-#define MMA_BN 128
-#define MMA_BK 64
 // Four buffers: the copies run three steps ahead of the tensor cores.
 #define MMA_STAGES 4
-#define MMA_STAGE_BYTES ((MMA_BM + MMA_BN) * MMA_BK)
-#define MMA_SMEM_BYTES (MMA_STAGES * MMA_STAGE_BYTES > C_BLOCK_BYTES ? MMA_STAGES * MMA_STAGE_BYTES : C_BLOCK_BYTES)
+#define MMA_SMEM_BYTES (MMA_STAGES * TC_STAGE_BYTES > C_BLOCK_BYTES ? MMA_STAGES * TC_STAGE_BYTES : C_BLOCK_BYTES)
 
 // Word w (0..15) of row r of a SwizzledRows slab.
 __device__ __forceinline__ u32 swizzled_word(const u8* slab, u32 r, u32 w) {
     return *(const u32*)(slab + 64 * r + 16 * ((w / 4) ^ ((r >> 1) & 3)) + 4 * (w % 4));
-}
-
-// Starts the copies of step `step` (depth 64 step) into its buffer, and commits them.
-__device__ __forceinline__ void mma_copy_step(u8* smem, const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 step) {
-    u8* stage = smem + (step % MMA_STAGES) * MMA_STAGE_BYTES;
-    copy_pieces<2, 256>(stage, a, m, k, blockIdx.y * MMA_BM, step * MMA_BK, SwizzledRows());
-    copy_pieces<2, 256>(stage + MMA_BM * MMA_BK, bt, n, k, blockIdx.x * MMA_BN, step * MMA_BK, SwizzledRows());
 }
 
 // C_p = A_p · B_p with mma.sync m16n8k32 (sm_80+): 128x128 per block of 8 warps, each warp
@@ -450,9 +454,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     for (int mi = 0; mi < 4; mi++)
         for (int ni = 0; ni < 4; ni++)
             for (int c = 0; c < 4; c++) acc[mi][ni][c] = 0;
-    const u32 steps = (k + MMA_BK - 1) / MMA_BK;
+    const u32 steps = (k + TC_BK - 1) / TC_BK;
     for (u32 s = 0; s < MMA_STAGES - 1; s++) {
-        if (s < steps) mma_copy_step(smem, a, bt, m, n, k, s);
+        if (s < steps) copy_step<MMA_STAGES, SwizzledRows>(smem, a, bt, m, n, k, s);
         cp_async_commit();
     }
     for (u32 step = 0; step < steps; step++) {
@@ -460,12 +464,12 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         // one still reads the buffer of the step before, which the copies below refill.
         cp_async_wait<MMA_STAGES - 2>();
         __syncthreads();
-        if (step + MMA_STAGES - 1 < steps) mma_copy_step(smem, a, bt, m, n, k, step + MMA_STAGES - 1);
+        if (step + MMA_STAGES - 1 < steps) copy_step<MMA_STAGES, SwizzledRows>(smem, a, bt, m, n, k, step + MMA_STAGES - 1);
         cp_async_commit();
-        const u8* as = smem + (step % MMA_STAGES) * MMA_STAGE_BYTES;
-        const u8* bs = as + MMA_BM * MMA_BK;
+        const u8* as = smem + (step % MMA_STAGES) * TC_STAGE_BYTES;
+        const u8* bs = as + TC_BLOCK * TC_BK;
 #pragma unroll
-        for (u32 ks = 0; ks < MMA_BK / 32; ks++) {
+        for (u32 ks = 0; ks < TC_BK / 32; ks++) {
             u32 af[4][4], bf[4][2];
 #pragma unroll
             for (u32 mi = 0; mi < 4; mi++) {
@@ -509,15 +513,11 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 
 #if defined(GPOW_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-#define WG_BM 128
-#define WG_BN 128
-#define WG_BK 64
 // Five buffers: the copies run three steps ahead, and one step's wgmma group is in flight
 // while the next is issued.
 #define WG_STAGES 5
 #define WG_AHEAD (WG_STAGES - 2)
-#define WG_STAGE_BYTES ((WG_BM + WG_BN) * WG_BK)
-#define WG_SMEM_BYTES (WG_STAGES * WG_STAGE_BYTES > C_BLOCK_BYTES ? WG_STAGES * WG_STAGE_BYTES : C_BLOCK_BYTES)
+#define WG_SMEM_BYTES (WG_STAGES * TC_STAGE_BYTES > C_BLOCK_BYTES ? WG_STAGES * TC_STAGE_BYTES : C_BLOCK_BYTES)
 
 // A wgmma matrix descriptor for a K-major operand without swizzling: core matrices of 8 rows x
 // 16 bytes (128 contiguous bytes each), `lbo` bytes between core matrices adjacent in K, `sbo`
@@ -577,14 +577,6 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
-// Starts the copies of step `step` (depth 64 step) into its buffer: A's 128 rows as core
-// matrices (rows 64w.. of warpgroup w at 4096 w), then BT's.
-__device__ __forceinline__ void wg_copy_step(u8* smem, const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 step) {
-    u8* stage = smem + (step % WG_STAGES) * WG_STAGE_BYTES;
-    copy_pieces<2, 256>(stage, a, m, k, blockIdx.y * WG_BM, step * WG_BK, CoreMatrices());
-    copy_pieces<2, 256>(stage + WG_BM * WG_BK, bt, n, k, blockIdx.x * WG_BN, step * WG_BK, CoreMatrices());
-}
-
 // C_p = A_p · B_p with wgmma m64n128k32: 128 x 128 of C per block of two warpgroups (256
 // threads), warpgroup w making rows 64w..64w+63 with the B both read; A and BT come through
 // WG_STAGES buffers of 64 bytes of depth, copied asynchronously three steps ahead, and each
@@ -600,9 +592,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4, wg = warp / 4;
     i32 acc[64];
     for (int i = 0; i < 64; i++) acc[i] = 0;
-    const u32 steps = (k + WG_BK - 1) / WG_BK;
+    const u32 steps = (k + TC_BK - 1) / TC_BK;
     for (u32 s = 0; s < WG_AHEAD; s++) {
-        if (s < steps) wg_copy_step(smem, a, bt, m, n, k, s);
+        if (s < steps) copy_step<WG_STAGES, CoreMatrices>(smem, a, bt, m, n, k, s);
         cp_async_commit();
     }
     for (u32 step = 0; step < steps; step++) {
@@ -612,13 +604,13 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         cp_async_wait<WG_AHEAD - 1>();
         fence_proxy_async();
         __syncthreads();
-        if (step + WG_AHEAD < steps) wg_copy_step(smem, a, bt, m, n, k, step + WG_AHEAD);
+        if (step + WG_AHEAD < steps) copy_step<WG_STAGES, CoreMatrices>(smem, a, bt, m, n, k, step + WG_AHEAD);
         cp_async_commit();
-        const u8* as = smem + (step % WG_STAGES) * WG_STAGE_BYTES + 4096 * wg;
-        const u8* bs = smem + (step % WG_STAGES) * WG_STAGE_BYTES + WG_BM * WG_BK;
+        const u8* as = smem + (step % WG_STAGES) * TC_STAGE_BYTES + 4096 * wg;
+        const u8* bs = smem + (step % WG_STAGES) * TC_STAGE_BYTES + TC_BLOCK * TC_BK;
         wgmma_fence();
 #pragma unroll
-        for (u32 ks = 0; ks < WG_BK / 32; ks++) {
+        for (u32 ks = 0; ks < TC_BK / 32; ks++) {
             // Two core matrices of depth per k32 step: 256 bytes further each step.
             const u64 da = wgmma_descriptor(shared_address(as + 256 * ks), 128, 512);
             const u64 db = wgmma_descriptor(shared_address(bs + 256 * ks), 128, 512);

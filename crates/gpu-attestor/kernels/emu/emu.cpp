@@ -155,19 +155,22 @@ static int8_t described(uint64_t desc, uint32_t r, uint32_t kbyte) {
 struct Wgmma {
     int32_t* d;
     uint64_t desc_a, desc_b;
-    int32_t in[64], out[64];
+    int32_t out[64];
+    // The operands as they were at issue (A's 64 x 32 bytes, then B's 128 x 32), kept by the
+    // warpgroup's first thread alone: the same for the whole warpgroup.
+    std::vector<int8_t> operands;
 };
 static thread_local std::vector<Wgmma> open_wgmma;
 static thread_local std::deque<std::vector<Wgmma>> wgmma_groups;
 
-static void wgmma_compute(const Wgmma& w, int32_t out[64]) {
-    const u32 warp = (thread_idx.x / 32) % 4, lane = thread_idx.x % 32, group = lane >> 2, tig = lane % 4;
-    for (u32 i = 0; i < 64; i++) {
-        const u32 row = 16 * warp + group + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i & 1);
-        int32_t sum = w.in[i];
-        for (u32 x = 0; x < 32; x++) sum += (int32_t)described(w.desc_a, row, x) * (int32_t)described(w.desc_b, col, x);
-        out[i] = sum;
-    }
+static std::vector<int8_t> wgmma_operands(uint64_t desc_a, uint64_t desc_b) {
+    std::vector<int8_t> bytes;
+    bytes.reserve((64 + 128) * 32);
+    for (u32 r = 0; r < 64; r++)
+        for (u32 x = 0; x < 32; x++) bytes.push_back(described(desc_a, r, x));
+    for (u32 r = 0; r < 128; r++)
+        for (u32 x = 0; x < 32; x++) bytes.push_back(described(desc_b, r, x));
+    return bytes;
 }
 
 // Issued: computed now from shared memory and from d as the wgmmas before it in this thread
@@ -184,9 +187,15 @@ void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32
     for (const Wgmma& o : open_wgmma) {
         if (o.d == d) before = o.out;
     }
-    for (u32 i = 0; i < 64; i++) w.in[i] = accumulate ? before[i] : 0;
-    wgmma_compute(w, w.out);
-    open_wgmma.push_back(w);
+    const u32 warp = (thread_idx.x / 32) % 4, lane = thread_idx.x % 32, group = lane >> 2, tig = lane % 4;
+    for (u32 i = 0; i < 64; i++) {
+        const u32 row = 16 * warp + group + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i & 1);
+        int32_t sum = accumulate ? before[i] : 0;
+        for (u32 x = 0; x < 32; x++) sum += (int32_t)described(desc_a, row, x) * (int32_t)described(desc_b, col, x);
+        w.out[i] = sum;
+    }
+    if (thread_idx.x % 128 == 0) w.operands = wgmma_operands(desc_a, desc_b);
+    open_wgmma.push_back(std::move(w));
 }
 
 void wgmma_commit() {
@@ -194,15 +203,14 @@ void wgmma_commit() {
     open_wgmma.clear();
 }
 
-// Delivers the groups the wait covers, each computed again from shared memory as it is now.
+// Delivers the groups the wait covers; the warpgroup's first thread checks that the operands
+// are still what they were at issue.
 void wgmma_wait(uint32_t pending) {
     while (wgmma_groups.size() > pending) {
         for (const Wgmma& w : wgmma_groups.front()) {
-            int32_t again[64];
-            wgmma_compute(w, again);
-            if (std::memcmp(again, w.out, sizeof again) != 0) {
-                violation("a wgmma's shared-memory operands changed while it was in flight (thread " +
-                          std::to_string(thread_idx.x) + ")");
+            if (!w.operands.empty() && wgmma_operands(w.desc_a, w.desc_b) != w.operands) {
+                violation("a wgmma's shared-memory operands changed while it was in flight (warpgroup " +
+                          std::to_string(thread_idx.x / 128) + ")");
             }
             std::memcpy(w.d, w.out, sizeof w.out);
         }

@@ -6,9 +6,9 @@
 // calling thread's warp (32 consecutive threads). The asynchronous instructions are played
 // adversarially: a cp.async fills its destination with junk when issued and writes its bytes
 // only when a wait covers it (reading a buffer before its wait, or refilling one that is still
-// read, gives wrong roots), and a wgmma delivers its accumulators at the wait that covers it,
-// computed from shared memory both at issue and then, and the launch fails if the two differ
-// (a buffer refilled under a wgmma in flight). A launch that gives less dynamic shared memory
+// read, gives wrong roots), and a wgmma, computed at issue, delivers its accumulators at the
+// wait that covers it, and the launch fails if its operands in shared memory changed in
+// between (a buffer refilled under a wgmma in flight). A launch that gives less dynamic shared memory
 // than the kernel uses fails too. What this cannot show: timing, memory ordering beyond
 // barriers, and a warp-level instruction whose layout emu.h and the kernel misread the same way
 // (the self-test on a GPU is what catches that).
