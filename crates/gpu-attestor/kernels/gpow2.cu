@@ -378,36 +378,41 @@ __device__ __forceinline__ void copy_pieces(u8* stage, const u32* src, u32 rows,
     }
 }
 
-// Both tensor-core GEMMs make 128 x 128 of C a block and take 64 bytes of depth a step: a
-// step's buffer holds A's 128 rows, then BT's (16 KiB).
+// The tensor-core GEMMs make 128 rows x BN columns of C a block (BN = 128, or 256 for
+// gemm_wgmma_wide) and take 64 bytes of depth a step: a step's buffer holds A's 128 rows, then
+// BT's BN rows.
 #define TC_BLOCK 128
 #define TC_BK 64
-#define TC_STAGE_BYTES (2 * TC_BLOCK * TC_BK)
+#define STAGE_BYTES(BN) ((TC_BLOCK + (BN)) * TC_BK)
 
-// Starts this thread's copies of step `step` (depth TC_BK step) into buffer step % STAGES,
-// laid out by Place.
-template <int STAGES, typename Place>
+// Starts this thread's copies (256 threads) of step `step` (depth TC_BK step) into buffer
+// step % STAGES, laid out by Place.
+template <int STAGES, int BN, typename Place>
 __device__ __forceinline__ void copy_step(u8* smem, const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 step) {
-    u8* stage = smem + (step % STAGES) * TC_STAGE_BYTES;
-    copy_pieces<2, 256>(stage, a, m, k, blockIdx.y * TC_BLOCK, step * TC_BK, Place());
-    copy_pieces<2, 256>(stage + TC_BLOCK * TC_BK, bt, n, k, blockIdx.x * TC_BLOCK, step * TC_BK, Place());
+    u8* stage = smem + (step % STAGES) * STAGE_BYTES(BN);
+    copy_pieces<TC_BLOCK / 64, 256>(stage, a, m, k, blockIdx.y * TC_BLOCK, step * TC_BK, Place());
+    copy_pieces<BN / 64, 256>(stage + TC_BLOCK * TC_BK, bt, n, k, blockIdx.x * BN, step * TC_BK, Place());
 }
 
-// C of a 128 x 128 block in shared memory, tile by tile: tile T = 8 (row / 16) + column / 16
-// at word 257 T, row-major inside. The one word of padding puts the 32 tiles a warp hashes at
-// once in 32 different banks.
+// C of a 128 x BN block in shared memory, tile by tile: tile T = (BN / 16) (row / 16) +
+// column / 16 at word 257 T, row-major inside. The one word of padding puts the 32 tiles a warp
+// hashes at once in 32 different banks.
 #define C_TILE_STRIDE 257
-#define C_BLOCK_BYTES (64 * C_TILE_STRIDE * 4)
+#define C_BYTES(BN) (8 * ((BN) / 16) * C_TILE_STRIDE * 4)
+// What a block of BN columns with STAGES buffers takes: the buffers, then C in the same memory.
+#define TC_SMEM_BYTES(STAGES, BN) ((STAGES) * STAGE_BYTES(BN) > C_BYTES(BN) ? (STAGES) * STAGE_BYTES(BN) : C_BYTES(BN))
 
+template <int BN>
 __device__ __forceinline__ void c_store(i32* cs, u32 row, u32 col, i32 v) {
-    cs[(8 * (row / 16) + col / 16) * C_TILE_STRIDE + 16 * (row % 16) + col % 16] = v;
+    cs[((BN / 16) * (row / 16) + col / 16) * C_TILE_STRIDE + 16 * (row % 16) + col % 16] = v;
 }
 
-// The 64 tile leaves of a 128 x 128 block of C (`c_store`d), by 64 threads.
+// The 8 (BN / 16) tile leaves of a 128 x BN block of C (`c_store`d), a thread each.
+template <int BN>
 __device__ __forceinline__ void hash_c_block(const i32* cs, u32 m, u32 n, u32 g, u32 p, u32* leaves) {
     const u32 t = threadIdx.x;
-    if (t < 64) {
-        const u32 ti = blockIdx.y * 8 + t / 8, tj = blockIdx.x * 8 + t % 8;
+    if (t < 8 * (BN / 16)) {
+        const u32 ti = blockIdx.y * 8 + t / (BN / 16), tj = blockIdx.x * (BN / 16) + t % (BN / 16);
         if (ti < m / 16 && tj < n / 16) {
             tile_leaf(cs + t * C_TILE_STRIDE, 16, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
         }
@@ -433,7 +438,7 @@ __device__ __forceinline__ void mma_16832(i32 d[4], const u32 a[4], const u32 b[
 
 // Four buffers: the copies run three steps ahead of the tensor cores.
 #define MMA_STAGES 4
-#define MMA_SMEM_BYTES (MMA_STAGES * TC_STAGE_BYTES > C_BLOCK_BYTES ? MMA_STAGES * TC_STAGE_BYTES : C_BLOCK_BYTES)
+#define MMA_SMEM_BYTES TC_SMEM_BYTES(MMA_STAGES, 128)
 
 // Word w (0..15) of row r of a SwizzledRows slab.
 __device__ __forceinline__ u32 swizzled_word(const u8* slab, u32 r, u32 w) {
@@ -456,7 +461,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
             for (int c = 0; c < 4; c++) acc[mi][ni][c] = 0;
     const u32 steps = (k + TC_BK - 1) / TC_BK;
     for (u32 s = 0; s < MMA_STAGES - 1; s++) {
-        if (s < steps) copy_step<MMA_STAGES, SwizzledRows>(smem, a, bt, m, n, k, s);
+        if (s < steps) copy_step<MMA_STAGES, 128, SwizzledRows>(smem, a, bt, m, n, k, s);
         cp_async_commit();
     }
     for (u32 step = 0; step < steps; step++) {
@@ -464,9 +469,9 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         // one still reads the buffer of the step before, which the copies below refill.
         cp_async_wait<MMA_STAGES - 2>();
         __syncthreads();
-        if (step + MMA_STAGES - 1 < steps) copy_step<MMA_STAGES, SwizzledRows>(smem, a, bt, m, n, k, step + MMA_STAGES - 1);
+        if (step + MMA_STAGES - 1 < steps) copy_step<MMA_STAGES, 128, SwizzledRows>(smem, a, bt, m, n, k, step + MMA_STAGES - 1);
         cp_async_commit();
-        const u8* as = smem + (step % MMA_STAGES) * TC_STAGE_BYTES;
+        const u8* as = smem + (step % MMA_STAGES) * STAGE_BYTES(128);
         const u8* bs = as + TC_BLOCK * TC_BK;
 #pragma unroll
         for (u32 ks = 0; ks < TC_BK / 32; ks++) {
@@ -498,26 +503,20 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     for (u32 mi = 0; mi < 4; mi++) {
         for (u32 ni = 0; ni < 4; ni++) {
             const u32 r = 64 * wm + 16 * mi + gid, c = 32 * wn + 8 * ni + 2 * tig;
-            c_store(cs, r, c, acc[mi][ni][0]);
-            c_store(cs, r, c + 1, acc[mi][ni][1]);
-            c_store(cs, r + 8, c, acc[mi][ni][2]);
-            c_store(cs, r + 8, c + 1, acc[mi][ni][3]);
+            c_store<128>(cs, r, c, acc[mi][ni][0]);
+            c_store<128>(cs, r, c + 1, acc[mi][ni][1]);
+            c_store<128>(cs, r + 8, c, acc[mi][ni][2]);
+            c_store<128>(cs, r + 8, c + 1, acc[mi][ni][3]);
         }
     }
     __syncthreads();
-    hash_c_block(cs, m, n, g, p, leaves);
+    hash_c_block<128>(cs, m, n, g, p, leaves);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Phase A: wgmma (sm_90a: H100, H200)
 
 #if defined(GPOW_EMULATION) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
-
-// Five buffers: the copies run three steps ahead, and one step's wgmma group is in flight
-// while the next is issued.
-#define WG_STAGES 5
-#define WG_AHEAD (WG_STAGES - 2)
-#define WG_SMEM_BYTES (WG_STAGES * TC_STAGE_BYTES > C_BLOCK_BYTES ? WG_STAGES * TC_STAGE_BYTES : C_BLOCK_BYTES)
 
 // A wgmma matrix descriptor for a K-major operand without swizzling: core matrices of 8 rows x
 // 16 bytes (128 contiguous bytes each), `lbo` bytes between core matrices adjacent in K, `sbo`
@@ -532,7 +531,7 @@ __device__ __forceinline__ u64 wgmma_descriptor(u32 address, u32 lbo, u32 sbo) {
 // covering its commit group returns.
 __device__ __forceinline__ void wgmma_64128(i32 d[64], u64 desc_a, u64 desc_b, u32 accumulate) {
 #ifdef GPOW_EMULATION
-    emu::wgmma_m64n128k32_s8(d, desc_a, desc_b, accumulate);
+    emu::wgmma_m64nNk32_s8(d, 128, desc_a, desc_b, accumulate);
 #else
     asm volatile(
         "{\n"
@@ -543,6 +542,32 @@ __device__ __forceinline__ void wgmma_64128(i32 d[64], u64 desc_a, u64 desc_b, u
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
         : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 #endif
+}
+
+// The same with 128 columns more (m64n256k32): 128 accumulators a thread.
+__device__ __forceinline__ void wgmma_64256(i32 d[128], u64 desc_a, u64 desc_b, u32 accumulate) {
+#ifdef GPOW_EMULATION
+    emu::wgmma_m64nNk32_s8(d, 256, desc_a, desc_b, accumulate);
+#else
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63,%64,%65,%66,%67,%68,%69,%70,%71,%72,%73,%74,%75,%76,%77,%78,%79,%80,%81,%82,%83,%84,%85,%86,%87,%88,%89,%90,%91,%92,%93,%94,%95,%96,%97,%98,%99,%100,%101,%102,%103,%104,%105,%106,%107,%108,%109,%110,%111,%112,%113,%114,%115,%116,%117,%118,%119,%120,%121,%122,%123,%124,%125,%126,%127}, %128, %129, p;\n"
+        "}\n"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]), "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#endif
+}
+
+// wgmma m64nNk32 for the N of a block.
+template <int BN>
+__device__ __forceinline__ void wgmma_64n(i32 d[BN / 2], u64 desc_a, u64 desc_b, u32 accumulate) {
+    if constexpr (BN == 128) {
+        wgmma_64128(d, desc_a, desc_b, accumulate);
+    } else {
+        wgmma_64256(d, desc_a, desc_b, accumulate);
+    }
 }
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -577,44 +602,47 @@ __device__ __forceinline__ void fence_proxy_async() {
 #endif
 }
 
-// C_p = A_p · B_p with wgmma m64n128k32: 128 x 128 of C per block of two warpgroups (256
+// C_p = A_p · B_p with wgmma m64nNk32 (N = BN): 128 x BN of C per block of two warpgroups (256
 // threads), warpgroup w making rows 64w..64w+63 with the B both read; A and BT come through
-// WG_STAGES buffers of 64 bytes of depth, copied asynchronously three steps ahead, and each
+// STAGES buffers of 64 bytes of depth, copied asynchronously STAGES - 2 steps ahead, and each
 // step's two wgmmas run while the next step's are issued; then the block's C in the same
-// shared memory, its 64 tiles hashed at once. grid (ceil(n / 128), ceil(m / 128)),
-// WG_SMEM_BYTES of dynamic shared memory; two blocks fit an SM.
-extern "C" __global__ void __launch_bounds__(256, 2)
-    gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
-    u8* smem = dynamic_shared(WG_SMEM_BYTES);
+// shared memory, its tiles hashed at once. grid (ceil(n / BN), ceil(m / 128)),
+// TC_SMEM_BYTES(STAGES, BN) of dynamic shared memory.
+template <int BN, int STAGES>
+__device__ __forceinline__ void gemm_wgmma_block(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    constexpr u32 AHEAD = STAGES - 2;
+    u8* smem = dynamic_shared(TC_SMEM_BYTES(STAGES, BN));
 #ifdef GPOW_EMULATION
     emu::set_shared_base(smem);
 #endif
     const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4, wg = warp / 4;
-    i32 acc[64];
-    for (int i = 0; i < 64; i++) acc[i] = 0;
+    i32 acc[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) acc[i] = 0;
     const u32 steps = (k + TC_BK - 1) / TC_BK;
-    for (u32 s = 0; s < WG_AHEAD; s++) {
-        if (s < steps) copy_step<WG_STAGES, CoreMatrices>(smem, a, bt, m, n, k, s);
+    for (u32 s = 0; s < AHEAD; s++) {
+        if (s < steps) copy_step<STAGES, BN, CoreMatrices>(smem, a, bt, m, n, k, s);
         cp_async_commit();
     }
     for (u32 step = 0; step < steps; step++) {
         // This thread's copies of this step are in and visible to the tensor cores; after the
         // barrier everyone's are, and every warpgroup's wgmmas of two steps back are done, so
         // their buffer can be refilled.
-        cp_async_wait<WG_AHEAD - 1>();
+        cp_async_wait<AHEAD - 1>();
         fence_proxy_async();
         __syncthreads();
-        if (step + WG_AHEAD < steps) copy_step<WG_STAGES, CoreMatrices>(smem, a, bt, m, n, k, step + WG_AHEAD);
+        if (step + AHEAD < steps) copy_step<STAGES, BN, CoreMatrices>(smem, a, bt, m, n, k, step + AHEAD);
         cp_async_commit();
-        const u8* as = smem + (step % WG_STAGES) * TC_STAGE_BYTES + 4096 * wg;
-        const u8* bs = smem + (step % WG_STAGES) * TC_STAGE_BYTES + TC_BLOCK * TC_BK;
+        // A's rows 64w.. (warpgroup w) start 8 row groups of 512 bytes in.
+        const u8* as = smem + (step % STAGES) * STAGE_BYTES(BN) + 4096 * wg;
+        const u8* bs = smem + (step % STAGES) * STAGE_BYTES(BN) + TC_BLOCK * TC_BK;
         wgmma_fence();
 #pragma unroll
         for (u32 ks = 0; ks < TC_BK / 32; ks++) {
             // Two core matrices of depth per k32 step: 256 bytes further each step.
             const u64 da = wgmma_descriptor(shared_address(as + 256 * ks), 128, 512);
             const u64 db = wgmma_descriptor(shared_address(bs + 256 * ks), 128, 512);
-            wgmma_64128(acc, da, db, 1);
+            wgmma_64n<BN>(acc, da, db, 1);
         }
         wgmma_commit();
         wgmma_wait<1>();
@@ -626,12 +654,27 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     // column 8 (i / 4) + 2 tig + (i % 2).
     i32* cs = (i32*)smem;
 #pragma unroll
-    for (u32 i = 0; i < 64; i++) {
+    for (u32 i = 0; i < BN / 2; i++) {
         const u32 row = 64 * wg + 16 * (warp % 4) + gid + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i % 2);
-        c_store(cs, row, col, acc[i]);
+        c_store<BN>(cs, row, col, acc[i]);
     }
     __syncthreads();
-    hash_c_block(cs, m, n, g, p, leaves);
+    hash_c_block<BN>(cs, m, n, g, p, leaves);
+}
+
+// 128 x 128 blocks, 5 buffers (80 KiB): 112 registers, so two blocks share an SM and one's
+// tile hashing overlaps the other's products. 128 operations a byte of operands.
+extern "C" __global__ void __launch_bounds__(256, 2)
+    gemm_wgmma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    gemm_wgmma_block<128, 5>(a, bt, m, n, k, g, p, leaves);
+}
+
+// 128 x 256 blocks, 6 buffers of 24 KiB (144 KiB): one block an SM, its hashing not
+// overlapped, but 171 operations a byte of operands, a third less L2 traffic than 128 x 128.
+// The self-test keeps whichever is faster on the GPU at hand.
+extern "C" __global__ void __launch_bounds__(256, 1)
+    gemm_wgmma_wide(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    gemm_wgmma_block<256, 6>(a, bt, m, n, k, g, p, leaves);
 }
 
 #endif

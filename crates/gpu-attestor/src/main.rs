@@ -58,7 +58,7 @@ struct Work {
     #[arg(long, value_delimiter = ',', value_name = "INDEX,...")]
     device: Option<Vec<u32>>,
     /// The GEMM kernel: `auto` (the fastest that agrees with the CPU reference in the
-    /// self-test) or one by name (dp4a, mma-sync, wgmma).
+    /// self-test) or one by name (dp4a, mma-sync, wgmma, wgmma-wide).
     #[arg(long, default_value = "auto")]
     kernel: KernelChoice,
     /// Worker threads (default: every core; never more than the cores there are).

@@ -147,36 +147,38 @@ static int8_t described(uint64_t desc, uint32_t r, uint32_t kbyte) {
     return (int8_t)shared_base[address];
 }
 
-// wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 with A and B from shared memory, for the
-// warpgroup of the calling thread (threads 128w..128w+127 of the block). D's layout for m64nN
-// (PTX ISA): warp w of the warpgroup holds rows 16w..16w+15; its lane (groupID = lane >> 2,
-// threadID_in_group = lane % 4) holds, for each 8-column chunk i, d[4i + j] at row 16w +
-// groupID (+ 8 for j >= 2) and column 8i + 2 threadID_in_group + (j & 1).
+// wgmma.mma_async.sync.aligned.m64nNk32.s32.s8.s8 (N = 128 or 256) with A and B from shared
+// memory, for the warpgroup of the calling thread (threads 128w..128w+127 of the block). D's
+// layout for m64nN (PTX ISA): warp w of the warpgroup holds rows 16w..16w+15; its lane
+// (groupID = lane >> 2, threadID_in_group = lane % 4) holds, for each 8-column chunk i, d[4i +
+// j] at row 16w + groupID (+ 8 for j >= 2) and column 8i + 2 threadID_in_group + (j & 1).
 struct Wgmma {
     int32_t* d;
+    uint32_t n;
     uint64_t desc_a, desc_b;
-    int32_t out[64];
-    // The operands as they were at issue (A's 64 x 32 bytes, then B's 128 x 32), kept by the
+    int32_t out[128];
+    // The operands as they were at issue (A's 64 x 32 bytes, then B's N x 32), kept by the
     // warpgroup's first thread alone: the same for the whole warpgroup.
     std::vector<int8_t> operands;
 };
 static thread_local std::vector<Wgmma> open_wgmma;
 static thread_local std::deque<std::vector<Wgmma>> wgmma_groups;
 
-static std::vector<int8_t> wgmma_operands(uint64_t desc_a, uint64_t desc_b) {
+static std::vector<int8_t> wgmma_operands(uint32_t n, uint64_t desc_a, uint64_t desc_b) {
     std::vector<int8_t> bytes;
-    bytes.reserve((64 + 128) * 32);
+    bytes.reserve((64 + n) * 32);
     for (u32 r = 0; r < 64; r++)
         for (u32 x = 0; x < 32; x++) bytes.push_back(described(desc_a, r, x));
-    for (u32 r = 0; r < 128; r++)
+    for (u32 r = 0; r < n; r++)
         for (u32 x = 0; x < 32; x++) bytes.push_back(described(desc_b, r, x));
     return bytes;
 }
 
 // Issued: computed now from shared memory and from d as the wgmmas before it in this thread
 // leave it; delivered into d by the wait that covers it.
-void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32_t accumulate) {
-    Wgmma w{d, desc_a, desc_b, {}, {}};
+void wgmma_m64nNk32_s8(int32_t* d, uint32_t n, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate) {
+    if (n != 128 && n != 256) violation("wgmma with N = " + std::to_string(n));
+    Wgmma w{d, n, desc_a, desc_b, {}, {}};
     // The newest wgmma in flight into d, if any, is what this one adds to.
     const int32_t* before = d;
     for (const std::vector<Wgmma>& group : wgmma_groups) {
@@ -188,13 +190,13 @@ void wgmma_m64n128k32_s8(int32_t d[64], uint64_t desc_a, uint64_t desc_b, uint32
         if (o.d == d) before = o.out;
     }
     const u32 warp = (thread_idx.x / 32) % 4, lane = thread_idx.x % 32, group = lane >> 2, tig = lane % 4;
-    for (u32 i = 0; i < 64; i++) {
+    for (u32 i = 0; i < n / 2; i++) {
         const u32 row = 16 * warp + group + ((i % 4) >= 2 ? 8 : 0), col = 8 * (i / 4) + 2 * tig + (i & 1);
         int32_t sum = accumulate ? before[i] : 0;
         for (u32 x = 0; x < 32; x++) sum += (int32_t)described(desc_a, row, x) * (int32_t)described(desc_b, col, x);
         w.out[i] = sum;
     }
-    if (thread_idx.x % 128 == 0) w.operands = wgmma_operands(desc_a, desc_b);
+    if (thread_idx.x % 128 == 0) w.operands = wgmma_operands(n, desc_a, desc_b);
     open_wgmma.push_back(std::move(w));
 }
 
@@ -208,11 +210,11 @@ void wgmma_commit() {
 void wgmma_wait(uint32_t pending) {
     while (wgmma_groups.size() > pending) {
         for (const Wgmma& w : wgmma_groups.front()) {
-            if (!w.operands.empty() && wgmma_operands(w.desc_a, w.desc_b) != w.operands) {
+            if (!w.operands.empty() && wgmma_operands(w.n, w.desc_a, w.desc_b) != w.operands) {
                 violation("a wgmma's shared-memory operands changed while it was in flight (warpgroup " +
                           std::to_string(thread_idx.x / 128) + ")");
             }
-            std::memcpy(w.d, w.out, sizeof w.out);
+            std::memcpy(w.d, w.out, sizeof(int32_t) * (w.n / 2));
         }
         wgmma_groups.pop_front();
     }
@@ -255,6 +257,7 @@ std::function<void()> kernel(const char* name, void** args) {
     KERNEL(gemm_dp4a)
     KERNEL(gemm_mma)
     KERNEL(gemm_wgmma)
+    KERNEL(gemm_wgmma_wide)
     KERNEL(merkle_reduce)
     KERNEL(cache_build)
     KERNEL(dataset_build)

@@ -525,6 +525,7 @@ mod tests {
         assert_eq!(KernelChoice::Auto.candidates((8, 9)), [GemmKernel::Dp4a, GemmKernel::MmaSync]);
         assert!(KernelChoice::Auto.candidates((7, 5)).is_empty());
         assert_eq!("wgmma".parse(), Ok(KernelChoice::Only(GemmKernel::Wgmma)));
+        assert_eq!("wgmma-wide".parse(), Ok(KernelChoice::Only(GemmKernel::WgmmaWide)));
         assert!(same_pci("0000:3b:00.0", "00000000:3B:00.0"));
         assert!(!same_pci("0000:3b:00.0", "00000000:3C:00.0"));
         assert!(!same_pci("", "0000:3b:00.0"));
@@ -562,7 +563,7 @@ mod tests {
         let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning);
         let t = self_test(&mut broken, &GemmKernel::ALL, timing);
         assert!(t.usable());
-        assert!(matches!(t.chosen.as_deref(), Some("dp4a" | "wgmma")), "{t:?}");
+        assert!(matches!(t.chosen.as_deref(), Some("dp4a" | "wgmma" | "wgmma-wide")), "{t:?}");
         assert_eq!(broken.kernel().name(), t.chosen.as_deref().unwrap());
         assert_eq!(t.disabled(), vec!["mma-sync: roots differ from the CPU reference".to_owned()]);
 

@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn a_launch_short_of_shared_memory_fails() {
         let mut device = EmuDevice::new();
-        for kernel in [GemmKernel::MmaSync, GemmKernel::Wgmma] {
+        for kernel in [GemmKernel::MmaSync, GemmKernel::Wgmma, GemmKernel::WgmmaWide] {
             let (a, bt, leaves) = (device.alloc(256).unwrap(), device.alloc(256).unwrap(), device.alloc(32).unwrap());
             let launch = |shared| Launch {
                 kernel: kernel.entry(),

@@ -25,8 +25,8 @@ use std::fmt;
 /// source's SHA-256.
 pub const PTX: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.ptx"));
 
-/// The same kernels for sm_90a (`ptx/gpow2.sm_90a.ptx`, compute_90a), with `gemm_wgmma`: loaded
-/// on GPUs of compute capability 9.0 (H100, H200).
+/// The same kernels for sm_90a (`ptx/gpow2.sm_90a.ptx`, compute_90a), with `gemm_wgmma` and
+/// `gemm_wgmma_wide`: loaded on GPUs of compute capability 9.0 (H100, H200).
 pub const PTX_SM90A: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.sm_90a.ptx"));
 
 /// The PTX to load on a GPU of compute capability `cc`.
@@ -44,12 +44,16 @@ pub enum GemmKernel {
     Dp4a,
     /// Tensor cores through `mma.sync.m16n8k32` (sm_80+): A100, RTX 4090, H100, H200.
     MmaSync,
-    /// Hopper's warpgroup MMA, `wgmma.mma_async.m64n128k32` (sm_90a: H100, H200).
+    /// Hopper's warpgroup MMA, `wgmma.mma_async.m64n128k32` (sm_90a: H100, H200): 128 x 128
+    /// blocks, two an SM.
     Wgmma,
+    /// The same with `m64n256k32`: 128 x 256 blocks, one an SM, a third less L2 traffic; the
+    /// self-test measures which of the two is faster.
+    WgmmaWide,
 }
 
 impl GemmKernel {
-    pub const ALL: [GemmKernel; 3] = [GemmKernel::Dp4a, GemmKernel::MmaSync, GemmKernel::Wgmma];
+    pub const ALL: [GemmKernel; 4] = [GemmKernel::Dp4a, GemmKernel::MmaSync, GemmKernel::Wgmma, GemmKernel::WgmmaWide];
 
     /// The name in `--kernel`, `hello` and the report.
     pub fn name(self) -> &'static str {
@@ -57,6 +61,7 @@ impl GemmKernel {
             GemmKernel::Dp4a => "dp4a",
             GemmKernel::MmaSync => "mma-sync",
             GemmKernel::Wgmma => "wgmma",
+            GemmKernel::WgmmaWide => "wgmma-wide",
         }
     }
 
@@ -66,7 +71,7 @@ impl GemmKernel {
             // The PTX is for compute_80.
             GemmKernel::Dp4a | GemmKernel::MmaSync => cc.0 >= 8,
             // sm_90a instructions run on 9.0 alone.
-            GemmKernel::Wgmma => cc == (9, 0),
+            GemmKernel::Wgmma | GemmKernel::WgmmaWide => cc == (9, 0),
         }
     }
 
@@ -86,6 +91,7 @@ impl GemmKernel {
             GemmKernel::Dp4a => "gemm_dp4a",
             GemmKernel::MmaSync => "gemm_mma",
             GemmKernel::Wgmma => "gemm_wgmma",
+            GemmKernel::WgmmaWide => "gemm_wgmma_wide",
         }
     }
 
@@ -95,19 +101,23 @@ impl GemmKernel {
             GemmKernel::Dp4a => (64, 64, 256),
             GemmKernel::MmaSync => (128, 128, 256),
             GemmKernel::Wgmma => (128, 128, 256),
+            GemmKernel::WgmmaWide => (128, 256, 256),
         }
     }
 
-    /// Bytes of dynamic shared memory a block of the kernel uses (`MMA_SMEM_BYTES` and
-    /// `WG_SMEM_BYTES` in the kernels): the larger of its buffers (4 and 5 of 16 KiB) and the
-    /// block's C (64 tiles of 257 words), which takes the same memory after the last step.
-    /// Above the 48 KiB a block gets by default, so the driver is asked to allow it first.
+    /// Bytes of dynamic shared memory a block of the kernel uses (`TC_SMEM_BYTES` in the
+    /// kernels): the larger of its buffers (4, 5 and 6 of them, each 64 bytes of depth of A's 128
+    /// rows and BT's) and the block's C (its 16 x 16 tiles at 257 words each), which takes the
+    /// same memory after the last step. Above the 48 KiB a block gets by default, so the driver
+    /// is asked to allow it first.
     pub(crate) fn shared_bytes(self) -> u32 {
-        const C_BLOCK: u32 = 64 * 257 * 4;
+        let (rows, columns, _) = self.block();
+        let tensor_cores = |stages: u32| (stages * (rows + columns) * 64).max(rows / 16 * (columns / 16) * 257 * 4);
         match self {
             GemmKernel::Dp4a => 0,
-            GemmKernel::MmaSync => C_BLOCK.max(4 * 16384),
-            GemmKernel::Wgmma => C_BLOCK.max(5 * 16384),
+            GemmKernel::MmaSync => tensor_cores(4),
+            GemmKernel::Wgmma => tensor_cores(5),
+            GemmKernel::WgmmaWide => tensor_cores(6),
         }
     }
 }
