@@ -30,14 +30,33 @@ pub(crate) struct Unit {
     pub(crate) arch: &'static str,
     /// The targets `ptxas` checks it for: every GPU the backend loads it on.
     pub(crate) ptxas: &'static [&'static str],
+    /// The target its checked-in cubin (`ptx/<cubin>`) is assembled for, and that file: what the
+    /// backend loads on those GPUs instead of having the driver compile the PTX at every start.
+    pub(crate) cubin: (&'static str, &'static str),
 }
 
 /// What `cargo xtask ptx` makes. compute_80 runs on every GPU from the A100 on (the driver
 /// compiles the PTX for the GPU it loads on); compute_90a adds wgmma, for 9.0 alone.
 pub(crate) const UNITS: [Unit; 2] = [
-    Unit { source: "gpow2.cu", ptx: "gpow2.ptx", arch: "compute_80", ptxas: &["sm_80", "sm_90", "sm_90a"] },
-    Unit { source: "gpow2.cu", ptx: "gpow2.sm_90a.ptx", arch: "compute_90a", ptxas: &["sm_90a"] },
+    Unit {
+        source: "gpow2.cu",
+        ptx: "gpow2.ptx",
+        arch: "compute_80",
+        ptxas: &["sm_80", "sm_90", "sm_90a"],
+        cubin: ("sm_80", "gpow2.sm_80.cubin"),
+    },
+    Unit {
+        source: "gpow2.cu",
+        ptx: "gpow2.sm_90a.ptx",
+        arch: "compute_90a",
+        ptxas: &["sm_90a"],
+        cubin: ("sm_90a", "gpow2.sm_90a.cubin"),
+    },
 ];
+
+/// `ptx/cubins.txt`: which PTX each cubin was assembled from, so a test without ptxas still sees
+/// a cubin left behind its PTX.
+pub(crate) const CUBINS: &str = "cubins.txt";
 
 pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace above xtask").to_path_buf()
@@ -214,26 +233,51 @@ pub(crate) fn make(unit: &Unit) -> anyhow::Result<String> {
     Ok(format!("{}{ptx}", header(unit.source, &source)))
 }
 
-/// Runs `ptxas` on the checked-in PTX of `unit` for every target it is loaded on.
-pub(crate) fn validate(unit: &Unit) -> anyhow::Result<()> {
+/// `ptxas` on the checked-in PTX of `unit` for `target`: the cubin, or why not (any warning or
+/// wgmma notice included).
+fn assemble(unit: &Unit, target: &str) -> anyhow::Result<Vec<u8>> {
     let ptxas = nvidia_package("cuda_nvcc")?.join("bin/ptxas");
     let out_dir = tempfile::tempdir()?;
+    let cubin = out_dir.path().join(format!("{}.{target}.cubin", unit.ptx));
+    let out = output(
+        ProcessSpec::new(&ptxas)
+            .arg(format!("--gpu-name={target}"))
+            .arg("--warn-on-spills")
+            .arg("--warning-as-error")
+            .arg("-o")
+            .arg(&cubin)
+            .arg(workspace().join("ptx").join(unit.ptx)),
+    )?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() || said.contains("(C75") {
+        bail!("ptxas --gpu-name={target} ptx/{}:\n{said}", unit.ptx);
+    }
+    Ok(std::fs::read(&cubin)?)
+}
+
+/// Runs `ptxas` on the checked-in PTX of `unit` for every target it is loaded on.
+pub(crate) fn validate(unit: &Unit) -> anyhow::Result<()> {
     for target in unit.ptxas {
-        let out = output(
-            ProcessSpec::new(&ptxas)
-                .arg(format!("--gpu-name={target}"))
-                .arg("--warn-on-spills")
-                .arg("--warning-as-error")
-                .arg("-o")
-                .arg(out_dir.path().join(format!("{}.{target}.cubin", unit.ptx)))
-                .arg(workspace().join("ptx").join(unit.ptx)),
-        )?;
-        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() || said.contains("(C75") {
-            bail!("ptxas --gpu-name={target} ptx/{}:\n{said}", unit.ptx);
-        }
+        assemble(unit, target)?;
     }
     Ok(())
+}
+
+/// The line of `ptx/cubins.txt` for `unit`: `<cubin> <target> <ptx> sha256 <hex of the PTX>`.
+fn cubin_line(unit: &Unit) -> anyhow::Result<String> {
+    let ptx = std::fs::read(workspace().join("ptx").join(unit.ptx))?;
+    Ok(format!("{} {} {} sha256 {}", unit.cubin.1, unit.cubin.0, unit.ptx, hex(&Sha256::digest(ptx))))
+}
+
+/// `ptx/cubins.txt` as the checked-in PTX makes it.
+fn cubins_text() -> anyhow::Result<String> {
+    let mut text =
+        String::from("# cubin, target, the PTX it was assembled from (cargo xtask ptx; ptxas of the pinned wheel)\n");
+    for unit in &UNITS {
+        text.push_str(&cubin_line(unit)?);
+        text.push('\n');
+    }
+    Ok(text)
 }
 
 /// `cargo xtask ptx [--check]`.
@@ -252,11 +296,36 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                 bail!("{} is not what NVRTC makes of kernels/{}: run `cargo xtask ptx`", out.display(), unit.source);
             }
             validate(unit)?;
-            println!("ptx/{}: up to date; ptxas accepts it for {}", unit.ptx, unit.ptxas.join(", "));
+            let (target, name) = unit.cubin;
+            let cubin = workspace().join("ptx").join(name);
+            if std::fs::read(&cubin).ok() != Some(assemble(unit, target)?) {
+                bail!("{} is not what ptxas makes of ptx/{}: run `cargo xtask ptx`", cubin.display(), unit.ptx);
+            }
+            println!("ptx/{}: up to date; ptxas accepts it for {}; ptx/{name} is its", unit.ptx, unit.ptxas.join(", "));
         } else {
             std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
-            println!("ptx/{}: {} lines from kernels/{} ({})", unit.ptx, text.lines().count(), unit.source, unit.arch);
+            let (target, name) = unit.cubin;
+            let cubin = assemble(unit, target)?;
+            std::fs::write(workspace().join("ptx").join(name), &cubin)
+                .with_context(|| format!("writing ptx/{name}"))?;
+            println!(
+                "ptx/{}: {} lines from kernels/{} ({}); ptx/{name}: {} bytes",
+                unit.ptx,
+                text.lines().count(),
+                unit.source,
+                unit.arch,
+                cubin.len()
+            );
         }
+    }
+    let list = workspace().join("ptx").join(CUBINS);
+    let text = cubins_text()?;
+    if check {
+        if std::fs::read_to_string(&list).ok().as_deref() != Some(text.as_str()) {
+            bail!("{} does not list the cubins of the PTX as it is: run `cargo xtask ptx`", list.display());
+        }
+    } else {
+        std::fs::write(&list, text).with_context(|| format!("writing {}", list.display()))?;
     }
     Ok(())
 }
@@ -280,15 +349,22 @@ mod tests {
         }
     }
 
-    /// ptxas accepts every PTX file for every target the backend loads it on.
+    /// ptxas accepts every PTX file for every target the backend loads it on, and the
+    /// checked-in cubins are what it makes of the PTX (ptxas's output is the same bytes every
+    /// time), listed as such.
     #[test]
-    fn ptxas_accepts_the_ptx_for_every_target() {
+    fn ptxas_accepts_the_ptx_for_every_target_and_made_the_cubins() {
         let nvcc = nvidia_package("cuda_nvcc");
         if !e2e::require_tool("ptxas (the nvidia-cuda-nvcc-cu12 wheel)", nvcc.is_ok()) {
             return;
         }
         for unit in &UNITS {
             validate(unit).unwrap();
+            let (target, name) = unit.cubin;
+            let current = std::fs::read(workspace().join("ptx").join(name)).unwrap();
+            assert!(current == assemble(unit, target).unwrap(), "ptx/{name} is stale: run `cargo xtask ptx`");
         }
+        let list = std::fs::read_to_string(workspace().join("ptx").join(CUBINS)).unwrap();
+        assert_eq!(list, cubins_text().unwrap(), "ptx/{CUBINS} is stale: run `cargo xtask ptx`");
     }
 }

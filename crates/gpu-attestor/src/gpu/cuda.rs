@@ -183,7 +183,8 @@ impl Driver {
             streams: [std::ptr::null_mut(); 2],
             events: [std::ptr::null_mut(); EVENTS],
         };
-        let ptx = CString::new(super::ptx_for(info.compute_capability)).expect("the PTX has no NUL byte");
+        let (cubin, ptx) = super::images_for(info.compute_capability);
+        let ptx = CString::new(ptx).expect("the PTX has no NUL byte");
         // SAFETY: as in `devices`; each handle is stored in `device` as soon as it exists, so
         // its Drop releases whatever was made before a failure.
         #[allow(unsafe_code)]
@@ -192,7 +193,18 @@ impl Driver {
             check("cuDeviceGet", sys::cuDeviceGet(&mut dev, info.ordinal as c_int))?;
             check("cuDevicePrimaryCtxRetain", sys::cuDevicePrimaryCtxRetain(&mut device.context, dev))?;
             check("cuCtxSetCurrent", sys::cuCtxSetCurrent(device.context))?;
-            check("cuModuleLoadData", sys::cuModuleLoadData(&mut device.module, ptx.as_ptr().cast()))?;
+            // The cubin made for this GPU, else (none, or the driver refuses it) the PTX.
+            let loaded = cubin.map(|image| sys::cuModuleLoadData(&mut device.module, image.as_ptr().cast()));
+            if loaded != Some(CUresult::CUDA_SUCCESS) {
+                if let Some(code) = loaded {
+                    eprintln!(
+                        "gpu-attestor: GPU {} refused its cubin ({}); the driver compiles the PTX instead",
+                        info.ordinal,
+                        error_text(code)
+                    );
+                }
+                check("cuModuleLoadData", sys::cuModuleLoadData(&mut device.module, ptx.as_ptr().cast()))?;
+            }
             let kernels = ["fill_a", "fill_bt", "merkle_reduce", "cache_build", "dataset_build", "walk"]
                 .into_iter()
                 .chain(GemmKernel::supported(info.compute_capability).into_iter().map(GemmKernel::entry));

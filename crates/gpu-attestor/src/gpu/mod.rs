@@ -29,9 +29,23 @@ pub const PTX: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../p
 /// `gemm_wgmma_wide`: loaded on GPUs of compute capability 9.0 (H100, H200).
 pub const PTX_SM90A: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.sm_90a.ptx"));
 
-/// The PTX to load on a GPU of compute capability `cc`.
-pub fn ptx_for(cc: (u32, u32)) -> &'static str {
-    if cc == (9, 0) { PTX_SM90A } else { PTX }
+/// `PTX` assembled by ptxas for sm_80 (`ptx/gpow2.sm_80.cubin`, made with the PTX by `cargo
+/// xtask ptx`): runs on every GPU of compute capability 8.x.
+pub const CUBIN_SM80: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.sm_80.cubin"));
+
+/// `PTX_SM90A` assembled for sm_90a (`ptx/gpow2.sm_90a.cubin`): H100, H200.
+pub const CUBIN_SM90A: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/gpow2.sm_90a.cubin"));
+
+/// What a GPU of compute capability `cc` loads: the cubin made for it where there is one (no
+/// compiling at start: the driver would otherwise assemble the PTX for every context, a second
+/// or two of CPU each where its cache is off), and the PTX, which the driver compiles for any
+/// GPU from 8.0 on (a later architecture, or a cubin the driver refuses).
+pub fn images_for(cc: (u32, u32)) -> (Option<&'static [u8]>, &'static str) {
+    match cc {
+        (9, 0) => (Some(CUBIN_SM90A), PTX_SM90A),
+        (8, _) => (Some(CUBIN_SM80), PTX),
+        _ => (None, PTX),
+    }
 }
 
 /// A device address.
@@ -224,5 +238,34 @@ mod tests {
         {
             assert!(super::PTX.contains(&format!(".entry {entry}(")), "no kernel {entry} in the PTX");
         }
+    }
+
+    /// The embedded cubins were assembled from the embedded PTX (`ptx/cubins.txt`, which `cargo
+    /// xtask ptx` writes with them; the xtask's own test checks the bytes with ptxas), and each
+    /// GPU generation loads its own.
+    #[test]
+    fn the_embedded_cubins_are_of_the_current_ptx() {
+        let list = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../ptx/cubins.txt"));
+        let ptx = |name| match name {
+            "gpow2.ptx" => super::PTX,
+            "gpow2.sm_90a.ptx" => super::PTX_SM90A,
+            other => panic!("cubins.txt names {other}"),
+        };
+        let mut listed = Vec::new();
+        for line in list.lines().filter(|l| !l.starts_with('#')) {
+            let [cubin, _target, source, "sha256", hash] = line.split(' ').collect::<Vec<_>>()[..] else {
+                panic!("cubins.txt: {line}");
+            };
+            assert_eq!(hash, hex::encode(Sha256::digest(ptx(source))), "ptx/{cubin} is stale: run `cargo xtask ptx`");
+            listed.push(cubin);
+        }
+        assert_eq!(listed, ["gpow2.sm_80.cubin", "gpow2.sm_90a.cubin"]);
+        // ELF images, not text.
+        for cubin in [super::CUBIN_SM80, super::CUBIN_SM90A] {
+            assert_eq!(&cubin[..4], b"\x7fELF");
+        }
+        assert_eq!(super::images_for((9, 0)), (Some(super::CUBIN_SM90A), super::PTX_SM90A));
+        assert_eq!(super::images_for((8, 6)), (Some(super::CUBIN_SM80), super::PTX));
+        assert_eq!(super::images_for((12, 0)), (None, super::PTX));
     }
 }
