@@ -159,9 +159,16 @@ __device__ __forceinline__ void fnv_into(u32* mix, const u32* src, int quads) {
 
 // ---------------------------------------------------------------------------------------------
 // Phase A: the fill
+//
+// Phase A's kernels work on a batch of products at once, product p0 + blockIdx.z of the batch
+// a product further on in each buffer (m k bytes of A, n k of BT, (m / 16)(n / 16) leaves):
+// small products, the guide's 1000 of 256³ say, then take a few launches instead of a few
+// thousand, and a production product is a batch of one.
 
-// A_p: one thread per 16-byte Philox block, grid-stride.
-extern "C" __global__ void fill_a(u32* a, u32 m, u32 k, u32 p, u32 k0, u32 k1) {
+// A_p for p = p0 + blockIdx.z: one thread per 16-byte Philox block, grid-stride in x.
+extern "C" __global__ void fill_a(u32* a, u32 m, u32 k, u32 p0, u32 k0, u32 k1) {
+    const u32 p = p0 + blockIdx.z;
+    a += (u64)blockIdx.z * m * k / 4;
     const u32 blocks_per_row = k / 16;
     const u64 total = (u64)m * blocks_per_row;
     for (u64 l = (u64)blockIdx.x * blockDim.x + threadIdx.x; l < total; l += (u64)gridDim.x * blockDim.x) {
@@ -176,12 +183,14 @@ extern "C" __global__ void fill_a(u32* a, u32 m, u32 k, u32 p, u32 k0, u32 k1) {
 
 #define FILL_ROWS 256
 
-// BT_p: block (tj, y) makes rows 256y..256y+255 of column block tj of B_p (one Philox block per
-// thread), transposes them in shared memory and writes 16 runs of 256 contiguous bytes of BT_p.
-// blockDim.x = FILL_ROWS, grid (n / 16, ceil(k / 256)).
-extern "C" __global__ void fill_bt(u32* bt, u32 k, u32 p, u32 k0, u32 k1) {
+// BT_p for p = p0 + blockIdx.z: block (tj, y) makes rows 256y..256y+255 of column block tj of
+// B_p (one Philox block per thread), transposes them in shared memory and writes 16 runs of 256
+// contiguous bytes of BT_p. blockDim.x = FILL_ROWS, grid (n / 16, ceil(k / 256), products).
+extern "C" __global__ void fill_bt(u32* bt, u32 k, u32 p0, u32 k0, u32 k1) {
     // cols[c] holds column 16tj + c of rows t0..t0+255, one byte per row.
     __shared__ u32 cols[16][FILL_ROWS / 4];
+    const u32 p = p0 + blockIdx.z;
+    bt += (u64)blockIdx.z * (16 * gridDim.x) * k / 4;
     const u32 tj = blockIdx.x, t0 = blockIdx.y * FILL_ROWS, x = threadIdx.x;
     u32 c[4] = {t0 + x, tj, p, 0};
     philox(c, k0, k1);
@@ -196,6 +205,16 @@ extern "C" __global__ void fill_bt(u32* bt, u32 k, u32 p, u32 k0, u32 k1) {
 
 // ---------------------------------------------------------------------------------------------
 // Phase A: the GEMM and its epilogue
+
+// The GEMMs' grids are (column blocks, row blocks, products): block z makes product p0 + z,
+// from the operands and into the leaves a product further on.
+__device__ __forceinline__ void batch_product(const u32*& a, const u32*& bt, u32*& leaves, u32& p, u32 m, u32 n, u32 k) {
+    const u64 z = blockIdx.z;
+    a += z * m * k / 4;
+    bt += z * n * k / 4;
+    leaves += z * (m / 16) * (n / 16) * 8;
+    p += (u32)z;
+}
 
 #define GEMM_BM 64
 #define GEMM_BN 64
@@ -262,6 +281,7 @@ __device__ __forceinline__ void stage(u32 (*s)[GEMM_BK / 4 + 1], const u32* src,
 // C_p = A_p · B_p with dp4a, 64x64 per block of 256 threads (4x4 each), then the tile leaves
 // of the block. grid (ceil(n / 64), ceil(m / 64)).
 extern "C" __global__ void gemm_dp4a(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    batch_product(a, bt, leaves, p, m, n, k);
     __shared__ u32 as[GEMM_BM][GEMM_BK / 4 + 1];
     __shared__ u32 bs[GEMM_BN][GEMM_BK / 4 + 1];
     __shared__ i32 cs[GEMM_BM * GEMM_BN];
@@ -452,6 +472,7 @@ __device__ __forceinline__ u32 swizzled_word(const u8* slab, u32 r, u32 w) {
 // MMA_SMEM_BYTES of dynamic shared memory; two blocks fit an SM's registers.
 extern "C" __global__ void __launch_bounds__(256, 2)
     gemm_mma(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    batch_product(a, bt, leaves, p, m, n, k);
     u8* smem = dynamic_shared(MMA_SMEM_BYTES);
     const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4;
     const u32 wm = warp / 4, wn = warp % 4;
@@ -610,6 +631,7 @@ __device__ __forceinline__ void fence_proxy_async() {
 // TC_SMEM_BYTES(STAGES, BN) of dynamic shared memory.
 template <int BN, int STAGES>
 __device__ __forceinline__ void gemm_wgmma_block(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
+    batch_product(a, bt, leaves, p, m, n, k);
     constexpr u32 AHEAD = STAGES - 2;
     u8* smem = dynamic_shared(TC_SMEM_BYTES(STAGES, BN));
 #ifdef GPOW_EMULATION
@@ -687,9 +709,13 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 
 // Block b reduces nodes [512b, min(count, 512b + 512)) of a level to one node of the level
 // nine above (the carry rule holds inside the block: it starts at an even index, and only the
-// last block can be short). out[b] = that node. 256 threads.
+// last block can be short). out[b] = that node. 256 threads. Tree z of a batch (grid
+// (blocks, 1, trees)) has its level `count` nodes further on in `in` and its nodes above
+// `gridDim.x` further on in `out`.
 extern "C" __global__ void merkle_reduce(const u32* in, u64 count, u32* out) {
     __shared__ u32 nodes[MERKLE_SPAN][8];
+    in += (u64)blockIdx.z * count * 8;
+    out += (u64)blockIdx.z * gridDim.x * 8;
     const u32 t = threadIdx.x;
     const u64 first = (u64)blockIdx.x * MERKLE_SPAN;
     u32 live = (u32)(count - first < MERKLE_SPAN ? count - first : MERKLE_SPAN);

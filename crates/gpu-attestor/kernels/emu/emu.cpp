@@ -272,15 +272,17 @@ std::mutex launches;
 
 // 0 on success, 1 for an unknown kernel, 2 for a bad shape, 3 when the kernel did what a GPU
 // would not do right (`emu_violation` says what).
-extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x, u32 shared, void** args) {
+extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 grid_z, u32 block_x, u32 shared, void** args) {
     std::lock_guard<std::mutex> one_at_a_time(launches);
     const std::function<void()> run = kernel(name, args);
     if (!run) return 1;
-    if (grid_x == 0 || grid_y == 0 || block_x == 0 || block_x > 1024 || shared > emu::MAX_DYNAMIC_SHARED) return 2;
+    if (grid_x == 0 || grid_y == 0 || grid_z == 0 || grid_z > 65535 || block_x == 0 || block_x > 1024 ||
+        shared > emu::MAX_DYNAMIC_SHARED)
+        return 2;
     emu::launch_shared = shared;
     emu::violation_text.clear();
     emu::block_dim = dim3{block_x, 1, 1};
-    emu::grid_dim = dim3{grid_x, grid_y, 1};
+    emu::grid_dim = dim3{grid_x, grid_y, grid_z};
     std::barrier<> block_barrier(block_x);
     emu::block_barrier = &block_barrier;
     emu::warp_barriers.clear();
@@ -293,13 +295,15 @@ extern "C" int emu_launch(const char* name, u32 grid_x, u32 grid_y, u32 block_x,
     for (u32 t = 0; t < block_x; t++) {
         threads.emplace_back([&, t]() {
             emu::thread_idx = dim3{t, 0, 0};
-            for (u32 y = 0; y < grid_y; y++) {
-                for (u32 x = 0; x < grid_x; x++) {
-                    emu::block_idx = dim3{x, y, 0};
-                    run();
-                    emu::end_block();
-                    // No thread starts the next block while another still uses the statics.
-                    block_barrier.arrive_and_wait();
+            for (u32 z = 0; z < grid_z; z++) {
+                for (u32 y = 0; y < grid_y; y++) {
+                    for (u32 x = 0; x < grid_x; x++) {
+                        emu::block_idx = dim3{x, y, z};
+                        run();
+                        emu::end_block();
+                        // No thread starts the next block while another still uses the statics.
+                        block_barrier.arrive_and_wait();
+                    }
                 }
             }
         });

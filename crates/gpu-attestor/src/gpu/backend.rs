@@ -86,8 +86,7 @@ impl<D: Device> Prover for GpuProver<D> {
                 device: w.device().name(),
                 source,
             })?;
-            let needed =
-                Worker::<D>::phase_a_bytes(work) + if work.items > 0 { Worker::<D>::dataset_bytes(work) } else { 0 };
+            let needed = w.phase_a_bytes(work) + if work.items > 0 { Worker::<D>::dataset_bytes(work) } else { 0 };
             let held = w.held_bytes();
             if needed > free + held {
                 return Err(ProverError::Refused(format!(

@@ -339,7 +339,7 @@ impl Device for CudaDevice {
         }
         let mut values = launch.param_values();
         let mut args: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
-        let (gx, gy) = launch.grid;
+        let (gx, gy, gz) = launch.grid;
         // SAFETY: a function of this module, parameters as the kernel declares them (the
         // worker's launches; the emulated device runs the same list), all live for the call.
         #[allow(unsafe_code)]
@@ -348,7 +348,7 @@ impl Device for CudaDevice {
                 f,
                 gx,
                 gy,
-                1,
+                gz,
                 launch.block,
                 1,
                 1,

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Device, DeviceError, DevicePtr, Launch, Param, Stream};
 
-type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, *mut *mut c_void) -> c_int;
+type LaunchFn = unsafe extern "C" fn(*const c_char, u32, u32, u32, u32, u32, *mut *mut c_void) -> c_int;
 type ViolationFn = unsafe extern "C" fn() -> *const c_char;
 
 const SOURCES: [&str; 3] = ["gpow2.cu", "emu/emu.h", "emu/emu.cpp"];
@@ -183,7 +183,15 @@ impl Device for EmuDevice {
         #[allow(unsafe_code)]
         let code = unsafe {
             let run = library().get::<LaunchFn>(b"emu_launch\0").map_err(|e| DeviceError::new("launch", e))?;
-            run(name.as_ptr(), launch.grid.0, launch.grid.1, launch.block, launch.shared, args.as_mut_ptr())
+            run(
+                name.as_ptr(),
+                launch.grid.0,
+                launch.grid.1,
+                launch.grid.2,
+                launch.block,
+                launch.shared,
+                args.as_mut_ptr(),
+            )
         };
         if code == 0
             && self.broken == Some(launch.kernel)
@@ -232,7 +240,7 @@ mod tests {
             let (a, bt, leaves) = (device.alloc(256).unwrap(), device.alloc(256).unwrap(), device.alloc(32).unwrap());
             let launch = |shared| Launch {
                 kernel: kernel.entry(),
-                grid: (1, 1),
+                grid: (1, 1, 1),
                 block: kernel.block().2,
                 shared,
                 params: vec![

@@ -149,12 +149,12 @@ pub enum Param {
     U64(u64),
 }
 
-/// A launch: kernel entry point, grid (x, y), threads per block (x), bytes of dynamic shared
-/// memory per block.
+/// A launch: kernel entry point, grid (x, y, z), threads per block (x), bytes of dynamic
+/// shared memory per block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launch {
     pub kernel: &'static str,
-    pub grid: (u32, u32),
+    pub grid: (u32, u32, u32),
     pub block: u32,
     pub shared: u32,
     pub params: Vec<Param>,

@@ -1,7 +1,9 @@
 //! One GPU's GPoW-2 work on a [`Device`]: what the kernels are launched with, in which order,
 //! and what comes back to the host.
 //!
-//! - Phase A: product `p + 1` is filled (A_p and BT_p, one stream) while product `p` is
+//! - Phase A: products go in batches (one product at the production shape; as many small ones
+//!   as [`Tuning::product_batch_bytes`] of operands hold, each kernel launched once for the
+//!   whole batch): batch `b + 1` is filled (A_p and BT_p, one stream) while batch `b` is
 //!   multiplied (the other stream), in two buffer slots guarded by events; the GEMM hashes
 //!   its tiles in its epilogue and the leaves are reduced on the device to `R_p`, written into
 //!   a table of roots that comes back once, after the last product.
@@ -33,13 +35,21 @@ pub struct Tuning {
     pub build_batch: u64,
     /// Lanes per `walk` launch.
     pub walk_batch: u64,
+    /// Bytes of operands (A_p and BT_p) of the products filled and multiplied by one launch
+    /// of each phase-A kernel: a production product (256 MiB) alone, the guide example's 1000
+    /// products of 256³ (128 KiB each) at once, instead of some 8000 launches and events that
+    /// would take longer than their work.
+    pub product_batch_bytes: u64,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Self { max_blocks: 1024, build_batch: 1 << 24, walk_batch: 1 << 22 }
+        Self { max_blocks: 1024, build_batch: 1 << 24, walk_batch: 1 << 22, product_batch_bytes: 256 << 20 }
     }
 }
+
+/// Most products of one batch: a grid's z.
+const MAX_BATCH: u32 = 65535;
 
 /// A device allocation the worker owns.
 #[derive(Debug, Default, Clone, Copy)]
@@ -160,21 +170,29 @@ impl<D: Device> Worker<D> {
         self.walked = None;
     }
 
-    fn fill(&mut self, keys: &GpuKeys, work: &GpuWork, p: u32, slot: usize) -> Result<(), DeviceError> {
+    /// Products of `work` a batch holds.
+    fn batch(&self, work: &GpuWork) -> u32 {
+        let operands = (u64::from(work.m) + u64::from(work.n)) * u64::from(work.k);
+        let fit = self.tuning.product_batch_bytes / operands.max(1);
+        u32::try_from(fit).unwrap_or(u32::MAX).clamp(1, work.count.clamp(1, MAX_BATCH))
+    }
+
+    /// Fills A_p and BT_p of products `p0..p0 + products` into `slot`.
+    fn fill(&mut self, keys: &GpuKeys, work: &GpuWork, p0: u32, products: u32, slot: usize) -> Result<(), DeviceError> {
         let (a, bt) = (self.buffers.a[slot].ptr, self.buffers.bt[slot].ptr);
         let blocks = u64::from(work.m) * u64::from(work.k / 16);
         self.device.launch(
             Stream::Fill,
             &Launch {
                 kernel: "fill_a",
-                grid: (stride_blocks(blocks, &self.tuning), 1),
+                grid: (stride_blocks(blocks, &self.tuning), 1, products),
                 block: THREADS,
                 shared: 0,
                 params: vec![
                     Param::U64(a),
                     Param::U32(work.m),
                     Param::U32(work.k),
-                    Param::U32(p),
+                    Param::U32(p0),
                     Param::U32(keys.a[0]),
                     Param::U32(keys.a[1]),
                 ],
@@ -184,13 +202,13 @@ impl<D: Device> Worker<D> {
             Stream::Fill,
             &Launch {
                 kernel: "fill_bt",
-                grid: (work.n / 16, work.k.div_ceil(FILL_ROWS)),
+                grid: (work.n / 16, work.k.div_ceil(FILL_ROWS), products),
                 block: FILL_ROWS,
                 shared: 0,
                 params: vec![
                     Param::U64(bt),
                     Param::U32(work.k),
-                    Param::U32(p),
+                    Param::U32(p0),
                     Param::U32(keys.b[0]),
                     Param::U32(keys.b[1]),
                 ],
@@ -198,7 +216,8 @@ impl<D: Device> Worker<D> {
         )
     }
 
-    fn gemm(&mut self, keys: &GpuKeys, work: &GpuWork, p: u32, slot: usize) -> Result<(), DeviceError> {
+    /// Multiplies products `p0..p0 + products` of `slot`, their leaves into `tile_leaves`.
+    fn gemm(&mut self, keys: &GpuKeys, work: &GpuWork, p0: u32, products: u32, slot: usize) -> Result<(), DeviceError> {
         let params = vec![
             Param::U64(self.buffers.a[slot].ptr),
             Param::U64(self.buffers.bt[slot].ptr),
@@ -206,21 +225,23 @@ impl<D: Device> Worker<D> {
             Param::U32(work.n),
             Param::U32(work.k),
             Param::U32(keys.g),
-            Param::U32(p),
+            Param::U32(p0),
             Param::U64(self.buffers.tile_leaves.ptr),
         ];
         let (rows, columns, threads) = self.kernel.block();
-        let grid = (work.n.div_ceil(columns), work.m.div_ceil(rows));
+        let grid = (work.n.div_ceil(columns), work.m.div_ceil(rows), products);
         let launch =
             Launch { kernel: self.kernel.entry(), grid, block: threads, shared: self.kernel.shared_bytes(), params };
         self.device.launch(Stream::Main, &launch)
     }
 
-    /// Reduces `count` nodes at `from` (overwritten) to their root at `root`, with `scratch`.
+    /// Reduces `trees` trees of `count` nodes each, one after the other at `from`
+    /// (overwritten), to their roots, one after the other at `root`, with `scratch`.
     fn reduce_to_root(
         &mut self,
         mut from: DevicePtr,
         count: u64,
+        trees: u32,
         mut scratch: DevicePtr,
         root: DevicePtr,
     ) -> Result<(), DeviceError> {
@@ -228,7 +249,7 @@ impl<D: Device> Worker<D> {
         loop {
             let blocks = count.div_ceil(MERKLE_SPAN);
             let out = if blocks == 1 { root } else { scratch };
-            self.merkle_reduce(from, count, out)?;
+            self.merkle_reduce(from, count, trees, out)?;
             if blocks == 1 {
                 return Ok(());
             }
@@ -237,14 +258,15 @@ impl<D: Device> Worker<D> {
         }
     }
 
-    fn merkle_reduce(&mut self, from: DevicePtr, count: u64, out: DevicePtr) -> Result<(), DeviceError> {
+    /// One level of `trees` trees of `count` nodes each (see `merkle_reduce` in the kernels).
+    fn merkle_reduce(&mut self, from: DevicePtr, count: u64, trees: u32, out: DevicePtr) -> Result<(), DeviceError> {
         let blocks = u32::try_from(count.div_ceil(MERKLE_SPAN))
             .map_err(|_| DeviceError::new("merkle_reduce", format!("{count} nodes is too many for one level")))?;
         self.device.launch(
             Stream::Main,
             &Launch {
                 kernel: "merkle_reduce",
-                grid: (blocks, 1),
+                grid: (blocks, 1, trees),
                 block: THREADS,
                 shared: 0,
                 params: vec![Param::U64(from), Param::U64(count), Param::U64(out)],
@@ -252,10 +274,11 @@ impl<D: Device> Worker<D> {
         )
     }
 
-    /// Phase A's buffers for `work`, with their sizes: what [`Self::prepare_phase_a`] allocates
-    /// and [`Self::phase_a_bytes`] counts.
-    fn phase_a_buffers<'b>(buffers: &'b mut Buffers, work: &GpuWork) -> [(&'b mut Buffer, u64); 7] {
-        let (m, n, k) = (u64::from(work.m), u64::from(work.n), u64::from(work.k));
+    /// Phase A's buffers for `work` in batches of `batch` products, with their sizes: what
+    /// [`Self::prepare_phase_a`] allocates and [`Self::phase_a_bytes`] counts.
+    fn phase_a_buffers<'b>(buffers: &'b mut Buffers, work: &GpuWork, batch: u32) -> [(&'b mut Buffer, u64); 7] {
+        let batch = u64::from(batch);
+        let (m, n, k) = (batch * u64::from(work.m), batch * u64::from(work.n), u64::from(work.k));
         let tiles = work.tiles_per_product();
         let [a0, a1] = &mut buffers.a;
         let [b0, b1] = &mut buffers.bt;
@@ -264,15 +287,15 @@ impl<D: Device> Worker<D> {
             (a1, m * k),
             (b0, n * k),
             (b1, n * k),
-            (&mut buffers.tile_leaves, tiles * 32),
-            (&mut buffers.tile_scratch, tiles.div_ceil(MERKLE_SPAN) * 32),
+            (&mut buffers.tile_leaves, batch * tiles * 32),
+            (&mut buffers.tile_scratch, batch * tiles.div_ceil(MERKLE_SPAN) * 32),
             (&mut buffers.product_roots, u64::from(work.count) * 32),
         ]
     }
 
     /// Bytes phase A of `work` needs on the device.
-    pub fn phase_a_bytes(work: &GpuWork) -> u64 {
-        Self::phase_a_buffers(&mut Buffers::default(), work).iter().map(|(_, bytes)| bytes).sum()
+    pub fn phase_a_bytes(&self, work: &GpuWork) -> u64 {
+        Self::phase_a_buffers(&mut Buffers::default(), work, self.batch(work)).iter().map(|(_, bytes)| bytes).sum()
     }
 
     /// Bytes the worker holds on the device now.
@@ -282,7 +305,8 @@ impl<D: Device> Worker<D> {
 
     /// Buffers for phase A of `work`.
     fn prepare_phase_a(&mut self, work: &GpuWork) -> Result<(), DeviceError> {
-        for (buffer, bytes) in Self::phase_a_buffers(&mut self.buffers, work) {
+        let batch = self.batch(work);
+        for (buffer, bytes) in Self::phase_a_buffers(&mut self.buffers, work, batch) {
             Self::ensure(&mut self.device, buffer, bytes)?;
         }
         Ok(())
@@ -293,25 +317,31 @@ impl<D: Device> Worker<D> {
         self.prepare_phase_a(work)?;
         let tiles = work.tiles_per_product();
         let roots = self.buffers.product_roots.ptr;
+        let batch = self.batch(work);
+        let batches = work.count.div_ceil(batch);
+        // Batch b: its first product and how many.
+        let span = |b: u32| (b * batch, batch.min(work.count - b * batch));
         // Events: 0 and 1 = slot filled, 2 and 3 = slot's GEMM done.
-        self.fill(keys, work, 0, 0)?;
+        self.fill(keys, work, 0, span(0).1, 0)?;
         self.device.record(Stream::Fill, 0)?;
-        for p in 0..work.count {
-            let slot = (p % 2) as usize;
-            if p + 1 < work.count {
+        for b in 0..batches {
+            let slot = (b % 2) as usize;
+            if b + 1 < batches {
                 let next = 1 - slot;
-                if p >= 1 {
-                    // Slot `next` was product p - 1's: its GEMM must be done with it.
+                if b >= 1 {
+                    // Slot `next` was batch b - 1's: its GEMM must be done with it.
                     self.device.wait(Stream::Fill, 2 + next)?;
                 }
-                self.fill(keys, work, p + 1, next)?;
+                let (p0, products) = span(b + 1);
+                self.fill(keys, work, p0, products, next)?;
                 self.device.record(Stream::Fill, next)?;
             }
+            let (p0, products) = span(b);
             self.device.wait(Stream::Main, slot)?;
-            self.gemm(keys, work, p, slot)?;
+            self.gemm(keys, work, p0, products, slot)?;
             self.device.record(Stream::Main, 2 + slot)?;
             let (leaves, scratch) = (self.buffers.tile_leaves.ptr, self.buffers.tile_scratch.ptr);
-            self.reduce_to_root(leaves, tiles, scratch, roots + 32 * u64::from(p))?;
+            self.reduce_to_root(leaves, tiles, products, scratch, roots + 32 * u64::from(p0))?;
         }
         let mut out = vec![0u8; 32 * work.count as usize];
         self.device.download(roots, &mut out)?;
@@ -322,10 +352,10 @@ impl<D: Device> Worker<D> {
     pub fn product_leaves(&mut self, keys: &GpuKeys, work: &GpuWork, p: u32) -> Result<Vec<Hash>, DeviceError> {
         self.prepare_phase_a(work)?;
         self.device.synchronize()?;
-        self.fill(keys, work, p, 0)?;
+        self.fill(keys, work, p, 1, 0)?;
         self.device.record(Stream::Fill, 0)?;
         self.device.wait(Stream::Main, 0)?;
-        self.gemm(keys, work, p, 0)?;
+        self.gemm(keys, work, p, 1, 0)?;
         let mut out = vec![0u8; 32 * work.tiles_per_product() as usize];
         self.device.download(self.buffers.tile_leaves.ptr, &mut out)?;
         Ok(bytes_to_hashes(&out))
@@ -362,7 +392,7 @@ impl<D: Device> Worker<D> {
             Stream::Main,
             &Launch {
                 kernel: "cache_build",
-                grid: (stride_blocks(CACHE_ITEMS, &self.tuning), 1),
+                grid: (stride_blocks(CACHE_ITEMS, &self.tuning), 1, 1),
                 block: THREADS,
                 shared: 0,
                 params: vec![Param::U64(master), Param::U64(cache)],
@@ -374,7 +404,7 @@ impl<D: Device> Worker<D> {
                 Stream::Main,
                 &Launch {
                     kernel: "dataset_build",
-                    grid: (stride_blocks(count, &self.tuning), 1),
+                    grid: (stride_blocks(count, &self.tuning), 1, 1),
                     block: THREADS,
                     shared: 0,
                     params: vec![
@@ -410,7 +440,7 @@ impl<D: Device> Worker<D> {
                 Stream::Main,
                 &Launch {
                     kernel: "walk",
-                    grid: (stride_blocks(count, &self.tuning), 1),
+                    grid: (stride_blocks(count, &self.tuning), 1, 1),
                     block: THREADS,
                     shared: 0,
                     params: vec![
@@ -427,7 +457,7 @@ impl<D: Device> Worker<D> {
             )?;
         }
         // Nine levels on the device; the rest on the host.
-        self.merkle_reduce(leaves, lanes, scratch)?;
+        self.merkle_reduce(leaves, lanes, 1, scratch)?;
         let mut level9 = vec![0u8; 32 * lanes.div_ceil(MERKLE_SPAN) as usize];
         self.device.download(scratch, &mut level9)?;
         let upper = Tree::new(bytes_to_hashes(&level9));
@@ -520,13 +550,16 @@ mod tests {
 
     /// Phase A with the worker's kernel gives the CPU reference's roots and leaves on shapes
     /// that cut the GEMM's blocks and the fill's 256-row blocks short, more tiles than one
-    /// reduction block holds, odd counts and the largest seed.
+    /// reduction block holds (alone and two in a batch), odd counts and the largest seed; with
+    /// `SMALL_BATCHES`, in batches of two that end short.
     fn phase_a_agrees<D: Device>(w: &mut Worker<D>) {
         for (seed, m, n, k, count) in [
             (1, 16, 16, 16, 1),
             (u64::MAX, 48, 80, 272, 3),
+            (11, 80, 48, 272, 5),
             (7, 64, 64, 64, 2),
             (9, 384, 400, 16, 1),
+            (13, 400, 384, 16, 2),
             (3, 80, 16, 528, 1),
         ] {
             let work = GpuWork { m, n, k, count, items: 0 };
@@ -548,22 +581,51 @@ mod tests {
 
     #[test]
     fn phase_a_gives_the_cpu_reference_roots() {
-        phase_a_agrees(&mut emulated(Tuning::default()));
+        let mut w = emulated(Tuning::default());
+        assert_eq!(w.batch(&GpuWork { m: 80, n: 48, k: 272, count: 5, items: 0 }), 5);
+        phase_a_agrees(&mut w);
     }
 
-    /// On a GPU, with every kernel it runs.
+    #[test]
+    fn phase_a_in_small_batches_gives_the_cpu_reference_roots() {
+        let mut w = emulated(SMALL_BATCHES);
+        assert_eq!(w.batch(&GpuWork { m: 80, n: 48, k: 272, count: 5, items: 0 }), 2);
+        phase_a_agrees(&mut w);
+    }
+
+    /// A production product is a batch of one; the guide's 1000 products of 256³ are one
+    /// batch; a batch is never empty nor more than a grid's z.
+    #[test]
+    fn batches_hold_what_the_tuning_says() {
+        let w = emulated(Tuning::default());
+        let work = |m, k, count| GpuWork { m, n: m, k, count, items: 0 };
+        assert_eq!(w.batch(&work(4096, 32768, 64)), 1);
+        assert_eq!(w.batch(&work(256, 256, 1000)), 1000);
+        assert_eq!(w.batch(&work(16, 16, 100_000)), MAX_BATCH);
+        assert_eq!(w.batch(&work(16, 16, 0)), 1);
+        assert_eq!(
+            w.phase_a_bytes(&work(256, 256, 1000)),
+            2 * 1000 * 2 * 256 * 256 + 1000 * (256 + 1) * 32 + 1000 * 32
+        );
+    }
+
+    /// On a GPU, with every kernel it runs, in one batch and in small ones.
     #[test]
     fn cuda_phase_a_gives_the_cpu_reference_roots() {
-        for (mut w, kernels) in cuda_workers("cuda_phase_a_gives_the_cpu_reference_roots", Tuning::default()) {
-            for kernel in kernels {
-                w.set_kernel(kernel);
-                phase_a_agrees(&mut w);
+        for tuning in [Tuning::default(), SMALL_BATCHES] {
+            for (mut w, kernels) in cuda_workers("cuda_phase_a_gives_the_cpu_reference_roots", tuning) {
+                for kernel in kernels {
+                    w.set_kernel(kernel);
+                    phase_a_agrees(&mut w);
+                }
             }
         }
     }
 
-    /// Batches that end inside the dataset and the lanes, as the tests' tuning makes them.
-    const SMALL_BATCHES: Tuning = Tuning { max_blocks: 8, build_batch: 4000, walk_batch: 300 };
+    /// Batches that end inside the dataset and the lanes, as the tests' tuning makes them, and
+    /// phase A's products two at a time for the shapes 272 deep (48 + 80 rows).
+    const SMALL_BATCHES: Tuning =
+        Tuning { max_blocks: 8, build_batch: 4000, walk_batch: 300, product_batch_bytes: 2 * (48 + 80) * 272 };
 
     /// Phase B in batches that end inside the dataset and the lanes, lane paths across the
     /// device's nine levels and the host's, against the CPU reference.
