@@ -384,8 +384,8 @@ struct CoreMatrices {
     __device__ __forceinline__ u32 operator()(u32 r, u32 q) const { return ((r / 8) * 4 + q) * 128 + (r % 8) * 16; }
 };
 
-// Starts this thread's PIECES copies of the 64-byte-deep slab of rows [row0, row0 + 4 * THREADS *
-// PIECES / 16) of an operand with `rows` rows and depth k (contiguous), from depth kk, into
+// Starts this thread's PIECES copies of the 64-byte-deep slab of rows [row0, row0 + THREADS *
+// PIECES / 4) of an operand with `rows` rows and depth k (contiguous), from depth kk, into
 // `stage` as `place` lays it out; piece i = threadIdx.x + THREADS * j is row i / 4, bytes
 // 16 (i % 4) onwards, and what lies outside the operand is zero.
 template <int PIECES, int THREADS, typename Place>
