@@ -712,7 +712,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 // last block can be short). out[b] = that node. 256 threads. Tree z of a batch (grid
 // (blocks, 1, trees)) has its level `count` nodes further on in `in` and its nodes above
 // `gridDim.x` further on in `out`.
-extern "C" __global__ void merkle_reduce(const u32* in, u64 count, u32* out) {
+extern "C" __global__ void merkle_reduce(const u32* __restrict__ in, u64 count, u32* __restrict__ out) {
     __shared__ u32 nodes[MERKLE_SPAN][8];
     in += (u64)blockIdx.z * count * 8;
     out += (u64)blockIdx.z * gridDim.x * 8;
@@ -750,6 +750,10 @@ extern "C" __global__ void merkle_reduce(const u32* in, u64 count, u32* out) {
 
 // ---------------------------------------------------------------------------------------------
 // Phase B
+//
+// The kernels that read a table they do not write (the cache, the dataset, a Merkle level)
+// mark their pointers `__restrict__`, so those reads go through the read-only path
+// (ld.global.nc).
 
 #define CACHE_ITEMS (1u << 22)
 
@@ -776,7 +780,7 @@ extern "C" __global__ void cache_build(const u32* master_g, u32* cache) {
 }
 
 // Dataset items [first, first + count), GPOW.md "Dataset" steps 1-3. Grid-stride.
-extern "C" __global__ void dataset_build(const u32* cache, u32* dataset, u64 first, u64 count, u32 k0, u32 k1) {
+extern "C" __global__ void dataset_build(const u32* __restrict__ cache, u32* __restrict__ dataset, u64 first, u64 count, u32 k0, u32 k1) {
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
         const u32 j = (u32)(first + i);
         u32 mix[16];
@@ -803,7 +807,7 @@ extern "C" __global__ void dataset_build(const u32* cache, u32* dataset, u64 fir
 
 // Lanes [first, first + count) of the walk over `items` dataset items; leaves[ℓ] =
 // lane_leaf(g, ℓ). Grid-stride.
-extern "C" __global__ void walk(const u32* dataset, u64 items, u64 first, u64 count, u32 k0, u32 k1, u32 g, u32* leaves) {
+extern "C" __global__ void walk(const u32* __restrict__ dataset, u64 items, u64 first, u64 count, u32 k0, u32 k1, u32 g, u32* __restrict__ leaves) {
     const u64 pages = items / 2;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
         const u64 l = first + i;
