@@ -221,11 +221,11 @@ __device__ __forceinline__ void batch_product(const u32*& a, const u32*& bt, u32
 #define GEMM_BK 64
 #define GEMM_THREADS 256
 
-// Hashes the 16x16 tile (row-major in `c`, row stride `ld`) with its header into `out`:
+// Hashes the 16x16 tile (its 256 values row-major from `c`) with its header into `out`:
 // SHA-256(0x03 ‖ u32 g ‖ u32 p ‖ u32 ti ‖ u32 tj ‖ 256 i32), 1041 bytes, 17 blocks.
-__device__ void tile_leaf(const i32* c, u32 ld, u32 g, u32 p, u32 ti, u32 tj, u32* out) {
+__device__ void tile_leaf(const i32* c, u32 g, u32 p, u32 ti, u32 tj, u32* out) {
     // The values in message order: the header's four words, then the tile.
-#define TILE_VALUE(v) ((v) == 0 ? g : (v) == 1 ? p : (v) == 2 ? ti : (v) == 3 ? tj : (u32)c[((v) - 4) / 16 * ld + ((v) - 4) % 16])
+#define TILE_VALUE(v) ((v) == 0 ? g : (v) == 1 ? p : (v) == 2 ? ti : (v) == 3 ? tj : (u32)c[(v) - 4])
     u32 s[8], w[16];
     sha256_init(s);
     u32 prev = 0;
@@ -255,15 +255,26 @@ __device__ void tile_leaf(const i32* c, u32 ld, u32 g, u32 p, u32 ti, u32 tj, u3
     store_hash(out, s);
 }
 
-// The 16 tiles of a 64x64 block of C in shared memory, hashed by 16 threads, leaves in the
-// order ti * (n / 16) + tj.
-__device__ __forceinline__ void hash_block_tiles(const i32* cs, u32 m, u32 n, u32 g, u32 p, u32* leaves) {
+// C of a BM x BN block in shared memory, tile by tile: tile T = (BN / 16) (row / 16) +
+// column / 16 at word 257 T, row-major inside. The one word of padding puts the 32 tiles a warp
+// hashes at once in 32 different banks.
+#define C_TILE_STRIDE 257
+#define C_BYTES(BM, BN) ((BM) / 16 * ((BN) / 16) * C_TILE_STRIDE * 4)
+
+template <int BN>
+__device__ __forceinline__ void c_store(i32* cs, u32 row, u32 col, i32 v) {
+    cs[((BN / 16) * (row / 16) + col / 16) * C_TILE_STRIDE + 16 * (row % 16) + col % 16] = v;
+}
+
+// The (BM / 16)(BN / 16) tile leaves of a BM x BN block of C (`c_store`d), a thread each, in
+// the order ti * (n / 16) + tj.
+template <int BM, int BN>
+__device__ __forceinline__ void hash_c_block(const i32* cs, u32 m, u32 n, u32 g, u32 p, u32* leaves) {
     const u32 t = threadIdx.x;
-    if (t < 16) {
-        const u32 a = t / 4, b = t % 4;
-        const u32 ti = blockIdx.y * 4 + a, tj = blockIdx.x * 4 + b;
+    if (t < (BM / 16) * (BN / 16)) {
+        const u32 ti = blockIdx.y * (BM / 16) + t / (BN / 16), tj = blockIdx.x * (BN / 16) + t % (BN / 16);
         if (ti < m / 16 && tj < n / 16) {
-            tile_leaf(cs + (16 * a) * GEMM_BN + 16 * b, GEMM_BN, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
+            tile_leaf(cs + t * C_TILE_STRIDE, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
         }
     }
 }
@@ -278,13 +289,13 @@ __device__ __forceinline__ void stage(u32 (*s)[GEMM_BK / 4 + 1], const u32* src,
     for (int w = 0; w < 4; w++) s[t / 4][4 * (t % 4) + w] = v[w];
 }
 
-// C_p = A_p · B_p with dp4a, 64x64 per block of 256 threads (4x4 each), then the tile leaves
-// of the block. grid (ceil(n / 64), ceil(m / 64)).
+// C_p = A_p · B_p with dp4a, 64x64 per block of 256 threads (4x4 each), then the block's C in
+// shared memory and its 16 tiles hashed. grid (ceil(n / 64), ceil(m / 64)).
 extern "C" __global__ void gemm_dp4a(const u32* a, const u32* bt, u32 m, u32 n, u32 k, u32 g, u32 p, u32* leaves) {
     batch_product(a, bt, leaves, p, m, n, k);
     __shared__ u32 as[GEMM_BM][GEMM_BK / 4 + 1];
     __shared__ u32 bs[GEMM_BN][GEMM_BK / 4 + 1];
-    __shared__ i32 cs[GEMM_BM * GEMM_BN];
+    __shared__ i32 cs[C_BYTES(GEMM_BM, GEMM_BN) / 4];
     const u32 tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     i32 acc[4][4];
     for (int i = 0; i < 4; i++)
@@ -304,9 +315,9 @@ extern "C" __global__ void gemm_dp4a(const u32* a, const u32* bt, u32 m, u32 n, 
         __syncthreads();
     }
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) cs[(ty + 16 * i) * GEMM_BN + tx + 16 * j] = acc[i][j];
+        for (int j = 0; j < 4; j++) c_store<GEMM_BN>(cs, ty + 16 * i, tx + 16 * j, acc[i][j]);
     __syncthreads();
-    hash_block_tiles(cs, m, n, g, p, leaves);
+    hash_c_block<GEMM_BM, GEMM_BN>(cs, m, n, g, p, leaves);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,30 +425,9 @@ __device__ __forceinline__ void copy_step(u8* smem, const u32* a, const u32* bt,
     copy_pieces<BN / 64, 256>(stage + TC_BLOCK * TC_BK, bt, n, k, blockIdx.x * BN, step * TC_BK, Place());
 }
 
-// C of a 128 x BN block in shared memory, tile by tile: tile T = (BN / 16) (row / 16) +
-// column / 16 at word 257 T, row-major inside. The one word of padding puts the 32 tiles a warp
-// hashes at once in 32 different banks.
-#define C_TILE_STRIDE 257
-#define C_BYTES(BN) (8 * ((BN) / 16) * C_TILE_STRIDE * 4)
 // What a block of BN columns with STAGES buffers takes: the buffers, then C in the same memory.
-#define TC_SMEM_BYTES(STAGES, BN) ((STAGES) * STAGE_BYTES(BN) > C_BYTES(BN) ? (STAGES) * STAGE_BYTES(BN) : C_BYTES(BN))
-
-template <int BN>
-__device__ __forceinline__ void c_store(i32* cs, u32 row, u32 col, i32 v) {
-    cs[((BN / 16) * (row / 16) + col / 16) * C_TILE_STRIDE + 16 * (row % 16) + col % 16] = v;
-}
-
-// The 8 (BN / 16) tile leaves of a 128 x BN block of C (`c_store`d), a thread each.
-template <int BN>
-__device__ __forceinline__ void hash_c_block(const i32* cs, u32 m, u32 n, u32 g, u32 p, u32* leaves) {
-    const u32 t = threadIdx.x;
-    if (t < 8 * (BN / 16)) {
-        const u32 ti = blockIdx.y * 8 + t / (BN / 16), tj = blockIdx.x * (BN / 16) + t % (BN / 16);
-        if (ti < m / 16 && tj < n / 16) {
-            tile_leaf(cs + t * C_TILE_STRIDE, 16, g, p, ti, tj, leaves + 8 * ((u64)ti * (n / 16) + tj));
-        }
-    }
-}
+#define TC_SMEM_BYTES(STAGES, BN) \
+    ((STAGES) * STAGE_BYTES(BN) > C_BYTES(TC_BLOCK, BN) ? (STAGES) * STAGE_BYTES(BN) : C_BYTES(TC_BLOCK, BN))
 
 // ---------------------------------------------------------------------------------------------
 // Phase A: mma.sync (sm_80+)
@@ -531,7 +521,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         }
     }
     __syncthreads();
-    hash_c_block<128>(cs, m, n, g, p, leaves);
+    hash_c_block<TC_BLOCK, 128>(cs, m, n, g, p, leaves);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,7 +671,7 @@ __device__ __forceinline__ void gemm_wgmma_block(const u32* a, const u32* bt, u3
         c_store<BN>(cs, row, col, acc[i]);
     }
     __syncthreads();
-    hash_c_block<BN>(cs, m, n, g, p, leaves);
+    hash_c_block<TC_BLOCK, BN>(cs, m, n, g, p, leaves);
 }
 
 // 128 x 128 blocks, 5 buffers (80 KiB): 112 registers, so two blocks share an SM and one's
