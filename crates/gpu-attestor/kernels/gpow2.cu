@@ -624,9 +624,6 @@ __device__ __forceinline__ void gemm_wgmma_block(const u32* a, const u32* bt, u3
     batch_product(a, bt, leaves, p, m, n, k);
     constexpr u32 AHEAD = STAGES - 2;
     u8* smem = dynamic_shared(TC_SMEM_BYTES(STAGES, BN));
-#ifdef GPOW_EMULATION
-    emu::set_shared_base(smem);
-#endif
     const u32 t = threadIdx.x, warp = t / 32, lane = t % 32, gid = lane / 4, tig = lane % 4, wg = warp / 4;
     i32 acc[BN / 2];
 #pragma unroll

@@ -123,11 +123,9 @@ void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], con
     syncwarp();
     for (int i = 0; i < 4; i++) d[i] = out[i];
 }
-// The block's shared memory, as wgmma's descriptors address it: offsets from the kernel's
-// shared buffer (one per kernel here; the GPU's window holds every __shared__ variable).
-static const uint8_t* shared_base;
-void set_shared_base(const void* base) { shared_base = static_cast<const uint8_t*>(base); }
-uint32_t shared_address(const void* p) { return (uint32_t)(static_cast<const uint8_t*>(p) - shared_base); }
+// The block's shared memory, as cp.async and wgmma's descriptors address it: offsets into the
+// dynamic shared memory, where the kernels that use those instructions keep their buffers.
+uint32_t shared_address(const void* p) { return (uint32_t)(static_cast<const uint8_t*>(p) - dynamic_shared_memory); }
 
 // The element (r, kbyte) of a K-major operand a no-swizzle descriptor names (PTX ISA, "Matrix
 // Descriptor Format" and the shared-memory layouts of wgmma): core matrices of 8 rows x 16
@@ -139,12 +137,12 @@ static int8_t described(uint64_t desc, uint32_t r, uint32_t kbyte) {
     const uint32_t lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
     const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4;
     const uint32_t address = start + (r / 8) * sbo + (kbyte / 16) * lbo + (r % 8) * 16 + kbyte % 16;
-    if (shared_base == dynamic_shared_memory && address >= launch_shared) {
+    if (address >= launch_shared) {
         violation("a wgmma descriptor names shared byte " + std::to_string(address) + ", past the launch's " +
                   std::to_string(launch_shared));
         return 0;
     }
-    return (int8_t)shared_base[address];
+    return (int8_t)dynamic_shared_memory[address];
 }
 
 // wgmma.mma_async.sync.aligned.m64nNk32.s32.s8.s8 (N = 128 or 256) with A and B from shared

@@ -33,7 +33,6 @@ extern dim3 grid_dim;
 void syncthreads();
 void syncwarp();
 void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], const int32_t c[4]);
-void set_shared_base(const void* base);
 uint32_t shared_address(const void* p);
 void wgmma_m64nNk32_s8(int32_t* d, uint32_t n, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate);
 void wgmma_commit();
