@@ -255,12 +255,19 @@ fn assemble(unit: &Unit, target: &str) -> anyhow::Result<Vec<u8>> {
     Ok(std::fs::read(&cubin)?)
 }
 
-/// Runs `ptxas` on the checked-in PTX of `unit` for every target it is loaded on.
-pub(crate) fn validate(unit: &Unit) -> anyhow::Result<()> {
+/// Runs `ptxas` on the checked-in PTX of `unit` for every target it is loaded on; the cubin it
+/// made for the unit's cubin target (one of those).
+pub(crate) fn validate(unit: &Unit) -> anyhow::Result<Vec<u8>> {
+    let mut cubin = None;
     for target in unit.ptxas {
-        assemble(unit, target)?;
+        let made = assemble(unit, target)?;
+        if *target == unit.cubin.0 {
+            cubin = Some(made);
+        }
     }
-    Ok(())
+    cubin.with_context(|| {
+        format!("ptx/{}: its cubin's target {} is not among its ptxas targets", unit.ptx, unit.cubin.0)
+    })
 }
 
 /// The line of `ptx/cubins.txt` for `unit`: `<cubin> <target> <ptx> sha256 <hex of the PTX>`.
@@ -295,10 +302,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             if current != text {
                 bail!("{} is not what NVRTC makes of kernels/{}: run `cargo xtask ptx`", out.display(), unit.source);
             }
-            validate(unit)?;
-            let (target, name) = unit.cubin;
+            let made = validate(unit)?;
+            let name = unit.cubin.1;
             let cubin = workspace().join("ptx").join(name);
-            if std::fs::read(&cubin).ok() != Some(assemble(unit, target)?) {
+            if std::fs::read(&cubin).ok() != Some(made) {
                 bail!("{} is not what ptxas makes of ptx/{}: run `cargo xtask ptx`", cubin.display(), unit.ptx);
             }
             println!("ptx/{}: up to date; ptxas accepts it for {}; ptx/{name} is its", unit.ptx, unit.ptxas.join(", "));
@@ -359,10 +366,10 @@ mod tests {
             return;
         }
         for unit in &UNITS {
-            validate(unit).unwrap();
-            let (target, name) = unit.cubin;
+            let made = validate(unit).unwrap();
+            let name = unit.cubin.1;
             let current = std::fs::read(workspace().join("ptx").join(name)).unwrap();
-            assert!(current == assemble(unit, target).unwrap(), "ptx/{name} is stale: run `cargo xtask ptx`");
+            assert!(current == made, "ptx/{name} is stale: run `cargo xtask ptx`");
         }
         let list = std::fs::read_to_string(workspace().join("ptx").join(CUBINS)).unwrap();
         assert_eq!(list, cubins_text().unwrap(), "ptx/{CUBINS} is stale: run `cargo xtask ptx`");
