@@ -6,7 +6,7 @@
 #                                build of gpu-attestor's unit tests, into target/gpu-check-bin/
 #                                (carry that folder to the GPU machine).
 # Then on the GPU machine, `make gpu-check`:
-# 1. The GPU tests: the unit tests named `cuda_*` (every kernel against the CPU reference on the
+# 1. The GPU tests, each in its own process: the unit tests named `cuda_*` (every kernel against the CPU reference on the
 #    shapes the emulation tests use, every GPU at once, the self-test passing every kernel) with
 #    GPOW_REQUIRE_GPU=1, so a test that finds no GPU fails instead of skipping; a run in which no
 #    test ran fails too.
@@ -51,21 +51,34 @@ if [ ! -x "$BIN" ] || [ ! -x "$TESTS" ]; then
 fi
 nvidia-smi --query-gpu=index,name,pci.bus_id,driver_version,memory.total,clocks.max.sm,clocks.max.mem,power.limit \
 	--format=csv >"$OUT/nvidia-smi.csv" 2>&1 || echo "gpu-check: nvidia-smi failed (see $OUT/nvidia-smi.csv)" >&2
+# Each GPU test in its own process: a kernel that faults leaves its process's context lost, and
+# would fail every test after it in the same process.
 started=$(date +%s)
-set +e
-GPOW_REQUIRE_GPU=1 timeout 120 "$TESTS" cuda_ --test-threads 1 --nocapture >"$OUT/gpu-tests.log" 2>&1
-tests_rc=$?
-set -e
-passed=$(sed -n 's/^test result: .* \([0-9]*\) passed.*/\1/p' "$OUT/gpu-tests.log" | head -1)
-echo "gpu-check: GPU tests exit $tests_rc, ${passed:-0} passed, after $(($(date +%s) - started)) s; $OUT/gpu-tests.log"
+tests_rc=0
+passed=0
+: >"$OUT/gpu-tests.log"
+gpu_tests=$("$TESTS" --list 2>/dev/null | sed -n 's/^\(.*cuda_[a-z0-9_]*\): test$/\1/p')
+for t in $gpu_tests; do
+	if [ $(($(date +%s) - started)) -gt 100 ]; then
+		echo "gpu-check: $t not run: the GPU tests' 100 s are spent"
+		tests_rc=1
+		continue
+	fi
+	set +e
+	GPOW_REQUIRE_GPU=1 timeout 60 "$TESTS" "$t" --exact --nocapture >>"$OUT/gpu-tests.log" 2>&1
+	rc=$?
+	set -e
+	if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); else tests_rc=1; echo "gpu-check: $t failed (exit $rc)"; fi
+done
+echo "gpu-check: GPU tests: $passed of $(echo "$gpu_tests" | wc -w) passed, after $(($(date +%s) - started)) s; $OUT/gpu-tests.log"
 grep -E '^(test |skipped|\{"device")' "$OUT/gpu-tests.log" || true
-if [ "$tests_rc" -eq 0 ] && [ "${passed:-0}" -eq 0 ]; then
+if [ "$passed" -eq 0 ]; then
 	echo "gpu-check: no GPU test ran" >&2
 	tests_rc=1
 fi
 started=$(date +%s)
 set +e
-timeout 450 "$BIN" gpu-check --runs "${RUNS:-20}" --products "${PRODUCTS:-64}" >"$OUT/gpu-check.json" 2>"$OUT/gpu-check.log"
+timeout 420 "$BIN" gpu-check --runs "${RUNS:-20}" --products "${PRODUCTS:-64}" >"$OUT/gpu-check.json" 2>"$OUT/gpu-check.log"
 rc=$?
 set -e
 echo "gpu-check: exit $rc after $(($(date +%s) - started)) s; $OUT/gpu-check.json"

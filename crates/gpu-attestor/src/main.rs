@@ -13,6 +13,7 @@ use common::process::ProcessSpec;
 #[cfg(feature = "validator")]
 use gpu_attestor::check::{CustomWork, ValidatorSetup, Verdict, run_validator};
 use gpu_attestor::gpow2::{self, Challenge, Isa};
+use gpu_attestor::gpu::GemmKernel;
 use gpu_attestor::gpu::backend::{CudaBackend, KernelChoice, OpenError};
 use gpu_attestor::host::GpuFacts;
 use gpu_attestor::merkle::Hash;
@@ -211,6 +212,25 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_name = "INDEX,...")]
         device: Option<Vec<u32>>,
     },
+    /// One GPU's self-test steps, each said on stdout as it starts and ends: the child
+    /// processes of `self-test` and of every command that opens the CUDA backend (a kernel that
+    /// faults or hangs takes down its child, not the GPU). Exit 3 after a step that failed on
+    /// the device.
+    #[command(hide = true)]
+    SelfTestGpu {
+        /// The GPU's PCI address.
+        #[arg(long)]
+        pci: String,
+        /// Kernels to check against the CPU reference (and time, where they agree).
+        #[arg(long, value_delimiter = ',', value_parser = gemm_kernel)]
+        check: Vec<GemmKernel>,
+        /// Kernels to time (they agreed in an earlier child).
+        #[arg(long, value_delimiter = ',', value_parser = gemm_kernel)]
+        time: Vec<GemmKernel>,
+        /// Check phase B too.
+        #[arg(long)]
+        phase_b: bool,
+    },
     /// Everything a GPU machine is lent for, as JSON on stdout (`make gpu-check`): roots of every
     /// kernel against the CPU, the guide's example, throughput, time references. Exit 1 on any
     /// failure.
@@ -239,6 +259,9 @@ fn main() -> ExitCode {
         Some(Command::Roots(args)) => roots(&args),
         Some(Command::GpuCheck { runs, products }) => gpu_check(runs, products),
         Some(Command::SelfTest { json: _, device }) => self_test(device.as_deref()),
+        Some(Command::SelfTestGpu { pci, check, time, phase_b }) => {
+            self_test_gpu(&pci, &gpu_attestor::gpu::self_test::Plan { check, time, phase_b })
+        }
         #[cfg(feature = "validator")]
         Some(Command::Check(args)) => check(&args),
         None if cli.run.seed.is_some() => run(&cli.run),
@@ -254,6 +277,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn gemm_kernel(name: &str) -> Result<GemmKernel, String> {
+    GemmKernel::from_name(name).ok_or_else(|| format!("unknown kernel `{name}`"))
+}
+
+/// This binary: the self-test runs in child processes of it.
+fn attestor() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("the path of this binary (for the self-test's processes)")
 }
 
 fn threads(asked: Option<usize>) -> usize {
@@ -301,7 +333,7 @@ fn select_backend(work: &Work, one_gpu: bool) -> anyhow::Result<Selected> {
         (None, true) => Some(vec![0]),
         (None, false) => None,
     };
-    match CudaBackend::open(devices.as_deref(), work.kernel) {
+    match CudaBackend::open(devices.as_deref(), work.kernel, &attestor()?) {
         Ok(cuda) => {
             let (kernel, disabled) = cuda.kernels();
             for d in &disabled {
@@ -473,7 +505,7 @@ fn challenge(work: &Work, identity: &Path, timeout: Duration) -> anyhow::Result<
 
 fn self_test(devices: Option<&[u32]>) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    match CudaBackend::open(devices, KernelChoice::Auto) {
+    match CudaBackend::open(devices, KernelChoice::Auto, &attestor()?) {
         Ok(cuda) => {
             let (kernel, disabled) = cuda.kernels();
             let out = serde_json::json!({
@@ -498,10 +530,15 @@ fn self_test(devices: Option<&[u32]>) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn self_test_gpu(pci: &str, plan: &gpu_attestor::gpu::self_test::Plan) -> anyhow::Result<ExitCode> {
+    let finished = gpu_attestor::gpu::backend::self_test_child(pci, plan)?;
+    Ok(if finished { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}
+
 fn gpu_check(runs: usize, products: u32) -> anyhow::Result<ExitCode> {
     let options = gpu_attestor::gpu::gpu_check::Options::production(runs, products, threads(None));
-    let report =
-        gpu_attestor::gpu::gpu_check::run(&options).map_err(|e| anyhow::anyhow!("No NVIDIA GPU found: {e}"))?;
+    let report = gpu_attestor::gpu::gpu_check::run(&options, &attestor()?)
+        .map_err(|e| anyhow::anyhow!("No NVIDIA GPU found: {e}"))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     for f in &report.failures {
         eprintln!("FAIL: {f}");

@@ -1,18 +1,14 @@
 //! Every claimed GPU at once: [`GpuProver`] runs each step on one host thread per GPU (claimed
-//! GPU `g` is worker `g`), and [`self_test`] decides which GEMM kernels a GPU may use.
-//!
-//! The self-test runs a small challenge (phase A with each candidate kernel, and phase B) on a
-//! GPU and compares every root with the CPU reference. A kernel that disagrees is disabled and
-//! named; of those that agree, `auto` takes the fastest on a product of production shape. A
-//! kernel never run on real hardware before can therefore ship: on a GPU where it is wrong, it
-//! is simply not used.
+//! GPU `g` is worker `g`); [`CudaBackend::open`] self-tests each GPU in child processes (see
+//! [`super::self_test`]) and opens it with the kernel its self-test chose.
 
-use std::time::Instant;
+use std::path::Path;
 
+use super::self_test::{Plan, STEP_DEADLINE, SelfTest, isolated, run_plan};
 use super::worker::Worker;
 use super::{Device, DeviceError, GemmKernel};
-use crate::gpow2::challenge::{GpuKeys, GpuWork};
-use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
+use crate::gpow2::challenge::GpuKeys;
+use crate::gpow2::{Challenge, phase_a};
 use crate::merkle::{Hash, Tree};
 use crate::prover::{Prover, ProverError};
 use crate::sample::GpuSample;
@@ -162,126 +158,6 @@ impl<D: Device> Prover for GpuProver<D> {
     }
 }
 
-/// The self-test's small challenge: shapes that cut the GEMM's blocks short, three products,
-/// and a dataset of 64 lanes.
-pub fn self_test_work() -> GpuWork {
-    GpuWork { m: 80, n: 112, k: 528, count: 3, items: 1024 }
-}
-
-/// How one kernel did in a self-test.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct KernelCheck {
-    pub kernel: String,
-    /// The roots equal the CPU reference's.
-    pub agrees: bool,
-    /// Why not, when it does not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Milliseconds for the timing product (kernels that agree).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub product_ms: Option<f64>,
-}
-
-/// One GPU's self-test.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct SelfTest {
-    pub device: String,
-    pub kernels: Vec<KernelCheck>,
-    /// Phase B's roots equal the CPU reference's (no choice of kernel there).
-    pub phase_b_agrees: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase_b_reason: Option<String>,
-    /// The kernel the GPU uses: the fastest that agrees.
-    pub chosen: Option<String>,
-    pub elapsed_ms: f64,
-}
-
-impl SelfTest {
-    /// `kernel: reason` for each kernel that disagreed.
-    pub fn disabled(&self) -> Vec<String> {
-        self.kernels
-            .iter()
-            .filter(|k| !k.agrees)
-            .map(|k| format!("{}: {}", k.kernel, k.reason.as_deref().unwrap_or("roots differ from the CPU reference")))
-            .collect()
-    }
-
-    /// The GPU can prove: phase B agrees and a kernel does.
-    pub fn usable(&self) -> bool {
-        self.phase_b_agrees && self.chosen.is_some()
-    }
-}
-
-/// Runs the self-test on `worker` for `candidates` (in order of preference on ties), then
-/// times each kernel that agrees on `timing` (a product of production shape on a GPU) and sets
-/// the worker's kernel to the fastest. Device errors count as disagreement, with the error.
-pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[GemmKernel], timing: GpuWork) -> SelfTest {
-    let started = Instant::now();
-    let work = self_test_work();
-    let challenge = Challenge { gpus: vec![work], ..Challenge::plain(0x5e1f_7e57, 16, 1, 0) };
-    let keys = challenge.gpu_keys()[0];
-    let want_a = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
-    let nonce = [0x5e; 32];
-    let want_b = phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).map(|b| b.root);
-    let mut kernels = Vec::new();
-    for &kernel in candidates {
-        worker.set_kernel(kernel);
-        let reason = match worker.phase_a(&keys, &work) {
-            Ok(roots) if roots == want_a => None,
-            Ok(_) => Some("roots differ from the CPU reference".to_owned()),
-            Err(e) => Some(e.to_string()),
-        };
-        kernels.push(KernelCheck { kernel: kernel.name().into(), agrees: reason.is_none(), reason, product_ms: None });
-    }
-    let timing_keys = Challenge { gpus: vec![timing], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
-    for (check, &kernel) in kernels.iter_mut().zip(candidates) {
-        if !check.agrees {
-            continue;
-        }
-        worker.set_kernel(kernel);
-        // Once to warm up (allocations, the module's first launch), then timed.
-        let timed = worker.phase_a(&timing_keys, &timing).and_then(|_| {
-            let t = Instant::now();
-            worker.phase_a(&timing_keys, &timing)?;
-            Ok(t.elapsed().as_secs_f64() * 1e3 / f64::from(timing.count))
-        });
-        match timed {
-            Ok(ms) => check.product_ms = Some(ms),
-            Err(e) => {
-                check.agrees = false;
-                check.reason = Some(e.to_string());
-            }
-        }
-    }
-    let chosen = kernels
-        .iter()
-        .zip(candidates)
-        .filter(|(c, _)| c.agrees)
-        .min_by(|(a, _), (b, _)| a.product_ms.unwrap_or(f64::MAX).total_cmp(&b.product_ms.unwrap_or(f64::MAX)))
-        .map(|(_, &k)| k);
-    if let Some(k) = chosen {
-        worker.set_kernel(k);
-    }
-    let got_b = worker.build(&keys, &work).and_then(|()| worker.walk(0, keys.walk_key(&nonce)));
-    worker.release_dataset();
-    let (phase_b_agrees, phase_b_reason) = match (got_b, want_b) {
-        (Ok(got), Ok(want)) if got == want => (true, None),
-        (Ok(_), _) => (false, Some("phase B roots differ from the CPU reference".to_owned())),
-        (Err(e), _) => (false, Some(e.to_string())),
-    };
-    SelfTest {
-        device: worker.device().name(),
-        kernels,
-        phase_b_agrees,
-        phase_b_reason,
-        chosen: chosen.map(|k| k.name().to_owned()),
-        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    }
-}
-
-/// The timing product of the self-test on a GPU: the production shape.
-pub const TIMING_WORK: GpuWork = GpuWork { m: 4096, n: 4096, k: 32768, count: 2, items: 0 };
-
 /// `--kernel`: one kernel, or the fastest that agrees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KernelChoice {
@@ -348,10 +224,12 @@ pub enum OpenError {
 }
 
 impl CudaBackend {
-    /// Loads the driver, opens the GPUs (`devices`: indices into the GPU list, NVML's order, or
-    /// all), self-tests each at once and keeps the kernel each chose. A GPU on which nothing
-    /// agrees with the CPU reference is an error naming it.
-    pub fn open(devices: Option<&[u32]>, kernel: KernelChoice) -> Result<Self, OpenError> {
+    /// Loads the driver, self-tests the GPUs (`devices`: indices into the GPU list, NVML's
+    /// order, or all) at once, each in child processes of `attestor` (`gpu-attestor
+    /// self-test-gpu`, see [`super::self_test`]), then opens each GPU with the kernel its
+    /// self-test chose. A GPU on which nothing agrees with the CPU reference is an error naming
+    /// it.
+    pub fn open(devices: Option<&[u32]>, kernel: KernelChoice, attestor: &Path) -> Result<Self, OpenError> {
         let driver = super::cuda::Driver::load()?;
         let mut cuda = driver.devices()?;
         cuda.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id));
@@ -395,36 +273,53 @@ impl CudaBackend {
                 out
             }
         };
-        let mut workers = Vec::new();
         let mut candidates = Vec::new();
         for (info, _) in &chosen {
-            let device = driver
-                .open(info)
-                .map_err(|e| OpenError::Unusable(format!("GPU {} ({}): {e}", info.pci_bus_id, info.name)))?;
             let list = kernel.candidates(info.compute_capability);
             if list.is_empty() {
                 return Err(OpenError::Unusable(format!(
-                    "GPU {} ({}): compute capability {}.{} runs none of the kernels (A100 and later)",
-                    info.pci_bus_id, info.name, info.compute_capability.0, info.compute_capability.1
+                    "{}: compute capability {}.{} runs none of the kernels (A100 and later)",
+                    info.label(),
+                    info.compute_capability.0,
+                    info.compute_capability.1
                 )));
             }
-            workers.push(Worker::new(device, list[0], super::worker::Tuning::default()));
             candidates.push(list);
         }
-        let self_tests: Vec<SelfTest> = std::thread::scope(|s| {
-            let handles: Vec<_> = workers
-                .iter_mut()
+        // Before this process holds a context on any GPU (a GPU in exclusive-process mode takes
+        // one process's).
+        let self_tests: Vec<Result<SelfTest, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chosen
+                .iter()
                 .zip(&candidates)
-                .map(|(w, c)| s.spawn(move || self_test(w, c, TIMING_WORK)))
+                .map(|((info, _), list)| {
+                    s.spawn(move || {
+                        let child = |plan: &Plan| {
+                            common::process::ProcessSpec::new(attestor)
+                                .args(["self-test-gpu", "--pci", &info.pci_bus_id])
+                                .args(plan.args())
+                        };
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| format!("{}: a runtime for the self-test: {e}", info.label()))?;
+                        Ok(runtime.block_on(isolated(info.label(), list, &child, STEP_DEADLINE)))
+                    })
+                })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
         });
-        for t in &self_tests {
-            if !t.usable() {
+        let self_tests: Vec<SelfTest> =
+            self_tests.into_iter().collect::<Result<_, _>>().map_err(OpenError::Unusable)?;
+        let mut workers = Vec::new();
+        for ((info, _), t) in chosen.iter().zip(&self_tests) {
+            let Some(kernel) = t.chosen_kernel().filter(|_| t.usable()) else {
                 let mut why = t.disabled();
                 why.extend(t.phase_b_reason.clone());
                 return Err(OpenError::Unusable(format!("{}: the self-test failed: {}", t.device, why.join("; "))));
-            }
+            };
+            let device = driver.open(info).map_err(|e| OpenError::Unusable(format!("{}: {e}", info.label())))?;
+            workers.push(Worker::new(device, kernel, super::worker::Tuning::default()));
         }
         Ok(Self {
             prover: GpuProver::new(workers),
@@ -433,6 +328,31 @@ impl CudaBackend {
             driver_version: driver.version,
         })
     }
+}
+
+/// `gpu-attestor self-test-gpu`: runs `plan` on the GPU at PCI address `pci` in this process,
+/// printing each step's [`super::self_test::Line`] on stdout. Ok(false): it stopped after a
+/// step that failed on the device (the process should end: its context may be lost).
+pub fn self_test_child(pci: &str, plan: &Plan) -> Result<bool, OpenError> {
+    use super::self_test::Line;
+    let driver = super::cuda::Driver::load()?;
+    let devices = driver.devices()?;
+    let info = devices
+        .iter()
+        .find(|d| same_pci(&d.pci_bus_id, pci))
+        .ok_or_else(|| OpenError::Unusable(format!("--pci {pci}: no such CUDA device")))?;
+    let device = driver.open(info).map_err(|e| OpenError::Unusable(format!("{}: {e}", info.label())))?;
+    let first = plan.check.first().or(plan.time.first()).copied().unwrap_or(GemmKernel::Dp4a);
+    let mut worker = Worker::new(device, first, super::worker::Tuning::default());
+    let finished = run_plan(&mut worker, plan, super::self_test::TIMING_WORK, &mut |step, outcome| {
+        println!("{}", Line::of(step, outcome).text());
+    });
+    if !finished {
+        // Not released: after a failure on the device its context may be lost, and the process
+        // is about to end, which releases everything.
+        std::mem::forget(worker);
+    }
+    Ok(finished)
 }
 
 impl<D: Device> Backend<D> {
@@ -457,8 +377,10 @@ impl<D: Device> Backend<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpow2::prove;
+    use crate::gpow2::challenge::GpuWork;
+    use crate::gpow2::{Isa, prove};
     use crate::gpu::emu::EmuDevice;
+    use crate::gpu::self_test::KernelCheck;
     use crate::gpu::test_gpus::cuda_workers;
     use crate::gpu::worker::Tuning;
     use crate::prover::CpuProver;
@@ -545,54 +467,18 @@ mod tests {
         assert!(matches!(gpu.phase_a(), Err(ProverError::Refused(_))));
     }
 
-    /// The self-test passes every kernel that gives the reference roots, and disables one that
-    /// does not, by name.
-    #[test]
-    fn the_self_test_keeps_kernels_that_agree_and_disables_the_others() {
-        let tuning = Tuning { max_blocks: 8, ..Tuning::default() };
-        let mut w = Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning);
-        let timing = GpuWork { m: 64, n: 64, k: 64, count: 1, items: 0 };
-        let t = self_test(&mut w, &GemmKernel::ALL, timing);
-        assert!(t.usable(), "{t:?}");
-        assert!(t.chosen.is_some());
-        assert!(t.kernels.iter().all(|k| k.agrees && k.product_ms.is_some()), "{t:?}");
-        assert!(t.disabled().is_empty());
-
-        // mma.sync wrong on this GPU: disabled, the faster of the others used.
-        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning);
-        let t = self_test(&mut broken, &GemmKernel::ALL, timing);
-        assert!(t.usable());
-        assert!(matches!(t.chosen.as_deref(), Some("dp4a" | "wgmma" | "wgmma-wide")), "{t:?}");
-        assert_eq!(broken.kernel().name(), t.chosen.as_deref().unwrap());
-        assert_eq!(t.disabled(), vec!["mma-sync: roots differ from the CPU reference".to_owned()]);
-
-        // The only kernel asked for is wrong: the GPU cannot prove.
-        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning);
-        let t = self_test(&mut broken, &[GemmKernel::MmaSync], timing);
-        assert!(!t.usable());
-        assert_eq!(t.chosen, None);
-        assert!(t.phase_b_agrees);
-    }
-
-    /// On a GPU the self-test passes every kernel it runs (the first run on real tensor cores
-    /// tells whether the fragment layouts and wgmma's descriptors are read right). It prints the
-    /// self-test, with its time.
-    #[test]
-    fn cuda_the_self_test_passes_every_kernel_the_gpu_runs() {
-        for (mut w, kernels) in cuda_workers("cuda_the_self_test_passes_every_kernel_the_gpu_runs", Tuning::default()) {
-            let t = self_test(&mut w, &kernels, TIMING_WORK);
-            eprintln!("{}", serde_json::to_string(&t).unwrap());
-            assert!(t.usable() && t.disabled().is_empty(), "{t:?}");
-            assert_eq!(t.kernels.len(), kernels.len());
-        }
-    }
-
     /// One kernel name where every GPU kept the same, one per GPU in order where they differ.
     #[test]
     fn the_kernels_in_use_are_one_name_or_one_per_gpu() {
         let test = |chosen: Option<&str>, disabled: bool| SelfTest {
             device: "GPU".into(),
-            kernels: vec![KernelCheck { kernel: "dp4a".into(), agrees: !disabled, reason: None, product_ms: None }],
+            kernels: vec![KernelCheck {
+                kernel: "dp4a".into(),
+                agrees: !disabled,
+                reason: None,
+                device_error: false,
+                product_ms: None,
+            }],
             phase_b_agrees: true,
             phase_b_reason: None,
             chosen: chosen.map(str::to_owned),

@@ -101,6 +101,13 @@ pub struct CudaDeviceInfo {
     pub memory_bytes: u64,
 }
 
+impl CudaDeviceInfo {
+    /// `CUDA device 0 (NVIDIA H100 80GB HBM3, 0000:3b:00.0)`: the device's name in messages.
+    pub fn label(&self) -> String {
+        format!("CUDA device {} ({}, {})", self.ordinal, self.name, self.pci_bus_id)
+    }
+}
+
 /// Proof that the driver is loaded, has every function this module calls, and is initialised.
 #[derive(Debug, Clone, Copy)]
 pub struct Driver {
@@ -258,7 +265,7 @@ impl CudaDevice {
 
 impl Device for CudaDevice {
     fn name(&self) -> String {
-        format!("CUDA device {} ({}, {})", self.info.ordinal, self.info.name, self.info.pci_bus_id)
+        self.info.label()
     }
 
     fn memory(&self) -> Result<(u64, u64), DeviceError> {

@@ -93,15 +93,45 @@ fn violation() -> String {
     }
 }
 
+/// How a kernel goes wrong on an emulated GPU: what a kernel never run on real hardware might do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// It computes wrong: after it runs, the first byte at its last pointer parameter (its
+    /// output) is flipped. A GPU on which the kernel is miscompiled, or a layout misread.
+    Wrong,
+    /// It faults, as on an illegal address: the launch returns, and every later call fails, as
+    /// a GPU's context does after a sticky error.
+    Illegal,
+    /// It never ends (the calling thread parks for good).
+    Hang,
+    /// It takes the process down (abort).
+    Abort,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "wrong" => Ok(Fault::Wrong),
+            "illegal" => Ok(Fault::Illegal),
+            "hang" => Ok(Fault::Hang),
+            "abort" => Ok(Fault::Abort),
+            _ => Err(format!("no fault `{s}`")),
+        }
+    }
+}
+
 /// The emulated GPU.
 #[derive(Debug, Default)]
 pub(crate) struct EmuDevice {
     /// Allocations by address, with the bytes asked for; u64 words keep every address 8-byte
     /// aligned (16-byte loads in the kernels are done word by word under emulation).
     memory: BTreeMap<DevicePtr, (Vec<u64>, u64)>,
-    /// A kernel that computes wrong here: after it runs, the first byte at its last pointer
-    /// parameter (its output) is flipped. Plays a GPU on which a kernel is miscompiled.
-    broken: Option<&'static str>,
+    /// Kernels (entry points) that go wrong here, and how.
+    faults: BTreeMap<String, Fault>,
+    /// After a [`Fault::Illegal`]: why every call fails.
+    lost: Option<String>,
 }
 
 impl EmuDevice {
@@ -111,8 +141,26 @@ impl EmuDevice {
     }
 
     /// A device on which `kernel` gives wrong output.
-    pub(crate) fn broken(kernel: &'static str) -> Self {
-        Self { broken: Some(kernel), ..Self::new() }
+    pub(crate) fn broken(kernel: &str) -> Self {
+        Self::with_fault(kernel, Fault::Wrong)
+    }
+
+    /// A device on which `kernel` goes wrong as `fault` says.
+    pub(crate) fn with_fault(kernel: &str, fault: Fault) -> Self {
+        Self::new().and_fault(kernel, fault)
+    }
+
+    pub(crate) fn and_fault(mut self, kernel: &str, fault: Fault) -> Self {
+        self.faults.insert(kernel.to_owned(), fault);
+        self
+    }
+
+    /// Every call fails once a kernel has faulted, as on a GPU.
+    fn alive(&self, call: &'static str) -> Result<(), DeviceError> {
+        match &self.lost {
+            Some(why) => Err(DeviceError::new(call, why)),
+            None => Ok(()),
+        }
     }
 
     /// The allocation holding `[ptr, ptr + len)`, as a host pointer.
@@ -138,12 +186,14 @@ impl Device for EmuDevice {
     }
 
     fn memory(&self) -> Result<(u64, u64), DeviceError> {
+        self.alive("memory")?;
         let used: u64 = self.memory.values().map(|(_, bytes)| bytes).sum();
         let total = 16 << 30;
         Ok((total - used.min(total), total))
     }
 
     fn alloc(&mut self, bytes: u64) -> Result<DevicePtr, DeviceError> {
+        self.alive("alloc")?;
         let words = vec![0xA5A5_A5A5_A5A5_A5A5u64; bytes.div_ceil(8) as usize];
         let ptr = words.as_ptr() as DevicePtr;
         self.memory.insert(ptr, (words, bytes));
@@ -155,6 +205,7 @@ impl Device for EmuDevice {
     }
 
     fn upload(&mut self, dst: DevicePtr, src: &[u8]) -> Result<(), DeviceError> {
+        self.alive("upload")?;
         let to = self.host("upload", dst, src.len())?;
         // SAFETY: `host` checked that the range lies inside one of our live allocations.
         #[allow(unsafe_code)]
@@ -165,6 +216,7 @@ impl Device for EmuDevice {
     }
 
     fn download(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<(), DeviceError> {
+        self.alive("download")?;
         let from = self.host("download", src, dst.len())?;
         // SAFETY: as in `upload`.
         #[allow(unsafe_code)]
@@ -175,6 +227,20 @@ impl Device for EmuDevice {
     }
 
     fn launch(&mut self, _stream: Stream, launch: &Launch) -> Result<(), DeviceError> {
+        self.alive("launch")?;
+        let fault = self.faults.get(launch.kernel).copied();
+        match fault {
+            Some(Fault::Illegal) => {
+                // As CUDA reports it: the launch returns; the next call fails, and every one after.
+                self.lost = Some(format!("an illegal memory access was encountered (emulated, in {})", launch.kernel));
+                return Ok(());
+            }
+            Some(Fault::Hang) => loop {
+                std::thread::park();
+            },
+            Some(Fault::Abort) => std::process::abort(),
+            Some(Fault::Wrong) | None => {}
+        }
         let mut values = launch.param_values();
         let mut args: Vec<*mut c_void> = values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
         let name = CString::new(launch.kernel).map_err(|e| DeviceError::new("launch", e))?;
@@ -194,7 +260,7 @@ impl Device for EmuDevice {
             )
         };
         if code == 0
-            && self.broken == Some(launch.kernel)
+            && fault == Some(Fault::Wrong)
             && let Some(Param::U64(out)) = launch.params.last()
         {
             let byte = self.host("launch", *out, 1)?;
@@ -213,14 +279,17 @@ impl Device for EmuDevice {
     }
 
     fn record(&mut self, _stream: Stream, _event: usize) -> Result<(), DeviceError> {
+        self.alive("record")?;
         Ok(())
     }
 
     fn wait(&mut self, _stream: Stream, _event: usize) -> Result<(), DeviceError> {
+        self.alive("wait")?;
         Ok(())
     }
 
     fn synchronize(&mut self) -> Result<(), DeviceError> {
+        self.alive("synchronize")?;
         Ok(())
     }
 }

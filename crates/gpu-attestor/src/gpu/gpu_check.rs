@@ -18,7 +18,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::backend::{Backend, CudaBackend, KernelChoice, SelfTest};
+use super::backend::{Backend, CudaBackend, KernelChoice};
+use super::self_test::SelfTest;
 use super::{Device, GemmKernel};
 use crate::gpow2::challenge::GpuWork;
 use crate::gpow2::profiles::ProfilesFile;
@@ -60,7 +61,7 @@ impl Options {
             memory_items: None,
             reference_work: None,
             guide: (12345, 256, 1000),
-            budget: std::time::Duration::from_secs(360),
+            budget: std::time::Duration::from_secs(330),
             threads,
         }
     }
@@ -159,10 +160,11 @@ pub const LADDER: [GpuWork; 5] = [
 /// Dataset sizes of the ladder.
 pub const ITEMS_LADDER: [u64; 3] = [32, 1056, (1 << 20) + 32];
 
-/// Runs the whole check on the machine's GPUs.
-pub fn run(options: &Options) -> Result<Report, String> {
+/// Runs the whole check on the machine's GPUs (`attestor`: this binary, for the self-test's
+/// child processes).
+pub fn run(options: &Options, attestor: &std::path::Path) -> Result<Report, String> {
     let opened = Instant::now();
-    let backend = CudaBackend::open(None, KernelChoice::Auto).map_err(|e| e.to_string())?;
+    let backend = CudaBackend::open(None, KernelChoice::Auto, attestor).map_err(|e| e.to_string())?;
     check(backend, ms(opened), options)
 }
 
@@ -174,11 +176,16 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
     let threads = options.threads.max(1);
     let gpus = backend.gpus.clone();
     let chosen: Vec<GemmKernel> = backend.prover.workers().iter().map(|w| w.kernel()).collect();
-    // The kernels each GPU can run: those its self-test tried.
+    // The kernels each GPU runs here: those its self-test tried, but for those that failed on
+    // the device (a fault would leave this process's context lost for every check after it;
+    // the self-test's own failure is reported below). One that gave wrong roots is run, to
+    // show on which shapes.
     let kernels: Vec<Vec<GemmKernel>> = backend
         .self_tests
         .iter()
-        .map(|t| t.kernels.iter().filter_map(|k| GemmKernel::from_name(&k.kernel)).collect())
+        .map(|t| {
+            t.kernels.iter().filter(|k| !k.device_error).filter_map(|k| GemmKernel::from_name(&k.kernel)).collect()
+        })
         .collect();
 
     // 2. Roots on the ladders, every kernel each GPU supports.
@@ -424,7 +431,7 @@ mod tests {
         }
         // Without a GPU, the check says why instead of passing.
         if super::super::cuda::Driver::load().is_err() {
-            let e = run(&Options::production(1, 1, 1)).unwrap_err();
+            let e = run(&Options::production(1, 1, 1), std::path::Path::new("gpu-attestor")).unwrap_err();
             assert!(e.contains("libcuda.so.1"), "{e}");
         }
     }
@@ -450,7 +457,7 @@ mod tests {
         let backend = |device: EmuDevice| {
             // Few blocks: the emulator's cost is its barriers between blocks.
             let mut worker = Worker::new(device, GemmKernel::Dp4a, Tuning { max_blocks: 8, ..Tuning::default() });
-            let test = super::super::backend::self_test(&mut worker, &GemmKernel::ALL, small);
+            let test = super::super::self_test::self_test(&mut worker, &GemmKernel::ALL, small);
             let facts = crate::host::GpuFacts {
                 index: 0,
                 uuid: String::new(),

@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod cuda;
 pub mod gpu_check;
+pub mod self_test;
 pub mod worker;
 
 #[cfg(test)]
