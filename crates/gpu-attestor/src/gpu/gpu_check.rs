@@ -2,7 +2,8 @@
 //! `scripts/gpu-check.sh`), as one JSON document.
 //!
 //! 1. The backend opens and self-tests every GPU (time per GPU).
-//! 2. Every kernel against the CPU reference on a ladder of shapes up to the production one,
+//! 2. Every kernel against the CPU reference on a ladder of shapes up to the production one (run
+//!    last: a kernel that faults on a shape loses this process's context for what follows),
 //!    and phase B on a ladder of dataset sizes: every root must agree.
 //! 3. The guide's example (`--seed 12345 --matrix-dim 256 --num-matrices 1000`) end to end
 //!    after set-up, checksum against the CPU's.
@@ -188,60 +189,6 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         })
         .collect();
 
-    // 2. Roots on the ladders, every kernel each GPU supports.
-    let mut phase_a_roots = Vec::new();
-    for &work in &options.ladder {
-        let c = Challenge { gpus: vec![work], ..Challenge::plain(0x01ad_de12, 16, 1, 0) };
-        let keys = c.gpu_keys()[0];
-        let t = Instant::now();
-        let want = phase_a::commit(Isa::best(), &keys, &work, threads).product_roots;
-        let cpu_ms = ms(t);
-        for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
-            for &kernel in &kernels[g] {
-                w.set_kernel(kernel);
-                let t = Instant::now();
-                let got = w.phase_a(&keys, &work);
-                let gpu_ms = ms(t);
-                let agrees = matches!(&got, Ok(r) if *r == want);
-                if !agrees {
-                    failures.push(format!(
-                        "GPU {g} {kernel} {work:?}: {}",
-                        got.err().map_or("roots differ".into(), |e| e.to_string())
-                    ));
-                }
-                phase_a_roots.push(RootCheck { gpu: g, kernel: kernel.name().into(), work, agrees, gpu_ms, cpu_ms });
-            }
-        }
-    }
-    let mut phase_b_roots = Vec::new();
-    for &items in &options.items_ladder {
-        let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
-        let c = Challenge { gpus: vec![work], ..Challenge::plain(0xb1ad_de12, 16, 1, 0) };
-        let keys = c.gpu_keys()[0];
-        let nonce = [0x42; 32];
-        let t = Instant::now();
-        let want =
-            phase_b::commit(Isa::best(), &keys, &work, &nonce, threads).map(|b| b.root).map_err(|e| e.to_string())?;
-        let cpu_ms = ms(t);
-        for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
-            let t = Instant::now();
-            let got = w.build(&keys, &work).and_then(|()| w.walk(0, keys.walk_key(&nonce)));
-            let gpu_ms = ms(t);
-            let agrees = matches!(&got, Ok(r) if *r == want);
-            if !agrees {
-                failures.push(format!(
-                    "GPU {g} phase B, {items} items: {}",
-                    got.err().map_or("root differs".into(), |e| e.to_string())
-                ));
-            }
-            phase_b_roots.push(RootCheck { gpu: g, kernel: "phase-b".into(), work, agrees, gpu_ms, cpu_ms });
-            w.release_dataset();
-        }
-    }
-    for (w, &k) in backend.prover.workers_mut().iter_mut().zip(&chosen) {
-        w.set_kernel(k);
-    }
-
     // 3. The guide's example on GPU 0, after set-up.
     let example = Challenge::plain(options.guide.0, options.guide.1, options.guide.2, 0);
     let cpu_checksum = crate::gpow2::prove::prove(&example, &[0; 32], Isa::best(), threads, u64::MAX)
@@ -395,6 +342,61 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
             gpus.iter().zip(&works).filter(|(_, p)| p.is_none()).map(|(f, _)| f.name.clone()).collect::<Vec<_>>()
         ));
     }
+    // 2. Roots on the ladders, every kernel each GPU supports: last, since a kernel that
+    //    faults on some shape leaves this process's context lost for every stage after it.
+    let mut phase_a_roots = Vec::new();
+    for &work in &options.ladder {
+        let c = Challenge { gpus: vec![work], ..Challenge::plain(0x01ad_de12, 16, 1, 0) };
+        let keys = c.gpu_keys()[0];
+        let t = Instant::now();
+        let want = phase_a::commit(Isa::best(), &keys, &work, threads).product_roots;
+        let cpu_ms = ms(t);
+        for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
+            for &kernel in &kernels[g] {
+                w.set_kernel(kernel);
+                let t = Instant::now();
+                let got = w.phase_a(&keys, &work);
+                let gpu_ms = ms(t);
+                let agrees = matches!(&got, Ok(r) if *r == want);
+                if !agrees {
+                    failures.push(format!(
+                        "GPU {g} {kernel} {work:?}: {}",
+                        got.err().map_or("roots differ".into(), |e| e.to_string())
+                    ));
+                }
+                phase_a_roots.push(RootCheck { gpu: g, kernel: kernel.name().into(), work, agrees, gpu_ms, cpu_ms });
+            }
+        }
+    }
+    let mut phase_b_roots = Vec::new();
+    for &items in &options.items_ladder {
+        let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
+        let c = Challenge { gpus: vec![work], ..Challenge::plain(0xb1ad_de12, 16, 1, 0) };
+        let keys = c.gpu_keys()[0];
+        let nonce = [0x42; 32];
+        let t = Instant::now();
+        let want =
+            phase_b::commit(Isa::best(), &keys, &work, &nonce, threads).map(|b| b.root).map_err(|e| e.to_string())?;
+        let cpu_ms = ms(t);
+        for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
+            let t = Instant::now();
+            let got = w.build(&keys, &work).and_then(|()| w.walk(0, keys.walk_key(&nonce)));
+            let gpu_ms = ms(t);
+            let agrees = matches!(&got, Ok(r) if *r == want);
+            if !agrees {
+                failures.push(format!(
+                    "GPU {g} phase B, {items} items: {}",
+                    got.err().map_or("root differs".into(), |e| e.to_string())
+                ));
+            }
+            phase_b_roots.push(RootCheck { gpu: g, kernel: "phase-b".into(), work, agrees, gpu_ms, cpu_ms });
+            w.release_dataset();
+        }
+    }
+    for (w, &k) in backend.prover.workers_mut().iter_mut().zip(&chosen) {
+        w.set_kernel(k);
+    }
+
     for t in &backend.self_tests {
         failures.extend(t.disabled().into_iter().map(|d| format!("{}: self-test disabled {d}", t.device)));
     }
@@ -439,8 +441,8 @@ mod tests {
     /// The whole check on the emulated device with small sizes: everything agrees, every
     /// figure is there, and a kernel that computes wrong is a failure by name.
     #[test]
-    fn the_check_runs_whole_on_an_emulated_gpu_and_names_a_wrong_kernel() {
-        use crate::gpu::emu::EmuDevice;
+    fn the_check_runs_whole_on_an_emulated_gpu_names_a_wrong_kernel_and_never_runs_a_faulted_one() {
+        use crate::gpu::emu::{EmuDevice, Fault};
         use crate::gpu::worker::{Tuning, Worker};
         let small = GpuWork { m: 48, n: 32, k: 64, count: 2, items: 0 };
         let options = Options {
@@ -454,10 +456,26 @@ mod tests {
             budget: std::time::Duration::from_secs(3600),
             threads: 2,
         };
-        let backend = |device: EmuDevice| {
+        let backend_with = |device: EmuDevice, faulted: Option<GemmKernel>| {
             // Few blocks: the emulator's cost is its barriers between blocks.
-            let mut worker = Worker::new(device, GemmKernel::Dp4a, Tuning { max_blocks: 8, ..Tuning::default() });
-            let test = super::super::self_test::self_test(&mut worker, &GemmKernel::ALL, small);
+            let tuning = Tuning { max_blocks: 8, ..Tuning::default() };
+            let mut worker = Worker::new(device, GemmKernel::Dp4a, tuning);
+            let test = match faulted {
+                None => super::super::self_test::self_test(&mut worker, &GemmKernel::ALL, small),
+                // What a self-test in child processes says of a kernel that faulted (here, on a
+                // device of its own: this one would be lost).
+                Some(bad) => {
+                    let clean = &mut Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning);
+                    let mut test = super::super::self_test::self_test(clean, &GemmKernel::ALL, small);
+                    let k = test.kernels.iter_mut().find(|k| k.kernel == bad.name()).unwrap();
+                    k.agrees = false;
+                    k.device_error = true;
+                    k.reason = Some("an illegal memory access was encountered".into());
+                    worker.set_kernel(GemmKernel::Dp4a);
+                    test.chosen = Some("dp4a".into());
+                    test
+                }
+            };
             let facts = crate::host::GpuFacts {
                 index: 0,
                 uuid: String::new(),
@@ -480,6 +498,7 @@ mod tests {
                 driver_version: 0,
             }
         };
+        let backend = |device: EmuDevice| backend_with(device, None);
         let r = check(backend(EmuDevice::new()), 1.0, &options).unwrap();
         assert!(r.failures.is_empty(), "{:?}", r.failures);
         assert_eq!(r.phase_a_roots.len(), 2 * GemmKernel::ALL.len());
@@ -497,12 +516,23 @@ mod tests {
         let r = check(
             backend(EmuDevice::broken("gemm_mma")),
             1.0,
-            &Options { runs: 1, budget: std::time::Duration::ZERO, ..options },
+            &Options { runs: 1, budget: std::time::Duration::ZERO, ..options.clone() },
         )
         .unwrap();
         assert!(r.failures.iter().any(|f| f.starts_with("time references: 0 of 1 runs within")), "{:?}", r.failures);
         assert!(r.time_references.is_empty());
         assert!(r.failures.iter().any(|f| f.starts_with("GPU 0 mma-sync GpuWork { m: 48")), "{:?}", r.failures);
         assert!(r.failures.iter().any(|f| f.contains("self-test disabled mma-sync")), "{:?}", r.failures);
+
+        // A kernel that faulted in the self-test is never run here: it would lose the context
+        // for every stage after it. Its self-test failure is the only failure.
+        let wgmma = GemmKernel::Wgmma;
+        let r = check(backend_with(EmuDevice::with_fault(wgmma.entry(), Fault::Illegal), Some(wgmma)), 1.0, &options)
+            .unwrap();
+        assert_eq!(r.failures, ["host emulation: self-test disabled wgmma: an illegal memory access was encountered"]);
+        assert!(r.phase_a_roots.iter().all(|c| c.kernel != "wgmma"), "{:?}", r.phase_a_roots);
+        assert_eq!(r.phase_a_roots.len(), 2 * (GemmKernel::ALL.len() - 1));
+        assert!(r.throughput.iter().all(|t| t.kernel != "wgmma"), "{:?}", r.throughput);
+        assert_eq!(r.time_references.len(), 1);
     }
 }
