@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use super::self_test::{Plan, STEP_DEADLINE, SelfTest, isolated, run_plan};
+use super::self_test::{Plan, STEP_DEADLINE, SelfTest, TIMING_WORK, isolated, run_plan};
 use super::worker::Worker;
 use super::{Device, DeviceError, GemmKernel};
-use crate::gpow2::challenge::GpuKeys;
+use crate::gpow2::challenge::{GpuKeys, GpuWork};
 use crate::gpow2::{Challenge, phase_a};
 use crate::merkle::{Hash, Tree};
 use crate::prover::{Prover, ProverError};
@@ -321,8 +321,15 @@ impl CudaBackend {
             let device = driver.open(info).map_err(|e| OpenError::Unusable(format!("{}: {e}", info.label())))?;
             workers.push(Worker::new(device, kernel, super::worker::Tuning::default()));
         }
+        // The first challenge's phase A is timed: the production shape's buffers are allocated
+        // and the kernel run once here, in this process's contexts, as the self-test did when it
+        // ran in this process.
+        let mut prover = GpuProver::new(workers);
+        let warm = GpuWork { count: 1, ..TIMING_WORK };
+        let keys = Challenge { gpus: vec![warm], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
+        prover.each(|_, w| w.phase_a(&keys, &warm).map(drop)).map_err(|e| OpenError::Unusable(e.to_string()))?;
         Ok(Self {
-            prover: GpuProver::new(workers),
+            prover,
             gpus: chosen.into_iter().map(|(_, f)| f).collect(),
             self_tests,
             driver_version: driver.version,
@@ -344,7 +351,7 @@ pub fn self_test_child(pci: &str, plan: &Plan) -> Result<bool, OpenError> {
     let device = driver.open(info).map_err(|e| OpenError::Unusable(format!("{}: {e}", info.label())))?;
     let first = plan.check.first().or(plan.time.first()).copied().unwrap_or(GemmKernel::Dp4a);
     let mut worker = Worker::new(device, first, super::worker::Tuning::default());
-    let finished = run_plan(&mut worker, plan, super::self_test::TIMING_WORK, &mut |step, outcome| {
+    let finished = run_plan(&mut worker, plan, TIMING_WORK, &mut |step, outcome| {
         println!("{}", Line::of(step, outcome).text());
     });
     if !finished {
@@ -377,7 +384,6 @@ impl<D: Device> Backend<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpow2::challenge::GpuWork;
     use crate::gpow2::{Isa, prove};
     use crate::gpu::emu::EmuDevice;
     use crate::gpu::self_test::KernelCheck;
