@@ -286,9 +286,14 @@ impl CudaBackend {
             }
             candidates.push(list);
         }
-        // Before this process holds a context on any GPU (a GPU in exclusive-process mode takes
-        // one process's).
-        let self_tests: Vec<Result<SelfTest, String>> = std::thread::scope(|s| {
+        // Each GPU on its own thread: its self-test in child processes, before this process
+        // holds a context on it (a GPU in exclusive-process mode takes one process's), then its
+        // context here, while the other GPUs' self-tests go on. The first challenge's phase A is
+        // timed: the production shape's buffers are allocated and the kernel run once here, as
+        // the self-test did when it ran in this process.
+        let warm = GpuWork { count: 1, ..TIMING_WORK };
+        let keys = Challenge { gpus: vec![warm], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
+        let opened: Vec<Result<(SelfTest, Worker<super::cuda::CudaDevice>), String>> = std::thread::scope(|s| {
             let handles: Vec<_> = chosen
                 .iter()
                 .zip(&candidates)
@@ -303,31 +308,24 @@ impl CudaBackend {
                             .enable_all()
                             .build()
                             .map_err(|e| format!("{}: a runtime for the self-test: {e}", info.label()))?;
-                        Ok(runtime.block_on(isolated(info.label(), list, &child, STEP_DEADLINE)))
+                        let t = runtime.block_on(isolated(info.label(), list, &child, STEP_DEADLINE));
+                        let Some(kernel) = t.chosen_kernel().filter(|_| t.usable()) else {
+                            let mut why = t.disabled();
+                            why.extend(t.phase_b_reason.clone());
+                            return Err(format!("{}: the self-test failed: {}", t.device, why.join("; ")));
+                        };
+                        let device = driver.open(info).map_err(|e| format!("{}: {e}", info.label()))?;
+                        let mut worker = Worker::new(device, kernel, super::worker::Tuning::default());
+                        worker.phase_a(&keys, &warm).map_err(|e| format!("{}: {e}", info.label()))?;
+                        Ok((t, worker))
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
         });
-        let self_tests: Vec<SelfTest> =
-            self_tests.into_iter().collect::<Result<_, _>>().map_err(OpenError::Unusable)?;
-        let mut workers = Vec::new();
-        for ((info, _), t) in chosen.iter().zip(&self_tests) {
-            let Some(kernel) = t.chosen_kernel().filter(|_| t.usable()) else {
-                let mut why = t.disabled();
-                why.extend(t.phase_b_reason.clone());
-                return Err(OpenError::Unusable(format!("{}: the self-test failed: {}", t.device, why.join("; "))));
-            };
-            let device = driver.open(info).map_err(|e| OpenError::Unusable(format!("{}: {e}", info.label())))?;
-            workers.push(Worker::new(device, kernel, super::worker::Tuning::default()));
-        }
-        // The first challenge's phase A is timed: the production shape's buffers are allocated
-        // and the kernel run once here, in this process's contexts, as the self-test did when it
-        // ran in this process.
-        let mut prover = GpuProver::new(workers);
-        let warm = GpuWork { count: 1, ..TIMING_WORK };
-        let keys = Challenge { gpus: vec![warm], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
-        prover.each(|_, w| w.phase_a(&keys, &warm).map(drop)).map_err(|e| OpenError::Unusable(e.to_string()))?;
+        let (self_tests, workers): (Vec<SelfTest>, Vec<_>) =
+            opened.into_iter().collect::<Result<Vec<_>, _>>().map_err(OpenError::Unusable)?.into_iter().unzip();
+        let prover = GpuProver::new(workers);
         Ok(Self {
             prover,
             gpus: chosen.into_iter().map(|(_, f)| f).collect(),
