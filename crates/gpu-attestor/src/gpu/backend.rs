@@ -292,7 +292,7 @@ impl CudaBackend {
         // timed: the production shape's buffers are allocated and the kernel run once here, as
         // the self-test did when it ran in this process.
         let warm = GpuWork { count: 1, ..TIMING_WORK };
-        let keys = Challenge { gpus: vec![warm], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
+        let keys = super::self_test::timing_keys(warm);
         let opened: Vec<Result<(SelfTest, Worker<super::cuda::CudaDevice>), String>> = std::thread::scope(|s| {
             let handles: Vec<_> = chosen
                 .iter()

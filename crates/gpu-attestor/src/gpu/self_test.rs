@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::worker::Worker;
 use super::{Device, GemmKernel};
-use crate::gpow2::challenge::GpuWork;
+use crate::gpow2::challenge::{GpuKeys, GpuWork};
 use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
 
 /// The self-test's small challenge: shapes that cut the GEMM's blocks short, three products,
@@ -42,6 +42,12 @@ pub const TIMING_WORK: GpuWork = GpuWork { m: 4096, n: 4096, k: 32768, count: 2,
 /// for a GPU without a cubin, seconds), and a hung kernel still leaves time for the rest
 /// within `executor validate`'s two minutes.
 pub const STEP_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The keys of the timing product's challenge (the self-test's, and the warm-up product the
+/// proving process runs after it).
+pub fn timing_keys(timing: GpuWork) -> GpuKeys {
+    Challenge { gpus: vec![timing], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0]
+}
 
 /// One step of a self-test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -235,7 +241,7 @@ pub fn run_plan<D: Device>(
             }
         }
     }
-    let timing_keys = Challenge { gpus: vec![timing], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0];
+    let timing_keys = timing_keys(timing);
     for kernel in time {
         worker.set_kernel(kernel);
         let outcome = step(Step::Time(kernel), &mut || {
@@ -372,15 +378,14 @@ impl SelfTest {
 pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[GemmKernel], timing: GpuWork) -> SelfTest {
     let started = Instant::now();
     let mut outcomes = BTreeMap::new();
-    let mut last: Option<(Step, Outcome)> = None;
     let finished = run_plan(worker, &Plan::full(candidates), timing, &mut |step, outcome| {
         if let Some(o) = outcome {
             outcomes.insert(step, o.clone());
-            last = Some((step, o.clone()));
         }
     });
-    if !finished && let Some((failed, why)) = last {
-        let why = why.reason.unwrap_or_default();
+    // The run stopped at its one step that failed on the device.
+    let failed = outcomes.iter().find(|(_, o)| o.device_error).map(|(s, o)| (*s, o.reason.clone().unwrap_or_default()));
+    if !finished && let Some((failed, why)) = failed {
         for step in Plan::left(candidates, &outcomes).steps() {
             outcomes
                 .insert(step, Outcome::device(format!("not run: `{failed}` failed on the device before it ({why})")));
