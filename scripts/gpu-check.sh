@@ -89,7 +89,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print("GPUs:", ", ".join(g["name"] for g in r["gpus"]), "driver", r["driver_version"], f"open+self-test {r['open_ms']:.0f} ms")
 for t in r["self_tests"]:
-    print(f"self-test {t['device']}: {t['elapsed_ms']:.0f} ms, chosen {t['chosen']}, kernels", [(k["kernel"], k["agrees"], k.get("product_ms")) for k in t["kernels"]])
+    print(f"self-test {t['device']}: {t['elapsed_ms']:.0f} ms, chosen {t['chosen']} and {t['walk']}, kernels", [(k["kernel"], k["agrees"], k.get("timed_ms")) for k in t["kernels"] + t["walks"]])
 bad = [c for c in r["phase_a_roots"] + r["phase_b_roots"] if not c["agrees"]]
 print(f"roots: {len(r['phase_a_roots']) + len(r['phase_b_roots']) - len(bad)} agree, {len(bad)} differ")
 g = r.get("guide")
@@ -100,7 +100,7 @@ for t in r["throughput"]:
     print(f"phase A GPU {t['gpu']} {t['kernel']}: {t['tops']:.1f} TOPS" + (f" = {100 * frac:.1f} % of peak" if frac else ""))
 for m in r["memory"]:
     frac = m["fraction_of_peak"]
-    print(f"phase B GPU {m['gpu']}: {m['items']} items, build {m['build_ms']:.0f} ms, walk {m['walk_ms']:.0f} ms = {m['walk_gb_s']:.0f} GB/s" + (f" = {100 * frac:.1f} % of peak" if frac else ""))
+    print(f"phase B GPU {m['gpu']} {m['kernel']}: {m['items']} items, build {m['build_ms']:.0f} ms, walk {m['walk_ms']:.0f} ms = {m['walk_gb_s']:.0f} GB/s" + (f" = {100 * frac:.1f} % of peak" if frac else ""))
 for t in r["time_references"]:
     print(f"time references {t['profile']} ({t['runs']} runs): phase A {t['phase_a_ms']:.0f} ms, build {t['build_ms']:.0f} ms, walk {t['walk_ms']:.0f} ms")
 for f in r["failures"]:

@@ -36,9 +36,12 @@ pub enum SelfTest {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct GpuResult {
     pub device: String,
-    /// The kernel it kept.
+    /// The GEMM kernel it kept.
     #[serde(default)]
     pub chosen: Option<String>,
+    /// The walk kernel it kept.
+    #[serde(default)]
+    pub walk: Option<String>,
     pub elapsed_ms: f64,
 }
 
@@ -101,7 +104,7 @@ mod tests {
             SelfTest::NoGpu { reason: "no libcuda".into() }
         );
         let ready = br#"{"backend":"cuda","kernel":"mma-sync","disabled":["GPU 0: dp4a: roots differ"],
-            "self_tests":[{"device":"GPU 0 (H100)","chosen":"mma-sync","elapsed_ms":812.5,"kernels":[]}]}"#;
+            "self_tests":[{"device":"GPU 0 (H100)","chosen":"mma-sync","walk":"walk-group","elapsed_ms":812.5,"kernels":[]}]}"#;
         assert_eq!(
             SelfTest::parse(ready, b"", ok),
             SelfTest::Ready {
@@ -110,6 +113,7 @@ mod tests {
                 gpus: vec![GpuResult {
                     device: "GPU 0 (H100)".into(),
                     chosen: Some("mma-sync".into()),
+                    walk: Some("walk-group".into()),
                     elapsed_ms: 812.5
                 }],
             }

@@ -792,8 +792,25 @@ extern "C" __global__ void dataset_build(const u32* __restrict__ cache, u32* __r
 
 #define WALK_STEPS 128
 
+// leaves[l] = lane_leaf(g, lane) = SHA-256(0x13 ‖ u32 g ‖ u32 lane ‖ cmix), 41 bytes.
+__device__ __forceinline__ void store_lane_leaf(u32 g, u32 lane, const u32 cmix[8], u32* leaf) {
+    u32 v[10];
+    v[0] = g;
+    v[1] = lane;
+    for (int i = 0; i < 8; i++) v[2 + i] = cmix[i];
+    u32 s[8], w[16];
+    sha256_init(s);
+    w[0] = 0x13000000u | (bswap32(v[0]) >> 8);
+    for (int i = 1; i < 10; i++) w[i] = tagged_word(v[i - 1], v[i]);
+    w[10] = (v[9] & 0xff000000u) | 0x00800000u;
+    for (int i = 11; i < 15; i++) w[i] = 0;
+    w[15] = 41 * 8;
+    sha256_block(s, w);
+    store_hash(leaf, s);
+}
+
 // Lanes [first, first + count) of the walk over `items` dataset items; leaves[ℓ] =
-// lane_leaf(g, ℓ). Grid-stride.
+// lane_leaf(g, ℓ). A thread a lane, grid-stride: a warp's load reads 16 bytes of 32 pages.
 extern "C" __global__ void walk(const u32* __restrict__ dataset, u64 items, u64 first, u64 count, u32 k0, u32 k1, u32 g, u32* __restrict__ leaves) {
     const u64 pages = items / 2;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (u64)gridDim.x * blockDim.x) {
@@ -814,19 +831,68 @@ extern "C" __global__ void walk(const u32* __restrict__ dataset, u64 items, u64 
                 fnv_into(mix, dataset + 32 * (u64)pg, 8);
             }
         }
-        u32 v[10];
-        v[0] = g;
-        v[1] = lane;
-        for (int i = 0; i < 8; i++) v[2 + i] = fnv(fnv(fnv(mix[4 * i], mix[4 * i + 1]), mix[4 * i + 2]), mix[4 * i + 3]);
-        // SHA-256(0x13 ‖ u32 g ‖ u32 ℓ ‖ cmix), 41 bytes.
-        u32 s[8], w[16];
-        sha256_init(s);
-        w[0] = 0x13000000u | (bswap32(v[0]) >> 8);
-        for (int i = 1; i < 10; i++) w[i] = tagged_word(v[i - 1], v[i]);
-        w[10] = (v[9] & 0xff000000u) | 0x00800000u;
-        for (int i = 11; i < 15; i++) w[i] = 0;
-        w[15] = 41 * 8;
-        sha256_block(s, w);
-        store_hash(leaves + 8 * l, s);
+        u32 cmix[8];
+        for (int i = 0; i < 8; i++) cmix[i] = fnv(fnv(fnv(mix[4 * i], mix[4 * i + 1]), mix[4 * i + 2]), mix[4 * i + 3]);
+        store_lane_leaf(g, lane, cmix, leaves + 8 * l);
+    }
+}
+
+// The same walk, eight threads a lane: thread t of a lane's group holds mix[4t..4t+3] and reads
+// bytes 16t..16t+15 of each page, so a warp's load reads four whole pages (four 128-byte lines)
+// where `walk`'s reads 16 bytes of 32 lines, a tag lookup of the L1 each. Step a's mix[a mod 32]
+// comes from thread (a mod 32) / 4 of the group by a shuffle, and thread i's cmix[i] is its own
+// four words folded. A group walks WALK_GROUP_LANES lanes at once: independent chains, so more
+// reads in flight (with four, 64 registers on sm_90a: four blocks of 256 an SM, 512 lanes and
+// 64 KiB of page reads in flight an SM). The grid-stride loop runs the same iterations on every
+// thread of a warp (a shuffle takes the whole warp): a group past the end walks junk and stores
+// nothing.
+#define WALK_GROUP 8
+#define WALK_GROUP_LANES 4
+
+extern "C" __global__ void walk_group(const u32* __restrict__ dataset, u64 items, u64 first, u64 count, u32 k0, u32 k1, u32 g, u32* __restrict__ leaves) {
+    const u64 pages = items / 2;
+    const u32 t = threadIdx.x % WALK_GROUP;
+    const u64 thread = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    const u64 stride = (u64)gridDim.x * blockDim.x / WALK_GROUP * WALK_GROUP_LANES;
+    const u64 group_first = thread / WALK_GROUP * WALK_GROUP_LANES;
+    const u64 warp_first = (thread - threadIdx.x % 32) / WALK_GROUP * WALK_GROUP_LANES;
+    for (u64 i0 = 0; warp_first + i0 < count; i0 += stride) {
+        u32 lane[WALK_GROUP_LANES], mix[WALK_GROUP_LANES][4];
+#pragma unroll
+        for (int h = 0; h < WALK_GROUP_LANES; h++) {
+            lane[h] = (u32)(first + group_first + i0 + h);
+            u32 c[4] = {lane[h], t, 1, 0x57};
+            philox(c, k0, k1);
+            for (int w = 0; w < 4; w++) mix[h][w] = c[w];
+        }
+        // Unrolled by 4 so that the word of mix[a mod 32] a thread holds, a mod 4, is a register;
+        // its thread, (a mod 32) / 4, is the shuffle's source.
+        for (u32 a0 = 0; a0 < WALK_STEPS; a0 += 4) {
+            const u32 src = (a0 % 32) / 4;
+#pragma unroll
+            for (u32 j = 0; j < 4; j++) {
+                u32 pg[WALK_GROUP_LANES];
+#pragma unroll
+                for (int h = 0; h < WALK_GROUP_LANES; h++) {
+                    pg[h] = pick(fnv((a0 + j) ^ lane[h], __shfl_sync(0xffffffffu, mix[h][j], src, WALK_GROUP)), pages);
+                }
+#pragma unroll
+                for (int h = 0; h < WALK_GROUP_LANES; h++) fnv_into(mix[h], dataset + 32 * (u64)pg[h] + 4 * t, 1);
+            }
+        }
+        // Thread h of the group gathers lane h's cmix and hashes its leaf (one SHA-256 in the
+        // code, not one a lane).
+        u32 cmix[8] = {0};
+#pragma unroll
+        for (int h = 0; h < WALK_GROUP_LANES; h++) {
+            const u32 folded = fnv(fnv(fnv(mix[h][0], mix[h][1]), mix[h][2]), mix[h][3]);
+#pragma unroll
+            for (int q = 0; q < 8; q++) {
+                const u32 word = __shfl_sync(0xffffffffu, folded, q, WALK_GROUP);
+                if (t == (u32)h) cmix[q] = word;
+            }
+        }
+        const u64 i = group_first + i0 + t;
+        if (t < WALK_GROUP_LANES && i < count) store_lane_leaf(g, (u32)(first + i), cmix, leaves + 8 * (first + i));
     }
 }

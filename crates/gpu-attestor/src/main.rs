@@ -13,8 +13,8 @@ use common::process::ProcessSpec;
 #[cfg(feature = "validator")]
 use gpu_attestor::check::{CustomWork, ValidatorSetup, Verdict, run_validator};
 use gpu_attestor::gpow2::{self, Challenge, Isa};
-use gpu_attestor::gpu::GemmKernel;
 use gpu_attestor::gpu::backend::{CudaBackend, KernelChoice, OpenError};
+use gpu_attestor::gpu::self_test::Kernel;
 use gpu_attestor::host::GpuFacts;
 use gpu_attestor::merkle::Hash;
 use gpu_attestor::protocol::{ProverSetup, run_prover};
@@ -201,7 +201,7 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Opens the CUDA backend and self-tests every GPU (each kernel and phase B against the CPU
+    /// Opens the CUDA backend and self-tests every GPU (each GEMM and walk kernel against the CPU
     /// reference), as JSON: `executor validate` runs it. Exit 0 when every GPU can prove or
     /// there is no GPU (`"backend": "none"` and why), 1 when a GPU cannot.
     SelfTest {
@@ -221,15 +221,13 @@ enum Command {
         /// The GPU's PCI address.
         #[arg(long)]
         pci: String,
-        /// Kernels to check against the CPU reference (and time, where they agree).
-        #[arg(long, value_delimiter = ',', value_parser = gemm_kernel)]
-        check: Vec<GemmKernel>,
+        /// Kernels (GEMM or walk) to check against the CPU reference (and time, where they
+        /// agree).
+        #[arg(long, value_delimiter = ',', value_parser = self_test_kernel)]
+        check: Vec<Kernel>,
         /// Kernels to time (they agreed in an earlier child).
-        #[arg(long, value_delimiter = ',', value_parser = gemm_kernel)]
-        time: Vec<GemmKernel>,
-        /// Check phase B too.
-        #[arg(long)]
-        phase_b: bool,
+        #[arg(long, value_delimiter = ',', value_parser = self_test_kernel)]
+        time: Vec<Kernel>,
     },
     /// Everything a GPU machine is lent for, as JSON on stdout (`make gpu-check`): roots of every
     /// kernel against the CPU, the guide's example, throughput, time references. Exit 1 on any
@@ -259,8 +257,8 @@ fn main() -> ExitCode {
         Some(Command::Roots(args)) => roots(&args),
         Some(Command::GpuCheck { runs, products }) => gpu_check(runs, products),
         Some(Command::SelfTest { json: _, device }) => self_test(device.as_deref()),
-        Some(Command::SelfTestGpu { pci, check, time, phase_b }) => {
-            self_test_gpu(&pci, &gpu_attestor::gpu::self_test::Plan { check, time, phase_b })
+        Some(Command::SelfTestGpu { pci, check, time }) => {
+            self_test_gpu(&pci, &gpu_attestor::gpu::self_test::Plan { check, time })
         }
         #[cfg(feature = "validator")]
         Some(Command::Check(args)) => check(&args),
@@ -279,8 +277,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn gemm_kernel(name: &str) -> Result<GemmKernel, String> {
-    GemmKernel::from_name(name).ok_or_else(|| format!("unknown kernel `{name}`"))
+fn self_test_kernel(name: &str) -> Result<Kernel, String> {
+    Kernel::from_name(name).ok_or_else(|| format!("unknown kernel `{name}`"))
 }
 
 /// This binary: the self-test runs in child processes of it.

@@ -89,7 +89,7 @@ pub async fn checks(loaded: &LoadedConfig) -> Vec<Check> {
     checks
 }
 
-/// `gpu-attestor self-test --json`: each GPU's kernels and phase B against the CPU reference
+/// `gpu-attestor self-test --json`: each GPU's GEMM and walk kernels against the CPU reference
 /// (GPOW.md, Kernels). No GPU: a skip. A kernel disabled: a warning. A GPU that cannot prove:
 /// a failure.
 async fn gpu_self_test(attestor: &Path) -> Vec<Check> {
@@ -101,10 +101,13 @@ async fn gpu_self_test(attestor: &Path) -> Vec<Check> {
         SelfTest::Failed { reason } => vec![Check::fail(NAME, reason)],
         SelfTest::Ready { disabled, gpus, .. } => {
             let passed = gpus.into_iter().map(|g| {
-                let kernel = g.chosen.unwrap_or_default();
+                let (kernel, walk) = (g.chosen.unwrap_or_default(), g.walk.unwrap_or_default());
                 Check::pass(
                     NAME,
-                    format!("{}: kernel {kernel} agrees with the CPU reference ({:.0} ms)", g.device, g.elapsed_ms),
+                    format!(
+                        "{}: kernels {kernel} and {walk} agree with the CPU reference ({:.0} ms)",
+                        g.device, g.elapsed_ms
+                    ),
                 )
             });
             passed.chain(disabled.into_iter().map(|d| Check::warn(NAME, format!("disabled {d}")))).collect()
@@ -175,4 +178,34 @@ pub fn render(config: &Path, checks: &[Check]) -> String {
         count(CheckStatus::Skip)
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A self-test that passed: a PASS per GPU naming the GEMM and walk kernels it kept, a WARN
+    /// per kernel disabled (a stand-in attestor prints what a GPU machine's would).
+    #[test]
+    fn a_passed_gpu_self_test_names_the_kernels_kept_and_warns_of_those_disabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let attestor = dir.path().join("gpu-attestor");
+        let json = r#"{"backend":"cuda","kernel":"wgmma","disabled":["GPU 0: walk-thread: phase B roots differ"],
+            "self_tests":[{"device":"GPU 0 (H100)","chosen":"wgmma","walk":"walk-group","elapsed_ms":812.4}]}"#;
+        std::fs::write(&attestor, format!("#!/bin/sh\ncat <<'JSON'\n{json}\nJSON\n")).unwrap();
+        std::fs::set_permissions(&attestor, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let checks = crate::block_on(gpu_self_test(&attestor)).unwrap();
+        assert_eq!(
+            checks,
+            [
+                Check::pass(
+                    "gpu self-test",
+                    "GPU 0 (H100): kernels wgmma and walk-group agree with the CPU reference (812 ms)"
+                ),
+                Check::warn("gpu self-test", "disabled GPU 0: walk-thread: phase B roots differ"),
+            ]
+        );
+    }
 }

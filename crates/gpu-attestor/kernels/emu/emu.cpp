@@ -27,6 +27,19 @@ static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 void syncthreads() { block_barrier->arrive_and_wait(); }
 void syncwarp() { warp_barriers[thread_idx.x / 32]->arrive_and_wait(); }
 
+// __shfl_sync(full mask, v, src, width): v of thread `src` of the caller's segment of `width`
+// threads. Each thread publishes v and the warp meets once; the slots alternate between two
+// sets, so a thread that runs ahead to its next shuffle writes the set no one reads any more
+// (everyone read this one before they could pass the next shuffle's meeting).
+uint32_t shfl(uint32_t v, uint32_t src, uint32_t width) {
+    static uint32_t slots[2][32][32];
+    static thread_local uint32_t round;
+    const u32 warp = thread_idx.x / 32, lane = thread_idx.x % 32, set = round++ % 2;
+    slots[set][warp][lane] = v;
+    syncwarp();
+    return slots[set][warp][(lane & ~(width - 1)) + src % width];
+}
+
 // The first thing a launch did that a GPU would not do right; the launch then fails with it.
 static std::mutex violation_lock;
 static std::string violation_text;
@@ -260,6 +273,7 @@ std::function<void()> kernel(const char* name, void** args) {
     KERNEL(cache_build)
     KERNEL(dataset_build)
     KERNEL(walk)
+    KERNEL(walk_group)
 #undef KERNEL
     return nullptr;
 }

@@ -3,15 +3,16 @@
 // A launch runs the grid's blocks one after another on blockDim.x real threads (emu.cpp), so
 // `__shared__` variables become function statics: one copy, used by one block at a time.
 // `__syncthreads()` is a barrier of the block's threads; `__syncwarp()` a barrier of the
-// calling thread's warp (32 consecutive threads). The asynchronous instructions are played
-// adversarially: a cp.async fills its destination with junk when issued and writes its bytes
-// only when a wait covers it (reading a buffer before its wait, or refilling one that is still
-// read, gives wrong roots), and a wgmma, computed at issue, delivers its accumulators at the
-// wait that covers it, and the launch fails if its operands in shared memory changed in
-// between (a buffer refilled under a wgmma in flight). A launch that gives less dynamic shared memory
-// than the kernel uses fails too. What this cannot show: timing, memory ordering beyond
-// barriers, and a warp-level instruction whose layout emu.h and the kernel misread the same way
-// (the self-test on a GPU is what catches that).
+// calling thread's warp (32 consecutive threads), where `__shfl_sync` meets too. The
+// asynchronous instructions are played adversarially: a cp.async fills its destination with
+// junk when issued and writes its bytes only when a wait covers it (reading a buffer before
+// its wait, or refilling one that is still read, gives wrong roots), and a wgmma, computed at
+// issue, delivers its accumulators at the wait that covers it, and the launch fails if its
+// operands in shared memory changed in between (a buffer refilled under a wgmma in flight). A
+// launch that gives less dynamic shared memory than the kernel uses fails too. What this
+// cannot show: timing, memory ordering beyond barriers, and a warp-level instruction whose
+// layout emu.h and the kernel misread the same way (the self-test on a GPU is what catches
+// that).
 #pragma once
 
 #include <cstdint>
@@ -32,6 +33,7 @@ extern dim3 block_dim;
 extern dim3 grid_dim;
 void syncthreads();
 void syncwarp();
+uint32_t shfl(uint32_t v, uint32_t src, uint32_t width);
 void mma_m16n8k32_s8(int32_t d[4], const uint32_t a[4], const uint32_t b[2], const int32_t c[4]);
 uint32_t shared_address(const void* p);
 void wgmma_m64nNk32_s8(int32_t* d, uint32_t n, uint64_t desc_a, uint64_t desc_b, uint32_t accumulate);
@@ -55,6 +57,8 @@ void cp_async_wait(uint32_t pending);
 #define __shared__ static
 #define __syncthreads() emu::syncthreads()
 #define __syncwarp() emu::syncwarp()
+// Every thread of the warp takes part (the kernels call it with the full mask).
+#define __shfl_sync(mask, v, src, width) emu::shfl((v), (src), (width))
 
 inline u32 __umulhi(u32 a, u32 b) { return (u32)(((u64)a * b) >> 32); }
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::self_test::{Plan, STEP_DEADLINE, SelfTest, TIMING_WORK, isolated, run_plan};
+use super::self_test::{Kernel, Plan, STEP_DEADLINE, SelfTest, TIMING_WORK, isolated, run_plan};
 use super::worker::Worker;
 use super::{Device, DeviceError, GemmKernel};
 use crate::gpow2::challenge::{GpuKeys, GpuWork};
@@ -284,7 +284,7 @@ impl CudaBackend {
                     info.compute_capability.1
                 )));
             }
-            candidates.push(list);
+            candidates.push(Kernel::candidates(&list));
         }
         // Each GPU on its own thread: its self-test in child processes, before this process
         // holds a context on it (a GPU in exclusive-process mode takes one process's), then its
@@ -309,13 +309,12 @@ impl CudaBackend {
                             .build()
                             .map_err(|e| format!("{}: a runtime for the self-test: {e}", info.label()))?;
                         let t = runtime.block_on(isolated(info.label(), list, &child, STEP_DEADLINE));
-                        let Some(kernel) = t.chosen_kernel().filter(|_| t.usable()) else {
-                            let mut why = t.disabled();
-                            why.extend(t.phase_b_reason.clone());
-                            return Err(format!("{}: the self-test failed: {}", t.device, why.join("; ")));
+                        let (Some(kernel), Some(walk)) = (t.chosen_kernel(), t.walk_kernel()) else {
+                            return Err(format!("{}: the self-test failed: {}", t.device, t.disabled().join("; ")));
                         };
                         let device = driver.open(info).map_err(|e| format!("{}: {e}", info.label()))?;
                         let mut worker = Worker::new(device, kernel, super::worker::Tuning::default());
+                        worker.set_walk_kernel(walk);
                         worker.phase_a(&keys, &warm).map_err(|e| format!("{}: {e}", info.label()))?;
                         Ok((t, worker))
                     })
@@ -347,8 +346,7 @@ pub fn self_test_child(pci: &str, plan: &Plan) -> Result<bool, OpenError> {
         .find(|d| same_pci(&d.pci_bus_id, pci))
         .ok_or_else(|| OpenError::Unusable(format!("--pci {pci}: no such CUDA device")))?;
     let device = driver.open(info).map_err(|e| OpenError::Unusable(format!("{}: {e}", info.label())))?;
-    let first = plan.check.first().or(plan.time.first()).copied().unwrap_or(GemmKernel::Dp4a);
-    let mut worker = Worker::new(device, first, super::worker::Tuning::default());
+    let mut worker = Worker::new(device, GemmKernel::Dp4a, super::worker::Tuning::default());
     let finished = run_plan(&mut worker, plan, TIMING_WORK, &mut |step, outcome| {
         println!("{}", Line::of(step, outcome).text());
     });
@@ -383,6 +381,7 @@ impl<D: Device> Backend<D> {
 mod tests {
     use super::*;
     use crate::gpow2::{Isa, prove};
+    use crate::gpu::WalkKernel;
     use crate::gpu::emu::EmuDevice;
     use crate::gpu::self_test::KernelCheck;
     use crate::gpu::test_gpus::cuda_workers;
@@ -390,9 +389,18 @@ mod tests {
     use crate::prover::CpuProver;
     use crate::sample;
 
+    /// GPU g walks with the g-th walk kernel (round the list).
     fn emulated(gpus: usize) -> GpuProver<EmuDevice> {
         let tuning = Tuning { max_blocks: 8, ..Tuning::default() };
-        GpuProver::new((0..gpus).map(|_| Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning)).collect())
+        GpuProver::new(
+            (0..gpus)
+                .map(|g| {
+                    let mut w = Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning);
+                    w.set_walk_kernel(WalkKernel::ALL[g % WalkKernel::ALL.len()]);
+                    w
+                })
+                .collect(),
+        )
     }
 
     /// Every GPU at once, one in three without phase B and one in three with fewer rows: every
@@ -426,7 +434,7 @@ mod tests {
     }
 
     /// Every GPU of the machine at once, in rounds: round r gives each GPU its r-th kernel (its
-    /// last, past the end of its list).
+    /// last, past the end of its list) and the r-th walk kernel (round the list).
     #[test]
     fn cuda_every_gpu_at_once_gives_the_cpu_provers_roots_and_openings() {
         let test = "cuda_every_gpu_at_once_gives_the_cpu_provers_roots_and_openings";
@@ -435,6 +443,7 @@ mod tests {
         for round in 0..kernels.iter().map(Vec::len).max().unwrap_or(0) {
             for (w, k) in gpu.workers_mut().iter_mut().zip(&kernels) {
                 w.set_kernel(k[round.min(k.len() - 1)]);
+                w.set_walk_kernel(WalkKernel::ALL[round % WalkKernel::ALL.len()]);
             }
             every_gpu_at_once_agrees(&mut gpu);
         }
@@ -481,11 +490,11 @@ mod tests {
                 agrees: !disabled,
                 reason: None,
                 device_error: false,
-                product_ms: None,
+                timed_ms: None,
             }],
-            phase_b_agrees: true,
-            phase_b_reason: None,
+            walks: Vec::new(),
             chosen: chosen.map(str::to_owned),
+            walk: Some("walk-group".into()),
             elapsed_ms: 1.0,
         };
         let backend = |self_tests| Backend::<EmuDevice> {

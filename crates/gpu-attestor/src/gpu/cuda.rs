@@ -10,7 +10,7 @@ use std::ffi::{CStr, CString, c_char, c_int, c_void};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUresult};
 
-use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, Stream};
+use super::{Device, DeviceError, DevicePtr, EVENTS, GemmKernel, Launch, Stream, WalkKernel};
 
 /// Every driver function this module calls, by the symbol cudarc loads.
 const SYMBOLS: [&str; 29] = [
@@ -212,8 +212,9 @@ impl Driver {
                 }
                 check("cuModuleLoadData", sys::cuModuleLoadData(&mut device.module, ptx.as_ptr().cast()))?;
             }
-            let kernels = ["fill_a", "fill_bt", "merkle_reduce", "cache_build", "dataset_build", "walk"]
+            let kernels = ["fill_a", "fill_bt", "merkle_reduce", "cache_build", "dataset_build"]
                 .into_iter()
+                .chain(WalkKernel::ALL.into_iter().map(WalkKernel::entry))
                 .chain(GemmKernel::supported(info.compute_capability).into_iter().map(GemmKernel::entry));
             for name in kernels {
                 let c_name = CString::new(name).expect("kernel names have no NUL");

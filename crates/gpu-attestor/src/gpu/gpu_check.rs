@@ -8,8 +8,8 @@
 //! 3. The guide's example (`--seed 12345 --matrix-dim 256 --num-matrices 1000`) end to end
 //!    after set-up, checksum against the CPU's.
 //! 4. Phase A throughput of each kernel at the production shape (TOPS, and the fraction of the
-//!    profile's dense int8 peak), phase B at the production dataset size (walk GB/s, and the
-//!    fraction of the profile's memory bandwidth).
+//!    profile's dense int8 peak), phase B at the production dataset size with each walk kernel
+//!    (walk GB/s, and the fraction of the profile's memory bandwidth).
 //! 5. The time references for `profiles.json`: the median of `runs` runs of the profile's own
 //!    work (phase A, build, walk), with the driver version.
 //!
@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::backend::{Backend, CudaBackend, KernelChoice};
 use super::self_test::SelfTest;
-use super::{Device, GemmKernel};
+use super::{Device, GemmKernel, WalkKernel};
 use crate::gpow2::challenge::GpuWork;
 use crate::gpow2::profiles::ProfilesFile;
 use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
@@ -103,6 +103,8 @@ pub struct Throughput {
 #[derive(Debug, Clone, Serialize)]
 pub struct Memory {
     pub gpu: usize,
+    /// The walk kernel.
+    pub kernel: String,
     pub items: u64,
     pub build_ms: f64,
     pub walk_ms: f64,
@@ -176,7 +178,8 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
     let profiles = ProfilesFile::builtin().map_err(|e| e.to_string())?;
     let threads = options.threads.max(1);
     let gpus = backend.gpus.clone();
-    let chosen: Vec<GemmKernel> = backend.prover.workers().iter().map(|w| w.kernel()).collect();
+    let chosen: Vec<(GemmKernel, WalkKernel)> =
+        backend.prover.workers().iter().map(|w| (w.kernel(), w.walk_kernel())).collect();
     // The kernels each GPU runs here: those its self-test tried, but for those that failed on
     // the device (a fault would leave this process's context lost for every check after it;
     // the self-test's own failure is reported below). One that gave wrong roots is run, to
@@ -188,6 +191,17 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
             t.kernels.iter().filter(|k| !k.device_error).filter_map(|k| GemmKernel::from_name(&k.kernel)).collect()
         })
         .collect();
+    let walks: Vec<Vec<WalkKernel>> = backend
+        .self_tests
+        .iter()
+        .map(|t| t.walks.iter().filter(|k| !k.device_error).filter_map(|k| WalkKernel::from_name(&k.kernel)).collect())
+        .collect();
+    let restore = |backend: &mut Backend<D>| {
+        for (w, &(k, walk)) in backend.prover.workers_mut().iter_mut().zip(&chosen) {
+            w.set_kernel(k);
+            w.set_walk_kernel(walk);
+        }
+    };
 
     // 3. The guide's example on GPU 0, after set-up.
     let example = Challenge::plain(options.guide.0, options.guide.1, options.guide.2, 0);
@@ -251,7 +265,6 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
                 fraction_of_peak: peak.map(|p| tops / p),
             });
         }
-        w.set_kernel(chosen[g]);
         let items =
             options.memory_items.unwrap_or_else(|| crate::gpow2::profiles::production_items(gpus[g].memory_bytes));
         let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
@@ -260,29 +273,34 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         match w.build(&keys, &work) {
             Ok(()) => {
                 let build_ms = ms(t);
-                let t = Instant::now();
-                match w.walk(0, keys.walk_key(&[1; 32])) {
-                    Ok(_) => {
-                        let walk_ms = ms(t);
-                        let gb_s = (16 * items * 64) as f64 / (walk_ms / 1e3) / 1e9;
-                        let peak = profile.as_ref().map(|p| f64::from(p.memory_bandwidth_gb_s));
-                        memory.push(Memory {
-                            gpu: g,
-                            items,
-                            build_ms,
-                            walk_ms,
-                            walk_gb_s: gb_s,
-                            peak_gb_s: peak,
-                            fraction_of_peak: peak.map(|p| gb_s / p),
-                        });
+                for &kernel in &walks[g] {
+                    w.set_walk_kernel(kernel);
+                    let t = Instant::now();
+                    match w.walk(0, keys.walk_key(&[1; 32])) {
+                        Ok(_) => {
+                            let walk_ms = ms(t);
+                            let gb_s = (16 * items * 64) as f64 / (walk_ms / 1e3) / 1e9;
+                            let peak = profile.as_ref().map(|p| f64::from(p.memory_bandwidth_gb_s));
+                            memory.push(Memory {
+                                gpu: g,
+                                kernel: kernel.name().into(),
+                                items,
+                                build_ms,
+                                walk_ms,
+                                walk_gb_s: gb_s,
+                                peak_gb_s: peak,
+                                fraction_of_peak: peak.map(|p| gb_s / p),
+                            });
+                        }
+                        Err(e) => failures.push(format!("GPU {g} {kernel} of {items} items: {e}")),
                     }
-                    Err(e) => failures.push(format!("GPU {g} walk of {items} items: {e}")),
                 }
             }
             Err(e) => failures.push(format!("GPU {g} build of {items} items: {e}")),
         }
         w.release_dataset();
     }
+    restore(&mut backend);
 
     // 5. Time references: the profile's work on every GPU at once, as the protocol runs it.
     let mut time_references = Vec::new();
@@ -379,23 +397,28 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
             phase_b::commit(Isa::best(), &keys, &work, &nonce, threads).map(|b| b.root).map_err(|e| e.to_string())?;
         let cpu_ms = ms(t);
         for (g, w) in backend.prover.workers_mut().iter_mut().enumerate() {
+            // One dataset, each walk kernel over it; the time is the build's and the walk's.
             let t = Instant::now();
-            let got = w.build(&keys, &work).and_then(|()| w.walk(0, keys.walk_key(&nonce)));
-            let gpu_ms = ms(t);
-            let agrees = matches!(&got, Ok(r) if *r == want);
-            if !agrees {
-                failures.push(format!(
-                    "GPU {g} phase B, {items} items: {}",
-                    got.err().map_or("root differs".into(), |e| e.to_string())
-                ));
+            let built = w.build(&keys, &work);
+            let build_ms = ms(t);
+            for &kernel in &walks[g] {
+                w.set_walk_kernel(kernel);
+                let t = Instant::now();
+                let got = built.clone().and_then(|()| w.walk(0, keys.walk_key(&nonce)));
+                let gpu_ms = build_ms + ms(t);
+                let agrees = matches!(&got, Ok(r) if *r == want);
+                if !agrees {
+                    failures.push(format!(
+                        "GPU {g} {kernel}, {items} items: {}",
+                        got.err().map_or("root differs".into(), |e| e.to_string())
+                    ));
+                }
+                phase_b_roots.push(RootCheck { gpu: g, kernel: kernel.name().into(), work, agrees, gpu_ms, cpu_ms });
             }
-            phase_b_roots.push(RootCheck { gpu: g, kernel: "phase-b".into(), work, agrees, gpu_ms, cpu_ms });
             w.release_dataset();
         }
     }
-    for (w, &k) in backend.prover.workers_mut().iter_mut().zip(&chosen) {
-        w.set_kernel(k);
-    }
+    restore(&mut backend);
 
     for t in &backend.self_tests {
         failures.extend(t.disabled().into_iter().map(|d| format!("{}: self-test disabled {d}", t.device)));
@@ -456,17 +479,19 @@ mod tests {
             budget: std::time::Duration::from_secs(3600),
             threads: 2,
         };
+        let timing = GpuWork { items: 64, ..small };
+        let all = super::super::self_test::Kernel::candidates(&GemmKernel::ALL);
         let backend_with = |device: EmuDevice, faulted: Option<GemmKernel>| {
             // Few blocks: the emulator's cost is its barriers between blocks.
             let tuning = Tuning { max_blocks: 8, ..Tuning::default() };
             let mut worker = Worker::new(device, GemmKernel::Dp4a, tuning);
             let test = match faulted {
-                None => super::super::self_test::self_test(&mut worker, &GemmKernel::ALL, small),
+                None => super::super::self_test::self_test(&mut worker, &all, timing),
                 // What a self-test in child processes says of a kernel that faulted (here, on a
                 // device of its own: this one would be lost).
                 Some(bad) => {
                     let clean = &mut Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning);
-                    let mut test = super::super::self_test::self_test(clean, &GemmKernel::ALL, small);
+                    let mut test = super::super::self_test::self_test(clean, &all, timing);
                     let k = test.kernels.iter_mut().find(|k| k.kernel == bad.name()).unwrap();
                     k.agrees = false;
                     k.device_error = true;
@@ -506,15 +531,17 @@ mod tests {
         assert!(r.guide.as_ref().is_some_and(|g| g.agrees && g.checksum == g.cpu_checksum));
         assert_eq!(r.throughput.len(), GemmKernel::ALL.len());
         assert!(r.throughput.iter().all(|t| t.tops > 0.0 && t.peak_tops == Some(1979.0)));
-        assert_eq!(r.memory.len(), 1);
-        assert_eq!(r.memory[0].peak_gb_s, Some(3350.0));
+        assert_eq!(r.phase_b_roots.len(), WalkKernel::ALL.len());
+        assert_eq!(r.memory.len(), WalkKernel::ALL.len());
+        assert!(r.memory.iter().all(|m| m.peak_gb_s == Some(3350.0) && m.walk_gb_s > 0.0));
+        assert_eq!(r.memory[1].kernel, "walk-thread");
         assert_eq!(r.time_references.len(), 1);
         assert_eq!(r.time_references[0].profile, "h100-sxm");
         assert!(r.time_references[0].phase_a_ms > 0.0 && r.time_references[0].walk_ms > 0.0);
         serde_json::to_string(&r).unwrap();
 
         let r = check(
-            backend(EmuDevice::broken("gemm_mma")),
+            backend(EmuDevice::broken("gemm_mma").and_fault("walk_group", Fault::Wrong)),
             1.0,
             &Options { runs: 1, budget: std::time::Duration::ZERO, ..options.clone() },
         )
@@ -523,6 +550,12 @@ mod tests {
         assert!(r.time_references.is_empty());
         assert!(r.failures.iter().any(|f| f.starts_with("GPU 0 mma-sync GpuWork { m: 48")), "{:?}", r.failures);
         assert!(r.failures.iter().any(|f| f.contains("self-test disabled mma-sync")), "{:?}", r.failures);
+        assert!(
+            r.failures.iter().any(|f| f.starts_with("GPU 0 walk-group, 64 items: root differs")),
+            "{:?}",
+            r.failures
+        );
+        assert!(r.failures.iter().any(|f| f.contains("self-test disabled walk-group")), "{:?}", r.failures);
 
         // A kernel that faulted in the self-test is never run here: it would lose the context
         // for every stage after it. Its self-test failure is the only failure.

@@ -143,6 +143,55 @@ impl fmt::Display for GemmKernel {
     }
 }
 
+/// Phase B's walk kernels, in the order a GPU prefers them when they agree with the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WalkKernel {
+    /// Eight threads a lane (`walk_group`): a warp's load reads four whole 128-byte pages, so
+    /// the walk is bound by memory, not by the L1's one tag lookup a line.
+    Group,
+    /// A thread a lane (`walk`): a warp's load reads 16 bytes of 32 pages; the fallback.
+    Thread,
+}
+
+impl WalkKernel {
+    pub const ALL: [WalkKernel; 2] = [WalkKernel::Group, WalkKernel::Thread];
+
+    /// The name in the self-test and gpu-check.
+    pub fn name(self) -> &'static str {
+        match self {
+            WalkKernel::Group => "walk-group",
+            WalkKernel::Thread => "walk-thread",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<WalkKernel> {
+        WalkKernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kernel's entry point in the PTX.
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            WalkKernel::Group => "walk_group",
+            WalkKernel::Thread => "walk",
+        }
+    }
+
+    /// Threads a lane, and lanes a group of them walks at once (`WALK_GROUP`,
+    /// `WALK_GROUP_LANES` in the kernels).
+    pub(crate) fn threads_per(self) -> (u64, u64) {
+        match self {
+            WalkKernel::Group => (8, 4),
+            WalkKernel::Thread => (1, 1),
+        }
+    }
+}
+
+impl fmt::Display for WalkKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A kernel parameter: a value or a device address (passed as a u64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param {
@@ -234,9 +283,17 @@ mod tests {
         let source = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/gpow2.cu")).unwrap();
         let expected = format!("// gpow2.cu sha256 {}", hex::encode(Sha256::digest(source)));
         assert_eq!(super::PTX.lines().next(), Some(expected.as_str()), "ptx/gpow2.ptx is stale: run `cargo xtask ptx`");
-        for entry in
-            ["fill_a", "fill_bt", "gemm_dp4a", "gemm_mma", "merkle_reduce", "cache_build", "dataset_build", "walk"]
-        {
+        for entry in [
+            "fill_a",
+            "fill_bt",
+            "gemm_dp4a",
+            "gemm_mma",
+            "merkle_reduce",
+            "cache_build",
+            "dataset_build",
+            "walk",
+            "walk_group",
+        ] {
             assert!(super::PTX.contains(&format!(".entry {entry}(")), "no kernel {entry} in the PTX");
         }
     }

@@ -1,7 +1,8 @@
 //! The self-test of a GPU: before `hello`, each GPU runs a small challenge with each candidate
-//! GEMM kernel and phase B, every root compared with the CPU reference. A kernel that disagrees
-//! is disabled and named; of those that agree, `auto` takes the fastest on a product of
-//! production shape.
+//! kernel, the GEMMs of phase A and the walks of phase B, every root compared with the CPU
+//! reference. A kernel that disagrees is disabled and named; of those that agree, the fastest
+//! GEMM on a product of production shape and the fastest walk on a dataset larger than the L2
+//! are kept.
 //!
 //! A kernel that has never run on real hardware can do worse than disagree: it can fault (an
 //! illegal or misaligned address leaves the GPU's context unusable, and only the end of the
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::worker::Worker;
-use super::{Device, GemmKernel};
+use super::{Device, GemmKernel, WalkKernel};
 use crate::gpow2::challenge::{GpuKeys, GpuWork};
 use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
 
@@ -33,8 +34,9 @@ pub fn self_test_work() -> GpuWork {
     GpuWork { m: 80, n: 112, k: 528, count: 3, items: 1024 }
 }
 
-/// The timing product of the self-test on a GPU: the production shape.
-pub const TIMING_WORK: GpuWork = GpuWork { m: 4096, n: 4096, k: 32768, count: 2, items: 0 };
+/// The timing work of the self-test on a GPU: products of the production shape, and a dataset
+/// of 1 GiB (four times an H200's L2, 16 GiB of walk).
+pub const TIMING_WORK: GpuWork = GpuWork { m: 4096, n: 4096, k: 32768, count: 2, items: 1 << 24 };
 
 /// How long a child may take over one step (or over opening the GPU, before its first) before
 /// it is killed and the step failed: far more than any step takes (the slowest, timing `dp4a`
@@ -49,15 +51,44 @@ pub fn timing_keys(timing: GpuWork) -> GpuKeys {
     Challenge { gpus: vec![timing], ..Challenge::plain(0x71_0e, 16, 1, 0) }.gpu_keys()[0]
 }
 
+/// A kernel the self-test checks and times: a GEMM of phase A or a walk of phase B.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kernel {
+    Gemm(GemmKernel),
+    Walk(WalkKernel),
+}
+
+impl Kernel {
+    /// The GEMM kernels `gemm` (in order of preference on ties) and every walk kernel.
+    pub fn candidates(gemm: &[GemmKernel]) -> Vec<Kernel> {
+        gemm.iter().map(|&k| Kernel::Gemm(k)).chain(WalkKernel::ALL.map(Kernel::Walk)).collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Gemm(k) => k.name(),
+            Kernel::Walk(k) => k.name(),
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        GemmKernel::from_name(name).map(Kernel::Gemm).or_else(|| WalkKernel::from_name(name).map(Kernel::Walk))
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One step of a self-test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     /// The kernel's roots on the self-test's challenge against the CPU reference.
-    Check(GemmKernel),
+    Check(Kernel),
     /// The kernel's time on [`TIMING_WORK`] (a kernel that agreed).
-    Time(GemmKernel),
-    /// Phase B's root against the CPU reference.
-    PhaseB,
+    Time(Kernel),
 }
 
 impl fmt::Display for Step {
@@ -65,7 +96,6 @@ impl fmt::Display for Step {
         match self {
             Step::Check(k) => write!(f, "check {k}"),
             Step::Time(k) => write!(f, "time {k}"),
-            Step::PhaseB => f.write_str("phase-b"),
         }
     }
 }
@@ -74,11 +104,10 @@ impl std::str::FromStr for Step {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let kernel = |name: &str| GemmKernel::from_name(name).ok_or_else(|| format!("no kernel `{name}`"));
+        let kernel = |name: &str| Kernel::from_name(name).ok_or_else(|| format!("no kernel `{name}`"));
         match s.split_once(' ') {
             Some(("check", k)) => Ok(Step::Check(kernel(k)?)),
             Some(("time", k)) => Ok(Step::Time(kernel(k)?)),
-            None if s == "phase-b" => Ok(Step::PhaseB),
             _ => Err(format!("no self-test step `{s}`")),
         }
     }
@@ -114,55 +143,49 @@ impl Outcome {
     }
 }
 
-/// The steps a self-test (or one child of it) runs: the checks, the timing of kernels that
-/// agreed in an earlier child, and phase B. A child times the kernels it checks that agree.
+/// The steps a self-test (or one child of it) runs: the checks, and the timing of kernels that
+/// agreed in an earlier child. A child times the kernels it checks that agree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub check: Vec<GemmKernel>,
-    pub time: Vec<GemmKernel>,
-    pub phase_b: bool,
+    pub check: Vec<Kernel>,
+    pub time: Vec<Kernel>,
 }
 
 impl Plan {
     /// Everything for these candidate kernels.
-    pub fn full(candidates: &[GemmKernel]) -> Self {
-        Self { check: candidates.to_vec(), time: Vec::new(), phase_b: true }
+    pub fn full(candidates: &[Kernel]) -> Self {
+        Self { check: candidates.to_vec(), time: Vec::new() }
     }
 
     /// What is left of the full plan for `candidates` once `done` is known.
-    pub fn left(candidates: &[GemmKernel], done: &BTreeMap<Step, Outcome>) -> Self {
-        let agreed = |k: &GemmKernel| done.get(&Step::Check(*k)).is_some_and(|o| o.ok);
+    pub fn left(candidates: &[Kernel], done: &BTreeMap<Step, Outcome>) -> Self {
+        let agreed = |k: &Kernel| done.get(&Step::Check(*k)).is_some_and(|o| o.ok);
         Self {
             check: candidates.iter().copied().filter(|k| !done.contains_key(&Step::Check(*k))).collect(),
             time: candidates.iter().copied().filter(|k| agreed(k) && !done.contains_key(&Step::Time(*k))).collect(),
-            phase_b: !done.contains_key(&Step::PhaseB),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.check.is_empty() && self.time.is_empty() && !self.phase_b
+        self.check.is_empty() && self.time.is_empty()
     }
 
     /// Every step of the plan (a child adds the timing of the kernels it checks that agree).
     pub fn steps(&self) -> Vec<Step> {
         let mut steps: Vec<Step> = self.check.iter().map(|&k| Step::Check(k)).collect();
         steps.extend(self.time.iter().map(|&k| Step::Time(k)));
-        steps.extend(self.phase_b.then_some(Step::PhaseB));
         steps
     }
 
     /// The plan as arguments of `gpu-attestor self-test-gpu`.
     pub fn args(&self) -> Vec<String> {
-        let names = |ks: &[GemmKernel]| ks.iter().map(|k| k.name()).collect::<Vec<_>>().join(",");
+        let names = |ks: &[Kernel]| ks.iter().map(|k| k.name()).collect::<Vec<_>>().join(",");
         let mut args = Vec::new();
         if !self.check.is_empty() {
             args.extend(["--check".to_owned(), names(&self.check)]);
         }
         if !self.time.is_empty() {
             args.extend(["--time".to_owned(), names(&self.time)]);
-        }
-        if self.phase_b {
-            args.push("--phase-b".to_owned());
         }
         args
     }
@@ -207,7 +230,9 @@ impl Line {
 }
 
 /// Runs `plan` on `worker`, telling `on` as each step starts (`None`) and ends. Stops after
-/// the first step that fails on the device (false); true when every step ran.
+/// the first step that fails on the device (false); true when every step ran. The walks read
+/// one dataset for their checks and one for their timing, each built in the first step that
+/// needs it (so a build that fails costs that walk's step).
 pub fn run_plan<D: Device>(
     worker: &mut Worker<D>,
     plan: &Plan,
@@ -217,6 +242,7 @@ pub fn run_plan<D: Device>(
     let work = self_test_work();
     let challenge = Challenge { gpus: vec![work], ..Challenge::plain(0x5e1f_7e57, 16, 1, 0) };
     let keys = challenge.gpu_keys()[0];
+    let nonce = [0x5e; 32];
     let mut step = |step: Step, run: &mut dyn FnMut() -> Outcome| {
         on(step, None);
         let outcome = run();
@@ -224,55 +250,80 @@ pub fn run_plan<D: Device>(
         outcome
     };
     let mut time = plan.time.clone();
-    if !plan.check.is_empty() {
-        let want = phase_a::commit(Isa::best(), &keys, &work, 2).product_roots;
-        for &kernel in &plan.check {
-            worker.set_kernel(kernel);
-            let outcome = step(Step::Check(kernel), &mut || match worker.phase_a(&keys, &work) {
-                Ok(roots) if roots == want => Outcome::agrees(None),
-                Ok(_) => Outcome::wrong("roots differ from the CPU reference"),
-                Err(e) => Outcome::device(e),
-            });
-            if outcome.device_error {
-                return false;
+    let (mut want_a, mut want_b) = (None, None);
+    let mut built = false;
+    for &kernel in &plan.check {
+        let outcome = match kernel {
+            Kernel::Gemm(k) => {
+                let want = want_a.get_or_insert_with(|| phase_a::commit(Isa::best(), &keys, &work, 2).product_roots);
+                worker.set_kernel(k);
+                step(Step::Check(kernel), &mut || match worker.phase_a(&keys, &work) {
+                    Ok(roots) if roots == *want => Outcome::agrees(None),
+                    Ok(_) => Outcome::wrong("roots differ from the CPU reference"),
+                    Err(e) => Outcome::device(e),
+                })
             }
-            if outcome.ok {
-                time.push(kernel);
+            Kernel::Walk(k) => {
+                let want =
+                    want_b.get_or_insert_with(|| phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).map(|b| b.root));
+                worker.set_walk_kernel(k);
+                step(Step::Check(kernel), &mut || {
+                    let got = (if built { Ok(()) } else { worker.build(&keys, &work) }).and_then(|()| {
+                        built = true;
+                        worker.walk(0, keys.walk_key(&nonce))
+                    });
+                    match (got, want.as_ref()) {
+                        (Ok(got), Ok(want)) if got == *want => Outcome::agrees(None),
+                        (Ok(_), _) => Outcome::wrong("phase B roots differ from the CPU reference"),
+                        (Err(e), _) => Outcome::device(e),
+                    }
+                })
             }
+        };
+        if outcome.device_error {
+            return false;
+        }
+        if outcome.ok {
+            time.push(kernel);
         }
     }
+    worker.release_dataset();
+    built = false;
     let timing_keys = timing_keys(timing);
+    let walk_key = timing_keys.walk_key(&nonce);
     for kernel in time {
-        worker.set_kernel(kernel);
-        let outcome = step(Step::Time(kernel), &mut || {
-            // Once to warm up (allocations, the module's first launch), then timed.
-            let timed = worker.phase_a(&timing_keys, &timing).and_then(|_| {
-                let t = Instant::now();
-                worker.phase_a(&timing_keys, &timing)?;
-                Ok(t.elapsed().as_secs_f64() * 1e3 / f64::from(timing.count))
-            });
-            timed.map_or_else(Outcome::device, |ms| Outcome::agrees(Some(ms)))
-        });
-        if outcome.device_error {
-            return false;
-        }
-    }
-    if plan.phase_b {
-        let nonce = [0x5e; 32];
-        let want = phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).map(|b| b.root);
-        let outcome = step(Step::PhaseB, &mut || {
-            let got = worker.build(&keys, &work).and_then(|()| worker.walk(0, keys.walk_key(&nonce)));
-            worker.release_dataset();
-            match (got, &want) {
-                (Ok(got), Ok(want)) if got == *want => Outcome::agrees(None),
-                (Ok(_), _) => Outcome::wrong("phase B roots differ from the CPU reference"),
-                (Err(e), _) => Outcome::device(e),
+        // Each timed once after a first run (allocations, the module's first launch).
+        let outcome = match kernel {
+            Kernel::Gemm(k) => {
+                worker.set_kernel(k);
+                step(Step::Time(kernel), &mut || {
+                    let timed = worker.phase_a(&timing_keys, &timing).and_then(|_| {
+                        let t = Instant::now();
+                        worker.phase_a(&timing_keys, &timing)?;
+                        Ok(t.elapsed().as_secs_f64() * 1e3 / f64::from(timing.count))
+                    });
+                    timed.map_or_else(Outcome::device, |ms| Outcome::agrees(Some(ms)))
+                })
             }
-        });
+            Kernel::Walk(k) => {
+                worker.set_walk_kernel(k);
+                step(Step::Time(kernel), &mut || {
+                    let timed = (if built { Ok(()) } else { worker.build(&timing_keys, &timing) }).and_then(|()| {
+                        built = true;
+                        worker.walk(0, walk_key)?;
+                        let t = Instant::now();
+                        worker.walk(0, walk_key)?;
+                        Ok(t.elapsed().as_secs_f64() * 1e3)
+                    });
+                    timed.map_or_else(Outcome::device, |ms| Outcome::agrees(Some(ms)))
+                })
+            }
+        };
         if outcome.device_error {
             return false;
         }
     }
+    worker.release_dataset();
     true
 }
 
@@ -289,93 +340,112 @@ pub struct KernelCheck {
     /// that proves.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub device_error: bool,
-    /// Milliseconds for the timing product (kernels that agree).
+    /// Milliseconds for the timing work (kernels that agree): a product of it for a GEMM, a
+    /// walk of its dataset for a walk.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub product_ms: Option<f64>,
+    pub timed_ms: Option<f64>,
+}
+
+impl KernelCheck {
+    fn of(kernel: Kernel, outcomes: &BTreeMap<Step, Outcome>) -> Self {
+        let not_run = Outcome::device("not run");
+        let check = outcomes.get(&Step::Check(kernel)).unwrap_or(&not_run);
+        let (outcome, what) = match outcomes.get(&Step::Time(kernel)) {
+            _ if !check.ok => (check, ""),
+            None => (&not_run, "timing: "),
+            Some(time) => (time, "timing: "),
+        };
+        KernelCheck {
+            kernel: kernel.name().into(),
+            agrees: outcome.ok,
+            reason: outcome.reason.as_ref().map(|r| format!("{what}{r}")),
+            device_error: check.device_error || outcome.device_error,
+            timed_ms: outcome.ms.filter(|_| outcome.ok),
+        }
+    }
+
+    /// The fastest of `checks` that agrees (the first of equals).
+    fn fastest(checks: &[KernelCheck]) -> Option<String> {
+        checks
+            .iter()
+            .filter(|c| c.agrees)
+            .min_by(|a, b| a.timed_ms.unwrap_or(f64::MAX).total_cmp(&b.timed_ms.unwrap_or(f64::MAX)))
+            .map(|c| c.kernel.clone())
+    }
 }
 
 /// One GPU's self-test.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SelfTest {
     pub device: String,
+    /// The GEMM kernels (phase A).
     pub kernels: Vec<KernelCheck>,
-    /// Phase B's roots equal the CPU reference's (no choice of kernel there).
-    pub phase_b_agrees: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub phase_b_reason: Option<String>,
-    /// The kernel the GPU uses: the fastest that agrees.
+    /// The walk kernels (phase B).
+    pub walks: Vec<KernelCheck>,
+    /// The GEMM kernel the GPU uses: the fastest that agrees.
     pub chosen: Option<String>,
+    /// The walk kernel the GPU uses: the fastest that agrees.
+    pub walk: Option<String>,
     pub elapsed_ms: f64,
 }
 
 impl SelfTest {
-    /// What `outcomes` say of each of `candidates` and of phase B.
+    /// What `outcomes` say of each of `candidates`.
     pub fn from_outcomes(
         device: String,
-        candidates: &[GemmKernel],
+        candidates: &[Kernel],
         outcomes: &BTreeMap<Step, Outcome>,
         elapsed: Duration,
     ) -> Self {
-        let not_run = Outcome::device("not run");
-        let kernels: Vec<KernelCheck> = candidates
-            .iter()
-            .map(|&k| {
-                let check = outcomes.get(&Step::Check(k)).unwrap_or(&not_run);
-                let (outcome, what) = match outcomes.get(&Step::Time(k)) {
-                    _ if !check.ok => (check, ""),
-                    None => (&not_run, "timing: "),
-                    Some(time) => (time, "timing: "),
-                };
-                KernelCheck {
-                    kernel: k.name().into(),
-                    agrees: outcome.ok,
-                    reason: outcome.reason.as_ref().map(|r| format!("{what}{r}")),
-                    device_error: check.device_error || outcome.device_error,
-                    product_ms: outcome.ms.filter(|_| outcome.ok),
-                }
-            })
-            .collect();
-        let phase_b = outcomes.get(&Step::PhaseB).unwrap_or(&not_run);
-        let chosen = kernels
-            .iter()
-            .filter(|c| c.agrees)
-            .min_by(|a, b| a.product_ms.unwrap_or(f64::MAX).total_cmp(&b.product_ms.unwrap_or(f64::MAX)))
-            .map(|c| c.kernel.clone());
+        let checks = |walk: bool| -> Vec<KernelCheck> {
+            candidates
+                .iter()
+                .filter(|k| matches!(k, Kernel::Walk(_)) == walk)
+                .map(|&k| KernelCheck::of(k, outcomes))
+                .collect()
+        };
+        let (kernels, walks) = (checks(false), checks(true));
         Self {
             device,
+            chosen: KernelCheck::fastest(&kernels),
+            walk: KernelCheck::fastest(&walks),
             kernels,
-            phase_b_agrees: phase_b.ok,
-            phase_b_reason: phase_b.reason.clone(),
-            chosen,
+            walks,
             elapsed_ms: elapsed.as_secs_f64() * 1e3,
         }
     }
 
-    /// `kernel: reason` for each kernel that disagreed.
+    /// `kernel: reason` for each kernel, GEMM or walk, that disagreed.
     pub fn disabled(&self) -> Vec<String> {
         self.kernels
             .iter()
+            .chain(&self.walks)
             .filter(|k| !k.agrees)
             .map(|k| format!("{}: {}", k.kernel, k.reason.as_deref().unwrap_or("roots differ from the CPU reference")))
             .collect()
     }
 
-    /// The GPU can prove: phase B agrees and a kernel does.
+    /// The GPU can prove: a GEMM kernel and a walk kernel agree.
     pub fn usable(&self) -> bool {
-        self.phase_b_agrees && self.chosen.is_some()
+        self.chosen.is_some() && self.walk.is_some()
     }
 
-    /// The kernel chosen.
+    /// The GEMM kernel chosen.
     pub fn chosen_kernel(&self) -> Option<GemmKernel> {
         self.chosen.as_deref().and_then(GemmKernel::from_name)
+    }
+
+    /// The walk kernel chosen.
+    pub fn walk_kernel(&self) -> Option<WalkKernel> {
+        self.walk.as_deref().and_then(WalkKernel::from_name)
     }
 }
 
 /// The self-test in this process: runs every step on `worker` for `candidates` (in order of
 /// preference on ties), timing each kernel that agrees on `timing` (a product of production
-/// shape on a GPU), and sets the worker's kernel to the fastest. A step that fails on the
-/// device ends it: the steps left are failed as not run.
-pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[GemmKernel], timing: GpuWork) -> SelfTest {
+/// shape and a dataset larger than the L2 on a GPU), and sets the worker's kernels to the
+/// fastest. A step that fails on the device ends it: the steps left are failed as not run.
+pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[Kernel], timing: GpuWork) -> SelfTest {
     let started = Instant::now();
     let mut outcomes = BTreeMap::new();
     let finished = run_plan(worker, &Plan::full(candidates), timing, &mut |step, outcome| {
@@ -395,6 +465,9 @@ pub fn self_test<D: Device>(worker: &mut Worker<D>, candidates: &[GemmKernel], t
     if let Some(k) = test.chosen_kernel() {
         worker.set_kernel(k);
     }
+    if let Some(k) = test.walk_kernel() {
+        worker.set_walk_kernel(k);
+    }
     test
 }
 
@@ -413,7 +486,7 @@ enum Ending {
 /// that ends having run nothing fails every step left, with what it said last on stderr.
 pub async fn isolated(
     device: String,
-    candidates: &[GemmKernel],
+    candidates: &[Kernel],
     child: &(dyn Fn(&Plan) -> common::process::ProcessSpec + Sync),
     deadline: Duration,
 ) -> SelfTest {
@@ -530,34 +603,53 @@ mod tests {
         Tuning { max_blocks: 8, ..Tuning::default() }
     }
 
-    const TIMING: GpuWork = GpuWork { m: 64, n: 64, k: 64, count: 1, items: 0 };
+    const TIMING: GpuWork = GpuWork { m: 64, n: 64, k: 64, count: 1, items: 64 };
+
+    fn all() -> Vec<Kernel> {
+        Kernel::candidates(&GemmKernel::ALL)
+    }
 
     /// The self-test passes every kernel that gives the reference roots, and disables one that
     /// does not, by name.
     #[test]
     fn the_self_test_keeps_kernels_that_agree_and_disables_the_others() {
         let mut w = Worker::new(EmuDevice::new(), GemmKernel::Dp4a, tuning());
-        let t = self_test(&mut w, &GemmKernel::ALL, TIMING);
+        let t = self_test(&mut w, &all(), TIMING);
         assert!(t.usable(), "{t:?}");
-        assert!(t.chosen.is_some());
-        assert!(t.kernels.iter().all(|k| k.agrees && k.product_ms.is_some()), "{t:?}");
+        assert!(t.chosen.is_some() && t.walk.is_some());
+        assert_eq!((t.kernels.len(), t.walks.len()), (4, 2));
+        assert!(t.kernels.iter().chain(&t.walks).all(|k| k.agrees && k.timed_ms.is_some()), "{t:?}");
         assert!(t.disabled().is_empty());
 
-        // mma.sync wrong on this GPU: disabled, the faster of the others used.
-        let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning());
-        let t = self_test(&mut broken, &GemmKernel::ALL, TIMING);
+        // mma.sync and the walk of eight threads a lane wrong on this GPU: disabled, the faster
+        // of the others used.
+        let device = EmuDevice::broken("gemm_mma").and_fault("walk_group", Fault::Wrong);
+        let mut broken = Worker::new(device, GemmKernel::MmaSync, tuning());
+        let t = self_test(&mut broken, &all(), TIMING);
         assert!(t.usable());
         assert!(matches!(t.chosen.as_deref(), Some("dp4a" | "wgmma" | "wgmma-wide")), "{t:?}");
         assert_eq!(broken.kernel().name(), t.chosen.as_deref().unwrap());
-        assert_eq!(t.disabled(), vec!["mma-sync: roots differ from the CPU reference".to_owned()]);
-        assert!(!t.kernels[1].device_error);
+        assert_eq!((t.walk.as_deref(), broken.walk_kernel()), (Some("walk-thread"), WalkKernel::Thread));
+        assert_eq!(
+            t.disabled(),
+            vec![
+                "mma-sync: roots differ from the CPU reference".to_owned(),
+                "walk-group: phase B roots differ from the CPU reference".to_owned()
+            ]
+        );
+        assert!(!t.kernels[1].device_error && !t.walks[0].device_error);
 
         // The only kernel asked for is wrong: the GPU cannot prove.
         let mut broken = Worker::new(EmuDevice::broken("gemm_mma"), GemmKernel::MmaSync, tuning());
-        let t = self_test(&mut broken, &[GemmKernel::MmaSync], TIMING);
+        let t = self_test(&mut broken, &Kernel::candidates(&[GemmKernel::MmaSync]), TIMING);
         assert!(!t.usable());
         assert_eq!(t.chosen, None);
-        assert!(t.phase_b_agrees);
+        assert!(t.walk.is_some());
+
+        // No walk agrees: neither can it.
+        let device = EmuDevice::broken("walk_group").and_fault("walk", Fault::Wrong);
+        let t = self_test(&mut Worker::new(device, GemmKernel::Dp4a, tuning()), &all(), TIMING);
+        assert!(!t.usable() && t.chosen.is_some() && t.walk.is_none(), "{t:?}");
     }
 
     /// In one process, a kernel that faults leaves the context lost (every later call fails, as
@@ -566,7 +658,7 @@ mod tests {
     #[test]
     fn in_one_process_a_fault_ends_the_self_test() {
         let mut w = Worker::new(EmuDevice::with_fault("gemm_mma", Fault::Illegal), GemmKernel::Dp4a, tuning());
-        let t = self_test(&mut w, &GemmKernel::ALL, TIMING);
+        let t = self_test(&mut w, &all(), TIMING);
         assert!(!t.usable(), "{t:?}");
         assert!(t.kernels.iter().all(|k| !k.agrees && k.device_error), "{t:?}");
         assert!(t.kernels[1].reason.as_deref().unwrap().contains("an illegal memory access was encountered"), "{t:?}");
@@ -574,7 +666,7 @@ mod tests {
         assert!(t.kernels[2].reason.as_deref().unwrap().starts_with(after), "{t:?}");
         // dp4a agreed but its timing, after the fault, never ran.
         assert!(t.kernels[0].reason.as_deref().unwrap().starts_with(&format!("timing: {after}")), "{t:?}");
-        assert!(t.phase_b_reason.as_deref().unwrap().starts_with(after), "{t:?}");
+        assert!(t.walks.iter().all(|k| k.reason.as_deref().unwrap().starts_with(after)), "{t:?}");
     }
 
     /// `GPOW_SELF_TEST_CHILD` makes this test binary a self-test child (`plan;faults`), as
@@ -584,9 +676,8 @@ mod tests {
 
     fn child_plan(text: &str) -> (Plan, Vec<(String, Fault)>) {
         let (plan, faults) = text.split_once(';').unwrap();
-        let kernels =
-            |s: &str| s.split(',').filter(|s| !s.is_empty()).map(|k| GemmKernel::from_name(k).unwrap()).collect();
-        let [check, time, phase_b] = plan.split('/').collect::<Vec<_>>()[..] else { panic!("{plan}") };
+        let kernels = |s: &str| s.split(',').filter(|s| !s.is_empty()).map(|k| Kernel::from_name(k).unwrap()).collect();
+        let (check, time) = plan.split_once('/').unwrap();
         let faults = faults
             .split(',')
             .filter(|s| !s.is_empty())
@@ -595,12 +686,12 @@ mod tests {
                 (kernel.to_owned(), how.parse().unwrap())
             })
             .collect();
-        (Plan { check: kernels(check), time: kernels(time), phase_b: phase_b == "1" }, faults)
+        (Plan { check: kernels(check), time: kernels(time) }, faults)
     }
 
     fn child_env(plan: &Plan, faults: &str) -> String {
-        let names = |ks: &[GemmKernel]| ks.iter().map(|k| k.name()).collect::<Vec<_>>().join(",");
-        format!("{}/{}/{};{faults}", names(&plan.check), names(&plan.time), u8::from(plan.phase_b))
+        let names = |ks: &[Kernel]| ks.iter().map(|k| k.name()).collect::<Vec<_>>().join(",");
+        format!("{}/{};{faults}", names(&plan.check), names(&plan.time))
     }
 
     /// As a child (see [`CHILD`]): runs the plan on an emulated GPU with the faults asked for and
@@ -621,7 +712,8 @@ mod tests {
         }
         let mut w = Worker::new(EmuDevice::with_fault("gemm_wgmma", Fault::Illegal), GemmKernel::Dp4a, tuning());
         let mut lines = Vec::new();
-        let plan = Plan { check: vec![GemmKernel::Dp4a, GemmKernel::Wgmma, GemmKernel::MmaSync], ..Plan::default() };
+        let check = [GemmKernel::Dp4a, GemmKernel::Wgmma, GemmKernel::MmaSync].map(Kernel::Gemm).to_vec();
+        let plan = Plan { check, ..Plan::default() };
         let finished = run_plan(&mut w, &plan, TIMING, &mut |step, outcome| lines.push(Line::of(step, outcome).text()));
         assert!(!finished);
         let parsed: Vec<Line> = lines.iter().map(|l| Line::parse(l).unwrap().unwrap()).collect();
@@ -634,7 +726,12 @@ mod tests {
         assert!(outcome.device_error && outcome.reason.as_deref().unwrap().contains("illegal memory access"));
         assert_eq!(Line::parse("running 1 test"), None);
         assert!(Line::parse("gpow-self-test {").unwrap().is_err());
-        for step in [Step::Check(GemmKernel::WgmmaWide), Step::Time(GemmKernel::MmaSync), Step::PhaseB] {
+        for step in [
+            Step::Check(Kernel::Gemm(GemmKernel::WgmmaWide)),
+            Step::Time(Kernel::Gemm(GemmKernel::MmaSync)),
+            Step::Check(Kernel::Walk(WalkKernel::Group)),
+            Step::Time(Kernel::Walk(WalkKernel::Thread)),
+        ] {
             assert_eq!(step.to_string().parse(), Ok(step));
         }
         assert!("check tensor".parse::<Step>().is_err());
@@ -648,29 +745,32 @@ mod tests {
                 .env(CHILD, child_env(plan, faults))
         };
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(isolated("emulated GPU".into(), &GemmKernel::ALL, &child, deadline))
+        runtime.block_on(isolated("emulated GPU".into(), &all(), &child, deadline))
     }
 
     /// The attack of a kernel never run on hardware: on one GPU, mma.sync never ends, wgmma
-    /// faults and wgmma-wide kills its process. In child processes each costs its kernel alone:
-    /// dp4a agrees, is timed and chosen, and phase B agrees.
+    /// and the walk of eight threads a lane fault and wgmma-wide kills its process. In child
+    /// processes each costs its kernel alone: dp4a and the walk of a thread a lane agree, are
+    /// timed and chosen.
     #[test]
     fn a_kernel_that_faults_hangs_or_kills_its_process_is_disabled_alone() {
-        let t = run_isolated("gemm_mma=hang,gemm_wgmma=illegal,gemm_wgmma_wide=abort", Duration::from_secs(15));
+        let faults = "gemm_mma=hang,gemm_wgmma=illegal,gemm_wgmma_wide=abort,walk_group=illegal";
+        let t = run_isolated(faults, Duration::from_secs(15));
         assert!(t.usable(), "{t:?}");
-        assert_eq!(t.chosen.as_deref(), Some("dp4a"), "{t:?}");
-        assert!(t.kernels[0].agrees && t.kernels[0].product_ms.is_some(), "{t:?}");
-        let reason = |i: usize| t.kernels[i].reason.clone().unwrap_or_default();
-        assert!(reason(1).starts_with("did not finish within 15s"), "{t:?}");
-        assert!(reason(2).contains("an illegal memory access was encountered"), "{t:?}");
-        assert!(reason(3).starts_with("the self-test process ended in this step (signal 6 (SIGABRT))"), "{t:?}");
-        assert!(t.kernels[1..].iter().all(|k| !k.agrees && k.device_error), "{t:?}");
-        assert!(t.phase_b_agrees, "{t:?}");
+        assert_eq!((t.chosen.as_deref(), t.walk.as_deref()), (Some("dp4a"), Some("walk-thread")), "{t:?}");
+        assert!(t.kernels[0].agrees && t.kernels[0].timed_ms.is_some(), "{t:?}");
+        assert!(t.walks[1].agrees && t.walks[1].timed_ms.is_some(), "{t:?}");
+        let reason = |k: &KernelCheck| k.reason.clone().unwrap_or_default();
+        assert!(reason(&t.kernels[1]).starts_with("did not finish within 15s"), "{t:?}");
+        assert!(reason(&t.kernels[2]).contains("an illegal memory access was encountered"), "{t:?}");
+        assert!(reason(&t.kernels[3]).starts_with("the self-test process ended in this step (signal 6 (SIGABRT))"));
+        assert!(reason(&t.walks[0]).contains("an illegal memory access was encountered"), "{t:?}");
+        assert!(t.kernels[1..].iter().chain(&t.walks[..1]).all(|k| !k.agrees && k.device_error), "{t:?}");
 
         // Without faults every kernel agrees, in one child.
         let t = run_isolated("", Duration::from_secs(60));
         assert!(t.usable() && t.disabled().is_empty(), "{t:?}");
-        assert!(t.kernels.iter().all(|k| k.product_ms.is_some()), "{t:?}");
+        assert!(t.kernels.iter().chain(&t.walks).all(|k| k.timed_ms.is_some()), "{t:?}");
     }
 
     /// A child that cannot start, or ends without running a step, fails every step with why,
@@ -679,21 +779,28 @@ mod tests {
     fn a_child_that_runs_nothing_fails_every_step_once() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let missing = |_: &Plan| common::process::ProcessSpec::new("/nonexistent/gpu-attestor");
-        let t = runtime.block_on(isolated("GPU".into(), &GemmKernel::ALL, &missing, Duration::from_secs(5)));
+        let t = runtime.block_on(isolated("GPU".into(), &all(), &missing, Duration::from_secs(5)));
         assert!(!t.usable());
-        assert!(t.kernels.iter().all(|k| k.reason.as_deref().unwrap().contains("/nonexistent/gpu-attestor")), "{t:?}");
+        assert!(
+            t.kernels.iter().chain(&t.walks).all(|k| k
+                .reason
+                .as_deref()
+                .unwrap()
+                .contains("/nonexistent/gpu-attestor")),
+            "{t:?}"
+        );
 
         let silent = |_: &Plan| {
             common::process::ProcessSpec::new("/bin/sh").args(["-c", "echo 'Error: No NVIDIA GPU found' >&2; exit 1"])
         };
-        let t = runtime.block_on(isolated("GPU".into(), &GemmKernel::ALL, &silent, Duration::from_secs(5)));
+        let t = runtime.block_on(isolated("GPU".into(), &all(), &silent, Duration::from_secs(5)));
         let why = "the self-test process ended without running a step (exit code 1): Error: No NVIDIA GPU found";
-        assert_eq!(t.phase_b_reason.as_deref(), Some(why), "{t:?}");
-        assert!(t.kernels.iter().all(|k| k.reason.as_deref() == Some(why)), "{t:?}");
+        assert!(t.kernels.iter().chain(&t.walks).all(|k| k.reason.as_deref() == Some(why)), "{t:?}");
 
         let stuck = |_: &Plan| common::process::ProcessSpec::new("/bin/sleep").arg("30");
-        let t = runtime.block_on(isolated("GPU".into(), &GemmKernel::ALL, &stuck, Duration::from_millis(300)));
-        assert!(t.phase_b_reason.as_deref().unwrap().starts_with("the self-test process did not start a step within"));
+        let t = runtime.block_on(isolated("GPU".into(), &all(), &stuck, Duration::from_millis(300)));
+        let why = "the self-test process did not start a step within";
+        assert!(t.kernels.iter().chain(&t.walks).all(|k| k.reason.as_deref().unwrap().starts_with(why)), "{t:?}");
     }
 
     /// On a GPU the self-test passes every kernel it runs (the first run on real tensor cores
@@ -702,10 +809,10 @@ mod tests {
     #[test]
     fn cuda_the_self_test_passes_every_kernel_the_gpu_runs() {
         for (mut w, kernels) in cuda_workers("cuda_the_self_test_passes_every_kernel_the_gpu_runs", Tuning::default()) {
-            let t = self_test(&mut w, &kernels, TIMING_WORK);
+            let t = self_test(&mut w, &Kernel::candidates(&kernels), TIMING_WORK);
             eprintln!("{}", serde_json::to_string(&t).unwrap());
             assert!(t.usable() && t.disabled().is_empty(), "{t:?}");
-            assert_eq!(t.kernels.len(), kernels.len());
+            assert_eq!((t.kernels.len(), t.walks.len()), (kernels.len(), WalkKernel::ALL.len()));
         }
     }
 }

@@ -14,7 +14,7 @@
 //!
 //! Buffers are kept between challenges and grown when a challenge needs more.
 
-use super::{Device, DeviceError, DevicePtr, GemmKernel, Launch, Param, Stream};
+use super::{Device, DeviceError, DevicePtr, GemmKernel, Launch, Param, Stream, WalkKernel};
 use crate::gpow2::challenge::{GpuKeys, GpuWork};
 use crate::gpow2::phase_b::CACHE_ITEMS;
 use crate::merkle::{self, Hash, Tree};
@@ -106,6 +106,7 @@ struct Walked {
 pub struct Worker<D: Device> {
     device: D,
     kernel: GemmKernel,
+    walk_kernel: WalkKernel,
     tuning: Tuning,
     buffers: Buffers,
     /// The GPU (`g`) and the items of the dataset the device holds, once built.
@@ -124,7 +125,8 @@ fn stride_blocks(threads: u64, tuning: &Tuning) -> u32 {
 
 impl<D: Device> Worker<D> {
     pub fn new(device: D, kernel: GemmKernel, tuning: Tuning) -> Self {
-        Self { device, kernel, tuning, buffers: Buffers::default(), built: None, walked: None }
+        let walk_kernel = WalkKernel::ALL[0];
+        Self { device, kernel, walk_kernel, tuning, buffers: Buffers::default(), built: None, walked: None }
     }
 
     pub fn kernel(&self) -> GemmKernel {
@@ -133,6 +135,14 @@ impl<D: Device> Worker<D> {
 
     pub fn set_kernel(&mut self, kernel: GemmKernel) {
         self.kernel = kernel;
+    }
+
+    pub fn walk_kernel(&self) -> WalkKernel {
+        self.walk_kernel
+    }
+
+    pub fn set_walk_kernel(&mut self, kernel: WalkKernel) {
+        self.walk_kernel = kernel;
     }
 
     pub fn device(&self) -> &D {
@@ -434,13 +444,14 @@ impl<D: Device> Worker<D> {
         let lanes = items / 16;
         let (dataset, leaves, scratch) =
             (self.buffers.dataset.ptr, self.buffers.lane_leaves.ptr, self.buffers.lane_scratch.ptr);
+        let (threads, lanes_per_group) = self.walk_kernel.threads_per();
         for first in (0..lanes).step_by(self.tuning.walk_batch as usize) {
             let count = self.tuning.walk_batch.min(lanes - first);
             self.device.launch(
                 Stream::Main,
                 &Launch {
-                    kernel: "walk",
-                    grid: (stride_blocks(count, &self.tuning), 1, 1),
+                    kernel: self.walk_kernel.entry(),
+                    grid: (stride_blocks(count.div_ceil(lanes_per_group) * threads, &self.tuning), 1, 1),
                     block: THREADS,
                     shared: 0,
                     params: vec![
@@ -640,7 +651,7 @@ mod tests {
             let leaves = dataset.lane_leaves(Isa::best(), walk_key, 2);
             w.build(&keys, &work).unwrap();
             let root = w.walk(0, walk_key).unwrap();
-            assert_eq!(root, merkle::root(&leaves), "{}: items {items}", w.device().name());
+            assert_eq!(root, merkle::root(&leaves), "{} {}: items {items}", w.device().name(), w.walk_kernel());
             assert_eq!(Some(root), Some(phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).unwrap().root));
             let lanes = leaves.len() as u64;
             for lane in [0, 1, lanes - 1, lanes / 2, 511, 512, 513] {
@@ -652,9 +663,15 @@ mod tests {
         }
     }
 
+    /// Each walk kernel; the batches of 300 lanes end inside a warp of `walk_group` (eight
+    /// lanes a warp), and 2 lanes leave most of its one warp without a lane.
     #[test]
     fn phase_b_gives_the_cpu_reference_roots_and_paths() {
-        phase_b_agrees(&mut emulated(SMALL_BATCHES));
+        for kernel in WalkKernel::ALL {
+            let mut w = emulated(SMALL_BATCHES);
+            w.set_walk_kernel(kernel);
+            phase_b_agrees(&mut w);
+        }
     }
 
     /// On a GPU, in the small batches and in the production ones.
@@ -662,7 +679,10 @@ mod tests {
     fn cuda_phase_b_gives_the_cpu_reference_roots_and_paths() {
         for tuning in [SMALL_BATCHES, Tuning::default()] {
             for (mut w, _) in cuda_workers("cuda_phase_b_gives_the_cpu_reference_roots_and_paths", tuning) {
-                phase_b_agrees(&mut w);
+                for kernel in WalkKernel::ALL {
+                    w.set_walk_kernel(kernel);
+                    phase_b_agrees(&mut w);
+                }
             }
         }
     }
