@@ -16,7 +16,8 @@
 #    end after set-up; phase A TOPS and phase B GB/s at production size against the profile's
 #    peaks; the time references for profiles.json (median of $RUNS runs). Nothing is skipped:
 #    without a GPU it fails, naming what is missing.
-# 3. JSON to $OUT (default target/gpu-check): gpu-check.json, the logs, nvidia-smi's view.
+# 3. JSON to $OUT (default target/gpu-check): gpu-check.json, the logs, nvidia-smi's view; when
+#    the check is stopped at its limit, gpu-check.partial.json from the stages it finished.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=target/gpu-check-bin
@@ -82,28 +83,42 @@ timeout 420 "$BIN" gpu-check --runs "${RUNS:-20}" --products "${PRODUCTS:-64}" >
 rc=$?
 set -e
 echo "gpu-check: exit $rc after $(($(date +%s) - started)) s; $OUT/gpu-check.json"
-cat "$OUT/gpu-check.log" >&2
-if [ -s "$OUT/gpu-check.json" ] && command -v python3 >/dev/null; then
-	python3 - "$OUT/gpu-check.json" <<'PY' || true
+grep -v "^gpu-check stage: " "$OUT/gpu-check.log" >&2 || true
+# The summary, from the report; from the stage lines on stderr when the run was stopped before
+# it (then also kept as gpu-check.partial.json).
+if command -v python3 >/dev/null && { [ -s "$OUT/gpu-check.json" ] || grep -q '^gpu-check stage: ' "$OUT/gpu-check.log"; }; then
+	python3 - "$OUT/gpu-check.json" "$OUT/gpu-check.log" "$OUT/gpu-check.partial.json" <<'PY' || true
 import json, sys
-r = json.load(open(sys.argv[1]))
-print("GPUs:", ", ".join(g["name"] for g in r["gpus"]), "driver", r["driver_version"], f"open+self-test {r['open_ms']:.0f} ms")
-for t in r["self_tests"]:
+report, log, partial = sys.argv[1:4]
+text = open(report).read().strip()
+if text:
+    r = json.loads(text)
+else:
+    r = {}
+    for line in open(log):
+        if line.startswith("gpu-check stage: "):
+            r.update(json.loads(line[len("gpu-check stage: "):]))
+    json.dump(r, open(partial, "w"), indent=2)
+    print(f"gpu-check stopped before its report: the stages it finished are in {partial}")
+if "gpus" in r:
+    print("GPUs:", ", ".join(g["name"] for g in r["gpus"]), "driver", r["driver_version"], f"open+self-test {r['open_ms']:.0f} ms")
+for t in r.get("self_tests", []):
     print(f"self-test {t['device']}: {t['elapsed_ms']:.0f} ms, chosen {t['chosen']} and {t['walk']}, kernels", [(k["kernel"], k["agrees"], k.get("timed_ms")) for k in t["kernels"] + t["walks"]])
-bad = [c for c in r["phase_a_roots"] + r["phase_b_roots"] if not c["agrees"]]
-print(f"roots: {len(r['phase_a_roots']) + len(r['phase_b_roots']) - len(bad)} agree, {len(bad)} differ")
+roots = r.get("phase_a_roots", []) + r.get("phase_b_roots", [])
+bad = [c for c in roots if not c["agrees"]]
+print(f"roots: {len(roots) - len(bad)} agree, {len(bad)} differ")
 g = r.get("guide")
 if g:
     print(f"guide example: {g['ms']:.2f} ms after set-up (guide {g['guide_ms']:.0f} ms), checksum agrees: {g['agrees']}")
-for t in r["throughput"]:
+for t in r.get("throughput", []):
     frac = t["fraction_of_peak"]
     print(f"phase A GPU {t['gpu']} {t['kernel']}: {t['tops']:.1f} TOPS" + (f" = {100 * frac:.1f} % of peak" if frac else ""))
-for m in r["memory"]:
+for m in r.get("memory", []):
     frac = m["fraction_of_peak"]
     print(f"phase B GPU {m['gpu']} {m['kernel']}: {m['items']} items, build {m['build_ms']:.0f} ms, walk {m['walk_ms']:.0f} ms = {m['walk_gb_s']:.0f} GB/s" + (f" = {100 * frac:.1f} % of peak" if frac else ""))
-for t in r["time_references"]:
+for t in r.get("time_references", []):
     print(f"time references {t['profile']} ({t['runs']} runs): phase A {t['phase_a_ms']:.0f} ms, build {t['build_ms']:.0f} ms, walk {t['walk_ms']:.0f} ms")
-for f in r["failures"]:
+for f in r.get("failures", []):
     print("FAIL:", f)
 PY
 fi

@@ -533,10 +533,17 @@ fn self_test_gpu(pci: &str, plan: &gpu_attestor::gpu::self_test::Plan) -> anyhow
     Ok(if finished { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
+/// The prefix of `gpu-check`'s stage lines on stderr (scripts/gpu-check.sh reads them when the
+/// run was killed before its report).
+const STAGE_PREFIX: &str = "gpu-check stage: ";
+
 fn gpu_check(runs: usize, products: u32) -> anyhow::Result<ExitCode> {
     let options = gpu_attestor::gpu::gpu_check::Options::production(runs, products, threads(None));
-    let report = gpu_attestor::gpu::gpu_check::run(&options, &attestor()?)
-        .map_err(|e| anyhow::anyhow!("No NVIDIA GPU found: {e}"))?;
+    // Each stage on stderr as it ends: a run killed at its time limit keeps what it measured.
+    let report = gpu_attestor::gpu::gpu_check::run(&options, &attestor()?, &mut |stage| {
+        eprintln!("{STAGE_PREFIX}{stage}");
+    })
+    .map_err(|e| anyhow::anyhow!("No NVIDIA GPU found: {e}"))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     for f in &report.failures {
         eprintln!("FAIL: {f}");

@@ -14,6 +14,8 @@
 //!    work (phase A, build, walk), with the driver version.
 //!
 //! Any disagreement or failure is listed in `failures`; the command exits 1 when there is one.
+//! Each stage's results are also told as it ends ([`check`]'s `progress`; the command prints
+//! them on stderr), so a run killed at its time limit keeps what it measured.
 
 use std::time::Instant;
 
@@ -165,16 +167,33 @@ pub const ITEMS_LADDER: [u64; 3] = [32, 1056, (1 << 20) + 32];
 
 /// Runs the whole check on the machine's GPUs (`attestor`: this binary, for the self-test's
 /// child processes).
-pub fn run(options: &Options, attestor: &std::path::Path) -> Result<Report, String> {
+pub fn run(
+    options: &Options,
+    attestor: &std::path::Path,
+    progress: &mut dyn FnMut(serde_json::Value),
+) -> Result<Report, String> {
     let opened = Instant::now();
     let backend = CudaBackend::open(None, KernelChoice::Auto, attestor).map_err(|e| e.to_string())?;
-    check(backend, ms(opened), options)
+    check(backend, ms(opened), options, progress)
 }
 
-/// The check on an opened backend (`open_ms`: what opening and self-testing took).
-pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options) -> Result<Report, String> {
+/// The check on an opened backend (`open_ms`: what opening and self-testing took). After each
+/// stage `progress` gets an object with that stage's fields of the [`Report`] and the failures
+/// so far.
+pub fn check<D: Device>(
+    mut backend: Backend<D>,
+    open_ms: f64,
+    options: &Options,
+    progress: &mut dyn FnMut(serde_json::Value),
+) -> Result<Report, String> {
     let started = Instant::now();
     let mut failures = Vec::new();
+    progress(serde_json::json!({
+        "gpus": &backend.gpus,
+        "driver_version": backend.driver_version,
+        "open_ms": open_ms,
+        "self_tests": &backend.self_tests,
+    }));
     let profiles = ProfilesFile::builtin().map_err(|e| e.to_string())?;
     let threads = options.threads.max(1);
     let gpus = backend.gpus.clone();
@@ -233,6 +252,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         }
         None => None,
     };
+    progress(serde_json::json!({ "guide": &guide, "failures": &failures }));
 
     // 4. Throughput at the production shape, every kernel; phase B at the production size.
     let mut throughput = Vec::new();
@@ -301,6 +321,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
         w.release_dataset();
     }
     restore(&mut backend);
+    progress(serde_json::json!({ "throughput": &throughput, "memory": &memory, "failures": &failures }));
 
     // 5. Time references: the profile's work on every GPU at once, as the protocol runs it.
     let mut time_references = Vec::new();
@@ -360,6 +381,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
             gpus.iter().zip(&works).filter(|(_, p)| p.is_none()).map(|(f, _)| f.name.clone()).collect::<Vec<_>>()
         ));
     }
+    progress(serde_json::json!({ "time_references": &time_references, "failures": &failures }));
     // 2. Roots on the ladders, every kernel each GPU supports: last, since a kernel that
     //    faults on some shape leaves this process's context lost for every stage after it.
     let mut phase_a_roots = Vec::new();
@@ -386,6 +408,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
             }
         }
     }
+    progress(serde_json::json!({ "phase_a_roots": &phase_a_roots, "failures": &failures }));
     let mut phase_b_roots = Vec::new();
     for &items in &options.items_ladder {
         let work = GpuWork { m: 16, n: 16, k: 16, count: 1, items };
@@ -423,6 +446,7 @@ pub fn check<D: Device>(mut backend: Backend<D>, open_ms: f64, options: &Options
     for t in &backend.self_tests {
         failures.extend(t.disabled().into_iter().map(|d| format!("{}: self-test disabled {d}", t.device)));
     }
+    progress(serde_json::json!({ "phase_b_roots": &phase_b_roots, "failures": &failures }));
     Ok(Report {
         gpus,
         driver_version: backend.driver_version,
@@ -456,7 +480,7 @@ mod tests {
         }
         // Without a GPU, the check says why instead of passing.
         if super::super::cuda::Driver::load().is_err() {
-            let e = run(&Options::production(1, 1, 1), std::path::Path::new("gpu-attestor")).unwrap_err();
+            let e = run(&Options::production(1, 1, 1), std::path::Path::new("gpu-attestor"), &mut |_| {}).unwrap_err();
             assert!(e.contains("libcuda.so.1"), "{e}");
         }
     }
@@ -524,8 +548,31 @@ mod tests {
             }
         };
         let backend = |device: EmuDevice| backend_with(device, None);
-        let r = check(backend(EmuDevice::new()), 1.0, &options).unwrap();
+        let mut told = serde_json::Map::new();
+        let mut stages = Vec::new();
+        let r = check(backend(EmuDevice::new()), 1.0, &options, &mut |stage| {
+            let serde_json::Value::Object(fields) = stage else { panic!("{stage}") };
+            stages.push(fields.keys().filter(|k| *k != "failures").cloned().collect::<Vec<_>>().join(","));
+            told.extend(fields);
+        })
+        .unwrap();
         assert!(r.failures.is_empty(), "{:?}", r.failures);
+        // Stage by stage, the same report: what a run killed at its limit keeps.
+        assert_eq!(
+            stages,
+            [
+                "driver_version,gpus,open_ms,self_tests",
+                "guide",
+                "memory,throughput",
+                "time_references",
+                "phase_a_roots",
+                "phase_b_roots"
+            ]
+        );
+        let whole = serde_json::to_value(&r).unwrap();
+        for (key, value) in &told {
+            assert_eq!(Some(value), whole.get(key), "{key}");
+        }
         assert_eq!(r.phase_a_roots.len(), 2 * GemmKernel::ALL.len());
         assert!(r.phase_a_roots.iter().chain(&r.phase_b_roots).all(|c| c.agrees));
         assert!(r.guide.as_ref().is_some_and(|g| g.agrees && g.checksum == g.cpu_checksum));
@@ -544,6 +591,7 @@ mod tests {
             backend(EmuDevice::broken("gemm_mma").and_fault("walk_group", Fault::Wrong)),
             1.0,
             &Options { runs: 1, budget: std::time::Duration::ZERO, ..options.clone() },
+            &mut |_| {},
         )
         .unwrap();
         assert!(r.failures.iter().any(|f| f.starts_with("time references: 0 of 1 runs within")), "{:?}", r.failures);
@@ -560,8 +608,8 @@ mod tests {
         // A kernel that faulted in the self-test is never run here: it would lose the context
         // for every stage after it. Its self-test failure is the only failure.
         let wgmma = GemmKernel::Wgmma;
-        let r = check(backend_with(EmuDevice::with_fault(wgmma.entry(), Fault::Illegal), Some(wgmma)), 1.0, &options)
-            .unwrap();
+        let faulted = backend_with(EmuDevice::with_fault(wgmma.entry(), Fault::Illegal), Some(wgmma));
+        let r = check(faulted, 1.0, &options, &mut |_| {}).unwrap();
         assert_eq!(r.failures, ["host emulation: self-test disabled wgmma: an illegal memory access was encountered"]);
         assert!(r.phase_a_roots.iter().all(|c| c.kernel != "wgmma"), "{:?}", r.phase_a_roots);
         assert_eq!(r.phase_a_roots.len(), 2 * (GemmKernel::ALL.len() - 1));
