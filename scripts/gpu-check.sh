@@ -118,6 +118,8 @@ for m in r.get("memory", []):
     print(f"phase B GPU {m['gpu']} {m['kernel']}: {m['items']} items, build {m['build_ms']:.0f} ms, walk {m['walk_ms']:.0f} ms = {m['walk_gb_s']:.0f} GB/s" + (f" = {100 * frac:.1f} % of peak" if frac else ""))
 for t in r.get("time_references", []):
     print(f"time references {t['profile']} ({t['runs']} runs): phase A {t['phase_a_ms']:.0f} ms, build {t['build_ms']:.0f} ms, walk {t['walk_ms']:.0f} ms")
+    if t.get("measured"):
+        print(f"  profiles.json, {t['profile']}'s \"time\":", json.dumps(t["measured"]))
 for f in r.get("failures", []):
     print("FAIL:", f)
 PY

@@ -25,7 +25,7 @@ use super::backend::{Backend, CudaBackend, KernelChoice};
 use super::self_test::SelfTest;
 use super::{Device, GemmKernel, WalkKernel};
 use crate::gpow2::challenge::GpuWork;
-use crate::gpow2::profiles::ProfilesFile;
+use crate::gpow2::profiles::{MIN_MEASURED_RUNS, ProfilesFile, TimeReference as ProfileTime, TimeReferences};
 use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
 use crate::prover::Prover;
 
@@ -126,6 +126,25 @@ pub struct TimeReference {
     pub build_ms: f64,
     pub walk_ms: f64,
     pub driver_version: i32,
+    /// The profile's `time` as `profiles.json` takes it (`measured`, each median rounded up to
+    /// the millisecond, with the date and NVML's driver version), when these runs qualify: the
+    /// profile's own work, at least `MIN_MEASURED_RUNS` runs, a driver version to name.
+    pub measured: Option<TimeReferences>,
+}
+
+/// `profiles.json`'s `measured` references from `runs` medians of the profile's own work.
+fn measured(runs: usize, [phase_a, build, walk]: [f64; 3], driver: &str, date: &str) -> Option<TimeReferences> {
+    let runs = u32::try_from(runs).ok().filter(|&r| r >= MIN_MEASURED_RUNS)?;
+    if driver.trim().is_empty() {
+        return None;
+    }
+    let reference = |ms: f64| ProfileTime::Measured {
+        ms: (ms.ceil() as u64).max(1),
+        runs,
+        date: date.to_owned(),
+        driver: driver.to_owned(),
+    };
+    Some(TimeReferences { phase_a: reference(phase_a), build: reference(build), walk: reference(walk) })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -363,15 +382,22 @@ pub fn check<D: Device>(
         }
         if !a.is_empty() && a.len() == b.len() && b.len() == wk.len() {
             for (g, p) in works.iter().flatten().enumerate() {
+                let medians = [median(a.clone()), median(b.clone()), median(wk.clone())];
+                let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
                 time_references.push(TimeReference {
                     profile: p.id.clone(),
                     gpu_name: gpus[g].name.clone(),
                     work: options.reference_work.unwrap_or(p.work),
                     runs: a.len(),
-                    phase_a_ms: median(a.clone()),
-                    build_ms: median(b.clone()),
-                    walk_ms: median(wk.clone()),
+                    phase_a_ms: medians[0],
+                    build_ms: medians[1],
+                    walk_ms: medians[2],
                     driver_version: backend.driver_version,
+                    measured: options
+                        .reference_work
+                        .is_none()
+                        .then(|| measured(a.len(), medians, &gpus[g].driver_version, &today[..10]))
+                        .flatten(),
                 });
             }
         }
@@ -485,6 +511,23 @@ mod tests {
         }
     }
 
+    /// Time references qualify for `profiles.json` with 20 runs and a driver to name, rounded up,
+    /// and load back as a profile's `time`.
+    #[test]
+    fn time_references_become_measured_profile_times_when_they_qualify() {
+        let t = measured(20, [2100.2, 781.0, 0.4], "570.86.15", "2026-12-07").unwrap();
+        assert_eq!(
+            t.phase_a,
+            ProfileTime::Measured { ms: 2101, runs: 20, date: "2026-12-07".into(), driver: "570.86.15".into() }
+        );
+        assert_eq!((t.build.ms(), t.walk.ms()), (781, 1));
+        let mut file = ProfilesFile::builtin().unwrap();
+        file.profiles[0].time = t;
+        ProfilesFile::parse(&serde_json::to_string(&file).unwrap()).unwrap();
+        assert_eq!(measured(19, [1.0; 3], "570.86.15", "2026-12-07"), None);
+        assert_eq!(measured(20, [1.0; 3], " ", "2026-12-07"), None);
+    }
+
     /// The whole check on the emulated device with small sizes: everything agrees, every
     /// figure is there, and a kernel that computes wrong is a failure by name.
     #[test]
@@ -585,6 +628,8 @@ mod tests {
         assert_eq!(r.time_references.len(), 1);
         assert_eq!(r.time_references[0].profile, "h100-sxm");
         assert!(r.time_references[0].phase_a_ms > 0.0 && r.time_references[0].walk_ms > 0.0);
+        // Two runs of other work than the profile's: not a reference for profiles.json.
+        assert_eq!(r.time_references[0].measured, None);
         serde_json::to_string(&r).unwrap();
 
         let r = check(
