@@ -792,6 +792,9 @@ extern "C" __global__ void dataset_build(const u32* __restrict__ cache, u32* __r
 
 #define WALK_STEPS 128
 
+// cmix[i] from mix[4i..4i+3] (GPOW.md, walk step 3).
+__device__ __forceinline__ u32 fold_quad(const u32 q[4]) { return fnv(fnv(fnv(q[0], q[1]), q[2]), q[3]); }
+
 // leaves[l] = lane_leaf(g, lane) = SHA-256(0x13 ‖ u32 g ‖ u32 lane ‖ cmix), 41 bytes.
 __device__ __forceinline__ void store_lane_leaf(u32 g, u32 lane, const u32 cmix[8], u32* leaf) {
     u32 v[10];
@@ -832,7 +835,7 @@ extern "C" __global__ void walk(const u32* __restrict__ dataset, u64 items, u64 
             }
         }
         u32 cmix[8];
-        for (int i = 0; i < 8; i++) cmix[i] = fnv(fnv(fnv(mix[4 * i], mix[4 * i + 1]), mix[4 * i + 2]), mix[4 * i + 3]);
+        for (int i = 0; i < 8; i++) cmix[i] = fold_quad(mix + 4 * i);
         store_lane_leaf(g, lane, cmix, leaves + 8 * l);
     }
 }
@@ -885,7 +888,7 @@ extern "C" __global__ void walk_group(const u32* __restrict__ dataset, u64 items
         u32 cmix[8] = {0};
 #pragma unroll
         for (int h = 0; h < WALK_GROUP_LANES; h++) {
-            const u32 folded = fnv(fnv(fnv(mix[h][0], mix[h][1]), mix[h][2]), mix[h][3]);
+            const u32 folded = fold_quad(mix[h]);
 #pragma unroll
             for (int q = 0; q < 8; q++) {
                 const u32 word = __shfl_sync(0xffffffffu, folded, q, WALK_GROUP);

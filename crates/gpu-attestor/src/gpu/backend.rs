@@ -324,9 +324,8 @@ impl CudaBackend {
         });
         let (self_tests, workers): (Vec<SelfTest>, Vec<_>) =
             opened.into_iter().collect::<Result<Vec<_>, _>>().map_err(OpenError::Unusable)?.into_iter().unzip();
-        let prover = GpuProver::new(workers);
         Ok(Self {
-            prover,
+            prover: GpuProver::new(workers),
             gpus: chosen.into_iter().map(|(_, f)| f).collect(),
             self_tests,
             driver_version: driver.version,

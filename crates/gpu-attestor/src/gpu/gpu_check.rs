@@ -167,6 +167,24 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// Whether the device gave `want`; where not, a failure `what: why` (`differs` when it gave
+/// other roots).
+fn compare<T: PartialEq>(
+    got: Result<T, super::DeviceError>,
+    want: &T,
+    what: impl FnOnce() -> String,
+    differs: &str,
+    failures: &mut Vec<String>,
+) -> bool {
+    match got {
+        Ok(r) if r == *want => true,
+        other => {
+            failures.push(format!("{}: {}", what(), other.err().map_or(differs.to_owned(), |e| e.to_string())));
+            false
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -380,10 +398,10 @@ pub fn check<D: Device>(
                 break;
             }
         }
+        let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
         if !a.is_empty() && a.len() == b.len() && b.len() == wk.len() {
             for (g, p) in works.iter().flatten().enumerate() {
                 let medians = [median(a.clone()), median(b.clone()), median(wk.clone())];
-                let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
                 time_references.push(TimeReference {
                     profile: p.id.clone(),
                     gpu_name: gpus[g].name.clone(),
@@ -423,13 +441,8 @@ pub fn check<D: Device>(
                 let t = Instant::now();
                 let got = w.phase_a(&keys, &work);
                 let gpu_ms = ms(t);
-                let agrees = matches!(&got, Ok(r) if *r == want);
-                if !agrees {
-                    failures.push(format!(
-                        "GPU {g} {kernel} {work:?}: {}",
-                        got.err().map_or("roots differ".into(), |e| e.to_string())
-                    ));
-                }
+                let agrees =
+                    compare(got, &want, || format!("GPU {g} {kernel} {work:?}"), "roots differ", &mut failures);
                 phase_a_roots.push(RootCheck { gpu: g, kernel: kernel.name().into(), work, agrees, gpu_ms, cpu_ms });
             }
         }
@@ -455,13 +468,8 @@ pub fn check<D: Device>(
                 let t = Instant::now();
                 let got = built.clone().and_then(|()| w.walk(0, keys.walk_key(&nonce)));
                 let gpu_ms = build_ms + ms(t);
-                let agrees = matches!(&got, Ok(r) if *r == want);
-                if !agrees {
-                    failures.push(format!(
-                        "GPU {g} {kernel}, {items} items: {}",
-                        got.err().map_or("root differs".into(), |e| e.to_string())
-                    ));
-                }
+                let what = || format!("GPU {g} {kernel}, {items} items");
+                let agrees = compare(got, &want, what, "root differs", &mut failures);
                 phase_b_roots.push(RootCheck { gpu: g, kernel: kernel.name().into(), work, agrees, gpu_ms, cpu_ms });
             }
             w.release_dataset();

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::worker::Worker;
-use super::{Device, GemmKernel, WalkKernel};
+use super::{Device, DeviceError, GemmKernel, WalkKernel};
 use crate::gpow2::challenge::{GpuKeys, GpuWork};
 use crate::gpow2::{Challenge, Isa, phase_a, phase_b};
 
@@ -268,10 +268,8 @@ pub fn run_plan<D: Device>(
                     want_b.get_or_insert_with(|| phase_b::commit(Isa::best(), &keys, &work, &nonce, 2).map(|b| b.root));
                 worker.set_walk_kernel(k);
                 step(Step::Check(kernel), &mut || {
-                    let got = (if built { Ok(()) } else { worker.build(&keys, &work) }).and_then(|()| {
-                        built = true;
-                        worker.walk(0, keys.walk_key(&nonce))
-                    });
+                    let got = build_once(worker, &mut built, &keys, &work)
+                        .and_then(|()| worker.walk(0, keys.walk_key(&nonce)));
                     match (got, want.as_ref()) {
                         (Ok(got), Ok(want)) if got == *want => Outcome::agrees(None),
                         (Ok(_), _) => Outcome::wrong("phase B roots differ from the CPU reference"),
@@ -308,8 +306,7 @@ pub fn run_plan<D: Device>(
             Kernel::Walk(k) => {
                 worker.set_walk_kernel(k);
                 step(Step::Time(kernel), &mut || {
-                    let timed = (if built { Ok(()) } else { worker.build(&timing_keys, &timing) }).and_then(|()| {
-                        built = true;
+                    let timed = build_once(worker, &mut built, &timing_keys, &timing).and_then(|()| {
                         worker.walk(0, walk_key)?;
                         let t = Instant::now();
                         worker.walk(0, walk_key)?;
@@ -325,6 +322,20 @@ pub fn run_plan<D: Device>(
     }
     worker.release_dataset();
     true
+}
+
+/// Builds `work`'s dataset on `worker` unless `built` says this part of the plan already has.
+fn build_once<D: Device>(
+    worker: &mut Worker<D>,
+    built: &mut bool,
+    keys: &GpuKeys,
+    work: &GpuWork,
+) -> Result<(), DeviceError> {
+    if !*built {
+        worker.build(keys, work)?;
+        *built = true;
+    }
+    Ok(())
 }
 
 /// How one kernel did in a self-test.

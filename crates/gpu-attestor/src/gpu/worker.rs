@@ -667,7 +667,7 @@ mod tests {
         }
     }
 
-    /// Each walk kernel; the batches of 300 lanes end inside a warp of `walk_group` (eight
+    /// Each walk kernel; the batches of 300 lanes end inside a warp of `walk_group` (sixteen
     /// lanes a warp), and 2 lanes leave most of its one warp without a lane.
     #[test]
     fn phase_b_gives_the_cpu_reference_roots_and_paths() {
