@@ -22,7 +22,8 @@ pub enum SelfTest {
     NoGpu { reason: String },
     /// Every GPU can prove.
     Ready {
-        /// The kernel in use (one per GPU, comma-separated, where they differ).
+        /// The GEMM and walk kernels in use, `gemm+walk` (one pair a GPU, comma-separated, where
+        /// they differ).
         kernel: String,
         /// `GPU g: kernel: why` for each kernel a self-test disabled.
         disabled: Vec<String>,
@@ -103,12 +104,12 @@ mod tests {
             SelfTest::parse(br#"{"backend":"none","reason":"no libcuda"}"#, b"", ok),
             SelfTest::NoGpu { reason: "no libcuda".into() }
         );
-        let ready = br#"{"backend":"cuda","kernel":"mma-sync","disabled":["GPU 0: dp4a: roots differ"],
+        let ready = br#"{"backend":"cuda","kernel":"mma-sync+walk-group","disabled":["GPU 0: dp4a: roots differ"],
             "self_tests":[{"device":"GPU 0 (H100)","chosen":"mma-sync","walk":"walk-group","elapsed_ms":812.5,"kernels":[]}]}"#;
         assert_eq!(
             SelfTest::parse(ready, b"", ok),
             SelfTest::Ready {
-                kernel: "mma-sync".into(),
+                kernel: "mma-sync+walk-group".into(),
                 disabled: vec!["GPU 0: dp4a: roots differ".into()],
                 gpus: vec![GpuResult {
                     device: "GPU 0 (H100)".into(),

@@ -1,7 +1,7 @@
 //! The GPU attestation backend's state: when gpu-monitor starts with GPUs, it runs
 //! `gpu-attestor self-test --json` (beside its own binary) once, in the background, and
-//! reports what came back as metrics and a log line: whether the CUDA backend runs, the kernel
-//! each GPU's self-test kept, the kernels it disabled, or why none of it can run.
+//! reports what came back as metrics and a log line: whether the CUDA backend runs, the GEMM and
+//! walk kernels each GPU's self-test kept (`wgmma+walk-group`), the kernels it disabled, or why none of it can run.
 //!
 //! - `executor_gpu_attestation_ready`: 1 when every GPU can prove (its self-test agreed with
 //!   the CPU reference), 0 otherwise.
@@ -54,7 +54,7 @@ pub fn describe() {
     );
     metrics::describe_gauge!(
         "executor_gpu_attestation_backend_info",
-        "The attestation backend (cuda, none, failed), the kernel kept and why not, from the self-test."
+        "The attestation backend (cuda, none, failed), the kernels kept (gemm+walk) and why not, from the self-test."
     );
     metrics::describe_gauge!("executor_gpu_attestation_disabled_kernels", "Kernels the GPU self-test disabled.");
 }
@@ -82,11 +82,14 @@ mod tests {
         let none = State::of(SelfTest::NoGpu { reason: "no libcuda".into() });
         assert_eq!((none.backend, none.reason.as_str(), none.ready), ("none", "no libcuda", false));
         let cuda = State::of(SelfTest::Ready {
-            kernel: "mma-sync".into(),
+            kernel: "mma-sync+walk-group".into(),
             disabled: vec!["GPU 0: dp4a: roots differ".into()],
             gpus: Vec::new(),
         });
-        assert_eq!((cuda.backend, cuda.kernel.as_str(), cuda.disabled, cuda.ready), ("cuda", "mma-sync", 1, true));
+        assert_eq!(
+            (cuda.backend, cuda.kernel.as_str(), cuda.disabled, cuda.ready),
+            ("cuda", "mma-sync+walk-group", 1, true)
+        );
         let failed = State::of(SelfTest::Failed { reason: "GPU 0: the self-test failed".into() });
         assert_eq!(
             (failed.backend, failed.reason.as_str(), failed.ready),

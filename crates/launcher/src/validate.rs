@@ -192,7 +192,7 @@ mod tests {
     fn a_passed_gpu_self_test_names_the_kernels_kept_and_warns_of_those_disabled() {
         let dir = tempfile::tempdir().unwrap();
         let attestor = dir.path().join("gpu-attestor");
-        let json = r#"{"backend":"cuda","kernel":"wgmma","disabled":["GPU 0: walk-thread: phase B roots differ"],
+        let json = r#"{"backend":"cuda","kernel":"wgmma+walk-group","disabled":["GPU 0: walk-thread: phase B roots differ"],
             "self_tests":[{"device":"GPU 0 (H100)","chosen":"wgmma","walk":"walk-group","elapsed_ms":812.4}]}"#;
         std::fs::write(&attestor, format!("#!/bin/sh\ncat <<'JSON'\n{json}\nJSON\n")).unwrap();
         std::fs::set_permissions(&attestor, std::fs::Permissions::from_mode(0o755)).unwrap();

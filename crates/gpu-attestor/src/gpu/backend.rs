@@ -358,11 +358,16 @@ pub fn self_test_child(pci: &str, plan: &Plan) -> Result<bool, OpenError> {
 }
 
 impl<D: Device> Backend<D> {
-    /// The kernels in use (one name, or one per GPU where they differ) and those disabled.
+    /// The kernels in use, `gemm+walk` (one pair, or one per GPU where they differ), and those
+    /// disabled.
     pub fn kernels(&self) -> (String, Vec<String>) {
-        let used: Vec<&str> = self.self_tests.iter().filter_map(|t| t.chosen.as_deref()).collect();
+        let used: Vec<String> = self
+            .self_tests
+            .iter()
+            .filter_map(|t| Some(format!("{}+{}", t.chosen.as_deref()?, t.walk.as_deref()?)))
+            .collect();
         let kernel = if used.windows(2).all(|pair| pair[0] == pair[1]) {
-            used.first().copied().unwrap_or_default().to_owned()
+            used.first().cloned().unwrap_or_default()
         } else {
             used.join(",")
         };
@@ -479,10 +484,11 @@ mod tests {
         assert!(matches!(gpu.phase_a(), Err(ProverError::Refused(_))));
     }
 
-    /// One kernel name where every GPU kept the same, one per GPU in order where they differ.
+    /// One GEMM and walk pair where every GPU kept the same, one per GPU in order where they
+    /// differ.
     #[test]
-    fn the_kernels_in_use_are_one_name_or_one_per_gpu() {
-        let test = |chosen: Option<&str>, disabled: bool| SelfTest {
+    fn the_kernels_in_use_are_one_pair_or_one_per_gpu() {
+        let test = |chosen: Option<&str>, walk: &str, disabled: bool| SelfTest {
             device: "GPU".into(),
             kernels: vec![KernelCheck {
                 kernel: "dp4a".into(),
@@ -493,7 +499,7 @@ mod tests {
             }],
             walks: Vec::new(),
             chosen: chosen.map(str::to_owned),
-            walk: Some("walk-group".into()),
+            walk: Some(walk.into()),
             elapsed_ms: 1.0,
         };
         let backend = |self_tests| Backend::<EmuDevice> {
@@ -502,10 +508,16 @@ mod tests {
             self_tests,
             driver_version: 12080,
         };
-        let same = backend(vec![test(Some("wgmma"), false), test(Some("wgmma"), true)]);
-        assert_eq!(same.kernels(), ("wgmma".into(), vec!["GPU 1: dp4a: roots differ from the CPU reference".into()]));
-        let mixed =
-            backend(vec![test(Some("wgmma"), false), test(Some("wgmma"), false), test(Some("mma-sync"), false)]);
-        assert_eq!(mixed.kernels(), ("wgmma,wgmma,mma-sync".into(), Vec::new()));
+        let same = backend(vec![test(Some("wgmma"), "walk-group", false), test(Some("wgmma"), "walk-group", true)]);
+        assert_eq!(
+            same.kernels(),
+            ("wgmma+walk-group".into(), vec!["GPU 1: dp4a: roots differ from the CPU reference".into()])
+        );
+        let mixed = backend(vec![
+            test(Some("wgmma"), "walk-group", false),
+            test(Some("wgmma"), "walk-thread", false),
+            test(Some("mma-sync"), "walk-group", false),
+        ]);
+        assert_eq!(mixed.kernels(), ("wgmma+walk-group,wgmma+walk-thread,mma-sync+walk-group".into(), Vec::new()));
     }
 }

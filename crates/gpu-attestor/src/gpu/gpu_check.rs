@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::backend::{Backend, CudaBackend, KernelChoice};
-use super::self_test::SelfTest;
+use super::self_test::{KernelCheck, SelfTest};
 use super::{Device, GemmKernel, WalkKernel};
 use crate::gpow2::challenge::GpuWork;
 use crate::gpow2::profiles::{MIN_MEASURED_RUNS, ProfilesFile, TimeReference as ProfileTime, TimeReferences};
@@ -240,18 +240,13 @@ pub fn check<D: Device>(
     // the device (a fault would leave this process's context lost for every check after it;
     // the self-test's own failure is reported below). One that gave wrong roots is run, to
     // show on which shapes.
-    let kernels: Vec<Vec<GemmKernel>> = backend
-        .self_tests
-        .iter()
-        .map(|t| {
-            t.kernels.iter().filter(|k| !k.device_error).filter_map(|k| GemmKernel::from_name(&k.kernel)).collect()
-        })
-        .collect();
-    let walks: Vec<Vec<WalkKernel>> = backend
-        .self_tests
-        .iter()
-        .map(|t| t.walks.iter().filter(|k| !k.device_error).filter_map(|k| WalkKernel::from_name(&k.kernel)).collect())
-        .collect();
+    fn runnable<K>(checks: &[KernelCheck], from_name: fn(&str) -> Option<K>) -> Vec<K> {
+        checks.iter().filter(|k| !k.device_error).filter_map(|k| from_name(&k.kernel)).collect()
+    }
+    let kernels: Vec<Vec<GemmKernel>> =
+        backend.self_tests.iter().map(|t| runnable(&t.kernels, GemmKernel::from_name)).collect();
+    let walks: Vec<Vec<WalkKernel>> =
+        backend.self_tests.iter().map(|t| runnable(&t.walks, WalkKernel::from_name)).collect();
     let restore = |backend: &mut Backend<D>| {
         for (w, &(k, walk)) in backend.prover.workers_mut().iter_mut().zip(&chosen) {
             w.set_kernel(k);
