@@ -395,8 +395,9 @@ pub fn check<D: Device>(
         }
         let today = humantime::format_rfc3339(std::time::SystemTime::now()).to_string();
         if !a.is_empty() && a.len() == b.len() && b.len() == wk.len() {
+            // The runs are of every GPU at once: one set of medians for all.
+            let medians = [median(a.clone()), median(b.clone()), median(wk.clone())];
             for (g, p) in works.iter().flatten().enumerate() {
-                let medians = [median(a.clone()), median(b.clone()), median(wk.clone())];
                 time_references.push(TimeReference {
                     profile: p.id.clone(),
                     gpu_name: gpus[g].name.clone(),
